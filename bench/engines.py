@@ -1,0 +1,173 @@
+"""Decoding engines side by side on one model: `python bench/engines.py [--beam-size 5] [--precision all]`.
+
+Rows: PyTorch re-running the decoder over the whole prefix every step (the textbook
+loop), PyTorch with the KV cache, this runtime (fp32, int8), and CTranslate2 (fp32,
+int8) on the same weights. Every engine gets the same sentences, threads, batch
+token budget, beam, length penalty and maximum-length rule. One JSON object per row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from model import corpus  # noqa: E402
+from model.artifacts import load_model_dir  # noqa: E402
+from model.beam import beam_search as torch_beam_search  # noqa: E402
+from model.evaluate import score_translations  # noqa: E402
+from model.transformer import KV, Transformer  # noqa: E402
+from service import conventions as cv  # noqa: E402
+from service.runtime.beam import DecodeOptions  # noqa: E402
+from service.runtime.translator import DEFAULT_BATCH_TOKENS, Translator, _Segment  # noqa: E402
+
+Decode = Callable[[list[list[int]]], list[list[int]]]  # batch of source ids -> best target ids
+
+
+class TextbookDecoder(torch.nn.Module):
+    """The model behind the beam search's interface, without a cache: every step re-runs the whole prefix.
+
+    The "past" it hands back is the prefix itself, so the beam search reorders it like a cache.
+    """
+
+    def __init__(self, model: Transformer) -> None:
+        super().__init__()
+        self.model = model
+
+    def encode(self, src: Tensor, mask: Tensor) -> Tensor:
+        return self.model.encode(src, mask)
+
+    def cross_kv(self, memory: Tensor) -> list[KV]:
+        return self.model.cross_kv(memory)
+
+    def decode_step(
+        self, tgt: Tensor, src_mask: Tensor, cross: list[KV], past: list[KV] | None = None
+    ) -> tuple[Tensor, list[KV]]:
+        prefix = tgt if past is None else torch.cat((past[0][0], tgt), dim=1)
+        logits, _ = self.model.decode_step(prefix, src_mask, cross, None)
+        return logits[:, -1:], [(prefix, prefix)]
+
+
+def batches(translator: Translator, sources: list[list[int]]) -> list[list[int]]:
+    return translator.batches([_Segment(i, s) for i, s in enumerate(sources)])
+
+
+def run_engine(
+    name: str, precision: str, beam: int, decode: Decode, sources: list[list[int]], groups: list[list[int]],
+    detok: Callable[[list[int]], str], references: list[str],
+) -> dict[str, object]:  # fmt: skip
+    outputs: list[list[int]] = [[] for _ in sources]
+    start = time.perf_counter()
+    for group in groups:
+        for i, tokens in zip(group, decode([sources[i] for i in group]), strict=True):
+            outputs[i] = tokens
+    seconds = time.perf_counter() - start
+    hyps = [detok(t) for t in outputs]
+    target_tokens = sum(len(t) + 1 for t in outputs)
+    bleu = score_translations(hyps, references, seconds).bleu
+    return {
+        "engine": name, "precision": precision, "beam": beam, "sentences": len(sources),
+        "seconds": round(seconds, 2), "tok_per_s": round(target_tokens / seconds, 1),
+        "sent_per_s": round(len(sources) / seconds, 2), "bleu": bleu,
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", type=Path, default=ROOT / "artifacts" / "default")
+    parser.add_argument("--beam-size", type=int, nargs="+", default=[5, 1])
+    parser.add_argument("--precision", choices=["fp32", "int8", "all"], default="all")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS)
+    parser.add_argument("--limit", type=int, default=0, help="first N test2016 sentences (default: all 1000)")
+    parser.add_argument("--engines", nargs="+", default=["textbook", "torch", "runtime", "ctranslate2"])
+    parser.add_argument("--data-dir")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    precisions = ["fp32", "int8"] if args.precision == "all" else [args.precision]
+    sources_text, references = corpus.split_texts(corpus.resolve_data_dir(args.data_dir), "test2016", ("en", "fr"))
+    if args.limit:
+        sources_text, references = sources_text[: args.limit], references[: args.limit]
+    model, sp = load_model_dir(args.model)
+    sources = [[*ids, cv.EOS_ID] for ids in sp.encode(sources_text)]
+    tag = cv.LANG_TAG_IDS["fr"]
+    work = Path(tempfile.mkdtemp(prefix="mtserve-bench-"))
+
+    runtimes = {"fp32": Translator.load(args.model, args.threads, args.batch_tokens)}
+    if "int8" in precisions and "runtime" in args.engines:
+        from export.exporter import export_model
+
+        data_dir = corpus.resolve_data_dir(args.data_dir)
+        mono = corpus.monolingual_sentences(data_dir, corpus.training_pairs(data_dir))
+        export_model(args.model, work / "int8", mono["en"] + mono["fr"], "int8", sources_text[:200])
+        runtimes["int8"] = Translator.load(work / "int8", args.threads, args.batch_tokens)
+    groups = batches(runtimes["fp32"], sources)
+
+    for beam in args.beam_size:
+        options = DecodeOptions(beam_size=beam)
+        rows: list[tuple[str, str, Decode]] = []
+        if "textbook" in args.engines:
+            textbook = TextbookDecoder(model)
+            rows.append(("pytorch-textbook", "fp32", lambda b, m=textbook, k=beam: _torch(m, b, tag, k)))  # type: ignore[misc]
+        if "torch" in args.engines:
+            rows.append(("pytorch-kv-cache", "fp32", lambda b, k=beam: _torch(model, b, tag, k)))  # type: ignore[misc]
+        if "runtime" in args.engines:
+            for p in precisions:
+                rows.append(("mtserve-onnx", p, lambda b, t=runtimes[p], o=options: _runtime(t, b, tag, o)))  # type: ignore[misc]
+        if "ctranslate2" in args.engines:
+            from bench.ct2_convert import convert
+
+            for p in precisions:
+                ct2_dir = convert(args.model, work / f"ct2-{p}", None if p == "fp32" else "int8")
+                rows.append(("ctranslate2", p, _ct2(ct2_dir, sp, args.threads, beam)))
+        for name, precision, decode in rows:
+            row = run_engine(name, precision, beam, decode, sources, groups, sp.decode, references)
+            print(json.dumps(row), flush=True)
+
+
+def _torch(model: torch.nn.Module, batch: list[list[int]], tag: int, beam: int) -> list[list[int]]:
+    with torch.no_grad():
+        return [h[0].tokens for h in torch_beam_search(model, batch, tag, beam_size=beam)]  # type: ignore[arg-type]
+
+
+def _runtime(translator: Translator, batch: list[list[int]], tag: int, options: DecodeOptions) -> list[list[int]]:
+    from service.runtime.beam import beam_search
+
+    return [h[0].tokens if h else [] for h in beam_search(translator.model, batch, [tag] * len(batch), options)]
+
+
+def _ct2(model_dir: Path, sp: object, threads: int, beam: int) -> Decode:
+    import ctranslate2
+
+    translator = ctranslate2.Translator(str(model_dir), device="cpu", intra_threads=threads, inter_threads=1)
+    piece = sp.id_to_piece  # type: ignore[attr-defined]
+    to_id = sp.piece_to_id  # type: ignore[attr-defined]
+
+    def decode(batch: list[list[int]]) -> list[list[int]]:
+        # The shared maximum-length rule, applied to the batch's longest source.
+        limit = cv.max_target_length(max(len(s) for s in batch))
+        results = translator.translate_batch(
+            [[piece(i) for i in s] for s in batch],
+            target_prefix=[["<2fr>"]] * len(batch),
+            beam_size=beam,
+            length_penalty=1.0,
+            max_decoding_length=limit + 1,  # CTranslate2 counts the prefix token
+        )
+        return [[to_id(t) for t in r.hypotheses[0] if t != "<2fr>"] for r in results]
+
+    return decode
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""`mtserve eval`: sacreBLEU and chrF of the PyTorch beam search, and masked-LM accuracy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sacrebleu
+import sentencepiece as spm
+import torch
+from sacrebleu.metrics.bleu import BLEU
+
+from model import corpus
+from model.artifacts import load_model_dir
+from model.batching import mask_tokens, pad
+from model.beam import beam_search
+from model.transformer import Transformer
+from service.conventions import EOS_ID, EVAL_FILE, LANG_TAG_IDS, LANGUAGES, PAD_ID, parse_direction
+
+log = logging.getLogger("mtserve.eval")
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "artifacts" / "default"
+GOLDEN_SENTENCES = 200  # the golden check scores the first 200 test2016 sentences
+GOLDEN_MARGIN = 0.5
+MLM_SEED = 1234
+
+
+@dataclass(frozen=True)
+class TranslationScores:
+    bleu: float
+    chrf: float
+    sentences: int
+    decode_seconds: float
+    bleu_signature: str
+
+
+def translate(
+    model: Transformer,
+    sp: spm.SentencePieceProcessor,
+    sources: list[str],
+    target_lang: str,
+    beam_size: int = 5,
+    length_penalty: float = 1.0,
+    batch_size: int = 64,
+) -> list[str]:
+    """Best hypothesis per source sentence, decoded in length-sorted batches, order kept."""
+    ids = [[*s, EOS_ID] for s in sp.encode(sources)]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out: list[str] = [""] * len(ids)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        results = beam_search(model, [ids[i] for i in chunk], LANG_TAG_IDS[target_lang], beam_size, length_penalty)
+        for i, hyps in zip(chunk, results, strict=True):
+            out[i] = sp.decode(hyps[0].tokens)
+    return out
+
+
+def score_translations(hypotheses: list[str], references: list[str], seconds: float) -> TranslationScores:
+    """Cased, detokenized sacreBLEU with the 13a tokenizer, and chrF."""
+    bleu = BLEU(tokenize="13a")
+    result = bleu.corpus_score(hypotheses, [references])
+    chrf = sacrebleu.corpus_chrf(hypotheses, [references])
+    return TranslationScores(
+        round(result.score, 2), round(chrf.score, 2), len(hypotheses), round(seconds, 1), str(bleu.get_signature())
+    )
+
+
+@torch.no_grad()
+def mlm_accuracy(model: Transformer, sp: spm.SentencePieceProcessor, sentences: list[str]) -> dict[str, float]:
+    """Top-1/top-5 accuracy at BERT-masked positions (15%, 80/10/10), fixed seed."""
+    rng = np.random.default_rng(MLM_SEED)
+    hits1 = hits5 = total = 0
+    encoded = [[*s, EOS_ID] for s in sp.encode(sentences)]
+    for start in range(0, len(encoded), 128):
+        ids = pad(encoded[start : start + 128])
+        inputs, labels = mask_tokens(ids, rng, model.cfg.vocab_size)
+        picked = labels != PAD_ID
+        hidden = model.encode(inputs, inputs != PAD_ID)
+        top5 = model.mlm_logits(hidden[picked]).topk(5, dim=-1).indices  # [N, 5]
+        gold = labels[picked][:, None]
+        hits1 += int((top5[:, :1] == gold).sum())
+        hits5 += int((top5 == gold).any(-1).sum())
+        total += int(picked.sum())
+    return {"top1": round(hits1 / total, 4), "top5": round(hits5 / total, 4), "masked_tokens": total}
+
+
+def evaluate_split(
+    model: Transformer,
+    sp: spm.SentencePieceProcessor,
+    sources: list[str],
+    references: list[str],
+    target_lang: str,
+    beam_size: int,
+    length_penalty: float = 1.0,
+    batch_size: int = 64,
+) -> tuple[TranslationScores, list[str]]:
+    start = time.perf_counter()
+    hyps = translate(model, sp, sources, target_lang, beam_size, length_penalty, batch_size)
+    return score_translations(hyps, references, time.perf_counter() - start), hyps
+
+
+def _load_split(args: argparse.Namespace, direction: tuple[str, str]) -> tuple[str, list[str], list[str]]:
+    if "," in args.split:
+        src_file, ref_file = (Path(p) for p in args.split.split(","))
+        sources, references = corpus.read_lines(src_file), corpus.read_lines(ref_file)
+        if len(sources) != len(references):
+            raise SystemExit(f"{src_file} has {len(sources)} lines but {ref_file} has {len(references)}")
+        name = src_file.name
+    else:
+        data_dir = corpus.resolve_data_dir(args.data_dir)
+        sources, references = corpus.split_texts(data_dir, args.split, direction)
+        name = args.split
+    if args.limit:
+        sources, references, name = sources[: args.limit], references[: args.limit], f"{name}[:{args.limit}]"
+    return name, sources, references
+
+
+def update_eval_file(path: Path, key: str, direction: str, entry: dict[str, Any]) -> None:
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results.setdefault(key, {})[direction] = entry
+    path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+
+
+def run_eval_command(args: argparse.Namespace) -> int:
+    torch.set_num_threads(torch.get_num_threads())
+    model_dir = args.model or DEFAULT_MODEL_DIR
+    model, sp = load_model_dir(model_dir)
+    direction = parse_direction(args.direction)
+    name, sources, references = _load_split(args, direction)
+    scores, hyps = evaluate_split(
+        model, sp, sources, references, direction[1], args.beam_size, args.length_penalty, args.batch_size
+    )
+    entry: dict[str, Any] = {**scores.__dict__, "beam_size": args.beam_size, "length_penalty": args.length_penalty}
+    if name == f"test2016[:{GOLDEN_SENTENCES}]" and args.beam_size == 5:
+        entry["floor"] = round(scores.bleu - GOLDEN_MARGIN, 2)
+    report: dict[str, Any] = {"split": name, "direction": args.direction, **entry}
+    if args.output:
+        args.output.write_text("\n".join(hyps) + "\n")
+    if not args.no_mlm:
+        data_dir = corpus.resolve_data_dir(args.data_dir)
+        val = corpus.multi30k(data_dir, "val")
+        report["mlm"] = {lang: mlm_accuracy(model, sp, [getattr(p, lang) for p in val]) for lang in LANGUAGES}
+    print(json.dumps(report, indent=2))
+    if not args.no_write:
+        update_eval_file(model_dir / EVAL_FILE, name, args.direction, entry)
+        if "mlm" in report:
+            results = json.loads((model_dir / EVAL_FILE).read_text())
+            results["mlm_val"] = report["mlm"]
+            (model_dir / EVAL_FILE).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    return 0

@@ -1,0 +1,411 @@
+"""`mtserve train`: translation in both directions plus masked-LM (and optional NSP) on the encoder.
+
+Runs alone or under `torchrun --nproc_per_node=N` (gloo on CPU, nccl on GPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+
+from model import batching, corpus
+from model.artifacts import average_state_dicts, write_model_dir
+from model.objectives import TrainingObjectives
+from model.plots import plot_loss_curve
+from model.tokenizer import load_tokenizer, train_tokenizer
+from model.train_config import TrainConfig
+from model.transformer import Transformer
+from service.conventions import LANG_TAG_IDS, PAD_ID, TOKENIZER_FILE
+
+log = logging.getLogger("mtserve.train")
+
+LOG_COLUMNS = (
+    "step",
+    "epoch",
+    "lr",
+    "mt_loss",
+    "mlm_loss",
+    "nsp_loss",
+    "nsp_acc",
+    "val_mt_nll",
+    "tokens_per_s",
+    "minutes",
+)
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: torch.device) -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank=dist.get_rank(), world_size=dist.get_world_size())
+
+
+@dataclass
+class TrainingData:
+    translation: list[batching.Example]
+    mlm: list[list[int]]
+    captions: list[list[list[int]]] = field(default_factory=list)
+    validation: list[batching.Example] = field(default_factory=list)
+
+
+def _weighted(pairs: list[corpus.Pair], weight: float, rng: np.random.Generator) -> list[corpus.Pair]:
+    """floor(weight) copies of each pair, plus one more with probability frac(weight)."""
+    whole, frac = int(weight), weight - int(weight)
+    extra = [p for p, r in zip(pairs, rng.random(len(pairs)), strict=True) if r < frac]
+    return pairs * whole + extra
+
+
+def _both_directions(pairs: list[corpus.Pair], sp: Any, max_len: int) -> list[batching.Example]:
+    en_ids = sp.encode([p.en for p in pairs])
+    fr_ids = sp.encode([p.fr for p in pairs])
+    out = []
+    for en, fr in zip(en_ids, fr_ids, strict=True):
+        if len(en) < max_len and len(fr) < max_len:
+            out.append(batching.Example(src=en, tgt=fr, tag=LANG_TAG_IDS["fr"]))
+            out.append(batching.Example(src=fr, tgt=en, tag=LANG_TAG_IDS["en"]))
+    return out
+
+
+def prepare_data(cfg: TrainConfig, data_dir: Path, out_dir: Path, ctx: Dist) -> TrainingData:
+    """Tokenizer (trained once, reused on resume) and tokenized training data."""
+    parallel = corpus.training_pairs(data_dir)
+    mono = corpus.monolingual_sentences(data_dir, parallel)
+    spm_path = out_dir / TOKENIZER_FILE
+    if ctx.main and not spm_path.exists():
+        log.info("training a %d-piece SentencePiece model", cfg.vocab_size)
+        train_tokenizer(mono["en"] + mono["fr"], spm_path, cfg.vocab_size, seed=cfg.seed)
+    if ctx.world_size > 1:
+        dist.barrier()
+    sp = load_tokenizer(spm_path)
+    rng = np.random.default_rng(cfg.seed)
+    pairs = _weighted(parallel["multi30k"], cfg.multi30k_weight, rng)
+    pairs += _weighted(parallel["tatoeba"], cfg.tatoeba_weight, rng)
+    data = TrainingData(
+        translation=_both_directions(pairs, sp, cfg.max_len),
+        mlm=[s for s in sp.encode(mono["en"] + mono["fr"]) if len(s) < cfg.max_len] if cfg.mlm_weight > 0 else [],
+        validation=_both_directions(corpus.multi30k(data_dir, "val"), sp, cfg.max_len),
+    )
+    if cfg.nsp_weight > 0:
+        files = corpus.caption_files(data_dir)
+        # A file that lost lines to the val/test filter is no longer line-aligned with the others.
+        full = max(len(f) for f in files)
+        data.captions = [sp.encode(f) for f in files if len(f) == full]
+    return data
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to cfg.lr, then inverse square-root decay."""
+    return cfg.lr * min(step / cfg.warmup_steps, math.sqrt(cfg.warmup_steps / max(step, 1)))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, data_dir: Path, resume: bool) -> None:
+        self.cfg, self.out_dir = cfg, Path(cfg.out_dir)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.device = resolve_device(cfg.device)
+        self.ctx = setup_distributed(self.device)
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        if self.ctx.main:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        torch.manual_seed(cfg.seed + self.ctx.rank)
+        self.data = prepare_data(cfg, data_dir, self.out_dir, self.ctx)
+        self.model = Transformer(cfg.model_config()).to(self.device)
+        objectives = TrainingObjectives(
+            self.model,
+            cfg.label_smoothing,
+            cfg.mlm_weight,
+            cfg.nsp_weight,
+            cfg.compile_loss and self.device.type == "cpu",
+        )
+        self.objectives: torch.nn.Module = objectives
+        if self.ctx.world_size > 1:
+            self.objectives = DistributedDataParallel(objectives, find_unused_parameters=cfg.nsp_weight == 0)
+        decay = [p for n, p in self.model.named_parameters() if p.dim() > 1]
+        no_decay = [p for n, p in self.model.named_parameters() if p.dim() <= 1]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr,
+            betas=(0.9, 0.98),
+            eps=1e-9,
+        )
+        shard = {"rank": self.ctx.rank, "world_size": self.ctx.world_size}
+        self.mt_stream = batching.BatchStream(
+            [max(len(e.src), len(e.tgt)) + 1 for e in self.data.translation], cfg.max_tokens, cfg.seed, **shard
+        )
+        self.mlm_stream = (
+            batching.BatchStream([len(s) + 1 for s in self.data.mlm], cfg.mlm_tokens, cfg.seed + 1, **shard)
+            if self.data.mlm
+            else None
+        )
+        self.step, self.elapsed = 0, 0.0
+        if resume:
+            self._load_latest()
+
+    # --- checkpoints ---------------------------------------------------------
+
+    def _checkpoints(self) -> list[Path]:
+        return sorted(self.ckpt_dir.glob("step_*.pt"))
+
+    def _save_checkpoint(self) -> None:
+        rng_states = [torch.get_rng_state()]
+        if self.ctx.world_size > 1:
+            gathered: list[Any] = [None] * self.ctx.world_size
+            dist.all_gather_object(gathered, rng_states[0])
+            rng_states = gathered
+        if not self.ctx.main:
+            return
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "mt_stream": self.mt_stream.state_dict(),
+            "mlm_stream": self.mlm_stream.state_dict() if self.mlm_stream else None,
+            "rng_states": rng_states,
+            "config": self.cfg.to_dict(),
+        }
+        path = self.ckpt_dir / f"step_{self.step:08d}.pt"
+        torch.save(state, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").rename(path)  # a crash mid-write never leaves a half checkpoint
+        for old in self._checkpoints()[: -max(self.cfg.keep_checkpoints, self.cfg.average_last)]:
+            old.unlink()
+
+    def _load_latest(self) -> None:
+        checkpoints = self._checkpoints()
+        if not checkpoints:
+            raise FileNotFoundError(f"--resume: no checkpoints in {self.ckpt_dir}")
+        state = torch.load(checkpoints[-1], map_location=self.device, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.elapsed = state["step"], state["elapsed"]
+        self.mt_stream.load_state_dict(state["mt_stream"])
+        if self.mlm_stream and state["mlm_stream"]:
+            self.mlm_stream.load_state_dict(state["mlm_stream"])
+        torch.set_rng_state(state["rng_states"][self.ctx.rank])
+        if self.ctx.main:
+            self._truncate_log(self.step)
+            log.info("resumed from %s (step %d, %.1f min)", checkpoints[-1].name, self.step, self.elapsed / 60)
+
+    # --- logging -------------------------------------------------------------
+
+    @property
+    def log_path(self) -> Path:
+        return self.out_dir / "train_log.csv"
+
+    def _truncate_log(self, step: int) -> None:
+        if not self.log_path.exists():
+            return
+        with open(self.log_path) as handle:
+            rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= step]
+        self._write_log(rows, mode="w")
+
+    def _write_log(self, rows: list[dict[str, Any]], mode: str = "a") -> None:
+        new = mode == "w" or not self.log_path.exists()
+        with open(self.log_path, mode, newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+
+    # --- the loop ------------------------------------------------------------
+
+    def _batch(self) -> dict[str, Tensor]:
+        examples = [self.data.translation[i] for i in self.mt_stream.next()]
+        batch = batching.translation_batch(examples)
+        rng = np.random.default_rng([self.cfg.seed, self.step, self.ctx.rank])
+        if self.mlm_stream is not None:
+            sentences = [self.data.mlm[i] for i in self.mlm_stream.next()]
+            batch |= batching.mlm_batch(sentences, rng, self.cfg.vocab_size, self.cfg.mlm_prob)
+        if self.data.captions:
+            batch |= batching.nsp_batch(self.data.captions, self.cfg.nsp_pairs, rng, self.cfg.max_len)
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if not self.cfg.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def train_step(self) -> dict[str, float]:
+        self.step += 1
+        lr = lr_at(self.step, self.cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batch = self._batch()
+        self.objectives.train()
+        with self._autocast():
+            losses = self.objectives(batch)
+        losses["total"].backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        out = {k: float(v.detach()) for k, v in losses.items()}
+        out["lr"] = lr
+        out["tokens"] = float((batch["tgt_out"] != PAD_ID).sum())
+        return out
+
+    @torch.no_grad()
+    def validation_nll(self) -> float:
+        """Per-token NLL (no smoothing) on Multi30k val, both directions."""
+        self.model.eval()
+        total, count = 0.0, 0
+        examples = self.data.validation
+        order = sorted(range(len(examples)), key=lambda i: len(examples[i].src))
+        for start in range(0, len(order), 64):
+            batch = batching.translation_batch([examples[i] for i in order[start : start + 64]])
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            with self._autocast():
+                logits = self.model(batch["src"], batch["tgt_in"])
+            labels = batch["tgt_out"].flatten()
+            total += float(
+                torch.nn.functional.cross_entropy(
+                    logits.flatten(0, 1).float(), labels, ignore_index=PAD_ID, reduction="sum"
+                )
+            )
+            count += int((labels != PAD_ID).sum())
+        return total / count
+
+    def _should(self, last_ckpt: float) -> tuple[bool, bool]:
+        """(stop, checkpoint), agreed by all ranks."""
+        cfg = self.cfg
+        stop = (cfg.max_steps > 0 and self.step >= cfg.max_steps) or (
+            cfg.max_minutes > 0 and self.elapsed >= cfg.max_minutes * 60
+        )
+        ckpt = time.monotonic() - last_ckpt >= cfg.checkpoint_minutes * 60 or (
+            cfg.checkpoint_steps > 0 and self.step % cfg.checkpoint_steps == 0
+        )
+        if self.ctx.world_size > 1:
+            flags = torch.tensor([float(stop), float(ckpt)])
+            dist.broadcast(flags, src=0)
+            stop, ckpt = bool(flags[0]), bool(flags[1])
+        return stop, ckpt
+
+    def _eta_minutes(self, steps_per_s: float) -> float:
+        remaining = []
+        if self.cfg.max_minutes > 0:
+            remaining.append(self.cfg.max_minutes - self.elapsed / 60)
+        if self.cfg.max_steps > 0 and steps_per_s > 0:
+            remaining.append((self.cfg.max_steps - self.step) / steps_per_s / 60)
+        return max(0.0, min(remaining))
+
+    def run(self) -> Path | None:
+        """Train to the step or time limit; return the final model directory (rank 0)."""
+        cfg = self.cfg
+        window: dict[str, list[float]] = {}
+        window_start = last_ckpt = time.monotonic()
+        tokens = 0.0
+        pending: list[dict[str, Any]] = []
+        while True:
+            t0 = time.monotonic()
+            stats = self.train_step()
+            self.elapsed += time.monotonic() - t0
+            tokens += stats.pop("tokens") * self.ctx.world_size
+            for k, v in stats.items():
+                window.setdefault(k, []).append(v)
+            stop, ckpt = self._should(last_ckpt)
+            if self.step % cfg.log_every == 0 or stop or ckpt:
+                now = time.monotonic()
+                row = self._log_row(
+                    window, tokens / max(now - window_start, 1e-9), len(window["lr"]) / (now - window_start)
+                )
+                pending.append(row)
+                window, tokens, window_start = {}, 0.0, now
+            if ckpt or stop:
+                if self.ctx.main:
+                    pending[-1]["val_mt_nll"] = round(self.validation_nll(), 4)
+                    log.info("step %d: validation NLL %.4f", self.step, pending[-1]["val_mt_nll"])
+                    self._write_log(pending)
+                    plot_loss_curve(self.log_path, self.out_dir / "loss_curve.png")
+                pending = []
+                self._save_checkpoint()
+                last_ckpt = time.monotonic()
+            if stop:
+                break
+        return self._finish() if self.ctx.main else None
+
+    def _log_row(self, window: dict[str, list[float]], tokens_per_s: float, steps_per_s: float) -> dict[str, Any]:
+        def mean(key: str) -> float | str:
+            values = window.get(key)
+            return round(sum(values) / len(values), 4) if values else ""
+
+        row = {
+            "step": self.step,
+            "epoch": self.mt_stream.epoch,
+            "lr": f"{window['lr'][-1]:.3e}",
+            "mt_loss": mean("mt"),
+            "mlm_loss": mean("mlm"),
+            "nsp_loss": mean("nsp"),
+            "nsp_acc": mean("nsp_acc"),
+            "val_mt_nll": "",
+            "tokens_per_s": round(tokens_per_s),
+            "minutes": round(self.elapsed / 60, 2),
+        }
+        if self.ctx.main:
+            log.info(
+                "step %d | epoch %d | mt %.3f | mlm %s | lr %s | %d tgt tok/s | %.1f min | ETA %.1f min",
+                self.step, row["epoch"], row["mt_loss"], row["mlm_loss"] or "-", row["lr"],
+                row["tokens_per_s"], self.elapsed / 60, self._eta_minutes(steps_per_s),
+            )  # fmt: skip
+        return row
+
+    def _finish(self) -> Path:
+        checkpoints = self._checkpoints()[-self.cfg.average_last :]
+        states = [torch.load(p, map_location="cpu", weights_only=False)["model"] for p in checkpoints]
+        final = self.out_dir / "model"
+        write_model_dir(final, self.cfg.model_config(), average_state_dicts(states), self.out_dir / TOKENIZER_FILE)
+        for name in ("train_log.csv", "loss_curve.png", "train_config.json"):
+            if (self.out_dir / name).exists():
+                (final / name).write_bytes((self.out_dir / name).read_bytes())
+        with open(self.log_path) as handle:
+            rows = list(csv.DictReader(handle))
+        summary = {
+            "steps": self.step,
+            "train_minutes": round(self.elapsed / 60, 2),
+            "mean_target_tokens_per_s": round(sum(float(r["tokens_per_s"]) for r in rows) / max(len(rows), 1)),
+            "averaged_checkpoints": [p.name for p in checkpoints],
+            "world_size": self.ctx.world_size,
+        }
+        (final / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+        log.info("wrote %s (%s)", final, summary)
+        return final
+
+
+def train(cfg: TrainConfig, data_dir: Path, resume: bool = False) -> Path | None:
+    trainer = Trainer(cfg, data_dir, resume)
+    try:
+        return trainer.run()
+    finally:
+        if trainer.ctx.world_size > 1:
+            dist.destroy_process_group()

@@ -1,0 +1,1 @@
+"""The torch-free inference runtime: onnxruntime sessions, beam search in numpy, fill-mask."""

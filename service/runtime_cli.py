@@ -1,0 +1,146 @@
+"""`mtserve translate`, `mtserve fill` and `mtserve bench`: the runtime from the command line, no torch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from service import conventions as cv
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "artifacts" / "default"
+
+
+def _languages(args: argparse.Namespace) -> tuple[str | None, str]:
+    source, target = args.source, args.target
+    if target is None:
+        target = "en" if source == "fr" else "fr"
+    for name, lang in (("--source", source), ("--target", target)):
+        if lang is not None and lang not in cv.LANGUAGES:
+            sys.exit(f"{name} must be one of {', '.join(cv.LANGUAGES)}; got {lang!r}")
+    if source == target:
+        sys.exit(f"--source and --target are both {target!r}")
+    return source, target
+
+
+def _options(args: argparse.Namespace) -> Any:
+    from service.runtime.beam import DecodeOptions
+
+    try:
+        return DecodeOptions(beam_size=args.beam_size, n_best=args.n_best, length_penalty=args.length_penalty)
+    except ValueError as exc:
+        sys.exit(f"mtserve: {exc}")
+
+
+def _translate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from service.runtime.translator import Translator
+
+    _, target = _languages(args)
+    options = _options(args)
+    translator = Translator.load(args.model, args.threads, args.batch_tokens)
+    lines = [line.rstrip("\n") for line in sys.stdin]
+    show = sys.stderr.isatty() and len(lines) > 20
+    with tqdm(total=len(lines), disable=not show, unit="sent", file=sys.stderr) as bar:
+        results = translator.translate(lines, target, options, progress=bar.update)
+    for hyps in results:
+        if args.n_best > 1:
+            sys.stdout.write("\t".join(f"{h.text}\t{h.score:.4f}" for h in hyps) + "\n")
+        else:
+            sys.stdout.write(hyps[0].text + "\n")
+    return 0
+
+
+def _fill(args: argparse.Namespace) -> int:
+    from service.runtime.fill_mask import FillMask, FillMaskError
+    from service.runtime.sessions import OnnxModel
+
+    filler = FillMask.from_model(OnnxModel(args.model, args.threads))
+    try:
+        results = filler.fill(args.text, top_k=args.top_k, targets=args.targets)
+    except FillMaskError as exc:
+        sys.exit(f"mtserve fill: {exc}")
+    rows = [[c.as_dict() for c in row] for row in results]
+    print(json.dumps(rows[0] if len(rows) == 1 else rows, ensure_ascii=False, indent=2))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from service.runtime.translator import Translator
+
+    _, target = _languages(args)
+    options = _options(args)
+    translator = Translator.load(args.model, args.threads, args.batch_tokens)
+    lines = [line.rstrip("\n") for line in args.input.read_text().splitlines()]
+    translator.translate(lines[:8], target, options)  # warm-up
+    latencies: list[float] = []
+    last = time.perf_counter()
+
+    def tick(_: int) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        latencies.append(now - last)
+        last = now
+
+    start = last = time.perf_counter()
+    results = translator.translate(lines, target, options, progress=tick)
+    seconds = time.perf_counter() - start
+    target_tokens = sum(h[0].target_tokens for h in results)
+    print(
+        json.dumps(
+            {
+                "sentences": len(lines),
+                "seconds": round(seconds, 3),
+                "sent_per_s": round(len(lines) / seconds, 2),
+                "tok_per_s": round(target_tokens / seconds, 1),
+                "batch_latency_p50_ms": round(float(np.percentile(latencies, 50)) * 1000, 1),
+                "batch_latency_p95_ms": round(float(np.percentile(latencies, 95)) * 1000, 1),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "beam": args.beam_size,
+                "threads": args.threads,
+                "batch_tokens": args.batch_tokens,
+            }
+        )
+    )
+    return 0
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="exported model directory")
+    parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all cores)")
+
+
+def _decoding(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--source", help="source language (en or fr); the model does not need it")
+    parser.add_argument("--target", help="target language (default: the other one, else fr)")
+    parser.add_argument("--beam-size", type=int, default=5)
+    parser.add_argument("--n-best", type=int, default=1)
+    parser.add_argument("--length-penalty", type=float, default=1.0)
+    parser.add_argument("--batch-tokens", type=int, default=2048, help="source tokens per batch")
+
+
+def register(sub: Any) -> None:
+    translate = sub.add_parser("translate", help="translate stdin to stdout, one sentence per line")
+    _common(translate)
+    _decoding(translate)
+    translate.set_defaults(handler=_translate)
+
+    fill = sub.add_parser("fill", help="fill <mask> words")
+    _common(fill)
+    fill.add_argument("text", help='text with one or more <mask>, e.g. "A man is <mask> a guitar."')
+    fill.add_argument("--top-k", type=int, default=5)
+    fill.add_argument("--targets", nargs="+", help="restrict candidates to these words")
+    fill.set_defaults(handler=_fill)
+
+    bench = sub.add_parser("bench", help="throughput and latency of the runtime on a file")
+    _common(bench)
+    _decoding(bench)
+    bench.add_argument("--input", type=Path, required=True, help="one sentence per line")
+    bench.set_defaults(handler=_bench)

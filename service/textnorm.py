@@ -1,0 +1,20 @@
+"""Text normalisation applied identically to training data and to service input."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+# Spaces French typography puts before ! ? : ; and inside guillemets, plus
+# invisible characters that only confuse the tokenizer.
+_SPACE_LIKE = dict.fromkeys(map(ord, "\u00a0\u202f\u2009\u2007\u2002\u2003\t"), " ")
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u00ad\ufeff"), None)
+_QUOTES = {ord("\u2019"): "'", ord("\u2018"): "'"}
+_MULTI_SPACE = re.compile(r" {2,}")
+
+
+def normalize(text: str) -> str:
+    """NFC, one kind of space, straight apostrophes, no invisible characters, trimmed."""
+    text = unicodedata.normalize("NFC", text)
+    text = text.translate(_SPACE_LIKE).translate(_INVISIBLE).translate(_QUOTES)
+    return _MULTI_SPACE.sub(" ", text).strip()

@@ -1,0 +1,110 @@
+"""Shared fixtures: a tiny data directory cut from ../shared/data and a tiny model trained on it."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import pytest
+
+from model.corpus import DEFAULT_DATA_DIR, read_lines
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("MTSERVE_DATA_DIR", ROOT / DEFAULT_DATA_DIR))
+TINY_PAIRS = 200
+
+
+def _write(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        handle.writelines(line + "\n" for line in lines)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "multi30k").is_dir():
+        pytest.skip(f"no data directory at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real layout with 200 training pairs; short sentences so a tiny model can memorise them."""
+    out = tmp_path_factory.mktemp("tiny-data")
+    m30k = shared_data / "multi30k"
+    en, fr = read_lines(m30k / "train.en.gz"), read_lines(m30k / "train.fr.gz")
+    short = [i for i in range(len(en)) if len(en[i]) < 45 and len(fr[i]) < 50][:TINY_PAIRS]
+    _write(out / "multi30k/train.en.gz", [en[i] for i in short])
+    _write(out / "multi30k/train.fr.gz", [fr[i] for i in short])
+    for split in ("val", "test_2016_flickr"):
+        for lang in ("en", "fr"):
+            _write(out / f"multi30k/{split}.{lang}.gz", read_lines(m30k / f"{split}.{lang}.gz")[:20])
+    for i in range(1, 6):
+        _write(out / f"multi30k/captions-en/train.{i}.en.gz", read_lines(m30k / f"captions-en/train.{i}.en.gz")[:100])
+    tatoeba = read_lines(shared_data / "tatoeba/eng-fra.tsv.gz")[:4050:10]
+    _write(out / "tatoeba/eng-fra.tsv.gz", tatoeba)
+    return out
+
+
+def tiny_config(out_dir: Path, data_dir: Path, **overrides: object) -> dict[str, object]:
+    """TrainConfig values for a model that trains in seconds."""
+    values: dict[str, object] = {
+        "data_dir": str(data_dir),
+        "out_dir": str(out_dir),
+        "vocab_size": 400,
+        "d_model": 64,
+        "n_heads": 4,
+        "d_ff": 256,
+        "encoder_layers": 2,
+        "decoder_layers": 2,
+        "dropout": 0.0,
+        "label_smoothing": 0.0,
+        "max_tokens": 600,
+        "mlm_tokens": 200,
+        "lr": 3e-3,
+        "warmup_steps": 30,
+        "max_steps": 40,
+        "threads": 1,
+        "compile_loss": False,
+        "log_every": 5,
+        "checkpoint_minutes": 60.0,
+        "checkpoint_steps": 20,
+        "average_last": 1,
+        "tatoeba_weight": 0.0,
+        "seed": 7,
+    }
+    values.update(overrides)
+    return values
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model trained until it has memorised its 200 training pairs (about a minute on 2 cores)."""
+    from model.train import train
+    from model.train_config import TrainConfig
+
+    out = tmp_path_factory.mktemp("memorise")
+    cfg = TrainConfig(**tiny_config(out, tiny_data_dir, max_steps=1200, lr=5e-3, checkpoint_steps=600))  # type: ignore[arg-type]
+    model_dir = train(cfg, tiny_data_dir)
+    assert model_dir is not None
+    return model_dir
+
+
+@pytest.fixture(scope="session")
+def sentences(tiny_data_dir: Path) -> list[str]:
+    train = read_lines(tiny_data_dir / "multi30k/train.en.gz")[:12]
+    val = read_lines(tiny_data_dir / "multi30k/val.en.gz")[:12]
+    return train + val  # memorised and unseen inputs
+
+
+@pytest.fixture(scope="session")
+def exported(
+    tiny_model_dir: Path, tiny_data_dir: Path, sentences: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    out = tmp_path_factory.mktemp("onnx")
+    text = read_lines(tiny_data_dir / "multi30k/train.en.gz") + read_lines(tiny_data_dir / "multi30k/train.fr.gz")
+    from export.exporter import export_model
+
+    export_model(tiny_model_dir, out, text, "fp32", sentences)
+    return out

@@ -1,0 +1,130 @@
+"""The numpy beam search, batching and fill-mask on an exported tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.conventions import EOS_ID, LANG_TAG_IDS
+from service.runtime.beam import DecodeOptions, beam_search, runaway
+from service.runtime.fill_mask import FillMask, FillMaskError
+from service.runtime.sessions import OnnxModel
+from service.runtime.translator import MAX_SOURCE_TOKENS, Translator
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def onnx_model(exported: Path) -> OnnxModel:
+    return OnnxModel(exported, intra_op_threads=1)
+
+
+def _ids(model: OnnxModel, texts: list[str]) -> list[list[int]]:
+    return [[*ids, EOS_ID] for ids in model.tokenizer.encode(texts)]
+
+
+def _teacher_forced_log_prob(model: OnnxModel, source: list[int], tag: int, tokens: list[int]) -> float:
+    ids = np.asarray([source], dtype=np.int64)
+    mask = np.ones_like(ids)
+    enc = model.encode(ids, mask)
+    past, total = model.empty_past(1), 0.0
+    for prev, nxt in zip([tag, *tokens], [*tokens, EOS_ID], strict=True):
+        log_probs, past = model.decode_step(np.asarray([[prev]]), mask, past, enc.cross)
+        total += float(log_probs[0, nxt])
+    return total
+
+
+def test_n_best_is_sorted_and_scores_follow_the_length_penalty(onnx_model: OnnxModel, sentences: list[str]) -> None:
+    tag = LANG_TAG_IDS["fr"]
+    sources = _ids(onnx_model, sentences[:6])
+    for alpha in (0.0, 1.0):
+        options = DecodeOptions(beam_size=4, n_best=4, length_penalty=alpha)
+        for source, hyps in zip(sources, beam_search(onnx_model, sources, [tag] * 6, options), strict=True):
+            scores = [h.score for h in hyps]
+            assert scores == sorted(scores, reverse=True) and len(hyps) == 4
+            for h in hyps:
+                log_prob = _teacher_forced_log_prob(onnx_model, source, tag, h.tokens)
+                assert h.log_prob == pytest.approx(log_prob, abs=1e-4)
+                assert h.score == pytest.approx(log_prob / (len(h.tokens) + 1) ** alpha, abs=1e-4)
+
+
+@pytest.mark.parametrize("beam_size", [1, 5])
+def test_a_sentence_translates_the_same_alone_and_in_any_batch(
+    onnx_model: OnnxModel,
+    sentences: list[str],
+    beam_size: int,
+) -> None:
+    sources = _ids(onnx_model, sentences)
+    options = DecodeOptions(beam_size=beam_size, n_best=beam_size)
+    tags = [LANG_TAG_IDS["fr"] if i % 2 else LANG_TAG_IDS["en"] for i in range(len(sources))]
+    batched = beam_search(onnx_model, sources, tags, options)
+    for i in (0, 5, len(sources) - 1):
+        alone = beam_search(onnx_model, [sources[i]], [tags[i]], options)[0]
+        assert [h.tokens for h in alone] == [h.tokens for h in batched[i]]
+        assert np.allclose([h.score for h in alone], [h.score for h in batched[i]], atol=1e-4)
+
+
+def test_the_length_limit_holds(onnx_model: OnnxModel, sentences: list[str]) -> None:
+    options = DecodeOptions(beam_size=3, max_length=4)
+    for hyps in beam_search(onnx_model, _ids(onnx_model, sentences[:4]), [LANG_TAG_IDS["fr"]] * 4, options):
+        assert len(hyps[0].tokens) <= 4
+
+
+def test_the_repetition_guard_stops_runaway_loops() -> None:
+    assert runaway([5, 5, 5, 5], 5)
+    assert not runaway([5, 5, 5], 5)
+    assert runaway([1, 7, 8, 7, 8, 7, 8], 7) is False and runaway([7, 8, 7, 8, 7, 8, 7], 8)
+    assert not runaway([1, 2, 3, 4, 1, 2, 3], 5)
+
+
+def test_translator_keeps_order_and_answers_empty_text(exported: Path, sentences: list[str]) -> None:
+    translator = Translator.load(exported, intra_op_threads=1, batch_tokens=64)
+    texts = [sentences[3], "", "   ", sentences[0], sentences[3]]
+    out = translator.translate(texts, "fr", DecodeOptions(beam_size=2))
+    assert out[1][0].text == "" and out[2][0].text == ""
+    assert out[0][0].text == out[4][0].text and out[0][0].text
+    assert [len(o) for o in out] == [1] * 5
+
+
+def test_long_input_is_split_not_truncated(exported: Path) -> None:
+    translator = Translator.load(exported, intra_op_threads=1)
+    ids = translator.tokenizer.encode(" ".join(["A man rides a bike."] * 120))
+    pieces = translator.split_long(ids)
+    assert len(pieces) > 1 and all(len(p) <= MAX_SOURCE_TOKENS for p in pieces)
+    assert [t for p in pieces for t in p] == ids
+
+
+def test_token_budget_batches_cover_everything_within_budget(exported: Path, sentences: list[str]) -> None:
+    translator = Translator.load(exported, intra_op_threads=1, batch_tokens=100)
+    from service.runtime.translator import _Segment
+
+    segments = [_Segment(i, ids) for i, ids in enumerate(_ids(translator.model, sentences))]
+    batches = translator.batches(segments)
+    assert sorted(i for b in batches for i in b) == list(range(len(segments)))
+    assert all(len(b) == 1 or max(len(segments[i].ids) for i in b) * len(b) <= 100 for b in batches)
+
+
+def test_fill_mask_returns_whole_words_in_the_pipeline_shape(onnx_model: OnnxModel) -> None:
+    filler = FillMask.from_model(onnx_model)
+    single = filler.fill("A man in a <mask> shirt.", top_k=5)
+    assert len(single) == 1 and len(single[0]) == 5
+    scores = [c.score for c in single[0]]
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    for c in single[0]:
+        assert onnx_model.tokenizer.id_to_piece(c.token) == "▁" + c.token_str
+        assert c.sequence == f"A man in a {c.token_str} shirt."
+    double = filler.fill("A [MASK] in a <mask> shirt.", top_k=3)
+    assert [len(row) for row in double] == [3, 3]
+    assert double[0][0].sequence.endswith("in a <mask> shirt.")
+
+
+def test_fill_mask_targets_and_errors(onnx_model: OnnxModel) -> None:
+    filler = FillMask.from_model(onnx_model)
+    (row,) = filler.fill("A <mask> is running.", targets=["man", "dog"])
+    assert {c.token_str for c in row} <= {"man", "dog"}
+    with pytest.raises(FillMaskError, match="<mask>"):
+        filler.fill("No mask here.")
+    with pytest.raises(FillMaskError, match="xqzv"):
+        filler.fill("A <mask> runs.", targets=["xqzv"])

@@ -1,0 +1,137 @@
+"""End-to-end training of tiny models on the real data layout."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.artifacts import load_model_dir
+from model.batching import nsp_batch
+from model.beam import beam_search
+from model.config import ModelConfig
+from model.corpus import read_lines
+from model.objectives import TrainingObjectives
+from model.train import train
+from model.train_config import TrainConfig, load_config
+from model.transformer import Transformer
+from service.conventions import EOS_ID, LANG_TAG_IDS
+from tests.conftest import ROOT, tiny_config
+
+pytestmark = pytest.mark.slow
+
+
+def _losses(out_dir: Path, column: str = "mt_loss") -> list[float]:
+    with open(out_dir / "train_log.csv") as handle:
+        return [float(r[column]) for r in csv.DictReader(handle) if r[column]]
+
+
+def test_loss_falls(tiny_model_dir: Path) -> None:
+    losses = _losses(tiny_model_dir)
+    assert losses[-1] < 0.3 * losses[0]
+    assert _losses(tiny_model_dir, "mlm_loss")[-1] < _losses(tiny_model_dir, "mlm_loss")[0]
+
+
+def test_greedy_output_on_memorised_pairs_is_exact(tiny_model_dir: Path, tiny_data_dir: Path) -> None:
+    model, sp = load_model_dir(tiny_model_dir)
+    pairs = list(
+        zip(
+            read_lines(tiny_data_dir / "multi30k/train.en.gz"),
+            read_lines(tiny_data_dir / "multi30k/train.fr.gz"),
+            strict=True,
+        )
+    )
+    pairs = sorted(pairs, key=lambda p: len(p[0]))[:8]  # the shortest are memorised first
+    hyps = beam_search(
+        model, [[*ids, EOS_ID] for ids in sp.encode([en for en, _ in pairs])], LANG_TAG_IDS["fr"], beam_size=1
+    )
+    outputs = [sp.decode(h[0].tokens) for h in hyps]
+    exact = [o for o, (_, fr) in zip(outputs, pairs, strict=True) if o == fr]
+    assert len(exact) >= 6, list(zip(outputs, [fr for _, fr in pairs], strict=True))
+
+
+def test_model_directory_holds_everything_a_user_needs(tiny_model_dir: Path) -> None:
+    for name in ("model.pt", "config.json", "spm.model", "train_log.csv", "loss_curve.png", "training.json"):
+        assert (tiny_model_dir / name).is_file(), name
+    assert (tiny_model_dir / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resume_reproduces_the_uninterrupted_run(tiny_data_dir: Path, tmp_path: Path) -> None:
+    whole = TrainConfig(**tiny_config(tmp_path / "whole", tiny_data_dir, max_steps=40, dropout=0.1))  # type: ignore[arg-type]
+    train(whole, tiny_data_dir)
+    first = TrainConfig(**tiny_config(tmp_path / "split", tiny_data_dir, max_steps=20, dropout=0.1))  # type: ignore[arg-type]
+    train(first, tiny_data_dir)
+    rest = TrainConfig(**tiny_config(tmp_path / "split", tiny_data_dir, max_steps=40, dropout=0.1))  # type: ignore[arg-type]
+    train(rest, tiny_data_dir, resume=True)
+    assert _losses(tmp_path / "split") == _losses(tmp_path / "whole")
+    a = torch.load(tmp_path / "whole/model/model.pt", weights_only=True)
+    b = torch.load(tmp_path / "split/model/model.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_next_sentence_prediction_learns_a_fixed_batch(tiny_data_dir: Path) -> None:
+    """The NSP head and loss carry gradient: a fixed batch of real caption pairs is learnt."""
+    torch.manual_seed(0)
+    sp_dir = tiny_data_dir / "multi30k/captions-en"
+    files = [read_lines(sp_dir / f"train.{i}.en.gz")[:40] for i in range(1, 6)]
+    vocab = {w: i + 9 for i, w in enumerate(sorted({w for f in files for s in f for w in s.split()}))}
+    captions = [[[vocab[w] for w in s.split()] for s in f] for f in files]
+    batch = nsp_batch(captions, 32, np.random.default_rng(0), max_len=64)
+    cfg = ModelConfig(vocab_size=len(vocab) + 9, d_model=64, n_heads=4, d_ff=128, encoder_layers=2, decoder_layers=1)
+    objectives = TrainingObjectives(Transformer(cfg), 0.0, mlm_weight=0.0, nsp_weight=1.0, compile_loss=False)
+    optimizer = torch.optim.Adam(objectives.parameters(), lr=1e-3)
+    dummy = {"src": batch["nsp_in"][:2], "tgt_in": batch["nsp_in"][:2, :3], "tgt_out": batch["nsp_in"][:2, 1:4]}
+    losses = []
+    for _ in range(60):
+        out = objectives({**dummy, **batch})
+        out["total"].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(out["nsp"].item())
+    assert losses[0] > 0.5 and losses[-1] < 0.1
+    assert out["nsp_acc"].item() == 1.0
+
+
+def test_trainer_logs_next_sentence_prediction(tiny_data_dir: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig(**tiny_config(tmp_path, tiny_data_dir, max_steps=10, nsp_weight=0.5, nsp_pairs=16))  # type: ignore[arg-type]
+    train(cfg, tiny_data_dir)
+    losses, accuracy = _losses(tmp_path, "nsp_loss"), _losses(tmp_path, "nsp_acc")
+    assert len(losses) == 2 and all(0 < x < 2 for x in losses) and all(0 <= a <= 1 for a in accuracy)
+
+
+def test_torchrun_with_two_processes_completes_five_steps(tiny_data_dir: Path, tmp_path: Path) -> None:
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in tiny_config(tmp_path, tiny_data_dir, max_steps=5).items()]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           "-m", "service.cli", "train", *flags]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "model/model.pt").is_file()
+    assert (tmp_path / "checkpoints/step_00000005.pt").is_file()
+
+
+def test_config_rejects_unknown_keys(tmp_path: Path) -> None:
+    file = tmp_path / "bad.toml"
+    file.write_text("max_steps = 10\nlearning_rate = 0.1\n")
+    with pytest.raises(ValueError, match="unknown config keys \\['learning_rate'\\]"):
+        load_config(file, {})
+
+
+def test_config_rejects_wrong_types(tmp_path: Path) -> None:
+    file = tmp_path / "bad.toml"
+    file.write_text('max_steps = "ten"\n')
+    with pytest.raises(ValueError, match="max_steps must be int"):
+        load_config(file, {})
+
+
+def test_flags_override_the_file(tmp_path: Path) -> None:
+    file = tmp_path / "ok.toml"
+    file.write_text("max_steps = 10\nd_model = 128\n")
+    cfg = load_config(file, {"d_model": 64, "lr": None})
+    assert (cfg.max_steps, cfg.d_model, cfg.lr) == (10, 64, TrainConfig.lr)
