@@ -24,7 +24,7 @@ def _write(path: Path, lines: list[str]) -> None:
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED_DATA / "multi30k").is_dir():
-        pytest.skip(f"no data directory at {SHARED_DATA}")
+        pytest.fail(f"no data directory at {SHARED_DATA}: set MTSERVE_DATA_DIR or run `mtserve data fetch`")
     return SHARED_DATA
 
 
