@@ -128,11 +128,13 @@ def update_eval_file(path: Path, key: str, direction: str, entry: dict[str, Any]
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
-    torch.set_num_threads(torch.get_num_threads())
     model_dir = args.model or DEFAULT_MODEL_DIR
-    model, sp = load_model_dir(model_dir)
-    direction = parse_direction(args.direction)
-    name, sources, references = _load_split(args, direction)
+    try:
+        direction = parse_direction(args.direction)
+        model, sp = load_model_dir(model_dir)
+        name, sources, references = _load_split(args, direction)
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"mtserve eval: {exc}") from exc
     scores, hyps = evaluate_split(
         model, sp, sources, references, direction[1], args.beam_size, args.length_penalty, args.batch_size
     )
