@@ -29,7 +29,7 @@ from model.evaluate import score_translations  # noqa: E402
 from model.transformer import KV, Transformer  # noqa: E402
 from service import conventions as cv  # noqa: E402
 from service.runtime.beam import DecodeOptions  # noqa: E402
-from service.runtime.translator import DEFAULT_BATCH_TOKENS, Translator, _Segment  # noqa: E402
+from service.runtime.translator import DEFAULT_BATCH_TOKENS, Translator  # noqa: E402
 
 Decode = Callable[[list[list[int]]], list[list[int]]]  # batch of source ids -> best target ids
 
@@ -56,10 +56,6 @@ class TextbookDecoder(torch.nn.Module):
         prefix = tgt if past is None else torch.cat((past[0][0], tgt), dim=1)
         logits, _ = self.model.decode_step(prefix, src_mask, cross, None)
         return logits[:, -1:], [(prefix, prefix)]
-
-
-def batches(translator: Translator, sources: list[list[int]]) -> list[list[int]]:
-    return translator.batches([_Segment(i, s) for i, s in enumerate(sources)])
 
 
 def run_engine(
@@ -104,15 +100,16 @@ def main() -> None:
     tag = cv.LANG_TAG_IDS["fr"]
     work = Path(tempfile.mkdtemp(prefix="mtserve-bench-"))
 
-    runtimes = {"fp32": Translator.load(args.model, args.threads, args.batch_tokens)}
-    if "int8" in precisions and "runtime" in args.engines:
-        from export.exporter import export_model
+    # Each precision exported afresh from the checkpoint, whatever graphs the model directory holds.
+    from export.exporter import export_model
 
-        data_dir = corpus.resolve_data_dir(args.data_dir)
-        mono = corpus.monolingual_sentences(data_dir, corpus.training_pairs(data_dir))
-        export_model(args.model, work / "int8", mono["en"] + mono["fr"], "int8", sources_text[:200])
-        runtimes["int8"] = Translator.load(work / "int8", args.threads, args.batch_tokens)
-    groups = batches(runtimes["fp32"], sources)
+    data_dir = corpus.resolve_data_dir(args.data_dir)
+    mono = corpus.monolingual_sentences(data_dir, corpus.training_pairs(data_dir))
+    runtimes = {}
+    for p in precisions:
+        export_model(args.model, work / p, mono["en"] + mono["fr"], p, sources_text[:200])
+        runtimes[p] = Translator.load(work / p, args.threads, args.batch_tokens)
+    groups = next(iter(runtimes.values())).batches([len(s) for s in sources])
 
     for beam in args.beam_size:
         options = DecodeOptions(beam_size=beam)

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from export.exporter import ExportValidationError
 from model.cli import require_torch
 
 VALIDATION_SENTENCES = 200
@@ -16,7 +15,7 @@ VALIDATION_SENTENCES = 200
 
 def _export(args: argparse.Namespace) -> int:
     require_torch()
-    from export.exporter import export_model
+    from export.exporter import ExportValidationError, export_model
     from model import corpus
 
     data_dir = corpus.resolve_data_dir(args.data_dir)

@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import numpy_helper
 
@@ -51,12 +52,38 @@ def tie_output_projection(path: Path, vocab_size: int) -> None:
     onnx.save(graph, str(path))
 
 
+def store_exact_fp16(path: Path) -> int:
+    """Store fp32 weights that are exactly fp16 values (the checkpoint's are) as fp16, cast back on load.
+
+    onnxruntime folds the Cast when the session starts, so inference stays fp32 and
+    bit-identical while the file holds half the bytes. Returns the tensors converted.
+    """
+    graph = onnx.load(str(path), load_external_data=True)
+    casts, converted = [], 0
+    for init in list(graph.graph.initializer):
+        if init.data_type != onnx.TensorProto.FLOAT:
+            continue
+        values = numpy_helper.to_array(init)
+        if values.nbytes < INLINE_BELOW_BYTES or not (values.astype(np.float16).astype(np.float32) == values).all():
+            continue
+        half_name = init.name + ".fp16"
+        graph.graph.initializer.remove(init)
+        graph.graph.initializer.append(numpy_helper.from_array(values.astype(np.float16), half_name))
+        casts.append(onnx.helper.make_node("Cast", [half_name], [init.name], to=onnx.TensorProto.FLOAT))
+        converted += 1
+    for node in reversed(casts):
+        graph.graph.node.insert(0, node)
+    onnx.save(graph, str(path))
+    return converted
+
+
 def share_weights(out: Path, graph_files: Sequence[str], vocab_size: int) -> dict[str, int]:
     """Rewrite the graphs in `out` to read their initializers from one deduplicated weights file."""
     placed: dict[tuple[str, int, tuple[int, ...]], tuple[int, int]] = {}
     stored = referenced = 0
     for name in graph_files:
         tie_output_projection(out / name, vocab_size)
+        store_exact_fp16(out / name)
     with open(out / WEIGHTS_FILE, "wb") as weights:
         for name in graph_files:
             graph = onnx.load(str(out / name), load_external_data=True)

@@ -53,10 +53,7 @@ def load_tokenizer(path: Path) -> spm.SentencePieceProcessor:
 
 def check_conventions(sp: spm.SentencePieceProcessor) -> None:
     """Fail loudly if a tokenizer's reserved ids disagree with `service.conventions`."""
-    expected = {cv.PAD: cv.PAD_ID, cv.UNK: cv.UNK_ID, cv.BOS: cv.BOS_ID, cv.EOS: cv.EOS_ID}
-    expected |= {cv.MASK: cv.MASK_ID, cv.CLS: cv.CLS_ID, cv.SEP: cv.SEP_ID}
-    expected |= {cv.language_tag(lang): i for lang, i in cv.LANG_TAG_IDS.items()}
-    for piece, want in expected.items():
+    for piece, want in cv.RESERVED_IDS.items():
         got = sp.piece_to_id(piece)
         if got != want:
             raise ValueError(f"tokenizer maps {piece} to id {got}, conventions require {want}")

@@ -152,7 +152,9 @@ class Trainer:
         )
         self.objectives: torch.nn.Module = objectives
         if self.ctx.world_size > 1:
-            self.objectives = DistributedDataParallel(objectives, find_unused_parameters=cfg.nsp_weight == 0)
+            self.objectives = DistributedDataParallel(
+                objectives, find_unused_parameters=cfg.nsp_weight == 0 or cfg.mlm_weight == 0
+            )
         decay = [p for n, p in self.model.named_parameters() if p.dim() > 1]
         no_decay = [p for n, p in self.model.named_parameters() if p.dim() <= 1]
         self.optimizer = torch.optim.AdamW(

@@ -117,6 +117,3 @@ def load_config(file: Path | None, overrides: dict[str, Any]) -> TrainConfig:
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, f"cfg_{name}") for name in _field_types()}
-
-
-__all__ = ["TrainConfig", "add_config_flags", "load_config", "overrides_from_args"]

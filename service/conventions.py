@@ -38,7 +38,12 @@ MASK_ID: Final = 4
 CLS_ID: Final = 5
 SEP_ID: Final = 6
 LANG_TAG_IDS: Final = {lang: 7 + i for i, lang in enumerate(LANGUAGES)}
-SPECIAL_IDS: Final = frozenset(range(4 + len(USER_SYMBOLS)))
+# Every reserved piece and the id the tokenizer must give it.
+RESERVED_IDS: Final = {
+    PAD: PAD_ID, UNK: UNK_ID, BOS: BOS_ID, EOS: EOS_ID, MASK: MASK_ID, CLS: CLS_ID, SEP: SEP_ID,
+    **{language_tag(lang): i for lang, i in LANG_TAG_IDS.items()},
+}  # fmt: skip
+SPECIAL_IDS: Final = frozenset(RESERVED_IDS.values())
 
 # Files every model directory holds.
 TOKENIZER_FILE: Final = "spm.model"

@@ -9,6 +9,9 @@ from dataclasses import dataclass
 
 Axes = dict[int, str]
 OPSET = 17
+MAX_BEAM = 8
+# The decoder step also returns each row's best DECODER_TOP_K log-probs: a beam of K needs 2K.
+DECODER_TOP_K = 2 * MAX_BEAM
 
 
 @dataclass(frozen=True)
@@ -33,16 +36,22 @@ def encoder_spec(decoder_layers: int) -> GraphSpec:
 
 
 def decoder_spec(decoder_layers: int) -> GraphSpec:
-    """Last tokens [B, 1], source mask [B, S], past K/V [B, H, P, K], cross K/V -> log_probs [B, V], present K/V."""
+    """Last tokens [B, 1], source mask [B, S], beam origin [B] (the past row each row continues),
+    past K/V [B', H, P, K], cross K/V ->
+    log_probs [B, V], the best DECODER_TOP_K of them with their ids, EOS's log-prob [B], present K/V."""
     return GraphSpec(
         inputs={
             "input_ids": {0: "batch"},
             "attention_mask": {0: "batch", 1: "src_len"},
-            **_per_layer("past", decoder_layers, {0: "batch", 2: "past_len"}),
+            "beam_origin": {0: "batch"},
+            **_per_layer("past", decoder_layers, {0: "past_batch", 2: "past_len"}),
             **_per_layer("cross", decoder_layers, {0: "batch", 2: "src_len"}),
         },
         outputs={
             "log_probs": {0: "batch"},
+            "top_log_probs": {0: "batch"},
+            "top_ids": {0: "batch"},
+            "eos_log_prob": {0: "batch"},
             **_per_layer("present", decoder_layers, {0: "batch", 2: "past_len_plus_1"}),
         },
     )

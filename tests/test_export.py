@@ -91,3 +91,15 @@ def test_the_runtime_imports_no_torch(exported: Path) -> None:
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
+
+
+def test_the_command_line_works_where_torch_is_missing() -> None:
+    script = (
+        "import sys\n"
+        "sys.modules['torch'] = None  # as in the runtime image: importing torch fails\n"
+        "from service.cli import main\n"
+        "main(['train', '--max-steps', '1'])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "needs the training extra" in result.stderr

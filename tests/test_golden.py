@@ -10,7 +10,7 @@ import torch
 
 from model import corpus
 from model.artifacts import load_model_dir
-from model.evaluate import DEFAULT_MODEL_DIR, GOLDEN_SENTENCES, evaluate_split
+from model.evaluate import DEFAULT_MODEL_DIR, GOLDEN_SENTENCES, evaluate_split, score_translations
 from service.conventions import EVAL_FILE
 
 pytestmark = pytest.mark.slow
@@ -38,3 +38,45 @@ def test_bleu_on_first_200_test2016_sentences_holds_its_floor(
     )
     assert recorded["floor"] == pytest.approx(recorded["bleu"] - 0.5)
     assert scores.bleu >= recorded["floor"], f"{direction}: BLEU {scores.bleu} below floor {recorded['floor']}"
+
+
+def test_the_committed_onnx_model_keeps_the_bleu_of_pytorch(committed: Path, shared_data: Path) -> None:
+    """The exported graphs lose at most 0.5 BLEU against the PyTorch floor."""
+    from service.runtime.beam import DecodeOptions
+    from service.runtime.translator import Translator
+
+    recorded = json.loads((committed / EVAL_FILE).read_text())[GOLDEN_KEY]["en-fr"]
+    sources, references = corpus.split_texts(shared_data, "test2016", ("en", "fr"))
+    translator = Translator.load(committed, intra_op_threads=2)
+    hyps = translator.translate(sources[:GOLDEN_SENTENCES], "fr", DecodeOptions(beam_size=5))
+    scores = score_translations([h[0].text for h in hyps], references[:GOLDEN_SENTENCES], 0.0)
+    assert scores.bleu >= recorded["floor"] - 0.5
+
+
+def test_fill_mask_on_a_held_out_sentence(committed: Path, shared_data: Path) -> None:
+    from service.runtime.fill_mask import FillMask
+    from service.runtime.sessions import OnnxModel
+
+    sentence = corpus.multi30k(shared_data, "test2016")[1].en  # "A Boston Terrier is running on lush green grass..."
+    masked = sentence.replace(" running ", " <mask> ", 1)
+    assert masked != sentence
+    (row,) = FillMask.from_model(OnnxModel(committed, intra_op_threads=2)).fill(masked, top_k=5)
+    scores = [c.score for c in row]
+    assert len(row) == 5 and scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    assert "running" in [c.token_str for c in row]
+
+
+def test_the_committed_model_translates_a_sentence_the_same_alone_and_in_a_batch(
+    committed: Path, shared_data: Path
+) -> None:
+    """Guards against shipping graphs whose results depend on batch composition (dynamic int8 does)."""
+    from service.runtime.beam import DecodeOptions
+    from service.runtime.translator import Translator
+
+    sources = [p.en for p in corpus.multi30k(shared_data, "test2016")[:40]]
+    translator = Translator.load(committed, intra_op_threads=2)
+    batched = translator.translate(sources, "fr", DecodeOptions(beam_size=5))
+    for i in (0, 17, 39):
+        alone = translator.translate([sources[i]], "fr", DecodeOptions(beam_size=5))[0][0]
+        assert alone.text == batched[i][0].text
+        assert alone.score == pytest.approx(batched[i][0].score, abs=1e-4)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.conventions import EOS_ID, PAD_ID, max_target_length
+from service.graphs import MAX_BEAM
 from service.runtime.sessions import KVList, OnnxModel
 
 # A token may not extend a run of the same n-gram beyond this many repeats (n = index).
@@ -38,8 +39,8 @@ class DecodeOptions:
     repetition_guard: bool = True
 
     def __post_init__(self) -> None:
-        if self.beam_size < 1:
-            raise ValueError(f"beam_size must be at least 1, got {self.beam_size}")
+        if not 1 <= self.beam_size <= MAX_BEAM:
+            raise ValueError(f"beam_size must lie in 1..{MAX_BEAM}, got {self.beam_size}")
         if not 1 <= self.n_best <= self.beam_size:
             raise ValueError(f"n_best must lie in 1..beam_size ({self.beam_size}), got {self.n_best}")
         if self.max_length < 0:
@@ -94,16 +95,17 @@ def greedy_search(
     tokens: list[list[int]] = [[] for _ in sources]
     log_prob = np.zeros(len(sources))
     results: list[list[Hypothesis]] = [[] for _ in sources]
+    origin = np.arange(len(sources), dtype=np.int64)
     for step in range(int(limits.max())):
-        log_probs, past = model.decode_step(last[:, None], mask, past, cross)
-        best = log_probs.argmax(axis=1)  # first maximum: ties go to the lower id
+        top = model.decode_top(last[:, None], mask, past, cross, origin)
+        past = top.present
         length = step + 1
         keep = []
         for row, sent in enumerate(alive):
-            token = int(best[row])
+            token, token_log_prob = int(top.ids[row, 0]), float(top.log_probs[row, 0])  # ties: lower id
             if token != EOS_ID and options.repetition_guard and runaway(tokens[sent], token):
-                token = EOS_ID  # stop a runaway loop here
-            log_prob[sent] += float(log_probs[row, token])
+                token, token_log_prob = EOS_ID, float(top.eos_log_prob[row])  # stop a runaway loop here
+            log_prob[sent] += token_log_prob
             done = token == EOS_ID or length >= limits[sent]
             if token != EOS_ID:
                 tokens[sent].append(token)
@@ -114,11 +116,23 @@ def greedy_search(
                 keep.append(row)
         if not keep:
             break
+        origin = np.asarray(keep, dtype=np.int64)  # the graph drops finished rows from the cache
         if len(keep) < len(alive):
-            rows = np.asarray(keep)
-            alive, mask, past, cross = alive[rows], mask[rows], _take(past, rows), _take(cross, rows)
+            alive, mask, cross = alive[origin], mask[origin], _take(cross, origin)
         last = np.asarray([tokens[s][-1] for s in alive], dtype=np.int64)
     return results
+
+
+def _guarded(hist: np.ndarray, rows: np.ndarray, tokens: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """For the candidate positions given, whether their token would start a runaway loop."""
+    width = hist.shape[1]
+    suspect = np.zeros(len(candidates), dtype=bool)
+    for n in range(1, min(4, width) + 1):  # cheap filter: the token repeats the one n back
+        suspect |= tokens[candidates] == hist[rows[candidates], width - n]
+    out = np.zeros(len(candidates), dtype=bool)
+    for j in np.flatnonzero(suspect):
+        out[j] = runaway(hist[rows[candidates[j]]].tolist(), int(tokens[candidates[j]]))
+    return out
 
 
 def beam_search(
@@ -135,58 +149,57 @@ def beam_search(
     past = model.empty_past(len(flat))
     limits = np.array([options.limit(len(s)) for s in sources])
     last = np.asarray(tags, dtype=np.int64)[flat]
-    hyps: list[list[int]] = [[] for _ in flat]  # tokens per row
+    hist = np.zeros((len(flat), 0), dtype=np.int64)  # generated tokens per row
     scores = np.full((len(sources), k), -np.inf)
     scores[:, 0] = 0.0  # all beams start identical: expand only the first
     alive = np.arange(len(sources))
     finished: list[list[Hypothesis]] = [[] for _ in sources]
+    rank_in_beam = np.arange(2 * k)[None, :] < k
+    origin = np.arange(len(flat), dtype=np.int64)
 
     for step in range(int(limits.max())):
-        log_probs, past = model.decode_step(last[:, None], mask, past, cross)
-        n, vocab = len(alive), log_probs.shape[1]
-        cand = (scores[:, :, None] + log_probs.reshape(n, k, vocab)).reshape(n, k * vocab)
-        top = _top_candidates(cand, 2 * k)  # 2K so that K survive even if K end here
+        step_top = model.decode_top(last[:, None], mask, past, cross, origin)
+        past, n, width = step_top.present, len(alive), 2 * k
+        # A candidate among the sentence's 2K best is among its own beam's 2K best: rank those K·2K.
+        beam_ids = step_top.ids[:, :width].reshape(n, k * width)
+        cand = (scores[:, :, None] + step_top.log_probs[:, :width].reshape(n, k, width)).reshape(n, k * width)
+        # Ties go to the lower token id, then the lower beam: order candidates by (id, beam) first.
+        by_id = np.lexsort((np.broadcast_to(np.repeat(np.arange(k), width), cand.shape), beam_ids), axis=1)
+        cand, beam_ids = np.take_along_axis(cand, by_id, axis=1), np.take_along_axis(beam_ids, by_id, axis=1)
+        origin_flat = by_id // width
+        top = _top_candidates(cand, width)  # [n, 2K], 2K so that K survive even if K end here
+        top_scores = np.take_along_axis(cand, top, axis=1)
+        origin, token = np.take_along_axis(origin_flat, top, axis=1), np.take_along_axis(beam_ids, top, axis=1)
+        rows = np.arange(n)[:, None] * k + origin  # [n, 2K] row each candidate extends
         length = step + 1
-        rows, next_tokens, next_scores, keep = [], [], [], []
-        for i, sent in enumerate(alive):
-            chosen: list[tuple[int, int, float]] = []
-            at_limit = length >= limits[sent]
-            for rank, flat_idx in enumerate(top[i]):
-                score = float(cand[i, flat_idx])
-                if score == -np.inf:
-                    break
-                origin, token = divmod(int(flat_idx), vocab)
-                row = i * k + origin
-                if token == EOS_ID or at_limit:
-                    # An ending counts only if it ranks among the K best continuations.
-                    if rank < k and len(finished[sent]) < k:
-                        toks = hyps[row] + ([] if token == EOS_ID else [token])
-                        finished[sent].append(Hypothesis(toks, score / length**options.length_penalty, score))
-                elif options.repetition_guard and runaway(hyps[row], token):
-                    continue
-                else:
-                    chosen.append((row, token, score))
-                    if len(chosen) == k:
-                        break
-            if len(finished[sent]) >= k or at_limit or not chosen:
-                continue
-            keep.append(i)
-            chosen += [(i * k, PAD_ID, -np.inf)] * (k - len(chosen))  # dead beams fill the row
-            for row, token, score in chosen:
-                rows.append(row)
-                next_tokens.append(token)
-                next_scores.append(score)
-        if not keep:
+        valid = top_scores > -np.inf
+        at_limit = (limits[alive] <= length)[:, None]
+        ending = valid & ((token == EOS_ID) | at_limit)
+        # An ending counts only if it ranks among the K best continuations.
+        for i, j in zip(*np.nonzero(ending & rank_in_beam), strict=True):
+            sent = alive[i]
+            if len(finished[sent]) < k:
+                toks = hist[rows[i, j]].tolist() + ([] if token[i, j] == EOS_ID else [int(token[i, j])])
+                score = float(top_scores[i, j])
+                finished[sent].append(Hypothesis(toks, score / length**options.length_penalty, score))
+        going = valid & ~ending
+        if options.repetition_guard and hist.shape[1]:
+            flat_going = np.flatnonzero(going)
+            going.flat[flat_going[_guarded(hist, rows.ravel(), token.ravel(), flat_going)]] = False
+        going &= np.cumsum(going, axis=1) <= k  # the K best that go on
+        done = (np.array([len(finished[s]) for s in alive]) >= k) | at_limit[:, 0] | ~going.any(axis=1)
+        keep = np.flatnonzero(~done)
+        if not len(keep):
             break
-        origin_rows = np.asarray(rows)
-        past = _take(past, origin_rows)  # K/V follow their beam of origin
-        hyps = [[*hyps[r], t] for r, t in zip(rows, next_tokens, strict=True)]
-        scores = np.asarray(next_scores).reshape(len(keep), k)
-        last = np.asarray(next_tokens, dtype=np.int64)
+        order = np.argsort(~going[keep], axis=1, kind="stable")[:, :k]  # chosen first, in rank order
+        chosen = np.take_along_axis(going[keep], order, axis=1)
+        next_rows = np.take_along_axis(rows[keep], order, axis=1).ravel()
+        last = np.take_along_axis(token[keep], order, axis=1).ravel()
+        scores = np.where(chosen, np.take_along_axis(top_scores[keep], order, axis=1), -np.inf)
+        origin = next_rows  # K/V follow their beam of origin (reordered inside the graph)
+        hist = np.concatenate((hist[next_rows], last[:, None]), axis=1)
         if len(keep) < n:  # drop finished sentences from the running batch
-            kept = np.asarray(keep)
-            kept_rows = (kept[:, None] * k + np.arange(k)).reshape(-1)
-            cross, mask, alive = _take(cross, kept_rows), mask[kept_rows], alive[kept]
+            kept_rows = (keep[:, None] * k + np.arange(k)).reshape(-1)
+            cross, mask, alive = _take(cross, kept_rows), mask[kept_rows], alive[keep]
 
-    # A sentence that never finished K hypotheses (all beams pruned by the guard) still answers.
     return [sorted(f, key=lambda h: -h.score)[: options.n_best] for f in finished]

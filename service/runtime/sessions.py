@@ -21,6 +21,14 @@ class EncoderOutput:
     cross: KVList  # per decoder layer, [B, H, S, K]
 
 
+@dataclass(frozen=True)
+class TopStep:
+    log_probs: np.ndarray  # [B, DECODER_TOP_K], best first, lower id first on ties
+    ids: np.ndarray  # [B, DECODER_TOP_K]
+    eos_log_prob: np.ndarray  # [B]
+    present: KVList
+
+
 class OnnxModel:
     def __init__(self, model_dir: Path, intra_op_threads: int = 0, verify: bool = True) -> None:
         self.model_dir = model_dir
@@ -36,7 +44,7 @@ class OnnxModel:
         self.tokenizer = spm.SentencePieceProcessor(model_file=str(model_dir / files["tokenizer"]))
         layers = self.manifest.decoder_layers
         self._enc_outputs = list(encoder_spec(layers).outputs)
-        self._dec_outputs = list(decoder_spec(layers).outputs)
+        self._present_names = [n for n in decoder_spec(layers).outputs if n.startswith("present_")]
         self._past_names = [n for n in decoder_spec(layers).inputs if n.startswith("past_")]
         self._cross_names = [n for n in decoder_spec(layers).inputs if n.startswith("cross_")]
 
@@ -57,14 +65,31 @@ class OnnxModel:
         return [np.zeros((batch, m.n_heads, 0, m.head_dim), np.float32) for _ in self._past_names]
 
     def decode_step(
-        self, last_ids: np.ndarray, mask: np.ndarray, past: KVList, cross: KVList
+        self, last_ids: np.ndarray, mask: np.ndarray, past: KVList, cross: KVList, origin: np.ndarray | None = None
     ) -> tuple[np.ndarray, KVList]:
-        """last_ids [B, 1] -> log-probs [B, V] and the present K/V (past plus this step)."""
-        feeds = {"input_ids": last_ids, "attention_mask": mask}
+        """last_ids [B, 1] -> log-probs [B, V] and the present K/V (past rows `origin` plus this step)."""
+        feeds = self._feeds(last_ids, mask, past, cross, origin)
+        log_probs, *present = self.decoder.run(["log_probs", *self._present_names], feeds)
+        return log_probs, present
+
+    def decode_top(
+        self, last_ids: np.ndarray, mask: np.ndarray, past: KVList, cross: KVList, origin: np.ndarray | None = None
+    ) -> TopStep:
+        """One step returning only each row's best DECODER_TOP_K log-probs and ids, and EOS's log-prob."""
+        names = ["top_log_probs", "top_ids", "eos_log_prob", *self._present_names]
+        feeds = self._feeds(last_ids, mask, past, cross, origin)
+        top_log_probs, top_ids, eos_log_prob, *present = self.decoder.run(names, feeds)
+        return TopStep(top_log_probs, top_ids, eos_log_prob, present)
+
+    def _feeds(
+        self, last_ids: np.ndarray, mask: np.ndarray, past: KVList, cross: KVList, origin: np.ndarray | None
+    ) -> dict[str, np.ndarray]:
+        if origin is None:  # each row continues its own past row
+            origin = np.arange(len(last_ids), dtype=np.int64)
+        feeds = {"input_ids": last_ids, "attention_mask": mask, "beam_origin": origin}
         feeds |= dict(zip(self._past_names, past, strict=True))
         feeds |= dict(zip(self._cross_names, cross, strict=True))
-        log_probs, *present = self.decoder.run(self._dec_outputs, feeds)
-        return log_probs, present
+        return feeds
 
     def mlm_logits(self, hidden: np.ndarray) -> np.ndarray:
         (logits,) = self.mlm_head.run(["logits"], {"hidden_states": hidden})

@@ -58,13 +58,13 @@ class Translator:
         pieces.append(ids[start:])
         return pieces
 
-    def batches(self, segments: Sequence[_Segment]) -> list[list[int]]:
-        """Indices of segments grouped by length so that rows x longest source <= batch_tokens."""
-        order = sorted(range(len(segments)), key=lambda i: (len(segments[i].ids), i))
+    def batches(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Indices grouped by length so that rows x longest source <= batch_tokens (a longer one rides alone)."""
+        order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
         batches: list[list[int]] = []
         current: list[int] = []
         for i in order:
-            if current and len(segments[i].ids) * (len(current) + 1) > self.batch_tokens:
+            if current and lengths[i] * (len(current) + 1) > self.batch_tokens:
                 batches.append(current)
                 current = []
             current.append(i)
@@ -88,7 +88,7 @@ class Translator:
             if ids:
                 segments += [_Segment(index, [*piece, cv.EOS_ID]) for piece in self.split_long(ids)]
         results: list[list[Hypothesis]] = [[] for _ in segments]
-        for batch in self.batches(segments):
+        for batch in self.batches([len(s.ids) for s in segments]):
             hyps = beam_search(self.model, [segments[i].ids for i in batch], [tag] * len(batch), options)
             for i, h in zip(batch, hyps, strict=True):
                 results[i] = h
