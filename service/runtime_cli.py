@@ -46,8 +46,13 @@ def _translate(args: argparse.Namespace) -> int:
     translator = Translator.load(args.model, args.threads, args.batch_tokens)
     lines = [line.rstrip("\n") for line in sys.stdin]
     show = sys.stderr.isatty() and len(lines) > 20
-    with tqdm(total=len(lines), disable=not show, unit="sent", file=sys.stderr) as bar:
-        results = translator.translate(lines, target, options, progress=bar.update)
+    with tqdm(total=len(lines), disable=not show, unit="segment", file=sys.stderr) as bar:
+
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        results = translator.translate(lines, target, options, progress=advance)
     for hyps in results:
         if args.n_best > 1:
             sys.stdout.write("\t".join(f"{h.text}\t{h.score:.4f}" for h in hyps) + "\n")
@@ -83,7 +88,7 @@ def _bench(args: argparse.Namespace) -> int:
     latencies: list[float] = []
     last = time.perf_counter()
 
-    def tick(_: int) -> None:
+    def tick(_done: int, _total: int) -> None:
         nonlocal last
         now = time.perf_counter()
         latencies.append(now - last)

@@ -126,3 +126,26 @@ def test_fill_mask_targets_and_errors(onnx_model: OnnxModel) -> None:
         filler.fill("No mask here.")
     with pytest.raises(FillMaskError, match="xqzv"):
         filler.fill("A <mask> runs.", targets=["xqzv"])
+
+
+def test_translate_command_keeps_one_line_per_line(
+    exported: Path, sentences: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    from service.cli import main
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{sentences[0]}\n\n{sentences[1]}\n"))
+    assert main(["translate", "--model", str(exported), "--threads", "1", "--beam-size", "2"]) == 0
+    lines = capsys.readouterr().out.split("\n")
+    assert len(lines) == 4 and lines[1] == "" and lines[0] and lines[2] and lines[3] == ""
+
+
+def test_fill_command_prints_the_pipeline_shape(exported: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from service.cli import main
+
+    assert main(["fill", "--model", str(exported), "--threads", "1", "A <mask> runs.", "--top-k", "3"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 3 and set(rows[0]) == {"score", "token", "token_str", "sequence"}

@@ -77,9 +77,12 @@ class Translator:
         texts: Sequence[str],
         target: str,
         options: DecodeOptions | None = None,
-        progress: Callable[[int], None] | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> list[list[Translation]]:
-        """n_best translations per text into `target`, in input order. Empty text gives empty text."""
+        """n_best translations per text into `target`, in input order. Empty text gives empty text.
+
+        `progress(done, total)` is called after each batch, counting segments (long texts split).
+        """
         options = options or DecodeOptions()
         tag = cv.LANG_TAG_IDS[target]
         segments: list[_Segment] = []
@@ -88,12 +91,14 @@ class Translator:
             if ids:
                 segments += [_Segment(index, [*piece, cv.EOS_ID]) for piece in self.split_long(ids)]
         results: list[list[Hypothesis]] = [[] for _ in segments]
+        done = 0
         for batch in self.batches([len(s.ids) for s in segments]):
             hyps = beam_search(self.model, [segments[i].ids for i in batch], [tag] * len(batch), options)
             for i, h in zip(batch, hyps, strict=True):
                 results[i] = h
+            done += len(batch)
             if progress:
-                progress(len(batch))
+                progress(done, len(segments))
         return self._join(texts, segments, results, options.n_best)
 
     def _join(
