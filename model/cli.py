@@ -31,14 +31,19 @@ def _train(args: argparse.Namespace) -> int:
     config_file = args.config
     if args.resume and config_file is None:
         saved = Path(overrides["out_dir"] or "runs/pilot") / "train_config.json"
+        if not saved.is_file():
+            sys.exit(f"mtserve train --resume: {saved} not found; pass --config or --out-dir of an earlier run")
         cfg_values = json.loads(saved.read_text())
         overrides = {**cfg_values, **{k: v for k, v in overrides.items() if v is not None}}
     try:
         cfg = load_config(config_file, overrides)
     except (ValueError, TypeError) as exc:
         sys.exit(f"mtserve train: {exc}")
-    data_dir = corpus.resolve_data_dir(cfg.data_dir or None)
-    train(cfg, data_dir, resume=args.resume)
+    try:
+        data_dir = corpus.resolve_data_dir(cfg.data_dir or None)
+        train(cfg, data_dir, resume=args.resume)
+    except FileNotFoundError as exc:  # no data directory, or --resume without checkpoints
+        sys.exit(f"mtserve train: {exc}")
     return 0
 
 

@@ -133,6 +133,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, data_dir: Path, resume: bool) -> None:
         self.cfg, self.out_dir = cfg, Path(cfg.out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
+        if resume and not self._checkpoints():
+            raise FileNotFoundError(f"--resume: no checkpoints in {self.ckpt_dir}")
         self.device = resolve_device(cfg.device)
         self.ctx = setup_distributed(self.device)
         if cfg.threads > 0:
@@ -207,8 +209,6 @@ class Trainer:
 
     def _load_latest(self) -> None:
         checkpoints = self._checkpoints()
-        if not checkpoints:
-            raise FileNotFoundError(f"--resume: no checkpoints in {self.ckpt_dir}")
         state = torch.load(checkpoints[-1], map_location=self.device, weights_only=False)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])

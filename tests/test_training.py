@@ -135,3 +135,29 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
     file.write_text("max_steps = 10\nd_model = 128\n")
     cfg = load_config(file, {"d_model": 64, "lr": None})
     assert (cfg.max_steps, cfg.d_model, cfg.lr) == (10, 64, TrainConfig.lr)
+
+
+def test_train_command_errors_name_what_is_missing(tmp_path: Path) -> None:
+    from service.cli import main
+
+    with pytest.raises(SystemExit, match=r"train_config\.json not found"):
+        main(["train", "--resume", "--out-dir", str(tmp_path / "run")])
+    with pytest.raises(SystemExit, match="no checkpoints"):
+        main(
+            [
+                "train",
+                "--resume",
+                "--max-steps",
+                "1",
+                "--out-dir",
+                str(tmp_path / "run"),
+                "--config",
+                "configs/pilot.toml",
+            ]
+        )
+    with pytest.raises(SystemExit, match="no multi30k/ folder"):
+        main(["train", "--max-steps", "1", "--out-dir", str(tmp_path / "run"), "--data-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="unknown config keys"):
+        bad = tmp_path / "bad.toml"
+        bad.write_text("max_steps = 1\nwarmup = 3\n")
+        main(["train", "--config", str(bad)])
