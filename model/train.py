@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from model import batching, corpus
 from model.artifacts import average_state_dicts, write_model_dir
+from model.augment import copy_pairs
 from model.objectives import TrainingObjectives
 from model.plots import plot_loss_curve
 from model.tokenizer import load_tokenizer, train_tokenizer
@@ -105,6 +106,8 @@ def prepare_data(cfg: TrainConfig, data_dir: Path, out_dir: Path, ctx: Dist) -> 
     rng = np.random.default_rng(cfg.seed)
     pairs = _weighted(parallel["multi30k"], cfg.multi30k_weight, rng)
     pairs += _weighted(parallel["tatoeba"], cfg.tatoeba_weight, rng)
+    if cfg.copy_spans > 0:
+        pairs += copy_pairs(parallel["multi30k"] + parallel["tatoeba"], cfg.copy_spans, rng)
     data = TrainingData(
         translation=_both_directions(pairs, sp, cfg.max_len),
         mlm=[s for s in sp.encode(mono["en"] + mono["fr"]) if len(s) < cfg.max_len] if cfg.mlm_weight > 0 else [],

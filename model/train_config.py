@@ -24,6 +24,7 @@ class TrainConfig:
     max_len: int = 128  # pairs with a longer side (in tokens) are left out of training
     multi30k_weight: float = 1.0  # expected copies of each Multi30k pair per epoch
     tatoeba_weight: float = 1.0
+    copy_spans: float = 0.0  # synthetic copies per pair with a shared name/number (model/augment.py)
     # model (defaults: ModelConfig's)
     d_model: int = ModelConfig.d_model
     n_heads: int = ModelConfig.n_heads
