@@ -166,11 +166,11 @@ def beam_search(
         # Ties go to the lower token id, then the lower beam: order candidates by (id, beam) first.
         by_id = np.lexsort((np.broadcast_to(np.repeat(np.arange(k), width), cand.shape), beam_ids), axis=1)
         cand, beam_ids = np.take_along_axis(cand, by_id, axis=1), np.take_along_axis(beam_ids, by_id, axis=1)
-        origin_flat = by_id // width
+        beam_of = by_id // width
         top = _top_candidates(cand, width)  # [n, 2K], 2K so that K survive even if K end here
         top_scores = np.take_along_axis(cand, top, axis=1)
-        origin, token = np.take_along_axis(origin_flat, top, axis=1), np.take_along_axis(beam_ids, top, axis=1)
-        rows = np.arange(n)[:, None] * k + origin  # [n, 2K] row each candidate extends
+        token = np.take_along_axis(beam_ids, top, axis=1)
+        rows = np.arange(n)[:, None] * k + np.take_along_axis(beam_of, top, axis=1)  # [n, 2K] row each extends
         length = step + 1
         valid = top_scores > -np.inf
         at_limit = (limits[alive] <= length)[:, None]
