@@ -3,7 +3,8 @@
 - batch x beam flattened into one row axis of size n·K;
 - score = Σ log p / length^α, where the length counts EOS (CTranslate2's convention);
 - a hypothesis ends on EOS among the K best continuations; a sentence ends when K have;
-- keys and values are reordered by beam origin each step; finished sentences leave the batch;
+- keys and values follow their beam of origin (gathered inside the decoder graph);
+  finished sentences leave the batch;
 - ties are broken by the lower token id, so a sentence decodes the same alone or in any batch;
 - a repetition guard stops runaway loops of the same 1- to 4-gram.
 """
@@ -72,14 +73,6 @@ def _pad_sources(sources: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarr
 
 def _take(arrays: KVList, rows: np.ndarray) -> KVList:
     return [a[rows] for a in arrays]
-
-
-def _top_candidates(cand: np.ndarray, count: int) -> np.ndarray:
-    """Indices of the `count` best entries per row, best first, ties to the lower index."""
-    part = np.argpartition(-cand, count - 1, axis=1)[:, :count]
-    part.sort(axis=1)  # lower index first, so the stable sort below breaks ties by index
-    order = np.argsort(-np.take_along_axis(cand, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
 
 
 def greedy_search(
@@ -163,14 +156,12 @@ def beam_search(
         # A candidate among the sentence's 2K best is among its own beam's 2K best: rank those K·2K.
         beam_ids = step_top.ids[:, :width].reshape(n, k * width)
         cand = (scores[:, :, None] + step_top.log_probs[:, :width].reshape(n, k, width)).reshape(n, k * width)
-        # Ties go to the lower token id, then the lower beam: order candidates by (id, beam) first.
-        by_id = np.lexsort((np.broadcast_to(np.repeat(np.arange(k), width), cand.shape), beam_ids), axis=1)
-        cand, beam_ids = np.take_along_axis(cand, by_id, axis=1), np.take_along_axis(beam_ids, by_id, axis=1)
-        beam_of = by_id // width
-        top = _top_candidates(cand, width)  # [n, 2K], 2K so that K survive even if K end here
+        beam_index = np.broadcast_to(np.repeat(np.arange(k), width), cand.shape)
+        # The 2K best (so that K survive even if K end here), best first; ties: lower id, then lower beam.
+        top = np.lexsort((beam_index, beam_ids, -cand), axis=1)[:, :width]
         top_scores = np.take_along_axis(cand, top, axis=1)
         token = np.take_along_axis(beam_ids, top, axis=1)
-        rows = np.arange(n)[:, None] * k + np.take_along_axis(beam_of, top, axis=1)  # [n, 2K] row each extends
+        rows = np.arange(n)[:, None] * k + top // width  # [n, 2K] row each candidate extends
         length = step + 1
         valid = top_scores > -np.inf
         at_limit = (limits[alive] <= length)[:, None]
