@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 MODEL ?= artifacts/default
 
-.PHONY: serve test lint typecheck unit default-model pilot clean
+.PHONY: serve test lint typecheck unit browser default-model pilot clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,10 +15,16 @@ $(VENV)/.installed: $(BIN)/python requirements/dev.lock requirements/runtime.loc
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps -e .
 	touch $@
 
-# Until the HTTP service lands, `serve` checks the committed model end to end:
-# it translates the first test2016 sentences with the PyTorch reference decoder.
+# The HTTP service on the committed model; settings are MTSERVE_* environment variables (README).
 serve: $(VENV)/.installed
-	$(BIN)/mtserve eval --model $(MODEL) --split test2016 --direction en-fr --limit 20 --no-mlm --no-write
+	MTSERVE_MODEL_DIR=$${MTSERVE_MODEL_DIR:-$(MODEL)} $(BIN)/mtserve serve
+
+# The page test drives a headless Chromium: Debian's chromium and chromium-driver packages.
+browser:
+	@command -v chromedriver >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
@@ -27,10 +33,22 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy
 
-unit: $(VENV)/.installed
+unit: $(VENV)/.installed browser
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
+
+# The default model's recipe (configs/default.toml), then its graphs and scores, all in runs/default/model.
+# Publishing it is copying that directory over artifacts/default (docs/TRAINING.md).
+DEFAULT_RUN := runs/default/model
+default-model: $(VENV)/.installed
+	$(BIN)/mtserve train --config configs/default.toml
+	$(BIN)/mtserve export --checkpoint $(DEFAULT_RUN) --out $(DEFAULT_RUN)
+	for d in en-fr fr-en; do \
+		$(BIN)/mtserve eval --model $(DEFAULT_RUN) --split test2016 --direction $$d --beam-size 5 && \
+		$(BIN)/mtserve eval --model $(DEFAULT_RUN) --split test2016 --limit 200 --direction $$d --beam-size 5 --no-mlm && \
+		$(BIN)/mtserve eval --model $(DEFAULT_RUN) --split tatoeba-test --direction $$d --beam-size 5 --no-mlm || exit 1; \
+	done
 
 pilot: $(VENV)/.installed
 	$(BIN)/mtserve train --config configs/pilot.toml

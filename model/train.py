@@ -121,9 +121,16 @@ def prepare_data(cfg: TrainConfig, data_dir: Path, out_dir: Path, ctx: Dist) -> 
     return data
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to cfg.lr, then inverse square-root decay."""
-    return cfg.lr * min(step / cfg.warmup_steps, math.sqrt(cfg.warmup_steps / max(step, 1)))
+def lr_at(step: int, cfg: TrainConfig, progress: float = 0.0) -> float:
+    """Linear warmup to cfg.lr, then decay: inverse square root, or linear to zero at the budget's end.
+
+    `progress` is the spent fraction of the budget (time or steps, whichever runs out first), so
+    a time-limited run ends at lr 0 whatever its speed.
+    """
+    warmup = min(1.0, step / cfg.warmup_steps)
+    if cfg.schedule == "linear":
+        return cfg.lr * warmup * max(0.0, 1.0 - progress)
+    return cfg.lr * min(warmup, math.sqrt(cfg.warmup_steps / max(step, 1)))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -265,7 +272,7 @@ class Trainer:
 
     def train_step(self) -> dict[str, float]:
         self.step += 1
-        lr = lr_at(self.step, self.cfg)
+        lr = lr_at(self.step, self.cfg, self._progress())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         batch = self._batch()
@@ -316,6 +323,15 @@ class Trainer:
             dist.broadcast(flags, src=0)
             stop, ckpt = bool(flags[0]), bool(flags[1])
         return stop, ckpt
+
+    def _progress(self) -> float:
+        """Spent fraction of the step or time budget, whichever is further along."""
+        spent = [0.0]
+        if self.cfg.max_minutes > 0:
+            spent.append(self.elapsed / (self.cfg.max_minutes * 60))
+        if self.cfg.max_steps > 0:
+            spent.append(self.step / self.cfg.max_steps)
+        return min(1.0, max(spent))
 
     def _eta_minutes(self, steps_per_s: float) -> float:
         remaining = []

@@ -44,6 +44,7 @@ class TrainConfig:
     max_tokens: int = 4096  # translation batch size in padded target+source tokens
     lr: float = 7e-4
     warmup_steps: int = 1000
+    schedule: str = "inverse_sqrt"  # or "linear": to zero at the end of max_minutes/max_steps
     weight_decay: float = 0.0
     clip_norm: float = 1.0
     max_steps: int = 0  # 0: no step limit
@@ -65,6 +66,8 @@ class TrainConfig:
             raise ValueError("set max_steps or max_minutes, or training never ends")
         if not 0 <= self.mlm_prob <= 1:
             raise ValueError(f"mlm_prob must lie in [0, 1], got {self.mlm_prob}")
+        if self.schedule not in ("inverse_sqrt", "linear"):
+            raise ValueError(f"schedule must be 'inverse_sqrt' or 'linear', got {self.schedule!r}")
         self.model_config()  # validates the architecture early
 
     def model_config(self) -> ModelConfig:

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 # Packages whose `cli.register(subparsers)` adds subcommands, in help order.
-_COMMAND_MODULES = ("model.cli", "export.cli", "service.runtime_cli")
+_COMMAND_MODULES = ("model.cli", "export.cli", "service.runtime_cli", "service.api.server")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,3 +18,14 @@ def normalize(text: str) -> str:
     text = unicodedata.normalize("NFC", text)
     text = text.translate(_SPACE_LIKE).translate(_INVISIBLE).translate(_QUOTES)
     return _MULTI_SPACE.sub(" ", text).strip()
+
+
+_CONTROLS = dict.fromkeys([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F, *range(0x80, 0xA0)], " ")
+
+
+def scrub(text: str) -> str:
+    """Text safe for every later stage: lone surrogates become U+FFFD, control characters
+    (other than tab and line breaks) become spaces. Whitespace layout is kept."""
+    if any("\ud800" <= c <= "\udfff" for c in text):
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text.translate(_CONTROLS)

@@ -86,6 +86,7 @@ def test_the_runtime_imports_no_torch(exported: Path) -> None:
         f"t = Translator.load(Path({str(exported)!r}))\n"
         "t.translate(['A dog runs.'], 'fr')\n"
         "FillMask.from_model(t.model).fill('A <mask> runs.')\n"
+        "import service.api.app, service.api.server  # the HTTP service too\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'model', 'export')))\n"
     )
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -161,3 +161,25 @@ def test_train_command_errors_name_what_is_missing(tmp_path: Path) -> None:
         bad = tmp_path / "bad.toml"
         bad.write_text("max_steps = 1\nwarmup = 3\n")
         main(["train", "--config", str(bad)])
+
+
+def test_the_default_recipe_config_loads_and_runs_three_steps(tiny_data_dir: Path, tmp_path: Path) -> None:
+    """configs/default.toml as it is, but for the data, the output and a vocabulary the tiny data can fill."""
+    overrides = {"data_dir": str(tiny_data_dir), "out_dir": str(tmp_path), "max_steps": 3, "vocab_size": 400}
+    cfg = load_config(ROOT / "configs" / "default.toml", overrides)
+    assert (cfg.d_model, cfg.schedule, cfg.max_minutes) == (256, "linear", 125.0)
+    model_dir = train(cfg, tiny_data_dir)
+    assert model_dir is not None and (model_dir / "model.pt").exists()
+    with open(tmp_path / "train_log.csv") as handle:
+        assert [int(r["step"]) for r in csv.DictReader(handle)][-1] == 3
+
+
+def test_the_linear_schedule_warms_up_then_reaches_zero_at_the_budget() -> None:
+    from model.train import lr_at
+
+    cfg = TrainConfig(max_minutes=10, lr=1e-3, warmup_steps=100, schedule="linear")
+    assert lr_at(50, cfg, 0.0) == pytest.approx(5e-4)
+    assert lr_at(200, cfg, 0.5) == pytest.approx(5e-4)
+    assert lr_at(900, cfg, 1.0) == 0.0
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(max_minutes=10, schedule="cosine")

@@ -29,6 +29,12 @@ class Hypothesis:
     tokens: list[int]  # without the language tag and EOS
     score: float  # length-normalised
     log_prob: float  # Σ log p, EOS included
+    ended: bool = True  # False: cut at the maximum length, no EOS generated
+
+    @property
+    def length(self) -> int:
+        """Generated tokens, EOS included when there is one."""
+        return len(self.tokens) + int(self.ended)
 
 
 @dataclass(frozen=True)
@@ -104,7 +110,7 @@ def greedy_search(
                 tokens[sent].append(token)
             if done:
                 score = log_prob[sent] / length**options.length_penalty
-                results[sent] = [Hypothesis(tokens[sent], float(score), float(log_prob[sent]))]
+                results[sent] = [Hypothesis(tokens[sent], float(score), float(log_prob[sent]), token == EOS_ID)]
             else:
                 keep.append(row)
         if not keep:
@@ -172,7 +178,8 @@ def beam_search(
             if len(finished[sent]) < k:
                 toks = hist[rows[i, j]].tolist() + ([] if token[i, j] == EOS_ID else [int(token[i, j])])
                 score = float(top_scores[i, j])
-                finished[sent].append(Hypothesis(toks, score / length**options.length_penalty, score))
+                ended = bool(token[i, j] == EOS_ID)
+                finished[sent].append(Hypothesis(toks, score / length**options.length_penalty, score, ended))
         going = valid & ~ending
         if options.repetition_guard and hist.shape[1]:
             flat_going = np.flatnonzero(going)

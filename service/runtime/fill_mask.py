@@ -18,6 +18,7 @@ from service.runtime.sessions import OnnxModel
 from service.textnorm import normalize
 
 MASK_PATTERN = re.compile(r"<mask>|\[MASK\]")
+MAX_FILL_TOKENS = 512  # the encoder has more positions, but captions are short; longer input is refused
 
 
 class FillMaskError(ValueError):
@@ -75,6 +76,8 @@ class FillMask:
         if len(chunks) < 2:
             raise FillMaskError("text must contain at least one <mask> (or [MASK])")
         ids, positions = self._encode(chunks)
+        if len(ids) > MAX_FILL_TOKENS:
+            raise FillMaskError(f"text is {len(ids)} tokens long; fill-mask takes at most {MAX_FILL_TOKENS}")
         arr = np.asarray([ids], dtype=np.int64)
         enc = self.model.encode(arr, np.ones_like(arr))
         logits = self.model.mlm_logits(enc.hidden[:, positions])[0]  # [masks, V]

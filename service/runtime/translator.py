@@ -72,6 +72,17 @@ class Translator:
             batches.append(current)
         return batches
 
+    def encode(self, text: str) -> list[list[int]]:
+        """Source pieces of one text, each ending with EOS; none for empty text."""
+        ids = self.tokenizer.encode(normalize(text))
+        return [[*piece, cv.EOS_ID] for piece in self.split_long(ids)] if ids else []
+
+    def search(
+        self, sources: Sequence[list[int]], targets: Sequence[str], options: DecodeOptions
+    ) -> list[list[Hypothesis]]:
+        """One model batch: n-best hypotheses per source piece."""
+        return beam_search(self.model, sources, [cv.LANG_TAG_IDS[t] for t in targets], options)
+
     def translate(
         self,
         texts: Sequence[str],
@@ -84,46 +95,44 @@ class Translator:
         `progress(done, total)` is called after each batch, counting segments (long texts split).
         """
         options = options or DecodeOptions()
-        tag = cv.LANG_TAG_IDS[target]
-        segments: list[_Segment] = []
-        for index, text in enumerate(texts):
-            ids = self.tokenizer.encode(normalize(text))
-            if ids:
-                segments += [_Segment(index, [*piece, cv.EOS_ID]) for piece in self.split_long(ids)]
+        segments = [_Segment(index, piece) for index, text in enumerate(texts) for piece in self.encode(text)]
         results: list[list[Hypothesis]] = [[] for _ in segments]
         done = 0
         for batch in self.batches([len(s.ids) for s in segments]):
-            hyps = beam_search(self.model, [segments[i].ids for i in batch], [tag] * len(batch), options)
+            hyps = self.search([segments[i].ids for i in batch], [target] * len(batch), options)
             for i, h in zip(batch, hyps, strict=True):
                 results[i] = h
             done += len(batch)
             if progress:
                 progress(done, len(segments))
-        return self._join(texts, segments, results, options.n_best)
-
-    def _join(
-        self, texts: Sequence[str], segments: Sequence[_Segment], results: list[list[Hypothesis]], n_best: int
-    ) -> list[list[Translation]]:
         per_text: list[list[int]] = [[] for _ in texts]
         for i, seg in enumerate(segments):
             per_text[seg.text_index].append(i)
-        out: list[list[Translation]] = []
-        for parts in per_text:
-            if not parts:
-                out.append([Translation("", 0.0, 0, 0)])
-                continue
-            if len(parts) == 1:
-                hyps = results[parts[0]]
-                src = len(segments[parts[0]].ids)
-                out.append([self._translation(h.tokens, h.score, src) for h in hyps[:n_best]])
-                continue
-            # A split text: its pieces' best hypotheses, joined; the score is their mean.
-            tokens = [t for p in parts for t in (results[p][0].tokens if results[p] else [])]
-            text = " ".join(self.tokenizer.decode(results[p][0].tokens) for p in parts if results[p])
-            score = sum(results[p][0].score for p in parts if results[p]) / len(parts)
-            src = sum(len(segments[p].ids) for p in parts)
-            out.append([Translation(text, score, src, len(tokens) + len(parts))])
+        return [
+            self.combine([segments[i].ids for i in parts], [results[i] for i in parts], options.n_best)
+            for parts in per_text
+        ]
+
+    def combine(
+        self, sources: Sequence[list[int]], results: Sequence[list[Hypothesis]], n_best: int
+    ) -> list[Translation]:
+        """The n best translations of one text from its pieces' hypotheses.
+
+        A text split into pieces gets, as its k-th alternative, each piece's k-th hypothesis
+        (or its last, when it has fewer) joined; the score is the pieces' mean.
+        """
+        if not sources:
+            return [Translation("", 0.0, 0, 0)]
+        source_tokens = sum(len(s) for s in sources)
+        if len(sources) == 1:
+            return [self._translation(h, source_tokens) for h in results[0][:n_best]]
+        out = []
+        for k in range(min(n_best, max(len(r) for r in results))):
+            chosen = [r[min(k, len(r) - 1)] for r in results if r]
+            text = " ".join(self.tokenizer.decode(h.tokens) for h in chosen)
+            score = sum(h.score for h in chosen) / len(sources)
+            out.append(Translation(text, score, source_tokens, sum(h.length for h in chosen)))
         return out
 
-    def _translation(self, tokens: list[int], score: float, source_tokens: int) -> Translation:
-        return Translation(self.tokenizer.decode(tokens), score, source_tokens, len(tokens) + 1)
+    def _translation(self, hyp: Hypothesis, source_tokens: int) -> Translation:
+        return Translation(self.tokenizer.decode(hyp.tokens), hyp.score, source_tokens, hyp.length)

@@ -1,0 +1,109 @@
+"""HTTP load on loopback: `python bench/http_load.py --clients 1 8 32 64 [--beam-size 5]`.
+
+Starts its own server (`mtserve serve`, default model), then for each client count sends the
+test2016 English sentences one per request, each client sending its next sentence as soon as
+the previous answer arrives. Prints one JSON object per client count: clients, requests,
+seconds, sent_per_s, p50_ms/p95_ms/p99_ms, mean_batch (sentences per model batch, from
+/metrics) and offline_sent_per_s (the same sentences through the runtime directly, as
+`mtserve bench` runs them, with the server's thread count).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from service.api.launcher import live_server  # noqa: E402
+from service.api.settings import DEFAULT_MODEL_DIR  # noqa: E402
+from service.runtime.beam import DecodeOptions  # noqa: E402
+from service.runtime.translator import Translator  # noqa: E402
+
+
+def read_sentences(data_dir: Path, limit: int) -> list[str]:
+    import gzip
+
+    with gzip.open(data_dir / "multi30k" / "test_2016_flickr.en.gz", "rt", encoding="utf-8") as handle:
+        return [line.strip() for line in handle][:limit]
+
+
+def _metric(text: str, name: str) -> float:
+    match = re.search(rf"^{name} (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+async def load(url: str, sentences: list[str], clients: int, beam: int) -> dict[str, float]:
+    latencies: list[float] = []
+    queue = iter(sentences)
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        before = (await client.get("/metrics")).text
+
+        async def worker() -> None:
+            for text in queue:
+                t0 = time.perf_counter()
+                r = await client.post(
+                    "/v1/translate", json={"texts": [text], "source": "en", "target": "fr", "beam_size": beam}
+                )
+                r.raise_for_status()
+                latencies.append(time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        seconds = time.perf_counter() - t0
+        after = (await client.get("/metrics")).text
+    batches = _metric(after, "mtserve_batch_sentences_count") - _metric(before, "mtserve_batch_sentences_count")
+    batched = _metric(after, "mtserve_batch_sentences_sum") - _metric(before, "mtserve_batch_sentences_sum")
+    ms = np.asarray(latencies) * 1000
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "seconds": round(seconds, 2),
+        "sent_per_s": round(len(latencies) / seconds, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 1),
+        "p95_ms": round(float(np.percentile(ms, 95)), 1),
+        "p99_ms": round(float(np.percentile(ms, 99)), 1),
+        "mean_ms": round(float(ms.mean()), 1),
+        "mean_batch": round(batched / max(batches, 1), 2),
+    }
+
+
+def offline(sentences: list[str], beam: int, threads: int) -> float:
+    translator = Translator.load(DEFAULT_MODEL_DIR, intra_op_threads=threads)
+    translator.translate(sentences[:16], "fr", DecodeOptions(beam_size=beam))  # warm up
+    t0 = time.perf_counter()
+    translator.translate(sentences, "fr", DecodeOptions(beam_size=beam))
+    return len(sentences) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--beam-size", type=int, default=5)
+    parser.add_argument("--sentences", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    args = parser.parse_args()
+    sentences = read_sentences(args.data_dir, args.sentences)
+    offline_rate = offline(sentences, args.beam_size, args.threads)
+    env = {"MTSERVE_THREADS": str(args.threads), "MTSERVE_QUEUE_SIZE": "4096", "MTSERVE_LOG_LEVEL": "warning"}
+    with live_server(env=env) as server:
+        print(json.dumps({"startup_to_ready_s": round(server.startup_s, 2)}), flush=True)
+        for clients in args.clients:
+            row = asyncio.run(load(server.url, sentences, clients, args.beam_size))
+            row["offline_sent_per_s"] = round(offline_rate, 1)
+            print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The HTTP service: FastAPI app, request scheduler, LibreTranslate-compatible and native routes."""

@@ -1,0 +1,85 @@
+"""API keys (constant-time comparison, never logged) and per-client request rate limits."""
+
+from __future__ import annotations
+
+import hmac
+import threading
+import time
+from collections import deque
+
+from fastapi import Request
+from pydantic import SecretStr
+
+from service.api.errors import ApiError
+
+
+def bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+class KeyRing:
+    def __init__(self, keys: list[SecretStr], required: bool) -> None:
+        self._keys = [k.get_secret_value().encode() for k in keys]
+        self.enabled = bool(self._keys)
+        self.required = required and self.enabled
+
+    def valid(self, key: str) -> bool:
+        """Compares against every key, always, so timing says nothing about which or how much matched."""
+        candidate = key.encode("utf-8", "surrogatepass")
+        found = False
+        for known in self._keys:
+            found |= hmac.compare_digest(candidate, known)
+        return found
+
+    def check(self, key: str | None, *, missing_status: int = 400) -> None:
+        """LibreTranslate's rules: a wrong key is 403; a missing one, where keys are required, 400."""
+        if not self.enabled:
+            return
+        if key:
+            if not self.valid(key):
+                raise ApiError(403, "Invalid API key")
+        elif self.required:
+            raise ApiError(
+                missing_status,
+                "Please contact the server operator to get an API key (send it as api_key or Authorization: Bearer)",
+                {"WWW-Authenticate": "Bearer"} if missing_status == 401 else None,
+            )
+
+
+class RateLimiter:
+    """A sliding one-minute window per client (API key, else address)."""
+
+    WINDOW_S = 60.0
+
+    def __init__(self, per_minute: int, max_clients: int = 100_000) -> None:
+        self.per_minute = per_minute
+        self.max_clients = max_clients
+        self._hits: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def hit(self, client: str) -> None:
+        if self.per_minute <= 0:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if len(self._hits) > self.max_clients:  # bound memory under address churn
+                self._hits = {k: v for k, v in self._hits.items() if v and v[-1] > now - self.WINDOW_S}
+            hits = self._hits.setdefault(client, deque())
+            while hits and hits[0] <= now - self.WINDOW_S:
+                hits.popleft()
+            if len(hits) >= self.per_minute:
+                retry = max(1, int(hits[0] + self.WINDOW_S - now + 1))
+                raise ApiError(
+                    429,
+                    f"Slowdown: {self.per_minute} per 1 minute (request limit MTSERVE_REQ_LIMIT)",
+                    {"Retry-After": str(retry)},
+                )
+            hits.append(now)
+
+
+def client_id(request: Request, api_key: str | None) -> str:
+    if api_key:
+        return "key:" + api_key
+    return "addr:" + (request.client.host if request.client else "unknown")

@@ -1,0 +1,87 @@
+"""The FastAPI app: settings in, routes, middleware, start-up (load, warm up) and drain."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.api import errors
+from service.api.metrics import Metrics
+from service.api.middleware import RequestContextMiddleware
+from service.api.routers import libretranslate, native, ops, web
+from service.api.settings import Settings
+from service.api.state import ServiceState
+
+log = logging.getLogger("mtserve.app")
+WARM_UP = {"en": "A man is playing a guitar.", "fr": "Un homme joue de la guitare."}
+
+
+async def warm_up(state: ServiceState) -> None:
+    """One translation each way through the scheduler, one fill and one detection, before /ready."""
+    for source, text in WARM_UP.items():
+        target = "fr" if source == "en" else "en"
+        await state.translations.translate([text], [source], target, state.default_options(), state.deadline())
+    await state.scheduler.run_in_worker(state.fill_mask.fill, "A man is <mask> a guitar.", 1, None)
+    state.detector.warm_up()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+    holder: dict[str, ServiceState] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        t0 = time.perf_counter()
+        state = ServiceState.load(settings, metrics)
+        app.state.mt = holder["state"] = state
+        state.scheduler.start()
+        await warm_up(state)
+        state.ready = True
+        log.info(
+            "ready in %.2f s: model %s (sha %s), %d intra-op threads, batch budget %d tokens",
+            time.perf_counter() - t0, settings.model_dir.name, state.model_sha, settings.intra_op_threads,
+            settings.batch_tokens,
+        )  # fmt: skip
+        try:
+            yield
+        finally:
+            state.draining, state.ready = True, False
+            finished = await state.scheduler.drain(settings.drain_s)
+            if not finished:
+                log.warning("drain period (%.0f s) ended with work still queued", settings.drain_s)
+            await state.scheduler.stop()
+
+    app = FastAPI(
+        title="mtserve",
+        summary="English–French translation and masked-word fill, LibreTranslate-compatible.",
+        version="1.0.0",
+        lifespan=lifespan,
+    )
+    app.add_exception_handler(errors.ApiError, errors.api_error_handler)
+    app.add_exception_handler(RequestValidationError, errors.validation_handler)
+    app.add_exception_handler(StarletteHTTPException, errors.http_error_handler)
+    app.add_exception_handler(Exception, errors.unexpected_handler)
+    for module in (ops, libretranslate, native, web):
+        app.include_router(module.router)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST"],
+        allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+        expose_headers=["X-Request-ID", "X-Model-SHA", "Retry-After"],
+    )
+    app.add_middleware(
+        RequestContextMiddleware,
+        metrics=metrics,
+        model_sha=lambda: holder["state"].model_sha if "state" in holder else "loading",
+        max_body_bytes=settings.max_body_bytes,
+    )
+    return app

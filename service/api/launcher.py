@@ -1,0 +1,89 @@
+"""Start `mtserve serve` in a child process on a free loopback port and wait until it is ready.
+
+Used by the benchmarks and the end-to-end tests, which need a real uvicorn, signals included.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class LiveServer:
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+    startup_s: float
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self, timeout: float = 40.0) -> int:
+        """SIGTERM and wait; the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(url + "/ready", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"server not ready after {timeout} s")
+
+
+@contextmanager
+def live_server(
+    env: Mapping[str, str] | None = None, log_dir: Path | None = None, timeout: float = 60.0, python: str | None = None
+) -> Iterator[LiveServer]:
+    port = free_port()
+    log_dir = log_dir or Path(os.environ.get("TMPDIR", "/tmp"))
+    log_path = log_dir / f"mtserve-{port}.log"
+    child_env = {**os.environ, "MTSERVE_HOST": "127.0.0.1", "MTSERVE_PORT": str(port), **(env or {})}
+    started = time.monotonic()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [python or sys.executable, "-m", "service.cli", "serve"],
+            env=child_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server = LiveServer(process, f"http://127.0.0.1:{port}", log_path, 0.0)
+    try:
+        wait_ready(server.url, process, timeout)
+        server.startup_s = time.monotonic() - started
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

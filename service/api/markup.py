@@ -1,0 +1,315 @@
+"""HTML translation by blocks: each block element's text is translated as a whole.
+
+Inline tags (`<b>`, `<a href>`, ...) are lifted out as positioned markers and put back around
+the matching words of the translation, so a sentence is never cut at a `<b>`. Every tag keeps
+its original text, attributes included. Text inside script, style, code and pre is never
+translated.
+
+Where an inline element goes in the translation, most certain first:
+1. its text occurs verbatim in the translation (names, numbers);
+2. its own translation, made alongside, occurs there (case-insensitive);
+3. the same relative position and length, snapped to word boundaries.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+
+BLOCK_TAGS = frozenset(
+    [
+        "address",
+        "article",
+        "aside",
+        "blockquote",
+        "body",
+        "caption",
+        "dd",
+        "details",
+        "dialog",
+        "div",
+        "dl",
+        "dt",
+        "fieldset",
+        "figcaption",
+        "figure",
+        "footer",
+        "form",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "head",
+        "header",
+        "hgroup",
+        "hr",
+        "html",
+        "legend",
+        "li",
+        "main",
+        "nav",
+        "ol",
+        "option",
+        "p",
+        "section",
+        "summary",
+        "table",
+        "tbody",
+        "td",
+        "tfoot",
+        "th",
+        "thead",
+        "title",
+        "tr",
+        "ul",
+        "br",
+    ]
+)
+OPAQUE_TAGS = frozenset({"script", "style", "code", "pre", "textarea", "svg", "math"})
+VOID_TAGS = frozenset(
+    ["area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"]
+)
+_WORD = re.compile(r"\S+")
+_END_PUNCTUATION = frozenset(".!?;:,")
+
+
+@dataclass
+class _Inline:
+    open_raw: str
+    close_raw: str  # empty for a void tag
+    start: int  # character offsets in the block's plain text
+    end: int
+
+
+@dataclass
+class _Block:
+    parts: list[str] = field(default_factory=list)  # plain text pieces
+    inlines: list[_Inline] = field(default_factory=list)
+    open_stack: list[tuple[str, str, int]] = field(default_factory=list)  # (tag, raw, start)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+class _Collector(HTMLParser):
+    """Splits a document into raw markup and translatable blocks, in order."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=False)
+        self.items: list[str | _Block] = []
+        self.block: _Block | None = None
+        self.opaque_depth = 0
+
+    # ---- helpers
+    def _raw(self, text: str) -> None:
+        self._close_block()
+        self.items.append(text)
+
+    def _close_block(self) -> None:
+        if self.block is None:
+            return
+        block, self.block = self.block, None
+        # tags still open at a block boundary are emitted as they came, around the text
+        for _tag, raw, start in block.open_stack:
+            block.inlines.append(_Inline(raw, "", start, start))
+        block.open_stack.clear()
+        self.items.append(block)
+
+    def _current(self) -> _Block:
+        if self.block is None:
+            self.block = _Block()
+        return self.block
+
+    # ---- parser callbacks
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        raw = self.get_starttag_text() or f"<{tag}>"
+        if self.opaque_depth or tag in OPAQUE_TAGS:
+            if tag in OPAQUE_TAGS:
+                self.opaque_depth += 1
+            self._raw(raw)
+        elif tag in BLOCK_TAGS:
+            self._raw(raw)
+        elif tag in VOID_TAGS:
+            block = self._current()
+            block.inlines.append(_Inline(raw, "", len(block.text), len(block.text)))
+        else:
+            block = self._current()
+            block.open_stack.append((tag, raw, len(block.text)))
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        raw = self.get_starttag_text() or f"<{tag}/>"
+        if self.opaque_depth or tag in BLOCK_TAGS:
+            self._raw(raw)
+        else:
+            block = self._current()
+            block.inlines.append(_Inline(raw, "", len(block.text), len(block.text)))
+
+    def handle_endtag(self, tag: str) -> None:
+        raw = f"</{tag}>"
+        if self.opaque_depth:
+            if tag in OPAQUE_TAGS:
+                self.opaque_depth -= 1
+            self._raw(raw)
+            return
+        block = self.block
+        if tag not in BLOCK_TAGS and block is not None:
+            for i in range(len(block.open_stack) - 1, -1, -1):
+                if block.open_stack[i][0] == tag:
+                    _, open_raw, start = block.open_stack.pop(i)
+                    block.inlines.append(_Inline(open_raw, raw, start, len(block.text)))
+                    return
+        self._raw(raw)
+
+    def handle_data(self, data: str) -> None:
+        if self.opaque_depth:
+            self._raw(data)
+        else:
+            self._current().parts.append(data)
+
+    def handle_entityref(self, name: str) -> None:
+        self.handle_data(html.unescape(f"&{name};"))
+
+    def handle_charref(self, name: str) -> None:
+        self.handle_data(html.unescape(f"&#{name};"))
+
+    def _other(self, raw: str) -> None:
+        self._raw(raw)
+
+    def handle_comment(self, data: str) -> None:
+        self._other(f"<!--{data}-->")
+
+    def handle_decl(self, decl: str) -> None:
+        self._other(f"<!{decl}>")
+
+    def handle_pi(self, data: str) -> None:
+        self._other(f"<?{data}>")
+
+    def unknown_decl(self, data: str) -> None:
+        self._other(f"<![{data}]>")
+
+    def close(self) -> None:
+        super().close()
+        rest = self.rawdata
+        self._close_block()
+        if rest:
+            self.items.append(rest)
+
+
+class HtmlDocument:
+    """Parse once, hand out the texts to translate, render with their translations."""
+
+    def __init__(self, source: str) -> None:
+        collector = _Collector()
+        collector.feed(source)
+        collector.close()
+        self.items = collector.items
+
+    def texts(self) -> list[str]:
+        """Each block's text (stripped), then each inline element's text, in document order."""
+        out: list[str] = []
+        for item in self.items:
+            if isinstance(item, _Block) and item.text.strip():
+                out.append(item.text.strip())
+                out += [item.text[i.start : i.end].strip() for i in item.inlines if item.text[i.start : i.end].strip()]
+        return out
+
+    def render(self, translations: list[str]) -> str:
+        """The document with each text of texts() replaced by its translation."""
+        queue = iter(translations)
+        out: list[str] = []
+        for item in self.items:
+            if isinstance(item, str):
+                out.append(item)
+            elif not item.text.strip():
+                out.append(_render_untranslated(item))
+            else:
+                block_translation = next(queue)
+                inner = {
+                    id(i): next(queue) for i in item.inlines if item.text[i.start : i.end].strip()
+                }  # fmt: skip
+                out.append(_render_block(item, block_translation, inner))
+        return "".join(out)
+
+
+def _render_untranslated(block: _Block) -> str:
+    return _insert(block.text, [(i, i.start, i.end) for i in block.inlines])
+
+
+def _render_block(block: _Block, translation: str, inner: dict[int, str]) -> str:
+    text = block.text
+    lead = text[: len(text) - len(text.lstrip())]
+    tail = text[len(text.rstrip()) :]
+    core_offset = len(lead)
+    source = text.strip()
+    if translation == source:  # nothing changed (same language, untranslatable): tags stay where they were
+        return _render_untranslated(block)
+    placed: list[tuple[_Inline, int, int]] = []
+    taken: list[tuple[int, int]] = []
+    for inline in sorted(block.inlines, key=lambda i: (i.start, -i.end)):
+        span = _locate(source, translation, inline, core_offset, inner.get(id(inline)), taken)
+        taken.append(span)
+        placed.append((inline, span[0] + len(lead), span[1] + len(lead)))
+    return _insert(lead + translation + tail, placed)
+
+
+def _locate(
+    source: str, target: str, inline: _Inline, offset: int, inner_translation: str | None, taken: list[tuple[int, int]]
+) -> tuple[int, int]:
+    start = max(0, min(len(source), inline.start - offset))
+    end = max(start, min(len(source), inline.end - offset))
+    inner = source[start:end].strip()
+    if inner_translation and inner[-1:] not in _END_PUNCTUATION:  # a phrase translated alone gains a full stop
+        inner_translation = inner_translation.rstrip("".join(_END_PUNCTUATION)).rstrip()
+    for candidate in (inner, inner_translation):
+        if not candidate:
+            continue
+        for match in re.finditer(re.escape(candidate), target, flags=re.IGNORECASE if candidate != inner else 0):
+            span = match.span()
+            if all(_nests(span, other) for other in taken):
+                return span
+    return _proportional(source, target, start, end, taken)
+
+
+def _nests(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    """Spans that are disjoint or one inside the other keep the markup well formed."""
+    return a[1] <= b[0] or b[1] <= a[0] or (b[0] <= a[0] and a[1] <= b[1]) or (a[0] <= b[0] and b[1] <= a[1])
+
+
+def _proportional(source: str, target: str, start: int, end: int, taken: list[tuple[int, int]]) -> tuple[int, int]:
+    scale = len(target) / max(1, len(source))
+    words = [m.span() for m in _WORD.finditer(target)] or [(0, 0)]
+
+    def snap(position: float, at_end: bool) -> int:
+        index = min(range(len(words)), key=lambda w: abs(words[w][1 if at_end else 0] - position))
+        return words[index][1 if at_end else 0]
+
+    if start == end:
+        span = (snap(start * scale, False),) * 2
+    else:
+        a = snap(start * scale, False)
+        span = (a, max(a, snap(end * scale, True)))
+    if all(_nests(span, other) for other in taken):
+        return span
+    return (len(target), len(target))  # no well-formed place left: empty, at the end
+
+
+def _insert(text: str, placed: list[tuple[_Inline, int, int]]) -> str:
+    """Escaped text with each inline's tags at its offsets; outer elements open first and close last."""
+    events: list[tuple[int, int, int, str]] = []  # (position, order, tiebreak, markup)
+    for n, (inline, start, end) in enumerate(placed):
+        width = end - start
+        events.append((start, 1, -width * 1000 - n, inline.open_raw))
+        if inline.close_raw:
+            events.append((end, 0, width * 1000 - n, inline.close_raw))
+    out, cursor = [], 0
+    for position, _, _, markup in sorted(events):
+        out.append(html.escape(text[cursor:position], quote=False))
+        out.append(markup)
+        cursor = position
+    out.append(html.escape(text[cursor:], quote=False))
+    return "".join(out)

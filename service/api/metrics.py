@@ -1,0 +1,41 @@
+"""Prometheus metrics. Labels stay bounded: route (the route's template), status class, direction."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+class Metrics:
+    """One registry per app, so several apps (tests) never share counters."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter(
+            "mtserve_http_requests", "HTTP requests answered", ["route", "status_class", "direction"], registry=r
+        )
+        self.request_seconds = Histogram(
+            "mtserve_http_request_duration_seconds", "HTTP request duration", ["route", "direction"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.in_flight = Gauge("mtserve_http_requests_in_flight", "HTTP requests being served", registry=r)
+        self.queue_wait = Histogram(
+            "mtserve_queue_wait_seconds", "time a sentence waits for its batch", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge("mtserve_queue_depth", "sentences waiting for the model", registry=r)
+        self.rejected = Counter("mtserve_queue_rejected", "requests refused because the queue was full", registry=r)
+        self.batch_sentences = Histogram(
+            "mtserve_batch_sentences", "sentences per model batch", buckets=SIZE_BUCKETS, registry=r
+        )
+        self.batch_tokens = Histogram(
+            "mtserve_batch_tokens", "source tokens per model batch", buckets=TOKEN_BUCKETS, registry=r
+        )
+        self.inference_seconds = Histogram(
+            "mtserve_inference_duration_seconds", "model time per batch", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.input_tokens = Counter("mtserve_input_tokens", "source tokens translated", ["direction"], registry=r)
+        self.output_tokens = Counter("mtserve_generated_tokens", "target tokens generated", ["direction"], registry=r)
+        self.model_info = Gauge("mtserve_model_info", "the model being served", ["name", "version", "sha"], registry=r)

@@ -1,0 +1,1 @@
+"""One router per file: LibreTranslate-compatible, native v1, operations, the web page."""

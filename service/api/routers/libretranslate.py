@@ -1,0 +1,278 @@
+"""LibreTranslate-compatible routes: existing clients and plugins work unchanged.
+
+Status codes and messages follow LibreTranslate's own app: 400 for a missing or bad field,
+403 for a wrong API key, 429 for the rate limit, `{"error": "..."}` bodies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import PurePath
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from service.api.access import client_id
+from service.api.errors import ApiError, guarded
+from service.api.markup import HtmlDocument
+from service.api.params import Params, read_params
+from service.api.schemas import (
+    LANGUAGE_NAMES,
+    LtDetectRequest,
+    LtFrontendSettings,
+    LtLanguage,
+    LtTranslateFileResponse,
+    LtTranslateRequest,
+    LtTranslateResponse,
+    error_responses,
+)
+from service.api.state import ServiceState, StateDep
+from service.conventions import LANGUAGES
+from service.textnorm import scrub
+
+router = APIRouter(tags=["LibreTranslate"])
+SUPPORTED_FILE_FORMATS = [".txt"]
+
+
+def _body_doc(model: type[Any], form: bool = True, multipart: bool = False) -> dict[str, Any]:
+    schema = model.model_json_schema()
+    content: dict[str, Any] = {"application/json": {"schema": schema}}
+    if form:
+        content["application/x-www-form-urlencoded"] = {"schema": schema}
+    if multipart:
+        content["multipart/form-data"] = {"schema": schema}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+def _access(request: Request, state: ServiceState, params: Params) -> None:
+    state.keys.check(params.api_key)
+    state.rate_limiter.hit(client_id(request, params.api_key))
+
+
+def _required_text(params: Params, name: str) -> str:
+    value = params.get(name)
+    if value is None or value == "":
+        raise ApiError(400, f"Invalid request: missing {name} parameter")
+    if not isinstance(value, str):
+        raise ApiError(400, f"Invalid request: {name} parameter must be a string")
+    return value
+
+
+def _language(code: str, *, allow_auto: bool) -> str:
+    if code in LANGUAGES or (allow_auto and code == "auto"):
+        return code
+    raise ApiError(400, f"{code} is not supported")
+
+
+def _texts(params: Params, state: ServiceState) -> tuple[list[str], bool]:
+    q = params.get("q")
+    if q is None or q == "" or q == []:
+        raise ApiError(400, "Invalid request: missing q parameter")
+    batch = isinstance(q, list)
+    texts = q if batch else [q]
+    if not all(isinstance(t, str) for t in texts):
+        raise ApiError(400, "Invalid request: q parameter must be a string or a list of strings")
+    limit = state.settings.batch_limit
+    if batch and limit != -1 and len(texts) > limit:
+        raise ApiError(
+            400, f"Invalid request: request ({len(texts)}) exceeds text limit ({limit}): q has too many texts"
+        )
+    char_limit = state.settings.char_limit
+    for i, text in enumerate(texts):
+        if char_limit != -1 and len(text) > char_limit:
+            where = f"q[{i}]" if batch else "q"
+            raise ApiError(
+                400, f"Invalid request: request ({len(text)}) exceeds text limit ({char_limit}): {where} is too long"
+            )
+    return [scrub(t) for t in texts], batch
+
+
+def _alternatives(params: Params, state: ServiceState) -> int:
+    raw = params.get("alternatives")
+    if raw is None or raw == "":
+        return 0
+    try:
+        count = max(0, int(raw))
+    except (TypeError, ValueError):
+        raise ApiError(400, "Invalid request: alternatives parameter is not a number") from None
+    if count > state.settings.alternatives_limit:
+        raise ApiError(400, f"Invalid request: alternatives parameter must be <= {state.settings.alternatives_limit}")
+    return count
+
+
+async def _detect_all(state: ServiceState, texts: list[str]) -> list[dict[str, Any]]:
+    detections = await asyncio.to_thread(lambda: [state.detector.best(t) for t in texts])
+    return [d.as_dict() for d in detections]
+
+
+@router.post(
+    "/translate",
+    response_model=LtTranslateResponse,
+    response_model_exclude_none=True,
+    responses=error_responses(400, 403, 413, 429, 500, 503, 504),
+    openapi_extra=_body_doc(LtTranslateRequest, multipart=True),
+    summary="Translate text (LibreTranslate)",
+)
+async def translate(request: Request, state: StateDep) -> JSONResponse:
+    params = await read_params(request)
+    _access(request, state, params)
+    texts, batch = _texts(params, state)
+    source = _language(_required_text(params, "source"), allow_auto=True)
+    target = _language(_required_text(params, "target"), allow_auto=False)
+    text_format = params.get("format") or "text"
+    if text_format not in ("text", "html"):
+        raise ApiError(400, f"{text_format} format is not supported")
+    alternatives = _alternatives(params, state)
+
+    detected = await _detect_all(state, texts) if source == "auto" else None
+    sources = [d["language"] for d in detected] if detected else [source] * len(texts)
+    request.state.direction = f"{source}-{target}" if source != "auto" else f"auto-{target}"
+    if text_format == "html":
+        translated = [await _translate_html(request, state, t, s, target) for t, s in zip(texts, sources, strict=True)]
+        alts: list[list[str]] = [[] for _ in texts]
+    else:
+        options = state.default_options(n_best=alternatives + 1)
+        results = await guarded(
+            request, state.translations.translate(texts, sources, target, options, state.deadline())
+        )
+        translated = [r.text for r in results]
+        alts = [[a.text for a in r.alternatives] for r in results]
+
+    body: dict[str, Any] = {"translatedText": translated if batch else translated[0]}
+    if alternatives > 0:
+        body["alternatives"] = alts if batch else alts[0]
+    if detected is not None:
+        body["detectedLanguage"] = detected if batch else detected[0]
+    return JSONResponse(body)
+
+
+async def _translate_html(request: Request, state: ServiceState, text: str, source: str, target: str) -> str:
+    document = HtmlDocument(text)
+    pieces = document.texts()
+    if not pieces:
+        return text
+    options = state.default_options()
+    results = await guarded(
+        request, state.translations.translate(pieces, [source] * len(pieces), target, options, state.deadline())
+    )
+    return document.render([r.text for r in results])
+
+
+@router.post(
+    "/detect",
+    response_model=list[dict[str, Any]],
+    responses=error_responses(400, 403, 413, 429),
+    openapi_extra=_body_doc(LtDetectRequest),
+    summary="Detect the language of a text (LibreTranslate)",
+)
+async def detect(request: Request, state: StateDep) -> JSONResponse:
+    params = await read_params(request)
+    _access(request, state, params)
+    q = _required_text(params, "q")
+    if state.settings.char_limit != -1 and len(q) > state.settings.char_limit:
+        raise ApiError(400, f"Invalid request: request ({len(q)}) exceeds text limit ({state.settings.char_limit})")
+    detections = await asyncio.to_thread(state.detector.detect, scrub(q))
+    return JSONResponse([d.as_dict() for d in detections])
+
+
+@router.get("/languages", response_model=list[LtLanguage], summary="Supported languages (LibreTranslate)")
+async def languages() -> list[LtLanguage]:
+    return [
+        LtLanguage(code=code, name=LANGUAGE_NAMES[code], targets=sorted(c for c in LANGUAGES if c != code))
+        for code in LANGUAGES
+    ]
+
+
+@router.get("/frontend/settings", response_model=LtFrontendSettings, summary="Web client settings (LibreTranslate)")
+async def frontend_settings(state: StateDep) -> dict[str, Any]:
+    settings = state.settings
+    return {
+        "charLimit": settings.char_limit,
+        "frontendTimeout": settings.frontend_timeout_ms,
+        "apiKeys": state.keys.enabled,
+        "keyRequired": state.keys.required,
+        "suggestions": False,
+        "filesTranslation": True,
+        "supportedFilesFormat": SUPPORTED_FILE_FORMATS,
+        "language": {
+            "source": {"code": "auto", "name": "Auto Detect"},
+            "target": {"code": "fr", "name": LANGUAGE_NAMES["fr"]},
+        },
+    }
+
+
+@router.post(
+    "/translate_file",
+    response_model=LtTranslateFileResponse,
+    responses=error_responses(400, 403, 413, 429, 500, 503, 504),
+    summary="Translate a .txt file (LibreTranslate)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file", "source", "target"],
+                        "properties": {
+                            "file": {"type": "string", "format": "binary"},
+                            "source": {"type": "string"},
+                            "target": {"type": "string"},
+                            "api_key": {"type": "string"},
+                        },
+                    }
+                }
+            },
+        }
+    },
+)
+async def translate_file(request: Request, state: StateDep) -> LtTranslateFileResponse:
+    params = await read_params(request)
+    _access(request, state, params)
+    upload = params.files.get("file")
+    if upload is None:
+        raise ApiError(400, "Invalid request: missing file parameter")
+    source = _language(_required_text(params, "source"), allow_auto=True)
+    target = _language(_required_text(params, "target"), allow_auto=False)
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", PurePath(upload.filename or "").name)
+    if not name:
+        raise ApiError(400, "Invalid request: empty file")
+    if PurePath(name).suffix.lower() not in SUPPORTED_FILE_FORMATS:
+        raise ApiError(400, "Invalid request: file format not supported (only .txt)")
+    raw = await upload.read()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ApiError(400, "Invalid request: file is not UTF-8 text") from None
+    limit = state.settings.char_limit
+    if limit != -1 and len(text) > limit:
+        raise ApiError(400, f"Invalid request: request ({len(text)}) exceeds text limit ({limit}): file is too long")
+    text = scrub(text)
+    language = source if source != "auto" else state.detector.best(text).language
+    request.state.direction = f"{source}-{target}"
+    options = state.default_options()
+    results = await guarded(
+        request, state.translations.translate([text], [language], target, options, state.deadline())
+    )
+    file_id = state.files.put(name, results[0].text.encode("utf-8"))
+    return LtTranslateFileResponse(translatedFileUrl=str(request.url_for("download_file", filename=file_id)))
+
+
+@router.get("/download_file/{filename}", summary="Download a translated file (LibreTranslate)",
+            responses=error_responses(404))  # fmt: skip
+async def download_file(filename: str, state: StateDep) -> Response:
+    stored = state.files.get(filename)
+    if stored is None:
+        raise ApiError(404, "File not found (translated files are kept for 30 minutes)")
+    return Response(
+        stored.content,
+        media_type="text/plain; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{stored.name}"'},
+    )
+
+
+@router.post("/suggest", responses=error_responses(403), summary="Suggestions (disabled, as LibreTranslate's default)")
+async def suggest() -> JSONResponse:
+    raise ApiError(403, "Suggestions are disabled on this server.")

@@ -1,0 +1,103 @@
+"""The native API: /v1/translate with full decoding control, /v1/fill-mask in Hugging Face's shape."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from service.api.access import bearer_token, client_id
+from service.api.errors import ApiError, guarded
+from service.api.schemas import (
+    DetectedLanguage,
+    FillMaskRequest,
+    FillMaskResponse,
+    Hypothesis,
+    TextResult,
+    TranslateRequest,
+    TranslateResponse,
+    error_responses,
+)
+from service.api.state import ServiceState, StateDep
+from service.runtime.beam import DecodeOptions
+from service.runtime.fill_mask import FillMaskError
+from service.textnorm import scrub
+
+router = APIRouter(prefix="/v1", tags=["native"])
+
+
+def _access(request: Request, state: ServiceState) -> None:
+    key = bearer_token(request)
+    state.keys.check(key, missing_status=401)
+    state.rate_limiter.hit(client_id(request, key))
+
+
+@router.post(
+    "/translate",
+    response_model=TranslateResponse,
+    response_model_exclude_none=True,
+    responses=error_responses(400, 401, 403, 413, 422, 429, 500, 503, 504),
+)
+async def translate(body: TranslateRequest, request: Request, state: StateDep) -> TranslateResponse:
+    _access(request, state)
+    settings = state.settings
+    if settings.batch_limit != -1 and len(body.texts) > settings.batch_limit:
+        raise ApiError(422, f"texts: {len(body.texts)} texts exceed the limit of {settings.batch_limit} per request")
+    for i, text in enumerate(body.texts):
+        if settings.char_limit != -1 and len(text) > settings.char_limit:
+            raise ApiError(422, f"texts[{i}]: {len(text)} characters exceed the limit of {settings.char_limit}")
+    if body.num_hypotheses > body.beam_size:
+        raise ApiError(422, f"num_hypotheses: {body.num_hypotheses} is more than beam_size ({body.beam_size})")
+    options = DecodeOptions(
+        beam_size=body.beam_size,
+        n_best=body.num_hypotheses,
+        length_penalty=body.length_penalty,
+        max_length=body.max_length or 0,
+    )
+    texts = [scrub(t) for t in body.texts]
+    detected: list[DetectedLanguage | None] = [None] * len(texts)
+    if body.source == "auto":
+        found = await asyncio.to_thread(lambda: [state.detector.best(t) for t in texts])
+        detected = [DetectedLanguage(confidence=d.confidence, language=d.language) for d in found]
+        sources = [d.language for d in found]
+    else:
+        sources = [body.source] * len(texts)
+    request.state.direction = f"{body.source}-{body.target}"
+    results = await guarded(
+        request, state.translations.translate(texts, sources, body.target, options, state.deadline())
+    )
+    scores = body.return_scores
+    return TranslateResponse(
+        model=state.settings.model_name,
+        translations=[
+            TextResult(
+                text=r.text,
+                score=r.score if scores else None,
+                alternatives=[Hypothesis(text=a.text, score=a.score if scores else None) for a in r.alternatives],
+                source_tokens=r.source_tokens,
+                target_tokens=r.target_tokens,
+                detected_language=d,
+            )
+            for r, d in zip(results, detected, strict=True)
+        ],
+    )
+
+
+@router.post(
+    "/fill-mask",
+    response_model=FillMaskResponse,
+    responses=error_responses(400, 401, 403, 413, 422, 429, 500, 503),
+)
+async def fill_mask(body: FillMaskRequest, request: Request, state: StateDep) -> Any:
+    """One list of candidates for a single mask, one list per mask for several (the pipeline's shape)."""
+    _access(request, state)
+    if state.settings.char_limit != -1 and len(body.text) > state.settings.char_limit:
+        raise ApiError(422, f"text: {len(body.text)} characters exceed the limit of {state.settings.char_limit}")
+    text = scrub(body.text)
+    try:
+        rows = await state.scheduler.run_in_worker(state.fill_mask.fill, text, body.top_k, body.targets)
+    except FillMaskError as exc:
+        raise ApiError(422, f"{'targets' if 'target' in str(exc) else 'text'}: {exc}") from None
+    out = [[c.as_dict() for c in row] for row in rows]
+    return out[0] if len(out) == 1 else out

@@ -1,0 +1,39 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.api.schemas import Health, Readiness
+from service.api.state import StateDep
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/health", response_model=Health, summary="The process is alive")
+async def health() -> Health:
+    return Health(status="ok")
+
+
+@router.get(
+    "/ready",
+    response_model=Readiness,
+    responses={503: {"model": Readiness}},
+    summary="The model is loaded and warmed up, and the service is not draining",
+)
+async def ready(state: StateDep) -> JSONResponse:
+    status: Literal["ready", "loading", "draining"] = (
+        "draining" if state.draining else "ready" if state.ready else "loading"
+    )
+    body = Readiness(status=status, model=state.settings.model_name, sha=state.model_sha)
+    return JSONResponse(body.model_dump(), status_code=200 if status == "ready" else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})  # fmt: skip
+async def metrics(state: StateDep) -> Response:
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,320 @@
+"""One scheduler merges the sentences of concurrent requests into shared model batches.
+
+- A batch holds sentences with the same decoding options (beam, length penalty, max length);
+  targets may differ. Rows x longest source stay within the token budget.
+- When the runtime is idle a batch leaves at once. While a batch runs (with more than one
+  worker), the next one gathers and leaves when full or after `max_wait_s`.
+- Inference runs in worker threads, off the event loop; each caller gets its own results.
+- The queue is bounded in sentences; beyond it `Overloaded`. Requests past their deadline or
+  cancelled by their caller leave the queue without costing model time.
+- An exception inside a batch fails only that batch's requests, with an id that is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from service.api.metrics import Metrics
+from service.runtime.beam import DecodeOptions, Hypothesis
+from service.runtime.translator import Translator
+
+log = logging.getLogger("mtserve.scheduler")
+T = TypeVar("T")
+
+
+class Overloaded(Exception):
+    """The queue is full; try again after `retry_after` seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("the translation queue is full")
+        self.retry_after = retry_after
+
+
+class ShuttingDown(Exception):
+    """The service is draining and accepts no new work."""
+
+
+class DeadlineExceeded(Exception):
+    """The request's deadline passed before its translation finished."""
+
+
+class InferenceFailed(Exception):
+    """The model raised while running the batch this request was in."""
+
+    def __init__(self, error_id: str) -> None:
+        super().__init__(f"inference failed (error id {error_id})")
+        self.error_id = error_id
+
+
+class InjectedFault(RuntimeError):
+    """Raised on purpose by the fault injector (setting MTSERVE_FAULT_MARKER)."""
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One request's sentences: resolved when all have their hypotheses."""
+
+    future: asyncio.Future[list[list[Hypothesis]]]
+    results: list[list[Hypothesis]]
+    deadline: float
+    remaining: int
+    cancelled: bool = False
+
+
+@dataclass(frozen=True)
+class Sentence:
+    """One piece of source text to translate: token ids (EOS-terminated) and where they go."""
+
+    ids: list[int]
+    target: str
+    direction: str  # metrics label, e.g. en-fr
+    text: str  # the source text, for the fault injector
+
+
+@dataclass(eq=False)
+class _Job:
+    ticket: Ticket
+    index: int
+    sentence: Sentence
+    options: DecodeOptions
+    enqueued: float = field(default_factory=time.monotonic)
+
+    @property
+    def ids(self) -> list[int]:
+        return self.sentence.ids
+
+    @property
+    def key(self) -> DecodeOptions:
+        return dataclasses.replace(self.options, n_best=1)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        translator: Translator,
+        metrics: Metrics,
+        *,
+        batch_tokens: int,
+        queue_size: int,
+        max_wait_s: float,
+        retry_after_s: int = 1,
+        workers: int = 1,
+        fault_marker: str = "",
+    ) -> None:
+        self.translator = translator
+        self.metrics = metrics
+        self.batch_tokens = batch_tokens
+        self.queue_size = queue_size
+        self.max_wait_s = max_wait_s
+        self.retry_after_s = retry_after_s
+        self.workers = workers
+        self.fault_marker = fault_marker
+        self._queue: deque[_Job] = deque()
+        self._running = 0
+        self._accepting = True
+        self._changed = asyncio.Event()
+        self._slots = asyncio.Semaphore(workers)
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mtserve-infer")
+        self._loop_task: asyncio.Task[None] | None = None
+        self._batches: set[asyncio.Task[None]] = set()
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._dispatch_loop(), name="mtserve-scheduler")
+
+    @property
+    def idle(self) -> bool:
+        return not self._queue and self._running == 0
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop accepting; wait until everything accepted has finished. True if it all did in time."""
+        self._accepting = False
+        deadline = time.monotonic() + timeout
+        while not self.idle and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return self.idle
+
+    async def stop(self) -> None:
+        self._accepting = False
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        for job in self._queue:
+            if not job.ticket.future.done():
+                job.ticket.future.set_exception(ShuttingDown())
+        self._queue.clear()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    async def run_in_worker(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run other model work (fill-mask) on the same worker threads as translation."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # ---- requests ----------------------------------------------------------------------
+
+    async def translate(
+        self, sentences: Sequence[Sentence], options: DecodeOptions, deadline: float
+    ) -> list[list[Hypothesis]]:
+        """Hypotheses for each sentence, in order. Raises Overloaded, ShuttingDown, DeadlineExceeded
+        or InferenceFailed; cancelling the caller takes its sentences out of the queue."""
+        if not sentences:
+            return []
+        ticket = self._submit(sentences, options, deadline)
+        try:
+            return await asyncio.wait_for(asyncio.shield(ticket.future), timeout=max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            self._cancel(ticket)
+            raise DeadlineExceeded() from None
+        except asyncio.CancelledError:
+            self._cancel(ticket)
+            raise
+
+    def _submit(self, sentences: Sequence[Sentence], options: DecodeOptions, deadline: float) -> Ticket:
+        if not self._accepting:
+            raise ShuttingDown()
+        # A request larger than the whole queue is still taken when the queue is empty, or it never would be.
+        if self._queue and len(self._queue) + len(sentences) > self.queue_size:
+            self.metrics.rejected.inc()
+            raise Overloaded(self.retry_after_s)
+        future: asyncio.Future[list[list[Hypothesis]]] = asyncio.get_running_loop().create_future()
+        ticket = Ticket(future, [[] for _ in sentences], deadline, len(sentences))
+        now = time.monotonic()
+        for i, sentence in enumerate(sentences):
+            self._queue.append(_Job(ticket, i, sentence, options, now))
+        self.metrics.queue_depth.set(len(self._queue))
+        self._changed.set()
+        return ticket
+
+    def _cancel(self, ticket: Ticket) -> None:
+        ticket.cancelled = True
+        self._changed.set()
+
+    # ---- dispatch ----------------------------------------------------------------------
+
+    def _drop_dead(self) -> None:
+        now = time.monotonic()
+        live: deque[_Job] = deque()
+        for job in self._queue:
+            ticket = job.ticket
+            if ticket.cancelled or ticket.future.done():
+                continue
+            if ticket.deadline <= now:
+                ticket.future.set_exception(DeadlineExceeded())
+                continue
+            live.append(job)
+        self._queue = live
+        self.metrics.queue_depth.set(len(self._queue))
+
+    def _fits(self, rows: int, longest: int) -> bool:
+        return rows * longest <= self.batch_tokens
+
+    def _take(self) -> list[_Job]:
+        """The oldest sentence and, in arrival order, those that share its options and fit the budget."""
+        key = self._queue[0].key
+        batch: list[_Job] = []
+        rest: deque[_Job] = deque()
+        longest = 0
+        for job in self._queue:
+            size = max(longest, len(job.ids))
+            if job.key == key and (not batch or self._fits(len(batch) + 1, size)):
+                batch.append(job)
+                longest = size
+            else:
+                rest.append(job)
+        self._queue = rest
+        self.metrics.queue_depth.set(len(self._queue))
+        return batch
+
+    def _full(self) -> bool:
+        key, longest, rows = self._queue[0].key, 0, 0
+        for job in self._queue:
+            if job.key == key:
+                rows, longest = rows + 1, max(longest, len(job.ids))
+                if not self._fits(rows, longest):
+                    return True
+        return False
+
+    async def _next_batch(self) -> list[_Job]:
+        while True:
+            self._changed.clear()
+            self._drop_dead()
+            if self._queue:
+                if self._running == 0 or self._full():
+                    return self._take()
+                wait = self._queue[0].enqueued + self.max_wait_s - time.monotonic()
+                if wait <= 0:
+                    return self._take()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), timeout=wait)
+            else:
+                await self._changed.wait()
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            await self._slots.acquire()
+            try:
+                batch = await self._next_batch()
+            except BaseException:
+                self._slots.release()
+                raise
+            self._running += 1
+            task = asyncio.create_task(self._execute(batch))
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+
+    async def _execute(self, batch: list[_Job]) -> None:
+        started = time.monotonic()
+        for job in batch:
+            self.metrics.queue_wait.observe(started - job.enqueued)
+        options = dataclasses.replace(batch[0].key, n_best=max(job.options.n_best for job in batch))
+        sources = [job.ids for job in batch]
+        self.metrics.batch_sentences.observe(len(batch))
+        self.metrics.batch_tokens.observe(sum(len(s) for s in sources))
+        try:
+            hyps = await asyncio.get_running_loop().run_in_executor(
+                self._executor,
+                self._infer,
+                sources,
+                [job.sentence.target for job in batch],
+                options,
+                [job.sentence.text for job in batch],
+            )
+        except Exception:
+            error_id = uuid.uuid4().hex[:16]
+            log.exception("inference failed error_id=%s batch_sentences=%d", error_id, len(batch))
+            for ticket in {job.ticket for job in batch}:
+                if not ticket.future.done():
+                    ticket.future.set_exception(InferenceFailed(error_id))
+        else:
+            self.metrics.inference_seconds.observe(time.monotonic() - started)
+            for job, job_hyps in zip(batch, hyps, strict=True):
+                self.metrics.input_tokens.labels(job.sentence.direction).inc(len(job.ids))
+                if job_hyps:
+                    self.metrics.output_tokens.labels(job.sentence.direction).inc(job_hyps[0].length)
+                ticket = job.ticket
+                ticket.results[job.index] = job_hyps
+                ticket.remaining -= 1
+                if ticket.remaining == 0 and not ticket.future.done():
+                    ticket.future.set_result(ticket.results)
+        finally:
+            self._running -= 1
+            self._slots.release()
+            self._changed.set()
+
+    def _infer(
+        self, sources: list[list[int]], targets: list[str], options: DecodeOptions, texts: list[str]
+    ) -> list[list[Hypothesis]]:
+        if self.fault_marker and any(self.fault_marker in text for text in texts):
+            raise InjectedFault(f"fault injected: a sentence contains {self.fault_marker!r}")
+        return self.translator.search(sources, targets, options)

@@ -1,0 +1,140 @@
+"""Request and response bodies, as the OpenAPI schema describes them."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.api.errors import ErrorBody
+
+LANGUAGE_NAMES = {"en": "English", "fr": "French"}
+
+# ---- LibreTranslate ------------------------------------------------------------------------
+
+
+class LtTranslateRequest(BaseModel):
+    """Sent as JSON or as a form; documentation only (the route reads both)."""
+
+    q: str | list[str] = Field(description="text, or a list of texts, to translate")
+    source: str = Field(description="en, fr or auto")
+    target: str = Field(description="en or fr")
+    format: Literal["text", "html"] = "text"
+    alternatives: int = Field(0, ge=0, le=3, description="alternative translations wanted")
+    api_key: str | None = None
+
+
+class DetectedLanguage(BaseModel):
+    confidence: float = Field(ge=0, le=100)
+    language: str
+
+
+class LtTranslateResponse(BaseModel):
+    translatedText: str | list[str]
+    alternatives: list[str] | list[list[str]] | None = None
+    detectedLanguage: DetectedLanguage | list[DetectedLanguage] | None = None
+
+
+class LtDetectRequest(BaseModel):
+    q: str
+    api_key: str | None = None
+
+
+class LtLanguage(BaseModel):
+    code: str
+    name: str
+    targets: list[str]
+
+
+class LtFrontendLanguage(BaseModel):
+    code: str
+    name: str
+
+
+class LtFrontendLanguages(BaseModel):
+    source: LtFrontendLanguage
+    target: LtFrontendLanguage
+
+
+class LtFrontendSettings(BaseModel):
+    charLimit: int
+    frontendTimeout: int
+    apiKeys: bool
+    keyRequired: bool
+    suggestions: bool
+    filesTranslation: bool
+    supportedFilesFormat: list[str]
+    language: LtFrontendLanguages
+
+
+class LtTranslateFileResponse(BaseModel):
+    translatedFileUrl: str
+
+
+# ---- native v1 -----------------------------------------------------------------------------
+
+
+class TranslateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    texts: list[str] = Field(min_length=1, description="texts to translate; each may hold several sentences")
+    source: Literal["en", "fr", "auto"] = "auto"
+    target: Literal["en", "fr"]
+    beam_size: int = Field(5, ge=1, le=8)
+    num_hypotheses: int = Field(1, ge=1, le=8, description="hypotheses per text, at most beam_size")
+    length_penalty: float = Field(1.0, ge=0.0, le=4.0, description="score = log p / length^length_penalty")
+    max_length: int | None = Field(None, ge=1, le=256, description="target tokens per sentence, EOS included")
+    return_scores: bool = True
+
+
+class Hypothesis(BaseModel):
+    text: str
+    score: float | None = None
+
+
+class TextResult(BaseModel):
+    text: str
+    score: float | None = None
+    alternatives: list[Hypothesis]
+    source_tokens: int
+    target_tokens: int
+    detected_language: DetectedLanguage | None = None
+
+
+class TranslateResponse(BaseModel):
+    translations: list[TextResult]
+    model: str
+
+
+class FillMaskRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(min_length=1, description="text with one or more <mask> (or [MASK]), each standing for a word")
+    top_k: int = Field(5, ge=1, le=20)
+    targets: list[str] | None = Field(None, min_length=1, max_length=100, description="score only these words")
+
+
+class FillCandidate(BaseModel):
+    score: float = Field(ge=0, le=1)
+    token: int
+    token_str: str
+    sequence: str
+
+
+FillMaskResponse = list[FillCandidate] | list[list[FillCandidate]]
+
+
+# ---- operations ------------------------------------------------------------------------------
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "loading", "draining"]
+    model: str
+    sha: str
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses a route may answer."""
+    return {code: {"model": ErrorBody} for code in codes}

@@ -1,0 +1,73 @@
+"""`mtserve serve`: uvicorn with the app; SIGTERM turns /ready to 503 and drains before exit."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+
+from service.api import logs
+from service.api.settings import Settings
+
+log = logging.getLogger("mtserve.server")
+
+
+class DrainingServer(uvicorn.Server):
+    """Marks the service draining the moment a shutdown signal arrives, then lets uvicorn stop
+    accepting and finish the requests it has, within timeout_graceful_shutdown."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        app = self.config.loaded_app
+        state = getattr(getattr(app, "state", None), "mt", None) if app is not None else None
+        if state is None:  # loaded_app is wrapped in middleware; find the FastAPI app's state
+            inner = getattr(app, "app", None)
+            state = getattr(getattr(inner, "state", None), "mt", None)
+        if state is not None:
+            state.draining, state.ready = True, False
+        log.info("signal %s: draining (up to %s s)", sig, self.config.timeout_graceful_shutdown)
+        super().handle_exit(sig, frame)
+
+
+def serve(settings: Settings) -> int:
+    from service.api.app import create_app
+
+    logs.configure(settings.log_level)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        workers=1,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.drain_s),
+        lifespan="on",
+    )
+    server = DrainingServer(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides: dict[str, object] = {}
+    for name in ("host", "port", "threads"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    if args.model is not None:
+        overrides["model_dir"] = Path(args.model)
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    return serve(settings)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("serve", help="serve the HTTP API (settings: MTSERVE_* environment variables)")
+    parser.add_argument("--host", default=None, help="listen address (MTSERVE_HOST, default 0.0.0.0)")
+    parser.add_argument("--port", type=int, default=None, help="listen port (MTSERVE_PORT, default 8000)")
+    parser.add_argument(
+        "--model", default=None, help="model directory (MTSERVE_MODEL_DIR, default: the committed model)"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (MTSERVE_THREADS; 0: CPU quota)")
+    parser.set_defaults(handler=run)

@@ -1,0 +1,82 @@
+"""Every service setting, read from MTSERVE_* environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "artifacts" / "default"
+
+
+def cpu_quota(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may use: the cgroup quota (cgroup v2 or v1) if set, else the affinity mask."""
+    available = len(os.sched_getaffinity(0))
+    try:
+        quota, period = (cgroup_root / "cpu.max").read_text().split()[:2]
+        if quota != "max":
+            return max(1, min(available, int(float(quota) / float(period) + 0.5)))
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((cgroup_root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((cgroup_root / "cpu" / "cpu.cfs_period_us").read_text())
+        if quota_us > 0 and period_us > 0:
+            return max(1, min(available, round(quota_us / period_us)))
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+def _split(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MTSERVE_", extra="ignore")
+
+    # model and runtime
+    model_dir: Path = DEFAULT_MODEL_DIR
+    model_name: str = "mtserve-en-fr"
+    threads: int = Field(default=0, ge=0, description="onnxruntime intra-op threads; 0: the container's CPU quota")
+    batch_tokens: int = Field(default=2048, ge=64, description="token budget of one model batch")
+    max_wait_ms: float = Field(default=5.0, ge=0, description="longest a batch waits to fill while the runtime is busy")
+    workers: int = Field(default=1, ge=1, le=8, description="model batches that may run at once")
+    default_beam_size: int = Field(default=5, ge=1, le=8)
+    # flow control
+    queue_size: int = Field(default=256, ge=1, description="sentences waiting for the model, after splitting")
+    request_timeout_s: float = Field(default=30.0, gt=0)
+    drain_s: float = Field(default=25.0, ge=0, description="on SIGTERM, time allowed to finish accepted work")
+    retry_after_s: int = Field(default=1, ge=1)
+    # LibreTranslate-style limits (-1: none)
+    char_limit: int = Field(default=5000, ge=-1)
+    batch_limit: int = Field(default=64, ge=-1)
+    alternatives_limit: int = Field(default=3, ge=0)
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    req_limit: int = Field(default=0, ge=0, description="requests per minute per API key or client address; 0: none")
+    frontend_timeout_ms: int = 500
+    # access
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    require_api_key: bool = False
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
+    # faults: a sentence containing this marker makes its whole batch raise inside the runtime (tests only)
+    fault_marker: str = ""
+    log_level: str = "info"
+    host: str = "0.0.0.0"
+    port: int = Field(default=8000, ge=0, le=65535)
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        """`a,b,c` in the environment; a list when built in code."""
+        return _split(value)
+
+    @cached_property
+    def intra_op_threads(self) -> int:
+        return self.threads or cpu_quota()

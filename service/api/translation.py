@@ -1,0 +1,110 @@
+"""Texts in, translations out: sentence splitting, tokenization, the scheduler, rejoining."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from service.api.scheduler import Scheduler, Sentence
+from service.runtime.beam import DecodeOptions
+from service.runtime.sentences import Layout, split_sentences
+from service.runtime.translator import Translation, Translator
+
+
+@dataclass(frozen=True)
+class Alternative:
+    text: str
+    score: float
+
+
+@dataclass(frozen=True)
+class TextTranslation:
+    text: str
+    score: float
+    alternatives: list[Alternative]  # the next best, without the best
+    source_tokens: int
+    target_tokens: int
+
+
+@dataclass(frozen=True)
+class _Plan:
+    layouts: list[Layout | None]  # None: passed through unchanged
+    pieces: list[list[int]]
+    owners: list[tuple[int, int]]  # (text, sentence) of each piece
+    piece_texts: list[str]
+
+
+class TranslationService:
+    def __init__(self, translator: Translator, scheduler: Scheduler) -> None:
+        self.translator = translator
+        self.scheduler = scheduler
+
+    def _plan(self, texts: Sequence[str], sources: Sequence[str], target: str) -> _Plan:
+        layouts: list[Layout | None] = []
+        pieces: list[list[int]] = []
+        owners: list[tuple[int, int]] = []
+        piece_texts: list[str] = []
+        for i, (text, source) in enumerate(zip(texts, sources, strict=True)):
+            if source == target or not text.strip():
+                layouts.append(None)
+                continue
+            layout = split_sentences(text, source)
+            layouts.append(layout)
+            for j, sentence in enumerate(layout.sentences):
+                for piece in self.translator.encode(sentence):
+                    pieces.append(piece)
+                    owners.append((i, j))
+                    piece_texts.append(sentence)
+        return _Plan(layouts, pieces, owners, piece_texts)
+
+    async def translate(
+        self, texts: Sequence[str], sources: Sequence[str], target: str, options: DecodeOptions, deadline: float
+    ) -> list[TextTranslation]:
+        """One result per text. `sources` gives each text's language; a text already in `target`
+        comes back unchanged."""
+        plan = await asyncio.to_thread(self._plan, texts, sources, target)
+        queued = [
+            Sentence(ids, target, f"{sources[i]}-{target}", text)
+            for ids, (i, _), text in zip(plan.pieces, plan.owners, plan.piece_texts, strict=True)
+        ]
+        hyps = await self.scheduler.translate(queued, options, deadline)
+        grouped: dict[tuple[int, int], list[int]] = {}
+        for p, owner in enumerate(plan.owners):
+            grouped.setdefault(owner, []).append(p)
+        out = []
+        for i, (text, layout) in enumerate(zip(texts, plan.layouts, strict=True)):
+            if layout is None:
+                out.append(TextTranslation(text, 0.0, [], 0, 0))
+                continue
+            sentences: list[list[Translation]] = []
+            for j in range(len(layout.sentences)):
+                parts = grouped.get((i, j), [])
+                sentences.append(
+                    self.translator.combine([plan.pieces[p] for p in parts], [hyps[p] for p in parts], options.n_best)
+                )
+            out.append(_assemble(layout, sentences, options.n_best))
+        return out
+
+
+def _assemble(layout: Layout, sentences: list[list[Translation]], n_best: int) -> TextTranslation:
+    if not sentences:  # whitespace only
+        return TextTranslation(layout.join([]), 0.0, [], 0, 0)
+    ranked = []
+    for k in range(min(n_best, max(len(s) for s in sentences))):
+        chosen = [s[min(k, len(s) - 1)] for s in sentences]
+        ranked.append(Alternative(layout.join([t.text for t in chosen]), sum(t.score for t in chosen) / len(chosen)))
+    best = [s[0] for s in sentences]
+    seen = {ranked[0].text}
+    alternatives = []
+    for alt in ranked[1:]:
+        if alt.text not in seen:
+            seen.add(alt.text)
+            alternatives.append(alt)
+    return TextTranslation(
+        ranked[0].text,
+        ranked[0].score,
+        alternatives,
+        sum(t.source_tokens for t in best),
+        sum(t.target_tokens for t in best),
+    )

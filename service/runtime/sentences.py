@@ -1,0 +1,75 @@
+"""Sentence splitting that keeps every character between sentences, so a text can be rejoined exactly.
+
+Lines are split first (paragraph breaks stay as they were), then each line into sentences by
+pysbd's English or French rules.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+
+import pysbd
+
+_LINE_BREAKS = re.compile(r"(\r\n|\r|\n)")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A text as sentences and the exact whitespace around them: gaps[i] precedes sentences[i]."""
+
+    sentences: list[str]
+    gaps: list[str]  # len(sentences) + 1: the last is the text's tail
+
+    def join(self, translated: list[str]) -> str:
+        if len(translated) != len(self.sentences):
+            raise ValueError(f"expected {len(self.sentences)} sentences, got {len(translated)}")
+        return "".join(g + t for g, t in zip(self.gaps, [*translated, ""], strict=True))
+
+
+@cache
+def _segmenter(language: str) -> pysbd.Segmenter:
+    return pysbd.Segmenter(language=language, clean=False, char_span=True)
+
+
+def split_sentences(text: str, language: str) -> Layout:
+    sentences: list[str] = []
+    gaps: list[str] = []
+    pending = ""  # whitespace and line breaks not yet attached to a sentence
+    for part in _LINE_BREAKS.split(text):
+        if not part or _LINE_BREAKS.fullmatch(part) or not part.strip():
+            pending += part
+            continue
+        cursor = 0
+        for span in _segmenter(language).segment(part):
+            start, end = max(span.start, cursor), max(span.end, cursor)
+            chunk = part[start:end]
+            stripped = chunk.strip()
+            if not stripped:
+                continue
+            lead = part[cursor : start + len(chunk) - len(chunk.lstrip())]
+            gaps.append(pending + lead)
+            sentences.append(stripped)
+            cursor = start + len(chunk) - len(chunk.lstrip()) + len(stripped)
+            pending = ""
+        pending += part[cursor:]
+    gaps.append(pending)
+    layout = Layout(sentences, gaps)
+    if layout.join(sentences) != text:  # pysbd dropped or altered characters: one sentence per line instead
+        return _by_lines(text)
+    return layout
+
+
+def _by_lines(text: str) -> Layout:
+    sentences, gaps, pending = [], [], ""
+    for part in _LINE_BREAKS.split(text):
+        if not part.strip():
+            pending += part
+            continue
+        lead = part[: len(part) - len(part.lstrip())]
+        gaps.append(pending + lead)
+        sentences.append(part.strip())
+        pending = part[len(lead) + len(part.strip()) :]
+    gaps.append(pending)
+    return Layout(sentences, gaps)

@@ -1,0 +1,99 @@
+"""A real uvicorn on loopback: a real LibreTranslate client, concurrency, the page in a real browser."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from libretranslatepy import LibreTranslateAPI
+
+from service.api.launcher import LiveServer, live_server
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "tests" / "artifacts"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    with live_server(log_dir=tmp_path_factory.mktemp("live")) as live:
+        yield live
+
+
+def test_the_libretranslate_python_client_works_unchanged(server: LiveServer) -> None:
+    client = LibreTranslateAPI(server.url)
+    assert "guitare" in client.translate("A man is playing a guitar.", "en", "fr")
+    assert "guitar" in client.translate("Un homme joue de la guitare.", "fr", "en")
+    assert {lang["code"] for lang in client.languages()} == {"en", "fr"}
+    assert client.detect("Bonjour tout le monde")[0]["language"] == "fr"
+
+
+def _batch_count(metrics: str) -> tuple[float, float]:
+    """(batches, sentences) so far, from the batch-size histogram."""
+    count = float(re.search(r"^mtserve_batch_sentences_count (\S+)", metrics, re.M).group(1))  # type: ignore[union-attr]
+    total = float(re.search(r"^mtserve_batch_sentences_sum (\S+)", metrics, re.M).group(1))  # type: ignore[union-attr]
+    return count, total
+
+
+def test_concurrent_requests_share_batches_and_match_sequential(server: LiveServer, shared_data: Path) -> None:
+    from model.corpus import read_lines
+
+    sentences = read_lines(shared_data / "multi30k" / "test_2016_flickr.en.gz")[:32]
+
+    async def run() -> tuple[list[str], list[str]]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+
+            async def one(text: str) -> str:
+                r = await client.post("/translate", json={"q": text, "source": "en", "target": "fr"})
+                assert r.status_code == 200, r.text
+                return str(r.json()["translatedText"])
+
+            sequential = [await one(s) for s in sentences]
+            concurrent = await asyncio.gather(*(one(s) for s in sentences))
+            return sequential, list(concurrent)
+
+    before = _batch_count(httpx.get(server.url + "/metrics").text)
+    sequential, concurrent = asyncio.run(run())
+    after = _batch_count(httpx.get(server.url + "/metrics").text)
+    assert concurrent == sequential
+    batches, sentences_run = after[0] - before[0], after[1] - before[1]
+    assert sentences_run == 64
+    assert batches < 64 - 16, f"{batches} batches for 64 sentences: concurrent requests were not merged"
+
+
+def _chromedriver() -> str | None:
+    return shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None)
+
+
+def test_the_page_translates_in_a_headless_browser(server: LiveServer) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver_path = _chromedriver()
+    if driver_path is None:
+        pytest.fail("chromedriver not found: `make test` installs the chromium and chromium-driver packages")
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,900"):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        browser.get(server.url + "/")
+        box = browser.find_element(By.ID, "source-text")
+        box.clear()
+        box.send_keys("A man is playing a guitar.")
+        browser.find_element(By.ID, "translate-btn").click()
+        WebDriverWait(browser, 30).until(
+            expected_conditions.text_to_be_present_in_element((By.ID, "translation"), "guitare")
+        )
+        assert "homme" in browser.find_element(By.ID, "translation").text
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "page.png"))
+    finally:
+        browser.quit()

@@ -1,0 +1,120 @@
+"""The request scheduler over the real runtime and the committed model."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import Any, TypeVar
+
+import pytest
+
+from service.api.metrics import Metrics
+from service.api.scheduler import DeadlineExceeded, Overloaded, Scheduler, Sentence, ShuttingDown
+from service.api.settings import DEFAULT_MODEL_DIR
+from service.runtime.beam import DecodeOptions, Hypothesis
+from service.runtime.translator import Translator
+
+T = TypeVar("T")
+SENTENCES = ["A man is playing a guitar.", "Two dogs run on the beach.", "A girl in a red dress.", "People walk."]
+
+
+@pytest.fixture(scope="module")
+def translator() -> Iterator[Translator]:
+    yield Translator.load(DEFAULT_MODEL_DIR, intra_op_threads=2)
+
+
+def _run(translator: Translator, body: Callable[[Scheduler], Awaitable[T]], **kwargs: object) -> T:
+    async def main() -> T:
+        settings = {"batch_tokens": 2048, "queue_size": 256, "max_wait_s": 0.005, **kwargs}
+        scheduler = Scheduler(translator, Metrics(), **settings)  # type: ignore[arg-type]
+        scheduler.start()
+        try:
+            return await body(scheduler)
+        finally:
+            await scheduler.stop()
+
+    return asyncio.run(main())
+
+
+def _sample(scheduler: Scheduler, name: str) -> float:
+    return scheduler.metrics.registry.get_sample_value(name) or 0.0
+
+
+def _request(
+    scheduler: Scheduler, translator: Translator, texts: list[str], deadline_s: float = 30.0
+) -> Coroutine[Any, Any, list[list[Hypothesis]]]:
+    sentences = [Sentence(translator.encode(t)[0], "fr", "en-fr", t) for t in texts]
+    return scheduler.translate(sentences, DecodeOptions(), time.monotonic() + deadline_s)
+
+
+def test_results_come_back_to_each_caller_in_order(translator: Translator) -> None:
+    expected = translator.translate(SENTENCES, "fr")
+
+    async def body(scheduler: Scheduler) -> list[list[str]]:
+        results = await asyncio.gather(*(_request(scheduler, translator, [s]) for s in SENTENCES))
+        return [[translator.tokenizer.decode(h[0].tokens) for h in r] for r in results]
+
+    assert _run(translator, body) == [[e[0].text] for e in expected]
+
+
+def test_requests_arriving_while_busy_share_the_next_batch(translator: Translator) -> None:
+    async def body(scheduler: Scheduler) -> tuple[float, float]:
+        first = asyncio.ensure_future(_request(scheduler, translator, SENTENCES[:1]))
+        await asyncio.sleep(0.001)  # the first batch leaves at once, alone
+        rest = [asyncio.ensure_future(_request(scheduler, translator, [s])) for s in SENTENCES * 4]
+        await asyncio.gather(first, *rest)
+        return _sample(scheduler, "mtserve_batch_sentences_sum"), _sample(scheduler, "mtserve_batch_sentences_count")
+
+    sentences, batches = _run(translator, body)
+    assert sentences == 17 and batches <= 3
+
+
+def test_a_full_queue_refuses_with_retry_after(translator: Translator) -> None:
+    async def body(scheduler: Scheduler) -> list[object]:
+        tasks = [asyncio.ensure_future(_request(scheduler, translator, [s])) for s in SENTENCES * 4]
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    outcomes = _run(translator, body, queue_size=4)
+    refused = [o for o in outcomes if isinstance(o, Overloaded)]
+    served = [o for o in outcomes if isinstance(o, list)]
+    assert refused and served and len(refused) + len(served) == 16
+    assert all(r.retry_after >= 1 for r in refused)
+
+
+def test_a_request_past_its_deadline_is_dropped(translator: Translator) -> None:
+    async def body(scheduler: Scheduler) -> list[object]:
+        return list(
+            await asyncio.gather(_request(scheduler, translator, SENTENCES, deadline_s=0.0), return_exceptions=True)
+        )
+
+    (outcome,) = _run(translator, body)
+    assert isinstance(outcome, DeadlineExceeded)
+
+
+def test_a_cancelled_request_leaves_the_queue(translator: Translator) -> None:
+    async def body(scheduler: Scheduler) -> float:
+        busy = asyncio.ensure_future(_request(scheduler, translator, SENTENCES))
+        await asyncio.sleep(0)
+        waiting = asyncio.ensure_future(_request(scheduler, translator, SENTENCES * 8))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        await busy
+        await asyncio.sleep(0.05)
+        return _sample(scheduler, "mtserve_batch_sentences_sum")
+
+    assert _run(translator, body) == len(SENTENCES)
+
+
+def test_drain_finishes_accepted_work_and_refuses_new(translator: Translator) -> None:
+    async def body(scheduler: Scheduler) -> tuple[object, bool, object]:
+        accepted = asyncio.ensure_future(_request(scheduler, translator, SENTENCES))
+        await asyncio.sleep(0)
+        drained = asyncio.ensure_future(scheduler.drain(10))
+        await asyncio.sleep(0)
+        late = await asyncio.gather(_request(scheduler, translator, SENTENCES[:1]), return_exceptions=True)
+        return await accepted, await drained, late[0]
+
+    result, finished, late = _run(translator, body)
+    assert isinstance(result, list) and len(result) == len(SENTENCES) and finished
+    assert isinstance(late, ShuttingDown)
