@@ -24,8 +24,8 @@ _CONTROLS = dict.fromkeys([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0
 
 
 def scrub(text: str) -> str:
-    """Text safe for every later stage: lone surrogates become U+FFFD, control characters
+    """Text safe for every later stage: lone surrogates are dropped, control characters
     (other than tab and line breaks) become spaces. Whitespace layout is kept."""
     if any("\ud800" <= c <= "\udfff" for c in text):
-        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "ignore")
     return text.translate(_CONTROLS)

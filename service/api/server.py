@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 from pathlib import Path
 from types import FrameType
 
@@ -11,6 +12,7 @@ import uvicorn
 
 from service.api import logs
 from service.api.settings import Settings
+from service.manifest import ModelFileError, load_manifest
 
 log = logging.getLogger("mtserve.server")
 
@@ -29,12 +31,20 @@ class DrainingServer(uvicorn.Server):
             state.draining, state.ready = True, False
         log.info("signal %s: draining (up to %s s)", sig, self.config.timeout_graceful_shutdown)
         super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM and sig in self._captured_signals:
+            # uvicorn re-raises captured signals at exit; a drained SIGTERM is a clean stop: exit 0
+            self._captured_signals.remove(sig)
 
 
 def serve(settings: Settings) -> int:
     from service.api.app import create_app
 
     logs.configure(settings.log_level)
+    try:  # fail before uvicorn starts, with one line that names the file
+        load_manifest(settings.model_dir, verify=True)
+    except ModelFileError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
     app = create_app(settings)
     config = uvicorn.Config(
         app,

@@ -1,0 +1,119 @@
+"""A real server under overload, SIGTERM during load, and broken model files."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.api.launcher import free_port, live_server
+from service.api.settings import DEFAULT_MODEL_DIR
+
+SENTENCE = "A man in a blue shirt is standing on a ladder and cleaning a window."
+
+
+def _rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
+
+
+def test_overload_gets_503_with_retry_after_and_health_answers(tmp_path: Path) -> None:
+    env = {"MTSERVE_QUEUE_SIZE": "32", "MTSERVE_LOG_LEVEL": "warning", "MTSERVE_REQUEST_TIMEOUT_S": "120"}
+    with live_server(env=env, log_dir=tmp_path) as server:
+        baseline = _rss_mb(server.process.pid)
+
+        async def run() -> tuple[list[httpx.Response], list[int], float]:
+            limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
+            async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as client:
+                stop = asyncio.Event()
+                health: list[int] = []
+                peak = [baseline]
+
+                async def watch() -> None:
+                    async with httpx.AsyncClient(base_url=server.url, timeout=10) as probe:
+                        while not stop.is_set():
+                            health.append((await probe.get("/health")).status_code)
+                            peak[0] = max(peak[0], _rss_mb(server.process.pid))
+                            await asyncio.sleep(0.1)
+
+                watcher = asyncio.ensure_future(watch())
+                body = {"q": SENTENCE, "source": "en", "target": "fr"}
+                responses = await asyncio.gather(*(client.post("/translate", json=body) for _ in range(300)))
+                stop.set()
+                await watcher
+                return list(responses), health, peak[0]
+
+        responses, health, peak = asyncio.run(run())
+        codes = [r.status_code for r in responses]
+        accepted = [r for r in responses if r.status_code == 200]
+        refused = [r for r in responses if r.status_code == 503]
+        assert len(accepted) + len(refused) == 300, sorted(set(codes))
+        assert len(accepted) >= 33 and refused
+        assert len({r.json()["translatedText"] for r in accepted}) == 1
+        assert all(int(r.headers["retry-after"]) >= 1 for r in refused)
+        assert health and set(health) == {200}
+        assert peak < baseline + 500, f"RSS grew from {baseline:.0f} MB to {peak:.0f} MB"
+
+
+def test_sigterm_during_load_finishes_accepted_work_and_exits_0(tmp_path: Path) -> None:
+    env = {"MTSERVE_LOG_LEVEL": "info"}  # the default drain period, 25 s
+    with live_server(env=env, log_dir=tmp_path) as server:
+
+        async def run() -> tuple[list[httpx.Response], float]:
+            limits = httpx.Limits(max_connections=100)
+            async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as client:
+                body = {"q": [SENTENCE] * 8, "source": "en", "target": "fr"}
+                tasks = [asyncio.ensure_future(client.post("/translate", json=body)) for _ in range(24)]
+                async with httpx.AsyncClient(base_url=server.url, timeout=10) as probe:
+                    while True:  # until all 24 are inside the server
+                        text = (await probe.get("/metrics")).text
+                        in_flight = float(re.search(r"^mtserve_http_requests_in_flight (\S+)", text, re.M).group(1))  # type: ignore[union-attr]
+                        if in_flight >= 25:
+                            break
+                        await asyncio.sleep(0.02)
+                signalled = time.monotonic()
+                server.process.send_signal(signal.SIGTERM)
+                responses = await asyncio.gather(*tasks)
+                return list(responses), signalled
+
+        responses, signalled = asyncio.run(run())
+        code = server.process.wait(timeout=60)
+        exited = time.monotonic() - signalled
+        assert [r.status_code for r in responses] == [200] * 24
+        assert all(len(r.json()["translatedText"]) == 8 for r in responses)
+        assert code == 0 and exited < 25
+        assert "draining" in server.log()
+
+
+def _start_and_fail(model_dir: Path) -> tuple[int, str]:
+    env = {**os.environ, "MTSERVE_MODEL_DIR": str(model_dir), "MTSERVE_PORT": str(free_port())}
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve"], env=env, capture_output=True, text=True, timeout=60
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_a_broken_model_file_stops_start_up_naming_the_file(tmp_path: Path, damage: str) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL_DIR, model)
+    target = model / ("decoder_step.onnx" if damage == "missing" else "weights.bin")
+    if damage == "missing":
+        target.unlink()
+    else:
+        data = bytearray(target.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        target.write_bytes(bytes(data))
+    code, output = _start_and_fail(model)
+    assert code != 0
+    assert target.name in output and ("missing" in output or "sha256" in output)
+    assert "Traceback" not in output
