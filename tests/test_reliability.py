@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -19,6 +20,15 @@ from service.api.launcher import free_port, live_server
 from service.api.settings import DEFAULT_MODEL_DIR
 
 SENTENCE = "A man in a blue shirt is standing on a ladder and cleaning a window."
+
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+
+
+def _record(name: str, figures: dict[str, object]) -> None:
+    """Figures for docs/RELIABILITY.md, kept beside the other test artifacts."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / f"{name}.json").write_text(json.dumps(figures, indent=2))
 
 
 def _rss_mb(pid: int) -> float:
@@ -62,6 +72,9 @@ def test_overload_gets_503_with_retry_after_and_health_answers(tmp_path: Path) -
         assert all(int(r.headers["retry-after"]) >= 1 for r in refused)
         assert health and set(health) == {200}
         assert peak < baseline + 500, f"RSS grew from {baseline:.0f} MB to {peak:.0f} MB"
+        figures = {"requests": 300, "queue_size": 32, "accepted": len(accepted), "refused_503": len(refused)}
+        _record("overload", {**figures, "health_checks": len(health), "rss_start_mb": round(baseline),
+                             "rss_peak_mb": round(peak)})  # fmt: skip
 
 
 def test_sigterm_during_load_finishes_accepted_work_and_exits_0(tmp_path: Path) -> None:
@@ -92,6 +105,8 @@ def test_sigterm_during_load_finishes_accepted_work_and_exits_0(tmp_path: Path) 
         assert all(len(r.json()["translatedText"]) == 8 for r in responses)
         assert code == 0 and exited < 25
         assert "draining" in server.log()
+        _record("drain", {"requests_in_flight_at_sigterm": 24, "completed_200": 24, "exit_code": code,
+                          "seconds_from_sigterm_to_exit": round(exited, 2)})  # fmt: skip
 
 
 def _start_and_fail(model_dir: Path) -> tuple[int, str]:
@@ -117,3 +132,15 @@ def test_a_broken_model_file_stops_start_up_naming_the_file(tmp_path: Path, dama
     assert code != 0
     assert target.name in output and ("missing" in output or "sha256" in output)
     assert "Traceback" not in output
+
+
+def test_a_client_that_disconnects_frees_its_work(tmp_path: Path) -> None:
+    with live_server(env={"MTSERVE_LOG_LEVEL": "warning"}, log_dir=tmp_path) as server:
+        texts = [" ".join([SENTENCE] * 30)] * 64  # 1,920 sentences: many batches of work
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(server.url + "/translate", json={"q": texts, "source": "en", "target": "fr"}, timeout=1.0)
+        time.sleep(3)  # long enough for the server to notice and for a batch in flight to end
+        metrics = httpx.get(server.url + "/metrics").text
+        done = float(re.search(r"^mtserve_batch_sentences_sum (\S+)", metrics, re.M).group(1))  # type: ignore[union-attr]
+        assert done < 1920 / 2, f"{done:.0f} of 1,920 sentences translated for a client that had left"
+        assert float(re.search(r"^mtserve_queue_depth (\S+)", metrics, re.M).group(1)) == 0  # type: ignore[union-attr]

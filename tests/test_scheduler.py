@@ -44,7 +44,7 @@ def _sample(scheduler: Scheduler, name: str) -> float:
 def _request(
     scheduler: Scheduler, translator: Translator, texts: list[str], deadline_s: float = 30.0
 ) -> Coroutine[Any, Any, list[list[Hypothesis]]]:
-    sentences = [Sentence(translator.encode(t)[0], "fr", "en-fr", t) for t in texts]
+    sentences = [Sentence(translator.prepare(t).pieces[0], "fr", "en-fr", t) for t in texts]
     return scheduler.translate(sentences, DecodeOptions(), time.monotonic() + deadline_s)
 
 

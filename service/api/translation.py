@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from service.api.scheduler import Scheduler, Sentence
 from service.runtime.beam import DecodeOptions
 from service.runtime.sentences import Layout, split_sentences
-from service.runtime.translator import Translation, Translator
+from service.runtime.translator import Prepared, Translation, Translator
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class TextTranslation:
 @dataclass(frozen=True)
 class _Plan:
     layouts: list[Layout | None]  # None: passed through unchanged
+    prepared: dict[tuple[int, int], Prepared]  # (text, sentence) -> its source pieces
     pieces: list[list[int]]
     owners: list[tuple[int, int]]  # (text, sentence) of each piece
     piece_texts: list[str]
@@ -42,6 +43,7 @@ class TranslationService:
 
     def _plan(self, texts: Sequence[str], sources: Sequence[str], target: str) -> _Plan:
         layouts: list[Layout | None] = []
+        prepared: dict[tuple[int, int], Prepared] = {}
         pieces: list[list[int]] = []
         owners: list[tuple[int, int]] = []
         piece_texts: list[str] = []
@@ -52,11 +54,12 @@ class TranslationService:
             layout = split_sentences(text, source)
             layouts.append(layout)
             for j, sentence in enumerate(layout.sentences):
-                for piece in self.translator.encode(sentence):
+                prepared[(i, j)] = self.translator.prepare(sentence)
+                for piece in prepared[(i, j)].pieces:
                     pieces.append(piece)
                     owners.append((i, j))
                     piece_texts.append(sentence)
-        return _Plan(layouts, pieces, owners, piece_texts)
+        return _Plan(layouts, prepared, pieces, owners, piece_texts)
 
     async def translate(
         self, texts: Sequence[str], sources: Sequence[str], target: str, options: DecodeOptions, deadline: float
@@ -81,7 +84,7 @@ class TranslationService:
             for j in range(len(layout.sentences)):
                 parts = grouped.get((i, j), [])
                 sentences.append(
-                    self.translator.combine([plan.pieces[p] for p in parts], [hyps[p] for p in parts], options.n_best)
+                    self.translator.combine(plan.prepared[(i, j)], [hyps[p] for p in parts], options.n_best)
                 )
             out.append(_assemble(layout, sentences, options.n_best))
         return out

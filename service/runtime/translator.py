@@ -8,6 +8,7 @@ from pathlib import Path
 
 from service import conventions as cv
 from service.runtime.beam import DecodeOptions, Hypothesis, beam_search
+from service.runtime.protect import protect, restore
 from service.runtime.sessions import OnnxModel
 from service.textnorm import normalize
 
@@ -23,6 +24,12 @@ class Translation:
     score: float
     source_tokens: int
     target_tokens: int
+
+
+@dataclass(frozen=True)
+class Prepared:
+    pieces: list[list[int]]  # source ids, each ending with EOS
+    protected: list[str]  # spans held out as placeholders (service/runtime/protect.py)
 
 
 @dataclass(frozen=True)
@@ -72,10 +79,13 @@ class Translator:
             batches.append(current)
         return batches
 
-    def encode(self, text: str) -> list[list[int]]:
-        """Source pieces of one text, each ending with EOS; none for empty text."""
-        ids = self.tokenizer.encode(normalize(text))
-        return [[*piece, cv.EOS_ID] for piece in self.split_long(ids)] if ids else []
+    def prepare(self, text: str) -> Prepared:
+        """Source pieces of one text, each ending with EOS (none for empty text), URLs and
+        e-mail addresses held out as placeholders."""
+        protected = protect(normalize(text))
+        ids = self.tokenizer.encode(protected.text)
+        pieces = [[*piece, cv.EOS_ID] for piece in self.split_long(ids)] if ids else []
+        return Prepared(pieces, protected.spans)
 
     def search(
         self, sources: Sequence[list[int]], targets: Sequence[str], options: DecodeOptions
@@ -95,7 +105,8 @@ class Translator:
         `progress(done, total)` is called after each batch, counting segments (long texts split).
         """
         options = options or DecodeOptions()
-        segments = [_Segment(index, piece) for index, text in enumerate(texts) for piece in self.encode(text)]
+        prepared = [self.prepare(text) for text in texts]
+        segments = [_Segment(index, piece) for index, p in enumerate(prepared) for piece in p.pieces]
         results: list[list[Hypothesis]] = [[] for _ in segments]
         done = 0
         for batch in self.batches([len(s.ids) for s in segments]):
@@ -109,30 +120,23 @@ class Translator:
         for i, seg in enumerate(segments):
             per_text[seg.text_index].append(i)
         return [
-            self.combine([segments[i].ids for i in parts], [results[i] for i in parts], options.n_best)
-            for parts in per_text
+            self.combine(p, [results[i] for i in parts], options.n_best)
+            for p, parts in zip(prepared, per_text, strict=True)
         ]
 
-    def combine(
-        self, sources: Sequence[list[int]], results: Sequence[list[Hypothesis]], n_best: int
-    ) -> list[Translation]:
+    def combine(self, prepared: Prepared, results: Sequence[list[Hypothesis]], n_best: int) -> list[Translation]:
         """The n best translations of one text from its pieces' hypotheses.
 
         A text split into pieces gets, as its k-th alternative, each piece's k-th hypothesis
         (or its last, when it has fewer) joined; the score is the pieces' mean.
         """
-        if not sources:
+        if not prepared.pieces:
             return [Translation("", 0.0, 0, 0)]
-        source_tokens = sum(len(s) for s in sources)
-        if len(sources) == 1:
-            return [self._translation(h, source_tokens) for h in results[0][:n_best]]
+        source_tokens = sum(len(s) for s in prepared.pieces)
         out = []
         for k in range(min(n_best, max(len(r) for r in results))):
             chosen = [r[min(k, len(r) - 1)] for r in results if r]
-            text = " ".join(self.tokenizer.decode(h.tokens) for h in chosen)
-            score = sum(h.score for h in chosen) / len(sources)
+            text = restore(" ".join(self.tokenizer.decode(h.tokens) for h in chosen), prepared.protected)
+            score = sum(h.score for h in chosen) / len(prepared.pieces)
             out.append(Translation(text, score, source_tokens, sum(h.length for h in chosen)))
         return out
-
-    def _translation(self, hyp: Hypothesis, source_tokens: int) -> Translation:
-        return Translation(self.tokenizer.decode(hyp.tokens), hyp.score, source_tokens, hyp.length)

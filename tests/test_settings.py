@@ -1,0 +1,48 @@
+"""Service settings: MTSERVE_* variables, and threads from the container's CPU quota."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.api.settings import Settings, cpu_quota
+
+
+def test_every_setting_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MTSERVE_QUEUE_SIZE", "32")
+    monkeypatch.setenv("MTSERVE_API_KEYS", "one, two")
+    monkeypatch.setenv("MTSERVE_CORS_ORIGINS", "https://a.example,https://b.example")
+    monkeypatch.setenv("MTSERVE_REQUIRE_API_KEY", "true")
+    settings = Settings()
+    assert settings.queue_size == 32 and settings.require_api_key
+    assert [k.get_secret_value() for k in settings.api_keys] == ["one", "two"]
+    assert "one" not in repr(settings)
+    assert settings.cors_origins == ["https://a.example", "https://b.example"]
+
+
+def test_a_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MTSERVE_QUEUE_SIZE", "0")
+    with pytest.raises(ValueError, match="queue_size"):
+        Settings()
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"cpu.max": "150000 100000\n"}, 2),  # cgroup v2, 1.5 CPUs rounds to 2
+        ({"cpu.max": "100000 100000\n"}, 1),
+        ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # cgroup v1
+    ],
+)
+def test_threads_follow_the_cgroup_cpu_quota(tmp_path: Path, files: dict[str, str], expected: int) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cpu_quota(tmp_path) == min(expected, cpu_quota(tmp_path / "none"))
+
+
+def test_no_quota_means_the_cpus_this_process_may_use(tmp_path: Path) -> None:
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cpu_quota(tmp_path) >= 1
+    assert Settings(threads=3).intra_op_threads == 3
