@@ -75,6 +75,8 @@ VOID_TAGS = frozenset(
 )
 _WORD = re.compile(r"\S+")
 _END_PUNCTUATION = frozenset(".!?;:,")
+# A word or phrase translated alone often gains an article ("red" -> "Un rouge").
+_LEADING_ARTICLE = re.compile(r"^(?:(?:un|une|le|la|les|des|du|a|an|the)\s+|l')", re.IGNORECASE)
 
 
 @dataclass
@@ -265,7 +267,7 @@ def _locate(
     inner = source[start:end].strip()
     if inner_translation and inner[-1:] not in _END_PUNCTUATION:  # a phrase translated alone gains a full stop
         inner_translation = inner_translation.rstrip("".join(_END_PUNCTUATION)).rstrip()
-    for candidate in (inner, inner_translation):
+    for candidate in (inner, inner_translation, _LEADING_ARTICLE.sub("", inner_translation or "")):
         if not candidate:
             continue
         for match in re.finditer(re.escape(candidate), target, flags=re.IGNORECASE if candidate != inner else 0):
@@ -290,9 +292,10 @@ def _proportional(source: str, target: str, start: int, end: int, taken: list[tu
 
     if start == end:
         span = (snap(start * scale, False),) * 2
-    else:
+    else:  # a paired element keeps at least one word inside it
         a = snap(start * scale, False)
-        span = (a, max(a, snap(end * scale, True)))
+        first_word_end = next((w[1] for w in words if w[0] >= a), len(target))
+        span = (a, max(first_word_end, snap(end * scale, True)))
     if all(_nests(span, other) for other in taken):
         return span
     return (len(target), len(target))  # no well-formed place left: empty, at the end
@@ -303,6 +306,9 @@ def _insert(text: str, placed: list[tuple[_Inline, int, int]]) -> str:
     events: list[tuple[int, int, int, str]] = []  # (position, order, tiebreak, markup)
     for n, (inline, start, end) in enumerate(placed):
         width = end - start
+        if start == end:  # empty: the pair stays together, open then close
+            events.append((start, 1, -n, inline.open_raw + inline.close_raw))
+            continue
         events.append((start, 1, -width * 1000 - n, inline.open_raw))
         if inline.close_raw:
             events.append((end, 0, width * 1000 - n, inline.close_raw))

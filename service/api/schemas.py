@@ -17,8 +17,8 @@ class LtTranslateRequest(BaseModel):
     """Sent as JSON or as a form; documentation only (the route reads both)."""
 
     q: str | list[str] = Field(description="text, or a list of texts, to translate")
-    source: str = Field(description="en, fr or auto")
-    target: str = Field(description="en or fr")
+    source: Literal["en", "fr", "auto"] = Field(description="source language, or auto to detect it")
+    target: Literal["en", "fr"] = Field(description="target language")
     format: Literal["text", "html"] = "text"
     alternatives: int = Field(0, ge=0, le=3, description="alternative translations wanted")
     api_key: str | None = None
