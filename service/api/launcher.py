@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -63,7 +64,7 @@ def live_server(
     env: Mapping[str, str] | None = None, log_dir: Path | None = None, timeout: float = 60.0, python: str | None = None
 ) -> Iterator[LiveServer]:
     port = free_port()
-    log_dir = log_dir or Path(os.environ.get("TMPDIR", "/tmp"))
+    log_dir = log_dir or Path(tempfile.gettempdir())
     log_path = log_dir / f"mtserve-{port}.log"
     child_env = {**os.environ, "MTSERVE_HOST": "127.0.0.1", "MTSERVE_PORT": str(port), **(env or {})}
     started = time.monotonic()
