@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -24,8 +23,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service.api.launcher import live_server  # noqa: E402
-from service.api.settings import DEFAULT_MODEL_DIR  # noqa: E402
+from service.api.launcher import live_server, metric_value  # noqa: E402
+from service.manifest import DEFAULT_MODEL_DIR  # noqa: E402
 from service.runtime.beam import DecodeOptions  # noqa: E402
 from service.runtime.translator import Translator  # noqa: E402
 
@@ -35,11 +34,6 @@ def read_sentences(data_dir: Path, limit: int) -> list[str]:
 
     with gzip.open(data_dir / "multi30k" / "test_2016_flickr.en.gz", "rt", encoding="utf-8") as handle:
         return [line.strip() for line in handle][:limit]
-
-
-def _metric(text: str, name: str) -> float:
-    match = re.search(rf"^{name} (\S+)$", text, re.M)
-    return float(match.group(1)) if match else 0.0
 
 
 async def load(url: str, sentences: list[str], clients: int, beam: int) -> dict[str, float]:
@@ -62,8 +56,10 @@ async def load(url: str, sentences: list[str], clients: int, beam: int) -> dict[
         await asyncio.gather(*(worker() for _ in range(clients)))
         seconds = time.perf_counter() - t0
         after = (await client.get("/metrics")).text
-    batches = _metric(after, "mtserve_batch_sentences_count") - _metric(before, "mtserve_batch_sentences_count")
-    batched = _metric(after, "mtserve_batch_sentences_sum") - _metric(before, "mtserve_batch_sentences_sum")
+    batches = metric_value(after, "mtserve_batch_sentences_count") - metric_value(
+        before, "mtserve_batch_sentences_count"
+    )
+    batched = metric_value(after, "mtserve_batch_sentences_sum") - metric_value(before, "mtserve_batch_sentences_sum")
     ms = np.asarray(latencies) * 1000
     return {
         "clients": clients,

@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import itertools
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -24,13 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.http_load import read_sentences  # noqa: E402
-from service.api.launcher import live_server  # noqa: E402
-
-
-def rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(r"VmRSS:\s+(\d+) kB", status)
-    return int(match.group(1)) / 1024 if match else 0.0
+from service.api.launcher import live_server, rss_mb  # noqa: E402
 
 
 async def soak(url: str, pid: int, sentences: list[str], clients: int, minutes: float) -> list[dict[str, float]]:

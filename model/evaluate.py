@@ -22,10 +22,10 @@ from model.batching import mask_tokens, pad
 from model.beam import beam_search
 from model.transformer import Transformer
 from service.conventions import EOS_ID, EVAL_FILE, LANG_TAG_IDS, LANGUAGES, PAD_ID, parse_direction
+from service.manifest import DEFAULT_MODEL_DIR
 
 log = logging.getLogger("mtserve.eval")
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "artifacts" / "default"
 GOLDEN_SENTENCES = 200  # the golden check scores the first 200 test2016 sentences
 GOLDEN_MARGIN = 0.5
 MLM_SEED = 1234

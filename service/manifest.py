@@ -12,6 +12,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 MANIFEST_FILE = "manifest.json"
+# The committed default model, beside the packages in a checkout.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "artifacts" / "default"
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder_step.onnx"
 MLM_FILE = "mlm_head.onnx"

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from service import conventions as cv
-
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "artifacts" / "default"
+from service.manifest import DEFAULT_MODEL_DIR
 
 
 def _languages(args: argparse.Namespace) -> tuple[str | None, str]:

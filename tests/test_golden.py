@@ -10,8 +10,9 @@ import torch
 
 from model import corpus
 from model.artifacts import load_model_dir
-from model.evaluate import DEFAULT_MODEL_DIR, GOLDEN_SENTENCES, evaluate_split, score_translations
+from model.evaluate import GOLDEN_SENTENCES, evaluate_split, score_translations
 from service.conventions import EVAL_FILE
+from service.manifest import DEFAULT_MODEL_DIR
 
 pytestmark = pytest.mark.slow
 GOLDEN_KEY = f"test2016[:{GOLDEN_SENTENCES}]"

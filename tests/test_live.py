@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,7 @@ import httpx
 import pytest
 from libretranslatepy import LibreTranslateAPI
 
-from service.api.launcher import LiveServer, live_server
+from service.api.launcher import LiveServer, live_server, metric_value
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -34,8 +33,8 @@ def test_the_libretranslate_python_client_works_unchanged(server: LiveServer) ->
 
 def _batch_count(metrics: str) -> tuple[float, float]:
     """(batches, sentences) so far, from the batch-size histogram."""
-    count = float(re.search(r"^mtserve_batch_sentences_count (\S+)", metrics, re.M).group(1))  # type: ignore[union-attr]
-    total = float(re.search(r"^mtserve_batch_sentences_sum (\S+)", metrics, re.M).group(1))  # type: ignore[union-attr]
+    count = metric_value(metrics, "mtserve_batch_sentences_count")
+    total = metric_value(metrics, "mtserve_batch_sentences_sum")
     return count, total
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -16,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.api.launcher import free_port, live_server
-from service.api.settings import DEFAULT_MODEL_DIR
+from service.api.launcher import free_port, live_server, metric_value, rss_mb
+from service.manifest import DEFAULT_MODEL_DIR
 
 SENTENCE = "A man in a blue shirt is standing on a ladder and cleaning a window."
 
@@ -31,15 +30,10 @@ def _record(name: str, figures: dict[str, object]) -> None:
     (ARTIFACTS / f"{name}.json").write_text(json.dumps(figures, indent=2))
 
 
-def _rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
-
-
 def test_overload_gets_503_with_retry_after_and_health_answers(tmp_path: Path) -> None:
     env = {"MTSERVE_QUEUE_SIZE": "32", "MTSERVE_LOG_LEVEL": "warning", "MTSERVE_REQUEST_TIMEOUT_S": "120"}
     with live_server(env=env, log_dir=tmp_path) as server:
-        baseline = _rss_mb(server.process.pid)
+        baseline = rss_mb(server.process.pid)
 
         async def run() -> tuple[list[httpx.Response], list[int], float]:
             limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
@@ -52,7 +46,7 @@ def test_overload_gets_503_with_retry_after_and_health_answers(tmp_path: Path) -
                     async with httpx.AsyncClient(base_url=server.url, timeout=10) as probe:
                         while not stop.is_set():
                             health.append((await probe.get("/health")).status_code)
-                            peak[0] = max(peak[0], _rss_mb(server.process.pid))
+                            peak[0] = max(peak[0], rss_mb(server.process.pid))
                             await asyncio.sleep(0.1)
 
                 watcher = asyncio.ensure_future(watch())
@@ -89,7 +83,7 @@ def test_sigterm_during_load_finishes_accepted_work_and_exits_0(tmp_path: Path) 
                 async with httpx.AsyncClient(base_url=server.url, timeout=10) as probe:
                     while True:  # until all 24 are inside the server
                         text = (await probe.get("/metrics")).text
-                        in_flight = float(re.search(r"^mtserve_http_requests_in_flight (\S+)", text, re.M).group(1))  # type: ignore[union-attr]
+                        in_flight = metric_value(text, "mtserve_http_requests_in_flight")
                         if in_flight >= 25:
                             break
                         await asyncio.sleep(0.02)
@@ -141,6 +135,6 @@ def test_a_client_that_disconnects_frees_its_work(tmp_path: Path) -> None:
             httpx.post(server.url + "/translate", json={"q": texts, "source": "en", "target": "fr"}, timeout=1.0)
         time.sleep(3)  # long enough for the server to notice and for a batch in flight to end
         metrics = httpx.get(server.url + "/metrics").text
-        done = float(re.search(r"^mtserve_batch_sentences_sum (\S+)", metrics, re.M).group(1))  # type: ignore[union-attr]
+        done = metric_value(metrics, "mtserve_batch_sentences_sum")
         assert done < 1920 / 2, f"{done:.0f} of 1,920 sentences translated for a client that had left"
-        assert float(re.search(r"^mtserve_queue_depth (\S+)", metrics, re.M).group(1)) == 0  # type: ignore[union-attr]
+        assert metric_value(metrics, "mtserve_queue_depth") == 0

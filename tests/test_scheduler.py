@@ -11,7 +11,7 @@ import pytest
 
 from service.api.metrics import Metrics
 from service.api.scheduler import DeadlineExceeded, Overloaded, Scheduler, Sentence, ShuttingDown
-from service.api.settings import DEFAULT_MODEL_DIR
+from service.manifest import DEFAULT_MODEL_DIR
 from service.runtime.beam import DecodeOptions, Hypothesis
 from service.runtime.translator import Translator
 

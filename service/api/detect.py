@@ -8,6 +8,7 @@ from functools import cached_property
 from lingua import Language, LanguageDetector, LanguageDetectorBuilder
 
 _LINGUA = {"en": Language.ENGLISH, "fr": Language.FRENCH}
+_CODES = {language: code for code, language in _LINGUA.items()}
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,7 @@ class Detector:
         """Every supported language with its confidence, most likely first. Text without letters
         gives the first language with confidence 0."""
         values = self._detector.compute_language_confidence_values(text)
-        codes = {lang: code for code, lang in _LINGUA.items()}
-        out = [Detection(codes[v.language], round(100.0 * v.value, 2)) for v in values if v.language in codes]
+        out = [Detection(_CODES[v.language], round(100.0 * v.value, 2)) for v in values if v.language in _CODES]
         if not out or all(d.confidence == 0 for d in out):
             return [Detection(lang, 0.0) for lang in self.languages]
         return sorted(out, key=lambda d: (-d.confidence, self.languages.index(d.language)))

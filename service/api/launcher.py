@@ -19,6 +19,25 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, from /proc (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def metric_value(exposition: str, name: str) -> float:
+    """One unlabelled sample (e.g. `mtserve_queue_depth`, `mtserve_batch_sentences_sum`) from /metrics text."""
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == name and not sample.labels:
+                return float(sample.value)
+    raise KeyError(f"{name} is not in the exposition")
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -219,31 +219,30 @@ class Scheduler:
     def _fits(self, rows: int, longest: int) -> bool:
         return rows * longest <= self.batch_tokens
 
-    def _take(self) -> list[_Job]:
-        """The oldest sentence and, in arrival order, those that share its options and fit the budget."""
+    def _select(self) -> tuple[list[_Job], deque[_Job], bool]:
+        """The oldest sentence and, in arrival order, those that share its options and fit the
+        budget; the rest; and whether some that shared its options did not fit (the batch is full)."""
         key = self._queue[0].key
         batch: list[_Job] = []
         rest: deque[_Job] = deque()
-        longest = 0
+        longest, full = 0, False
         for job in self._queue:
             size = max(longest, len(job.ids))
             if job.key == key and (not batch or self._fits(len(batch) + 1, size)):
                 batch.append(job)
                 longest = size
             else:
+                full |= job.key == key
                 rest.append(job)
-        self._queue = rest
+        return batch, rest, full
+
+    def _take(self) -> list[_Job]:
+        batch, self._queue, _ = self._select()
         self.metrics.queue_depth.set(len(self._queue))
         return batch
 
     def _full(self) -> bool:
-        key, longest, rows = self._queue[0].key, 0, 0
-        for job in self._queue:
-            if job.key == key:
-                rows, longest = rows + 1, max(longest, len(job.ids))
-                if not self._fits(rows, longest):
-                    return True
-        return False
+        return self._select()[2]
 
     async def _next_batch(self) -> list[_Job]:
         while True:

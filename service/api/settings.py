@@ -10,7 +10,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "artifacts" / "default"
+from service.manifest import DEFAULT_MODEL_DIR
 
 
 def cpu_quota(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:

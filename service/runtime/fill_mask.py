@@ -22,7 +22,11 @@ MAX_FILL_TOKENS = 512  # the encoder has more positions, but captions are short;
 
 
 class FillMaskError(ValueError):
-    """The request cannot be answered as asked (no mask, unknown target)."""
+    """The request cannot be answered as asked (no mask, unknown target); `field` names the input at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,7 @@ class FillMask:
         for word in targets:
             pieces = self.tokenizer.encode(word.strip())
             if len(pieces) != 1 or pieces[0] not in set(self.word_ids.tolist()):
-                raise FillMaskError(f"target {word!r} is not a single word of the model's vocabulary")
+                raise FillMaskError("targets", f"target {word!r} is not a single word of the model's vocabulary")
             out.append(pieces[0])
         return np.asarray(out, dtype=np.int64)
 
@@ -74,10 +78,10 @@ class FillMask:
         text = normalize(text)
         chunks = MASK_PATTERN.split(text)
         if len(chunks) < 2:
-            raise FillMaskError("text must contain at least one <mask> (or [MASK])")
+            raise FillMaskError("text", "text must contain at least one <mask> (or [MASK])")
         ids, positions = self._encode(chunks)
         if len(ids) > MAX_FILL_TOKENS:
-            raise FillMaskError(f"text is {len(ids)} tokens long; fill-mask takes at most {MAX_FILL_TOKENS}")
+            raise FillMaskError("text", f"text is {len(ids)} tokens long; fill-mask takes at most {MAX_FILL_TOKENS}")
         arr = np.asarray([ids], dtype=np.int64)
         enc = self.model.encode(arr, np.ones_like(arr))
         logits = self.model.mlm_logits(enc.hidden[:, positions])[0]  # [masks, V]

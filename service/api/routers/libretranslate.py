@@ -250,7 +250,7 @@ async def translate_file(request: Request, state: StateDep) -> LtTranslateFileRe
     if limit != -1 and len(text) > limit:
         raise ApiError(400, f"Invalid request: request ({len(text)}) exceeds text limit ({limit}): file is too long")
     text = scrub(text)
-    language = source if source != "auto" else state.detector.best(text).language
+    language = source if source != "auto" else (await asyncio.to_thread(state.detector.best, text)).language
     request.state.direction = f"{source}-{target}"
     options = state.default_options()
     results = await guarded(

@@ -98,6 +98,6 @@ async def fill_mask(body: FillMaskRequest, request: Request, state: StateDep) ->
     try:
         rows = await state.scheduler.run_in_worker(state.fill_mask.fill, text, body.top_k, body.targets)
     except FillMaskError as exc:
-        raise ApiError(422, f"{'targets' if 'target' in str(exc) else 'text'}: {exc}") from None
+        raise ApiError(422, f"{exc.field}: {exc}") from None
     out = [[c.as_dict() for c in row] for row in rows]
     return out[0] if len(out) == 1 else out
