@@ -1,6 +1,6 @@
 """HTTP load on loopback: `python bench/http_load.py --clients 1 8 32 64 [--beam-size 5]`.
 
-Starts its own server (`mtserve serve`, default model), then for each client count sends the
+Starts its own server (`mtserve serve`, default model or `--model DIR`), then for each client count sends the
 test2016 English sentences one per request, each client sending its next sentence as soon as
 the previous answer arrives. Prints one JSON object per client count: clients, requests,
 seconds, sent_per_s, p50_ms/p95_ms/p99_ms, mean_batch (sentences per model batch, from
@@ -74,8 +74,8 @@ async def load(url: str, sentences: list[str], clients: int, beam: int) -> dict[
     }
 
 
-def offline(sentences: list[str], beam: int, threads: int) -> float:
-    translator = Translator.load(DEFAULT_MODEL_DIR, intra_op_threads=threads)
+def offline(model_dir: Path, sentences: list[str], beam: int, threads: int) -> float:
+    translator = Translator.load(model_dir, intra_op_threads=threads)
     translator.translate(sentences[:16], "fr", DecodeOptions(beam_size=beam))  # warm up
     t0 = time.perf_counter()
     translator.translate(sentences, "fr", DecodeOptions(beam_size=beam))
@@ -88,11 +88,17 @@ def main() -> None:
     parser.add_argument("--beam-size", type=int, default=5)
     parser.add_argument("--sentences", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="exported model directory")
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     args = parser.parse_args()
     sentences = read_sentences(args.data_dir, args.sentences)
-    offline_rate = offline(sentences, args.beam_size, args.threads)
-    env = {"MTSERVE_THREADS": str(args.threads), "MTSERVE_QUEUE_SIZE": "4096", "MTSERVE_LOG_LEVEL": "warning"}
+    offline_rate = offline(args.model, sentences, args.beam_size, args.threads)
+    env = {
+        "MTSERVE_MODEL_DIR": str(args.model.resolve()),
+        "MTSERVE_THREADS": str(args.threads),
+        "MTSERVE_QUEUE_SIZE": "4096",
+        "MTSERVE_LOG_LEVEL": "warning",
+    }
     with live_server(env=env) as server:
         print(json.dumps({"startup_to_ready_s": round(server.startup_s, 2)}), flush=True)
         for clients in args.clients:

@@ -16,15 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import onnx
 import torch
 
+from export.decoder_graph import build_decoder_step
+from export.encoder_graph import build_encoder
 from export.fill_vocab import whole_word_ids, write_fill_vocab
+from export.quantize import quantize_int8
 from export.shared_weights import WEIGHTS_FILE, share_weights
-from export.wrappers import DecoderStepGraph, EncoderGraph, MlmHeadGraph
+from export.wrappers import MlmHeadGraph
 from model.artifacts import load_model_dir
 from model.transformer import Transformer
 from service import conventions as cv
-from service.graphs import OPSET, GraphSpec, decoder_spec, dynamic_axes, encoder_spec, mlm_spec
+from service.graphs import OPSET, GraphSpec, dynamic_axes, mlm_spec
 from service.manifest import (
     DECODER_FILE,
     ENCODER_FILE,
@@ -84,22 +88,12 @@ def _export(module: torch.nn.Module, args: tuple[torch.Tensor, ...], spec: Graph
 
 
 def export_graphs(model: Transformer, out: Path) -> None:
-    cfg = model.cfg
     sample = sample_inputs([[20, 21, 22, cv.EOS_ID], [30, 31, cv.EOS_ID]])
+    # Encoder and decoder step are written out rather than traced: see export/graph_builder.py.
+    onnx.save(build_encoder(model), str(out / ENCODER_FILE))
+    onnx.save(build_decoder_step(model), str(out / DECODER_FILE))
     with torch.no_grad():
-        _export(EncoderGraph(model), (sample.ids, sample.mask), encoder_spec(cfg.decoder_layers), out / ENCODER_FILE)
         hidden = model.encode(sample.ids, sample.mask.bool())
-        cross = [t for kv in model.cross_kv(hidden) for t in kv]
-        # A past of length 2 during tracing; the axis is dynamic, so length 0 (step 0) works too.
-        past = [torch.zeros(2, cfg.n_heads, 2, cfg.head_dim) for _ in range(2 * cfg.decoder_layers)]
-        step_ids = torch.tensor([[cv.LANG_TAG_IDS["fr"]], [cv.LANG_TAG_IDS["en"]]])
-        origin = torch.tensor([1, 0])  # a non-trivial reorder while tracing
-        _export(
-            DecoderStepGraph(model),
-            (step_ids, sample.mask, origin, *past, *cross),
-            decoder_spec(cfg.decoder_layers),
-            out / DECODER_FILE,
-        )
         _export(MlmHeadGraph(model), (hidden,), mlm_spec(), out / MLM_FILE)
 
 
@@ -139,17 +133,6 @@ def write_manifest(out: Path, model: Transformer, precision: str) -> Manifest:
     return manifest
 
 
-def quantize_int8(out: Path) -> None:
-    """Dynamic int8 quantization of the MatMul weights (onnxruntime.quantization)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    for name in GRAPH_FILES:
-        fp32 = out / name
-        tmp = out / (name + ".int8")
-        quantize_dynamic(fp32, tmp, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
-        tmp.replace(fp32)
-
-
 def export_model(
     checkpoint: Path,
     out: Path,
@@ -176,7 +159,8 @@ def export_model(
     write_manifest(out, model, "fp32")
     report["fp32"] = validate_export(model, sp, out, validate_sentences, strict=True)
     if precision == "int8":
-        quantize_int8(out)
+        export_graphs(model, out)  # afresh: the quantizer reads plain fp32 initializers
+        quantize_int8(out, GRAPH_FILES, model.cfg.d_model)
         report["sharing"] = share_weights(out, GRAPH_FILES, model.cfg.vocab_size)
         write_manifest(out, model, "int8")
         report["int8"] = validate_export(model, sp, out, validate_sentences, strict=False)

@@ -24,6 +24,12 @@ def _max_diff(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> flo
     return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max())
 
 
+def _real(values: np.ndarray | torch.Tensor, mask: np.ndarray, source_axis: int) -> np.ndarray:
+    """`values` at real source positions only: what padding holds is no output of the model."""
+    moved = np.moveaxis(np.asarray(values), (0, source_axis), (0, 1))  # [B, S, ...]
+    return moved[mask.astype(bool)]
+
+
 def compare_logits(model: Transformer, onnx: OnnxModel, sources: Sequence[Sequence[int]]) -> dict[str, float]:
     """Max |ORT − PyTorch| per output: encoder, MLM head, and DECODE_STEPS cached decoder steps."""
     sample = sample_inputs(sources)
@@ -32,11 +38,14 @@ def compare_logits(model: Transformer, onnx: OnnxModel, sources: Sequence[Sequen
         hidden = model.encode(sample.ids, sample.mask.bool())
         cross = model.cross_kv(hidden)
         enc = onnx.encode(sample.ids.numpy(), sample.mask.numpy())
-        diffs["encoder/hidden_states"] = _max_diff(enc.hidden, hidden)
+        real = sample.mask.numpy()
+        diffs["encoder/hidden_states"] = _max_diff(_real(enc.hidden, real, 1), _real(hidden, real, 1))
         diffs["encoder/cross"] = max(
-            _max_diff(o, t) for o, t in zip(enc.cross, [x for kv in cross for x in kv], strict=True)
+            _max_diff(_real(o, real, 2), _real(t, real, 2))
+            for o, t in zip(enc.cross, [x for kv in cross for x in kv], strict=True)
         )
-        diffs["mlm_head/logits"] = _max_diff(onnx.mlm_logits(enc.hidden), model.mlm_logits(hidden))
+        mlm = onnx.mlm_logits(enc.hidden), model.mlm_logits(hidden)
+        diffs["mlm_head/logits"] = _max_diff(_real(mlm[0], real, 1), _real(mlm[1], real, 1))
         tags = [cv.LANG_TAG_IDS[cv.LANGUAGES[i % 2]] for i in range(len(sources))]
         ids = torch.tensor(tags)[:, None]
         past_t = None

@@ -98,13 +98,23 @@ def sentences(tiny_data_dir: Path) -> list[str]:
     return train + val  # memorised and unseen inputs
 
 
+def _export_tiny(model_dir: Path, data_dir: Path, sentences: list[str], out: Path, precision: str) -> Path:
+    from export.exporter import export_model
+
+    text = read_lines(data_dir / "multi30k/train.en.gz") + read_lines(data_dir / "multi30k/train.fr.gz")
+    export_model(model_dir, out, text, precision, sentences)
+    return out
+
+
 @pytest.fixture(scope="session")
 def exported(
     tiny_model_dir: Path, tiny_data_dir: Path, sentences: list[str], tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    out = tmp_path_factory.mktemp("onnx")
-    text = read_lines(tiny_data_dir / "multi30k/train.en.gz") + read_lines(tiny_data_dir / "multi30k/train.fr.gz")
-    from export.exporter import export_model
+    return _export_tiny(tiny_model_dir, tiny_data_dir, sentences, tmp_path_factory.mktemp("onnx"), "fp32")
 
-    export_model(tiny_model_dir, out, text, "fp32", sentences)
-    return out
+
+@pytest.fixture(scope="session")
+def exported_int8(
+    tiny_model_dir: Path, tiny_data_dir: Path, sentences: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    return _export_tiny(tiny_model_dir, tiny_data_dir, sentences, tmp_path_factory.mktemp("onnx-int8"), "int8")

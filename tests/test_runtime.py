@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def onnx_model(exported: Path) -> OnnxModel:
-    return OnnxModel(exported, intra_op_threads=1)
+    return OnnxModel(exported, intra_op_threads=2)  # one-thread sessions for small batches, two for large
 
 
 def _ids(model: OnnxModel, texts: list[str]) -> list[list[int]]:

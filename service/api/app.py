@@ -46,9 +46,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await warm_up(state)
         state.ready = True
         log.info(
-            "ready in %.2f s: model %s (sha %s), %d intra-op threads, batch budget %d tokens",
-            time.perf_counter() - t0, settings.model_dir.name, state.model_sha, settings.intra_op_threads,
-            settings.batch_tokens,
+            "ready in %.2f s: model %s (sha %s), %d batch workers, %d intra-op threads, batch budget %d tokens",
+            time.perf_counter() - t0, settings.model_dir.name, state.model_sha, settings.batch_workers,
+            settings.intra_op_threads, settings.batch_tokens,
         )  # fmt: skip
         try:
             yield

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 from pathlib import Path
 from types import FrameType
 
@@ -15,6 +16,7 @@ from service.api.settings import Settings
 from service.manifest import ModelFileError, load_manifest
 
 log = logging.getLogger("mtserve.server")
+SWITCH_INTERVAL_S = 0.0005
 
 
 class DrainingServer(uvicorn.Server):
@@ -46,6 +48,10 @@ def serve(settings: Settings) -> int:
         log.error("cannot start: %s", exc)
         return 2
     app = create_app(settings)
+    # Inference runs in a worker thread that needs the GIL back for a moment after every
+    # decoder step; with the default 5 ms switch interval a busy event loop holds it that long
+    # each time (measured under load in docs/BENCHMARKS.md).
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     config = uvicorn.Config(
         app,
         host=settings.host,

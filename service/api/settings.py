@@ -47,7 +47,9 @@ class Settings(BaseSettings):
     threads: int = Field(default=0, ge=0, description="onnxruntime intra-op threads; 0: the container's CPU quota")
     batch_tokens: int = Field(default=2048, ge=64, description="token budget of one model batch")
     max_wait_ms: float = Field(default=5.0, ge=0, description="longest a batch waits to fill while the runtime is busy")
-    workers: int = Field(default=1, ge=1, le=8, description="model batches that may run at once")
+    workers: int = Field(
+        default=0, ge=0, le=8, description="model batches that may run at once; 0: one per core of the CPU quota"
+    )
     default_beam_size: int = Field(default=5, ge=1, le=8)
     # flow control
     queue_size: int = Field(default=256, ge=1, description="sentences waiting for the model, after splitting")
@@ -80,3 +82,7 @@ class Settings(BaseSettings):
     @cached_property
     def intra_op_threads(self) -> int:
         return self.threads or cpu_quota()
+
+    @cached_property
+    def batch_workers(self) -> int:
+        return self.workers or cpu_quota()

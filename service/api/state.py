@@ -49,7 +49,7 @@ class ServiceState:
         scheduler = Scheduler(
             translator, metrics,
             batch_tokens=settings.batch_tokens, queue_size=settings.queue_size, max_wait_s=settings.max_wait_ms / 1000,
-            retry_after_s=settings.retry_after_s, workers=settings.workers, fault_marker=settings.fault_marker,
+            retry_after_s=settings.retry_after_s, workers=settings.batch_workers, fault_marker=settings.fault_marker,
         )  # fmt: skip
         version = f"{translator.model.manifest.precision}-opset{translator.model.manifest.opset}"
         metrics.model_info.labels(settings.model_name, version, sha).set(1)

@@ -81,6 +81,16 @@ def _take(arrays: KVList, rows: np.ndarray) -> KVList:
     return [a[rows] for a in arrays]
 
 
+# Finished sentences leave the running batch once they make up this share of its rows.
+# Until then they ride along, their outputs ignored: dropping them copies every layer's
+# cross keys and values, which costs more than decoding a few extra rows for some steps.
+COMPACT_SHARE = 0.15
+
+
+def _compact(finished_rows: int, rows: int) -> bool:
+    return finished_rows >= COMPACT_SHARE * rows
+
+
 def greedy_search(
     model: OnnxModel, sources: Sequence[Sequence[int]], tags: Sequence[int], options: DecodeOptions
 ) -> list[list[Hypothesis]]:
@@ -95,12 +105,15 @@ def greedy_search(
     log_prob = np.zeros(len(sources))
     results: list[list[Hypothesis]] = [[] for _ in sources]
     origin = np.arange(len(sources), dtype=np.int64)
+    riding = np.zeros(len(sources), dtype=bool)  # finished, still in the batch (see COMPACT_SHARE)
     for step in range(int(limits.max())):
         top = model.decode_top(last[:, None], mask, past, cross, origin)
         past = top.present
         length = step + 1
         keep = []
         for row, sent in enumerate(alive):
+            if riding[row]:
+                continue
             token, token_log_prob = int(top.ids[row, 0]), float(top.log_probs[row, 0])  # ties: lower id
             if token != EOS_ID and options.repetition_guard and runaway(tokens[sent], token):
                 token, token_log_prob = EOS_ID, float(top.eos_log_prob[row])  # stop a runaway loop here
@@ -115,10 +128,13 @@ def greedy_search(
                 keep.append(row)
         if not keep:
             break
-        origin = np.asarray(keep, dtype=np.int64)  # the graph drops finished rows from the cache
-        if len(keep) < len(alive):
-            alive, mask, cross = alive[origin], mask[origin], _take(cross, origin)
-        last = np.asarray([tokens[s][-1] for s in alive], dtype=np.int64)
+        riding[np.setdiff1d(np.arange(len(alive)), keep)] = True
+        if _compact(int(riding.sum()), len(alive)):
+            origin = np.asarray(keep, dtype=np.int64)  # the graph drops finished rows from the cache
+            alive, mask, cross, riding = alive[origin], mask[origin], _take(cross, origin), riding[origin]
+        else:
+            origin = np.arange(len(alive), dtype=np.int64)
+        last = np.asarray([tokens[s][-1] if tokens[s] else EOS_ID for s in alive], dtype=np.int64)
     return results
 
 
@@ -143,31 +159,32 @@ def beam_search(
     k = options.beam_size
     ids, mask = _pad_sources(sources)
     enc = model.encode(ids, mask)
-    flat = np.repeat(np.arange(len(sources)), k)  # row s·K + j belongs to sentence s
-    cross, mask = _take(enc.cross, flat), mask[flat]
-    past = model.empty_past(len(flat))
+    # Step 0 runs one row per sentence (all K beams would start identical); the batch
+    # becomes K rows per sentence, row s·K + j for beam j of sentence s, from step 1 on.
+    cross, beams = enc.cross, 1
+    past = model.empty_past(len(sources))
     limits = np.array([options.limit(len(s)) for s in sources])
-    last = np.asarray(tags, dtype=np.int64)[flat]
-    hist = np.zeros((len(flat), 0), dtype=np.int64)  # generated tokens per row
-    scores = np.full((len(sources), k), -np.inf)
-    scores[:, 0] = 0.0  # all beams start identical: expand only the first
+    last = np.asarray(tags, dtype=np.int64)
+    hist = np.zeros((len(sources), 0), dtype=np.int64)  # generated tokens per row
+    scores = np.zeros((len(sources), 1))
     alive = np.arange(len(sources))
     finished: list[list[Hypothesis]] = [[] for _ in sources]
     rank_in_beam = np.arange(2 * k)[None, :] < k
-    origin = np.arange(len(flat), dtype=np.int64)
+    origin = np.arange(len(sources), dtype=np.int64)
 
     for step in range(int(limits.max())):
         step_top = model.decode_top(last[:, None], mask, past, cross, origin)
         past, n, width = step_top.present, len(alive), 2 * k
-        # A candidate among the sentence's 2K best is among its own beam's 2K best: rank those K·2K.
-        beam_ids = step_top.ids[:, :width].reshape(n, k * width)
-        cand = (scores[:, :, None] + step_top.log_probs[:, :width].reshape(n, k, width)).reshape(n, k * width)
-        beam_index = np.broadcast_to(np.repeat(np.arange(k), width), cand.shape)
+        # A candidate among the sentence's 2K best is among its own beam's 2K best: rank those beams·2K.
+        beam_ids = step_top.ids[:, :width].reshape(n, beams * width)
+        cand = scores[:, :, None] + step_top.log_probs[:, :width].reshape(n, beams, width)
+        cand = cand.reshape(n, beams * width)
+        beam_index = np.broadcast_to(np.repeat(np.arange(beams), width), cand.shape)
         # The 2K best (so that K survive even if K end here), best first; ties: lower id, then lower beam.
         top = np.lexsort((beam_index, beam_ids, -cand), axis=1)[:, :width]
         top_scores = np.take_along_axis(cand, top, axis=1)
         token = np.take_along_axis(beam_ids, top, axis=1)
-        rows = np.arange(n)[:, None] * k + top // width  # [n, 2K] row each candidate extends
+        rows = np.arange(n)[:, None] * beams + top // width  # [n, 2K] row each candidate extends
         length = step + 1
         valid = top_scores > -np.inf
         at_limit = (limits[alive] <= length)[:, None]
@@ -189,14 +206,20 @@ def beam_search(
         keep = np.flatnonzero(~done)
         if not len(keep):
             break
-        order = np.argsort(~going[keep], axis=1, kind="stable")[:, :k]  # chosen first, in rank order
-        chosen = np.take_along_axis(going[keep], order, axis=1)
-        next_rows = np.take_along_axis(rows[keep], order, axis=1).ravel()
-        last = np.take_along_axis(token[keep], order, axis=1).ravel()
-        scores = np.where(chosen, np.take_along_axis(top_scores[keep], order, axis=1), -np.inf)
+        compact = _compact(n - len(keep), n)
+        stay = keep if compact else np.arange(n)  # finished sentences ride along, never extended
+        going[done] = False
+        order = np.argsort(~going[stay], axis=1, kind="stable")[:, :k]  # chosen first, in rank order
+        chosen = np.take_along_axis(going[stay], order, axis=1)
+        next_rows = np.take_along_axis(rows[stay], order, axis=1).ravel()
+        last = np.take_along_axis(token[stay], order, axis=1).ravel()
+        scores = np.where(chosen, np.take_along_axis(top_scores[stay], order, axis=1), -np.inf)
         origin = next_rows  # K/V follow their beam of origin (reordered inside the graph)
         hist = np.concatenate((hist[next_rows], last[:, None]), axis=1)
-        if len(keep) < n:  # drop finished sentences from the running batch
+        if beams == 1:  # after step 0: K rows per sentence
+            kept_rows = np.repeat(stay, k)
+            cross, mask, alive, beams = _take(cross, kept_rows), mask[kept_rows], alive[stay], k
+        elif compact and len(keep) < n:  # drop finished sentences from the running batch
             kept_rows = (keep[:, None] * k + np.arange(k)).reshape(-1)
             cross, mask, alive = _take(cross, kept_rows), mask[kept_rows], alive[keep]
 

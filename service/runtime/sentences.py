@@ -7,8 +7,8 @@ pysbd's English or French rules.
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
-from functools import cache
 
 import pysbd
 
@@ -28,9 +28,16 @@ class Layout:
         return "".join(g + t for g, t in zip(self.gaps, [*translated, ""], strict=True))
 
 
-@cache
+_per_thread = threading.local()
+
+
 def _segmenter(language: str) -> pysbd.Segmenter:
-    return pysbd.Segmenter(language=language, clean=False, char_span=True)
+    """This thread's segmenter: a pysbd.Segmenter keeps the text it works on in its own
+    attributes, so two threads sharing one get each other's sentences (or none)."""
+    segmenters: dict[str, pysbd.Segmenter] = _per_thread.__dict__.setdefault("segmenters", {})
+    if language not in segmenters:
+        segmenters[language] = pysbd.Segmenter(language=language, clean=False, char_span=True)
+    return segmenters[language]
 
 
 def split_sentences(text: str, language: str) -> Layout:

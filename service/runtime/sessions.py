@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,18 +32,72 @@ class TopStep:
     present: KVList
 
 
+# Up to this many rows (decoder: sentences x beam; encoder: tokens) a graph runs on one
+# thread. On small tensors the other threads' wake-up and hand-off cost more than they
+# save; measured in docs/BENCHMARKS.md (one to six sentences at beam 5 decode faster on
+# one thread than on two).
+SINGLE_THREAD_ROWS = 32
+
+
+class _Runs:
+    """How many graph runs are in progress in this model, across the caller's threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active = 0
+
+    @contextlib.contextmanager
+    def enter(self) -> Iterator[int]:
+        """Counts this run in; yields how many others were running when it started."""
+        with self._lock:
+            others = self._active
+            self._active += 1
+        try:
+            yield others
+        finally:
+            with self._lock:
+                self._active -= 1
+
+
+class _Graph:
+    """One graph as two sessions: `wide` with the configured threads, `narrow` with one.
+
+    A run takes the wide session only for a large batch, and only while no other run is in
+    progress: concurrent batches (the service's workers) each take one core instead of
+    oversubscribing the cores with several thread pools.
+    """
+
+    def __init__(self, path: Path, threads: int, runs: _Runs) -> None:
+        self.wide = _session(path, threads)
+        self.narrow = self.wide if threads == 1 else _session(path, 1)
+        self._runs = runs
+
+    def run(self, rows: int, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with self._runs.enter() as others:
+            session = self.wide if rows > SINGLE_THREAD_ROWS and not others else self.narrow
+            return list(session.run(outputs, feeds))
+
+
+def _session(path: Path, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable graphs
+        raise ModelFileError(path, f"onnxruntime cannot load it ({exc})") from exc
+
+
 class OnnxModel:
     def __init__(self, model_dir: Path, intra_op_threads: int = 0, verify: bool = True) -> None:
         self.model_dir = model_dir
         self.manifest: Manifest = load_manifest(model_dir, verify=verify)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         files = self.manifest.files
-        self.encoder = self._session(files["encoder"], options)
-        self.decoder = self._session(files["decoder"], options)
-        self.mlm_head = self._session(files["mlm_head"], options)
+        runs = _Runs()
+        self.encoder = _Graph(model_dir / files["encoder"], intra_op_threads, runs)
+        self.decoder = _Graph(model_dir / files["decoder"], intra_op_threads, runs)
+        self.mlm_head = _session(model_dir / files["mlm_head"], intra_op_threads)
         self.tokenizer = spm.SentencePieceProcessor(model_file=str(model_dir / files["tokenizer"]))
         layers = self.manifest.decoder_layers
         self._enc_outputs = list(encoder_spec(layers).outputs)
@@ -48,17 +105,36 @@ class OnnxModel:
         self._past_names = [n for n in decoder_spec(layers).inputs if n.startswith("past_")]
         self._cross_names = [n for n in decoder_spec(layers).inputs if n.startswith("cross_")]
 
-    def _session(self, name: str, options: ort.SessionOptions) -> ort.InferenceSession:
-        path = self.model_dir / name
-        try:
-            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable graphs
-            raise ModelFileError(path, f"onnxruntime cannot load it ({exc})") from exc
-
     def encode(self, ids: np.ndarray, mask: np.ndarray) -> EncoderOutput:
-        """ids, mask [B, S] int64 -> hidden states and each layer's cross K/V."""
-        hidden, *cross = self.encoder.run(self._enc_outputs, {"input_ids": ids, "attention_mask": mask})
-        return EncoderOutput(hidden, cross)
+        """ids, mask [B, S] int64 -> hidden states and each layer's cross K/V (zero past each source's end).
+
+        Sources of one length run together, unpadded: padding changes the float rounding
+        slightly, and int8 graphs, which re-quantize every activation, would turn that into
+        a translation that depends on the other sentences of the batch.
+        """
+        lengths = mask.sum(axis=1)
+        if (lengths == ids.shape[1]).all():
+            hidden, *cross = self.encoder.run(ids.size, self._enc_outputs, {"input_ids": ids, "attention_mask": mask})
+            return EncoderOutput(hidden, cross)
+        outputs: list[np.ndarray] = []
+        for length in np.unique(lengths):
+            rows = np.flatnonzero(lengths == length)
+            part = self.encoder.run(
+                len(rows) * int(length),
+                self._enc_outputs,
+                {"input_ids": ids[rows, :length], "attention_mask": mask[rows, :length]},
+            )
+            if not outputs:  # hidden [B, S, D]; cross [B, H, S, K]: the source axis is 1, then 2
+                outputs = [np.zeros((len(ids), *p.shape[1:]), p.dtype) for p in part]
+                for i, p in enumerate(part):
+                    shape = list(p.shape)
+                    shape[0] = len(ids)
+                    shape[1 if i == 0 else 2] = ids.shape[1]
+                    outputs[i] = np.zeros(shape, p.dtype)
+            outputs[0][rows, :length] = part[0]
+            for out, p in zip(outputs[1:], part[1:], strict=True):
+                out[rows, :, :length] = p
+        return EncoderOutput(outputs[0], outputs[1:])
 
     def empty_past(self, batch: int) -> KVList:
         m = self.manifest
@@ -69,7 +145,7 @@ class OnnxModel:
     ) -> tuple[np.ndarray, KVList]:
         """last_ids [B, 1] -> log-probs [B, V] and the present K/V (past rows `origin` plus this step)."""
         feeds = self._feeds(last_ids, mask, past, cross, origin)
-        log_probs, *present = self.decoder.run(["log_probs", *self._present_names], feeds)
+        log_probs, *present = self.decoder.run(len(last_ids), ["log_probs", *self._present_names], feeds)
         return log_probs, present
 
     def decode_top(
@@ -78,7 +154,7 @@ class OnnxModel:
         """One step returning only each row's best DECODER_TOP_K log-probs and ids, and EOS's log-prob."""
         names = ["top_log_probs", "top_ids", "eos_log_prob", *self._present_names]
         feeds = self._feeds(last_ids, mask, past, cross, origin)
-        top_log_probs, top_ids, eos_log_prob, *present = self.decoder.run(names, feeds)
+        top_log_probs, top_ids, eos_log_prob, *present = self.decoder.run(len(last_ids), names, feeds)
         return TopStep(top_log_probs, top_ids, eos_log_prob, present)
 
     def _feeds(

@@ -1,0 +1,66 @@
+"""Where one decoder step spends its time: `python bench/profile_step.py [--model DIR] [--rows 640]`.
+
+Runs the decoder step graph under onnxruntime's profiler on random inputs of the given shape
+and prints total milliseconds per step and the slowest nodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from service.manifest import DEFAULT_MODEL_DIR  # noqa: E402
+from service.runtime.sessions import OnnxModel  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
+    parser.add_argument("--rows", type=int, default=640, help="decoder rows: sentences x beam")
+    parser.add_argument("--past", type=int, default=20, help="tokens already generated")
+    parser.add_argument("--source", type=int, default=20, help="source tokens")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args()
+
+    model = OnnxModel(args.model, 1)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    options.enable_profiling = True
+    options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "step")
+    session = ort.InferenceSession(str(args.model / model.manifest.files["decoder"]), options)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(10, model.manifest.vocab_size, (args.rows, args.source))
+    mask = np.ones_like(ids)
+    cross = model.encode(ids, mask).cross
+    shape = (args.rows, model.manifest.n_heads, args.past, model.manifest.head_dim)
+    past = [rng.standard_normal(shape).astype(np.float32) for _ in cross]
+    feeds = model._feeds(np.full((args.rows, 1), 100), mask, past, cross, None)
+    for _ in range(args.steps):
+        session.run(["top_ids"], feeds)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    per_node: collections.Counter[str] = collections.Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            op = event["args"]["op_name"]
+            per_node[f"{event['name'].removesuffix('_kernel_time')} ({op})"] += event["dur"]
+    total = sum(per_node.values()) / args.steps / 1000
+    print(f"{total:.1f} ms per step ({args.rows} rows, past {args.past}, source {args.source}, {args.threads} threads)")
+    for name, micros in per_node.most_common(args.top):
+        ms = micros / args.steps / 1000
+        print(f"{ms:8.3f} ms  {ms / total:5.1%}  {name}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""The encoder written directly as an ONNX graph (export/graph_builder.py).
+
+Besides the hidden states it computes every decoder layer's cross-attention keys and values
+with one MatMul, once per sentence. Inputs and outputs are service/graphs.py's encoder_spec.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from export.graph_builder import Builder, attention_out, make_model, pre, residual, self_attention
+from model.transformer import DecoderLayer, EncoderLayer, Transformer
+from service.graphs import encoder_spec
+
+
+def _encoder_layer(b: Builder, x: str, layer: EncoderLayer, i: int, key_mask: str, heads: int) -> str:
+    """x [B, S, D] -> x."""
+    p = f"encoder.{i}"
+    h = pre(b, x, layer.attn_res, f"{p}.attn_res")
+    (out,) = self_attention(b, h, layer.self_attn, f"{p}.self_attn", heads, key_padding_mask=key_mask)
+    x = residual(b, x, attention_out(b, out, layer.self_attn, f"{p}.self_attn"), layer.attn_res, f"{p}.attn_res")
+    ffn = layer.ffn.net
+    h = pre(b, x, layer.ffn_res, f"{p}.ffn_res")
+    hidden = b.one("Relu", [b.linear(h, ffn[0], f"{p}.ffn.0")])
+    return residual(b, x, b.linear(hidden, ffn[2], f"{p}.ffn.2"), layer.ffn_res, f"{p}.ffn_res")
+
+
+def _cross_kv(b: Builder, memory: str, model: Transformer) -> list[str]:
+    """Every decoder layer's cross keys and values [B, H, S, K], from one [D, 2·layers·D] MatMul."""
+    cfg = model.cfg
+    projections = []
+    for layer in model.decoder:
+        assert isinstance(layer, DecoderLayer)
+        projections += [layer.cross_attn.k_proj, layer.cross_attn.v_proj]
+    weight = np.concatenate([m.weight.detach().float().numpy().T for m in projections], axis=1)
+    bias = np.concatenate([m.bias.detach().float().numpy() for m in projections])
+    kv = b.one(
+        "Add", [b.one("MatMul", [memory, b.weight("cross_kv.weight_t", weight)]), b.weight("cross_kv.bias", bias)]
+    )
+    heads = b.weight("split_heads", np.array([0, 0, cfg.n_heads, cfg.head_dim], np.int64))
+    parts = b.op("Split", [kv], outputs=len(projections), axis=2)  # each [B, S, D]
+    return [b.one("Transpose", [b.one("Reshape", [part, heads])], perm=[0, 2, 1, 3]) for part in parts]
+
+
+def build_encoder(model: Transformer) -> onnx.ModelProto:
+    """input_ids, attention_mask [B, S] -> hidden_states [B, S, D] and cross K/V per decoder layer."""
+    cfg = model.cfg
+    spec = encoder_spec(cfg.decoder_layers)
+    b = Builder()
+    embedding, positions, sqrt_d = b.shared_tables(model.embed.weight, model.positions, cfg.d_model)
+    length = b.one("Shape", ["input_ids"], start=1, end=2)  # [1]
+    zero = b.weight("zero", np.array([0], np.int64))
+    scaled = b.one("Mul", [b.one("Gather", [embedding, "input_ids"]), sqrt_d])  # [B, S, D]
+    x = b.one("Add", [scaled, b.one("Slice", [positions, zero, length, zero])])  # + PE[:S]
+    key_mask = b.one("Cast", ["attention_mask"], to=TensorProto.INT32)  # [B, S], 1 on real tokens
+    for i, layer in enumerate(model.encoder):
+        assert isinstance(layer, EncoderLayer)
+        x = _encoder_layer(b, x, layer, i, key_mask, cfg.n_heads)
+    if cfg.pre_norm:
+        x = b.layer_norm(x, model.encoder_norm, "encoder_norm")
+    b.nodes.append(helper.make_node("Identity", [x], ["hidden_states"]))
+    cross_names = [n for n in spec.outputs if n.startswith("cross_")]
+    for name, tensor in zip(cross_names, _cross_kv(b, x, model), strict=True):
+        b.nodes.append(helper.make_node("Identity", [tensor], [name]))
+    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "src_len"]) for n in spec.inputs]
+    hidden = helper.make_tensor_value_info("hidden_states", TensorProto.FLOAT, ["batch", "src_len", cfg.d_model])
+    cross = [
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", cfg.n_heads, "src_len", cfg.head_dim])
+        for n in cross_names
+    ]
+    return make_model(b, "encoder", inputs, [hidden, *cross])
