@@ -4,8 +4,9 @@ Starts its own server (`mtserve serve`, default model or `--model DIR`), then fo
 test2016 English sentences one per request, each client sending its next sentence as soon as
 the previous answer arrives. Prints one JSON object per client count: clients, requests,
 seconds, sent_per_s, p50_ms/p95_ms/p99_ms, mean_batch (sentences per model batch, from
-/metrics) and offline_sent_per_s (the same sentences through the runtime directly, as
-`mtserve bench` runs them, with the server's thread count).
+/metrics), offline_sent_per_s (the same sentences through the runtime directly, as
+`mtserve bench` runs them, with the server's thread count), and the CPU seconds the server
+and this load generator used.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import resource
 import sys
 import time
 from pathlib import Path
 
-import httpx
+import aiohttp
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,23 +42,25 @@ def read_sentences(data_dir: Path, limit: int) -> list[str]:
 async def load(url: str, sentences: list[str], clients: int, beam: int) -> dict[str, float]:
     latencies: list[float] = []
     queue = iter(sentences)
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-        before = (await client.get("/metrics")).text
+    # aiohttp rather than httpx: the load generator shares the server's two cores, and for 1,000
+    # requests at 64 clients httpx spent 3.5 s of CPU where aiohttp spent 0.2 s, enough to leave
+    # the server short of requests in flight (docs/BENCHMARKS.md).
+    async with aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=clients)) as client:
+        before = await (await client.get("/metrics")).text()
 
         async def worker() -> None:
             for text in queue:
                 t0 = time.perf_counter()
-                r = await client.post(
-                    "/v1/translate", json={"texts": [text], "source": "en", "target": "fr", "beam_size": beam}
-                )
-                r.raise_for_status()
+                body = {"texts": [text], "source": "en", "target": "fr", "beam_size": beam}
+                async with client.post("/v1/translate", json=body) as response:
+                    await response.read()
+                    response.raise_for_status()
                 latencies.append(time.perf_counter() - t0)
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))
         seconds = time.perf_counter() - t0
-        after = (await client.get("/metrics")).text
+        after = await (await client.get("/metrics")).text()
     batches = metric_value(after, "mtserve_batch_sentences_count") - metric_value(
         before, "mtserve_batch_sentences_count"
     )
@@ -82,6 +87,15 @@ def offline(model_dir: Path, sentences: list[str], beam: int, threads: int) -> f
     return len(sentences) / (time.perf_counter() - t0)
 
 
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system) of process `pid` from /proc, or of this process."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 64])
@@ -102,8 +116,12 @@ def main() -> None:
     with live_server(env=env) as server:
         print(json.dumps({"startup_to_ready_s": round(server.startup_s, 2)}), flush=True)
         for clients in args.clients:
+            server_cpu, client_cpu = cpu_seconds(server.process.pid), cpu_seconds()
             row = asyncio.run(load(server.url, sentences, clients, args.beam_size))
             row["offline_sent_per_s"] = round(offline_rate, 1)
+            # Who used the two cores: the server process and this load generator.
+            row["server_cpu_s"] = round(cpu_seconds(server.process.pid) - server_cpu, 1)
+            row["client_cpu_s"] = round(cpu_seconds() - client_cpu, 1)
             print(json.dumps(row), flush=True)
 
 

@@ -45,7 +45,9 @@ class Settings(BaseSettings):
     model_dir: Path = DEFAULT_MODEL_DIR
     model_name: str = "mtserve-en-fr"
     threads: int = Field(default=0, ge=0, description="onnxruntime intra-op threads; 0: the container's CPU quota")
-    batch_tokens: int = Field(default=2048, ge=64, description="token budget of one model batch")
+    batch_tokens: int = Field(
+        default=2048, ge=64, description="token budget of the model batches running at once, shared between the workers"
+    )
     max_wait_ms: float = Field(default=5.0, ge=0, description="longest a batch waits to fill while the runtime is busy")
     workers: int = Field(
         default=0, ge=0, le=8, description="model batches that may run at once; 0: one per core of the CPU quota"

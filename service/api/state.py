@@ -48,7 +48,9 @@ class ServiceState:
         sha = hashlib.sha256(manifest_bytes).hexdigest()[:16]
         scheduler = Scheduler(
             translator, metrics,
-            batch_tokens=settings.batch_tokens, queue_size=settings.queue_size, max_wait_s=settings.max_wait_ms / 1000,
+            # the budget bounds the memory of all running batches together
+            batch_tokens=settings.batch_tokens // settings.batch_workers, queue_size=settings.queue_size,
+            max_wait_s=settings.max_wait_ms / 1000,
             retry_after_s=settings.retry_after_s, workers=settings.batch_workers, fault_marker=settings.fault_marker,
         )  # fmt: skip
         version = f"{translator.model.manifest.precision}-opset{translator.model.manifest.opset}"

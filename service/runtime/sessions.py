@@ -83,6 +83,11 @@ def _session(path: Path, threads: int) -> ort.InferenceSession:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # onnxruntime's arena keeps the peak of the largest batch a session ever ran. Concurrent
+    # batches run on the one-thread sessions, so those go without it (memory is returned after
+    # each batch); the multi-thread session, used by one large batch at a time, keeps its
+    # arena, which is faster by a few percent (docs/BENCHMARKS.md).
+    options.enable_cpu_mem_arena = threads != 1
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable graphs
