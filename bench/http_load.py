@@ -5,8 +5,8 @@ test2016 English sentences one per request, each client sending its next sentenc
 the previous answer arrives. Prints one JSON object per client count: clients, requests,
 seconds, sent_per_s, p50_ms/p95_ms/p99_ms, mean_batch (sentences per model batch, from
 /metrics), offline_sent_per_s (the same sentences through the runtime directly, as
-`mtserve bench` runs them, with the server's thread count), and the CPU seconds the server
-and this load generator used.
+`mtserve bench` runs them, with the server's thread count), the CPU seconds the server and
+this load generator used, and the server's resident memory afterwards.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service.api.launcher import live_server, metric_value  # noqa: E402
+from service.api.launcher import live_server, metric_value, rss_mb  # noqa: E402
 from service.manifest import DEFAULT_MODEL_DIR  # noqa: E402
 from service.runtime.beam import DecodeOptions  # noqa: E402
 from service.runtime.translator import Translator  # noqa: E402
@@ -122,6 +122,7 @@ def main() -> None:
             # Who used the two cores: the server process and this load generator.
             row["server_cpu_s"] = round(cpu_seconds(server.process.pid) - server_cpu, 1)
             row["client_cpu_s"] = round(cpu_seconds() - client_cpu, 1)
+            row["server_rss_mb"] = round(rss_mb(server.process.pid), 1)
             print(json.dumps(row), flush=True)
 
 
