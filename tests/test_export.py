@@ -170,6 +170,4 @@ def test_int8_export_is_smaller_and_keeps_translations_independent_of_the_batch(
     for i in range(len(sources)):
         alone = beam_search(model, [sources[i]], [tags[i]], options)[0]
         assert [h.tokens for h in alone] == [h.tokens for h in batched[i]], f"sentence {i}"
-        # int8 re-quantizes activations, so float rounding that differs with the batch shape
-        # moves scores slightly (docs/BENCHMARKS.md); tokens must not move.
-        assert np.allclose([h.score for h in alone], [h.score for h in batched[i]], atol=1e-3)
+        assert np.allclose([h.score for h in alone], [h.score for h in batched[i]], atol=1e-4)

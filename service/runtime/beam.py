@@ -20,6 +20,12 @@ from service.conventions import EOS_ID, PAD_ID, max_target_length
 from service.graphs import MAX_BEAM
 from service.runtime.sessions import KVList, OnnxModel
 
+# Sources are padded to a multiple of this many tokens. Attention sums over the source in
+# vector lanes of 16 floats: with the width a multiple of 16, the padding only ever adds exact
+# zeros to each lane, so a sentence's scores do not move with the longest source of its
+# batch (int8 graphs would turn such a rounding difference into a different score).
+SOURCE_WIDTH_STEP = 16
+
 # A token may not extend a run of the same n-gram beyond this many repeats (n = index).
 MAX_REPEATS = {1: 4, 2: 3, 3: 3, 4: 3}
 
@@ -71,7 +77,8 @@ def runaway(tokens: Sequence[int], nxt: int) -> bool:
 
 
 def _pad_sources(sources: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-    ids = np.full((len(sources), max(len(s) for s in sources)), PAD_ID, dtype=np.int64)
+    width = -(-max(len(s) for s in sources) // SOURCE_WIDTH_STEP) * SOURCE_WIDTH_STEP
+    ids = np.full((len(sources), width), PAD_ID, dtype=np.int64)
     for i, s in enumerate(sources):
         ids[i, : len(s)] = s
     return ids, (ids != PAD_ID).astype(np.int64)
