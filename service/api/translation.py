@@ -36,6 +36,11 @@ class _Plan:
     piece_texts: list[str]
 
 
+# Up to this many characters in a request, splitting and tokenizing run on the event loop
+# (well under a millisecond); longer requests go to a worker thread so as not to hold it.
+INLINE_PLAN_CHARS = 1000
+
+
 class TranslationService:
     def __init__(self, translator: Translator, scheduler: Scheduler) -> None:
         self.translator = translator
@@ -66,7 +71,10 @@ class TranslationService:
     ) -> list[TextTranslation]:
         """One result per text. `sources` gives each text's language; a text already in `target`
         comes back unchanged."""
-        plan = await asyncio.to_thread(self._plan, texts, sources, target)
+        if sum(len(text) for text in texts) <= INLINE_PLAN_CHARS:
+            plan = self._plan(texts, sources, target)  # a thread hop would cost more than the work
+        else:
+            plan = await asyncio.to_thread(self._plan, texts, sources, target)
         queued = [
             Sentence(ids, target, f"{sources[i]}-{target}", text)
             for ids, (i, _), text in zip(plan.pieces, plan.owners, plan.piece_texts, strict=True)

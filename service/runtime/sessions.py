@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -84,16 +85,22 @@ class _Graph:
             return list(session.run(outputs, feeds))
 
 
+@functools.cache
+def _shared_arena() -> None:
+    memory = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    ort.create_and_register_allocator(memory, ort.OrtArenaCfg(0, -1, -1, -1))
+
+
 def _session(path: Path, threads: int) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # onnxruntime's arena keeps the peak of the largest batch a session ever ran. Concurrent
-    # batches run on the one-thread sessions, so those go without it (memory is returned after
-    # each batch); the multi-thread session, used by one large batch at a time, keeps its
-    # arena, which is faster by a few percent (docs/BENCHMARKS.md).
-    options.enable_cpu_mem_arena = threads != 1
+    # One memory arena for every session of the process, registered once: a per-session arena
+    # keeps the peak of the largest batch that session ever ran, four times over; without an
+    # arena every step pays for its allocations (docs/BENCHMARKS.md).
+    _shared_arena()
+    options.add_session_config_entry("session.use_env_allocators", "1")
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable graphs
