@@ -26,6 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from model import corpus  # noqa: E402
 from service.api.launcher import live_server, metric_value, rss_mb  # noqa: E402
 from service.manifest import DEFAULT_MODEL_DIR  # noqa: E402
 from service.runtime.beam import DecodeOptions  # noqa: E402
@@ -33,10 +34,9 @@ from service.runtime.translator import Translator  # noqa: E402
 
 
 def read_sentences(data_dir: Path, limit: int) -> list[str]:
-    import gzip
-
-    with gzip.open(data_dir / "multi30k" / "test_2016_flickr.en.gz", "rt", encoding="utf-8") as handle:
-        return [line.strip() for line in handle][:limit]
+    """The first `limit` English sentences of Multi30k test2016."""
+    sources, _ = corpus.split_texts(data_dir, "test2016", ("en", "fr"))
+    return list(sources[:limit])
 
 
 async def load(url: str, sentences: list[str], clients: int, beam: int) -> dict[str, float]:

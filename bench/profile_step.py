@@ -24,8 +24,9 @@ from service.manifest import DEFAULT_MODEL_DIR  # noqa: E402
 from service.runtime.sessions import OnnxModel  # noqa: E402
 
 
-def _cross_names(model: OnnxModel) -> list[str]:
-    return [name for name in decoder_spec(model.manifest.decoder_layers).inputs if name.startswith("cross_")]
+def _inputs(model: OnnxModel, prefix: str) -> list[str]:
+    """The decoder step's inputs whose names start with `prefix`, in graph order."""
+    return [name for name in decoder_spec(model.manifest.decoder_layers).inputs if name.startswith(prefix)]
 
 
 def main() -> None:
@@ -52,8 +53,8 @@ def main() -> None:
     shape = (args.rows, model.manifest.n_heads, args.past, model.manifest.head_dim)
     past = [rng.standard_normal(shape).astype(np.float32) for _ in cross]
     feeds = {"input_ids": np.full((args.rows, 1), 100), "attention_mask": mask, "beam_origin": np.arange(args.rows)}
-    feeds |= {f"past_{name[len('cross_') :]}": p for name, p in zip(_cross_names(model), past, strict=True)}
-    feeds |= dict(zip(_cross_names(model), cross, strict=True))
+    feeds |= dict(zip(_inputs(model, "past_"), past, strict=True))
+    feeds |= dict(zip(_inputs(model, "cross_"), cross, strict=True))
     for _ in range(args.steps):
         session.run(["top_ids"], feeds)
     events = json.loads(Path(session.end_profiling()).read_text())

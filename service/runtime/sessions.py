@@ -185,6 +185,8 @@ class OnnxModel:
         if rows % 2:  # _EVEN_ROWS: run the last row twice
             last_ids, mask = np.concatenate((last_ids, last_ids[-1:])), np.concatenate((mask, mask[-1:]))
             origin, cross = np.append(origin, origin[-1]), self._with_last_row_twice(cross)
+        elif getattr(self._padded, "cross", None) is not None and self._padded.cross[0] is not cross:
+            self._padded.cross = None  # another batch now: let the padded copy go
         feeds = {"input_ids": last_ids, "attention_mask": mask, "beam_origin": origin}
         feeds |= dict(zip(self._past_names, past, strict=True))
         feeds |= dict(zip(self._cross_names, cross, strict=True))
