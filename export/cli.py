@@ -34,7 +34,9 @@ def register(sub: Any) -> None:
     export = sub.add_parser("export", help="export a checkpoint directory to ONNX (needs the train extra)")
     export.add_argument("--checkpoint", type=Path, required=True, help="model directory written by `mtserve train`")
     export.add_argument("--out", type=Path, required=True, help="directory for the graphs and manifest")
-    export.add_argument("--quantize", choices=["int8"], help="8-bit MatMul weights, int8 compute (export/quantize.py)")
+    export.add_argument(
+        "--quantize", choices=["int8"], help="int8 MatMul weights, activations scaled per row (export/quantize.py)"
+    )
     export.add_argument(
         "--data-dir", help="data directory: training text for the fill vocabulary, test2016 for validation"
     )

@@ -19,7 +19,9 @@ from service.conventions import EOS_ID
 from service.graphs import DECODER_TOP_K, decoder_spec
 
 
-def _decoder_layer(b: Builder, x: str, layer: DecoderLayer, i: int, key_mask: str, heads: int) -> tuple[str, str, str]:
+def _decoder_layer(
+    b: Builder, x: str, layer: DecoderLayer, i: int, key_mask: str, by_sentence: str, heads: int
+) -> tuple[str, str, str]:
     """x [B, 1, D] -> x, present key, present value."""
     p = f"decoder.{i}"
     h = pre(b, x, layer.self_res, f"{p}.self_res")
@@ -32,9 +34,9 @@ def _decoder_layer(b: Builder, x: str, layer: DecoderLayer, i: int, key_mask: st
 
     ca = layer.cross_attn
     h = pre(b, x, layer.cross_res, f"{p}.cross_res")
-    q = b.linear(h, ca.q_proj, f"{p}.cross_attn.q_proj")
-    mha = [q, f"cross_key.{i}", f"cross_value.{i}", "", key_mask]  # keys and values precomputed, [B, H, S, K]
-    out = b.one("MultiHeadAttention", mha, domain=MS_DOMAIN, num_heads=heads)
+    q = b.one("Reshape", [b.linear(h, ca.q_proj, f"{p}.cross_attn.q_proj"), by_sentence])  # [N, B/N, D]
+    mha = [q, f"cross_key.{i}", f"cross_value.{i}", "", key_mask]  # keys and values precomputed, [N, H, S, K]
+    out = b.one("Reshape", [b.one("MultiHeadAttention", mha, domain=MS_DOMAIN, num_heads=heads), "row_shape"])
     x = residual(b, x, attention_out(b, out, ca, f"{p}.cross_attn"), layer.cross_res, f"{p}.cross_res")
 
     ffn = layer.ffn.net
@@ -55,19 +57,24 @@ def build_decoder_step(model: Transformer) -> onnx.ModelProto:
     past_len = b.one("Shape", ["past_key.0"], start=2, end=3)  # [1]: this token's position
     x = b.one("Add", [scaled, b.one("Gather", [positions, past_len])])  # [B, D]
     x = b.one("Unsqueeze", [x, "axis_1"])  # [B, 1, D]
-    key_mask = b.one("Cast", ["attention_mask"], to=TensorProto.INT32)  # [B, S], 1 on real tokens
+    key_mask = b.one("Cast", ["attention_mask"], to=TensorProto.INT32)  # [N, S], 1 on real tokens
+    # Cross-attention runs per sentence: the B/N rows (beams) of a sentence are its queries
+    # over one copy of its source's keys and values, which are not repeated per beam.
+    sentences = b.one("Shape", ["cross_key.0"], start=0, end=1)  # [1]: N
+    d_model = b.weight("d_model", np.array([cfg.d_model], np.int64))
+    by_sentence = b.one("Concat", [sentences, b.weight("minus_1", np.array([-1], np.int64)), d_model], axis=0)
+    b.weight("row_shape", np.array([-1, 1, cfg.d_model], np.int64))
     presents: list[str] = []
     for i, layer in enumerate(model.decoder):
         assert isinstance(layer, DecoderLayer)
-        x, present_k, present_v = _decoder_layer(b, x, layer, i, key_mask, cfg.n_heads)
+        x, present_k, present_v = _decoder_layer(b, x, layer, i, key_mask, by_sentence, cfg.n_heads)
         presents += [present_k, present_v]
     if cfg.pre_norm:
         x = b.layer_norm(x, model.decoder_norm, "decoder_norm")
     hidden = b.one("Squeeze", [x, "axis_1"])  # [B, D]
     logits = b.one("Gemm", [hidden, embedding], transB=1)  # tied output projection, [B, V]
     b.nodes.append(helper.make_node("LogSoftmax", [logits], ["log_probs"], axis=-1))
-    k = b.weight("top_k", np.array([DECODER_TOP_K], np.int64))
-    b.nodes.append(helper.make_node("TopK", ["log_probs", k], ["top_log_probs", "top_ids"], axis=-1))
+    _top_k(b, "log_probs", cfg.vocab_size)
     eos = b.weight("eos_id", np.array(EOS_ID, np.int64))
     b.nodes.append(helper.make_node("Gather", ["log_probs", eos], ["eos_log_prob"], axis=1))
     for name, present in zip((n for n in spec.outputs if n.startswith("present_")), presents, strict=True):
@@ -75,6 +82,37 @@ def build_decoder_step(model: Transformer) -> onnx.ModelProto:
     inputs = [_value_info(name, axes, cfg) for name, axes in spec.inputs.items()]
     outputs = [_value_info(name, axes, cfg) for name, axes in spec.outputs.items()]
     return make_model(b, "decoder_step", inputs, outputs)
+
+
+# The best DECODER_TOP_K of a row lie in the DECODER_TOP_K blocks with the highest maxima, so
+# the row's top-k reads VOCAB_BLOCK maxima and then those blocks only: a full TopK over the
+# vocabulary cost more than the output projection's softmax (docs/BENCHMARKS.md).
+VOCAB_BLOCK = 32
+
+
+def _top_k(b: Builder, log_probs: str, vocab_size: int) -> None:
+    """log_probs [B, V] -> top_log_probs, top_ids [B, DECODER_TOP_K]: best first, lower id first on ties."""
+    blocks = -(-vocab_size // VOCAB_BLOCK)
+    padding = blocks * VOCAB_BLOCK - vocab_size
+    scores = log_probs
+    if padding:  # -inf past the vocabulary: never chosen
+        pads = b.weight("vocab_pads", np.array([0, 0, 0, padding], np.int64))
+        scores = b.one("Pad", [scores, pads, b.weight("minus_inf", np.array(-np.inf, np.float32))])
+    grouped = b.one("Reshape", [scores, b.weight("vocab_blocks", np.array([0, blocks, VOCAB_BLOCK], np.int64))])
+    block_max = b.one("ReduceMax", [grouped], axes=[2], keepdims=0)  # [B, blocks]
+    k_blocks = min(DECODER_TOP_K, blocks)
+    _, best_blocks = b.op("TopK", [block_max, b.weight("k_blocks", np.array([k_blocks], np.int64))], outputs=2)
+    # The chosen blocks in vocabulary order, so that equal scores still rank by lower id.
+    in_order, _ = b.op("TopK", [best_blocks, "k_blocks"], outputs=2, largest=0)  # [B, k_blocks]
+    block_index = b.one("Unsqueeze", [in_order, b.weight("axis_2", np.array([2], np.int64))])  # [B, k_blocks, 1]
+    candidates = b.one("GatherND", [grouped, block_index], batch_dims=1)  # [B, k_blocks, VOCAB_BLOCK]
+    flat = b.one("Reshape", [candidates, b.weight("candidates_shape", np.array([0, -1], np.int64))])
+    k = b.weight("top_k", np.array([min(DECODER_TOP_K, vocab_size)], np.int64))
+    b.nodes.append(helper.make_node("TopK", [flat, k], ["top_log_probs", "top_positions"], axis=-1))
+    width = b.weight("vocab_block", np.array(VOCAB_BLOCK, np.int64))
+    block = b.one("GatherElements", [in_order, b.one("Div", ["top_positions", width])], axis=1)
+    offset = b.one("Mod", ["top_positions", width])
+    b.nodes.append(helper.make_node("Add", [b.one("Mul", [block, width]), offset], ["top_ids"]))
 
 
 def _value_info(name: str, axes: dict[int, str], cfg: ModelConfig) -> onnx.ValueInfoProto:

@@ -160,7 +160,7 @@ def export_model(
     report["fp32"] = validate_export(model, sp, out, validate_sentences, strict=True)
     if precision == "int8":
         export_graphs(model, out)  # afresh: the quantizer reads plain fp32 initializers
-        quantize_int8(out, GRAPH_FILES, model.cfg.d_model)
+        report["int8_matmuls"] = quantize_int8(out, GRAPH_FILES)
         report["sharing"] = share_weights(out, GRAPH_FILES, model.cfg.vocab_size)
         write_manifest(out, model, "int8")
         report["int8"] = validate_export(model, sp, out, validate_sentences, strict=False)

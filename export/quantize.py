@@ -2,26 +2,41 @@
 
 onnxruntime's dynamic quantization (`quantize_dynamic`) scales each activation tensor by
 its range over the whole batch, so a sentence's translation changes with its neighbours.
-Here the MatMul weights become 8-bit blocks of 32 along the input axis (`MatMulNBits`)
-and, at accuracy level 4, onnxruntime quantizes the activations per row and block before
-an int8 product (VNNI on this class of CPU): each row is scaled by its own values only.
+Its block-quantized `MatMulNBits` scales per row but gains little over fp32 on large
+batches. Here every MatMul with a constant weight becomes:
+
+    s = max|x| over the row          (one scale per row: no other row takes part)
+    q = QuantizeLinear(x / s, 1/127, 128)                      uint8, [.., K]
+    y = MatMulIntegerToFloat(q, W8, 1/127, w_scale, 128) * s   int32 products, [.., N]
+
+with W8 the weights in int8, one symmetric scale per output column. The product runs
+on onnxruntime's u8·s8 integer GEMM (VNNI on this class of CPU), whose int32 sums are
+exact, so a row's result is the same whatever else is in the batch. On CPUs without
+VNNI that kernel adds pairs of products in 16 bits, which can saturate (onnxruntime's
+documented u8·s8 caveat); see docs/DEPLOY.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
+from export.graph_builder import MS_DOMAIN
 from export.shared_weights import EMBEDDING
 
-BITS = 8
-# One scale per 256 inputs (a whole row of a d_model-256 projection): measured on the default
-# model against blocks of 32, as accurate and faster (docs/BENCHMARKS.md).
-MAX_BLOCK_SIZE = 256
-INT8_COMPUTE = 4  # MatMulNBits accuracy_level: int8 activations, int32 accumulation
+INT8_MAX = 127
+ACTIVATION_ZERO_POINT = 128  # uint8 activations centred on 128: the operand order of the fast kernel
+# A row of zeros (a ReLU output, in principle) must not divide by zero.
+SMALLEST_ROW_RANGE = 1e-30
+
+_INV_SCALE = "int8.inv_127"
+_ZERO_POINT = "int8.zero_point"
+_FLOOR = "int8.smallest_range"
 
 
 def untie_output_projection(graph: onnx.ModelProto) -> None:
@@ -43,16 +58,94 @@ def untie_output_projection(graph: onnx.ModelProto) -> None:
         del node.attribute[:]
 
 
-def quantize_int8(out: Path, graph_files: Sequence[str], d_model: int) -> None:
-    """Rewrite each graph in `out` with 8-bit MatMul weights and int8 compute."""
-    block_size = min(MAX_BLOCK_SIZE, 1 << (d_model.bit_length() - 1))  # a power of two, at most d_model
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+def quantize_weight(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[K, N] float -> int8 [K, N] and one scale per output column, symmetric."""
+    scale = np.abs(weight).max(axis=0) / INT8_MAX
+    scale[scale == 0] = 1.0
+    quantized = np.clip(np.rint(weight / scale), -INT8_MAX, INT8_MAX).astype(np.int8)
+    return quantized, scale.astype(np.float32)
 
+
+class _RowQuantizer:
+    """Rewrites one graph's MatMuls; each activation is quantized once however many MatMuls read it."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.graph = graph
+        self.weights = {i.name: i for i in graph.initializer}
+        self.nodes: list[onnx.NodeProto] = []
+        self.quantized_inputs: dict[str, tuple[str, str]] = {}  # activation -> (uint8 rows, row range)
+        self._count = 0
+
+    def _name(self, hint: str) -> str:
+        self._count += 1
+        return f"int8.{hint}_{self._count}"
+
+    def _add(self, op_type: str, inputs: list[str], hint: str, domain: str = "", **attrs: Any) -> str:
+        out = self._name(hint)
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, domain=domain, **attrs))
+        return out
+
+    def _quantized_rows(self, x: str) -> tuple[str, str]:
+        if x not in self.quantized_inputs:
+            row_max = self._add("ReduceMax", [self._add("Abs", [x], "abs")], "row_max", axes=[-1], keepdims=1)
+            row_range = self._add("Max", [row_max, _FLOOR], "row_range")  # [.., 1]
+            unit = self._add("Div", [x, row_range], "unit_rows")  # in [-1, 1]
+            self.quantized_inputs[x] = (self._add("QuantizeLinear", [unit, _INV_SCALE, _ZERO_POINT], "q"), row_range)
+        return self.quantized_inputs[x]
+
+    def _is_constant_matrix(self, node: onnx.NodeProto) -> bool:
+        weight = self.weights.get(node.input[1]) if node.op_type == "MatMul" else None
+        return weight is not None and len(weight.dims) == 2
+
+    def rewrite(self) -> int:
+        """Replaces the graph's nodes; returns how many MatMuls became int8."""
+        stored: set[str] = set()
+        converted = 0
+        for node in self.graph.node:
+            if not self._is_constant_matrix(node):
+                self.nodes.append(node)
+                continue
+            name = node.input[1]
+            if name not in stored:
+                weight, scale = quantize_weight(numpy_helper.to_array(self.weights[name]).astype(np.float32))
+                self.graph.initializer.extend(
+                    [numpy_helper.from_array(weight, f"{name}.int8"), numpy_helper.from_array(scale, f"{name}.scale")]
+                )
+                stored.add(name)
+            rows, row_range = self._quantized_rows(node.input[0])
+            product = self._add(
+                "MatMulIntegerToFloat",
+                [rows, f"{name}.int8", _INV_SCALE, f"{name}.scale", _ZERO_POINT],
+                "matmul",
+                domain=MS_DOMAIN,
+            )
+            self.nodes.append(helper.make_node("Mul", [product, row_range], list(node.output), name=node.name))
+            converted += 1
+        self.graph.initializer.extend(
+            [
+                numpy_helper.from_array(np.array(1.0 / INT8_MAX, np.float32), _INV_SCALE),
+                numpy_helper.from_array(np.array(ACTIVATION_ZERO_POINT, np.uint8), _ZERO_POINT),
+                numpy_helper.from_array(np.array(SMALLEST_ROW_RANGE, np.float32), _FLOOR),
+            ]
+        )
+        del self.graph.node[:]
+        self.graph.node.extend(self.nodes)
+        used = {name for node in self.nodes for name in node.input}
+        unused = [init for init in self.graph.initializer if init.name not in used]
+        for init in unused:
+            self.graph.initializer.remove(init)
+        return converted
+
+
+def quantize_int8(out: Path, graph_files: Sequence[str]) -> dict[str, int]:
+    """Rewrite each graph in `out` with int8 MatMuls scaled per row; returns MatMuls converted per graph."""
+    converted = {}
     for name in graph_files:
         graph = onnx.load(str(out / name), load_external_data=True)
         untie_output_projection(graph)
-        quantizer = MatMulNBitsQuantizer(
-            graph, bits=BITS, block_size=block_size, is_symmetric=True, accuracy_level=INT8_COMPUTE
-        )
-        quantizer.process()
-        onnx.save(quantizer.model.model, str(out / name))
+        converted[name] = _RowQuantizer(graph.graph).rewrite()
+        if not any(opset.domain == MS_DOMAIN for opset in graph.opset_import):
+            graph.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+        onnx.checker.check_model(graph, full_check=False)
+        onnx.save(graph, str(out / name))
+    return converted

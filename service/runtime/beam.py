@@ -98,15 +98,6 @@ def _compact(finished_rows: int, rows: int) -> bool:
     return finished_rows >= COMPACT_SHARE * rows
 
 
-def _even_rows(keep: np.ndarray, finished: np.ndarray, beams: int) -> np.ndarray:
-    """The sentences to keep when compacting, plus one finished one if that makes the row count
-    even: the model runs rows in pairs (service/runtime/sessions.py), and an odd count would
-    make it copy the cross keys and values to add one."""
-    if len(keep) * beams % 2 == 0 or not finished.any():
-        return keep
-    return np.sort(np.append(keep, np.flatnonzero(finished)[0]))
-
-
 def greedy_search(
     model: OnnxModel, sources: Sequence[Sequence[int]], tags: Sequence[int], options: DecodeOptions
 ) -> list[list[Hypothesis]]:
@@ -147,7 +138,7 @@ def greedy_search(
         riding[np.setdiff1d(np.arange(len(alive)), keep)] = True
         if _compact(int(riding.sum()), len(alive)):
             # the graph drops finished rows from the cache
-            origin = _even_rows(np.asarray(keep, dtype=np.int64), riding, 1)
+            origin = np.asarray(keep, dtype=np.int64)
             alive, mask, cross, riding = alive[origin], mask[origin], _take(cross, origin), riding[origin]
         else:
             origin = np.arange(len(alive), dtype=np.int64)
@@ -224,7 +215,7 @@ def beam_search(
         if not len(keep):
             break
         compact = _compact(n - len(keep), n)
-        stay = _even_rows(keep, done, k) if compact else np.arange(n)  # finished ones ride along, never extended
+        stay = keep if compact else np.arange(n)  # finished ones ride along, never extended
         going[done] = False
         order = np.argsort(~going[stay], axis=1, kind="stable")[:, :k]  # chosen first, in rank order
         chosen = np.take_along_axis(going[stay], order, axis=1)
@@ -233,11 +224,8 @@ def beam_search(
         scores = np.where(chosen, np.take_along_axis(top_scores[stay], order, axis=1), -np.inf)
         origin = next_rows  # K/V follow their beam of origin (reordered inside the graph)
         hist = np.concatenate((hist[next_rows], last[:, None]), axis=1)
-        if beams == 1:  # after step 0: K rows per sentence
-            kept_rows = np.repeat(stay, k)
-            cross, mask, alive, beams = _take(cross, kept_rows), mask[kept_rows], alive[stay], k
-        elif compact and len(stay) < n:  # drop finished sentences from the running batch
-            kept_rows = (stay[:, None] * k + np.arange(k)).reshape(-1)
-            cross, mask, alive = _take(cross, kept_rows), mask[kept_rows], alive[stay]
+        beams = k  # after step 0: K rows per sentence, over the sentence's one copy of cross K/V
+        if compact and len(stay) < n:  # drop finished sentences from the running batch
+            cross, mask, alive = _take(cross, stay), mask[stay], alive[stay]
 
     return [sorted(f, key=lambda h: -h.score)[: options.n_best] for f in finished]

@@ -33,12 +33,6 @@ class TopStep:
     present: KVList
 
 
-# _EVEN_ROWS: graphs always run an even number of rows (the last one repeated when needed).
-# onnxruntime's int8 MatMul computes an odd last row on another path, with float rounding
-# that differs by about 1e-6; int8 graphs amplify that into a score, and sometimes a
-# translation, that depends on the batch. With rows in pairs each row's result is the same
-# in any batch (docs/BENCHMARKS.md).
-
 # Up to this many rows (decoder: sentences x beam; encoder: tokens) a graph runs on one
 # thread. On small tensors the other threads' wake-up and hand-off cost more than they
 # save; measured in docs/BENCHMARKS.md (one to six sentences at beam 5 decode faster on
@@ -122,21 +116,19 @@ class OnnxModel:
         self._present_names = [n for n in decoder_spec(layers).outputs if n.startswith("present_")]
         self._past_names = [n for n in decoder_spec(layers).inputs if n.startswith("past_")]
         self._cross_names = [n for n in decoder_spec(layers).inputs if n.startswith("cross_")]
-        self._padded = threading.local()
 
     def encode(self, ids: np.ndarray, mask: np.ndarray) -> EncoderOutput:
         """ids, mask [B, S] int64 -> hidden states and each layer's cross K/V (zero past each source's end).
 
-        Sources of one length run together, unpadded, an even number of token rows at a time
-        (_EVEN_ROWS): so each source's states are the same whatever else is in the batch.
+        Sources of one length run together, unpadded: so each source's states are the same
+        whatever else is in the batch.
         """
         lengths = mask.sum(axis=1)
         outputs: list[np.ndarray] = []
         for length in np.unique(lengths):
             rows = np.flatnonzero(lengths == length)
-            run = rows if len(rows) * length % 2 == 0 else np.append(rows, rows[-1])
-            feeds = {"input_ids": ids[run, :length], "attention_mask": mask[run, :length]}
-            part = [p[: len(rows)] for p in self.encoder.run(len(run) * int(length), self._enc_outputs, feeds)]
+            feeds = {"input_ids": ids[rows, :length], "attention_mask": mask[rows, :length]}
+            part = self.encoder.run(len(rows) * int(length), self._enc_outputs, feeds)
             if len(rows) == len(ids) and length == ids.shape[1]:
                 return EncoderOutput(part[0], part[1:])  # one length, no padding: nothing to place
             if not outputs:  # hidden [B, S, D]; cross [B, H, S, K]: the source axis is 1, then 2
@@ -157,15 +149,18 @@ class OnnxModel:
     def decode_step(
         self, last_ids: np.ndarray, mask: np.ndarray, past: KVList, cross: KVList, origin: np.ndarray | None = None
     ) -> tuple[np.ndarray, KVList]:
-        """last_ids [B, 1] -> log-probs [B, V] and the present K/V (past rows `origin` plus this step;
-        it may hold one row more than B, see _EVEN_ROWS, which the next step's origin ignores)."""
+        """last_ids [B, 1] -> log-probs [B, V] and the present K/V (past rows `origin` plus this step).
+
+        `mask` [N, S] and `cross` [N, H, S, K] hold N sources, B a multiple of N: rows
+        r·B/N to (r+1)·B/N - 1 are the beams of source r (N = B when each row has its own)."""
         (log_probs,), present = self._step(["log_probs"], last_ids, mask, past, cross, origin)
         return log_probs, present
 
     def decode_top(
         self, last_ids: np.ndarray, mask: np.ndarray, past: KVList, cross: KVList, origin: np.ndarray | None = None
     ) -> TopStep:
-        """One step returning only each row's best DECODER_TOP_K log-probs and ids, and EOS's log-prob."""
+        """One step (as decode_step) returning only each row's best DECODER_TOP_K log-probs and ids,
+        and EOS's log-prob."""
         names = ["top_log_probs", "top_ids", "eos_log_prob"]
         (top_log_probs, top_ids, eos_log_prob), present = self._step(names, last_ids, mask, past, cross, origin)
         return TopStep(top_log_probs, top_ids, eos_log_prob, present)
@@ -179,27 +174,13 @@ class OnnxModel:
         cross: KVList,
         origin: np.ndarray | None,
     ) -> tuple[list[np.ndarray], KVList]:
-        rows = len(last_ids)
         if origin is None:  # each row continues its own past row
-            origin = np.arange(rows, dtype=np.int64)
-        if rows % 2:  # _EVEN_ROWS: run the last row twice
-            last_ids, mask = np.concatenate((last_ids, last_ids[-1:])), np.concatenate((mask, mask[-1:]))
-            origin, cross = np.append(origin, origin[-1]), self._with_last_row_twice(cross)
-        elif getattr(self._padded, "cross", None) is not None and self._padded.cross[0] is not cross:
-            self._padded.cross = None  # another batch now: let the padded copy go
+            origin = np.arange(len(last_ids), dtype=np.int64)
         feeds = {"input_ids": last_ids, "attention_mask": mask, "beam_origin": origin}
         feeds |= dict(zip(self._past_names, past, strict=True))
         feeds |= dict(zip(self._cross_names, cross, strict=True))
         outputs = self.decoder.run(len(last_ids), [*names, *self._present_names], feeds)
-        return [o[:rows] for o in outputs[: len(names)]], outputs[len(names) :]
-
-    def _with_last_row_twice(self, cross: KVList) -> KVList:
-        """`cross` with its last row repeated; kept per thread for as long as the caller passes
-        the same list, so a batch pays the copy once per change of its rows, not per step."""
-        cached = getattr(self._padded, "cross", None)
-        if cached is None or cached[0] is not cross:
-            self._padded.cross = (cross, [np.concatenate((c, c[-1:])) for c in cross])
-        return self._padded.cross[1]  # type: ignore[no-any-return]
+        return outputs[: len(names)], outputs[len(names) :]
 
     def mlm_logits(self, hidden: np.ndarray) -> np.ndarray:
         (logits,) = self.mlm_head.run(["logits"], {"hidden_states": hidden})

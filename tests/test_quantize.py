@@ -1,0 +1,58 @@
+"""The int8 rewrite of a MatMul: close to fp32, each row scaled by its own values only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from export.quantize import INT8_MAX, quantize_int8, quantize_weight
+from service.graphs import OPSET
+
+
+def _matmul_graph(path: Path, weight: np.ndarray) -> None:
+    """y = x @ W, with x [rows, 1, K], the shape the decoder step's activations have."""
+    k, n = weight.shape
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", 1, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", 1, n])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), str(path))
+
+
+def test_weights_are_symmetric_int8_with_one_scale_per_column() -> None:
+    weight = np.random.default_rng(0).standard_normal((64, 24)).astype(np.float32)
+    weight[:, 3] = 0.0  # a dead column must not divide by zero
+    quantized, scale = quantize_weight(weight)
+    assert quantized.dtype == np.int8 and scale.shape == (24,)
+    assert np.abs(quantized).max() == INT8_MAX and quantized.min() >= -INT8_MAX
+    assert np.all(quantized[:, 3] == 0)
+    assert np.abs(quantized * scale - weight).max() <= scale.max() / 2 + 1e-7
+
+
+def test_int8_matmul_rows_do_not_depend_on_their_neighbours(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    weight = rng.standard_normal((256, 96)).astype(np.float32) / 16
+    _matmul_graph(tmp_path / "matmul.onnx", weight)
+    assert quantize_int8(tmp_path, ["matmul.onnx"]) == {"matmul.onnx": 1}
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "matmul.onnx")).graph.node}
+    assert "MatMulIntegerToFloat" in ops and "MatMul" not in ops
+    session = ort.InferenceSession(str(tmp_path / "matmul.onnx"), providers=["CPUExecutionProvider"])
+
+    x = rng.standard_normal((33, 1, 256)).astype(np.float32)
+    x[5] *= 1000.0  # one loud row must not coarsen the others' scales
+    x[7] = 0.0  # nor may a silent one give NaN
+    (batched,) = session.run(["y"], {"x": x})
+    exact = x @ weight
+    for row in range(len(x)):
+        (alone,) = session.run(["y"], {"x": x[row : row + 1]})
+        assert np.array_equal(alone[0], batched[row]), f"row {row}"
+        tolerance = 0.02 * np.abs(exact[row]).max() + 1e-6
+        assert np.abs(batched[row] - exact[row]).max() <= tolerance, f"row {row}"
+    assert np.all(batched[7] == 0.0)
