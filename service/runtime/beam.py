@@ -180,19 +180,20 @@ def beam_search(
     rank_in_beam = np.arange(2 * k)[None, :] < k
     origin = np.arange(len(sources), dtype=np.int64)
 
+    finished_count = np.zeros(len(sources), dtype=np.int64)
+    tie_break = {b: np.repeat(np.arange(b), 2 * k)[None, :] for b in (1, k)}  # beam of each candidate
     for step in range(int(limits.max())):
         step_top = model.decode_top(last[:, None], mask, past, cross, origin)
         past, n, width = step_top.present, len(alive), 2 * k
+        by_row = np.arange(n)[:, None]
         # A candidate among the sentence's 2K best is among its own beam's 2K best: rank those beams·2K.
         beam_ids = step_top.ids[:, :width].reshape(n, beams * width)
-        cand = scores[:, :, None] + step_top.log_probs[:, :width].reshape(n, beams, width)
-        cand = cand.reshape(n, beams * width)
-        beam_index = np.broadcast_to(np.repeat(np.arange(beams), width), cand.shape)
+        cand = (scores[:, :, None] + step_top.log_probs[:, :width].reshape(n, beams, width)).reshape(n, beams * width)
+        beam_index = np.broadcast_to(tie_break[beams], cand.shape)
         # The 2K best (so that K survive even if K end here), best first; ties: lower id, then lower beam.
         top = np.lexsort((beam_index, beam_ids, -cand), axis=1)[:, :width]
-        top_scores = np.take_along_axis(cand, top, axis=1)
-        token = np.take_along_axis(beam_ids, top, axis=1)
-        rows = np.arange(n)[:, None] * beams + top // width  # [n, 2K] row each candidate extends
+        top_scores, token = cand[by_row, top], beam_ids[by_row, top]
+        rows = by_row * beams + top // width  # [n, 2K] row each candidate extends
         length = step + 1
         valid = top_scores > -np.inf
         at_limit = (limits[alive] <= length)[:, None]
@@ -200,32 +201,32 @@ def beam_search(
         # An ending counts only if it ranks among the K best continuations.
         for i, j in zip(*np.nonzero(ending & rank_in_beam), strict=True):
             sent = alive[i]
-            if len(finished[sent]) < k:
+            if finished_count[sent] < k:
                 toks = hist[rows[i, j]].tolist() + ([] if token[i, j] == EOS_ID else [int(token[i, j])])
                 score = float(top_scores[i, j])
                 ended = bool(token[i, j] == EOS_ID)
                 finished[sent].append(Hypothesis(toks, score / length**options.length_penalty, score, ended))
+                finished_count[sent] += 1
         going = valid & ~ending
         if options.repetition_guard and hist.shape[1]:
             flat_going = np.flatnonzero(going)
             going.flat[flat_going[_guarded(hist, rows.ravel(), token.ravel(), flat_going)]] = False
         going &= np.cumsum(going, axis=1) <= k  # the K best that go on
-        done = (np.array([len(finished[s]) for s in alive]) >= k) | at_limit[:, 0] | ~going.any(axis=1)
+        done = (finished_count[alive] >= k) | at_limit[:, 0] | ~going.any(axis=1)
         keep = np.flatnonzero(~done)
         if not len(keep):
             break
         compact = _compact(n - len(keep), n)
-        stay = keep if compact else np.arange(n)  # finished ones ride along, never extended
+        stay = keep[:, None] if compact else by_row  # finished ones ride along, never extended
         going[done] = False
-        order = np.argsort(~going[stay], axis=1, kind="stable")[:, :k]  # chosen first, in rank order
-        chosen = np.take_along_axis(going[stay], order, axis=1)
-        next_rows = np.take_along_axis(rows[stay], order, axis=1).ravel()
-        last = np.take_along_axis(token[stay], order, axis=1).ravel()
-        scores = np.where(chosen, np.take_along_axis(top_scores[stay], order, axis=1), -np.inf)
+        order = np.argsort(~going[stay[:, 0]], axis=1, kind="stable")[:, :k]  # chosen first, in rank order
+        chosen = going[stay, order]
+        next_rows, last = rows[stay, order].ravel(), token[stay, order].ravel()
+        scores = np.where(chosen, top_scores[stay, order], -np.inf)
         origin = next_rows  # K/V follow their beam of origin (reordered inside the graph)
         hist = np.concatenate((hist[next_rows], last[:, None]), axis=1)
         beams = k  # after step 0: K rows per sentence, over the sentence's one copy of cross K/V
-        if compact and len(stay) < n:  # drop finished sentences from the running batch
-            cross, mask, alive = _take(cross, stay), mask[stay], alive[stay]
+        if compact and len(keep) < n:  # drop finished sentences from the running batch
+            cross, mask, alive = _take(cross, keep), mask[keep], alive[keep]
 
     return [sorted(f, key=lambda h: -h.score)[: options.n_best] for f in finished]
