@@ -148,13 +148,12 @@ def greedy_search(
 
 def _guarded(hist: np.ndarray, rows: np.ndarray, tokens: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     """For the candidate positions given, whether their token would start a runaway loop."""
-    width = hist.shape[1]
-    suspect = np.zeros(len(candidates), dtype=bool)
-    for n in range(1, min(4, width) + 1):  # cheap filter: the token repeats the one n back
-        suspect |= tokens[candidates] == hist[rows[candidates], width - n]
+    token, history = tokens[candidates], hist[rows[candidates]]
+    # Cheap filter: only a token that repeats one of the last four can close a repeated n-gram.
+    suspect = (history[:, -4:] == token[:, None]).any(axis=1)
     out = np.zeros(len(candidates), dtype=bool)
     for j in np.flatnonzero(suspect):
-        out[j] = runaway(hist[rows[candidates[j]]].tolist(), int(tokens[candidates[j]]))
+        out[j] = runaway(history[j].tolist(), int(token[j]))
     return out
 
 
@@ -189,7 +188,7 @@ def beam_search(
         # A candidate among the sentence's 2K best is among its own beam's 2K best: rank those beams·2K.
         beam_ids = step_top.ids[:, :width].reshape(n, beams * width)
         cand = (scores[:, :, None] + step_top.log_probs[:, :width].reshape(n, beams, width)).reshape(n, beams * width)
-        beam_index = np.broadcast_to(tie_break[beams], cand.shape)
+        beam_index = np.repeat(tie_break[beams], n, axis=0)
         # The 2K best (so that K survive even if K end here), best first; ties: lower id, then lower beam.
         top = np.lexsort((beam_index, beam_ids, -cand), axis=1)[:, :width]
         top_scores, token = cand[by_row, top], beam_ids[by_row, top]
