@@ -33,6 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
     parser.add_argument("--rows", type=int, default=640, help="decoder rows: sentences x beam")
+    parser.add_argument("--beam", type=int, default=5, help="rows per sentence, which share its cross K/V")
     parser.add_argument("--past", type=int, default=20, help="tokens already generated")
     parser.add_argument("--source", type=int, default=20, help="source tokens")
     parser.add_argument("--threads", type=int, default=2)
@@ -47,9 +48,11 @@ def main() -> None:
     options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "step")
     session = ort.InferenceSession(str(args.model / model.manifest.files["decoder"]), options)
     rng = np.random.default_rng(0)
-    ids = rng.integers(10, model.manifest.vocab_size, (args.rows, args.source))
+    if args.rows % args.beam:
+        parser.error(f"--rows {args.rows} is not a multiple of --beam {args.beam}")
+    ids = rng.integers(10, model.manifest.vocab_size, (args.rows // args.beam, args.source))
     mask = np.ones_like(ids)
-    cross = model.encode(ids, mask).cross
+    cross = model.encode(ids, mask).cross  # one copy per sentence
     shape = (args.rows, model.manifest.n_heads, args.past, model.manifest.head_dim)
     past = [rng.standard_normal(shape).astype(np.float32) for _ in cross]
     feeds = {"input_ids": np.full((args.rows, 1), 100), "attention_mask": mask, "beam_origin": np.arange(args.rows)}
@@ -64,7 +67,8 @@ def main() -> None:
             op = event["args"]["op_name"]
             per_node[f"{event['name'].removesuffix('_kernel_time')} ({op})"] += event["dur"]
     total = sum(per_node.values()) / args.steps / 1000
-    print(f"{total:.1f} ms per step ({args.rows} rows, past {args.past}, source {args.source}, {args.threads} threads)")
+    layout = f"{args.rows} rows = {args.rows // args.beam} sentences x beam {args.beam}, past {args.past}"
+    print(f"{total:.1f} ms per step ({layout}, source {args.source}, {args.threads} threads)")
     for name, micros in per_node.most_common(args.top):
         ms = micros / args.steps / 1000
         print(f"{ms:8.3f} ms  {ms / total:5.1%}  {name}")

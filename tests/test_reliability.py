@@ -61,7 +61,7 @@ def test_overload_gets_503_with_retry_after_and_health_answers(tmp_path: Path) -
         accepted = [r for r in responses if r.status_code == 200]
         refused = [r for r in responses if r.status_code == 503]
         assert len(accepted) + len(refused) == 300, sorted(set(codes))
-        assert len(accepted) >= 33 and refused
+        assert len(accepted) >= 32 and refused  # the queue's 32, plus any batch that left it during the burst
         assert len({r.json()["translatedText"] for r in accepted}) == 1
         assert all(int(r.headers["retry-after"]) >= 1 for r in refused)
         assert health and set(health) == {200}

@@ -78,7 +78,9 @@ class ServiceState:
         return DecodeOptions(beam_size=beam, n_best=n_best)
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
+    """Async on purpose: FastAPI runs a plain-function dependency in its thread pool, a thread hop
+    on every request for an attribute lookup."""
     state: ServiceState = request.app.state.mt
     return state
 
