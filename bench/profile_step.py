@@ -1,7 +1,7 @@
 """Where one decoder step spends its time: `python bench/profile_step.py [--model DIR] [--rows 640]`.
 
 Runs the decoder step graph under onnxruntime's profiler on random inputs of the given shape
-and prints total milliseconds per step and the slowest nodes.
+and prints total milliseconds per step, the slowest nodes and the time per operator type.
 """
 
 from __future__ import annotations
@@ -62,16 +62,20 @@ def main() -> None:
         session.run(["top_ids"], feeds)
     events = json.loads(Path(session.end_profiling()).read_text())
     per_node: collections.Counter[str] = collections.Counter()
+    per_op: collections.Counter[str] = collections.Counter()
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
             op = event["args"]["op_name"]
             per_node[f"{event['name'].removesuffix('_kernel_time')} ({op})"] += event["dur"]
+            per_op[op] += event["dur"]
     total = sum(per_node.values()) / args.steps / 1000
     layout = f"{args.rows} rows = {args.rows // args.beam} sentences x beam {args.beam}, past {args.past}"
     print(f"{total:.1f} ms per step ({layout}, source {args.source}, {args.threads} threads)")
-    for name, micros in per_node.most_common(args.top):
-        ms = micros / args.steps / 1000
-        print(f"{ms:8.3f} ms  {ms / total:5.1%}  {name}")
+    for title, counts in (("nodes", per_node.most_common(args.top)), ("by operator", per_op.most_common())):
+        print(f"-- {title}")
+        for name, micros in counts:
+            ms = micros / args.steps / 1000
+            print(f"{ms:8.3f} ms  {ms / total:5.1%}  {name}")
 
 
 if __name__ == "__main__":
