@@ -36,16 +36,18 @@ def encoder_spec(decoder_layers: int) -> GraphSpec:
 
 
 def decoder_spec(decoder_layers: int) -> GraphSpec:
-    """Last tokens [B, 1], source mask [B, S], beam origin [B] (the past row each row continues),
-    past K/V [B', H, P, K], cross K/V ->
-    log_probs [B, V], the best DECODER_TOP_K of them with their ids, EOS's log-prob [B], present K/V."""
+    """Last tokens [B, 1], source mask [N, S], beam origin [B] (the past row each row continues),
+    past K/V [B', H, P, K], cross K/V [N, H, S, K] ->
+    log_probs [B, V], the best DECODER_TOP_K of them with their ids, EOS's log-prob [B], present K/V.
+
+    N sources, B a multiple of N: rows r·B/N to (r+1)·B/N - 1 are the beams of source r."""
     return GraphSpec(
         inputs={
             "input_ids": {0: "batch"},
-            "attention_mask": {0: "batch", 1: "src_len"},
+            "attention_mask": {0: "sources", 1: "src_len"},
             "beam_origin": {0: "batch"},
             **_per_layer("past", decoder_layers, {0: "past_batch", 2: "past_len"}),
-            **_per_layer("cross", decoder_layers, {0: "batch", 2: "src_len"}),
+            **_per_layer("cross", decoder_layers, {0: "sources", 2: "src_len"}),
         },
         outputs={
             "log_probs": {0: "batch"},
