@@ -1,12 +1,17 @@
-"""What the runtime benchmarks share: their command-line options and the test2016 sentences."""
+"""What the runtime benchmarks share: their command-line options, the test2016 sentences, and
+one translator per model directory given."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from model import corpus
 from service.manifest import DEFAULT_MODEL_DIR
+from service.runtime.beam import DecodeOptions
+from service.runtime.translator import Translator
 
 
 def runtime_parser(doc: str | None, sentences: int) -> argparse.ArgumentParser:
@@ -22,3 +27,21 @@ def runtime_parser(doc: str | None, sentences: int) -> argparse.ArgumentParser:
 def english_test_sentences(args: argparse.Namespace) -> list[str]:
     sources, _ = corpus.split_texts(corpus.resolve_data_dir(args.data_dir), "test2016", ("en", "fr"))
     return list(sources[: args.sentences])
+
+
+@dataclass(frozen=True)
+class RuntimeBench:
+    args: argparse.Namespace
+    sources: list[str]
+    options: DecodeOptions
+
+    @classmethod
+    def from_command_line(cls, doc: str | None, sentences: int) -> RuntimeBench:
+        """Options parsed (`sentences`: the default --sentences), sentences read, beam set."""
+        args = runtime_parser(doc, sentences).parse_args()
+        return cls(args, english_test_sentences(args), DecodeOptions(beam_size=args.beam_size))
+
+    def translators(self) -> Iterator[tuple[Path, Translator]]:
+        """Each --model directory with its translator, loaded in turn."""
+        for model_dir in self.args.model:
+            yield model_dir, Translator.load(model_dir, self.args.threads)

@@ -15,17 +15,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import english_test_sentences, runtime_parser  # noqa: E402
-from service.runtime.beam import DecodeOptions  # noqa: E402
-from service.runtime.translator import Translator  # noqa: E402
+from bench.common import RuntimeBench  # noqa: E402
 
 
 def main() -> None:
-    args = runtime_parser(__doc__, 40).parse_args()
-    sources = english_test_sentences(args)
-    options = DecodeOptions(beam_size=args.beam_size)
-    for model_dir in args.model:
-        translator = Translator.load(model_dir, args.threads)
+    bench = RuntimeBench.from_command_line(__doc__, 40)
+    args, sources, options = bench.args, bench.sources, bench.options
+    for model_dir, translator in bench.translators():
         translator.translate(sources[:3], "fr", options)  # warm up
         times = []
         for sentence in sources:
