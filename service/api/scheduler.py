@@ -236,24 +236,20 @@ class Scheduler:
                 rest.append(job)
         return batch, rest, full
 
-    def _take(self) -> list[_Job]:
-        batch, self._queue, _ = self._select()
+    def _take(self, batch: list[_Job], rest: deque[_Job]) -> list[_Job]:
+        self._queue = rest
         self.metrics.queue_depth.set(len(self._queue))
         return batch
-
-    def _full(self) -> bool:
-        return self._select()[2]
 
     async def _next_batch(self) -> list[_Job]:
         while True:
             self._changed.clear()
             self._drop_dead()
             if self._queue:
-                if self._running == 0 or self._full():
-                    return self._take()
+                batch, rest, full = self._select()
                 wait = self._queue[0].enqueued + self.max_wait_s - time.monotonic()
-                if wait <= 0:
-                    return self._take()
+                if self._running == 0 or full or wait <= 0:
+                    return self._take(batch, rest)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), timeout=wait)
             else:
