@@ -14,9 +14,9 @@ import pysbd
 
 _LINE_BREAKS = re.compile(r"(\r\n|\r|\n)")
 # A line of words, digits, commas, apostrophes, hyphens and single spaces, with at most one
-# final . ! or ?: one sentence, as pysbd also finds (checked on 156,000 Multi30k and Tatoeba
-# sentences, tests/test_sentences.py), without pysbd's cost (it compiles some 2,400 regular
-# expressions in turn, more than Python's cache holds). Most requests are such a line.
+# final . ! or ?: one sentence, as pysbd also finds (tests/test_sentences.py holds the two to
+# the same answers on test2016), without pysbd's cost, which it pays in regular expressions
+# compiled again and again (docs/BENCHMARKS.md). Most requests are such a line.
 _ONE_SENTENCE = re.compile(r"(?:[^\W_]|[,'’-]| (?! ))+[.!?]?")
 
 
