@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model import corpus
+from model.data_config import DataConfig
+from model.train_config import load_config
 from service.manifest import DEFAULT_MODEL_DIR
 from service.runtime.beam import DecodeOptions
 from service.runtime.translator import Translator
@@ -24,8 +26,27 @@ def runtime_parser(doc: str | None, sentences: int) -> argparse.ArgumentParser:
     return parser
 
 
+# The benchmarks translate the committed model's test split, in its first direction.
+BENCH_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
+BENCH_SPLIT = "test2016"
+
+
+def bench_data() -> DataConfig:
+    return load_config(BENCH_CONFIG, {}).data
+
+
+def test_pairs(data_dir: str | Path | None) -> tuple[list[str], list[str]]:
+    """Sources and references of the benchmark split, in the benchmark config's first direction."""
+    data = bench_data()
+    return corpus.split_texts(data, corpus.resolve_data_dir(data_dir), BENCH_SPLIT, data.directions[0])
+
+
+def bench_target() -> str:
+    return bench_data().directions[0][1]
+
+
 def english_test_sentences(args: argparse.Namespace) -> list[str]:
-    sources, _ = corpus.split_texts(corpus.resolve_data_dir(args.data_dir), "test2016", ("en", "fr"))
+    sources, _ = test_pairs(args.data_dir)
     return list(sources[: args.sentences])
 
 

@@ -22,10 +22,12 @@ from torch import Tensor
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import bench_data, bench_target, test_pairs  # noqa: E402
 from model import corpus  # noqa: E402
 from model.artifacts import load_model_dir  # noqa: E402
 from model.beam import beam_search as torch_beam_search  # noqa: E402
 from model.evaluate import score_translations  # noqa: E402
+from model.tokenizer import tag_id  # noqa: E402
 from model.transformer import KV, Transformer  # noqa: E402
 from service import conventions as cv  # noqa: E402
 from service.runtime.beam import DecodeOptions  # noqa: E402
@@ -92,22 +94,24 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     precisions = ["fp32", "int8"] if args.precision == "all" else [args.precision]
-    sources_text, references = corpus.split_texts(corpus.resolve_data_dir(args.data_dir), "test2016", ("en", "fr"))
+    sources_text, references = test_pairs(args.data_dir)
     if args.limit:
         sources_text, references = sources_text[: args.limit], references[: args.limit]
     model, sp = load_model_dir(args.model)
     sources = [[*ids, cv.EOS_ID] for ids in sp.encode(sources_text)]
-    tag = cv.LANG_TAG_IDS["fr"]
+    tag = tag_id(sp, bench_target())
     work = Path(tempfile.mkdtemp(prefix="mtserve-bench-"))
 
     # Each precision exported afresh from the checkpoint, whatever graphs the model directory holds.
     from export.exporter import export_model
 
     data_dir = corpus.resolve_data_dir(args.data_dir)
-    mono = corpus.monolingual_sentences(data_dir, corpus.training_pairs(data_dir))
+    data = bench_data()
+    held = corpus.held_sentences(data, data_dir)
+    text = [sentence for _, sentence in corpus.monolingual_sentences(data, data_dir, held)]
     runtimes = {}
     for p in precisions:
-        export_model(args.model, work / p, mono["en"] + mono["fr"], p, sources_text[:200])
+        export_model(args.model, work / p, text, p, sources_text[:200])
         runtimes[p] = Translator.load(work / p, args.threads, args.batch_tokens)
     groups = next(iter(runtimes.values())).batches([len(s) for s in sources])
 

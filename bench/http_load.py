@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from model import corpus  # noqa: E402
+from bench.common import test_pairs  # noqa: E402
 from service.api.launcher import live_server, metric_value, rss_mb  # noqa: E402
 from service.manifest import DEFAULT_MODEL_DIR  # noqa: E402
 from service.runtime.beam import DecodeOptions  # noqa: E402
@@ -35,7 +35,7 @@ from service.runtime.translator import Translator  # noqa: E402
 
 def read_sentences(data_dir: Path, limit: int) -> list[str]:
     """The first `limit` English sentences of Multi30k test2016."""
-    sources, _ = corpus.split_texts(data_dir, "test2016", ("en", "fr"))
+    sources, _ = test_pairs(data_dir)
     return list(sources[:limit])
 
 

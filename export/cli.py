@@ -15,17 +15,27 @@ VALIDATION_SENTENCES = 200
 
 def _export(args: argparse.Namespace) -> int:
     require_torch()
-    from export.exporter import ExportValidationError, export_model
+    from export.exporter import ExportConfigError, ExportValidationError, export_model
     from model import corpus
+    from model.config import ModelConfig
+    from model.evaluate import training_data_config
 
-    data_dir = corpus.resolve_data_dir(args.data_dir)
-    parallel = corpus.training_pairs(data_dir)
-    mono = corpus.monolingual_sentences(data_dir, parallel)
-    sentences = [p.en for p in corpus.multi30k(data_dir, "test2016")[:VALIDATION_SENTENCES]]
     try:
-        report = export_model(args.checkpoint, args.out, mono["en"] + mono["fr"], args.quantize or "fp32", sentences)
+        data = training_data_config(args, args.checkpoint)
+        data_dir = corpus.resolve_data_dir(args.data_dir)
+        directions = ModelConfig.load(args.checkpoint / "config.json").directions
+        held = corpus.held_sentences(data, data_dir)
+        text = (sentence for _, sentence in corpus.monolingual_sentences(data, data_dir, held))
+        sentences: list[str] = []
+        split = next((name for name in data.split_names if directions and data.split_langs(name) in
+                      (directions[0], directions[0][::-1])), None)  # fmt: skip
+        if split is not None:
+            sentences = corpus.split_texts(data, data_dir, split, directions[0])[0][:VALIDATION_SENTENCES]
+        report = export_model(args.checkpoint, args.out, text, args.quantize or "fp32", sentences)
     except ExportValidationError as exc:
         sys.exit(f"mtserve export: validation failed: {exc}")
+    except (ExportConfigError, FileNotFoundError, ValueError) as exc:
+        sys.exit(f"mtserve export: {exc}")
     print(json.dumps(report, indent=2))
     return 0
 
@@ -38,6 +48,10 @@ def register(sub: Any) -> None:
         "--quantize", choices=["int8"], help="int8 MatMul weights, activations scaled per row (export/quantize.py)"
     )
     export.add_argument(
-        "--data-dir", help="data directory: training text for the fill vocabulary, test2016 for validation"
+        "--config",
+        type=Path,
+        help="training config: its text gives the fill vocabulary, its first split in the model's first "
+        "direction the validation sentences (default: the checkpoint's train_config.json)",
     )
+    export.add_argument("--data-dir", help="data directory (default: $MTSERVE_DATA_DIR or ../shared/data)")
     export.set_defaults(handler=_export)

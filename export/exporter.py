@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+import sentencepiece as spm
 import torch
 
 from export.decoder_graph import build_decoder_step
@@ -26,9 +27,11 @@ from export.quantize import quantize_int8
 from export.shared_weights import WEIGHTS_FILE, share_weights
 from export.wrappers import MlmHeadGraph
 from model.artifacts import load_model_dir
+from model.tokenizer import check_conventions, tag_id
 from model.transformer import Transformer
 from service import conventions as cv
 from service.graphs import OPSET, GraphSpec, dynamic_axes, mlm_spec
+from service.languages import ModelLanguages
 from service.manifest import (
     DECODER_FILE,
     ENCODER_FILE,
@@ -97,7 +100,20 @@ def export_graphs(model: Transformer, out: Path) -> None:
         _export(MlmHeadGraph(model), (hidden,), mlm_spec(), out / MLM_FILE)
 
 
-def write_manifest(out: Path, model: Transformer, precision: str) -> Manifest:
+class ExportConfigError(ValueError):
+    """The model directory lacks what the manifest must record."""
+
+
+def model_languages(model: Transformer, sp: spm.SentencePieceProcessor) -> ModelLanguages:
+    """The languages, tag ids and directions config.json and the tokenizer declare, checked."""
+    cfg = model.cfg
+    if not cfg.languages or not cfg.directions:
+        raise ExportConfigError("config.json lists no languages or directions; train it with `mtserve train`")
+    check_conventions(sp, cfg.languages)
+    return ModelLanguages(cfg.languages, {lang: tag_id(sp, lang) for lang in cfg.languages}, cfg.directions)
+
+
+def write_manifest(out: Path, model: Transformer, languages: ModelLanguages, precision: str) -> Manifest:
     cfg = model.cfg
     files = {
         "encoder": ENCODER_FILE,
@@ -120,9 +136,10 @@ def write_manifest(out: Path, model: Transformer, precision: str) -> Manifest:
             mask=cv.MASK_ID,
             cls=cv.CLS_ID,
             sep=cv.SEP_ID,
-            language_tags=dict(cv.LANG_TAG_IDS),
+            language_tags=dict(languages.tag_ids),
         ),
-        languages=list(cv.LANGUAGES),
+        languages=list(languages.codes),
+        directions=[(s, t) for s, t in languages.directions],
         vocab_size=cfg.vocab_size,
         d_model=cfg.d_model,
         n_heads=cfg.n_heads,
@@ -143,11 +160,13 @@ def export_model(
     """Export, validate against PyTorch, write the manifest and report. Returns the report.
 
     `training_text` lists the words fill-mask may propose; `validate_sentences` are
-    English sentences whose greedy translations must match PyTorch exactly.
+    sentences in the model's first direction's source language whose greedy translations must
+    match PyTorch exactly.
     """
     from export.validate import validate_export
 
     model, sp = load_model_dir(checkpoint)
+    languages = model_languages(model, sp)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     export_graphs(model, out)
@@ -156,13 +175,13 @@ def export_model(
     write_fill_vocab(out, whole_word_ids(sp, training_text))
     report: dict[str, Any] = {"precision": precision, "export_seconds": 0.0}
     report["sharing"] = share_weights(out, GRAPH_FILES, model.cfg.vocab_size)
-    write_manifest(out, model, "fp32")
+    write_manifest(out, model, languages, "fp32")
     report["fp32"] = validate_export(model, sp, out, validate_sentences, strict=True)
     if precision == "int8":
         export_graphs(model, out)  # afresh: the quantizer reads plain fp32 initializers
         report["int8_matmuls"] = quantize_int8(out, GRAPH_FILES)
         report["sharing"] = share_weights(out, GRAPH_FILES, model.cfg.vocab_size)
-        write_manifest(out, model, "int8")
+        write_manifest(out, model, languages, "int8")
         report["int8"] = validate_export(model, sp, out, validate_sentences, strict=False)
     report["export_seconds"] = round(time.perf_counter() - started, 1)
     report["sizes_bytes"] = {name: (out / name).stat().st_size for name in (*GRAPH_FILES, WEIGHTS_FILE)}

@@ -43,7 +43,7 @@ def load_model_dir(model_dir: Path) -> tuple[Transformer, spm.SentencePieceProce
     state = torch.load(model_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     model.load_state_dict({k: v.float() for k, v in state.items()})
     tokenizer = load_tokenizer(model_dir / TOKENIZER_FILE)
-    check_conventions(tokenizer)
+    check_conventions(tokenizer, cfg.languages)
     if tokenizer.vocab_size() != cfg.vocab_size:
         raise ValueError(f"tokenizer has {tokenizer.vocab_size()} pieces, config says {cfg.vocab_size}")
     return model.eval(), tokenizer

@@ -66,7 +66,7 @@ SPAN_MAKERS: tuple[Callable[[np.random.Generator], str], ...] = (_number, _url, 
 
 def shared_tokens(pair: Pair) -> list[str]:
     """Tokens that occur exactly once on each side: numbers, and capitalised words not first in the sentence."""
-    en, fr = WORD.findall(pair.en), WORD.findall(pair.fr)
+    en, fr = WORD.findall(pair.src), WORD.findall(pair.tgt)
     return [
         t for t in dict.fromkeys(en)
         if en.count(t) == 1 and fr.count(t) == 1 and (t.isdigit() or (t[0].isupper() and en.index(t) > 0))
@@ -89,5 +89,5 @@ def copy_pairs(pairs: Sequence[Pair], rate: float, rng: np.random.Generator) -> 
             def put(_: re.Match[str], span: str = span) -> str:  # inserted literally, never read as a backreference
                 return span
 
-            out.append(Pair(pattern.sub(put, pair.en), pattern.sub(put, pair.fr)))
+            out.append(Pair(pattern.sub(put, pair.src), pattern.sub(put, pair.tgt)))
     return out

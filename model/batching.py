@@ -35,64 +35,128 @@ def pad(seqs: Sequence[Ids]) -> Tensor:
     return out
 
 
-def token_buckets(lengths: Sequence[int], max_tokens: int, rng: np.random.Generator) -> list[list[int]]:
-    """Group indices of similar length into batches of at most `max_tokens` padded tokens.
+def greedy_cuts(sorted_lengths: np.ndarray, max_tokens: int) -> list[tuple[int, int]]:
+    """[start, end) spans over ascending lengths: each batch as long as its longest member times its
+    size stays within `max_tokens` (the longest is its last member)."""
+    lengths = sorted_lengths.tolist()
+    cuts, start, n = [], 0, len(lengths)
+    while start < n:
+        lo, hi = start + 1, min(n, start + max(1, max_tokens // max(lengths[start], 1)))
+        while lo < hi:  # the largest end with lengths[end - 1] * (end - start) <= max_tokens
+            mid = (lo + hi + 1) // 2
+            if lengths[mid - 1] * (mid - start) <= max_tokens:
+                lo = mid
+            else:
+                hi = mid - 1
+        cuts.append((start, lo))
+        start = lo
+    return cuts
 
-    Sorting with a random tie-break keeps padding low while varying batch
-    composition from epoch to epoch; batch order is shuffled.
+
+@dataclass(frozen=True)
+class SamplingSource:
+    """One corpus as the sampler sees it: its usable items, their lengths, its weight.
+
+    Each item yields `views` examples (2: both translation directions), all `length` long.
     """
-    lengths_arr = np.asarray(lengths)
-    order = np.lexsort((rng.random(len(lengths_arr)), lengths_arr))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    longest = 0
-    for idx in order.tolist():
-        longest_if_added = max(longest, int(lengths_arr[idx]))
-        if current and longest_if_added * (len(current) + 1) > max_tokens:
-            batches.append(current)
-            current, longest_if_added = [], int(lengths_arr[idx])
-        current.append(idx)
-        longest = longest_if_added
-    if current:
-        batches.append(current)
-    rng.shuffle(batches)
-    return batches
+
+    lengths: np.ndarray  # [N] per item, in padded tokens
+    weight: float = 1.0  # expected copies of each item per epoch
+    views: int = 1
+
+
+# Examples are length-sorted within windows of this many, so an epoch's plan costs a few bytes per
+# example and no sort over the whole corpus; an epoch that fits one window is sorted as a whole.
+SORT_WINDOW = 1 << 20
 
 
 class BatchStream:
-    """An endless stream of index batches over one dataset, epoch after epoch.
+    """An endless stream of batches of example codes over weighted sources, epoch after epoch.
 
-    With `world_size` > 1, rank r takes every world_size-th batch of an epoch.
+    An epoch takes floor(w) copies of each item of a source of weight w, plus one more with
+    probability frac(w), shuffles them, sorts windows by length (random tie-break), cuts token
+    batches and shuffles the batches. Every draw derives from (seed, epoch), so a resumed run
+    sees exactly the batches the uninterrupted run would have seen. With `world_size` > 1,
+    rank r takes every world_size-th batch. A code names (source, item, view): `locate`.
     """
 
-    def __init__(self, lengths: Sequence[int], max_tokens: int, seed: int, rank: int = 0, world_size: int = 1):
-        if max_tokens < max(lengths):
-            raise ValueError(f"max_tokens {max_tokens} is below the longest example ({max(lengths)} tokens)")
-        self.lengths, self.max_tokens, self.seed = lengths, max_tokens, seed
-        self.rank, self.world_size = rank, world_size
+    def __init__(
+        self,
+        sources: Sequence[SamplingSource],
+        max_tokens: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        window: int = SORT_WINDOW,
+    ) -> None:
+        longest = max((int(s.lengths.max()) for s in sources if len(s.lengths)), default=0)
+        if longest == 0:
+            raise ValueError("no training examples: every source is empty")
+        if max_tokens < longest:
+            raise ValueError(f"max_tokens {max_tokens} is below the longest example ({longest} tokens)")
+        self.sources, self.max_tokens, self.seed = list(sources), max_tokens, seed
+        self.rank, self.world_size, self.window = rank, world_size, window
+        sizes = [len(s.lengths) * s.views for s in self.sources]
+        self.bases = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.epoch, self.position = 0, 0
-        self._batches = self._epoch_batches()
+        self._plan()
 
-    def _epoch_batches(self) -> list[list[int]]:
+    def _epoch_examples(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        codes, lengths = [], []
+        for base, source in zip(self.bases.tolist(), self.sources, strict=False):
+            whole, frac = int(source.weight), source.weight - int(source.weight)
+            counts = np.full(len(source.lengths), whole, dtype=np.int64)
+            if frac > 0:
+                counts += rng.random(len(source.lengths)) < frac
+            items = np.repeat(np.arange(len(source.lengths), dtype=np.int64), counts)
+            views = np.arange(source.views, dtype=np.int64)
+            codes.append((base + items[:, None] * source.views + views).ravel())
+            lengths.append(np.repeat(source.lengths[items], source.views))
+        code_type = np.int32 if self.bases[-1] < 2**31 else np.int64
+        return np.concatenate(codes).astype(code_type), np.concatenate(lengths)
+
+    def _plan(self) -> None:
         rng = np.random.default_rng([self.seed, self.epoch])
-        batches = token_buckets(self.lengths, self.max_tokens, rng)
+        codes, lengths = self._epoch_examples(rng)
+        order = rng.permutation(len(codes))
+        codes, lengths = codes[order], lengths[order]
+        del order
+        spans: list[tuple[int, int]] = []
+        for start in range(0, len(codes), self.window):
+            end = min(start + self.window, len(codes))
+            by_length = np.argsort(lengths[start:end], kind="stable")
+            codes[start:end] = codes[start:end][by_length]
+            lengths[start:end] = lengths[start:end][by_length]
+            spans += [(start + a, start + b) for a, b in greedy_cuts(lengths[start:end], self.max_tokens)]
+        batches = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+        rng.shuffle(batches)
         usable = len(batches) - len(batches) % self.world_size
-        return batches[self.rank : usable : self.world_size]
+        self._codes, self._batches = codes, batches[self.rank : usable : self.world_size]
 
-    def next(self) -> list[int]:
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self._batches)
+
+    def next(self) -> np.ndarray:
         if self.position >= len(self._batches):
             self.epoch, self.position = self.epoch + 1, 0
-            self._batches = self._epoch_batches()
-        batch = self._batches[self.position]
+            self._plan()
+        start, end = self._batches[self.position]
         self.position += 1
-        return batch
+        return self._codes[start:end]
+
+    def locate(self, code: int) -> tuple[int, int, int]:
+        """(source index, item index, view) of an example code."""
+        source = int(np.searchsorted(self.bases, code, side="right")) - 1
+        item, view = divmod(int(code) - int(self.bases[source]), self.sources[source].views)
+        return source, item, view
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.position = state["epoch"], state["position"]
-        self._batches = self._epoch_batches()
+        self._plan()
 
 
 def translation_batch(examples: Sequence[Example]) -> dict[str, Tensor]:
@@ -104,27 +168,32 @@ def translation_batch(examples: Sequence[Example]) -> dict[str, Tensor]:
     }
 
 
-def mask_tokens(ids: Tensor, rng: np.random.Generator, vocab_size: int, prob: float = 0.15) -> tuple[Tensor, Tensor]:
-    """BERT masking: pick `prob` of the non-special tokens; of those 80% <mask>, 10% random, 10% kept.
+def mask_tokens(
+    ids: Tensor, rng: np.random.Generator, vocab_size: int, prob: float = 0.15, reserved: int = len(SPECIAL_IDS)
+) -> tuple[Tensor, Tensor]:
+    """BERT masking: pick `prob` of the ordinary tokens; of those 80% <mask>, 10% random, 10% kept.
 
-    Returns the corrupted inputs and labels that are PAD_ID (ignored) except at
+    Ids below `reserved` (control symbols and language tags) are never picked nor drawn as
+    replacements. Returns the corrupted inputs and labels that are PAD_ID (ignored) except at
     the picked positions, where they hold the original token.
     """
     ids_np = ids.numpy()
-    maskable = ~np.isin(ids_np, list(SPECIAL_IDS))
+    maskable = ids_np >= reserved
     picked = maskable & (rng.random(ids_np.shape) < prob)
     roll = rng.random(ids_np.shape)
     corrupted = ids_np.copy()
     corrupted[picked & (roll < 0.8)] = MASK_ID
     to_random = picked & (roll >= 0.8) & (roll < 0.9)
-    corrupted[to_random] = rng.integers(len(SPECIAL_IDS), vocab_size, size=int(to_random.sum()))
+    corrupted[to_random] = rng.integers(reserved, vocab_size, size=int(to_random.sum()))
     labels = np.where(picked, ids_np, PAD_ID)
     return torch.from_numpy(corrupted), torch.from_numpy(labels)
 
 
-def mlm_batch(sentences: Sequence[Ids], rng: np.random.Generator, vocab_size: int, prob: float) -> dict[str, Tensor]:
+def mlm_batch(
+    sentences: Sequence[Ids], rng: np.random.Generator, vocab_size: int, prob: float, reserved: int
+) -> dict[str, Tensor]:
     """Encoder inputs `[w1..wn, </s>]` with BERT masking; labels PAD_ID where not predicted."""
-    inputs, labels = mask_tokens(pad([[*s, EOS_ID] for s in sentences]), rng, vocab_size, prob)
+    inputs, labels = mask_tokens(pad([[*s, EOS_ID] for s in sentences]), rng, vocab_size, prob, reserved)
     return {"mlm_in": inputs, "mlm_labels": labels}
 
 

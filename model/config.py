@@ -19,6 +19,10 @@ class ModelConfig:
     dropout: float = 0.1
     pre_norm: bool = True
     max_positions: int = 1024
+    # What the model translates: its languages (one decoder tag each) and its trained
+    # (source, target) directions. Metadata for the exporter and the service.
+    languages: tuple[str, ...] = ()
+    directions: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -43,4 +47,7 @@ class ModelConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown model config keys {sorted(unknown)}; known: {sorted(known)}")
+        data = dict(data)
+        data["languages"] = tuple(data.get("languages", ()))
+        data["directions"] = tuple((s, t) for s, t in data.get("directions", ()))
         return cls(**data)

@@ -1,149 +1,186 @@
-"""Reading the English–French corpora from a data directory.
+"""Reading the corpora a data config declares (model/data_config.py) as clean sentence pairs.
 
-Layout (the one `mtserve data fetch` writes, and the one under ../shared/data):
+Everything streams: no function here holds a corpus in memory, except the source sentences
+of a corpus that carves dev and test splits out of itself (`heldout = N`).
 
-    multi30k/{train,val,test_2016_flickr}.{en,fr}.gz
-    multi30k/captions-en/train.{1..5}.en.gz
-    tatoeba/eng-fra.tsv.gz
+Text is NFC-normalised with one kind of space and straight apostrophes (service/textnorm.py);
+empty pairs are dropped and repeated pairs kept once. Every sentence of every [[heldout]] split
+and of every corpus's dev and test split is kept out of all training data, in both languages.
 """
 
 from __future__ import annotations
 
 import functools
-import gzip
+import hashlib
 import os
 import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from model.data_config import Corpus, DataConfig, Heldout, Monolingual, ParallelFiles, expand, open_text, resolve
 from service.textnorm import normalize
 
 DATA_DIR_ENV = "MTSERVE_DATA_DIR"
 DEFAULT_DATA_DIR = Path("../shared/data")
-
-MULTI30K_SPLITS = {"train": "train", "val": "val", "test2016": "test_2016_flickr"}
-TATOEBA_HELDOUT = 2000  # sentences in each of the Tatoeba dev and test splits
-TATOEBA_SPLIT_SEED = 20261128
+SPLIT_SEED = 20261128  # fixes which source sentences a corpus's dev and test splits take
 
 
 @dataclass(frozen=True)
 class Pair:
-    en: str
-    fr: str
+    src: str
+    tgt: str
 
 
 def resolve_data_dir(flag: str | os.PathLike[str] | None = None) -> Path:
     """The data directory: the flag if given, else $MTSERVE_DATA_DIR, else ../shared/data."""
     path = Path(flag or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
-    if not (path / "multi30k").is_dir():
+    if not path.is_dir():
         raise FileNotFoundError(
-            f"data directory {path} has no multi30k/ folder; pass --data-dir or set "
+            f"data directory {path} does not exist; pass --data-dir or set "
             f"{DATA_DIR_ENV}, or download the data with `mtserve data fetch --out DIR`"
         )
     return path
 
 
 def read_lines(path: Path) -> list[str]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        return [line.rstrip("\n") for line in handle]
+    return list(open_text(path))
 
 
-def _clean_pairs(pairs: Iterable[tuple[str, str]]) -> Iterator[Pair]:
-    for en, fr in pairs:
-        en, fr = normalize(en), normalize(fr)
-        if en and fr:
-            yield Pair(en, fr)
+def _digest(*texts: str) -> bytes:
+    return hashlib.blake2b("\t".join(texts).encode("utf-8"), digest_size=8).digest()
 
 
-def dedupe(pairs: Iterable[Pair]) -> list[Pair]:
-    """Drop exact repeats of a pair, keeping first occurrences in order."""
-    return list(dict.fromkeys(pairs))
+def raw_pairs(entry: ParallelFiles, data_dir: Path) -> Iterator[tuple[str, str]]:
+    if entry.tsv:
+        for line in open_text(resolve(entry.tsv, data_dir)):
+            columns = line.split("\t")
+            if len(columns) >= 2:
+                yield columns[0], columns[1]
+        return
+    sources = open_text(resolve(entry.source, data_dir))
+    targets = open_text(resolve(entry.target, data_dir))
+    yield from zip(sources, targets, strict=True)
 
 
-@functools.cache
-def multi30k(data_dir: Path, split: str) -> list[Pair]:
-    """A Multi30k task-1 split (`train`, `val` or `test2016`), normalised, order kept."""
-    stem = data_dir / "multi30k" / MULTI30K_SPLITS[split]
-    en = read_lines(stem.with_name(stem.name + ".en.gz"))
-    fr = read_lines(stem.with_name(stem.name + ".fr.gz"))
-    if len(en) != len(fr):
-        raise ValueError(f"{stem}: {len(en)} English lines but {len(fr)} French lines")
-    return list(_clean_pairs(zip(en, fr, strict=True)))
+def clean_pairs(pairs: Iterable[tuple[str, str]]) -> Iterator[Pair]:
+    for src, tgt in pairs:
+        src, tgt = normalize(src), normalize(tgt)
+        if src and tgt:
+            yield Pair(src, tgt)
 
 
-@functools.cache
-def _tatoeba_all(data_dir: Path) -> list[Pair]:
-    rows = (line.split("\t")[:2] for line in read_lines(data_dir / "tatoeba" / "eng-fra.tsv.gz"))
-    return dedupe(_clean_pairs((r[0], r[1]) for r in rows if len(r) == 2))
+def unique(pairs: Iterable[Pair]) -> Iterator[Pair]:
+    """First occurrences only; remembers 8 bytes per pair, not the text."""
+    seen: set[bytes] = set()
+    for pair in pairs:
+        key = _digest(pair.src, pair.tgt)
+        if key not in seen:
+            seen.add(key)
+            yield pair
 
 
-def tatoeba(data_dir: Path, split: str) -> list[Pair]:
-    """Tatoeba split by English sentence, so no English sentence straddles two splits.
-
-    dev and test take TATOEBA_HELDOUT English sentences each (with all their
-    French translations), drawn with a fixed seed; train takes the rest.
-    """
-    pairs = _tatoeba_all(data_dir)
-    english = sorted({p.en for p in pairs})
-    random.Random(TATOEBA_SPLIT_SEED).shuffle(english)
-    chosen = {
-        "dev": set(english[:TATOEBA_HELDOUT]),
-        "test": set(english[TATOEBA_HELDOUT : 2 * TATOEBA_HELDOUT]),
-    }
-    if split == "train":
-        held = chosen["dev"] | chosen["test"]
-        return [p for p in pairs if p.en not in held]
-    return [p for p in pairs if p.en in chosen[split]]
+def corpus_pairs(corpus: Corpus, data_dir: Path) -> Iterator[Pair]:
+    """Every clean, distinct pair of a corpus, in file order."""
+    return unique(clean_pairs(raw_pairs(corpus, data_dir)))
 
 
-def evaluation_sentences(data_dir: Path) -> set[str]:
-    """Every sentence of the Multi30k val and test2016 splits, both languages."""
-    held = multi30k(data_dir, "val") + multi30k(data_dir, "test2016")
-    return {p.en for p in held} | {p.fr for p in held}
+def split_sources(corpus: Corpus, data_dir: Path) -> dict[str, set[str]]:
+    """The source sentences of a corpus's dev and test splits: `heldout` each, drawn with a fixed
+    seed from its sorted distinct source sentences, so the split depends on the data alone."""
+    if not corpus.heldout:
+        return {}
+    sources = sorted({p.src for p in corpus_pairs(corpus, data_dir)})
+    random.Random(SPLIT_SEED).shuffle(sources)
+    n = corpus.heldout
+    return {"dev": set(sources[:n]), "test": set(sources[n : 2 * n])}
 
 
-def training_pairs(data_dir: Path) -> dict[str, list[Pair]]:
-    """Parallel training data per source corpus, with evaluation sentences removed."""
-    held = evaluation_sentences(data_dir) | {
-        s for p in tatoeba(data_dir, "dev") + tatoeba(data_dir, "test") for s in (p.en, p.fr)
-    }
-    corpora = {
-        "multi30k": dedupe(multi30k(data_dir, "train")),
-        "tatoeba": tatoeba(data_dir, "train"),
-    }
-    return {name: [p for p in pairs if p.en not in held and p.fr not in held] for name, pairs in corpora.items()}
+@functools.lru_cache(maxsize=4)
+def corpus_splits(corpus: Corpus, data_dir: Path) -> dict[str, list[Pair]]:
+    """A corpus's dev and test splits: every pair whose source sentence the split took (two
+    passes over the corpus; kept for the next caller, as splits are small)."""
+    chosen = split_sources(corpus, data_dir)
+    out: dict[str, list[Pair]] = {split: [] for split in chosen}
+    if chosen:
+        for pair in corpus_pairs(corpus, data_dir):
+            for split, sources in chosen.items():
+                if pair.src in sources:
+                    out[split].append(pair)
+    return out
 
 
-def caption_files(data_dir: Path) -> list[list[str]]:
-    """The five monolingual English caption files, normalised, line order kept."""
-    folder = data_dir / "multi30k" / "captions-en"
-    return [[normalize(s) for s in read_lines(folder / f"train.{i}.en.gz")] for i in range(1, 6)]
+def heldout_pairs(heldout: Heldout, data_dir: Path) -> list[Pair]:
+    """A [[heldout]] split, clean, in file order (repeats kept: it is scored as it is)."""
+    return list(clean_pairs(raw_pairs(heldout, data_dir)))
 
 
-def monolingual_sentences(data_dir: Path, parallel: dict[str, list[Pair]]) -> dict[str, list[str]]:
-    """Unique sentences per language for masked-LM training, evaluation sentences removed."""
-    held = evaluation_sentences(data_dir)
-    en = [p.en for pairs in parallel.values() for p in pairs]
-    en += [s for lines in caption_files(data_dir) for s in lines]
-    fr = [p.fr for pairs in parallel.values() for p in pairs]
-    return {
-        "en": [s for s in dict.fromkeys(en) if s and s not in held],
-        "fr": [s for s in dict.fromkeys(fr) if s and s not in held],
-    }
+def held_sentences(cfg: DataConfig, data_dir: Path) -> set[str]:
+    """Every sentence, in either language, that training must never see."""
+    held: set[str] = set()
+    for heldout in cfg.heldout:
+        for pair in heldout_pairs(heldout, data_dir):
+            held |= {pair.src, pair.tgt}
+    for corpus in cfg.corpora:
+        for pairs in corpus_splits(corpus, data_dir).values():
+            for pair in pairs:
+                held |= {pair.src, pair.tgt}
+    return held
 
 
-def split_texts(data_dir: Path, split: str, direction: tuple[str, str]) -> tuple[list[str], list[str]]:
-    """Source and reference sentences of a named evaluation split for one direction."""
-    if split in MULTI30K_SPLITS:
-        pairs = multi30k(data_dir, split)
-    elif split in ("tatoeba-dev", "tatoeba-test"):
-        pairs = tatoeba(data_dir, split.removeprefix("tatoeba-"))
-    else:
-        raise ValueError(f"unknown split {split!r}; expected one of {sorted(EVAL_SPLITS)} or SRC,REF files")
-    src, tgt = direction
-    return [getattr(p, src) for p in pairs], [getattr(p, tgt) for p in pairs]
+def training_pairs(corpus: Corpus, data_dir: Path, held: set[str]) -> Iterator[Pair]:
+    """A corpus's training pairs: clean, distinct, and with no held-out sentence on either side."""
+    for pair in corpus_pairs(corpus, data_dir):
+        if pair.src not in held and pair.tgt not in held:
+            yield pair
 
 
-EVAL_SPLITS = (*MULTI30K_SPLITS, "tatoeba-dev", "tatoeba-test")
+def monolingual_lines(mono: Monolingual, data_dir: Path) -> Iterator[str]:
+    """Normalised lines of a monolingual entry's files, in glob order; empty lines kept (as '')."""
+    for pattern in mono.files:
+        for path in expand(pattern, data_dir):
+            for line in open_text(path):
+                yield normalize(line)
+
+
+def monolingual_sentences(cfg: DataConfig, data_dir: Path, held: set[str]) -> Iterator[tuple[str, str]]:
+    """(language, sentence) for masked-LM training: both sides of every corpus's training pairs, then
+    the monolingual files; each sentence once per language, none held out."""
+    seen: set[bytes] = set()
+
+    def fresh(lang: str, sentence: str) -> bool:
+        key = _digest(lang, sentence)
+        if not sentence or sentence in held or key in seen:
+            return False
+        seen.add(key)
+        return True
+
+    for corpus in cfg.corpora:
+        src_lang, tgt_lang = corpus.langs
+        for pair in training_pairs(corpus, data_dir, held):
+            if fresh(src_lang, pair.src):
+                yield src_lang, pair.src
+            if fresh(tgt_lang, pair.tgt):
+                yield tgt_lang, pair.tgt
+    for mono in cfg.monolingual:
+        for sentence in monolingual_lines(mono, data_dir):
+            if fresh(mono.lang, sentence):
+                yield mono.lang, sentence
+
+
+def split_texts(cfg: DataConfig, data_dir: Path, split: str, direction: tuple[str, str]) -> tuple[list[str], list[str]]:
+    """Source and reference sentences of a named split (a [[heldout]] or `<corpus>-dev`/`-test`)."""
+    langs = cfg.split_langs(split)
+    pairs: list[Pair] = []
+    for heldout in cfg.heldout:
+        if heldout.name == split:
+            pairs = heldout_pairs(heldout, data_dir)
+    for corpus in cfg.corpora:
+        for suffix in ("dev", "test"):
+            if corpus.heldout and f"{corpus.name}-{suffix}" == split:
+                pairs = corpus_splits(corpus, data_dir)[suffix]
+    if direction == langs:
+        return [p.src for p in pairs], [p.tgt for p in pairs]
+    if direction == (langs[1], langs[0]):
+        return [p.tgt for p in pairs], [p.src for p in pairs]
+    raise ValueError(f"split {split!r} is {langs[0]}-{langs[1]}; it has no {direction[0]}-{direction[1]} side")

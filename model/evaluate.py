@@ -20,8 +20,12 @@ from model import corpus
 from model.artifacts import load_model_dir
 from model.batching import mask_tokens, pad
 from model.beam import beam_search
+from model.data_config import DataConfig
+from model.tokenizer import tag_id
+from model.train_config import TrainConfig, load_config
 from model.transformer import Transformer
-from service.conventions import EOS_ID, EVAL_FILE, LANG_TAG_IDS, LANGUAGES, PAD_ID, parse_direction
+from service.conventions import EOS_ID, EVAL_FILE, FIRST_LANGUAGE_TAG_ID, PAD_ID
+from service.languages import ModelLanguages
 from service.manifest import DEFAULT_MODEL_DIR
 
 log = logging.getLogger("mtserve.eval")
@@ -55,7 +59,7 @@ def translate(
     out: list[str] = [""] * len(ids)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        results = beam_search(model, [ids[i] for i in chunk], LANG_TAG_IDS[target_lang], beam_size, length_penalty)
+        results = beam_search(model, [ids[i] for i in chunk], tag_id(sp, target_lang), beam_size, length_penalty)
         for i, hyps in zip(chunk, results, strict=True):
             out[i] = sp.decode(hyps[0].tokens)
     return out
@@ -79,7 +83,8 @@ def mlm_accuracy(model: Transformer, sp: spm.SentencePieceProcessor, sentences: 
     encoded = [[*s, EOS_ID] for s in sp.encode(sentences)]
     for start in range(0, len(encoded), 128):
         ids = pad(encoded[start : start + 128])
-        inputs, labels = mask_tokens(ids, rng, model.cfg.vocab_size)
+        reserved = FIRST_LANGUAGE_TAG_ID + len(model.cfg.languages)
+        inputs, labels = mask_tokens(ids, rng, model.cfg.vocab_size, reserved=reserved)
         picked = labels != PAD_ID
         hidden = model.encode(inputs, inputs != PAD_ID)
         top5 = model.mlm_logits(hidden[picked]).topk(5, dim=-1).indices  # [N, 5]
@@ -105,7 +110,24 @@ def evaluate_split(
     return score_translations(hyps, references, time.perf_counter() - start), hyps
 
 
-def _load_split(args: argparse.Namespace, direction: tuple[str, str]) -> tuple[str, list[str], list[str]]:
+def model_languages(model: Transformer, sp: spm.SentencePieceProcessor) -> ModelLanguages:
+    cfg = model.cfg
+    return ModelLanguages(cfg.languages, {lang: tag_id(sp, lang) for lang in cfg.languages}, cfg.directions)
+
+
+def training_data_config(args: argparse.Namespace, model_dir: Path) -> DataConfig:
+    """The splits a model knows: --config, else the train_config.json it was trained with."""
+    file = args.config or model_dir / "train_config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} not found: pass --config, the training config that declares the splits")
+    if file.suffix == ".json":
+        return TrainConfig(**json.loads(file.read_text())).data
+    return load_config(file, {}).data
+
+
+def _load_split(
+    args: argparse.Namespace, model_dir: Path, direction: tuple[str, str]
+) -> tuple[str, list[str], list[str]]:
     if "," in args.split:
         src_file, ref_file = (Path(p) for p in args.split.split(","))
         sources, references = corpus.read_lines(src_file), corpus.read_lines(ref_file)
@@ -114,11 +136,23 @@ def _load_split(args: argparse.Namespace, direction: tuple[str, str]) -> tuple[s
         name = src_file.name
     else:
         data_dir = corpus.resolve_data_dir(args.data_dir)
-        sources, references = corpus.split_texts(data_dir, args.split, direction)
+        sources, references = corpus.split_texts(training_data_config(args, model_dir), data_dir, args.split, direction)
         name = args.split
     if args.limit:
         sources, references, name = sources[: args.limit], references[: args.limit], f"{name}[:{args.limit}]"
     return name, sources, references
+
+
+def _mlm_report(args: argparse.Namespace, model_dir: Path, model: Transformer, sp: Any) -> dict[str, Any]:
+    """Masked-LM accuracy on the validation split, in each of its languages."""
+    data = training_data_config(args, model_dir)
+    split = data.validation_split
+    if not split:
+        return {}
+    data_dir = corpus.resolve_data_dir(args.data_dir)
+    langs = data.split_langs(split)
+    sources, targets = corpus.split_texts(data, data_dir, split, langs)
+    return {langs[0]: mlm_accuracy(model, sp, sources), langs[1]: mlm_accuracy(model, sp, targets)}
 
 
 def update_eval_file(path: Path, key: str, direction: str, entry: dict[str, Any]) -> None:
@@ -130,27 +164,27 @@ def update_eval_file(path: Path, key: str, direction: str, entry: dict[str, Any]
 def run_eval_command(args: argparse.Namespace) -> int:
     model_dir = args.model or DEFAULT_MODEL_DIR
     try:
-        direction = parse_direction(args.direction)
         model, sp = load_model_dir(model_dir)
-        name, sources, references = _load_split(args, direction)
+        languages = model_languages(model, sp)
+        direction = languages.parse_direction(args.direction) if args.direction else languages.directions[0]
+        name, sources, references = _load_split(args, model_dir, direction)
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"mtserve eval: {exc}") from exc
+    direction_name = f"{direction[0]}-{direction[1]}"
     scores, hyps = evaluate_split(
         model, sp, sources, references, direction[1], args.beam_size, args.length_penalty, args.batch_size
     )
     entry: dict[str, Any] = {**scores.__dict__, "beam_size": args.beam_size, "length_penalty": args.length_penalty}
     if name == f"test2016[:{GOLDEN_SENTENCES}]" and args.beam_size == 5:
         entry["floor"] = round(scores.bleu - GOLDEN_MARGIN, 2)
-    report: dict[str, Any] = {"split": name, "direction": args.direction, **entry}
+    report: dict[str, Any] = {"split": name, "direction": direction_name, **entry}
     if args.output:
         args.output.write_text("\n".join(hyps) + "\n")
     if not args.no_mlm:
-        data_dir = corpus.resolve_data_dir(args.data_dir)
-        val = corpus.multi30k(data_dir, "val")
-        report["mlm"] = {lang: mlm_accuracy(model, sp, [getattr(p, lang) for p in val]) for lang in LANGUAGES}
+        report["mlm"] = _mlm_report(args, model_dir, model, sp)
     print(json.dumps(report, indent=2))
     if not args.no_write:
-        update_eval_file(model_dir / EVAL_FILE, name, args.direction, entry)
+        update_eval_file(model_dir / EVAL_FILE, name, direction_name, entry)
         if "mlm" in report:
             results = json.loads((model_dir / EVAL_FILE).read_text())
             results["mlm_val"] = report["mlm"]

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import json
 import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +23,16 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
-from model import batching, corpus
-from model.artifacts import average_state_dicts, write_model_dir
-from model.augment import copy_pairs
+from model import batching
+from model.artifacts import average_state_dicts, load_model_dir, write_model_dir
 from model.objectives import TrainingObjectives
 from model.plots import plot_loss_curve
-from model.tokenizer import load_tokenizer, train_tokenizer
-from model.train_config import TrainConfig
+from model.prepare import init_model_config, prepare_run
+from model.tokenizer import check_conventions, load_tokenizer
+from model.train_config import ARCHITECTURE_KEYS, TrainConfig
+from model.training_data import load_training_data, model_languages
 from model.transformer import Transformer
-from service.conventions import LANG_TAG_IDS, PAD_ID, TOKENIZER_FILE
+from service.conventions import FIRST_LANGUAGE_TAG_ID, PAD_ID, TOKENIZER_FILE
 
 log = logging.getLogger("mtserve.train")
 
@@ -66,61 +68,6 @@ def setup_distributed(device: torch.device) -> Dist:
     return Dist(rank=dist.get_rank(), world_size=dist.get_world_size())
 
 
-@dataclass
-class TrainingData:
-    translation: list[batching.Example]
-    mlm: list[list[int]]
-    captions: list[list[list[int]]] = field(default_factory=list)
-    validation: list[batching.Example] = field(default_factory=list)
-
-
-def _weighted(pairs: list[corpus.Pair], weight: float, rng: np.random.Generator) -> list[corpus.Pair]:
-    """floor(weight) copies of each pair, plus one more with probability frac(weight)."""
-    whole, frac = int(weight), weight - int(weight)
-    extra = [p for p, r in zip(pairs, rng.random(len(pairs)), strict=True) if r < frac]
-    return pairs * whole + extra
-
-
-def _both_directions(pairs: list[corpus.Pair], sp: Any, max_len: int) -> list[batching.Example]:
-    en_ids = sp.encode([p.en for p in pairs])
-    fr_ids = sp.encode([p.fr for p in pairs])
-    out = []
-    for en, fr in zip(en_ids, fr_ids, strict=True):
-        if len(en) < max_len and len(fr) < max_len:
-            out.append(batching.Example(src=en, tgt=fr, tag=LANG_TAG_IDS["fr"]))
-            out.append(batching.Example(src=fr, tgt=en, tag=LANG_TAG_IDS["en"]))
-    return out
-
-
-def prepare_data(cfg: TrainConfig, data_dir: Path, out_dir: Path, ctx: Dist) -> TrainingData:
-    """Tokenizer (trained once, reused on resume) and tokenized training data."""
-    parallel = corpus.training_pairs(data_dir)
-    mono = corpus.monolingual_sentences(data_dir, parallel)
-    spm_path = out_dir / TOKENIZER_FILE
-    if ctx.main and not spm_path.exists():
-        log.info("training a %d-piece SentencePiece model", cfg.vocab_size)
-        train_tokenizer(mono["en"] + mono["fr"], spm_path, cfg.vocab_size, seed=cfg.seed)
-    if ctx.world_size > 1:
-        dist.barrier()
-    sp = load_tokenizer(spm_path)
-    rng = np.random.default_rng(cfg.seed)
-    pairs = _weighted(parallel["multi30k"], cfg.multi30k_weight, rng)
-    pairs += _weighted(parallel["tatoeba"], cfg.tatoeba_weight, rng)
-    if cfg.copy_spans > 0:
-        pairs += copy_pairs(parallel["multi30k"] + parallel["tatoeba"], cfg.copy_spans, rng)
-    data = TrainingData(
-        translation=_both_directions(pairs, sp, cfg.max_len),
-        mlm=[s for s in sp.encode(mono["en"] + mono["fr"]) if len(s) < cfg.max_len] if cfg.mlm_weight > 0 else [],
-        validation=_both_directions(corpus.multi30k(data_dir, "val"), sp, cfg.max_len),
-    )
-    if cfg.nsp_weight > 0:
-        files = corpus.caption_files(data_dir)
-        # A file that lost lines to the val/test filter is no longer line-aligned with the others.
-        full = max(len(f) for f in files)
-        data.captions = [sp.encode(f) for f in files if len(f) == full]
-    return data
-
-
 def lr_at(step: int, cfg: TrainConfig, progress: float = 0.0) -> float:
     """Linear warmup to cfg.lr, then decay: inverse square root, or linear to zero at the budget's end.
 
@@ -133,6 +80,17 @@ def lr_at(step: int, cfg: TrainConfig, progress: float = 0.0) -> float:
     return cfg.lr * min(warmup, math.sqrt(cfg.warmup_steps / max(step, 1)))
 
 
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 autocast runs on fast kernels here. On a CPU without AVX-512 BF16, oneDNN has no
+    bf16 matrix multiply and autocast falls back to a reference loop, many times slower than fp32."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return True
+    log.warning("this CPU has no bf16 matrix instructions (AVX-512 BF16): training in fp32 instead")
+    return False
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -141,20 +99,35 @@ def resolve_device(name: str) -> torch.device:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, data_dir: Path, resume: bool) -> None:
-        self.cfg, self.out_dir = cfg, Path(cfg.out_dir)
+        self.out_dir = Path(cfg.out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
         if resume and not self._checkpoints():
             raise FileNotFoundError(f"--resume: no checkpoints in {self.ckpt_dir}")
+        init = init_model_config(cfg) if cfg.init_from else None
+        if init is not None:
+            cfg = dataclasses.replace(cfg, **{k: getattr(init, k) for k in ARCHITECTURE_KEYS})
+        self.cfg = cfg
         self.device = resolve_device(cfg.device)
+        self.bf16 = cfg.bf16 and bf16_supported(self.device)
         self.ctx = setup_distributed(self.device)
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         if self.ctx.main:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+            prepare_run(cfg, data_dir)
+        if self.ctx.world_size > 1:
+            dist.barrier()
         torch.manual_seed(cfg.seed + self.ctx.rank)
-        self.data = prepare_data(cfg, data_dir, self.out_dir, self.ctx)
+        sp = load_tokenizer(self.out_dir / TOKENIZER_FILE)
+        check_conventions(sp, cfg.data.languages)
+        self.languages = model_languages(cfg, sp, init)
+        self.data = load_training_data(cfg, data_dir, self.out_dir, self.languages)
         self.model = Transformer(cfg.model_config()).to(self.device)
+        if init is not None and not resume:
+            base, _ = load_model_dir(Path(cfg.init_from))
+            self.model.load_state_dict(base.state_dict())
+            log.info("starting from the weights of %s", cfg.init_from)
         objectives = TrainingObjectives(
             self.model,
             cfg.label_smoothing,
@@ -176,12 +149,10 @@ class Trainer:
             eps=1e-9,
         )
         shard = {"rank": self.ctx.rank, "world_size": self.ctx.world_size}
-        self.mt_stream = batching.BatchStream(
-            [max(len(e.src), len(e.tgt)) + 1 for e in self.data.translation], cfg.max_tokens, cfg.seed, **shard
-        )
+        self.mt_stream = batching.BatchStream(self.data.translation_sources, cfg.max_tokens, cfg.seed, **shard)
         self.mlm_stream = (
-            batching.BatchStream([len(s) + 1 for s in self.data.mlm], cfg.mlm_tokens, cfg.seed + 1, **shard)
-            if self.data.mlm
+            batching.BatchStream(self.data.mlm_sources, cfg.mlm_tokens, cfg.seed + 1, **shard)
+            if self.data.mlm_sources
             else None
         )
         self.step, self.elapsed = 0, 0.0
@@ -254,19 +225,22 @@ class Trainer:
 
     # --- the loop ------------------------------------------------------------
 
+    def translation_examples(self, codes: np.ndarray) -> list[batching.Example]:
+        return self.data.translation_examples(self.mt_stream, codes)
+
     def _batch(self) -> dict[str, Tensor]:
-        examples = [self.data.translation[i] for i in self.mt_stream.next()]
-        batch = batching.translation_batch(examples)
+        batch = batching.translation_batch(self.translation_examples(self.mt_stream.next()))
         rng = np.random.default_rng([self.cfg.seed, self.step, self.ctx.rank])
         if self.mlm_stream is not None:
-            sentences = [self.data.mlm[i] for i in self.mlm_stream.next()]
-            batch |= batching.mlm_batch(sentences, rng, self.cfg.vocab_size, self.cfg.mlm_prob)
+            sentences = self.data.mlm_sentences(self.mlm_stream, self.mlm_stream.next())
+            reserved = FIRST_LANGUAGE_TAG_ID + len(self.languages.languages)
+            batch |= batching.mlm_batch(sentences, rng, self.cfg.vocab_size, self.cfg.mlm_prob, reserved)
         if self.data.captions:
             batch |= batching.nsp_batch(self.data.captions, self.cfg.nsp_pairs, rng, self.cfg.max_len)
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if not self.cfg.bf16:
+        if not self.bf16:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
@@ -290,10 +264,12 @@ class Trainer:
 
     @torch.no_grad()
     def validation_nll(self) -> float:
-        """Per-token NLL (no smoothing) on Multi30k val, both directions."""
+        """Per-token NLL (no smoothing) on the validation split, in every trained direction it holds."""
         self.model.eval()
         total, count = 0.0, 0
         examples = self.data.validation
+        if not examples:
+            return float("nan")
         order = sorted(range(len(examples)), key=lambda i: len(examples[i].src))
         for start in range(0, len(order), 64):
             batch = batching.translation_batch([examples[i] for i in order[start : start + 64]])
@@ -405,7 +381,8 @@ class Trainer:
         checkpoints = self._checkpoints()[-self.cfg.average_last :]
         states = [torch.load(p, map_location="cpu", weights_only=False)["model"] for p in checkpoints]
         final = self.out_dir / "model"
-        write_model_dir(final, self.cfg.model_config(), average_state_dicts(states), self.out_dir / TOKENIZER_FILE)
+        model_cfg = self.cfg.model_config(self.languages.languages, self.languages.directions)
+        write_model_dir(final, model_cfg, average_state_dicts(states), self.out_dir / TOKENIZER_FILE)
         for name in ("train_log.csv", "loss_curve.png", "train_config.json"):
             if (self.out_dir / name).exists():
                 (final / name).write_bytes((self.out_dir / name).read_bytes())
@@ -417,6 +394,8 @@ class Trainer:
             "mean_target_tokens_per_s": round(sum(float(r["tokens_per_s"]) for r in rows) / max(len(rows), 1)),
             "averaged_checkpoints": [p.name for p in checkpoints],
             "world_size": self.ctx.world_size,
+            "init_from": self.cfg.init_from or None,
+            "bf16": self.bf16,
         }
         (final / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
         log.info("wrote %s (%s)", final, summary)

@@ -6,13 +6,15 @@ import argparse
 import dataclasses
 import tomllib
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from model.config import ModelConfig
+from model.data_config import TOP_LEVEL_KEYS, DataConfig, parse_data_config
 
-_MODEL_KEYS = {f.name for f in fields(ModelConfig)} - {"vocab_size", "max_positions"}
+_MODEL_KEYS = {f.name for f in fields(ModelConfig)} - {"vocab_size", "max_positions", "languages", "directions"}
+ARCHITECTURE_KEYS = frozenset({"vocab_size", *_MODEL_KEYS} - {"dropout"})
 
 
 @dataclass
@@ -20,10 +22,9 @@ class TrainConfig:
     # data and output
     data_dir: str = ""  # empty: --data-dir, $MTSERVE_DATA_DIR, or ../shared/data
     out_dir: str = "runs/pilot"
+    init_from: str = ""  # a model directory whose weights and tokenizer training starts from
     vocab_size: int = ModelConfig.vocab_size
     max_len: int = 128  # pairs with a longer side (in tokens) are left out of training
-    multi30k_weight: float = 1.0  # expected copies of each Multi30k pair per epoch
-    tatoeba_weight: float = 1.0
     copy_spans: float = 0.0  # synthetic copies per pair with a shared name/number (model/augment.py)
     # model (defaults: ModelConfig's)
     d_model: int = ModelConfig.d_model
@@ -52,7 +53,7 @@ class TrainConfig:
     seed: int = 1
     threads: int = 0  # 0: torch's default
     device: str = "auto"  # auto, cpu or cuda
-    bf16: bool = True
+    bf16: bool = True  # autocast to bf16 where the hardware has fast bf16 kernels (else fp32)
     compile_loss: bool = True
     # bookkeeping
     log_every: int = 50
@@ -60,8 +61,12 @@ class TrainConfig:
     checkpoint_steps: int = 0  # also checkpoint every N steps when > 0
     keep_checkpoints: int = 5
     average_last: int = 5  # the final model averages this many last checkpoints
+    # languages, [[corpora]], [[monolingual]], [[heldout]], validation (model/data_config.py)
+    data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.data, dict):  # as train_config.json stores it
+            self.data = parse_data_config(_without_empty(self.data))
         if self.max_steps <= 0 and self.max_minutes <= 0:
             raise ValueError("set max_steps or max_minutes, or training never ends")
         if not 0 <= self.mlm_prob <= 1:
@@ -70,16 +75,32 @@ class TrainConfig:
             raise ValueError(f"schedule must be 'inverse_sqrt' or 'linear', got {self.schedule!r}")
         self.model_config()  # validates the architecture early
 
-    def model_config(self) -> ModelConfig:
-        return ModelConfig(vocab_size=self.vocab_size, **{k: getattr(self, k) for k in _MODEL_KEYS})
+    def model_config(
+        self, languages: tuple[str, ...] = (), directions: tuple[tuple[str, str], ...] = ()
+    ) -> ModelConfig:
+        values = {k: getattr(self, k) for k in _MODEL_KEYS}
+        return ModelConfig(vocab_size=self.vocab_size, languages=languages, directions=directions, **values)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
+def _without_empty(data: dict[str, Any]) -> dict[str, Any]:
+    """A stored DataConfig as the TOML form: entries without their empty (unset) file keys."""
+    out = dict(data)
+    for key in ("corpora", "heldout"):
+        out[key] = [{k: v for k, v in e.items() if v != ""} for e in data.get(key, [])]
+    for key in ("corpora", "heldout"):
+        for entry in out[key]:
+            entry["langs"] = list(entry["langs"])
+    out["monolingual"] = [{**e, "files": list(e["files"])} for e in data.get("monolingual", [])]
+    return out
+
+
 def _field_types() -> dict[str, type]:
+    """The scalar fields: each a TOML key and a flag."""
     hints = typing.get_type_hints(TrainConfig)
-    return {f.name: hints[f.name] for f in fields(TrainConfig)}
+    return {f.name: hints[f.name] for f in fields(TrainConfig) if f.name != "data"}
 
 
 def _parse_bool(text: str) -> bool:
@@ -100,15 +121,25 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def load_config(file: Path | None, overrides: dict[str, Any]) -> TrainConfig:
-    """Defaults, then the TOML file, then flags. Unknown or mistyped keys are rejected."""
+    """Defaults, then the TOML file, then flags. Unknown or mistyped keys are rejected.
+
+    The data keys (languages, [[corpora]], ...) are parsed by model/data_config.py; a `data`
+    override (a stored config) replaces them.
+    """
     types_ = _field_types()
     values: dict[str, Any] = {}
+    data: Any = None
     if file is not None:
         with open(file, "rb") as handle:
             values = tomllib.load(handle)
+        data_keys = {k: values.pop(k) for k in list(values) if k in TOP_LEVEL_KEYS}
+        if data_keys:
+            data = parse_data_config(data_keys)
         unknown = sorted(set(values) - set(types_))
         if unknown:
-            raise ValueError(f"{file}: unknown config keys {unknown}; known keys: {sorted(types_)}")
+            raise ValueError(
+                f"{file}: unknown config keys {unknown}; known keys: {sorted(set(types_) | TOP_LEVEL_KEYS)}"
+            )
         for key, value in values.items():
             want = types_[key]
             ok = isinstance(value, want) or (want is float and isinstance(value, int) and not isinstance(value, bool))
@@ -116,6 +147,8 @@ def load_config(file: Path | None, overrides: dict[str, Any]) -> TrainConfig:
                 raise ValueError(f"{file}: {key} must be {want.__name__}, got {value!r}")
             values[key] = want(value)
     values |= {k: v for k, v in overrides.items() if v is not None}
+    if "data" not in values and data is not None:
+        values["data"] = data
     return TrainConfig(**values)
 
 

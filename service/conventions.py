@@ -6,6 +6,7 @@ directory without pulling in the training stack.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 PAD: Final = "<pad>"
@@ -21,43 +22,39 @@ UNK_ID: Final = 1
 BOS_ID: Final = 2
 EOS_ID: Final = 3
 
-LANGUAGES: Final = ("en", "fr")
+# A model's languages come from its training config; each gets a decoder start token `<2xx>`,
+# reserved in the tokenizer right after the control symbols, in the config's order. The
+# exported manifest records the resulting ids; nothing else assumes them.
+CONTROL_SYMBOLS: Final = (MASK, CLS, SEP)
+MASK_ID: Final = 4
+CLS_ID: Final = 5
+SEP_ID: Final = 6
+FIRST_LANGUAGE_TAG_ID: Final = 7
+CONTROL_IDS: Final = {PAD: PAD_ID, UNK: UNK_ID, BOS: BOS_ID, EOS: EOS_ID, MASK: MASK_ID, CLS: CLS_ID, SEP: SEP_ID}
+SPECIAL_IDS: Final = frozenset(CONTROL_IDS.values())
 
 
 def language_tag(lang: str) -> str:
     """The decoder start token that asks for output in `lang` (e.g. `<2fr>`)."""
-    if lang not in LANGUAGES:
-        raise ValueError(f"unsupported language {lang!r}; expected one of {LANGUAGES}")
     return f"<2{lang}>"
 
 
-# Pieces SentencePiece reserves as user-defined symbols, in id order after the
-# four control ids above. Their ids are therefore fixed: <mask>=4 ... <2fr>=8.
-USER_SYMBOLS: Final = (MASK, CLS, SEP, *(language_tag(lang) for lang in LANGUAGES))
-MASK_ID: Final = 4
-CLS_ID: Final = 5
-SEP_ID: Final = 6
-LANG_TAG_IDS: Final = {lang: 7 + i for i, lang in enumerate(LANGUAGES)}
-# Every reserved piece and the id the tokenizer must give it.
-RESERVED_IDS: Final = {
-    PAD: PAD_ID, UNK: UNK_ID, BOS: BOS_ID, EOS: EOS_ID, MASK: MASK_ID, CLS: CLS_ID, SEP: SEP_ID,
-    **{language_tag(lang): i for lang, i in LANG_TAG_IDS.items()},
-}  # fmt: skip
-SPECIAL_IDS: Final = frozenset(RESERVED_IDS.values())
+def user_symbols(languages: Sequence[str]) -> list[str]:
+    """The pieces a tokenizer reserves after the four SentencePiece control ids, in id order."""
+    return [*CONTROL_SYMBOLS, *(language_tag(lang) for lang in languages)]
+
+
+def reserved_ids(languages: Sequence[str]) -> dict[str, int]:
+    """Every reserved piece and the id a tokenizer trained for `languages` gives it."""
+    tags = {language_tag(lang): FIRST_LANGUAGE_TAG_ID + i for i, lang in enumerate(languages)}
+    return {**CONTROL_IDS, **tags}
+
 
 # Files every model directory holds.
 TOKENIZER_FILE: Final = "spm.model"
 CONFIG_FILE: Final = "config.json"
 WEIGHTS_FILE: Final = "model.pt"
 EVAL_FILE: Final = "eval.json"
-
-
-def parse_direction(direction: str) -> tuple[str, str]:
-    """Split `en-fr` into `("en", "fr")`, checking both languages."""
-    parts = direction.split("-")
-    if len(parts) != 2 or parts[0] == parts[1] or any(p not in LANGUAGES for p in parts):
-        raise ValueError(f"direction must be one of en-fr, fr-en; got {direction!r}")
-    return parts[0], parts[1]
 
 
 # One maximum-length rule for every decoder (PyTorch reference, ONNX runtime, benchmarks):

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from service.languages import ModelLanguages
+
 MANIFEST_FILE = "manifest.json"
 # The committed default model, beside the packages in a checkout.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "artifacts" / "default"
@@ -34,18 +36,26 @@ class SpecialIds(BaseModel):
 
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    format_version: int = 1
+    format_version: int = 2
     opset: int
     precision: str  # fp32 or int8
     files: dict[str, str]  # role -> file name: encoder, decoder, mlm_head, tokenizer
     sha256: dict[str, str]  # file name -> hex digest
     special_ids: SpecialIds
     languages: list[str]
+    # (source, target) pairs the model was trained on; format 1 had none and meant every pair.
+    directions: list[tuple[str, str]] | None = None
     vocab_size: int
     d_model: int
     n_heads: int
     decoder_layers: int
     head_dim: int
+
+    def model_languages(self) -> ModelLanguages:
+        directions = self.directions
+        if directions is None:
+            directions = [(s, t) for s in self.languages for t in self.languages if s != t]
+        return ModelLanguages(tuple(self.languages), dict(self.special_ids.language_tags), tuple(directions))
 
 
 class ModelFileError(RuntimeError):

@@ -10,19 +10,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service import conventions as cv
+from service.languages import ModelLanguages, UnsupportedDirection
 from service.manifest import DEFAULT_MODEL_DIR
 
 
-def _languages(args: argparse.Namespace) -> tuple[str | None, str]:
+def _languages(args: argparse.Namespace, languages: ModelLanguages) -> tuple[str | None, str]:
+    """--source and --target checked against the model; the target defaults from its directions."""
     source, target = args.source, args.target
-    if target is None:
-        target = "en" if source == "fr" else "fr"
-    for name, lang in (("--source", source), ("--target", target)):
-        if lang is not None and lang not in cv.LANGUAGES:
-            sys.exit(f"{name} must be one of {', '.join(cv.LANGUAGES)}; got {lang!r}")
-    if source == target:
-        sys.exit(f"--source and --target are both {target!r}")
+    try:
+        if source is not None:
+            languages.require(source)
+        target = languages.require(target) if target is not None else languages.default_target(source)
+        if source == target:
+            sys.exit(f"--source and --target are both {target!r}")
+        if source is not None:
+            languages.check(source, target)
+        elif not languages.sources(target):
+            raise UnsupportedDirection("*", target, languages.directions)
+    except ValueError as exc:
+        sys.exit(f"mtserve: {exc}")
     return source, target
 
 
@@ -40,9 +46,9 @@ def _translate(args: argparse.Namespace) -> int:
 
     from service.runtime.translator import Translator
 
-    _, target = _languages(args)
-    options = _options(args)
     translator = Translator.load(args.model, args.threads, args.batch_tokens)
+    _, target = _languages(args, translator.languages)
+    options = _options(args)
     lines = [line.rstrip("\n") for line in sys.stdin]
     show = sys.stderr.isatty() and len(lines) > 20
     with tqdm(total=len(lines), disable=not show, unit="segment", file=sys.stderr) as bar:
@@ -79,9 +85,9 @@ def _bench(args: argparse.Namespace) -> int:
 
     from service.runtime.translator import Translator
 
-    _, target = _languages(args)
-    options = _options(args)
     translator = Translator.load(args.model, args.threads, args.batch_tokens)
+    _, target = _languages(args, translator.languages)
+    options = _options(args)
     lines = [line.rstrip("\n") for line in args.input.read_text().splitlines()]
     translator.translate(lines[:8], target, options)  # warm-up
     latencies: list[float] = []
@@ -122,8 +128,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _decoding(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--source", help="source language (en or fr); the model does not need it")
-    parser.add_argument("--target", help="target language (default: the other one, else fr)")
+    parser.add_argument("--source", help="source language, checked against the model's directions")
+    parser.add_argument(
+        "--target", help="target language (default: the only one from --source, else the model's first direction's)"
+    )
     parser.add_argument("--beam-size", type=int, default=5)
     parser.add_argument("--n-best", type=int, default=1)
     parser.add_argument("--length-penalty", type=float, default=1.0)

@@ -4,15 +4,56 @@ from __future__ import annotations
 
 import gzip
 import os
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from model.corpus import DEFAULT_DATA_DIR, read_lines
+from model.data_config import parse_data_config
+from service.conventions import FIRST_LANGUAGE_TAG_ID
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("MTSERVE_DATA_DIR", ROOT / DEFAULT_DATA_DIR))
 TINY_PAIRS = 200
+# The tiny models' languages, in config order: their tags follow the control symbols.
+TAG = {"en": FIRST_LANGUAGE_TAG_ID, "fr": FIRST_LANGUAGE_TAG_ID + 1}
+# The tiny data directory's declaration: the default config's layout at a smaller scale.
+TINY_DATA_TOML = """
+languages = ["en", "fr"]
+validation = "val"
+
+[[corpora]]
+name = "multi30k"
+source = "multi30k/train.en.gz"
+target = "multi30k/train.fr.gz"
+langs = ["en", "fr"]
+
+[[corpora]]
+name = "tatoeba"
+tsv = "tatoeba/eng-fra.tsv.gz"
+langs = ["en", "fr"]
+weight = 0.0
+heldout = 40
+
+[[monolingual]]
+name = "captions"
+files = ["multi30k/captions-en/train.*.en.gz"]
+lang = "en"
+nsp = true
+
+[[heldout]]
+name = "test2016"
+source = "multi30k/test_2016_flickr.en.gz"
+target = "multi30k/test_2016_flickr.fr.gz"
+langs = ["en", "fr"]
+
+[[heldout]]
+name = "val"
+source = "multi30k/val.en.gz"
+target = "multi30k/val.fr.gz"
+langs = ["en", "fr"]
+"""
 
 
 def _write(path: Path, lines: list[str]) -> None:
@@ -71,8 +112,8 @@ def tiny_config(out_dir: Path, data_dir: Path, **overrides: object) -> dict[str,
         "checkpoint_minutes": 60.0,
         "checkpoint_steps": 20,
         "average_last": 1,
-        "tatoeba_weight": 0.0,
         "seed": 7,
+        "data": parse_data_config(tomllib.loads(TINY_DATA_TOML)),
     }
     values.update(overrides)
     return values

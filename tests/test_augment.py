@@ -19,13 +19,13 @@ def test_copy_pairs_put_the_same_span_on_both_sides() -> None:
     pairs = [Pair("I met Tom in Paris yesterday.", "J'ai rencontré Tom à Paris hier."), Pair("A dog.", "Un chien.")]
     out = copy_pairs(pairs, rate=50.0, rng=np.random.default_rng(0))
     assert len(out) == 50  # only the first pair has shared tokens
-    words = pairs[0].en.split()
+    words = pairs[0].src.split()
     for pair in out:
-        (replaced,) = [t for t in ("Tom", "Paris") if t not in pair.en.split()]
-        span = pair.en.split()[words.index(replaced)]
-        assert pair.en == pairs[0].en.replace(replaced, span)
-        assert pair.fr == pairs[0].fr.replace(replaced, span)
-    spans = {p.en for p in out}
+        (replaced,) = [t for t in ("Tom", "Paris") if t not in pair.src.split()]
+        span = pair.src.split()[words.index(replaced)]
+        assert pair.src == pairs[0].src.replace(replaced, span)
+        assert pair.tgt == pairs[0].tgt.replace(replaced, span)
+    spans = {p.src for p in out}
     assert any("http" in s or "www." in s for s in spans) and any("@" in s for s in spans)
     assert any(any(c.isdigit() for c in s) for s in spans)
 
@@ -35,13 +35,15 @@ def test_copy_pairs_are_deterministic_for_a_seed() -> None:
     assert copy_pairs(pairs, 1.5, np.random.default_rng(3)) == copy_pairs(pairs, 1.5, np.random.default_rng(3))
 
 
-def test_training_data_grows_with_copy_spans(tiny_data_dir: Path, tmp_path: Path) -> None:
-    from model.train import Dist, prepare_data
-    from model.train_config import TrainConfig
+def test_training_data_gains_a_copies_corpus_with_copy_spans(tiny_data_dir: Path, tmp_path: Path) -> None:
+    from model.prepare import load_prepared, prepare_data
     from tests.conftest import tiny_config
 
-    sizes = []
+    data = tiny_config(tmp_path, tiny_data_dir)["data"]
+    sizes = {}
     for rate in (0.0, 2.0):
-        cfg = TrainConfig(**tiny_config(tmp_path, tiny_data_dir, copy_spans=rate, tatoeba_weight=1.0))  # type: ignore[arg-type]
-        sizes.append(len(prepare_data(cfg, tiny_data_dir, tmp_path, Dist()).translation))
-    assert sizes[1] > sizes[0]
+        root = prepare_data(data, tiny_data_dir, tmp_path / str(rate), vocab_size=400, seed=7, copy_spans=rate)  # type: ignore[arg-type]
+        sizes[rate] = {c.name: len(c.src) for c in load_prepared(root, 400).corpora}
+    assert "multi30k+copies" not in sizes[0.0]
+    assert sizes[2.0]["multi30k"] == sizes[0.0]["multi30k"] and sizes[2.0]["multi30k+copies"] > 0
+    assert "tatoeba+copies" not in sizes[2.0]  # weight 0: no copies of a corpus that does not train

@@ -10,7 +10,8 @@ import torch
 from bench.engines import TextbookDecoder
 from model.artifacts import load_model_dir
 from model.beam import beam_search
-from service.conventions import EOS_ID, LANG_TAG_IDS
+from service.conventions import EOS_ID
+from tests.conftest import TAG
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.slow
 def test_textbook_loop_equals_the_kv_cache(tiny_model_dir: Path, sentences: list[str], beam_size: int) -> None:
     model, sp = load_model_dir(tiny_model_dir)
     sources = [[*ids, EOS_ID] for ids in sp.encode(sentences[:8])]
-    tag = LANG_TAG_IDS["fr"]
+    tag = TAG["fr"]
     with torch.no_grad():
         cached = beam_search(model, sources, tag, beam_size=beam_size)
         textbook = beam_search(TextbookDecoder(model), sources, tag, beam_size=beam_size)  # type: ignore[arg-type]

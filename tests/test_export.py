@@ -15,11 +15,11 @@ import torch
 from export.validate import compare_logits
 from model.artifacts import load_model_dir
 from model.beam import beam_search as torch_beam_search
-from service.conventions import EOS_ID, LANG_TAG_IDS
+from service.conventions import EOS_ID
 from service.manifest import MANIFEST_FILE, ModelFileError, load_manifest
 from service.runtime.beam import DecodeOptions, beam_search
 from service.runtime.sessions import OnnxModel
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TAG
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +46,7 @@ def test_beam_outputs_match_the_pytorch_reference(
 ) -> None:
     model, _ = load_model_dir(tiny_model_dir)
     sources = _sources(tiny_model_dir, sentences)
-    tag = LANG_TAG_IDS["fr"]
+    tag = TAG["fr"]
     with torch.no_grad():
         reference = torch_beam_search(model, sources, tag, beam_size=beam_size, n_best=beam_size)
     options = DecodeOptions(beam_size=beam_size, n_best=beam_size, repetition_guard=False)
@@ -73,7 +73,8 @@ def test_a_corrupt_file_stops_loading_with_its_name(exported: Path, tmp_path: Pa
 def test_manifest_lists_every_file_with_its_hash(exported: Path) -> None:
     manifest = load_manifest(exported)
     assert set(manifest.files.values()) == set(manifest.sha256)
-    assert manifest.special_ids.language_tags == LANG_TAG_IDS
+    assert manifest.special_ids.language_tags == TAG
+    assert manifest.directions == [("en", "fr"), ("fr", "en")]
     assert (exported / MANIFEST_FILE).is_file()
 
 
@@ -164,7 +165,7 @@ def test_int8_export_is_smaller_and_keeps_translations_independent_of_the_batch(
     assert report["int8"]["greedy"]["sentences"] == len(sentences)
     model = OnnxModel(exported_int8, intra_op_threads=2)
     sources = _sources(tiny_model_dir, sentences)
-    tags = [LANG_TAG_IDS["fr"]] * len(sources)
+    tags = [TAG["fr"]] * len(sources)
     options = DecodeOptions(beam_size=4, n_best=2)
     batched = beam_search(model, sources, tags, options)
     for i in range(len(sources)):

@@ -11,11 +11,17 @@ import torch
 from model import corpus
 from model.artifacts import load_model_dir
 from model.evaluate import GOLDEN_SENTENCES, evaluate_split, score_translations
+from model.train_config import load_config
 from service.conventions import EVAL_FILE
 from service.manifest import DEFAULT_MODEL_DIR
 
 pytestmark = pytest.mark.slow
 GOLDEN_KEY = f"test2016[:{GOLDEN_SENTENCES}]"
+DEFAULT_DATA = load_config(Path(__file__).resolve().parent.parent / "configs" / "default.toml", {}).data
+
+
+def m30k_test2016(data_dir: Path, direction: tuple[str, str] = ("en", "fr")) -> tuple[list[str], list[str]]:
+    return corpus.split_texts(DEFAULT_DATA, data_dir, "test2016", direction)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +38,7 @@ def test_bleu_on_first_200_test2016_sentences_holds_its_floor(
     recorded = json.loads((committed / EVAL_FILE).read_text())[GOLDEN_KEY][direction]
     model, sp = load_model_dir(committed)
     src_lang, tgt_lang = direction.split("-")
-    sources, references = corpus.split_texts(shared_data, "test2016", (src_lang, tgt_lang))
+    sources, references = m30k_test2016(shared_data, (src_lang, tgt_lang))
     torch.set_num_threads(2)
     scores, _ = evaluate_split(
         model, sp, sources[:GOLDEN_SENTENCES], references[:GOLDEN_SENTENCES], tgt_lang, beam_size=5
@@ -47,7 +53,7 @@ def test_the_committed_onnx_model_keeps_the_bleu_of_pytorch(committed: Path, sha
     from service.runtime.translator import Translator
 
     recorded = json.loads((committed / EVAL_FILE).read_text())[GOLDEN_KEY]["en-fr"]
-    sources, references = corpus.split_texts(shared_data, "test2016", ("en", "fr"))
+    sources, references = m30k_test2016(shared_data)
     translator = Translator.load(committed, intra_op_threads=2)
     hyps = translator.translate(sources[:GOLDEN_SENTENCES], "fr", DecodeOptions(beam_size=5))
     scores = score_translations([h[0].text for h in hyps], references[:GOLDEN_SENTENCES], 0.0)
@@ -58,7 +64,7 @@ def test_fill_mask_on_a_held_out_sentence(committed: Path, shared_data: Path) ->
     from service.runtime.fill_mask import FillMask
     from service.runtime.sessions import OnnxModel
 
-    sentence = corpus.multi30k(shared_data, "test2016")[1].en  # "A Boston Terrier is running on lush green grass..."
+    sentence = m30k_test2016(shared_data)[0][1]  # "A Boston Terrier is running on lush green grass..."
     masked = sentence.replace(" running ", " <mask> ", 1)
     assert masked != sentence
     (row,) = FillMask.from_model(OnnxModel(committed, intra_op_threads=2)).fill(masked, top_k=5)
@@ -74,7 +80,7 @@ def test_the_committed_model_translates_a_sentence_the_same_alone_and_in_a_batch
     from service.runtime.beam import DecodeOptions
     from service.runtime.translator import Translator
 
-    sources = [p.en for p in corpus.multi30k(shared_data, "test2016")[:40]]
+    sources = m30k_test2016(shared_data)[0][:40]
     translator = Translator.load(committed, intra_op_threads=2)
     batched = translator.translate(sources, "fr", DecodeOptions(beam_size=5))
     for i in (0, 17, 39):

@@ -84,6 +84,12 @@ def test_the_page_translates_in_a_headless_browser(server: LiveServer) -> None:
     browser = webdriver.Chrome(service=Service(driver_path), options=options)
     try:
         browser.get(server.url + "/")
+        # the language lists come from the model (/languages), not from the page
+        WebDriverWait(browser, 10).until(
+            expected_conditions.text_to_be_present_in_element((By.ID, "target-lang"), "French")
+        )
+        sources = [o.get_attribute("value") for o in browser.find_elements(By.CSS_SELECTOR, "#source-lang option")]
+        assert sources == ["auto", "en", "fr"]
         box = browser.find_element(By.ID, "source-text")
         box.clear()
         box.send_keys("A man is playing a guitar.")

@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from export.quantize import INT8_MAX, quantize_int8, quantize_weight
 from service.graphs import OPSET
+from service.runtime.sessions import cpu_has_vnni
 
 
 def _matmul_graph(path: Path, weight: np.ndarray) -> None:
@@ -53,6 +54,9 @@ def test_int8_matmul_rows_do_not_depend_on_their_neighbours(tmp_path: Path) -> N
     for row in range(len(x)):
         (alone,) = session.run(["y"], {"x": x[row : row + 1]})
         assert np.array_equal(alone[0], batched[row]), f"row {row}"
-        tolerance = 0.02 * np.abs(exact[row]).max() + 1e-6
-        assert np.abs(batched[row] - exact[row]).max() <= tolerance, f"row {row}"
+        # Without VNNI onnxruntime's u8·s8 kernel sums pairs of products in 16 bits, which saturate
+        # (docs/DEPLOY.md): there rows stay independent of each other, but are not close to fp32.
+        if cpu_has_vnni() is not False:
+            tolerance = 0.02 * np.abs(exact[row]).max() + 1e-6
+            assert np.abs(batched[row] - exact[row]).max() <= tolerance, f"row {row}"
     assert np.all(batched[7] == 0.0)

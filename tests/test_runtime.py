@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.conventions import EOS_ID, LANG_TAG_IDS
+from service.conventions import EOS_ID
 from service.runtime.beam import DecodeOptions, beam_search, runaway
 from service.runtime.fill_mask import FillMask, FillMaskError
 from service.runtime.sessions import OnnxModel
 from service.runtime.translator import MAX_SOURCE_TOKENS, Translator
+from tests.conftest import TAG
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +38,7 @@ def _teacher_forced_log_prob(model: OnnxModel, source: list[int], tag: int, toke
 
 
 def test_n_best_is_sorted_and_scores_follow_the_length_penalty(onnx_model: OnnxModel, sentences: list[str]) -> None:
-    tag = LANG_TAG_IDS["fr"]
+    tag = TAG["fr"]
     sources = _ids(onnx_model, sentences[:6])
     for alpha in (0.0, 1.0):
         options = DecodeOptions(beam_size=4, n_best=4, length_penalty=alpha)
@@ -58,7 +59,7 @@ def test_a_sentence_translates_the_same_alone_and_in_any_batch(
 ) -> None:
     sources = _ids(onnx_model, sentences)
     options = DecodeOptions(beam_size=beam_size, n_best=beam_size)
-    tags = [LANG_TAG_IDS["fr"] if i % 2 else LANG_TAG_IDS["en"] for i in range(len(sources))]
+    tags = [TAG["fr"] if i % 2 else TAG["en"] for i in range(len(sources))]
     batched = beam_search(onnx_model, sources, tags, options)
     for i in (0, 5, len(sources) - 1):
         alone = beam_search(onnx_model, [sources[i]], [tags[i]], options)[0]
@@ -68,7 +69,7 @@ def test_a_sentence_translates_the_same_alone_and_in_any_batch(
 
 def test_the_length_limit_holds(onnx_model: OnnxModel, sentences: list[str]) -> None:
     options = DecodeOptions(beam_size=3, max_length=4)
-    for hyps in beam_search(onnx_model, _ids(onnx_model, sentences[:4]), [LANG_TAG_IDS["fr"]] * 4, options):
+    for hyps in beam_search(onnx_model, _ids(onnx_model, sentences[:4]), [TAG["fr"]] * 4, options):
         assert len(hyps[0].tokens) <= 4
 
 

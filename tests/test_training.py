@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,8 +23,8 @@ from model.objectives import TrainingObjectives
 from model.train import train
 from model.train_config import TrainConfig, load_config
 from model.transformer import Transformer
-from service.conventions import EOS_ID, LANG_TAG_IDS
-from tests.conftest import ROOT, tiny_config
+from service.conventions import EOS_ID
+from tests.conftest import ROOT, TAG, TINY_DATA_TOML, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -48,9 +50,7 @@ def test_greedy_output_on_memorised_pairs_is_exact(tiny_model_dir: Path, tiny_da
         )
     )
     pairs = sorted(pairs, key=lambda p: len(p[0]))[:8]  # the shortest are memorised first
-    hyps = beam_search(
-        model, [[*ids, EOS_ID] for ids in sp.encode([en for en, _ in pairs])], LANG_TAG_IDS["fr"], beam_size=1
-    )
+    hyps = beam_search(model, [[*ids, EOS_ID] for ids in sp.encode([en for en, _ in pairs])], TAG["fr"], beam_size=1)
     outputs = [sp.decode(h[0].tokens) for h in hyps]
     exact = [o for o, (_, fr) in zip(outputs, pairs, strict=True) if o == fr]
     assert len(exact) >= 6, list(zip(outputs, [fr for _, fr in pairs], strict=True))
@@ -106,9 +106,11 @@ def test_trainer_logs_next_sentence_prediction(tiny_data_dir: Path, tmp_path: Pa
 
 
 def test_torchrun_with_two_processes_completes_five_steps(tiny_data_dir: Path, tmp_path: Path) -> None:
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in tiny_config(tmp_path, tiny_data_dir, max_steps=5).items()]
+    values = tiny_config(tmp_path, tiny_data_dir, max_steps=5)
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in values.items() if k != "data"]
+    (tmp_path / "data.toml").write_text(TINY_DATA_TOML)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-           "-m", "service.cli", "train", *flags]  # fmt: skip
+           "-m", "service.cli", "train", "--config", str(tmp_path / "data.toml"), *flags]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -155,8 +157,10 @@ def test_train_command_errors_name_what_is_missing(tmp_path: Path) -> None:
                 "configs/pilot.toml",
             ]
         )
-    with pytest.raises(SystemExit, match="no multi30k/ folder"):
+    with pytest.raises(SystemExit, match=r"languages.*missing: list the model's languages"):
         main(["train", "--max-steps", "1", "--out-dir", str(tmp_path / "run"), "--data-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["train", "--config", "configs/pilot.toml", "--data-dir", str(tmp_path / "absent")])
     with pytest.raises(SystemExit, match="unknown config keys"):
         bad = tmp_path / "bad.toml"
         bad.write_text("max_steps = 1\nwarmup = 3\n")
@@ -183,3 +187,78 @@ def test_the_linear_schedule_warms_up_then_reaches_zero_at_the_budget() -> None:
     assert lr_at(900, cfg, 1.0) == 0.0
     with pytest.raises(ValueError, match="schedule"):
         TrainConfig(max_minutes=10, schedule="cosine")
+
+
+def test_a_streamed_run_is_a_function_of_its_seed(tiny_data_dir: Path, tmp_path: Path) -> None:
+    """Same seed, same batches and losses, from shards prepared once and reused; another seed differs."""
+    runs = {}
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        cfg = TrainConfig(**tiny_config(tmp_path / name, tiny_data_dir, max_steps=10, seed=seed))  # type: ignore[arg-type]
+        train(cfg, tiny_data_dir)
+        runs[name] = _losses(tmp_path / name)
+    assert runs["a"] == runs["b"] != runs["c"]
+    prepared = json.loads((tmp_path / "a/data/prepared.json").read_text())
+    assert [c["name"] for c in prepared["corpora"]] == ["multi30k", "tatoeba"]
+    assert set(prepared["mono"]) == {"en", "fr"}
+
+
+def test_batches_come_from_the_shards_as_the_text_reads(tiny_data_dir: Path, tmp_path: Path) -> None:
+    """The trainer's examples decode to the corpus's own pairs, in both directions, with the right tags."""
+    from model import corpus
+    from model.train import Trainer
+
+    cfg = TrainConfig(**tiny_config(tmp_path, tiny_data_dir, max_steps=1))  # type: ignore[arg-type]
+    trainer = Trainer(cfg, tiny_data_dir, resume=False)
+    sp = load_model_dir_tokenizer(tmp_path)
+    held = corpus.held_sentences(cfg.data, tiny_data_dir)
+    pairs = {(p.src, p.tgt) for p in corpus.training_pairs(cfg.data.corpora[0], tiny_data_dir, held)}
+    examples = trainer.translation_examples(trainer.mt_stream.next())
+    assert examples
+    for example in examples:
+        src, tgt = sp.decode(list(example.src)), sp.decode(list(example.tgt))
+        assert (src, tgt) in pairs if example.tag == TAG["fr"] else (tgt, src) in pairs
+    assert {e.tag for e in examples} == {TAG["en"], TAG["fr"]}
+
+
+def load_model_dir_tokenizer(run_dir: Path) -> Any:
+    from model.tokenizer import load_tokenizer
+
+    return load_tokenizer(run_dir / "spm.model")
+
+
+def test_init_from_the_committed_model_runs_three_steps_and_keeps_its_tokenizer(
+    tiny_data_dir: Path, tmp_path: Path
+) -> None:
+    from service.manifest import DEFAULT_MODEL_DIR
+
+    cfg = TrainConfig(**tiny_config(tmp_path, tiny_data_dir, max_steps=3, init_from=str(DEFAULT_MODEL_DIR)))  # type: ignore[arg-type]
+    model_dir = train(cfg, tiny_data_dir)
+    assert model_dir is not None
+    assert (model_dir / "spm.model").read_bytes() == (DEFAULT_MODEL_DIR / "spm.model").read_bytes()
+    base = json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())
+    tuned = json.loads((model_dir / "config.json").read_text())
+    assert {k: tuned[k] for k in ("d_model", "encoder_layers", "vocab_size", "languages", "directions")} == {
+        k: base[k] for k in ("d_model", "encoder_layers", "vocab_size", "languages", "directions")
+    }
+    with open(tmp_path / "train_log.csv") as handle:
+        assert [int(r["step"]) for r in csv.DictReader(handle)][-1] == 3
+    # the weights moved from the base model's, but only a little in three steps
+    a = torch.load(DEFAULT_MODEL_DIR / "model.pt", weights_only=True)
+    b = torch.load(model_dir / "model.pt", weights_only=True)
+    moved = [k for k in a if not torch.equal(a[k], b[k])]
+    assert moved and all((a[k].float() - b[k].float()).abs().max() < 0.05 for k in a)
+
+
+def test_init_from_a_model_without_the_configs_languages_names_them(tiny_data_dir: Path, tmp_path: Path) -> None:
+    from service.cli import main
+    from service.manifest import DEFAULT_MODEL_DIR
+
+    config = tmp_path / "de.toml"
+    config.write_text(
+        'max_steps = 1\nlanguages = ["en", "de"]\n[[corpora]]\nname = "m"\nsource = "multi30k/train.en.gz"\n'
+        'target = "multi30k/train.fr.gz"\nlangs = ["en", "de"]\n'
+    )
+    argv = ["train", "--config", str(config), "--data-dir", str(tiny_data_dir), "--out-dir", str(tmp_path / "run"),
+            "--init-from", str(DEFAULT_MODEL_DIR)]  # fmt: skip
+    with pytest.raises(SystemExit, match=r"the model has no de; its languages are en, fr"):
+        main(argv)

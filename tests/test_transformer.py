@@ -9,7 +9,8 @@ import torch
 
 from model.config import ModelConfig
 from model.transformer import Transformer, sinusoidal_positions
-from service.conventions import EOS_ID, LANG_TAG_IDS, PAD_ID
+from service.conventions import EOS_ID, PAD_ID
+from tests.conftest import TAG
 
 CFG = ModelConfig(vocab_size=97, d_model=32, n_heads=4, d_ff=64, encoder_layers=2, decoder_layers=2, dropout=0.0)
 
@@ -40,7 +41,7 @@ def test_positional_encoding_offset_continues_the_sequence() -> None:
 
 def test_changing_a_future_target_token_leaves_earlier_outputs_unchanged(model: Transformer) -> None:
     src = _ids([11, 12, 13, 14, EOS_ID])
-    tgt = _ids([LANG_TAG_IDS["fr"], 20, 21, 22, 23, 24])
+    tgt = _ids([TAG["fr"], 20, 21, 22, 23, 24])
     changed = tgt.clone()
     changed[0, 4] = 50
     with torch.no_grad():
@@ -50,14 +51,14 @@ def test_changing_a_future_target_token_leaves_earlier_outputs_unchanged(model: 
 
 
 def test_padding_does_not_change_outputs(model: Transformer) -> None:
-    src, tgt = _ids([11, 12, 13, EOS_ID]), _ids([LANG_TAG_IDS["en"], 30, 31])
+    src, tgt = _ids([11, 12, 13, EOS_ID]), _ids([TAG["en"], 30, 31])
     padded_src = _ids([11, 12, 13, EOS_ID, PAD_ID, PAD_ID, PAD_ID])
-    padded_tgt = _ids([LANG_TAG_IDS["en"], 30, 31, PAD_ID, PAD_ID])
+    padded_tgt = _ids([TAG["en"], 30, 31, PAD_ID, PAD_ID])
     with torch.no_grad():
         alone = model(src, tgt)
         batched = model(
             torch.cat((padded_src, _ids([40, 41, 42, 43, 44, 45, EOS_ID]))),
-            torch.cat((padded_tgt, _ids([LANG_TAG_IDS["fr"], 50, 51, 52, 53]))),
+            torch.cat((padded_tgt, _ids([TAG["fr"], 50, 51, 52, 53]))),
         )
     assert torch.allclose(alone[0], batched[0, :3], atol=1e-5)
 

@@ -20,15 +20,18 @@ from service.api.settings import Settings
 from service.api.state import ServiceState
 
 log = logging.getLogger("mtserve.app")
-WARM_UP = {"en": "A man is playing a guitar.", "fr": "Un homme joue de la guitare."}
+WARM_UP_TEXT = "Warm up, one two three."
+WARM_UP_FILL = "Warm <mask> one two three."
 
 
 async def warm_up(state: ServiceState) -> None:
-    """One translation each way through the scheduler, one fill and one detection, before /ready."""
-    for source, text in WARM_UP.items():
-        target = "fr" if source == "en" else "en"
-        await state.translations.translate([text], [source], target, state.default_options(), state.deadline())
-    await state.scheduler.run_in_worker(state.fill_mask.fill, "A man is <mask> a guitar.", 1, None)
+    """A translation into each target language through the scheduler, one fill and one detection,
+    before /ready. What the text means does not matter: it runs every graph once."""
+    for target in state.languages.target_codes:
+        source = state.languages.sources(target)[0]
+        options = state.default_options()
+        await state.translations.translate([WARM_UP_TEXT], [source], target, options, state.deadline())
+    await state.scheduler.run_in_worker(state.fill_mask.fill, WARM_UP_FILL, 1, None)
     state.detector.warm_up()
 
 
@@ -61,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="mtserve",
-        summary="English–French translation and masked-word fill, LibreTranslate-compatible.",
+        summary="Machine translation and masked-word fill, LibreTranslate-compatible.",
         version="1.0.0",
         lifespan=lifespan,
     )

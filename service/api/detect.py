@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from lingua import Language, LanguageDetector, LanguageDetectorBuilder
+from lingua import LanguageDetector, LanguageDetectorBuilder
 
-_LINGUA = {"en": Language.ENGLISH, "fr": Language.FRENCH}
-_CODES = {language: code for code, language in _LINGUA.items()}
+from service.languages import lingua_language
 
 
 @dataclass(frozen=True)
@@ -21,12 +20,19 @@ class Detection:
 
 
 class Detector:
-    def __init__(self, languages: tuple[str, ...] = ("en", "fr")) -> None:
+    """lingua over the model's languages that lingua knows; with fewer than two of them,
+    detection answers the model's first language with confidence 0."""
+
+    def __init__(self, languages: tuple[str, ...]) -> None:
         self.languages = languages
+        known = {code: lingua_language(code) for code in languages}
+        self._codes = {language: code for code, language in known.items() if language is not None}
 
     @cached_property
-    def _detector(self) -> LanguageDetector:
-        return LanguageDetectorBuilder.from_languages(*(_LINGUA[lang] for lang in self.languages)).build()
+    def _detector(self) -> LanguageDetector | None:
+        if len(self._codes) < 2:
+            return None
+        return LanguageDetectorBuilder.from_languages(*self._codes).build()
 
     def warm_up(self) -> None:
         self.detect("warm up")
@@ -34,8 +40,11 @@ class Detector:
     def detect(self, text: str) -> list[Detection]:
         """Every supported language with its confidence, most likely first. Text without letters
         gives the first language with confidence 0."""
-        values = self._detector.compute_language_confidence_values(text)
-        out = [Detection(_CODES[v.language], round(100.0 * v.value, 2)) for v in values if v.language in _CODES]
+        detector = self._detector
+        values = detector.compute_language_confidence_values(text) if detector else []
+        out = [
+            Detection(self._codes[v.language], round(100.0 * v.value, 2)) for v in values if v.language in self._codes
+        ]
         if not out or all(d.confidence == 0 for d in out):
             return [Detection(lang, 0.0) for lang in self.languages]
         return sorted(out, key=lambda d: (-d.confidence, self.languages.index(d.language)))

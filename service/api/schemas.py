@@ -8,8 +8,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.errors import ErrorBody
 
-LANGUAGE_NAMES = {"en": "English", "fr": "French"}
-
 # ---- LibreTranslate ------------------------------------------------------------------------
 
 
@@ -17,8 +15,8 @@ class LtTranslateRequest(BaseModel):
     """Sent as JSON or as a form; documentation only (the route reads both)."""
 
     q: str | list[str] = Field(description="text, or a list of texts, to translate")
-    source: Literal["en", "fr", "auto"] = Field(description="source language, or auto to detect it")
-    target: Literal["en", "fr"] = Field(description="target language")
+    source: str = Field(description="source language (one of /languages), or auto to detect it")
+    target: str = Field(description="target language (one of the source's targets in /languages)")
     format: Literal["text", "html"] = "text"
     alternatives: int = Field(0, ge=0, le=3, description="alternative translations wanted")
     api_key: str | None = None
@@ -77,8 +75,8 @@ class LtTranslateFileResponse(BaseModel):
 class TranslateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     texts: list[str] = Field(min_length=1, description="texts to translate; each may hold several sentences")
-    source: Literal["en", "fr", "auto"] = "auto"
-    target: Literal["en", "fr"]
+    source: str = Field("auto", description="source language (one of /languages), or auto to detect it")
+    target: str = Field(description="target language; the model must translate source→target")
     beam_size: int = Field(5, ge=1, le=8)
     num_hypotheses: int = Field(1, ge=1, le=8, description="hypotheses per text, at most beam_size")
     length_penalty: float = Field(1.0, ge=0.0, le=4.0, description="score = log p / length^length_penalty")

@@ -43,7 +43,9 @@ class Settings(BaseSettings):
 
     # model and runtime
     model_dir: Path = DEFAULT_MODEL_DIR
-    model_name: str = "mtserve-en-fr"
+    model_name: str = Field(
+        default="", description="name in /ready, /v1/translate and metrics; empty: mtserve-<languages>"
+    )
     threads: int = Field(default=0, ge=0, description="onnxruntime intra-op threads; 0: the container's CPU quota")
     batch_tokens: int = Field(
         default=2048, ge=64, description="token budget of the model batches running at once, shared between the workers"

@@ -16,6 +16,7 @@ from service.api.metrics import Metrics
 from service.api.scheduler import Scheduler
 from service.api.settings import Settings
 from service.api.translation import TranslationService
+from service.languages import ModelLanguages
 from service.manifest import MANIFEST_FILE
 from service.runtime.beam import DecodeOptions
 from service.runtime.fill_mask import FillMask
@@ -27,6 +28,7 @@ class ServiceState:
     settings: Settings
     metrics: Metrics
     translator: Translator
+    languages: ModelLanguages
     fill_mask: FillMask
     detector: Detector
     scheduler: Scheduler
@@ -36,6 +38,7 @@ class ServiceState:
     files: FileStore
     model_sha: str
     model_version: str
+    model_name: str
     ready: bool = False
     draining: bool = False
     started_at: float = field(default_factory=time.monotonic)
@@ -54,13 +57,15 @@ class ServiceState:
             retry_after_s=settings.retry_after_s, workers=settings.batch_workers, fault_marker=settings.fault_marker,
         )  # fmt: skip
         version = f"{translator.model.manifest.precision}-opset{translator.model.manifest.opset}"
-        metrics.model_info.labels(settings.model_name, version, sha).set(1)
+        name = settings.model_name or "mtserve-" + "-".join(translator.languages.codes)
+        metrics.model_info.labels(name, version, sha).set(1)
         return cls(
             settings=settings,
             metrics=metrics,
             translator=translator,
+            languages=translator.languages,
             fill_mask=FillMask.from_model(translator.model),
-            detector=Detector(),
+            detector=Detector(translator.languages.codes),
             scheduler=scheduler,
             translations=TranslationService(translator, scheduler),
             keys=KeyRing(settings.api_keys, settings.require_api_key),
@@ -68,6 +73,7 @@ class ServiceState:
             files=FileStore(),
             model_sha=sha,
             model_version=version,
+            model_name=name,
         )
 
     def deadline(self) -> float:

@@ -1,7 +1,7 @@
 """Sentence splitting that keeps every character between sentences, so a text can be rejoined exactly.
 
 Lines are split first (paragraph breaks stay as they were), then each line into sentences by
-pysbd's English or French rules.
+pysbd's rules for the source language (English rules where pysbd has none).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass
 
 import pysbd
+from pysbd.languages import LANGUAGE_CODES
 
 _LINE_BREAKS = re.compile(r"(\r\n|\r|\n)")
 # A line of words, digits, commas, apostrophes, hyphens and single spaces, with at most one
@@ -40,6 +41,9 @@ def _segmenter(language: str) -> pysbd.Segmenter:
     """This thread's segmenter: a pysbd.Segmenter keeps the text it works on in its own
     attributes, so two threads sharing one get each other's sentences (or none)."""
     segmenters: dict[str, pysbd.Segmenter] = _per_thread.__dict__.setdefault("segmenters", {})
+    language = language.split("-")[0]
+    if language not in LANGUAGE_CODES:
+        language = "en"  # pysbd has no rules for it: English ones split on . ! ? as most scripts do
     if language not in segmenters:
         segmenters[language] = pysbd.Segmenter(language=language, clean=False, char_span=True)
     return segmenters[language]

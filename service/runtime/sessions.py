@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import sentencepiece as spm
 from service.graphs import decoder_spec, encoder_spec
 from service.manifest import Manifest, ModelFileError, load_manifest
 
+log = logging.getLogger("mtserve.runtime")
 KVList = list[np.ndarray]  # flat [k0, v0, k1, v1, ...], each [B, H, L, K]
 
 
@@ -101,10 +103,27 @@ def _session(path: Path, threads: int) -> ort.InferenceSession:
         raise ModelFileError(path, f"onnxruntime cannot load it ({exc})") from exc
 
 
+@functools.cache
+def cpu_has_vnni() -> bool | None:
+    """Whether the CPU has VNNI (AVX-512 VNNI or AVX-VNNI); None where /proc/cpuinfo does not say."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
 class OnnxModel:
     def __init__(self, model_dir: Path, intra_op_threads: int = 0, verify: bool = True) -> None:
         self.model_dir = model_dir
         self.manifest: Manifest = load_manifest(model_dir, verify=verify)
+        if self.manifest.precision == "int8" and cpu_has_vnni() is False:
+            log.warning(
+                "%s holds int8 graphs, but this CPU has no VNNI: its integer kernel may saturate and cost "
+                "accuracy; serve fp32 graphs here (docs/DEPLOY.md, CPUs)",
+                model_dir,
+            )
+        self.languages = self.manifest.model_languages()
         files = self.manifest.files
         runs = _Runs()
         self.encoder = _Graph(model_dir / files["encoder"], intra_op_threads, runs)

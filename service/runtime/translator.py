@@ -41,6 +41,7 @@ class _Segment:
 class Translator:
     def __init__(self, model: OnnxModel, batch_tokens: int = DEFAULT_BATCH_TOKENS) -> None:
         self.model = model
+        self.languages = model.languages
         self.tokenizer = model.tokenizer
         self.batch_tokens = batch_tokens
         self._word_start = [
@@ -91,7 +92,8 @@ class Translator:
         self, sources: Sequence[list[int]], targets: Sequence[str], options: DecodeOptions
     ) -> list[list[Hypothesis]]:
         """One model batch: n-best hypotheses per source piece."""
-        return beam_search(self.model, sources, [cv.LANG_TAG_IDS[t] for t in targets], options)
+        tags = self.model.languages.tag_ids
+        return beam_search(self.model, sources, [tags[t] for t in targets], options)
 
     def translate(
         self,

@@ -19,7 +19,6 @@ from service.api.errors import ApiError, guarded
 from service.api.markup import HtmlDocument
 from service.api.params import Params, read_params
 from service.api.schemas import (
-    LANGUAGE_NAMES,
     LtDetectRequest,
     LtFrontendSettings,
     LtLanguage,
@@ -29,7 +28,7 @@ from service.api.schemas import (
     error_responses,
 )
 from service.api.state import ServiceState, StateDep
-from service.conventions import LANGUAGES
+from service.languages import ModelLanguages, language_name
 from service.textnorm import scrub
 
 router = APIRouter(tags=["LibreTranslate"])
@@ -60,10 +59,21 @@ def _required_text(params: Params, name: str) -> str:
     return value
 
 
-def _language(code: str, *, allow_auto: bool) -> str:
-    if code in LANGUAGES or (allow_auto and code == "auto"):
+def _language(languages: ModelLanguages, code: str, *, allow_auto: bool) -> str:
+    if languages.has(code) or (allow_auto and code == "auto"):
         return code
     raise ApiError(400, f"{code} is not supported")
+
+
+def _check_directions(languages: ModelLanguages, sources: list[str], target: str) -> None:
+    """LibreTranslate's 400 for a pair of known languages that no model translates."""
+    for source in dict.fromkeys(sources):
+        if source != target and (source, target) not in languages.directions:
+            raise ApiError(
+                400,
+                f"{language_name(target)} ({target}) is not available as a target language from "
+                f"{language_name(source)} ({source})",
+            )
 
 
 def _texts(params: Params, state: ServiceState) -> tuple[list[str], bool]:
@@ -119,15 +129,19 @@ async def translate(request: Request, state: StateDep) -> JSONResponse:
     params = await read_params(request)
     _access(request, state, params)
     texts, batch = _texts(params, state)
-    source = _language(_required_text(params, "source"), allow_auto=True)
-    target = _language(_required_text(params, "target"), allow_auto=False)
+    languages = state.languages
+    source = _language(languages, _required_text(params, "source"), allow_auto=True)
+    target = _language(languages, _required_text(params, "target"), allow_auto=False)
     text_format = params.get("format") or "text"
     if text_format not in ("text", "html"):
         raise ApiError(400, f"{text_format} format is not supported")
     alternatives = _alternatives(params, state)
 
+    if source != "auto":
+        _check_directions(languages, [source], target)
     detected = await _detect_all(state, texts) if source == "auto" else None
     sources = [d["language"] for d in detected] if detected else [source] * len(texts)
+    _check_directions(languages, sources, target)
     request.state.direction = f"{source}-{target}" if source != "auto" else f"auto-{target}"
     if text_format == "html":
         translated = [await _translate_html(request, state, t, s, target) for t, s in zip(texts, sources, strict=True)]
@@ -178,16 +192,16 @@ async def detect(request: Request, state: StateDep) -> JSONResponse:
 
 
 @router.get("/languages", response_model=list[LtLanguage], summary="Supported languages (LibreTranslate)")
-async def languages() -> list[LtLanguage]:
-    return [
-        LtLanguage(code=code, name=LANGUAGE_NAMES[code], targets=sorted(c for c in LANGUAGES if c != code))
-        for code in LANGUAGES
-    ]
+async def languages(state: StateDep) -> list[LtLanguage]:
+    """Every language of the model, with the targets it translates into from it."""
+    model = state.languages
+    return [LtLanguage(code=code, name=language_name(code), targets=model.targets(code)) for code in model.codes]
 
 
 @router.get("/frontend/settings", response_model=LtFrontendSettings, summary="Web client settings (LibreTranslate)")
 async def frontend_settings(state: StateDep) -> dict[str, Any]:
     settings = state.settings
+    target = state.languages.default_target(None)
     return {
         "charLimit": settings.char_limit,
         "frontendTimeout": settings.frontend_timeout_ms,
@@ -198,7 +212,7 @@ async def frontend_settings(state: StateDep) -> dict[str, Any]:
         "supportedFilesFormat": SUPPORTED_FILE_FORMATS,
         "language": {
             "source": {"code": "auto", "name": "Auto Detect"},
-            "target": {"code": "fr", "name": LANGUAGE_NAMES["fr"]},
+            "target": {"code": target, "name": language_name(target)},
         },
     }
 
@@ -234,8 +248,11 @@ async def translate_file(request: Request, state: StateDep) -> LtTranslateFileRe
     upload = params.files.get("file")
     if upload is None:
         raise ApiError(400, "Invalid request: missing file parameter")
-    source = _language(_required_text(params, "source"), allow_auto=True)
-    target = _language(_required_text(params, "target"), allow_auto=False)
+    languages = state.languages
+    source = _language(languages, _required_text(params, "source"), allow_auto=True)
+    target = _language(languages, _required_text(params, "target"), allow_auto=False)
+    if source != "auto":
+        _check_directions(languages, [source], target)
     name = re.sub(r"[^A-Za-z0-9._-]", "_", PurePath(upload.filename or "").name)
     if not name:
         raise ApiError(400, "Invalid request: empty file")
@@ -251,6 +268,7 @@ async def translate_file(request: Request, state: StateDep) -> LtTranslateFileRe
         raise ApiError(400, f"Invalid request: request ({len(text)}) exceeds text limit ({limit}): file is too long")
     text = scrub(text)
     language = source if source != "auto" else (await asyncio.to_thread(state.detector.best, text)).language
+    _check_directions(languages, [language], target)
     request.state.direction = f"{source}-{target}"
     options = state.default_options()
     results = await guarded(

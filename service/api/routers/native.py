@@ -20,11 +20,19 @@ from service.api.schemas import (
     error_responses,
 )
 from service.api.state import ServiceState, StateDep
+from service.languages import ModelLanguages, UnsupportedDirection
 from service.runtime.beam import DecodeOptions
 from service.runtime.fill_mask import FillMaskError
 from service.textnorm import scrub
 
 router = APIRouter(prefix="/v1", tags=["native"])
+
+
+def _check_direction(languages: ModelLanguages, source: str, target: str) -> None:
+    try:
+        languages.check(source, target)
+    except UnsupportedDirection as exc:
+        raise ApiError(400, f"source, target: {exc}") from None
 
 
 def _access(request: Request, state: ServiceState) -> None:
@@ -47,6 +55,14 @@ async def translate(body: TranslateRequest, request: Request, state: StateDep) -
     for i, text in enumerate(body.texts):
         if settings.char_limit != -1 and len(text) > settings.char_limit:
             raise ApiError(422, f"texts[{i}]: {len(text)} characters exceed the limit of {settings.char_limit}")
+    languages = state.languages
+    for name, code in (("source", body.source), ("target", body.target)):
+        if not (languages.has(code) or (name == "source" and code == "auto")):
+            raise ApiError(
+                422, f"{name}: {code!r} is not a language of this model; it has {', '.join(languages.codes)}"
+            )
+    if body.source != "auto" and body.source != body.target:
+        _check_direction(languages, body.source, body.target)
     if body.num_hypotheses > body.beam_size:
         raise ApiError(422, f"num_hypotheses: {body.num_hypotheses} is more than beam_size ({body.beam_size})")
     options = DecodeOptions(
@@ -61,6 +77,9 @@ async def translate(body: TranslateRequest, request: Request, state: StateDep) -
         found = await asyncio.to_thread(lambda: [state.detector.best(t) for t in texts])
         detected = [DetectedLanguage(confidence=d.confidence, language=d.language) for d in found]
         sources = [d.language for d in found]
+        for source in dict.fromkeys(sources):
+            if source != body.target:
+                _check_direction(languages, source, body.target)
     else:
         sources = [body.source] * len(texts)
     request.state.direction = f"{body.source}-{body.target}"
@@ -69,7 +88,7 @@ async def translate(body: TranslateRequest, request: Request, state: StateDep) -
     )
     scores = body.return_scores
     return TranslateResponse(
-        model=state.settings.model_name,
+        model=state.model_name,
         translations=[
             TextResult(
                 text=r.text,

@@ -29,7 +29,7 @@ async def ready(state: StateDep) -> JSONResponse:
     status: Literal["ready", "loading", "draining"] = (
         "draining" if state.draining else "ready" if state.ready else "loading"
     )
-    body = Readiness(status=status, model=state.settings.model_name, sha=state.model_sha)
+    body = Readiness(status=status, model=state.model_name, sha=state.model_sha)
     return JSONResponse(body.model_dump(), status_code=200 if status == "ready" else 503)
 
 
