@@ -9,7 +9,7 @@ train` (which reuses the shards) in another; with `--code`, an earlier trainer t
 prepare command, one `train`. It prints one JSON line: each child's peak resident memory
 (getrusage of that child), the median training tokens/s over the log rows after the first
 (which holds torch.compile's warm-up), the steps and the preparation time. `--scale N` writes N distinct copies of every
-corpus and monolingual file (each copy's lines carry their copy number, so deduplication
+corpus and monolingual file (each copy's lines end in a mark of their own, so deduplication
 keeps them all) and a config that points at them. `--code DIR` runs another checkout's
 trainer on the same data: how an earlier version is measured side by side.
 """
@@ -37,17 +37,29 @@ from model.data_config import expand, open_text, resolve  # noqa: E402
 from model.train_config import load_config  # noqa: E402
 
 
+def _mark(k: int) -> str:
+    """Copy k's mark: lower-case letters, so copy augmentation (which copies numbers and names)
+    treats the copies as it treats the originals."""
+    letters = ""
+    while True:
+        letters = chr(ord("a") + k % 26) + letters
+        k //= 26
+        if not k:
+            return "x" + letters
+
+
 def _copies(lines: list[str], scale: int, tsv: bool) -> list[str]:
     if scale == 1:
         return lines
     out = []
     for k in range(scale):
+        mark = _mark(k)
         for line in lines:
             if tsv:
                 cols = line.split("\t")
-                out.append("\t".join([f"{cols[0]} {k}", f"{cols[1]} {k}", *cols[2:]]) if len(cols) >= 2 else line)
+                out.append("\t".join([f"{cols[0]} {mark}", f"{cols[1]} {mark}", *cols[2:]]) if len(cols) >= 2 else line)
             else:
-                out.append(f"{line} {k}" if line else line)
+                out.append(f"{line} {mark}" if line else line)
     return out
 
 

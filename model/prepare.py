@@ -125,13 +125,15 @@ def _tokenise(sp: Any, lines: Iterator[str], stem: Path, vocab_size: int, progre
 
 
 def _settings(data: DataConfig, data_dir: Path, vocab_size: int, seed: int, copy_spans: float) -> dict[str, Any]:
-    return {
+    """What the shards depend on, in the form prepared.json stores it (JSON: tuples become lists)."""
+    settings = {
         "format_version": FORMAT_VERSION,
         "inputs": fingerprint(data, data_dir),
         "vocab_size": vocab_size,
         "seed": seed,
         "copy_spans": copy_spans,
     }
+    return dict(json.loads(json.dumps(settings)))
 
 
 def prepare_data(
