@@ -267,15 +267,17 @@ def test_init_from_a_model_without_the_configs_languages_names_them(tiny_data_di
 def test_a_second_prepare_reuses_the_shards_until_the_data_changes(tiny_data_dir: Path, tmp_path: Path) -> None:
     import dataclasses
 
+    from model.data_config import DataConfig
     from model.prepare import prepare_data
 
     data = tiny_config(tmp_path, tiny_data_dir)["data"]
-    root = prepare_data(data, tiny_data_dir, tmp_path, vocab_size=400, seed=7)  # type: ignore[arg-type]
+    assert isinstance(data, DataConfig)
+    root = prepare_data(data, tiny_data_dir, tmp_path, vocab_size=400, seed=7)
     shard = root / "multi30k" / "src.tok"
     first = shard.stat().st_mtime_ns
-    assert prepare_data(data, tiny_data_dir, tmp_path, vocab_size=400, seed=7) == root  # type: ignore[arg-type]
+    assert prepare_data(data, tiny_data_dir, tmp_path, vocab_size=400, seed=7) == root
     assert shard.stat().st_mtime_ns == first
-    heavier = dataclasses.replace(data, corpora=(dataclasses.replace(data.corpora[0], weight=3.0), data.corpora[1]))  # type: ignore[attr-defined]
+    heavier = dataclasses.replace(data, corpora=(dataclasses.replace(data.corpora[0], weight=3.0), data.corpora[1]))
     prepare_data(heavier, tiny_data_dir, tmp_path, vocab_size=400, seed=7)
     assert shard.stat().st_mtime_ns != first
     assert json.loads((root / "prepared.json").read_text())["corpora"][0]["weight"] == 3.0
