@@ -14,7 +14,7 @@ import functools
 import hashlib
 import os
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,9 +143,12 @@ def monolingual_lines(mono: Monolingual, data_dir: Path) -> Iterator[str]:
                 yield normalize(line)
 
 
-def monolingual_sentences(cfg: DataConfig, data_dir: Path, held: set[str]) -> Iterator[tuple[str, str]]:
+def monolingual_sentences(
+    cfg: DataConfig, data_dir: Path, held: set[str], pairs_of: Callable[[Corpus], Iterable[Pair]] | None = None
+) -> Iterator[tuple[str, str]]:
     """(language, sentence) for masked-LM training: both sides of every corpus's training pairs, then
-    the monolingual files; each sentence once per language, none held out."""
+    the monolingual files; each sentence once per language, none held out. `pairs_of` gives a
+    corpus's training pairs where they are already at hand (default: read them again)."""
     seen: set[bytes] = set()
 
     def fresh(lang: str, sentence: str) -> bool:
@@ -157,7 +160,8 @@ def monolingual_sentences(cfg: DataConfig, data_dir: Path, held: set[str]) -> It
 
     for corpus in cfg.corpora:
         src_lang, tgt_lang = corpus.langs
-        for pair in training_pairs(corpus, data_dir, held):
+        pairs = pairs_of(corpus) if pairs_of else training_pairs(corpus, data_dir, held)
+        for pair in pairs:
             if fresh(src_lang, pair.src):
                 yield src_lang, pair.src
             if fresh(tgt_lang, pair.tgt):

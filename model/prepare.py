@@ -11,7 +11,6 @@ tokenizer and settings reuses them.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import random
@@ -32,6 +31,7 @@ from model.shards import Shard, ShardWriter
 from model.tokenizer import TOKENIZER_SAMPLE, load_tokenizer, train_tokenizer
 from model.train_config import TrainConfig
 from service.conventions import CONFIG_FILE, TOKENIZER_FILE
+from service.manifest import sha256_file
 
 log = logging.getLogger("mtserve.prepare")
 T = TypeVar("T")
@@ -56,10 +56,6 @@ class ShardedCorpus:
 class PreparedData:
     corpora: list[ShardedCorpus]
     mono: dict[str, Shard]  # language -> its masked-LM sentences
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _reservoir(items: Iterable[str], size: int, seed: int) -> list[str]:
@@ -147,7 +143,7 @@ def prepare_data(
     record = root / PREPARED_FILE
     if record.is_file() and spm_path.is_file():
         done = json.loads(record.read_text())
-        if done.get("settings") == settings and done.get("tokenizer_sha256") == _sha256(spm_path):
+        if done.get("settings") == settings and done.get("tokenizer_sha256") == sha256_file(spm_path):
             log.info("reusing the shards in %s", root)
             return root
     if root.exists():
@@ -176,7 +172,11 @@ def prepare_data(
     mono_counts: dict[str, int] = {}
     with contextlib.ExitStack() as files:
         handles: dict[str, Any] = {}
-        for lang, sentence in corpus.monolingual_sentences(data, data_dir, held):
+        written = {spec.name: work / f"{spec.name}.pairs.tsv" for spec in data.corpora}
+        # the corpora's sides come from the pairs just written, not from cleaning every corpus again
+        for lang, sentence in corpus.monolingual_sentences(
+            data, data_dir, held, lambda c: _read_pairs(written[c.name])
+        ):
             if lang not in handles:
                 handles[lang] = files.enter_context(open(work / f"mono.{lang}.txt", "w", encoding="utf-8"))
                 mono_counts[lang] = 0
@@ -199,7 +199,7 @@ def prepare_data(
     shutil.rmtree(work)
     record.write_text(
         json.dumps(
-            {"settings": settings, "tokenizer_sha256": _sha256(spm_path), "corpora": corpora, "mono": mono_counts,
+            {"settings": settings, "tokenizer_sha256": sha256_file(spm_path), "corpora": corpora, "mono": mono_counts,
              "seconds": round(time.monotonic() - started, 1)},
             indent=2,
         ) + "\n"
