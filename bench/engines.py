@@ -45,6 +45,7 @@ class TextbookDecoder(torch.nn.Module):
     def __init__(self, model: Transformer) -> None:
         super().__init__()
         self.model = model
+        self.cfg = model.cfg
 
     def encode(self, src: Tensor, mask: Tensor) -> Tensor:
         return self.model.encode(src, mask)
@@ -80,7 +81,21 @@ def run_engine(
     }  # fmt: skip
 
 
+def _imported(argv: list[str]) -> bool:
+    """Whether --model names an imported (Marian) model directory: bench/marian_engines.py benchmarks those."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--model", type=Path)
+    model = pre.parse_known_args(argv)[0].model
+    manifest = model / "manifest.json" if model else None
+    return bool(manifest and manifest.is_file() and json.loads(manifest.read_text()).get("origin") == "marian")
+
+
 def main() -> None:
+    if _imported(sys.argv[1:]):
+        from bench.marian_engines import main as marian_main
+
+        marian_main()
+        return
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", type=Path, default=ROOT / "artifacts" / "default")
     parser.add_argument("--beam-size", type=int, nargs="+", default=[5, 1])

@@ -40,7 +40,37 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_marian(args: argparse.Namespace) -> int:
+    require_torch()
+    from export.exporter import ExportValidationError
+    from export.marian import MarianImportError, import_marian
+
+    targets = [t for part in args.target or [] for t in part.split(",") if t]
+    try:
+        report = import_marian(args.hf_dir, args.out, args.quantize or "fp32", args.source, targets)
+    except ExportValidationError as exc:
+        sys.exit(f"mtserve import: validation failed: {exc}")
+    except MarianImportError as exc:
+        sys.exit(f"mtserve import: {args.hf_dir}: {exc}")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def register(sub: Any) -> None:
+    imp = sub.add_parser("import", help="import an existing model (needs the train extra)")
+    kinds = imp.add_subparsers(dest="kind", required=True, metavar="KIND")
+    marian = kinds.add_parser("marian", help="a local Hugging Face Marian (OPUS-MT) directory")
+    marian.add_argument(
+        "hf_dir", type=Path, metavar="HF_DIR", help="config.json, weights, source/target.spm, vocab.json"
+    )
+    marian.add_argument("--out", type=Path, required=True, help="model directory to write")
+    marian.add_argument("--quantize", choices=["int8"], help="int8 MatMul weights (as `mtserve export`)")
+    marian.add_argument("--source", help="source language code (default: tokenizer_config.json or the directory name)")
+    marian.add_argument(
+        "--target", action="append", help="target language code(s); several for a multi-target model (>>fra<<)"
+    )
+    marian.set_defaults(handler=_import_marian)
+
     export = sub.add_parser("export", help="export a checkpoint directory to ONNX (needs the train extra)")
     export.add_argument("--checkpoint", type=Path, required=True, help="model directory written by `mtserve train`")
     export.add_argument("--out", type=Path, required=True, help="directory for the graphs and manifest")

@@ -15,15 +15,14 @@ from onnx import TensorProto, helper
 from export.graph_builder import MS_DOMAIN, Builder, attention_out, make_model, pre, residual, self_attention
 from model.config import ModelConfig
 from model.transformer import DecoderLayer, Transformer
-from service.conventions import EOS_ID
 from service.graphs import DECODER_TOP_K, decoder_spec
 
 
 def _decoder_layer(
-    b: Builder, x: str, layer: DecoderLayer, i: int, key_mask: str, by_sentence: str, heads: int
+    b: Builder, x: str, layer: DecoderLayer, i: int, key_mask: str, by_sentence: str, cfg: ModelConfig
 ) -> tuple[str, str, str]:
     """x [B, 1, D] -> x, present key, present value."""
-    p = f"decoder.{i}"
+    p, heads = f"decoder.{i}", cfg.n_heads
     h = pre(b, x, layer.self_res, f"{p}.self_res")
     past_k = b.one("Gather", [f"past_key.{i}", "beam_origin"], axis=0)  # rows follow their beam of origin
     past_v = b.one("Gather", [f"past_value.{i}", "beam_origin"], axis=0)
@@ -39,10 +38,8 @@ def _decoder_layer(
     out = b.one("Reshape", [b.one("MultiHeadAttention", mha, domain=MS_DOMAIN, num_heads=heads), "row_shape"])
     x = residual(b, x, attention_out(b, out, ca, f"{p}.cross_attn"), layer.cross_res, f"{p}.cross_res")
 
-    ffn = layer.ffn.net
     h = pre(b, x, layer.ffn_res, f"{p}.ffn_res")
-    hidden = b.one("Relu", [b.linear(h, ffn[0], f"{p}.ffn.0")])
-    x = residual(b, x, b.linear(hidden, ffn[2], f"{p}.ffn.2"), layer.ffn_res, f"{p}.ffn_res")
+    x = residual(b, x, b.feed_forward(h, layer.ffn, cfg.activation, f"{p}.ffn"), layer.ffn_res, f"{p}.ffn_res")
     return x, present_k, present_v
 
 
@@ -51,11 +48,9 @@ def build_decoder_step(model: Transformer) -> onnx.ModelProto:
     cfg = model.cfg
     spec = decoder_spec(cfg.decoder_layers)
     b = Builder()
-    embedding, positions, sqrt_d = b.shared_tables(model.embed.weight, model.positions, cfg.d_model)
     ids = b.one("Squeeze", ["input_ids", b.weight("axis_1", np.array([1], np.int64))])  # [B]
-    scaled = b.one("Mul", [b.one("Gather", [embedding, ids]), sqrt_d])  # [B, D]
     past_len = b.one("Shape", ["past_key.0"], start=2, end=3)  # [1]: this token's position
-    x = b.one("Add", [scaled, b.one("Gather", [positions, past_len])])  # [B, D]
+    x = b.embed(ids, model, False, b.one("Gather", [b.positions(model), past_len]))  # [B, D]
     x = b.one("Unsqueeze", [x, "axis_1"])  # [B, 1, D]
     key_mask = b.one("Cast", ["attention_mask"], to=TensorProto.INT32)  # [N, S], 1 on real tokens
     # Cross-attention runs per sentence: the B/N rows (beams) of a sentence are its queries
@@ -67,15 +62,22 @@ def build_decoder_step(model: Transformer) -> onnx.ModelProto:
     presents: list[str] = []
     for i, layer in enumerate(model.decoder):
         assert isinstance(layer, DecoderLayer)
-        x, present_k, present_v = _decoder_layer(b, x, layer, i, key_mask, by_sentence, cfg.n_heads)
+        x, present_k, present_v = _decoder_layer(b, x, layer, i, key_mask, by_sentence, cfg)
         presents += [present_k, present_v]
     if cfg.pre_norm:
         x = b.layer_norm(x, model.decoder_norm, "decoder_norm")
     hidden = b.one("Squeeze", [x, "axis_1"])  # [B, D]
-    logits = b.one("Gemm", [hidden, embedding], transB=1)  # tied output projection, [B, V]
-    b.nodes.append(helper.make_node("LogSoftmax", [logits], ["log_probs"], axis=-1))
+    logits = b.output_logits(hidden, model)  # [B, V]
+    if cfg.never_generate:
+        # -inf after the softmax, not renormalised: as transformers' bad-words processor scores them
+        barred = np.zeros(cfg.vocab_size, np.float32)
+        barred[list(cfg.never_generate)] = -np.inf
+        normalised = b.one("LogSoftmax", [logits], axis=-1)
+        b.nodes.append(helper.make_node("Add", [normalised, b.weight("never_generate", barred)], ["log_probs"]))
+    else:
+        b.nodes.append(helper.make_node("LogSoftmax", [logits], ["log_probs"], axis=-1))
     _top_k(b, "log_probs", cfg.vocab_size)
-    eos = b.weight("eos_id", np.array(EOS_ID, np.int64))
+    eos = b.weight("eos_id", np.array(cfg.eos_id, np.int64))
     b.nodes.append(helper.make_node("Gather", ["log_probs", eos], ["eos_log_prob"], axis=1))
     for name, present in zip((n for n in spec.outputs if n.startswith("present_")), presents, strict=True):
         b.nodes.append(helper.make_node("Identity", [present], [name]))

@@ -15,16 +15,14 @@ from model.transformer import DecoderLayer, EncoderLayer, Transformer
 from service.graphs import encoder_spec
 
 
-def _encoder_layer(b: Builder, x: str, layer: EncoderLayer, i: int, key_mask: str, heads: int) -> str:
+def _encoder_layer(b: Builder, x: str, layer: EncoderLayer, i: int, key_mask: str, heads: int, activation: str) -> str:
     """x [B, S, D] -> x."""
     p = f"encoder.{i}"
     h = pre(b, x, layer.attn_res, f"{p}.attn_res")
     (out,) = self_attention(b, h, layer.self_attn, f"{p}.self_attn", heads, key_padding_mask=key_mask)
     x = residual(b, x, attention_out(b, out, layer.self_attn, f"{p}.self_attn"), layer.attn_res, f"{p}.attn_res")
-    ffn = layer.ffn.net
     h = pre(b, x, layer.ffn_res, f"{p}.ffn_res")
-    hidden = b.one("Relu", [b.linear(h, ffn[0], f"{p}.ffn.0")])
-    return residual(b, x, b.linear(hidden, ffn[2], f"{p}.ffn.2"), layer.ffn_res, f"{p}.ffn_res")
+    return residual(b, x, b.feed_forward(h, layer.ffn, activation, f"{p}.ffn"), layer.ffn_res, f"{p}.ffn_res")
 
 
 def _cross_kv(b: Builder, memory: str, model: Transformer) -> list[str]:
@@ -49,15 +47,13 @@ def build_encoder(model: Transformer) -> onnx.ModelProto:
     cfg = model.cfg
     spec = encoder_spec(cfg.decoder_layers)
     b = Builder()
-    embedding, positions, sqrt_d = b.shared_tables(model.embed.weight, model.positions, cfg.d_model)
     length = b.one("Shape", ["input_ids"], start=1, end=2)  # [1]
     zero = b.weight("zero", np.array([0], np.int64))
-    scaled = b.one("Mul", [b.one("Gather", [embedding, "input_ids"]), sqrt_d])  # [B, S, D]
-    x = b.one("Add", [scaled, b.one("Slice", [positions, zero, length, zero])])  # + PE[:S]
+    x = b.embed("input_ids", model, True, b.one("Slice", [b.positions(model), zero, length, zero]))  # [B, S, D]
     key_mask = b.one("Cast", ["attention_mask"], to=TensorProto.INT32)  # [B, S], 1 on real tokens
     for i, layer in enumerate(model.encoder):
         assert isinstance(layer, EncoderLayer)
-        x = _encoder_layer(b, x, layer, i, key_mask, cfg.n_heads)
+        x = _encoder_layer(b, x, layer, i, key_mask, cfg.n_heads, cfg.activation)
     if cfg.pre_norm:
         x = b.layer_norm(x, model.encoder_norm, "encoder_norm")
     b.nodes.append(helper.make_node("Identity", [x], ["hidden_states"]))

@@ -12,7 +12,7 @@ import logging
 import shutil
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,10 @@ from service.manifest import (
     FILL_VOCAB_FILE,
     MANIFEST_FILE,
     MLM_FILE,
+    Generation,
     Manifest,
     SpecialIds,
+    TokenizerSpec,
     sha256_file,
 )
 
@@ -67,12 +69,47 @@ class SampleInputs:
     mask: torch.Tensor  # [B, S] int64, 1 on real tokens
 
 
-def sample_inputs(sentences: Sequence[Sequence[int]]) -> SampleInputs:
+def sample_inputs(sentences: Sequence[Sequence[int]], pad_id: int = cv.PAD_ID) -> SampleInputs:
     width = max(len(s) for s in sentences)
-    ids = torch.full((len(sentences), width), cv.PAD_ID, dtype=torch.long)
+    ids = torch.full((len(sentences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sentences), width), dtype=torch.long)
     for i, s in enumerate(sentences):
         ids[i, : len(s)] = torch.as_tensor(s)
-    return SampleInputs(ids, (ids != cv.PAD_ID).long())
+        mask[i, : len(s)] = 1
+    return SampleInputs(ids, mask)
+
+
+@dataclass(frozen=True)
+class Conventions:
+    """What the runtime needs besides the graphs: ids, tokenizer files, how decoding starts."""
+
+    languages: ModelLanguages
+    special_ids: SpecialIds
+    tokenizer_files: dict[str, Path]  # manifest role -> file to copy beside the graphs
+    tokenizer: TokenizerSpec = field(default_factory=TokenizerSpec)
+    decoder_start: dict[str, int] | None = None
+    source_prefix: dict[str, list[int]] = field(default_factory=dict)
+    generation: Generation = field(default_factory=Generation)
+    origin: str = "mtserve"
+
+
+def mtserve_conventions(model: Transformer, sp: spm.SentencePieceProcessor, tokenizer: Path) -> Conventions:
+    languages = model_languages(model, sp)
+    special = SpecialIds(
+        pad=cv.PAD_ID,
+        unk=cv.UNK_ID,
+        bos=cv.BOS_ID,
+        eos=cv.EOS_ID,
+        mask=cv.MASK_ID,
+        cls=cv.CLS_ID,
+        sep=cv.SEP_ID,
+        language_tags=dict(languages.tag_ids),
+    )
+    return Conventions(languages, special, {"tokenizer": tokenizer})
+
+
+def graph_files(model: Transformer) -> tuple[str, ...]:
+    return GRAPH_FILES if model.cfg.mlm_head else (ENCODER_FILE, DECODER_FILE)
 
 
 def _export(module: torch.nn.Module, args: tuple[torch.Tensor, ...], spec: GraphSpec, path: Path) -> None:
@@ -91,10 +128,12 @@ def _export(module: torch.nn.Module, args: tuple[torch.Tensor, ...], spec: Graph
 
 
 def export_graphs(model: Transformer, out: Path) -> None:
-    sample = sample_inputs([[20, 21, 22, cv.EOS_ID], [30, 31, cv.EOS_ID]])
     # Encoder and decoder step are written out rather than traced: see export/graph_builder.py.
     onnx.save(build_encoder(model), str(out / ENCODER_FILE))
     onnx.save(build_decoder_step(model), str(out / DECODER_FILE))
+    if not model.cfg.mlm_head:
+        return
+    sample = sample_inputs([[20, 21, 22, cv.EOS_ID], [30, 31, cv.EOS_ID]])
     with torch.no_grad():
         hidden = model.encode(sample.ids, sample.mask.bool())
         _export(MlmHeadGraph(model), (hidden,), mlm_spec(), out / MLM_FILE)
@@ -113,31 +152,19 @@ def model_languages(model: Transformer, sp: spm.SentencePieceProcessor) -> Model
     return ModelLanguages(cfg.languages, {lang: tag_id(sp, lang) for lang in cfg.languages}, cfg.directions)
 
 
-def write_manifest(out: Path, model: Transformer, languages: ModelLanguages, precision: str) -> Manifest:
+def write_manifest(out: Path, model: Transformer, conventions: Conventions, precision: str) -> Manifest:
     cfg = model.cfg
-    files = {
-        "encoder": ENCODER_FILE,
-        "decoder": DECODER_FILE,
-        "mlm_head": MLM_FILE,
-        "weights": WEIGHTS_FILE,
-        "fill_vocab": FILL_VOCAB_FILE,
-        "tokenizer": cv.TOKENIZER_FILE,
-    }
+    files = {"encoder": ENCODER_FILE, "decoder": DECODER_FILE, "weights": WEIGHTS_FILE}
+    if cfg.mlm_head:
+        files |= {"mlm_head": MLM_FILE, "fill_vocab": FILL_VOCAB_FILE}
+    files |= {role: path.name for role, path in conventions.tokenizer_files.items()}
+    languages = conventions.languages
     manifest = Manifest(
         opset=OPSET,
         precision=precision,
         files=files,
         sha256={name: sha256_file(out / name) for name in files.values()},
-        special_ids=SpecialIds(
-            pad=cv.PAD_ID,
-            unk=cv.UNK_ID,
-            bos=cv.BOS_ID,
-            eos=cv.EOS_ID,
-            mask=cv.MASK_ID,
-            cls=cv.CLS_ID,
-            sep=cv.SEP_ID,
-            language_tags=dict(languages.tag_ids),
-        ),
+        special_ids=conventions.special_ids,
         languages=list(languages.codes),
         directions=[(s, t) for s, t in languages.directions],
         vocab_size=cfg.vocab_size,
@@ -145,6 +172,11 @@ def write_manifest(out: Path, model: Transformer, languages: ModelLanguages, pre
         n_heads=cfg.n_heads,
         decoder_layers=cfg.decoder_layers,
         head_dim=cfg.head_dim,
+        origin=conventions.origin,
+        tokenizer=conventions.tokenizer,
+        decoder_start=conventions.decoder_start,
+        source_prefix=conventions.source_prefix,
+        generation=conventions.generation,
     )
     (out / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
     return manifest
@@ -163,28 +195,50 @@ def export_model(
     sentences in the model's first direction's source language whose greedy translations must
     match PyTorch exactly.
     """
+    model, sp = load_model_dir(checkpoint)
+    conventions = mtserve_conventions(model, sp, checkpoint / cv.TOKENIZER_FILE)
+    out.mkdir(parents=True, exist_ok=True)
+    write_fill_vocab(out, whole_word_ids(sp, training_text))
+    probe = [[*ids, cv.EOS_ID] for ids in sp.encode(list(validate_sentences[:16]) or ["A b c.", "D e f g."])]
+    sources = [[*ids, cv.EOS_ID] for ids in sp.encode(list(validate_sentences))]
+    report = export_network(model, conventions, out, precision, probe, sources)
+    log.info("exported %s to %s", checkpoint, out)
+    return report
+
+
+def export_network(
+    model: Transformer,
+    conventions: Conventions,
+    out: Path,
+    precision: str,
+    probe: Sequence[Sequence[int]],
+    sources: Sequence[Sequence[int]],
+    extra_report: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Graphs, tokenizer files and manifest for `model` in `out`, validated against PyTorch.
+
+    `probe` are source ids whose logits must match; `sources` are source ids whose greedy
+    translations (in the first direction) must be identical. Returns the report it writes."""
     from export.validate import validate_export
 
-    model, sp = load_model_dir(checkpoint)
-    languages = model_languages(model, sp)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    graphs = graph_files(model)
     export_graphs(model, out)
-    if out.resolve() != checkpoint.resolve():
-        shutil.copyfile(checkpoint / cv.TOKENIZER_FILE, out / cv.TOKENIZER_FILE)
-    write_fill_vocab(out, whole_word_ids(sp, training_text))
-    report: dict[str, Any] = {"precision": precision, "export_seconds": 0.0}
-    report["sharing"] = share_weights(out, GRAPH_FILES, model.cfg.vocab_size)
-    write_manifest(out, model, languages, "fp32")
-    report["fp32"] = validate_export(model, sp, out, validate_sentences, strict=True)
+    for path in conventions.tokenizer_files.values():
+        if path.resolve() != (out / path.name).resolve():
+            shutil.copyfile(path, out / path.name)
+    report: dict[str, Any] = {"precision": precision, "export_seconds": 0.0, **(extra_report or {})}
+    report["sharing"] = share_weights(out, graphs, model.cfg.vocab_size)
+    write_manifest(out, model, conventions, "fp32")
+    report["fp32"] = validate_export(model, out, probe, sources, strict=True)
     if precision == "int8":
         export_graphs(model, out)  # afresh: the quantizer reads plain fp32 initializers
-        report["int8_matmuls"] = quantize_int8(out, GRAPH_FILES)
-        report["sharing"] = share_weights(out, GRAPH_FILES, model.cfg.vocab_size)
-        write_manifest(out, model, languages, "int8")
-        report["int8"] = validate_export(model, sp, out, validate_sentences, strict=False)
+        report["int8_matmuls"] = quantize_int8(out, graphs)
+        report["sharing"] = share_weights(out, graphs, model.cfg.vocab_size)
+        write_manifest(out, model, conventions, "int8")
+        report["int8"] = validate_export(model, out, probe, sources, strict=False)
     report["export_seconds"] = round(time.perf_counter() - started, 1)
-    report["sizes_bytes"] = {name: (out / name).stat().st_size for name in (*GRAPH_FILES, WEIGHTS_FILE)}
+    report["sizes_bytes"] = {name: (out / name).stat().st_size for name in (*graphs, WEIGHTS_FILE)}
     (out / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
-    log.info("exported %s to %s", checkpoint, out)
     return report

@@ -16,7 +16,7 @@ import onnx
 from onnx import helper, numpy_helper
 from torch import Tensor, nn
 
-from model.transformer import MultiHeadAttention, Residual
+from model.transformer import FeedForward, MultiHeadAttention, Residual, Transformer
 from service.graphs import OPSET
 
 MS_DOMAIN = "com.microsoft"
@@ -29,12 +29,17 @@ class Builder:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._count = 0
+        self._weights: set[str] = set()
 
     def name(self, hint: str) -> str:
         self._count += 1
         return f"{hint}_{self._count}"
 
     def weight(self, name: str, value: Tensor | np.ndarray) -> str:
+        """An initializer named `name`; a second call with the same name reuses the first."""
+        if name in self._weights:
+            return name
+        self._weights.add(name)
         array = value.detach().float().numpy() if isinstance(value, Tensor) else value
         self.initializers.append(numpy_helper.from_array(np.array(array, copy=True, order="C"), name))
         return name
@@ -53,14 +58,42 @@ class Builder:
         w = self.weight(f"{prefix}.weight_t", module.weight.detach().float().numpy().T)
         return self.one("Add", [self.one("MatMul", [x, w]), self.weight(f"{prefix}.bias", module.bias)])
 
-    def shared_tables(self, embedding: Tensor, positions: Tensor, d_model: int) -> tuple[str, str, str]:
-        """The tied embedding, the sinusoidal position table and √d_model, under the names every
-        graph uses, so that the exporter stores each once (export/shared_weights.py)."""
-        return (
-            self.weight("model.embed.weight", embedding),
-            self.weight("model.positions", positions),
-            self.weight("sqrt_d", np.array(math.sqrt(d_model), np.float32)),
-        )
+    def embed(self, ids: str, model: Transformer, source: bool, positions: str) -> str:
+        """Embedding(ids) · √d_model (when the model scales) + positions, under the names every
+        graph uses, so that the exporter stores each table once (export/shared_weights.py)."""
+        table = model.source_embedding if source else model.embed
+        name = "model.embed.weight" if table is model.embed else "model.src_embed.weight"
+        x = self.one("Gather", [self.weight(name, table.weight), ids])
+        if model.cfg.scale_embedding:
+            x = self.one("Mul", [x, self.weight("sqrt_d", np.array(math.sqrt(model.cfg.d_model), np.float32))])
+        return self.one("Add", [x, positions])
+
+    def positions(self, model: Transformer) -> str:
+        return self.weight("model.positions", model.positions)
+
+    def output_logits(self, hidden: str, model: Transformer) -> str:
+        """hidden [B, D] -> logits [B, V]: one Gemm over the output projection (the embedding itself
+        when tied), with the output bias as its third input when the model has one."""
+        if model.output_proj is None:
+            weight = self.weight("model.embed.weight", model.embed.weight)
+        else:
+            weight = self.weight("model.output_proj.weight", model.output_proj.weight)
+        inputs = [hidden, weight]
+        if model.logits_bias is not None:
+            inputs.append(self.weight("model.logits_bias", model.logits_bias))
+        return self.one("Gemm", inputs, transB=1)
+
+    def activation(self, x: str, name: str) -> str:
+        """The feed-forward non-linearity: Relu, Gelu (erf, onnxruntime's fused kernel) or x·σ(x)."""
+        if name == "relu":
+            return self.one("Relu", [x])
+        if name == "gelu":
+            return self.one("Gelu", [x], domain=MS_DOMAIN)
+        return self.one("Mul", [x, self.one("Sigmoid", [x])])
+
+    def feed_forward(self, h: str, ffn: FeedForward, activation: str, prefix: str) -> str:
+        net = ffn.net
+        return self.linear(self.activation(self.linear(h, net[0], f"{prefix}.0"), activation), net[2], f"{prefix}.2")
 
     def layer_norm(self, x: str, norm: nn.Module, prefix: str) -> str:
         assert isinstance(norm, nn.LayerNorm)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from model.transformer import KV, Transformer
-from service.conventions import EOS_ID, PAD_ID, max_target_length
+from service.conventions import max_target_length
 
 
 @dataclass(frozen=True)
@@ -40,11 +40,13 @@ def beam_search(
     if not 1 <= n_best <= beam_size:
         raise ValueError(f"n_best must lie in 1..beam_size ({beam_size}), got {n_best}")
     batch, k = len(sources), beam_size
-    src = torch.full((batch, max(len(s) for s in sources)), PAD_ID, dtype=torch.long)
+    eos, pad = model.cfg.eos_id, model.cfg.pad_id
+    src = torch.full((batch, max(len(s) for s in sources)), pad, dtype=torch.long)
+    src_mask = torch.zeros(src.shape, dtype=torch.bool)
     for i, s in enumerate(sources):
         src[i, : len(s)] = torch.as_tensor(s)
+        src_mask[i, : len(s)] = True
     limits = torch.tensor([max_target_length(len(s)) for s in sources])
-    src_mask = src != PAD_ID
     memory = model.encode(src, src_mask)  # [B, S, D]
     flat = torch.arange(batch).repeat_interleave(k)  # row b·K + j belongs to sentence b
     cross = _select(model.cross_kv(memory), flat)
@@ -59,6 +61,7 @@ def beam_search(
     for step in range(int(limits.max())):
         logits, past = model.decode_step(tokens[:, -1:], src_mask, cross, past)
         log_probs = logits[:, -1].float().log_softmax(-1)  # [n·K, V]
+        log_probs[:, list(model.cfg.never_generate)] = float("-inf")
         vocab = log_probs.size(-1)
         n = alive.numel()
         cand = (scores.view(n, k, 1) + log_probs.view(n, k, vocab)).view(n, k * vocab)
@@ -75,10 +78,10 @@ def beam_search(
             for rank, (score, o, t) in enumerate(ranked):
                 if score == float("-inf"):
                     break
-                if t == EOS_ID or at_limit[i]:
+                if t == eos or at_limit[i]:
                     # An ending counts only if it ranks among the K best continuations.
                     if rank < k and len(finished[sent]) < k:
-                        hyp_tokens = tokens[i * k + o, 1:].tolist() + ([] if t == EOS_ID else [t])
+                        hyp_tokens = tokens[i * k + o, 1:].tolist() + ([] if t == eos else [t])
                         finished[sent].append(Hypothesis(hyp_tokens, score / length**length_penalty, score))
                 else:
                     chosen.append((o, t, score))
@@ -93,7 +96,7 @@ def beam_search(
                 next_scores.append(score)
             for _ in range(k - len(chosen)):  # pad with dead beams
                 next_rows.append(i * k)
-                next_tokens.append(PAD_ID)
+                next_tokens.append(pad)
                 next_scores.append(float("-inf"))
         if not keep:
             break

@@ -5,7 +5,16 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from service.conventions import EOS_ID, PAD_ID
+
+Activation = Literal["relu", "gelu", "swish"]
+ACTIVATIONS: tuple[str, ...] = ("relu", "gelu", "swish")
+# "interleaved": sin and cos of each frequency side by side (ours); "halves": every sine, then
+# every cosine (Marian's table).
+PositionLayout = Literal["interleaved", "halves"]
+POSITION_LAYOUTS: tuple[str, ...] = ("interleaved", "halves")
 
 
 @dataclass(frozen=True)
@@ -23,8 +32,24 @@ class ModelConfig:
     # (source, target) directions. Metadata for the exporter and the service.
     languages: tuple[str, ...] = ()
     directions: tuple[tuple[str, str], ...] = ()
+    # Variants an imported model needs (export/marian.py); the defaults are mtserve's own design.
+    activation: Activation = "relu"
+    scale_embedding: bool = True  # embeddings times √d_model
+    position_layout: PositionLayout = "interleaved"
+    shared_embeddings: bool = True  # encoder and decoder read one table; else each its own
+    tied_output: bool = True  # the output projection is the decoder's embedding
+    output_bias: bool = False  # a bias on the output logits (Marian's final_logits_bias)
+    layer_norm_eps: float = 1e-5
+    mlm_head: bool = True  # the masked-LM and next-sentence heads
+    pad_id: int = PAD_ID
+    eos_id: int = EOS_ID
+    never_generate: tuple[int, ...] = ()  # ids the decoder may never emit (Marian: its pad)
 
     def __post_init__(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation {self.activation!r} is not one of {', '.join(ACTIVATIONS)}")
+        if self.position_layout not in POSITION_LAYOUTS:
+            raise ValueError(f"position_layout {self.position_layout!r} is not one of {', '.join(POSITION_LAYOUTS)}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if self.d_model % 2:
@@ -50,4 +75,5 @@ class ModelConfig:
         data = dict(data)
         data["languages"] = tuple(data.get("languages", ()))
         data["directions"] = tuple((s, t) for s, t in data.get("directions", ()))
+        data["never_generate"] = tuple(data.get("never_generate", ()))
         return cls(**data)

@@ -13,7 +13,8 @@ from typing import Any
 from model.config import ModelConfig
 from model.data_config import TOP_LEVEL_KEYS, DataConfig, parse_data_config
 
-_MODEL_KEYS = {f.name for f in fields(ModelConfig)} - {"vocab_size", "max_positions", "languages", "directions"}
+# The architecture keys a training config sets; the rest of ModelConfig describes imported models.
+_MODEL_KEYS = {"d_model", "n_heads", "d_ff", "encoder_layers", "decoder_layers", "dropout", "pre_norm"}
 ARCHITECTURE_KEYS = frozenset({"vocab_size", *_MODEL_KEYS} - {"dropout"})
 
 

@@ -14,15 +14,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.config import ModelConfig
-from service.conventions import PAD_ID
 
 # One decoder layer's cached keys and values, each [B, H, P, K].
 KV = tuple[Tensor, Tensor]
 
 
-def sinusoidal_positions(length: int, d_model: int, offset: int | Tensor = 0) -> Tensor:
-    """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d)). [L, D]"""
-    pos = torch.arange(length, dtype=torch.float32) + offset  # [L]
+def sinusoidal_positions(length: int, d_model: int, layout: str = "interleaved") -> Tensor:
+    """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d)). [L, D]
+
+    "interleaved" stores each frequency's sine and cosine side by side, as the formula reads;
+    "halves" stores every sine, then every cosine (Marian's table, the same values moved).
+    """
+    if layout == "halves":  # computed in float64, as Marian's table is
+        pos64 = torch.arange(length, dtype=torch.float64)[:, None]
+        angles64 = pos64 / torch.pow(10000.0, torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)
+        return torch.cat((angles64.sin(), angles64.cos()), dim=-1).float()
+    pos = torch.arange(length, dtype=torch.float32)  # [L]
     inv_freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
     angles = pos[:, None] * inv_freq[None, :]  # [L, D/2]
     return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(1)  # interleave sin, cos
@@ -36,6 +43,12 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) 
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # [B, H, T, S]
     scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     return scores.softmax(dim=-1) @ v  # [B, H, T, K]
+
+
+def _project(hidden: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """hidden [.., D] @ weight[V, D]ᵀ (+ bias) -> [.., V], through a 2-D view (one Gemm when exported)."""
+    flat = F.linear(hidden.reshape(-1, hidden.size(-1)), weight, bias)  # [N, V]
+    return flat.view(*hidden.shape[:-1], flat.size(-1))
 
 
 class MultiHeadAttention(nn.Module):
@@ -62,8 +75,13 @@ class MultiHeadAttention(nn.Module):
         return self.out_proj(heads.transpose(1, 2).flatten(2))  # [B, T, D]
 
 
+def activation(name: str) -> nn.Module:
+    """The feed-forward non-linearity of ModelConfig.activation ("swish" is x·σ(x), Marian's name)."""
+    return {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU}[name]()
+
+
 class FeedForward(nn.Module):
-    """FFN(x) = max(0, x W1 + b1) W2 + b2.
+    """FFN(x) = act(x W1 + b1) W2 + b2, act ReLU unless the config says otherwise.
 
     No dropout inside, as in the original design: on CPU the random mask of the
     4·d_model-wide hidden layer costs more than the whole attention block.
@@ -71,7 +89,9 @@ class FeedForward(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_ff), nn.ReLU(), nn.Linear(cfg.d_ff, cfg.d_model))
+        self.net = nn.Sequential(
+            nn.Linear(cfg.d_model, cfg.d_ff), activation(cfg.activation), nn.Linear(cfg.d_ff, cfg.d_model)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -82,7 +102,7 @@ class Residual(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(cfg.d_model)
+        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
         self.pre_norm = cfg.pre_norm
 
@@ -135,44 +155,69 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=PAD_ID)
+        # The decoder's (and, shared, the encoder's) table; a separate source table when not shared.
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
+        self.src_embed = None if cfg.shared_embeddings else nn.Embedding(cfg.vocab_size, cfg.d_model, cfg.pad_id)
+        self.output_proj = None if cfg.tied_output else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.logits_bias: Tensor | None
+        self.register_buffer("logits_bias", torch.zeros(cfg.vocab_size) if cfg.output_bias else None)
         self.embed_dropout = nn.Dropout(cfg.dropout)
         self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
         # Pre-norm stacks end with a LayerNorm; post-norm layers already end normalised.
-        self.encoder_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
-        self.decoder_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
-        # BERT's MLM head (dense, GELU, LayerNorm) then the tied output projection.
-        self.mlm_transform = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_model), nn.GELU(), nn.LayerNorm(cfg.d_model))
-        self.mlm_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
-        # BERT's pooler on <cls>, then a two-way classifier for next-sentence prediction.
-        self.nsp_head = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_model), nn.Tanh(), nn.Linear(cfg.d_model, 2))
+        eps = cfg.layer_norm_eps
+        self.encoder_norm = nn.LayerNorm(cfg.d_model, eps=eps) if cfg.pre_norm else nn.Identity()
+        self.decoder_norm = nn.LayerNorm(cfg.d_model, eps=eps) if cfg.pre_norm else nn.Identity()
+        if cfg.mlm_head:
+            # BERT's MLM head (dense, GELU, LayerNorm) then the tied output projection.
+            self.mlm_transform = nn.Sequential(
+                nn.Linear(cfg.d_model, cfg.d_model), nn.GELU(), nn.LayerNorm(cfg.d_model)
+            )
+            self.mlm_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+            # BERT's pooler on <cls>, then a two-way classifier for next-sentence prediction.
+            self.nsp_head = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_model), nn.Tanh(), nn.Linear(cfg.d_model, 2))
         self.positions: Tensor
-        self.register_buffer("positions", sinusoidal_positions(cfg.max_positions, cfg.d_model), persistent=False)
+        table = sinusoidal_positions(cfg.max_positions, cfg.d_model, cfg.position_layout)
+        self.register_buffer("positions", table, persistent=False)
         self.apply(self._init_weights)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
             nn.init.xavier_uniform_(module.weight)
-            nn.init.zeros_(module.bias)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=module.embedding_dim**-0.5)
-            nn.init.zeros_(module.weight[PAD_ID])
+            if module.padding_idx is not None:
+                nn.init.zeros_(module.weight[module.padding_idx])
 
-    def _embed(self, ids: Tensor, offset: int | Tensor = 0) -> Tensor:
-        """Embedding · √d_model + PE. ids [B, L] -> [B, L, D]"""
+    @property
+    def embed_scale(self) -> float:
+        return math.sqrt(self.cfg.d_model) if self.cfg.scale_embedding else 1.0
+
+    @property
+    def source_embedding(self) -> nn.Embedding:
+        return self.embed if self.src_embed is None else self.src_embed
+
+    @property
+    def output_weight(self) -> Tensor:
+        """The output projection [V, D]: the decoder's embedding when tied."""
+        return self.embed.weight if self.output_proj is None else self.output_proj.weight
+
+    def _embed(self, table: nn.Embedding, ids: Tensor, offset: int | Tensor = 0) -> Tensor:
+        """Embedding · √d_model (when scaled) + PE. ids [B, L] -> [B, L, D]"""
         length = ids.size(1)
         if isinstance(offset, int):
             pos = self.positions[offset : offset + length]
         else:  # a traced past length: gather instead of slicing with a Python int
             pos = self.positions.index_select(0, torch.arange(length, device=ids.device) + offset)
-        return self.embed_dropout(self.embed(ids) * math.sqrt(self.cfg.d_model) + pos)
+        return self.embed_dropout(table(ids) * self.embed_scale + pos)
 
     def encode(self, src_ids: Tensor, src_mask: Tensor) -> Tensor:
         """src_ids [B, S], src_mask [B, S] (True on real tokens) -> hidden states [B, S, D]."""
         attn_mask = src_mask[:, None, None, :]  # [B, 1, 1, S]
-        x = self._embed(src_ids)
+        x = self._embed(self.source_embedding, src_ids)
         for layer in self.encoder:
             x = layer(x, attn_mask)
         return self.encoder_norm(x)
@@ -197,7 +242,7 @@ class Transformer(nn.Module):
         k_pos = torch.arange(past_len + t, device=tgt_ids.device)[None, :]  # [1, P+T]
         self_mask = (k_pos <= q_pos)[None, None]  # [1, 1, T, P+T]
         cross_mask = src_mask[:, None, None, :]  # [B, 1, 1, S]
-        x = self._embed(tgt_ids, past_len)
+        x = self._embed(self.embed, tgt_ids, past_len)
         present: list[KV] = []
         for i, layer in enumerate(self.decoder):
             x, kv = layer(x, None if past is None else past[i], self_mask, cross[i], cross_mask)
@@ -205,24 +250,23 @@ class Transformer(nn.Module):
         return self.output_logits(self.decoder_norm(x)), present
 
     def output_logits(self, hidden: Tensor) -> Tensor:
-        """The output projection tied to the input embedding. [.., D] -> [.., V]
+        """The output projection (tied to the embedding unless configured apart). [.., D] -> [.., V]
 
         F.linear on a 2-D view exports as one Gemm(transB=1) that reads the embedding
         matrix itself, so exported graphs share it instead of storing a transposed copy.
         """
-        flat = F.linear(hidden.reshape(-1, hidden.size(-1)), self.embed.weight)  # [N, V]
-        return flat.view(*hidden.shape[:-1], flat.size(-1))
+        return _project(hidden, self.output_weight, self.logits_bias)
 
     def forward(self, src_ids: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher-forced logits [B, T, V] for source [B, S] and shifted target [B, T]."""
-        src_mask = src_ids != PAD_ID
+        src_mask = src_ids != self.cfg.pad_id
         memory = self.encode(src_ids, src_mask)
         logits, _ = self.decode_step(tgt_in, src_mask, self.cross_kv(memory))
         return logits
 
     def mlm_logits(self, hidden: Tensor) -> Tensor:
         """Masked-LM logits [.., V] from encoder hidden states [.., D]."""
-        return self.output_logits(self.mlm_transform(hidden)) + self.mlm_bias
+        return _project(self.mlm_transform(hidden), self.embed.weight) + self.mlm_bias
 
     def nsp_logits(self, hidden: Tensor) -> Tensor:
         """Next-sentence logits [B, 2] from the `<cls>` state at position 0 of [B, S, D]."""

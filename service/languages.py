@@ -53,7 +53,7 @@ class ModelLanguages:
             for lang in (source, target):
                 if lang not in self.codes:
                     raise ValueError(f"direction {source}-{target} names {lang!r}, not one of {list(self.codes)}")
-        missing = [lang for lang in self.codes if lang not in self.tag_ids]
+        missing = [lang for lang in {t for _, t in self.directions} if lang not in self.tag_ids]
         if missing:
             raise ValueError(f"no language tag id for {missing}")
 

@@ -26,12 +26,33 @@ class SpecialIds(BaseModel):
     model_config = ConfigDict(extra="forbid")
     pad: int
     unk: int
-    bos: int
+    bos: int | None = None
     eos: int
-    mask: int
-    cls: int
-    sep: int
-    language_tags: dict[str, int]
+    mask: int | None = None  # None: the model has no masked-LM head
+    cls: int | None = None
+    sep: int | None = None
+    language_tags: dict[str, int] = {}  # mtserve models: target language -> decoder start token
+
+
+class Generation(BaseModel):
+    """How the model decodes by default; each differing rule of another beam search is an option
+    (service/runtime/beam.py, docs/DESIGN.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    beam_size: int = 5
+    length_penalty: float = 1.0
+    max_length: int = 0  # target tokens, EOS included; 0: the proportional rule alone
+    proportional_limit: bool = True  # also at most 2·source + 10 tokens (conventions.max_target_length)
+    early_stopping: bool = True  # a sentence ends once beam_size hypotheses have
+    forced_eos: bool = False  # at the limit a hypothesis ends with EOS at probability 1
+
+
+class TokenizerSpec(BaseModel):
+    """ "sentencepiece": one model whose ids are the model's (mtserve's own). "vocab": a source and
+    a target SentencePiece model whose pieces map to ids through one vocabulary (Marian's)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: str = "sentencepiece"
 
 
 class Manifest(BaseModel):
@@ -39,7 +60,8 @@ class Manifest(BaseModel):
     format_version: int = 2
     opset: int
     precision: str  # fp32 or int8
-    files: dict[str, str]  # role -> file name: encoder, decoder, mlm_head, tokenizer
+    files: dict[str, str]  # role -> file name: encoder, decoder, mlm_head (optional), tokenizer or
+    # source_tokenizer, target_tokenizer and vocab
     sha256: dict[str, str]  # file name -> hex digest
     special_ids: SpecialIds
     languages: list[str]
@@ -50,12 +72,25 @@ class Manifest(BaseModel):
     n_heads: int
     decoder_layers: int
     head_dim: int
+    # Where the model came from ("mtserve", or "marian" for an import) and how it decodes.
+    origin: str = "mtserve"
+    tokenizer: TokenizerSpec = TokenizerSpec()
+    # Target language -> the decoder's first token; None: special_ids.language_tags.
+    decoder_start: dict[str, int] | None = None
+    # Target language -> tokens put before the source (a multi-target Marian model's >>fra<<).
+    source_prefix: dict[str, list[int]] = {}
+    generation: Generation = Generation()
+
+    @property
+    def has_mlm_head(self) -> bool:
+        return "mlm_head" in self.files
 
     def model_languages(self) -> ModelLanguages:
         directions = self.directions
         if directions is None:
             directions = [(s, t) for s in self.languages for t in self.languages if s != t]
-        return ModelLanguages(tuple(self.languages), dict(self.special_ids.language_tags), tuple(directions))
+        starts = self.special_ids.language_tags if self.decoder_start is None else self.decoder_start
+        return ModelLanguages(tuple(self.languages), dict(starts), tuple(directions))
 
 
 class ModelFileError(RuntimeError):

@@ -32,11 +32,13 @@ def _languages(args: argparse.Namespace, languages: ModelLanguages) -> tuple[str
     return source, target
 
 
-def _options(args: argparse.Namespace) -> Any:
+def _options(args: argparse.Namespace, generation: Any) -> Any:
     from service.runtime.beam import DecodeOptions
 
     try:
-        return DecodeOptions(beam_size=args.beam_size, n_best=args.n_best, length_penalty=args.length_penalty)
+        if args.beam_size is not None and args.n_best > args.beam_size:
+            raise ValueError(f"n_best must lie in 1..beam_size ({args.beam_size}), got {args.n_best}")
+        return DecodeOptions.from_generation(generation, args.n_best, args.beam_size, args.length_penalty)
     except ValueError as exc:
         sys.exit(f"mtserve: {exc}")
 
@@ -48,7 +50,7 @@ def _translate(args: argparse.Namespace) -> int:
 
     translator = Translator.load(args.model, args.threads, args.batch_tokens)
     _, target = _languages(args, translator.languages)
-    options = _options(args)
+    options = _options(args, translator.model.manifest.generation)
     lines = [line.rstrip("\n") for line in sys.stdin]
     show = sys.stderr.isatty() and len(lines) > 20
     with tqdm(total=len(lines), disable=not show, unit="segment", file=sys.stderr) as bar:
@@ -70,7 +72,10 @@ def _fill(args: argparse.Namespace) -> int:
     from service.runtime.fill_mask import FillMask, FillMaskError
     from service.runtime.sessions import OnnxModel
 
-    filler = FillMask.from_model(OnnxModel(args.model, args.threads))
+    model = OnnxModel(args.model, args.threads)
+    if not model.manifest.has_mlm_head:
+        sys.exit(f"mtserve fill: {args.model} has no masked-LM head (imported models have none)")
+    filler = FillMask.from_model(model)
     try:
         results = filler.fill(args.text, top_k=args.top_k, targets=args.targets)
     except FillMaskError as exc:
@@ -87,7 +92,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     translator = Translator.load(args.model, args.threads, args.batch_tokens)
     _, target = _languages(args, translator.languages)
-    options = _options(args)
+    options = _options(args, translator.model.manifest.generation)
     lines = [line.rstrip("\n") for line in args.input.read_text().splitlines()]
     translator.translate(lines[:8], target, options)  # warm-up
     latencies: list[float] = []
@@ -113,7 +118,7 @@ def _bench(args: argparse.Namespace) -> int:
                 "batch_latency_p50_ms": round(float(np.percentile(latencies, 50)) * 1000, 1),
                 "batch_latency_p95_ms": round(float(np.percentile(latencies, 95)) * 1000, 1),
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                "beam": args.beam_size,
+                "beam": options.beam_size,
                 "threads": args.threads,
                 "batch_tokens": args.batch_tokens,
             }
@@ -132,9 +137,9 @@ def _decoding(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--target", help="target language (default: the only one from --source, else the model's first direction's)"
     )
-    parser.add_argument("--beam-size", type=int, default=5)
+    parser.add_argument("--beam-size", type=int, help="default: the model's (5 for mtserve's own)")
     parser.add_argument("--n-best", type=int, default=1)
-    parser.add_argument("--length-penalty", type=float, default=1.0)
+    parser.add_argument("--length-penalty", type=float, help="default: the model's (1.0 for mtserve's own)")
     parser.add_argument("--batch-tokens", type=int, default=2048, help="source tokens per batch")
 
 

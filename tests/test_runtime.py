@@ -23,7 +23,7 @@ def onnx_model(exported: Path) -> OnnxModel:
 
 
 def _ids(model: OnnxModel, texts: list[str]) -> list[list[int]]:
-    return [[*ids, EOS_ID] for ids in model.tokenizer.encode(texts)]
+    return [[*model.tokenizer.encode(text), EOS_ID] for text in texts]
 
 
 def _teacher_forced_log_prob(model: OnnxModel, source: list[int], tag: int, tokens: list[int]) -> float:

@@ -38,7 +38,9 @@ def _run(translator: Translator, body: Callable[[Scheduler], Awaitable[T]], **kw
 
 
 def _sample(scheduler: Scheduler, name: str) -> float:
-    return scheduler.metrics.registry.get_sample_value(name) or 0.0
+    """A sample summed over its labels (batch metrics carry the model's)."""
+    samples = [s for metric in scheduler.metrics.registry.collect() for s in metric.samples if s.name == name]
+    return sum(s.value for s in samples)
 
 
 def _request(

@@ -35,8 +35,10 @@ def test_positional_encoding_matches_formula() -> None:
             assert pe[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-5)
 
 
-def test_positional_encoding_offset_continues_the_sequence() -> None:
-    assert torch.allclose(sinusoidal_positions(5, 16, offset=3), sinusoidal_positions(8, 16)[3:], atol=1e-6)
+def test_halves_layout_holds_every_sine_then_every_cosine() -> None:
+    interleaved, halves = sinusoidal_positions(50, 16), sinusoidal_positions(50, 16, "halves")
+    assert torch.allclose(halves[:, :8], interleaved[:, 0::2], atol=1e-5)
+    assert torch.allclose(halves[:, 8:], interleaved[:, 1::2], atol=1e-5)
 
 
 def test_changing_a_future_target_token_leaves_earlier_outputs_unchanged(model: Transformer) -> None:

@@ -27,11 +27,12 @@ WARM_UP_FILL = "Warm <mask> one two three."
 async def warm_up(state: ServiceState) -> None:
     """A translation into each target language through the scheduler, one fill and one detection,
     before /ready. What the text means does not matter: it runs every graph once."""
-    for target in state.languages.target_codes:
-        source = state.languages.sources(target)[0]
+    for source, target in state.models.by_direction:
         options = state.default_options()
         await state.translations.translate([WARM_UP_TEXT], [source], target, options, state.deadline())
-    await state.scheduler.run_in_worker(state.fill_mask.fill, WARM_UP_FILL, 1, None)
+    for model in state.models.models:
+        if model.fill_mask is not None:
+            await state.scheduler.run_in_worker(model.fill_mask.fill, WARM_UP_FILL, 1, None)
     state.detector.warm_up()
 
 
@@ -50,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.ready = True
         log.info(
             "ready in %.2f s: model %s (sha %s), %d batch workers, %d intra-op threads, batch budget %d tokens",
-            time.perf_counter() - t0, settings.model_dir.name, state.model_sha, settings.batch_workers,
+            time.perf_counter() - t0, state.model_name, state.model_sha, settings.batch_workers,
             settings.intra_op_threads, settings.batch_tokens,
         )  # fmt: skip
         try:

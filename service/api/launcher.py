@@ -31,12 +31,17 @@ def rss_mb(pid: int) -> float:
 
 
 def metric_value(exposition: str, name: str) -> float:
-    """One unlabelled sample (e.g. `mtserve_queue_depth`, `mtserve_batch_sentences_sum`) from /metrics text."""
-    for family in text_string_to_metric_families(exposition):
-        for sample in family.samples:
-            if sample.name == name and not sample.labels:
-                return float(sample.value)
-    raise KeyError(f"{name} is not in the exposition")
+    """A sample (e.g. `mtserve_queue_depth`, `mtserve_batch_sentences_sum`) from /metrics text, summed over
+    its labels (the model label of batch metrics)."""
+    values = [
+        float(sample.value)
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if sample.name == name
+    ]
+    if not values:
+        raise KeyError(f"{name} is not in the exposition")
+    return sum(values)
 
 
 def free_port() -> int:

@@ -1,4 +1,5 @@
-"""Prometheus metrics. Labels stay bounded: route (the route's template), status class, direction."""
+"""Prometheus metrics. Labels stay bounded: route (the route's template), status class, direction, and
+model (one value per loaded model)."""
 
 from __future__ import annotations
 
@@ -28,14 +29,22 @@ class Metrics:
         self.queue_depth = Gauge("mtserve_queue_depth", "sentences waiting for the model", registry=r)
         self.rejected = Counter("mtserve_queue_rejected", "requests refused because the queue was full", registry=r)
         self.batch_sentences = Histogram(
-            "mtserve_batch_sentences", "sentences per model batch", buckets=SIZE_BUCKETS, registry=r
+            "mtserve_batch_sentences", "sentences per model batch", ["model"], buckets=SIZE_BUCKETS, registry=r
         )
         self.batch_tokens = Histogram(
-            "mtserve_batch_tokens", "source tokens per model batch", buckets=TOKEN_BUCKETS, registry=r
+            "mtserve_batch_tokens", "source tokens per model batch", ["model"], buckets=TOKEN_BUCKETS, registry=r
         )
         self.inference_seconds = Histogram(
-            "mtserve_inference_duration_seconds", "model time per batch", buckets=LATENCY_BUCKETS, registry=r
+            "mtserve_inference_duration_seconds", "model time per batch", ["model"], buckets=LATENCY_BUCKETS,
+            registry=r,
+        )  # fmt: skip
+        self.input_tokens = Counter(
+            "mtserve_input_tokens", "source tokens translated", ["direction", "model"], registry=r
         )
-        self.input_tokens = Counter("mtserve_input_tokens", "source tokens translated", ["direction"], registry=r)
-        self.output_tokens = Counter("mtserve_generated_tokens", "target tokens generated", ["direction"], registry=r)
+        self.output_tokens = Counter(
+            "mtserve_generated_tokens", "target tokens generated", ["direction", "model"], registry=r
+        )
+        self.model_memory = Gauge(
+            "mtserve_model_resident_bytes", "resident memory that loading the model added", ["model"], registry=r
+        )
         self.model_info = Gauge("mtserve_model_info", "the model being served", ["name", "version", "sha"], registry=r)

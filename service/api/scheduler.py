@@ -1,7 +1,8 @@
 """One scheduler merges the sentences of concurrent requests into shared model batches.
 
-- A batch holds sentences with the same decoding options (beam, length penalty, max length);
-  targets may differ. Rows x longest source stay within the token budget.
+- A batch holds sentences for one model with the same decoding options (beam, length penalty,
+  max length); targets may differ. Rows x longest source stay within the token budget. Several
+  models share the queue, the workers and the budget.
 - When the runtime is idle a batch leaves at once. While a batch runs (with more than one
   worker), the next one gathers and leaves when full or after `max_wait_s`.
 - Inference runs in worker threads, off the event loop; each caller gets its own results.
@@ -19,7 +20,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -79,6 +80,7 @@ class Sentence:
     target: str
     direction: str  # metrics label, e.g. en-fr
     text: str  # the source text, for the fault injector
+    model: str = ""  # which loaded model translates it ("": the only one)
 
 
 @dataclass(eq=False)
@@ -94,14 +96,14 @@ class _Job:
         return self.sentence.ids
 
     @property
-    def key(self) -> DecodeOptions:
-        return dataclasses.replace(self.options, n_best=1)
+    def key(self) -> tuple[str, DecodeOptions]:
+        return self.sentence.model, dataclasses.replace(self.options, n_best=1)
 
 
 class Scheduler:
     def __init__(
         self,
-        translator: Translator,
+        translators: Translator | Mapping[str, Translator],
         metrics: Metrics,
         *,
         batch_tokens: int,
@@ -111,7 +113,7 @@ class Scheduler:
         workers: int = 1,
         fault_marker: str = "",
     ) -> None:
-        self.translator = translator
+        self.translators = dict(translators) if isinstance(translators, Mapping) else {"": translators}
         self.metrics = metrics
         self.batch_tokens = batch_tokens
         self.queue_size = queue_size
@@ -272,14 +274,17 @@ class Scheduler:
         started = time.monotonic()
         for job in batch:
             self.metrics.queue_wait.observe(started - job.enqueued)
-        options = dataclasses.replace(batch[0].key, n_best=max(job.options.n_best for job in batch))
+        model, options = batch[0].key
+        options = dataclasses.replace(options, n_best=max(job.options.n_best for job in batch))
         sources = [job.ids for job in batch]
-        self.metrics.batch_sentences.observe(len(batch))
-        self.metrics.batch_tokens.observe(sum(len(s) for s in sources))
+        label = self._label(model)
+        self.metrics.batch_sentences.labels(label).observe(len(batch))
+        self.metrics.batch_tokens.labels(label).observe(sum(len(s) for s in sources))
         try:
             hyps = await asyncio.get_running_loop().run_in_executor(
                 self._executor,
                 self._infer,
+                model,
                 sources,
                 [job.sentence.target for job in batch],
                 options,
@@ -292,11 +297,11 @@ class Scheduler:
                 if not ticket.future.done():
                     ticket.future.set_exception(InferenceFailed(error_id))
         else:
-            self.metrics.inference_seconds.observe(time.monotonic() - started)
+            self.metrics.inference_seconds.labels(label).observe(time.monotonic() - started)
             for job, job_hyps in zip(batch, hyps, strict=True):
-                self.metrics.input_tokens.labels(job.sentence.direction).inc(len(job.ids))
+                self.metrics.input_tokens.labels(job.sentence.direction, label).inc(len(job.ids))
                 if job_hyps:
-                    self.metrics.output_tokens.labels(job.sentence.direction).inc(job_hyps[0].length)
+                    self.metrics.output_tokens.labels(job.sentence.direction, label).inc(job_hyps[0].length)
                 ticket = job.ticket
                 ticket.results[job.index] = job_hyps
                 ticket.remaining -= 1
@@ -307,9 +312,16 @@ class Scheduler:
             self._slots.release()
             self._changed.set()
 
+    def _label(self, model: str) -> str:
+        """The metrics label: the model's name (with one model, the only one's)."""
+        return model or next(iter(self.translators))
+
+    def _translator(self, model: str) -> Translator:
+        return self.translators[model] if model else next(iter(self.translators.values()))
+
     def _infer(
-        self, sources: list[list[int]], targets: list[str], options: DecodeOptions, texts: list[str]
+        self, model: str, sources: list[list[int]], targets: list[str], options: DecodeOptions, texts: list[str]
     ) -> list[list[Hypothesis]]:
         if self.fault_marker and any(self.fault_marker in text for text in texts):
             raise InjectedFault(f"fault injected: a sentence contains {self.fault_marker!r}")
-        return self.translator.search(sources, targets, options)
+        return self._translator(model).search(sources, targets, options)

@@ -77,9 +77,13 @@ class TranslateRequest(BaseModel):
     texts: list[str] = Field(min_length=1, description="texts to translate; each may hold several sentences")
     source: str = Field("auto", description="source language (one of /languages), or auto to detect it")
     target: str = Field(description="target language; the model must translate source→target")
-    beam_size: int = Field(5, ge=1, le=8)
+    beam_size: int | None = Field(
+        None, ge=1, le=8, description="default: the serving model's (5 for mtserve's own, num_beams for imports)"
+    )
     num_hypotheses: int = Field(1, ge=1, le=8, description="hypotheses per text, at most beam_size")
-    length_penalty: float = Field(1.0, ge=0.0, le=4.0, description="score = log p / length^length_penalty")
+    length_penalty: float | None = Field(
+        None, ge=0.0, le=4.0, description="score = log p / length^length_penalty; default: the model's (1.0)"
+    )
     max_length: int | None = Field(None, ge=1, le=256, description="target tokens per sentence, EOS included")
     return_scores: bool = True
 
@@ -108,6 +112,9 @@ class FillMaskRequest(BaseModel):
     text: str = Field(min_length=1, description="text with one or more <mask> (or [MASK]), each standing for a word")
     top_k: int = Field(5, ge=1, le=20)
     targets: list[str] | None = Field(None, min_length=1, max_length=100, description="score only these words")
+    language: str | None = Field(
+        None, description="the text's language: picks the model with a masked-LM head that has it"
+    )
 
 
 class FillCandidate(BaseModel):

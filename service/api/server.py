@@ -12,8 +12,9 @@ from types import FrameType
 import uvicorn
 
 from service.api import logs
+from service.api.models import ModelSetError, check_model_dirs
 from service.api.settings import Settings
-from service.manifest import ModelFileError, load_manifest
+from service.manifest import ModelFileError
 
 log = logging.getLogger("mtserve.server")
 SWITCH_INTERVAL_S = 0.0005
@@ -42,9 +43,9 @@ def serve(settings: Settings) -> int:
     from service.api.app import create_app
 
     logs.configure(settings.log_level)
-    try:  # fail before uvicorn starts, with one line that names the file
-        load_manifest(settings.model_dir, verify=True)
-    except ModelFileError as exc:
+    try:  # fail before uvicorn starts, with one line that names the file or the conflict
+        check_model_dirs(settings.model_dirs, settings.prefer)
+    except (ModelFileError, ModelSetError) as exc:
         log.error("cannot start: %s", exc)
         return 2
     app = create_app(settings)
@@ -72,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
     for name in ("host", "port", "threads"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
-    if args.model is not None:
-        overrides["model_dir"] = Path(args.model)
+    if args.model:
+        overrides["models"] = [Path(m) for m in args.model]
     settings = Settings(**overrides)  # type: ignore[arg-type]
     return serve(settings)
 
@@ -83,7 +84,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--host", default=None, help="listen address (MTSERVE_HOST, default 0.0.0.0)")
     parser.add_argument("--port", type=int, default=None, help="listen port (MTSERVE_PORT, default 8000)")
     parser.add_argument(
-        "--model", default=None, help="model directory (MTSERVE_MODEL_DIR, default: the committed model)"
+        "--model",
+        action="append",
+        help="model directory; repeat to serve several (MTSERVE_MODELS, default: the committed model)",
     )
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (MTSERVE_THREADS; 0: CPU quota)")
     parser.set_defaults(handler=run)

@@ -43,6 +43,12 @@ class Settings(BaseSettings):
 
     # model and runtime
     model_dir: Path = DEFAULT_MODEL_DIR
+    models: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="model directories to serve together (comma-separated); empty: model_dir"
+    )
+    prefer: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="model names that win a direction two models serve, first wins"
+    )
     model_name: str = Field(
         default="", description="name in /ready, /v1/translate and metrics; empty: mtserve-<languages>"
     )
@@ -54,7 +60,9 @@ class Settings(BaseSettings):
     workers: int = Field(
         default=0, ge=0, le=8, description="model batches that may run at once; 0: one per core of the CPU quota"
     )
-    default_beam_size: int = Field(default=5, ge=1, le=8)
+    default_beam_size: int = Field(
+        default=0, ge=0, le=8, description="beam of requests that name none; 0: each model's own (mtserve: 5)"
+    )
     # flow control
     queue_size: int = Field(default=256, ge=1, description="sentences waiting for the model, after splitting")
     request_timeout_s: float = Field(default=30.0, gt=0)
@@ -77,11 +85,15 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = Field(default=8000, ge=0, le=65535)
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "cors_origins", "models", "prefer", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         """`a,b,c` in the environment; a list when built in code."""
         return _split(value)
+
+    @property
+    def model_dirs(self) -> list[Path]:
+        return list(self.models) or [self.model_dir]
 
     @cached_property
     def intra_op_threads(self) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -13,23 +13,19 @@ from service.api.access import KeyRing, RateLimiter
 from service.api.detect import Detector
 from service.api.files import FileStore
 from service.api.metrics import Metrics
+from service.api.models import ModelSet, Requested
 from service.api.scheduler import Scheduler
 from service.api.settings import Settings
 from service.api.translation import TranslationService
 from service.languages import ModelLanguages
-from service.manifest import MANIFEST_FILE
-from service.runtime.beam import DecodeOptions
-from service.runtime.fill_mask import FillMask
-from service.runtime.translator import Translator
 
 
 @dataclass
 class ServiceState:
     settings: Settings
     metrics: Metrics
-    translator: Translator
-    languages: ModelLanguages
-    fill_mask: FillMask
+    models: ModelSet
+    languages: ModelLanguages  # the union of the models' languages and directions
     detector: Detector
     scheduler: Scheduler
     translations: TranslationService
@@ -45,43 +41,47 @@ class ServiceState:
 
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics) -> ServiceState:
-        """Load the model (hashes checked: a missing or corrupt file raises naming it) and its helpers."""
-        translator = Translator.load(settings.model_dir, settings.intra_op_threads, settings.batch_tokens)
-        manifest_bytes = (settings.model_dir / MANIFEST_FILE).read_bytes()
-        sha = hashlib.sha256(manifest_bytes).hexdigest()[:16]
+        """Load the models (hashes checked: a missing or corrupt file raises naming it) and their helpers."""
+        models = ModelSet.load(settings.model_dirs, settings.intra_op_threads, settings.batch_tokens, settings.prefer)
+        if models.single and settings.model_name:
+            models = ModelSet([replace(models.models[0], name=settings.model_name)])
         scheduler = Scheduler(
-            translator, metrics,
+            {m.name: m.translator for m in models.models}, metrics,
             # the budget bounds the memory of all running batches together
             batch_tokens=settings.batch_tokens // settings.batch_workers, queue_size=settings.queue_size,
             max_wait_s=settings.max_wait_ms / 1000,
             retry_after_s=settings.retry_after_s, workers=settings.batch_workers, fault_marker=settings.fault_marker,
         )  # fmt: skip
-        version = f"{translator.model.manifest.precision}-opset{translator.model.manifest.opset}"
-        name = settings.model_name or "mtserve-" + "-".join(translator.languages.codes)
-        metrics.model_info.labels(name, version, sha).set(1)
+        for model in models.models:
+            metrics.model_info.labels(model.name, model.version, model.sha).set(1)
+            metrics.model_memory.labels(model.name).set(model.resident_bytes)
+        if models.single:
+            sha, version = models.models[0].sha, models.models[0].version
+        else:
+            sha = hashlib.sha256("".join(m.sha for m in models.models).encode()).hexdigest()[:16]
+            version = ",".join(m.version for m in models.models)
         return cls(
             settings=settings,
             metrics=metrics,
-            translator=translator,
-            languages=translator.languages,
-            fill_mask=FillMask.from_model(translator.model),
-            detector=Detector(translator.languages.codes),
+            models=models,
+            languages=models.languages,
+            detector=Detector(models.languages.codes),
             scheduler=scheduler,
-            translations=TranslationService(translator, scheduler),
+            translations=TranslationService(models, scheduler, settings.default_beam_size),
             keys=KeyRing(settings.api_keys, settings.require_api_key),
             rate_limiter=RateLimiter(settings.req_limit),
             files=FileStore(),
             model_sha=sha,
             model_version=version,
-            model_name=name,
+            model_name=",".join(m.name for m in models.models),
         )
 
     def deadline(self) -> float:
         return time.monotonic() + self.settings.request_timeout_s
 
-    def default_options(self, n_best: int = 1) -> DecodeOptions:
-        beam = max(self.settings.default_beam_size, n_best)
-        return DecodeOptions(beam_size=beam, n_best=n_best)
+    def default_options(self, n_best: int = 1) -> Requested:
+        """What a LibreTranslate request asks: its alternatives; the rest is the serving model's default."""
+        return Requested(n_best=n_best)
 
 
 async def get_state(request: Request) -> ServiceState:

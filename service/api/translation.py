@@ -1,4 +1,5 @@
-"""Texts in, translations out: sentence splitting, tokenization, the scheduler, rejoining."""
+"""Texts in, translations out: the model serving each direction, sentence splitting, tokenization,
+the scheduler, rejoining."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from service.api.models import ModelSet, Requested, ServedModel
 from service.api.scheduler import Scheduler, Sentence
-from service.runtime.beam import DecodeOptions
 from service.runtime.sentences import Layout, split_sentences
 from service.runtime.translator import Prepared, Translation, Translator
 
@@ -42,11 +43,36 @@ INLINE_PLAN_CHARS = 1000
 
 
 class TranslationService:
-    def __init__(self, translator: Translator, scheduler: Scheduler) -> None:
-        self.translator = translator
+    def __init__(self, models: ModelSet, scheduler: Scheduler, default_beam: int = 0) -> None:
+        self.models = models
         self.scheduler = scheduler
+        self.default_beam = default_beam
 
-    def _plan(self, texts: Sequence[str], sources: Sequence[str], target: str) -> _Plan:
+    async def translate(
+        self, texts: Sequence[str], sources: Sequence[str], target: str, requested: Requested, deadline: float
+    ) -> list[TextTranslation]:
+        """One result per text. `sources` gives each text's language; a text already in `target`
+        comes back unchanged. Texts go to the model that serves their direction (routes have
+        checked that one does), each model's texts through the shared scheduler at once."""
+        groups: dict[str, list[int]] = {}
+        for i, (text, source) in enumerate(zip(texts, sources, strict=True)):
+            if source != target and text.strip():
+                groups.setdefault(self.models.for_direction(source, target).name, []).append(i)
+        out = [TextTranslation(text, 0.0, [], 0, 0) for text in texts]
+        if not groups:
+            return out
+        names = list(groups)
+        results = await asyncio.gather(*(
+            self._translate_with(self.models.by_name(name), [texts[i] for i in groups[name]],
+                                 [sources[i] for i in groups[name]], target, requested, deadline)
+            for name in names
+        ))  # fmt: skip
+        for name, translated in zip(names, results, strict=True):
+            for i, result in zip(groups[name], translated, strict=True):
+                out[i] = result
+        return out
+
+    def _plan(self, translator: Translator, texts: Sequence[str], sources: Sequence[str], target: str) -> _Plan:
         layouts: list[Layout | None] = []
         prepared: dict[tuple[int, int], Prepared] = {}
         pieces: list[list[int]] = []
@@ -59,24 +85,30 @@ class TranslationService:
             layout = split_sentences(text, source)
             layouts.append(layout)
             for j, sentence in enumerate(layout.sentences):
-                prepared[(i, j)] = self.translator.prepare(sentence)
+                prepared[(i, j)] = translator.prepare(sentence)
                 for piece in prepared[(i, j)].pieces:
                     pieces.append(piece)
                     owners.append((i, j))
                     piece_texts.append(sentence)
         return _Plan(layouts, prepared, pieces, owners, piece_texts)
 
-    async def translate(
-        self, texts: Sequence[str], sources: Sequence[str], target: str, options: DecodeOptions, deadline: float
+    async def _translate_with(
+        self,
+        model: ServedModel,
+        texts: Sequence[str],
+        sources: Sequence[str],
+        target: str,
+        requested: Requested,
+        deadline: float,
     ) -> list[TextTranslation]:
-        """One result per text. `sources` gives each text's language; a text already in `target`
-        comes back unchanged."""
+        translator = model.translator
+        options = model.options(requested, self.default_beam)
         if sum(len(text) for text in texts) <= INLINE_PLAN_CHARS:
-            plan = self._plan(texts, sources, target)  # a thread hop would cost more than the work
+            plan = self._plan(translator, texts, sources, target)  # a thread hop would cost more than the work
         else:
-            plan = await asyncio.to_thread(self._plan, texts, sources, target)
+            plan = await asyncio.to_thread(self._plan, translator, texts, sources, target)
         queued = [
-            Sentence(ids, target, f"{sources[i]}-{target}", text)
+            Sentence(ids, target, f"{sources[i]}-{target}", text, model.name)
             for ids, (i, _), text in zip(plan.pieces, plan.owners, plan.piece_texts, strict=True)
         ]
         hyps = await self.scheduler.translate(queued, options, deadline)
@@ -91,9 +123,7 @@ class TranslationService:
             sentences: list[list[Translation]] = []
             for j in range(len(layout.sentences)):
                 parts = grouped.get((i, j), [])
-                sentences.append(
-                    self.translator.combine(plan.prepared[(i, j)], [hyps[p] for p in parts], options.n_best)
-                )
+                sentences.append(translator.combine(plan.prepared[(i, j)], [hyps[p] for p in parts], options.n_best))
             out.append(_assemble(layout, sentences, options.n_best))
         return out
 

@@ -2,7 +2,11 @@
 
 - batch x beam flattened into one row axis of size n·K;
 - score = Σ log p / length^α, where the length counts EOS (CTranslate2's convention);
-- a hypothesis ends on EOS among the K best continuations; a sentence ends when K have;
+- a hypothesis ends on EOS among the K best continuations; a sentence ends when K have
+  (`early_stopping`; otherwise transformers' rule: the K best endings are kept, and a sentence
+  ends when no running beam, normalised at the current length, beats the worst of them);
+- at the length limit a hypothesis is cut, or with `forced_eos` ends on EOS at probability 1
+  (transformers' forced_eos_token_id);
 - keys and values follow their beam of origin (gathered inside the decoder graph);
   finished sentences leave the batch;
 - ties are broken by the lower token id, so a sentence decodes the same alone or in any batch;
@@ -16,8 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.conventions import EOS_ID, PAD_ID, max_target_length
+from service.conventions import MAX_LENGTH_CAP, max_target_length
 from service.graphs import MAX_BEAM
+from service.manifest import Generation
 from service.runtime.sessions import KVList, OnnxModel
 
 # Sources are padded to a multiple of this many tokens. Attention sums over the source in
@@ -50,6 +55,10 @@ class DecodeOptions:
     length_penalty: float = 1.0
     max_length: int = 0  # 0: the shared rule, max_target_length(source tokens)
     repetition_guard: bool = True
+    # Rules where beam searches differ; the defaults are mtserve's (and CTranslate2's) choices.
+    proportional_limit: bool = True  # the limit is also max_target_length(source tokens)
+    early_stopping: bool = True  # a sentence ends once beam_size hypotheses have ended
+    forced_eos: bool = False  # at the limit hypotheses end on EOS (log-prob 0) instead of being cut
 
     def __post_init__(self) -> None:
         if not 1 <= self.beam_size <= MAX_BEAM:
@@ -59,7 +68,30 @@ class DecodeOptions:
         if self.max_length < 0:
             raise ValueError(f"max_length must be positive, got {self.max_length}")
 
+    @classmethod
+    def from_generation(
+        cls,
+        generation: Generation,
+        n_best: int = 1,
+        beam_size: int | None = None,
+        length_penalty: float | None = None,
+        max_length: int | None = None,
+    ) -> DecodeOptions:
+        """A request's choices over a model's own defaults (its manifest's generation); None: the model's."""
+        return cls(
+            beam_size=max(beam_size or generation.beam_size, n_best),
+            n_best=n_best,
+            length_penalty=generation.length_penalty if length_penalty is None else length_penalty,
+            max_length=max_length or generation.max_length,
+            proportional_limit=generation.proportional_limit,
+            early_stopping=generation.early_stopping,
+            forced_eos=generation.forced_eos,
+        )
+
     def limit(self, source_tokens: int) -> int:
+        """Most target tokens of a hypothesis, EOS included."""
+        if not self.proportional_limit:
+            return self.max_length or MAX_LENGTH_CAP
         rule = max_target_length(source_tokens)
         return min(rule, self.max_length) if self.max_length else rule
 
@@ -76,12 +108,14 @@ def runaway(tokens: Sequence[int], nxt: int) -> bool:
     return False
 
 
-def _pad_sources(sources: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+def _pad_sources(sources: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     width = -(-max(len(s) for s in sources) // SOURCE_WIDTH_STEP) * SOURCE_WIDTH_STEP
-    ids = np.full((len(sources), width), PAD_ID, dtype=np.int64)
+    ids = np.full((len(sources), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(sources), width), dtype=np.int64)
     for i, s in enumerate(sources):
         ids[i, : len(s)] = s
-    return ids, (ids != PAD_ID).astype(np.int64)
+        mask[i, : len(s)] = 1
+    return ids, mask
 
 
 def _take(arrays: KVList, rows: np.ndarray) -> KVList:
@@ -102,7 +136,7 @@ def greedy_search(
     model: OnnxModel, sources: Sequence[Sequence[int]], tags: Sequence[int], options: DecodeOptions
 ) -> list[list[Hypothesis]]:
     """The beam-1 fast path: argmax per step, no beam bookkeeping."""
-    ids, mask = _pad_sources(sources)
+    ids, mask = _pad_sources(sources, model.pad_id)
     enc = model.encode(ids, mask)
     cross, past = enc.cross, model.empty_past(len(sources))
     limits = np.array([options.limit(len(s)) for s in sources])
@@ -113,6 +147,7 @@ def greedy_search(
     results: list[list[Hypothesis]] = [[] for _ in sources]
     origin = np.arange(len(sources), dtype=np.int64)
     riding = np.zeros(len(sources), dtype=bool)  # finished, still in the batch (see COMPACT_SHARE)
+    eos = model.eos_id
     for step in range(int(limits.max())):
         top = model.decode_top(last[:, None], mask, past, cross, origin)
         past = top.present
@@ -122,15 +157,17 @@ def greedy_search(
             if riding[row]:
                 continue
             token, token_log_prob = int(top.ids[row, 0]), float(top.log_probs[row, 0])  # ties: lower id
-            if token != EOS_ID and options.repetition_guard and runaway(tokens[sent], token):
-                token, token_log_prob = EOS_ID, float(top.eos_log_prob[row])  # stop a runaway loop here
+            if options.forced_eos and length >= limits[sent]:
+                token, token_log_prob = eos, 0.0
+            elif token != eos and options.repetition_guard and runaway(tokens[sent], token):
+                token, token_log_prob = eos, float(top.eos_log_prob[row])  # stop a runaway loop here
             log_prob[sent] += token_log_prob
-            done = token == EOS_ID or length >= limits[sent]
-            if token != EOS_ID:
+            done = token == eos or length >= limits[sent]
+            if token != eos:
                 tokens[sent].append(token)
             if done:
                 score = log_prob[sent] / length**options.length_penalty
-                results[sent] = [Hypothesis(tokens[sent], float(score), float(log_prob[sent]), token == EOS_ID)]
+                results[sent] = [Hypothesis(tokens[sent], float(score), float(log_prob[sent]), token == eos)]
             else:
                 keep.append(row)
         if not keep:
@@ -142,7 +179,7 @@ def greedy_search(
             alive, mask, cross, riding = alive[origin], mask[origin], _take(cross, origin), riding[origin]
         else:
             origin = np.arange(len(alive), dtype=np.int64)
-        last = np.asarray([tokens[s][-1] if tokens[s] else EOS_ID for s in alive], dtype=np.int64)
+        last = np.asarray([tokens[s][-1] if tokens[s] else eos for s in alive], dtype=np.int64)
     return results
 
 
@@ -164,7 +201,7 @@ def beam_search(
     if options.beam_size == 1:
         return greedy_search(model, sources, tags, options)
     k = options.beam_size
-    ids, mask = _pad_sources(sources)
+    ids, mask = _pad_sources(sources, model.pad_id)
     enc = model.encode(ids, mask)
     # Step 0 runs one row per sentence (all K beams would start identical); the batch
     # becomes K rows per sentence, row s·K + j for beam j of sentence s, from step 1 on.
@@ -181,37 +218,57 @@ def beam_search(
 
     finished_count = np.zeros(len(sources), dtype=np.int64)
     tie_break = {b: np.repeat(np.arange(b), 2 * k)[None, :] for b in (1, k)}  # beam of each candidate
+    eos = model.eos_id
     for step in range(int(limits.max())):
         step_top = model.decode_top(last[:, None], mask, past, cross, origin)
         past, n, width = step_top.present, len(alive), 2 * k
         by_row = np.arange(n)[:, None]
+        length = step + 1
+        step_ids, step_log_probs = step_top.ids[:, :width], step_top.log_probs[:, :width]
+        if options.forced_eos:  # rows at their limit may only end, on EOS at log-prob 0
+            forced = np.repeat(limits[alive] <= length, beams)
+            if forced.any():
+                step_ids, step_log_probs = step_ids.copy(), step_log_probs.copy()
+                step_ids[forced], step_log_probs[forced] = eos, -np.inf
+                step_log_probs[forced, 0] = 0.0
         # A candidate among the sentence's 2K best is among its own beam's 2K best: rank those beams·2K.
-        beam_ids = step_top.ids[:, :width].reshape(n, beams * width)
-        cand = (scores[:, :, None] + step_top.log_probs[:, :width].reshape(n, beams, width)).reshape(n, beams * width)
+        beam_ids = step_ids.reshape(n, beams * width)
+        cand = (scores[:, :, None] + step_log_probs.reshape(n, beams, width)).reshape(n, beams * width)
         beam_index = np.repeat(tie_break[beams], n, axis=0)
         # The 2K best (so that K survive even if K end here), best first; ties: lower id, then lower beam.
         top = np.lexsort((beam_index, beam_ids, -cand), axis=1)[:, :width]
         top_scores, token = cand[by_row, top], beam_ids[by_row, top]
         rows = by_row * beams + top // width  # [n, 2K] row each candidate extends
-        length = step + 1
         valid = top_scores > -np.inf
         at_limit = (limits[alive] <= length)[:, None]
-        ending = valid & ((token == EOS_ID) | at_limit)
+        ending = valid & ((token == eos) | at_limit)
         # An ending counts only if it ranks among the K best continuations.
         for i, j in zip(*np.nonzero(ending & rank_in_beam), strict=True):
             sent = alive[i]
+            toks = hist[rows[i, j]].tolist() + ([] if token[i, j] == eos else [int(token[i, j])])
+            score = float(top_scores[i, j])
+            hyp = Hypothesis(toks, score / length**options.length_penalty, score, bool(token[i, j] == eos))
             if finished_count[sent] < k:
-                toks = hist[rows[i, j]].tolist() + ([] if token[i, j] == EOS_ID else [int(token[i, j])])
-                score = float(top_scores[i, j])
-                ended = bool(token[i, j] == EOS_ID)
-                finished[sent].append(Hypothesis(toks, score / length**options.length_penalty, score, ended))
+                finished[sent].append(hyp)
                 finished_count[sent] += 1
+            elif not options.early_stopping:  # keep the K best endings
+                worst = min(range(k), key=lambda h: finished[sent][h].score)
+                if hyp.score > finished[sent][worst].score:
+                    finished[sent][worst] = hyp
         going = valid & ~ending
         if options.repetition_guard and hist.shape[1]:
             flat_going = np.flatnonzero(going)
             going.flat[flat_going[_guarded(hist, rows.ravel(), token.ravel(), flat_going)]] = False
         going &= np.cumsum(going, axis=1) <= k  # the K best that go on
-        done = (finished_count[alive] >= k) | at_limit[:, 0] | ~going.any(axis=1)
+        full = finished_count[alive] >= k
+        if not options.early_stopping and full.any():
+            # Ends only when the best running beam, normalised at this length, cannot beat the worst ending.
+            best_going = np.where(going, top_scores, -np.inf).max(axis=1) / length**options.length_penalty
+            worst_kept = np.array(
+                [min(h.score for h in finished[s]) if f else np.inf for s, f in zip(alive, full, strict=True)]
+            )
+            full &= best_going <= worst_kept
+        done = full | at_limit[:, 0] | ~going.any(axis=1)
         keep = np.flatnonzero(~done)
         if not len(keep):
             break

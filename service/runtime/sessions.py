@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-import sentencepiece as spm
 
 from service.graphs import decoder_spec, encoder_spec
 from service.manifest import Manifest, ModelFileError, load_manifest
+from service.runtime.text_tokenizer import load_text_tokenizer
 
 log = logging.getLogger("mtserve.runtime")
 KVList = list[np.ndarray]  # flat [k0, v0, k1, v1, ...], each [B, H, L, K]
@@ -128,8 +128,9 @@ class OnnxModel:
         runs = _Runs()
         self.encoder = _Graph(model_dir / files["encoder"], intra_op_threads, runs)
         self.decoder = _Graph(model_dir / files["decoder"], intra_op_threads, runs)
-        self.mlm_head = _session(model_dir / files["mlm_head"], intra_op_threads)
-        self.tokenizer = spm.SentencePieceProcessor(model_file=str(model_dir / files["tokenizer"]))
+        self.mlm_head = _session(model_dir / files["mlm_head"], intra_op_threads) if "mlm_head" in files else None
+        self.tokenizer = load_text_tokenizer(model_dir, self.manifest)
+        self.eos_id, self.pad_id = self.manifest.special_ids.eos, self.manifest.special_ids.pad
         layers = self.manifest.decoder_layers
         self._enc_outputs = list(encoder_spec(layers).outputs)
         self._present_names = [n for n in decoder_spec(layers).outputs if n.startswith("present_")]
@@ -202,5 +203,7 @@ class OnnxModel:
         return outputs[: len(names)], outputs[len(names) :]
 
     def mlm_logits(self, hidden: np.ndarray) -> np.ndarray:
+        if self.mlm_head is None:
+            raise RuntimeError(f"{self.model_dir} has no masked-LM head")
         (logits,) = self.mlm_head.run(["logits"], {"hidden_states": hidden})
         return np.asarray(logits)

@@ -6,7 +6,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from service import conventions as cv
 from service.runtime.beam import DecodeOptions, Hypothesis, beam_search
 from service.runtime.protect import protect, restore
 from service.runtime.sessions import OnnxModel
@@ -44,20 +43,23 @@ class Translator:
         self.languages = model.languages
         self.tokenizer = model.tokenizer
         self.batch_tokens = batch_tokens
-        self._word_start = [
-            self.tokenizer.id_to_piece(i).startswith("▁") for i in range(self.tokenizer.get_piece_size())
-        ]
+        self._word_start = self.tokenizer.word_starts()
+        self._eos = model.eos_id
+        self._prefix = model.manifest.source_prefix
 
     @classmethod
     def load(cls, model_dir: Path, intra_op_threads: int = 0, batch_tokens: int = DEFAULT_BATCH_TOKENS) -> Translator:
         return cls(OnnxModel(model_dir, intra_op_threads), batch_tokens)
+
+    def _is_word_start(self, token: int) -> bool:
+        return token < len(self._word_start) and self._word_start[token]
 
     def split_long(self, ids: list[int]) -> list[list[int]]:
         """Cut a token sequence into pieces of at most MAX_SOURCE_TOKENS, at word starts when possible."""
         pieces, start = [], 0
         while len(ids) - start > MAX_SOURCE_TOKENS:
             cut = start + MAX_SOURCE_TOKENS
-            while cut > start + MAX_SOURCE_TOKENS // 2 and not self._word_start[ids[cut]]:
+            while cut > start + MAX_SOURCE_TOKENS // 2 and not self._is_word_start(ids[cut]):
                 cut -= 1
             if cut == start + MAX_SOURCE_TOKENS // 2:
                 cut = start + MAX_SOURCE_TOKENS  # no word start in reach: cut inside the word
@@ -85,15 +87,18 @@ class Translator:
         e-mail addresses held out as placeholders."""
         protected = protect(normalize(text))
         ids = self.tokenizer.encode(protected.text)
-        pieces = [[*piece, cv.EOS_ID] for piece in self.split_long(ids)] if ids else []
+        pieces = [[*piece, self._eos] for piece in self.split_long(ids)] if ids else []
         return Prepared(pieces, protected.spans)
 
     def search(
         self, sources: Sequence[list[int]], targets: Sequence[str], options: DecodeOptions
     ) -> list[list[Hypothesis]]:
-        """One model batch: n-best hypotheses per source piece."""
-        tags = self.model.languages.tag_ids
-        return beam_search(self.model, sources, [tags[t] for t in targets], options)
+        """One model batch: n-best hypotheses per source piece. The decoder starts from each target's
+        start token (mtserve's language tag, Marian's pad), after the target's source prefix, if any."""
+        starts = self.model.languages.tag_ids
+        if self._prefix:
+            sources = [[*self._prefix.get(t, []), *s] for s, t in zip(sources, targets, strict=True)]
+        return beam_search(self.model, sources, [starts[t] for t in targets], options)
 
     def translate(
         self,

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 
 from service.api.access import bearer_token, client_id
 from service.api.errors import ApiError, guarded
+from service.api.models import Requested
 from service.api.schemas import (
     DetectedLanguage,
     FillMaskRequest,
@@ -21,7 +22,6 @@ from service.api.schemas import (
 )
 from service.api.state import ServiceState, StateDep
 from service.languages import ModelLanguages, UnsupportedDirection
-from service.runtime.beam import DecodeOptions
 from service.runtime.fill_mask import FillMaskError
 from service.textnorm import scrub
 
@@ -63,13 +63,13 @@ async def translate(body: TranslateRequest, request: Request, state: StateDep) -
             )
     if body.source != "auto" and body.source != body.target:
         _check_direction(languages, body.source, body.target)
-    if body.num_hypotheses > body.beam_size:
+    if body.beam_size is not None and body.num_hypotheses > body.beam_size:
         raise ApiError(422, f"num_hypotheses: {body.num_hypotheses} is more than beam_size ({body.beam_size})")
-    options = DecodeOptions(
-        beam_size=body.beam_size,
+    options = Requested(
         n_best=body.num_hypotheses,
+        beam_size=body.beam_size,
         length_penalty=body.length_penalty,
-        max_length=body.max_length or 0,
+        max_length=body.max_length,
     )
     texts = [scrub(t) for t in body.texts]
     detected: list[DetectedLanguage | None] = [None] * len(texts)
@@ -113,9 +113,23 @@ async def fill_mask(body: FillMaskRequest, request: Request, state: StateDep) ->
     _access(request, state)
     if state.settings.char_limit != -1 and len(body.text) > state.settings.char_limit:
         raise ApiError(422, f"text: {len(body.text)} characters exceed the limit of {state.settings.char_limit}")
+    models = state.models
+    if body.language is not None and not state.languages.has(body.language):
+        raise ApiError(422, f"language: {body.language!r} is not a language of this service")
+    served = models.fill_model(body.language)
+    if served is None or served.fill_mask is None:
+        offered = models.fill_languages()
+        if body.language is None:
+            problem = "none of the loaded models has a masked-LM head (imported models have none)"
+        else:
+            problem = (
+                f"{body.language} is served only by models without a masked-LM head (imported models have none); "
+                f"fill-mask covers {', '.join(offered)}"
+            )
+        raise ApiError(400, f"language: {problem}")
     text = scrub(body.text)
     try:
-        rows = await state.scheduler.run_in_worker(state.fill_mask.fill, text, body.top_k, body.targets)
+        rows = await state.scheduler.run_in_worker(served.fill_mask.fill, text, body.top_k, body.targets)
     except FillMaskError as exc:
         raise ApiError(422, f"{exc.field}: {exc}") from None
     out = [[c.as_dict() for c in row] for row in rows]

@@ -1,0 +1,92 @@
+"""Text to model ids and back, as the manifest's tokenizer spec says.
+
+- "sentencepiece" (mtserve's own models): one SentencePiece model whose ids are the model's.
+- "vocab" (imported Marian models): the source text is cut into pieces by the source
+  SentencePiece model and the pieces looked up in the model's vocabulary (vocab.json), unknown
+  pieces as its `<unk>`; output ids are looked up back into pieces and joined by the target
+  SentencePiece model. Special tokens (pad, EOS, unk) never reach the text.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import sentencepiece as spm
+
+from service.manifest import Manifest, ModelFileError
+
+WORD_START = "▁"
+
+
+class TextTokenizer(Protocol):
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    def word_starts(self) -> list[bool]:
+        """For each id, whether its piece begins a word (where long inputs may be cut)."""
+        ...
+
+    def id_to_piece(self, i: int) -> str: ...
+
+
+class SentencePieceTokenizer:
+    def __init__(self, path: Path) -> None:
+        self.sp = spm.SentencePieceProcessor(model_file=str(path))
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.sp.encode(text))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self.sp.decode(list(ids)))
+
+    def word_starts(self) -> list[bool]:
+        return [self.sp.id_to_piece(i).startswith(WORD_START) for i in range(self.sp.get_piece_size())]
+
+    def id_to_piece(self, i: int) -> str:
+        return str(self.sp.id_to_piece(i))
+
+
+class VocabTokenizer:
+    def __init__(self, source: Path, target: Path, vocab: Path, unk: int, skip: Sequence[int]) -> None:
+        self.source = spm.SentencePieceProcessor(model_file=str(source))
+        self.target = spm.SentencePieceProcessor(model_file=str(target))
+        try:
+            self.ids: dict[str, int] = json.loads(vocab.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelFileError(vocab, f"not a JSON vocabulary ({exc})") from exc
+        self.pieces = {i: piece for piece, i in self.ids.items()}
+        self.unk = unk
+        self.skip = frozenset(skip)
+
+    def encode(self, text: str) -> list[int]:
+        return [self.ids.get(piece, self.unk) for piece in self.source.encode(text, out_type=str)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        pieces = [self.pieces[i] for i in ids if i not in self.skip and i in self.pieces]
+        # A piece the target model lacks (the vocabulary is shared) comes back raw: its ▁ still a space.
+        return str(self.target.decode_pieces(pieces)).replace(WORD_START, " ").strip()
+
+    def id_to_piece(self, i: int) -> str:
+        return str(self.pieces.get(i, ""))
+
+    def word_starts(self) -> list[bool]:
+        size = max(self.pieces) + 1
+        return [self.pieces.get(i, "").startswith(WORD_START) for i in range(size)]
+
+
+def load_text_tokenizer(model_dir: Path, manifest: Manifest) -> TextTokenizer:
+    files, special = manifest.files, manifest.special_ids
+    if manifest.tokenizer.kind == "vocab":
+        skip = (special.pad, special.eos, special.unk)
+        return VocabTokenizer(
+            model_dir / files["source_tokenizer"],
+            model_dir / files["target_tokenizer"],
+            model_dir / files["vocab"],
+            special.unk,
+            skip,
+        )
+    return SentencePieceTokenizer(model_dir / files["tokenizer"])

@@ -1,0 +1,213 @@
+"""Imported Marian models against transformers: logits, greedy and beam search, and bad directories."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bench.marian_models import Variant, build_marian_dir
+from export.marian import MarianImportError, import_marian
+from model.corpus import read_lines
+from service.runtime.beam import DecodeOptions, beam_search
+from service.runtime.sessions import OnnxModel
+from service.runtime.translator import Translator
+
+transformers = pytest.importorskip("transformers")
+
+VARIANTS = {
+    "swish-shared-tied": Variant(),
+    "gelu-separate-untied": Variant(activation="gelu", shared_embeddings=False, tied_output=False, seed=1),
+    "relu-unscaled": Variant(activation="relu", scale_embedding=False, length_penalty=0.6, seed=2),
+    "multi-target": Variant(language_tokens=("fra", "deu"), seed=3),
+}
+SENTENCES = 50
+
+
+@pytest.fixture(scope="module")
+def corpus(tiny_data_dir: Path) -> tuple[list[str], list[str]]:
+    en = read_lines(tiny_data_dir / "multi30k/train.en.gz")
+    fr = read_lines(tiny_data_dir / "multi30k/train.fr.gz")
+    return en, fr
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def imported(
+    request: pytest.FixtureRequest, corpus: tuple[list[str], list[str]], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Variant, Path, Path]:
+    variant = VARIANTS[request.param]
+    root = tmp_path_factory.mktemp(f"marian-{request.param}")
+    hf_dir = build_marian_dir(root / "opus-mt-en-fr", *corpus, variant)
+    out = root / "model"
+    targets = ["fr", "de"] if variant.language_tokens else []
+    import_marian(hf_dir, out, targets=targets)
+    return variant, hf_dir, out
+
+
+def _hf(hf_dir: Path) -> tuple[object, object]:
+    model = transformers.MarianMTModel.from_pretrained(str(hf_dir)).eval()
+    tokenizer = transformers.MarianTokenizer.from_pretrained(str(hf_dir))
+    return model, tokenizer
+
+
+def _sources(tokenizer: object, texts: Sequence[str], prefix: str) -> list[list[int]]:
+    return [list(tokenizer(prefix + t)["input_ids"]) for t in texts]  # type: ignore[operator]
+
+
+def _generate(model: object, sources: list[list[int]], pad: int, **kwargs: object) -> list[list[int]]:
+    width = max(len(s) for s in sources)
+    ids = torch.full((len(sources), width), pad)
+    mask = torch.zeros((len(sources), width), dtype=torch.long)
+    for i, s in enumerate(sources):
+        ids[i, : len(s)], mask[i, : len(s)] = torch.tensor(s), 1
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, **kwargs)  # type: ignore[attr-defined]
+    # drop the decoder start, then everything from the first EOS (or padding) on
+    rows = []
+    for row in out[:, 1:].tolist():
+        end = next((i for i, t in enumerate(row) if t in (0, pad)), len(row))
+        rows.append(row[:end])
+    return rows
+
+
+def _both(imported: tuple[Variant, Path, Path], texts: Sequence[str]) -> tuple[object, OnnxModel, list[list[int]]]:
+    """transformers' model, the imported one, and `texts` as transformers' tokenizer encodes them."""
+    variant, hf_dir, out = imported
+    model, tokenizer = _hf(hf_dir)
+    prefix = ">>fra<< " if variant.language_tokens else ""
+    return model, OnnxModel(out), _sources(tokenizer, texts, prefix)
+
+
+def test_imported_logits_match_transformers_forward(
+    imported: tuple[Variant, Path, Path], corpus: tuple[list[str], list[str]]
+) -> None:
+    model, onnx, sources = _both(imported, corpus[0][:8])
+    worst = 0.0
+    pad = onnx.pad_id
+    for ids in sources:
+        src = np.asarray([ids], np.int64)
+        enc = onnx.encode(src, np.ones_like(src))
+        target = [pad, *list(ids)[1:6]]  # any target prefix: teacher-forced
+        with torch.no_grad():
+            theirs = model(input_ids=torch.tensor([ids]), decoder_input_ids=torch.tensor([target])).logits[0]  # type: ignore[operator]
+        reference = theirs.log_softmax(-1).numpy()
+        past = onnx.empty_past(1)
+        for step, token in enumerate(target):
+            log_probs, past = onnx.decode_step(np.asarray([[token]], np.int64), np.ones_like(src), past, enc.cross)
+            finite = np.isfinite(log_probs[0])
+            assert not finite[pad], "the pad token must never be generated"
+            worst = max(worst, float(np.abs(log_probs[0][finite] - reference[step][finite]).max()))
+    assert worst < 1e-4
+
+
+def test_imported_greedy_and_beam_match_generate(
+    imported: tuple[Variant, Path, Path], corpus: tuple[list[str], list[str]]
+) -> None:
+    variant = imported[0]
+    model, onnx, sources = _both(imported, corpus[0][-SENTENCES:])
+    start = onnx.languages.tag_ids["fr"]
+    limit = variant.max_length - 1  # transformers' max_length counts the decoder start token
+    rules = {"proportional_limit": False, "max_length": limit, "forced_eos": True, "repetition_guard": False}
+    greedy = DecodeOptions(beam_size=1, **rules)  # type: ignore[arg-type]
+    ours = [h[0].tokens for h in beam_search(onnx, sources, [start] * len(sources), greedy)]
+    theirs = _generate(model, sources, onnx.pad_id, num_beams=1, max_length=variant.max_length)
+    assert ours == theirs
+    beam = DecodeOptions(beam_size=5, length_penalty=variant.length_penalty, early_stopping=False, **rules)  # type: ignore[arg-type]
+    ours = [h[0].tokens for h in beam_search(onnx, sources, [start] * len(sources), beam)]
+    theirs = _generate(
+        model,
+        sources,
+        onnx.pad_id,
+        num_beams=5,
+        max_length=variant.max_length,
+        length_penalty=variant.length_penalty,
+        early_stopping=False,
+    )
+    assert ours == theirs
+
+
+def test_imported_translator_decodes_text_as_transformers(
+    imported: tuple[Variant, Path, Path], corpus: tuple[list[str], list[str]]
+) -> None:
+    variant, hf_dir, out = imported
+    model, tokenizer = _hf(hf_dir)
+    translator = Translator.load(out)
+    texts = corpus[0][:20]
+    generation = translator.model.manifest.generation
+    assert (generation.beam_size, generation.max_length) == (variant.num_beams, variant.max_length - 1)
+    options = DecodeOptions(
+        beam_size=1, proportional_limit=False, max_length=generation.max_length, forced_eos=True, repetition_guard=False
+    )
+    ours = [t[0].text for t in translator.translate(texts, "fr", options)]
+    prefix = ">>fra<< " if variant.language_tokens else ""
+    ids = _generate(model, _sources(tokenizer, texts, prefix), translator.model.pad_id, num_beams=1,
+                    max_length=variant.max_length)  # fmt: skip
+    theirs = [tokenizer.decode(row, skip_special_tokens=True) for row in ids]  # type: ignore[attr-defined]
+    assert ours == theirs
+
+
+@pytest.fixture(scope="module")
+def good_dir(corpus: tuple[list[str], list[str]], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_marian_dir(tmp_path_factory.mktemp("good") / "opus-mt-en-fr", *corpus, Variant())
+
+
+def _broken(good: Path, tmp_path: Path) -> Path:
+    bad = tmp_path / "opus-mt-en-fr"
+    shutil.copytree(good, bad)
+    return bad
+
+
+def _edit_config(path: Path, **values: object) -> None:
+    config = json.loads((path / "config.json").read_text())
+    config.update(values)
+    (path / "config.json").write_text(json.dumps(config))
+
+
+def _keep_special_pieces_only(path: Path) -> None:
+    vocab = json.loads((path / "vocab.json").read_text())
+    (path / "vocab.json").write_text(json.dumps({p: i for p, i in vocab.items() if p.startswith("<")}))
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        (lambda d: (d / "target.spm").unlink(), "target.spm: missing"),
+        (lambda d: (d / "model.safetensors").unlink(), "no weights"),
+        (lambda d: _edit_config(d, activation_function="mish"), "activation_function='mish' is not handled"),
+        (lambda d: _edit_config(d, normalize_before=True), "normalize_before=True is not handled"),
+        (lambda d: _edit_config(d, decoder_ffn_dim=128), "decoder_ffn_dim"),
+        (lambda d: _edit_config(d, pad_token_id=3), "pad_token_id=3"),
+        (_keep_special_pieces_only, "vocab.json: does not match source.spm"),
+    ],
+)
+def test_bad_marian_directory_names_what_is_wrong(
+    good_dir: Path, tmp_path: Path, breakage: object, message: str
+) -> None:
+    bad = _broken(good_dir, tmp_path)
+    breakage(bad)  # type: ignore[operator]
+    with pytest.raises(MarianImportError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        import_marian(bad, tmp_path / "out")
+
+
+def test_the_import_command_writes_a_served_model_and_names_a_bad_directory(good_dir: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "model"
+    command = [sys.executable, "-m", "service.cli", "import", "marian", str(good_dir), "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["fp32"]["greedy"]["identical"] == report["fp32"]["greedy"]["sentences"] > 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["origin"] == "marian" and manifest["directions"] == [["en", "fr"]]
+    assert "mlm_head" not in manifest["files"]
+    bad = _broken(good_dir, tmp_path / "bad")
+    (bad / "vocab.json").unlink()
+    done = subprocess.run([*command[:5], str(bad), "--out", str(tmp_path / "x")], capture_output=True, text=True)
+    assert done.returncode != 0 and "vocab.json: missing" in done.stderr
