@@ -86,6 +86,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="first N test2016 sentences (default: all 1000)")
     parser.add_argument("--rounds", type=int, default=1, help="alternate the engines this many times")
     parser.add_argument("--data-dir")
+    parser.add_argument("--low-memory", action="store_true", help="mtserve's MTSERVE_LOW_MEMORY sessions")
     parser.add_argument("--memory", action="store_true", help="resident memory of each engine, each in its own process")
     parser.add_argument("--measure", nargs=3, metavar=("ENGINE", "DIR", "PRECISION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -113,7 +114,7 @@ def measure(args: argparse.Namespace) -> None:
     if engine == "ctranslate2":
         decode = _ct2(model_dir, tok, args.threads, options)
     else:
-        decode = _runtime(Translator.load(model_dir, args.threads, args.batch_tokens), options)
+        decode = _runtime(Translator.load(model_dir, args.threads, args.batch_tokens, args.low_memory), options)
     loaded = _status_mb("VmRSS")
     for i in range(0, len(sources), 20):
         decode(sources[i : i + 20])
@@ -142,7 +143,7 @@ def run(args: argparse.Namespace) -> None:
         if "runtime" in args.engines:
             import_marian(hf_dir, work / p, p)
             before = resident_bytes()
-            runtime = Translator.load(work / p, args.threads, args.batch_tokens)
+            runtime = Translator.load(work / p, args.threads, args.batch_tokens, args.low_memory)
             loaded = (resident_bytes() - before) / 1e6
             engines[("mtserve-onnx", p)] = (lambda o, t=runtime: _runtime(t, o), loaded)  # type: ignore[misc]
         if "ctranslate2" in args.engines:
@@ -157,7 +158,8 @@ def run(args: argparse.Namespace) -> None:
             directory = work / key[1] if key[0] == "mtserve-onnx" else work / f"ct2-{key[1]}"
             engine = "runtime" if key[0] == "mtserve-onnx" else "ctranslate2"
             command = [sys.executable, __file__, "--model", str(args.model), "--hf-dir", str(hf_dir),
-                       "--measure", engine, str(directory), key[1], "--threads", str(args.threads)]  # fmt: skip
+                       "--measure", engine, str(directory), key[1], "--threads", str(args.threads),
+                       *(["--low-memory"] if args.low_memory else [])]  # fmt: skip
             subprocess.run(command, check=True)
         return
     lengths = [len(s) for s in sources]

@@ -294,3 +294,14 @@ def test_a_fault_in_inference_fails_only_its_batch(caplog: pytest.LogCaptureFixt
         assert error_id in caplog.text and "Traceback" not in bad.text
         good = c.post("/translate", json={"q": SENTENCE, "source": "en", "target": "fr"})
         assert good.status_code == 200 and french(good.json()["translatedText"])
+
+
+def test_segments_without_letters_come_back_unchanged(client: TestClient) -> None:
+    texts = ["😀", "3.14", "12:30 – 14:00", "!!! ???", "€ 45,00", "👍🏽  🎉"]
+    lt = client.post("/translate", json={"q": texts, "source": "en", "target": "fr"})
+    assert lt.status_code == 200 and lt.json()["translatedText"] == texts
+    native = client.post("/v1/translate", json={"texts": texts, "source": "en", "target": "fr"})
+    assert [t["text"] for t in native.json()["translations"]] == texts
+    assert all(t["target_tokens"] == 0 for t in native.json()["translations"])
+    mixed = client.post("/translate", json={"q": "A man is playing a guitar. 😀", "source": "en", "target": "fr"})
+    assert french(mixed.json()["translatedText"]) and mixed.json()["translatedText"].endswith("😀")

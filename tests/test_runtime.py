@@ -150,3 +150,29 @@ def test_fill_command_prints_the_pipeline_shape(exported: Path, capsys: pytest.C
     assert main(["fill", "--model", str(exported), "--threads", "1", "A <mask> runs.", "--top-k", "3"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 3 and set(rows[0]) == {"score", "token", "token_str", "sequence"}
+
+
+def test_low_memory_sessions_translate_as_the_packed_ones(shared_data: Path) -> None:
+    """MTSERVE_LOW_MEMORY changes where large batches read their weights, not what they compute."""
+    from model.corpus import read_lines
+    from service.manifest import DEFAULT_MODEL_DIR
+
+    texts = read_lines(shared_data / "multi30k/test_2016_flickr.en.gz")[:40]  # 40 x beam 5: the wide session
+    packed = Translator.load(DEFAULT_MODEL_DIR, 2)
+    mapped = Translator.load(DEFAULT_MODEL_DIR, 2, low_memory=True)
+    assert [t[0].text for t in mapped.translate(texts, "fr")] == [t[0].text for t in packed.translate(texts, "fr")]
+
+
+LETTERLESS = ["😀", "3.14", "12:30 – 14:00", "!!! ???", "€ 45,00", "👍🏽  🎉", "(1) [2] {3}", "→ ← ↑"]
+
+
+def test_segments_without_letters_come_back_unchanged_from_the_cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    from service.cli import main
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("".join(t + "\n" for t in LETTERLESS)))
+    assert main(["translate", "--threads", "1", "--target", "fr"]) == 0
+    assert capsys.readouterr().out.split("\n")[: len(LETTERLESS)] == LETTERLESS

@@ -71,9 +71,9 @@ class ServedModel:
         )
 
 
-def _load_one(model_dir: Path, threads: int, batch_tokens: int) -> ServedModel:
+def _load_one(model_dir: Path, threads: int, batch_tokens: int, low_memory: bool) -> ServedModel:
     before = resident_bytes()
-    translator = Translator.load(model_dir, threads, batch_tokens)
+    translator = Translator.load(model_dir, threads, batch_tokens, low_memory)
     manifest = translator.model.manifest
     fill = FillMask.from_model(translator.model) if manifest.has_mlm_head else None
     sha = hashlib.sha256((model_dir / MANIFEST_FILE).read_bytes()).hexdigest()[:16]
@@ -152,12 +152,19 @@ class ModelSet:
         self.languages = ModelLanguages(codes, starts, tuple(self.by_direction))
 
     @classmethod
-    def load(cls, dirs: Sequence[Path], threads: int, batch_tokens: int, prefer: Sequence[str] = ()) -> ModelSet:
+    def load(
+        cls,
+        dirs: Sequence[Path],
+        threads: int,
+        batch_tokens: int,
+        prefer: Sequence[str] = (),
+        low_memory: bool = False,
+    ) -> ModelSet:
         """Every directory checked (hashes included) before any is loaded: a bad one names itself."""
         check_model_dirs(dirs, prefer)
         models = []
         for model_dir in dirs:
-            served = _load_one(model_dir, threads, batch_tokens)
+            served = _load_one(model_dir, threads, batch_tokens, low_memory)
             log.info(
                 "model %s from %s: %s, directions %s, %.0f MB resident",
                 served.name, model_dir, served.version,

@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     model_name: str = Field(
         default="", description="name in /ready, /v1/translate and metrics; empty: mtserve-<languages>"
     )
+    low_memory: bool = Field(
+        default=False,
+        description="large batches read weights from the mapped file instead of a second packed copy: "
+        "about half a large model's memory, a few percent of large-batch throughput",
+    )
     threads: int = Field(default=0, ge=0, description="onnxruntime intra-op threads; 0: the container's CPU quota")
     batch_tokens: int = Field(
         default=2048, ge=64, description="token budget of the model batches running at once, shared between the workers"

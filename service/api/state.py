@@ -42,7 +42,9 @@ class ServiceState:
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics) -> ServiceState:
         """Load the models (hashes checked: a missing or corrupt file raises naming it) and their helpers."""
-        models = ModelSet.load(settings.model_dirs, settings.intra_op_threads, settings.batch_tokens, settings.prefer)
+        models = ModelSet.load(
+            settings.model_dirs, settings.intra_op_threads, settings.batch_tokens, settings.prefer, settings.low_memory
+        )
         if models.single and settings.model_name:
             models = ModelSet([replace(models.models[0], name=settings.model_name)])
         scheduler = Scheduler(

@@ -70,8 +70,10 @@ class _Graph:
     oversubscribing the cores with several thread pools.
     """
 
-    def __init__(self, path: Path, threads: int, runs: _Runs) -> None:
-        self.wide = _session(path, threads)
+    def __init__(self, path: Path, threads: int, runs: _Runs, low_memory: bool = False) -> None:
+        # low_memory: the wide session reads the weights from the memory-mapped file rather than
+        # keeping a second packed copy (about half a large model's memory; docs/BENCHMARKS.md).
+        self.wide = _session(path, threads, pack=not (low_memory and threads > 1))
         self.narrow = self.wide if threads == 1 else _session(path, 1)
         self._runs = runs
 
@@ -87,8 +89,10 @@ def _shared_arena() -> None:
     ort.create_and_register_allocator(memory, ort.OrtArenaCfg(0, -1, -1, -1))
 
 
-def _session(path: Path, threads: int) -> ort.InferenceSession:
+def _session(path: Path, threads: int, pack: bool = True) -> ort.InferenceSession:
     options = ort.SessionOptions()
+    if not pack:
+        options.add_session_config_entry("session.disable_prepacking", "1")
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -114,7 +118,9 @@ def cpu_has_vnni() -> bool | None:
 
 
 class OnnxModel:
-    def __init__(self, model_dir: Path, intra_op_threads: int = 0, verify: bool = True) -> None:
+    def __init__(
+        self, model_dir: Path, intra_op_threads: int = 0, verify: bool = True, low_memory: bool = False
+    ) -> None:
         self.model_dir = model_dir
         self.manifest: Manifest = load_manifest(model_dir, verify=verify)
         if self.manifest.precision == "int8" and cpu_has_vnni() is False:
@@ -126,8 +132,8 @@ class OnnxModel:
         self.languages = self.manifest.model_languages()
         files = self.manifest.files
         runs = _Runs()
-        self.encoder = _Graph(model_dir / files["encoder"], intra_op_threads, runs)
-        self.decoder = _Graph(model_dir / files["decoder"], intra_op_threads, runs)
+        self.encoder = _Graph(model_dir / files["encoder"], intra_op_threads, runs, low_memory)
+        self.decoder = _Graph(model_dir / files["decoder"], intra_op_threads, runs, low_memory)
         self.mlm_head = _session(model_dir / files["mlm_head"], intra_op_threads) if "mlm_head" in files else None
         self.tokenizer = load_text_tokenizer(model_dir, self.manifest)
         self.eos_id, self.pad_id = self.manifest.special_ids.eos, self.manifest.special_ids.pad

@@ -29,6 +29,13 @@ class Translation:
 class Prepared:
     pieces: list[list[int]]  # source ids, each ending with EOS
     protected: list[str]  # spans held out as placeholders (service/runtime/protect.py)
+    verbatim: str = ""  # what comes back for a text the model does not see (no letters)
+
+
+def has_letters(text: str) -> bool:
+    """Whether any character is a letter, in any script. A segment without one (numbers, emoji,
+    punctuation, symbols) has nothing to translate: it comes back unchanged, never through the model."""
+    return any(ch.isalpha() for ch in text)
 
 
 @dataclass(frozen=True)
@@ -48,8 +55,14 @@ class Translator:
         self._prefix = model.manifest.source_prefix
 
     @classmethod
-    def load(cls, model_dir: Path, intra_op_threads: int = 0, batch_tokens: int = DEFAULT_BATCH_TOKENS) -> Translator:
-        return cls(OnnxModel(model_dir, intra_op_threads), batch_tokens)
+    def load(
+        cls,
+        model_dir: Path,
+        intra_op_threads: int = 0,
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        low_memory: bool = False,
+    ) -> Translator:
+        return cls(OnnxModel(model_dir, intra_op_threads, low_memory=low_memory), batch_tokens)
 
     def _is_word_start(self, token: int) -> bool:
         return token < len(self._word_start) and self._word_start[token]
@@ -84,7 +97,9 @@ class Translator:
 
     def prepare(self, text: str) -> Prepared:
         """Source pieces of one text, each ending with EOS (none for empty text), URLs and
-        e-mail addresses held out as placeholders."""
+        e-mail addresses held out as placeholders. A text without letters gets no pieces: it comes back verbatim."""
+        if not has_letters(text):
+            return Prepared([], [], text)
         protected = protect(normalize(text))
         ids = self.tokenizer.encode(protected.text)
         pieces = [[*piece, self._eos] for piece in self.split_long(ids)] if ids else []
@@ -138,7 +153,7 @@ class Translator:
         (or its last, when it has fewer) joined; the score is the pieces' mean.
         """
         if not prepared.pieces:
-            return [Translation("", 0.0, 0, 0)]
+            return [Translation(prepared.verbatim, 0.0, 0, 0)]
         source_tokens = sum(len(s) for s in prepared.pieces)
         out = []
         for k in range(min(n_best, max(len(r) for r in results))):
