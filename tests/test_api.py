@@ -305,3 +305,64 @@ def test_segments_without_letters_come_back_unchanged(client: TestClient) -> Non
     assert all(t["target_tokens"] == 0 for t in native.json()["translations"])
     mixed = client.post("/translate", json={"q": "A man is playing a guitar. 😀", "source": "en", "target": "fr"})
     assert french(mixed.json()["translatedText"]) and mixed.json()["translatedText"].endswith("😀")
+
+
+def test_language_codes_are_case_insensitive_as_in_libretranslate(client: TestClient) -> None:
+    upper = client.post("/translate", json={"q": "A man is playing a guitar.", "source": "EN", "target": "Fr"})
+    assert upper.status_code == 200 and french(upper.json()["translatedText"])
+    assert client.post("/translate", json={"q": "a", "source": "EN", "target": "XX"}).json() == {
+        "error": "xx is not supported"
+    }
+
+
+@pytest.mark.parametrize("route", ["/translate", "/detect"])
+def test_deep_nesting_is_libretranslates_400(client: TestClient, route: str) -> None:
+    body = "[" * 100_000 + "]" * 100_000
+    r = client.post(route, content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json() == {"error": "Invalid JSON format"}
+
+
+def test_detect_takes_a_list_and_answers_at_most_three_candidates(client: TestClient) -> None:
+    one = client.post("/detect", json={"q": "Un homme joue de la guitare dans la rue."}).json()
+    assert one[0]["language"] == "fr" and 1 <= len(one) <= 3
+    many = client.post("/detect", json={"q": ["Un homme joue de la guitare.", "Une femme lit un livre au parc."]})
+    assert many.status_code == 200 and many.json()[0]["language"] == "fr" and len(many.json()) <= 3
+    long_text = "Un chien court dans le parc. " * 300  # beyond the translation character limit
+    assert client.post("/detect", json={"q": long_text}).status_code == 200
+
+
+def test_spec_answers_as_libretranslate_for_dialects_instance_check(client: TestClient) -> None:
+    spec = client.get("/spec")
+    assert spec.status_code == 200
+    body = spec.json()
+    assert body["swagger"] == "2.0" and body["info"]["title"] == "LibreTranslate"
+    assert {"/translate", "/detect", "/languages", "/translate_file", "/frontend/settings"} <= set(body["paths"])
+    assert client.get("/openapi.json").json()["info"]["title"] == "mtserve"
+
+
+def test_mastodons_request_shape(client: TestClient) -> None:
+    """Mastodon's TranslationService::LibreTranslate: JSON, a q list of HTML, source auto, format html,
+    api_key; it reads translatedText[i] and detectedLanguage[i].language."""
+    texts = ["<p>A man is playing a guitar.</p>", "<p>Un chien court sur la plage.</p>"]
+    body = {"q": texts, "source": "auto", "target": "fr", "format": "html", "api_key": ""}
+    out = client.post("/translate", json=body).json()
+    assert out["translatedText"][0].startswith("<p>") and french(out["translatedText"][0])
+    assert [d["language"] for d in out["detectedLanguage"]] == ["en", "fr"]
+    assert out["translatedText"][1] == texts[1]  # already French: unchanged
+    languages = {lang["code"]: lang["targets"] for lang in client.get("/languages").json()}
+    assert languages == {"en": ["fr"], "fr": ["en"]}
+
+
+def test_pleromas_upper_case_source(client: TestClient) -> None:
+    body = {"q": "<p>A man is playing a guitar.</p>", "source": "EN", "target": "fr", "format": "html"}
+    assert french(client.post("/translate", json=body).json()["translatedText"])
+
+
+def test_weblates_request_shape_keeps_its_placeholders(client: TestClient) -> None:
+    """Weblate sends a JSON q list of up to 20 strings whose format strings and markup it has
+    replaced with [X1X]-style placeholders; each must come back unchanged."""
+    texts = [f"Delete [X{i}X] files from [X{i + 1}X] now." for i in range(0, 40, 2)]
+    out = client.post("/translate", json={"q": texts, "source": "en", "target": "fr", "format": "text"}).json()
+    assert len(out["translatedText"]) == 20
+    for i, translated in zip(range(0, 40, 2), out["translatedText"], strict=True):
+        assert f"[X{i}X]" in translated and f"[X{i + 1}X]" in translated

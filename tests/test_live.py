@@ -31,6 +31,31 @@ def test_the_libretranslate_python_client_works_unchanged(server: LiveServer) ->
     assert client.detect("Bonjour tout le monde")[0]["language"] == "fr"
 
 
+def test_deep_translator_with_every_field_in_the_query_string(server: LiveServer) -> None:
+    from deep_translator import LibreTranslator
+
+    # deep-translator insists on a key; an instance without keys accepts any
+    translator = LibreTranslator(source="en", target="fr", api_key="unused", custom_url=server.url + "/")
+    assert "guitare" in translator.translate("A man is playing a guitar.")
+    assert [("chien" in t) for t in translator.translate_batch(["A dog.", "Two dogs run."])] == [True, True]
+
+
+def test_libretranslate_aio_form_posts_repeated_q_and_files(server: LiveServer, tmp_path: Path) -> None:
+    from libretranslate_aio import LibreTranslate
+
+    with LibreTranslate(server.url) as client:
+        assert "guitare" in str(client.translate("A man is playing a guitar.", "en", "fr").translated_text)
+        batch = client.translate(["A dog.", "A cat."], "en", "fr").translated_text  # q repeated in the form
+        assert isinstance(batch, list) and len(batch) == 2 and "chien" in batch[0]
+        assert client.detect("Un homme joue de la guitare.")[0].language == "fr"
+        assert {lang.code for lang in client.languages()} == {"en", "fr"}
+        assert ".txt" in client.frontend_settings().supported_files_format
+        document = tmp_path / "note.txt"
+        document.write_text("A man is playing a guitar.\n")
+        url = client.translate_file(document, "en", "fr").translated_file_url
+        assert "guitare" in httpx.get(url).text
+
+
 def _batch_count(metrics: str) -> tuple[float, float]:
     """(batches, sentences) so far, from the batch-size histogram."""
     count = metric_value(metrics, "mtserve_batch_sentences_count")

@@ -9,6 +9,8 @@ from lingua import LanguageDetector, LanguageDetectorBuilder
 
 from service.languages import lingua_language
 
+CANDIDATES = 3
+
 
 @dataclass(frozen=True)
 class Detection:
@@ -48,6 +50,28 @@ class Detector:
         if not out or all(d.confidence == 0 for d in out):
             return [Detection(lang, 0.0) for lang in self.languages]
         return sorted(out, key=lambda d: (-d.confidence, self.languages.index(d.language)))
+
+    def candidates(self, text: str) -> list[Detection]:
+        """At most three candidates, most likely first, as LibreTranslate's detector answers."""
+        return self.detect(text)[:CANDIDATES]
+
+    def detect_many(self, texts: list[str]) -> list[Detection]:
+        """One list for several texts, as LibreTranslate's detect_languages merges them: a language
+        found in several texts gets its mean confidence and their summed length; the list is
+        ordered by confidence weighted by text length."""
+        found: dict[str, list[tuple[float, int]]] = {}
+        for text in texts:
+            for d in self.candidates(text):
+                found.setdefault(d.language, []).append((d.confidence, len(text)))
+        if len(texts) == 1:
+            return self.candidates(texts[0])
+        total = sum(len(t) for t in texts) or 1
+        merged = [
+            (Detection(lang, round(sum(c for c, _ in hits) / len(hits), 2)), sum(n for _, n in hits))
+            for lang, hits in found.items()
+        ]
+        merged.sort(key=lambda m: (-m[0].confidence * m[1] / total, self.languages.index(m[0].language)))
+        return [d for d, _ in merged]
 
     def best(self, text: str) -> Detection:
         return self.detect(text)[0]

@@ -39,10 +39,10 @@ async def read_params(request: Request) -> Params:
         body = await request.body()
         try:
             data = json.loads(body)
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nesting at any depth
             raise ApiError(400, "Invalid JSON format") from None
         if not isinstance(data, dict):
-            raise ApiError(400, "Invalid JSON format: the body must be a JSON object")
+            raise ApiError(400, "Invalid JSON format")  # LibreTranslate's exact words: clients match on them
         values.update(data)
     elif content_type == "application/x-www-form-urlencoded":
         body = await request.body()

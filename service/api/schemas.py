@@ -34,7 +34,7 @@ class LtTranslateResponse(BaseModel):
 
 
 class LtDetectRequest(BaseModel):
-    q: str
+    q: str | list[str]
     api_key: str | None = None
 
 

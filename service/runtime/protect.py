@@ -1,4 +1,5 @@
-"""Spans that must come through verbatim (URLs, e-mail addresses) travel as placeholders.
+"""Spans that must come through verbatim (URLs, e-mail addresses, Weblate's `[X7X]` placeholders)
+travel as placeholders.
 
 A URL is dozens of sentence pieces, and one wrong piece breaks it. Each such span is replaced
 by a short code (`QK-2834`, ...), the kind of token the model learned to copy (copy
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 PROTECTED = re.compile(
     r"(?:https?://|www\.)[^\s<>\"']*[^\s<>\"'.,;:!?)\]}]"  # URLs, without trailing punctuation
     r"|[\w.+-]+@[\w-]+(?:\.[\w-]+)+"  # e-mail addresses
+    r"|\[X\d+X\]"  # Weblate's placeholders for format strings and markup it keeps out of machine translation
 )
 # Codes the default model copied verbatim in every context tried (ZX-101 it stuttered on: "ZX-10101");
 # the round trip is tested in tests/test_golden.py.

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 
 from service.api.access import client_id
 from service.api.errors import ApiError, guarded
+from service.api.lt_spec import libretranslate_spec
 from service.api.markup import HtmlDocument
 from service.api.params import Params, read_params
 from service.api.schemas import (
@@ -59,10 +60,24 @@ def _required_text(params: Params, name: str) -> str:
     return value
 
 
+# LibreTranslate's public codes for its model codes (libretranslate/language.py), and the variants
+# it falls back to when a code itself is not installed.
+LT_ALIASES: dict[str, str] = {"pt-br": "pb", "zh-hans": "zh", "zh-hant": "zt"}
+LT_VARIANTS: dict[str, tuple[str, ...]] = {"pt": ("pb",), "pb": ("pt",), "zh": ("zt",), "zt": ("zh",)}
+
+
 def _language(languages: ModelLanguages, code: str, *, allow_auto: bool) -> str:
-    if languages.has(code) or (allow_auto and code == "auto"):
-        return code
-    raise ApiError(400, f"{code} is not supported")
+    """The model's code for a LibreTranslate code: case-insensitive, with LibreTranslate's aliases
+    and variant fallbacks where they name a language the service has."""
+    lowered = code.lower()
+    if allow_auto and lowered == "auto":
+        return "auto"
+    mapped = LT_ALIASES.get(lowered, lowered)
+    candidates: list[str] = [lowered, mapped, *LT_VARIANTS.get(mapped, ())]
+    for candidate in candidates:
+        if languages.has(candidate):
+            return candidate
+    raise ApiError(400, f"{mapped} is not supported")
 
 
 def _check_directions(languages: ModelLanguages, sources: list[str], target: str) -> None:
@@ -184,11 +199,20 @@ async def _translate_html(request: Request, state: ServiceState, text: str, sour
 async def detect(request: Request, state: StateDep) -> JSONResponse:
     params = await read_params(request)
     _access(request, state, params)
-    q = _required_text(params, "q")
-    if state.settings.char_limit != -1 and len(q) > state.settings.char_limit:
-        raise ApiError(400, f"Invalid request: request ({len(q)}) exceeds text limit ({state.settings.char_limit})")
-    detections = await asyncio.to_thread(state.detector.detect, scrub(q))
+    q = params.get("q")
+    if q is None or q == "" or q == []:
+        raise ApiError(400, "Invalid request: missing q parameter")
+    texts = q if isinstance(q, list) else [q]
+    if not all(isinstance(t, str) for t in texts):
+        raise ApiError(400, "Invalid request: q parameter must be a string or a list of strings")
+    # LibreTranslate applies no character limit here; the body limit still bounds the request.
+    detections = await asyncio.to_thread(state.detector.detect_many, [scrub(t) for t in texts])
     return JSONResponse([d.as_dict() for d in detections])
+
+
+@router.get("/spec", summary="The LibreTranslate routes in Swagger 2.0, as LibreTranslate serves them")
+async def spec(request: Request, state: StateDep) -> dict[str, Any]:
+    return libretranslate_spec(request.app.version, state.languages)
 
 
 @router.get("/languages", response_model=list[LtLanguage], summary="Supported languages (LibreTranslate)")
