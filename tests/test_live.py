@@ -56,6 +56,30 @@ def test_libretranslate_aio_form_posts_repeated_q_and_files(server: LiveServer, 
         assert "guitare" in httpx.get(url).text
 
 
+NPM_TRANSLATE = "translate@3.1.0"
+
+
+def test_the_npm_translate_package_with_its_libre_engine(server: LiveServer, tmp_path: Path) -> None:
+    """npm's `translate`, engine "libre", whose `url` is the full /translate address, on the machine's Node.js."""
+    import subprocess
+
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("no Node.js on this machine")
+    install = ["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(tmp_path), NPM_TRANSLATE]
+    subprocess.run(install, check=True, timeout=300)
+    script = tmp_path / "run.mjs"
+    script.write_text(
+        'import { Translate } from "translate";\n'
+        f'const translate = Translate({{ engine: "libre", url: "{server.url}/translate" }});\n'
+        'console.log(await translate("A man is playing a guitar.", { from: "en", to: "fr" }));\n'
+        'console.log(await translate("Un homme joue de la guitare.", { from: "fr", to: "en" }));\n'
+    )
+    done = subprocess.run(["node", str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    french, english = done.stdout.splitlines()
+    assert "guitare" in french and "guitar" in english
+
+
 def _batch_count(metrics: str) -> tuple[float, float]:
     """(batches, sentences) so far, from the batch-size histogram."""
     count = metric_value(metrics, "mtserve_batch_sentences_count")
