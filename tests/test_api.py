@@ -102,7 +102,7 @@ def test_languages_and_frontend_settings(client: TestClient) -> None:
         {"code": "fr", "name": "French", "targets": ["en"]},
     ]
     settings = client.get("/frontend/settings").json()
-    assert settings["charLimit"] == 5000 and settings["supportedFilesFormat"] == [".txt"]
+    assert settings["charLimit"] == 5000 and settings["supportedFilesFormat"] == [".txt", ".html", ".htm", ".srt"]
     assert settings["language"]["source"]["code"] == "auto"
 
 
@@ -366,3 +366,50 @@ def test_weblates_request_shape_keeps_its_placeholders(client: TestClient) -> No
     assert len(out["translatedText"]) == 20
     for i, translated in zip(range(0, 40, 2), out["translatedText"], strict=True):
         assert f"[X{i}X]" in translated and f"[X{i + 1}X]" in translated
+
+
+def test_translated_files_are_named_as_libretranslate_names_them(client: TestClient) -> None:
+    files = {"file": ("captions.txt", f"{SENTENCE}\n".encode())}
+    url = client.post("/translate_file", data={"source": "en", "target": "fr"}, files=files).json()["translatedFileUrl"]
+    assert url.startswith("http")
+    disposition = client.get(url).headers["content-disposition"]
+    assert disposition == 'attachment; filename="captions_fr.txt"'
+
+
+def test_an_html_file_keeps_its_markup(client: TestClient) -> None:
+    page = '<html><body><h1 class="t">A man is playing a guitar.</h1><p>A <b>dog</b> runs.</p></body></html>'
+    files = {"file": ("page.html", page.encode())}
+    url = client.post("/translate_file", data={"source": "en", "target": "fr"}, files=files).json()["translatedFileUrl"]
+    out = client.get(url).text
+    assert out.startswith('<html><body><h1 class="t">') and out.endswith("</p></body></html>")
+    assert "guitare" in out and "<b>" in out and "chien" in out
+
+
+def test_a_subtitle_file_keeps_its_numbering_and_timings(client: TestClient) -> None:
+    import srt
+
+    cues = (
+        "1\n00:00:01,000 --> 00:00:03,500\nA man is playing a guitar.\n\n"
+        "2\n00:00:04,000 --> 00:00:06,250\nTwo dogs run\non the beach.\n\n"
+        "3\n00:00:07,000 --> 00:00:08,000\n♪ ♪\n\n"
+    )
+    files = {"file": ("film.srt", cues.encode())}
+    url = client.post("/translate_file", data={"source": "en", "target": "fr"}, files=files).json()["translatedFileUrl"]
+    before, after = list(srt.parse(cues)), list(srt.parse(client.get(url).text))
+    assert [(c.index, c.start, c.end) for c in after] == [(c.index, c.start, c.end) for c in before]
+    assert "guitare" in after[0].content and "chien" in after[1].content and after[2].content == "♪ ♪"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "problem"),
+    [
+        ("film.srt", b"this is not a subtitle file", "not valid SRT"),
+        ("page.html", b"\xff\xfe\x00binary", "not UTF-8 HTML"),
+        ("slides.key", b"whatever", "file format not supported"),
+    ],
+)
+def test_a_bad_or_mislabelled_file_is_a_400_naming_the_problem(
+    client: TestClient, name: str, content: bytes, problem: str
+) -> None:
+    r = client.post("/translate_file", data={"source": "en", "target": "fr"}, files={"file": (name, content)})
+    assert r.status_code == 400 and problem in r.json()["error"]

@@ -80,6 +80,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     req_limit: int = Field(default=0, ge=0, description="requests per minute per API key or client address; 0: none")
     frontend_timeout_ms: int = 500
+    file_ttl_s: float = Field(default=1800.0, gt=0, description="translated files are deleted after this long")
     # access
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     require_api_key: bool = False

@@ -72,7 +72,7 @@ class ServiceState:
             translations=TranslationService(models, scheduler, settings.default_beam_size),
             keys=KeyRing(settings.api_keys, settings.require_api_key),
             rate_limiter=RateLimiter(settings.req_limit),
-            files=FileStore(),
+            files=FileStore(ttl_s=settings.file_ttl_s),
             model_sha=sha,
             model_version=version,
             model_name=",".join(m.name for m in models.models),

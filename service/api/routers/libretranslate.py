@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from service.api.access import client_id
+from service.api.documents import FORMATS, Document, DocumentError, document_format, translated_name
 from service.api.errors import ApiError, guarded
 from service.api.lt_spec import libretranslate_spec
 from service.api.markup import HtmlDocument
@@ -33,7 +34,8 @@ from service.languages import ModelLanguages, language_name
 from service.textnorm import scrub
 
 router = APIRouter(tags=["LibreTranslate"])
-SUPPORTED_FILE_FORMATS = [".txt"]
+SUPPORTED_FILE_FORMATS = list(FORMATS)
+MEDIA_TYPES = {".txt": "text/plain", ".html": "text/html", ".htm": "text/html", ".srt": "application/x-subrip"}
 
 
 def _body_doc(model: type[Any], form: bool = True, multipart: bool = False) -> dict[str, Any]:
@@ -245,7 +247,7 @@ async def frontend_settings(state: StateDep) -> dict[str, Any]:
     "/translate_file",
     response_model=LtTranslateFileResponse,
     responses=error_responses(400, 403, 413, 429, 500, 503, 504),
-    summary="Translate a .txt file (LibreTranslate)",
+    summary="Translate a .txt, .html or .srt file (LibreTranslate)",
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -280,25 +282,30 @@ async def translate_file(request: Request, state: StateDep) -> LtTranslateFileRe
     name = re.sub(r"[^A-Za-z0-9._-]", "_", PurePath(upload.filename or "").name)
     if not name:
         raise ApiError(400, "Invalid request: empty file")
-    if PurePath(name).suffix.lower() not in SUPPORTED_FILE_FORMATS:
-        raise ApiError(400, "Invalid request: file format not supported (only .txt)")
+    if document_format(name) not in SUPPORTED_FILE_FORMATS:
+        raise ApiError(400, "Invalid request: file format not supported")  # LibreTranslate's words
     raw = await upload.read()
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise ApiError(400, "Invalid request: file is not UTF-8 text") from None
+        document = Document(document_format(name), raw)
+    except DocumentError as exc:
+        raise ApiError(400, f"Invalid request: {exc}") from None
     limit = state.settings.char_limit
-    if limit != -1 and len(text) > limit:
-        raise ApiError(400, f"Invalid request: request ({len(text)}) exceeds text limit ({limit}): file is too long")
-    text = scrub(text)
-    language = source if source != "auto" else (await asyncio.to_thread(state.detector.best, text)).language
+    if limit != -1 and document.characters > limit:
+        raise ApiError(
+            400, f"Invalid request: request ({document.characters}) exceeds text limit ({limit}): file is too long"
+        )
+    texts = [scrub(t) for t in document.texts()]
+    language = source
+    if source == "auto":
+        language = (await asyncio.to_thread(state.detector.best, " ".join(texts)[:2000])).language
     _check_directions(languages, [language], target)
     request.state.direction = f"{source}-{target}"
     options = state.default_options()
     results = await guarded(
-        request, state.translations.translate([text], [language], target, options, state.deadline())
+        request, state.translations.translate(texts, [language] * len(texts), target, options, state.deadline())
     )
-    file_id = state.files.put(name, results[0].text.encode("utf-8"))
+    content = document.render([r.text for r in results])
+    file_id = state.files.put(translated_name(name, target), content)
     return LtTranslateFileResponse(translatedFileUrl=str(request.url_for("download_file", filename=file_id)))
 
 
@@ -307,10 +314,10 @@ async def translate_file(request: Request, state: StateDep) -> LtTranslateFileRe
 async def download_file(filename: str, state: StateDep) -> Response:
     stored = state.files.get(filename)
     if stored is None:
-        raise ApiError(404, "File not found (translated files are kept for 30 minutes)")
+        raise ApiError(404, f"File not found (translated files are kept for {state.files.ttl_s / 60:g} minutes)")
     return Response(
         stored.content,
-        media_type="text/plain; charset=utf-8",
+        media_type=MEDIA_TYPES.get(document_format(stored.name), "application/octet-stream") + "; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="{stored.name}"'},
     )
 
