@@ -147,7 +147,15 @@ def test_the_page_translates_in_a_headless_browser(server: LiveServer) -> None:
             expected_conditions.text_to_be_present_in_element((By.ID, "translation"), "guitare")
         )
         assert "homme" in browser.find_element(By.ID, "translation").text
+        document = ARTIFACTS / "page-upload.txt"
         ARTIFACTS.mkdir(exist_ok=True)
+        document.write_text("Two dogs run on the beach.\n")
+        browser.find_element(By.ID, "file-input").send_keys(str(document))
+        browser.find_element(By.ID, "file-btn").click()
+        link = WebDriverWait(browser, 30).until(
+            expected_conditions.presence_of_element_located((By.ID, "file-download"))
+        )
+        assert "chien" in httpx.get(str(link.get_attribute("href"))).text
         browser.save_screenshot(str(ARTIFACTS / "page.png"))
     finally:
         browser.quit()
