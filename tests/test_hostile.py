@@ -134,3 +134,16 @@ def test_unknown_languages(client: TestClient) -> None:
 def test_beam_size_zero_and_a_million(client: TestClient) -> None:
     for beam in (0, 1_000_000):
         _error(client.post("/v1/translate", json={"texts": ["a"], "target": "fr", "beam_size": beam}), 422, "beam_size")
+
+
+def test_a_50_mb_file_is_a_413_naming_the_limit(client: TestClient) -> None:
+    big = b"A man is playing a guitar.\n" * (50 * 1024 * 1024 // 27)
+    r = client.post("/translate_file", data={"source": "en", "target": "fr"}, files={"file": ("big.txt", big)})
+    assert r.status_code == 413 and "MTSERVE_MAX_BODY_BYTES" in r.json()["error"]
+
+
+@pytest.mark.parametrize("name", ["photo.txt", "photo.srt", "photo.html"])
+def test_a_file_whose_extension_lies_is_a_400_naming_the_problem(client: TestClient, name: str) -> None:
+    png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 8
+    r = client.post("/translate_file", data={"source": "en", "target": "fr"}, files={"file": (name, png)})
+    assert r.status_code == 400 and "not UTF-8" in r.json()["error"]
