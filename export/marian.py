@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,6 @@ MUST_BE = {
     "normalize_embedding": False,
     "add_final_layer_norm": False,
     "static_position_embeddings": True,
-    "scale_embedding": None,  # either value is handled
 }
 LANGUAGE_TOKEN = re.compile(r"^>>(.+)<<$")
 # A source piece missing from vocab.json becomes <unk>; more than this share means the files do not belong together.
@@ -136,7 +135,7 @@ def check_config(src: MarianDir) -> None:
             "config.json", f"activation_function={activation!r} is not handled (handled: {', '.join(ACTIVATIONS)})"
         )
     for name, required in MUST_BE.items():
-        if required is not None and name in config and bool(config[name]) != required:
+        if name in config and bool(config[name]) != required:
             raise MarianImportError("config.json", f"{name}={config[name]!r} is not handled (only {required})")
     decoder_vocab = config.get("decoder_vocab_size")
     if decoder_vocab not in (None, config.get("vocab_size")):
@@ -237,8 +236,11 @@ _LAYER_PARTS = {
 _LAYER_KEY = re.compile(r"^(encoder|decoder)\.layers\.(\d+)\.([a-z_0-9]+?)(\.[qkvout_]+proj)?\.(weight|bias)$")
 
 
-def convert_state(weights: Mapping[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """transformers' MarianMTModel state -> model/transformer.py's, every weight accounted for."""
+def convert_state(
+    weights: Mapping[str, torch.Tensor], cfg: ModelConfig, expected: Iterable[str]
+) -> dict[str, torch.Tensor]:
+    """transformers' MarianMTModel state -> model/transformer.py's, every weight accounted for;
+    `expected` names the keys the network built from `cfg` holds."""
     state = {k.removeprefix("model."): v.float() for k, v in weights.items()}
     out: dict[str, torch.Tensor] = {}
     unused = []
@@ -272,8 +274,7 @@ def convert_state(weights: Mapping[str, torch.Tensor], cfg: ModelConfig) -> dict
         out["output_proj.weight"] = state["lm_head.weight"]
     bias = state.get("final_logits_bias", torch.zeros(1, cfg.vocab_size))
     out["logits_bias"] = bias.reshape(-1)
-    expected = set(Transformer(cfg).state_dict())
-    missing = sorted(expected - set(out))
+    missing = sorted(set(expected) - set(out))
     if missing:
         raise MarianImportError("weights", f"missing: {', '.join(missing[:8])}")
     return out
@@ -382,7 +383,7 @@ def import_marian(
     generation, never = generation_defaults(src, special)
     cfg = model_config(src, languages, never)
     model = Transformer(cfg)
-    state = convert_state(_load_weights(src.weights), cfg)
+    state = convert_state(_load_weights(src.weights), cfg, model.state_dict())
     model.load_state_dict(state)
     model.eval()
     tokenizer = VocabTokenizer(

@@ -59,12 +59,12 @@ class Detector:
         """One list for several texts, as LibreTranslate's detect_languages merges them: a language
         found in several texts gets its mean confidence and their summed length; the list is
         ordered by confidence weighted by text length."""
+        if len(texts) == 1:
+            return self.candidates(texts[0])
         found: dict[str, list[tuple[float, int]]] = {}
         for text in texts:
             for d in self.candidates(text):
                 found.setdefault(d.language, []).append((d.confidence, len(text)))
-        if len(texts) == 1:
-            return self.candidates(texts[0])
         total = sum(len(t) for t in texts) or 1
         merged = [
             (Detection(lang, round(sum(c for c, _ in hits) / len(hits), 2)), sum(n for _, n in hits))

@@ -8,15 +8,15 @@ text reaches the model: never a partly translated file.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from pathlib import PurePath
 
 import srt
 
 from service.api.markup import HtmlDocument
 
-Translate = Callable[[list[str]], Awaitable[list[str]]]
-FORMATS = (".txt", ".html", ".htm", ".srt")
+# The formats /translate_file takes, with the media type their translations are served as.
+MEDIA_TYPES = {".txt": "text/plain", ".html": "text/html", ".htm": "text/html", ".srt": "application/x-subrip"}
+FORMATS = tuple(MEDIA_TYPES)
 
 
 class DocumentError(ValueError):
@@ -55,10 +55,6 @@ class Document:
                 raise DocumentError(f"file is not valid SRT subtitles ({exc})") from None
         else:
             raise DocumentError(f"file format {suffix} is not supported")
-
-    @property
-    def characters(self) -> int:
-        return sum(len(t) for t in self.texts())
 
     def texts(self) -> list[str]:
         if self._html is not None:

@@ -128,12 +128,12 @@ def assign_directions(entries: Sequence[_Entry], prefer: Sequence[str]) -> dict[
     return out
 
 
-def check_model_dirs(dirs: Sequence[Path], prefer: Sequence[str] = ()) -> None:
-    """Before anything loads: each directory's manifest and file hashes (ModelFileError names the
-    file), and that the directories can be served together (ModelSetError)."""
+def check_model_dirs(dirs: Sequence[Path], prefer: Sequence[str] = (), verify: bool = True) -> None:
+    """Before anything loads: each directory's manifest and, with `verify`, its file hashes
+    (ModelFileError names the file), and that the directories can be served together (ModelSetError)."""
     entries = []
     for model_dir in dirs:
-        manifest = load_manifest(model_dir, verify=True)
+        manifest = load_manifest(model_dir, verify=verify)
         directions = manifest.model_languages().directions
         entries.append(_Entry(model_name(model_dir, manifest), model_dir, directions))
     assign_directions(_unique_names(entries), prefer)
@@ -160,8 +160,9 @@ class ModelSet:
         prefer: Sequence[str] = (),
         low_memory: bool = False,
     ) -> ModelSet:
-        """Every directory checked (hashes included) before any is loaded: a bad one names itself."""
-        check_model_dirs(dirs, prefer)
+        """Every manifest read and the set checked before any model loads; each model's file hashes
+        are checked as it loads (OnnxModel), so a bad file names itself either way."""
+        check_model_dirs(dirs, prefer, verify=False)
         models = []
         for model_dir in dirs:
             served = _load_one(model_dir, threads, batch_tokens, low_memory)

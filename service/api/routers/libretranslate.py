@@ -15,7 +15,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from service.api.access import client_id
-from service.api.documents import FORMATS, Document, DocumentError, document_format, translated_name
+from service.api.documents import (
+    FORMATS,
+    MEDIA_TYPES,
+    Document,
+    DocumentError,
+    document_format,
+    translated_name,
+)
 from service.api.errors import ApiError, guarded
 from service.api.lt_spec import libretranslate_spec
 from service.api.markup import HtmlDocument
@@ -35,7 +42,6 @@ from service.textnorm import scrub
 
 router = APIRouter(tags=["LibreTranslate"])
 SUPPORTED_FILE_FORMATS = list(FORMATS)
-MEDIA_TYPES = {".txt": "text/plain", ".html": "text/html", ".htm": "text/html", ".srt": "application/x-subrip"}
 
 
 def _body_doc(model: type[Any], form: bool = True, multipart: bool = False) -> dict[str, Any]:
@@ -93,7 +99,8 @@ def _check_directions(languages: ModelLanguages, sources: list[str], target: str
             )
 
 
-def _texts(params: Params, state: ServiceState) -> tuple[list[str], bool]:
+def _q(params: Params) -> tuple[list[str], bool]:
+    """`q` as a list of strings, and whether it came as a list."""
     q = params.get("q")
     if q is None or q == "" or q == []:
         raise ApiError(400, "Invalid request: missing q parameter")
@@ -101,6 +108,11 @@ def _texts(params: Params, state: ServiceState) -> tuple[list[str], bool]:
     texts = q if batch else [q]
     if not all(isinstance(t, str) for t in texts):
         raise ApiError(400, "Invalid request: q parameter must be a string or a list of strings")
+    return texts, batch
+
+
+def _texts(params: Params, state: ServiceState) -> tuple[list[str], bool]:
+    texts, batch = _q(params)
     limit = state.settings.batch_limit
     if batch and limit != -1 and len(texts) > limit:
         raise ApiError(
@@ -201,12 +213,7 @@ async def _translate_html(request: Request, state: ServiceState, text: str, sour
 async def detect(request: Request, state: StateDep) -> JSONResponse:
     params = await read_params(request)
     _access(request, state, params)
-    q = params.get("q")
-    if q is None or q == "" or q == []:
-        raise ApiError(400, "Invalid request: missing q parameter")
-    texts = q if isinstance(q, list) else [q]
-    if not all(isinstance(t, str) for t in texts):
-        raise ApiError(400, "Invalid request: q parameter must be a string or a list of strings")
+    texts, _ = _q(params)
     # LibreTranslate applies no character limit here; the body limit still bounds the request.
     detections = await asyncio.to_thread(state.detector.detect_many, [scrub(t) for t in texts])
     return JSONResponse([d.as_dict() for d in detections])
@@ -289,12 +296,11 @@ async def translate_file(request: Request, state: StateDep) -> LtTranslateFileRe
         document = Document(document_format(name), raw)
     except DocumentError as exc:
         raise ApiError(400, f"Invalid request: {exc}") from None
-    limit = state.settings.char_limit
-    if limit != -1 and document.characters > limit:
-        raise ApiError(
-            400, f"Invalid request: request ({document.characters}) exceeds text limit ({limit}): file is too long"
-        )
-    texts = [scrub(t) for t in document.texts()]
+    texts = document.texts()
+    characters, limit = sum(len(t) for t in texts), state.settings.char_limit
+    if limit != -1 and characters > limit:
+        raise ApiError(400, f"Invalid request: request ({characters}) exceeds text limit ({limit}): file is too long")
+    texts = [scrub(t) for t in texts]
     language = source
     if source == "auto":
         language = (await asyncio.to_thread(state.detector.best, " ".join(texts)[:2000])).language
