@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import test_pairs  # noqa: E402
+from export.marian import hf_tokenizer  # noqa: E402
 from service.api.models import resident_bytes  # noqa: E402
 from service.runtime.beam import DecodeOptions, beam_search  # noqa: E402
 from service.runtime.text_tokenizer import VocabTokenizer  # noqa: E402
@@ -107,7 +108,7 @@ def measure(args: argparse.Namespace) -> None:
     """In a fresh process: load one engine, translate 100 sentences at beam 5, print its memory."""
     engine, model_dir, precision = args.measure[0], Path(args.measure[1]), args.measure[2]
     hf_dir = args.hf_dir
-    tok = VocabTokenizer(hf_dir / "source.spm", hf_dir / "target.spm", hf_dir / "vocab.json", 1, ())
+    tok = hf_tokenizer(hf_dir)
     sources = [[*tok.encode(s), tok.ids["</s>"]] for s in test_pairs(args.data_dir)[0][:100]]
     baseline = _status_mb("VmRSS")
     options = DecodeOptions(beam_size=5, max_length=args.max_length, proportional_limit=False, repetition_guard=False)
@@ -134,7 +135,7 @@ def run(args: argparse.Namespace) -> None:
     if args.limit:
         sources_text = sources_text[: args.limit]
     work = Path(tempfile.mkdtemp(prefix="mtserve-marian-bench-"))
-    tok = VocabTokenizer(hf_dir / "source.spm", hf_dir / "target.spm", hf_dir / "vocab.json", 1, ())
+    tok = hf_tokenizer(hf_dir)
     eos = tok.ids["</s>"]
     sources = [[*tok.encode(s), eos] for s in sources_text]
     engines: dict[tuple[str, str], tuple[Callable[[DecodeOptions], Decode], float]] = {}

@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.marian_models import Variant, new_marian, save_marian_dir  # noqa: E402
+from export.marian import hf_tokenizer  # noqa: E402
 from model import corpus  # noqa: E402
 from model.evaluate import score_translations  # noqa: E402
-from service.runtime.text_tokenizer import VocabTokenizer  # noqa: E402
 
 VARIANT = Variant(
     d_model=256, heads=4, ffn=1024, layers=3, spm_vocab=8000, init="hf", max_length=128, num_beams=5, seed=11
@@ -69,10 +69,10 @@ def train(out: Path, minutes: float, data_dir: str | None, threads: int) -> None
     en, fr = _pairs(data_dir)
     model = new_marian(out, en, fr, VARIANT)
     pad = int(model.config.pad_token_id)
-    tok = VocabTokenizer(out / "source.spm", out / "target.spm", out / "vocab.json", 1, ())
-    target_tok = VocabTokenizer(out / "target.spm", out / "target.spm", out / "vocab.json", 1, ())
-    src = [[*tok.encode(s), 0] for s in en]
-    tgt = [[*target_tok.encode(s), 0] for s in fr]
+    tok, target_tok = hf_tokenizer(out, "source"), hf_tokenizer(out, "target")
+    eos = tok.ids["</s>"]
+    src = [[*tok.encode(s), eos] for s in en]
+    tgt = [[*target_tok.encode(s), eos] for s in fr]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98), weight_decay=0.0)
     warmup = 200
     schedule = torch.optim.lr_scheduler.LambdaLR(

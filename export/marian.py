@@ -123,6 +123,19 @@ def _same(config: Mapping[str, Any], a: str, b: str) -> Any:
     return _field(config, a)
 
 
+def hf_tokenizer(hf_dir: Path, side: str = "source") -> VocabTokenizer:
+    """The directory's text and ids as MarianTokenizer maps them: `side`'s SentencePiece model
+    encodes (source for inputs, target for training labels), the target one decodes; unk, pad and
+    EOS ids from vocab.json."""
+    vocab = _read_json(hf_dir / "vocab.json")
+    if "<unk>" not in vocab:
+        raise MarianImportError("vocab.json", "has no <unk>")
+    specials = [vocab[p] for p in ("<pad>", "</s>", "<unk>") if p in vocab]
+    return VocabTokenizer(
+        hf_dir / f"{side}.spm", hf_dir / "target.spm", hf_dir / "vocab.json", vocab["<unk>"], specials
+    )
+
+
 def check_config(src: MarianDir) -> None:
     """Every field the conversion depends on, checked before any weight is read."""
     config = src.config
@@ -386,9 +399,7 @@ def import_marian(
     state = convert_state(_load_weights(src.weights), cfg, model.state_dict())
     model.load_state_dict(state)
     model.eval()
-    tokenizer = VocabTokenizer(
-        hf_dir / "source.spm", hf_dir / "target.spm", hf_dir / "vocab.json", special.unk, (special.pad,)
-    )
+    tokenizer = hf_tokenizer(hf_dir)
     first_prefix = prefix.get(languages.directions[0][1], [])
     sources = [[*first_prefix, *tokenizer.encode(s), special.eos] for s in check_sentences]
     conventions = Conventions(
