@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 MODEL ?= artifacts/default
 
-.PHONY: serve test lint typecheck unit browser default-model pilot clean
+.PHONY: serve test lint typecheck unit browser office default-model pilot clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,15 @@ browser:
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
 
+# The document tests render translated .docx, .odt and .pptx files with headless LibreOffice, then
+# page 1 of the PDF to PNG with poppler: Debian's libreoffice-*-nogui and poppler-utils packages.
+office:
+	@command -v soffice >/dev/null && command -v pdftoppm >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+			libreoffice-core libreoffice-writer-nogui libreoffice-impress-nogui poppler-utils >/dev/null; }
+
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -33,7 +42,7 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy
 
-unit: $(VENV)/.installed browser
+unit: $(VENV)/.installed browser office
 	$(BIN)/pytest -q
 
 test: lint typecheck unit

@@ -102,7 +102,9 @@ def test_languages_and_frontend_settings(client: TestClient) -> None:
         {"code": "fr", "name": "French", "targets": ["en"]},
     ]
     settings = client.get("/frontend/settings").json()
-    assert settings["charLimit"] == 5000 and settings["supportedFilesFormat"] == [".txt", ".html", ".htm", ".srt"]
+    assert settings["charLimit"] == 5000 and settings["supportedFilesFormat"] == [
+        ".txt", ".odt", ".odp", ".docx", ".pptx", ".epub", ".html", ".htm", ".srt"
+    ]  # fmt: skip
     assert settings["language"]["source"]["code"] == "auto"
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 from collections.abc import Iterator
 
 import pytest
@@ -139,7 +141,66 @@ def test_beam_size_zero_and_a_million(client: TestClient) -> None:
 def test_a_50_mb_file_is_a_413_naming_the_limit(client: TestClient) -> None:
     big = b"A man is playing a guitar.\n" * (50 * 1024 * 1024 // 27)
     r = client.post("/translate_file", data={"source": "en", "target": "fr"}, files={"file": ("big.txt", big)})
-    assert r.status_code == 413 and "MTSERVE_MAX_BODY_BYTES" in r.json()["error"]
+    assert (
+        r.status_code == 413
+        and "file size limit" in r.json()["error"]
+        and "MTSERVE_MAX_FILE_BYTES" in r.json()["error"]
+    )
+
+
+def test_a_file_over_the_character_limit_is_a_400_naming_it() -> None:
+    with TestClient(create_app(Settings(file_char_limit=100))) as small:
+        files = {"file": ("long.txt", b"A man is playing a guitar. " * 10)}
+        _error(small.post("/translate_file", data=EN_FR, files=files), 400, "exceeds text limit (100)",
+               "MTSERVE_FILE_CHAR_LIMIT")  # fmt: skip
+
+
+def _zip(entries: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression) as archive:
+        for name, content in entries.items():
+            archive.writestr(name, content)
+    return out.getvalue()
+
+
+def test_a_zip_bomb_disguised_as_a_word_document_is_refused(client: TestClient) -> None:
+    bomb = _zip({"[Content_Types].xml": b"<Types/>", "word/document.xml": bytes(64 << 20)})
+    assert len(bomb) < 200_000
+    _error(client.post("/translate_file", data=EN_FR, files={"file": ("cv.docx", bomb)}), 400, "ZIP bomb")
+
+
+def test_an_epub_with_a_path_traversal_entry_is_refused(client: TestClient) -> None:
+    book = _zip({"mimetype": b"application/epub+zip", "../../etc/cron.d/evil.xhtml": b"<p>A dog.</p>"})
+    _error(client.post("/translate_file", data=EN_FR, files={"file": ("book.epub", book)}), 400, "unsafe path")
+    container = (b'<container xmlns="urn:oasis:names:tc:opendocument:xmlns:container"><rootfiles>'
+                 b'<rootfile full-path="../../content.opf"/></rootfiles></container>')  # fmt: skip
+    book = _zip({"mimetype": b"application/epub+zip", "META-INF/container.xml": container})
+    _error(client.post("/translate_file", data=EN_FR, files={"file": ("book.epub", book)}), 400, "outside the package")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "problem"),
+    [
+        ("photo.docx", b"\x89PNG\r\n\x1a\n" + bytes(range(256)), "not a ZIP package"),
+        ("secret.docx", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(512), "encrypted"),
+        ("slides.pptx", _zip({"mimetype": b"application/vnd.oasis.opendocument.text"}), "not a valid PowerPoint"),
+        ("letter.odt", _zip({"mimetype": b"application/epub+zip"}), "its mimetype is 'application/epub+zip'"),
+        ("book.epub", _zip({"word/document.xml": b"<w/>"}), "must start with the mimetype"),
+        ("deck.odp", _zip({"a.xml": b"x"}, zipfile.ZIP_STORED)[:-30], "not a ZIP package"),
+    ],
+)
+def test_a_corrupt_encrypted_or_mislabelled_office_file_is_a_400(
+    client: TestClient, name: str, content: bytes, problem: str
+) -> None:
+    _error(client.post("/translate_file", data=EN_FR, files={"file": (name, content)}), 400, problem)
+
+
+def test_a_password_protected_opendocument_is_refused(client: TestClient) -> None:
+    manifest = (
+        b"<manifest:manifest><manifest:file-entry><manifest:encryption-data/></manifest:file-entry></manifest:manifest>"
+    )
+    odt = _zip({"mimetype": b"application/vnd.oasis.opendocument.text", "META-INF/manifest.xml": manifest})
+    _error(client.post("/translate_file", data=EN_FR, files={"file": ("secret.odt", odt)}), 400, "encrypted")
 
 
 @pytest.mark.parametrize("name", ["photo.txt", "photo.srt", "photo.html"])

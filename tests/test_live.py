@@ -31,6 +31,28 @@ def test_the_libretranslate_python_client_works_unchanged(server: LiveServer) ->
     assert client.detect("Bonjour tout le monde")[0]["language"] == "fr"
 
 
+def test_dialects_instance_check_and_requests(server: LiveServer) -> None:
+    """Dialect (the GNOME client) replayed from its LibreTranslate provider: GET /spec and require
+    info.title "LibreTranslate"; GET /frontend/settings for apiKeys, keyRequired and charLimit;
+    GET /languages for the codes; then form posts to /detect and /translate, reading
+    [0]["language"], [0]["confidence"] and translatedText, and an "error" key on failure."""
+    with httpx.Client(base_url=server.url) as http:
+        assert http.get("/spec").json()["info"]["title"] == "LibreTranslate"
+        settings = http.get("/frontend/settings").json()
+        assert settings.get("apiKeys", False) is False and settings.get("keyRequired", False) is False
+        assert settings["charLimit"] > 0
+        codes = [lang["code"] for lang in http.get("/languages").json()]
+        assert codes == ["en", "fr"]
+        detected = http.post("/detect", data={"q": "Un homme joue de la guitare."}).json()
+        assert detected[0]["language"] == "fr" and 0 < detected[0]["confidence"] <= 100
+        out = http.post("/translate", data={"q": "A man is playing a guitar.", "source": "en", "target": "fr"}).json()
+        assert "error" not in out and "guitare" in out["translatedText"]
+        auto = http.post("/translate", data={"q": "😀", "source": "auto", "target": "fr"}).json()
+        assert auto == {"translatedText": "😀", "detectedLanguage": {"confidence": 0.0, "language": "en"}}
+        bad = http.post("/translate", data={"q": "a", "source": "en", "target": "xx"})
+        assert bad.status_code == 400 and "xx is not supported" in bad.json()["error"]
+
+
 def test_deep_translator_with_every_field_in_the_query_string(server: LiveServer) -> None:
     from deep_translator import LibreTranslator
 

@@ -87,5 +87,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=metrics,
         model_sha=lambda: holder["state"].model_sha if "state" in holder else "loading",
         max_body_bytes=settings.max_body_bytes,
+        max_file_bytes=settings.max_file_bytes,
     )
     return app

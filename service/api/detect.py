@@ -22,11 +22,13 @@ class Detection:
 
 
 class Detector:
-    """lingua over the model's languages that lingua knows; with fewer than two of them,
-    detection answers the model's first language with confidence 0."""
+    """lingua over the model's languages that lingua knows. Text it cannot place (no letters, or
+    fewer than two languages to choose from) gets LibreTranslate's answer: one candidate, English
+    (else the model's first language) with confidence 0."""
 
     def __init__(self, languages: tuple[str, ...]) -> None:
         self.languages = languages
+        self.fallback = "en" if "en" in languages else languages[0]
         known = {code: lingua_language(code) for code in languages}
         self._codes = {language: code for code, language in known.items() if language is not None}
 
@@ -39,17 +41,20 @@ class Detector:
     def warm_up(self) -> None:
         self.detect("warm up")
 
-    def detect(self, text: str) -> list[Detection]:
-        """Every supported language with its confidence, most likely first. Text without letters
-        gives the first language with confidence 0."""
+    def _found(self, text: str) -> list[Detection]:
         detector = self._detector
         values = detector.compute_language_confidence_values(text) if detector else []
         out = [
-            Detection(self._codes[v.language], round(100.0 * v.value, 2)) for v in values if v.language in self._codes
+            Detection(self._codes[v.language], round(100.0 * v.value, 2))
+            for v in values
+            if v.language in self._codes and v.value > 0
         ]
-        if not out or all(d.confidence == 0 for d in out):
-            return [Detection(lang, 0.0) for lang in self.languages]
         return sorted(out, key=lambda d: (-d.confidence, self.languages.index(d.language)))
+
+    def detect(self, text: str) -> list[Detection]:
+        """Every supported language with its confidence, most likely first (the fallback alone,
+        with confidence 0, where nothing is found)."""
+        return self._found(text) or [Detection(self.fallback, 0.0)]
 
     def candidates(self, text: str) -> list[Detection]:
         """At most three candidates, most likely first, as LibreTranslate's detector answers."""
@@ -63,8 +68,10 @@ class Detector:
             return self.candidates(texts[0])
         found: dict[str, list[tuple[float, int]]] = {}
         for text in texts:
-            for d in self.candidates(text):
+            for d in self._found(text)[:CANDIDATES]:  # a text nothing was found in counts for nothing
                 found.setdefault(d.language, []).append((d.confidence, len(text)))
+        if not found:
+            return [Detection(self.fallback, 0.0)]
         total = sum(len(t) for t in texts) or 1
         merged = [
             (Detection(lang, round(sum(c for c, _ in hits) / len(hits), 2)), sum(n for _, n in hits))

@@ -1,9 +1,10 @@
 """Documents for /translate_file: each format hands out its texts and is rebuilt with their translations.
 
-One markup engine: HTML goes through service/api/markup.py as the `format=html` route does; a
-subtitle file keeps its numbering and timings, only each cue's text is translated. A file that
-does not parse as its extension says is a DocumentError (a 400 naming the problem), before any
-text reaches the model: never a partly translated file.
+One markup engine (service/api/markup.py): HTML and EPUB documents go through it as the
+`format=html` route does, and the office formats (service/api/formats/) read each paragraph as
+styled runs that become its spans. A subtitle file keeps its numbering and timings, only each
+cue's text is translated. A file that does not parse as its extension says is a DocumentError
+(a 400 naming the problem), before any text reaches the model: never a partly translated file.
 """
 
 from __future__ import annotations
@@ -12,15 +13,27 @@ from pathlib import PurePath
 
 import srt
 
+from service.api.formats.ebook import Ebook
+from service.api.formats.errors import DocumentError
+from service.api.formats.opendocument import OpenDocument
+from service.api.formats.slides import Presentation
+from service.api.formats.word import WordDocument
 from service.api.markup import HtmlDocument
 
 # The formats /translate_file takes, with the media type their translations are served as.
-MEDIA_TYPES = {".txt": "text/plain", ".html": "text/html", ".htm": "text/html", ".srt": "application/x-subrip"}
+MEDIA_TYPES = {  # in the order LibreTranslate's /frontend/settings lists them
+    ".txt": "text/plain; charset=utf-8",
+    ".odt": "application/vnd.oasis.opendocument.text",
+    ".odp": "application/vnd.oasis.opendocument.presentation",
+    ".docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    ".pptx": "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    ".epub": "application/epub+zip",
+    ".html": "text/html; charset=utf-8",
+    ".htm": "text/html; charset=utf-8",
+    ".srt": "application/x-subrip; charset=utf-8",
+}
 FORMATS = tuple(MEDIA_TYPES)
-
-
-class DocumentError(ValueError):
-    """The file is not what its extension says, or cannot be read."""
+__all__ = ["FORMATS", "MEDIA_TYPES", "Document", "DocumentError", "document_format", "translated_name"]
 
 
 def translated_name(name: str, target: str) -> str:
@@ -42,9 +55,18 @@ class Document:
     def __init__(self, suffix: str, raw: bytes) -> None:
         self.suffix = suffix
         self._html: HtmlDocument | None = None
+        self._package: WordDocument | Presentation | OpenDocument | Ebook | None = None
         self._cues: list[srt.Subtitle] = []
         self._plain = ""
-        if suffix == ".txt":
+        if suffix == ".docx":
+            self._package = WordDocument(raw)
+        elif suffix == ".pptx":
+            self._package = Presentation(raw)
+        elif suffix in (".odt", ".odp"):
+            self._package = OpenDocument(raw, suffix)
+        elif suffix == ".epub":
+            self._package = Ebook(raw)
+        elif suffix == ".txt":
             self._plain = _text(raw, "text")
         elif suffix in (".html", ".htm"):
             self._html = HtmlDocument(_text(raw, "HTML"))
@@ -57,6 +79,8 @@ class Document:
             raise DocumentError(f"file format {suffix} is not supported")
 
     def texts(self) -> list[str]:
+        if self._package is not None:
+            return self._package.texts()
         if self._html is not None:
             return self._html.texts()
         if self.suffix == ".srt":
@@ -64,6 +88,8 @@ class Document:
         return [self._plain]
 
     def render(self, translations: list[str]) -> bytes:
+        if self._package is not None:
+            return self._package.render(translations)
         if self._html is not None:
             return self._html.render(translations).encode("utf-8")
         if self.suffix == ".srt":

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
+from typing import TypeVar
 
 BLOCK_TAGS = frozenset(
     [
@@ -76,6 +78,7 @@ VOID_TAGS = frozenset(
 _WORD = re.compile(r"\S+")
 _END_PUNCTUATION = frozenset(".!?;:,")
 # A word or phrase translated alone often gains an article ("red" -> "Un rouge").
+T = TypeVar("T")
 _LEADING_ARTICLE = re.compile(r"^(?:(?:un|une|le|la|les|des|du|a|an|the)\s+|l')", re.IGNORECASE)
 
 
@@ -202,6 +205,62 @@ class _Collector(HTMLParser):
             self.items.append(rest)
 
 
+class Segment:
+    """One block's text and the spans of its inline markup: the engine every document format shares.
+
+    `texts()` is what to translate: the block's text (stripped), then each non-empty span's own
+    text. `translate()` takes those translations, in that order, and returns the block's new text
+    with each span placed in it (same order as given).
+    """
+
+    def __init__(self, text: str, spans: list[tuple[int, int]]) -> None:
+        self.text, self.spans = text, spans
+
+    def _inner(self) -> list[str]:
+        return [self.text[start:end].strip() for start, end in self.spans]
+
+    def texts(self) -> list[str]:
+        if not self.text.strip():
+            return []
+        return [self.text.strip(), *(inner for inner in self._inner() if inner)]
+
+    def translate(self, queue: Iterator[str]) -> tuple[str, list[tuple[int, int]]]:
+        if not self.text.strip():
+            return self.text, list(self.spans)
+        translation = next(queue)
+        inner = [next(queue) if text else None for text in self._inner()]
+        text = self.text
+        lead = text[: len(text) - len(text.lstrip())]
+        tail = text[len(text.rstrip()) :]
+        source = text.strip()
+        if translation == source:  # nothing changed (same language, untranslatable): spans stay where they were
+            return self.text, list(self.spans)
+        placed: dict[int, tuple[int, int]] = {}
+        taken: list[tuple[int, int]] = []
+        for n in sorted(range(len(self.spans)), key=lambda k: (self.spans[k][0], -self.spans[k][1])):
+            start, end = self.spans[n]
+            span = _locate(source, translation, start - len(lead), end - len(lead), inner[n], taken)
+            taken.append(span)
+            placed[n] = (span[0] + len(lead), span[1] + len(lead))
+        return lead + translation + tail, [placed[n] for n in range(len(self.spans))]
+
+
+def runs_of(text: str, placed: list[tuple[T, int, int]]) -> list[tuple[str, T | None]]:
+    """Cut `text` at the placed spans' edges; each piece takes its innermost span (None: outside all).
+
+    A zero-width span comes out as a piece of empty text at its position (an image, a tab, a break).
+    """
+    edges = sorted({0, len(text), *(p for _, s, e in placed for p in (s, e))})
+    points = [(start, end, n) for n, (_, start, end) in enumerate(placed)]
+    out: list[tuple[str, T | None]] = []
+    for a, b in zip(edges, [*edges[1:], len(text)], strict=True):
+        out += [("", placed[n][0]) for start, end, n in points if start == end == a]
+        if b > a:
+            covering = [(end - start, n) for start, end, n in points if start <= a and b <= end and start < end]
+            out.append((text[a:b], placed[min(covering)[1]][0] if covering else None))
+    return out
+
+
 class HtmlDocument:
     """Parse once, hand out the texts to translate, render with their translations."""
 
@@ -211,14 +270,13 @@ class HtmlDocument:
         collector.close()
         self.items = collector.items
 
+    @staticmethod
+    def _segment(block: _Block) -> Segment:
+        return Segment(block.text, [(i.start, i.end) for i in block.inlines])
+
     def texts(self) -> list[str]:
         """Each block's text (stripped), then each inline element's text, in document order."""
-        out: list[str] = []
-        for item in self.items:
-            if isinstance(item, _Block) and item.text.strip():
-                out.append(item.text.strip())
-                out += [item.text[i.start : i.end].strip() for i in item.inlines if item.text[i.start : i.end].strip()]
-        return out
+        return [t for item in self.items if isinstance(item, _Block) for t in self._segment(item).texts()]
 
     def render(self, translations: list[str]) -> str:
         """The document with each text of texts() replaced by its translation."""
@@ -227,43 +285,17 @@ class HtmlDocument:
         for item in self.items:
             if isinstance(item, str):
                 out.append(item)
-            elif not item.text.strip():
-                out.append(_render_untranslated(item))
-            else:
-                block_translation = next(queue)
-                inner = {
-                    id(i): next(queue) for i in item.inlines if item.text[i.start : i.end].strip()
-                }  # fmt: skip
-                out.append(_render_block(item, block_translation, inner))
+                continue
+            text, spans = self._segment(item).translate(queue)
+            out.append(_insert(text, [(i, s, e) for i, (s, e) in zip(item.inlines, spans, strict=True)]))
         return "".join(out)
 
 
-def _render_untranslated(block: _Block) -> str:
-    return _insert(block.text, [(i, i.start, i.end) for i in block.inlines])
-
-
-def _render_block(block: _Block, translation: str, inner: dict[int, str]) -> str:
-    text = block.text
-    lead = text[: len(text) - len(text.lstrip())]
-    tail = text[len(text.rstrip()) :]
-    core_offset = len(lead)
-    source = text.strip()
-    if translation == source:  # nothing changed (same language, untranslatable): tags stay where they were
-        return _render_untranslated(block)
-    placed: list[tuple[_Inline, int, int]] = []
-    taken: list[tuple[int, int]] = []
-    for inline in sorted(block.inlines, key=lambda i: (i.start, -i.end)):
-        span = _locate(source, translation, inline, core_offset, inner.get(id(inline)), taken)
-        taken.append(span)
-        placed.append((inline, span[0] + len(lead), span[1] + len(lead)))
-    return _insert(lead + translation + tail, placed)
-
-
 def _locate(
-    source: str, target: str, inline: _Inline, offset: int, inner_translation: str | None, taken: list[tuple[int, int]]
+    source: str, target: str, start: int, end: int, inner_translation: str | None, taken: list[tuple[int, int]]
 ) -> tuple[int, int]:
-    start = max(0, min(len(source), inline.start - offset))
-    end = max(start, min(len(source), inline.end - offset))
+    start = max(0, min(len(source), start))
+    end = max(start, min(len(source), end))
     inner = source[start:end].strip()
     if inner_translation and inner[-1:] not in _END_PUNCTUATION:  # a phrase translated alone gains a full stop
         inner_translation = inner_translation.rstrip("".join(_END_PUNCTUATION)).rstrip()

@@ -21,8 +21,22 @@ class BodyTooLarge(Exception):
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics, model_sha: Callable[[], str], max_body_bytes: int) -> None:
-        self.app, self.metrics, self.model_sha, self.max_body = app, metrics, model_sha, max_body_bytes
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        model_sha: Callable[[], str],
+        max_body_bytes: int,
+        max_file_bytes: int,
+        file_paths: frozenset[str] = frozenset({"/translate_file"}),
+    ) -> None:
+        self.app, self.metrics, self.model_sha = app, metrics, model_sha
+        self.max_body, self.max_file, self.file_paths = max_body_bytes, max_file_bytes, file_paths
+
+    def _limit(self, scope: Scope) -> tuple[int, str]:
+        if scope.get("path") in self.file_paths:
+            return self.max_file, "file size limit ({} bytes, MTSERVE_MAX_FILE_BYTES)"
+        return self.max_body, "request size limit ({} bytes, MTSERVE_MAX_BODY_BYTES)"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -44,13 +58,14 @@ class RequestContextMiddleware:
             await send(message)
 
         received = 0
+        limit, limit_text = self._limit(scope)
 
         async def limited_receive() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body:
+                if received > limit:
                     raise BodyTooLarge()
             return message
 
@@ -58,15 +73,15 @@ class RequestContextMiddleware:
         t0 = time.perf_counter()
         try:
             length = headers.get("content-length", "")
-            if length.isdigit() and int(length) > self.max_body:
-                await self._too_large(scope, receive, send_with_headers)
+            if length.isdigit() and int(length) > limit:
+                await self._too_large(scope, receive, send_with_headers, limit_text.format(limit))
                 return
             try:
                 await self.app(scope, limited_receive, send_with_headers)
             except BodyTooLarge:
                 if started:
                     raise
-                await self._too_large(scope, receive, send_with_headers)
+                await self._too_large(scope, receive, send_with_headers, limit_text.format(limit))
         finally:
             self.metrics.in_flight.dec()
             route = getattr(scope.get("route"), "path", None) or "unmatched"
@@ -75,8 +90,6 @@ class RequestContextMiddleware:
             self.metrics.request_seconds.labels(route, direction).observe(time.perf_counter() - t0)
             logs.request_id.reset(token)
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(
-            413, f"Request body exceeds the request size limit ({self.max_body} bytes, MTSERVE_MAX_BODY_BYTES)"
-        )
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send, limit: str) -> None:
+        response = error_response(413, f"Request body exceeds the {limit}")
         await response(scope, receive, send)

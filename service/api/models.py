@@ -18,6 +18,7 @@ from service.languages import ModelLanguages, UnsupportedDirection
 from service.manifest import MANIFEST_FILE, Manifest, ModelFileError, load_manifest
 from service.runtime.beam import DecodeOptions
 from service.runtime.fill_mask import FillMask
+from service.runtime.glossary import Glossary
 from service.runtime.translator import Translator
 
 log = logging.getLogger("mtserve.models")
@@ -35,6 +36,7 @@ class Requested:
     beam_size: int | None = None
     length_penalty: float | None = None
     max_length: int | None = None
+    glossary: Glossary | None = None
 
 
 def resident_bytes() -> int:

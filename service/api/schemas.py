@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.errors import ErrorBody
+from service.runtime.glossary import MAX_ENTRIES, MAX_TERM_CHARS
 
 # ---- LibreTranslate ------------------------------------------------------------------------
+
+
+class GlossaryEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source: str = Field(min_length=1, max_length=MAX_TERM_CHARS, description="a term of the source text, whole words")
+    target: str = Field(min_length=1, max_length=MAX_TERM_CHARS, description="its translation, exactly as given")
 
 
 class LtTranslateRequest(BaseModel):
@@ -19,6 +26,9 @@ class LtTranslateRequest(BaseModel):
     target: str = Field(description="target language (one of the source's targets in /languages)")
     format: Literal["text", "html"] = "text"
     alternatives: int = Field(0, ge=0, le=3, description="alternative translations wanted")
+    glossary: str | list[GlossaryEntry] | None = Field(
+        None, description="terms whose translation is fixed, or the name of a glossary the server loaded (mtserve)"
+    )
     api_key: str | None = None
 
 
@@ -85,6 +95,13 @@ class TranslateRequest(BaseModel):
         None, ge=0.0, le=4.0, description="score = log p / length^length_penalty; default: the model's (1.0)"
     )
     max_length: int | None = Field(None, ge=1, le=256, description="target tokens per sentence, EOS included")
+    glossary: (
+        Annotated[str, Field(max_length=200)] | Annotated[list[GlossaryEntry], Field(max_length=MAX_ENTRIES)] | None
+    ) = Field(
+        None,
+        description="terms whose translation is fixed (whole words; a lower-case term matches any case), "
+        "or the name of a glossary loaded from MTSERVE_GLOSSARY_DIR",
+    )
     return_scores: bool = True
 
 
@@ -96,6 +113,9 @@ class Hypothesis(BaseModel):
 class TextResult(BaseModel):
     text: str
     score: float | None = None
+    quality: Literal["ok", "low"] = Field(
+        "ok", description="low: the model produced only degenerate output here (a loop, or far too long or short)"
+    )
     alternatives: list[Hypothesis]
     source_tokens: int
     target_tokens: int

@@ -81,6 +81,14 @@ class Settings(BaseSettings):
     req_limit: int = Field(default=0, ge=0, description="requests per minute per API key or client address; 0: none")
     frontend_timeout_ms: int = 500
     file_ttl_s: float = Field(default=1800.0, gt=0, description="translated files are deleted after this long")
+    max_file_bytes: int = Field(default=20 << 20, ge=1024, description="largest upload /translate_file takes")
+    file_char_limit: int = Field(
+        default=200_000, ge=-1, description="characters of text one file may hold for /translate_file; -1: none"
+    )
+    glossary_dir: Path | None = Field(
+        default=None, description="directory of NAME.tsv glossaries (source<TAB>target) requests may name"
+    )
+    file_timeout_s: float = Field(default=600.0, gt=0, description="time a file's translation may take")
     # access
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     require_api_key: bool = False

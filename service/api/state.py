@@ -18,6 +18,7 @@ from service.api.scheduler import Scheduler
 from service.api.settings import Settings
 from service.api.translation import TranslationService
 from service.languages import ModelLanguages
+from service.runtime.glossary import Glossary, load_glossary_dir
 
 
 @dataclass
@@ -32,6 +33,7 @@ class ServiceState:
     keys: KeyRing
     rate_limiter: RateLimiter
     files: FileStore
+    glossaries: dict[str, Glossary]
     model_sha: str
     model_version: str
     model_name: str
@@ -73,6 +75,7 @@ class ServiceState:
             keys=KeyRing(settings.api_keys, settings.require_api_key),
             rate_limiter=RateLimiter(settings.req_limit),
             files=FileStore(ttl_s=settings.file_ttl_s),
+            glossaries=load_glossary_dir(settings.glossary_dir) if settings.glossary_dir else {},
             model_sha=sha,
             model_version=version,
             model_name=",".join(m.name for m in models.models),
@@ -81,9 +84,9 @@ class ServiceState:
     def deadline(self) -> float:
         return time.monotonic() + self.settings.request_timeout_s
 
-    def default_options(self, n_best: int = 1) -> Requested:
-        """What a LibreTranslate request asks: its alternatives; the rest is the serving model's default."""
-        return Requested(n_best=n_best)
+    def default_options(self, n_best: int = 1, glossary: Glossary | None = None) -> Requested:
+        """A LibreTranslate request's alternatives and glossary; the rest is the serving model's default."""
+        return Requested(n_best=n_best, glossary=glossary)
 
 
 async def get_state(request: Request) -> ServiceState:

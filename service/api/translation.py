@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from service.api.models import ModelSet, Requested, ServedModel
 from service.api.scheduler import Scheduler, Sentence
+from service.runtime.beam import DecodeOptions
+from service.runtime.glossary import Glossary
 from service.runtime.sentences import Layout, split_sentences
 from service.runtime.translator import Prepared, Translation, Translator
 
@@ -26,11 +28,11 @@ class TextTranslation:
     alternatives: list[Alternative]  # the next best, without the best
     source_tokens: int
     target_tokens: int
+    quality: str = "ok"  # "low": a sentence got only degenerate hypotheses
 
 
 @dataclass(frozen=True)
 class _Plan:
-    layouts: list[Layout | None]  # None: passed through unchanged
     prepared: dict[tuple[int, int], Prepared]  # (text, sentence) -> its source pieces
     pieces: list[list[int]]
     owners: list[tuple[int, int]]  # (text, sentence) of each piece
@@ -72,25 +74,56 @@ class TranslationService:
                 out[i] = result
         return out
 
-    def _plan(self, translator: Translator, texts: Sequence[str], sources: Sequence[str], target: str) -> _Plan:
-        layouts: list[Layout | None] = []
+    @staticmethod
+    def _layouts(texts: Sequence[str], sources: Sequence[str], target: str) -> list[Layout | None]:
+        """Each text's sentences; None: passed through unchanged."""
+        return [
+            None if source == target or not text.strip() else split_sentences(text, source)
+            for text, source in zip(texts, sources, strict=True)
+        ]
+
+    @staticmethod
+    def _plan(translator: Translator, sentences: dict[tuple[int, int], str], glossary: Glossary | None = None) -> _Plan:
         prepared: dict[tuple[int, int], Prepared] = {}
         pieces: list[list[int]] = []
         owners: list[tuple[int, int]] = []
         piece_texts: list[str] = []
-        for i, (text, source) in enumerate(zip(texts, sources, strict=True)):
-            if source == target or not text.strip():
-                layouts.append(None)
-                continue
-            layout = split_sentences(text, source)
-            layouts.append(layout)
-            for j, sentence in enumerate(layout.sentences):
-                prepared[(i, j)] = translator.prepare(sentence)
-                for piece in prepared[(i, j)].pieces:
-                    pieces.append(piece)
-                    owners.append((i, j))
-                    piece_texts.append(sentence)
-        return _Plan(layouts, prepared, pieces, owners, piece_texts)
+        for owner, sentence in sentences.items():
+            prepared[owner] = translator.prepare(sentence, glossary)
+            for piece in prepared[owner].pieces:
+                pieces.append(piece)
+                owners.append(owner)
+                piece_texts.append(sentence)
+        return _Plan(prepared, pieces, owners, piece_texts)
+
+    async def _run(
+        self,
+        model: ServedModel,
+        sentences: dict[tuple[int, int], str],
+        sources: Sequence[str],
+        target: str,
+        options: DecodeOptions,
+        deadline: float,
+        glossary: Glossary | None,
+    ) -> dict[tuple[int, int], list[Translation]]:
+        """Each sentence's n-best translations, its pieces through the shared scheduler."""
+        translator = model.translator
+        if sum(len(sentence) for sentence in sentences.values()) <= INLINE_PLAN_CHARS:
+            plan = self._plan(translator, sentences, glossary)  # a thread hop would cost more than the work
+        else:
+            plan = await asyncio.to_thread(self._plan, translator, sentences, glossary)
+        queued = [
+            Sentence(ids, target, f"{sources[i]}-{target}", text, model.name)
+            for ids, (i, _), text in zip(plan.pieces, plan.owners, plan.piece_texts, strict=True)
+        ]
+        hyps = await self.scheduler.translate(queued, options, deadline)
+        grouped: dict[tuple[int, int], list[int]] = {owner: [] for owner in sentences}
+        for p, owner in enumerate(plan.owners):
+            grouped[owner].append(p)
+        return {
+            owner: translator.combine(plan.prepared[owner], [hyps[p] for p in parts], options.n_best)
+            for owner, parts in grouped.items()
+        }
 
     async def _translate_with(
         self,
@@ -101,30 +134,26 @@ class TranslationService:
         requested: Requested,
         deadline: float,
     ) -> list[TextTranslation]:
-        translator = model.translator
         options = model.options(requested, self.default_beam)
-        if sum(len(text) for text in texts) <= INLINE_PLAN_CHARS:
-            plan = self._plan(translator, texts, sources, target)  # a thread hop would cost more than the work
-        else:
-            plan = await asyncio.to_thread(self._plan, translator, texts, sources, target)
-        queued = [
-            Sentence(ids, target, f"{sources[i]}-{target}", text, model.name)
-            for ids, (i, _), text in zip(plan.pieces, plan.owners, plan.piece_texts, strict=True)
-        ]
-        hyps = await self.scheduler.translate(queued, options, deadline)
-        grouped: dict[tuple[int, int], list[int]] = {}
-        for p, owner in enumerate(plan.owners):
-            grouped.setdefault(owner, []).append(p)
+        layouts = self._layouts(texts, sources, target)
+        sentences = {
+            (i, j): sentence
+            for i, layout in enumerate(layouts)
+            if layout is not None
+            for j, sentence in enumerate(layout.sentences)
+        }
+        translated = await self._run(model, sentences, sources, target, options, deadline, None)
+        glossary = requested.glossary
+        if glossary is not None:  # a sentence whose translation lacks a term goes again, its terms as placeholders
+            again = {k: s for k, s in sentences.items() if glossary.missing(s, translated[k][0].text)}
+            if again:
+                translated.update(await self._run(model, again, sources, target, options, deadline, glossary))
         out = []
-        for i, (text, layout) in enumerate(zip(texts, plan.layouts, strict=True)):
+        for i, (text, layout) in enumerate(zip(texts, layouts, strict=True)):
             if layout is None:
                 out.append(TextTranslation(text, 0.0, [], 0, 0))
                 continue
-            sentences: list[list[Translation]] = []
-            for j in range(len(layout.sentences)):
-                parts = grouped.get((i, j), [])
-                sentences.append(translator.combine(plan.prepared[(i, j)], [hyps[p] for p in parts], options.n_best))
-            out.append(_assemble(layout, sentences, options.n_best))
+            out.append(_assemble(layout, [translated[(i, j)] for j in range(len(layout.sentences))], options.n_best))
         return out
 
 
@@ -148,4 +177,5 @@ def _assemble(layout: Layout, sentences: list[list[Translation]], n_best: int) -
         alternatives,
         sum(t.source_tokens for t in best),
         sum(t.target_tokens for t in best),
+        "low" if any(t.quality == "low" for t in best) else "ok",
     )

@@ -23,6 +23,7 @@ import numpy as np
 from service.conventions import MAX_LENGTH_CAP, max_target_length
 from service.graphs import MAX_BEAM
 from service.manifest import Generation
+from service.runtime.degenerate import sane_first
 from service.runtime.sessions import KVList, OnnxModel
 
 # Sources are padded to a multiple of this many tokens. Attention sums over the source in
@@ -41,6 +42,7 @@ class Hypothesis:
     score: float  # length-normalised
     log_prob: float  # Σ log p, EOS included
     ended: bool = True  # False: cut at the maximum length, no EOS generated
+    quality: str = "ok"  # "low": every hypothesis of its source was degenerate (service/runtime/degenerate.py)
 
     @property
     def length(self) -> int:
@@ -54,7 +56,7 @@ class DecodeOptions:
     n_best: int = 1
     length_penalty: float = 1.0
     max_length: int = 0  # 0: the shared rule, max_target_length(source tokens)
-    repetition_guard: bool = True
+    repetition_guard: bool = True  # stop repeated n-grams; rank degenerate hypotheses last (degenerate.py)
     # Rules where beam searches differ; the defaults are mtserve's (and CTranslate2's) choices.
     proportional_limit: bool = True  # the limit is also max_target_length(source tokens)
     early_stopping: bool = True  # a sentence ends once beam_size hypotheses have ended
@@ -180,6 +182,8 @@ def greedy_search(
         else:
             origin = np.arange(len(alive), dtype=np.int64)
         last = np.asarray([tokens[s][-1] if tokens[s] else eos for s in alive], dtype=np.int64)
+    if options.repetition_guard:
+        return [sane_first(r, source, 1) for r, source in zip(results, sources, strict=True)]
     return results
 
 
@@ -285,4 +289,6 @@ def beam_search(
         if compact and len(keep) < n:  # drop finished sentences from the running batch
             cross, mask, alive = _take(cross, keep), mask[keep], alive[keep]
 
+    if options.repetition_guard:
+        return [sane_first(f, source, options.n_best) for f, source in zip(finished, sources, strict=True)]
     return [sorted(f, key=lambda h: -h.score)[: options.n_best] for f in finished]

@@ -1,5 +1,5 @@
 """Spans that must come through verbatim (URLs, e-mail addresses, Weblate's `[X7X]` placeholders)
-travel as placeholders.
+travel as placeholders, and so do a request's glossary terms, which come back as their targets.
 
 A URL is dozens of sentence pieces, and one wrong piece breaks it. Each such span is replaced
 by a short code (`QK-2834`, ...), the kind of token the model learned to copy (copy
@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
+
+from service.runtime.glossary import Glossary
 
 PROTECTED = re.compile(
     r"(?:https?://|www\.)[^\s<>\"']*[^\s<>\"'.,;:!?)\]}]"  # URLs, without trailing punctuation
@@ -33,14 +36,28 @@ class Protected:
     spans: list[str]  # the originals, in placeholder order
 
 
-def protect(text: str) -> Protected:
-    spans: list[str] = []
+@lru_cache(maxsize=64)
+def _with_terms(terms: str) -> re.Pattern[str]:
+    return re.compile(f"(?P<kept>{PROTECTED.pattern})|(?P<term>{terms})")
 
-    def swap(match: re.Match[str]) -> str:
-        spans.append(match.group(0))
+
+def protect(text: str, glossary: Glossary | None = None) -> Protected:
+    """Placeholders for the verbatim spans and, with a glossary, for its terms (each standing for its target)."""
+    spans: list[str] = []
+    if glossary is None or not glossary.pattern:
+
+        def swap(match: re.Match[str]) -> str:
+            spans.append(match.group(0))
+            return placeholder(len(spans) - 1)
+
+        return Protected(PROTECTED.sub(swap, text), spans)
+
+    def swap_term(match: re.Match[str]) -> str:
+        term = match.group("term")
+        spans.append(glossary.target(term) if term is not None else match.group(0))
         return placeholder(len(spans) - 1)
 
-    return Protected(PROTECTED.sub(swap, text), spans)
+    return Protected(_with_terms(glossary.pattern).sub(swap_term, text), spans)
 
 
 def restore(translation: str, spans: list[str]) -> str:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.runtime.beam import DecodeOptions, Hypothesis, beam_search
+from service.runtime.glossary import Glossary
 from service.runtime.protect import protect, restore
 from service.runtime.sessions import OnnxModel
 from service.textnorm import normalize
@@ -23,6 +24,7 @@ class Translation:
     score: float
     source_tokens: int
     target_tokens: int
+    quality: str = "ok"  # "low": some piece got only degenerate hypotheses (service/runtime/degenerate.py)
 
 
 @dataclass(frozen=True)
@@ -95,12 +97,13 @@ class Translator:
             batches.append(current)
         return batches
 
-    def prepare(self, text: str) -> Prepared:
-        """Source pieces of one text, each ending with EOS (none for empty text), URLs and
-        e-mail addresses held out as placeholders. A text without letters gets no pieces: it comes back verbatim."""
+    def prepare(self, text: str, glossary: Glossary | None = None) -> Prepared:
+        """Source pieces of one text, each ending with EOS (none for empty text), URLs, e-mail
+        addresses and glossary terms held out as placeholders. A text without letters gets no
+        pieces: it comes back verbatim."""
         if not has_letters(text):
             return Prepared([], [], text)
-        protected = protect(normalize(text))
+        protected = protect(normalize(text), glossary)
         ids = self.tokenizer.encode(protected.text)
         pieces = [[*piece, self._eos] for piece in self.split_long(ids)] if ids else []
         return Prepared(pieces, protected.spans)
@@ -121,13 +124,32 @@ class Translator:
         target: str,
         options: DecodeOptions | None = None,
         progress: Callable[[int, int], None] | None = None,
+        glossary: Glossary | None = None,
     ) -> list[list[Translation]]:
         """n_best translations per text into `target`, in input order. Empty text gives empty text.
 
         `progress(done, total)` is called after each batch, counting segments (long texts split).
+        With a glossary, a text whose translation lacks a term's target is translated again with
+        its terms as placeholders (service/runtime/glossary.py).
         """
         options = options or DecodeOptions()
-        prepared = [self.prepare(text) for text in texts]
+        out = self._translate(texts, target, options, progress, None)
+        if glossary is not None:
+            again = [k for k, text in enumerate(texts) if out[k] and glossary.missing(text, out[k][0].text)]
+            redone = self._translate([texts[k] for k in again], target, options, None, glossary)
+            for k, result in zip(again, redone, strict=True):
+                out[k] = result
+        return out
+
+    def _translate(
+        self,
+        texts: Sequence[str],
+        target: str,
+        options: DecodeOptions,
+        progress: Callable[[int, int], None] | None,
+        glossary: Glossary | None,
+    ) -> list[list[Translation]]:
+        prepared = [self.prepare(text, glossary) for text in texts]
         segments = [_Segment(index, piece) for index, p in enumerate(prepared) for piece in p.pieces]
         results: list[list[Hypothesis]] = [[] for _ in segments]
         done = 0
@@ -160,5 +182,6 @@ class Translator:
             chosen = [r[min(k, len(r) - 1)] for r in results if r]
             text = restore(" ".join(self.tokenizer.decode(h.tokens) for h in chosen), prepared.protected)
             score = sum(h.score for h in chosen) / len(prepared.pieces)
-            out.append(Translation(text, score, source_tokens, sum(h.length for h in chosen)))
+            quality = "low" if any(h.quality == "low" for h in chosen) else "ok"
+            out.append(Translation(text, score, source_tokens, sum(h.length for h in chosen), quality))
         return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from pathlib import PurePath
 from typing import Any
 
@@ -24,6 +25,7 @@ from service.api.documents import (
     translated_name,
 )
 from service.api.errors import ApiError, guarded
+from service.api.glossaries import resolve_glossary
 from service.api.lt_spec import libretranslate_spec
 from service.api.markup import HtmlDocument
 from service.api.params import Params, read_params
@@ -38,6 +40,7 @@ from service.api.schemas import (
 )
 from service.api.state import ServiceState, StateDep
 from service.languages import ModelLanguages, language_name
+from service.runtime.glossary import Glossary
 from service.textnorm import scrub
 
 router = APIRouter(tags=["LibreTranslate"])
@@ -165,18 +168,22 @@ async def translate(request: Request, state: StateDep) -> JSONResponse:
     if text_format not in ("text", "html"):
         raise ApiError(400, f"{text_format} format is not supported")
     alternatives = _alternatives(params, state)
+    glossary = resolve_glossary(params.get("glossary"), state.glossaries)
 
     if source != "auto":
         _check_directions(languages, [source], target)
     detected = await _detect_all(state, texts) if source == "auto" else None
-    sources = [d["language"] for d in detected] if detected else [source] * len(texts)
+    # what detection cannot place (no letters) has nothing to translate: it comes back as it is
+    sources = [d["language"] if d["confidence"] else target for d in detected] if detected else [source] * len(texts)
     _check_directions(languages, sources, target)
     request.state.direction = f"{source}-{target}" if source != "auto" else f"auto-{target}"
     if text_format == "html":
-        translated = [await _translate_html(request, state, t, s, target) for t, s in zip(texts, sources, strict=True)]
+        translated = [
+            await _translate_html(request, state, t, s, target, glossary) for t, s in zip(texts, sources, strict=True)
+        ]
         alts: list[list[str]] = [[] for _ in texts]
     else:
-        options = state.default_options(n_best=alternatives + 1)
+        options = state.default_options(n_best=alternatives + 1, glossary=glossary)
         results = await guarded(
             request, state.translations.translate(texts, sources, target, options, state.deadline())
         )
@@ -191,12 +198,14 @@ async def translate(request: Request, state: StateDep) -> JSONResponse:
     return JSONResponse(body)
 
 
-async def _translate_html(request: Request, state: ServiceState, text: str, source: str, target: str) -> str:
+async def _translate_html(
+    request: Request, state: ServiceState, text: str, source: str, target: str, glossary: Glossary | None
+) -> str:
     document = HtmlDocument(text)
     pieces = document.texts()
     if not pieces:
         return text
-    options = state.default_options()
+    options = state.default_options(glossary=glossary)
     results = await guarded(
         request, state.translations.translate(pieces, [source] * len(pieces), target, options, state.deadline())
     )
@@ -254,7 +263,7 @@ async def frontend_settings(state: StateDep) -> dict[str, Any]:
     "/translate_file",
     response_model=LtTranslateFileResponse,
     responses=error_responses(400, 403, 413, 429, 500, 503, 504),
-    summary="Translate a .txt, .html or .srt file (LibreTranslate)",
+    summary="Translate a file: .txt, .html, .srt, .docx, .pptx, .odt, .odp or .epub (LibreTranslate)",
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -297,18 +306,26 @@ async def translate_file(request: Request, state: StateDep) -> LtTranslateFileRe
     except DocumentError as exc:
         raise ApiError(400, f"Invalid request: {exc}") from None
     texts = document.texts()
-    characters, limit = sum(len(t) for t in texts), state.settings.char_limit
+    characters, limit = sum(len(t) for t in texts), state.settings.file_char_limit
     if limit != -1 and characters > limit:
-        raise ApiError(400, f"Invalid request: request ({characters}) exceeds text limit ({limit}): file is too long")
+        raise ApiError(
+            400,
+            f"Invalid request: request ({characters}) exceeds text limit ({limit}): "
+            "the file holds more characters than MTSERVE_FILE_CHAR_LIMIT allows",
+        )
     texts = [scrub(t) for t in texts]
     language = source
     if source == "auto":
-        language = (await asyncio.to_thread(state.detector.best, " ".join(texts)[:2000])).language
+        found = await asyncio.to_thread(state.detector.best, " ".join(texts)[:2000])
+        language = found.language if found.confidence else target  # nothing to place: the file comes back as it is
     _check_directions(languages, [language], target)
     request.state.direction = f"{source}-{target}"
     options = state.default_options()
     results = await guarded(
-        request, state.translations.translate(texts, [language] * len(texts), target, options, state.deadline())
+        request,
+        state.translations.translate(
+            texts, [language] * len(texts), target, options, time.monotonic() + state.settings.file_timeout_s
+        ),
     )
     content = document.render([r.text for r in results])
     file_id = state.files.put(translated_name(name, target), content)
@@ -323,7 +340,7 @@ async def download_file(filename: str, state: StateDep) -> Response:
         raise ApiError(404, f"File not found (translated files are kept for {state.files.ttl_s / 60:g} minutes)")
     return Response(
         stored.content,
-        media_type=MEDIA_TYPES.get(document_format(stored.name), "application/octet-stream") + "; charset=utf-8",
+        media_type=MEDIA_TYPES.get(document_format(stored.name), "application/octet-stream"),
         headers={"Content-Disposition": f'attachment; filename="{stored.name}"'},
     )
 

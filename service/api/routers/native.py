@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 
 from service.api.access import bearer_token, client_id
 from service.api.errors import ApiError, guarded
+from service.api.glossaries import resolve_glossary
 from service.api.models import Requested
 from service.api.schemas import (
     DetectedLanguage,
@@ -70,13 +71,18 @@ async def translate(body: TranslateRequest, request: Request, state: StateDep) -
         beam_size=body.beam_size,
         length_penalty=body.length_penalty,
         max_length=body.max_length,
-    )
+        glossary=resolve_glossary(
+            body.glossary if isinstance(body.glossary, str) or body.glossary is None
+            else [e.model_dump() for e in body.glossary],
+            state.glossaries, status=422,
+        ),
+    )  # fmt: skip
     texts = [scrub(t) for t in body.texts]
     detected: list[DetectedLanguage | None] = [None] * len(texts)
     if body.source == "auto":
         found = await asyncio.to_thread(lambda: [state.detector.best(t) for t in texts])
         detected = [DetectedLanguage(confidence=d.confidence, language=d.language) for d in found]
-        sources = [d.language for d in found]
+        sources = [d.language if d.confidence else body.target for d in found]  # nothing to place: unchanged
         for source in dict.fromkeys(sources):
             if source != body.target:
                 _check_direction(languages, source, body.target)
@@ -93,6 +99,7 @@ async def translate(body: TranslateRequest, request: Request, state: StateDep) -
             TextResult(
                 text=r.text,
                 score=r.score if scores else None,
+                quality="low" if r.quality == "low" else "ok",
                 alternatives=[Hypothesis(text=a.text, score=a.score if scores else None) for a in r.alternatives],
                 source_tokens=r.source_tokens,
                 target_tokens=r.target_tokens,

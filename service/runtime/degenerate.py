@@ -1,0 +1,82 @@
+"""Hypotheses that ran away: cut at the length limit, out of proportion to their source, or looping.
+
+The proportion is measured on human translations (bench/length_ratio.py): over Multi30k
+test2016 and val, the Tatoeba test split and newstest2013, in both directions, 99.9% of
+reference translations keep T ≤ 2.46·S + 4 and T ≥ 0.37·S − 1 (S source tokens, T target
+tokens, the default model's pieces). The bounds below sit just outside those.
+
+A sane hypothesis goes before any degenerate one, whatever their scores. A source that gets
+only degenerate hypotheses still gets an answer: the best one, cut at its first repeated
+3-gram where it loops or ran to the length limit, and at the bound, with quality "low" and its score lowered by
+LOW_QUALITY_PENALTY, so that it is never a loop up to the length limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.runtime.beam import Hypothesis
+
+LONG_SLOPE, LONG_OFFSET = 2.5, 4.0
+SHORT_SLOPE, SHORT_OFFSET, SHORT_FROM = 0.35, 1.0, 10  # a short source may be a title: no lower bound
+LOOP_N = 3  # a repeated token 3-gram ...
+LOOP_MIN_TOKENS = 12  # ... in a hypothesis of at least this many tokens ...
+LOOP_SHARE = 0.25  # ... where over this share of its 3-grams are repeats, is a loop
+LOW_QUALITY_PENALTY = 5.0
+
+
+def _repeated_share(tokens: Sequence[int]) -> float:
+    grams = [tuple(tokens[i : i + LOOP_N]) for i in range(len(tokens) - LOOP_N + 1)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def looping(tokens: Sequence[int], source: Sequence[int]) -> bool:
+    """Many repeated 3-grams, where the source itself does not repeat so."""
+    if len(tokens) < LOOP_MIN_TOKENS:
+        return False
+    return _repeated_share(tokens) > max(LOOP_SHARE, _repeated_share(source) + LOOP_SHARE)
+
+
+def max_sane_length(source_tokens: int) -> int:
+    return int(LONG_SLOPE * source_tokens + LONG_OFFSET)
+
+
+def out_of_proportion(target_tokens: int, source_tokens: int) -> bool:
+    too_long = target_tokens > max_sane_length(source_tokens)
+    too_short = source_tokens >= SHORT_FROM and target_tokens < SHORT_SLOPE * source_tokens - SHORT_OFFSET
+    return too_long or too_short
+
+
+def degenerate(hyp: Hypothesis, source: Sequence[int]) -> bool:
+    """`source` without its EOS."""
+    return not hyp.ended or out_of_proportion(len(hyp.tokens), len(source)) or looping(hyp.tokens, source)
+
+
+def _repair(hyp: Hypothesis, source: Sequence[int]) -> Hypothesis:
+    """Cut at the first repeated 3-gram (of a loop, or of one cut at the length limit) and at
+    the sane length; quality low, score lowered."""
+    tokens = list(hyp.tokens)
+    if not hyp.ended or looping(tokens, source):
+        seen: set[tuple[int, ...]] = set()
+        for i in range(len(tokens) - LOOP_N + 1):
+            gram = tuple(tokens[i : i + LOOP_N])
+            if gram in seen:
+                tokens = tokens[:i]
+                break
+            seen.add(gram)
+    tokens = tokens[: max_sane_length(len(source))]
+    return replace(hyp, tokens=tokens, score=hyp.score - LOW_QUALITY_PENALTY, quality="low")
+
+
+def sane_first(hyps: Sequence[Hypothesis], source: Sequence[int], n_best: int) -> list[Hypothesis]:
+    """The n_best to return, best first: sane ones by score, then degenerate ones; all
+    degenerate: the repaired best, marked low."""
+    body = list(source[:-1]) if source else []  # without EOS
+    ranked = sorted(hyps, key=lambda h: -h.score)
+    sane = [h for h in ranked if not degenerate(h, body)]
+    if not sane:
+        return [_repair(h, body) for h in ranked[:n_best]]
+    return (sane + [h for h in ranked if h not in sane])[:n_best]

@@ -1,0 +1,120 @@
+"""Glossaries: whole-word, case-aware terms whose targets come out exactly as given, with the real model."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.api.app import create_app
+from service.api.settings import Settings
+from service.runtime.glossary import GlossaryError, build_glossary, load_glossary_dir
+from service.runtime.protect import protect, restore
+
+EN_FR = {"source": "en", "target": "fr"}
+TERMS = [{"source": "dog", "target": "toutou"}, {"source": "red shirt", "target": "chemise cramoisie"}]
+
+
+def test_terms_match_whole_words_only_and_the_longest_wins() -> None:
+    glossary = build_glossary([("dog", "toutou"), ("hot dog", "saucisse"), ("cat", "matou")])
+    protected = protect("A dog, a hot dog, dogs, a bulldog and a cat.", glossary)
+    assert protected.spans == ["toutou", "saucisse", "matou"]
+    assert "dogs" in protected.text and "bulldog" in protected.text
+    assert restore(protected.text, protected.spans) == "A toutou, a saucisse, dogs, a bulldog and a matou."
+
+
+def test_matching_is_case_aware() -> None:
+    glossary = build_glossary([("dog", "toutou"), ("Apple", "Apple Inc."), ("NASA", "la NASA")])
+    protected = protect("Dog and dog. An apple, Apple and APPLE. NASA, nasa.", glossary)
+    # a lower-case term matches any case and follows a capital; a capitalised one only as written
+    assert protected.spans == ["Toutou", "toutou", "Apple Inc.", "la NASA"]
+    assert "An apple," in protected.text and "APPLE" in protected.text and "nasa." in protected.text
+
+
+def test_glossary_terms_and_urls_share_the_placeholders() -> None:
+    glossary = build_glossary([("dog", "toutou")])
+    protected = protect("See https://example.org/dog for the dog.", glossary)
+    assert protected.spans == ["https://example.org/dog", "toutou"]
+
+
+@pytest.mark.parametrize(
+    ("pairs", "problem"),
+    [
+        ([("", "x")], "glossary[0].source must be a non-empty string"),
+        ([("a", 3)], "glossary[0].target must be a non-empty string"),
+        ([("a" * 201, "b")], "over the glossary term limit (200)"),
+        ([("a\tb", "c")], "one line without tabs"),
+        ([("a", "b")] * 1001, "over the glossary entry limit (1000)"),
+    ],
+)
+def test_bad_entries_name_the_entry_or_the_limit(pairs: list[tuple[object, object]], problem: str) -> None:
+    with pytest.raises(GlossaryError, match=re.escape(problem)):
+        build_glossary(pairs)
+
+
+def test_a_glossary_directory_loads_each_tsv_and_names_a_bad_line(tmp_path: Path) -> None:
+    (tmp_path / "animals.tsv").write_text("# pets\ndog\ttoutou\n\ncat\tmatou\n", encoding="utf-8")
+    glossaries = load_glossary_dir(tmp_path)
+    assert list(glossaries) == ["animals"] and glossaries["animals"].entries == (("dog", "toutou"), ("cat", "matou"))
+    (tmp_path / "broken.tsv").write_text("dog\ttoutou\ncat matou\n", encoding="utf-8")
+    with pytest.raises(GlossaryError, match=r"broken\.tsv line 2"):
+        load_glossary_dir(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    directory = tmp_path_factory.mktemp("glossaries")
+    (directory / "animals.tsv").write_text("dog\ttoutou\ncat\tmatou\n", encoding="utf-8")
+    with TestClient(create_app(Settings(glossary_dir=directory))) as c:
+        yield c
+
+
+def test_translate_with_a_glossary_list(client: TestClient) -> None:
+    plain = client.post("/translate", json={"q": "A dog is running in the park.", **EN_FR}).json()["translatedText"]
+    assert "chien" in plain
+    r = client.post("/translate", json={"q": "A dog is running in the park.", "glossary": TERMS, **EN_FR})
+    assert r.status_code == 200 and "toutou" in r.json()["translatedText"] and "chien" not in r.json()["translatedText"]
+    r = client.post("/translate", json={"q": ["A man in a red shirt.", "A dog."], "glossary": TERMS, **EN_FR})
+    first, second = r.json()["translatedText"]
+    assert "chemise cramoisie" in first and "toutou" in second
+
+
+def test_translate_with_a_named_glossary_from_the_directory(client: TestClient) -> None:
+    r = client.post("/translate", json={"q": "A cat sleeps on a dog.", "glossary": "animals", **EN_FR})
+    assert r.status_code == 200 and "matou" in r.json()["translatedText"] and "toutou" in r.json()["translatedText"]
+    r = client.post("/translate", json={"q": "A cat.", "glossary": "medical", **EN_FR})
+    assert r.status_code == 400 and "'medical' is not loaded" in r.json()["error"] and "animals" in r.json()["error"]
+
+
+def test_a_form_post_carries_the_glossary_as_json(client: TestClient) -> None:
+    r = client.post(
+        "/translate", data={"q": "A dog runs.", "glossary": '[{"source": "dog", "target": "toutou"}]', **EN_FR}
+    )
+    assert r.status_code == 200 and "toutou" in r.json()["translatedText"]
+    r = client.post("/translate", data={"q": "A dog runs.", "glossary": "[{oops", **EN_FR})
+    assert r.status_code == 400 and "glossary is not a valid JSON list" in r.json()["error"]
+
+
+def test_html_and_the_native_api_take_glossaries(client: TestClient) -> None:
+    r = client.post("/translate", json={"q": "<p>A <b>dog</b> runs.</p>", "format": "html", "glossary": TERMS, **EN_FR})
+    assert r.status_code == 200 and "<b>toutou</b>" in r.json()["translatedText"]
+    r = client.post("/v1/translate", json={"texts": ["A dog runs."], "glossary": TERMS, **EN_FR})
+    assert r.status_code == 200 and "toutou" in r.json()["translations"][0]["text"]
+    r = client.post("/v1/translate", json={"texts": ["A cat runs."], "glossary": "animals", **EN_FR})
+    assert "matou" in r.json()["translations"][0]["text"]
+
+
+def test_glossary_limits_are_4xx_naming_the_limit(client: TestClient) -> None:
+    r = client.post("/translate", json={"q": "a", "glossary": [{"source": "x" * 300, "target": "y"}], **EN_FR})
+    assert r.status_code == 400 and "glossary term limit (200)" in r.json()["error"]
+    r = client.post("/translate", json={"q": "a", "glossary": [{"source": "x", "target": "y"}] * 1001, **EN_FR})
+    assert r.status_code == 400 and "glossary entry limit (1000)" in r.json()["error"]
+    r = client.post("/translate", json={"q": "a", "glossary": [{"source": "x"}], **EN_FR})
+    assert r.status_code == 400 and "glossary[0]" in r.json()["error"]
+    r = client.post(
+        "/v1/translate", json={"texts": ["a"], "glossary": [{"source": "x", "target": "y"}] * 1001, **EN_FR}
+    )
+    assert r.status_code == 422 and "glossary" in r.json()["error"] and "1000" in r.json()["error"]
