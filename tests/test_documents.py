@@ -339,3 +339,16 @@ def test_an_epub_keeps_its_markup_and_every_other_entry(client: TestClient) -> N
     chapter = book.get_item_with_href("one.xhtml").get_content().decode()
     assert "guitare" in chapter and "chien" in chapter and '<p class="lead">' in chapter
     assert "<b>" in chapter and '<img src="dot.png" alt=""/>' in chapter
+
+
+def test_an_epub_the_library_cannot_read_is_a_400(client: TestClient) -> None:
+    book = epub.EpubBook()
+    book.set_identifier("broken")
+    chapter = epub.EpubHtml(title="One", file_name="one.xhtml", lang="en")
+    chapter.content = "<p>A dog runs.</p>"
+    book.add_item(chapter)
+    book.spine = [chapter]  # a table of contents named in the spine that the book does not hold
+    out = io.BytesIO()
+    epub.write_epub(out, book)
+    r = client.post("/translate_file", data=EN_FR, files={"file": ("broken.epub", out.getvalue())})
+    assert r.status_code == 400 and "not a valid EPUB" in r.json()["error"]

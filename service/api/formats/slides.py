@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import io
-import zipfile
 
 import pptx
 from lxml import etree
-from pptx.exc import PythonPptxError
 
 from service.api.formats import ooxml
 from service.api.formats.archive import open_archive
@@ -20,7 +18,7 @@ class Presentation(ParagraphDocument[etree._Element, ooxml.Style, ooxml.Kept]):
         open_archive(raw, "PowerPoint presentation (.pptx)")
         try:
             self.presentation = pptx.Presentation(io.BytesIO(raw))
-        except (PythonPptxError, KeyError, ValueError, zipfile.BadZipFile, SyntaxError) as exc:
+        except Exception as exc:  # a library failing on untrusted input, in any way, means a bad file
             raise DocumentError(f"file is not a valid PowerPoint presentation (.pptx): {exc}") from None
         self.paragraphs: list[tuple[etree._Element, ooxml.OoxmlParagraph]] = []
         for slide in self.presentation.slides:
