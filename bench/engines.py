@@ -1,9 +1,12 @@
-"""Decoding engines side by side on one model: `python bench/engines.py [--beam-size 5] [--precision all]`.
+"""Decoding engines side by side on one model: `python bench/engines.py [--beam-size 5] [--precision all] [--repeat 5]`.
 
 Rows: PyTorch re-running the decoder over the whole prefix every step (the textbook
 loop), PyTorch with the KV cache, this runtime (fp32, int8), and CTranslate2 (fp32,
 int8) on the same weights. Every engine gets the same sentences, threads, batch
-token budget, beam, length penalty and maximum-length rule. One JSON object per row.
+token budget, beam, length penalty and maximum-length rule. The engines run interleaved,
+`--repeat` rounds (bench/interleaved.py): one JSON object per engine and round, then one
+summary per engine with its median tokens/s, min and max, and the median of its per-round
+ratios against CTranslate2.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import bench_data, bench_target, test_pairs  # noqa: E402
+from bench.interleaved import summarize  # noqa: E402
 from model import corpus  # noqa: E402
 from model.artifacts import load_model_dir  # noqa: E402
 from model.beam import beam_search as torch_beam_search  # noqa: E402
@@ -104,6 +108,7 @@ def main() -> None:
     parser.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS)
     parser.add_argument("--limit", type=int, default=0, help="first N test2016 sentences (default: all 1000)")
     parser.add_argument("--engines", nargs="+", default=["textbook", "torch", "runtime", "ctranslate2"])
+    parser.add_argument("--repeat", type=int, default=5, help="interleaved rounds of all engines")
     parser.add_argument("--data-dir")
     args = parser.parse_args()
 
@@ -147,9 +152,14 @@ def main() -> None:
             for p in precisions:
                 ct2_dir = convert(args.model, work / f"ct2-{p}", None if p == "fp32" else "int8")
                 rows.append(("ctranslate2", p, _ct2(ct2_dir, sp, args.threads, beam)))
-        for name, precision, decode in rows:
-            row = run_engine(name, precision, beam, decode, sources, groups, sp.decode, references)
-            print(json.dumps(row), flush=True)
+        results = []
+        for round_index in range(args.repeat):
+            for name, precision, decode in rows:
+                row = run_engine(name, precision, beam, decode, sources, groups, sp.decode, references)
+                results.append({**row, "round": round_index})
+                print(json.dumps(results[-1]), flush=True)
+        for summary in summarize(results):
+            print(json.dumps(summary), flush=True)
 
 
 def _torch(model: torch.nn.Module, batch: list[list[int]], tag: int, beam: int) -> list[list[int]]:

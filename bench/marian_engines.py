@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import test_pairs  # noqa: E402
+from bench.interleaved import summarize  # noqa: E402
 from export.marian import hf_tokenizer  # noqa: E402
 from service.api.models import resident_bytes  # noqa: E402
 from service.runtime.beam import DecodeOptions, beam_search  # noqa: E402
@@ -85,7 +86,7 @@ def main() -> None:
     parser.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS)
     parser.add_argument("--max-length", type=int, default=24, help="target tokens per sentence, EOS included")
     parser.add_argument("--limit", type=int, default=0, help="first N test2016 sentences (default: all 1000)")
-    parser.add_argument("--rounds", type=int, default=1, help="alternate the engines this many times")
+    parser.add_argument("--repeat", "--rounds", type=int, default=5, help="interleaved rounds of all engines")
     parser.add_argument("--data-dir")
     parser.add_argument("--low-memory", action="store_true", help="mtserve's MTSERVE_LOW_MEMORY sessions")
     parser.add_argument("--memory", action="store_true", help="resident memory of each engine, each in its own process")
@@ -170,7 +171,8 @@ def run(args: argparse.Namespace) -> None:
             beam_size=beam, max_length=args.max_length, proportional_limit=False, repetition_guard=False
         )
         decoders = {key: make(options) for key, (make, _) in engines.items()}
-        for round_index in range(args.rounds):
+        results = []
+        for round_index in range(args.repeat):
             outputs: dict[tuple[str, str], list[list[int]]] = {}
             for key, decode in decoders.items():
                 out: list[list[int]] = [[] for _ in sources]
@@ -187,6 +189,7 @@ def run(args: argparse.Namespace) -> None:
                     "tok_per_s": round(target_tokens / seconds, 1), "sent_per_s": round(len(sources) / seconds, 2),
                     "loaded_rss_mb": round(engines[key][1], 1),
                 }  # fmt: skip
+                results.append(row)
                 print(json.dumps(row), flush=True)
             for p in precisions:
                 ours, theirs = outputs.get(("mtserve-onnx", p)), outputs.get(("ctranslate2", p))
@@ -194,6 +197,8 @@ def run(args: argparse.Namespace) -> None:
                     same = sum(a == b for a, b in zip(ours, theirs, strict=True))
                     print(json.dumps({"compare": p, "beam": beam, "round": round_index, "same_tokens": same,
                                       "sentences": len(sources)}), flush=True)  # fmt: skip
+        for summary in summarize(results):
+            print(json.dumps(summary), flush=True)
 
 
 if __name__ == "__main__":

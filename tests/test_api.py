@@ -342,32 +342,9 @@ def test_spec_answers_as_libretranslate_for_dialects_instance_check(client: Test
     assert client.get("/openapi.json").json()["info"]["title"] == "mtserve"
 
 
-def test_mastodons_request_shape(client: TestClient) -> None:
-    """Mastodon's TranslationService::LibreTranslate: JSON, a q list of HTML, source auto, format html,
-    api_key; it reads translatedText[i] and detectedLanguage[i].language."""
-    texts = ["<p>A man is playing a guitar.</p>", "<p>Un chien court sur la plage.</p>"]
-    body = {"q": texts, "source": "auto", "target": "fr", "format": "html", "api_key": ""}
-    out = client.post("/translate", json=body).json()
-    assert out["translatedText"][0].startswith("<p>") and french(out["translatedText"][0])
-    assert [d["language"] for d in out["detectedLanguage"]] == ["en", "fr"]
-    assert out["translatedText"][1] == texts[1]  # already French: unchanged
-    languages = {lang["code"]: lang["targets"] for lang in client.get("/languages").json()}
-    assert languages == {"en": ["fr"], "fr": ["en"]}
-
-
 def test_pleromas_upper_case_source(client: TestClient) -> None:
     body = {"q": "<p>A man is playing a guitar.</p>", "source": "EN", "target": "fr", "format": "html"}
     assert french(client.post("/translate", json=body).json()["translatedText"])
-
-
-def test_weblates_request_shape_keeps_its_placeholders(client: TestClient) -> None:
-    """Weblate sends a JSON q list of up to 20 strings whose format strings and markup it has
-    replaced with [X1X]-style placeholders; each must come back unchanged."""
-    texts = [f"Delete [X{i}X] files from [X{i + 1}X] now." for i in range(0, 40, 2)]
-    out = client.post("/translate", json={"q": texts, "source": "en", "target": "fr", "format": "text"}).json()
-    assert len(out["translatedText"]) == 20
-    for i, translated in zip(range(0, 40, 2), out["translatedText"], strict=True):
-        assert f"[X{i}X]" in translated and f"[X{i + 1}X]" in translated
 
 
 def test_translated_files_are_named_as_libretranslate_names_them(client: TestClient) -> None:

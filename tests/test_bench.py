@@ -27,3 +27,19 @@ def test_textbook_loop_equals_the_kv_cache(tiny_model_dir: Path, sentences: list
     for a, b in zip(cached, textbook, strict=True):
         assert a[0].tokens == b[0].tokens
         assert a[0].score == pytest.approx(b[0].score, abs=1e-4)
+
+
+def test_interleaved_rounds_report_medians_and_per_round_ratios() -> None:
+    from bench.interleaved import summarize
+
+    rows = [
+        {"engine": engine, "precision": "int8", "beam": 5, "round": r, "tok_per_s": speed}
+        for r, (ours, theirs) in enumerate([(300.0, 200.0), (100.0, 100.0), (330.0, 220.0)])
+        for engine, speed in (("mtserve-onnx", ours), ("ctranslate2", theirs))
+    ]
+    by_engine = {s["summary"]: s for s in summarize(rows)}
+    ours, theirs = by_engine["mtserve-onnx"], by_engine["ctranslate2"]
+    assert ours["median_tok_per_s"] == 300.0 and (ours["min_tok_per_s"], ours["max_tok_per_s"]) == (100.0, 330.0)
+    # the slow round slowed both engines: per-round ratios 1.5, 1.0, 1.5, median 1.5
+    assert ours["ratios_per_round"] == [1.5, 1.0, 1.5] and ours["median_ratio_vs_ctranslate2"] == 1.5
+    assert "median_ratio_vs_ctranslate2" not in theirs and theirs["rounds"] == 3

@@ -31,6 +31,35 @@ def test_the_libretranslate_python_client_works_unchanged(server: LiveServer) ->
     assert client.detect("Bonjour tout le monde")[0]["language"] == "fr"
 
 
+@pytest.fixture
+def http(server: LiveServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        yield client
+
+
+def test_mastodons_request_shape(http: httpx.Client) -> None:
+    """Mastodon's TranslationService::LibreTranslate: JSON, a q list of HTML, source auto, format html,
+    api_key; it reads translatedText[i] and detectedLanguage[i].language."""
+    texts = ["<p>A man is playing a guitar.</p>", "<p>Un chien court sur la plage.</p>"]
+    body = {"q": texts, "source": "auto", "target": "fr", "format": "html", "api_key": ""}
+    out = http.post("/translate", json=body).json()
+    assert out["translatedText"][0].startswith("<p>") and "guitare" in out["translatedText"][0]
+    assert [d["language"] for d in out["detectedLanguage"]] == ["en", "fr"]
+    assert out["translatedText"][1] == texts[1]  # already French: unchanged
+    languages = {lang["code"]: lang["targets"] for lang in http.get("/languages").json()}
+    assert languages == {"en": ["fr"], "fr": ["en"]}
+
+
+def test_weblates_request_shape_keeps_its_placeholders(http: httpx.Client) -> None:
+    """Weblate sends a JSON q list of up to 20 strings whose format strings and markup it has
+    replaced with [X1X]-style placeholders; each must come back unchanged."""
+    texts = [f"Delete [X{i}X] files from [X{i + 1}X] now." for i in range(0, 40, 2)]
+    out = http.post("/translate", json={"q": texts, "source": "en", "target": "fr", "format": "text"}).json()
+    assert len(out["translatedText"]) == 20
+    for i, translated in zip(range(0, 40, 2), out["translatedText"], strict=True):
+        assert f"[X{i}X]" in translated and f"[X{i + 1}X]" in translated
+
+
 def test_dialects_instance_check_and_requests(server: LiveServer) -> None:
     """Dialect (the GNOME client) replayed from its LibreTranslate provider: GET /spec and require
     info.title "LibreTranslate"; GET /frontend/settings for apiKeys, keyRequired and charLimit;
