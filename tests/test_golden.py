@@ -100,6 +100,11 @@ COPIED = [
     ("The iPhone is on the table next to the NASA poster.", "fr", ["iPhone", "NASA"]),
     ("Marie habite à Lyon depuis 2015.", "en", ["Lyon", "2015"]),
     ("Le code est XK-2091.", "en", ["XK-2091"]),
+    ("John Smith", "fr", ["John Smith"]),
+    ("3.14", "fr", ["3.14"]),
+    ("Dr. Ehud Ur", "fr", ["Dr. Ehud Ur"]),
+    ("Dr. Ehud Ur is reading a book in the park.", "fr", ["Dr. Ehud Ur"]),
+    ("Marie Curie", "fr", ["Marie Curie"]),
 ]
 
 

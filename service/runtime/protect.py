@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from service.runtime.glossary import Glossary
+from service.runtime.names import TITLED_NAME
 
 PROTECTED = re.compile(
     r"(?:https?://|www\.)[^\s<>\"']*[^\s<>\"'.,;:!?)\]}]"  # URLs, without trailing punctuation
     r"|[\w.+-]+@[\w-]+(?:\.[\w-]+)+"  # e-mail addresses
     r"|\[X\d+X\]"  # Weblate's placeholders for format strings and markup it keeps out of machine translation
+    rf"|{TITLED_NAME}"  # a title and a name: "Dr. Ehud Ur" (service/runtime/names.py)
 )
 # Codes the default model copied verbatim in every context tried (ZX-101 it stuttered on: "ZX-10101");
 # the round trip is tested in tests/test_golden.py.

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from service.runtime.beam import DecodeOptions, Hypothesis, beam_search
 from service.runtime.glossary import Glossary
+from service.runtime.names import keep_name
 from service.runtime.protect import protect, restore
 from service.runtime.sessions import OnnxModel
 from service.textnorm import normalize
@@ -32,6 +33,7 @@ class Prepared:
     pieces: list[list[int]]  # source ids, each ending with EOS
     protected: list[str]  # spans held out as placeholders (service/runtime/protect.py)
     verbatim: str = ""  # what comes back for a text the model does not see (no letters)
+    source: str = ""  # the normalised text
 
 
 def has_letters(text: str) -> bool:
@@ -103,10 +105,11 @@ class Translator:
         pieces: it comes back verbatim."""
         if not has_letters(text):
             return Prepared([], [], text)
-        protected = protect(normalize(text), glossary)
+        source = normalize(text)
+        protected = protect(source, glossary)
         ids = self.tokenizer.encode(protected.text)
         pieces = [[*piece, self._eos] for piece in self.split_long(ids)] if ids else []
-        return Prepared(pieces, protected.spans)
+        return Prepared(pieces, protected.spans, source=source)
 
     def search(
         self, sources: Sequence[list[int]], targets: Sequence[str], options: DecodeOptions
@@ -181,6 +184,7 @@ class Translator:
         for k in range(min(n_best, max(len(r) for r in results))):
             chosen = [r[min(k, len(r) - 1)] for r in results if r]
             text = restore(" ".join(self.tokenizer.decode(h.tokens) for h in chosen), prepared.protected)
+            text = keep_name(prepared.source, text)
             score = sum(h.score for h in chosen) / len(prepared.pieces)
             quality = "low" if any(h.quality == "low" for h in chosen) else "ok"
             out.append(Translation(text, score, source_tokens, sum(h.length for h in chosen), quality))
