@@ -52,8 +52,10 @@ def _translate(args: argparse.Namespace) -> int:
     _, target = _languages(args, translator.languages)
     options = _options(args, translator.model.manifest.generation)
     lines = [line.rstrip("\n") for line in sys.stdin]
-    show = sys.stderr.isatty() and len(lines) > 20
-    with tqdm(total=len(lines), disable=not show, unit="segment", file=sys.stderr) as bar:
+    # progress on a terminal; into a log (not a terminal) a line every 30 s, so long jobs show it too
+    tty = sys.stderr.isatty()
+    with tqdm(total=len(lines), disable=len(lines) <= 20, unit="segment", file=sys.stderr,
+              mininterval=0.1 if tty else 30.0, ascii=not tty) as bar:  # fmt: skip
 
         def advance(done: int, total: int) -> None:
             bar.total = total
