@@ -5,8 +5,7 @@
 Builds a document of N paragraphs per format with the tests' builders' libraries (each
 paragraph one sentence with a bold or italic run), then times, median of 5: opening it
 (the ZIP checks and the library's parse), handing out its texts, and rebuilding it with
-translations (here each text upper-cased, so the model's time is left out). For comparison,
-the runtime translates about 80 such sentences a second on two cores (docs/BENCHMARKS.md).
+translations (here each text upper-cased, so the model's time is left out).
 """
 
 from __future__ import annotations
