@@ -76,7 +76,7 @@ class _AlwaysPlaceholders(Glossary):
     """The runtime's placeholders on every sentence with a term, not only where the plain translation lacks it."""
 
     def missing(self, source: str, translation: str) -> bool:
-        return bool(self.pattern)
+        return self.regex is not None
 
 
 def _always(glossary: Glossary) -> Glossary:

@@ -20,6 +20,11 @@ class Detection:
     def as_dict(self) -> dict[str, object]:
         return {"confidence": self.confidence, "language": self.language}
 
+    def source_for(self, target: str) -> str:
+        """The language to translate from; `target` where nothing was found (no letters): such
+        text has nothing to translate and comes back as it is."""
+        return self.language if self.confidence else target
+
 
 class Detector:
     """lingua over the model's languages that lingua knows. Text it cannot place (no letters, or

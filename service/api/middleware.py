@@ -34,9 +34,10 @@ class RequestContextMiddleware:
         self.max_body, self.max_file, self.file_paths = max_body_bytes, max_file_bytes, file_paths
 
     def _limit(self, scope: Scope) -> tuple[int, str]:
+        """The route's body limit and the words naming it."""
         if scope.get("path") in self.file_paths:
-            return self.max_file, "file size limit ({} bytes, MTSERVE_MAX_FILE_BYTES)"
-        return self.max_body, "request size limit ({} bytes, MTSERVE_MAX_BODY_BYTES)"
+            return self.max_file, f"file size limit ({self.max_file} bytes, MTSERVE_MAX_FILE_BYTES)"
+        return self.max_body, f"request size limit ({self.max_body} bytes, MTSERVE_MAX_BODY_BYTES)"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -74,14 +75,14 @@ class RequestContextMiddleware:
         try:
             length = headers.get("content-length", "")
             if length.isdigit() and int(length) > limit:
-                await self._too_large(scope, receive, send_with_headers, limit_text.format(limit))
+                await self._too_large(scope, receive, send_with_headers, limit_text)
                 return
             try:
                 await self.app(scope, limited_receive, send_with_headers)
             except BodyTooLarge:
                 if started:
                     raise
-                await self._too_large(scope, receive, send_with_headers, limit_text.format(limit))
+                await self._too_large(scope, receive, send_with_headers, limit_text)
         finally:
             self.metrics.in_flight.dec()
             route = getattr(scope.get("route"), "path", None) or "unmatched"

@@ -81,8 +81,9 @@ class ServiceState:
             model_name=",".join(m.name for m in models.models),
         )
 
-    def deadline(self) -> float:
-        return time.monotonic() + self.settings.request_timeout_s
+    def deadline(self, timeout_s: float | None = None) -> float:
+        """When work started now must end: the request timeout, unless a route gives its own."""
+        return time.monotonic() + (self.settings.request_timeout_s if timeout_s is None else timeout_s)
 
     def default_options(self, n_best: int = 1, glossary: Glossary | None = None) -> Requested:
         """A LibreTranslate request's alternatives and glossary; the rest is the serving model's default."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from service.api.models import ModelSet, Requested, ServedModel
 from service.api.scheduler import Scheduler, Sentence
 from service.runtime.beam import DecodeOptions
+from service.runtime.degenerate import Quality
 from service.runtime.glossary import Glossary
 from service.runtime.sentences import Layout, split_sentences
 from service.runtime.translator import Prepared, Translation, Translator
@@ -28,7 +29,7 @@ class TextTranslation:
     alternatives: list[Alternative]  # the next best, without the best
     source_tokens: int
     target_tokens: int
-    quality: str = "ok"  # "low": a sentence got only degenerate hypotheses
+    quality: Quality = "ok"  # low: a sentence got only degenerate hypotheses
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import numpy as np
 from service.conventions import MAX_LENGTH_CAP, max_target_length
 from service.graphs import MAX_BEAM
 from service.manifest import Generation
-from service.runtime.degenerate import sane_first
+from service.runtime.degenerate import Quality, sane_first
 from service.runtime.sessions import KVList, OnnxModel
 
 # Sources are padded to a multiple of this many tokens. Attention sums over the source in
@@ -42,7 +42,7 @@ class Hypothesis:
     score: float  # length-normalised
     log_prob: float  # Σ log p, EOS included
     ended: bool = True  # False: cut at the maximum length, no EOS generated
-    quality: str = "ok"  # "low": every hypothesis of its source was degenerate (service/runtime/degenerate.py)
+    quality: Quality = "ok"  # service/runtime/degenerate.py
 
     @property
     def length(self) -> int:

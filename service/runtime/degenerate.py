@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
+
+Quality = Literal["ok", "low"]  # low: every hypothesis of the source was degenerate
 
 if TYPE_CHECKING:
     from service.runtime.beam import Hypothesis
@@ -33,11 +35,15 @@ def _repeated_share(tokens: Sequence[int]) -> float:
     return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
 
 
-def looping(tokens: Sequence[int], source: Sequence[int]) -> bool:
-    """Many repeated 3-grams, where the source itself does not repeat so."""
+def _loops(tokens: Sequence[int], source_share: float) -> bool:
     if len(tokens) < LOOP_MIN_TOKENS:
         return False
-    return _repeated_share(tokens) > max(LOOP_SHARE, _repeated_share(source) + LOOP_SHARE)
+    return _repeated_share(tokens) > max(LOOP_SHARE, source_share + LOOP_SHARE)
+
+
+def looping(tokens: Sequence[int], source: Sequence[int]) -> bool:
+    """Many repeated 3-grams, where the source itself does not repeat so."""
+    return _loops(tokens, _repeated_share(source))
 
 
 def max_sane_length(source_tokens: int) -> int:
@@ -50,16 +56,20 @@ def out_of_proportion(target_tokens: int, source_tokens: int) -> bool:
     return too_long or too_short
 
 
+def _degenerate(hyp: Hypothesis, source_tokens: int, source_share: float) -> bool:
+    return not hyp.ended or out_of_proportion(len(hyp.tokens), source_tokens) or _loops(hyp.tokens, source_share)
+
+
 def degenerate(hyp: Hypothesis, source: Sequence[int]) -> bool:
     """`source` without its EOS."""
-    return not hyp.ended or out_of_proportion(len(hyp.tokens), len(source)) or looping(hyp.tokens, source)
+    return _degenerate(hyp, len(source), _repeated_share(source))
 
 
-def _repair(hyp: Hypothesis, source: Sequence[int]) -> Hypothesis:
+def _repair(hyp: Hypothesis, source_tokens: int, source_share: float) -> Hypothesis:
     """Cut at the first repeated 3-gram (of a loop, or of one cut at the length limit) and at
     the sane length; quality low, score lowered."""
     tokens = list(hyp.tokens)
-    if not hyp.ended or looping(tokens, source):
+    if not hyp.ended or _loops(tokens, source_share):
         seen: set[tuple[int, ...]] = set()
         for i in range(len(tokens) - LOOP_N + 1):
             gram = tuple(tokens[i : i + LOOP_N])
@@ -67,16 +77,19 @@ def _repair(hyp: Hypothesis, source: Sequence[int]) -> Hypothesis:
                 tokens = tokens[:i]
                 break
             seen.add(gram)
-    tokens = tokens[: max_sane_length(len(source))]
+    tokens = tokens[: max_sane_length(source_tokens)]
     return replace(hyp, tokens=tokens, score=hyp.score - LOW_QUALITY_PENALTY, quality="low")
 
 
 def sane_first(hyps: Sequence[Hypothesis], source: Sequence[int], n_best: int) -> list[Hypothesis]:
     """The n_best to return, best first: sane ones by score, then degenerate ones; all
     degenerate: the repaired best, marked low."""
-    body = list(source[:-1]) if source else []  # without EOS
-    ranked = sorted(hyps, key=lambda h: -h.score)
-    sane = [h for h in ranked if not degenerate(h, body)]
+    body = source[:-1]  # without EOS
+    share = _repeated_share(body)
+    sane: list[Hypothesis] = []
+    bad: list[Hypothesis] = []
+    for hyp in sorted(hyps, key=lambda h: -h.score):
+        (bad if _degenerate(hyp, len(body), share) else sane).append(hyp)
     if not sane:
-        return [_repair(h, body) for h in ranked[:n_best]]
-    return (sane + [h for h in ranked if h not in sane])[:n_best]
+        return [_repair(h, len(body), share) for h in bad[:n_best]]
+    return (sane + bad)[:n_best]

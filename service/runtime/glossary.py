@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from service.runtime.protect import with_terms
+
 MAX_ENTRIES = 1000  # per request
 MAX_FILE_ENTRIES = 100_000  # per operator glossary (MTSERVE_GLOSSARY_DIR)
 MAX_TERM_CHARS = 200
@@ -35,7 +37,8 @@ class Glossary:
     name: str = ""
     _exact: dict[str, str] = field(init=False, repr=False, compare=False)
     _folded: dict[str, str] = field(init=False, repr=False, compare=False)
-    pattern: str = field(init=False, repr=False, compare=False)  # a regular expression of the terms
+    # the terms after the spans kept verbatim (service/runtime/protect.py), compiled once; None: no terms
+    regex: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         exact = {s: t for s, t in self.entries if s != s.lower()}
@@ -44,15 +47,18 @@ class Glossary:
         alternatives = [re.escape(t) if t in exact else f"(?i:{re.escape(t)})" for t in terms]
         object.__setattr__(self, "_exact", exact)
         object.__setattr__(self, "_folded", folded)
-        object.__setattr__(self, "pattern", rf"(?<!\w)(?:{'|'.join(alternatives)})(?!\w)" if terms else "")
+        pattern = rf"(?<!\w)(?:{'|'.join(alternatives)})(?!\w)"
+        object.__setattr__(self, "regex", with_terms(pattern) if terms else None)
 
     def missing(self, source: str, translation: str) -> bool:
-        """Whether a term of `source` has its target missing from `translation` (whole words;
-        a lower-case term's target in any case)."""
-        if not self.pattern:
+        """Whether a term of `source` (outside the spans kept verbatim) has its target missing
+        from `translation` (whole words; a lower-case term's target in any case)."""
+        if self.regex is None:
             return False
-        for match in re.finditer(self.pattern, source):
-            term = match.group(0)
+        for match in self.regex.finditer(source):
+            term = match.group("term")
+            if term is None:
+                continue
             target = self.target(term)
             flags = 0 if term in self._exact else re.IGNORECASE
             if not re.search(rf"(?<!\w){re.escape(target)}(?!\w)", translation, flags):

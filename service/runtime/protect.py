@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from typing import TYPE_CHECKING
 
-from service.runtime.glossary import Glossary
 from service.runtime.names import TITLED_NAME
+
+if TYPE_CHECKING:
+    from service.runtime.glossary import Glossary
 
 PROTECTED = re.compile(
     r"(?:https?://|www\.)[^\s<>\"']*[^\s<>\"'.,;:!?)\]}]"  # URLs, without trailing punctuation
@@ -38,28 +40,22 @@ class Protected:
     spans: list[str]  # the originals, in placeholder order
 
 
-@lru_cache(maxsize=64)
-def _with_terms(terms: str) -> re.Pattern[str]:
-    return re.compile(f"(?P<kept>{PROTECTED.pattern})|(?P<term>{terms})")
+def with_terms(terms: str) -> re.Pattern[str]:
+    """The verbatim spans, then a glossary's terms (group `term`), in one pattern."""
+    return re.compile(f"{PROTECTED.pattern}|(?P<term>{terms})")
 
 
 def protect(text: str, glossary: Glossary | None = None) -> Protected:
     """Placeholders for the verbatim spans and, with a glossary, for its terms (each standing for its target)."""
     spans: list[str] = []
-    if glossary is None or not glossary.pattern:
 
-        def swap(match: re.Match[str]) -> str:
-            spans.append(match.group(0))
-            return placeholder(len(spans) - 1)
-
-        return Protected(PROTECTED.sub(swap, text), spans)
-
-    def swap_term(match: re.Match[str]) -> str:
-        term = match.group("term")
-        spans.append(glossary.target(term) if term is not None else match.group(0))
+    def swap(match: re.Match[str]) -> str:
+        term = match.group("term") if glossary is not None else None
+        spans.append(glossary.target(term) if glossary is not None and term is not None else match.group(0))
         return placeholder(len(spans) - 1)
 
-    return Protected(_with_terms(glossary.pattern).sub(swap_term, text), spans)
+    pattern = glossary.regex if glossary is not None and glossary.regex is not None else PROTECTED
+    return Protected(pattern.sub(swap, text), spans)
 
 
 def restore(translation: str, spans: list[str]) -> str:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.runtime.beam import DecodeOptions, Hypothesis, beam_search
+from service.runtime.degenerate import Quality
 from service.runtime.glossary import Glossary
 from service.runtime.names import keep_name
 from service.runtime.protect import protect, restore
@@ -25,7 +26,7 @@ class Translation:
     score: float
     source_tokens: int
     target_tokens: int
-    quality: str = "ok"  # "low": some piece got only degenerate hypotheses (service/runtime/degenerate.py)
+    quality: Quality = "ok"  # low: some piece got only degenerate hypotheses (service/runtime/degenerate.py)
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,6 @@ class Translator:
             text = restore(" ".join(self.tokenizer.decode(h.tokens) for h in chosen), prepared.protected)
             text = keep_name(prepared.source, text)
             score = sum(h.score for h in chosen) / len(prepared.pieces)
-            quality = "low" if any(h.quality == "low" for h in chosen) else "ok"
+            quality: Quality = "low" if any(h.quality == "low" for h in chosen) else "ok"
             out.append(Translation(text, score, source_tokens, sum(h.length for h in chosen), quality))
         return out

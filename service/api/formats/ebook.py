@@ -60,6 +60,7 @@ class Ebook:
             except UnicodeDecodeError:
                 raise DocumentError(f"file is not a valid EPUB: {name!r} is not UTF-8") from None
             self.documents[name] = HtmlDocument(text)
+        self._counts = {name: len(document.texts()) for name, document in self.documents.items()}
 
     def texts(self) -> list[str]:
         return [text for document in self.documents.values() for text in document.texts()]
@@ -68,7 +69,7 @@ class Ebook:
         start = 0
         rendered: dict[str, bytes] = {}
         for name, document in self.documents.items():
-            count = len(document.texts())
+            count = self._counts[name]
             rendered[name] = document.render(translations[start : start + count]).encode("utf-8")
             start += count
         out = io.BytesIO()

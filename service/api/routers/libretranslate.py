@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from pathlib import PurePath
 from typing import Any
 
@@ -16,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from service.api.access import client_id
+from service.api.detect import Detection
 from service.api.documents import (
     FORMATS,
     MEDIA_TYPES,
@@ -144,9 +144,8 @@ def _alternatives(params: Params, state: ServiceState) -> int:
     return count
 
 
-async def _detect_all(state: ServiceState, texts: list[str]) -> list[dict[str, Any]]:
-    detections = await asyncio.to_thread(lambda: [state.detector.best(t) for t in texts])
-    return [d.as_dict() for d in detections]
+async def _detect_all(state: ServiceState, texts: list[str]) -> list[Detection]:
+    return await asyncio.to_thread(lambda: [state.detector.best(t) for t in texts])
 
 
 @router.post(
@@ -173,8 +172,7 @@ async def translate(request: Request, state: StateDep) -> JSONResponse:
     if source != "auto":
         _check_directions(languages, [source], target)
     detected = await _detect_all(state, texts) if source == "auto" else None
-    # what detection cannot place (no letters) has nothing to translate: it comes back as it is
-    sources = [d["language"] if d["confidence"] else target for d in detected] if detected else [source] * len(texts)
+    sources = [d.source_for(target) for d in detected] if detected else [source] * len(texts)
     _check_directions(languages, sources, target)
     request.state.direction = f"{source}-{target}" if source != "auto" else f"auto-{target}"
     if text_format == "html":
@@ -194,7 +192,7 @@ async def translate(request: Request, state: StateDep) -> JSONResponse:
     if alternatives > 0:
         body["alternatives"] = alts if batch else alts[0]
     if detected is not None:
-        body["detectedLanguage"] = detected if batch else detected[0]
+        body["detectedLanguage"] = [d.as_dict() for d in detected] if batch else detected[0].as_dict()
     return JSONResponse(body)
 
 
@@ -316,15 +314,14 @@ async def translate_file(request: Request, state: StateDep) -> LtTranslateFileRe
     texts = [scrub(t) for t in texts]
     language = source
     if source == "auto":
-        found = await asyncio.to_thread(state.detector.best, " ".join(texts)[:2000])
-        language = found.language if found.confidence else target  # nothing to place: the file comes back as it is
+        language = (await asyncio.to_thread(state.detector.best, " ".join(texts)[:2000])).source_for(target)
     _check_directions(languages, [language], target)
     request.state.direction = f"{source}-{target}"
     options = state.default_options()
     results = await guarded(
         request,
         state.translations.translate(
-            texts, [language] * len(texts), target, options, time.monotonic() + state.settings.file_timeout_s
+            texts, [language] * len(texts), target, options, state.deadline(state.settings.file_timeout_s)
         ),
     )
     content = document.render([r.text for r in results])

@@ -82,7 +82,7 @@ async def translate(body: TranslateRequest, request: Request, state: StateDep) -
     if body.source == "auto":
         found = await asyncio.to_thread(lambda: [state.detector.best(t) for t in texts])
         detected = [DetectedLanguage(confidence=d.confidence, language=d.language) for d in found]
-        sources = [d.language if d.confidence else body.target for d in found]  # nothing to place: unchanged
+        sources = [d.source_for(body.target) for d in found]
         for source in dict.fromkeys(sources):
             if source != body.target:
                 _check_direction(languages, source, body.target)
@@ -99,7 +99,7 @@ async def translate(body: TranslateRequest, request: Request, state: StateDep) -
             TextResult(
                 text=r.text,
                 score=r.score if scores else None,
-                quality="low" if r.quality == "low" else "ok",
+                quality=r.quality,
                 alternatives=[Hypothesis(text=a.text, score=a.score if scores else None) for a in r.alternatives],
                 source_tokens=r.source_tokens,
                 target_tokens=r.target_tokens,
