@@ -19,14 +19,8 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service.graphs import decoder_spec  # noqa: E402
 from service.manifest import DEFAULT_MODEL_DIR  # noqa: E402
-from service.runtime.sessions import OnnxModel  # noqa: E402
-
-
-def _inputs(model: OnnxModel, prefix: str) -> list[str]:
-    """The decoder step's inputs whose names start with `prefix`, in graph order."""
-    return [name for name in decoder_spec(model.manifest.decoder_layers).inputs if name.startswith(prefix)]
+from service.runtime.sessions import OnnxModel, decoder_bindings, run_bound  # noqa: E402
 
 
 def main() -> None:
@@ -50,16 +44,21 @@ def main() -> None:
     rng = np.random.default_rng(0)
     if args.rows % args.beam:
         parser.error(f"--rows {args.rows} is not a multiple of --beam {args.beam}")
-    ids = rng.integers(10, model.manifest.vocab_size, (args.rows // args.beam, args.source))
+    sentences = args.rows // args.beam
+    ids = rng.integers(10, model.manifest.vocab_size, (sentences, args.source))
     mask = np.ones_like(ids)
     cross = model.encode(ids, mask).cross  # one copy per sentence
-    shape = (args.rows, model.manifest.n_heads, args.past, model.manifest.head_dim)
-    past = [rng.standard_normal(shape).astype(np.float32) for _ in cross]
-    feeds = {"input_ids": np.full((args.rows, 1), 100), "attention_mask": mask, "beam_origin": np.arange(args.rows)}
-    feeds |= dict(zip(_inputs(model, "past_"), past, strict=True))
-    feeds |= dict(zip(_inputs(model, "cross_"), cross, strict=True))
+    # A cache as beam search leaves it after --past steps: beams with their own histories.
+    cache = model.new_cache(sentences, args.past + args.steps, args.beam)
+    cache.reorder(np.repeat(np.arange(sentences), args.beam))
+    for buffer in cache.buffers:
+        buffer[:, :, : args.past] = rng.standard_normal(buffer[:, :, : args.past].shape)
+    cache.indirection[:, :, : args.past] = rng.integers(0, args.beam, (sentences, args.beam, args.past))
+    cache.length = args.past
+    last = np.full((args.rows, 1), 100)
     for _ in range(args.steps):
-        session.run(["top_ids"], feeds)
+        inputs, presents = decoder_bindings(model.manifest.decoder_layers, last, mask, cache, cross)
+        run_bound(session, inputs, ["top_ids"], presents)
     events = json.loads(Path(session.end_profiling()).read_text())
     per_node: collections.Counter[str] = collections.Counter()
     per_op: collections.Counter[str] = collections.Counter()

@@ -2,8 +2,10 @@
 
 Traced from PyTorch, one step is about 200 small nodes; at the batch sizes of a single
 request that bookkeeping costs as much as the matrix products. Written out, it is about
-90: the fused self-attention also appends the new key and value to the cache, and the
-activations stay [B, 1, D]. Inputs and outputs are service/graphs.py's decoder_spec.
+80: the fused self-attention writes the new key and value into the preallocated cache in
+place and reads each beam's history through the cache indirection, so no step copies or
+reorders the cache; the activations stay [B, 1, D]. Inputs and outputs are
+service/graphs.py's decoder_spec.
 """
 
 from __future__ import annotations
@@ -12,23 +14,19 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from export.graph_builder import MS_DOMAIN, Builder, attention_out, make_model, pre, residual, self_attention
+from export.graph_builder import MS_DOMAIN, Builder, attention_out, cached_self_attention, make_model, pre, residual
 from model.config import ModelConfig
 from model.transformer import DecoderLayer, Transformer
-from service.graphs import DECODER_TOP_K, decoder_spec
+from service.graphs import BEAM_WIDTH, CACHE_INDIRECTION, DECODER_TOP_K, PAST_LENGTH, decoder_spec
 
 
 def _decoder_layer(
     b: Builder, x: str, layer: DecoderLayer, i: int, key_mask: str, by_sentence: str, cfg: ModelConfig
-) -> tuple[str, str, str]:
-    """x [B, 1, D] -> x, present key, present value."""
+) -> str:
+    """x [B, 1, D] -> x; the layer's cache gets this step's key and value (present_key.i, present_value.i)."""
     p, heads = f"decoder.{i}", cfg.n_heads
     h = pre(b, x, layer.self_res, f"{p}.self_res")
-    past_k = b.one("Gather", [f"past_key.{i}", "beam_origin"], axis=0)  # rows follow their beam of origin
-    past_v = b.one("Gather", [f"past_value.{i}", "beam_origin"], axis=0)
-    out, present_k, present_v = self_attention(
-        b, h, layer.self_attn, f"{p}.self_attn", heads, past_key=past_k, past_value=past_v
-    )
+    out = cached_self_attention(b, h, layer.self_attn, f"{p}.self_attn", heads, i)
     x = residual(b, x, attention_out(b, out, layer.self_attn, f"{p}.self_attn"), layer.self_res, f"{p}.self_res")
 
     ca = layer.cross_attn
@@ -39,8 +37,7 @@ def _decoder_layer(
     x = residual(b, x, attention_out(b, out, ca, f"{p}.cross_attn"), layer.cross_res, f"{p}.cross_res")
 
     h = pre(b, x, layer.ffn_res, f"{p}.ffn_res")
-    x = residual(b, x, b.feed_forward(h, layer.ffn, cfg.activation, f"{p}.ffn"), layer.ffn_res, f"{p}.ffn_res")
-    return x, present_k, present_v
+    return residual(b, x, b.feed_forward(h, layer.ffn, cfg.activation, f"{p}.ffn"), layer.ffn_res, f"{p}.ffn_res")
 
 
 def build_decoder_step(model: Transformer) -> onnx.ModelProto:
@@ -49,8 +46,9 @@ def build_decoder_step(model: Transformer) -> onnx.ModelProto:
     spec = decoder_spec(cfg.decoder_layers)
     b = Builder()
     ids = b.one("Squeeze", ["input_ids", b.weight("axis_1", np.array([1], np.int64))])  # [B]
-    past_len = b.one("Shape", ["past_key.0"], start=2, end=3)  # [1]: this token's position
-    x = b.embed(ids, model, False, b.one("Gather", [b.positions(model), past_len]))  # [B, D]
+    past_length = b.one("Reshape", [PAST_LENGTH, b.weight("one", np.array([1], np.int64))])  # [1] int32
+    position = b.one("Cast", [past_length], to=TensorProto.INT64)  # this token's position
+    x = b.embed(ids, model, False, b.one("Gather", [b.positions(model), position]))  # [B, D]
     x = b.one("Unsqueeze", [x, "axis_1"])  # [B, 1, D]
     key_mask = b.one("Cast", ["attention_mask"], to=TensorProto.INT32)  # [N, S], 1 on real tokens
     # Cross-attention runs per sentence: the B/N rows (beams) of a sentence are its queries
@@ -59,11 +57,9 @@ def build_decoder_step(model: Transformer) -> onnx.ModelProto:
     d_model = b.weight("d_model", np.array([cfg.d_model], np.int64))
     by_sentence = b.one("Concat", [sentences, b.weight("minus_1", np.array([-1], np.int64)), d_model], axis=0)
     b.weight("row_shape", np.array([-1, 1, cfg.d_model], np.int64))
-    presents: list[str] = []
     for i, layer in enumerate(model.decoder):
         assert isinstance(layer, DecoderLayer)
-        x, present_k, present_v = _decoder_layer(b, x, layer, i, key_mask, by_sentence, cfg)
-        presents += [present_k, present_v]
+        x = _decoder_layer(b, x, layer, i, key_mask, by_sentence, cfg)
     if cfg.pre_norm:
         x = b.layer_norm(x, model.decoder_norm, "decoder_norm")
     hidden = b.one("Squeeze", [x, "axis_1"])  # [B, D]
@@ -79,8 +75,6 @@ def build_decoder_step(model: Transformer) -> onnx.ModelProto:
     _top_k(b, "log_probs", cfg.vocab_size)
     eos = b.weight("eos_id", np.array(cfg.eos_id, np.int64))
     b.nodes.append(helper.make_node("Gather", ["log_probs", eos], ["eos_log_prob"], axis=1))
-    for name, present in zip((n for n in spec.outputs if n.startswith("present_")), presents, strict=True):
-        b.nodes.append(helper.make_node("Identity", [present], [name]))
     inputs = [_value_info(name, axes, cfg) for name, axes in spec.inputs.items()]
     outputs = [_value_info(name, axes, cfg) for name, axes in spec.outputs.items()]
     return make_model(b, "decoder_step", inputs, outputs)
@@ -119,11 +113,14 @@ def _top_k(b: Builder, log_probs: str, vocab_size: int) -> None:
 
 def _value_info(name: str, axes: dict[int, str], cfg: ModelConfig) -> onnx.ValueInfoProto:
     """Declared type and shape of a graph input or output; dynamic axes by symbol."""
-    ints = {"input_ids", "attention_mask", "beam_origin", "top_ids"}
+    int32 = {PAST_LENGTH, BEAM_WIDTH, CACHE_INDIRECTION}
+    int64 = {"input_ids", "attention_mask", "top_ids"}
     fixed: dict[str, list[int | str | None]] = {
         "input_ids": [None, 1],
         "attention_mask": [None, None],
-        "beam_origin": [None],
+        PAST_LENGTH: [],
+        BEAM_WIDTH: [1],
+        CACHE_INDIRECTION: [None, None, None],
         "log_probs": [None, cfg.vocab_size],
         "top_log_probs": [None, DECODER_TOP_K],
         "top_ids": [None, DECODER_TOP_K],
@@ -131,4 +128,5 @@ def _value_info(name: str, axes: dict[int, str], cfg: ModelConfig) -> onnx.Value
     }
     dims = fixed.get(name, [None, cfg.n_heads, None, cfg.head_dim])
     shape = [axes.get(i, d) for i, d in enumerate(dims)]
-    return helper.make_tensor_value_info(name, TensorProto.INT64 if name in ints else TensorProto.FLOAT, shape)
+    kind = TensorProto.INT32 if name in int32 else TensorProto.INT64 if name in int64 else TensorProto.FLOAT
+    return helper.make_tensor_value_info(name, kind, shape)

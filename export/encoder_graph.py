@@ -19,7 +19,7 @@ def _encoder_layer(b: Builder, x: str, layer: EncoderLayer, i: int, key_mask: st
     """x [B, S, D] -> x."""
     p = f"encoder.{i}"
     h = pre(b, x, layer.attn_res, f"{p}.attn_res")
-    (out,) = self_attention(b, h, layer.self_attn, f"{p}.self_attn", heads, key_padding_mask=key_mask)
+    out = self_attention(b, h, layer.self_attn, f"{p}.self_attn", heads, key_mask)
     x = residual(b, x, attention_out(b, out, layer.self_attn, f"{p}.self_attn"), layer.attn_res, f"{p}.attn_res")
     h = pre(b, x, layer.ffn_res, f"{p}.ffn_res")
     return residual(b, x, b.feed_forward(h, layer.ffn, activation, f"{p}.ffn"), layer.ffn_res, f"{p}.ffn_res")

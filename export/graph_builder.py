@@ -17,7 +17,7 @@ from onnx import helper, numpy_helper
 from torch import Tensor, nn
 
 from model.transformer import FeedForward, MultiHeadAttention, Residual, Transformer
-from service.graphs import OPSET
+from service.graphs import BEAM_WIDTH, CACHE_INDIRECTION, OPSET, PAST_LENGTH
 
 MS_DOMAIN = "com.microsoft"
 
@@ -115,24 +115,49 @@ def pre(b: Builder, x: str, res: Residual, prefix: str) -> str:
     return b.layer_norm(x, res.norm, f"{prefix}.norm") if res.pre_norm else x
 
 
-def self_attention(b: Builder, h: str, attn: MultiHeadAttention, prefix: str, heads: int, **inputs: str) -> list[str]:
-    """One fused self-attention: Q, K and V from a single MatMul, then MultiHeadAttention.
-
-    `inputs` names optional MultiHeadAttention inputs (key_padding_mask, past_key, past_value);
-    returns its outputs: [attention] or, with a past, [attention, present_key, present_value].
-    """
+def _qkv(b: Builder, h: str, attn: MultiHeadAttention, prefix: str) -> tuple[str, str, str, str]:
+    """Q, K and V [B, L, D] from one MatMul, and their bias [3D], which the attention node adds."""
     projections = (attn.q_proj, attn.k_proj, attn.v_proj)
     w_qkv = np.concatenate([m.weight.detach().float().numpy().T for m in projections], axis=1)
     b_qkv = np.concatenate([m.bias.detach().float().numpy() for m in projections])
     qkv = b.one("MatMul", [h, b.weight(f"{prefix}.qkv.weight_t", w_qkv)])  # [B, L, 3D]
     q, k, v = b.op("Split", [qkv], outputs=3, axis=2)
-    order = ("key_padding_mask", "attention_bias", "past_key", "past_value")
-    optional = [inputs.get(name, "") for name in order]
-    while optional and not optional[-1]:
-        optional.pop()
-    outputs = 3 if "past_key" in inputs else 1
-    mha = [q, k, v, b.weight(f"{prefix}.qkv.bias", b_qkv), *optional]
-    return b.op("MultiHeadAttention", mha, outputs=outputs, domain=MS_DOMAIN, num_heads=heads)
+    return q, k, v, b.weight(f"{prefix}.qkv.bias", b_qkv)
+
+
+def self_attention(b: Builder, h: str, attn: MultiHeadAttention, prefix: str, heads: int, key_padding_mask: str) -> str:
+    """One fused self-attention over the whole sequence (the encoder's): [B, L, D] -> [B, L, D]."""
+    q, k, v, bias = _qkv(b, h, attn, prefix)
+    mha = [q, k, v, bias, key_padding_mask]
+    return b.one("MultiHeadAttention", mha, domain=MS_DOMAIN, num_heads=heads)
+
+
+def cached_self_attention(b: Builder, h: str, attn: MultiHeadAttention, prefix: str, heads: int, layer: int) -> str:
+    """One decoder step's self-attention [B, 1, D] -> [B, 1, D] over a cache preallocated for the
+    longest output: this step's key and value are written in place at position
+    `past_sequence_length`, and each row reads its earlier positions from the beam that
+    `cache_indirection` names, so that no step copies the cache (service/runtime/kv_cache.py).
+
+    onnxruntime's DecoderMaskedMultiHeadAttention with a shared past/present buffer; the graph
+    outputs present_key.i and present_value.i are its outputs, which the runtime binds to the
+    very buffers it feeds as past_key.i and past_value.i.
+    """
+    q, k, v, bias = _qkv(b, h, attn, prefix)
+    past = [f"past_key.{layer}", f"past_value.{layer}"]
+    inputs = [q, k, v, "", "", *past, PAST_LENGTH, BEAM_WIDTH, CACHE_INDIRECTION, bias]
+    outputs = [b.name("attention"), f"present_key.{layer}", f"present_value.{layer}"]
+    b.nodes.append(
+        helper.make_node(
+            "DecoderMaskedMultiHeadAttention",
+            inputs,
+            outputs,
+            name=b.name("DecoderMaskedMultiHeadAttention"),
+            domain=MS_DOMAIN,
+            num_heads=heads,
+            past_present_share_buffer=1,
+        )
+    )
+    return outputs[0]
 
 
 def make_model(

@@ -58,13 +58,13 @@ def compare_logits(model: Transformer, onnx: OnnxModel, sources: Sequence[Sequen
         tags = [tag_ids[i % len(tag_ids)] for i in range(len(sources))]
         ids = torch.tensor(tags)[:, None]
         past_t = None
-        past_o = onnx.empty_past(len(sources))
+        cache = onnx.new_cache(len(sources), DECODE_STEPS)
         worst = 0.0
         for _ in range(DECODE_STEPS):  # step 0 runs with an empty past
             logits, past_t = model.decode_step(ids, sample.mask.bool(), cross, past_t)
             ref = logits[:, -1].float().log_softmax(-1)
             ref[:, list(model.cfg.never_generate)] = float("-inf")
-            got, past_o = onnx.decode_step(ids.numpy(), sample.mask.numpy(), past_o, enc.cross)
+            got = onnx.decode_step(ids.numpy(), sample.mask.numpy(), cache, enc.cross)
             worst = max(worst, _finite_diff(got, ref))
             ids = ref.argmax(-1, keepdim=True)
         diffs["decoder_step/log_probs"] = worst

@@ -35,18 +35,27 @@ def encoder_spec(decoder_layers: int) -> GraphSpec:
     )
 
 
+# The decoder step's self-attention cache inputs (service/runtime/kv_cache.py).
+PAST_LENGTH = "past_sequence_length"  # int32 scalar: positions already in the cache, this token's position
+BEAM_WIDTH = "beam_width"  # int32 [1]: rows per sentence
+CACHE_INDIRECTION = "cache_indirection"  # int32 [N, beam_width, capacity]: the beam holding each position
+
+
 def decoder_spec(decoder_layers: int) -> GraphSpec:
-    """Last tokens [B, 1], source mask [N, S], beam origin [B] (the past row each row continues),
-    past K/V [B', H, P, K], cross K/V [N, H, S, K] ->
-    log_probs [B, V], the best DECODER_TOP_K of them with their ids, EOS's log-prob [B], present K/V.
+    """Last tokens [B, 1], source mask [N, S], the cache's length, beam width and indirection,
+    past K/V [B, H, capacity, K], cross K/V [N, H, S, K] ->
+    log_probs [B, V], the best DECODER_TOP_K of them with their ids, EOS's log-prob [B], and
+    present K/V: the past buffers themselves, this step's keys and values written in place.
 
     N sources, B a multiple of N: rows r·B/N to (r+1)·B/N - 1 are the beams of source r."""
     return GraphSpec(
         inputs={
             "input_ids": {0: "batch"},
             "attention_mask": {0: "sources", 1: "src_len"},
-            "beam_origin": {0: "batch"},
-            **_per_layer("past", decoder_layers, {0: "past_batch", 2: "past_len"}),
+            PAST_LENGTH: {},
+            BEAM_WIDTH: {},
+            CACHE_INDIRECTION: {0: "sources", 1: "beam_width", 2: "capacity"},
+            **_per_layer("past", decoder_layers, {0: "batch", 2: "capacity"}),
             **_per_layer("cross", decoder_layers, {0: "sources", 2: "src_len"}),
         },
         outputs={
@@ -54,7 +63,7 @@ def decoder_spec(decoder_layers: int) -> GraphSpec:
             "top_log_probs": {0: "batch"},
             "top_ids": {0: "batch"},
             "eos_log_prob": {0: "batch"},
-            **_per_layer("present", decoder_layers, {0: "batch", 2: "past_len_plus_1"}),
+            **_per_layer("present", decoder_layers, {0: "batch", 2: "capacity"}),
         },
     )
 

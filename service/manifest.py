@@ -55,9 +55,14 @@ class TokenizerSpec(BaseModel):
     kind: str = "sentencepiece"
 
 
+# 3: the decoder step reads a preallocated cache through beam indices (service/graphs.py);
+# format 2's step took the cache as a growing tensor and reordered it by beam origin.
+FORMAT_VERSION = 3
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    format_version: int = 2
+    format_version: int = FORMAT_VERSION
     opset: int
     precision: str  # fp32 or int8
     files: dict[str, str]  # role -> file name: encoder, decoder, mlm_head (optional), tokenizer or
@@ -118,6 +123,12 @@ def load_manifest(model_dir: Path, verify: bool = True) -> Manifest:
         manifest = Manifest.model_validate(json.loads(path.read_text()))
     except (ValueError, json.JSONDecodeError) as exc:
         raise ModelFileError(path, f"not a valid manifest ({exc})") from exc
+    if manifest.format_version != FORMAT_VERSION:
+        raise ModelFileError(
+            path,
+            f"format {manifest.format_version}, written by another mtserve version; this one reads format "
+            f"{FORMAT_VERSION}: export the checkpoint again (`mtserve export`, or `mtserve import marian`)",
+        )
     if verify:
         for name, expected in manifest.sha256.items():
             file = model_dir / name

@@ -70,6 +70,16 @@ def test_a_corrupt_file_stops_loading_with_its_name(exported: Path, tmp_path: Pa
         load_manifest(copy)
 
 
+def test_a_model_exported_in_an_earlier_format_asks_to_be_exported_again(exported: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "model"
+    shutil.copytree(exported, copy)
+    manifest = json.loads((copy / MANIFEST_FILE).read_text())
+    manifest["format_version"] = 2  # the decoder step that took a growing cache and beam origins
+    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(ModelFileError, match=r"format 2.*reads format 3.*mtserve export"):
+        OnnxModel(copy)
+
+
 def test_manifest_lists_every_file_with_its_hash(exported: Path) -> None:
     manifest = load_manifest(exported)
     assert set(manifest.files.values()) == set(manifest.sha256)
@@ -110,14 +120,17 @@ def test_the_command_line_works_where_torch_is_missing() -> None:
 @pytest.mark.parametrize("pre_norm", [True, False])
 def test_the_written_graphs_match_pytorch_for_both_norm_placements(pre_norm: bool) -> None:
     """The hand-written encoder and decoder step (fused attention) against the model's own
-    encode, cross_kv and decode_step, over steps that start from an empty cache and reorder
-    it by beam origin, on sources of different lengths."""
+    encode, cross_kv and decode_step, over steps that start from an empty cache, widen to two
+    beams per source and read each beam's history through the cache indirection, on sources
+    of different lengths."""
     import onnxruntime as ort
 
     from export.decoder_graph import build_decoder_step
     from export.encoder_graph import build_encoder
     from model.config import ModelConfig
     from model.transformer import Transformer
+    from service.runtime.kv_cache import SelfAttentionCache
+    from service.runtime.sessions import decoder_bindings, run_bound
 
     torch.manual_seed(0)
     cfg = ModelConfig(
@@ -130,7 +143,6 @@ def test_the_written_graphs_match_pytorch_for_both_norm_placements(pre_norm: boo
     )
     src = torch.tensor([[9, 10, 11, 3], [12, 13, 3, 0], [14, 3, 0, 0]])
     mask = src != 0
-    kv_names = [f"{k}.{i}" for i in range(2) for k in ("key", "value")]
     with torch.no_grad():
         memory = model.encode(src, mask)
         cross = model.cross_kv(memory)
@@ -140,19 +152,29 @@ def test_the_written_graphs_match_pytorch_for_both_norm_placements(pre_norm: boo
         for got, (k, v) in zip(np.array_split(np.array(onnx_cross), 2), cross, strict=True):
             for g, t in zip(got, (k, v), strict=True):
                 assert np.abs(g.transpose(0, 2, 1, 3)[real] - t.numpy().transpose(0, 2, 1, 3)[real]).max() < 1e-4
+        # Step 0 runs one row per source, then two beams each; rows then continue beams of their
+        # own source in changing orders, as beam search picks them.
         ids, past = torch.tensor([[7], [8], [7]]), None
-        onnx_past = [np.zeros((3, 4, 0, 8), np.float32) for _ in range(4)]
-        origin = torch.arange(3)
-        for step in range(4):
-            reordered = None if past is None else [(k[origin], v[origin]) for k, v in past]
-            logits, past = model.decode_step(ids, mask, cross, reordered)
-            feeds = {"input_ids": ids.numpy(), "attention_mask": mask.long().numpy(), "beam_origin": origin.numpy()}
-            feeds |= {f"past_{n}": p for n, p in zip(kv_names, onnx_past, strict=True)}
-            feeds |= {f"cross_{n}": c for n, c in zip(kv_names, onnx_cross, strict=True)}
-            log_probs, *onnx_past = decoder.run(["log_probs"] + [f"present_{n}" for n in kv_names], feeds)
+        cache = SelfAttentionCache(2, 4, 8, sentences=3, capacity=5, max_beams=2)
+        choices = [[0, 0, 1, 1, 2, 2], [1, 0, 2, 2, 5, 4], [0, 0, 3, 2, 4, 5], [1, 1, 2, 3, 5, 5]]
+        for step, rows in enumerate(choices):
+            beams = cache.beams
+            row_mask = mask.repeat_interleave(beams, 0)
+            row_cross = [(k.repeat_interleave(beams, 0), v.repeat_interleave(beams, 0)) for k, v in cross]
+            logits, past = model.decode_step(ids, row_mask, row_cross, past)
+            inputs, presents = decoder_bindings(2, ids.numpy(), mask.long().numpy(), cache, onnx_cross)
+            (log_probs,) = run_bound(decoder, inputs, ["log_probs"], presents)
+            cache.advance()
             assert np.abs(log_probs - logits[:, -1].log_softmax(-1).numpy()).max() < 1e-4, f"step {step}"
-            ids = logits[:, -1].argmax(-1, keepdim=True)
-            origin = torch.tensor([2, 0, 0]) if step % 2 == 0 else torch.arange(3)  # beams swap rows
+            order = torch.tensor(rows)
+            past = [(k[order], v[order]) for k, v in past]
+            ids = torch.randint(9, 64, (len(rows), 1))  # any tokens: the beams' histories differ
+            cache.reorder(np.asarray(rows))
+        assert cache.length == 4
+        with pytest.raises(ValueError, match="rows do not make"):
+            cache.reorder(np.arange(5))
+        with pytest.raises(ValueError, match="another sentence"):
+            cache.reorder(np.asarray([0, 2, 2, 3, 4, 5]))
 
 
 def test_int8_export_is_smaller_and_keeps_translations_independent_of_the_batch(

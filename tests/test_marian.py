@@ -96,9 +96,9 @@ def test_imported_logits_match_transformers_forward(
         with torch.no_grad():
             theirs = model(input_ids=torch.tensor([ids]), decoder_input_ids=torch.tensor([target])).logits[0]  # type: ignore[operator]
         reference = theirs.log_softmax(-1).numpy()
-        past = onnx.empty_past(1)
+        cache = onnx.new_cache(1, len(target))
         for step, token in enumerate(target):
-            log_probs, past = onnx.decode_step(np.asarray([[token]], np.int64), np.ones_like(src), past, enc.cross)
+            log_probs = onnx.decode_step(np.asarray([[token]], np.int64), np.ones_like(src), cache, enc.cross)
             finite = np.isfinite(log_probs[0])
             assert not finite[pad], "the pad token must never be generated"
             worst = max(worst, float(np.abs(log_probs[0][finite] - reference[step][finite]).max()))

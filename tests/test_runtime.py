@@ -30,9 +30,9 @@ def _teacher_forced_log_prob(model: OnnxModel, source: list[int], tag: int, toke
     ids = np.asarray([source], dtype=np.int64)
     mask = np.ones_like(ids)
     enc = model.encode(ids, mask)
-    past, total = model.empty_past(1), 0.0
+    cache, total = model.new_cache(1, len(tokens) + 1), 0.0
     for prev, nxt in zip([tag, *tokens], [*tokens, EOS_ID], strict=True):
-        log_probs, past = model.decode_step(np.asarray([[prev]]), mask, past, enc.cross)
+        log_probs = model.decode_step(np.asarray([[prev]]), mask, cache, enc.cross)
         total += float(log_probs[0, nxt])
     return total
 

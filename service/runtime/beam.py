@@ -7,8 +7,8 @@
   ends when no running beam, normalised at the current length, beats the worst of them);
 - at the length limit a hypothesis is cut, or with `forced_eos` ends on EOS at probability 1
   (transformers' forced_eos_token_id);
-- keys and values follow their beam of origin (gathered inside the decoder graph);
-  finished sentences leave the batch;
+- keys and values stay where the decoder step wrote them: each row reads its history through
+  the cache's beam indices (service/runtime/kv_cache.py); finished sentences leave the batch;
 - ties are broken by the lower token id, so a sentence decodes the same alone or in any batch;
 - a repetition guard stops runaway loops of the same 1- to 4-gram.
 """
@@ -24,6 +24,7 @@ from service.conventions import MAX_LENGTH_CAP, max_target_length
 from service.graphs import MAX_BEAM
 from service.manifest import Generation
 from service.runtime.degenerate import Quality, sane_first
+from service.runtime.kv_cache import compaction_order
 from service.runtime.sessions import KVList, OnnxModel
 
 # Sources are padded to a multiple of this many tokens. Attention sums over the source in
@@ -140,19 +141,18 @@ def greedy_search(
     """The beam-1 fast path: argmax per step, no beam bookkeeping."""
     ids, mask = _pad_sources(sources, model.pad_id)
     enc = model.encode(ids, mask)
-    cross, past = enc.cross, model.empty_past(len(sources))
+    cross = enc.cross
     limits = np.array([options.limit(len(s)) for s in sources])
+    cache = model.new_cache(len(sources), int(limits.max()), 1)
     alive = np.arange(len(sources))
     last = np.asarray(tags, dtype=np.int64)
     tokens: list[list[int]] = [[] for _ in sources]
     log_prob = np.zeros(len(sources))
     results: list[list[Hypothesis]] = [[] for _ in sources]
-    origin = np.arange(len(sources), dtype=np.int64)
     riding = np.zeros(len(sources), dtype=bool)  # finished, still in the batch (see COMPACT_SHARE)
     eos = model.eos_id
     for step in range(int(limits.max())):
-        top = model.decode_top(last[:, None], mask, past, cross, origin)
-        past = top.present
+        top = model.decode_top(last[:, None], mask, cache, cross)
         length = step + 1
         keep = []
         for row, sent in enumerate(alive):
@@ -176,11 +176,9 @@ def greedy_search(
             break
         riding[np.setdiff1d(np.arange(len(alive)), keep)] = True
         if _compact(int(riding.sum()), len(alive)):
-            # the graph drops finished rows from the cache
-            origin = np.asarray(keep, dtype=np.int64)
-            alive, mask, cross, riding = alive[origin], mask[origin], _take(cross, origin), riding[origin]
-        else:
-            origin = np.arange(len(alive), dtype=np.int64)
+            rows = compaction_order(np.asarray(keep, dtype=np.int64))
+            cache.reorder(rows, rows)  # finished rows leave the cache
+            alive, mask, cross, riding = alive[rows], mask[rows], _take(cross, rows), riding[rows]
         last = np.asarray([tokens[s][-1] if tokens[s] else eos for s in alive], dtype=np.int64)
     if options.repetition_guard:
         return [sane_first(r, source, 1) for r, source in zip(results, sources, strict=True)]
@@ -210,22 +208,21 @@ def beam_search(
     # Step 0 runs one row per sentence (all K beams would start identical); the batch
     # becomes K rows per sentence, row s·K + j for beam j of sentence s, from step 1 on.
     cross, beams = enc.cross, 1
-    past = model.empty_past(len(sources))
     limits = np.array([options.limit(len(s)) for s in sources])
+    cache = model.new_cache(len(sources), int(limits.max()), k)
     last = np.asarray(tags, dtype=np.int64)
     hist = np.zeros((len(sources), 0), dtype=np.int64)  # generated tokens per row
     scores = np.zeros((len(sources), 1))
     alive = np.arange(len(sources))
     finished: list[list[Hypothesis]] = [[] for _ in sources]
     rank_in_beam = np.arange(2 * k)[None, :] < k
-    origin = np.arange(len(sources), dtype=np.int64)
 
     finished_count = np.zeros(len(sources), dtype=np.int64)
     tie_break = {b: np.repeat(np.arange(b), 2 * k)[None, :] for b in (1, k)}  # beam of each candidate
     eos = model.eos_id
     for step in range(int(limits.max())):
-        step_top = model.decode_top(last[:, None], mask, past, cross, origin)
-        past, n, width = step_top.present, len(alive), 2 * k
+        step_top = model.decode_top(last[:, None], mask, cache, cross)
+        n, width = len(alive), 2 * k
         by_row = np.arange(n)[:, None]
         length = step + 1
         step_ids, step_log_probs = step_top.ids[:, :width], step_top.log_probs[:, :width]
@@ -277,17 +274,21 @@ def beam_search(
         if not len(keep):
             break
         compact = _compact(n - len(keep), n)
+        if compact:
+            keep = compaction_order(keep)
         stay = keep[:, None] if compact else by_row  # finished ones ride along, never extended
         going[done] = False
         order = np.argsort(~going[stay[:, 0]], axis=1, kind="stable")[:, :k]  # chosen first, in rank order
         chosen = going[stay, order]
         next_rows, last = rows[stay, order].ravel(), token[stay, order].ravel()
         scores = np.where(chosen, top_scores[stay, order], -np.inf)
-        origin = next_rows  # K/V follow their beam of origin (reordered inside the graph)
         hist = np.concatenate((hist[next_rows], last[:, None]), axis=1)
         beams = k  # after step 0: K rows per sentence, over the sentence's one copy of cross K/V
         if compact and len(keep) < n:  # drop finished sentences from the running batch
+            cache.reorder(next_rows, keep)
             cross, mask, alive = _take(cross, keep), mask[keep], alive[keep]
+        else:
+            cache.reorder(next_rows)  # each row reads the history of the beam it continues
 
     if options.repetition_guard:
         return [sane_first(f, source, options.n_best) for f, source in zip(finished, sources, strict=True)]

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.graphs import decoder_spec, encoder_spec
+from service.graphs import BEAM_WIDTH, CACHE_INDIRECTION, PAST_LENGTH, decoder_spec, encoder_spec
 from service.manifest import Manifest, ModelFileError, load_manifest
+from service.runtime.kv_cache import SelfAttentionCache
 from service.runtime.text_tokenizer import load_text_tokenizer
 
 log = logging.getLogger("mtserve.runtime")
@@ -32,7 +33,6 @@ class TopStep:
     log_probs: np.ndarray  # [B, DECODER_TOP_K], best first, lower id first on ties
     ids: np.ndarray  # [B, DECODER_TOP_K]
     eos_log_prob: np.ndarray  # [B]
-    present: KVList
 
 
 # Up to this many rows (decoder: sentences x beam; encoder: tokens) a graph runs on one
@@ -79,8 +79,61 @@ class _Graph:
 
     def run(self, rows: int, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         with self._runs.enter() as others:
-            session = self.wide if rows > SINGLE_THREAD_ROWS and not others else self.narrow
-            return list(session.run(outputs, feeds))
+            return list(self._pick(rows, others).run(outputs, feeds))
+
+    def run_bound(
+        self, rows: int, inputs: dict[str, ort.OrtValue], outputs: list[str], bound: dict[str, ort.OrtValue]
+    ) -> list[np.ndarray]:
+        """A run through IO binding: `bound` outputs are written into the given values (which
+        may be inputs too: the decoder's cache); `outputs` come back as new arrays."""
+        with self._runs.enter() as others:
+            return run_bound(self._pick(rows, others), inputs, outputs, bound)
+
+    def _pick(self, rows: int, others: int) -> ort.InferenceSession:
+        return self.wide if rows > SINGLE_THREAD_ROWS and not others else self.narrow
+
+
+def run_bound(
+    session: ort.InferenceSession, inputs: dict[str, ort.OrtValue], outputs: list[str], bound: dict[str, ort.OrtValue]
+) -> list[np.ndarray]:
+    """One run through IO binding: see _Graph.run_bound."""
+    binding = session.io_binding()
+    for name, value in inputs.items():
+        binding.bind_ortvalue_input(name, value)
+    for name in outputs:
+        binding.bind_output(name)
+    for name, value in bound.items():
+        binding.bind_ortvalue_output(name, value)
+    session.run_with_iobinding(binding)
+    return [value.numpy() for value in binding.get_outputs()[: len(outputs)]]
+
+
+def decoder_bindings(
+    layers: int, last_ids: np.ndarray, mask: np.ndarray, cache: SelfAttentionCache, cross: KVList
+) -> tuple[dict[str, ort.OrtValue], dict[str, ort.OrtValue]]:
+    """The decoder step's inputs, and its present K/V bound to the cache's own buffers (written in place)."""
+    if cache.full:
+        raise ValueError(f"the decoder cache holds {cache.capacity} steps, all used")
+    if len(last_ids) != cache.rows or len(mask) != cache.sentences:
+        raise ValueError(
+            f"{len(last_ids)} rows over {len(mask)} sources; the cache holds {cache.rows} over {cache.sentences}"
+        )
+    spec = decoder_spec(layers)
+    arrays = {
+        "input_ids": np.ascontiguousarray(last_ids, dtype=np.int64),
+        "attention_mask": np.ascontiguousarray(mask, dtype=np.int64),
+        PAST_LENGTH: np.array(cache.length, np.int32),
+        BEAM_WIDTH: np.array([cache.beams], np.int32),
+        CACHE_INDIRECTION: cache.indirection,
+    }
+    cross_names = [n for n in spec.inputs if n.startswith("cross_")]
+    arrays |= dict(zip(cross_names, (np.ascontiguousarray(c) for c in cross), strict=True))
+    inputs = {name: ort.OrtValue.ortvalue_from_numpy(a) for name, a in arrays.items()}
+    inputs |= dict(
+        zip((n for n in spec.inputs if n.startswith(("past_key.", "past_value."))), cache.values, strict=True)
+    )
+    presents = dict(zip((n for n in spec.outputs if n.startswith("present_")), cache.values, strict=True))
+    return inputs, presents
 
 
 @functools.cache
@@ -139,9 +192,6 @@ class OnnxModel:
         self.eos_id, self.pad_id = self.manifest.special_ids.eos, self.manifest.special_ids.pad
         layers = self.manifest.decoder_layers
         self._enc_outputs = list(encoder_spec(layers).outputs)
-        self._present_names = [n for n in decoder_spec(layers).outputs if n.startswith("present_")]
-        self._past_names = [n for n in decoder_spec(layers).inputs if n.startswith("past_")]
-        self._cross_names = [n for n in decoder_spec(layers).inputs if n.startswith("cross_")]
 
     def encode(self, ids: np.ndarray, mask: np.ndarray) -> EncoderOutput:
         """ids, mask [B, S] int64 -> hidden states and each layer's cross K/V (zero past each source's end).
@@ -168,45 +218,36 @@ class OnnxModel:
                 out[rows, :, :length] = p
         return EncoderOutput(outputs[0], outputs[1:])
 
-    def empty_past(self, batch: int) -> KVList:
+    def new_cache(self, sentences: int, capacity: int, max_beams: int = 1) -> SelfAttentionCache:
+        """An empty self-attention cache for `capacity` steps of `sentences` at one row each, then
+        up to `max_beams` (kv_cache.py)."""
         m = self.manifest
-        return [np.zeros((batch, m.n_heads, 0, m.head_dim), np.float32) for _ in self._past_names]
+        return SelfAttentionCache(m.decoder_layers, m.n_heads, m.head_dim, sentences, capacity, max_beams)
 
     def decode_step(
-        self, last_ids: np.ndarray, mask: np.ndarray, past: KVList, cross: KVList, origin: np.ndarray | None = None
-    ) -> tuple[np.ndarray, KVList]:
-        """last_ids [B, 1] -> log-probs [B, V] and the present K/V (past rows `origin` plus this step).
+        self, last_ids: np.ndarray, mask: np.ndarray, cache: SelfAttentionCache, cross: KVList
+    ) -> np.ndarray:
+        """last_ids [B, 1] -> log-probs [B, V]; the cache gets this step's keys and values.
 
-        `mask` [N, S] and `cross` [N, H, S, K] hold N sources, B a multiple of N: rows
-        r·B/N to (r+1)·B/N - 1 are the beams of source r (N = B when each row has its own)."""
-        (log_probs,), present = self._step(["log_probs"], last_ids, mask, past, cross, origin)
-        return log_probs, present
+        `mask` [N, S] and `cross` [N, H, S, K] hold N sources, B = N · cache.beams: rows
+        r·B/N to (r+1)·B/N - 1 are the beams of source r."""
+        (log_probs,) = self._step(["log_probs"], last_ids, mask, cache, cross)
+        return log_probs
 
-    def decode_top(
-        self, last_ids: np.ndarray, mask: np.ndarray, past: KVList, cross: KVList, origin: np.ndarray | None = None
-    ) -> TopStep:
+    def decode_top(self, last_ids: np.ndarray, mask: np.ndarray, cache: SelfAttentionCache, cross: KVList) -> TopStep:
         """One step (as decode_step) returning only each row's best DECODER_TOP_K log-probs and ids,
         and EOS's log-prob."""
         names = ["top_log_probs", "top_ids", "eos_log_prob"]
-        (top_log_probs, top_ids, eos_log_prob), present = self._step(names, last_ids, mask, past, cross, origin)
-        return TopStep(top_log_probs, top_ids, eos_log_prob, present)
+        top_log_probs, top_ids, eos_log_prob = self._step(names, last_ids, mask, cache, cross)
+        return TopStep(top_log_probs, top_ids, eos_log_prob)
 
     def _step(
-        self,
-        names: list[str],
-        last_ids: np.ndarray,
-        mask: np.ndarray,
-        past: KVList,
-        cross: KVList,
-        origin: np.ndarray | None,
-    ) -> tuple[list[np.ndarray], KVList]:
-        if origin is None:  # each row continues its own past row
-            origin = np.arange(len(last_ids), dtype=np.int64)
-        feeds = {"input_ids": last_ids, "attention_mask": mask, "beam_origin": origin}
-        feeds |= dict(zip(self._past_names, past, strict=True))
-        feeds |= dict(zip(self._cross_names, cross, strict=True))
-        outputs = self.decoder.run(len(last_ids), [*names, *self._present_names], feeds)
-        return outputs[: len(names)], outputs[len(names) :]
+        self, names: list[str], last_ids: np.ndarray, mask: np.ndarray, cache: SelfAttentionCache, cross: KVList
+    ) -> list[np.ndarray]:
+        inputs, presents = decoder_bindings(self.manifest.decoder_layers, last_ids, mask, cache, cross)
+        outputs = self.decoder.run_bound(len(last_ids), inputs, names, presents)
+        cache.advance()
+        return outputs
 
     def mlm_logits(self, hidden: np.ndarray) -> np.ndarray:
         if self.mlm_head is None:

@@ -1,0 +1,99 @@
+"""The decoder's self-attention cache: preallocated, written in place, reordered by index.
+
+Each layer's keys and values live in one buffer [rows, H, capacity, K] for the whole decode;
+the decoder step writes position `length` of every row in place (DecoderMaskedMultiHeadAttention
+with a shared past/present buffer, export/graph_builder.py). When beam search picks which
+beam each row continues, no key moves: `indirection` [sentences, beams, capacity] records, for
+each row and each earlier position, the beam of its sentence that holds it. Rows move only
+when finished sentences leave the batch (only those that fill the places freed, see
+`compaction_order`) and when step 0's one row per sentence becomes a beam of rows (its one
+position).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+
+class SelfAttentionCache:
+    def __init__(
+        self, layers: int, heads: int, head_dim: int, sentences: int, capacity: int, max_beams: int = 1
+    ) -> None:
+        if capacity < 1 or max_beams < 1:
+            raise ValueError(f"capacity and max_beams must be at least 1, got {capacity} and {max_beams}")
+        self.capacity = capacity
+        self.length = 0  # positions written
+        self.beams = 1  # rows per sentence
+        # np.empty: pages are committed as positions are written, so room for the longest output
+        # at the widest beam costs address space rather than memory; unwritten positions are never read.
+        shape = (sentences * max_beams, heads, capacity, head_dim)
+        self._storage = [np.empty(shape, np.float32) for _ in range(2 * layers)]  # k0, v0, k1, v1, ...
+        self.indirection = np.zeros((sentences, 1, capacity), np.int32)
+        self._bind(sentences)
+
+    @property
+    def sentences(self) -> int:
+        return self.indirection.shape[0]
+
+    @property
+    def rows(self) -> int:
+        return self.sentences * self.beams
+
+    @property
+    def full(self) -> bool:
+        return self.length >= self.capacity
+
+    def advance(self) -> None:
+        """After a step: position `length` of each row holds that row's own key and value."""
+        self.indirection[:, :, self.length] = np.arange(self.beams, dtype=np.int32)
+        self.length += 1
+
+    def reorder(self, rows: np.ndarray, sentences: np.ndarray | None = None) -> None:
+        """Row i of the next step continues row `rows[i]` of the last one, a row of the same sentence.
+
+        `sentences`: the batch keeps only these (indices into the current batch, in their new
+        order); None keeps every sentence where it is. The beam width is len(rows) / the
+        sentences kept, and may grow after step 0 up to max_beams.
+        """
+        kept = np.arange(self.sentences) if sentences is None else np.asarray(sentences)
+        beams, remainder = divmod(len(rows), max(len(kept), 1))
+        if remainder or beams < self.beams or len(rows) > len(self._storage[0]):
+            raise ValueError(f"{len(rows)} rows do not make {len(kept)} sentences of {self.beams} to max_beams beams")
+        if (np.asarray(rows) // self.beams != np.repeat(kept, beams)).any():
+            raise ValueError("a row cannot continue a row of another sentence")
+        n = self.length
+        history = self.indirection.reshape(self.rows, self.capacity)[rows, :n]  # beams within each sentence
+        if sentences is not None or beams != self.beams:
+            self._move(kept, beams)
+        self.indirection.reshape(self.rows, self.capacity)[:, :n] = history
+
+    def _move(self, sentences: np.ndarray, beams: int) -> None:
+        """Sentence sentences[i] becomes sentence i, at `beams` rows; beam b keeps its written
+        positions (beams a sentence did not have stay unwritten: no index names them yet)."""
+        old = (sentences[:, None] * self.beams + np.arange(self.beams)).ravel()
+        new = (np.arange(len(sentences))[:, None] * beams + np.arange(self.beams)).ravel()
+        moving = old != new
+        if moving.any():
+            old, new, n = old[moving], new[moving], self.length
+            for storage in self._storage:
+                storage[new, :, :n] = storage[old, :, :n]  # the right side is gathered first
+        self.beams = beams
+        self.indirection = np.zeros((len(sentences), beams, self.capacity), np.int32)
+        self._bind(len(sentences) * beams)
+
+    def _bind(self, rows: int) -> None:
+        self.buffers = [storage[:rows] for storage in self._storage]  # contiguous prefixes
+        self.values = [ort.OrtValue.ortvalue_from_numpy(b) for b in self.buffers]
+
+
+def compaction_order(kept: np.ndarray) -> np.ndarray:
+    """The order of the surviving sentences (sorted indices) after a compaction that moves the
+    fewest: each survivor among the first len(kept) places stays, and survivors from beyond
+    fill the places freed."""
+    places = len(kept)
+    order = np.arange(places)
+    staying = kept[kept < places]
+    holes = np.setdiff1d(order, staying, assume_unique=True)
+    order[holes] = kept[kept >= places]
+    return order

@@ -1,0 +1,76 @@
+"""The decoder cache's bookkeeping: what each row reads through the indirection must be what a
+cache that physically moved every row would hold, through beam choices, widening after step 0,
+and compactions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.runtime.kv_cache import SelfAttentionCache, compaction_order
+
+HEADS, HEAD_DIM = 2, 3
+
+
+def _write_step(cache: SelfAttentionCache, rng: np.random.Generator) -> list[np.ndarray]:
+    """What the decoder step does: position `length` of every row gets a new key and value."""
+    new = [rng.standard_normal((cache.rows, HEADS, HEAD_DIM)).astype(np.float32) for _ in cache.buffers]
+    for buffer, value in zip(cache.buffers, new, strict=True):
+        buffer[:, :, cache.length] = value
+    cache.advance()
+    return new
+
+
+def _read(cache: SelfAttentionCache) -> list[np.ndarray]:
+    """Each row's history [rows, H, length, K] as the attention kernel reads it."""
+    n, beams = cache.length, cache.beams
+    sentence = np.arange(cache.rows) // beams
+    held_by = sentence[:, None] * beams + cache.indirection.reshape(cache.rows, -1)[:, :n]  # [rows, n]
+    positions = np.arange(n)[None, :]
+    return [buffer[held_by, :, positions].transpose(0, 2, 1, 3) for buffer in cache.buffers]
+
+
+def test_rows_read_what_a_physically_reordered_cache_holds() -> None:
+    rng = np.random.default_rng(0)
+    sentences, beams = 6, 3
+    cache = SelfAttentionCache(2, HEADS, HEAD_DIM, sentences, capacity=12, max_beams=beams)
+    # The reference: one growing array per buffer, rows gathered and dropped every step.
+    reference = [np.zeros((sentences, HEADS, 0, HEAD_DIM), np.float32) for _ in cache.buffers]
+    alive = sentences
+    for step in range(10):
+        new = _write_step(cache, rng)
+        reference = [np.concatenate([r, v[:, :, None]], axis=2) for r, v in zip(reference, new, strict=True)]
+        for got, want in zip(_read(cache), reference, strict=True):
+            np.testing.assert_array_equal(got, want, err_msg=f"step {step}")
+        width = cache.beams
+        if step in (3, 6) and alive > 2:  # two sentences finish and leave the batch
+            finished = rng.choice(alive, 2, replace=False)
+            kept = compaction_order(np.setdiff1d(np.arange(alive), finished))
+            alive -= 2
+        else:
+            kept = None
+        order = np.arange(alive) if kept is None else kept
+        # each row continues a random beam of its own sentence; after step 0, three beams each
+        rows = np.concatenate([s * width + rng.integers(0, width, beams) for s in order])
+        cache.reorder(rows, kept)
+        reference = [r[rows] for r in reference]
+    assert cache.rows == alive * beams
+    assert cache.buffers[0].base is not None  # still a view of the storage of the first step
+
+
+def test_compaction_moves_only_the_sentences_that_fill_freed_places() -> None:
+    kept = np.array([0, 2, 3, 6, 7, 9])
+    order = compaction_order(kept)
+    assert sorted(order.tolist()) == kept.tolist()
+    assert [i for i, s in enumerate(order) if s != i] == [1, 4, 5]  # the three freed places below 6
+    np.testing.assert_array_equal(compaction_order(np.arange(4)), np.arange(4))
+
+
+def test_a_row_may_not_continue_another_sentence_and_the_cache_cannot_overflow() -> None:
+    cache = SelfAttentionCache(1, HEADS, HEAD_DIM, sentences=2, capacity=1, max_beams=2)
+    with pytest.raises(ValueError, match="another sentence"):
+        cache.reorder(np.array([1, 1, 0, 0]))
+    with pytest.raises(ValueError, match="max_beams"):
+        cache.reorder(np.array([0, 0, 0, 1, 1, 1]))
+    _write_step(cache, np.random.default_rng(0))
+    assert cache.full
