@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from service.manifest import DEFAULT_MODEL_DIR  # noqa: E402
-from service.runtime.sessions import OnnxModel, decoder_bindings, run_bound  # noqa: E402
+from service.runtime.sessions import OnnxModel, run_step, step_feeds  # noqa: E402
 
 
 def main() -> None:
@@ -57,8 +57,7 @@ def main() -> None:
     cache.length = args.past
     last = np.full((args.rows, 1), 100)
     for _ in range(args.steps):
-        inputs, presents = decoder_bindings(model.manifest.decoder_layers, last, mask, cache, cross)
-        run_bound(session, inputs, ["top_ids"], presents)
+        run_step(session, step_feeds(model.manifest.decoder_layers, last, mask, cache, cross), ["top_ids"])
     events = json.loads(Path(session.end_profiling()).read_text())
     per_node: collections.Counter[str] = collections.Counter()
     per_op: collections.Counter[str] = collections.Counter()

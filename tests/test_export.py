@@ -130,7 +130,7 @@ def test_the_written_graphs_match_pytorch_for_both_norm_placements(pre_norm: boo
     from model.config import ModelConfig
     from model.transformer import Transformer
     from service.runtime.kv_cache import SelfAttentionCache
-    from service.runtime.sessions import decoder_bindings, run_bound
+    from service.runtime.sessions import run_step, step_feeds
 
     torch.manual_seed(0)
     cfg = ModelConfig(
@@ -162,8 +162,8 @@ def test_the_written_graphs_match_pytorch_for_both_norm_placements(pre_norm: boo
             row_mask = mask.repeat_interleave(beams, 0)
             row_cross = [(k.repeat_interleave(beams, 0), v.repeat_interleave(beams, 0)) for k, v in cross]
             logits, past = model.decode_step(ids, row_mask, row_cross, past)
-            inputs, presents = decoder_bindings(2, ids.numpy(), mask.long().numpy(), cache, onnx_cross)
-            (log_probs,) = run_bound(decoder, inputs, ["log_probs"], presents)
+            feeds = step_feeds(2, ids.numpy(), mask.long().numpy(), cache, onnx_cross)
+            (log_probs,) = run_step(decoder, feeds, ["log_probs"])
             cache.advance()
             assert np.abs(log_probs - logits[:, -1].log_softmax(-1).numpy()).max() < 1e-4, f"step {step}"
             order = torch.tensor(rows)

@@ -6,7 +6,7 @@ import contextlib
 import functools
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,36 +82,46 @@ class _Graph:
             return list(self._pick(rows, others).run(outputs, feeds))
 
     def run_bound(
-        self, rows: int, inputs: dict[str, ort.OrtValue], outputs: list[str], bound: dict[str, ort.OrtValue]
+        self, rows: int, bind: Callable[[ort.InferenceSession], ort.IOBinding], outputs: int
     ) -> list[np.ndarray]:
-        """A run through IO binding: `bound` outputs are written into the given values (which
-        may be inputs too: the decoder's cache); `outputs` come back as new arrays."""
+        """A run through an IO binding that `bind` makes or updates for the session picked; the
+        first `outputs` bound outputs come back as arrays of their own."""
         with self._runs.enter() as others:
-            return run_bound(self._pick(rows, others), inputs, outputs, bound)
+            session = self._pick(rows, others)
+            binding = bind(session)
+            session.run_with_iobinding(binding)
+            return [value.numpy().copy() for value in binding.get_outputs()[:outputs]]
 
     def _pick(self, rows: int, others: int) -> ort.InferenceSession:
         return self.wide if rows > SINGLE_THREAD_ROWS and not others else self.narrow
 
 
-def run_bound(
-    session: ort.InferenceSession, inputs: dict[str, ort.OrtValue], outputs: list[str], bound: dict[str, ort.OrtValue]
-) -> list[np.ndarray]:
-    """One run through IO binding: see _Graph.run_bound."""
-    binding = session.io_binding()
-    for name, value in inputs.items():
-        binding.bind_ortvalue_input(name, value)
-    for name in outputs:
-        binding.bind_output(name)
-    for name, value in bound.items():
-        binding.bind_ortvalue_output(name, value)
-    session.run_with_iobinding(binding)
-    return [value.numpy() for value in binding.get_outputs()[: len(outputs)]]
+@dataclass
+class StepFeeds:
+    """A decoder step's inputs as bound values, its present K/V bound to the cache's own buffers
+    (written in place), and the two inputs that change every step, held as arrays of their own
+    so that a binding can be updated in place rather than made again."""
+
+    inputs: dict[str, ort.OrtValue]
+    presents: dict[str, ort.OrtValue]
+    ids: np.ndarray  # [B, 1] int64: the last tokens
+    length: np.ndarray  # int32 scalar: the cache's length, this token's position
+
+    def bind(self, session: ort.InferenceSession, outputs: Sequence[str]) -> ort.IOBinding:
+        binding = session.io_binding()
+        for name, value in self.inputs.items():
+            binding.bind_ortvalue_input(name, value)
+        for name in outputs:
+            binding.bind_output(name)
+        for name, value in self.presents.items():
+            binding.bind_ortvalue_output(name, value)
+        return binding
 
 
-def decoder_bindings(
+def step_feeds(
     layers: int, last_ids: np.ndarray, mask: np.ndarray, cache: SelfAttentionCache, cross: KVList
-) -> tuple[dict[str, ort.OrtValue], dict[str, ort.OrtValue]]:
-    """The decoder step's inputs, and its present K/V bound to the cache's own buffers (written in place)."""
+) -> StepFeeds:
+    """The decoder step's feeds for this cache, mask and cross K/V (checked against each other)."""
     if cache.full:
         raise ValueError(f"the decoder cache holds {cache.capacity} steps, all used")
     if len(last_ids) != cache.rows or len(mask) != cache.sentences:
@@ -119,12 +129,13 @@ def decoder_bindings(
             f"{len(last_ids)} rows over {len(mask)} sources; the cache holds {cache.rows} over {cache.sentences}"
         )
     spec = decoder_spec(layers)
+    ids, length = np.array(last_ids, dtype=np.int64).reshape(-1, 1), np.array(cache.length, np.int32)
     arrays = {
-        "input_ids": np.ascontiguousarray(last_ids, dtype=np.int64),
+        "input_ids": ids,
         "attention_mask": np.ascontiguousarray(mask, dtype=np.int64),
-        PAST_LENGTH: np.array(cache.length, np.int32),
+        PAST_LENGTH: length,
         BEAM_WIDTH: np.array([cache.beams], np.int32),
-        CACHE_INDIRECTION: cache.indirection,
+        CACHE_INDIRECTION: cache.indirection,  # updated in place by the cache
     }
     cross_names = [n for n in spec.inputs if n.startswith("cross_")]
     arrays |= dict(zip(cross_names, (np.ascontiguousarray(c) for c in cross), strict=True))
@@ -133,7 +144,25 @@ def decoder_bindings(
         zip((n for n in spec.inputs if n.startswith(("past_key.", "past_value."))), cache.values, strict=True)
     )
     presents = dict(zip((n for n in spec.outputs if n.startswith("present_")), cache.values, strict=True))
-    return inputs, presents
+    return StepFeeds(inputs, presents, ids, length)
+
+
+def run_step(session: ort.InferenceSession, feeds: StepFeeds, outputs: list[str]) -> list[np.ndarray]:
+    """One decoder step on a session of one's own (tests, benchmarks); OnnxModel keeps its bindings."""
+    binding = feeds.bind(session, outputs)
+    session.run_with_iobinding(binding)
+    return [value.numpy().copy() for value in binding.get_outputs()[: len(outputs)]]
+
+
+@dataclass
+class _BoundStep:
+    """One session's binding of one cache, kept from step to step until the batch changes shape."""
+
+    key: tuple[int, tuple[str, ...]]  # the cache's layout and the outputs asked for
+    mask: np.ndarray  # the arrays bound, held: the binding is valid while the caller passes these
+    cross: KVList
+    feeds: StepFeeds
+    binding: ort.IOBinding
 
 
 @functools.cache
@@ -244,8 +273,23 @@ class OnnxModel:
     def _step(
         self, names: list[str], last_ids: np.ndarray, mask: np.ndarray, cache: SelfAttentionCache, cross: KVList
     ) -> list[np.ndarray]:
-        inputs, presents = decoder_bindings(self.manifest.decoder_layers, last_ids, mask, cache, cross)
-        outputs = self.decoder.run_bound(len(last_ids), inputs, names, presents)
+        def bind(session: ort.InferenceSession) -> ort.IOBinding:
+            # Between compactions a step changes only the last tokens and the cache's length
+            # (its indirection is updated in place): the binding is updated, not made again.
+            key = (cache.layout, tuple(names))
+            bound = cache.bindings.get(id(session))
+            if isinstance(bound, _BoundStep) and bound.key == key and bound.mask is mask and bound.cross is cross:
+                if cache.full or len(last_ids) != cache.rows:
+                    step_feeds(self.manifest.decoder_layers, last_ids, mask, cache, cross)  # raises, naming why
+                np.copyto(bound.feeds.ids, np.asarray(last_ids).reshape(-1, 1))
+                bound.feeds.length[...] = cache.length
+                return bound.binding
+            feeds = step_feeds(self.manifest.decoder_layers, last_ids, mask, cache, cross)
+            binding = feeds.bind(session, names)
+            cache.bindings[id(session)] = _BoundStep(key, mask, cross, feeds, binding)
+            return binding
+
+        outputs = self.decoder.run_bound(len(last_ids), bind, len(names))
         cache.advance()
         return outputs
 
