@@ -57,7 +57,8 @@ def main() -> None:
     cache.length = args.past
     last = np.full((args.rows, 1), 100)
     for _ in range(args.steps):
-        run_step(session, step_feeds(model.manifest.decoder_layers, last, mask, cache, cross), ["top_ids"])
+        m = model.manifest
+        run_step(session, step_feeds(m.decoder_layers, m.vocab_size, ["top_ids"], last, mask, cache, cross))
     events = json.loads(Path(session.end_profiling()).read_text())
     per_node: collections.Counter[str] = collections.Counter()
     per_op: collections.Counter[str] = collections.Counter()

@@ -162,8 +162,8 @@ def test_the_written_graphs_match_pytorch_for_both_norm_placements(pre_norm: boo
             row_mask = mask.repeat_interleave(beams, 0)
             row_cross = [(k.repeat_interleave(beams, 0), v.repeat_interleave(beams, 0)) for k, v in cross]
             logits, past = model.decode_step(ids, row_mask, row_cross, past)
-            feeds = step_feeds(2, ids.numpy(), mask.long().numpy(), cache, onnx_cross)
-            (log_probs,) = run_step(decoder, feeds, ["log_probs"])
+            feeds = step_feeds(2, 64, ["log_probs"], ids.numpy(), mask.long().numpy(), cache, onnx_cross)
+            (log_probs,) = run_step(decoder, feeds)
             cache.advance()
             assert np.abs(log_probs - logits[:, -1].log_softmax(-1).numpy()).max() < 1e-4, f"step {step}"
             order = torch.tensor(rows)

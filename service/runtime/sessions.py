@@ -7,13 +7,13 @@ import functools
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from service.graphs import BEAM_WIDTH, CACHE_INDIRECTION, PAST_LENGTH, decoder_spec, encoder_spec
+from service.graphs import BEAM_WIDTH, CACHE_INDIRECTION, DECODER_TOP_K, PAST_LENGTH, decoder_spec, encoder_spec
 from service.manifest import Manifest, ModelFileError, load_manifest
 from service.runtime.kv_cache import SelfAttentionCache
 from service.runtime.text_tokenizer import load_text_tokenizer
@@ -81,16 +81,14 @@ class _Graph:
         with self._runs.enter() as others:
             return list(self._pick(rows, others).run(outputs, feeds))
 
-    def run_bound(
-        self, rows: int, bind: Callable[[ort.InferenceSession], ort.IOBinding], outputs: int
-    ) -> list[np.ndarray]:
-        """A run through an IO binding that `bind` makes or updates for the session picked; the
-        first `outputs` bound outputs come back as arrays of their own."""
+    def run_bound(self, rows: int, bind: Callable[[ort.InferenceSession], StepFeeds]) -> list[np.ndarray]:
+        """A run through the IO binding that `bind` makes or updates for the session picked;
+        its outputs come back as arrays of their own."""
         with self._runs.enter() as others:
             session = self._pick(rows, others)
-            binding = bind(session)
-            session.run_with_iobinding(binding)
-            return [value.numpy().copy() for value in binding.get_outputs()[:outputs]]
+            feeds = bind(session)
+            session.run_with_iobinding(feeds.binding(session))
+            return [array.copy() for array in feeds.outputs.values()]
 
     def _pick(self, rows: int, others: int) -> ort.InferenceSession:
         return self.wide if rows > SINGLE_THREAD_ROWS and not others else self.narrow
@@ -104,24 +102,36 @@ class StepFeeds:
 
     inputs: dict[str, ort.OrtValue]
     presents: dict[str, ort.OrtValue]
+    outputs: dict[str, np.ndarray]  # the outputs asked for, written by each run
     ids: np.ndarray  # [B, 1] int64: the last tokens
     length: np.ndarray  # int32 scalar: the cache's length, this token's position
+    _bindings: dict[int, ort.IOBinding] = field(default_factory=dict)
 
-    def bind(self, session: ort.InferenceSession, outputs: Sequence[str]) -> ort.IOBinding:
-        binding = session.io_binding()
-        for name, value in self.inputs.items():
-            binding.bind_ortvalue_input(name, value)
-        for name in outputs:
-            binding.bind_output(name)
-        for name, value in self.presents.items():
-            binding.bind_ortvalue_output(name, value)
+    def binding(self, session: ort.InferenceSession) -> ort.IOBinding:
+        """This session's binding of these feeds, made once."""
+        binding = self._bindings.get(id(session))
+        if binding is None:
+            binding = self._bindings[id(session)] = session.io_binding()
+            for name, value in self.inputs.items():
+                binding.bind_ortvalue_input(name, value)
+            for name, array in self.outputs.items():
+                binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(array))
+            for name, value in self.presents.items():
+                binding.bind_ortvalue_output(name, value)
         return binding
 
 
 def step_feeds(
-    layers: int, last_ids: np.ndarray, mask: np.ndarray, cache: SelfAttentionCache, cross: KVList
+    layers: int,
+    vocab_size: int,
+    outputs: Sequence[str],
+    last_ids: np.ndarray,
+    mask: np.ndarray,
+    cache: SelfAttentionCache,
+    cross: KVList,
 ) -> StepFeeds:
-    """The decoder step's feeds for this cache, mask and cross K/V (checked against each other)."""
+    """The decoder step's feeds for this cache, mask and cross K/V (checked against each other),
+    and arrays for the outputs asked for."""
     if cache.full:
         raise ValueError(f"the decoder cache holds {cache.capacity} steps, all used")
     if len(last_ids) != cache.rows or len(mask) != cache.sentences:
@@ -144,14 +154,21 @@ def step_feeds(
         zip((n for n in spec.inputs if n.startswith(("past_key.", "past_value."))), cache.values, strict=True)
     )
     presents = dict(zip((n for n in spec.outputs if n.startswith("present_")), cache.values, strict=True))
-    return StepFeeds(inputs, presents, ids, length)
+    rows, top_k = cache.rows, min(DECODER_TOP_K, vocab_size)
+    shapes = {
+        "log_probs": ((rows, vocab_size), np.float32),
+        "top_log_probs": ((rows, top_k), np.float32),
+        "top_ids": ((rows, top_k), np.int64),
+        "eos_log_prob": ((rows,), np.float32),
+    }
+    arrays_out = {name: np.empty(*shapes[name]) for name in outputs}
+    return StepFeeds(inputs, presents, arrays_out, ids, length)
 
 
-def run_step(session: ort.InferenceSession, feeds: StepFeeds, outputs: list[str]) -> list[np.ndarray]:
-    """One decoder step on a session of one's own (tests, benchmarks); OnnxModel keeps its bindings."""
-    binding = feeds.bind(session, outputs)
-    session.run_with_iobinding(binding)
-    return [value.numpy().copy() for value in binding.get_outputs()[: len(outputs)]]
+def run_step(session: ort.InferenceSession, feeds: StepFeeds) -> list[np.ndarray]:
+    """One decoder step on a session of one's own (tests, benchmarks); OnnxModel keeps its feeds."""
+    session.run_with_iobinding(feeds.binding(session))
+    return [array.copy() for array in feeds.outputs.values()]
 
 
 @dataclass
@@ -162,7 +179,6 @@ class _BoundStep:
     mask: np.ndarray  # the arrays bound, held: the binding is valid while the caller passes these
     cross: KVList
     feeds: StepFeeds
-    binding: ort.IOBinding
 
 
 @functools.cache
@@ -273,23 +289,24 @@ class OnnxModel:
     def _step(
         self, names: list[str], last_ids: np.ndarray, mask: np.ndarray, cache: SelfAttentionCache, cross: KVList
     ) -> list[np.ndarray]:
-        def bind(session: ort.InferenceSession) -> ort.IOBinding:
+        m = self.manifest
+
+        def bind(session: ort.InferenceSession) -> StepFeeds:
             # Between compactions a step changes only the last tokens and the cache's length
             # (its indirection is updated in place): the binding is updated, not made again.
             key = (cache.layout, tuple(names))
             bound = cache.bindings.get(id(session))
             if isinstance(bound, _BoundStep) and bound.key == key and bound.mask is mask and bound.cross is cross:
                 if cache.full or len(last_ids) != cache.rows:
-                    step_feeds(self.manifest.decoder_layers, last_ids, mask, cache, cross)  # raises, naming why
+                    step_feeds(m.decoder_layers, m.vocab_size, names, last_ids, mask, cache, cross)  # raises
                 np.copyto(bound.feeds.ids, np.asarray(last_ids).reshape(-1, 1))
                 bound.feeds.length[...] = cache.length
-                return bound.binding
-            feeds = step_feeds(self.manifest.decoder_layers, last_ids, mask, cache, cross)
-            binding = feeds.bind(session, names)
-            cache.bindings[id(session)] = _BoundStep(key, mask, cross, feeds, binding)
-            return binding
+                return bound.feeds
+            feeds = step_feeds(m.decoder_layers, m.vocab_size, names, last_ids, mask, cache, cross)
+            cache.bindings[id(session)] = _BoundStep(key, mask, cross, feeds)
+            return feeds
 
-        outputs = self.decoder.run_bound(len(last_ids), bind, len(names))
+        outputs = self.decoder.run_bound(len(last_ids), bind)
         cache.advance()
         return outputs
 
