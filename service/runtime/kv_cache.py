@@ -30,8 +30,8 @@ class SelfAttentionCache:
         shape = (sentences * max_beams, heads, capacity, head_dim)
         self._storage = [np.empty(shape, np.float32) for _ in range(2 * layers)]  # k0, v0, k1, v1, ...
         self.indirection = np.zeros((sentences, 1, capacity), np.int32)
-        self.layout = 0  # changes whenever the buffers, the indirection array or the row count do
-        # The runtime's IO bindings of this cache, per session (sessions.py), valid for one layout.
+        # The runtime's IO bindings of this cache, per session (sessions.py); dropped whenever the
+        # buffers, the indirection array or the row count change.
         self.bindings: dict[int, object] = {}
         self._bind(sentences)
 
@@ -86,7 +86,6 @@ class SelfAttentionCache:
         self._bind(len(sentences) * beams)
 
     def _bind(self, rows: int) -> None:
-        self.layout += 1
         self.bindings.clear()
         self.buffers = [storage[:rows] for storage in self._storage]  # contiguous prefixes
         self.values = [ort.OrtValue.ortvalue_from_numpy(b) for b in self.buffers]

@@ -7,7 +7,7 @@ import functools
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -81,13 +81,15 @@ class _Graph:
         with self._runs.enter() as others:
             return list(self._pick(rows, others).run(outputs, feeds))
 
-    def run_bound(self, rows: int, bind: Callable[[ort.InferenceSession], StepFeeds]) -> list[np.ndarray]:
+    def run_bound(
+        self, rows: int, bind: Callable[[ort.InferenceSession], tuple[ort.IOBinding, StepFeeds]]
+    ) -> list[np.ndarray]:
         """A run through the IO binding that `bind` makes or updates for the session picked;
         its outputs come back as arrays of their own."""
         with self._runs.enter() as others:
             session = self._pick(rows, others)
-            feeds = bind(session)
-            session.run_with_iobinding(feeds.binding(session))
+            binding, feeds = bind(session)
+            session.run_with_iobinding(binding)
             return [array.copy() for array in feeds.outputs.values()]
 
     def _pick(self, rows: int, others: int) -> ort.InferenceSession:
@@ -105,20 +107,25 @@ class StepFeeds:
     outputs: dict[str, np.ndarray]  # the outputs asked for, written by each run
     ids: np.ndarray  # [B, 1] int64: the last tokens
     length: np.ndarray  # int32 scalar: the cache's length, this token's position
-    _bindings: dict[int, ort.IOBinding] = field(default_factory=dict)
 
-    def binding(self, session: ort.InferenceSession) -> ort.IOBinding:
-        """This session's binding of these feeds, made once."""
-        binding = self._bindings.get(id(session))
-        if binding is None:
-            binding = self._bindings[id(session)] = session.io_binding()
-            for name, value in self.inputs.items():
-                binding.bind_ortvalue_input(name, value)
-            for name, array in self.outputs.items():
-                binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(array))
-            for name, value in self.presents.items():
-                binding.bind_ortvalue_output(name, value)
+    def bind(self, session: ort.InferenceSession) -> ort.IOBinding:
+        binding = session.io_binding()
+        for name, value in self.inputs.items():
+            binding.bind_ortvalue_input(name, value)
+        for name, array in self.outputs.items():
+            binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(array))
+        for name, value in self.presents.items():
+            binding.bind_ortvalue_output(name, value)
         return binding
+
+
+def _check_step(last_ids: np.ndarray, mask: np.ndarray, cache: SelfAttentionCache) -> None:
+    if cache.full:
+        raise ValueError(f"the decoder cache holds {cache.capacity} steps, all used")
+    if len(last_ids) != cache.rows or len(mask) != cache.sentences:
+        raise ValueError(
+            f"{len(last_ids)} rows over {len(mask)} sources; the cache holds {cache.rows} over {cache.sentences}"
+        )
 
 
 def step_feeds(
@@ -132,12 +139,7 @@ def step_feeds(
 ) -> StepFeeds:
     """The decoder step's feeds for this cache, mask and cross K/V (checked against each other),
     and arrays for the outputs asked for."""
-    if cache.full:
-        raise ValueError(f"the decoder cache holds {cache.capacity} steps, all used")
-    if len(last_ids) != cache.rows or len(mask) != cache.sentences:
-        raise ValueError(
-            f"{len(last_ids)} rows over {len(mask)} sources; the cache holds {cache.rows} over {cache.sentences}"
-        )
+    _check_step(last_ids, mask, cache)
     spec = decoder_spec(layers)
     ids, length = np.array(last_ids, dtype=np.int64).reshape(-1, 1), np.array(cache.length, np.int32)
     arrays = {
@@ -166,19 +168,21 @@ def step_feeds(
 
 
 def run_step(session: ort.InferenceSession, feeds: StepFeeds) -> list[np.ndarray]:
-    """One decoder step on a session of one's own (tests, benchmarks); OnnxModel keeps its feeds."""
-    session.run_with_iobinding(feeds.binding(session))
+    """One decoder step on a session of one's own (tests, benchmarks); OnnxModel keeps its bindings."""
+    session.run_with_iobinding(feeds.bind(session))
     return [array.copy() for array in feeds.outputs.values()]
 
 
 @dataclass
 class _BoundStep:
-    """One session's binding of one cache, kept from step to step until the batch changes shape."""
+    """One session's binding of one cache, kept from step to step until the batch changes shape
+    (the cache drops its bindings then)."""
 
-    key: tuple[int, tuple[str, ...]]  # the cache's layout and the outputs asked for
+    names: tuple[str, ...]  # the outputs asked for
     mask: np.ndarray  # the arrays bound, held: the binding is valid while the caller passes these
     cross: KVList
     feeds: StepFeeds
+    binding: ort.IOBinding
 
 
 @functools.cache
@@ -291,20 +295,24 @@ class OnnxModel:
     ) -> list[np.ndarray]:
         m = self.manifest
 
-        def bind(session: ort.InferenceSession) -> StepFeeds:
+        def bind(session: ort.InferenceSession) -> tuple[ort.IOBinding, StepFeeds]:
             # Between compactions a step changes only the last tokens and the cache's length
             # (its indirection is updated in place): the binding is updated, not made again.
-            key = (cache.layout, tuple(names))
             bound = cache.bindings.get(id(session))
-            if isinstance(bound, _BoundStep) and bound.key == key and bound.mask is mask and bound.cross is cross:
-                if cache.full or len(last_ids) != cache.rows:
-                    step_feeds(m.decoder_layers, m.vocab_size, names, last_ids, mask, cache, cross)  # raises
+            if (
+                isinstance(bound, _BoundStep)
+                and bound.names == tuple(names)
+                and bound.mask is mask
+                and bound.cross is cross
+            ):
+                _check_step(last_ids, mask, cache)
                 np.copyto(bound.feeds.ids, np.asarray(last_ids).reshape(-1, 1))
                 bound.feeds.length[...] = cache.length
-                return bound.feeds
+                return bound.binding, bound.feeds
             feeds = step_feeds(m.decoder_layers, m.vocab_size, names, last_ids, mask, cache, cross)
-            cache.bindings[id(session)] = _BoundStep(key, mask, cross, feeds)
-            return feeds
+            binding = feeds.bind(session)
+            cache.bindings[id(session)] = _BoundStep(tuple(names), mask, cross, feeds, binding)
+            return binding, feeds
 
         outputs = self.decoder.run_bound(len(last_ids), bind)
         cache.advance()
