@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.runtime.kv_cache import SelfAttentionCache, compaction_order
+from service.runtime.kv_cache import SelfAttentionCache, compact_rows, compaction_order
 
 HEADS, HEAD_DIM = 2, 3
 
@@ -74,3 +74,15 @@ def test_a_row_may_not_continue_another_sentence_and_the_cache_cannot_overflow()
         cache.reorder(np.array([0, 0, 0, 1, 1, 1]))
     _write_step(cache, np.random.default_rng(0))
     assert cache.full
+
+
+def test_compacted_rows_equal_taking_them_and_stay_in_the_same_memory() -> None:
+    """Finished sentences' cross keys and values leave the batch without a copy of the rest."""
+    rng = np.random.default_rng(3)
+    arrays = [rng.standard_normal((10, HEADS, 4, HEAD_DIM)).astype(np.float32) for _ in range(2)]
+    order = compaction_order(np.array([0, 2, 3, 6, 7, 9]))
+    expected = [a[order] for a in arrays]
+    compacted = compact_rows(arrays, order)
+    for got, want, original in zip(compacted, expected, arrays, strict=True):
+        np.testing.assert_array_equal(got, want)
+        assert np.shares_memory(got, original) and got.flags.c_contiguous

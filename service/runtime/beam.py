@@ -24,8 +24,8 @@ from service.conventions import MAX_LENGTH_CAP, max_target_length
 from service.graphs import MAX_BEAM
 from service.manifest import Generation
 from service.runtime.degenerate import Quality, sane_first
-from service.runtime.kv_cache import compaction_order
-from service.runtime.sessions import KVList, OnnxModel
+from service.runtime.kv_cache import compact_rows, compaction_order
+from service.runtime.sessions import OnnxModel
 
 # Sources are padded to a multiple of this many tokens. Attention sums over the source in
 # vector lanes of 16 floats: with the width a multiple of 16, the padding only ever adds exact
@@ -101,6 +101,8 @@ class DecodeOptions:
 
 def runaway(tokens: Sequence[int], nxt: int) -> bool:
     """Would appending `nxt` repeat some n-gram (n ≤ 4) back to back more than MAX_REPEATS[n] times?"""
+    if nxt not in tokens[-max(MAX_REPEATS) :]:  # a loop of period n repeats the token n back
+        return False
     seq = [*tokens, nxt]
     for n, limit in MAX_REPEATS.items():
         span = n * (limit + 1)
@@ -119,10 +121,6 @@ def _pad_sources(sources: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndar
         ids[i, : len(s)] = s
         mask[i, : len(s)] = 1
     return ids, mask
-
-
-def _take(arrays: KVList, rows: np.ndarray) -> KVList:
-    return [a[rows] for a in arrays]
 
 
 # Finished sentences leave the running batch once they make up this share of its rows.
@@ -178,7 +176,7 @@ def greedy_search(
         if _compact(int(riding.sum()), len(alive)):
             rows = compaction_order(np.asarray(keep, dtype=np.int64))
             cache.reorder(rows, rows)  # finished rows leave the cache
-            alive, mask, cross, riding = alive[rows], mask[rows], _take(cross, rows), riding[rows]
+            alive, mask, cross, riding = alive[rows], mask[rows], compact_rows(cross, rows), riding[rows]
         last = np.asarray([tokens[s][-1] if tokens[s] else eos for s in alive], dtype=np.int64)
     if options.repetition_guard:
         return [sane_first(r, source, 1) for r, source in zip(results, sources, strict=True)]
@@ -286,7 +284,7 @@ def beam_search(
         beams = k  # after step 0: K rows per sentence, over the sentence's one copy of cross K/V
         if compact and len(keep) < n:  # drop finished sentences from the running batch
             cache.reorder(next_rows, keep)
-            cross, mask, alive = _take(cross, keep), mask[keep], alive[keep]
+            cross, mask, alive = compact_rows(cross, keep), mask[keep], alive[keep]
         else:
             cache.reorder(next_rows)  # each row reads the history of the beam it continues
 

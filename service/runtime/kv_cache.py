@@ -101,3 +101,14 @@ def compaction_order(kept: np.ndarray) -> np.ndarray:
     holes = np.setdiff1d(order, staying, assume_unique=True)
     order[holes] = kept[kept >= places]
     return order
+
+
+def compact_rows(arrays: list[np.ndarray], order: np.ndarray) -> list[np.ndarray]:
+    """Each array's rows as `order` (compaction_order's) lists them, moved in place: only the
+    rows from beyond the kept prefix move, into the places freed. Returns the prefixes, views
+    of the same memory; the arrays' other rows are left as they were."""
+    places = np.arange(len(order))
+    moving = order != places
+    for a in arrays:
+        a[places[moving]] = a[order[moving]]  # sources lie beyond the prefix: none is overwritten first
+    return [a[: len(order)] for a in arrays]
