@@ -16,18 +16,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import RuntimeBench  # noqa: E402
+from bench.common import RuntimeBench, bench_target  # noqa: E402
 
 SHOWN = 8
 
 
 def main() -> None:
     bench = RuntimeBench.from_command_line(__doc__, 1000)
+    target = bench_target()
     for model_dir, translator in bench.translators():
-        translator.translate(bench.sources[:50], "fr", bench.options)  # warm up
+        translator.translate(bench.sources[:50], target, bench.options)  # warm up
         profile = cProfile.Profile()
         profile.enable()
-        translator.translate(bench.sources, "fr", bench.options)
+        translator.translate(bench.sources, target, bench.options)
         profile.disable()
         stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
         runs = [f for f in stats if f[2].startswith("<built-in method onnxruntime") and "run" in f[2]]

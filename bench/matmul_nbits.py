@@ -30,7 +30,7 @@ from export.quantize import untie_output_projection  # noqa: E402
 from export.shared_weights import share_weights  # noqa: E402
 from model.artifacts import load_model_dir  # noqa: E402
 from service import conventions as cv  # noqa: E402
-from service.manifest import DEFAULT_MODEL_DIR  # noqa: E402
+from service.manifest import DEFAULT_MODEL_DIR, FILL_VOCAB_FILE  # noqa: E402
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
     model, sp = load_model_dir(args.model)
     args.out.mkdir(parents=True, exist_ok=True)
-    for name in (cv.TOKENIZER_FILE, "fill_words.json"):
+    for name in (cv.TOKENIZER_FILE, FILL_VOCAB_FILE):
         if (args.model / name).exists():
             shutil.copyfile(args.model / name, args.out / name)
     conventions = mtserve_conventions(model, sp, args.out / cv.TOKENIZER_FILE)

@@ -42,6 +42,7 @@ from service.runtime.translator import Translator  # noqa: E402
 
 SPLITS = ("test2016", "tatoeba-test")
 LEXICAL_RANKS = 200  # translations kept per source token
+BEAM = 5
 
 
 class Shortlists:
@@ -75,10 +76,12 @@ def coverage(args: argparse.Namespace) -> None:
     data = load_config(BENCH_CONFIG, {}).data
     data_dir = corpus.resolve_data_dir(args.data_dir)
     held = corpus.held_sentences(data, data_dir)
-    sp = spm.SentencePieceProcessor(model_file=str(args.model / "spm.model"))
+    manifest = load_manifest(args.model, verify=False)
+    sp = spm.SentencePieceProcessor(model_file=str(args.model / manifest.files["tokenizer"]))
     translator = Translator.load(args.model, args.threads)
-    options = DecodeOptions(beam_size=5)
-    special = [sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id()]
+    options = DecodeOptions(beam_size=BEAM)
+    ids = manifest.special_ids
+    special = [i for i in (ids.pad, ids.unk, ids.bos, ids.eos) if i is not None]
     for direction in data.directions:
         src_lang, tgt_lang = direction
         pairs: list[tuple[str, str]] = []
@@ -96,7 +99,7 @@ def coverage(args: argparse.Namespace) -> None:
             for size in args.sizes:
                 missed_sentences = missed_tokens = tokens = 0
                 for source, output in zip(sp.encode(sources), sp.encode(outputs), strict=True):
-                    allowed = lists.of(source, size, args.frequent, [i for i in special if i >= 0])
+                    allowed = lists.of(source, size, args.frequent, special)
                     missed = sum(token not in allowed for token in output)
                     missed_sentences += missed > 0
                     missed_tokens += missed
@@ -147,7 +150,7 @@ def _graphs(vocab: int, width: int, sentences: int, beam: int) -> tuple[bytes, b
 
 def speed(args: argparse.Namespace) -> None:
     manifest = load_manifest(args.model, verify=False)
-    vocab, width, beam = manifest.vocab_size, manifest.n_heads * manifest.head_dim, 5
+    vocab, width, beam = manifest.vocab_size, manifest.d_model, BEAM
     if args.rows % beam:
         raise SystemExit(f"--rows {args.rows} is not a multiple of the beam, {beam}")
     sentences = args.rows // beam

@@ -35,6 +35,8 @@ SOURCE_WIDTH_STEP = 16
 
 # A token may not extend a run of the same n-gram beyond this many repeats (n = index).
 MAX_REPEATS = {1: 4, 2: 3, 3: 3, 4: 3}
+# A loop of period n repeats the token n back: only a token among the last LOOP_WINDOW can close one.
+LOOP_WINDOW = max(MAX_REPEATS)
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ class DecodeOptions:
 
 def runaway(tokens: Sequence[int], nxt: int) -> bool:
     """Would appending `nxt` repeat some n-gram (n ≤ 4) back to back more than MAX_REPEATS[n] times?"""
-    if nxt not in tokens[-max(MAX_REPEATS) :]:  # a loop of period n repeats the token n back
+    if nxt not in tokens[-LOOP_WINDOW:]:
         return False
     seq = [*tokens, nxt]
     for n, limit in MAX_REPEATS.items():
@@ -186,8 +188,8 @@ def greedy_search(
 def _guarded(hist: np.ndarray, rows: np.ndarray, tokens: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     """For the candidate positions given, whether their token would start a runaway loop."""
     token, history = tokens[candidates], hist[rows[candidates]]
-    # Cheap filter: only a token that repeats one of the last four can close a repeated n-gram.
-    suspect = (history[:, -4:] == token[:, None]).any(axis=1)
+    # runaway's own first check, over all candidates at once
+    suspect = (history[:, -LOOP_WINDOW:] == token[:, None]).any(axis=1)
     out = np.zeros(len(candidates), dtype=bool)
     for j in np.flatnonzero(suspect):
         out[j] = runaway(history[j].tolist(), int(token[j]))
