@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 MODEL ?= artifacts/default
 
-.PHONY: serve test lint typecheck unit browser office default-model pilot clean
+.PHONY: serve test busy-test lint typecheck unit browser office default-model pilot clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,14 @@ unit: $(VENV)/.installed browser office
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
+
+# The tests that start a server or measure time, with two CPU-bound processes beside them, as on a
+# shared machine or a busy CI runner. Each run must pass.
+BUSY_TESTS := tests/test_live.py tests/test_reliability.py tests/test_hostile.py tests/test_connections.py
+busy-test: $(VENV)/.installed browser
+	@$(BIN)/python -c 'while True: pass' & one=$$!; $(BIN)/python -c 'while True: pass' & two=$$!; \
+	trap 'kill $$one $$two 2>/dev/null' EXIT INT TERM; \
+	$(BIN)/pytest -q $(BUSY_TESTS)
 
 # The default model's recipe (configs/default.toml), then its graphs and scores, all in runs/default/model.
 # Publishing it is copying that directory over artifacts/default (docs/TRAINING.md).

@@ -112,7 +112,9 @@ def measure(args: argparse.Namespace) -> None:
     tok = hf_tokenizer(hf_dir)
     sources = [[*tok.encode(s), tok.ids["</s>"]] for s in test_pairs(args.data_dir)[0][:100]]
     baseline = _status_mb("VmRSS")
-    options = DecodeOptions(beam_size=5, max_length=args.max_length, proportional_limit=False, repetition_guard=False)
+    options = DecodeOptions(
+        beam_size=5, max_length=args.max_length, proportional_limit=False, repetition_guard=False, cut_degenerate=False
+    )
     if engine == "ctranslate2":
         decode = _ct2(model_dir, tok, args.threads, options)
     else:
@@ -168,7 +170,11 @@ def run(args: argparse.Namespace) -> None:
     groups = (runtime or Translator.load(work / precisions[0], args.threads, args.batch_tokens)).batches(lengths)
     for beam in args.beam_size:
         options = DecodeOptions(
-            beam_size=beam, max_length=args.max_length, proportional_limit=False, repetition_guard=False
+            beam_size=beam,
+            max_length=args.max_length,
+            proportional_limit=False,
+            repetition_guard=False,
+            cut_degenerate=False,
         )
         decoders = {key: make(options) for key, (make, _) in engines.items()}
         results = []

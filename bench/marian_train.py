@@ -119,7 +119,7 @@ def score(out: Path, data_dir: str | None, beam: int, limit: int) -> None:
     translator = Translator.load(imported, 2)
     gen = translator.model.manifest.generation
     rules = {"proportional_limit": False, "max_length": gen.max_length, "early_stopping": gen.early_stopping,
-             "forced_eos": gen.forced_eos, "repetition_guard": False}  # fmt: skip
+             "forced_eos": gen.forced_eos, "repetition_guard": False, "cut_degenerate": False}  # fmt: skip
     options = DecodeOptions(beam_size=beam, length_penalty=gen.length_penalty, **rules)  # type: ignore[arg-type]
     t0 = time.perf_counter()
     ours = [t[0].text for t in translator.translate(sources, "fr", options)]

@@ -31,7 +31,9 @@ def _export(args: argparse.Namespace) -> int:
                       (directions[0], directions[0][::-1])), None)  # fmt: skip
         if split is not None:
             sentences = corpus.split_texts(data, data_dir, split, directions[0])[0][:VALIDATION_SENTENCES]
-        report = export_model(args.checkpoint, args.out, text, args.quantize or "fp32", sentences)
+        report = export_model(
+            args.checkpoint, args.out, text, args.quantize or "fp32", sentences, args.repetition_guard != "off"
+        )
     except ExportValidationError as exc:
         sys.exit(f"mtserve export: validation failed: {exc}")
     except (ExportConfigError, FileNotFoundError, ValueError) as exc:
@@ -47,13 +49,26 @@ def _import_marian(args: argparse.Namespace) -> int:
 
     targets = [t for part in args.target or [] for t in part.split(",") if t]
     try:
-        report = import_marian(args.hf_dir, args.out, args.quantize or "fp32", args.source, targets)
+        report = import_marian(
+            args.hf_dir, args.out, args.quantize or "fp32", args.source, targets,
+            repetition_guard=args.repetition_guard == "on",
+        )  # fmt: skip
     except ExportValidationError as exc:
         sys.exit(f"mtserve import: validation failed: {exc}")
     except MarianImportError as exc:
         sys.exit(f"mtserve import: {args.hf_dir}: {exc}")
     print(json.dumps(report, indent=2))
     return 0
+
+
+def _repetition_guard_flag(parser: argparse.ArgumentParser, default: str, why: str) -> None:
+    parser.add_argument(
+        "--repetition-guard",
+        choices=["on", "off"],
+        default=default,
+        help=f"stop repeated n-grams and cut degenerate output when served (default {default}: {why}; "
+        "MTSERVE_REPETITION_GUARD and requests may override it)",
+    )
 
 
 def register(sub: Any) -> None:
@@ -69,6 +84,7 @@ def register(sub: Any) -> None:
     marian.add_argument(
         "--target", action="append", help="target language code(s); several for a multi-target model (>>fra<<)"
     )
+    _repetition_guard_flag(marian, "off", "transformers' own output")
     marian.set_defaults(handler=_import_marian)
 
     export = sub.add_parser("export", help="export a checkpoint directory to ONNX (needs the train extra)")
@@ -84,4 +100,5 @@ def register(sub: Any) -> None:
         "direction the validation sentences (default: the checkpoint's train_config.json)",
     )
     export.add_argument("--data-dir", help="data directory (default: $MTSERVE_DATA_DIR or ../shared/data)")
+    _repetition_guard_flag(export, "on", "mtserve's rules")
     export.set_defaults(handler=_export)

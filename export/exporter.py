@@ -12,7 +12,7 @@ import logging
 import shutil
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +188,7 @@ def export_model(
     training_text: Iterable[str],
     precision: str = "fp32",
     validate_sentences: Sequence[str] = (),
+    repetition_guard: bool = True,
 ) -> dict[str, Any]:
     """Export, validate against PyTorch, write the manifest and report. Returns the report.
 
@@ -197,6 +198,8 @@ def export_model(
     """
     model, sp = load_model_dir(checkpoint)
     conventions = mtserve_conventions(model, sp, checkpoint / cv.TOKENIZER_FILE)
+    rules = Generation(repetition_guard=repetition_guard, cut_degenerate=repetition_guard)
+    conventions = replace(conventions, generation=rules)
     out.mkdir(parents=True, exist_ok=True)
     write_fill_vocab(out, whole_word_ids(sp, training_text))
     probe = [[*ids, cv.EOS_ID] for ids in sp.encode(list(validate_sentences[:16]) or ["A b c.", "D e f g."])]

@@ -336,10 +336,13 @@ def resolve_languages(
     return languages, prefix
 
 
-def generation_defaults(src: MarianDir, special: SpecialIds) -> tuple[Generation, list[int]]:
+def generation_defaults(
+    src: MarianDir, special: SpecialIds, repetition_guard: bool = False
+) -> tuple[Generation, list[int]]:
     """generation_config.json (config.json in older exports) -> decoding defaults, and the ids never generated.
 
-    transformers' max_length counts the decoder's start token; mtserve's counts generated tokens."""
+    transformers' max_length counts the decoder's start token; mtserve's counts generated tokens.
+    transformers has no repetition guard nor cut of degenerate output: both stay off unless asked."""
     gen = {**{k: v for k, v in src.config.items() if k in ("num_beams", "max_length")}, **src.generation}
     never = [special.pad]
     for sequence in gen.get("bad_words_ids") or []:
@@ -357,6 +360,8 @@ def generation_defaults(src: MarianDir, special: SpecialIds) -> tuple[Generation
             max_length=max(1, int(gen.get("max_length", 512)) - 1),
             early_stopping=bool(gen.get("early_stopping", False)),
             forced_eos=forced is not None and int(forced) == special.eos,
+            repetition_guard=repetition_guard,
+            cut_degenerate=repetition_guard,
         ),
         never,
     )
@@ -387,13 +392,14 @@ def import_marian(
     source: str | None = None,
     targets: Sequence[str] = (),
     check_sentences: Sequence[str] = CHECK_SENTENCES,
+    repetition_guard: bool = False,
 ) -> dict[str, Any]:
     """Convert, export and validate. Returns the export report (also written beside the graphs)."""
     src = read_marian_dir(hf_dir)
     check_config(src)
     special = check_vocab(src, int(_field(src.config, "vocab_size")))
     languages, prefix = resolve_languages(src, source, targets)
-    generation, never = generation_defaults(src, special)
+    generation, never = generation_defaults(src, special, repetition_guard)
     cfg = model_config(src, languages, never)
     model = Transformer(cfg)
     state = convert_state(_load_weights(src.weights), cfg, model.state_dict())

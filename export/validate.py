@@ -95,7 +95,7 @@ def validate_export(
         prefixed = [[*onnx.manifest.source_prefix.get(target, []), *s] for s in sources]
         with torch.no_grad():
             reference = [h[0].tokens for h in torch_beam_search(model, prefixed, tag, beam_size=1)]
-        options = DecodeOptions(beam_size=1, repetition_guard=False)  # the reference has no guard
+        options = DecodeOptions(beam_size=1, repetition_guard=False, cut_degenerate=False)  # the reference has no guard
         runtime = [h[0].tokens for h in beam_search(onnx, prefixed, [tag] * len(prefixed), options)]
         mismatches = [i for i, (a, b) in enumerate(zip(reference, runtime, strict=True)) if a != b]
         report["greedy"] = {"sentences": len(sources), "identical": len(sources) - len(mismatches)}

@@ -8,8 +8,9 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from service.languages import ModelLanguages
 
@@ -45,6 +46,10 @@ class Generation(BaseModel):
     proportional_limit: bool = True  # also at most 2·source + 10 tokens (conventions.max_target_length)
     early_stopping: bool = True  # a sentence ends once beam_size hypotheses have
     forced_eos: bool = False  # at the limit a hypothesis ends with EOS at probability 1
+    # mtserve's own rules against runaway output (service/runtime/degenerate.py, docs/DESIGN.md): on
+    # for models trained here; an import keeps its source engine's behaviour, which has neither.
+    repetition_guard: bool = True  # a token may not extend a run of a repeated 1- to 4-gram
+    cut_degenerate: bool = True  # degenerate hypotheses rank last; only-degenerate output is cut
 
 
 class TokenizerSpec(BaseModel):
@@ -85,6 +90,16 @@ class Manifest(BaseModel):
     # Target language -> tokens put before the source (a multi-target Marian model's >>fra<<).
     source_prefix: dict[str, list[int]] = {}
     generation: Generation = Generation()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _runaway_rules_by_origin(cls, data: Any) -> Any:
+        """Manifests written before the runaway rules were recorded: models trained here had them,
+        imports are served as their source engine decodes."""
+        if isinstance(data, dict) and isinstance(data.get("generation"), dict):
+            generation, own = data["generation"], data.get("origin", "mtserve") == "mtserve"
+            data = {**data, "generation": {"repetition_guard": own, "cut_degenerate": own, **generation}}
+        return data
 
     @property
     def has_mlm_head(self) -> bool:

@@ -38,7 +38,10 @@ def _options(args: argparse.Namespace, generation: Any) -> Any:
     try:
         if args.beam_size is not None and args.n_best > args.beam_size:
             raise ValueError(f"n_best must lie in 1..beam_size ({args.beam_size}), got {args.n_best}")
-        return DecodeOptions.from_generation(generation, args.n_best, args.beam_size, args.length_penalty)
+        guard = {"on": True, "off": False}.get(args.repetition_guard)
+        return DecodeOptions.from_generation(
+            generation, args.n_best, args.beam_size, args.length_penalty, repetition_guard=guard
+        )
     except ValueError as exc:
         sys.exit(f"mtserve: {exc}")
 
@@ -143,6 +146,12 @@ def _decoding(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-best", type=int, default=1)
     parser.add_argument("--length-penalty", type=float, help="default: the model's (1.0 for mtserve's own)")
     parser.add_argument("--batch-tokens", type=int, default=2048, help="source tokens per batch")
+    parser.add_argument(
+        "--repetition-guard",
+        choices=["model", "on", "off"],
+        default="model",
+        help="stop runaway repeats and cut degenerate output (default: the model's own setting)",
+    )
 
 
 def register(sub: Any) -> None:

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
 from bench.marian_models import Variant, build_marian_dir
 from export.marian import MarianImportError, import_marian
 from model.corpus import read_lines
-from service.runtime.beam import DecodeOptions, beam_search
+from service.api.app import create_app
+from service.api.settings import Settings
+from service.conventions import max_target_length
+from service.runtime.beam import DecodeOptions, beam_search, runaway
 from service.runtime.sessions import OnnxModel
 from service.runtime.translator import Translator
 
@@ -112,7 +118,13 @@ def test_imported_greedy_and_beam_match_generate(
     model, onnx, sources = _both(imported, corpus[0][-SENTENCES:])
     start = onnx.languages.tag_ids["fr"]
     limit = variant.max_length - 1  # transformers' max_length counts the decoder start token
-    rules = {"proportional_limit": False, "max_length": limit, "forced_eos": True, "repetition_guard": False}
+    rules = {
+        "proportional_limit": False,
+        "max_length": limit,
+        "forced_eos": True,
+        "repetition_guard": False,
+        "cut_degenerate": False,
+    }
     greedy = DecodeOptions(beam_size=1, **rules)  # type: ignore[arg-type]
     ours = [h[0].tokens for h in beam_search(onnx, sources, [start] * len(sources), greedy)]
     theirs = _generate(model, sources, onnx.pad_id, num_beams=1, max_length=variant.max_length)
@@ -141,7 +153,12 @@ def test_imported_translator_decodes_text_as_transformers(
     generation = translator.model.manifest.generation
     assert (generation.beam_size, generation.max_length) == (variant.num_beams, variant.max_length - 1)
     options = DecodeOptions(
-        beam_size=1, proportional_limit=False, max_length=generation.max_length, forced_eos=True, repetition_guard=False
+        beam_size=1,
+        proportional_limit=False,
+        max_length=generation.max_length,
+        forced_eos=True,
+        repetition_guard=False,
+        cut_degenerate=False,
     )
     ours = [t[0].text for t in translator.translate(texts, "fr", options)]
     prefix = ">>fra<< " if variant.language_tokens else ""
@@ -211,3 +228,61 @@ def test_the_import_command_writes_a_served_model_and_names_a_bad_directory(good
     (bad / "vocab.json").unlink()
     done = subprocess.run([*command[:5], str(bad), "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert done.returncode != 0 and "vocab.json: missing" in done.stderr
+
+
+def _mtserve_translate(model_dir: Path, texts: Sequence[str], *flags: str) -> list[str]:
+    command = [sys.executable, "-m", "service.cli", "translate", "--model", str(model_dir), "--source", "en"]
+    done = subprocess.run([*command, "--target", "fr", *flags], input="\n".join(texts) + "\n",
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def _loops(tokens: Sequence[int]) -> bool:
+    """Whether the guard would have stopped this output somewhere."""
+    return any(runaway(tokens[:i], tokens[i]) for i in range(len(tokens)))
+
+
+def test_an_import_served_with_its_defaults_translates_as_generate(
+    imported: tuple[Variant, Path, Path], corpus: tuple[list[str], list[str]]
+) -> None:
+    """Default settings: no repetition guard, no cut, so the import gives transformers' own
+    translations, except where the proportional limit (2·source + 10 tokens) cuts them first."""
+    variant, hf_dir, out = imported
+    model, tokenizer = _hf(hf_dir)
+    texts = corpus[0][-SENTENCES:]
+    sources = _sources(tokenizer, texts, ">>fra<< " if variant.language_tokens else "")
+    within: list[bool] = []
+    for flags, kwargs in (((), {}), (("--beam-size", "1"), {"num_beams": 1})):
+        theirs = _generate(model, sources, tokenizer.pad_token_id, **kwargs)  # type: ignore[attr-defined]
+        ours = _mtserve_translate(out, texts, *flags)
+        within = [len(t) + 1 <= max_target_length(len(s)) for t, s in zip(theirs, sources, strict=True)]
+        expected = [tokenizer.decode(t, skip_special_tokens=True) for t in theirs]  # type: ignore[attr-defined]
+        differ = [i for i in range(len(texts)) if within[i] and ours[i] != expected[i]]
+        assert not differ, f"{flags or 'beam'}: {len(differ)} differ, first {ours[differ[0]]!r} {expected[differ[0]]!r}"
+        print(f"{flags or 'beam'}: {within.count(False)} of {len(texts)} cut by the proportional limit")
+    assert within.count(True) >= SENTENCES * 0.8
+
+
+def test_the_guard_by_setting_or_request_changes_a_looping_sentence(
+    imported: tuple[Variant, Path, Path], corpus: tuple[list[str], list[str]]
+) -> None:
+    variant, hf_dir, out = imported
+    model, tokenizer = _hf(hf_dir)
+    texts = corpus[0][:SENTENCES]
+    sources = _sources(tokenizer, texts, ">>fra<< " if variant.language_tokens else "")
+    greedy = _generate(model, sources, tokenizer.pad_token_id, num_beams=1)  # type: ignore[attr-defined]
+    looping = [texts[i] for i, tokens in enumerate(greedy) if _loops(tokens)]
+    assert looping, "no sentence of the fixture loops"
+    body = {"texts": looping[:4], "source": "en", "target": "fr", "beam_size": 1}
+    with TestClient(create_app(Settings(models=[out]))) as client:
+        response = client.post("/v1/translate", json=body)
+        assert response.status_code == 200, response.text
+        plain = [t["text"] for t in response.json()["translations"]]
+        asked = client.post("/v1/translate", json={**body, "repetition_guard": True}).json()["translations"]
+    with TestClient(create_app(Settings(models=[out], repetition_guard="on"))) as client:
+        guarded = [t["text"] for t in client.post("/v1/translate", json=body).json()["translations"]]
+        overruled = client.post("/v1/translate", json={**body, "repetition_guard": False}).json()["translations"]
+    assert plain == [tokenizer.decode(greedy[texts.index(t)], skip_special_tokens=True) for t in looping[:4]]  # type: ignore[attr-defined]
+    assert [t["text"] for t in asked] == guarded and all(g != p for g, p in zip(guarded, plain, strict=True))
+    assert [t["text"] for t in overruled] == plain

@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -138,3 +140,55 @@ def test_a_client_that_disconnects_frees_its_work(tmp_path: Path) -> None:
         done = metric_value(metrics, "mtserve_batch_sentences_sum")
         assert done < 1920 / 2, f"{done:.0f} of 1,920 sentences translated for a client that had left"
         assert metric_value(metrics, "mtserve_queue_depth") == 0
+
+
+@contextmanager
+def _files_dir_that_fails(base: Path) -> Iterator[tuple[Path, int, Callable[[], None]]]:
+    """A files directory whose writes fail, the status expected, and how to make room again: a
+    2 MiB tmpfs filled but for one page where the machine allows mounting one (507, no space),
+    else a directory this user cannot write (503)."""
+    directory = base / "files"
+    directory.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(directory)],
+                             capture_output=True).returncode == 0  # fmt: skip
+    try:
+        if mounted:
+            filler = directory / "filler"
+            with filler.open("wb") as handle:
+                handle.write(b"\0" * ((2 << 20) - 4096))
+            yield directory, 507, lambda: filler.unlink()
+        elif os.geteuid() != 0:
+            directory.chmod(0o500)
+            yield directory, 503, lambda: directory.chmod(0o700)
+        else:  # root without mount: a files directory below a plain file cannot exist
+            (base / "plain").write_text("")
+            yield base / "plain" / "files", 503, lambda: pytest.skip("no way to make room in this set-up")
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(directory)], check=False)
+
+
+def test_a_full_files_directory_answers_5xx_naming_it_and_text_goes_on(tmp_path: Path) -> None:
+    text = "\n".join(f"Sentence number {i}: a man in a blue shirt is standing on a ladder." for i in range(60))
+    upload = {"file": ("notes.txt", text.encode())}
+    with _files_dir_that_fails(tmp_path) as (directory, status, make_room):
+        env = {"MTSERVE_LOG_LEVEL": "warning", "MTSERVE_FILES_DIR": str(directory)}
+        with live_server(env=env, log_dir=tmp_path) as server, httpx.Client(base_url=server.url, timeout=60) as http:
+            before = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
+            r = http.post("/translate_file", data={"source": "en", "target": "fr"}, files=upload)
+            assert r.status_code == status, r.text
+            assert str(directory) in r.json()["error"] and "MTSERVE_FILES_DIR" in r.json()["error"]
+            assert status == 507 or int(r.headers["retry-after"]) >= 1
+            after = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
+            assert after == before, f"left behind: {set(after) - set(before)}"
+            files = http.get("/health").json()["files"]
+            assert http.get("/health").status_code == 200 and files["state"] in ("full", "unwritable", "missing")
+            assert files["directory"] == str(directory)
+            ok = http.post("/translate", json={"q": SENTENCE, "source": "en", "target": "fr"})
+            assert ok.status_code == 200 and "homme" in ok.json()["translatedText"]
+            make_room()
+            r = http.post("/translate_file", data={"source": "en", "target": "fr"}, files=upload)
+            assert r.status_code == 200, r.text
+            translated = http.get(r.json()["translatedFileUrl"].replace("http://testserver", server.url))
+            assert translated.status_code == 200 and translated.text.count("\n") == 59
+            assert http.get("/health").json()["files"]["state"] == "ok"

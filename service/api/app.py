@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if not finished:
                 log.warning("drain period (%.0f s) ended with work still queued", settings.drain_s)
             await state.scheduler.stop()
+            state.files.close()
 
     app = FastAPI(
         title="mtserve",

@@ -37,6 +37,7 @@ class Requested:
     length_penalty: float | None = None
     max_length: int | None = None
     glossary: Glossary | None = None
+    repetition_guard: bool | None = None  # with the cut of degenerate output; None: the operator's or model's
 
 
 def resident_bytes() -> int:
@@ -62,14 +63,15 @@ class ServedModel:
     def languages(self) -> ModelLanguages:
         return self.translator.languages
 
-    def options(self, requested: Requested, default_beam: int = 0) -> DecodeOptions:
-        """The request's choices over the operator's default beam over the model's own defaults."""
+    def options(self, requested: Requested, default_beam: int = 0, guard: bool | None = None) -> DecodeOptions:
+        """The request's choices over the operator's (default beam, `guard`) over the model's own defaults."""
         return DecodeOptions.from_generation(
             self.translator.model.manifest.generation,
             requested.n_best,
             requested.beam_size or default_beam or None,
             requested.length_penalty,
             requested.max_length,
+            guard if requested.repetition_guard is None else requested.repetition_guard,
         )
 
 

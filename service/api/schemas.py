@@ -95,6 +95,11 @@ class TranslateRequest(BaseModel):
         None, ge=0.0, le=4.0, description="score = log p / length^length_penalty; default: the model's (1.0)"
     )
     max_length: int | None = Field(None, ge=1, le=256, description="target tokens per sentence, EOS included")
+    repetition_guard: bool | None = Field(
+        None,
+        description="stop runaway repeats and cut degenerate output (docs/DESIGN.md); default: "
+        "MTSERVE_REPETITION_GUARD, else the model's own (on for mtserve's models, off for imports)",
+    )
     glossary: (
         Annotated[str, Field(max_length=200)] | Annotated[list[GlossaryEntry], Field(max_length=MAX_ENTRIES)] | None
     ) = Field(
@@ -150,8 +155,15 @@ FillMaskResponse = list[FillCandidate] | list[list[FillCandidate]]
 # ---- operations ------------------------------------------------------------------------------
 
 
+class FilesDir(BaseModel):
+    directory: str
+    state: Literal["ok", "full", "unwritable", "missing"]
+    free_bytes: int | None
+
+
 class Health(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok"]  # the process answers; the parts below may still be degraded
+    files: FilesDir  # where /translate_file stores translated documents
 
 
 class Readiness(BaseModel):

@@ -12,6 +12,7 @@ from types import FrameType
 import uvicorn
 
 from service.api import logs
+from service.api.connections import guarded_protocol
 from service.api.models import ModelSetError, check_model_dirs
 from service.api.settings import Settings
 from service.manifest import ModelFileError
@@ -61,6 +62,8 @@ def serve(settings: Settings) -> int:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(settings.drain_s),
+        timeout_keep_alive=settings.keepalive_s,
+        http=guarded_protocol(settings.header_timeout_s, settings.max_connections, settings.retry_after_s),
         lifespan="on",
     )
     server = DrainingServer(config)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     workers: int = Field(
         default=0, ge=0, le=8, description="model batches that may run at once; 0: one per core of the CPU quota"
     )
+    repetition_guard: Literal["model", "on", "off"] = Field(
+        default="model",
+        description="the repetition guard and the cut of degenerate output for every model; model: each model's own",
+    )
     default_beam_size: int = Field(
         default=0, ge=0, le=8, description="beam of requests that name none; 0: each model's own (mtserve: 5)"
     )
@@ -73,6 +77,14 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(default=30.0, gt=0)
     drain_s: float = Field(default=25.0, ge=0, description="on SIGTERM, time allowed to finish accepted work")
     retry_after_s: int = Field(default=1, ge=1)
+    # connections (docs/DEPLOY.md: keep idle connections longer than any load balancer in front)
+    keepalive_s: int = Field(default=75, ge=1, description="an idle keep-alive connection is closed after this long")
+    header_timeout_s: float = Field(
+        default=20.0, gt=0, description="time a connection has to send a request's headers, from its first byte or open"
+    )
+    max_connections: int = Field(
+        default=1024, ge=1, description="open connections; a request on one beyond them gets 503 with Retry-After"
+    )
     # LibreTranslate-style limits (-1: none)
     char_limit: int = Field(default=5000, ge=-1)
     batch_limit: int = Field(default=64, ge=-1)
@@ -84,6 +96,9 @@ class Settings(BaseSettings):
     max_file_bytes: int = Field(default=20 << 20, ge=1024, description="largest upload /translate_file takes")
     file_char_limit: int = Field(
         default=200_000, ge=-1, description="characters of text one file may hold for /translate_file; -1: none"
+    )
+    files_dir: Path | None = Field(
+        default=None, description="where translated files wait for download; empty: a fresh temporary directory"
     )
     glossary_dir: Path | None = Field(
         default=None, description="directory of NAME.tsv glossaries (source<TAB>target) requests may name"

@@ -71,10 +71,12 @@ class ServiceState:
             languages=models.languages,
             detector=Detector(models.languages.codes),
             scheduler=scheduler,
-            translations=TranslationService(models, scheduler, settings.default_beam_size),
+            translations=TranslationService(
+                models, scheduler, settings.default_beam_size, {"on": True, "off": False}.get(settings.repetition_guard)
+            ),
             keys=KeyRing(settings.api_keys, settings.require_api_key),
             rate_limiter=RateLimiter(settings.req_limit),
-            files=FileStore(ttl_s=settings.file_ttl_s),
+            files=FileStore(settings.files_dir, ttl_s=settings.file_ttl_s),
             glossaries=load_glossary_dir(settings.glossary_dir) if settings.glossary_dir else {},
             model_sha=sha,
             model_version=version,

@@ -46,10 +46,13 @@ INLINE_PLAN_CHARS = 1000
 
 
 class TranslationService:
-    def __init__(self, models: ModelSet, scheduler: Scheduler, default_beam: int = 0) -> None:
+    def __init__(
+        self, models: ModelSet, scheduler: Scheduler, default_beam: int = 0, repetition_guard: bool | None = None
+    ) -> None:
         self.models = models
         self.scheduler = scheduler
         self.default_beam = default_beam
+        self.repetition_guard = repetition_guard  # the operator's, over every model's own; None: each model's
 
     async def translate(
         self, texts: Sequence[str], sources: Sequence[str], target: str, requested: Requested, deadline: float
@@ -135,7 +138,7 @@ class TranslationService:
         requested: Requested,
         deadline: float,
     ) -> list[TextTranslation]:
-        options = model.options(requested, self.default_beam)
+        options = model.options(requested, self.default_beam, self.repetition_guard)
         layouts = self._layouts(texts, sources, target)
         sentences = {
             (i, j): sentence

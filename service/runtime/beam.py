@@ -10,7 +10,8 @@
 - keys and values stay where the decoder step wrote them: each row reads its history through
   the cache's beam indices (service/runtime/kv_cache.py); finished sentences leave the batch;
 - ties are broken by the lower token id, so a sentence decodes the same alone or in any batch;
-- a repetition guard stops runaway loops of the same 1- to 4-gram.
+- a repetition guard stops runaway loops of the same 1- to 4-gram, and degenerate hypotheses
+  rank last (both per model: the manifest's generation, an operator setting, a request).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 from service.conventions import MAX_LENGTH_CAP, max_target_length
 from service.graphs import MAX_BEAM
 from service.manifest import Generation
-from service.runtime.degenerate import Quality, sane_first
+from service.runtime.degenerate import Quality, mark_degenerate, sane_first
 from service.runtime.kv_cache import compact_rows, compaction_order
 from service.runtime.sessions import OnnxModel
 
@@ -59,7 +60,8 @@ class DecodeOptions:
     n_best: int = 1
     length_penalty: float = 1.0
     max_length: int = 0  # 0: the shared rule, max_target_length(source tokens)
-    repetition_guard: bool = True  # stop repeated n-grams; rank degenerate hypotheses last (degenerate.py)
+    repetition_guard: bool = True  # a token may not extend a run of a repeated 1- to 4-gram (runaway)
+    cut_degenerate: bool = True  # degenerate hypotheses rank last, only-degenerate output is cut (degenerate.py)
     # Rules where beam searches differ; the defaults are mtserve's (and CTranslate2's) choices.
     proportional_limit: bool = True  # the limit is also max_target_length(source tokens)
     early_stopping: bool = True  # a sentence ends once beam_size hypotheses have ended
@@ -81,8 +83,10 @@ class DecodeOptions:
         beam_size: int | None = None,
         length_penalty: float | None = None,
         max_length: int | None = None,
+        repetition_guard: bool | None = None,
     ) -> DecodeOptions:
-        """A request's choices over a model's own defaults (its manifest's generation); None: the model's."""
+        """A request's choices over a model's own defaults (its manifest's generation); None: the model's.
+        `repetition_guard` switches the guard and the cut of degenerate output together."""
         return cls(
             beam_size=max(beam_size or generation.beam_size, n_best),
             n_best=n_best,
@@ -91,6 +95,8 @@ class DecodeOptions:
             proportional_limit=generation.proportional_limit,
             early_stopping=generation.early_stopping,
             forced_eos=generation.forced_eos,
+            repetition_guard=generation.repetition_guard if repetition_guard is None else repetition_guard,
+            cut_degenerate=generation.cut_degenerate if repetition_guard is None else repetition_guard,
         )
 
     def limit(self, source_tokens: int) -> int:
@@ -113,6 +119,13 @@ def runaway(tokens: Sequence[int], nxt: int) -> bool:
             if all(tail[i] == tail[i % n] for i in range(span)):
                 return True
     return False
+
+
+def _ranked(hyps: list[Hypothesis], source: Sequence[int], n_best: int, options: DecodeOptions) -> list[Hypothesis]:
+    """The n_best to return: sane ones first and only-degenerate output cut, or by score alone, marked."""
+    if options.cut_degenerate:
+        return sane_first(hyps, source, n_best)
+    return mark_degenerate(sorted(hyps, key=lambda h: -h.score)[:n_best], source)
 
 
 def _pad_sources(sources: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -180,9 +193,7 @@ def greedy_search(
             cache.reorder(rows, rows)  # finished rows leave the cache
             alive, mask, cross, riding = alive[rows], mask[rows], compact_rows(cross, rows), riding[rows]
         last = np.asarray([tokens[s][-1] if tokens[s] else eos for s in alive], dtype=np.int64)
-    if options.repetition_guard:
-        return [sane_first(r, source, 1) for r, source in zip(results, sources, strict=True)]
-    return results
+    return [_ranked(r, source, 1, options) for r, source in zip(results, sources, strict=True)]
 
 
 def _guarded(hist: np.ndarray, rows: np.ndarray, tokens: np.ndarray, candidates: np.ndarray) -> np.ndarray:
@@ -290,6 +301,4 @@ def beam_search(
         else:
             cache.reorder(next_rows)  # each row reads the history of the beam it continues
 
-    if options.repetition_guard:
-        return [sane_first(f, source, options.n_best) for f, source in zip(finished, sources, strict=True)]
-    return [sorted(f, key=lambda h: -h.score)[: options.n_best] for f in finished]
+    return [_ranked(f, source, options.n_best, options) for f, source in zip(finished, sources, strict=True)]

@@ -81,6 +81,14 @@ def _repair(hyp: Hypothesis, source_tokens: int, source_share: float) -> Hypothe
     return replace(hyp, tokens=tokens, score=hyp.score - LOW_QUALITY_PENALTY, quality="low")
 
 
+def mark_degenerate(hyps: Sequence[Hypothesis], source: Sequence[int]) -> list[Hypothesis]:
+    """The hypotheses as they are, in their order, with quality "low" on each degenerate one (for a
+    model served without the cut: its own output, flagged)."""
+    body = source[:-1]
+    share = _repeated_share(body)
+    return [replace(h, quality="low") if _degenerate(h, len(body), share) else h for h in hyps]
+
+
 def sane_first(hyps: Sequence[Hypothesis], source: Sequence[int], n_best: int) -> list[Hypothesis]:
     """The n_best to return, best first: sane ones by score, then degenerate ones; all
     degenerate: the repaired best, marked low."""

@@ -25,6 +25,7 @@ from service.api.documents import (
     translated_name,
 )
 from service.api.errors import ApiError, guarded
+from service.api.files import FilesDirError
 from service.api.glossaries import resolve_glossary
 from service.api.lt_spec import libretranslate_spec
 from service.api.markup import HtmlDocument
@@ -260,7 +261,7 @@ async def frontend_settings(state: StateDep) -> dict[str, Any]:
 @router.post(
     "/translate_file",
     response_model=LtTranslateFileResponse,
-    responses=error_responses(400, 403, 413, 429, 500, 503, 504),
+    responses=error_responses(400, 403, 413, 429, 500, 503, 504, 507),
     summary="Translate a file: .txt, .html, .srt, .docx, .pptx, .odt, .odp or .epub (LibreTranslate)",
     openapi_extra={
         "requestBody": {
@@ -325,7 +326,11 @@ async def translate_file(request: Request, state: StateDep) -> LtTranslateFileRe
         ),
     )
     content = document.render([r.text for r in results])
-    file_id = state.files.put(translated_name(name, target), content)
+    try:
+        file_id = await asyncio.to_thread(state.files.put, translated_name(name, target), content)
+    except FilesDirError as exc:
+        retry = {"Retry-After": str(state.settings.retry_after_s)} if exc.status == 503 else None
+        raise ApiError(exc.status, exc.message, retry) from None
     return LtTranslateFileResponse(translatedFileUrl=str(request.url_for("download_file", filename=file_id)))
 
 
@@ -333,10 +338,11 @@ async def translate_file(request: Request, state: StateDep) -> LtTranslateFileRe
             responses=error_responses(404))  # fmt: skip
 async def download_file(filename: str, state: StateDep) -> Response:
     stored = state.files.get(filename)
-    if stored is None:
+    content = None if stored is None else await asyncio.to_thread(state.files.read, stored)
+    if stored is None or content is None:
         raise ApiError(404, f"File not found (translated files are kept for {state.files.ttl_s / 60:g} minutes)")
     return Response(
-        stored.content,
+        content,
         media_type=MEDIA_TYPES.get(document_format(stored.name), "application/octet-stream"),
         headers={"Content-Disposition": f'attachment; filename="{stored.name}"'},
     )

@@ -71,6 +71,7 @@ async def translate(body: TranslateRequest, request: Request, state: StateDep) -
         beam_size=body.beam_size,
         length_penalty=body.length_penalty,
         max_length=body.max_length,
+        repetition_guard=body.repetition_guard,
         glossary=resolve_glossary(
             body.glossary if isinstance(body.glossary, str) or body.glossary is None
             else [e.model_dump() for e in body.glossary],

@@ -8,15 +8,18 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.api.schemas import Health, Readiness
+from service.api.schemas import FilesDir, Health, Readiness
 from service.api.state import StateDep
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/health", response_model=Health, summary="The process is alive")
-async def health() -> Health:
-    return Health(status="ok")
+@router.get("/health", response_model=Health, summary="The process is alive; the state of the files directory")
+async def health(state: StateDep) -> Health:
+    files = state.files.health()
+    return Health(
+        status="ok", files=FilesDir(directory=files.directory, state=files.state, free_bytes=files.free_bytes)
+    )
 
 
 @router.get(
