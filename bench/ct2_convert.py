@@ -37,7 +37,9 @@ def _ffn(spec: Any, layer: FeedForward, norm: torch.nn.Module) -> None:
     _linear(spec.linear_1, [cast(torch.nn.Linear, layer.net[2])])
 
 
-def build_spec(model: Transformer, pieces: list[str]) -> Any:
+def build_spec(model: Transformer, pieces: list[str], source_eos: bool = False) -> Any:
+    """`source_eos`: CTranslate2 appends </s> to each source itself (as an Argos package of this model
+    needs, since its users pass SentencePiece pieces only); else the caller's sources carry it."""
     cfg = model.cfg
     if not cfg.pre_norm:
         raise NotImplementedError("post-norm: set pre_norm=False in the spec and map the norms after each sublayer")
@@ -74,16 +76,16 @@ def build_spec(model: Transformer, pieces: list[str]) -> Any:
     spec.decoder.projection.bias = np.zeros(cfg.vocab_size, dtype=np.float32)
     # The decoder starts from the target-language tag, given as the target prefix.
     spec.config.decoder_start_token = None
-    spec.config.add_source_eos = False  # sources arrive with </s> already
+    spec.config.add_source_eos = source_eos
     spec.register_source_vocabulary(pieces)
     spec.register_target_vocabulary(pieces)
     return spec
 
 
-def convert(model_dir: Path, out: Path, quantization: str | None = None) -> Path:
+def convert(model_dir: Path, out: Path, quantization: str | None = None, source_eos: bool = False) -> Path:
     model, sp = load_model_dir(model_dir)
     pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
-    spec = build_spec(model, pieces)
+    spec = build_spec(model, pieces, source_eos)
     spec.validate()
     spec.optimize(quantization=quantization)
     out.mkdir(parents=True, exist_ok=True)

@@ -61,6 +61,43 @@ def _import_marian(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_ctranslate2(args: argparse.Namespace) -> int:
+    require_torch()
+    from export.ctranslate2 import ARGOS_GENERATION, CT2ImportError, import_ctranslate2
+    from export.exporter import ExportValidationError
+
+    guard = args.repetition_guard == "on"
+    generation = ARGOS_GENERATION.model_copy(update={"repetition_guard": guard, "cut_degenerate": guard})
+    try:
+        report = import_ctranslate2(
+            args.ct2_dir, args.out, args.source, args.target, args.spm, args.target_spm, args.target_prefix,
+            args.quantize or "fp32", generation,
+        )  # fmt: skip
+    except ExportValidationError as exc:
+        sys.exit(f"mtserve import: validation failed: {exc}")
+    except CT2ImportError as exc:
+        sys.exit(f"mtserve import: {args.ct2_dir}: {exc}")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _import_argos(args: argparse.Namespace) -> int:
+    require_torch()
+    from export.argos import default_packages_dir, import_packages
+
+    paths = args.paths or [default_packages_dir()]
+    if not args.paths:
+        print(f"packages from {paths[0]} (LibreTranslate's packages directory)", file=sys.stderr)
+    outcomes = import_packages(paths, args.out, args.quantize or "fp32")
+    for outcome in outcomes:
+        print(outcome.line(), flush=True)
+    imported = sum(o.problem is None for o in outcomes)
+    if not outcomes:
+        print(f"no package found in {', '.join(map(str, paths))}", file=sys.stderr)
+    # 0: all imported; 1: some skipped (their lines say why); 2: none imported
+    return 0 if outcomes and imported == len(outcomes) else 1 if imported else 2
+
+
 def _repetition_guard_flag(parser: argparse.ArgumentParser, default: str, why: str) -> None:
     parser.add_argument(
         "--repetition-guard",
@@ -86,6 +123,31 @@ def register(sub: Any) -> None:
     )
     _repetition_guard_flag(marian, "off", "transformers' own output")
     marian.set_defaults(handler=_import_marian)
+
+    argos = kinds.add_parser(
+        "argos",
+        help="Argos Translate packages (LibreTranslate's): .argosmodel files, package folders, or folders of them",
+    )
+    argos.add_argument(
+        "paths", nargs="*", type=Path, metavar="PATH",
+        help="default: LibreTranslate's packages directory ($ARGOS_PACKAGES_DIR, argos-translate's settings.json, "
+        "else ~/.local/share/argos-translate/packages)",
+    )  # fmt: skip
+    argos.add_argument("--out", type=Path, required=True, help="directory for one model directory per package")
+    argos.add_argument("--quantize", choices=["int8"], help="int8 MatMul weights (as `mtserve export`)")
+    argos.set_defaults(handler=_import_argos)
+
+    ct2 = kinds.add_parser("ctranslate2", help="a CTranslate2 Transformer directory (model.bin, vocabulary)")
+    ct2.add_argument("ct2_dir", type=Path, metavar="CT2_DIR")
+    ct2.add_argument("--out", type=Path, required=True, help="model directory to write")
+    ct2.add_argument("--source", required=True, help="source language code")
+    ct2.add_argument("--target", required=True, help="target language code")
+    ct2.add_argument("--spm", type=Path, required=True, help="the source SentencePiece model (and the target's)")
+    ct2.add_argument("--target-spm", type=Path, help="the target SentencePiece model, where it differs")
+    ct2.add_argument("--target-prefix", help="the decoder's first token, where config.json has no decoder_start_token")
+    ct2.add_argument("--quantize", choices=["int8"], help="int8 MatMul weights (as `mtserve export`)")
+    _repetition_guard_flag(ct2, "off", "CTranslate2's own output")
+    ct2.set_defaults(handler=_import_ctranslate2)
 
     export = sub.add_parser("export", help="export a checkpoint directory to ONNX (needs the train extra)")
     export.add_argument("--checkpoint", type=Path, required=True, help="model directory written by `mtserve train`")

@@ -35,9 +35,15 @@ def lingua_language(code: str) -> Language | None:
         return None
 
 
+# Argos Translate's own codes, with the names its packages give them
+ARGOS_NAMES = {"zt": "Chinese (traditional)", "pb": "Portuguese (Brazil)"}
+
+
 @cache
 def language_name(code: str) -> str:
     """English name of a language code ("de" -> "German"); the code itself when unknown."""
+    if code in ARGOS_NAMES:
+        return ARGOS_NAMES[code]
     language = lingua_language(code)
     return language.name.capitalize() if language else code
 

@@ -46,6 +46,7 @@ class Generation(BaseModel):
     proportional_limit: bool = True  # also at most 2·source + 10 tokens (conventions.max_target_length)
     early_stopping: bool = True  # a sentence ends once beam_size hypotheses have
     forced_eos: bool = False  # at the limit a hypothesis ends with EOS at probability 1
+    min_length: int = 0  # tokens before EOS may end a hypothesis (CTranslate2's min_decoding_length: 1)
     # mtserve's own rules against runaway output (service/runtime/degenerate.py, docs/DESIGN.md): on
     # for models trained here; an import keeps its source engine's behaviour, which has neither.
     repetition_guard: bool = True  # a token may not extend a run of a repeated 1- to 4-gram
@@ -54,7 +55,8 @@ class Generation(BaseModel):
 
 class TokenizerSpec(BaseModel):
     """ "sentencepiece": one model whose ids are the model's (mtserve's own). "vocab": a source and
-    a target SentencePiece model whose pieces map to ids through one vocabulary (Marian's)."""
+    a target SentencePiece model whose pieces map to ids through a vocabulary (Marian's, CTranslate2's):
+    files role `vocab`, and `target_vocab` where the target side has its own."""
 
     model_config = ConfigDict(extra="forbid")
     kind: str = "sentencepiece"
@@ -82,13 +84,14 @@ class Manifest(BaseModel):
     n_heads: int
     decoder_layers: int
     head_dim: int
-    # Where the model came from ("mtserve", or "marian" for an import) and how it decodes.
+    # Where the model came from ("mtserve"; "marian", "ctranslate2" or "argos" for an import) and how it decodes.
     origin: str = "mtserve"
     tokenizer: TokenizerSpec = TokenizerSpec()
     # Target language -> the decoder's first token; None: special_ids.language_tags.
     decoder_start: dict[str, int] | None = None
     # Target language -> tokens put before the source (a multi-target Marian model's >>fra<<).
     source_prefix: dict[str, list[int]] = {}
+    source_eos: bool = True  # EOS ends every source (an OpenNMT-py model imported from CTranslate2 has none)
     generation: Generation = Generation()
 
     @model_validator(mode="before")

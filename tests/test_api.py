@@ -98,8 +98,8 @@ def test_html_keeps_tags_and_attributes(client: TestClient) -> None:
 
 def test_languages_and_frontend_settings(client: TestClient) -> None:
     assert client.get("/languages").json() == [
-        {"code": "en", "name": "English", "targets": ["fr"]},
-        {"code": "fr", "name": "French", "targets": ["en"]},
+        {"code": "en", "name": "English", "targets": ["en", "fr"]},
+        {"code": "fr", "name": "French", "targets": ["en", "fr"]},
     ]
     settings = client.get("/frontend/settings").json()
     assert settings["charLimit"] == 5000 and settings["supportedFilesFormat"] == [

@@ -107,6 +107,17 @@ def exported(trilingual: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 @pytest.fixture(scope="module")
 def client(exported: Path) -> Iterator[TestClient]:
+    """Pivoting off: exactly the trained directions."""
+    from service.api.app import create_app
+    from service.api.settings import Settings
+
+    with TestClient(create_app(Settings(model_dir=exported, pivot="off"))) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def pivoting(exported: Path) -> Iterator[TestClient]:
+    """The default: fr↔de through English."""
     from service.api.app import create_app
     from service.api.settings import Settings
 
@@ -127,10 +138,55 @@ def test_the_model_records_its_languages_and_trained_directions(trilingual: Path
 def test_languages_lists_the_three_with_their_trained_targets(client: TestClient) -> None:
     body = client.get("/languages").json()
     assert body == [
-        {"code": "en", "name": "English", "targets": ["fr", "de"]},
-        {"code": "fr", "name": "French", "targets": ["en"]},
-        {"code": "de", "name": "German", "targets": ["en"]},
+        {"code": "en", "name": "English", "targets": ["de", "en", "fr"]},
+        {"code": "fr", "name": "French", "targets": ["en", "fr"]},
+        {"code": "de", "name": "German", "targets": ["de", "en"]},
     ]
+
+
+def _lt(client: TestClient, texts: list[str], source: str, target: str, **extra: object) -> list[str]:
+    r = client.post("/translate", json={"q": texts, "source": source, "target": target, **extra})
+    assert r.status_code == 200, r.text
+    return list(r.json()["translatedText"])
+
+
+def test_pivoting_translates_de_to_fr_through_english_as_two_requests_by_hand(
+    pivoting: TestClient, trilingual: Path
+) -> None:
+    assert {entry["code"]: entry["targets"] for entry in pivoting.get("/languages").json()} == {
+        "en": ["de", "en", "fr"],
+        "fr": ["de", "en", "fr"],
+        "de": ["de", "en", "fr"],
+    }
+    data_dir = Path(json.loads((trilingual / "train_config.json").read_text())["data_dir"])
+    german = [line.split("\t")[1] for line in read_lines(data_dir / "en-de.tsv")[:12]]
+    english = _lt(pivoting, german, "de", "en")
+    assert _lt(pivoting, german, "de", "fr") == _lt(pivoting, english, "en", "fr")
+    r = pivoting.post(
+        "/v1/translate", json={"texts": german[:3], "source": "de", "target": "fr", "num_hypotheses": 2, "beam_size": 4}
+    )
+    assert r.status_code == 200, r.text
+    by_hand = pivoting.post(
+        "/v1/translate",
+        json={"texts": english[:3], "source": "en", "target": "fr", "num_hypotheses": 2, "beam_size": 4},
+    ).json()
+    for pivoted, direct in zip(r.json()["translations"], by_hand["translations"], strict=True):
+        assert pivoted["text"] == direct["text"]  # alternatives: the last leg's n-best of the first leg's best
+        assert [a["text"] for a in pivoted["alternatives"]] == [a["text"] for a in direct["alternatives"]]
+    assert _lt(pivoting, ["Ein Hund."], "de", "de") == ["Ein Hund."]  # each language is its own target
+    metrics = pivoting.get("/metrics").text
+    assert 'mtserve_pivot_texts_total{route="de-en-fr"}' in metrics
+
+
+def test_markup_urls_and_glossary_terms_survive_both_legs(pivoting: TestClient) -> None:
+    html = "<p>Ein <b>Hund</b> läuft auf der Wiese: https://example.com/hund?x=1</p>"
+    (out,) = _lt(pivoting, [html], "de", "fr", format="html")
+    assert out.startswith("<p>") and out.endswith("</p>") and out.count("<b>") == out.count("</b>") == 1
+    assert "https://example.com/hund?x=1" in out
+    glossary = [{"source": "Hund", "target": "Toutou"}]
+    r = pivoting.post("/v1/translate", json={"texts": ["Ein Hund läuft."], "source": "de", "target": "fr",
+                                             "glossary": glossary})  # fmt: skip
+    assert r.status_code == 200 and "Toutou" in r.json()["translations"][0]["text"], r.text
 
 
 def test_trained_directions_translate(client: TestClient, trilingual: Path) -> None:
@@ -149,7 +205,9 @@ def test_trained_directions_translate(client: TestClient, trilingual: Path) -> N
     assert len(exact) >= 4
 
 
-def test_an_untrained_direction_is_a_400_naming_it_on_every_route(client: TestClient, exported: Path) -> None:
+def test_with_pivoting_off_an_untrained_direction_is_a_400_naming_it_on_every_route(
+    client: TestClient, exported: Path
+) -> None:
     r = client.post("/translate", json={"q": "Un chien court.", "source": "fr", "target": "de"})
     assert r.status_code == 400
     assert r.json() == {"error": "German (de) is not available as a target language from French (fr)"}

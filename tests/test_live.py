@@ -47,7 +47,7 @@ def test_mastodons_request_shape(http: httpx.Client) -> None:
     assert [d["language"] for d in out["detectedLanguage"]] == ["en", "fr"]
     assert out["translatedText"][1] == texts[1]  # already French: unchanged
     languages = {lang["code"]: lang["targets"] for lang in http.get("/languages").json()}
-    assert languages == {"en": ["fr"], "fr": ["en"]}
+    assert languages == {"en": ["en", "fr"], "fr": ["en", "fr"]}
 
 
 def test_weblates_request_shape_keeps_its_placeholders(http: httpx.Client) -> None:

@@ -77,10 +77,11 @@ def test_each_direction_goes_to_the_model_that_serves_it(server: LiveServer) -> 
     assert status == 200 and native["model"] == "mtserve-en-fr,opus-mt-en-de-mtserve"
 
 
-def test_languages_are_the_union_and_an_unserved_direction_is_a_400(server: LiveServer) -> None:
+def test_languages_are_the_union_with_pivots_and_an_unreachable_direction_is_a_400(server: LiveServer) -> None:
     languages = {entry["code"]: entry["targets"] for entry in json.loads(_get(server.url + "/languages"))}
-    assert languages == {"en": ["fr", "de"], "fr": ["en"], "de": []}
-    status, body = _post(server.url + "/translate", {"q": "Bonjour.", "source": "fr", "target": "de"})
+    # fr→de through en (fr→en, then en→de); nothing translates from de but itself
+    assert languages == {"en": ["de", "en", "fr"], "fr": ["de", "en", "fr"], "de": ["de"]}
+    status, body = _post(server.url + "/translate", {"q": "Bonjour.", "source": "de", "target": "fr"})
     assert status == 400 and "(fr)" in body["error"] and "(de)" in body["error"]
 
 

@@ -58,3 +58,10 @@ def test_the_one_sentence_shortcut_splits_as_pysbd_does(shared_data: Path) -> No
             assert [line[a:b].strip() for a, b in got] == [line[a:b].strip() for a, b in expected], line
             took_shortcut += _ONE_SENTENCE.fullmatch(line.strip()) is not None
         assert took_shortcut > len(lines) * 0.8  # most lines of a caption corpus take it
+
+
+def test_a_url_with_a_query_string_stays_in_one_sentence() -> None:
+    text = "See https://example.com/a?x=1 now. Mail a.b@c.com today. Is it? Yes."
+    layout = split_sentences(text, "en")
+    assert layout.sentences == ["See https://example.com/a?x=1 now.", "Mail a.b@c.com today.", "Is it?", "Yes."]
+    assert layout.join(layout.sentences) == text

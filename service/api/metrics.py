@@ -47,4 +47,10 @@ class Metrics:
         self.model_memory = Gauge(
             "mtserve_model_resident_bytes", "resident memory that loading the model added", ["model"], registry=r
         )
+        self.pivoted = Counter(
+            "mtserve_pivot_texts",
+            "texts translated through a chain of models (no model serves the direction), by chain",
+            ["route"],
+            registry=r,
+        )
         self.model_info = Gauge("mtserve_model_info", "the model being served", ["name", "version", "sha"], registry=r)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from service.languages import ModelLanguages, UnsupportedDirection
 from service.manifest import MANIFEST_FILE, Manifest, ModelFileError, load_manifest
+from service.pivot import Route, routes
 from service.runtime.beam import DecodeOptions
 from service.runtime.fill_mask import FillMask
 from service.runtime.glossary import Glossary
@@ -144,16 +145,20 @@ def check_model_dirs(dirs: Sequence[Path], prefer: Sequence[str] = (), verify: b
 
 
 class ModelSet:
-    def __init__(self, models: Sequence[ServedModel], prefer: Sequence[str] = ()) -> None:
+    def __init__(self, models: Sequence[ServedModel], prefer: Sequence[str] = (), pivot: str | None = None) -> None:
+        """`pivot`: the language chains prefer when no model serves a direction (service/pivot.py);
+        None: only the models' own directions are served."""
         if not models:
             raise ModelSetError("no model to serve")
         entries = _unique_names([_Entry(m.name, m.model_dir, m.languages.directions) for m in models])
         self.models = [replace(m, name=e.name) for m, e in zip(models, entries, strict=True)]
         assignment = assign_directions(entries, prefer)
         self.by_direction = {d: self.by_name(name) for d, name in assignment.items()}
+        self.pivot = pivot
+        self.routes = routes(self.by_direction, pivot)
         codes = tuple(dict.fromkeys(c for m in self.models for c in m.languages.codes))
-        starts = {t: 0 for _, t in self.by_direction}  # the union never decodes: each model keeps its own
-        self.languages = ModelLanguages(codes, starts, tuple(self.by_direction))
+        starts = {t: 0 for _, t in self.routes}  # the union never decodes: each model keeps its own
+        self.languages = ModelLanguages(codes, starts, tuple(self.routes))
 
     @classmethod
     def load(
@@ -163,6 +168,7 @@ class ModelSet:
         batch_tokens: int,
         prefer: Sequence[str] = (),
         low_memory: bool = False,
+        pivot: str | None = None,
     ) -> ModelSet:
         """Every manifest read and the set checked before any model loads; each model's file hashes
         are checked as it loads (OnnxModel), so a bad file names itself either way."""
@@ -176,7 +182,7 @@ class ModelSet:
                 ", ".join(f"{s}-{t}" for s, t in served.languages.directions), served.resident_bytes / 1e6,
             )  # fmt: skip
             models.append(served)
-        return cls(models, prefer)
+        return cls(models, prefer, pivot)
 
     @property
     def single(self) -> bool:
@@ -187,6 +193,14 @@ class ModelSet:
         if model is None:
             raise UnsupportedDirection(source, target, list(self.by_direction))
         return model
+
+    def route(self, source: str, target: str) -> Route:
+        """The languages a text passes through from source to target: (source, target) when a model
+        serves the direction, else a pivot chain."""
+        route = self.routes.get((source, target))
+        if route is None:
+            raise UnsupportedDirection(source, target, list(self.routes))
+        return route
 
     def by_name(self, name: str) -> ServedModel:
         return next(m for m in self.models if m.name == name)

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     prefer: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="model names that win a direction two models serve, first wins"
     )
+    pivot: str = Field(
+        default="en",
+        description="where no model serves a direction, translate through a chain of served ones, preferring "
+        "this language among chains of one length; off: only the models' own directions",
+    )
     model_name: str = Field(
         default="", description="name in /ready, /v1/translate and metrics; empty: mtserve-<languages>"
     )

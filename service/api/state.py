@@ -44,11 +44,13 @@ class ServiceState:
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics) -> ServiceState:
         """Load the models (hashes checked: a missing or corrupt file raises naming it) and their helpers."""
+        pivot = None if settings.pivot == "off" else settings.pivot
         models = ModelSet.load(
-            settings.model_dirs, settings.intra_op_threads, settings.batch_tokens, settings.prefer, settings.low_memory
-        )
+            settings.model_dirs, settings.intra_op_threads, settings.batch_tokens, settings.prefer,
+            settings.low_memory, pivot,
+        )  # fmt: skip
         if models.single and settings.model_name:
-            models = ModelSet([replace(models.models[0], name=settings.model_name)])
+            models = ModelSet([replace(models.models[0], name=settings.model_name)], pivot=pivot)
         scheduler = Scheduler(
             {m.name: m.translator for m in models.models}, metrics,
             # the budget bounds the memory of all running batches together
@@ -72,7 +74,7 @@ class ServiceState:
             detector=Detector(models.languages.codes),
             scheduler=scheduler,
             translations=TranslationService(
-                models, scheduler, settings.default_beam_size, {"on": True, "off": False}.get(settings.repetition_guard)
+                models, scheduler, settings.default_beam_size, _guard(settings.repetition_guard), metrics
             ),
             keys=KeyRing(settings.api_keys, settings.require_api_key),
             rate_limiter=RateLimiter(settings.req_limit),
@@ -90,6 +92,11 @@ class ServiceState:
     def default_options(self, n_best: int = 1, glossary: Glossary | None = None) -> Requested:
         """A LibreTranslate request's alternatives and glossary; the rest is the serving model's default."""
         return Requested(n_best=n_best, glossary=glossary)
+
+
+def _guard(setting: str) -> bool | None:
+    """MTSERVE_REPETITION_GUARD as an override of every model's own rule; None: no override."""
+    return {"on": True, "off": False}.get(setting)
 
 
 async def get_state(request: Request) -> ServiceState:

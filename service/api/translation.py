@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from service.api.metrics import Metrics
 from service.api.models import ModelSet, Requested, ServedModel
 from service.api.scheduler import Scheduler, Sentence
+from service.pivot import Route, legs
 from service.runtime.beam import DecodeOptions
 from service.runtime.degenerate import Quality
-from service.runtime.glossary import Glossary
+from service.runtime.glossary import Glossary, verbatim_glossary
 from service.runtime.sentences import Layout, split_sentences
 from service.runtime.translator import Prepared, Translation, Translator
 
@@ -47,12 +49,18 @@ INLINE_PLAN_CHARS = 1000
 
 class TranslationService:
     def __init__(
-        self, models: ModelSet, scheduler: Scheduler, default_beam: int = 0, repetition_guard: bool | None = None
+        self,
+        models: ModelSet,
+        scheduler: Scheduler,
+        default_beam: int = 0,
+        repetition_guard: bool | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.models = models
         self.scheduler = scheduler
         self.default_beam = default_beam
         self.repetition_guard = repetition_guard  # the operator's, over every model's own; None: each model's
+        self.metrics = metrics
 
     async def translate(
         self, texts: Sequence[str], sources: Sequence[str], target: str, requested: Requested, deadline: float
@@ -60,23 +68,54 @@ class TranslationService:
         """One result per text. `sources` gives each text's language; a text already in `target`
         comes back unchanged. Texts go to the model that serves their direction (routes have
         checked that one does), each model's texts through the shared scheduler at once."""
-        groups: dict[str, list[int]] = {}
+        groups: dict[str, list[int]] = {}  # a direct direction's texts, by the model that serves it
+        chains: dict[Route, list[int]] = {}  # a pivoted direction's texts, by its route
         for i, (text, source) in enumerate(zip(texts, sources, strict=True)):
             if source != target and text.strip():
-                groups.setdefault(self.models.for_direction(source, target).name, []).append(i)
+                route = self.models.route(source, target)
+                if len(route) == 2:
+                    groups.setdefault(self.models.for_direction(source, target).name, []).append(i)
+                else:
+                    chains.setdefault(route, []).append(i)
         out = [TextTranslation(text, 0.0, [], 0, 0) for text in texts]
-        if not groups:
-            return out
-        names = list(groups)
-        results = await asyncio.gather(*(
-            self._translate_with(self.models.by_name(name), [texts[i] for i in groups[name]],
-                                 [sources[i] for i in groups[name]], target, requested, deadline)
-            for name in names
-        ))  # fmt: skip
-        for name, translated in zip(names, results, strict=True):
-            for i, result in zip(groups[name], translated, strict=True):
+        work = [
+            self._translate_with(self.models.by_name(name), [texts[i] for i in indices],
+                                 [sources[i] for i in indices], target, requested, deadline)
+            for name, indices in groups.items()
+        ] + [self._translate_through(route, [texts[i] for i in indices], requested, deadline)
+             for route, indices in chains.items()]  # fmt: skip
+        results = await asyncio.gather(*work)
+        for indices, translated in zip([*groups.values(), *chains.values()], results, strict=True):
+            for i, result in zip(indices, translated, strict=True):
                 out[i] = result
         return out
+
+    async def _translate_through(
+        self, route: Route, texts: Sequence[str], requested: Requested, deadline: float
+    ) -> list[TextTranslation]:
+        """Pivoting: each leg's model translates the previous leg's best output, every leg through the
+        scheduler like any request. The n-best are the last leg's n-best of that one text, and a score
+        is the sum of the legs' scores. A glossary's terms are placed by the first leg (its targets are
+        in the final language) and kept verbatim by the others."""
+        if self.metrics is not None:
+            self.metrics.pivoted.labels("-".join(route)).inc(len(texts))
+        current: Sequence[str] = texts
+        carried = [0.0] * len(texts)
+        glossary = requested.glossary
+        out: list[TextTranslation] = []
+        for k, (source, target) in enumerate(legs(route)):
+            last = k == len(route) - 2
+            leg = requested if last else replace(requested, n_best=1)
+            if k and glossary is not None:
+                leg = replace(leg, glossary=verbatim_glossary(glossary))
+            model = self.models.for_direction(source, target)
+            out = await self._translate_with(model, current, [source] * len(current), target, leg, deadline)
+            if not last:
+                current, carried = [r.text for r in out], [c + r.score for c, r in zip(carried, out, strict=True)]
+        return [
+            replace(r, score=r.score + c, alternatives=[replace(a, score=a.score + c) for a in r.alternatives])
+            for r, c in zip(out, carried, strict=True)
+        ]
 
     @staticmethod
     def _layouts(texts: Sequence[str], sources: Sequence[str], target: str) -> list[Layout | None]:

@@ -66,6 +66,7 @@ class DecodeOptions:
     proportional_limit: bool = True  # the limit is also max_target_length(source tokens)
     early_stopping: bool = True  # a sentence ends once beam_size hypotheses have ended
     forced_eos: bool = False  # at the limit hypotheses end on EOS (log-prob 0) instead of being cut
+    min_length: int = 0  # EOS may not come before this many tokens (CTranslate2's min_decoding_length)
 
     def __post_init__(self) -> None:
         if not 1 <= self.beam_size <= MAX_BEAM:
@@ -95,6 +96,7 @@ class DecodeOptions:
             proportional_limit=generation.proportional_limit,
             early_stopping=generation.early_stopping,
             forced_eos=generation.forced_eos,
+            min_length=generation.min_length,
             repetition_guard=generation.repetition_guard if repetition_guard is None else repetition_guard,
             cut_degenerate=generation.cut_degenerate if repetition_guard is None else repetition_guard,
         )
@@ -172,6 +174,8 @@ def greedy_search(
             if riding[row]:
                 continue
             token, token_log_prob = int(top.ids[row, 0]), float(top.log_probs[row, 0])  # ties: lower id
+            if token == eos and step < options.min_length:  # too early to end: the best other token
+                token, token_log_prob = int(top.ids[row, 1]), float(top.log_probs[row, 1])
             if options.forced_eos and length >= limits[sent]:
                 token, token_log_prob = eos, 0.0
             elif token != eos and options.repetition_guard and runaway(tokens[sent], token):
@@ -243,6 +247,8 @@ def beam_search(
                 step_ids, step_log_probs = step_ids.copy(), step_log_probs.copy()
                 step_ids[forced], step_log_probs[forced] = eos, -np.inf
                 step_log_probs[forced, 0] = 0.0
+        if step < options.min_length:  # too early to end: EOS is no candidate
+            step_log_probs = np.where(step_ids == eos, -np.inf, step_log_probs)
         # A candidate among the sentence's 2K best is among its own beam's 2K best: rank those beams·2K.
         beam_ids = step_ids.reshape(n, beams * width)
         cand = (scores[:, :, None] + step_log_probs.reshape(n, beams, width)).reshape(n, beams * width)

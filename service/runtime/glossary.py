@@ -75,6 +75,11 @@ class Glossary:
         return target
 
 
+def verbatim_glossary(glossary: Glossary) -> Glossary:
+    """Each target term kept as it is: for the later legs of a pivot, whose input already holds them."""
+    return Glossary(tuple(dict.fromkeys((target, target) for _, target in glossary.entries)), glossary.name)
+
+
 def _check_term(term: object, where: str) -> str:
     if not isinstance(term, str) or not term.strip():
         raise GlossaryError(f"{where} must be a non-empty string")

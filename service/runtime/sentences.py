@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import pysbd
 from pysbd.languages import LANGUAGE_CODES
 
+from service.runtime.protect import PROTECTED
+
 _LINE_BREAKS = re.compile(r"(\r\n|\r|\n)")
 # A line of words, digits, commas, apostrophes, hyphens and single spaces, with at most one
 # final . ! or ?: one sentence, as pysbd also finds (tests/test_sentences.py holds the two to
@@ -83,7 +85,23 @@ def _spans(line: str, language: str) -> list[tuple[int, int]]:
     if _ONE_SENTENCE.fullmatch(stripped):
         start = len(line) - len(line.lstrip())
         return [(start, start + len(stripped))]
-    return [(span.start, span.end) for span in _segmenter(language).segment(line)]
+    spans = [(span.start, span.end) for span in _segmenter(language).segment(line)]
+    return _keep_verbatim_whole(line, spans)
+
+
+def _keep_verbatim_whole(line: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Join sentences that a boundary inside a URL or e-mail address split (pysbd ends one at the
+    `?` of a query string): such a span travels whole (service/runtime/protect.py)."""
+    inside = [(m.start(), m.end()) for m in PROTECTED.finditer(line)]
+    if not inside:
+        return spans
+    merged: list[tuple[int, int]] = []
+    for start, end in spans:
+        if merged and any(a < start < b or a < merged[-1][1] < b for a, b in inside):
+            merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    return merged
 
 
 def _by_lines(text: str) -> Layout:

@@ -51,14 +51,21 @@ class SentencePieceTokenizer:
 
 
 class VocabTokenizer:
-    def __init__(self, source: Path, target: Path, vocab: Path, unk: int, skip: Sequence[int]) -> None:
+    def __init__(
+        self,
+        source: Path,
+        target: Path,
+        vocab: Path,
+        unk: int,
+        skip: Sequence[int],
+        target_vocab: Path | None = None,
+    ) -> None:
+        """`vocab` maps source pieces to ids, and target ones too unless `target_vocab` is given."""
         self.source = spm.SentencePieceProcessor(model_file=str(source))
         self.target = spm.SentencePieceProcessor(model_file=str(target))
-        try:
-            self.ids: dict[str, int] = json.loads(vocab.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ModelFileError(vocab, f"not a JSON vocabulary ({exc})") from exc
-        self.pieces = {i: piece for piece, i in self.ids.items()}
+        self.ids = _read_vocab(vocab)
+        target_ids = self.ids if target_vocab is None else _read_vocab(target_vocab)
+        self.pieces = {i: piece for piece, i in target_ids.items()}
         self.unk = unk
         self.skip = frozenset(skip)
 
@@ -78,15 +85,26 @@ class VocabTokenizer:
         return [self.pieces.get(i, "").startswith(WORD_START) for i in range(size)]
 
 
+def _read_vocab(path: Path) -> dict[str, int]:
+    try:
+        ids = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(path, f"not a JSON vocabulary ({exc})") from exc
+    if not isinstance(ids, dict):
+        raise ModelFileError(path, "not a JSON object of pieces and ids")
+    return ids
+
+
 def load_text_tokenizer(model_dir: Path, manifest: Manifest) -> TextTokenizer:
     files, special = manifest.files, manifest.special_ids
     if manifest.tokenizer.kind == "vocab":
-        skip = (special.pad, special.eos, special.unk)
+        skip = [special.pad, special.eos, special.unk, *([special.bos] if special.bos is not None else [])]
         return VocabTokenizer(
             model_dir / files["source_tokenizer"],
             model_dir / files["target_tokenizer"],
             model_dir / files["vocab"],
             special.unk,
             skip,
+            model_dir / files["target_vocab"] if "target_vocab" in files else None,
         )
     return SentencePieceTokenizer(model_dir / files["tokenizer"])

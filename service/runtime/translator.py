@@ -31,7 +31,7 @@ class Translation:
 
 @dataclass(frozen=True)
 class Prepared:
-    pieces: list[list[int]]  # source ids, each ending with EOS
+    pieces: list[list[int]]  # source ids, each ending with EOS where the model's sources do
     protected: list[str]  # spans held out as placeholders (service/runtime/protect.py)
     verbatim: str = ""  # what comes back for a text the model does not see (no letters)
     source: str = ""  # the normalised text
@@ -56,7 +56,7 @@ class Translator:
         self.tokenizer = model.tokenizer
         self.batch_tokens = batch_tokens
         self._word_start = self.tokenizer.word_starts()
-        self._eos = model.eos_id
+        self._suffix = [model.eos_id] if model.manifest.source_eos else []
         self._prefix = model.manifest.source_prefix
 
     @classmethod
@@ -109,7 +109,7 @@ class Translator:
         source = normalize(text)
         protected = protect(source, glossary)
         ids = self.tokenizer.encode(protected.text)
-        pieces = [[*piece, self._eos] for piece in self.split_long(ids)] if ids else []
+        pieces = [[*piece, *self._suffix] for piece in self.split_long(ids)] if ids else []
         return Prepared(pieces, protected.spans, source=source)
 
     def search(

@@ -75,6 +75,8 @@ def _required_text(params: Params, name: str) -> str:
 # LibreTranslate's public codes for its model codes (libretranslate/language.py), and the variants
 # it falls back to when a code itself is not installed.
 LT_ALIASES: dict[str, str] = {"pt-br": "pb", "zh-hans": "zh", "zh-hant": "zt"}
+# Argos codes as LibreTranslate shows them in /languages (its model2iso); requests may use either
+LT_EXPOSED: dict[str, str] = {"pb": "pt-BR", "zh": "zh-Hans", "zt": "zh-Hant"}
 LT_VARIANTS: dict[str, tuple[str, ...]] = {"pt": ("pb",), "pb": ("pt",), "zh": ("zt",), "zt": ("zh",)}
 
 
@@ -234,9 +236,18 @@ async def spec(request: Request, state: StateDep) -> dict[str, Any]:
 
 @router.get("/languages", response_model=list[LtLanguage], summary="Supported languages (LibreTranslate)")
 async def languages(state: StateDep) -> list[LtLanguage]:
-    """Every language of the model, with the targets it translates into from it."""
+    """Every language, with the targets it translates into, sorted as LibreTranslate sorts them: those
+    a model serves, those a pivot chain reaches, and the language itself (its text comes back as it is)."""
     model = state.languages
-    return [LtLanguage(code=code, name=language_name(code), targets=model.targets(code)) for code in model.codes]
+
+    def shown(code: str) -> str:
+        return LT_EXPOSED.get(code, code)
+
+    return [
+        LtLanguage(code=shown(code), name=language_name(code),
+                   targets=sorted(shown(t) for t in {*model.targets(code), code}))
+        for code in model.codes
+    ]  # fmt: skip
 
 
 @router.get("/frontend/settings", response_model=LtFrontendSettings, summary="Web client settings (LibreTranslate)")
