@@ -201,10 +201,11 @@ def import_package(package: Package, out_dir: Path, precision: str = "fp32") -> 
 
 
 def _candidates(paths: Sequence[Path]) -> list[Path]:
-    """Archives and package folders; a folder of packages gives each one in it."""
+    """Archives and package folders (metadata.json or model/ in it); a folder of packages gives each
+    one in it."""
     found: list[Path] = []
     for path in paths:
-        if path.is_file() or (path / METADATA_FILE).is_file():
+        if path.is_file() or (path / METADATA_FILE).is_file() or (path / "model").is_dir():
             found.append(path)
         elif path.is_dir():
             found.extend(sorted(p for p in path.iterdir() if p.is_dir() or p.suffix == PACKAGE_SUFFIX))
