@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,27 @@ def _import_argos(args: argparse.Namespace) -> int:
     return 0 if outcomes and imported == len(outcomes) else 1 if imported else 2
 
 
+def _pull(args: argparse.Namespace) -> int:
+    require_torch()
+    from export.argos import ArgosPackageError
+    from export.ctranslate2 import CT2ImportError
+    from export.exporter import ExportValidationError
+    from export.marian import MarianImportError
+    from export.pull import DEFAULT_ARGOS_INDEX, PullError, pull_argos, pull_hf
+
+    try:
+        if args.kind == "hf":
+            print(pull_hf(args.repo, args.out, args.quantize or "fp32"))
+            return 0
+        index = args.index or os.environ.get("ARGOS_PACKAGE_INDEX") or DEFAULT_ARGOS_INDEX
+        outcomes = pull_argos(args.languages, args.out, index, args.quantize or "fp32")
+    except (PullError, MarianImportError, CT2ImportError, ArgosPackageError, ExportValidationError) as exc:
+        sys.exit(f"mtserve pull: {exc}")
+    for outcome in outcomes:
+        print(outcome.line(), flush=True)
+    return 0 if all(o.problem is None for o in outcomes) else 1
+
+
 def _repetition_guard_flag(parser: argparse.ArgumentParser, default: str, why: str) -> None:
     parser.add_argument(
         "--repetition-guard",
@@ -148,6 +170,22 @@ def register(sub: Any) -> None:
     ct2.add_argument("--quantize", choices=["int8"], help="int8 MatMul weights (as `mtserve export`)")
     _repetition_guard_flag(ct2, "off", "CTranslate2's own output")
     ct2.set_defaults(handler=_import_ctranslate2)
+
+    pull = sub.add_parser("pull", help="download models by name and import them (needs the train extra)")
+    sources = pull.add_subparsers(dest="kind", required=True, metavar="SOURCE")
+    argos_pull = sources.add_parser("argos", help="Argos packages between the named languages (LibreTranslate's)")
+    argos_pull.add_argument("languages", nargs="+", metavar="LANG", help="language codes, e.g. en de fr")
+    argos_pull.add_argument("--out", type=Path, required=True, help="directory for one model directory per package")
+    argos_pull.add_argument(
+        "--index", help="the package index URL (default: $ARGOS_PACKAGE_INDEX, else argospm's index.json)",
+    )  # fmt: skip
+    argos_pull.add_argument("--quantize", choices=["int8"], help="int8 MatMul weights (as `mtserve export`)")
+    argos_pull.set_defaults(handler=_pull)
+    hf = sources.add_parser("hf", help="a Hugging Face Marian repository, e.g. Helsinki-NLP/opus-mt-de-en")
+    hf.add_argument("repo", metavar="REPO")
+    hf.add_argument("--out", type=Path, required=True, help="directory for the model directory")
+    hf.add_argument("--quantize", choices=["int8"], help="int8 MatMul weights (as `mtserve export`)")
+    hf.set_defaults(handler=_pull)
 
     export = sub.add_parser("export", help="export a checkpoint directory to ONNX (needs the train extra)")
     export.add_argument("--checkpoint", type=Path, required=True, help="model directory written by `mtserve train`")

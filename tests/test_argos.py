@@ -108,13 +108,14 @@ def test_every_storage_type_reads_back_as_the_weights(work: Path, quantization: 
         assert np.abs(got - want).max() <= step * max(1.0, float(np.abs(want).max())), name
 
 
-def _old_variables(model_dir: Path) -> tuple[dict[str, tuple[str, np.ndarray]], dict[str, str]]:
-    """A float32 model's variables as TransformerSpec revision 3 named them: scalars at the top
-    level, `encoder/embeddings` without an index, the scale flag under each embedding."""
+def _old_variables(model_dir: Path, revision: int) -> tuple[dict[str, tuple[str, np.ndarray]], dict[str, str]]:
+    """A float32 model's variables as an older TransformerSpec revision named them: scalars at the
+    top level; in revision 3 `encoder/embeddings` without an index and the scale flag under each
+    embedding, in revision 4 `encoder/scale_embeddings` and `decoder/scale_embeddings`."""
     model = read_ct2_dir(model_dir)
 
     def old_name(name: str) -> str:
-        return name.replace("encoder/embeddings_0/", "encoder/embeddings/")
+        return name.replace("encoder/embeddings_0/", "encoder/embeddings/") if revision == 3 else name
 
     variables: dict[str, tuple[str, np.ndarray]] = {}
     for name, var in model.variables.items():
@@ -122,16 +123,17 @@ def _old_variables(model_dir: Path) -> tuple[dict[str, tuple[str, np.ndarray]], 
             continue
         variables[old_name(name)] = ("float32", model.weight(name))
     flags = {"num_heads": 4, "pre_norm": 1, "with_source_eos": 1, "with_target_bos": 0}
-    flags |= {f"{side}/embeddings/multiply_by_sqrt_depth": 1 for side in ("encoder", "decoder")}
+    scale = "{side}/embeddings/multiply_by_sqrt_depth" if revision == 3 else "{side}/scale_embeddings"
+    flags |= {scale.format(side=side): 1 for side in ("encoder", "decoder")}
     for name, value in flags.items():
         variables[name] = ("int8", np.asarray(value, dtype=np.int8))
     aliases = {old_name(alias): old_name(target) for alias, target in model.aliases.items()}
     return variables, aliases
 
 
-@pytest.mark.parametrize("version", [3, 4, 5])
+@pytest.mark.parametrize(("version", "revision"), [(3, 3), (4, 3), (5, 4)])
 def test_an_old_binary_version_and_spec_revision_translates_as_the_new_one(
-    work: Path, en_fr: Path, version: int
+    work: Path, en_fr: Path, version: int, revision: int
 ) -> None:
     from bench.ct2_convert import convert
 
@@ -139,13 +141,13 @@ def test_an_old_binary_version_and_spec_revision_translates_as_the_new_one(
     old = work / f"ct2-v{version}"
     shutil.rmtree(old, ignore_errors=True)
     old.mkdir()
-    variables, aliases = _old_variables(modern)
-    write_model_bin(old / "model.bin", variables, version=version, revision=3, aliases=aliases)
+    variables, aliases = _old_variables(modern, revision)
+    write_model_bin(old / "model.bin", variables, version=version, revision=revision, aliases=aliases)
     pieces = json.loads((modern / "shared_vocabulary.json").read_text())
     (old / "shared_vocabulary.txt").write_text("".join(p + "\n" for p in pieces))
     spm_file = en_fr / "sentencepiece.model"
     out_old = import_ctranslate2(old, work / f"old-v{version}", "en", "fr", spm_file, target_prefix=_tag(en_fr))
-    assert out_old["binary_version"] == version and out_old["spec_revision"] == 3
+    assert out_old["binary_version"] == version and out_old["spec_revision"] == revision
     import_ctranslate2(modern, work / "new", "en", "fr", spm_file, target_prefix=_tag(en_fr))
     sources = _lines(TEST2016.with_suffix(".en.gz"))[:30]
     assert _ours(work / f"old-v{version}", sources, "fr") == _ours(work / "new", sources, "fr")
@@ -347,8 +349,7 @@ def test_a_live_server_answers_libretranslate_in_every_imported_direction(
     import httpx
 
     out, _ = served
-    models = ",".join(str(out / name) for name in ("translate-en_fr", "translate-fr_en"))
-    env = {"MTSERVE_MODELS": models, "MTSERVE_LOG_LEVEL": "warning"}
+    env = {"MTSERVE_MODELS": str(out), "MTSERVE_LOG_LEVEL": "warning"}  # the import's output directory, as it is
     with live_server(env=env, log_dir=tmp_path) as server, httpx.Client(base_url=server.url, timeout=60) as http:
         languages = {entry["code"]: entry["targets"] for entry in http.get("/languages").json()}
         assert languages == {"en": ["en", "fr"], "fr": ["en", "fr"]}
@@ -374,3 +375,24 @@ def test_the_ctranslate2_command_imports_a_bare_directory(en_fr: Path, tmp_path:
     assert "chien" in _ours(out, ["A dog runs in the snow."], "fr")[0]
     done = subprocess.run([*command[:7], str(tmp_path / "x"), *command[8:-2]], capture_output=True, text=True)
     assert done.returncode != 0 and "decoder_start_token" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_argos_codes_are_shown_as_libretranslate_shows_them(en_fr: Path, tmp_path: Path) -> None:
+    """A package whose target is Argos's `zt` (Chinese, traditional) is `zh-Hant` in /languages, and
+    either code reaches it."""
+    from fastapi.testclient import TestClient
+
+    from service.api.app import create_app
+    from service.api.settings import Settings
+
+    package = write_package(tmp_path / "translate-en_zt", en_fr / "model", en_fr / "sentencepiece.model", "en", "zt",
+                            target_prefix=_tag(en_fr))  # fmt: skip
+    (outcome,) = import_packages([package], tmp_path / "models")
+    assert outcome.out is not None and outcome.direction == "en→zt"
+    with TestClient(create_app(Settings(models=[outcome.out]))) as client:
+        languages = {entry["code"]: entry for entry in client.get("/languages").json()}
+        assert languages["zh-Hant"]["name"] == "Chinese (traditional)"
+        assert languages["en"]["targets"] == ["en", "zh-Hant"]
+        for code in ("zh-Hant", "zt"):
+            r = client.post("/translate", json={"q": "A dog runs.", "source": "en", "target": code})
+            assert r.status_code == 200 and r.json()["translatedText"], r.text

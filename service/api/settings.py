@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.manifest import DEFAULT_MODEL_DIR
+from service.manifest import DEFAULT_MODEL_DIR, MANIFEST_FILE
 
 
 def cpu_quota(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
@@ -32,6 +32,13 @@ def cpu_quota(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
     return available
 
 
+def _model_dirs_in(path: Path) -> list[Path]:
+    if (path / MANIFEST_FILE).is_file() or not path.is_dir():
+        return [path]  # a model directory, or a path start-up reports as missing
+    inside = sorted(p for p in path.iterdir() if (p / MANIFEST_FILE).is_file())
+    return inside or [path]
+
+
 def _split(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -44,7 +51,8 @@ class Settings(BaseSettings):
     # model and runtime
     model_dir: Path = DEFAULT_MODEL_DIR
     models: Annotated[list[Path], NoDecode] = Field(
-        default_factory=list, description="model directories to serve together (comma-separated); empty: model_dir"
+        default_factory=list,
+        description="model directories to serve together (comma-separated), or directories of them; empty: model_dir",
     )
     prefer: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="model names that win a direction two models serve, first wins"
@@ -127,7 +135,9 @@ class Settings(BaseSettings):
 
     @property
     def model_dirs(self) -> list[Path]:
-        return list(self.models) or [self.model_dir]
+        """The model directories: a listed directory without a manifest that holds model directories
+        (what `mtserve import argos --out DIR` writes) stands for each of them."""
+        return [d for path in (list(self.models) or [self.model_dir]) for d in _model_dirs_in(path)]
 
     @cached_property
     def intra_op_threads(self) -> int:

@@ -1,0 +1,213 @@
+"""mtserve against CTranslate2 on a model of the Argos shape, with argostranslate's options.
+
+The shape argos-train trains: 6+6 layers, d_model 512, 8 heads, ff 2048, ReLU, pre-norm, a stored
+sinusoid table, one shared vocabulary of 50,000 pieces, tied embeddings. The weights are random
+(seeded; embeddings wide enough that few steps are near-ties), written as CTranslate2 writes
+OpenNMT-py models (bench/ct2_convert.py), at float32 and at int8 as argos-train ships them.
+mtserve imports each with `mtserve import ctranslate2` (the int8 package with its own int8
+quantizer, `--quantize int8`). Both engines get the same test2016 sources as the same pieces
+(the committed model's SentencePiece ids), the same threads, beam, length penalty 0.2 and one
+fixed length limit (random weights rarely end a sentence), in interleaved rounds. Rows report the
+sentences both decode to the same tokens; `--memory` gives each engine's proportional set size in
+its own process, once loaded and after 100 sentences at beam 4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import sentencepiece as spm  # noqa: E402
+import torch  # noqa: E402
+
+from bench.common import test_pairs  # noqa: E402
+from bench.ct2_convert import build_spec  # noqa: E402
+from bench.interleaved import summarize  # noqa: E402
+from bench.marian_engines import Decode, _runtime  # noqa: E402
+from model.config import ModelConfig  # noqa: E402
+from model.transformer import Transformer  # noqa: E402
+from service import conventions as cv  # noqa: E402
+from service.manifest import DEFAULT_MODEL_DIR  # noqa: E402
+from service.runtime.beam import DecodeOptions  # noqa: E402
+from service.runtime.translator import DEFAULT_BATCH_TOKENS, Translator  # noqa: E402
+
+VOCAB = 50_000
+TAG = "<2xx>"
+SHAPE = {"vocab_size": VOCAB, "d_model": 512, "n_heads": 8, "d_ff": 2048, "encoder_layers": 6, "decoder_layers": 6,
+         "max_positions": 5000, "activation": "relu", "pre_norm": True, "mlm_head": False, "dropout": 0.0}  # fmt: skip
+
+
+def pieces() -> list[str]:
+    names = {
+        cv.PAD_ID: "<blank>",
+        cv.UNK_ID: "<unk>",
+        cv.BOS_ID: "<s>",
+        cv.EOS_ID: "</s>",
+        cv.FIRST_LANGUAGE_TAG_ID: TAG,
+    }
+    return [names.get(i, f"t{i}") for i in range(VOCAB)]
+
+
+def write_ct2(out: Path, quantization: str | None, seed: int = 0) -> Path:
+    """The Argos-shape model with random weights, as CTranslate2 stores an OpenNMT-py model."""
+    import ctranslate2
+
+    torch.manual_seed(seed)
+    model = Transformer(ModelConfig(**SHAPE))  # type: ignore[arg-type]
+    with torch.no_grad():
+        model.embed.weight.normal_(0.0, 0.2)  # wider than the init: distinct logits, few ties
+    spec = build_spec(model, pieces(), source_eos=True)
+    spec.validate()
+    spec.optimize(quantization=quantization)
+    out.mkdir(parents=True, exist_ok=True)
+    spec.save(str(out))
+    ctranslate2.Translator(str(out), device="cpu")
+    return out
+
+
+def _pss_mb() -> float:
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _sources(data_dir: str | None, limit: int) -> list[list[int]]:
+    sp = spm.SentencePieceProcessor(model_file=str(DEFAULT_MODEL_DIR / "spm.model"))
+    texts = test_pairs(data_dir)[0][: limit or None]
+    return [[*ids, cv.EOS_ID] for ids in sp.encode(texts)]
+
+
+def _ct2(directory: Path, threads: int, options: DecodeOptions) -> Decode:
+    """argostranslate's call: pieces, the target prefix, beam, length penalty (and here one fixed limit)."""
+    import ctranslate2
+
+    names = pieces()
+    ids = {p: i for i, p in enumerate(names)}
+    translator = ctranslate2.Translator(str(directory), device="cpu", intra_threads=threads, inter_threads=1)
+
+    def decode(batch: list[list[int]]) -> list[list[int]]:
+        results = translator.translate_batch(
+            [[names[i] for i in s] for s in batch], target_prefix=[[TAG]] * len(batch),
+            beam_size=options.beam_size, length_penalty=options.length_penalty,
+            max_decoding_length=options.max_length,
+        )  # fmt: skip
+        return [[ids[t] for t in r.hypotheses[0]] for r in results]
+
+    return decode
+
+
+def _options(beam: int, max_length: int) -> DecodeOptions:
+    return DecodeOptions(beam_size=beam, length_penalty=0.2, max_length=max_length, min_length=1,
+                         proportional_limit=False, repetition_guard=False, cut_degenerate=False)  # fmt: skip
+
+
+def prepare(work: Path) -> dict[tuple[str, str], Path]:
+    """CTranslate2 directories and mtserve imports, by (engine, precision)."""
+    from export.ctranslate2 import import_ctranslate2
+
+    dirs: dict[tuple[str, str], Path] = {}
+    spm_file = DEFAULT_MODEL_DIR / "spm.model"  # the import needs one; the benchmark feeds ids
+    for precision, quantization in (("fp32", None), ("int8", "int8")):
+        ct2 = write_ct2(work / f"ct2-{precision}", quantization)
+        dirs[("ctranslate2", precision)] = ct2
+        started = time.perf_counter()
+        import_ctranslate2(ct2, work / precision, "en", "xx", spm_file, target_prefix=TAG, precision=precision)
+        print(json.dumps({"import": precision, "seconds": round(time.perf_counter() - started, 1)}), flush=True)
+        dirs[("mtserve-onnx", precision)] = work / precision
+    return dirs
+
+
+def measure(engine: str, directory: Path, args: argparse.Namespace) -> None:
+    """In a fresh process: load one engine, translate 100 sentences at beam 4, print its PSS."""
+    sources = _sources(args.data_dir, 100)
+    baseline = _pss_mb()
+    options = _options(4, args.max_length)
+    decode: Decode
+    if engine == "ctranslate2":
+        decode = _ct2(directory, args.threads, options)
+    else:
+        decode = _runtime(Translator.load(directory, args.threads, args.batch_tokens), options)
+    loaded = _pss_mb()
+    for i in range(0, len(sources), 20):
+        decode(sources[i : i + 20])
+    print(json.dumps({"engine": engine, "dir": directory.name, "loaded_pss_mb": round(loaded - baseline, 1),
+                      "after_100_sentences_pss_mb": round(_pss_mb() - baseline, 1)}), flush=True)  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> None:
+    work = args.work or Path(tempfile.mkdtemp(prefix="mtserve-argos-bench-"))
+    dirs = prepare(work)
+    if args.memory:
+        for (engine, _), directory in dirs.items():
+            name = "runtime" if engine == "mtserve-onnx" else engine
+            command = [sys.executable, __file__, "--measure", name, str(directory),
+                       "--threads", str(args.threads), "--max-length", str(args.max_length)]  # fmt: skip
+            subprocess.run(command, check=True)
+        return
+    sources = _sources(args.data_dir, args.limit)
+    translator = Translator.load(dirs[("mtserve-onnx", "fp32")], args.threads, args.batch_tokens)
+    groups = translator.batches([len(s) for s in sources])
+    rows = []
+    for beam in args.beam_size:
+        options = _options(beam, args.max_length)
+        decoders: dict[tuple[str, str], Decode] = {}
+        for (engine, precision), directory in dirs.items():
+            if engine == "ctranslate2":
+                decoders[(engine, precision)] = _ct2(directory, args.threads, options)
+            else:
+                loaded = Translator.load(directory, args.threads, args.batch_tokens)
+                decoders[(engine, precision)] = _runtime(loaded, options)
+        for round_index in range(args.repeat):
+            outputs: dict[tuple[str, str], list[list[int]]] = {}
+            for key, decode in decoders.items():
+                out: list[list[int]] = [[] for _ in sources]
+                started = time.perf_counter()
+                for group in groups:
+                    for i, tokens in zip(group, decode([sources[i] for i in group]), strict=True):
+                        out[i] = tokens
+                seconds = time.perf_counter() - started
+                outputs[key] = out
+                row = {"engine": key[0], "precision": key[1], "beam": beam, "round": round_index,
+                       "sentences": len(sources), "seconds": round(seconds, 2),
+                       "tok_per_s": round(sum(len(t) + 1 for t in out) / seconds, 1)}  # fmt: skip
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            for precision in ("fp32", "int8"):
+                ours, theirs = outputs[("mtserve-onnx", precision)], outputs[("ctranslate2", precision)]
+                same = sum(a == b for a, b in zip(ours, theirs, strict=True))
+                print(json.dumps({"compare": precision, "beam": beam, "round": round_index, "same_tokens": same,
+                                  "sentences": len(sources)}), flush=True)  # fmt: skip
+    for summary in summarize(rows):
+        print(json.dumps(summary), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--beam-size", type=int, nargs="+", default=[4, 1])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS)
+    parser.add_argument("--max-length", type=int, default=32, help="target tokens per sentence, EOS included")
+    parser.add_argument("--limit", type=int, default=200, help="first N test2016 sentences (0: all 1000)")
+    parser.add_argument("--repeat", "--rounds", type=int, default=3, help="interleaved rounds of all engines")
+    parser.add_argument("--work", type=Path, help="where the models are written (default: a temporary directory)")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--memory", action="store_true", help="each engine's PSS, each in its own process")
+    parser.add_argument("--measure", nargs=2, metavar=("ENGINE", "DIR"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        measure(args.measure[0], Path(args.measure[1]), args)
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()
