@@ -117,12 +117,14 @@ def prepare(work: Path) -> dict[tuple[str, str], Path]:
     dirs: dict[tuple[str, str], Path] = {}
     spm_file = DEFAULT_MODEL_DIR / "spm.model"  # the import needs one; the benchmark feeds ids
     for precision, quantization in (("fp32", None), ("int8", "int8")):
-        ct2 = write_ct2(work / f"ct2-{precision}", quantization)
-        dirs[("ctranslate2", precision)] = ct2
-        started = time.perf_counter()
-        import_ctranslate2(ct2, work / precision, "en", "xx", spm_file, target_prefix=TAG, precision=precision)
-        print(json.dumps({"import": precision, "seconds": round(time.perf_counter() - started, 1)}), flush=True)
-        dirs[("mtserve-onnx", precision)] = work / precision
+        ct2, ours = work / f"ct2-{precision}", work / precision
+        if not (ct2 / "model.bin").is_file():  # a --work directory of an earlier run is reused
+            write_ct2(ct2, quantization)
+        if not (ours / "manifest.json").is_file():
+            started = time.perf_counter()
+            import_ctranslate2(ct2, ours, "en", "xx", spm_file, target_prefix=TAG, precision=precision)
+            print(json.dumps({"import": precision, "seconds": round(time.perf_counter() - started, 1)}), flush=True)
+        dirs[("ctranslate2", precision)], dirs[("mtserve-onnx", precision)] = ct2, ours
     return dirs
 
 

@@ -27,10 +27,12 @@ WARM_UP_FILL = "Warm <mask> one two three."
 async def warm_up(state: ServiceState) -> None:
     """A translation into each target language through the scheduler, one fill and one detection,
     before /ready. What the text means does not matter: it runs every graph once."""
-    for source, target in state.models.by_direction:
-        options = state.default_options()
-        await state.translations.translate([WARM_UP_TEXT], [source], target, options, state.deadline())
-    for model in state.models.models:
+    loaded = {model.name for model in state.residency.loaded()}
+    for (source, target), entry in state.models.by_direction.items():
+        if entry.name in loaded:  # with a memory budget, the others warm up on their first request
+            options = state.default_options()
+            await state.translations.translate([WARM_UP_TEXT], [source], target, options, state.deadline())
+    for model in state.residency.loaded():
         if model.fill_mask is not None:
             await state.scheduler.run_in_worker(model.fill_mask.fill, WARM_UP_FILL, 1, None)
     state.detector.warm_up()
@@ -47,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state = ServiceState.load(settings, metrics)
         app.state.mt = holder["state"] = state
         state.scheduler.start()
+        await state.residency.start()
         await warm_up(state)
         state.ready = True
         log.info(

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.api.residency import ModelUnavailable
 from service.api.scheduler import DeadlineExceeded, InferenceFailed, Overloaded, ShuttingDown
 
 log = logging.getLogger("mtserve.api")
@@ -96,6 +97,8 @@ async def guarded(request: Request, work: Awaitable[T]) -> T:
     except Overloaded as exc:
         raise ApiError(503, "Service overloaded: the translation queue is full; retry later",
                        {"Retry-After": str(exc.retry_after)}) from None  # fmt: skip
+    except ModelUnavailable as exc:
+        raise ApiError(503, str(exc), {"Retry-After": str(exc.retry_after)}) from None
     except ShuttingDown:
         raise ApiError(503, "Service is shutting down; retry on another replica", {"Retry-After": "1"}) from None
     except DeadlineExceeded:

@@ -53,4 +53,16 @@ class Metrics:
             ["route"],
             registry=r,
         )
+        self.models_loaded = Gauge("mtserve_models_loaded", "models in memory", registry=r)
+        self.loads = Counter("mtserve_model_loads", "models loaded, by model", ["model"], registry=r)
+        self.unloads = Counter(
+            "mtserve_model_unloads", "models unloaded to stay within the memory budget, by model", ["model"], registry=r
+        )
+        self.load_seconds = Histogram(
+            "mtserve_model_load_seconds", "time to load a model", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.load_waits = Counter(
+            "mtserve_model_load_waits", "requests that waited for a model another request was loading", ["model"],
+            registry=r,
+        )  # fmt: skip
         self.model_info = Gauge("mtserve_model_info", "the model being served", ["name", "version", "sha"], registry=r)

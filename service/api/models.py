@@ -8,7 +8,6 @@ claimed by two models is a start-up error unless the operator names the winner
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -21,8 +20,6 @@ from service.runtime.beam import DecodeOptions
 from service.runtime.fill_mask import FillMask
 from service.runtime.glossary import Glossary
 from service.runtime.translator import Translator
-
-log = logging.getLogger("mtserve.models")
 
 
 class ModelSetError(ValueError):
@@ -76,15 +73,13 @@ class ServedModel:
         )
 
 
-def _load_one(model_dir: Path, threads: int, batch_tokens: int, low_memory: bool) -> ServedModel:
+def load_model(entry: Installed, threads: int, batch_tokens: int, low_memory: bool) -> ServedModel:
+    """Sessions, tokenizer and fill-mask of one installed model; its file hashes are checked here."""
     before = resident_bytes()
-    translator = Translator.load(model_dir, threads, batch_tokens, low_memory)
-    manifest = translator.model.manifest
-    fill = FillMask.from_model(translator.model) if manifest.has_mlm_head else None
-    sha = hashlib.sha256((model_dir / MANIFEST_FILE).read_bytes()).hexdigest()[:16]
-    name = model_name(model_dir, manifest)
-    version = f"{manifest.origin}-{manifest.precision}-opset{manifest.opset}"
-    return ServedModel(name, model_dir, translator, fill, sha, version, max(0, resident_bytes() - before))
+    translator = Translator.load(entry.model_dir, threads, batch_tokens, low_memory)
+    fill = FillMask.from_model(translator.model) if entry.manifest.has_mlm_head else None
+    added = max(0, resident_bytes() - before)
+    return ServedModel(entry.name, entry.model_dir, translator, fill, entry.sha, entry.version, added)
 
 
 def model_name(model_dir: Path, manifest: Manifest) -> str:
@@ -95,13 +90,26 @@ def model_name(model_dir: Path, manifest: Manifest) -> str:
 
 
 @dataclass(frozen=True)
-class _Entry:
+class Installed:
+    """A model directory known to the service, read and checked at start, loaded or not."""
+
     name: str
     model_dir: Path
-    directions: tuple[tuple[str, str], ...]
+    manifest: Manifest
+    sha: str  # of its manifest, which holds every file's sha256
+    disk_bytes: int  # graphs and weights
+
+    @property
+    def directions(self) -> tuple[tuple[str, str], ...]:
+        return self.manifest.model_languages().directions
+
+    @property
+    def version(self) -> str:
+        m = self.manifest
+        return f"{m.origin}-{m.precision}-opset{m.opset}"
 
 
-def _unique_names(entries: list[_Entry]) -> list[_Entry]:
+def _unique_names(entries: list[Installed]) -> list[Installed]:
     names = [e.name for e in entries]
     if len(set(names)) == len(names):
         return entries
@@ -111,7 +119,7 @@ def _unique_names(entries: list[_Entry]) -> list[_Entry]:
     return by_dir
 
 
-def assign_directions(entries: Sequence[_Entry], prefer: Sequence[str]) -> dict[tuple[str, str], str]:
+def assign_directions(entries: Sequence[Installed], prefer: Sequence[str]) -> dict[tuple[str, str], str]:
     """Direction -> the name of the model that serves it; two claimants need MTSERVE_PREFER."""
     names = [e.name for e in entries]
     unknown = [p for p in prefer if p not in names]
@@ -133,62 +141,50 @@ def assign_directions(entries: Sequence[_Entry], prefer: Sequence[str]) -> dict[
     return out
 
 
-def check_model_dirs(dirs: Sequence[Path], prefer: Sequence[str] = (), verify: bool = True) -> None:
-    """Before anything loads: each directory's manifest and, with `verify`, its file hashes
-    (ModelFileError names the file), and that the directories can be served together (ModelSetError)."""
+def _disk_bytes(model_dir: Path, manifest: Manifest) -> int:
+    return sum((model_dir / name).stat().st_size for name in manifest.sha256 if (model_dir / name).is_file())
+
+
+def read_installed(dirs: Sequence[Path], prefer: Sequence[str] = (), verify: bool = True) -> list[Installed]:
+    """Each directory's manifest and, with `verify`, its file hashes (ModelFileError names the file),
+    and that the directories can be served together (ModelSetError)."""
     entries = []
     for model_dir in dirs:
         manifest = load_manifest(model_dir, verify=verify)
-        directions = manifest.model_languages().directions
-        entries.append(_Entry(model_name(model_dir, manifest), model_dir, directions))
-    assign_directions(_unique_names(entries), prefer)
+        sha = hashlib.sha256((model_dir / MANIFEST_FILE).read_bytes()).hexdigest()[:16]
+        name = model_name(model_dir, manifest)
+        entries.append(Installed(name, model_dir, manifest, sha, _disk_bytes(model_dir, manifest)))
+    entries = _unique_names(entries)
+    assign_directions(entries, prefer)
+    return entries
+
+
+def check_model_dirs(dirs: Sequence[Path], prefer: Sequence[str] = (), verify: bool = True) -> None:
+    """Before anything loads: every manifest, hash and direction claim checked."""
+    read_installed(dirs, prefer, verify)
 
 
 class ModelSet:
-    def __init__(self, models: Sequence[ServedModel], prefer: Sequence[str] = (), pivot: str | None = None) -> None:
+    """The installed models and which of them serves each direction, loaded or not."""
+
+    def __init__(self, entries: Sequence[Installed], prefer: Sequence[str] = (), pivot: str | None = None) -> None:
         """`pivot`: the language chains prefer when no model serves a direction (service/pivot.py);
         None: only the models' own directions are served."""
-        if not models:
+        if not entries:
             raise ModelSetError("no model to serve")
-        entries = _unique_names([_Entry(m.name, m.model_dir, m.languages.directions) for m in models])
-        self.models = [replace(m, name=e.name) for m, e in zip(models, entries, strict=True)]
-        assignment = assign_directions(entries, prefer)
-        self.by_direction = {d: self.by_name(name) for d, name in assignment.items()}
+        self.entries = _unique_names(list(entries))
+        self.by_direction = {d: self.by_name(name) for d, name in assign_directions(self.entries, prefer).items()}
         self.pivot = pivot
         self.routes = routes(self.by_direction, pivot)
-        codes = tuple(dict.fromkeys(c for m in self.models for c in m.languages.codes))
+        codes = tuple(dict.fromkeys(c for e in self.entries for c in e.manifest.languages))
         starts = {t: 0 for _, t in self.routes}  # the union never decodes: each model keeps its own
         self.languages = ModelLanguages(codes, starts, tuple(self.routes))
 
-    @classmethod
-    def load(
-        cls,
-        dirs: Sequence[Path],
-        threads: int,
-        batch_tokens: int,
-        prefer: Sequence[str] = (),
-        low_memory: bool = False,
-        pivot: str | None = None,
-    ) -> ModelSet:
-        """Every manifest read and the set checked before any model loads; each model's file hashes
-        are checked as it loads (OnnxModel), so a bad file names itself either way."""
-        check_model_dirs(dirs, prefer, verify=False)
-        models = []
-        for model_dir in dirs:
-            served = _load_one(model_dir, threads, batch_tokens, low_memory)
-            log.info(
-                "model %s from %s: %s, directions %s, %.0f MB resident",
-                served.name, model_dir, served.version,
-                ", ".join(f"{s}-{t}" for s, t in served.languages.directions), served.resident_bytes / 1e6,
-            )  # fmt: skip
-            models.append(served)
-        return cls(models, prefer, pivot)
-
     @property
     def single(self) -> bool:
-        return len(self.models) == 1
+        return len(self.entries) == 1
 
-    def for_direction(self, source: str, target: str) -> ServedModel:
+    def for_direction(self, source: str, target: str) -> Installed:
         model = self.by_direction.get((source, target))
         if model is None:
             raise UnsupportedDirection(source, target, list(self.by_direction))
@@ -202,18 +198,18 @@ class ModelSet:
             raise UnsupportedDirection(source, target, list(self.routes))
         return route
 
-    def by_name(self, name: str) -> ServedModel:
-        return next(m for m in self.models if m.name == name)
+    def by_name(self, name: str) -> Installed:
+        return next(e for e in self.entries if e.name == name)
 
-    def fill_model(self, language: str | None) -> ServedModel | None:
+    def fill_model(self, language: str | None) -> Installed | None:
         """The model fill-mask runs on for `language` (any with a masked-LM head when None)."""
-        for model in self.models:
-            if model.fill_mask is not None and (language is None or model.languages.has(language)):
-                return model
+        for entry in self.entries:
+            if entry.manifest.has_mlm_head and (language is None or language in entry.manifest.languages):
+                return entry
         return None
 
     def fill_languages(self) -> list[str]:
-        return list(dict.fromkeys(c for m in self.models if m.fill_mask is not None for c in m.languages.codes))
+        return list(dict.fromkeys(c for e in self.entries if e.manifest.has_mlm_head for c in e.manifest.languages))
 
 
-__all__ = ["ModelFileError", "ModelSet", "ModelSetError", "Requested", "ServedModel", "check_model_dirs"]
+__all__ = ["Installed", "ModelFileError", "ModelSet", "ModelSetError", "Requested", "ServedModel", "check_model_dirs"]

@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -13,7 +14,8 @@ import uvicorn
 
 from service.api import logs
 from service.api.connections import guarded_protocol
-from service.api.models import ModelSetError, check_model_dirs
+from service.api.models import ModelSetError, read_installed
+from service.api.residency import BudgetError, check_budget
 from service.api.settings import Settings
 from service.manifest import ModelFileError
 
@@ -44,9 +46,12 @@ def serve(settings: Settings) -> int:
     from service.api.app import create_app
 
     logs.configure(settings.log_level)
-    try:  # fail before uvicorn starts, with one line that names the file or the conflict
-        check_model_dirs(settings.model_dirs, settings.prefer)
-    except (ModelFileError, ModelSetError) as exc:
+    try:  # fail before uvicorn starts, with one line that names the file, the conflict or the model
+        entries = read_installed(settings.model_dirs, settings.prefer)
+        if len(entries) == 1 and settings.model_name:
+            entries = [replace(entries[0], name=settings.model_name)]
+        check_budget(entries, settings.memory_budget, settings.preload)
+    except (ModelFileError, ModelSetError, BudgetError) as exc:
         log.error("cannot start: %s", exc)
         return 2
     app = create_app(settings)

@@ -7,7 +7,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import ByteSize, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.manifest import DEFAULT_MODEL_DIR, MANIFEST_FILE
@@ -33,10 +33,14 @@ def cpu_quota(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
 
 
 def _model_dirs_in(path: Path) -> list[Path]:
+    """A model directory itself; the model directories in a directory of them (none in an empty
+    one: a models volume nothing was imported into yet)."""
     if (path / MANIFEST_FILE).is_file() or not path.is_dir():
         return [path]  # a model directory, or a path start-up reports as missing
     inside = sorted(p for p in path.iterdir() if (p / MANIFEST_FILE).is_file())
-    return inside or [path]
+    if inside or not any(path.iterdir()):
+        return inside
+    return [path]  # files but no model directory: start-up names its missing manifest
 
 
 def _split(value: object) -> object:
@@ -56,6 +60,14 @@ class Settings(BaseSettings):
     )
     prefer: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="model names that win a direction two models serve, first wins"
+    )
+    memory_budget: ByteSize | None = Field(
+        default=None,
+        description="models load on their first request, least recently used idle ones unloaded to stay within "
+        "this (e.g. 3GiB); unset: every model loads at start",
+    )
+    preload: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="model names loaded at start and kept, with a memory budget"
     )
     pivot: str = Field(
         default="en",
@@ -127,7 +139,7 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = Field(default=8000, ge=0, le=65535)
 
-    @field_validator("api_keys", "cors_origins", "models", "prefer", mode="before")
+    @field_validator("api_keys", "cors_origins", "models", "prefer", "preload", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         """`a,b,c` in the environment; a list when built in code."""

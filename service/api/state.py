@@ -13,7 +13,8 @@ from service.api.access import KeyRing, RateLimiter
 from service.api.detect import Detector
 from service.api.files import FileStore
 from service.api.metrics import Metrics
-from service.api.models import ModelSet, Requested
+from service.api.models import ModelSet, Requested, load_model, read_installed
+from service.api.residency import Residency
 from service.api.scheduler import Scheduler
 from service.api.settings import Settings
 from service.api.translation import TranslationService
@@ -26,6 +27,7 @@ class ServiceState:
     settings: Settings
     metrics: Metrics
     models: ModelSet
+    residency: Residency  # which models are in memory
     languages: ModelLanguages  # the union of the models' languages and directions
     detector: Detector
     scheduler: Scheduler
@@ -43,38 +45,43 @@ class ServiceState:
 
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics) -> ServiceState:
-        """Load the models (hashes checked: a missing or corrupt file raises naming it) and their helpers."""
+        """Read and check the installed models (with a memory budget, every file's hash too) and build
+        their helpers; `residency.start()` then loads them (all, or the preloaded ones)."""
         pivot = None if settings.pivot == "off" else settings.pivot
-        models = ModelSet.load(
-            settings.model_dirs, settings.intra_op_threads, settings.batch_tokens, settings.prefer,
-            settings.low_memory, pivot,
-        )  # fmt: skip
-        if models.single and settings.model_name:
-            models = ModelSet([replace(models.models[0], name=settings.model_name)], pivot=pivot)
+        lazy = settings.memory_budget is not None
+        entries = read_installed(settings.model_dirs, settings.prefer, verify=lazy)
+        if len(entries) == 1 and settings.model_name:
+            entries = [replace(entries[0], name=settings.model_name)]
+        models = ModelSet(entries, settings.prefer, pivot)
         scheduler = Scheduler(
-            {m.name: m.translator for m in models.models}, metrics,
+            {}, metrics,  # the residency adds each model's translator as it loads
             # the budget bounds the memory of all running batches together
             batch_tokens=settings.batch_tokens // settings.batch_workers, queue_size=settings.queue_size,
             max_wait_s=settings.max_wait_ms / 1000,
             retry_after_s=settings.retry_after_s, workers=settings.batch_workers, fault_marker=settings.fault_marker,
         )  # fmt: skip
-        for model in models.models:
-            metrics.model_info.labels(model.name, model.version, model.sha).set(1)
-            metrics.model_memory.labels(model.name).set(model.resident_bytes)
+        threads, batch_tokens, low_memory = settings.intra_op_threads, settings.batch_tokens, settings.low_memory
+        residency = Residency(
+            models, lambda entry: load_model(entry, threads, batch_tokens, low_memory), scheduler, metrics,
+            settings.memory_budget, settings.preload, settings.retry_after_s,
+        )  # fmt: skip
+        for entry in models.entries:
+            metrics.model_info.labels(entry.name, entry.version, entry.sha).set(1)
         if models.single:
-            sha, version = models.models[0].sha, models.models[0].version
+            sha, version = models.entries[0].sha, models.entries[0].version
         else:
-            sha = hashlib.sha256("".join(m.sha for m in models.models).encode()).hexdigest()[:16]
-            version = ",".join(m.version for m in models.models)
+            sha = hashlib.sha256("".join(e.sha for e in models.entries).encode()).hexdigest()[:16]
+            version = ",".join(e.version for e in models.entries)
         return cls(
             settings=settings,
             metrics=metrics,
             models=models,
+            residency=residency,
             languages=models.languages,
             detector=Detector(models.languages.codes),
             scheduler=scheduler,
             translations=TranslationService(
-                models, scheduler, settings.default_beam_size, _guard(settings.repetition_guard), metrics
+                models, residency, scheduler, settings.default_beam_size, _guard(settings.repetition_guard), metrics
             ),
             keys=KeyRing(settings.api_keys, settings.require_api_key),
             rate_limiter=RateLimiter(settings.req_limit),
@@ -82,7 +89,7 @@ class ServiceState:
             glossaries=load_glossary_dir(settings.glossary_dir) if settings.glossary_dir else {},
             model_sha=sha,
             model_version=version,
-            model_name=",".join(m.name for m in models.models),
+            model_name=",".join(e.name for e in models.entries),
         )
 
     def deadline(self, timeout_s: float | None = None) -> float:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 
 from service.api.metrics import Metrics
 from service.api.models import ModelSet, Requested, ServedModel
+from service.api.residency import Residency
 from service.api.scheduler import Scheduler, Sentence
 from service.pivot import Route, legs
 from service.runtime.beam import DecodeOptions
@@ -51,12 +52,14 @@ class TranslationService:
     def __init__(
         self,
         models: ModelSet,
+        residency: Residency,
         scheduler: Scheduler,
         default_beam: int = 0,
         repetition_guard: bool | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self.models = models
+        self.residency = residency
         self.scheduler = scheduler
         self.default_beam = default_beam
         self.repetition_guard = repetition_guard  # the operator's, over every model's own; None: each model's
@@ -79,7 +82,7 @@ class TranslationService:
                     chains.setdefault(route, []).append(i)
         out = [TextTranslation(text, 0.0, [], 0, 0) for text in texts]
         work = [
-            self._translate_with(self.models.by_name(name), [texts[i] for i in indices],
+            self._translate_with(name, [texts[i] for i in indices],
                                  [sources[i] for i in indices], target, requested, deadline)
             for name, indices in groups.items()
         ] + [self._translate_through(route, [texts[i] for i in indices], requested, deadline)
@@ -108,8 +111,8 @@ class TranslationService:
             leg = requested if last else replace(requested, n_best=1)
             if k and glossary is not None:
                 leg = replace(leg, glossary=verbatim_glossary(glossary))
-            model = self.models.for_direction(source, target)
-            out = await self._translate_with(model, current, [source] * len(current), target, leg, deadline)
+            name = self.models.for_direction(source, target).name  # each leg is a use of its model
+            out = await self._translate_with(name, current, [source] * len(current), target, leg, deadline)
             if not last:
                 current, carried = [r.text for r in out], [c + r.score for c, r in zip(carried, out, strict=True)]
         return [
@@ -169,6 +172,19 @@ class TranslationService:
         }
 
     async def _translate_with(
+        self,
+        name: str,
+        texts: Sequence[str],
+        sources: Sequence[str],
+        target: str,
+        requested: Requested,
+        deadline: float,
+    ) -> list[TextTranslation]:
+        """On the model `name`, loaded first if it is not (and held until done: never unloaded meanwhile)."""
+        async with self.residency.use(name, deadline) as model:
+            return await self._translate_on(model, texts, sources, target, requested, deadline)
+
+    async def _translate_on(
         self,
         model: ServedModel,
         texts: Sequence[str],

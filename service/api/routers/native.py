@@ -11,6 +11,7 @@ from service.api.access import bearer_token, client_id
 from service.api.errors import ApiError, guarded
 from service.api.glossaries import resolve_glossary
 from service.api.models import Requested
+from service.api.residency import ModelUnavailable
 from service.api.schemas import (
     DetectedLanguage,
     FillMaskRequest,
@@ -124,8 +125,8 @@ async def fill_mask(body: FillMaskRequest, request: Request, state: StateDep) ->
     models = state.models
     if body.language is not None and not state.languages.has(body.language):
         raise ApiError(422, f"language: {body.language!r} is not a language of this service")
-    served = models.fill_model(body.language)
-    if served is None or served.fill_mask is None:
+    entry = models.fill_model(body.language)
+    if entry is None:
         offered = models.fill_languages()
         if body.language is None:
             problem = "none of the loaded models has a masked-LM head (imported models have none)"
@@ -137,8 +138,12 @@ async def fill_mask(body: FillMaskRequest, request: Request, state: StateDep) ->
         raise ApiError(400, f"language: {problem}")
     text = scrub(body.text)
     try:
-        rows = await state.scheduler.run_in_worker(served.fill_mask.fill, text, body.top_k, body.targets)
+        async with state.residency.use(entry.name, state.deadline()) as served:
+            assert served.fill_mask is not None  # the manifest has a masked-LM head
+            rows = await state.scheduler.run_in_worker(served.fill_mask.fill, text, body.top_k, body.targets)
     except FillMaskError as exc:
         raise ApiError(422, f"{exc.field}: {exc}") from None
+    except ModelUnavailable as exc:
+        raise ApiError(503, str(exc), {"Retry-After": str(exc.retry_after)}) from None
     out = [[c.as_dict() for c in row] for row in rows]
     return out[0] if len(out) == 1 else out
