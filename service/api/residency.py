@@ -173,8 +173,12 @@ class Residency:
         self.metrics.load_seconds.observe(seconds)
         self.metrics.models_loaded.set(len(self.loaded()))
         self.metrics.model_memory.labels(name).set(model.resident_bytes)
-        log.info("model %s loaded in %.2f s (%.0f MiB resident, %.0f budgeted); %d loaded", name, seconds,
-                 model.resident_bytes / 2**20, slot.bytes / 2**20, len(self.loaded()))  # fmt: skip
+        entry = slot.entry
+        log.info(
+            "model %s from %s: %s, directions %s, %.0f MB resident, loaded in %.2f s; %d loaded",
+            name, entry.model_dir, entry.version, ", ".join(f"{a}-{b}" for a, b in entry.directions),
+            model.resident_bytes / 1e6, seconds, len(self.loaded()),
+        )  # fmt: skip
         return model
 
     async def _make_room(self, slot: _Slot) -> None:
