@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,43 +44,46 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reported(source: Path, work: Callable[[], dict[str, Any]], errors: tuple[type[Exception], ...]) -> int:
+    """Run an import; its report on stdout, or one line naming what failed."""
+    from export.exporter import ExportValidationError
+
+    try:
+        report = work()
+    except ExportValidationError as exc:
+        sys.exit(f"mtserve import: validation failed: {exc}")
+    except errors as exc:
+        sys.exit(f"mtserve import: {source}: {exc}")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def _import_marian(args: argparse.Namespace) -> int:
     require_torch()
-    from export.exporter import ExportValidationError
     from export.marian import MarianImportError, import_marian
 
     targets = [t for part in args.target or [] for t in part.split(",") if t]
-    try:
-        report = import_marian(
-            args.hf_dir, args.out, args.quantize or "fp32", args.source, targets,
-            repetition_guard=args.repetition_guard == "on",
-        )  # fmt: skip
-    except ExportValidationError as exc:
-        sys.exit(f"mtserve import: validation failed: {exc}")
-    except MarianImportError as exc:
-        sys.exit(f"mtserve import: {args.hf_dir}: {exc}")
-    print(json.dumps(report, indent=2))
-    return 0
+    guard = args.repetition_guard == "on"
+    return _reported(
+        args.hf_dir,
+        lambda: import_marian(args.hf_dir, args.out, args.quantize or "fp32", args.source, targets,
+                              repetition_guard=guard),
+        (MarianImportError,),
+    )  # fmt: skip
 
 
 def _import_ctranslate2(args: argparse.Namespace) -> int:
     require_torch()
     from export.ctranslate2 import ARGOS_GENERATION, CT2ImportError, import_ctranslate2
-    from export.exporter import ExportValidationError
 
     guard = args.repetition_guard == "on"
     generation = ARGOS_GENERATION.model_copy(update={"repetition_guard": guard, "cut_degenerate": guard})
-    try:
-        report = import_ctranslate2(
-            args.ct2_dir, args.out, args.source, args.target, args.spm, args.target_spm, args.target_prefix,
-            args.quantize or "fp32", generation,
-        )  # fmt: skip
-    except ExportValidationError as exc:
-        sys.exit(f"mtserve import: validation failed: {exc}")
-    except CT2ImportError as exc:
-        sys.exit(f"mtserve import: {args.ct2_dir}: {exc}")
-    print(json.dumps(report, indent=2))
-    return 0
+    return _reported(
+        args.ct2_dir,
+        lambda: import_ctranslate2(args.ct2_dir, args.out, args.source, args.target, args.spm, args.target_spm,
+                                   args.target_prefix, args.quantize or "fp32", generation),
+        (CT2ImportError,),
+    )  # fmt: skip
 
 
 def _import_argos(args: argparse.Namespace) -> int:

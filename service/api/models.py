@@ -148,6 +148,8 @@ def _disk_bytes(model_dir: Path, manifest: Manifest) -> int:
 def read_installed(dirs: Sequence[Path], prefer: Sequence[str] = (), verify: bool = True) -> list[Installed]:
     """Each directory's manifest and, with `verify`, its file hashes (ModelFileError names the file),
     and that the directories can be served together (ModelSetError)."""
+    if not dirs:
+        raise ModelSetError("no model to serve: MTSERVE_MODELS names no model directory (an empty models volume?)")
     entries = []
     for model_dir in dirs:
         manifest = load_manifest(model_dir, verify=verify)

@@ -281,10 +281,12 @@ class Scheduler:
         self.metrics.batch_sentences.labels(label).observe(len(batch))
         self.metrics.batch_tokens.labels(label).observe(sum(len(s) for s in sources))
         try:
+            # looked up here, on the loop, while the batch's requests hold the model (service/api/residency.py)
+            translator = self._translator(model)
             hyps = await asyncio.get_running_loop().run_in_executor(
                 self._executor,
                 self._infer,
-                model,
+                translator,
                 sources,
                 [job.sentence.target for job in batch],
                 options,
@@ -320,8 +322,13 @@ class Scheduler:
         return self.translators[model] if model else next(iter(self.translators.values()))
 
     def _infer(
-        self, model: str, sources: list[list[int]], targets: list[str], options: DecodeOptions, texts: list[str]
+        self,
+        translator: Translator,
+        sources: list[list[int]],
+        targets: list[str],
+        options: DecodeOptions,
+        texts: list[str],
     ) -> list[list[Hypothesis]]:
         if self.fault_marker and any(self.fault_marker in text for text in texts):
             raise InjectedFault(f"fault injected: a sentence contains {self.fault_marker!r}")
-        return self._translator(model).search(sources, targets, options)
+        return translator.search(sources, targets, options)
