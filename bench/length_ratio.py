@@ -6,7 +6,8 @@
 Tokenizes held-out pairs of ../shared/data with the served model's tokenizer, both directions,
 and prints, per direction, the bounds T ≤ a·S + b and T ≥ c·S − d (S source tokens, T
 reference tokens) that 99.9% of the pairs keep: what service/runtime/degenerate.py calls out
-of proportion. The decoder's tags and EOS are not counted.
+of proportion. The decoder's tags and EOS are not counted, except in `over_length_limit`: the
+references longer than the runtime's proportional limit, 2·source + 10 tokens.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from model import corpus  # noqa: E402
 from model.train_config import load_config  # noqa: E402
+from service.conventions import max_target_length  # noqa: E402
 from service.manifest import load_manifest  # noqa: E402
 from service.runtime.text_tokenizer import load_text_tokenizer  # noqa: E402
 
@@ -62,6 +64,8 @@ def main() -> int:
             target += [len(tokenizer.encode(t)) for t in references]
         s, t = np.array(source, dtype=float), np.array(target, dtype=float)
         row = {"pairs": len(s), **bounds(s, t), "ratio_median": round(float(np.median(t[s > 0] / s[s > 0])), 3)}
+        # references the runtime's proportional limit would cut (both counted with their EOS)
+        row["over_length_limit"] = sum(int(b) + 1 > max_target_length(int(a) + 1) for a, b in zip(s, t, strict=True))
         report["-".join(direction)] = row
     print(json.dumps(report, indent=1))
     return 0
