@@ -1,0 +1,77 @@
+"""A model's memory under each way of holding its onnxruntime sessions, each in its own process.
+
+    python bench/session_memory.py --model DIR [--sentences 128]
+
+Modes: `pair` (today's default: one session with the configured threads and one with one thread
+per graph, each with its own pre-packed weights), `low-memory` (MTSERVE_LOW_MEMORY: the wide
+session reads the mapped weights), `single` (one session per graph, one thread), `no-prepack`
+(both sessions read the mapped weights). Each row gives the proportional set size (PSS) that
+loading added, and what it was after one batch of `--sentences` test2016 sentences at beam 5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+MODES = ("pair", "low-memory", "single", "no-prepack")
+GRAPH_FILES = ("encoder.onnx", "decoder_step.onnx", "weights.bin")
+
+
+def pss_mb() -> float:
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def measure(mode: str, model_dir: Path, sentences: int, data_dir: Path) -> dict[str, object]:
+    import service.runtime.sessions as sessions
+
+    if mode == "no-prepack":
+        plain = sessions._session
+        sessions._session = lambda path, threads, pack=True: plain(path, threads, pack=False)
+    from service.runtime.beam import DecodeOptions
+    from service.runtime.translator import Translator
+
+    before = pss_mb()
+    translator = Translator.load(model_dir, 1 if mode == "single" else 2, low_memory=mode == "low-memory")
+    loaded = pss_mb()
+    with gzip.open(data_dir / "multi30k" / "test_2016_flickr.en.gz", "rt", encoding="utf-8") as handle:
+        texts = [line.strip() for line in handle][:sentences]
+    options = DecodeOptions(beam_size=5, max_length=40, proportional_limit=False, repetition_guard=False,
+                            cut_degenerate=False)  # fmt: skip
+    translator.translate(texts, translator.languages.directions[0][1], options)
+    files = sum((model_dir / name).stat().st_size for name in GRAPH_FILES if (model_dir / name).exists())
+    return {"mode": mode, "files_mb": round(files / 1e6), "loaded_pss_mb": round(loaded - before),
+            f"after_{sentences}_sentences_pss_mb": round(pss_mb() - before)}  # fmt: skip
+
+
+def main() -> None:
+    from model.corpus import resolve_data_dir
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--sentences", type=int, default=128)
+    parser.add_argument("--data-dir")
+    parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)  # one mode, in this process
+    args = parser.parse_args()
+    data_dir = resolve_data_dir(args.data_dir)
+    if args.mode:
+        print(json.dumps(measure(args.mode, args.model, args.sentences, data_dir)), flush=True)
+        return
+    for mode in MODES:
+        command = [sys.executable, __file__, "--model", str(args.model), "--sentences", str(args.sentences),
+                   "--mode", mode, *(["--data-dir", args.data_dir] if args.data_dir else [])]  # fmt: skip
+        subprocess.run(command, check=True)
+
+
+if __name__ == "__main__":
+    main()
