@@ -7,6 +7,12 @@ per graph, each with its own pre-packed weights), `low-memory` (MTSERVE_LOW_MEMO
 session reads the mapped weights), `single` (one session per graph, one thread), `no-prepack`
 (both sessions read the mapped weights). Each row gives the proportional set size (PSS) that
 loading added, and what it was after one batch of `--sentences` test2016 sentences at beam 5.
+
+Two more rows hold the sessions alone, two per graph as the runtime holds them, without running
+them: over the graphs as exported (`sessions`), and over copies that onnxruntime optimised and
+saved with their pre-packed weights as external data (`sessions-prepacked-file`, the
+`session.save_external_prepacked_constant_initializers` option, onnxruntime 1.21 and later), so
+that every session maps one packed copy instead of packing its own.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-MODES = ("pair", "low-memory", "single", "no-prepack")
+MODES = ("pair", "low-memory", "single", "no-prepack", "sessions", "sessions-prepacked-file")
 GRAPH_FILES = ("encoder.onnx", "decoder_step.onnx", "weights.bin")
 
 
@@ -32,8 +38,48 @@ def pss_mb() -> float:
     return 0.0
 
 
+def prepacked_copies(model_dir: Path, out: Path) -> Path:
+    """The graphs optimised and saved with their pre-packed weights in external data files."""
+    import onnxruntime as ort
+
+    out.mkdir(parents=True, exist_ok=True)
+    for graph in GRAPH_FILES[:2]:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(out / graph)
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name", graph + ".data")
+        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        options.add_session_config_entry("session.save_external_prepacked_constant_initializers", "1")
+        ort.InferenceSession(str(model_dir / graph), options, providers=["CPUExecutionProvider"])
+    return out
+
+
+def sessions_alone(model_dir: Path) -> float:
+    """PSS added by two sessions per graph (two threads and one), created and not run."""
+    import onnxruntime as ort
+
+    before = pss_mb()
+    held = []
+    for graph in GRAPH_FILES[:2]:
+        for threads in (2, 1):
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            held.append(ort.InferenceSession(str(model_dir / graph), options, providers=["CPUExecutionProvider"]))
+    return pss_mb() - before
+
+
 def measure(mode: str, model_dir: Path, sentences: int, data_dir: Path) -> dict[str, object]:
     import service.runtime.sessions as sessions
+
+    if mode.startswith("sessions"):
+        if mode == "sessions-prepacked-file":
+            import tempfile
+
+            copies = prepacked_copies(model_dir, Path(tempfile.mkdtemp(prefix="mtserve-prepacked-")))
+            on_disk = sum(p.stat().st_size for p in copies.iterdir())
+            return {"mode": mode, "files_mb": round(on_disk / 1e6), "loaded_pss_mb": round(sessions_alone(copies))}
+        files = sum((model_dir / name).stat().st_size for name in GRAPH_FILES if (model_dir / name).exists())
+        return {"mode": mode, "files_mb": round(files / 1e6), "loaded_pss_mb": round(sessions_alone(model_dir))}
 
     if mode == "no-prepack":
         plain = sessions._session
