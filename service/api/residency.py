@@ -95,12 +95,15 @@ class Residency:
     retry_after_s: int = 1
     _slots: dict[str, _Slot] = field(init=False)
     _recent: OrderedDict[str, None] = field(init=False)  # least recently used first
-    _released: asyncio.Condition | None = field(init=False, default=None)
+    _reserved: set[str] = field(init=False)  # loading, their room in the budget taken
+    _changed: asyncio.Condition = field(init=False)  # a model released, loaded, or failed to load
 
     def __post_init__(self) -> None:
         self._slots = {e.name: _Slot(e, pinned=self.budget is None or e.name in self.preload)
                        for e in self.models.entries}  # fmt: skip
         self._recent = OrderedDict()
+        self._reserved = set()
+        self._changed = asyncio.Condition()
         check_budget(self.models.entries, self.budget, self.preload)
 
     @property
@@ -110,9 +113,9 @@ class Residency:
     def loaded(self) -> list[ServedModel]:
         return [s.model for s in self._slots.values() if s.model is not None]
 
-    def resident_bytes(self, besides: _Slot | None = None) -> int:
-        """What the loaded models hold, and those loading will (but `besides`)."""
-        return sum(s.bytes for s in self._slots.values() if (s.model or s.loading) and s is not besides)
+    def resident_bytes(self) -> int:
+        """What the loaded models hold, and those loading with their room taken will."""
+        return sum(s.bytes for name, s in self._slots.items() if s.model is not None or name in self._reserved)
 
     async def start(self) -> None:
         """Eager: every model. With a budget: the preloaded ones."""
@@ -133,9 +136,7 @@ class Residency:
             yield model
         finally:
             slot.users -= 1
-            if self._released is not None:
-                async with self._released:
-                    self._released.notify_all()
+            await self._notify()
 
     async def _await_load(self, slot: _Slot, deadline: float) -> ServedModel:
         if slot.failed is not None and time.monotonic() - slot.failed[0] < FAILED_RETRY_S:
@@ -158,6 +159,7 @@ class Residency:
             started = time.perf_counter()
             model = await asyncio.to_thread(self.loader, slot.entry)
             seconds = time.perf_counter() - started
+            slot.model, slot.failed = model, None  # in the budget from here on, as loaded
         except ModelFileError as exc:
             log.error("model %s cannot load: %s", name, exc)
             slot.failed = (
@@ -167,7 +169,8 @@ class Residency:
             raise ModelUnavailable(slot.failed[1], self.retry_after_s) from None
         finally:
             slot.loading = None
-        slot.model, slot.failed = model, None
+            self._reserved.discard(name)
+            await self._notify()
         self.scheduler.translators[name] = model.translator
         self.metrics.loads.labels(name).inc()
         self.metrics.load_seconds.observe(seconds)
@@ -182,19 +185,22 @@ class Residency:
         return model
 
     async def _make_room(self, slot: _Slot) -> None:
-        """Unload the least recently used idle models until this one fits the budget; while the
-        rest are in use, wait for one to be released."""
+        """Take this model's room in the budget: unload the least recently used idle models until it
+        fits; while the rest are in use or still loading, wait for one of them to change."""
         if self.budget is None:
             return
-        if self._released is None:
-            self._released = asyncio.Condition()
-        while self.resident_bytes(besides=slot) + slot.bytes > self.budget:
-            idle = [n for n in self._recent if self._evictable(self._slots[n])]
-            if idle:
-                self._unload(self._slots[idle[0]])
-                continue
-            async with self._released:
-                await self._released.wait()
+        async with self._changed:
+            while self.resident_bytes() + slot.bytes > self.budget:
+                idle = [n for n in self._recent if self._evictable(self._slots[n])]
+                if idle:
+                    self._unload(self._slots[idle[0]])
+                    continue
+                await self._changed.wait()
+            self._reserved.add(slot.entry.name)
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
 
     def _evictable(self, slot: _Slot) -> bool:
         return slot.model is not None and slot.users == 0 and not slot.pinned
