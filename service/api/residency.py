@@ -1,8 +1,8 @@
 """Which installed models are in memory: all of them from the start, or, within a memory budget,
 each one from its first request on, the least recently used idle ones unloaded to make room.
 
-- A model in use (a request holds it: queued, running, or between the legs of a pivot) is never
-  unloaded; nor is one of MTSERVE_PRELOAD.
+- A model in use (a request holds it, queued or running; each leg of a pivot is such a request)
+  is never unloaded; nor is one of MTSERVE_PRELOAD.
 - Concurrent requests for a cold model cause one load; they wait for it within their deadline,
   then get 503 with Retry-After.
 - A model whose files fail their check when it loads answers 503 naming it; the others go on.
