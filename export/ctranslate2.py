@@ -104,8 +104,9 @@ class Tokens:
 
 
 class _Names:
-    """Variables by their current (revision 7) names, whatever revision wrote them; each one used is
-    ticked off, so that any left over is one this network does not implement."""
+    """Variables by their current (revision 7) names, whatever revision wrote them; each array used is
+    ticked off, so that any left over is one this network does not implement (scalar attributes are
+    checked by _check_spec)."""
 
     def __init__(self, model: CT2Model) -> None:
         self.model = model
@@ -115,7 +116,6 @@ class _Names:
         for candidate in (f"{side}/{name}", name):
             value = self.model.scalar(candidate)
             if value is not None:
-                self.used.add(candidate)
                 return value
         return default
 
@@ -225,13 +225,9 @@ def _layers(names: _Names, state: dict[str, torch.Tensor], side: str, count: int
         _norm(state, f"{dst}.ffn_res.norm", names, f"{src}/ffn/layer_norm")
 
 
-def _embedding_scale(model: CT2Model, names: _Names, d_model: int) -> bool:
+def _embedding_scale(model: CT2Model, d_model: int) -> bool:
     """Whether embeddings are multiplied by √d_model: a flag (revisions 3 to 6), or the factor itself
     as a float (what newer converters write); any other factor is not this network's."""
-    for name in ("encoder/scale_embeddings", "scale_embeddings", "encoder/embeddings/multiply_by_sqrt_depth",
-                 "decoder/embeddings/multiply_by_sqrt_depth"):  # fmt: skip
-        if model.has(name):
-            names.used.add(name)
     for name in ("encoder/scale_embeddings", "scale_embeddings", "encoder/embeddings/multiply_by_sqrt_depth"):
         if not model.has(name):
             continue
@@ -282,12 +278,6 @@ def convert(model: CT2Model, target_prefix: str | None = None) -> tuple[ModelCon
         raise CT2ImportError("model.bin variable encoder/activation",
                              f"{ACTIVATION_NAMES.get(code, code)}: not implemented by this network")  # fmt: skip
     zero_start = bool(names.scalar("decoder", "start_from_zero_embedding", 0))
-    for side in ("encoder", "decoder"):  # the per-side copies of the attributes read above
-        for attr in ("num_heads", "pre_norm", "activation", "scale_embeddings", "alignment_layer", "alignment_heads",
-                     "embeddings_merge", "multi_query_attention", "alibi", "alibi_use_positive_positions",
-                     "scale_alibi", "layernorm_embedding", "sliding_window"):  # fmt: skip
-            if model.has(f"{side}/{attr}"):
-                names.used.add(f"{side}/{attr}")
     source_embedding = names.weight("encoder/embeddings_0/weight", "encoder/embeddings/weight")
     target_embedding = names.weight("decoder/embeddings/weight")
     projection = names.weight("decoder/projection/weight")
@@ -299,7 +289,7 @@ def convert(model: CT2Model, target_prefix: str | None = None) -> tuple[ModelCon
             raise CT2ImportError(f"model.bin variable {what}",
                                  f"{table.shape[0]} rows for a vocabulary of {len(vocab)} tokens")  # fmt: skip
     d_model = target_embedding.shape[1]
-    scale = _embedding_scale(model, names, d_model)
+    scale = _embedding_scale(model, d_model)
     rows, layout = _positions(names, d_model)
     encoder_layers, decoder_layers = _count_layers(model, "encoder"), _count_layers(model, "decoder")
     d_ff = names.weight("encoder/layer_0/ffn/linear_0/weight").shape[0]

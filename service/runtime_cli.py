@@ -33,15 +33,15 @@ def _languages(args: argparse.Namespace, languages: ModelLanguages) -> tuple[str
 
 
 def _options(args: argparse.Namespace, generation: Any) -> Any:
-    from service.runtime.beam import DecodeOptions
+    from service.runtime.beam import DecodeOptions, guard_override
 
     try:
         if args.beam_size is not None and args.n_best > args.beam_size:
             raise ValueError(f"n_best must lie in 1..beam_size ({args.beam_size}), got {args.n_best}")
-        guard = {"on": True, "off": False}.get(args.repetition_guard)
         return DecodeOptions.from_generation(
-            generation, args.n_best, args.beam_size, args.length_penalty, repetition_guard=guard
-        )
+            generation, args.n_best, args.beam_size, args.length_penalty,
+            repetition_guard=guard_override(args.repetition_guard),
+        )  # fmt: skip
     except ValueError as exc:
         sys.exit(f"mtserve: {exc}")
 

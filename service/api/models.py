@@ -11,6 +11,7 @@ import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 from service.languages import ModelLanguages, UnsupportedDirection
@@ -99,7 +100,7 @@ class Installed:
     sha: str  # of its manifest, which holds every file's sha256
     disk_bytes: int  # graphs and weights
 
-    @property
+    @cached_property
     def directions(self) -> tuple[tuple[str, str], ...]:
         return self.manifest.model_languages().directions
 
@@ -145,9 +146,12 @@ def _disk_bytes(model_dir: Path, manifest: Manifest) -> int:
     return sum((model_dir / name).stat().st_size for name in manifest.sha256 if (model_dir / name).is_file())
 
 
-def read_installed(dirs: Sequence[Path], prefer: Sequence[str] = (), verify: bool = True) -> list[Installed]:
+def read_installed(
+    dirs: Sequence[Path], prefer: Sequence[str] = (), verify: bool = True, single_name: str = ""
+) -> list[Installed]:
     """Each directory's manifest and, with `verify`, its file hashes (ModelFileError names the file),
-    and that the directories can be served together (ModelSetError)."""
+    and that the directories can be served together (ModelSetError). `single_name` names a single
+    model (MTSERVE_MODEL_NAME)."""
     if not dirs:
         raise ModelSetError("no model to serve: MTSERVE_MODELS names no model directory (an empty models volume?)")
     entries = []
@@ -157,6 +161,8 @@ def read_installed(dirs: Sequence[Path], prefer: Sequence[str] = (), verify: boo
         name = model_name(model_dir, manifest)
         entries.append(Installed(name, model_dir, manifest, sha, _disk_bytes(model_dir, manifest)))
     entries = _unique_names(entries)
+    if len(entries) == 1 and single_name:
+        entries = [replace(entries[0], name=single_name)]
     assign_directions(entries, prefer)
     return entries
 

@@ -50,6 +50,11 @@ class BudgetError(ValueError):
     """The memory budget or the preload list cannot be met: names the model."""
 
 
+def budgeted_bytes(entry: Installed) -> int:
+    """What a model counts against the budget: what it is expected to hold once loaded."""
+    return int(entry.disk_bytes * LOAD_FACTOR)
+
+
 def check_budget(entries: Sequence[Installed], budget: int | None, preload: Sequence[str]) -> None:
     names = [e.name for e in entries]
     unknown = [name for name in preload if name not in names]
@@ -58,13 +63,13 @@ def check_budget(entries: Sequence[Installed], budget: int | None, preload: Sequ
     if budget is None:
         return
     for entry in entries:
-        need = int(entry.disk_bytes * LOAD_FACTOR)
+        need = budgeted_bytes(entry)
         if need > budget:
             raise BudgetError(
                 f"model {entry.name} ({entry.model_dir}) needs about {need / 2**20:.0f} MiB, "
                 f"over the whole memory budget ({budget / 2**20:.0f} MiB, MTSERVE_MEMORY_BUDGET)"
             )
-    pinned = sum(int(e.disk_bytes * LOAD_FACTOR) for e in entries if e.name in preload)
+    pinned = sum(budgeted_bytes(e) for e in entries if e.name in preload)
     if pinned > budget:
         raise BudgetError(f"the preloaded models need about {pinned / 2**20:.0f} MiB, over MTSERVE_MEMORY_BUDGET")
 
@@ -80,8 +85,7 @@ class _Slot:
 
     @property
     def bytes(self) -> int:
-        """What the model is expected to hold once loaded."""
-        return int(self.entry.disk_bytes * LOAD_FACTOR)
+        return budgeted_bytes(self.entry)
 
 
 @dataclass
@@ -105,10 +109,6 @@ class Residency:
         self._reserved = set()
         self._changed = asyncio.Condition()
         check_budget(self.models.entries, self.budget, self.preload)
-
-    @property
-    def lazy(self) -> bool:
-        return self.budget is not None
 
     def loaded(self) -> list[ServedModel]:
         return [s.model for s in self._slots.values() if s.model is not None]

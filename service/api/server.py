@@ -6,7 +6,6 @@ import argparse
 import logging
 import signal
 import sys
-from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -47,9 +46,7 @@ def serve(settings: Settings) -> int:
 
     logs.configure(settings.log_level)
     try:  # fail before uvicorn starts, with one line that names the file, the conflict or the model
-        entries = read_installed(settings.model_dirs, settings.prefer)
-        if len(entries) == 1 and settings.model_name:
-            entries = [replace(entries[0], name=settings.model_name)]
+        entries = read_installed(settings.model_dirs, settings.prefer, single_name=settings.model_name)
         check_budget(entries, settings.memory_budget, settings.preload)
     except (ModelFileError, ModelSetError, BudgetError) as exc:
         log.error("cannot start: %s", exc)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -19,6 +19,7 @@ from service.api.scheduler import Scheduler
 from service.api.settings import Settings
 from service.api.translation import TranslationService
 from service.languages import ModelLanguages
+from service.runtime.beam import guard_override
 from service.runtime.glossary import Glossary, load_glossary_dir
 
 
@@ -45,13 +46,12 @@ class ServiceState:
 
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics) -> ServiceState:
-        """Read and check the installed models (with a memory budget, every file's hash too) and build
+        """Read the installed models' manifests and check that they can be served together, and build
         their helpers; `residency.start()` then loads them (all, or the preloaded ones)."""
         pivot = None if settings.pivot == "off" else settings.pivot
-        lazy = settings.memory_budget is not None
-        entries = read_installed(settings.model_dirs, settings.prefer, verify=lazy)
-        if len(entries) == 1 and settings.model_name:
-            entries = [replace(entries[0], name=settings.model_name)]
+        # manifests only: `mtserve serve` checked every file's hash before the app started, and each
+        # model checks its own again as it loads
+        entries = read_installed(settings.model_dirs, settings.prefer, verify=False, single_name=settings.model_name)
         models = ModelSet(entries, settings.prefer, pivot)
         scheduler = Scheduler(
             {}, metrics,  # the residency adds each model's translator as it loads
@@ -81,7 +81,12 @@ class ServiceState:
             detector=Detector(models.languages.codes),
             scheduler=scheduler,
             translations=TranslationService(
-                models, residency, scheduler, settings.default_beam_size, _guard(settings.repetition_guard), metrics
+                models,
+                residency,
+                scheduler,
+                settings.default_beam_size,
+                guard_override(settings.repetition_guard),
+                metrics,
             ),
             keys=KeyRing(settings.api_keys, settings.require_api_key),
             rate_limiter=RateLimiter(settings.req_limit),
@@ -99,11 +104,6 @@ class ServiceState:
     def default_options(self, n_best: int = 1, glossary: Glossary | None = None) -> Requested:
         """A LibreTranslate request's alternatives and glossary; the rest is the serving model's default."""
         return Requested(n_best=n_best, glossary=glossary)
-
-
-def _guard(setting: str) -> bool | None:
-    """MTSERVE_REPETITION_GUARD as an override of every model's own rule; None: no override."""
-    return {"on": True, "off": False}.get(setting)
 
 
 async def get_state(request: Request) -> ServiceState:

@@ -109,6 +109,11 @@ class DecodeOptions:
         return min(rule, self.max_length) if self.max_length else rule
 
 
+def guard_override(setting: str) -> bool | None:
+    """A `--repetition-guard` or MTSERVE_REPETITION_GUARD value: on, off, or None for the model's own."""
+    return {"on": True, "off": False}.get(setting)
+
+
 def runaway(tokens: Sequence[int], nxt: int) -> bool:
     """Would appending `nxt` repeat some n-gram (n ≤ 4) back to back more than MAX_REPEATS[n] times?"""
     if nxt not in tokens[-LOOP_WINDOW:]:
@@ -123,8 +128,13 @@ def runaway(tokens: Sequence[int], nxt: int) -> bool:
     return False
 
 
-def _ranked(hyps: list[Hypothesis], source: Sequence[int], n_best: int, options: DecodeOptions) -> list[Hypothesis]:
-    """The n_best to return: sane ones first and only-degenerate output cut, or by score alone, marked."""
+def _ranked(
+    hyps: list[Hypothesis], source: Sequence[int], n_best: int, options: DecodeOptions, eos: int
+) -> list[Hypothesis]:
+    """The n_best to return: sane ones first and only-degenerate output cut, or by score alone, marked.
+    degenerate.py judges a source as ending with EOS; a model whose sources have none gets it added."""
+    if not source or source[-1] != eos:
+        source = [*source, eos]
     if options.cut_degenerate:
         return sane_first(hyps, source, n_best)
     return mark_degenerate(sorted(hyps, key=lambda h: -h.score)[:n_best], source)
@@ -197,7 +207,7 @@ def greedy_search(
             cache.reorder(rows, rows)  # finished rows leave the cache
             alive, mask, cross, riding = alive[rows], mask[rows], compact_rows(cross, rows), riding[rows]
         last = np.asarray([tokens[s][-1] if tokens[s] else eos for s in alive], dtype=np.int64)
-    return [_ranked(r, source, 1, options) for r, source in zip(results, sources, strict=True)]
+    return [_ranked(r, source, 1, options, eos) for r, source in zip(results, sources, strict=True)]
 
 
 def _guarded(hist: np.ndarray, rows: np.ndarray, tokens: np.ndarray, candidates: np.ndarray) -> np.ndarray:
@@ -307,4 +317,4 @@ def beam_search(
         else:
             cache.reorder(next_rows)  # each row reads the history of the beam it continues
 
-    return [_ranked(f, source, options.n_best, options) for f, source in zip(finished, sources, strict=True)]
+    return [_ranked(f, source, options.n_best, options, eos) for f, source in zip(finished, sources, strict=True)]
