@@ -11,12 +11,14 @@ COPY service /src/service
 RUN /opt/venv/bin/pip install --no-cache-dir --no-deps /src
 
 FROM python:3.11-slim-bookworm AS runtime
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin mtserve
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin mtserve \
+    && mkdir -p /var/cache/mtserve/packed && chown -R 10001 /var/cache/mtserve
 COPY --from=build /opt/venv /opt/venv
 COPY artifacts/default /app/artifacts/default
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     MTSERVE_MODEL_DIR=/app/artifacts/default \
+    MTSERVE_PACKED_DIR=/var/cache/mtserve/packed \
     MTSERVE_HOST=0.0.0.0 \
     MTSERVE_PORT=8000
 WORKDIR /app

@@ -5,9 +5,10 @@ loaded, and against CTranslate2 holding the same forty (what one LibreTranslate 
 
 The models are one int8 Argos-shape import (bench/argos_engines.py: random weights, CTranslate2's
 int8 as argos-train ships it, imported with `--quantize int8`) copied forty times, each copy its
-own files and its own direction en→x00 … en→x39. 16 HTTP clients send one test2016 sentence per
-request, the direction drawn from a Zipf distribution (exponent 1.1, seeded) over the forty. The
-server's proportional set size is sampled every 0.2 s. Reported: requests/s, the peak and final
+own files (one byte of its weights changed: its own packed copies) and its own direction en→x00
+… en→x39. 16 HTTP clients send one test2016 sentence per request, the direction drawn from a
+Zipf distribution (exponent 1.1, seeded) over the forty. The server's proportional set size is
+sampled every 0.2 s. Reported: requests/s, the peak and final
 PSS, loads and unloads, and each load's time from the server's log (a cold model's load).
 `--no-budget` serves all forty loaded from the start instead; `--ctranslate2` loads the forty
 CTranslate2 directories in one process and reports its PSS.
@@ -34,8 +35,9 @@ import httpx  # noqa: E402
 
 from bench.argos_engines import prepare  # noqa: E402
 from bench.common import test_pairs  # noqa: E402
+from export.shared_weights import WEIGHTS_FILE  # noqa: E402
 from service.api.launcher import live_server, metric_value  # noqa: E402
-from service.manifest import MANIFEST_FILE  # noqa: E402
+from service.manifest import MANIFEST_FILE, sha256_file  # noqa: E402
 
 CLIENTS = 16
 ZIPF_EXPONENT = 1.1
@@ -60,9 +62,16 @@ def copies(base: Path, out: Path, count: int) -> Path:
         if (folder / MANIFEST_FILE).is_file():
             continue
         shutil.copytree(base, folder)
+        # Each copy's weights differ in one byte (the first weight, by at most one step), so that
+        # each is a model of its own: its own packed copies, its own pages.
+        weights = folder / WEIGHTS_FILE
+        raw = bytearray(weights.read_bytes())
+        raw[0] = i
+        weights.write_bytes(bytes(raw))
         manifest = json.loads((folder / MANIFEST_FILE).read_text())
         (start,) = manifest["decoder_start"].values()
         manifest |= {"languages": ["en", target], "directions": [["en", target]], "decoder_start": {target: start}}
+        manifest["sha256"][WEIGHTS_FILE] = sha256_file(weights)
         (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
     return out
 
@@ -102,7 +111,8 @@ async def _load(url: str, seconds: float, count: int, sentences: list[str], seed
 
 def serve(models: Path, budget: str | None, args: argparse.Namespace, sentences: list[str]) -> dict[str, object]:
     env = {"MTSERVE_MODELS": str(models), "MTSERVE_LOG_LEVEL": "info", "MTSERVE_PIVOT": "off",
-           "MTSERVE_REQUEST_TIMEOUT_S": "300", **({"MTSERVE_MEMORY_BUDGET": budget} if budget else {})}  # fmt: skip
+           "MTSERVE_REQUEST_TIMEOUT_S": "300", "MTSERVE_PACKED_DIR": str(args.work / "packed"),
+           **({"MTSERVE_MEMORY_BUDGET": budget} if budget else {})}  # fmt: skip
     with live_server(env=env, log_dir=args.work, timeout=1800) as server:
         pid, samples, stop = server.process.pid, [pss_mb(server.process.pid)], threading.Event()
 

@@ -21,10 +21,11 @@ ALIGNMENT = 64
 
 
 EMBEDDING = "model.embed.weight"
+OUTPUT_PROJECTION = EMBEDDING + ".projection"  # the same bytes, read by the output projection
 
 
 def tie_output_projection(path: Path, vocab_size: int) -> None:
-    """Make the output projection read the embedding matrix itself.
+    """Make the output projection read the embedding matrix's values.
 
     The exporter folds F.linear(h, E) into MatMul(h, Eᵀ) with Eᵀ as a new initializer:
     a second copy of the largest tensor. Gemm(h, E, transB=1) computes the same from E.
@@ -49,7 +50,31 @@ def tie_output_projection(path: Path, vocab_size: int) -> None:
         node.attribute.append(onnx.helper.make_attribute("transB", 1))
         if not any(transposed in n.input for n in graph.graph.node):
             graph.graph.initializer.remove(inits[transposed])
+    split_lookup_from_product(graph)
     onnx.save(graph, str(path))
+
+
+def split_lookup_from_product(graph: onnx.ModelProto) -> None:
+    """The output projection reads the embedding under a name of its own, OUTPUT_PROJECTION, which
+    share_weights places on the same bytes of the weights file.
+
+    Under one name, onnxruntime's pre-packing reads the whole matrix and the lookup keeps those
+    pages mapped: the embedding stays resident twice, packed and plain. Under two, the
+    projection's plain copy is let go once packed, and the lookup maps only the rows it reads
+    (service/runtime/packed.py)."""
+    inits = {i.name: i for i in graph.graph.initializer}
+    if EMBEDDING not in inits or OUTPUT_PROJECTION in inits:
+        return
+    readers = [n for n in graph.graph.node if EMBEDDING in n.input]
+    products = [n for n in readers if n.op_type in ("MatMul", "Gemm")]
+    if not products or len(products) == len(readers):
+        return  # no lookup beside the product, or no product
+    twin = onnx.TensorProto()
+    twin.CopyFrom(inits[EMBEDDING])
+    twin.name = OUTPUT_PROJECTION
+    graph.graph.initializer.append(twin)
+    for node in products:
+        node.input[:] = [OUTPUT_PROJECTION if name == EMBEDDING else name for name in node.input]
 
 
 def store_exact_fp16(path: Path) -> int:

@@ -72,6 +72,9 @@ class Manifest(BaseModel):
     format_version: int = FORMAT_VERSION
     opset: int
     precision: str  # fp32 or int8
+    # int8 graphs: weights within ±(2^(bits-1) - 1). At 7 bits the u8·s8 kernel of CPUs without
+    # VNNI, which adds pairs of products in 16 bits, cannot saturate (export/quantize.py).
+    int8_weight_bits: int = 8
     files: dict[str, str]  # role -> file name: encoder, decoder, mlm_head (optional), tokenizer or
     # source_tokenizer, target_tokenizer and vocab
     sha256: dict[str, str]  # file name -> hex digest

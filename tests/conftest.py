@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
+import tempfile
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,18 @@ from service.conventions import FIRST_LANGUAGE_TAG_ID
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("MTSERVE_DATA_DIR", ROOT / DEFAULT_DATA_DIR))
+# The graphs' packed copies (service/runtime/packed.py) go to a directory of the test run's own,
+# shared by every test and every server it starts, not to the user's cache.
+PACKED_DIR = tempfile.mkdtemp(prefix="mtserve-packed-tests-")
+os.environ["MTSERVE_PACKED_DIR"] = PACKED_DIR
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_packed_copies() -> Iterator[None]:
+    yield
+    shutil.rmtree(PACKED_DIR, ignore_errors=True)
+
+
 TINY_PAIRS = 200
 # The tiny models' languages, in config order: their tags follow the control symbols.
 TAG = {"en": FIRST_LANGUAGE_TAG_ID, "fr": FIRST_LANGUAGE_TAG_ID + 1}

@@ -100,7 +100,7 @@ def test_a_model_in_use_is_never_unloaded(three: tuple[Path, dict[str, str]]) ->
     entries = read_installed(sorted(root.iterdir()))
     metrics = Metrics()
     scheduler = Scheduler({}, metrics, batch_tokens=2048, queue_size=64, max_wait_s=0.0)
-    residency = Residency(ModelSet(entries), lambda e: load_model(e, 1, 2048, False), scheduler,
+    residency = Residency(ModelSet(entries), lambda e: load_model(e, 1, 2048, False, None), scheduler,
                           metrics, budget=int(_budget(root, 2)))  # fmt: skip
     a, b, c = (e.name for e in entries)
 

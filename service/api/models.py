@@ -74,10 +74,13 @@ class ServedModel:
         )
 
 
-def load_model(entry: Installed, threads: int, batch_tokens: int, low_memory: bool) -> ServedModel:
-    """Sessions, tokenizer and fill-mask of one installed model; its file hashes are checked here."""
+def load_model(
+    entry: Installed, threads: int, batch_tokens: int, low_memory: bool, packed_root: Path | None
+) -> ServedModel:
+    """Sessions, tokenizer and fill-mask of one installed model; its file hashes are checked here.
+    packed_root: where its graphs' packed copies are kept (service/runtime/packed.py); None: none."""
     before = resident_bytes()
-    translator = Translator.load(entry.model_dir, threads, batch_tokens, low_memory)
+    translator = Translator.load(entry.model_dir, threads, batch_tokens, low_memory, packed_root or False)
     fill = FillMask.from_model(translator.model) if entry.manifest.has_mlm_head else None
     added = max(0, resident_bytes() - before)
     return ServedModel(entry.name, entry.model_dir, translator, fill, entry.sha, entry.version, added)

@@ -31,9 +31,12 @@ from service.manifest import ModelFileError
 
 log = logging.getLogger("mtserve.residency")
 
-# A loaded model holds this many times its files (graphs and weights) until measured
-# (docs/BENCHMARKS.md: about 2.5 for fp32 sessions, one wide and one narrow per graph).
-LOAD_FACTOR = 2.5
+# A loaded model holds about this many times its files (graphs and weights), docs/BENCHMARKS.md:
+# with packed copies of its graphs (service/runtime/packed.py) under 1.15 once loaded and after
+# batches, the embedding's rows mapped as they are read; without, 2.5 (one wide and one narrow
+# session per graph, each packing its own).
+LOAD_FACTOR = 1.5
+UNPACKED_LOAD_FACTOR = 2.5
 # A load that failed is not tried again for this long: its requests get 503 at once.
 FAILED_RETRY_S = 30.0
 
@@ -50,12 +53,13 @@ class BudgetError(ValueError):
     """The memory budget or the preload list cannot be met: names the model."""
 
 
-def budgeted_bytes(entry: Installed) -> int:
-    """What a model counts against the budget: what it is expected to hold once loaded."""
-    return int(entry.disk_bytes * LOAD_FACTOR)
+def budgeted_bytes(entry: Installed, packed: bool = True) -> int:
+    """What a model counts against the budget: what it is expected to hold once loaded.
+    packed: whether its graphs have packed copies (MTSERVE_PACKED_DIR not off)."""
+    return int(entry.disk_bytes * (LOAD_FACTOR if packed else UNPACKED_LOAD_FACTOR))
 
 
-def check_budget(entries: Sequence[Installed], budget: int | None, preload: Sequence[str]) -> None:
+def check_budget(entries: Sequence[Installed], budget: int | None, preload: Sequence[str], packed: bool = True) -> None:
     names = [e.name for e in entries]
     unknown = [name for name in preload if name not in names]
     if unknown:
@@ -63,13 +67,13 @@ def check_budget(entries: Sequence[Installed], budget: int | None, preload: Sequ
     if budget is None:
         return
     for entry in entries:
-        need = budgeted_bytes(entry)
+        need = budgeted_bytes(entry, packed)
         if need > budget:
             raise BudgetError(
                 f"model {entry.name} ({entry.model_dir}) needs about {need / 2**20:.0f} MiB, "
                 f"over the whole memory budget ({budget / 2**20:.0f} MiB, MTSERVE_MEMORY_BUDGET)"
             )
-    pinned = sum(budgeted_bytes(e) for e in entries if e.name in preload)
+    pinned = sum(budgeted_bytes(e, packed) for e in entries if e.name in preload)
     if pinned > budget:
         raise BudgetError(f"the preloaded models need about {pinned / 2**20:.0f} MiB, over MTSERVE_MEMORY_BUDGET")
 
@@ -82,10 +86,11 @@ class _Slot:
     loading: asyncio.Future[ServedModel] | None = None
     failed: tuple[float, str] | None = None  # when, and why
     pinned: bool = False
+    packed: bool = True
 
     @property
     def bytes(self) -> int:
-        return budgeted_bytes(self.entry)
+        return budgeted_bytes(self.entry, self.packed)
 
 
 @dataclass
@@ -97,18 +102,19 @@ class Residency:
     budget: int | None = None  # bytes; None: every model loads at start and stays
     preload: Sequence[str] = ()
     retry_after_s: int = 1
+    packed: bool = True  # the graphs have packed copies (budgeted_bytes)
     _slots: dict[str, _Slot] = field(init=False)
     _recent: OrderedDict[str, None] = field(init=False)  # least recently used first
     _reserved: set[str] = field(init=False)  # loading, their room in the budget taken
     _changed: asyncio.Condition = field(init=False)  # a model released, loaded, or failed to load
 
     def __post_init__(self) -> None:
-        self._slots = {e.name: _Slot(e, pinned=self.budget is None or e.name in self.preload)
+        self._slots = {e.name: _Slot(e, pinned=self.budget is None or e.name in self.preload, packed=self.packed)
                        for e in self.models.entries}  # fmt: skip
         self._recent = OrderedDict()
         self._reserved = set()
         self._changed = asyncio.Condition()
-        check_budget(self.models.entries, self.budget, self.preload)
+        check_budget(self.models.entries, self.budget, self.preload, self.packed)
 
     def loaded(self) -> list[ServedModel]:
         return [s.model for s in self._slots.values() if s.model is not None]

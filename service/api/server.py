@@ -47,7 +47,7 @@ def serve(settings: Settings) -> int:
     logs.configure(settings.log_level)
     try:  # fail before uvicorn starts, with one line that names the file, the conflict or the model
         entries = read_installed(settings.model_dirs, settings.prefer, single_name=settings.model_name)
-        check_budget(entries, settings.memory_budget, settings.preload)
+        check_budget(entries, settings.memory_budget, settings.preload, settings.packed_root is not None)
     except (ModelFileError, ModelSetError, BudgetError) as exc:
         log.error("cannot start: %s", exc)
         return 2

@@ -11,6 +11,7 @@ from pydantic import ByteSize, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.manifest import DEFAULT_MODEL_DIR, MANIFEST_FILE
+from service.runtime.packed import packed_dir
 
 
 def cpu_quota(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
@@ -77,10 +78,16 @@ class Settings(BaseSettings):
     model_name: str = Field(
         default="", description="name in /ready, /v1/translate and metrics; empty: mtserve-<languages>"
     )
+    packed_dir: str = Field(
+        default="",
+        description="where each graph's pre-packed weights are kept, made at its first load on this CPU and "
+        "mapped by every session (one copy of the weights); empty: mtserve/packed in the user's cache "
+        "directory; off: none, each session packs its own",
+    )
     low_memory: bool = Field(
         default=False,
-        description="large batches read weights from the mapped file instead of a second packed copy: "
-        "about half a large model's memory, a few percent of large-batch throughput",
+        description="without packed copies: large batches read weights from the mapped file instead of a second "
+        "packed copy, about half a large model's memory for a few percent of large-batch throughput",
     )
     threads: int = Field(default=0, ge=0, description="onnxruntime intra-op threads; 0: the container's CPU quota")
     batch_tokens: int = Field(
@@ -150,6 +157,10 @@ class Settings(BaseSettings):
         """The model directories: a listed directory without a manifest that holds model directories
         (what `mtserve import argos --out DIR` writes) stands for each of them."""
         return [d for path in (list(self.models) or [self.model_dir]) for d in _model_dirs_in(path)]
+
+    @property
+    def packed_root(self) -> Path | None:
+        return packed_dir(self.packed_dir)
 
     @cached_property
     def intra_op_threads(self) -> int:

@@ -61,9 +61,10 @@ class ServiceState:
             retry_after_s=settings.retry_after_s, workers=settings.batch_workers, fault_marker=settings.fault_marker,
         )  # fmt: skip
         threads, batch_tokens, low_memory = settings.intra_op_threads, settings.batch_tokens, settings.low_memory
+        packed_root = settings.packed_root
         residency = Residency(
-            models, lambda entry: load_model(entry, threads, batch_tokens, low_memory), scheduler, metrics,
-            settings.memory_budget, settings.preload, settings.retry_after_s,
+            models, lambda entry: load_model(entry, threads, batch_tokens, low_memory, packed_root), scheduler, metrics,
+            settings.memory_budget, settings.preload, settings.retry_after_s, packed_root is not None,
         )  # fmt: skip
         for entry in models.entries:
             metrics.model_info.labels(entry.name, entry.version, entry.sha).set(1)

@@ -26,7 +26,7 @@ from service.graphs import MAX_BEAM
 from service.manifest import Generation
 from service.runtime.degenerate import Quality, mark_degenerate, sane_first
 from service.runtime.kv_cache import compact_rows, compaction_order
-from service.runtime.sessions import OnnxModel
+from service.runtime.sessions import SINGLE_THREAD_ROWS, OnnxModel
 
 # Sources are padded to a multiple of this many tokens. Attention sums over the source in
 # vector lanes of 16 floats: with the width a multiple of 16, the padding only ever adds exact
@@ -224,9 +224,22 @@ def _guarded(hist: np.ndarray, rows: np.ndarray, tokens: np.ndarray, candidates:
 def beam_search(
     model: OnnxModel, sources: Sequence[Sequence[int]], tags: Sequence[int], options: DecodeOptions
 ) -> list[list[Hypothesis]]:
-    """n_best hypotheses per source (ids ending in EOS), best first. `tags[i]` picks sentence i's language."""
+    """n_best hypotheses per source (ids ending in EOS), best first. `tags[i]` picks sentence i's language.
+
+    What a large batch's tensors took goes back to the system once the model idles
+    (OnnxModel.large_batch_done)."""
     if options.beam_size == 1:
-        return greedy_search(model, sources, tags, options)
+        hypotheses = greedy_search(model, sources, tags, options)
+    else:
+        hypotheses = _beam_search(model, sources, tags, options)
+    if len(sources) * options.beam_size > SINGLE_THREAD_ROWS:
+        model.large_batch_done()
+    return hypotheses
+
+
+def _beam_search(
+    model: OnnxModel, sources: Sequence[Sequence[int]], tags: Sequence[int], options: DecodeOptions
+) -> list[list[Hypothesis]]:
     k = options.beam_size
     ids, mask = _pad_sources(sources, model.pad_id)
     enc = model.encode(ids, mask)

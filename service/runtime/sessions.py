@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import onnxruntime as ort
@@ -16,6 +20,7 @@ import onnxruntime as ort
 from service.graphs import BEAM_WIDTH, CACHE_INDIRECTION, DECODER_TOP_K, PAST_LENGTH, decoder_spec, encoder_spec
 from service.manifest import Manifest, ModelFileError, load_manifest
 from service.runtime.kv_cache import SelfAttentionCache
+from service.runtime.packed import discard, packed_dir, packed_graph, packed_key
 from service.runtime.text_tokenizer import load_text_tokenizer
 
 log = logging.getLogger("mtserve.runtime")
@@ -40,6 +45,51 @@ class TopStep:
 # save; measured in docs/BENCHMARKS.md (one to six sentences at beam 5 decode faster on
 # one thread than on two).
 SINGLE_THREAD_ROWS = 32
+
+
+# A large batch's tensors go back to the system once the model has run no large batch for this
+# long: a busy model's next batch would take them again at once (releasing after every batch cost
+# about a tenth of the default model's throughput at beam 1; docs/BENCHMARKS.md).
+IDLE_RELEASE_S = 0.5
+
+
+class _IdleRelease:
+    """Calls `release` once no large batch has ended for IDLE_RELEASE_S, on a timer thread; again
+    later while it finds a run in progress."""
+
+    def __init__(self, release: Callable[[], bool]) -> None:
+        self._release = release
+        self._lock = threading.Lock()
+        self._due: float | None = None  # when to release; None: nothing to release
+        self._timer: threading.Timer | None = None
+
+    def large_batch_done(self) -> None:
+        with self._lock:
+            self._due = time.monotonic() + IDLE_RELEASE_S
+            if self._timer is None:
+                self._start(IDLE_RELEASE_S)
+
+    def _start(self, delay: float) -> None:
+        self._timer = threading.Timer(delay, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self._timer = None
+            if self._due is None:
+                return
+            wait = self._due - time.monotonic()
+            if wait > 0:
+                self._start(wait)
+                return
+            self._due = None
+        if not self._release():
+            with self._lock:
+                if self._due is None:
+                    self._due = time.monotonic()
+                if self._timer is None:
+                    self._start(IDLE_RELEASE_S)
 
 
 class _Runs:
@@ -70,12 +120,36 @@ class _Graph:
     oversubscribing the cores with several thread pools.
     """
 
-    def __init__(self, path: Path, threads: int, runs: _Runs, low_memory: bool = False) -> None:
+    def __init__(
+        self, path: Path, threads: int, runs: _Runs, low_memory: bool = False, wide_only: bool = False
+    ) -> None:
         # low_memory: the wide session reads the weights from the memory-mapped file rather than
-        # keeping a second packed copy (about half a large model's memory; docs/BENCHMARKS.md).
+        # keeping a packed copy (for graphs without a packed copy of their own; packed.py).
         self.wide = _session(path, threads, pack=not (low_memory and threads > 1))
-        self.narrow = self.wide if threads == 1 else _session(path, 1)
+        self.narrow = self.wide if threads == 1 or wide_only else _session(path, 1)
         self._runs = runs
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        key: str,
+        packed_root: Path | None,
+        threads: int,
+        runs: _Runs,
+        options: tuple[bool, bool, bool],
+    ) -> _Graph:
+        """The graph over its packed copy (packed.py) where one can be made, else over `path`.
+        options: (low_memory, wide_only, verify the packed copy's hashes)."""
+        low_memory, wide_only, verify = options
+        packed_path = packed_graph(path, key, packed_root, verify) if packed_root is not None else None
+        if packed_path is not None:
+            try:
+                return cls(packed_path, threads, runs, wide_only=wide_only)
+            except ModelFileError as exc:  # a copy damaged on disk, or packed by other kernels
+                log.warning("%s; opening %s as exported, and making its packed copy again at its next load", exc, path)
+                discard(packed_path)
+        return cls(path, threads, runs, low_memory, wide_only)
 
     def run(self, rows: int, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         with self._runs.enter() as others:
@@ -91,6 +165,17 @@ class _Graph:
             binding, feeds = bind(session)
             session.run_with_iobinding(binding)
             return [array.copy() for array in feeds.outputs.values()]
+
+    def release_arena(self, probe: dict[str, np.ndarray], output: str) -> bool:
+        """Return the shared arena's free regions to the system, through a run on `probe` (the
+        option acts at the end of a run); only while no other run is in progress here. Whether
+        it ran."""
+        with self._runs.enter() as others:
+            if others:
+                return False
+            self.narrow.run([output], probe, _SHRINK)
+        _trim_heap()
+        return True
 
     def _pick(self, rows: int, others: int) -> ort.InferenceSession:
         return self.wide if rows > SINGLE_THREAD_ROWS and not others else self.narrow
@@ -188,7 +273,29 @@ class _BoundStep:
 @functools.cache
 def _shared_arena() -> None:
     memory = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-    ort.create_and_register_allocator(memory, ort.OrtArenaCfg(0, -1, -1, -1))
+    # Regions of the requested size (not the next power of two), so that each can be freed again.
+    ort.create_and_register_allocator(memory, ort.OrtArenaCfg({"arena_extend_strategy": 1}))
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return cast(Callable[[int], int], libc.malloc_trim)
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def _trim_heap() -> None:
+    """Give the C heap's free pages back: a large batch's arrays raise glibc's threshold for
+    mapping blocks of their own, so the next ones come from the heap, which keeps their pages."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+_SHRINK = ort.RunOptions()
+_SHRINK.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
 
 def _session(path: Path, threads: int, pack: bool = True) -> ort.InferenceSession:
@@ -221,22 +328,41 @@ def cpu_has_vnni() -> bool | None:
 
 class OnnxModel:
     def __init__(
-        self, model_dir: Path, intra_op_threads: int = 0, verify: bool = True, low_memory: bool = False
+        self,
+        model_dir: Path,
+        intra_op_threads: int = 0,
+        verify: bool = True,
+        low_memory: bool = False,
+        packed: Path | bool = True,
     ) -> None:
+        """packed: where the graphs' packed copies are kept (packed.py); True: MTSERVE_PACKED_DIR or
+        the user's cache directory; False: no copies, each session packs its own."""
+        packed_root = packed_dir() if packed is True else (packed or None)
         self.model_dir = model_dir
         self.manifest: Manifest = load_manifest(model_dir, verify=verify)
-        if self.manifest.precision == "int8" and cpu_has_vnni() is False:
+        if self.manifest.precision == "int8" and self.manifest.int8_weight_bits > 7 and cpu_has_vnni() is False:
             log.warning(
-                "%s holds int8 graphs, but this CPU has no VNNI: its integer kernel may saturate and cost "
-                "accuracy; serve fp32 graphs here (docs/DEPLOY.md, CPUs)",
+                "%s holds int8 graphs with 8-bit weights, but this CPU has no VNNI: its integer kernel may "
+                "saturate and cost accuracy; export or import it again (7-bit weights) or serve fp32 graphs "
+                "(docs/DEPLOY.md, CPUs)",
                 model_dir,
             )
         self.languages = self.manifest.model_languages()
-        files = self.manifest.files
+        files, hashes = self.manifest.files, self.manifest.sha256
         runs = _Runs()
-        self.encoder = _Graph(model_dir / files["encoder"], intra_op_threads, runs, low_memory)
-        self.decoder = _Graph(model_dir / files["decoder"], intra_op_threads, runs, low_memory)
-        self.mlm_head = _session(model_dir / files["mlm_head"], intra_op_threads) if "mlm_head" in files else None
+
+        def graph(role: str, wide_only: bool = False) -> _Graph:
+            name = files[role]
+            key = packed_key(hashes.get(name, ""), hashes.get(files.get("weights", ""), ""))
+            return _Graph.open(
+                model_dir / name, key, packed_root, intra_op_threads, runs, (low_memory, wide_only, verify)
+            )
+
+        self.encoder = graph("encoder")
+        self.decoder = graph("decoder")
+        self.mlm_head = graph("mlm_head", wide_only=True).wide if "mlm_head" in files else None
+        _trim_heap()  # each session packed its matrices on the heap before finding them in the copy
+        self._idle_release = _IdleRelease(self.release_arena)
         self.tokenizer = load_text_tokenizer(model_dir, self.manifest)
         self.eos_id, self.pad_id = self.manifest.special_ids.eos, self.manifest.special_ids.pad
         layers = self.manifest.decoder_layers
@@ -317,6 +443,16 @@ class OnnxModel:
         outputs = self.decoder.run_bound(len(last_ids), bind)
         cache.advance()
         return outputs
+
+    def large_batch_done(self) -> None:
+        """What a large batch took goes back to the system once this model idles (IDLE_RELEASE_S)."""
+        self._idle_release.large_batch_done()
+
+    def release_arena(self) -> bool:
+        """What the batches' tensors took in the shared arena and the C heap goes back to the system,
+        unless a run of this model is in progress. Whether it ran."""
+        probe = {"input_ids": np.full((1, 1), self.eos_id, np.int64), "attention_mask": np.ones((1, 1), np.int64)}
+        return self.encoder.release_arena(probe, self._enc_outputs[0])
 
     def mlm_logits(self, hidden: np.ndarray) -> np.ndarray:
         if self.mlm_head is None:

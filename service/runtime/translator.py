@@ -66,8 +66,10 @@ class Translator:
         intra_op_threads: int = 0,
         batch_tokens: int = DEFAULT_BATCH_TOKENS,
         low_memory: bool = False,
+        packed: Path | bool = True,
     ) -> Translator:
-        return cls(OnnxModel(model_dir, intra_op_threads, low_memory=low_memory), batch_tokens)
+        """packed: where the graphs' packed weights are kept (sessions.OnnxModel)."""
+        return cls(OnnxModel(model_dir, intra_op_threads, low_memory=low_memory, packed=packed), batch_tokens)
 
     def _is_word_start(self, token: int) -> bool:
         return token < len(self._word_start) and self._word_start[token]
