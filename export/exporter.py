@@ -23,7 +23,7 @@ import torch
 from export.decoder_graph import build_decoder_step
 from export.encoder_graph import build_encoder
 from export.fill_vocab import whole_word_ids, write_fill_vocab
-from export.quantize import quantize_int8
+from export.quantize import WEIGHT_BITS, quantize_int8
 from export.shared_weights import WEIGHTS_FILE, share_weights
 from export.wrappers import MlmHeadGraph
 from model.artifacts import load_model_dir
@@ -163,6 +163,7 @@ def write_manifest(out: Path, model: Transformer, conventions: Conventions, prec
     manifest = Manifest(
         opset=OPSET,
         precision=precision,
+        int8_weight_bits=WEIGHT_BITS if precision == "int8" else Manifest.model_fields["int8_weight_bits"].default,
         files=files,
         sha256={name: sha256_file(out / name) for name in files.values()},
         special_ids=conventions.special_ids,
