@@ -3,11 +3,13 @@ a mid-size fp32 model's memory once loaded and after a large batch."""
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import onnx
@@ -181,3 +183,16 @@ def test_a_mid_size_fp32_model_holds_one_copy_of_its_weights(
         f"PSS once loaded {loaded:.0f} MB, over {FP32_LOADED_FACTOR} x its {files:.0f} MB of files"
     )
     assert after - loaded <= AFTER_BATCH_MB, f"PSS {loaded:.0f} MB once loaded, {after:.0f} MB after 128 sentences"
+
+
+def test_a_model_let_go_after_a_large_batch_is_freed_at_once(tmp_path: Path) -> None:
+    """Its memory goes with it (a budget unloads models), not at the next garbage collection."""
+    translator = Translator.load(DEFAULT_MODEL_DIR, 2, packed=tmp_path)
+    translator.translate(SENTENCES * 4, "fr", DecodeOptions(beam_size=5))  # a large batch: a release pending
+    model = weakref.ref(translator.model)
+    gc.disable()
+    try:
+        del translator
+        assert model() is None
+    finally:
+        gc.enable()

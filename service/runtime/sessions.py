@@ -9,6 +9,7 @@ import functools
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +59,8 @@ class _IdleRelease:
     later while it finds a run in progress."""
 
     def __init__(self, release: Callable[[], bool]) -> None:
-        self._release = release
+        # Weak: the model holds this, and an unloaded model must go as soon as it is let go.
+        self._release = weakref.WeakMethod(release)
         self._lock = threading.Lock()
         self._due: float | None = None  # when to release; None: nothing to release
         self._timer: threading.Timer | None = None
@@ -84,7 +86,10 @@ class _IdleRelease:
                 self._start(wait)
                 return
             self._due = None
-        if not self._release():
+        release = self._release()
+        if release is None:
+            return
+        if not release():
             with self._lock:
                 if self._due is None:
                     self._due = time.monotonic()
