@@ -7,6 +7,7 @@ import gc
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import weakref
@@ -105,7 +106,7 @@ def test_a_packed_matrix_that_onnxruntime_refuses_opens_the_graphs_and_is_made_a
     raw[blob : blob + 64] = bytes(64)
     data.write_bytes(bytes(raw))
     recorded = json.loads((data.parent / FILES_FILE).read_text())
-    recorded[data.name] = [len(raw), sha256_file(data)]
+    recorded["files"][data.name] = [len(raw), sha256_file(data)]
     (data.parent / FILES_FILE).write_text(json.dumps(recorded))
     with caplog.at_level(logging.WARNING, logger="mtserve.runtime"):
         translator = Translator.load(DEFAULT_MODEL_DIR, 2, packed=tmp_path)
@@ -196,3 +197,21 @@ def test_a_model_let_go_after_a_large_batch_is_freed_at_once(tmp_path: Path) -> 
         assert model() is None
     finally:
         gc.enable()
+
+
+def test_copies_of_a_model_changed_in_place_are_replaced_not_kept(tmp_path: Path) -> None:
+    model, packed = tmp_path / "model", tmp_path / "packed"
+    shutil.copytree(DEFAULT_MODEL_DIR, model)
+    Translator.load(model, 2, packed=packed)
+    first = sorted(p.name for p in packed.iterdir())
+    weights = model / "weights.bin"  # the model exported again: other weights, the same path
+    raw = bytearray(weights.read_bytes())
+    raw[0] ^= 1
+    weights.write_bytes(bytes(raw))
+    manifest = json.loads((model / "manifest.json").read_text())
+    manifest["sha256"]["weights.bin"] = sha256_file(weights)
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    Translator.load(model, 2, packed=packed)
+    second = sorted(p.name for p in packed.iterdir())
+    assert len(second) == len(first) == 3, (first, second)  # encoder, decoder step, MLM head
+    assert not set(first) & set(second)

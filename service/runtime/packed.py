@@ -36,7 +36,7 @@ from service.manifest import sha256_file
 log = logging.getLogger("mtserve.runtime")
 
 OFF = "off"
-FILES_FILE = "files.json"  # each file's size and sha256, written with the copy
+FILES_FILE = "files.json"  # each file's size and sha256, and what the copy was made for
 # Instruction-set flags that change how onnxruntime's kernels pack and which kernels run.
 _ISA_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
               "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "sve", "i8mm", "bf16")  # fmt: skip
@@ -87,7 +87,7 @@ def _intact(directory: Path, graph_name: str, verify: bool) -> bool:
     checks the packed matrices against what it packs itself, but not the weights it reads as
     they are."""
     try:
-        recorded = json.loads((directory / FILES_FILE).read_text())
+        recorded = json.loads((directory / FILES_FILE).read_text())["files"]
         if graph_name not in recorded:
             return False
         for name, (size, digest) in recorded.items():
@@ -101,8 +101,27 @@ def _intact(directory: Path, graph_name: str, verify: bool) -> bool:
                     return False
                 _hashed[path] = (stat.st_size, stat.st_mtime_ns)
         return True
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, KeyError):
         return False
+
+
+def _made_for(source: Path) -> dict[str, str]:
+    return {"graph": str(source.resolve()), "cpu": cpu_signature(), "onnxruntime": ort.__version__}
+
+
+def _prune(root: Path, keep: str, made_for: dict[str, str]) -> None:
+    """Remove copies made for the same graph file on this CPU and onnxruntime, under another key:
+    the model's files changed since (copies for other CPUs or versions, in a shared directory,
+    stay)."""
+    for directory in root.iterdir():
+        if directory.name == keep or directory.name.startswith("."):
+            continue
+        try:
+            if json.loads((directory / FILES_FILE).read_text()).get("made_for") == made_for:
+                shutil.rmtree(directory, ignore_errors=True)
+                log.info("removed the packed copy %s: %s changed since", directory, made_for["graph"])
+        except (OSError, ValueError, AttributeError):
+            continue
 
 
 def _write(source: Path, target: Path) -> None:
@@ -135,7 +154,7 @@ def packed_graph(source: Path, key: str, root: Path, verify: bool = True) -> Pat
     try:
         _write(source, staging / source.name)
         files = {p.name: (p.stat().st_size, sha256_file(p)) for p in staging.iterdir()}
-        (staging / FILES_FILE).write_text(json.dumps(files))
+        (staging / FILES_FILE).write_text(json.dumps({"files": files, "made_for": _made_for(source)}))
         shutil.rmtree(directory, ignore_errors=True)  # a copy left broken or damaged: replaced
         try:
             staging.rename(directory)
@@ -148,6 +167,7 @@ def packed_graph(source: Path, key: str, root: Path, verify: bool = True) -> Pat
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("packed %s for this CPU in %.1f s (%s)", source, time.perf_counter() - started, directory)
+    _prune(root, key, _made_for(source))
     return directory / source.name
 
 
