@@ -123,6 +123,12 @@ def test_the_image_file_set_and_dependency_set_serve_a_translation(tmp_path: Pat
     final = _final_stage(instructions)
     env_line = " ".join(ins["value"] for ins in final if ins["instruction"] == "ENV")
     assert "MTSERVE_MODEL_DIR=/app/artifacts/default" in env_line
+    # The packed copies' directory (docs/DEPLOY.md) exists in the image and belongs to its user.
+    packed = re.search(r"MTSERVE_PACKED_DIR=(\S+)", env_line)
+    assert packed, env_line
+    user = [i["value"] for i in final if i["instruction"] == "USER"][-1]
+    made = " ".join(i["value"] for i in final if i["instruction"] == "RUN")
+    assert f"mkdir -p {packed.group(1)}" in made and f"chown -R {user} " in made, made
     entrypoint = json.loads([i["value"] for i in final if i["instruction"] == "ENTRYPOINT"][-1])
     cmd = json.loads([i["value"] for i in final if i["instruction"] == "CMD"][-1])
     port = free_port()
