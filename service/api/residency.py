@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import gc
 import logging
 import time
@@ -28,6 +27,7 @@ from service.api.metrics import Metrics
 from service.api.models import Installed, ModelSet, ServedModel
 from service.api.scheduler import Scheduler
 from service.manifest import ModelFileError
+from service.runtime.sessions import trim_heap
 
 log = logging.getLogger("mtserve.residency")
 
@@ -217,14 +217,8 @@ class Residency:
         slot.model = None
         self._recent.pop(name, None)
         gc.collect()
-        _return_freed_memory()
+        trim_heap()
         self.metrics.unloads.labels(name).inc()
         self.metrics.models_loaded.set(len(self.loaded()))
         self.metrics.model_memory.labels(name).set(0)
         log.info("model %s unloaded (least recently used); %d loaded", name, len(self.loaded()))
-
-
-def _return_freed_memory() -> None:
-    """glibc keeps freed heap pages; hand them back so that an unload shows in the process's memory."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -134,28 +134,6 @@ class _Graph:
         self.narrow = self.wide if threads == 1 or wide_only else _session(path, 1)
         self._runs = runs
 
-    @classmethod
-    def open(
-        cls,
-        path: Path,
-        key: str,
-        packed_root: Path | None,
-        threads: int,
-        runs: _Runs,
-        options: tuple[bool, bool, bool],
-    ) -> _Graph:
-        """The graph over its packed copy (packed.py) where one can be made, else over `path`.
-        options: (low_memory, wide_only, verify the packed copy's hashes)."""
-        low_memory, wide_only, verify = options
-        packed_path = packed_graph(path, key, packed_root, verify) if packed_root is not None else None
-        if packed_path is not None:
-            try:
-                return cls(packed_path, threads, runs, wide_only=wide_only)
-            except ModelFileError as exc:  # a copy damaged on disk, or packed by other kernels
-                log.warning("%s; opening %s as exported, and making its packed copy again at its next load", exc, path)
-                discard(packed_path)
-        return cls(path, threads, runs, low_memory, wide_only)
-
     def run(self, rows: int, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         with self._runs.enter() as others:
             return list(self._pick(rows, others).run(outputs, feeds))
@@ -179,7 +157,7 @@ class _Graph:
             if others:
                 return False
             self.narrow.run([output], probe, _SHRINK)
-        _trim_heap()
+        trim_heap()
         return True
 
     def _pick(self, rows: int, others: int) -> ort.InferenceSession:
@@ -291,9 +269,10 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
-def _trim_heap() -> None:
-    """Give the C heap's free pages back: a large batch's arrays raise glibc's threshold for
-    mapping blocks of their own, so the next ones come from the heap, which keeps their pages."""
+def trim_heap() -> None:
+    """Give the C heap's free pages back (glibc keeps them): after a large batch, whose arrays
+    raise glibc's threshold for mapping blocks of their own so that the next ones come from the
+    heap, and after a model is let go."""
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
@@ -357,16 +336,23 @@ class OnnxModel:
         runs = _Runs()
 
         def graph(role: str, wide_only: bool = False) -> _Graph:
-            name = files[role]
-            key = packed_key(hashes.get(name, ""), hashes.get(files.get("weights", ""), ""))
-            return _Graph.open(
-                model_dir / name, key, packed_root, intra_op_threads, runs, (low_memory, wide_only, verify)
-            )
+            """The graph over its packed copy (packed.py) where one can be made, else as exported."""
+            path, packed_path = model_dir / files[role], None
+            if packed_root is not None:
+                key = packed_key(hashes.get(path.name, ""), hashes.get(files.get("weights", ""), ""))
+                packed_path = packed_graph(path, key, packed_root, verify)
+            if packed_path is not None:
+                try:
+                    return _Graph(packed_path, intra_op_threads, runs, wide_only=wide_only)
+                except ModelFileError as exc:  # a copy damaged on disk, or packed by other kernels
+                    log.warning("%s; opening %s as exported, its packed copy made again at its next load", exc, path)
+                    discard(packed_path)
+            return _Graph(path, intra_op_threads, runs, low_memory, wide_only)
 
         self.encoder = graph("encoder")
         self.decoder = graph("decoder")
         self.mlm_head = graph("mlm_head", wide_only=True).wide if "mlm_head" in files else None
-        _trim_heap()  # each session packed its matrices on the heap before finding them in the copy
+        trim_heap()  # each session packed its matrices on the heap before finding them in the copy
         self._idle_release = _IdleRelease(self.release_arena)
         self.tokenizer = load_text_tokenizer(model_dir, self.manifest)
         self.eos_id, self.pad_id = self.manifest.special_ids.eos, self.manifest.special_ids.pad
