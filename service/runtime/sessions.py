@@ -21,6 +21,7 @@ import onnxruntime as ort
 from service.graphs import BEAM_WIDTH, CACHE_INDIRECTION, DECODER_TOP_K, PAST_LENGTH, decoder_spec, encoder_spec
 from service.manifest import Manifest, ModelFileError, load_manifest
 from service.runtime.kv_cache import SelfAttentionCache
+from service.runtime.lookups import open_recording_lookups
 from service.runtime.packed import discard, packed_dir, packed_graph, packed_key
 from service.runtime.text_tokenizer import load_text_tokenizer
 
@@ -130,8 +131,11 @@ class _Graph:
     ) -> None:
         # low_memory: the wide session reads the weights from the memory-mapped file rather than
         # keeping a packed copy (for graphs without a packed copy of their own; packed.py).
-        self.wide = _session(path, threads, pack=not (low_memory and threads > 1))
-        self.narrow = self.wide if threads == 1 or wide_only else _session(path, 1)
+        def open_sessions() -> tuple[ort.InferenceSession, ort.InferenceSession]:
+            wide = _session(path, threads, pack=not (low_memory and threads > 1))
+            return wide, wide if threads == 1 or wide_only else _session(path, 1)
+
+        (self.wide, self.narrow), self._lookups = open_recording_lookups(path, open_sessions)
         self._runs = runs
 
     def run(self, rows: int, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -151,14 +155,19 @@ class _Graph:
 
     def release_arena(self, probe: dict[str, np.ndarray], output: str) -> bool:
         """Return the shared arena's free regions to the system, through a run on `probe` (the
-        option acts at the end of a run); only while no other run is in progress here. Whether
-        it ran."""
+        option acts at the end of a run), and the lookup rows the batches mapped to the data file;
+        only while no other run is in progress here. Whether it ran."""
         with self._runs.enter() as others:
             if others:
                 return False
             self.narrow.run([output], probe, _SHRINK)
         trim_heap()
+        self._lookups.release()
         return True
+
+    def release_lookups(self) -> None:
+        """The batches' lookup rows, mapped from the data file, go back to it (lookups.py)."""
+        self._lookups.release()
 
     def _pick(self, rows: int, others: int) -> ort.InferenceSession:
         return self.wide if rows > SINGLE_THREAD_ROWS and not others else self.narrow
@@ -443,7 +452,10 @@ class OnnxModel:
         """What the batches' tensors took in the shared arena and the C heap goes back to the system,
         unless a run of this model is in progress. Whether it ran."""
         probe = {"input_ids": np.full((1, 1), self.eos_id, np.int64), "attention_mask": np.ones((1, 1), np.int64)}
-        return self.encoder.release_arena(probe, self._enc_outputs[0])
+        if not self.encoder.release_arena(probe, self._enc_outputs[0]):
+            return False
+        self.decoder.release_lookups()
+        return True
 
     def mlm_logits(self, hidden: np.ndarray) -> np.ndarray:
         if self.mlm_head is None:
