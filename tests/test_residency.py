@@ -85,6 +85,21 @@ def test_three_models_in_a_budget_for_two_translate_right_taking_turns(
             assert _loads(server, name, "mtserve_model_unloads_total") >= 2, name
         assert metric_value(httpx.get(server.url + "/metrics").text, "mtserve_models_loaded") <= 2
         assert "unloaded (least recently used)" in server.log()
+        assert _loads(server, "mtserve-en-fr", "mtserve_model_unpacked_graphs") == 0
+
+
+def test_graphs_without_a_packed_copy_are_counted(three: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    """Where no packed copy can be made (the packed directory's path is a file), the model serves
+    from its graphs as exported, and /metrics says how many of its graphs pack their own weights."""
+    root, expected = three
+    (tmp_path / "packed").write_text("not a directory")
+    env = {"MTSERVE_MODEL_DIR": str(root / "a"), "MTSERVE_PACKED_DIR": str(tmp_path / "packed")}
+    with live_server(env=env, log_dir=tmp_path) as server:
+        r = httpx.post(server.url + "/translate", json={"q": SENTENCE, "source": "en", "target": "fr"}, timeout=60)
+        assert r.status_code == 200 and r.json()["translatedText"] == expected["en-fr"], r.text
+        graphs = {"encoder", "decoder", "mlm_head"} & set(load_manifest(root / "a", verify=False).files)
+        assert _loads(server, "mtserve-en-fr", "mtserve_model_unpacked_graphs") == len(graphs)
+        assert "cannot write packed weights" in server.log()
 
 
 def test_a_model_in_use_is_never_unloaded(three: tuple[Path, dict[str, str]]) -> None:

@@ -47,6 +47,13 @@ class Metrics:
         self.model_memory = Gauge(
             "mtserve_model_resident_bytes", "resident memory that loading the model added", ["model"], registry=r
         )
+        self.unpacked_graphs = Gauge(
+            "mtserve_model_unpacked_graphs",
+            "graphs of a loaded model opened without a packed copy (none could be made or onnxruntime refused "
+            "it): their sessions pack their own weights, about twice the memory",
+            ["model"],
+            registry=r,
+        )
         self.pivoted = Counter(
             "mtserve_pivot_texts",
             "texts translated through a chain of models (no model serves the direction), by chain",

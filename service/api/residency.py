@@ -182,6 +182,7 @@ class Residency:
         self.metrics.load_seconds.observe(seconds)
         self.metrics.models_loaded.set(len(self.loaded()))
         self.metrics.model_memory.labels(name).set(model.resident_bytes)
+        self.metrics.unpacked_graphs.labels(name).set(len(model.translator.model.unpacked_graphs))
         entry = slot.entry
         log.info(
             "model %s from %s: %s, directions %s, %.0f MB resident, loaded in %.2f s; %d loaded",
@@ -221,4 +222,5 @@ class Residency:
         self.metrics.unloads.labels(name).inc()
         self.metrics.models_loaded.set(len(self.loaded()))
         self.metrics.model_memory.labels(name).set(0)
+        self.metrics.unpacked_graphs.labels(name).set(0)
         log.info("model %s unloaded (least recently used); %d loaded", name, len(self.loaded()))

@@ -343,6 +343,9 @@ class OnnxModel:
         self.languages = self.manifest.model_languages()
         files, hashes = self.manifest.files, self.manifest.sha256
         runs = _Runs()
+        # Graphs whose packed copy could not be made or was refused: their sessions pack their own
+        # matrices, about twice the memory (reported in /metrics).
+        self.unpacked_graphs: list[str] = []
 
         def graph(role: str, wide_only: bool = False) -> _Graph:
             """The graph over its packed copy (packed.py) where one can be made, else as exported."""
@@ -356,6 +359,8 @@ class OnnxModel:
                 except ModelFileError as exc:  # a copy damaged on disk, or packed by other kernels
                     log.warning("%s; opening %s as exported, its packed copy made again at its next load", exc, path)
                     discard(packed_path)
+            if packed_root is not None:
+                self.unpacked_graphs.append(role)
             return _Graph(path, intra_op_threads, runs, low_memory, wide_only)
 
         self.encoder = graph("encoder")
