@@ -170,7 +170,11 @@ def register(sub: Any) -> None:
     ct2.add_argument("--target", required=True, help="target language code")
     ct2.add_argument("--spm", type=Path, required=True, help="the source SentencePiece model (and the target's)")
     ct2.add_argument("--target-spm", type=Path, help="the target SentencePiece model, where it differs")
-    ct2.add_argument("--target-prefix", help="the decoder's first token, where config.json has no decoder_start_token")
+    ct2.add_argument(
+        "--target-prefix",
+        help="a target token forced first: the decoder's first input where config.json has no decoder_start_token, "
+        "else forced after it and left out of the output",
+    )
     ct2.add_argument("--quantize", choices=["int8"], help="int8 MatMul weights (as `mtserve export`)")
     _repetition_guard_flag(ct2, "off", "CTranslate2's own output")
     ct2.set_defaults(handler=_import_ctranslate2)

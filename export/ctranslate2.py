@@ -101,6 +101,7 @@ class Tokens:
     decoder_start: int  # the decoder's first input
     zero_start: bool  # the first input's embedding is zeros (start_from_zero_embedding): an extra row
     special: SpecialIds
+    decoder_prefix: tuple[int, ...] = ()  # forced after the first input (a target_prefix after the start token)
 
 
 class _Names:
@@ -301,17 +302,17 @@ def convert(model: CT2Model, target_prefix: str | None = None) -> tuple[ModelCon
     eos = _token_id(target_vocab, eos_token, "config.json eos_token")
     pad = next((target_vocab.index(t) for t in PAD_TOKENS if t in target_vocab), target_vocab.index(unk))
     start_token = model.config.get("decoder_start_token")
+    # As CTranslate2 decodes: the start token (none where config.json says null), then the target prefix.
+    # A start from zeros replaces the first token's embedding by a row of zeros (an extra row here).
+    forced = [_token_id(target_vocab, target_prefix, "target_prefix")] if target_prefix else []
+    if start_token is not None:
+        start = _token_id(target_vocab, str(start_token), "config.json decoder_start_token")
+    elif forced:
+        start = forced.pop(0)
+    elif not zero_start:
+        raise CT2ImportError("config.json decoder_start_token", "null, and no target prefix gives the first token")
     if zero_start:
         start = vocab_size - 1
-    elif start_token is not None and target_prefix:
-        raise CT2ImportError("target_prefix", f"{target_prefix!r} after the decoder start token {start_token!r}: "
-                             "forced target prefixes after a start token are not implemented")  # fmt: skip
-    elif start_token is not None:
-        start = _token_id(target_vocab, str(start_token), "config.json decoder_start_token")
-    elif target_prefix:
-        start = _token_id(target_vocab, target_prefix, "target_prefix")
-    else:
-        raise CT2ImportError("config.json decoder_start_token", "null, and no target prefix gives the first token")
     source_bos = None
     if model.config.get("add_source_bos"):
         source_bos = _token_id(source_vocab, str(model.config.get("bos_token") or "<s>"), "config.json bos_token")
@@ -348,7 +349,7 @@ def convert(model: CT2Model, target_prefix: str | None = None) -> tuple[ModelCon
     bos = model.config.get("bos_token")
     special = SpecialIds(pad=pad, unk=target_vocab.index(unk), eos=eos,
                          bos=target_vocab.index(bos) if bos in target_vocab else None)  # fmt: skip
-    tokens = Tokens(source_bos, bool(model.config.get("add_source_eos")), start, zero_start, special)
+    tokens = Tokens(source_bos, bool(model.config.get("add_source_eos")), start, zero_start, special, tuple(forced))
     return cfg, state, tokens
 
 
@@ -431,6 +432,7 @@ def import_ctranslate2(
         tokenizer=TokenizerSpec(kind="vocab"),
         decoder_start={target: tokens.decoder_start},
         source_prefix={target: prefix} if prefix else {},
+        decoder_prefix={target: list(tokens.decoder_prefix)} if tokens.decoder_prefix else {},
         source_eos=tokens.source_eos,
         generation=generation,
         origin=origin,

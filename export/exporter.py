@@ -89,6 +89,7 @@ class Conventions:
     tokenizer: TokenizerSpec = field(default_factory=TokenizerSpec)
     decoder_start: dict[str, int] | None = None
     source_prefix: dict[str, list[int]] = field(default_factory=dict)
+    decoder_prefix: dict[str, list[int]] = field(default_factory=dict)
     source_eos: bool = True
     generation: Generation = field(default_factory=Generation)
     origin: str = "mtserve"
@@ -178,6 +179,7 @@ def write_manifest(out: Path, model: Transformer, conventions: Conventions, prec
         tokenizer=conventions.tokenizer,
         decoder_start=conventions.decoder_start,
         source_prefix=conventions.source_prefix,
+        decoder_prefix=conventions.decoder_prefix,
         source_eos=conventions.source_eos,
         generation=conventions.generation,
     )

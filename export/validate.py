@@ -93,10 +93,12 @@ def validate_export(
         target = onnx.languages.directions[0][1]
         tag = onnx.languages.tag_ids[target]
         prefixed = [[*onnx.manifest.source_prefix.get(target, []), *s] for s in sources]
+        forced = onnx.manifest.decoder_prefix.get(target, [])
         with torch.no_grad():
-            reference = [h[0].tokens for h in torch_beam_search(model, prefixed, tag, beam_size=1)]
+            reference = [h[0].tokens for h in torch_beam_search(model, prefixed, tag, beam_size=1, prefix=forced)]
         options = DecodeOptions(beam_size=1, repetition_guard=False, cut_degenerate=False)  # the reference has no guard
-        runtime = [h[0].tokens for h in beam_search(onnx, prefixed, [tag] * len(prefixed), options)]
+        tags, prefixes = [tag] * len(prefixed), [forced] * len(prefixed)
+        runtime = [h[0].tokens for h in beam_search(onnx, prefixed, tags, options, prefixes)]
         mismatches = [i for i, (a, b) in enumerate(zip(reference, runtime, strict=True)) if a != b]
         report["greedy"] = {"sentences": len(sources), "identical": len(sources) - len(mismatches)}
         if strict and mismatches:

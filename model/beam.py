@@ -35,8 +35,10 @@ def beam_search(
     beam_size: int = 5,
     length_penalty: float = 1.0,
     n_best: int = 1,
+    prefix: Sequence[int] = (),
 ) -> list[list[Hypothesis]]:
-    """Translate each source (ids ending in EOS) into `n_best` hypotheses, best first."""
+    """Translate each source (ids ending in EOS) into `n_best` hypotheses, best first; the decoder
+    starts from `tag`, then `prefix` forced, unscored and left out of the hypotheses."""
     if not 1 <= n_best <= beam_size:
         raise ValueError(f"n_best must lie in 1..beam_size ({beam_size}), got {n_best}")
     batch, k = len(sources), beam_size
@@ -46,13 +48,17 @@ def beam_search(
     for i, s in enumerate(sources):
         src[i, : len(s)] = torch.as_tensor(s)
         src_mask[i, : len(s)] = True
-    limits = torch.tensor([max_target_length(len(s)) for s in sources])
+    limits = torch.tensor([max(1, max_target_length(len(s)) - len(prefix)) for s in sources])  # the prefix counts
     memory = model.encode(src, src_mask)  # [B, S, D]
     flat = torch.arange(batch).repeat_interleave(k)  # row b·K + j belongs to sentence b
     cross = _select(model.cross_kv(memory), flat)
     src_mask = src_mask[flat]
     past: list[KV] | None = None
     tokens = torch.full((batch * k, 1), tag, dtype=torch.long)  # [B·K, t+1], starts with the tag
+    for forced in prefix:
+        _, past = model.decode_step(tokens[:, -1:], src_mask, cross, past)
+        tokens = torch.cat((tokens, torch.full((batch * k, 1), forced, dtype=torch.long)), dim=1)
+    first = tokens.size(1)  # where the generated tokens begin
     scores = torch.full((batch, k), float("-inf"))
     scores[:, 0] = 0.0  # all beams start identical: expand only the first
     alive = torch.arange(batch)  # original sentence index of each running sentence
@@ -81,7 +87,7 @@ def beam_search(
                 if t == eos or at_limit[i]:
                     # An ending counts only if it ranks among the K best continuations.
                     if rank < k and len(finished[sent]) < k:
-                        hyp_tokens = tokens[i * k + o, 1:].tolist() + ([] if t == eos else [t])
+                        hyp_tokens = tokens[i * k + o, first:].tolist() + ([] if t == eos else [t])
                         finished[sent].append(Hypothesis(hyp_tokens, score / length**length_penalty, score))
                 else:
                     chosen.append((o, t, score))

@@ -94,6 +94,9 @@ class Manifest(BaseModel):
     decoder_start: dict[str, int] | None = None
     # Target language -> tokens put before the source (a multi-target Marian model's >>fra<<).
     source_prefix: dict[str, list[int]] = {}
+    # Target language -> tokens forced after the decoder's first (CTranslate2's target_prefix after
+    # its decoder_start_token); left out of the output. One length for every target.
+    decoder_prefix: dict[str, list[int]] = {}
     source_eos: bool = True  # EOS ends every source (an OpenNMT-py model imported from CTranslate2 has none)
     generation: Generation = Generation()
 
@@ -106,6 +109,12 @@ class Manifest(BaseModel):
             generation, own = data["generation"], data.get("origin", "mtserve") == "mtserve"
             data = {**data, "generation": {"repetition_guard": own, "cut_degenerate": own, **generation}}
         return data
+
+    @model_validator(mode="after")
+    def _one_decoder_prefix_length(self) -> Manifest:
+        if len({len(p) for p in self.decoder_prefix.values()}) > 1:
+            raise ValueError(f"decoder_prefix: every target's prefix must have one length, got {self.decoder_prefix}")
+        return self
 
     @property
     def has_mlm_head(self) -> bool:

@@ -222,6 +222,40 @@ def test_an_opus_mt_package_translates_as_ctranslate2(opus_mt: tuple[Path, Path]
         assert same == len(sources) if beam == 1 else same >= 0.95 * len(sources), f"beam {beam}: {same} identical"
 
 
+def test_a_target_prefix_after_the_start_token_is_forced_as_ctranslate2_forces_it(
+    opus_mt: tuple[Path, Path], tiny_data_dir: Path, tmp_path: Path
+) -> None:
+    """A package whose target_prefix follows the model's decoder_start_token (as multilingual packages
+    name their target language): the import forces it after the start token, unscored, and leaves it
+    out of the output, as argostranslate strips it from CTranslate2's."""
+    package, _ = opus_mt
+    vocabulary = read_ct2_dir(package / "model").target_vocabulary
+    forced = next(p for p in ("▁Un", "▁Une", "▁Le") if p in vocabulary)
+    prefixed = shutil.copytree(package, tmp_path / package.name)
+    metadata = json.loads((prefixed / "metadata.json").read_text())
+    (prefixed / "metadata.json").write_text(json.dumps({**metadata, "target_prefix": forced}))
+    (outcome,) = import_packages([prefixed], tmp_path / "models")
+    assert outcome.out is not None, outcome.line()
+    assert load_manifest(outcome.out).decoder_prefix == {"fr": [vocabulary.index(forced)]}
+    sp = spm.SentencePieceProcessor(model_file=str(package / "sentencepiece.model"))
+    reference = ctranslate2.Translator(str(package / "model"), compute_type="float32")
+    ours = Translator.load(outcome.out, 2)
+    sources = read_lines(tiny_data_dir / "multi30k/train.en.gz")[-60:]
+    pieces = [sp.encode(s, out_type=str) for s in sources]
+    for beam in (1, 4):
+        results = reference.translate_batch(pieces, target_prefix=[[forced]] * len(pieces), beam_size=beam,
+                                            length_penalty=0.2, max_decoding_length=40)  # fmt: skip
+        assert all(r.hypotheses[0][0] == forced for r in results)
+        theirs = [sp.decode_pieces(r.hypotheses[0][1:]).replace("▁", " ").strip() for r in results]
+        options = replace(DecodeOptions.from_generation(ours.model.manifest.generation, beam_size=beam),
+                          max_length=40, proportional_limit=False)  # fmt: skip
+        got = [t[0].text for t in ours.translate(sources, "fr", options)]
+        same = sum(a == b for a, b in zip(got, theirs, strict=True))
+        assert same == len(sources) if beam == 1 else same >= 0.98 * len(sources), (
+            f"beam {beam}: {same} identical; first: {got[0]!r} against {theirs[0]!r}"
+        )
+
+
 # ---- broken packages -----------------------------------------------------------------------------
 
 

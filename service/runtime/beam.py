@@ -25,8 +25,8 @@ from service.conventions import MAX_LENGTH_CAP, max_target_length
 from service.graphs import MAX_BEAM
 from service.manifest import Generation
 from service.runtime.degenerate import Quality, mark_degenerate, sane_first
-from service.runtime.kv_cache import compact_rows, compaction_order
-from service.runtime.sessions import SINGLE_THREAD_ROWS, OnnxModel
+from service.runtime.kv_cache import SelfAttentionCache, compact_rows, compaction_order
+from service.runtime.sessions import SINGLE_THREAD_ROWS, KVList, OnnxModel
 
 # Sources are padded to a multiple of this many tokens. Attention sums over the source in
 # vector lanes of 16 floats: with the width a multiple of 16, the padding only ever adds exact
@@ -160,17 +160,53 @@ def _compact(finished_rows: int, rows: int) -> bool:
     return finished_rows >= COMPACT_SHARE * rows
 
 
+def _prefix_length(prefixes: Sequence[Sequence[int]]) -> int:
+    lengths = {len(p) for p in prefixes}
+    if len(lengths) > 1:
+        raise ValueError(f"decoder prefixes of one batch must have one length, got {sorted(lengths)}")
+    return lengths.pop() if lengths else 0
+
+
+def _limits(sources: Sequence[Sequence[int]], options: DecodeOptions, prefixes: Sequence[Sequence[int]]) -> np.ndarray:
+    """Most tokens each sentence may generate, EOS included: a forced prefix counts towards the
+    limit, as it does towards CTranslate2's max_decoding_length (and min_decoding_length)."""
+    forced = _prefix_length(prefixes)
+    return np.array([max(1, options.limit(len(s)) - forced) for s in sources])
+
+
+def _feed_prefix(
+    model: OnnxModel,
+    starts: np.ndarray,
+    prefixes: Sequence[Sequence[int]],
+    mask: np.ndarray,
+    cache: SelfAttentionCache,
+    cross: KVList,
+) -> np.ndarray:
+    """Run the decoder over each sentence's start token and forced prefix but the last, one row per
+    sentence; the last input ids, from which the search goes on (nothing of the prefix is scored)."""
+    last = starts
+    for position in range(_prefix_length(prefixes)):
+        model.decode_top(last[:, None], mask, cache, cross)
+        last = np.asarray([p[position] for p in prefixes], dtype=np.int64)
+    return last
+
+
 def greedy_search(
-    model: OnnxModel, sources: Sequence[Sequence[int]], tags: Sequence[int], options: DecodeOptions
+    model: OnnxModel,
+    sources: Sequence[Sequence[int]],
+    tags: Sequence[int],
+    options: DecodeOptions,
+    prefixes: Sequence[Sequence[int]] = (),
 ) -> list[list[Hypothesis]]:
     """The beam-1 fast path: argmax per step, no beam bookkeeping."""
     ids, mask = _pad_sources(sources, model.pad_id)
     enc = model.encode(ids, mask)
     cross = enc.cross
-    limits = np.array([options.limit(len(s)) for s in sources])
-    cache = model.new_cache(len(sources), int(limits.max()), 1)
+    limits = _limits(sources, options, prefixes)
+    cache = model.new_cache(len(sources), int(limits.max()) + _prefix_length(prefixes), 1)
+    min_length = options.min_length - _prefix_length(prefixes)  # the prefix counts, as for the limit
     alive = np.arange(len(sources))
-    last = np.asarray(tags, dtype=np.int64)
+    last = _feed_prefix(model, np.asarray(tags, dtype=np.int64), prefixes, mask, cache, cross)
     tokens: list[list[int]] = [[] for _ in sources]
     log_prob = np.zeros(len(sources))
     results: list[list[Hypothesis]] = [[] for _ in sources]
@@ -184,7 +220,7 @@ def greedy_search(
             if riding[row]:
                 continue
             token, token_log_prob = int(top.ids[row, 0]), float(top.log_probs[row, 0])  # ties: lower id
-            if token == eos and step < options.min_length:  # too early to end: the best other token
+            if token == eos and step < min_length:  # too early to end: the best other token
                 token, token_log_prob = int(top.ids[row, 1]), float(top.log_probs[row, 1])
             if options.forced_eos and length >= limits[sent]:
                 token, token_log_prob = eos, 0.0
@@ -222,23 +258,33 @@ def _guarded(hist: np.ndarray, rows: np.ndarray, tokens: np.ndarray, candidates:
 
 
 def beam_search(
-    model: OnnxModel, sources: Sequence[Sequence[int]], tags: Sequence[int], options: DecodeOptions
+    model: OnnxModel,
+    sources: Sequence[Sequence[int]],
+    tags: Sequence[int],
+    options: DecodeOptions,
+    prefixes: Sequence[Sequence[int]] = (),
 ) -> list[list[Hypothesis]]:
-    """n_best hypotheses per source (ids ending in EOS), best first. `tags[i]` picks sentence i's language.
+    """n_best hypotheses per source (ids ending in EOS), best first. `tags[i]` picks sentence i's language:
+    the decoder's first input; `prefixes[i]`, where given, the tokens forced after it (one length for
+    the batch), which the hypotheses leave out.
 
     What a large batch's tensors took goes back to the system once the model idles
     (OnnxModel.large_batch_done)."""
     if options.beam_size == 1:
-        hypotheses = greedy_search(model, sources, tags, options)
+        hypotheses = greedy_search(model, sources, tags, options, prefixes)
     else:
-        hypotheses = _beam_search(model, sources, tags, options)
+        hypotheses = _beam_search(model, sources, tags, options, prefixes)
     if len(sources) * options.beam_size > SINGLE_THREAD_ROWS:
         model.large_batch_done()
     return hypotheses
 
 
 def _beam_search(
-    model: OnnxModel, sources: Sequence[Sequence[int]], tags: Sequence[int], options: DecodeOptions
+    model: OnnxModel,
+    sources: Sequence[Sequence[int]],
+    tags: Sequence[int],
+    options: DecodeOptions,
+    prefixes: Sequence[Sequence[int]],
 ) -> list[list[Hypothesis]]:
     k = options.beam_size
     ids, mask = _pad_sources(sources, model.pad_id)
@@ -246,9 +292,10 @@ def _beam_search(
     # Step 0 runs one row per sentence (all K beams would start identical); the batch
     # becomes K rows per sentence, row s·K + j for beam j of sentence s, from step 1 on.
     cross, beams = enc.cross, 1
-    limits = np.array([options.limit(len(s)) for s in sources])
-    cache = model.new_cache(len(sources), int(limits.max()), k)
-    last = np.asarray(tags, dtype=np.int64)
+    limits = _limits(sources, options, prefixes)
+    cache = model.new_cache(len(sources), int(limits.max()) + _prefix_length(prefixes), k)
+    min_length = options.min_length - _prefix_length(prefixes)  # the prefix counts, as for the limit
+    last = _feed_prefix(model, np.asarray(tags, dtype=np.int64), prefixes, mask, cache, cross)
     hist = np.zeros((len(sources), 0), dtype=np.int64)  # generated tokens per row
     scores = np.zeros((len(sources), 1))
     alive = np.arange(len(sources))
@@ -270,7 +317,7 @@ def _beam_search(
                 step_ids, step_log_probs = step_ids.copy(), step_log_probs.copy()
                 step_ids[forced], step_log_probs[forced] = eos, -np.inf
                 step_log_probs[forced, 0] = 0.0
-        if step < options.min_length:  # too early to end: EOS is no candidate
+        if step < min_length:  # too early to end: EOS is no candidate
             step_log_probs = np.where(step_ids == eos, -np.inf, step_log_probs)
         # A candidate among the sentence's 2K best is among its own beam's 2K best: rank those beams·2K.
         beam_ids = step_ids.reshape(n, beams * width)

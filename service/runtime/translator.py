@@ -118,11 +118,13 @@ class Translator:
         self, sources: Sequence[list[int]], targets: Sequence[str], options: DecodeOptions
     ) -> list[list[Hypothesis]]:
         """One model batch: n-best hypotheses per source piece. The decoder starts from each target's
-        start token (mtserve's language tag, Marian's pad), after the target's source prefix, if any."""
-        starts = self.model.languages.tag_ids
+        start token (mtserve's language tag, Marian's pad) and its forced prefix, if any; the source
+        comes after the target's source prefix, if any."""
+        starts, forced = self.model.languages.tag_ids, self.model.manifest.decoder_prefix
         if self._prefix:
             sources = [[*self._prefix.get(t, []), *s] for s, t in zip(sources, targets, strict=True)]
-        return beam_search(self.model, sources, [starts[t] for t in targets], options)
+        prefixes = [forced.get(t, []) for t in targets] if forced else []
+        return beam_search(self.model, sources, [starts[t] for t in targets], options, prefixes)
 
     def translate(
         self,
