@@ -297,6 +297,11 @@ def _session(path: Path, threads: int, pack: bool = True) -> ort.InferenceSessio
         options.add_session_config_entry("session.disable_prepacking", "1")
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    if threads > 1:
+        # Its threads spin between the nodes of a run, not after it: a pool left spinning takes the
+        # core that another worker's batch runs on (16 HTTP clients: about 5% more sentences/s, and
+        # large batches no slower; docs/BENCHMARKS.md).
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # One memory arena for every session of the process, registered once: a per-session arena
     # keeps the peak of the largest batch that session ever ran, four times over; without an

@@ -1,0 +1,277 @@
+"""LibreTranslate and mtserve over HTTP on the same weights, interleaved.
+
+    python bench/libretranslate.py --work runs/lt-bench [--rounds 3] [--venv runs/lt-venv]
+
+- LibreTranslate is installed from the registry into its own environment (`--venv`, made at the
+  first run: `pip install libretranslate==LIBRETRANSLATE_VERSION`), a benchmark-only dependency.
+- The model directory (`--model`, default the committed model) becomes the two Argos packages
+  argos-train would make of it (bench/argos_package.py: CTranslate2 int8, OpenNMT-py names, the
+  language tag as target_prefix), installed in a packages directory of the work directory that
+  LibreTranslate reads through ARGOS_PACKAGES_DIR. mtserve serves the model directory itself.
+- LibreTranslate's sentence splitter (MiniSBD) downloads its model at the first request. Where
+  the machine has no network, and by default, it is replaced by a no-op that keeps each text one
+  sentence (the benchmark sends one sentence per request); the output says so.
+- Configurations: LibreTranslate at its defaults (ARGOS_INTER_THREADS=1, ARGOS_INTRA_THREADS=0,
+  waitress --threads 4) and at other thread settings; mtserve at its defaults and at one thread.
+  Every configuration decodes at beam 4 (argostranslate's, mtserve's through
+  MTSERVE_DEFAULT_BEAM_SIZE), and every request is LibreTranslate's POST /translate.
+- Each round starts every configuration's server in its own process, in turn; each runs a
+  warm-up, then one client sending `--sentences` test2016 sentences one after the other (p50),
+  then `--clients` clients sending `--load-sentences` sentences (sentences/s).
+
+Prints a JSON line per run, then per configuration the medians over rounds, then the issue's
+ratios against LibreTranslate's best configuration for each figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import test_pairs  # noqa: E402
+from service.api.launcher import free_port, wait_ready  # noqa: E402
+from service.manifest import DEFAULT_MODEL_DIR  # noqa: E402
+
+LIBRETRANSLATE_VERSION = "1.9.6"
+BEAM = 4  # argostranslate's ARGOS_BEAM_SIZE default
+
+# LibreTranslate started with its sentence splitter replaced by a no-op (one sentence per text).
+NO_OP_SPLITTER = """
+import sys
+import argostranslate.sbd as sbd
+sbd.MiniSBDSentencizer.split_sentences = lambda self, text: [text]
+from libretranslate.main import main
+sys.argv[0] = "libretranslate"
+main()
+"""
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    engine: str  # "libretranslate" or "mtserve"
+    env: dict[str, str]
+
+
+CONFIGS = (
+    Config("libretranslate-default", "libretranslate", {}),
+    Config("libretranslate-intra1", "libretranslate", {"ARGOS_INTRA_THREADS": "1"}),
+    Config("libretranslate-inter2-intra1", "libretranslate", {"ARGOS_INTER_THREADS": "2", "ARGOS_INTRA_THREADS": "1"}),
+    Config("mtserve-default", "mtserve", {}),
+    Config("mtserve-threads1", "mtserve", {"MTSERVE_THREADS": "1"}),
+)
+
+
+def ensure_libretranslate(venv: Path) -> Path:
+    """The environment's `python`, LibreTranslate installed in it from the registry if missing."""
+    python = venv / "bin" / "python"
+    probe = [str(python), "-c", "import importlib.metadata as m; print(m.version('libretranslate'))"]
+    installed = python.exists() and subprocess.run(probe, capture_output=True, text=True).stdout.strip()
+    if installed == LIBRETRANSLATE_VERSION:
+        return python
+    print(f"installing libretranslate=={LIBRETRANSLATE_VERSION} into {venv} (a few minutes)", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, f"libretranslate=={LIBRETRANSLATE_VERSION}"], check=True)
+    return python
+
+
+def install_packages(model_dir: Path, work: Path) -> Path:
+    """The model's two Argos packages in a packages directory, as argospm installs them."""
+    from bench.argos_package import package_mtserve_model
+
+    packages = work / "packages"
+    if packages.exists():
+        shutil.rmtree(packages)
+    packages.mkdir(parents=True)
+    build = work / "build"
+    for source, target in (("en", "fr"), ("fr", "en")):
+        folder = package_mtserve_model(model_dir, build, source, target)
+        shutil.move(str(folder), packages / folder.name)
+    return packages
+
+
+def minisbd_reachable(python: Path, home: Path) -> bool:
+    """Whether MiniSBD can fetch its English model here (it needs the network)."""
+    code = "from minisbd import SBDetect; SBDetect('en').sentences('One. Two.')"
+    env = {**os.environ, "HOME": str(home), "XDG_DATA_HOME": str(home / "data")}
+    result = subprocess.run([str(python), "-c", code], capture_output=True, env=env, timeout=120)
+    return result.returncode == 0
+
+
+class Server:
+    """One configuration's server in its own process."""
+
+    def __init__(self, config: Config, python: Path, packages: Path, model_dir: Path, home: Path, real_sbd: bool):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = home / f"{config.name}-{self.port}.log"
+        if config.engine == "libretranslate":
+            env = {**os.environ, "HOME": str(home), "XDG_DATA_HOME": str(home / "data"),
+                   "XDG_CONFIG_HOME": str(home / "config"), "ARGOS_PACKAGES_DIR": str(packages),
+                   **config.env}  # fmt: skip
+            args = ["--host", "127.0.0.1", "--port", str(self.port), "--load-only", "en,fr", "--disable-web-ui"]
+            launch = [str(python.parent / "libretranslate")] if real_sbd else [str(python), "-c", NO_OP_SPLITTER]
+            command = [*launch, *args]
+            self.ready_path = "/languages"
+        else:
+            env = {**os.environ, "MTSERVE_HOST": "127.0.0.1", "MTSERVE_PORT": str(self.port),
+                   "MTSERVE_MODEL_DIR": str(model_dir), "MTSERVE_DEFAULT_BEAM_SIZE": str(BEAM),
+                   **config.env}  # fmt: skip
+            command = [sys.executable, "-m", "service.cli", "serve"]
+            self.ready_path = "/ready"
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+    def __enter__(self) -> Server:
+        if self.ready_path == "/ready":
+            wait_ready(self.url, self.process, 120)
+            return self
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"LibreTranslate exited: {self.log.read_text()[-2000:]}")
+            try:
+                import urllib.request
+
+                with urllib.request.urlopen(self.url + self.ready_path, timeout=1) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"LibreTranslate not ready in 120 s: {self.log.read_text()[-2000:]}")
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+async def _send(url: str, sentences: list[str], clients: int) -> tuple[list[float], float, list[str]]:
+    """Each client sends its next sentence as soon as its last answer arrives; latencies, seconds, outputs."""
+    latencies: list[float] = []
+    outputs: dict[int, str] = {}
+    queue = iter(enumerate(sentences))
+    async with aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=clients)) as client:
+
+        async def worker() -> None:
+            for index, text in queue:
+                started = time.perf_counter()
+                body = {"q": text, "source": "en", "target": "fr", "format": "text"}
+                async with client.post("/translate", json=body) as response:
+                    payload = await response.json()
+                    if response.status != 200:
+                        raise RuntimeError(f"{response.status}: {payload}")
+                latencies.append(time.perf_counter() - started)
+                outputs[index] = payload["translatedText"]
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        seconds = time.perf_counter() - started
+    return latencies, seconds, [outputs[i] for i in range(len(sentences))]
+
+
+def run_config(server: Server, one: list[str], many: list[str], clients: int) -> tuple[dict[str, float], list[str]]:
+    """The figures of one configuration, and its translations of `one`."""
+    asyncio.run(_send(server.url, one[:10], 1))  # warm-up: CTranslate2 loads its model at the first request
+    latencies, _, outputs = asyncio.run(_send(server.url, one, 1))
+    _, seconds, _ = asyncio.run(_send(server.url, many, clients))
+    return {
+        "one_client_p50_ms": round(statistics.median(latencies) * 1000, 2),
+        "one_client_p95_ms": round(sorted(latencies)[int(0.95 * (len(latencies) - 1))] * 1000, 2),
+        f"clients_{clients}_sent_per_s": round(len(many) / seconds, 2),
+    }, outputs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=None, help="packages and logs (default: a temporary directory)")
+    parser.add_argument("--venv", type=Path, default=ROOT / "runs" / "lt-venv", help="LibreTranslate's environment")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sentences", type=int, default=40, help="one client: the first N test2016 sentences")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--load-sentences", type=int, default=400, help="sentences the clients share")
+    parser.add_argument("--configs", nargs="+", choices=[c.name for c in CONFIGS], default=[c.name for c in CONFIGS])
+    parser.add_argument("--data-dir")
+    args = parser.parse_args()
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="mtserve-lt-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    home = work / "home"
+    home.mkdir(exist_ok=True)
+    python = ensure_libretranslate(args.venv)
+    packages = install_packages(args.model, work)
+    real_sbd = minisbd_reachable(python, home)
+    splitter = "MiniSBD" if real_sbd else "no-op (MiniSBD could not fetch its model here: one sentence per text)"
+    print(
+        json.dumps({"libretranslate": LIBRETRANSLATE_VERSION, "beam": BEAM, "sentence_splitter": splitter}), flush=True
+    )
+    sources, _ = test_pairs(args.data_dir)
+    one, many = list(sources[: args.sentences]), list(sources[: args.load_sentences])
+    configs = [c for c in CONFIGS if c.name in args.configs]
+    rows: list[dict[str, object]] = []
+    reference: list[str] | None = None  # LibreTranslate's translations, at its defaults
+    for round_index in range(args.rounds):
+        for config in configs:
+            with Server(config, python, packages, args.model, home, real_sbd) as server:
+                measured, outputs = run_config(server, one, many, args.clients)
+            row = {"round": round_index, "config": config.name, **measured}
+            if config.engine == "libretranslate" and reference is None:
+                reference = outputs
+            elif config.engine == "mtserve" and reference is not None:
+                same = sum(a == b for a, b in zip(outputs, reference, strict=True))
+                row["same_text_as_libretranslate"] = f"{same}/{len(one)}"
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    summarize(rows, configs, args.clients)
+
+
+def summarize(rows: list[dict[str, object]], configs: list[Config], clients: int) -> None:
+    load_key = f"clients_{clients}_sent_per_s"
+    medians: dict[str, dict[str, float]] = {}
+    for config in configs:
+        mine = [r for r in rows if r["config"] == config.name]
+        medians[config.name] = {
+            "one_client_p50_ms": statistics.median(float(r["one_client_p50_ms"]) for r in mine),  # type: ignore[arg-type]
+            load_key: statistics.median(float(r[load_key]) for r in mine),  # type: ignore[arg-type]
+        }
+        print(json.dumps({"summary": config.name, "rounds": len(mine), **medians[config.name]}), flush=True)
+    lt = {n: m for n, m in medians.items() if n.startswith("libretranslate")}
+    ours = {n: m for n, m in medians.items() if n.startswith("mtserve")}
+    if not lt or not ours:
+        return
+    best_lt_p50 = min(lt.items(), key=lambda kv: kv[1]["one_client_p50_ms"])
+    best_lt_load = max(lt.items(), key=lambda kv: kv[1][load_key])
+    best_p50 = min(ours.items(), key=lambda kv: kv[1]["one_client_p50_ms"])
+    best_load = max(ours.items(), key=lambda kv: kv[1][load_key])
+    print(json.dumps({
+        "one_client_p50": f"{best_p50[0]} {best_p50[1]['one_client_p50_ms']:.2f} ms against "
+                          f"{best_lt_p50[0]} {best_lt_p50[1]['one_client_p50_ms']:.2f} ms",
+        "one_client_ratio": round(best_p50[1]["one_client_p50_ms"] / best_lt_p50[1]["one_client_p50_ms"], 3),
+        f"clients_{clients}": f"{best_load[0]} {best_load[1][load_key]:.1f}/s against "
+                              f"{best_lt_load[0]} {best_lt_load[1][load_key]:.1f}/s",
+        f"clients_{clients}_ratio": round(best_load[1][load_key] / best_lt_load[1][load_key], 3),
+    }), flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
