@@ -19,6 +19,7 @@ import ctypes.util
 import functools
 import logging
 import mmap
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,16 +96,22 @@ def lookup_ranges(graph_path: Path) -> list[FileRange]:
 
 
 def _file_mappings(paths: set[str]) -> set[_Mapping]:
+    """The mappings of these files in this process. /proc/self/maps lists every mapping (thousands
+    with dozens of models loaded): searched as bytes, only the lines naming a path are split."""
     mappings: set[_Mapping] = set()
     try:
-        lines = Path("/proc/self/maps").read_text().splitlines()
+        with open("/proc/self/maps", "rb") as handle:
+            data = handle.read()
     except OSError:  # not Linux
         return mappings
-    for line in lines:
-        parts = line.split(None, 5)
-        if len(parts) == 6 and parts[5] in paths:
-            start, end = (int(address, 16) for address in parts[0].split("-"))
-            mappings.add(_Mapping(start, end, int(parts[2], 16), parts[5]))
+    for path in paths:
+        needle = b" " + os.fsencode(path) + b"\n"
+        at = data.find(needle)
+        while at != -1:
+            fields = data[data.rfind(b"\n", 0, at) + 1 : at].split()  # range, perms, offset, dev, inode
+            start, end = (int(address, 16) for address in fields[0].split(b"-"))
+            mappings.add(_Mapping(start, end, int(fields[2], 16), path))
+            at = data.find(needle, at + 1)
     return mappings
 
 
