@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -144,8 +145,31 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+# Digests this process computed, with the file's identity and modification time then: a model
+# unloaded and loaded again (a memory budget) is not read through again while its files are
+# unchanged; a file written since (same size or not) is hashed again.
+_digests: dict[Path, tuple[tuple[int, int, int, int], str]] = {}
+# A file modified this recently when hashed is hashed again next time: a write within the clock's
+# granularity of the hash would leave the same modification time (git's "racy" entries).
+_SETTLED_NS = 2_000_000_000
+
+
+def checked_sha256(path: Path) -> str:
+    """sha256_file, once per process while the file is unchanged."""
+    stat = path.stat()
+    identity = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    known = _digests.get(path)
+    if known is not None and known[0] == identity:
+        return known[1]
+    digest = sha256_file(path)
+    if time.time_ns() - stat.st_mtime_ns > _SETTLED_NS:
+        _digests[path] = (identity, digest)
+    return digest
+
+
 def load_manifest(model_dir: Path, verify: bool = True) -> Manifest:
-    """Read manifest.json and, by default, check every file's sha256."""
+    """Read manifest.json and, by default, check every file's sha256 (once per process while the
+    file is unchanged)."""
     path = model_dir / MANIFEST_FILE
     if not path.is_file():
         raise ModelFileError(path, "missing")
@@ -164,7 +188,7 @@ def load_manifest(model_dir: Path, verify: bool = True) -> Manifest:
             file = model_dir / name
             if not file.is_file():
                 raise ModelFileError(file, "missing")
-            got = sha256_file(file)
+            got = checked_sha256(file)
             if got != expected:
                 raise ModelFileError(
                     file, f"sha256 {got} does not match the manifest's {expected}: corrupt or replaced"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +69,33 @@ def test_a_corrupt_file_stops_loading_with_its_name(exported: Path, tmp_path: Pa
     shutil.copyfile(exported / "decoder_step.onnx", copy / "decoder_step.onnx")
     (copy / "weights.bin").unlink()
     with pytest.raises(ModelFileError, match=r"weights\.bin: missing"):
+        load_manifest(copy)
+
+
+def test_a_file_corrupted_after_a_load_is_caught_at_the_next(exported: Path, tmp_path: Path) -> None:
+    """Files are hashed once per process while unchanged (a budget reloads models): a write since,
+    of the same size and even within the clock's granularity of the last hash, is hashed again."""
+    copy = tmp_path / "model"
+    shutil.copytree(exported, copy)
+    settled = time.time() - 60
+    for file in copy.iterdir():
+        os.utime(file, (settled, settled))
+    load_manifest(copy)  # hashed, and remembered: the files are not recent
+    with open(copy / "weights.bin", "r+b") as handle:
+        handle.seek(100)
+        flipped = bytes(4) if handle.read(4) != bytes(4) else b"\xff" * 4
+        handle.seek(100)
+        handle.write(flipped)
+    with pytest.raises(ModelFileError, match=r"weights\.bin.*sha256"):
+        load_manifest(copy)
+    shutil.copyfile(exported / "weights.bin", copy / "weights.bin")
+    load_manifest(copy)  # written just now: hashed, not remembered
+    with open(copy / "weights.bin", "r+b") as handle:
+        handle.seek(200)
+        flipped = bytes(4) if handle.read(4) != bytes(4) else b"\xff" * 4
+        handle.seek(200)
+        handle.write(flipped)
+    with pytest.raises(ModelFileError, match=r"weights\.bin.*sha256"):
         load_manifest(copy)
 
 

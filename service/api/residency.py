@@ -31,11 +31,11 @@ from service.runtime.sessions import trim_heap
 
 log = logging.getLogger("mtserve.residency")
 
-# A loaded model holds about this many times its files (graphs and weights), docs/BENCHMARKS.md:
-# with packed copies of its graphs (service/runtime/packed.py) under 1.15 once loaded and after
-# batches, the embedding's rows mapped as they are read; without, 2.5 (one wide and one narrow
-# session per graph, each packing its own).
-LOAD_FACTOR = 1.5
+# A loaded model holds at most about this many times its files (graphs and weights),
+# docs/BENCHMARKS.md: with packed copies of its graphs (service/runtime/packed.py) under 1.0 once
+# loaded and once idle after batches (the lookup rows a batch read given back), with room for a
+# batch in flight; without, 2.5 (one wide and one narrow session per graph, each packing its own).
+LOAD_FACTOR = 1.2
 UNPACKED_LOAD_FACTOR = 2.5
 # A load that failed is not tried again for this long: its requests get 503 at once.
 FAILED_RETRY_S = 30.0

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from service.manifest import sha256_file
+from service.manifest import checked_sha256, sha256_file
 
 log = logging.getLogger("mtserve.runtime")
 
@@ -76,11 +76,6 @@ def packed_key(graph_sha256: str, weights_sha256: str) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
-# Files this process has hashed, with the size and modification time they had then: a model
-# unloaded and loaded again (a memory budget) does not hash its copies again.
-_hashed: dict[Path, tuple[int, int]] = {}
-
-
 def _intact(directory: Path, graph_name: str, verify: bool) -> bool:
     """Whether a packed copy is whole: every file it recorded, at the size recorded and, with
     `verify`, with the hash recorded (once per process while the file is unchanged). onnxruntime
@@ -95,11 +90,9 @@ def _intact(directory: Path, graph_name: str, verify: bool) -> bool:
             stat = path.stat()
             if stat.st_size != size:
                 return False
-            if verify and _hashed.get(path) != (stat.st_size, stat.st_mtime_ns):
-                if sha256_file(path) != digest:
-                    log.warning("the packed copy %s does not match what was written: made again", path)
-                    return False
-                _hashed[path] = (stat.st_size, stat.st_mtime_ns)
+            if verify and checked_sha256(path) != digest:
+                log.warning("the packed copy %s does not match what was written: made again", path)
+                return False
         return True
     except (OSError, ValueError, TypeError, KeyError):
         return False
