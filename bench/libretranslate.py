@@ -139,22 +139,11 @@ class Server:
             self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
     def __enter__(self) -> Server:
-        if self.ready_path == "/ready":
-            wait_ready(self.url, self.process, 120)
-            return self
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"LibreTranslate exited: {self.log.read_text()[-2000:]}")
-            try:
-                import urllib.request
-
-                with urllib.request.urlopen(self.url + self.ready_path, timeout=1) as response:
-                    if response.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError(f"LibreTranslate not ready in 120 s: {self.log.read_text()[-2000:]}")
+        try:
+            wait_ready(self.url, self.process, 120, self.ready_path)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{exc}: {self.log.read_text()[-2000:]}") from None
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.process.terminate()

@@ -72,6 +72,15 @@ def test_a_corrupt_file_stops_loading_with_its_name(exported: Path, tmp_path: Pa
         load_manifest(copy)
 
 
+def _change_in_place(path: Path, offset: int) -> None:
+    """Four bytes at `offset` changed, the file's size kept."""
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        changed = bytes(4) if handle.read(4) != bytes(4) else b"\xff" * 4
+        handle.seek(offset)
+        handle.write(changed)
+
+
 def test_a_file_corrupted_after_a_load_is_caught_at_the_next(exported: Path, tmp_path: Path) -> None:
     """Files are hashed once per process while unchanged (a budget reloads models): a write since,
     of the same size and even within the clock's granularity of the last hash, is hashed again."""
@@ -81,20 +90,12 @@ def test_a_file_corrupted_after_a_load_is_caught_at_the_next(exported: Path, tmp
     for file in copy.iterdir():
         os.utime(file, (settled, settled))
     load_manifest(copy)  # hashed, and remembered: the files are not recent
-    with open(copy / "weights.bin", "r+b") as handle:
-        handle.seek(100)
-        flipped = bytes(4) if handle.read(4) != bytes(4) else b"\xff" * 4
-        handle.seek(100)
-        handle.write(flipped)
+    _change_in_place(copy / "weights.bin", 100)
     with pytest.raises(ModelFileError, match=r"weights\.bin.*sha256"):
         load_manifest(copy)
     shutil.copyfile(exported / "weights.bin", copy / "weights.bin")
     load_manifest(copy)  # written just now: hashed, not remembered
-    with open(copy / "weights.bin", "r+b") as handle:
-        handle.seek(200)
-        flipped = bytes(4) if handle.read(4) != bytes(4) else b"\xff" * 4
-        handle.seek(200)
-        handle.write(flipped)
+    _change_in_place(copy / "weights.bin", 200)
     with pytest.raises(ModelFileError, match=r"weights\.bin.*sha256"):
         load_manifest(copy)
 

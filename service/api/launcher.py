@@ -68,13 +68,14 @@ class LiveServer:
         return self.process.wait(timeout=timeout)
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float, path: str = "/ready") -> None:
+    """Until GET url+path answers 200 (another server's readiness route: `path`)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode} before it was ready")
         try:
-            with urllib.request.urlopen(url + "/ready", timeout=1) as response:
+            with urllib.request.urlopen(url + path, timeout=1) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):

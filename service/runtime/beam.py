@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -167,28 +168,38 @@ def _prefix_length(prefixes: Sequence[Sequence[int]]) -> int:
     return lengths.pop() if lengths else 0
 
 
-def _limits(sources: Sequence[Sequence[int]], options: DecodeOptions, prefixes: Sequence[Sequence[int]]) -> np.ndarray:
-    """Most tokens each sentence may generate, EOS included: a forced prefix counts towards the
-    limit, as it does towards CTranslate2's max_decoding_length (and min_decoding_length)."""
-    forced = _prefix_length(prefixes)
-    return np.array([max(1, options.limit(len(s)) - forced) for s in sources])
+class _Start(NamedTuple):
+    """What both searches begin from: the sources encoded, each sentence's limits, an empty cache,
+    and the decoder run over the start tokens and forced prefixes, one row per sentence."""
+
+    mask: np.ndarray  # [n, S]
+    cross: KVList
+    limits: np.ndarray  # [n] most tokens each may generate, EOS included
+    min_length: int  # EOS may not come before this many generated tokens
+    cache: SelfAttentionCache
+    last: np.ndarray  # [n] the next step's input ids
 
 
-def _feed_prefix(
+def _start(
     model: OnnxModel,
-    starts: np.ndarray,
+    sources: Sequence[Sequence[int]],
+    tags: Sequence[int],
+    options: DecodeOptions,
     prefixes: Sequence[Sequence[int]],
-    mask: np.ndarray,
-    cache: SelfAttentionCache,
-    cross: KVList,
-) -> np.ndarray:
-    """Run the decoder over each sentence's start token and forced prefix but the last, one row per
-    sentence; the last input ids, from which the search goes on (nothing of the prefix is scored)."""
-    last = starts
-    for position in range(_prefix_length(prefixes)):
+    max_beams: int,
+) -> _Start:
+    """A forced prefix counts towards the length limits, as it does towards CTranslate2's
+    max_decoding_length and min_decoding_length, and is not scored."""
+    ids, mask = _pad_sources(sources, model.pad_id)
+    cross = model.encode(ids, mask).cross
+    forced = _prefix_length(prefixes)
+    limits = np.array([max(1, options.limit(len(s)) - forced) for s in sources])
+    cache = model.new_cache(len(sources), int(limits.max()) + forced, max_beams)
+    last = np.asarray(tags, dtype=np.int64)
+    for position in range(forced):
         model.decode_top(last[:, None], mask, cache, cross)
         last = np.asarray([p[position] for p in prefixes], dtype=np.int64)
-    return last
+    return _Start(mask, cross, limits, options.min_length - forced, cache, last)
 
 
 def greedy_search(
@@ -199,14 +210,8 @@ def greedy_search(
     prefixes: Sequence[Sequence[int]] = (),
 ) -> list[list[Hypothesis]]:
     """The beam-1 fast path: argmax per step, no beam bookkeeping."""
-    ids, mask = _pad_sources(sources, model.pad_id)
-    enc = model.encode(ids, mask)
-    cross = enc.cross
-    limits = _limits(sources, options, prefixes)
-    cache = model.new_cache(len(sources), int(limits.max()) + _prefix_length(prefixes), 1)
-    min_length = options.min_length - _prefix_length(prefixes)  # the prefix counts, as for the limit
+    mask, cross, limits, min_length, cache, last = _start(model, sources, tags, options, prefixes, 1)
     alive = np.arange(len(sources))
-    last = _feed_prefix(model, np.asarray(tags, dtype=np.int64), prefixes, mask, cache, cross)
     tokens: list[list[int]] = [[] for _ in sources]
     log_prob = np.zeros(len(sources))
     results: list[list[Hypothesis]] = [[] for _ in sources]
@@ -287,15 +292,10 @@ def _beam_search(
     prefixes: Sequence[Sequence[int]],
 ) -> list[list[Hypothesis]]:
     k = options.beam_size
-    ids, mask = _pad_sources(sources, model.pad_id)
-    enc = model.encode(ids, mask)
+    mask, cross, limits, min_length, cache, last = _start(model, sources, tags, options, prefixes, k)
     # Step 0 runs one row per sentence (all K beams would start identical); the batch
     # becomes K rows per sentence, row s·K + j for beam j of sentence s, from step 1 on.
-    cross, beams = enc.cross, 1
-    limits = _limits(sources, options, prefixes)
-    cache = model.new_cache(len(sources), int(limits.max()) + _prefix_length(prefixes), k)
-    min_length = options.min_length - _prefix_length(prefixes)  # the prefix counts, as for the limit
-    last = _feed_prefix(model, np.asarray(tags, dtype=np.int64), prefixes, mask, cache, cross)
+    beams = 1
     hist = np.zeros((len(sources), 0), dtype=np.int64)  # generated tokens per row
     scores = np.zeros((len(sources), 1))
     alive = np.arange(len(sources))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import functools
 import logging
 import mmap
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+from service.runtime.libc import libc
 
 log = logging.getLogger("mtserve.runtime")
 
@@ -117,10 +118,8 @@ def _file_mappings(paths: set[str]) -> set[_Mapping]:
 
 @functools.cache
 def _madvise() -> Callable[[int, int, int], int] | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        function = libc.madvise
-    except (OSError, AttributeError):
+    function = getattr(libc(), "madvise", None)
+    if function is None:
         return None
     function.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     function.restype = ctypes.c_int

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import functools
 import logging
 import threading
@@ -21,6 +19,7 @@ import onnxruntime as ort
 from service.graphs import BEAM_WIDTH, CACHE_INDIRECTION, DECODER_TOP_K, PAST_LENGTH, decoder_spec, encoder_spec
 from service.manifest import Manifest, ModelFileError, load_manifest
 from service.runtime.kv_cache import SelfAttentionCache
+from service.runtime.libc import libc
 from service.runtime.lookups import open_recording_lookups
 from service.runtime.packed import discard, packed_dir, packed_graph, packed_key
 from service.runtime.text_tokenizer import load_text_tokenizer
@@ -162,7 +161,7 @@ class _Graph:
                 return False
             self.narrow.run([output], probe, _SHRINK)
         trim_heap()
-        self._lookups.release()
+        self.release_lookups()
         return True
 
     def release_lookups(self) -> None:
@@ -271,11 +270,7 @@ def _shared_arena() -> None:
 
 @functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return cast(Callable[[int], int], libc.malloc_trim)
-    except (OSError, AttributeError):  # not glibc
-        return None
+    return cast(Callable[[int], int] | None, getattr(libc(), "malloc_trim", None))  # None: not glibc
 
 
 def trim_heap() -> None:
