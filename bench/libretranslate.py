@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import test_pairs  # noqa: E402
 from service.api.launcher import free_port, wait_ready  # noqa: E402
-from service.manifest import DEFAULT_MODEL_DIR  # noqa: E402
+from service.manifest import DEFAULT_MODEL_DIR, load_manifest  # noqa: E402
 
 LIBRETRANSLATE_VERSION = "1.9.6"
 BEAM = 4  # argostranslate's ARGOS_BEAM_SIZE default
@@ -92,7 +92,8 @@ def ensure_libretranslate(venv: Path) -> Path:
 
 
 def install_packages(model_dir: Path, work: Path) -> Path:
-    """The model's two Argos packages in a packages directory, as argospm installs them."""
+    """The model's Argos packages, one per direction its manifest lists, in a packages directory, as
+    argospm installs them."""
     from bench.argos_package import package_mtserve_model
 
     packages = work / "packages"
@@ -100,7 +101,7 @@ def install_packages(model_dir: Path, work: Path) -> Path:
         shutil.rmtree(packages)
     packages.mkdir(parents=True)
     build = work / "build"
-    for source, target in (("en", "fr"), ("fr", "en")):
+    for source, target in load_manifest(model_dir, verify=False).model_languages().directions:
         folder = package_mtserve_model(model_dir, build, source, target)
         shutil.move(str(folder), packages / folder.name)
     return packages
@@ -125,7 +126,8 @@ class Server:
             env = {**os.environ, "HOME": str(home), "XDG_DATA_HOME": str(home / "data"),
                    "XDG_CONFIG_HOME": str(home / "config"), "ARGOS_PACKAGES_DIR": str(packages),
                    **config.env}  # fmt: skip
-            args = ["--host", "127.0.0.1", "--port", str(self.port), "--load-only", "en,fr", "--disable-web-ui"]
+            languages = ",".join(load_manifest(model_dir, verify=False).languages)
+            args = ["--host", "127.0.0.1", "--port", str(self.port), "--load-only", languages, "--disable-web-ui"]
             launch = [str(python.parent / "libretranslate")] if real_sbd else [str(python), "-c", NO_OP_SPLITTER]
             command = [*launch, *args]
             self.ready_path = "/languages"
@@ -154,7 +156,7 @@ class Server:
             self.process.wait()
 
 
-async def _send(url: str, sentences: list[str], clients: int) -> tuple[list[float], float, list[str]]:
+async def _send(url: str, sentences: list[str], clients: int, target: str) -> tuple[list[float], float, list[str]]:
     """Each client sends its next sentence as soon as its last answer arrives; latencies, seconds, outputs."""
     latencies: list[float] = []
     outputs: dict[int, str] = {}
@@ -164,7 +166,7 @@ async def _send(url: str, sentences: list[str], clients: int) -> tuple[list[floa
         async def worker() -> None:
             for index, text in queue:
                 started = time.perf_counter()
-                body = {"q": text, "source": "en", "target": "fr", "format": "text"}
+                body = {"q": text, "source": "en", "target": target, "format": "text"}
                 async with client.post("/translate", json=body) as response:
                     payload = await response.json()
                     if response.status != 200:
@@ -178,11 +180,13 @@ async def _send(url: str, sentences: list[str], clients: int) -> tuple[list[floa
     return latencies, seconds, [outputs[i] for i in range(len(sentences))]
 
 
-def run_config(server: Server, one: list[str], many: list[str], clients: int) -> tuple[dict[str, float], list[str]]:
-    """The figures of one configuration, and its translations of `one`."""
-    asyncio.run(_send(server.url, one[:10], 1))  # warm-up: CTranslate2 loads its model at the first request
-    latencies, _, outputs = asyncio.run(_send(server.url, one, 1))
-    _, seconds, _ = asyncio.run(_send(server.url, many, clients))
+def run_config(
+    server: Server, one: list[str], many: list[str], clients: int, target: str
+) -> tuple[dict[str, float], list[str]]:
+    """The figures of one configuration, and its translations of `one` (English, test2016) into `target`."""
+    asyncio.run(_send(server.url, one[:10], 1, target))  # warm-up: CTranslate2 loads its model at the first request
+    latencies, _, outputs = asyncio.run(_send(server.url, one, 1, target))
+    _, seconds, _ = asyncio.run(_send(server.url, many, clients, target))
     return {
         "one_client_p50_ms": round(statistics.median(latencies) * 1000, 2),
         "one_client_p95_ms": round(sorted(latencies)[int(0.95 * (len(latencies) - 1))] * 1000, 2),
@@ -214,6 +218,10 @@ def main() -> None:
     print(
         json.dumps({"libretranslate": LIBRETRANSLATE_VERSION, "beam": BEAM, "sentence_splitter": splitter}), flush=True
     )
+    targets = load_manifest(args.model, verify=False).model_languages().targets("en")
+    if not targets:
+        parser.error(f"{args.model} translates nothing from English, the language of the test sentences")
+    target = targets[0]
     sources, _ = test_pairs(args.data_dir)
     one, many = list(sources[: args.sentences]), list(sources[: args.load_sentences])
     configs = [c for c in CONFIGS if c.name in args.configs]
@@ -222,7 +230,7 @@ def main() -> None:
     for round_index in range(args.rounds):
         for config in configs:
             with Server(config, python, packages, args.model, home, real_sbd) as server:
-                measured, outputs = run_config(server, one, many, args.clients)
+                measured, outputs = run_config(server, one, many, args.clients, target)
             row = {"round": round_index, "config": config.name, **measured}
             if config.engine == "libretranslate" and reference is None:
                 reference = outputs
