@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from bench.common import test_pairs  # noqa: E402
 from bench.ct2_convert import build_spec  # noqa: E402
 from bench.interleaved import summarize  # noqa: E402
-from bench.marian_engines import Decode, _runtime  # noqa: E402
+from bench.marian_engines import Decode  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
 from model.transformer import Transformer  # noqa: E402
 from service import conventions as cv  # noqa: E402
@@ -101,7 +101,7 @@ def _ct2(directory: Path, threads: int, options: DecodeOptions) -> Decode:
         results = translator.translate_batch(
             [[names[i] for i in s] for s in batch], target_prefix=[[TAG]] * len(batch),
             beam_size=options.beam_size, length_penalty=options.length_penalty,
-            max_decoding_length=options.max_length,
+            max_decoding_length=options.max_length, replace_unknowns=True,
         )  # fmt: skip
         return [[ids[t] for t in r.hypotheses[0]] for r in results]
 
@@ -110,7 +110,19 @@ def _ct2(directory: Path, threads: int, options: DecodeOptions) -> Decode:
 
 def _options(beam: int, max_length: int) -> DecodeOptions:
     return DecodeOptions(beam_size=beam, length_penalty=0.2, max_length=max_length, min_length=1,
-                         proportional_limit=False, repetition_guard=False, cut_degenerate=False)  # fmt: skip
+                         proportional_limit=False, repetition_guard=False, cut_degenerate=False,
+                         replace_unknowns=True)  # fmt: skip
+
+
+def _runtime(translator: Translator, options: DecodeOptions) -> Decode:
+    """The service's path from source ids: the target's start and prefix, and each source's span
+    for replacing unknown tokens, which argostranslate asks of CTranslate2."""
+    target = translator.languages.directions[0][1]
+
+    def decode(batch: list[list[int]]) -> list[list[int]]:
+        return [h[0].tokens for h in translator.search(batch, [target] * len(batch), options)]
+
+    return decode
 
 
 def prepare(work: Path) -> dict[tuple[str, str], Path]:

@@ -79,10 +79,10 @@ UNSUPPORTED_PARTS = {
 }
 LAYER_NORM_EPS = 1e-5  # CTranslate2's value where config.json's layer_norm_epsilon is null or absent
 PAD_TOKENS = ("<blank>", "<pad>")
-# argostranslate's decoding of Argos packages: beam 4, CTranslate2's length penalty 0.2, 256 tokens, and
-# CTranslate2's default of at least one token before EOS
+# argostranslate's decoding of Argos packages: beam 4, CTranslate2's length penalty 0.2, 256 tokens,
+# CTranslate2's default of at least one token before EOS, and unknown tokens replaced from the source
 ARGOS_GENERATION = Generation(beam_size=4, length_penalty=0.2, max_length=256, min_length=1, repetition_guard=False,
-                              cut_degenerate=False)  # fmt: skip
+                              cut_degenerate=False, replace_unknowns=True)  # fmt: skip
 CHECK_SENTENCES = ("Hello, world.", "The committee will meet again on Tuesday.", "Where is the station?")
 
 
@@ -321,6 +321,14 @@ def convert(model: CT2Model, target_prefix: str | None = None) -> tuple[ModelCon
     shared = source_embedding.shape == target_embedding.shape and np.array_equal(source_embedding, target_embedding)
     tied = projection.shape == target_embedding.shape and np.array_equal(projection, target_embedding)
     eps = model.config.get("layer_norm_epsilon")
+    # The attention replace_unknowns reads: CTranslate2's defaults are the last layer's first head,
+    # and 0 heads means all of them.
+    alignment_layer = names.scalar("decoder", "alignment_layer", -1)
+    alignment_heads = names.scalar("decoder", "alignment_heads", 1) or heads
+    if not -decoder_layers <= alignment_layer < decoder_layers or not 0 < alignment_heads <= heads:
+        raise CT2ImportError("model.bin variable decoder/alignment_layer",
+                             f"layer {alignment_layer}, {alignment_heads} heads: not within the decoder's "
+                             f"{decoder_layers} layers of {heads} heads")  # fmt: skip
     cfg = ModelConfig(
         vocab_size=vocab_size, d_model=d_model, n_heads=heads, d_ff=d_ff, encoder_layers=encoder_layers,
         decoder_layers=decoder_layers, dropout=0.0, pre_norm=pre_norm, max_positions=rows,
@@ -328,7 +336,7 @@ def convert(model: CT2Model, target_prefix: str | None = None) -> tuple[ModelCon
         scale_embedding=bool(scale), position_layout=layout,  # type: ignore[arg-type]
         shared_embeddings=shared, tied_output=tied, output_bias=projection_bias is not None,
         layer_norm_eps=LAYER_NORM_EPS if eps is None else float(eps), mlm_head=False, pad_id=pad, eos_id=eos,
-        never_generate=tuple(never),
+        never_generate=tuple(never), alignment_layer=alignment_layer, alignment_heads=alignment_heads,
     )  # fmt: skip
     state: dict[str, torch.Tensor] = {"embed.weight": torch.from_numpy(_padded(target_embedding, vocab_size))}
     if not shared:

@@ -17,7 +17,7 @@ from onnx import TensorProto, helper
 from export.graph_builder import MS_DOMAIN, Builder, attention_out, cached_self_attention, make_model, pre, residual
 from model.config import ModelConfig
 from model.transformer import DecoderLayer, Transformer
-from service.graphs import BEAM_WIDTH, CACHE_INDIRECTION, DECODER_TOP_K, PAST_LENGTH, decoder_spec
+from service.graphs import ALIGNMENT, BEAM_WIDTH, CACHE_INDIRECTION, DECODER_TOP_K, PAST_LENGTH, decoder_spec
 
 
 def _decoder_layer(
@@ -32,6 +32,8 @@ def _decoder_layer(
     ca = layer.cross_attn
     h = pre(b, x, layer.cross_res, f"{p}.cross_res")
     q = b.one("Reshape", [b.linear(h, ca.q_proj, f"{p}.cross_attn.q_proj"), by_sentence])  # [N, B/N, D]
+    if cfg.alignment_heads and i == cfg.alignment_layer % cfg.decoder_layers:
+        _alignment(b, q, f"cross_key.{i}", key_mask, cfg)
     mha = [q, f"cross_key.{i}", f"cross_value.{i}", "", key_mask]  # keys and values precomputed, [N, H, S, K]
     out = b.one("Reshape", [b.one("MultiHeadAttention", mha, domain=MS_DOMAIN, num_heads=heads), "row_shape"])
     x = residual(b, x, attention_out(b, out, ca, f"{p}.cross_attn"), layer.cross_res, f"{p}.cross_res")
@@ -40,10 +42,32 @@ def _decoder_layer(
     return residual(b, x, b.feed_forward(h, layer.ffn, cfg.activation, f"{p}.ffn"), layer.ffn_res, f"{p}.ffn_res")
 
 
+def _alignment(b: Builder, q: str, keys: str, key_mask: str, cfg: ModelConfig) -> None:
+    """The graph output ALIGNMENT [B, S]: the attention probabilities of q [N, B/N, D] over the
+    source keys [N, H, S, K], averaged over the first cfg.alignment_heads heads, as CTranslate2
+    averages them for replace_unknowns. The fused attention node does not expose its weights, so
+    these few heads are computed beside it."""
+    heads, depth = cfg.alignment_heads, cfg.head_dim
+    first = b.weight("alignment_first", np.array([0], np.int64))
+    count = b.weight("alignment_heads", np.array([heads], np.int64))
+    axis_1 = b.weight("alignment_axis", np.array([1], np.int64))
+    split = b.weight("alignment_q_shape", np.array([0, 0, cfg.n_heads, depth], np.int64))
+    per_head = b.one("Transpose", [b.one("Reshape", [q, split])], perm=[0, 2, 1, 3])  # [N, H, B/N, K]
+    q_heads = b.one("Slice", [per_head, first, count, axis_1])  # [N, h, B/N, K]
+    k_heads = b.one("Transpose", [b.one("Slice", [keys, first, count, axis_1])], perm=[0, 1, 3, 2])  # [N, h, K, S]
+    scores = b.one("Mul", [b.one("MatMul", [q_heads, k_heads]),
+                           b.weight("alignment_scale", np.array(depth**-0.5, np.float32))])  # fmt: skip
+    real = b.one("Cast", [b.one("Unsqueeze", [key_mask, b.weight("alignment_mask_axes", np.array([1, 2], np.int64))])],
+                 to=TensorProto.BOOL)  # fmt: skip
+    masked = b.one("Where", [real, scores, b.weight("alignment_minus_inf", np.array(-np.inf, np.float32))])
+    mean = b.one("ReduceMean", [b.one("Softmax", [masked], axis=-1)], axes=[1], keepdims=0)  # [N, B/N, S]
+    b.nodes.append(helper.make_node("Flatten", [mean], [ALIGNMENT], axis=2))  # [B, S]
+
+
 def build_decoder_step(model: Transformer) -> onnx.ModelProto:
     """The decoder step of service/graphs.py's decoder_spec, from the model's weights."""
     cfg = model.cfg
-    spec = decoder_spec(cfg.decoder_layers)
+    spec = decoder_spec(cfg.decoder_layers, alignment=cfg.alignment_heads > 0)
     b = Builder()
     ids = b.one("Squeeze", ["input_ids", b.weight("axis_1", np.array([1], np.int64))])  # [B]
     past_length = b.one("Reshape", [PAST_LENGTH, b.weight("one", np.array([1], np.int64))])  # [1] int32
@@ -125,6 +149,7 @@ def _value_info(name: str, axes: dict[int, str], cfg: ModelConfig) -> onnx.Value
         "top_log_probs": [None, DECODER_TOP_K],
         "top_ids": [None, DECODER_TOP_K],
         "eos_log_prob": [None],
+        ALIGNMENT: [None, None],
     }
     dims = fixed.get(name, [None, cfg.n_heads, None, cfg.head_dim])
     shape = [axes.get(i, d) for i, d in enumerate(dims)]

@@ -44,6 +44,11 @@ class ModelConfig:
     pad_id: int = PAD_ID
     eos_id: int = EOS_ID
     never_generate: tuple[int, ...] = ()  # ids the decoder may never emit (Marian: its pad)
+    # The decoder step's `alignment` output: the cross-attention of this layer (negative: from the
+    # last), averaged over its first `alignment_heads` heads; 0 heads: no such output. What an
+    # unknown output token is replaced from (CTranslate2's replace_unknowns, export/ctranslate2.py).
+    alignment_layer: int = -1
+    alignment_heads: int = 0
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:
@@ -54,6 +59,10 @@ class ModelConfig:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if self.d_model % 2:
             raise ValueError("d_model must be even for sinusoidal positions")
+        if not 0 <= self.alignment_heads <= self.n_heads:
+            raise ValueError(f"alignment_heads {self.alignment_heads} is not within 0..n_heads ({self.n_heads})")
+        if not -self.decoder_layers <= self.alignment_layer < self.decoder_layers:
+            raise ValueError(f"alignment_layer {self.alignment_layer} is not a layer of {self.decoder_layers}")
 
     @property
     def head_dim(self) -> int:

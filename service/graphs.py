@@ -41,11 +41,15 @@ BEAM_WIDTH = "beam_width"  # int32 [1]: rows per sentence
 CACHE_INDIRECTION = "cache_indirection"  # int32 [N, beam_width, capacity]: the beam holding each position
 
 
-def decoder_spec(decoder_layers: int) -> GraphSpec:
+ALIGNMENT = "alignment"  # float [B, S]: a step's cross-attention over the source, where the graph has it
+
+
+def decoder_spec(decoder_layers: int, alignment: bool = False) -> GraphSpec:
     """Last tokens [B, 1], source mask [N, S], the cache's length, beam width and indirection,
     past K/V [B, H, capacity, K], cross K/V [N, H, S, K] ->
     log_probs [B, V], the best DECODER_TOP_K of them with their ids, EOS's log-prob [B], and
-    present K/V: the past buffers themselves, this step's keys and values written in place.
+    present K/V: the past buffers themselves, this step's keys and values written in place;
+    with `alignment`, also each row's attention over its source (ModelConfig.alignment_heads).
 
     N sources, B a multiple of N: rows r·B/N to (r+1)·B/N - 1 are the beams of source r."""
     return GraphSpec(
@@ -63,6 +67,7 @@ def decoder_spec(decoder_layers: int) -> GraphSpec:
             "top_log_probs": {0: "batch"},
             "top_ids": {0: "batch"},
             "eos_log_prob": {0: "batch"},
+            **({ALIGNMENT: {0: "batch", 1: "src_len"}} if alignment else {}),
             **_per_layer("present", decoder_layers, {0: "batch", 2: "capacity"}),
         },
     )

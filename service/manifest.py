@@ -52,6 +52,10 @@ class Generation(BaseModel):
     # for models trained here; an import keeps its source engine's behaviour, which has neither.
     repetition_guard: bool = True  # a token may not extend a run of a repeated 1- to 4-gram
     cut_degenerate: bool = True  # degenerate hypotheses rank last; only-degenerate output is cut
+    # An unknown output token becomes the source piece the decoder attended to most when it chose it
+    # (CTranslate2's replace_unknowns, which argostranslate asks for); needs a decoder step with an
+    # alignment output (service/graphs.py).
+    replace_unknowns: bool = False
 
 
 class TokenizerSpec(BaseModel):

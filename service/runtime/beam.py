@@ -48,6 +48,9 @@ class Hypothesis:
     log_prob: float  # Σ log p, EOS included
     ended: bool = True  # False: cut at the maximum length, no EOS generated
     quality: Quality = "ok"  # service/runtime/degenerate.py
+    # Per token, the source position (from the start of the span asked for) its step attended to
+    # most; empty unless the search was given spans (beam_search).
+    alignment: tuple[int, ...] = ()
 
     @property
     def length(self) -> int:
@@ -68,6 +71,7 @@ class DecodeOptions:
     early_stopping: bool = True  # a sentence ends once beam_size hypotheses have ended
     forced_eos: bool = False  # at the limit hypotheses end on EOS (log-prob 0) instead of being cut
     min_length: int = 0  # EOS may not come before this many tokens (CTranslate2's min_decoding_length)
+    replace_unknowns: bool = False  # unknown output tokens become the source pieces they attend to most
 
     def __post_init__(self) -> None:
         if not 1 <= self.beam_size <= MAX_BEAM:
@@ -98,6 +102,7 @@ class DecodeOptions:
             early_stopping=generation.early_stopping,
             forced_eos=generation.forced_eos,
             min_length=generation.min_length,
+            replace_unknowns=generation.replace_unknowns,
             repetition_guard=generation.repetition_guard if repetition_guard is None else repetition_guard,
             cut_degenerate=generation.cut_degenerate if repetition_guard is None else repetition_guard,
         )
@@ -168,6 +173,23 @@ def _prefix_length(prefixes: Sequence[Sequence[int]]) -> int:
     return lengths.pop() if lengths else 0
 
 
+class _Aligner:
+    """Where each row's attention peaks within its source's span: the argmax over the positions
+    the span covers (the first on ties, as CTranslate2's max_element), from the span's start."""
+
+    def __init__(self, spans: Sequence[tuple[int, int]], width: int) -> None:
+        self.start = np.array([start for start, _ in spans], dtype=np.int64)
+        end = np.array([end for _, end in spans], dtype=np.int64)
+        positions = np.arange(width)[None, :]
+        self.outside = (positions < self.start[:, None]) | (positions >= end[:, None])  # [n, S]
+
+    def peaks(self, attention: np.ndarray | None, alive: np.ndarray, beams: int) -> np.ndarray:
+        """attention [rows, S] of the sentences `alive`, `beams` rows each -> [rows] positions."""
+        assert attention is not None, "the decoder step returned no alignment"
+        outside = np.repeat(self.outside[alive], beams, axis=0)
+        return np.asarray(np.where(outside, -1.0, attention).argmax(axis=1) - np.repeat(self.start[alive], beams))
+
+
 class _Start(NamedTuple):
     """What both searches begin from: the sources encoded, each sentence's limits, an empty cache,
     and the decoder run over the start tokens and forced prefixes, one row per sentence."""
@@ -208,17 +230,21 @@ def greedy_search(
     tags: Sequence[int],
     options: DecodeOptions,
     prefixes: Sequence[Sequence[int]] = (),
+    spans: Sequence[tuple[int, int]] = (),
 ) -> list[list[Hypothesis]]:
     """The beam-1 fast path: argmax per step, no beam bookkeeping."""
     mask, cross, limits, min_length, cache, last = _start(model, sources, tags, options, prefixes, 1)
+    aligner = _Aligner(spans, mask.shape[1]) if spans else None
     alive = np.arange(len(sources))
     tokens: list[list[int]] = [[] for _ in sources]
+    aligned: list[list[int]] = [[] for _ in sources]
     log_prob = np.zeros(len(sources))
     results: list[list[Hypothesis]] = [[] for _ in sources]
     riding = np.zeros(len(sources), dtype=bool)  # finished, still in the batch (see COMPACT_SHARE)
     eos = model.eos_id
     for step in range(int(limits.max())):
-        top = model.decode_top(last[:, None], mask, cache, cross)
+        top = model.decode_top(last[:, None], mask, cache, cross, aligner is not None)
+        peaks = aligner.peaks(top.alignment, alive, 1) if aligner is not None else None
         length = step + 1
         keep = []
         for row, sent in enumerate(alive):
@@ -235,9 +261,14 @@ def greedy_search(
             done = token == eos or length >= limits[sent]
             if token != eos:
                 tokens[sent].append(token)
+                if peaks is not None:
+                    aligned[sent].append(int(peaks[row]))
             if done:
                 score = log_prob[sent] / length**options.length_penalty
-                results[sent] = [Hypothesis(tokens[sent], float(score), float(log_prob[sent]), token == eos)]
+                results[sent] = [
+                    Hypothesis(tokens[sent], float(score), float(log_prob[sent]), token == eos,
+                               alignment=tuple(aligned[sent]))
+                ]  # fmt: skip
             else:
                 keep.append(row)
         if not keep:
@@ -268,17 +299,20 @@ def beam_search(
     tags: Sequence[int],
     options: DecodeOptions,
     prefixes: Sequence[Sequence[int]] = (),
+    spans: Sequence[tuple[int, int]] = (),
 ) -> list[list[Hypothesis]]:
     """n_best hypotheses per source (ids ending in EOS), best first. `tags[i]` picks sentence i's language:
     the decoder's first input; `prefixes[i]`, where given, the tokens forced after it (one length for
-    the batch), which the hypotheses leave out.
+    the batch), which the hypotheses leave out. With `spans[i]` (start, end) positions of source i,
+    each hypothesis carries its alignment: where in that span each token's step attended to most
+    (a model whose decoder step has an alignment output; OnnxModel.has_alignment).
 
     What a large batch's tensors took goes back to the system once the model idles
     (OnnxModel.large_batch_done)."""
     if options.beam_size == 1:
-        hypotheses = greedy_search(model, sources, tags, options, prefixes)
+        hypotheses = greedy_search(model, sources, tags, options, prefixes, spans)
     else:
-        hypotheses = _beam_search(model, sources, tags, options, prefixes)
+        hypotheses = _beam_search(model, sources, tags, options, prefixes, spans)
     if len(sources) * options.beam_size > SINGLE_THREAD_ROWS:
         model.large_batch_done()
     return hypotheses
@@ -290,13 +324,16 @@ def _beam_search(
     tags: Sequence[int],
     options: DecodeOptions,
     prefixes: Sequence[Sequence[int]],
+    spans: Sequence[tuple[int, int]],
 ) -> list[list[Hypothesis]]:
     k = options.beam_size
     mask, cross, limits, min_length, cache, last = _start(model, sources, tags, options, prefixes, k)
+    aligner = _Aligner(spans, mask.shape[1]) if spans else None
     # Step 0 runs one row per sentence (all K beams would start identical); the batch
     # becomes K rows per sentence, row s·K + j for beam j of sentence s, from step 1 on.
     beams = 1
     hist = np.zeros((len(sources), 0), dtype=np.int64)  # generated tokens per row
+    aligned = np.zeros((len(sources), 0), dtype=np.int64)  # their source positions (with spans)
     scores = np.zeros((len(sources), 1))
     alive = np.arange(len(sources))
     finished: list[list[Hypothesis]] = [[] for _ in sources]
@@ -306,7 +343,8 @@ def _beam_search(
     tie_break = {b: np.repeat(np.arange(b), 2 * k)[None, :] for b in (1, k)}  # beam of each candidate
     eos = model.eos_id
     for step in range(int(limits.max())):
-        step_top = model.decode_top(last[:, None], mask, cache, cross)
+        step_top = model.decode_top(last[:, None], mask, cache, cross, aligner is not None)
+        peaks = aligner.peaks(step_top.alignment, alive, beams) if aligner is not None else None
         n, width = len(alive), 2 * k
         by_row = np.arange(n)[:, None]
         length = step + 1
@@ -333,9 +371,11 @@ def _beam_search(
         # An ending counts only if it ranks among the K best continuations.
         for i, j in zip(*np.nonzero(ending & rank_in_beam), strict=True):
             sent = alive[i]
-            toks = hist[rows[i, j]].tolist() + ([] if token[i, j] == eos else [int(token[i, j])])
+            row, ended = rows[i, j], bool(token[i, j] == eos)
+            toks = hist[row].tolist() + ([] if ended else [int(token[i, j])])
+            alignment = () if peaks is None else (*aligned[row].tolist(), *([] if ended else [int(peaks[row])]))
             score = float(top_scores[i, j])
-            hyp = Hypothesis(toks, score / length**options.length_penalty, score, bool(token[i, j] == eos))
+            hyp = Hypothesis(toks, score / length**options.length_penalty, score, ended, alignment=alignment)
             if finished_count[sent] < k:
                 finished[sent].append(hyp)
                 finished_count[sent] += 1
@@ -370,6 +410,8 @@ def _beam_search(
         next_rows, last = rows[stay, order].ravel(), token[stay, order].ravel()
         scores = np.where(chosen, top_scores[stay, order], -np.inf)
         hist = np.concatenate((hist[next_rows], last[:, None]), axis=1)
+        if peaks is not None:
+            aligned = np.concatenate((aligned[next_rows], peaks[next_rows][:, None]), axis=1)
         beams = k  # after step 0: K rows per sentence, over the sentence's one copy of cross K/V
         if compact and len(keep) < n:  # drop finished sentences from the running batch
             cache.reorder(next_rows, keep)

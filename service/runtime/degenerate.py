@@ -78,7 +78,8 @@ def _repair(hyp: Hypothesis, source_tokens: int, source_share: float) -> Hypothe
                 break
             seen.add(gram)
     tokens = tokens[: max_sane_length(source_tokens)]
-    return replace(hyp, tokens=tokens, score=hyp.score - LOW_QUALITY_PENALTY, quality="low")
+    alignment = hyp.alignment[: len(tokens)]
+    return replace(hyp, tokens=tokens, score=hyp.score - LOW_QUALITY_PENALTY, quality="low", alignment=alignment)
 
 
 def mark_degenerate(hyps: Sequence[Hypothesis], source: Sequence[int]) -> list[Hypothesis]:

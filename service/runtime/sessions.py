@@ -16,7 +16,15 @@ from typing import cast
 import numpy as np
 import onnxruntime as ort
 
-from service.graphs import BEAM_WIDTH, CACHE_INDIRECTION, DECODER_TOP_K, PAST_LENGTH, decoder_spec, encoder_spec
+from service.graphs import (
+    ALIGNMENT,
+    BEAM_WIDTH,
+    CACHE_INDIRECTION,
+    DECODER_TOP_K,
+    PAST_LENGTH,
+    decoder_spec,
+    encoder_spec,
+)
 from service.manifest import Manifest, ModelFileError, load_manifest
 from service.runtime.kv_cache import SelfAttentionCache
 from service.runtime.libc import libc
@@ -39,6 +47,7 @@ class TopStep:
     log_probs: np.ndarray  # [B, DECODER_TOP_K], best first, lower id first on ties
     ids: np.ndarray  # [B, DECODER_TOP_K]
     eos_log_prob: np.ndarray  # [B]
+    alignment: np.ndarray | None = None  # [B, S] attention over the source, where asked for
 
 
 # Up to this many rows (decoder: sentences x beam; encoder: tokens) a graph runs on one
@@ -216,7 +225,7 @@ def step_feeds(
     """The decoder step's feeds for this cache, mask and cross K/V (checked against each other),
     and arrays for the outputs asked for."""
     _check_step(last_ids, mask, cache)
-    spec = decoder_spec(layers)
+    spec = decoder_spec(layers, alignment=ALIGNMENT in outputs)
     ids, length = np.array(last_ids, dtype=np.int64).reshape(-1, 1), np.array(cache.length, np.int32)
     arrays = {
         "input_ids": ids,
@@ -238,6 +247,7 @@ def step_feeds(
         "top_log_probs": ((rows, top_k), np.float32),
         "top_ids": ((rows, top_k), np.int64),
         "eos_log_prob": ((rows,), np.float32),
+        ALIGNMENT: ((rows, mask.shape[1]), np.float32),
     }
     arrays_out = {name: np.empty(*shapes[name]) for name in outputs}
     return StepFeeds(inputs, presents, arrays_out, ids, length)
@@ -365,6 +375,11 @@ class OnnxModel:
 
         self.encoder = graph("encoder")
         self.decoder = graph("decoder")
+        self.has_alignment = ALIGNMENT in {output.name for output in self.decoder.wide.get_outputs()}
+        if self.manifest.generation.replace_unknowns and not self.has_alignment:
+            raise ModelFileError(
+                model_dir / files["decoder"], "generation.replace_unknowns needs an alignment output; it has none"
+            )
         self.mlm_head = graph("mlm_head", wide_only=True).wide if "mlm_head" in files else None
         trim_heap()  # each session packed its matrices on the heap before finding them in the copy
         self._idle_release = _IdleRelease(self.release_arena)
@@ -414,12 +429,19 @@ class OnnxModel:
         (log_probs,) = self._step(["log_probs"], last_ids, mask, cache, cross)
         return log_probs
 
-    def decode_top(self, last_ids: np.ndarray, mask: np.ndarray, cache: SelfAttentionCache, cross: KVList) -> TopStep:
+    def decode_top(
+        self,
+        last_ids: np.ndarray,
+        mask: np.ndarray,
+        cache: SelfAttentionCache,
+        cross: KVList,
+        alignment: bool = False,
+    ) -> TopStep:
         """One step (as decode_step) returning only each row's best DECODER_TOP_K log-probs and ids,
-        and EOS's log-prob."""
-        names = ["top_log_probs", "top_ids", "eos_log_prob"]
-        top_log_probs, top_ids, eos_log_prob = self._step(names, last_ids, mask, cache, cross)
-        return TopStep(top_log_probs, top_ids, eos_log_prob)
+        and EOS's log-prob; with `alignment`, also each row's attention over its source."""
+        names = ["top_log_probs", "top_ids", "eos_log_prob", *([ALIGNMENT] if alignment else [])]
+        top_log_probs, top_ids, eos_log_prob, *attention = self._step(names, last_ids, mask, cache, cross)
+        return TopStep(top_log_probs, top_ids, eos_log_prob, attention[0] if attention else None)
 
     def _step(
         self, names: list[str], last_ids: np.ndarray, mask: np.ndarray, cache: SelfAttentionCache, cross: KVList

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -24,7 +24,15 @@ WORD_START = "▁"
 class TextTokenizer(Protocol):
     def encode(self, text: str) -> list[int]: ...
 
-    def decode(self, ids: Sequence[int]) -> str: ...
+    def encode_pieces(self, text: str) -> tuple[list[int], list[str]]:
+        """The ids of `text` and, one per id, its piece as cut from the text (an unknown one keeps
+        its characters, where its id is the unknown token's)."""
+        ...
+
+    def decode(self, ids: Sequence[int], replaced: Mapping[int, str] | None = None) -> str:
+        """Text of `ids`; `replaced` maps positions in `ids` to pieces that stand there instead
+        (unknown tokens replaced from the source)."""
+        ...
 
     def word_starts(self) -> list[bool]:
         """For each id, whether its piece begins a word (where long inputs may be cut)."""
@@ -40,8 +48,14 @@ class SentencePieceTokenizer:
     def encode(self, text: str) -> list[int]:
         return list(self.sp.encode(text))
 
-    def decode(self, ids: Sequence[int]) -> str:
-        return str(self.sp.decode(list(ids)))
+    def encode_pieces(self, text: str) -> tuple[list[int], list[str]]:
+        pieces = list(self.sp.encode(text, out_type=str))
+        return [self.sp.piece_to_id(p) for p in pieces], pieces
+
+    def decode(self, ids: Sequence[int], replaced: Mapping[int, str] | None = None) -> str:
+        if not replaced:
+            return str(self.sp.decode(list(ids)))
+        return str(self.sp.decode_pieces([replaced.get(j) or self.sp.id_to_piece(i) for j, i in enumerate(ids)]))
 
     def word_starts(self) -> list[bool]:
         return [self.sp.id_to_piece(i).startswith(WORD_START) for i in range(self.sp.get_piece_size())]
@@ -70,10 +84,19 @@ class VocabTokenizer:
         self.skip = frozenset(skip)
 
     def encode(self, text: str) -> list[int]:
-        return [self.ids.get(piece, self.unk) for piece in self.source.encode(text, out_type=str)]
+        return self.encode_pieces(text)[0]
 
-    def decode(self, ids: Sequence[int]) -> str:
-        pieces = [self.pieces[i] for i in ids if i not in self.skip and i in self.pieces]
+    def encode_pieces(self, text: str) -> tuple[list[int], list[str]]:
+        pieces = list(self.source.encode(text, out_type=str))
+        return [self.ids.get(piece, self.unk) for piece in pieces], pieces
+
+    def decode(self, ids: Sequence[int], replaced: Mapping[int, str] | None = None) -> str:
+        replaced = replaced or {}
+        pieces = [
+            replaced[j] if j in replaced else self.pieces[i]
+            for j, i in enumerate(ids)
+            if j in replaced or (i not in self.skip and i in self.pieces)
+        ]
         # A piece the target model lacks (the vocabulary is shared) comes back raw: its ▁ still a space.
         return str(self.target.decode_pieces(pieces)).replace(WORD_START, " ").strip()
 

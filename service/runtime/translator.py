@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.runtime.beam import DecodeOptions, Hypothesis, beam_search
@@ -35,6 +35,9 @@ class Prepared:
     protected: list[str]  # spans held out as placeholders (service/runtime/protect.py)
     verbatim: str = ""  # what comes back for a text the model does not see (no letters)
     source: str = ""  # the normalised text
+    # Per piece, the source pieces as cut from the text (without EOS), where unknown output tokens
+    # are replaced from them (DecodeOptions.replace_unknowns).
+    surfaces: list[list[str]] = field(default_factory=list)
 
 
 def has_letters(text: str) -> bool:
@@ -58,6 +61,7 @@ class Translator:
         self._word_start = self.tokenizer.word_starts()
         self._suffix = [model.eos_id] if model.manifest.source_eos else []
         self._prefix = model.manifest.source_prefix
+        self._unk = model.manifest.special_ids.unk
 
     @classmethod
     def load(
@@ -110,9 +114,14 @@ class Translator:
             return Prepared([], [], text)
         source = normalize(text)
         protected = protect(source, glossary)
-        ids = self.tokenizer.encode(protected.text)
-        pieces = [[*piece, *self._suffix] for piece in self.split_long(ids)] if ids else []
-        return Prepared(pieces, protected.spans, source=source)
+        ids, surface = self.tokenizer.encode_pieces(protected.text)
+        split = self.split_long(ids) if ids else []
+        surfaces, start = [], 0
+        for piece in split:  # the split is a partition of ids, in order
+            surfaces.append(surface[start : start + len(piece)])
+            start += len(piece)
+        pieces = [[*piece, *self._suffix] for piece in split]
+        return Prepared(pieces, protected.spans, source=source, surfaces=surfaces)
 
     def search(
         self, sources: Sequence[list[int]], targets: Sequence[str], options: DecodeOptions
@@ -121,10 +130,14 @@ class Translator:
         start token (mtserve's language tag, Marian's pad) and its forced prefix, if any; the source
         comes after the target's source prefix, if any."""
         starts, forced = self.model.languages.tag_ids, self.model.manifest.decoder_prefix
+        spans: list[tuple[int, int]] = []
+        if options.replace_unknowns and self.model.has_alignment:  # each source's own pieces
+            before = [len(self._prefix.get(t, [])) for t in targets]
+            spans = [(b, b + len(s) - len(self._suffix)) for b, s in zip(before, sources, strict=True)]
         if self._prefix:
             sources = [[*self._prefix.get(t, []), *s] for s, t in zip(sources, targets, strict=True)]
         prefixes = [forced.get(t, []) for t in targets] if forced else []
-        return beam_search(self.model, sources, [starts[t] for t in targets], options, prefixes)
+        return beam_search(self.model, sources, [starts[t] for t in targets], options, prefixes, spans)
 
     def translate(
         self,
@@ -187,10 +200,23 @@ class Translator:
         source_tokens = sum(len(s) for s in prepared.pieces)
         out = []
         for k in range(min(n_best, max(len(r) for r in results))):
-            chosen = [r[min(k, len(r) - 1)] for r in results if r]
-            text = restore(" ".join(self.tokenizer.decode(h.tokens) for h in chosen), prepared.protected)
+            surfaces = prepared.surfaces or [[] for _ in results]
+            picked = [(r[min(k, len(r) - 1)], surface) for r, surface in zip(results, surfaces, strict=True) if r]
+            chosen = [h for h, _ in picked]
+            joined = " ".join(self._text(h, surface) for h, surface in picked)
+            text = restore(joined, prepared.protected)
             text = keep_name(prepared.source, text)
             score = sum(h.score for h in chosen) / len(prepared.pieces)
             quality: Quality = "low" if any(h.quality == "low" for h in chosen) else "ok"
             out.append(Translation(text, score, source_tokens, sum(h.length for h in chosen), quality))
         return out
+
+    def _text(self, hyp: Hypothesis, surface: Sequence[str]) -> str:
+        """A hypothesis's text, each unknown token replaced by the source piece it attended to most
+        where the search recorded that (CTranslate2's replace_unknowns)."""
+        replaced = {
+            j: surface[position]
+            for j, (token, position) in enumerate(zip(hyp.tokens, hyp.alignment, strict=False))
+            if token == self._unk and 0 <= position < len(surface)
+        }
+        return self.tokenizer.decode(hyp.tokens, replaced)
