@@ -1,0 +1,55 @@
+"""BLEU of the runtime itself, per model directory and direction: `python bench/precision_bleu.py
+--model artifacts/default runs/fp32 [--beam-size 5] [--sentences 1000]`.
+
+The same checkpoint exported at two precisions decodes differently only where its kernels do
+(int8's integer products differ between CPUs with VNNI and without), so the comparison is run on
+the CPU it is quoted for. Every direction of each model's manifest, on test2016; prints one JSON
+object per model and direction with the CPU's name and whether it has VNNI.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import BENCH_SPLIT, bench_data, runtime_parser  # noqa: E402
+from model import corpus  # noqa: E402
+from model.evaluate import score_translations  # noqa: E402
+from service.runtime.beam import DecodeOptions  # noqa: E402
+from service.runtime.sessions import cpu_has_vnni  # noqa: E402
+from service.runtime.translator import Translator  # noqa: E402
+
+
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def main() -> None:
+    args = runtime_parser(__doc__, 1000).parse_args()
+    data, data_dir = bench_data(), corpus.resolve_data_dir(args.data_dir)
+    options = DecodeOptions(beam_size=args.beam_size)
+    for model_dir in args.model:
+        translator = Translator.load(model_dir, args.threads)
+        for source, target in translator.languages.directions:
+            sources, references = corpus.split_texts(data, data_dir, BENCH_SPLIT, (source, target))
+            sources, references = sources[: args.sentences], references[: args.sentences]
+            started = time.perf_counter()
+            out = translator.translate(sources, target, options)
+            scores = score_translations([t[0].text for t in out], references, time.perf_counter() - started)
+            row = {"model": str(model_dir), "precision": translator.model.manifest.precision,
+                   "direction": f"{source}-{target}", "sentences": len(sources), "beam": args.beam_size,
+                   "bleu": scores.bleu, "chrf": scores.chrf, "cpu": _cpu_name(), "vnni": cpu_has_vnni()}  # fmt: skip
+            print(json.dumps(row, ensure_ascii=False), flush=True)
+
+
+if __name__ == "__main__":
+    main()
