@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,15 @@ def has_letters(text: str) -> bool:
     return any(ch.isalpha() for ch in text)
 
 
+def _cut_like(surface: list[str], split: Sequence[Sequence[int]]) -> list[list[str]]:
+    """`surface`, one entry per id, cut where `split` (a partition of the ids, in order) cuts them;
+    nothing without a surface."""
+    if not surface:
+        return []
+    ends = list(itertools.accumulate(len(piece) for piece in split))
+    return [surface[end - len(piece) : end] for piece, end in zip(split, ends, strict=True)]
+
+
 @dataclass(frozen=True)
 class _Segment:
     text_index: int
@@ -62,6 +72,7 @@ class Translator:
         self._suffix = [model.eos_id] if model.manifest.source_eos else []
         self._prefix = model.manifest.source_prefix
         self._unk = model.manifest.special_ids.unk
+        self._keeps_surfaces = model.manifest.generation.replace_unknowns  # what <unk> is replaced from
 
     @classmethod
     def load(
@@ -114,14 +125,13 @@ class Translator:
             return Prepared([], [], text)
         source = normalize(text)
         protected = protect(source, glossary)
-        ids, surface = self.tokenizer.encode_pieces(protected.text)
+        if self._keeps_surfaces:
+            ids, surface = self.tokenizer.encode_pieces(protected.text)
+        else:
+            ids, surface = self.tokenizer.encode(protected.text), []
         split = self.split_long(ids) if ids else []
-        surfaces, start = [], 0
-        for piece in split:  # the split is a partition of ids, in order
-            surfaces.append(surface[start : start + len(piece)])
-            start += len(piece)
         pieces = [[*piece, *self._suffix] for piece in split]
-        return Prepared(pieces, protected.spans, source=source, surfaces=surfaces)
+        return Prepared(pieces, protected.spans, source=source, surfaces=_cut_like(surface, split))
 
     def search(
         self, sources: Sequence[list[int]], targets: Sequence[str], options: DecodeOptions
