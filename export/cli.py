@@ -46,7 +46,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _reported(source: Path, work: Callable[[], dict[str, Any]], errors: tuple[type[Exception], ...]) -> int:
     """Run an import; its report on stdout, or one line naming what failed."""
-    from export.exporter import ExportValidationError
+    from export.writer import ExportValidationError
 
     try:
         report = work()
@@ -73,7 +73,6 @@ def _import_marian(args: argparse.Namespace) -> int:
 
 
 def _import_ctranslate2(args: argparse.Namespace) -> int:
-    require_torch()
     from export.ctranslate2 import ARGOS_GENERATION, CT2ImportError, import_ctranslate2
 
     guard = args.repetition_guard == "on"
@@ -87,7 +86,6 @@ def _import_ctranslate2(args: argparse.Namespace) -> int:
 
 
 def _import_argos(args: argparse.Namespace) -> int:
-    require_torch()
     from export.argos import default_packages_dir, import_packages
 
     paths = args.paths or [default_packages_dir()]
@@ -104,20 +102,25 @@ def _import_argos(args: argparse.Namespace) -> int:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    require_torch()
     from export.argos import ArgosPackageError
     from export.ctranslate2 import CT2ImportError
-    from export.exporter import ExportValidationError
-    from export.marian import MarianImportError
     from export.pull import DEFAULT_ARGOS_INDEX, PullError, pull_argos, pull_hf
+    from export.writer import ExportValidationError
 
+    errors: tuple[type[Exception], ...] = (PullError, CT2ImportError, ArgosPackageError, ExportValidationError)
     try:
-        if args.kind == "hf":
-            print(pull_hf(args.repo, args.out, args.quantize or "fp32"))
+        if args.kind == "hf":  # a Hugging Face model is read through transformers and torch
+            require_torch()
+            from export.marian import MarianImportError
+
+            try:
+                print(pull_hf(args.repo, args.out, args.quantize or "fp32"))
+            except MarianImportError as exc:
+                sys.exit(f"mtserve pull: {exc}")
             return 0
         index = args.index or os.environ.get("ARGOS_PACKAGE_INDEX") or DEFAULT_ARGOS_INDEX
         outcomes = pull_argos(args.languages, args.out, index, args.quantize or "fp32")
-    except (PullError, MarianImportError, CT2ImportError, ArgosPackageError, ExportValidationError) as exc:
+    except errors as exc:
         sys.exit(f"mtserve pull: {exc}")
     for outcome in outcomes:
         print(outcome.line(), flush=True)
@@ -135,7 +138,7 @@ def _repetition_guard_flag(parser: argparse.ArgumentParser, default: str, why: s
 
 
 def register(sub: Any) -> None:
-    imp = sub.add_parser("import", help="import an existing model (needs the train extra)")
+    imp = sub.add_parser("import", help="import an existing model (Marian from Hugging Face needs the train extra)")
     kinds = imp.add_subparsers(dest="kind", required=True, metavar="KIND")
     marian = kinds.add_parser("marian", help="a local Hugging Face Marian (OPUS-MT) directory")
     marian.add_argument(
@@ -179,7 +182,7 @@ def register(sub: Any) -> None:
     _repetition_guard_flag(ct2, "off", "CTranslate2's own output")
     ct2.set_defaults(handler=_import_ctranslate2)
 
-    pull = sub.add_parser("pull", help="download models by name and import them (needs the train extra)")
+    pull = sub.add_parser("pull", help="download models by name and import them (hf needs the train extra)")
     sources = pull.add_subparsers(dest="kind", required=True, metavar="SOURCE")
     argos_pull = sources.add_parser("argos", help="Argos packages between the named languages (LibreTranslate's)")
     argos_pull.add_argument("languages", nargs="+", metavar="LANG", help="language codes, e.g. en de fr")

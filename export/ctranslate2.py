@@ -7,7 +7,7 @@ Load, validate, convert, check, as CTranslate2's own converters do, the other wa
   variable must be one this network implements: relative positions, rotary, alibi, multi-query
   attention, several source embeddings, a layer norm on the embeddings are errors naming it;
 - the weights become model/transformer.py's network (pre-norm with final norms, or post-norm;
-  ReLU, GELU or swish; the stored sinusoid table matched to one of its two layouts; tied or
+  ReLU, GELU or swish; the stored position table as it is; tied or
   separate embeddings and projection, the projection's bias), and the exporter writes and
   validates the graphs as for any mtserve model.
 
@@ -26,12 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from export.ct2_model import CT2FormatError, CT2Model, read_ct2_dir
-from export.exporter import Conventions, export_network
+from export.network import Network, WeightError, network_from_state
+from export.writer import Check, Conventions, runtime_check, write_model
 from model.config import ModelConfig
-from model.transformer import Transformer, sinusoidal_positions
 from service.graphs import MAX_BEAM
 from service.languages import ModelLanguages
 from service.manifest import Generation, SpecialIds, TokenizerSpec
@@ -157,8 +156,8 @@ def _check_spec(model: CT2Model) -> None:
         raise CT2ImportError("config.json multi_query_attention", "multi-query attention is not implemented")
 
 
-def _positions(names: _Names, d_model: int) -> tuple[int, str]:
-    """The stored table's rows and the layout of ours it equals."""
+def _positions(names: _Names) -> np.ndarray:
+    """The stored position table [rows, D], which the graphs add as CTranslate2 adds it."""
     tables = [names.optional(f"{side}/position_encodings/encodings") for side in ("encoder", "decoder")]
     if any(t is None for t in tables):
         raise CT2ImportError(
@@ -167,29 +166,19 @@ def _positions(names: _Names, d_model: int) -> tuple[int, str]:
         )
     encoder, decoder = tables[0], tables[1]
     assert encoder is not None and decoder is not None
-    if encoder.shape != decoder.shape or not np.allclose(encoder, decoder, atol=1e-5):
+    if encoder.shape != decoder.shape or not np.array_equal(encoder, decoder):
         raise CT2ImportError("model.bin variable decoder/position_encodings/encodings", "differs from the encoder's")
-    rows = encoder.shape[0]
-    for layout in ("interleaved", "halves"):
-        ours = sinusoidal_positions(rows, d_model, layout).numpy()
-        if np.allclose(encoder, ours, atol=2e-4):
-            return rows, layout
-    raise CT2ImportError(
-        "model.bin variable encoder/position_encodings/encodings",
-        "not a sinusoid table in either layout this network has",
-    )
+    return encoder
 
 
-def _linear(state: dict[str, torch.Tensor], prefix: str, weight: np.ndarray, bias: np.ndarray | None) -> None:
-    state[prefix + ".weight"] = torch.from_numpy(np.ascontiguousarray(weight))
-    state[prefix + ".bias"] = torch.from_numpy(
-        np.ascontiguousarray(bias if bias is not None else np.zeros(weight.shape[0], np.float32))
-    )
+def _linear(state: dict[str, np.ndarray], prefix: str, weight: np.ndarray, bias: np.ndarray | None) -> None:
+    state[prefix + ".weight"] = np.ascontiguousarray(weight)
+    state[prefix + ".bias"] = np.ascontiguousarray(bias if bias is not None else np.zeros(weight.shape[0], np.float32))
 
 
-def _norm(state: dict[str, torch.Tensor], prefix: str, names: _Names, name: str) -> None:
-    state[prefix + ".weight"] = torch.from_numpy(names.weight(name + "/gamma"))
-    state[prefix + ".bias"] = torch.from_numpy(names.weight(name + "/beta"))
+def _norm(state: dict[str, np.ndarray], prefix: str, names: _Names, name: str) -> None:
+    state[prefix + ".weight"] = names.weight(name + "/gamma")
+    state[prefix + ".bias"] = names.weight(name + "/beta")
 
 
 def _fused(names: _Names, name: str, parts: int) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
@@ -200,7 +189,7 @@ def _fused(names: _Names, name: str, parts: int) -> tuple[list[np.ndarray], list
     return np.split(weight, parts), biases
 
 
-def _layers(names: _Names, state: dict[str, torch.Tensor], side: str, count: int) -> None:
+def _layers(names: _Names, state: dict[str, np.ndarray], side: str, count: int) -> None:
     for i in range(count):
         src, dst = f"{side}/layer_{i}", f"{side}.{i}"
         (q, k, v), (qb, kb, vb) = _fused(names, f"{src}/self_attention/linear_0", 3)
@@ -268,8 +257,8 @@ def _token_id(vocabulary: Sequence[str], token: str, what: str) -> int:
         raise CT2ImportError(what, f"{token!r} is not in the vocabulary") from None
 
 
-def convert(model: CT2Model, target_prefix: str | None = None) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokens]:
-    """The network's configuration and weights, and how its tokens are used."""
+def convert(model: CT2Model, target_prefix: str | None = None) -> tuple[Network, dict[str, np.ndarray], Tokens]:
+    """The network, its weights under model/transformer.py's names, and how its tokens are used."""
     _check_spec(model)
     names = _Names(model)
     heads = names.scalar("encoder", "num_heads", 8)
@@ -291,7 +280,10 @@ def convert(model: CT2Model, target_prefix: str | None = None) -> tuple[ModelCon
                                  f"{table.shape[0]} rows for a vocabulary of {len(vocab)} tokens")  # fmt: skip
     d_model = target_embedding.shape[1]
     scale = _embedding_scale(model, d_model)
-    rows, layout = _positions(names, d_model)
+    positions = _positions(names)
+    if positions.shape[1] != d_model:
+        raise CT2ImportError("model.bin variable encoder/position_encodings/encodings",
+                             f"{positions.shape[1]} wide for a model {d_model} wide")  # fmt: skip
     encoder_layers, decoder_layers = _count_layers(model, "encoder"), _count_layers(model, "decoder")
     d_ff = names.weight("encoder/layer_0/ffn/linear_0/weight").shape[0]
 
@@ -331,21 +323,21 @@ def convert(model: CT2Model, target_prefix: str | None = None) -> tuple[ModelCon
                              f"{decoder_layers} layers of {heads} heads")  # fmt: skip
     cfg = ModelConfig(
         vocab_size=vocab_size, d_model=d_model, n_heads=heads, d_ff=d_ff, encoder_layers=encoder_layers,
-        decoder_layers=decoder_layers, dropout=0.0, pre_norm=pre_norm, max_positions=rows,
+        decoder_layers=decoder_layers, dropout=0.0, pre_norm=pre_norm, max_positions=positions.shape[0],
         activation=ACTIVATIONS[code],  # type: ignore[arg-type]
-        scale_embedding=bool(scale), position_layout=layout,  # type: ignore[arg-type]
+        scale_embedding=bool(scale),
         shared_embeddings=shared, tied_output=tied, output_bias=projection_bias is not None,
         layer_norm_eps=LAYER_NORM_EPS if eps is None else float(eps), mlm_head=False, pad_id=pad, eos_id=eos,
         never_generate=tuple(never), alignment_layer=alignment_layer, alignment_heads=alignment_heads,
     )  # fmt: skip
-    state: dict[str, torch.Tensor] = {"embed.weight": torch.from_numpy(_padded(target_embedding, vocab_size))}
+    state: dict[str, np.ndarray] = {"embed.weight": _padded(target_embedding, vocab_size)}
     if not shared:
-        state["src_embed.weight"] = torch.from_numpy(_padded(source_embedding, vocab_size))
+        state["src_embed.weight"] = _padded(source_embedding, vocab_size)
     if not tied:
-        state["output_proj.weight"] = torch.from_numpy(_padded(projection, vocab_size))
+        state["output_proj.weight"] = _padded(projection, vocab_size)
     if projection_bias is not None:
         padding = np.zeros(vocab_size - len(projection_bias), np.float32)
-        state["logits_bias"] = torch.from_numpy(np.concatenate([projection_bias, padding]))
+        state["logits_bias"] = np.concatenate([projection_bias, padding])
     _layers(names, state, "encoder", encoder_layers)
     _layers(names, state, "decoder", decoder_layers)
     if pre_norm:
@@ -358,22 +350,11 @@ def convert(model: CT2Model, target_prefix: str | None = None) -> tuple[ModelCon
     special = SpecialIds(pad=pad, unk=target_vocab.index(unk), eos=eos,
                          bos=target_vocab.index(bos) if bos in target_vocab else None)  # fmt: skip
     tokens = Tokens(source_bos, bool(model.config.get("add_source_eos")), start, zero_start, special, tuple(forced))
-    return cfg, state, tokens
-
-
-def build_network(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> Transformer:
-    network = Transformer(cfg)
-    expected = network.state_dict()
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        raise CT2ImportError("model.bin", f"no weights for {', '.join(missing[:4])}")
-    for name, tensor in state.items():
-        if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise CT2ImportError(
-                f"weights {name}", f"shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}"
-            )
-    network.load_state_dict({**expected, **state})
-    return network.eval()
+    try:
+        network = network_from_state(cfg, state, positions)
+    except WeightError as exc:
+        raise CT2ImportError(f"weights {exc.name}", exc.problem) from None
+    return network, state, tokens
 
 
 def write_vocabularies(out: Path, model: CT2Model) -> dict[str, Path]:
@@ -416,10 +397,10 @@ def import_ctranslate2(
         raise CT2ImportError(exc.piece, str(exc).removeprefix(exc.piece + ": ")) from None
     if generation.beam_size > MAX_BEAM:
         raise CT2ImportError("generation", f"beam {generation.beam_size} is over {MAX_BEAM}")
-    cfg, state, tokens = convert(model, target_prefix)
+    network, state, tokens = convert(model, target_prefix)
+    cfg = network.cfg
     # no output may run past the stored position table (CTranslate2 stops with an error there)
     generation = generation.model_copy(update={"max_length": min(generation.max_length or 256, cfg.max_positions)})
-    network = build_network(cfg, state)
     try:
         spm.SentencePieceProcessor(model_file=str(source_spm))
     except (OSError, RuntimeError) as exc:
@@ -448,6 +429,27 @@ def import_ctranslate2(
     extra = {"ct2_dir": str(ct2_dir.resolve()), "binary_version": model.binary_version,
              "spec_revision": model.spec_revision}  # fmt: skip
     probe = [[*prefix, *ids] for ids in unprefixed]
-    report = export_network(network, conventions, out, precision, probe, unprefixed, extra)
+    check = _check(network, state, probe, unprefixed)
+    extra["reference"] = "pytorch" if check is not None else None
+    report = write_model(network, conventions, out, precision, check or runtime_check(unprefixed), None, extra)
     log.info("imported %s to %s", ct2_dir, out)
     return report
+
+
+def _check(
+    network: Network, state: dict[str, np.ndarray], probe: Sequence[Sequence[int]], sources: Sequence[Sequence[int]]
+) -> Check | None:
+    """Where torch is installed, the graphs are checked against the same weights in PyTorch, as an
+    export is; without it (the service's image) the runtime's own check applies."""
+    try:
+        from export.exporter import reference_module
+        from export.validate import validate_export
+    except ImportError:
+        log.info("no torch: the graphs are checked by the runtime alone, not against PyTorch")
+        return None
+    reference = reference_module(network.cfg, state, network.positions)
+
+    def check(out: Path, strict: bool) -> dict[str, Any]:
+        return validate_export(reference, out, probe, sources, strict)
+
+    return check

@@ -15,8 +15,8 @@ import onnx
 from onnx import TensorProto, helper
 
 from export.graph_builder import MS_DOMAIN, Builder, attention_out, cached_self_attention, make_model, pre, residual
+from export.network import DecoderLayer, Network
 from model.config import ModelConfig
-from model.transformer import DecoderLayer, Transformer
 from service.graphs import ALIGNMENT, BEAM_WIDTH, CACHE_INDIRECTION, DECODER_TOP_K, PAST_LENGTH, decoder_spec
 
 
@@ -64,15 +64,15 @@ def _alignment(b: Builder, q: str, keys: str, key_mask: str, cfg: ModelConfig) -
     b.nodes.append(helper.make_node("Flatten", [mean], [ALIGNMENT], axis=2))  # [B, S]
 
 
-def build_decoder_step(model: Transformer) -> onnx.ModelProto:
+def build_decoder_step(net: Network) -> onnx.ModelProto:
     """The decoder step of service/graphs.py's decoder_spec, from the model's weights."""
-    cfg = model.cfg
+    cfg = net.cfg
     spec = decoder_spec(cfg.decoder_layers, alignment=cfg.alignment_heads > 0)
     b = Builder()
     ids = b.one("Squeeze", ["input_ids", b.weight("axis_1", np.array([1], np.int64))])  # [B]
     past_length = b.one("Reshape", [PAST_LENGTH, b.weight("one", np.array([1], np.int64))])  # [1] int32
     position = b.one("Cast", [past_length], to=TensorProto.INT64)  # this token's position
-    x = b.embed(ids, model, False, b.one("Gather", [b.positions(model), position]))  # [B, D]
+    x = b.embed(ids, net, False, b.one("Gather", [b.positions(net), position]))  # [B, D]
     x = b.one("Unsqueeze", [x, "axis_1"])  # [B, 1, D]
     key_mask = b.one("Cast", ["attention_mask"], to=TensorProto.INT32)  # [N, S], 1 on real tokens
     # Cross-attention runs per sentence: the B/N rows (beams) of a sentence are its queries
@@ -81,13 +81,12 @@ def build_decoder_step(model: Transformer) -> onnx.ModelProto:
     d_model = b.weight("d_model", np.array([cfg.d_model], np.int64))
     by_sentence = b.one("Concat", [sentences, b.weight("minus_1", np.array([-1], np.int64)), d_model], axis=0)
     b.weight("row_shape", np.array([-1, 1, cfg.d_model], np.int64))
-    for i, layer in enumerate(model.decoder):
-        assert isinstance(layer, DecoderLayer)
+    for i, layer in enumerate(net.decoder):
         x = _decoder_layer(b, x, layer, i, key_mask, by_sentence, cfg)
-    if cfg.pre_norm:
-        x = b.layer_norm(x, model.decoder_norm, "decoder_norm")
+    if net.decoder_norm is not None:
+        x = b.layer_norm(x, net.decoder_norm, "decoder_norm")
     hidden = b.one("Squeeze", [x, "axis_1"])  # [B, D]
-    logits = b.output_logits(hidden, model)  # [B, V]
+    logits = b.output_logits(hidden, net)  # [B, V]
     if cfg.never_generate:
         # -inf after the softmax, not renormalised: as transformers' bad-words processor scores them
         barred = np.zeros(cfg.vocab_size, np.float32)

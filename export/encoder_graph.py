@@ -11,7 +11,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from export.graph_builder import Builder, attention_out, make_model, pre, residual, self_attention
-from model.transformer import DecoderLayer, EncoderLayer, Transformer
+from export.network import EncoderLayer, Network
 from service.graphs import encoder_spec
 
 
@@ -25,15 +25,12 @@ def _encoder_layer(b: Builder, x: str, layer: EncoderLayer, i: int, key_mask: st
     return residual(b, x, b.feed_forward(h, layer.ffn, activation, f"{p}.ffn"), layer.ffn_res, f"{p}.ffn_res")
 
 
-def _cross_kv(b: Builder, memory: str, model: Transformer) -> list[str]:
+def _cross_kv(b: Builder, memory: str, net: Network) -> list[str]:
     """Every decoder layer's cross keys and values [B, H, S, K], from one [D, 2·layers·D] MatMul."""
-    cfg = model.cfg
-    projections = []
-    for layer in model.decoder:
-        assert isinstance(layer, DecoderLayer)
-        projections += [layer.cross_attn.k_proj, layer.cross_attn.v_proj]
-    weight = np.concatenate([m.weight.detach().float().numpy().T for m in projections], axis=1)
-    bias = np.concatenate([m.bias.detach().float().numpy() for m in projections])
+    cfg = net.cfg
+    projections = [m for layer in net.decoder for m in (layer.cross_attn.k_proj, layer.cross_attn.v_proj)]
+    weight = np.concatenate([m.weight.T for m in projections], axis=1)
+    bias = np.concatenate([m.bias for m in projections])
     kv = b.one(
         "Add", [b.one("MatMul", [memory, b.weight("cross_kv.weight_t", weight)]), b.weight("cross_kv.bias", bias)]
     )
@@ -42,23 +39,22 @@ def _cross_kv(b: Builder, memory: str, model: Transformer) -> list[str]:
     return [b.one("Transpose", [b.one("Reshape", [part, heads])], perm=[0, 2, 1, 3]) for part in parts]
 
 
-def build_encoder(model: Transformer) -> onnx.ModelProto:
+def build_encoder(net: Network) -> onnx.ModelProto:
     """input_ids, attention_mask [B, S] -> hidden_states [B, S, D] and cross K/V per decoder layer."""
-    cfg = model.cfg
+    cfg = net.cfg
     spec = encoder_spec(cfg.decoder_layers)
     b = Builder()
     length = b.one("Shape", ["input_ids"], start=1, end=2)  # [1]
     zero = b.weight("zero", np.array([0], np.int64))
-    x = b.embed("input_ids", model, True, b.one("Slice", [b.positions(model), zero, length, zero]))  # [B, S, D]
+    x = b.embed("input_ids", net, True, b.one("Slice", [b.positions(net), zero, length, zero]))  # [B, S, D]
     key_mask = b.one("Cast", ["attention_mask"], to=TensorProto.INT32)  # [B, S], 1 on real tokens
-    for i, layer in enumerate(model.encoder):
-        assert isinstance(layer, EncoderLayer)
+    for i, layer in enumerate(net.encoder):
         x = _encoder_layer(b, x, layer, i, key_mask, cfg.n_heads, cfg.activation)
-    if cfg.pre_norm:
-        x = b.layer_norm(x, model.encoder_norm, "encoder_norm")
+    if net.encoder_norm is not None:
+        x = b.layer_norm(x, net.encoder_norm, "encoder_norm")
     b.nodes.append(helper.make_node("Identity", [x], ["hidden_states"]))
     cross_names = [n for n in spec.outputs if n.startswith("cross_")]
-    for name, tensor in zip(cross_names, _cross_kv(b, x, model), strict=True):
+    for name, tensor in zip(cross_names, _cross_kv(b, x, net), strict=True):
         b.nodes.append(helper.make_node("Identity", [tensor], [name]))
     inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "src_len"]) for n in spec.inputs]
     hidden = helper.make_tensor_value_info("hidden_states", TensorProto.FLOAT, ["batch", "src_len", cfg.d_model])

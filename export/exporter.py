@@ -7,60 +7,43 @@ counts as done, and a report is written beside them.
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
-import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import onnx
+import numpy as np
 import sentencepiece as spm
 import torch
 
-from export.decoder_graph import build_decoder_step
-from export.encoder_graph import build_encoder
 from export.fill_vocab import whole_word_ids, write_fill_vocab
-from export.quantize import WEIGHT_BITS, quantize_int8
-from export.shared_weights import WEIGHTS_FILE, share_weights
+from export.network import Network, network_from_state
+from export.shared_weights import WEIGHTS_FILE
 from export.wrappers import MlmHeadGraph
+from export.writer import (
+    GRAPH_FILES,
+    LOGIT_TOLERANCE,
+    REPORT_FILE,
+    Conventions,
+    ExportValidationError,
+    graph_files_of,
+    write_graphs,
+    write_manifest_of,
+    write_model,
+)
 from model.artifacts import load_model_dir
+from model.config import ModelConfig
 from model.tokenizer import check_conventions, tag_id
 from model.transformer import Transformer
 from service import conventions as cv
 from service.graphs import OPSET, GraphSpec, dynamic_axes, mlm_spec
 from service.languages import ModelLanguages
-from service.manifest import (
-    DECODER_FILE,
-    ENCODER_FILE,
-    FILL_VOCAB_FILE,
-    MANIFEST_FILE,
-    MLM_FILE,
-    Generation,
-    Manifest,
-    SpecialIds,
-    TokenizerSpec,
-    sha256_file,
-)
+from service.manifest import MLM_FILE, Generation, Manifest, SpecialIds
+
+__all__ = ["GRAPH_FILES", "LOGIT_TOLERANCE", "REPORT_FILE", "WEIGHTS_FILE", "Conventions", "ExportValidationError"]
 
 log = logging.getLogger("mtserve.export")
-REPORT_FILE = "export_report.json"
-GRAPH_FILES = (ENCODER_FILE, DECODER_FILE, MLM_FILE)
-LOGIT_TOLERANCE = 1e-4
-
-
-class ExportValidationError(RuntimeError):
-    """onnxruntime disagrees with PyTorch beyond tolerance."""
-
-    def __init__(self, graph: str, output: str, detail: str) -> None:
-        super().__init__(f"{graph}: output {output!r} {detail}")
-        self.graph, self.output = graph, output
-
-    @classmethod
-    def logits(cls, graph: str, output: str, max_abs_diff: float) -> ExportValidationError:
-        return cls(graph, output, f"differs from PyTorch by max abs {max_abs_diff:.3g} (tolerance {LOGIT_TOLERANCE:g})")
 
 
 @dataclass(frozen=True)
@@ -79,20 +62,10 @@ def sample_inputs(sentences: Sequence[Sequence[int]], pad_id: int = cv.PAD_ID) -
     return SampleInputs(ids, mask)
 
 
-@dataclass(frozen=True)
-class Conventions:
-    """What the runtime needs besides the graphs: ids, tokenizer files, how decoding starts."""
-
-    languages: ModelLanguages
-    special_ids: SpecialIds
-    tokenizer_files: dict[str, Path]  # manifest role -> file to copy beside the graphs
-    tokenizer: TokenizerSpec = field(default_factory=TokenizerSpec)
-    decoder_start: dict[str, int] | None = None
-    source_prefix: dict[str, list[int]] = field(default_factory=dict)
-    decoder_prefix: dict[str, list[int]] = field(default_factory=dict)
-    source_eos: bool = True
-    generation: Generation = field(default_factory=Generation)
-    origin: str = "mtserve"
+def network_of(model: Transformer) -> Network:
+    """The module's weights as the graph builders read them."""
+    state = {name: value.detach().float().numpy() for name, value in model.state_dict().items()}
+    return network_from_state(model.cfg, state, model.positions.detach().float().numpy())
 
 
 def mtserve_conventions(model: Transformer, sp: spm.SentencePieceProcessor, tokenizer: Path) -> Conventions:
@@ -110,8 +83,17 @@ def mtserve_conventions(model: Transformer, sp: spm.SentencePieceProcessor, toke
     return Conventions(languages, special, {"tokenizer": tokenizer})
 
 
+def reference_module(cfg: ModelConfig, state: Mapping[str, np.ndarray], positions: np.ndarray) -> Transformer:
+    """The PyTorch network of these weights (model/transformer.py's names) and position table: the
+    reference an import's graphs are checked against."""
+    module = Transformer(cfg)
+    module.load_state_dict({**module.state_dict(), **{k: torch.from_numpy(np.array(v)) for k, v in state.items()}})
+    module.positions = torch.from_numpy(np.array(positions, dtype=np.float32))
+    return module.eval()
+
+
 def graph_files(model: Transformer) -> tuple[str, ...]:
-    return GRAPH_FILES if model.cfg.mlm_head else (ENCODER_FILE, DECODER_FILE)
+    return graph_files_of(model.cfg)
 
 
 def _export(module: torch.nn.Module, args: tuple[torch.Tensor, ...], spec: GraphSpec, path: Path) -> None:
@@ -129,16 +111,18 @@ def _export(module: torch.nn.Module, args: tuple[torch.Tensor, ...], spec: Graph
     )
 
 
-def export_graphs(model: Transformer, out: Path) -> None:
-    # Encoder and decoder step are written out rather than traced: see export/graph_builder.py.
-    onnx.save(build_encoder(model), str(out / ENCODER_FILE))
-    onnx.save(build_decoder_step(model), str(out / DECODER_FILE))
-    if not model.cfg.mlm_head:
-        return
+def write_mlm_head(model: Transformer, out: Path) -> None:
+    """The masked-LM head, traced from PyTorch (a model trained here has one; imports do not)."""
     sample = sample_inputs([[20, 21, 22, cv.EOS_ID], [30, 31, cv.EOS_ID]])
     with torch.no_grad():
         hidden = model.encode(sample.ids, sample.mask.bool())
         _export(MlmHeadGraph(model), (hidden,), mlm_spec(), out / MLM_FILE)
+
+
+def export_graphs(model: Transformer, out: Path) -> None:
+    write_graphs(network_of(model), out)
+    if model.cfg.mlm_head:
+        write_mlm_head(model, out)
 
 
 class ExportConfigError(ValueError):
@@ -155,36 +139,7 @@ def model_languages(model: Transformer, sp: spm.SentencePieceProcessor) -> Model
 
 
 def write_manifest(out: Path, model: Transformer, conventions: Conventions, precision: str) -> Manifest:
-    cfg = model.cfg
-    files = {"encoder": ENCODER_FILE, "decoder": DECODER_FILE, "weights": WEIGHTS_FILE}
-    if cfg.mlm_head:
-        files |= {"mlm_head": MLM_FILE, "fill_vocab": FILL_VOCAB_FILE}
-    files |= {role: path.name for role, path in conventions.tokenizer_files.items()}
-    languages = conventions.languages
-    manifest = Manifest(
-        opset=OPSET,
-        precision=precision,
-        int8_weight_bits=WEIGHT_BITS if precision == "int8" else Manifest.model_fields["int8_weight_bits"].default,
-        files=files,
-        sha256={name: sha256_file(out / name) for name in files.values()},
-        special_ids=conventions.special_ids,
-        languages=list(languages.codes),
-        directions=[(s, t) for s, t in languages.directions],
-        vocab_size=cfg.vocab_size,
-        d_model=cfg.d_model,
-        n_heads=cfg.n_heads,
-        decoder_layers=cfg.decoder_layers,
-        head_dim=cfg.head_dim,
-        origin=conventions.origin,
-        tokenizer=conventions.tokenizer,
-        decoder_start=conventions.decoder_start,
-        source_prefix=conventions.source_prefix,
-        decoder_prefix=conventions.decoder_prefix,
-        source_eos=conventions.source_eos,
-        generation=conventions.generation,
-    )
-    (out / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
-    return manifest
+    return write_manifest_of(out, model.cfg, conventions, precision)
 
 
 def export_model(
@@ -229,24 +184,8 @@ def export_network(
     translations (in the first direction) must be identical. Returns the report it writes."""
     from export.validate import validate_export
 
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    graphs = graph_files(model)
-    export_graphs(model, out)
-    for path in conventions.tokenizer_files.values():
-        if path.resolve() != (out / path.name).resolve():
-            shutil.copyfile(path, out / path.name)
-    report: dict[str, Any] = {"precision": precision, "export_seconds": 0.0, **(extra_report or {})}
-    report["sharing"] = share_weights(out, graphs, model.cfg.vocab_size)
-    write_manifest(out, model, conventions, "fp32")
-    report["fp32"] = validate_export(model, out, probe, sources, strict=True)
-    if precision == "int8":
-        export_graphs(model, out)  # afresh: the quantizer reads plain fp32 initializers
-        report["int8_matmuls"] = quantize_int8(out, graphs)
-        report["sharing"] = share_weights(out, graphs, model.cfg.vocab_size)
-        write_manifest(out, model, conventions, "int8")
-        report["int8"] = validate_export(model, out, probe, sources, strict=False)
-    report["export_seconds"] = round(time.perf_counter() - started, 1)
-    report["sizes_bytes"] = {name: (out / name).stat().st_size for name in (*graphs, WEIGHTS_FILE)}
-    (out / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
-    return report
+    def check(directory: Path, strict: bool) -> dict[str, Any]:
+        return validate_export(model, directory, probe, sources, strict)
+
+    mlm = (lambda directory: write_mlm_head(model, directory)) if model.cfg.mlm_head else None
+    return write_model(network_of(model), conventions, out, precision, check, mlm, extra_report)

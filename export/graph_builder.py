@@ -14,9 +14,8 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
-from torch import Tensor, nn
 
-from model.transformer import FeedForward, MultiHeadAttention, Residual, Transformer
+from export.network import Attention, FeedForward, LayerNorm, Linear, Network, Residual
 from service.graphs import BEAM_WIDTH, CACHE_INDIRECTION, OPSET, PAST_LENGTH
 
 MS_DOMAIN = "com.microsoft"
@@ -35,13 +34,12 @@ class Builder:
         self._count += 1
         return f"{hint}_{self._count}"
 
-    def weight(self, name: str, value: Tensor | np.ndarray) -> str:
+    def weight(self, name: str, value: np.ndarray) -> str:
         """An initializer named `name`; a second call with the same name reuses the first."""
         if name in self._weights:
             return name
         self._weights.add(name)
-        array = value.detach().float().numpy() if isinstance(value, Tensor) else value
-        self.initializers.append(numpy_helper.from_array(np.array(array, copy=True, order="C"), name))
+        self.initializers.append(numpy_helper.from_array(np.array(value, copy=True, order="C"), name))
         return name
 
     def op(self, op_type: str, inputs: list[str], outputs: int = 1, domain: str = "", **attrs: Any) -> list[str]:
@@ -52,35 +50,35 @@ class Builder:
     def one(self, op_type: str, inputs: list[str], domain: str = "", **attrs: Any) -> str:
         return self.op(op_type, inputs, 1, domain, **attrs)[0]
 
-    def linear(self, x: str, module: nn.Module, prefix: str) -> str:
+    def linear(self, x: str, module: Linear, prefix: str) -> str:
         """x [.., in] @ Wᵀ + b. Weights stored [in, out], the layout MatMul reads."""
-        assert isinstance(module, nn.Linear)
-        w = self.weight(f"{prefix}.weight_t", module.weight.detach().float().numpy().T)
+        w = self.weight(f"{prefix}.weight_t", module.weight.T)
         return self.one("Add", [self.one("MatMul", [x, w]), self.weight(f"{prefix}.bias", module.bias)])
 
-    def embed(self, ids: str, model: Transformer, source: bool, positions: str) -> str:
+    def embed(self, ids: str, net: Network, source: bool, positions: str) -> str:
         """Embedding(ids) · √d_model (when the model scales) + positions, under the names every
         graph uses, so that the exporter stores each table once (export/shared_weights.py)."""
-        table = model.source_embedding if source else model.embed
-        name = "model.embed.weight" if table is model.embed else "model.src_embed.weight"
-        x = self.one("Gather", [self.weight(name, table.weight), ids])
-        if model.cfg.scale_embedding:
-            x = self.one("Mul", [x, self.weight("sqrt_d", np.array(math.sqrt(model.cfg.d_model), np.float32))])
+        own_table = source and net.source_embed is not None
+        table = net.source_embedding if source else net.embed
+        name = "model.src_embed.weight" if own_table else "model.embed.weight"
+        x = self.one("Gather", [self.weight(name, table), ids])
+        if net.cfg.scale_embedding:
+            x = self.one("Mul", [x, self.weight("sqrt_d", np.array(math.sqrt(net.cfg.d_model), np.float32))])
         return self.one("Add", [x, positions])
 
-    def positions(self, model: Transformer) -> str:
-        return self.weight("model.positions", model.positions)
+    def positions(self, net: Network) -> str:
+        return self.weight("model.positions", net.positions)
 
-    def output_logits(self, hidden: str, model: Transformer) -> str:
+    def output_logits(self, hidden: str, net: Network) -> str:
         """hidden [B, D] -> logits [B, V]: one Gemm over the output projection (the embedding itself
         when tied), with the output bias as its third input when the model has one."""
-        if model.output_proj is None:
-            weight = self.weight("model.embed.weight", model.embed.weight)
+        if net.output_proj is None:
+            weight = self.weight("model.embed.weight", net.embed)
         else:
-            weight = self.weight("model.output_proj.weight", model.output_proj.weight)
+            weight = self.weight("model.output_proj.weight", net.output_proj)
         inputs = [hidden, weight]
-        if model.logits_bias is not None:
-            inputs.append(self.weight("model.logits_bias", model.logits_bias))
+        if net.logits_bias is not None:
+            inputs.append(self.weight("model.logits_bias", net.logits_bias))
         return self.one("Gemm", inputs, transB=1)
 
     def activation(self, x: str, name: str) -> str:
@@ -92,16 +90,15 @@ class Builder:
         return self.one("Mul", [x, self.one("Sigmoid", [x])])
 
     def feed_forward(self, h: str, ffn: FeedForward, activation: str, prefix: str) -> str:
-        net = ffn.net
-        return self.linear(self.activation(self.linear(h, net[0], f"{prefix}.0"), activation), net[2], f"{prefix}.2")
+        inner = self.activation(self.linear(h, ffn.inner, f"{prefix}.0"), activation)
+        return self.linear(inner, ffn.outer, f"{prefix}.2")
 
-    def layer_norm(self, x: str, norm: nn.Module, prefix: str) -> str:
-        assert isinstance(norm, nn.LayerNorm)
+    def layer_norm(self, x: str, norm: LayerNorm, prefix: str) -> str:
         scale, shift = self.weight(f"{prefix}.weight", norm.weight), self.weight(f"{prefix}.bias", norm.bias)
         return self.one("LayerNormalization", [x, scale, shift], axis=-1, epsilon=float(norm.eps))
 
 
-def attention_out(b: Builder, heads: str, attn: MultiHeadAttention, prefix: str) -> str:
+def attention_out(b: Builder, heads: str, attn: Attention, prefix: str) -> str:
     return b.linear(heads, attn.out_proj, f"{prefix}.out_proj")
 
 
@@ -115,24 +112,24 @@ def pre(b: Builder, x: str, res: Residual, prefix: str) -> str:
     return b.layer_norm(x, res.norm, f"{prefix}.norm") if res.pre_norm else x
 
 
-def _qkv(b: Builder, h: str, attn: MultiHeadAttention, prefix: str) -> tuple[str, str, str, str]:
+def _qkv(b: Builder, h: str, attn: Attention, prefix: str) -> tuple[str, str, str, str]:
     """Q, K and V [B, L, D] from one MatMul, and their bias [3D], which the attention node adds."""
     projections = (attn.q_proj, attn.k_proj, attn.v_proj)
-    w_qkv = np.concatenate([m.weight.detach().float().numpy().T for m in projections], axis=1)
-    b_qkv = np.concatenate([m.bias.detach().float().numpy() for m in projections])
+    w_qkv = np.concatenate([m.weight.T for m in projections], axis=1)
+    b_qkv = np.concatenate([m.bias for m in projections])
     qkv = b.one("MatMul", [h, b.weight(f"{prefix}.qkv.weight_t", w_qkv)])  # [B, L, 3D]
     q, k, v = b.op("Split", [qkv], outputs=3, axis=2)
     return q, k, v, b.weight(f"{prefix}.qkv.bias", b_qkv)
 
 
-def self_attention(b: Builder, h: str, attn: MultiHeadAttention, prefix: str, heads: int, key_padding_mask: str) -> str:
+def self_attention(b: Builder, h: str, attn: Attention, prefix: str, heads: int, key_padding_mask: str) -> str:
     """One fused self-attention over the whole sequence (the encoder's): [B, L, D] -> [B, L, D]."""
     q, k, v, bias = _qkv(b, h, attn, prefix)
     mha = [q, k, v, bias, key_padding_mask]
     return b.one("MultiHeadAttention", mha, domain=MS_DOMAIN, num_heads=heads)
 
 
-def cached_self_attention(b: Builder, h: str, attn: MultiHeadAttention, prefix: str, heads: int, layer: int) -> str:
+def cached_self_attention(b: Builder, h: str, attn: Attention, prefix: str, heads: int, layer: int) -> str:
     """One decoder step's self-attention [B, 1, D] -> [B, 1, D] over a cache preallocated for the
     longest output: this step's key and value are written in place at position
     `past_sequence_length`, and each row reads its earlier positions from the beam that

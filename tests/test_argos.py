@@ -168,6 +168,21 @@ def test_an_fp32_import_translates_exactly_as_ctranslate2_float32(en_fr: Path, i
     assert same >= 0.98 * len(sources), f"beam 4: {same} of {len(sources)} identical"
 
 
+def test_packages_import_without_torch_into_the_same_files(en_fr: Path, imported: Path, tmp_path: Path) -> None:
+    """The service's image holds no torch: `mtserve import argos` runs there, writes the same model
+    files as with torch, and says its graphs were checked by the runtime, not against PyTorch."""
+    blocked = "import sys; sys.modules['torch'] = None; from service.cli import main; sys.exit(main(sys.argv[1:]))"
+    command = [sys.executable, "-c", blocked, "import", "argos", str(en_fr), "--out", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "no torch" in done.stderr
+    (out,) = [p for p in tmp_path.iterdir() if (p / "manifest.json").is_file()]
+    assert load_manifest(out).sha256 == load_manifest(imported).sha256
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["reference"] is None and report["fp32"]["greedy"]["empty"] == 0
+    assert json.loads((imported / "export_report.json").read_text())["reference"] == "pytorch"
+
+
 def test_an_int8_import_scores_as_ctranslate2_int8(en_fr: Path, work: Path) -> None:
     import sacrebleu
 

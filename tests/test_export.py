@@ -157,6 +157,7 @@ def test_the_written_graphs_match_pytorch_for_both_norm_placements(pre_norm: boo
 
     from export.decoder_graph import build_decoder_step
     from export.encoder_graph import build_encoder
+    from export.exporter import network_of
     from model.config import ModelConfig
     from model.transformer import Transformer
     from service.runtime.kv_cache import SelfAttentionCache
@@ -169,7 +170,7 @@ def test_the_written_graphs_match_pytorch_for_both_norm_placements(pre_norm: boo
     model = Transformer(cfg).eval()
     encoder, decoder = (
         ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
-        for graph in (build_encoder(model), build_decoder_step(model))
+        for graph in (build_encoder(network_of(model)), build_decoder_step(network_of(model)))
     )
     src = torch.tensor([[9, 10, 11, 3], [12, 13, 3, 0], [14, 3, 0, 0]])
     mask = src != 0
