@@ -25,9 +25,10 @@ from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from export.exporter import export_graphs, graph_files, mtserve_conventions, write_manifest  # noqa: E402
+from export.exporter import export_graphs, mtserve_conventions  # noqa: E402
 from export.quantize import untie_output_projection  # noqa: E402
 from export.shared_weights import share_weights  # noqa: E402
+from export.writer import graph_files, write_manifest  # noqa: E402
 from model.artifacts import load_model_dir  # noqa: E402
 from service import conventions as cv  # noqa: E402
 from service.manifest import DEFAULT_MODEL_DIR, FILL_VOCAB_FILE  # noqa: E402
@@ -46,7 +47,7 @@ def main() -> None:
             shutil.copyfile(args.model / name, args.out / name)
     conventions = mtserve_conventions(model, sp, args.out / cv.TOKENIZER_FILE)
     export_graphs(model, args.out)
-    for name in graph_files(model):
+    for name in graph_files(model.cfg):
         graph = onnx.load(str(args.out / name), load_external_data=True)
         untie_output_projection(graph)
         quantizer = MatMulNBitsQuantizer(graph, bits=8, block_size=args.block_size, is_symmetric=True, accuracy_level=4)
@@ -55,8 +56,8 @@ def main() -> None:
         ops = collections.Counter(node.op_type for node in fused.graph.node)
         print(f"{name}: {len(fused.graph.node)} nodes, {ops['MatMulNBits']} MatMulNBits")
         onnx.save(fused, str(args.out / name))
-    share_weights(args.out, graph_files(model), model.cfg.vocab_size)
-    write_manifest(args.out, model, conventions, "int8")
+    share_weights(args.out, graph_files(model.cfg), model.cfg.vocab_size)
+    write_manifest(args.out, model.cfg, conventions, "int8")
 
 
 if __name__ == "__main__":

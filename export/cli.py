@@ -17,7 +17,8 @@ VALIDATION_SENTENCES = 200
 
 def _export(args: argparse.Namespace) -> int:
     require_torch()
-    from export.exporter import ExportConfigError, ExportValidationError, export_model
+    from export.exporter import ExportConfigError, export_model
+    from export.writer import ExportValidationError
     from model import corpus
     from model.config import ModelConfig
     from model.evaluate import training_data_config

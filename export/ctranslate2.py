@@ -443,13 +443,8 @@ def _check(
     export is; without it (the service's image) the runtime's own check applies."""
     try:
         from export.exporter import reference_module
-        from export.validate import validate_export
+        from export.validate import pytorch_check
     except ImportError:
         log.info("no torch: the graphs are checked by the runtime alone, not against PyTorch")
         return None
-    reference = reference_module(network.cfg, state, network.positions)
-
-    def check(out: Path, strict: bool) -> dict[str, Any]:
-        return validate_export(reference, out, probe, sources, strict)
-
-    return check
+    return pytorch_check(reference_module(network.cfg, state, network.positions), probe, sources)

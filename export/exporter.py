@@ -19,19 +19,8 @@ import torch
 
 from export.fill_vocab import whole_word_ids, write_fill_vocab
 from export.network import Network, network_from_state
-from export.shared_weights import WEIGHTS_FILE
 from export.wrappers import MlmHeadGraph
-from export.writer import (
-    GRAPH_FILES,
-    LOGIT_TOLERANCE,
-    REPORT_FILE,
-    Conventions,
-    ExportValidationError,
-    graph_files_of,
-    write_graphs,
-    write_manifest_of,
-    write_model,
-)
+from export.writer import Conventions, write_graphs, write_model
 from model.artifacts import load_model_dir
 from model.config import ModelConfig
 from model.tokenizer import check_conventions, tag_id
@@ -39,9 +28,7 @@ from model.transformer import Transformer
 from service import conventions as cv
 from service.graphs import OPSET, GraphSpec, dynamic_axes, mlm_spec
 from service.languages import ModelLanguages
-from service.manifest import MLM_FILE, Generation, Manifest, SpecialIds
-
-__all__ = ["GRAPH_FILES", "LOGIT_TOLERANCE", "REPORT_FILE", "WEIGHTS_FILE", "Conventions", "ExportValidationError"]
+from service.manifest import MLM_FILE, Generation, SpecialIds
 
 log = logging.getLogger("mtserve.export")
 
@@ -92,10 +79,6 @@ def reference_module(cfg: ModelConfig, state: Mapping[str, np.ndarray], position
     return module.eval()
 
 
-def graph_files(model: Transformer) -> tuple[str, ...]:
-    return graph_files_of(model.cfg)
-
-
 def _export(module: torch.nn.Module, args: tuple[torch.Tensor, ...], spec: GraphSpec, path: Path) -> None:
     # The exporter restores the wrapper's training flag afterwards, recursively: keep it in eval.
     torch.onnx.export(
@@ -138,10 +121,6 @@ def model_languages(model: Transformer, sp: spm.SentencePieceProcessor) -> Model
     return ModelLanguages(cfg.languages, {lang: tag_id(sp, lang) for lang in cfg.languages}, cfg.directions)
 
 
-def write_manifest(out: Path, model: Transformer, conventions: Conventions, precision: str) -> Manifest:
-    return write_manifest_of(out, model.cfg, conventions, precision)
-
-
 def export_model(
     checkpoint: Path,
     out: Path,
@@ -182,10 +161,8 @@ def export_network(
 
     `probe` are source ids whose logits must match; `sources` are source ids whose greedy
     translations (in the first direction) must be identical. Returns the report it writes."""
-    from export.validate import validate_export
+    from export.validate import pytorch_check  # it reads this module's sample inputs
 
-    def check(directory: Path, strict: bool) -> dict[str, Any]:
-        return validate_export(model, directory, probe, sources, strict)
-
+    check = pytorch_check(model, probe, sources)
     mlm = (lambda directory: write_mlm_head(model, directory)) if model.cfg.mlm_head else None
     return write_model(network_of(model), conventions, out, precision, check, mlm, extra_report)

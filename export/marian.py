@@ -24,7 +24,8 @@ from typing import Any
 import sentencepiece as spm
 import torch
 
-from export.exporter import Conventions, export_network
+from export.exporter import export_network
+from export.writer import Conventions
 from model.config import ModelConfig
 from model.transformer import Transformer
 from service.graphs import MAX_BEAM

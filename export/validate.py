@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from export.exporter import LOGIT_TOLERANCE, ExportValidationError, sample_inputs
+from export.exporter import sample_inputs
+from export.writer import LOGIT_TOLERANCE, Check, ExportValidationError
 from model.beam import beam_search as torch_beam_search
 from model.transformer import Transformer
 from service.runtime.beam import DecodeOptions, beam_search
@@ -109,3 +110,12 @@ def validate_export(
                 f"(first: sentence {mismatches[0]})",
             )
     return report
+
+
+def pytorch_check(model: Transformer, probe: Sequence[Sequence[int]], sources: Sequence[Sequence[int]]) -> Check:
+    """The writer's check of each precision's graphs against `model` (validate_export)."""
+
+    def check(out: Path, strict: bool) -> dict[str, Any]:
+        return validate_export(model, out, probe, sources, strict)
+
+    return check

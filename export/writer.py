@@ -75,7 +75,7 @@ class Conventions:
     origin: str = "mtserve"
 
 
-def graph_files_of(cfg: ModelConfig) -> tuple[str, ...]:
+def graph_files(cfg: ModelConfig) -> tuple[str, ...]:
     return GRAPH_FILES if cfg.mlm_head else (ENCODER_FILE, DECODER_FILE)
 
 
@@ -85,7 +85,7 @@ def write_graphs(net: Network, out: Path) -> None:
     onnx.save(build_decoder_step(net), str(out / DECODER_FILE))
 
 
-def write_manifest_of(out: Path, cfg: ModelConfig, conventions: Conventions, precision: str) -> Manifest:
+def write_manifest(out: Path, cfg: ModelConfig, conventions: Conventions, precision: str) -> Manifest:
     files = {"encoder": ENCODER_FILE, "decoder": DECODER_FILE, "weights": WEIGHTS_FILE}
     if cfg.mlm_head:
         files |= {"mlm_head": MLM_FILE, "fill_vocab": FILL_VOCAB_FILE}
@@ -130,7 +130,7 @@ def write_model(
     `extra_graphs` writes graphs beyond the encoder and decoder step. Returns the report it writes."""
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    graphs = graph_files_of(net.cfg)
+    graphs = graph_files(net.cfg)
 
     def graphs_written() -> None:
         write_graphs(net, out)
@@ -143,13 +143,13 @@ def write_model(
             shutil.copyfile(path, out / path.name)
     report: dict[str, Any] = {"precision": precision, "export_seconds": 0.0, **(extra_report or {})}
     report["sharing"] = share_weights(out, graphs, net.cfg.vocab_size)
-    write_manifest_of(out, net.cfg, conventions, "fp32")
+    write_manifest(out, net.cfg, conventions, "fp32")
     report["fp32"] = check(out, True)
     if precision == "int8":
         graphs_written()  # afresh: the quantizer reads plain fp32 initializers
         report["int8_matmuls"] = quantize_int8(out, graphs)
         report["sharing"] = share_weights(out, graphs, net.cfg.vocab_size)
-        write_manifest_of(out, net.cfg, conventions, "int8")
+        write_manifest(out, net.cfg, conventions, "int8")
         report["int8"] = check(out, False)
     report["export_seconds"] = round(time.perf_counter() - started, 1)
     report["sizes_bytes"] = {name: (out / name).stat().st_size for name in (*graphs, WEIGHTS_FILE)}

@@ -209,8 +209,8 @@ class Translator:
             return [Translation(prepared.verbatim, 0.0, 0, 0)]
         source_tokens = sum(len(s) for s in prepared.pieces)
         out = []
+        surfaces = prepared.surfaces or [[] for _ in results]
         for k in range(min(n_best, max(len(r) for r in results))):
-            surfaces = prepared.surfaces or [[] for _ in results]
             picked = [(r[min(k, len(r) - 1)], surface) for r, surface in zip(results, surfaces, strict=True) if r]
             chosen = [h for h, _ in picked]
             joined = " ".join(self._text(h, surface) for h, surface in picked)
