@@ -4,11 +4,20 @@
 
 The checkpoint's graphs are exported afresh at fp32 and int8, and converted to CTranslate2 at
 float32 and int8 (bench/ct2_convert.py). Each engine, precision and thread count runs in a
-process of its own, one after the other, `--rounds` times (interleaved): it loads, translates
-three sentences to warm up, then each of the first 40 test2016 sentences alone at beam 5 from
-its SentencePiece ids (tokenization is outside both), and prints the median milliseconds. The
-summary gives each configuration's median over the rounds, and this runtime's best against
-CTranslate2's best configuration.
+worker process of its own; all are loaded at once and warmed up on three sentences. Then the
+first 40 test2016 sentences are translated alone at beam 5 from their SentencePiece ids
+(tokenization is outside both): each worker in turn translates a block of `--block` of them
+(5), then the next worker the same block, before the next block (the order rotated from block to
+block), `--rounds` times over. Alternating every few sentences, a fraction of a second apart,
+every configuration sees the same load of a shared machine (one configuration after the other,
+seconds apart, each saw a different one), and within a block each runs with its own data in the
+caches as a server answering one request after another would (alternating every sentence, each
+would start cold every time). While one worker runs the others wait on their input, and a pause
+after each block lets a thread pool's spinning end.
+
+Per configuration it prints the median milliseconds and each round's median. The summary gives
+this runtime's best configuration against CTranslate2's best, as the ratio of their medians and as
+the median of the per-sentence ratios (the same sentence, the same round, seconds apart).
 """
 
 from __future__ import annotations
@@ -53,8 +62,9 @@ def prepare(model: Path, work: Path, data_dir: str | None) -> dict[tuple[str, st
     return dirs
 
 
-def measure(engine: str, directory: Path, threads: int, model: Path, data_dir: str | None) -> float:
-    """Median milliseconds of one sentence alone, in this process."""
+def worker(engine: str, directory: Path, threads: int, model: Path, data_dir: str | None) -> None:
+    """Loads one engine, then for each sentence index read from stdin translates that sentence alone
+    and writes the milliseconds it took."""
     import sentencepiece as spm
 
     from bench.common import bench_target, test_pairs
@@ -86,48 +96,90 @@ def measure(engine: str, directory: Path, threads: int, model: Path, data_dir: s
 
     for ids in sources[:3]:
         decode(ids)
-    times = []
-    for ids in sources:
+    print("ready", flush=True)
+    for line in sys.stdin:
+        ids = sources[int(line)]
         started = time.perf_counter()
         decode(ids)
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
+        print(json.dumps({"ms": (time.perf_counter() - started) * 1000}), flush=True)
+
+
+# After a block, before the next worker starts: a pool's threads spin for a while after a call.
+PAUSE_S = 0.02
+
+
+class _Worker:
+    def __init__(self, config: tuple[str, str, int], directory: Path, args: argparse.Namespace) -> None:
+        engine, _, threads = config
+        command = [sys.executable, __file__, "--model", str(args.model), "--worker", engine, str(directory),
+                   str(threads), *(["--data-dir", args.data_dir] if args.data_dir else [])]  # fmt: skip
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.stdin, self.stdout = self.process.stdin, self.process.stdout
+
+    def wait_ready(self) -> None:
+        line = self.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"a worker failed to start (exit {self.process.wait()})")
+
+    def translate(self, index: int) -> float:
+        self.stdin.write(f"{index}\n")
+        self.stdin.flush()
+        return float(json.loads(self.stdout.readline())["ms"])
+
+    def close(self) -> None:
+        self.stdin.close()
+        self.process.wait()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=ROOT / "artifacts" / "default", help="a checkpoint directory")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="passes over the sentences")
+    parser.add_argument("--block", type=int, default=5, help="sentences a worker translates in a row")
     parser.add_argument("--work", type=Path)
     parser.add_argument("--data-dir")
-    parser.add_argument("--measure", nargs=3, metavar=("ENGINE", "DIR", "THREADS"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=3, metavar=("ENGINE", "DIR", "THREADS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.measure:
-        engine, directory, threads = args.measure
-        print(json.dumps({"ms": measure(engine, Path(directory), int(threads), args.model, args.data_dir)}))
+    if args.worker:
+        engine, directory, threads = args.worker
+        worker(engine, Path(directory), int(threads), args.model, args.data_dir)
         return
     work = args.work or Path(tempfile.mkdtemp(prefix="mtserve-one-sentence-"))
     dirs = prepare(args.model, work, args.data_dir)
-    results: dict[tuple[str, str, int], list[float]] = {config: [] for config in CONFIGS}
-    for round_index in range(args.rounds):
-        for engine, precision, threads in CONFIGS:
-            command = [sys.executable, __file__, "--model", str(args.model), "--measure", engine,
-                       str(dirs[(engine, precision)]), str(threads),
-                       *(["--data-dir", args.data_dir] if args.data_dir else [])]  # fmt: skip
-            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            ms = json.loads(output.strip().splitlines()[-1])["ms"]
-            results[(engine, precision, threads)].append(ms)
-            print(json.dumps({"engine": engine, "precision": precision, "threads": threads,
-                              "round": round_index, "p50_ms": round(ms, 2)}), flush=True)  # fmt: skip
-    medians = {config: statistics.median(times) for config, times in results.items()}
+    workers = {config: _Worker(config, dirs[config[:2]], args) for config in CONFIGS}
+    for w in workers.values():
+        w.wait_ready()
+    times: dict[tuple[str, str, int], list[list[float]]] = {config: [] for config in CONFIGS}
+    try:
+        for round_index in range(args.rounds):
+            for config in CONFIGS:
+                times[config].append([])
+            for block, start in enumerate(range(0, SENTENCES, args.block)):
+                shift = (round_index + block) % len(CONFIGS)
+                for config in CONFIGS[shift:] + CONFIGS[:shift]:
+                    for index in range(start, min(start + args.block, SENTENCES)):
+                        times[config][-1].append(workers[config].translate(index))
+                    time.sleep(PAUSE_S)
+            for config in CONFIGS:
+                engine, precision, threads = config
+                print(json.dumps({"engine": engine, "precision": precision, "threads": threads, "round": round_index,
+                                  "p50_ms": round(statistics.median(times[config][-1]), 2)}), flush=True)  # fmt: skip
+    finally:
+        for w in workers.values():
+            w.close()
+    medians = {config: statistics.median(t for r in rounds for t in r) for config, rounds in times.items()}
     for (engine, precision, threads), median in medians.items():
-        rounds = [round(ms, 2) for ms in results[(engine, precision, threads)]]
+        rounds = [round(statistics.median(r), 2) for r in times[(engine, precision, threads)]]
         print(json.dumps({"summary": engine, "precision": precision, "threads": threads,
-                          "median_p50_ms": round(median, 2), "rounds": rounds}))  # fmt: skip
+                          "median_ms": round(median, 2), "rounds": rounds}))  # fmt: skip
     best = {engine: min((m, c) for c, m in medians.items() if c[0] == engine) for engine in ("mtserve", "ctranslate2")}
-    print(json.dumps({"mtserve_best": [round(best["mtserve"][0], 2), *best["mtserve"][1][1:]],
-                      "ctranslate2_best": [round(best["ctranslate2"][0], 2), *best["ctranslate2"][1][1:]],
-                      "ratio": round(best["mtserve"][0] / best["ctranslate2"][0], 3)}))  # fmt: skip
+    ours, theirs = best["mtserve"][1], best["ctranslate2"][1]
+    paired = [a / b for ra, rb in zip(times[ours], times[theirs], strict=True) for a, b in zip(ra, rb, strict=True)]
+    print(json.dumps({"mtserve_best": [round(best["mtserve"][0], 2), *ours[1:]],
+                      "ctranslate2_best": [round(best["ctranslate2"][0], 2), *theirs[1:]],
+                      "ratio_of_medians": round(best["mtserve"][0] / best["ctranslate2"][0], 3),
+                      "median_paired_ratio": round(statistics.median(paired), 3)}))  # fmt: skip
 
 
 if __name__ == "__main__":

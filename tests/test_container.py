@@ -2,7 +2,8 @@
 
 The Dockerfile is linted (hadolint) and parsed (dockerfile-parse). Its COPY sources, filtered by
 .dockerignore, and its pip install lines are replayed into a fresh virtual environment, from which
-the service starts through the image's ENTRYPOINT and CMD and translates. The compose file, the
+the service starts through the image's ENTRYPOINT and CMD and translates; the image's own
+`mtserve import argos` turns a LibreTranslate package into a model the image then serves. The compose file, the
 Kubernetes manifests, the Prometheus config and the Grafana dashboard are validated, and every
 metric the dashboard queries exists on a live /metrics.
 """
@@ -27,9 +28,11 @@ from docker.utils.build import exclude_paths
 from dockerfile_parse import DockerfileParser
 from fastapi.testclient import TestClient
 
+from bench.argos_package import package_mtserve_model, zip_package
 from service.api.app import create_app
 from service.api.launcher import free_port, wait_ready
 from service.api.settings import Settings
+from service.manifest import DEFAULT_MODEL_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
@@ -139,15 +142,30 @@ def test_the_image_file_set_and_dependency_set_serve_a_translation(tmp_path: Pat
         "MTSERVE_HOST": "127.0.0.1",
         "MTSERVE_PORT": str(port),
     }
-    process = subprocess.Popen([*entrypoint, *cmd], env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(url, process, timeout=90)
-        r = httpx.post(url + "/translate", json={"q": "A man is playing a guitar.", "source": "en", "target": "fr"})
-        assert r.status_code == 200 and "guitare" in r.json()["translatedText"]
-    finally:
-        process.terminate()
-        assert process.wait(timeout=40) == 0
+    # A LibreTranslate user's package, imported by the image's own command (no torch there)...
+    folder = package_mtserve_model(DEFAULT_MODEL_DIR, tmp_path / "package", "en", "fr")
+    package = zip_package(folder, tmp_path / "translate-en_fr.argosmodel")
+    models = tmp_path / "models"
+    imported = subprocess.run(
+        [root / "opt/venv/bin/mtserve", "import", "argos", package, "--out", models],
+        env=env, cwd=root, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert imported.returncode == 0, imported.stderr[-3000:]
+    assert "no torch" in imported.stderr
+    (model_dir,) = [p for p in models.iterdir() if (p / "manifest.json").is_file()]
+    served = [("default model", env), ("imported package", {**env, "MTSERVE_MODEL_DIR": str(model_dir)})]
+    for what, served_env in served:  # ...served like the default model
+        process = subprocess.Popen(
+            [*entrypoint, *cmd], env=served_env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_ready(url, process, timeout=90)
+            r = httpx.post(url + "/translate", json={"q": "A man is playing a guitar.", "source": "en", "target": "fr"})
+            assert r.status_code == 200 and "guitare" in r.json()["translatedText"], (what, r.text)
+        finally:
+            process.terminate()
+            assert process.wait(timeout=40) == 0, what
 
 
 def test_compose_file_matches_the_compose_specification() -> None:

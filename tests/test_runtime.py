@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def onnx_model(exported: Path) -> OnnxModel:
-    return OnnxModel(exported, intra_op_threads=2)  # one-thread sessions for small batches, two for large
+    return OnnxModel(exported, intra_op_threads=2)  # two threads for a search alone, one for each of several
 
 
 def _ids(model: OnnxModel, texts: list[str]) -> list[list[int]]:
@@ -65,6 +67,42 @@ def test_a_sentence_translates_the_same_alone_and_in_any_batch(
         alone = beam_search(onnx_model, [sources[i]], [tags[i]], options)[0]
         assert [h.tokens for h in alone] == [h.tokens for h in batched[i]]
         assert np.allclose([h.score for h in alone], [h.score for h in batched[i]], atol=1e-4)
+
+
+def test_a_search_alone_takes_every_thread_and_concurrent_searches_one_each(
+    onnx_model: OnnxModel, sentences: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sentence alone decodes on all the configured threads, however small its batch; two batches
+    decoding at once (the service's workers) run on one thread each, even between their steps."""
+    decoder, used = onnx_model.decoder, []
+    for session, wide in ((decoder.wide, True), (decoder.narrow, False)):
+
+        def record(
+            binding: object, options: object = None, run: Any = session.run_with_iobinding, w: bool = wide
+        ) -> None:
+            used.append(w)
+            run(binding, options)
+
+        monkeypatch.setattr(session, "run_with_iobinding", record)
+    options, source = DecodeOptions(beam_size=5), _ids(onnx_model, sentences[:1])
+    beam_search(onnx_model, source, [TAG["fr"]], options)
+    assert used and all(used)
+
+    used.clear()
+    together = threading.Barrier(2)
+
+    def worker() -> None:
+        with onnx_model.searching():  # both searches in progress before either runs, until both are done
+            together.wait()
+            beam_search(onnx_model, source, [TAG["fr"]], options)
+            together.wait()
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert used and not any(used)
 
 
 def test_the_length_limit_holds(onnx_model: OnnxModel, sentences: list[str]) -> None:

@@ -27,7 +27,7 @@ from service.graphs import MAX_BEAM
 from service.manifest import Generation
 from service.runtime.degenerate import Quality, mark_degenerate, sane_first
 from service.runtime.kv_cache import SelfAttentionCache, compact_rows, compaction_order
-from service.runtime.sessions import SINGLE_THREAD_ROWS, KVList, OnnxModel
+from service.runtime.sessions import LARGE_BATCH_ROWS, KVList, OnnxModel
 
 # Sources are padded to a multiple of this many tokens. Attention sums over the source in
 # vector lanes of 16 floats: with the width a multiple of 16, the padding only ever adds exact
@@ -282,15 +282,14 @@ def greedy_search(
     return [_ranked(r, source, 1, options, eos) for r, source in zip(results, sources, strict=True)]
 
 
-def _guarded(hist: np.ndarray, rows: np.ndarray, tokens: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """For the candidate positions given, whether their token would start a runaway loop."""
-    token, history = tokens[candidates], hist[rows[candidates]]
-    # runaway's own first check, over all candidates at once
-    suspect = (history[:, -LOOP_WINDOW:] == token[:, None]).any(axis=1)
-    out = np.zeros(len(candidates), dtype=bool)
-    for j in np.flatnonzero(suspect):
-        out[j] = runaway(history[j].tolist(), int(token[j]))
-    return out
+class _Grid:
+    """What one step's selection reads that depends only on the batch's shape: n sentences of
+    `beams` rows, `width` candidates per row."""
+
+    def __init__(self, n: int, beams: int, width: int) -> None:
+        self.by_row = np.arange(n)[:, None]
+        self.first_row = self.by_row * beams  # each sentence's first row
+        self.beam_index = np.repeat(np.repeat(np.arange(beams), width)[None, :], n, axis=0)  # beam of each candidate
 
 
 def beam_search(
@@ -309,11 +308,12 @@ def beam_search(
 
     What a large batch's tensors took goes back to the system once the model idles
     (OnnxModel.large_batch_done)."""
-    if options.beam_size == 1:
-        hypotheses = greedy_search(model, sources, tags, options, prefixes, spans)
-    else:
-        hypotheses = _beam_search(model, sources, tags, options, prefixes, spans)
-    if len(sources) * options.beam_size > SINGLE_THREAD_ROWS:
+    with model.searching():
+        if options.beam_size == 1:
+            hypotheses = greedy_search(model, sources, tags, options, prefixes, spans)
+        else:
+            hypotheses = _beam_search(model, sources, tags, options, prefixes, spans)
+    if len(sources) * options.beam_size > LARGE_BATCH_ROWS:
         model.large_batch_done()
     return hypotheses
 
@@ -326,6 +326,9 @@ def _beam_search(
     prefixes: Sequence[Sequence[int]],
     spans: Sequence[tuple[int, int]],
 ) -> list[list[Hypothesis]]:
+    # A step of one sentence decodes in about a millisecond, and each array operation here costs
+    # microseconds whatever its size: so the common case (no ending, no guard hit, no sentence done)
+    # takes few of them, and what depends only on the batch's shape is made once (_Grid).
     k = options.beam_size
     mask, cross, limits, min_length, cache, last = _start(model, sources, tags, options, prefixes, k)
     aligner = _Aligner(spans, mask.shape[1]) if spans else None
@@ -336,86 +339,103 @@ def _beam_search(
     aligned = np.zeros((len(sources), 0), dtype=np.int64)  # their source positions (with spans)
     scores = np.zeros((len(sources), 1))
     alive = np.arange(len(sources))
+    alive_limits = limits  # limits[alive]
+    nearest_limit = int(limits.min())
     finished: list[list[Hypothesis]] = [[] for _ in sources]
-    rank_in_beam = np.arange(2 * k)[None, :] < k
-
-    finished_count = np.zeros(len(sources), dtype=np.int64)
-    tie_break = {b: np.repeat(np.arange(b), 2 * k)[None, :] for b in (1, k)}  # beam of each candidate
+    full = np.zeros(len(sources), dtype=bool)  # per alive sentence: k hypotheses have ended
+    width = 2 * k
+    grids: dict[tuple[int, int], _Grid] = {}
     eos = model.eos_id
     for step in range(int(limits.max())):
         step_top = model.decode_top(last[:, None], mask, cache, cross, aligner is not None)
         peaks = aligner.peaks(step_top.alignment, alive, beams) if aligner is not None else None
-        n, width = len(alive), 2 * k
-        by_row = np.arange(n)[:, None]
+        n = len(alive)
+        grid = grids.get((n, beams)) or grids.setdefault((n, beams), _Grid(n, beams, width))
         length = step + 1
         step_ids, step_log_probs = step_top.ids[:, :width], step_top.log_probs[:, :width]
-        if options.forced_eos:  # rows at their limit may only end, on EOS at log-prob 0
-            forced = np.repeat(limits[alive] <= length, beams)
-            if forced.any():
-                step_ids, step_log_probs = step_ids.copy(), step_log_probs.copy()
-                step_ids[forced], step_log_probs[forced] = eos, -np.inf
-                step_log_probs[forced, 0] = 0.0
+        if options.forced_eos and length >= nearest_limit:  # rows at their limit may only end, on EOS at log-prob 0
+            forced = np.repeat(alive_limits <= length, beams)
+            step_ids, step_log_probs = step_ids.copy(), step_log_probs.copy()
+            step_ids[forced], step_log_probs[forced] = eos, -np.inf
+            step_log_probs[forced, 0] = 0.0
         if step < min_length:  # too early to end: EOS is no candidate
             step_log_probs = np.where(step_ids == eos, -np.inf, step_log_probs)
         # A candidate among the sentence's 2K best is among its own beam's 2K best: rank those beams·2K.
         beam_ids = step_ids.reshape(n, beams * width)
         cand = (scores[:, :, None] + step_log_probs.reshape(n, beams, width)).reshape(n, beams * width)
-        beam_index = np.repeat(tie_break[beams], n, axis=0)
         # The 2K best (so that K survive even if K end here), best first; ties: lower id, then lower beam.
-        top = np.lexsort((beam_index, beam_ids, -cand), axis=1)[:, :width]
-        top_scores, token = cand[by_row, top], beam_ids[by_row, top]
-        rows = by_row * beams + top // width  # [n, 2K] row each candidate extends
+        top = np.lexsort((grid.beam_index, beam_ids, -cand), axis=1)[:, :width]
+        top_scores, token = cand[grid.by_row, top], beam_ids[grid.by_row, top]
+        rows = grid.first_row + top // width  # [n, 2K] row each candidate extends
         valid = top_scores > -np.inf
-        at_limit = (limits[alive] <= length)[:, None]
-        ending = valid & ((token == eos) | at_limit)
+        at_limit = alive_limits <= length if length >= nearest_limit else None
+        ending = token == eos
+        if at_limit is not None:
+            ending |= at_limit[:, None]
+        ending &= valid
         # An ending counts only if it ranks among the K best continuations.
-        for i, j in zip(*np.nonzero(ending & rank_in_beam), strict=True):
+        for i, j in zip(*np.nonzero(ending[:, :k]), strict=True):
             sent = alive[i]
             row, ended = rows[i, j], bool(token[i, j] == eos)
             toks = hist[row].tolist() + ([] if ended else [int(token[i, j])])
             alignment = () if peaks is None else (*aligned[row].tolist(), *([] if ended else [int(peaks[row])]))
             score = float(top_scores[i, j])
             hyp = Hypothesis(toks, score / length**options.length_penalty, score, ended, alignment=alignment)
-            if finished_count[sent] < k:
+            if len(finished[sent]) < k:
                 finished[sent].append(hyp)
-                finished_count[sent] += 1
+                full[i] = len(finished[sent]) == k
             elif not options.early_stopping:  # keep the K best endings
                 worst = min(range(k), key=lambda h: finished[sent][h].score)
                 if hyp.score > finished[sent][worst].score:
                     finished[sent][worst] = hyp
         going = valid & ~ending
         if options.repetition_guard and hist.shape[1]:
-            flat_going = np.flatnonzero(going)
-            going.flat[flat_going[_guarded(hist, rows.ravel(), token.ravel(), flat_going)]] = False
+            # runaway's own first check, over all candidates at once: only a token among the last
+            # LOOP_WINDOW of its row can close a loop
+            suspect = (hist[:, -LOOP_WINDOW:][rows] == token[:, :, None]).any(axis=2)
+            suspect &= going
+            for i, j in zip(*np.nonzero(suspect), strict=True):
+                going[i, j] = not runaway(hist[rows[i, j]].tolist(), int(token[i, j]))
         going &= np.cumsum(going, axis=1) <= k  # the K best that go on
-        full = finished_count[alive] >= k
+        ends = full
         if not options.early_stopping and full.any():
             # Ends only when the best running beam, normalised at this length, cannot beat the worst ending.
             best_going = np.where(going, top_scores, -np.inf).max(axis=1) / length**options.length_penalty
             worst_kept = np.array(
                 [min(h.score for h in finished[s]) if f else np.inf for s, f in zip(alive, full, strict=True)]
             )
-            full &= best_going <= worst_kept
-        done = full | at_limit[:, 0] | ~going.any(axis=1)
-        keep = np.flatnonzero(~done)
-        if not len(keep):
-            break
-        compact = _compact(n - len(keep), n)
-        if compact:
-            keep = compaction_order(keep)
-        stay = keep[:, None] if compact else by_row  # finished ones ride along, never extended
-        going[done] = False
-        order = np.argsort(~going[stay[:, 0]], axis=1, kind="stable")[:, :k]  # chosen first, in rank order
-        chosen = going[stay, order]
-        next_rows, last = rows[stay, order].ravel(), token[stay, order].ravel()
-        scores = np.where(chosen, top_scores[stay, order], -np.inf)
+            ends = full & (best_going <= worst_kept)
+        done = ~going.any(axis=1)
+        done |= ends
+        if at_limit is not None:
+            done |= at_limit
+        compact = False
+        if done.any():
+            keep = np.flatnonzero(~done)
+            if not len(keep):
+                break
+            compact = _compact(n - len(keep), n)
+            if compact:
+                keep = compaction_order(keep)
+                going, rows, token, top_scores = going[keep], rows[keep], token[keep], top_scores[keep]
+            else:  # finished ones ride along, never extended
+                going[done] = False
+        if going[:, :k].all():  # the K best all go on
+            next_rows, last, scores = rows[:, :k].ravel(), token[:, :k].ravel(), top_scores[:, :k]
+        else:
+            order = np.argsort(~going, axis=1, kind="stable")[:, :k]  # chosen first, in rank order
+            by_row = np.arange(len(order))[:, None]
+            next_rows, last = rows[by_row, order].ravel(), token[by_row, order].ravel()
+            scores = np.where(going[by_row, order], top_scores[by_row, order], -np.inf)
         hist = np.concatenate((hist[next_rows], last[:, None]), axis=1)
         if peaks is not None:
             aligned = np.concatenate((aligned[next_rows], peaks[next_rows][:, None]), axis=1)
         beams = k  # after step 0: K rows per sentence, over the sentence's one copy of cross K/V
-        if compact and len(keep) < n:  # drop finished sentences from the running batch
+        if compact:  # drop finished sentences from the running batch
             cache.reorder(next_rows, keep)
-            cross, mask, alive = compact_rows(cross, keep), mask[keep], alive[keep]
+            cross, mask, alive, full = compact_rows(cross, keep), mask[keep], alive[keep], full[keep]
+            alive_limits = limits[alive]
+            nearest_limit = int(alive_limits.min())
         else:
             cache.reorder(next_rows)  # each row reads the history of the beam it continues
 

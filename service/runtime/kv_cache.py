@@ -49,7 +49,7 @@ class SelfAttentionCache:
 
     def advance(self) -> None:
         """After a step: position `length` of each row holds that row's own key and value."""
-        self.indirection[:, :, self.length] = np.arange(self.beams, dtype=np.int32)
+        self.indirection[:, :, self.length] = self._own_beam
         self.length += 1
 
     def reorder(self, rows: np.ndarray, sentences: np.ndarray | None = None) -> None:
@@ -59,11 +59,14 @@ class SelfAttentionCache:
         order); None keeps every sentence where it is. The beam width is len(rows) / the
         sentences kept, and may grow after step 0 up to max_beams.
         """
-        kept = np.arange(self.sentences) if sentences is None else np.asarray(sentences)
+        rows = np.asarray(rows)
+        kept = self._sentences if sentences is None else np.asarray(sentences)
         beams, remainder = divmod(len(rows), max(len(kept), 1))
         if remainder or beams < self.beams or len(rows) > len(self._storage[0]):
             raise ValueError(f"{len(rows)} rows do not make {len(kept)} sentences of {self.beams} to max_beams beams")
-        if (np.asarray(rows) // self.beams != np.repeat(kept, beams)).any():
+        # Checked on every step of every search, so with as few array operations as it takes.
+        expected = self._row_sentences if sentences is None and beams == self.beams else np.repeat(kept, beams)
+        if ((rows if self.beams == 1 else rows // self.beams) != expected).any():
             raise ValueError("a row cannot continue a row of another sentence")
         n = self.length
         history = self.indirection.reshape(self.rows, self.capacity)[rows, :n]  # beams within each sentence
@@ -87,6 +90,9 @@ class SelfAttentionCache:
 
     def _bind(self, rows: int) -> None:
         self.bindings.clear()
+        self._sentences = np.arange(self.sentences)
+        self._row_sentences = np.repeat(self._sentences, self.beams)  # the sentence of each row
+        self._own_beam = np.arange(self.beams, dtype=np.int32)
         self.buffers = [storage[:rows] for storage in self._storage]  # contiguous prefixes
         self.values = [ort.OrtValue.ortvalue_from_numpy(b) for b in self.buffers]
 

@@ -50,11 +50,19 @@ class TopStep:
     alignment: np.ndarray | None = None  # [B, S] attention over the source, where asked for
 
 
-# Up to this many rows (decoder: sentences x beam; encoder: tokens) a graph runs on one
-# thread. On small tensors the other threads' wake-up and hand-off cost more than they
-# save; measured in docs/BENCHMARKS.md (one to six sentences at beam 5 decode faster on
-# one thread than on two).
-SINGLE_THREAD_ROWS = 32
+# A graph run takes the configured threads (the wide session) only while nothing else in the
+# process is decoding, however few its rows; otherwise one thread, so that concurrent batches (the
+# service's workers) each take a core instead of oversubscribing them with several thread pools.
+# "Nothing else" counts the searches in progress, not only the runs at this instant: between two
+# steps of a search no run is in progress, and a second search's step would take both cores while
+# the first one's next step takes one too. Measured in docs/BENCHMARKS.md: a sentence alone
+# decodes faster on two threads than on one (a quarter faster at fp32, a little at int8), where
+# it used to run on one; 16 HTTP clients keep their throughput.
+
+
+# A batch of more rows than this is large: what its tensors took goes back to the system once
+# the model idles (OnnxModel.large_batch_done).
+LARGE_BATCH_ROWS = 32
 
 
 # A large batch's tensors go back to the system once the model has run no large batch for this
@@ -107,32 +115,51 @@ class _IdleRelease:
 
 
 class _Runs:
-    """How many graph runs are in progress in this model, across the caller's threads."""
+    """How many graph runs and searches are in progress, across the caller's threads: in one model
+    (whether its memory may be released), or in the whole process (_ALL_RUNS: the choice of threads,
+    since the cores are the process's, whichever model decodes).
+
+    `start` and `end` rather than a context manager: a decoder step runs once per token, and a
+    generator's set-up costs more than the count itself."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._active = 0
+        self.searches = 0
+        self._own = threading.local()  # .searches: those of the calling thread
+
+    def start(self) -> bool:
+        """Counts a run in; returns whether it is alone: no other run, and no search but the
+        calling thread's own."""
+        own = getattr(self._own, "searches", 0)
+        with self._lock:
+            alone = not self._active and self.searches == own
+            self._active += 1
+        return alone
+
+    def end(self) -> None:
+        with self._lock:
+            self._active -= 1
 
     @contextlib.contextmanager
-    def enter(self) -> Iterator[int]:
-        """Counts this run in; yields how many others were running when it started."""
+    def search(self) -> Iterator[None]:
         with self._lock:
-            others = self._active
-            self._active += 1
+            self.searches += 1
+        self._own.searches = getattr(self._own, "searches", 0) + 1
         try:
-            yield others
+            yield
         finally:
+            self._own.searches -= 1
             with self._lock:
-                self._active -= 1
+                self.searches -= 1
+
+
+_ALL_RUNS = _Runs()
 
 
 class _Graph:
-    """One graph as two sessions: `wide` with the configured threads, `narrow` with one.
-
-    A run takes the wide session only for a large batch, and only while no other run is in
-    progress: concurrent batches (the service's workers) each take one core instead of
-    oversubscribing the cores with several thread pools.
-    """
+    """One graph as two sessions: `wide` with the configured threads, `narrow` with one; a run takes
+    the wide one only while nothing else in the process is decoding (_Runs.start)."""
 
     def __init__(
         self, path: Path, threads: int, runs: _Runs, low_memory: bool = False, wide_only: bool = False
@@ -146,29 +173,40 @@ class _Graph:
         (self.wide, self.narrow), self._lookups = open_recording_lookups(path, open_sessions)
         self._runs = runs
 
-    def run(self, rows: int, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        with self._runs.enter() as others:
-            return list(self._pick(rows, others).run(outputs, feeds))
+    def run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self._runs.start()
+        alone = _ALL_RUNS.start()
+        try:
+            return list(self._pick(alone).run(outputs, feeds))
+        finally:
+            _ALL_RUNS.end()
+            self._runs.end()
 
-    def run_bound(
-        self, rows: int, bind: Callable[[ort.InferenceSession], tuple[ort.IOBinding, StepFeeds]]
-    ) -> list[np.ndarray]:
+    def run_bound(self, bind: Callable[[ort.InferenceSession], tuple[ort.IOBinding, StepFeeds]]) -> list[np.ndarray]:
         """A run through the IO binding that `bind` makes or updates for the session picked;
         its outputs come back as arrays of their own."""
-        with self._runs.enter() as others:
-            session = self._pick(rows, others)
+        self._runs.start()
+        alone = _ALL_RUNS.start()
+        try:
+            session = self._pick(alone)
             binding, feeds = bind(session)
             session.run_with_iobinding(binding)
             return [array.copy() for array in feeds.outputs.values()]
+        finally:
+            _ALL_RUNS.end()
+            self._runs.end()
 
     def release_arena(self, probe: dict[str, np.ndarray], output: str) -> bool:
         """Return the shared arena's free regions to the system, through a run on `probe` (the
         option acts at the end of a run), and the lookup rows the batches mapped to the data file;
-        only while no other run is in progress here. Whether it ran."""
-        with self._runs.enter() as others:
-            if others:
+        only while no run and no search is in progress here. Whether it ran."""
+        alone = self._runs.start()
+        try:
+            if not alone or self._runs.searches:
                 return False
             self.narrow.run([output], probe, _SHRINK)
+        finally:
+            self._runs.end()
         trim_heap()
         self.release_lookups()
         return True
@@ -177,8 +215,8 @@ class _Graph:
         """The batches' lookup rows, mapped from the data file, go back to it (lookups.py)."""
         self._lookups.release()
 
-    def _pick(self, rows: int, others: int) -> ort.InferenceSession:
-        return self.wide if rows > SINGLE_THREAD_ROWS and not others else self.narrow
+    def _pick(self, alone: bool) -> ort.InferenceSession:
+        return self.wide if alone else self.narrow
 
 
 @dataclass
@@ -352,7 +390,7 @@ class OnnxModel:
             )
         self.languages = self.manifest.model_languages()
         files, hashes = self.manifest.files, self.manifest.sha256
-        runs = _Runs()
+        runs = self._runs = _Runs()
         # Graphs whose packed copy could not be made or was refused: their sessions pack their own
         # matrices, about twice the memory (reported in /metrics).
         self.unpacked_graphs: list[str] = []
@@ -399,7 +437,7 @@ class OnnxModel:
         for length in np.unique(lengths):
             rows = np.flatnonzero(lengths == length)
             feeds = {"input_ids": ids[rows, :length], "attention_mask": mask[rows, :length]}
-            part = self.encoder.run(len(rows) * int(length), self._enc_outputs, feeds)
+            part = self.encoder.run(self._enc_outputs, feeds)
             if len(rows) == len(ids) and length == ids.shape[1]:
                 return EncoderOutput(part[0], part[1:])  # one length, no padding: nothing to place
             if not outputs:  # hidden [B, S, D]; cross [B, H, S, K]: the source axis is 1, then 2
@@ -467,9 +505,16 @@ class OnnxModel:
             cache.bindings[id(session)] = _BoundStep(tuple(names), mask, cross, feeds, binding)
             return binding, feeds
 
-        outputs = self.decoder.run_bound(len(last_ids), bind)
+        outputs = self.decoder.run_bound(bind)
         cache.advance()
         return outputs
+
+    @contextlib.contextmanager
+    def searching(self) -> Iterator[None]:
+        """Counts a search (a batch's encoding and decoding) in progress while it lasts: graphs run
+        on one thread while another search is in progress in the process (_Runs.start)."""
+        with self._runs.search(), _ALL_RUNS.search():
+            yield
 
     def large_batch_done(self) -> None:
         """What a large batch took goes back to the system once this model idles (IDLE_RELEASE_S)."""
