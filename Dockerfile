@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# mtserve: the HTTP service and the default model. No torch, no compiler in the final image.
+# mtserve: the HTTP service, the Argos and CTranslate2 importers, and the default model. No torch,
+# no compiler in the final image.
 
 FROM python:3.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -8,11 +9,13 @@ COPY requirements/runtime.lock /src/requirements/runtime.lock
 RUN /opt/venv/bin/pip install --no-cache-dir -r /src/requirements/runtime.lock
 COPY pyproject.toml README.md /src/
 COPY service /src/service
+COPY export /src/export
+COPY model /src/model
 RUN /opt/venv/bin/pip install --no-cache-dir --no-deps /src
 
 FROM python:3.11-slim-bookworm AS runtime
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin mtserve \
-    && mkdir -p /var/cache/mtserve/packed && chown -R 10001 /var/cache/mtserve
+    && mkdir -p /var/cache/mtserve/packed /models && chown -R 10001 /var/cache/mtserve /models
 COPY --from=build /opt/venv /opt/venv
 COPY artifacts/default /app/artifacts/default
 ENV PATH=/opt/venv/bin:$PATH \
