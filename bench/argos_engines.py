@@ -90,7 +90,9 @@ def _sources(data_dir: str | None, limit: int) -> list[list[int]]:
 
 
 def _ct2(directory: Path, threads: int, options: DecodeOptions) -> Decode:
-    """argostranslate's call: pieces, the target prefix, beam, length penalty (and here one fixed limit)."""
+    """argostranslate's call: pieces, the target prefix, beam, length penalty, the replacement of
+    unknown tokens and the hypotheses' scores, which argostranslate reads (and here one fixed limit).
+    Without scores CTranslate2's greedy search would skip the softmax."""
     import ctranslate2
 
     names = pieces()
@@ -101,7 +103,7 @@ def _ct2(directory: Path, threads: int, options: DecodeOptions) -> Decode:
         results = translator.translate_batch(
             [[names[i] for i in s] for s in batch], target_prefix=[[TAG]] * len(batch),
             beam_size=options.beam_size, length_penalty=options.length_penalty,
-            max_decoding_length=options.max_length, replace_unknowns=True,
+            max_decoding_length=options.max_length, replace_unknowns=True, return_scores=True,
         )  # fmt: skip
         return [[ids[t] for t in r.hypotheses[0]] for r in results]
 
