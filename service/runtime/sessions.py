@@ -174,27 +174,22 @@ class _Graph:
         self._runs = runs
 
     def run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        self._runs.start()
-        alone = _ALL_RUNS.start()
+        session = self._start()
         try:
-            return list(self._pick(alone).run(outputs, feeds))
+            return list(session.run(outputs, feeds))
         finally:
-            _ALL_RUNS.end()
-            self._runs.end()
+            self._end()
 
     def run_bound(self, bind: Callable[[ort.InferenceSession], tuple[ort.IOBinding, StepFeeds]]) -> list[np.ndarray]:
         """A run through the IO binding that `bind` makes or updates for the session picked;
         its outputs come back as arrays of their own."""
-        self._runs.start()
-        alone = _ALL_RUNS.start()
+        session = self._start()
         try:
-            session = self._pick(alone)
             binding, feeds = bind(session)
             session.run_with_iobinding(binding)
             return [array.copy() for array in feeds.outputs.values()]
         finally:
-            _ALL_RUNS.end()
-            self._runs.end()
+            self._end()
 
     def release_arena(self, probe: dict[str, np.ndarray], output: str) -> bool:
         """Return the shared arena's free regions to the system, through a run on `probe` (the
@@ -215,8 +210,15 @@ class _Graph:
         """The batches' lookup rows, mapped from the data file, go back to it (lookups.py)."""
         self._lookups.release()
 
-    def _pick(self, alone: bool) -> ort.InferenceSession:
-        return self.wide if alone else self.narrow
+    def _start(self) -> ort.InferenceSession:
+        """Counts a run in, in the model and in the process; the session it takes: the wide one
+        while nothing else in the process decodes. Each call is matched by one of `_end`."""
+        self._runs.start()
+        return self.wide if _ALL_RUNS.start() else self.narrow
+
+    def _end(self) -> None:
+        _ALL_RUNS.end()
+        self._runs.end()
 
 
 @dataclass
