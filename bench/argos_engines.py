@@ -7,7 +7,10 @@ OpenNMT-py models (bench/ct2_convert.py), at float32 and at int8 as argos-train 
 mtserve imports each with `mtserve import ctranslate2` (the int8 package with its own int8
 quantizer, `--quantize int8`). Both engines get the same test2016 sources as the same pieces
 (the committed model's SentencePiece ids), the same threads, beam, length penalty 0.2 and one
-fixed length limit (random weights rarely end a sentence), in interleaved rounds. Rows report the
+fixed length limit (random weights rarely end a sentence), in interleaved rounds; `--streams N`
+(default: the threads) decodes N batches at a time, one thread each, mtserve as
+`Translator.translate` does and CTranslate2 on N replicas, and `--streams 1` one batch after the
+other on every thread, as argostranslate's single call runs. Rows report the
 sentences both decode to the same tokens; `--memory` gives each engine's proportional set size in
 its own process, once loaded and after 100 sentences at beam 4.
 """
@@ -28,10 +31,9 @@ sys.path.insert(0, str(ROOT))
 import sentencepiece as spm  # noqa: E402
 import torch  # noqa: E402
 
-from bench.common import test_pairs  # noqa: E402
+from bench.common import Decode, DecodeAll, in_streams, runtime_streams, test_pairs  # noqa: E402
 from bench.ct2_convert import build_spec  # noqa: E402
 from bench.interleaved import summarize  # noqa: E402
-from bench.marian_engines import Decode  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
 from model.transformer import Transformer  # noqa: E402
 from service import conventions as cv  # noqa: E402
@@ -89,7 +91,7 @@ def _sources(data_dir: str | None, limit: int) -> list[list[int]]:
     return [[*ids, cv.EOS_ID] for ids in sp.encode(texts)]
 
 
-def _ct2(directory: Path, threads: int, options: DecodeOptions) -> Decode:
+def _ct2(directory: Path, threads: int, options: DecodeOptions, streams: int = 1) -> Decode:
     """argostranslate's call: pieces, the target prefix, beam, length penalty, the replacement of
     unknown tokens and the hypotheses' scores, which argostranslate reads (and here one fixed limit).
     Without scores CTranslate2's greedy search would skip the softmax."""
@@ -97,7 +99,9 @@ def _ct2(directory: Path, threads: int, options: DecodeOptions) -> Decode:
 
     names = pieces()
     ids = {p: i for i, p in enumerate(names)}
-    translator = ctranslate2.Translator(str(directory), device="cpu", intra_threads=threads, inter_threads=1)
+    translator = ctranslate2.Translator(
+        str(directory), device="cpu", intra_threads=max(1, threads // streams), inter_threads=streams
+    )
 
     def decode(batch: list[list[int]]) -> list[list[int]]:
         results = translator.translate_batch(
@@ -177,24 +181,28 @@ def run(args: argparse.Namespace) -> None:
         return
     sources = _sources(args.data_dir, args.limit)
     translator = Translator.load(dirs[("mtserve-onnx", "fp32")], args.threads, args.batch_tokens)
-    groups = translator.batches([len(s) for s in sources])
+    # The batches decoding at once share the token budget, as Translator.translate's do.
+    streams = args.streams or args.threads
+    groups = translator.batches([len(s) for s in sources], args.batch_tokens // streams)
     rows = []
     for beam in args.beam_size:
         options = _options(beam, args.max_length)
-        decoders: dict[tuple[str, str], Decode] = {}
+        decoders: dict[tuple[str, str], DecodeAll] = {}
         for (engine, precision), directory in dirs.items():
             if engine == "ctranslate2":
-                decoders[(engine, precision)] = _ct2(directory, args.threads, options)
+                decoders[(engine, precision)] = in_streams(_ct2(directory, args.threads, options, streams), streams)
             else:
                 loaded = Translator.load(directory, args.threads, args.batch_tokens)
-                decoders[(engine, precision)] = _runtime(loaded, options)
+                target = loaded.languages.directions[0][1]
+                decoders[(engine, precision)] = runtime_streams(loaded, target, options, streams)
         for round_index in range(args.repeat):
             outputs: dict[tuple[str, str], list[list[int]]] = {}
             for key, decode in decoders.items():
                 out: list[list[int]] = [[] for _ in sources]
                 started = time.perf_counter()
-                for group in groups:
-                    for i, tokens in zip(group, decode([sources[i] for i in group]), strict=True):
+                decoded = decode([[sources[i] for i in group] for group in groups])
+                for group, batch_out in zip(groups, decoded, strict=True):
+                    for i, tokens in zip(group, batch_out, strict=True):
                         out[i] = tokens
                 seconds = time.perf_counter() - started
                 outputs[key] = out
@@ -216,6 +224,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--beam-size", type=int, nargs="+", default=[4, 1])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--streams", type=int, default=0, help="batches decoded at once (default: the threads)")
     parser.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS)
     parser.add_argument("--max-length", type=int, default=32, help="target tokens per sentence, EOS included")
     parser.add_argument("--limit", type=int, default=200, help="first N test2016 sentences (0: all 1000)")

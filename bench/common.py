@@ -1,10 +1,11 @@
-"""What the runtime benchmarks share: their command-line options, the test2016 sentences, and
-one translator per model directory given."""
+"""What the runtime benchmarks share: their command-line options, the test2016 sentences, one
+translator per model directory given, and batches decoded one after another or side by side."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,8 +13,42 @@ from model import corpus
 from model.data_config import DataConfig
 from model.train_config import load_config
 from service.manifest import DEFAULT_MODEL_DIR
-from service.runtime.beam import DecodeOptions
+from service.runtime.beam import DecodeOptions, Hypothesis
 from service.runtime.translator import Translator
+
+Decode = Callable[[list[list[int]]], list[list[int]]]  # one batch of source ids -> each one's best target ids
+DecodeAll = Callable[[list[list[list[int]]]], list[list[list[int]]]]  # every batch -> each one's outputs
+
+
+def in_streams(decode: Decode, streams: int) -> DecodeAll:
+    """Every batch through `decode`, `streams` batches at a time from as many threads (1: in turn).
+    CTranslate2 runs concurrent calls on as many replicas as its `inter_threads`."""
+
+    def decode_all(batches: list[list[list[int]]]) -> list[list[list[int]]]:
+        if streams <= 1:
+            return [decode(batch) for batch in batches]
+        with ThreadPoolExecutor(streams) as pool:
+            return list(pool.map(decode, batches))
+
+    return decode_all
+
+
+def runtime_streams(translator: Translator, target: str, options: DecodeOptions, streams: int) -> DecodeAll:
+    """The runtime's own path over every batch: one after another on every thread (streams 1), or as
+    `Translator.translate` runs them, as many at a time as it has threads, one thread each."""
+
+    def best(hyps: list[list[Hypothesis]]) -> list[list[int]]:
+        return [h[0].tokens if h else [] for h in hyps]
+
+    def decode_all(batches: list[list[list[int]]]) -> list[list[list[int]]]:
+        if streams <= 1:
+            return [best(translator.search(batch, [target] * len(batch), options)) for batch in batches]
+        out: list[list[list[int]]] = [[] for _ in batches]
+        for index, hyps in translator.search_batches(batches, [[target] * len(b) for b in batches], options):
+            out[index] = best(hyps)
+        return out
+
+    return decode_all
 
 
 def runtime_parser(doc: str | None, sentences: int) -> argparse.ArgumentParser:

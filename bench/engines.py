@@ -3,7 +3,10 @@
 Rows: PyTorch re-running the decoder over the whole prefix every step (the textbook
 loop), PyTorch with the KV cache, this runtime (fp32, int8), and CTranslate2 (fp32,
 int8) on the same weights. Every engine gets the same sentences, threads, batch
-token budget, beam, length penalty and maximum-length rule. The engines run interleaved,
+token budget, beam, length penalty and maximum-length rule. `--streams N` (default: the threads)
+decodes N batches at a time, one thread each: the runtime as `Translator.translate` does, and
+CTranslate2 with N replicas (`inter_threads`) called from N threads; `--streams 1` decodes the
+batches in turn on every thread (PyTorch always does). The engines run interleaved,
 `--repeat` rounds (bench/interleaved.py): one JSON object per engine and round, then one
 summary per engine with its median tokens/s, min and max, and the median of its per-round
 ratios against CTranslate2.
@@ -25,7 +28,7 @@ from torch import Tensor
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import bench_data, bench_target, test_pairs  # noqa: E402
+from bench.common import Decode, DecodeAll, bench_data, bench_target, in_streams, runtime_streams, test_pairs  # noqa: E402
 from bench.interleaved import summarize  # noqa: E402
 from model import corpus  # noqa: E402
 from model.artifacts import load_model_dir  # noqa: E402
@@ -36,8 +39,6 @@ from model.transformer import KV, Transformer  # noqa: E402
 from service import conventions as cv  # noqa: E402
 from service.runtime.beam import DecodeOptions  # noqa: E402
 from service.runtime.translator import DEFAULT_BATCH_TOKENS, Translator  # noqa: E402
-
-Decode = Callable[[list[list[int]]], list[list[int]]]  # batch of source ids -> best target ids
 
 
 class TextbookDecoder(torch.nn.Module):
@@ -66,13 +67,14 @@ class TextbookDecoder(torch.nn.Module):
 
 
 def run_engine(
-    name: str, precision: str, beam: int, decode: Decode, sources: list[list[int]], groups: list[list[int]],
+    name: str, precision: str, beam: int, decode: DecodeAll, sources: list[list[int]], groups: list[list[int]],
     detok: Callable[[list[int]], str], references: list[str],
 ) -> dict[str, object]:  # fmt: skip
     outputs: list[list[int]] = [[] for _ in sources]
     start = time.perf_counter()
-    for group in groups:
-        for i, tokens in zip(group, decode([sources[i] for i in group]), strict=True):
+    decoded = decode([[sources[i] for i in group] for group in groups])
+    for group, batch_out in zip(groups, decoded, strict=True):
+        for i, tokens in zip(group, batch_out, strict=True):
             outputs[i] = tokens
     seconds = time.perf_counter() - start
     hyps = [detok(t) for t in outputs]
@@ -105,6 +107,7 @@ def main() -> None:
     parser.add_argument("--beam-size", type=int, nargs="+", default=[5, 1])
     parser.add_argument("--precision", choices=["fp32", "int8", "all"], default="all")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--streams", type=int, default=0, help="batches decoded at once (default: the threads)")
     parser.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS)
     parser.add_argument("--limit", type=int, default=0, help="first N test2016 sentences (default: all 1000)")
     parser.add_argument("--engines", nargs="+", default=["textbook", "torch", "runtime", "ctranslate2"])
@@ -113,6 +116,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
+    streams = args.streams or args.threads
     precisions = ["fp32", "int8"] if args.precision == "all" else [args.precision]
     sources_text, references = test_pairs(args.data_dir)
     if args.limit:
@@ -133,25 +137,27 @@ def main() -> None:
     for p in precisions:
         export_model(args.model, work / p, text, p, sources_text[:200])
         runtimes[p] = Translator.load(work / p, args.threads, args.batch_tokens)
-    groups = next(iter(runtimes.values())).batches([len(s) for s in sources])
+    # The batches decoding at once share the token budget, as Translator.translate's do.
+    budget = args.batch_tokens // streams
+    groups = next(iter(runtimes.values())).batches([len(s) for s in sources], budget)
 
     for beam in args.beam_size:
         options = DecodeOptions(beam_size=beam)
-        rows: list[tuple[str, str, Decode]] = []
+        rows: list[tuple[str, str, DecodeAll]] = []
         if "textbook" in args.engines:
             textbook = TextbookDecoder(model)
-            rows.append(("pytorch-textbook", "fp32", lambda b, m=textbook, k=beam: _torch(m, b, tag, k)))  # type: ignore[misc]
+            rows.append(("pytorch-textbook", "fp32", in_streams(lambda b, m=textbook, k=beam: _torch(m, b, tag, k), 1)))  # type: ignore[misc]
         if "torch" in args.engines:
-            rows.append(("pytorch-kv-cache", "fp32", lambda b, k=beam: _torch(model, b, tag, k)))  # type: ignore[misc]
+            rows.append(("pytorch-kv-cache", "fp32", in_streams(lambda b, k=beam: _torch(model, b, tag, k), 1)))  # type: ignore[misc]
         if "runtime" in args.engines:
             for p in precisions:
-                rows.append(("mtserve-onnx", p, lambda b, t=runtimes[p], o=options: _runtime(t, b, tag, o)))  # type: ignore[misc]
+                rows.append(("mtserve-onnx", p, runtime_streams(runtimes[p], bench_target(), options, streams)))
         if "ctranslate2" in args.engines:
             from bench.ct2_convert import convert
 
             for p in precisions:
                 ct2_dir = convert(args.model, work / f"ct2-{p}", None if p == "fp32" else "int8")
-                rows.append(("ctranslate2", p, _ct2(ct2_dir, sp, args.threads, beam)))
+                rows.append(("ctranslate2", p, in_streams(_ct2(ct2_dir, sp, args.threads, beam, streams), streams)))
         results = []
         for round_index in range(args.repeat):
             for name, precision, decode in rows:
@@ -167,16 +173,14 @@ def _torch(model: torch.nn.Module, batch: list[list[int]], tag: int, beam: int) 
         return [h[0].tokens for h in torch_beam_search(model, batch, tag, beam_size=beam)]  # type: ignore[arg-type]
 
 
-def _runtime(translator: Translator, batch: list[list[int]], tag: int, options: DecodeOptions) -> list[list[int]]:
-    from service.runtime.beam import beam_search
-
-    return [h[0].tokens if h else [] for h in beam_search(translator.model, batch, [tag] * len(batch), options)]
-
-
-def _ct2(model_dir: Path, sp: object, threads: int, beam: int) -> Decode:
+def _ct2(model_dir: Path, sp: object, threads: int, beam: int, streams: int = 1) -> Decode:
+    """CTranslate2 on `threads` threads: one replica on all of them, or `streams` of them on as many
+    threads each as divide evenly."""
     import ctranslate2
 
-    translator = ctranslate2.Translator(str(model_dir), device="cpu", intra_threads=threads, inter_threads=1)
+    translator = ctranslate2.Translator(
+        str(model_dir), device="cpu", intra_threads=max(1, threads // streams), inter_threads=streams
+    )
     piece = sp.id_to_piece  # type: ignore[attr-defined]
     to_id = sp.piece_to_id  # type: ignore[attr-defined]
 

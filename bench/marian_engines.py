@@ -24,15 +24,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import test_pairs  # noqa: E402
+from bench.common import Decode, test_pairs  # noqa: E402
 from bench.interleaved import summarize  # noqa: E402
 from export.marian import hf_tokenizer  # noqa: E402
 from service.api.models import resident_bytes  # noqa: E402
 from service.runtime.beam import DecodeOptions, beam_search  # noqa: E402
 from service.runtime.text_tokenizer import VocabTokenizer  # noqa: E402
 from service.runtime.translator import DEFAULT_BATCH_TOKENS, Translator  # noqa: E402
-
-Decode = Callable[[list[list[int]]], list[list[int]]]
 
 
 def hf_dir_of(model_dir: Path) -> Path:

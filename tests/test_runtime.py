@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +127,36 @@ def test_translator_keeps_order_and_answers_empty_text(exported: Path, sentences
     assert out[1][0].text == "" and out[2][0].text == "   "  # no letters: back unchanged, as the HTTP routes do
     assert out[0][0].text == out[4][0].text and out[0][0].text
     assert [len(o) for o in out] == [1] * 5
+
+
+def test_batches_decode_side_by_side_one_thread_each_and_translate_as_one_after_the_other(
+    exported: Path, sentences: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A translator with two threads runs two batches at once (the cores' host work overlapping),
+    and the texts come back as one thread translating the batches in turn gives them, in order."""
+    texts = sentences * 2
+    alone = Translator.load(exported, intra_op_threads=1, batch_tokens=64)
+    expected = alone.translate(texts, "fr", DecodeOptions(beam_size=3))
+    two = Translator.load(exported, intra_op_threads=2, batch_tokens=64)
+    assert len(two.batches([len(p) for t in texts for p in two.prepare(t).pieces])) > 2
+    together, searching = threading.Barrier(2, timeout=60), two.model.searching
+    entered, lock = [0], threading.Lock()
+
+    @contextlib.contextmanager
+    def side_by_side() -> Iterator[None]:
+        with lock:
+            entered[0] += 1
+            first_two = entered[0] <= 2
+        if first_two:
+            together.wait()  # the first two batches are in progress at once, or this times out
+        with searching():
+            yield
+
+    monkeypatch.setattr(two.model, "searching", side_by_side)
+    progress: list[tuple[int, int]] = []
+    out = two.translate(texts, "fr", DecodeOptions(beam_size=3), progress=lambda d, n: progress.append((d, n)))
+    assert [[(h.text, h.score) for h in o] for o in out] == [[(h.text, h.score) for h in o] for o in expected]
+    assert progress[-1] == (len(texts), len(texts)) and [d for d, _ in progress] == sorted(d for d, _ in progress)
 
 
 def test_long_input_is_split_not_truncated(exported: Path) -> None:

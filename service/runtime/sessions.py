@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import threading
 import time
 import weakref
@@ -382,6 +383,8 @@ class OnnxModel:
         the user's cache directory; False: no copies, each session packs its own."""
         packed_root = packed_dir() if packed is True else (packed or None)
         self.model_dir = model_dir
+        # The threads a run takes alone; 0 leaves it to onnxruntime, which takes the CPUs it may use.
+        self.threads = intra_op_threads or len(os.sched_getaffinity(0))
         self.manifest: Manifest = load_manifest(model_dir, verify=verify)
         if self.manifest.precision == "int8" and self.manifest.int8_weight_bits > 7 and cpu_has_vnni() is False:
             log.warning(

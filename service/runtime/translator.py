@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,13 +104,20 @@ class Translator:
         pieces.append(ids[start:])
         return pieces
 
-    def batches(self, lengths: Sequence[int]) -> list[list[int]]:
-        """Indices grouped by length so that rows x longest source <= batch_tokens (a longer one rides alone)."""
+    @property
+    def streams(self) -> int:
+        """Batches that decode at once, one per thread (search_batches)."""
+        return self.model.threads
+
+    def batches(self, lengths: Sequence[int], budget: int | None = None) -> list[list[int]]:
+        """Indices grouped by length so that rows x longest source <= budget (default batch_tokens;
+        a longer one rides alone)."""
+        budget = budget or self.batch_tokens
         order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
         batches: list[list[int]] = []
         current: list[int] = []
         for i in order:
-            if current and lengths[i] * (len(current) + 1) > self.batch_tokens:
+            if current and lengths[i] * (len(current) + 1) > budget:
                 batches.append(current)
                 current = []
             current.append(i)
@@ -149,6 +157,33 @@ class Translator:
         prefixes = [forced.get(t, []) for t in targets] if forced else []
         return beam_search(self.model, sources, [starts[t] for t in targets], options, prefixes, spans)
 
+    def search_batches(
+        self, batches: Sequence[Sequence[list[int]]], targets: Sequence[Sequence[str]], options: DecodeOptions
+    ) -> Iterator[tuple[int, list[list[Hypothesis]]]]:
+        """(index, hypotheses) of each batch, as each finishes.
+
+        With several threads configured, that many batches decode at once, each on one thread
+        (sessions.py: a run takes every thread only while nothing else decodes): one batch's host
+        work between its steps then overlaps another's graph runs, where a single batch on every
+        thread leaves the cores idle for it (docs/BENCHMARKS.md). A batch's hypotheses do not depend
+        on which thread ran it or on what ran beside it.
+        """
+        streams = min(self.streams, len(batches))
+        if streams <= 1:
+            for index, (batch, batch_targets) in enumerate(zip(batches, targets, strict=True)):
+                yield index, self.search(batch, batch_targets, options)
+            return
+        pool = ThreadPoolExecutor(streams, thread_name_prefix="mtserve-batch")
+        try:
+            running: dict[Future[list[list[Hypothesis]]], int] = {
+                pool.submit(self.search, batch, batch_targets, options): index
+                for index, (batch, batch_targets) in enumerate(zip(batches, targets, strict=True))
+            }
+            for future in as_completed(running):
+                yield running[future], future.result()
+        finally:  # on an error, or a caller that stops early, the batches not started never start
+            pool.shutdown(wait=True, cancel_futures=True)
+
     def translate(
         self,
         texts: Sequence[str],
@@ -184,11 +219,14 @@ class Translator:
         segments = [_Segment(index, piece) for index, p in enumerate(prepared) for piece in p.pieces]
         results: list[list[Hypothesis]] = [[] for _ in segments]
         done = 0
-        for batch in self.batches([len(s.ids) for s in segments]):
-            hyps = self.search([segments[i].ids for i in batch], [target] * len(batch), options)
-            for i, h in zip(batch, hyps, strict=True):
+        # The batches decoding at once share the token budget, as the service's workers do: the
+        # same memory at most as one batch at a time, and no slower (docs/BENCHMARKS.md).
+        batches = self.batches([len(s.ids) for s in segments], max(1, self.batch_tokens // self.streams))
+        work = [[segments[i].ids for i in batch] for batch in batches]
+        for index, hyps in self.search_batches(work, [[target] * len(batch) for batch in batches], options):
+            for i, h in zip(batches[index], hyps, strict=True):
                 results[i] = h
-            done += len(batch)
+            done += len(batches[index])
             if progress:
                 progress(done, len(segments))
         per_text: list[list[int]] = [[] for _ in texts]
