@@ -104,31 +104,44 @@ def build_decoder_step(net: Network) -> onnx.ModelProto:
 
 
 # The best DECODER_TOP_K of a row lie in the DECODER_TOP_K blocks with the highest maxima, so
-# the row's top-k reads VOCAB_BLOCK maxima and then those blocks only: a full TopK over the
+# the row's top-k reads the blocks' maxima and then those blocks only: a full TopK over the
 # vocabulary cost more than the output projection's softmax (docs/BENCHMARKS.md).
 VOCAB_BLOCK = 32
+# A vocabulary that VOCAB_BLOCK does not divide takes the nearest block size within these bounds
+# that does (50,000 pieces: 25), rather than padding every row's scores to a multiple: the pad
+# is a pass over all of them (3% of an Argos-shape greedy step).
+VOCAB_BLOCK_RANGE = (16, 64)
+
+
+def vocab_block(vocab_size: int) -> int:
+    """The top-k's block size for a vocabulary: VOCAB_BLOCK, or the nearest divisor of the
+    vocabulary within VOCAB_BLOCK_RANGE, or VOCAB_BLOCK with the scores padded when none is."""
+    low, high = VOCAB_BLOCK_RANGE
+    divisors = [size for size in range(low, high + 1) if vocab_size % size == 0]
+    return min(divisors, key=lambda size: (abs(size - VOCAB_BLOCK), size)) if divisors else VOCAB_BLOCK
 
 
 def _top_k(b: Builder, log_probs: str, vocab_size: int) -> None:
     """log_probs [B, V] -> top_log_probs, top_ids [B, DECODER_TOP_K]: best first, lower id first on ties."""
-    blocks = -(-vocab_size // VOCAB_BLOCK)
-    padding = blocks * VOCAB_BLOCK - vocab_size
+    block_size = vocab_block(vocab_size)
+    blocks = -(-vocab_size // block_size)
+    padding = blocks * block_size - vocab_size
     scores = log_probs
     if padding:  # -inf past the vocabulary: never chosen
         pads = b.weight("vocab_pads", np.array([0, 0, 0, padding], np.int64))
         scores = b.one("Pad", [scores, pads, b.weight("minus_inf", np.array(-np.inf, np.float32))])
-    grouped = b.one("Reshape", [scores, b.weight("vocab_blocks", np.array([0, blocks, VOCAB_BLOCK], np.int64))])
+    grouped = b.one("Reshape", [scores, b.weight("vocab_blocks", np.array([0, blocks, block_size], np.int64))])
     block_max = b.one("ReduceMax", [grouped], axes=[2], keepdims=0)  # [B, blocks]
     k_blocks = min(DECODER_TOP_K, blocks)
     _, best_blocks = b.op("TopK", [block_max, b.weight("k_blocks", np.array([k_blocks], np.int64))], outputs=2)
     # The chosen blocks in vocabulary order, so that equal scores still rank by lower id.
     in_order, _ = b.op("TopK", [best_blocks, "k_blocks"], outputs=2, largest=0)  # [B, k_blocks]
     block_index = b.one("Unsqueeze", [in_order, b.weight("axis_2", np.array([2], np.int64))])  # [B, k_blocks, 1]
-    candidates = b.one("GatherND", [grouped, block_index], batch_dims=1)  # [B, k_blocks, VOCAB_BLOCK]
+    candidates = b.one("GatherND", [grouped, block_index], batch_dims=1)  # [B, k_blocks, block_size]
     flat = b.one("Reshape", [candidates, b.weight("candidates_shape", np.array([0, -1], np.int64))])
     k = b.weight("top_k", np.array([min(DECODER_TOP_K, vocab_size)], np.int64))
     b.nodes.append(helper.make_node("TopK", [flat, k], ["top_log_probs", "top_positions"], axis=-1))
-    width = b.weight("vocab_block", np.array(VOCAB_BLOCK, np.int64))
+    width = b.weight("vocab_block", np.array(block_size, np.int64))
     block = b.one("GatherElements", [in_order, b.one("Div", ["top_positions", width])], axis=1)
     offset = b.one("Mod", ["top_positions", width])
     b.nodes.append(helper.make_node("Add", [b.one("Mul", [block, width]), offset], ["top_ids"]))

@@ -225,3 +225,30 @@ def test_int8_export_is_smaller_and_keeps_translations_independent_of_the_batch(
         alone = beam_search(model, [sources[i]], [tags[i]], options)[0]
         assert [h.tokens for h in alone] == [h.tokens for h in batched[i]], f"sentence {i}"
         assert np.allclose([h.score for h in alone], [h.score for h in batched[i]], atol=1e-4)
+
+
+@pytest.mark.parametrize("vocab_size", [400, 8000, 1001])  # blocks of 25 and of 32; 1001 pads to blocks of 32
+def test_the_step_top_k_is_a_full_sort_whatever_the_vocabulary_size(vocab_size: int) -> None:
+    """The decoder step's blocked top-k gives what sorting the whole row gives: the best scores
+    first, the lower id first among equal ones, however the vocabulary divides into blocks."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from export.decoder_graph import _top_k
+    from export.graph_builder import Builder, make_model
+    from service.graphs import DECODER_TOP_K
+
+    b = Builder()
+    _top_k(b, "log_probs", vocab_size)
+    inputs = [helper.make_tensor_value_info("log_probs", TensorProto.FLOAT, [None, vocab_size])]
+    outputs = [helper.make_tensor_value_info("top_log_probs", TensorProto.FLOAT, [None, DECODER_TOP_K]),
+               helper.make_tensor_value_info("top_ids", TensorProto.INT64, [None, DECODER_TOP_K])]  # fmt: skip
+    session = ort.InferenceSession(make_model(b, "top_k", inputs, outputs).SerializeToString())
+    rng = np.random.default_rng(vocab_size)
+    rows = -rng.integers(0, 40, size=(6, vocab_size)).astype(np.float32) / 4  # many equal scores
+    rows[0, -3:] = 1.0  # the best at the end of the vocabulary, in its last block
+    top_scores, top_ids = session.run(["top_log_probs", "top_ids"], {"log_probs": rows})
+    for row, scores, ids in zip(rows, top_scores, top_ids, strict=True):
+        expected = np.lexsort((np.arange(vocab_size), -row))[:DECODER_TOP_K]
+        assert ids.tolist() == expected.tolist()
+        assert scores.tolist() == row[expected].tolist()
