@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> None:
     translator = Translator.load(dirs[("mtserve-onnx", "fp32")], args.threads, args.batch_tokens)
     # The batches decoding at once share the token budget, as Translator.translate's do.
     streams = args.streams or args.threads
-    groups = translator.batches([len(s) for s in sources], args.batch_tokens // streams)
+    groups = translator.batches([len(s) for s in sources], streams)
     rows = []
     for beam in args.beam_size:
         options = _options(beam, args.max_length)

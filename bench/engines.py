@@ -138,8 +138,7 @@ def main() -> None:
         export_model(args.model, work / p, text, p, sources_text[:200])
         runtimes[p] = Translator.load(work / p, args.threads, args.batch_tokens)
     # The batches decoding at once share the token budget, as Translator.translate's do.
-    budget = args.batch_tokens // streams
-    groups = next(iter(runtimes.values())).batches([len(s) for s in sources], budget)
+    groups = next(iter(runtimes.values())).batches([len(s) for s in sources], streams)
 
     for beam in args.beam_size:
         options = DecodeOptions(beam_size=beam)

@@ -109,10 +109,10 @@ class Translator:
         """Batches that decode at once, one per thread (search_batches)."""
         return self.model.threads
 
-    def batches(self, lengths: Sequence[int], budget: int | None = None) -> list[list[int]]:
-        """Indices grouped by length so that rows x longest source <= budget (default batch_tokens;
-        a longer one rides alone)."""
-        budget = budget or self.batch_tokens
+    def batches(self, lengths: Sequence[int], streams: int = 1) -> list[list[int]]:
+        """Indices grouped by length so that rows x longest source fits the token budget, which the
+        `streams` batches decoding at once share (a longer one rides alone)."""
+        budget = max(1, self.batch_tokens // streams)
         order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
         batches: list[list[int]] = []
         current: list[int] = []
@@ -221,7 +221,7 @@ class Translator:
         done = 0
         # The batches decoding at once share the token budget, as the service's workers do: the
         # same memory at most as one batch at a time, and no slower (docs/BENCHMARKS.md).
-        batches = self.batches([len(s.ids) for s in segments], max(1, self.batch_tokens // self.streams))
+        batches = self.batches([len(s.ids) for s in segments], self.streams)
         work = [[segments[i].ids for i in batch] for batch in batches]
         for index, hyps in self.search_batches(work, [[target] * len(batch) for batch in batches], options):
             for i, h in zip(batches[index], hyps, strict=True):
