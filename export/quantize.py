@@ -10,6 +10,16 @@ batches. Here every MatMul with a constant weight becomes:
     y = MatMulIntegerToFloat(q, W8, 1/127, w_scale, 128) * s   int32 products, [.., N]
 
 with W8 the weights in int8 within ±63 (WEIGHT_BITS), one symmetric scale per output column.
+
+Where calibration gave an activation's range r (export/calibrate.py: the largest |x| of any row
+while the fp32 graphs translate sample sentences), its scale is that constant instead:
+
+    q = QuantizeLinear(x, r/127, 128)                           uint8, [.., K]
+    y = MatMulIntegerToFloat(q, W8, r/127, w_scale, 128)        [.., N]
+
+Two nodes instead of seven: at one sentence a step is mostly nodes of a few microseconds each,
+and this takes 76 of the decoder step's 251 away. No row depends on another either way; a row
+beyond the range saturates instead of widening the scale (docs/BENCHMARKS.md measures both).
 The product runs on onnxruntime's u8·s8 integer GEMM, whose int32 sums are exact, so a row's
 result is the same whatever else is in the batch. On CPUs without VNNI that kernel adds pairs of
 products in 16 bits first, which saturate with 8-bit weights (onnxruntime's documented u8·s8
@@ -18,7 +28,7 @@ caveat, which its own quantizer's `reduce_range` avoids the same way); at 7 bits
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,14 +97,29 @@ def quantize_weight(weight: np.ndarray, top: int | None = None) -> tuple[np.ndar
     return quantized, scale.astype(np.float32)
 
 
-class _RowQuantizer:
-    """Rewrites one graph's MatMuls; each activation is quantized once however many MatMuls read it."""
+def _is_constant_matrix(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto]) -> bool:
+    weight = weights.get(node.input[1]) if node.op_type == "MatMul" else None
+    return weight is not None and len(weight.dims) == 2
 
-    def __init__(self, graph: onnx.GraphProto) -> None:
+
+def constant_matrix_inputs(graph: onnx.GraphProto) -> list[str]:
+    """The activations the quantizer rewrites: what MatMuls with a constant 2-D weight read, once each."""
+    weights = {i.name: i for i in graph.initializer}
+    return list(dict.fromkeys(n.input[0] for n in graph.node if _is_constant_matrix(n, weights)))
+
+
+class _RowQuantizer:
+    """Rewrites one graph's MatMuls; each activation is quantized once however many MatMuls read it:
+    with the constant scale of its calibrated range where `ranges` has one, else per row."""
+
+    def __init__(self, graph: onnx.GraphProto, ranges: Mapping[str, float]) -> None:
         self.graph = graph
+        self.ranges = ranges
         self.weights = {i.name: i for i in graph.initializer}
         self.nodes: list[onnx.NodeProto] = []
-        self.quantized_inputs: dict[str, tuple[str, str]] = {}  # activation -> (uint8 rows, row range)
+        # activation -> (uint8 rows, the scale of A, the row range to multiply by, or None)
+        self.quantized_inputs: dict[str, tuple[str, str, str | None]] = {}
+        self.constant_scales = 0
         self._count = 0
 
     def _name(self, hint: str) -> str:
@@ -106,24 +131,29 @@ class _RowQuantizer:
         self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, domain=domain, **attrs))
         return out
 
-    def _quantized_rows(self, x: str) -> tuple[str, str]:
-        if x not in self.quantized_inputs:
+    def _quantized_rows(self, x: str) -> tuple[str, str, str | None]:
+        if x in self.quantized_inputs:
+            return self.quantized_inputs[x]
+        if x in self.ranges:
+            scale = self._name("scale")
+            value = max(self.ranges[x], SMALLEST_ROW_RANGE) / INT8_MAX
+            self.graph.initializer.append(numpy_helper.from_array(np.array(value, np.float32), scale))
+            self.quantized_inputs[x] = (self._add("QuantizeLinear", [x, scale, _ZERO_POINT], "q"), scale, None)
+            self.constant_scales += 1
+        else:
             row_max = self._add("ReduceMax", [self._add("Abs", [x], "abs")], "row_max", axes=[-1], keepdims=1)
             row_range = self._add("Max", [row_max, _FLOOR], "row_range")  # [.., 1]
             unit = self._add("Div", [x, row_range], "unit_rows")  # in [-1, 1]
-            self.quantized_inputs[x] = (self._add("QuantizeLinear", [unit, _INV_SCALE, _ZERO_POINT], "q"), row_range)
+            q = self._add("QuantizeLinear", [unit, _INV_SCALE, _ZERO_POINT], "q")
+            self.quantized_inputs[x] = (q, _INV_SCALE, row_range)
         return self.quantized_inputs[x]
-
-    def _is_constant_matrix(self, node: onnx.NodeProto) -> bool:
-        weight = self.weights.get(node.input[1]) if node.op_type == "MatMul" else None
-        return weight is not None and len(weight.dims) == 2
 
     def rewrite(self) -> int:
         """Replaces the graph's nodes; returns how many MatMuls became int8."""
         stored: set[str] = set()
         converted = 0
         for node in self.graph.node:
-            if not self._is_constant_matrix(node):
+            if not _is_constant_matrix(node, self.weights):
                 self.nodes.append(node)
                 continue
             name = node.input[1]
@@ -133,14 +163,16 @@ class _RowQuantizer:
                     [numpy_helper.from_array(weight, f"{name}.int8"), numpy_helper.from_array(scale, f"{name}.scale")]
                 )
                 stored.add(name)
-            rows, row_range = self._quantized_rows(node.input[0])
-            product = self._add(
-                "MatMulIntegerToFloat",
-                [rows, f"{name}.int8", _INV_SCALE, f"{name}.scale", _ZERO_POINT],
-                "matmul",
-                domain=MS_DOMAIN,
-            )
-            self.nodes.append(helper.make_node("Mul", [product, row_range], list(node.output), name=node.name))
+            rows, a_scale, row_range = self._quantized_rows(node.input[0])
+            product_inputs = [rows, f"{name}.int8", a_scale, f"{name}.scale", _ZERO_POINT]
+            if row_range is None:  # the constant scale is the whole of A's
+                self.nodes.append(
+                    helper.make_node("MatMulIntegerToFloat", product_inputs, list(node.output), name=node.name,
+                                     domain=MS_DOMAIN)
+                )  # fmt: skip
+            else:
+                product = self._add("MatMulIntegerToFloat", product_inputs, "matmul", domain=MS_DOMAIN)
+                self.nodes.append(helper.make_node("Mul", [product, row_range], list(node.output), name=node.name))
             converted += 1
         self.graph.initializer.extend(
             [
@@ -158,13 +190,18 @@ class _RowQuantizer:
         return converted
 
 
-def quantize_int8(out: Path, graph_files: Sequence[str]) -> dict[str, int]:
-    """Rewrite each graph in `out` with int8 MatMuls scaled per row; returns MatMuls converted per graph."""
+def quantize_int8(
+    out: Path, graph_files: Sequence[str], ranges: Mapping[str, float] | None = None
+) -> dict[str, dict[str, int]]:
+    """Rewrite each graph in `out` with int8 MatMuls, each activation at the constant scale of its
+    range in `ranges` (export/calibrate.py), else scaled per row. Returns per graph the MatMuls
+    converted and the activations at a constant scale."""
     converted = {}
     for name in graph_files:
         graph = onnx.load(str(out / name), load_external_data=True)
         untie_output_projection(graph)
-        converted[name] = _RowQuantizer(graph.graph).rewrite()
+        quantizer = _RowQuantizer(graph.graph, ranges or {})
+        converted[name] = {"matmuls": quantizer.rewrite(), "constant_scales": quantizer.constant_scales}
         if not any(opset.domain == MS_DOMAIN for opset in graph.opset_import):
             graph.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
         onnx.checker.check_model(graph, full_check=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from export.calibrate import activation_ranges
 from export.decoder_graph import build_decoder_step
 from export.encoder_graph import build_encoder
 from export.network import Network
@@ -125,9 +126,12 @@ def write_model(
     check: Check,
     extra_graphs: Callable[[Path], None] | None = None,
     extra_report: dict[str, Any] | None = None,
+    calibration: Mapping[str, Sequence[Sequence[int]]] | None = None,
 ) -> dict[str, Any]:
     """Graphs, tokenizer files and manifest for `net` in `out`, each precision checked by `check`;
-    `extra_graphs` writes graphs beyond the encoder and decoder step. Returns the report it writes."""
+    `extra_graphs` writes graphs beyond the encoder and decoder step. At int8, `calibration`
+    (source language -> token ids ending in EOS) gives the activations constant scales
+    (export/calibrate.py); without it they are scaled per row. Returns the report it writes."""
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     graphs = graph_files(net.cfg)
@@ -146,8 +150,12 @@ def write_model(
     write_manifest(out, net.cfg, conventions, "fp32")
     report["fp32"] = check(out, True)
     if precision == "int8":
-        graphs_written()  # afresh: the quantizer reads plain fp32 initializers
-        report["int8_matmuls"] = quantize_int8(out, graphs)
+        graphs_written()  # afresh: the quantizer and the calibration read plain fp32 initializers
+        ranges = activation_ranges(out, calibration) if calibration else None
+        report["int8_matmuls"] = quantize_int8(out, graphs, ranges)
+        report["int8_activations"] = "constant scales from calibration" if ranges else "scaled per row"
+        if calibration:
+            report["calibration_sentences"] = {lang: len(ids) for lang, ids in calibration.items()}
         report["sharing"] = share_weights(out, graphs, net.cfg.vocab_size)
         write_manifest(out, net.cfg, conventions, "int8")
         report["int8"] = check(out, False)

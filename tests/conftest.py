@@ -154,11 +154,14 @@ def sentences(tiny_data_dir: Path) -> list[str]:
     return train + val  # memorised and unseen inputs
 
 
-def _export_tiny(model_dir: Path, data_dir: Path, sentences: list[str], out: Path, precision: str) -> Path:
+def _export_tiny(
+    model_dir: Path, data_dir: Path, sentences: list[str], out: Path, precision: str, calibrated: bool = False
+) -> Path:
     from export.exporter import export_model
 
-    text = read_lines(data_dir / "multi30k/train.en.gz") + read_lines(data_dir / "multi30k/train.fr.gz")
-    export_model(model_dir, out, text, precision, sentences)
+    english, french = read_lines(data_dir / "multi30k/train.en.gz"), read_lines(data_dir / "multi30k/train.fr.gz")
+    calibration = {"en": english[:40], "fr": french[:40]} if calibrated else None  # training sentences, as the CLI
+    export_model(model_dir, out, english + french, precision, sentences, calibration_text=calibration)
     return out
 
 
@@ -174,3 +177,11 @@ def exported_int8(
     tiny_model_dir: Path, tiny_data_dir: Path, sentences: list[str], tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     return _export_tiny(tiny_model_dir, tiny_data_dir, sentences, tmp_path_factory.mktemp("onnx-int8"), "int8")
+
+
+@pytest.fixture(scope="session")
+def exported_int8_calibrated(
+    tiny_model_dir: Path, tiny_data_dir: Path, sentences: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    out = tmp_path_factory.mktemp("onnx-int8-calibrated")
+    return _export_tiny(tiny_model_dir, tiny_data_dir, sentences, out, "int8", calibrated=True)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -208,14 +209,25 @@ def test_the_written_graphs_match_pytorch_for_both_norm_placements(pre_norm: boo
             cache.reorder(np.asarray([0, 2, 2, 3, 4, 5]))
 
 
+@pytest.mark.parametrize("calibrated", [False, True])
 def test_int8_export_is_smaller_and_keeps_translations_independent_of_the_batch(
-    tiny_model_dir: Path, exported: Path, exported_int8: Path, sentences: list[str]
+    tiny_model_dir: Path, exported: Path, request: pytest.FixtureRequest, sentences: list[str], calibrated: bool
 ) -> None:
+    exported_int8: Path = request.getfixturevalue("exported_int8_calibrated" if calibrated else "exported_int8")
     manifest = load_manifest(exported_int8)
     assert manifest.precision == "int8"
     assert (exported_int8 / "weights.bin").stat().st_size < (exported / "weights.bin").stat().st_size
     report = json.loads((exported_int8 / "export_report.json").read_text())
     assert report["int8"]["greedy"]["sentences"] == len(sentences)
+    for graph in ("encoder.onnx", "decoder_step.onnx"):
+        counts = report["int8_matmuls"][graph]
+        nodes = onnx.load(str(exported_int8 / graph), load_external_data=False).graph.node
+        row_ranges = [node for node in nodes if node.name.startswith("int8.row_range")]
+        if calibrated:  # every activation at a constant scale: none of the per-row scaling's nodes left
+            assert counts["constant_scales"] == counts["matmuls"] > 0 and not row_ranges, graph
+        else:
+            assert counts["constant_scales"] == 0 and row_ranges, graph
+    assert report["int8_activations"] == ("constant scales from calibration" if calibrated else "scaled per row")
     model = OnnxModel(exported_int8, intra_op_threads=2)
     sources = _sources(tiny_model_dir, sentences)
     tags = [TAG["fr"]] * len(sources)

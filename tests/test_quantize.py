@@ -42,7 +42,7 @@ def test_int8_matmul_rows_do_not_depend_on_their_neighbours(tmp_path: Path) -> N
     rng = np.random.default_rng(1)
     weight = rng.standard_normal((256, 96)).astype(np.float32) / 16
     _matmul_graph(tmp_path / "matmul.onnx", weight)
-    assert quantize_int8(tmp_path, ["matmul.onnx"]) == {"matmul.onnx": 1}
+    assert quantize_int8(tmp_path, ["matmul.onnx"]) == {"matmul.onnx": {"matmuls": 1, "constant_scales": 0}}
     ops = {node.op_type for node in onnx.load(str(tmp_path / "matmul.onnx")).graph.node}
     assert "MatMulIntegerToFloat" in ops and "MatMul" not in ops
     session = ort.InferenceSession(str(tmp_path / "matmul.onnx"), providers=["CPUExecutionProvider"])
@@ -72,3 +72,28 @@ def _integer_product(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
     rows = np.clip(np.rint(x / row_range * INT8_MAX) + 128, 0, 255).astype(np.int64)
     sums = (rows - 128) @ quantized.astype(np.int64)
     return (sums * (scale / INT8_MAX) * row_range).astype(np.float32)
+
+
+def test_a_calibrated_range_gives_one_constant_scale_and_rows_beyond_it_saturate(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    weight = rng.standard_normal((256, 96)).astype(np.float32) / 16
+    _matmul_graph(tmp_path / "matmul.onnx", weight)
+    result = quantize_int8(tmp_path, ["matmul.onnx"], {"x": 4.0})
+    assert result == {"matmul.onnx": {"matmuls": 1, "constant_scales": 1}}
+    ops = [node.op_type for node in onnx.load(str(tmp_path / "matmul.onnx")).graph.node]
+    assert ops == ["QuantizeLinear", "MatMulIntegerToFloat"]  # no per-row range, no rescaling
+    session = ort.InferenceSession(str(tmp_path / "matmul.onnx"), providers=["CPUExecutionProvider"])
+
+    x = np.clip(rng.standard_normal((17, 1, 256)), -4, 4).astype(np.float32)
+    x[3] *= 10.0  # beyond the range: clipped to it, its neighbours untouched
+    (batched,) = session.run(["y"], {"x": x})
+    quantized, scale = quantize_weight(weight)
+    for row in range(len(x)):
+        (alone,) = session.run(["y"], {"x": x[row : row + 1]})
+        assert np.array_equal(alone[0], batched[row]), f"row {row}"
+        codes = np.clip(np.rint(x[row] / 4.0 * INT8_MAX) + 128, 0, 255).astype(np.int64)
+        integer = ((codes - 128) @ quantized.astype(np.int64)) * (scale * 4.0 / INT8_MAX)
+        assert np.allclose(batched[row], integer, rtol=1e-5, atol=1e-6), f"row {row}"
+        if row != 3:
+            exact = x[row] @ weight
+            assert np.abs(batched[row] - exact).max() <= 0.03 * np.abs(exact).max() + 1e-6, f"row {row}"

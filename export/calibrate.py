@@ -1,0 +1,130 @@
+"""Activation ranges for int8 graphs with constant scales (export/quantize.py).
+
+The fp32 graphs of a model directory translate calibration sentences greedily, in every
+direction, on copies of the graphs that also return, for each activation a quantized MatMul
+reads, its largest magnitude per row. The range of an activation is the largest of these over
+every row of every sentence, source positions and target steps alike; rows of sentences that
+have ended do not count.
+
+Sources of one length encode and decode together, so no padding enters a range.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from export.quantize import constant_matrix_inputs, untie_output_projection
+from service import conventions as cv
+from service.graphs import encoder_spec
+from service.manifest import Manifest, load_manifest
+from service.runtime.kv_cache import SelfAttentionCache
+from service.runtime.sessions import step_feeds
+
+RANGE_OUTPUT = "calibration.row_max."
+
+
+def _with_row_maxima(path: Path, out: Path) -> list[str]:
+    """`path`'s graph, written to `out` with an output per quantizable activation: its largest
+    magnitude per row ([rows] for the step, [batch, positions] for the encoder). Returns the
+    activations' names, in the order of those outputs."""
+    model = onnx.load(str(path), load_external_data=True)
+    untie_output_projection(model)  # the quantizer reads the output projection as a MatMul
+    activations = constant_matrix_inputs(model.graph)
+    for x in activations:
+        magnitude, row_max = f"calibration.abs.{x}", RANGE_OUTPUT + x
+        model.graph.node.extend(
+            [
+                helper.make_node("Abs", [x], [magnitude], name=magnitude),
+                helper.make_node("ReduceMax", [magnitude], [row_max], name=row_max, axes=[-1], keepdims=0),
+            ]
+        )
+        model.graph.output.append(helper.make_tensor_value_info(row_max, TensorProto.FLOAT, None))
+    onnx.save(model, str(out))
+    return activations
+
+
+def _update(ranges: dict[str, float], names: Sequence[str], maxima: Sequence[np.ndarray], rows: np.ndarray) -> None:
+    for name, row_max in zip(names, maxima, strict=True):
+        row_max = np.asarray(row_max)
+        chosen = row_max.reshape(len(row_max), -1)[rows]  # [batch rows, positions]
+        if chosen.size:
+            ranges[name] = max(ranges.get(name, 0.0), float(chosen.max()))
+
+
+def activation_ranges(model_dir: Path, sources: Mapping[str, Sequence[Sequence[int]]]) -> dict[str, float]:
+    """The range of every quantizable activation of `model_dir`'s fp32 encoder and decoder step,
+    over greedy translations of `sources` (source language -> token ids ending in EOS) into each
+    target the model translates them to."""
+    manifest = load_manifest(model_dir, verify=False)
+    languages = manifest.model_languages()
+    ranges: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="mtserve-calibration-") as work:
+        encoder_path, step_path = Path(work) / "encoder.onnx", Path(work) / "decoder_step.onnx"
+        encoder_names = _with_row_maxima(model_dir / manifest.files["encoder"], encoder_path)
+        step_names = _with_row_maxima(model_dir / manifest.files["decoder"], step_path)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # the copies' unused initializers are no news
+        encoder = ort.InferenceSession(str(encoder_path), options, providers=["CPUExecutionProvider"])
+        step = ort.InferenceSession(str(step_path), options, providers=["CPUExecutionProvider"])
+        encoder_outputs = [*encoder_spec(manifest.decoder_layers).outputs]
+        for source_language, ids in sources.items():
+            for target in languages.targets(source_language):
+                prefix = manifest.source_prefix.get(target, [])
+                forced = manifest.decoder_prefix.get(target, [])
+                by_length: dict[int, list[list[int]]] = {}
+                for sentence in ids:
+                    full = [*prefix, *sentence]
+                    by_length.setdefault(len(full), []).append(full)
+                for group in by_length.values():
+                    batch = np.asarray(group, dtype=np.int64)
+                    mask = np.ones_like(batch)
+                    outputs = encoder.run(
+                        [*encoder_outputs, *(RANGE_OUTPUT + n for n in encoder_names)],
+                        {"input_ids": batch, "attention_mask": mask},
+                    )
+                    _update(ranges, encoder_names, outputs[len(encoder_outputs) :], np.arange(len(batch)))
+                    cross = outputs[1 : len(encoder_outputs)]
+                    _decode(step, step_names, ranges, manifest, mask, cross, languages.tag_ids[target], forced)
+    return ranges
+
+
+def _decode(
+    session: ort.InferenceSession,
+    names: Sequence[str],
+    ranges: dict[str, float],
+    m: Manifest,
+    mask: np.ndarray,
+    cross: Sequence[np.ndarray],
+    tag: int,
+    forced: Sequence[int],
+) -> None:
+    """Greedy decoding of one batch of sources (all of one length), the ranges updated at each step."""
+    sentences = len(mask)
+    steps = len(forced) + cv.max_target_length(mask.shape[1])
+    cache = SelfAttentionCache(m.decoder_layers, m.n_heads, m.head_dim, sentences, steps)
+    last = np.full(sentences, tag, dtype=np.int64)
+    alive = np.ones(sentences, dtype=bool)
+    for position in range(steps):
+        feeds = step_feeds(m.decoder_layers, m.vocab_size, ["top_ids"], last[:, None], mask, cache, list(cross))
+        binding = feeds.bind(session)
+        for name in names:
+            binding.bind_output(RANGE_OUTPUT + name)
+        session.run_with_iobinding(binding)
+        cache.advance()
+        maxima = [value.numpy() for value in binding.get_outputs()[-len(names) :]]
+        _update(ranges, names, maxima, np.flatnonzero(alive))
+        last = (
+            feeds.outputs["top_ids"][:, 0].copy()
+            if position >= len(forced)
+            else np.full(sentences, forced[position], dtype=np.int64)
+        )
+        alive &= last != m.special_ids.eos
+        if not alive.any():
+            return
