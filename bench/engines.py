@@ -1,14 +1,15 @@
 """Decoding engines side by side on one model: `python bench/engines.py [--beam-size 5] [--precision all] [--repeat 5]`.
 
 Rows: PyTorch re-running the decoder over the whole prefix every step (the textbook
-loop), PyTorch with the KV cache, this runtime (fp32, int8), and CTranslate2 (fp32,
-int8) on the same weights. Every engine gets the same sentences, threads, batch
-token budget, beam, length penalty and maximum-length rule. `--streams N` (default: the threads)
-decodes N batches at a time, one thread each: the runtime as `Translator.translate` does, and
-CTranslate2 with N replicas (`inter_threads`) called from N threads; `--streams 1` decodes the
-batches in turn on every thread (PyTorch always does). The engines run interleaved,
-`--repeat` rounds (bench/interleaved.py): one JSON object per engine and round, then one
-summary per engine with its median tokens/s, min and max, and the median of its per-round
+loop), PyTorch with the KV cache, this runtime (fp32, int8; `--activation-scales calibrated`
+for int8 graphs with constant scales), and CTranslate2 (fp32, int8) on the same weights.
+Every engine gets the same sentences, threads, batch token budget, beam, length penalty and
+maximum-length rule. `--streams N` (default: the threads) decodes N batches at a time, one
+thread each: the runtime as `Translator.translate` does, and CTranslate2 with N replicas
+(`inter_threads`) called from N threads; `--streams 1` decodes the batches in turn on every
+thread (PyTorch always does). The engines run interleaved, `--repeat` rounds
+(bench/interleaved.py): one JSON object per engine and round, then one summary per engine with
+its median tokens/s, min and max, and the median of its per-round
 ratios against CTranslate2.
 """
 
@@ -113,6 +114,9 @@ def main() -> None:
     parser.add_argument("--engines", nargs="+", default=["textbook", "torch", "runtime", "ctranslate2"])
     parser.add_argument("--repeat", type=int, default=5, help="interleaved rounds of all engines")
     parser.add_argument("--data-dir")
+    parser.add_argument(
+        "--activation-scales", choices=["row", "calibrated"], default="row", help="this runtime's int8 graphs"
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -134,8 +138,14 @@ def main() -> None:
     held = corpus.held_sentences(data, data_dir)
     text = [sentence for _, sentence in corpus.monolingual_sentences(data, data_dir, held)]
     runtimes = {}
+    calibration = None
+    if args.activation_scales == "calibrated":
+        from export.cli import CALIBRATION_PAIRS, calibration_text
+
+        pairs = ((c.langs, corpus.training_pairs(c, data_dir, held)) for c in data.corpora)
+        calibration = calibration_text(pairs, CALIBRATION_PAIRS)
     for p in precisions:
-        export_model(args.model, work / p, text, p, sources_text[:200])
+        export_model(args.model, work / p, text, p, sources_text[:200], calibration_text=calibration)
         runtimes[p] = Translator.load(work / p, args.threads, args.batch_tokens)
     # The batches decoding at once share the token budget, as Translator.translate's do.
     groups = next(iter(runtimes.values())).batches([len(s) for s in sources], streams)

@@ -15,18 +15,26 @@
   waitress --threads 4) and at other thread settings; mtserve at its defaults and at one thread.
   Every configuration decodes at beam 4 (argostranslate's, mtserve's through
   MTSERVE_DEFAULT_BEAM_SIZE), and every request is LibreTranslate's POST /translate.
-- Each round starts every configuration's server in its own process, in turn; each runs a
-  warm-up, then one client sending `--sentences` test2016 sentences one after the other (p50),
-  then `--clients` clients sending `--load-sentences` sentences (sentences/s).
+- Every configuration's server runs in its own process, all at once, each warmed up on ten
+  sentences. The configurations then take turns, the order rotated from turn to turn, so that
+  each sees the same load of a shared machine (one server after the other, seconds apart, each
+  saw a different one): one client sends a block of `--block` (5) of the first `--sentences`
+  test2016 sentences one after the other, each configuration in turn, then the next block; then
+  `--clients` clients share a block of `--load-block` (160) of `--load-sentences` sentences,
+  each configuration in turn. `--rounds` times over.
 
-Prints a JSON line per run, then per configuration the medians over rounds, then the issue's
-ratios against LibreTranslate's best configuration for each figure.
+Prints a JSON line per configuration and round (the one client's p50, the clients' sentences per
+second over the round's blocks), then per configuration the medians over rounds, then the
+issue's ratios against LibreTranslate's best configuration: of the medians, and for one client
+the median of the per-sentence ratios (the same sentence, the same round, a fraction of a second
+apart).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -156,42 +164,77 @@ class Server:
             self.process.wait()
 
 
-async def _send(url: str, sentences: list[str], clients: int, target: str) -> tuple[list[float], float, list[str]]:
+async def _send(
+    client: aiohttp.ClientSession, sentences: list[str], clients: int, target: str
+) -> tuple[list[float], float, list[str]]:
     """Each client sends its next sentence as soon as its last answer arrives; latencies, seconds, outputs."""
     latencies: list[float] = []
     outputs: dict[int, str] = {}
     queue = iter(enumerate(sentences))
-    async with aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=clients)) as client:
 
-        async def worker() -> None:
-            for index, text in queue:
-                started = time.perf_counter()
-                body = {"q": text, "source": "en", "target": target, "format": "text"}
-                async with client.post("/translate", json=body) as response:
-                    payload = await response.json()
-                    if response.status != 200:
-                        raise RuntimeError(f"{response.status}: {payload}")
-                latencies.append(time.perf_counter() - started)
-                outputs[index] = payload["translatedText"]
+    async def worker() -> None:
+        for index, text in queue:
+            started = time.perf_counter()
+            body = {"q": text, "source": "en", "target": target, "format": "text"}
+            async with client.post("/translate", json=body) as response:
+                payload = await response.json()
+                if response.status != 200:
+                    raise RuntimeError(f"{response.status}: {payload}")
+            latencies.append(time.perf_counter() - started)
+            outputs[index] = payload["translatedText"]
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(clients)))
-        seconds = time.perf_counter() - started
-    return latencies, seconds, [outputs[i] for i in range(len(sentences))]
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    return latencies, time.perf_counter() - started, [outputs[i] for i in range(len(sentences))]
 
 
-def run_config(
-    server: Server, one: list[str], many: list[str], clients: int, target: str
-) -> tuple[dict[str, float], list[str]]:
-    """The figures of one configuration, and its translations of `one` (English, test2016) into `target`."""
-    asyncio.run(_send(server.url, one[:10], 1, target))  # warm-up: CTranslate2 loads its model at the first request
-    latencies, _, outputs = asyncio.run(_send(server.url, one, 1, target))
-    _, seconds, _ = asyncio.run(_send(server.url, many, clients, target))
-    return {
-        "one_client_p50_ms": round(statistics.median(latencies) * 1000, 2),
-        "one_client_p95_ms": round(sorted(latencies)[int(0.95 * (len(latencies) - 1))] * 1000, 2),
-        f"clients_{clients}_sent_per_s": round(len(many) / seconds, 2),
-    }, outputs
+@dataclass
+class Measured:
+    """One configuration's figures: per round, the one client's latencies (sentence order) and the
+    clients' sentences and seconds; its one-client translations."""
+
+    latencies: list[list[float]]
+    load: list[tuple[int, float]]
+    outputs: list[str]
+
+
+def _blocks(items: list[str], size: int) -> list[tuple[int, list[str]]]:
+    return [(start, items[start : start + size]) for start in range(0, len(items), size)]
+
+
+async def measure_all(
+    servers: dict[str, Server], one: list[str], many: list[str], args: argparse.Namespace, target: str
+) -> dict[str, Measured]:
+    """Every configuration in turns of one block, the order rotated from turn to turn."""
+    names = list(servers)
+    measured = {name: Measured([], [], [""] * len(one)) for name in names}
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {
+            name: await stack.enter_async_context(
+                aiohttp.ClientSession(server.url, connector=aiohttp.TCPConnector(limit=args.clients))
+            )
+            for name, server in servers.items()
+        }
+        for client in clients.values():  # warm-up: CTranslate2 loads its model at the first request
+            await _send(client, one[:10], 1, target)
+        turn = 0
+        for _ in range(args.rounds):
+            for m in measured.values():
+                m.latencies.append([0.0] * len(one))
+                m.load.append((0, 0.0))
+            for start, block in _blocks(one, args.block):
+                for name in names[turn % len(names) :] + names[: turn % len(names)]:
+                    latencies, _, outputs = await _send(clients[name], block, 1, target)
+                    measured[name].latencies[-1][start : start + len(block)] = latencies
+                    measured[name].outputs[start : start + len(block)] = outputs
+                turn += 1
+            for _, block in _blocks(many, args.load_block):
+                for name in names[turn % len(names) :] + names[: turn % len(names)]:
+                    _, seconds, _ = await _send(clients[name], block, args.clients, target)
+                    sentences, total = measured[name].load[-1]
+                    measured[name].load[-1] = (sentences + len(block), total + seconds)
+                turn += 1
+    return measured
 
 
 def main() -> None:
@@ -201,8 +244,10 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sentences", type=int, default=40, help="one client: the first N test2016 sentences")
+    parser.add_argument("--block", type=int, default=5, help="one client: sentences per turn")
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--load-sentences", type=int, default=400, help="sentences the clients share")
+    parser.add_argument("--load-sentences", type=int, default=480, help="sentences the clients share")
+    parser.add_argument("--load-block", type=int, default=160, help="the clients: sentences per turn")
     parser.add_argument("--configs", nargs="+", choices=[c.name for c in CONFIGS], default=[c.name for c in CONFIGS])
     parser.add_argument("--data-dir")
     args = parser.parse_args()
@@ -225,24 +270,33 @@ def main() -> None:
     sources, _ = test_pairs(args.data_dir)
     one, many = list(sources[: args.sentences]), list(sources[: args.load_sentences])
     configs = [c for c in CONFIGS if c.name in args.configs]
+    with contextlib.ExitStack() as stack:
+        servers = {
+            c.name: stack.enter_context(Server(c, python, packages, args.model, home, real_sbd)) for c in configs
+        }
+        measured = asyncio.run(measure_all(servers, one, many, args, target))
+    reference = next((measured[c.name].outputs for c in configs if c.engine == "libretranslate"), None)
     rows: list[dict[str, object]] = []
-    reference: list[str] | None = None  # LibreTranslate's translations, at its defaults
-    for round_index in range(args.rounds):
-        for config in configs:
-            with Server(config, python, packages, args.model, home, real_sbd) as server:
-                measured, outputs = run_config(server, one, many, args.clients, target)
-            row = {"round": round_index, "config": config.name, **measured}
-            if config.engine == "libretranslate" and reference is None:
-                reference = outputs
-            elif config.engine == "mtserve" and reference is not None:
-                same = sum(a == b for a, b in zip(outputs, reference, strict=True))
+    for config in configs:
+        m = measured[config.name]
+        for round_index, (latencies, (sentences, seconds)) in enumerate(zip(m.latencies, m.load, strict=True)):
+            row: dict[str, object] = {
+                "round": round_index, "config": config.name,
+                "one_client_p50_ms": round(statistics.median(latencies) * 1000, 2),
+                "one_client_p95_ms": round(sorted(latencies)[int(0.95 * (len(latencies) - 1))] * 1000, 2),
+                f"clients_{args.clients}_sent_per_s": round(sentences / seconds, 2),
+            }  # fmt: skip
+            if config.engine == "mtserve" and reference is not None and round_index == 0:
+                same = sum(a == b for a, b in zip(m.outputs, reference, strict=True))
                 row["same_text_as_libretranslate"] = f"{same}/{len(one)}"
             print(json.dumps(row), flush=True)
             rows.append(row)
-    summarize(rows, configs, args.clients)
+    summarize(rows, configs, args.clients, measured)
 
 
-def summarize(rows: list[dict[str, object]], configs: list[Config], clients: int) -> None:
+def summarize(
+    rows: list[dict[str, object]], configs: list[Config], clients: int, measured: dict[str, Measured]
+) -> None:
     load_key = f"clients_{clients}_sent_per_s"
     medians: dict[str, dict[str, float]] = {}
     for config in configs:
@@ -264,6 +318,9 @@ def summarize(rows: list[dict[str, object]], configs: list[Config], clients: int
         "one_client_p50": f"{best_p50[0]} {best_p50[1]['one_client_p50_ms']:.2f} ms against "
                           f"{best_lt_p50[0]} {best_lt_p50[1]['one_client_p50_ms']:.2f} ms",
         "one_client_ratio": round(best_p50[1]["one_client_p50_ms"] / best_lt_p50[1]["one_client_p50_ms"], 3),
+        "one_client_median_paired_ratio": round(statistics.median(
+            a / b for ra, rb in zip(measured[best_p50[0]].latencies, measured[best_lt_p50[0]].latencies, strict=True)
+            for a, b in zip(ra, rb, strict=True)), 3),
         f"clients_{clients}": f"{best_load[0]} {best_load[1][load_key]:.1f}/s against "
                               f"{best_lt_load[0]} {best_lt_load[1][load_key]:.1f}/s",
         f"clients_{clients}_ratio": round(best_load[1][load_key] / best_lt_load[1][load_key], 3),

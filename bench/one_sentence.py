@@ -1,6 +1,7 @@
-"""One sentence alone, in process: this runtime against CTranslate2 on the same weights.
+"""One sentence alone: this runtime against CTranslate2 on the same weights, and over HTTP.
 
     python bench/one_sentence.py [--model artifacts/default] [--rounds 3] [--work runs/one-sentence]
+                                 [--activation-scales row|calibrated]
 
 The checkpoint's graphs are exported afresh at fp32 and int8, and converted to CTranslate2 at
 float32 and int8 (bench/ct2_convert.py). Each engine, precision and thread count runs in a
@@ -15,21 +16,32 @@ caches as a server answering one request after another would (alternating every 
 would start cold every time). While one worker runs the others wait on their input, and a pause
 after each block lets a thread pool's spinning end.
 
+The `mtserve-http` configurations are the service (`mtserve serve` on the int8 graphs, in a
+process of its own) and one client that sends each sentence's text to `/v1/translate` and waits
+for the answer: the request's whole path, tokenization included, where the in-process ones start
+from ids.
+
 Per configuration it prints the median milliseconds and each round's median. The summary gives
-this runtime's best configuration against CTranslate2's best, as the ratio of their medians and as
-the median of the per-sentence ratios (the same sentence, the same round, seconds apart).
+this runtime's best in-process configuration against CTranslate2's best, as the ratio of their
+medians and as the median of the per-sentence ratios (the same sentence, the same round, seconds
+apart); and what HTTP adds to the same graphs and threads in process, as the difference of the
+medians and as the median of the per-sentence differences.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import http.client
 import json
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -38,24 +50,30 @@ SENTENCES = 40
 BEAM = 5
 CONFIGS = [(engine, precision, threads) for engine in ("mtserve", "ctranslate2")
            for precision in ("int8", "fp32") for threads in (1, 2)]  # fmt: skip
+CONFIGS += [("mtserve-http", "int8", threads) for threads in (1, 2)]
 
 
-def prepare(model: Path, work: Path, data_dir: str | None) -> dict[tuple[str, str], Path]:
-    """Model directories by (engine, precision); an earlier run's in `work` are reused."""
+def prepare(model: Path, work: Path, data_dir: str | None, calibrated: bool) -> dict[tuple[str, str], Path]:
+    """Model directories by (engine, precision); an earlier run's in `work` are reused. With
+    `calibrated`, this runtime's int8 graphs have calibrated activation scales."""
     from bench.common import bench_data, test_pairs
     from bench.ct2_convert import convert
+    from export.cli import CALIBRATION_PAIRS, calibration_text
     from export.exporter import export_model
     from model import corpus
 
     dirs: dict[tuple[str, str], Path] = {}
     data = bench_data()
     for precision in ("int8", "fp32"):
-        ours, theirs = work / precision, work / f"ct2-{precision}"
+        calibrate = calibrated and precision == "int8"
+        ours, theirs = work / (f"{precision}-calibrated" if calibrate else precision), work / f"ct2-{precision}"
         if not (ours / "manifest.json").is_file():
             resolved = corpus.resolve_data_dir(data_dir)
             held = corpus.held_sentences(data, resolved)
             text = [s for _, s in corpus.monolingual_sentences(data, resolved, held)]
-            export_model(model, ours, text, precision, test_pairs(data_dir)[0][:200])
+            pairs = ((c.langs, corpus.training_pairs(c, resolved, held)) for c in data.corpora)
+            calibration = calibration_text(pairs, CALIBRATION_PAIRS) if calibrate else None
+            export_model(model, ours, text, precision, test_pairs(data_dir)[0][:200], calibration_text=calibration)
         if not (theirs / "model.bin").is_file():
             convert(model, theirs, None if precision == "fp32" else "int8")
         dirs[("mtserve", precision)], dirs[("ctranslate2", precision)] = ours, theirs
@@ -72,36 +90,55 @@ def worker(engine: str, directory: Path, threads: int, model: Path, data_dir: st
 
     sp = spm.SentencePieceProcessor(model_file=str(model / "spm.model"))
     target = bench_target()
-    sources = [[*ids, cv.EOS_ID] for ids in sp.encode(test_pairs(data_dir)[0][:SENTENCES])]
-    if engine == "mtserve":
-        from service.runtime.beam import DecodeOptions, beam_search
-        from service.runtime.translator import Translator
+    texts = test_pairs(data_dir)[0][:SENTENCES]
+    sources = [[*ids, cv.EOS_ID] for ids in sp.encode(texts)]
+    with contextlib.ExitStack() as stack:
+        if engine == "mtserve":
+            from service.runtime.beam import DecodeOptions, beam_search
+            from service.runtime.translator import Translator
 
-        translator = Translator.load(directory, threads)
-        tag, options = translator.languages.tag_ids[target], DecodeOptions(beam_size=BEAM)
+            translator = Translator.load(directory, threads)
+            tag, options = translator.languages.tag_ids[target], DecodeOptions(beam_size=BEAM)
 
-        def decode(ids: list[int]) -> None:
-            beam_search(translator.model, [ids], [tag], options)
+            def decode(index: int) -> None:
+                beam_search(translator.model, [sources[index]], [tag], options)
 
-    else:
-        import ctranslate2
+        elif engine == "mtserve-http":
+            from service.api.launcher import live_server
 
-        ct2 = ctranslate2.Translator(str(directory), device="cpu", intra_threads=threads, inter_threads=1)
-        prefix = f"<2{target}>"
+            env = {"MTSERVE_MODEL_DIR": str(directory.resolve()), "MTSERVE_THREADS": str(threads),
+                   "MTSERVE_LOG_LEVEL": "warning"}  # fmt: skip
+            url = urlsplit(stack.enter_context(live_server(env=env)).url)
+            connection = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port)
+            stack.callback(connection.close)
 
-        def decode(ids: list[int]) -> None:
-            limit = cv.max_target_length(len(ids))
-            ct2.translate_batch([[sp.id_to_piece(i) for i in ids]], target_prefix=[[prefix]], beam_size=BEAM,
-                                length_penalty=1.0, max_decoding_length=limit + 1)  # fmt: skip
+            def decode(index: int) -> None:
+                body = {"texts": [texts[index]], "source": "en", "target": target, "beam_size": BEAM}
+                connection.request("POST", "/v1/translate", json.dumps(body), {"Content-Type": "application/json"})
+                response = connection.getresponse()
+                answer = response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"the service answered {response.status}: {answer[:200]!r}")
 
-    for ids in sources[:3]:
-        decode(ids)
-    print("ready", flush=True)
-    for line in sys.stdin:
-        ids = sources[int(line)]
-        started = time.perf_counter()
-        decode(ids)
-        print(json.dumps({"ms": (time.perf_counter() - started) * 1000}), flush=True)
+        else:
+            import ctranslate2
+
+            ct2 = ctranslate2.Translator(str(directory), device="cpu", intra_threads=threads, inter_threads=1)
+            prefix = f"<2{target}>"
+
+            def decode(index: int) -> None:
+                ids = sources[index]
+                limit = cv.max_target_length(len(ids))
+                ct2.translate_batch([[sp.id_to_piece(i) for i in ids]], target_prefix=[[prefix]], beam_size=BEAM,
+                                    length_penalty=1.0, max_decoding_length=limit + 1)  # fmt: skip
+
+        for index in range(3):
+            decode(index)
+        print("ready", flush=True)
+        for line in sys.stdin:
+            started = time.perf_counter()
+            decode(int(line))
+            print(json.dumps({"ms": (time.perf_counter() - started) * 1000}), flush=True)
 
 
 # After a block, before the next worker starts: a pool's threads spin for a while after a call.
@@ -139,6 +176,9 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=5, help="sentences a worker translates in a row")
     parser.add_argument("--work", type=Path)
     parser.add_argument("--data-dir")
+    parser.add_argument(
+        "--activation-scales", choices=["row", "calibrated"], default="row", help="this runtime's int8 graphs"
+    )
     parser.add_argument("--worker", nargs=3, metavar=("ENGINE", "DIR", "THREADS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -146,8 +186,8 @@ def main() -> None:
         worker(engine, Path(directory), int(threads), args.model, args.data_dir)
         return
     work = args.work or Path(tempfile.mkdtemp(prefix="mtserve-one-sentence-"))
-    dirs = prepare(args.model, work, args.data_dir)
-    workers = {config: _Worker(config, dirs[config[:2]], args) for config in CONFIGS}
+    dirs = prepare(args.model, work, args.data_dir, args.activation_scales == "calibrated")
+    workers = {config: _Worker(config, dirs[(config[0].removesuffix("-http"), config[1])], args) for config in CONFIGS}
     for w in workers.values():
         w.wait_ready()
     times: dict[tuple[str, str, int], list[list[float]]] = {config: [] for config in CONFIGS}
@@ -175,11 +215,24 @@ def main() -> None:
                           "median_ms": round(median, 2), "rounds": rounds}))  # fmt: skip
     best = {engine: min((m, c) for c, m in medians.items() if c[0] == engine) for engine in ("mtserve", "ctranslate2")}
     ours, theirs = best["mtserve"][1], best["ctranslate2"][1]
-    paired = [a / b for ra, rb in zip(times[ours], times[theirs], strict=True) for a, b in zip(ra, rb, strict=True)]
+    ratios = paired(times, ours, theirs, float.__truediv__)
     print(json.dumps({"mtserve_best": [round(best["mtserve"][0], 2), *ours[1:]],
                       "ctranslate2_best": [round(best["ctranslate2"][0], 2), *theirs[1:]],
                       "ratio_of_medians": round(best["mtserve"][0] / best["ctranslate2"][0], 3),
-                      "median_paired_ratio": round(statistics.median(paired), 3)}))  # fmt: skip
+                      "median_paired_ratio": round(statistics.median(ratios), 3)}))  # fmt: skip
+    for config in CONFIGS:
+        if config[0] == "mtserve-http":
+            local = ("mtserve", *config[1:])
+            differences = paired(times, config, local, float.__sub__)
+            print(json.dumps({"http_over_in_process": config[1:],
+                              "difference_of_medians_ms": round(medians[config] - medians[local], 2),
+                              "median_paired_difference_ms": round(statistics.median(differences), 2)}))  # fmt: skip
+
+
+def paired(times: dict[tuple[str, str, int], list[list[float]]], a: tuple[str, str, int], b: tuple[str, str, int],
+           compare: Callable[[float, float], float]) -> list[float]:  # fmt: skip
+    """`compare` of configuration a's time and b's for the same sentence in the same round."""
+    return [compare(x, y) for ra, rb in zip(times[a], times[b], strict=True) for x, y in zip(ra, rb, strict=True)]
 
 
 if __name__ == "__main__":
