@@ -58,13 +58,14 @@ def _update(ranges: dict[str, float], names: Sequence[str], maxima: Sequence[np.
             ranges[name] = max(ranges.get(name, 0.0), float(chosen.max()))
 
 
-def activation_ranges(model_dir: Path, sources: Mapping[str, Sequence[Sequence[int]]]) -> dict[str, float]:
-    """The range of every quantizable activation of `model_dir`'s fp32 encoder and decoder step,
-    over greedy translations of `sources` (source language -> token ids ending in EOS) into each
-    target the model translates them to."""
+def activation_ranges(model_dir: Path, sources: Mapping[str, Sequence[Sequence[int]]]) -> dict[str, dict[str, float]]:
+    """Per graph file, the range of every quantizable activation of `model_dir`'s fp32 encoder and
+    decoder step, over greedy translations of `sources` (source language -> token ids ending in
+    EOS) into each target the model translates them to."""
     manifest = load_manifest(model_dir, verify=False)
     languages = manifest.model_languages()
-    ranges: dict[str, float] = {}
+    encoder_ranges: dict[str, float] = {}
+    step_ranges: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="mtserve-calibration-") as work:
         encoder_path, step_path = Path(work) / "encoder.onnx", Path(work) / "decoder_step.onnx"
         encoder_names = _with_row_maxima(model_dir / manifest.files["encoder"], encoder_path)
@@ -89,10 +90,11 @@ def activation_ranges(model_dir: Path, sources: Mapping[str, Sequence[Sequence[i
                         [*encoder_outputs, *(RANGE_OUTPUT + n for n in encoder_names)],
                         {"input_ids": batch, "attention_mask": mask},
                     )
-                    _update(ranges, encoder_names, outputs[len(encoder_outputs) :], np.arange(len(batch)))
+                    _update(encoder_ranges, encoder_names, outputs[len(encoder_outputs) :], np.arange(len(batch)))
                     cross = outputs[1 : len(encoder_outputs)]
-                    _decode(step, step_names, ranges, manifest, mask, cross, languages.tag_ids[target], forced)
-    return ranges
+                    tag = languages.tag_ids[target]
+                    _decode(step, step_names, step_ranges, manifest, mask, cross, tag, forced)
+    return {manifest.files["encoder"]: encoder_ranges, manifest.files["decoder"]: step_ranges}
 
 
 def _decode(

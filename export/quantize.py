@@ -191,16 +191,16 @@ class _RowQuantizer:
 
 
 def quantize_int8(
-    out: Path, graph_files: Sequence[str], ranges: Mapping[str, float] | None = None
+    out: Path, graph_files: Sequence[str], ranges: Mapping[str, Mapping[str, float]] | None = None
 ) -> dict[str, dict[str, int]]:
     """Rewrite each graph in `out` with int8 MatMuls, each activation at the constant scale of its
-    range in `ranges` (export/calibrate.py), else scaled per row. Returns per graph the MatMuls
-    converted and the activations at a constant scale."""
+    range in `ranges` (per graph file, by activation: export/calibrate.py), else scaled per row.
+    Returns per graph the MatMuls converted and the activations at a constant scale."""
     converted = {}
     for name in graph_files:
         graph = onnx.load(str(out / name), load_external_data=True)
         untie_output_projection(graph)
-        quantizer = _RowQuantizer(graph.graph, ranges or {})
+        quantizer = _RowQuantizer(graph.graph, (ranges or {}).get(name, {}))
         converted[name] = {"matmuls": quantizer.rewrite(), "constant_scales": quantizer.constant_scales}
         if not any(opset.domain == MS_DOMAIN for opset in graph.opset_import):
             graph.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))

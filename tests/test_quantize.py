@@ -78,7 +78,7 @@ def test_a_calibrated_range_gives_one_constant_scale_and_rows_beyond_it_saturate
     rng = np.random.default_rng(2)
     weight = rng.standard_normal((256, 96)).astype(np.float32) / 16
     _matmul_graph(tmp_path / "matmul.onnx", weight)
-    result = quantize_int8(tmp_path, ["matmul.onnx"], {"x": 4.0})
+    result = quantize_int8(tmp_path, ["matmul.onnx"], {"matmul.onnx": {"x": 4.0}, "other.onnx": {"x": 9.0}})
     assert result == {"matmul.onnx": {"matmuls": 1, "constant_scales": 1}}
     ops = [node.op_type for node in onnx.load(str(tmp_path / "matmul.onnx")).graph.node]
     assert ops == ["QuantizeLinear", "MatMulIntegerToFloat"]  # no per-row range, no rescaling
