@@ -140,10 +140,9 @@ def main() -> None:
     runtimes = {}
     calibration = None
     if args.activation_scales == "calibrated":
-        from export.cli import CALIBRATION_PAIRS, calibration_text
+        from export.calibrate import CALIBRATION_PAIRS
 
-        pairs = ((c.langs, corpus.training_pairs(c, data_dir, held)) for c in data.corpora)
-        calibration = calibration_text(pairs, CALIBRATION_PAIRS)
+        calibration = corpus.first_pairs_by_language(data, data_dir, held, CALIBRATION_PAIRS)
     for p in precisions:
         export_model(args.model, work / p, text, p, sources_text[:200], calibration_text=calibration)
         runtimes[p] = Translator.load(work / p, args.threads, args.batch_tokens)

@@ -58,7 +58,7 @@ def prepare(model: Path, work: Path, data_dir: str | None, calibrated: bool) -> 
     `calibrated`, this runtime's int8 graphs have calibrated activation scales."""
     from bench.common import bench_data, test_pairs
     from bench.ct2_convert import convert
-    from export.cli import CALIBRATION_PAIRS, calibration_text
+    from export.calibrate import CALIBRATION_PAIRS
     from export.exporter import export_model
     from model import corpus
 
@@ -71,8 +71,7 @@ def prepare(model: Path, work: Path, data_dir: str | None, calibrated: bool) -> 
             resolved = corpus.resolve_data_dir(data_dir)
             held = corpus.held_sentences(data, resolved)
             text = [s for _, s in corpus.monolingual_sentences(data, resolved, held)]
-            pairs = ((c.langs, corpus.training_pairs(c, resolved, held)) for c in data.corpora)
-            calibration = calibration_text(pairs, CALIBRATION_PAIRS) if calibrate else None
+            calibration = corpus.first_pairs_by_language(data, resolved, held, CALIBRATION_PAIRS) if calibrate else None
             export_model(model, ours, text, precision, test_pairs(data_dir)[0][:200], calibration_text=calibration)
         if not (theirs / "model.bin").is_file():
             convert(model, theirs, None if precision == "fp32" else "int8")
@@ -85,11 +84,11 @@ def worker(engine: str, directory: Path, threads: int, model: Path, data_dir: st
     and writes the milliseconds it took."""
     import sentencepiece as spm
 
-    from bench.common import bench_target, test_pairs
+    from bench.common import bench_data, test_pairs
     from service import conventions as cv
 
     sp = spm.SentencePieceProcessor(model_file=str(model / "spm.model"))
-    target = bench_target()
+    source, target = bench_data().directions[0]
     texts = test_pairs(data_dir)[0][:SENTENCES]
     sources = [[*ids, cv.EOS_ID] for ids in sp.encode(texts)]
     with contextlib.ExitStack() as stack:
@@ -113,7 +112,7 @@ def worker(engine: str, directory: Path, threads: int, model: Path, data_dir: st
             stack.callback(connection.close)
 
             def decode(index: int) -> None:
-                body = {"texts": [texts[index]], "source": "en", "target": target, "beam_size": BEAM}
+                body = {"texts": [texts[index]], "source": source, "target": target, "beam_size": BEAM}
                 connection.request("POST", "/v1/translate", json.dumps(body), {"Content-Type": "application/json"})
                 response = connection.getresponse()
                 answer = response.read()

@@ -28,6 +28,9 @@ from service.runtime.kv_cache import SelfAttentionCache
 from service.runtime.sessions import step_feeds
 
 RANGE_OUTPUT = "calibration.row_max."
+# Training pairs from each corpus whose translations give the ranges (model/corpus.py,
+# first_pairs_by_language): each corpus's own kind of sentence reaches them.
+CALIBRATION_PAIRS = 200
 
 
 def _with_row_maxima(path: Path, out: Path) -> list[str]:
@@ -77,6 +80,7 @@ def activation_ranges(model_dir: Path, sources: Mapping[str, Sequence[Sequence[i
         encoder_outputs = [*encoder_spec(manifest.decoder_layers).outputs]
         for source_language, ids in sources.items():
             for target in languages.targets(source_language):
+                tag = languages.tag_ids[target]
                 prefix = manifest.source_prefix.get(target, [])
                 forced = manifest.decoder_prefix.get(target, [])
                 by_length: dict[int, list[list[int]]] = {}
@@ -92,7 +96,6 @@ def activation_ranges(model_dir: Path, sources: Mapping[str, Sequence[Sequence[i
                     )
                     _update(encoder_ranges, encoder_names, outputs[len(encoder_outputs) :], np.arange(len(batch)))
                     cross = outputs[1 : len(encoder_outputs)]
-                    tag = languages.tag_ids[target]
                     _decode(step, step_names, step_ranges, manifest, mask, cross, tag, forced)
     return {manifest.files["encoder"]: encoder_ranges, manifest.files["decoder"]: step_ranges}
 

@@ -3,38 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from model.cli import require_torch
 
-if TYPE_CHECKING:
-    from model.corpus import Pair
-
 VALIDATION_SENTENCES = 200
-# Training pairs from each corpus whose translations give int8 activations their ranges
-# (export/calibrate.py): each corpus's own kind of sentence reaches its ranges.
-CALIBRATION_PAIRS = 200
-
-
-def calibration_text(pairs: Iterable[tuple[tuple[str, str], Iterable[Pair]]], per_corpus: int) -> dict[str, list[str]]:
-    """Both sides of the first `per_corpus` pairs of each corpus, by language; `pairs` gives each
-    corpus's languages and its training pairs."""
-    chosen: dict[str, list[str]] = {}
-    for (source, target), corpus_pairs in pairs:
-        for pair in itertools.islice(corpus_pairs, per_corpus):
-            chosen.setdefault(source, []).append(pair.src)
-            chosen.setdefault(target, []).append(pair.tgt)
-    return chosen
 
 
 def _export(args: argparse.Namespace) -> int:
     require_torch()
+    from export.calibrate import CALIBRATION_PAIRS
     from export.exporter import ExportConfigError, export_model
     from export.writer import ExportValidationError
     from model import corpus
@@ -47,9 +30,8 @@ def _export(args: argparse.Namespace) -> int:
         directions = ModelConfig.load(args.checkpoint / "config.json").directions
         held = corpus.held_sentences(data, data_dir)
         text = (sentence for _, sentence in corpus.monolingual_sentences(data, data_dir, held))
-        calibration = calibration_text(
-            ((c.langs, corpus.training_pairs(c, data_dir, held)) for c in data.corpora), CALIBRATION_PAIRS
-        ) if args.quantize == "int8" and args.activation_scales == "calibrated" else None  # fmt: skip
+        calibrate = args.quantize == "int8" and args.activation_scales == "calibrated"
+        calibration = corpus.first_pairs_by_language(data, data_dir, held, CALIBRATION_PAIRS) if calibrate else None
         sentences: list[str] = []
         split = next((name for name in data.split_names if directions and data.split_langs(name) in
                       (directions[0], directions[0][::-1])), None)  # fmt: skip

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import os
 import random
 from collections.abc import Callable, Iterable, Iterator
@@ -141,6 +142,18 @@ def monolingual_lines(mono: Monolingual, data_dir: Path) -> Iterator[str]:
         for path in expand(pattern, data_dir):
             for line in open_text(path):
                 yield normalize(line)
+
+
+def first_pairs_by_language(cfg: DataConfig, data_dir: Path, held: set[str], per_corpus: int) -> dict[str, list[str]]:
+    """Both sides of the first `per_corpus` training pairs of each corpus, by language: sentences
+    of every corpus's own kind, none held out (int8 calibration, export/calibrate.py)."""
+    chosen: dict[str, list[str]] = {}
+    for corpus in cfg.corpora:
+        source, target = corpus.langs
+        for pair in itertools.islice(training_pairs(corpus, data_dir, held), per_corpus):
+            chosen.setdefault(source, []).append(pair.src)
+            chosen.setdefault(target, []).append(pair.tgt)
+    return chosen
 
 
 def monolingual_sentences(
