@@ -33,7 +33,7 @@ from service.runtime.beam import DecodeOptions  # noqa: E402
 from service.runtime.translator import Translator  # noqa: E402
 
 
-def read_sentences(data_dir: Path, limit: int) -> list[str]:
+def read_sentences(data_dir: Path | str | None, limit: int) -> list[str]:
     """The first `limit` English sentences of Multi30k test2016."""
     sources, _ = test_pairs(data_dir)
     return list(sources[:limit])

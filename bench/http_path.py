@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -67,34 +65,25 @@ def main() -> None:
         return
 
     from bench.http_load import cpu_seconds, load, read_sentences
-    from service.api.launcher import free_port, wait_ready
+    from service.api.launcher import live_server
 
-    distinct = read_sentences(Path(args.data_dir) if args.data_dir else ROOT.parent / "shared" / "data", DISTINCT)
+    distinct = read_sentences(args.data_dir, DISTINCT)
     sentences = [distinct[i % DISTINCT] for i in range(args.requests)]
-    port = free_port()
-    env = {**os.environ, "MTSERVE_HOST": "127.0.0.1", "MTSERVE_PORT": str(port),
-           "MTSERVE_THREADS": str(args.threads), "MTSERVE_LOG_LEVEL": "warning"}  # fmt: skip
-    command = [sys.executable, __file__, "--serve", "--gap-ms", str(args.gap_ms)]
-    server = subprocess.Popen(command, env=env, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
+    env = {"MTSERVE_THREADS": str(args.threads), "MTSERVE_LOG_LEVEL": "warning"}
     rows: list[dict[str, float]] = []
-    try:
-        wait_ready(url, server, 60)
-        asyncio.run(load(url, distinct, 1, 5))  # every answer made once, for real
+    with live_server(env=env, arguments=[__file__, "--serve", "--gap-ms", str(args.gap_ms)]) as server:
+        asyncio.run(load(server.url, distinct, 1, 5))  # every answer made once, for real
         for round_index in range(args.rounds):
-            cpu = cpu_seconds(server.pid)
-            result = asyncio.run(load(url, sentences, 1, 5))
+            cpu = cpu_seconds(server.process.pid)
+            result = asyncio.run(load(server.url, sentences, 1, 5))
             row = {
                 "round": round_index,
                 "path_p50_ms": round(result["p50_ms"] - args.gap_ms, 2),
                 "path_mean_ms": round(result["mean_ms"] - args.gap_ms, 2),
-                "server_cpu_ms_per_request": round((cpu_seconds(server.pid) - cpu) * 1000 / len(sentences), 2),
+                "server_cpu_ms_per_request": round((cpu_seconds(server.process.pid) - cpu) * 1000 / len(sentences), 2),
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
-    finally:
-        server.terminate()
-        server.wait()
     medians = {k: round(statistics.median(r[k] for r in rows), 2) for k in rows[0] if k != "round"}
     print(json.dumps({"summary": "http path", "gap_ms": args.gap_ms, **medians}))
 

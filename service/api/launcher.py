@@ -14,7 +14,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,8 +86,14 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float, path:
 
 @contextmanager
 def live_server(
-    env: Mapping[str, str] | None = None, log_dir: Path | None = None, timeout: float = 60.0, python: str | None = None
+    env: Mapping[str, str] | None = None,
+    log_dir: Path | None = None,
+    timeout: float = 60.0,
+    python: str | None = None,
+    arguments: Sequence[str] = ("-m", "service.cli", "serve"),
 ) -> Iterator[LiveServer]:
+    """`mtserve serve` (or the interpreter with other `arguments` that serve) on a free port, until
+    ready; SIGTERM when the block ends."""
     port = free_port()
     log_dir = log_dir or Path(tempfile.gettempdir())
     log_path = log_dir / f"mtserve-{port}.log"
@@ -95,7 +101,7 @@ def live_server(
     started = time.monotonic()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [python or sys.executable, "-m", "service.cli", "serve"],
+            [python or sys.executable, *arguments],
             env=child_env,
             stdout=log,
             stderr=subprocess.STDOUT,
