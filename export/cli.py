@@ -30,8 +30,13 @@ def _export(args: argparse.Namespace) -> int:
         directions = ModelConfig.load(args.checkpoint / "config.json").directions
         held = corpus.held_sentences(data, data_dir)
         text = (sentence for _, sentence in corpus.monolingual_sentences(data, data_dir, held))
-        calibrate = args.quantize == "int8" and args.activation_scales == "calibrated"
-        calibration = corpus.first_pairs_by_language(data, data_dir, held, CALIBRATION_PAIRS) if calibrate else None
+        calibration = None
+        if args.activation_scales == "calibrated":
+            if args.quantize != "int8":
+                raise ValueError("--activation-scales calibrated scales int8 activations: add --quantize int8")
+            calibration = corpus.first_pairs_by_language(data, data_dir, held, CALIBRATION_PAIRS)
+            if not calibration:
+                raise ValueError("--activation-scales calibrated: the training config has no pairs to calibrate on")
         sentences: list[str] = []
         split = next((name for name in data.split_names if directions and data.split_langs(name) in
                       (directions[0], directions[0][::-1])), None)  # fmt: skip

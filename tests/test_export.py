@@ -148,6 +148,18 @@ def test_the_command_line_works_where_torch_is_missing() -> None:
     assert "needs the training extra" in result.stderr
 
 
+def test_calibrated_scales_without_int8_are_refused_with_the_flag_to_add(
+    tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path
+) -> None:
+    command = [sys.executable, "-m", "service.cli", "export", "--checkpoint", str(tiny_model_dir),
+               "--out", str(tmp_path / "out"), "--activation-scales", "calibrated",
+               "--data-dir", str(tiny_data_dir)]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "--activation-scales calibrated scales int8 activations: add --quantize int8" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("pre_norm", [True, False])
 def test_the_written_graphs_match_pytorch_for_both_norm_placements(pre_norm: bool) -> None:
     """The hand-written encoder and decoder step (fused attention) against the model's own
