@@ -92,9 +92,13 @@ class RuntimeBench:
     options: DecodeOptions
 
     @classmethod
-    def from_command_line(cls, doc: str | None, sentences: int) -> RuntimeBench:
-        """Options parsed (`sentences`: the default --sentences), sentences read, beam set."""
-        args = runtime_parser(doc, sentences).parse_args()
+    def from_command_line(cls, doc: str | None, sentences: int, rounds: int | None = None) -> RuntimeBench:
+        """Options parsed (`sentences`: the default --sentences; `rounds`, where given, the default
+        of a --rounds option), sentences read, beam set."""
+        parser = runtime_parser(doc, sentences)
+        if rounds is not None:
+            parser.add_argument("--rounds", type=int, default=rounds)
+        args = parser.parse_args()
         return cls(args, english_test_sentences(args), DecodeOptions(beam_size=args.beam_size))
 
     def translators(self) -> Iterator[tuple[Path, Translator]]:

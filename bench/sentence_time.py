@@ -11,7 +11,6 @@ left, the host's work (each a median of its own, so they need not add up to the 
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -26,9 +25,7 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import bench_target, english_test_sentences, runtime_parser  # noqa: E402
-from service.runtime.beam import DecodeOptions  # noqa: E402
-from service.runtime.translator import Translator  # noqa: E402
+from bench.common import RuntimeBench, bench_target  # noqa: E402
 
 
 class _Clock:
@@ -67,13 +64,9 @@ def _timed_runs() -> Iterator[tuple[_Clock, _Clock]]:
 
 
 def main() -> None:
-    parser: argparse.ArgumentParser = runtime_parser(__doc__, 40)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    sources, target = english_test_sentences(args), bench_target()
-    options = DecodeOptions(beam_size=args.beam_size)
-    for model_dir in args.model:
-        translator = Translator.load(model_dir, args.threads)
+    bench = RuntimeBench.from_command_line(__doc__, 40, rounds=3)
+    args, sources, options, target = bench.args, bench.sources, bench.options, bench_target()
+    for model_dir, translator in bench.translators():
         for text in sources[:3]:
             translator.translate([text], target, options)
         rows: dict[str, list[float]] = {"total": [], "encoder": [], "decoder": [], "steps": [], "host": []}

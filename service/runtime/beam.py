@@ -282,6 +282,13 @@ def greedy_search(
     return [_ranked(r, source, 1, options, eos) for r, source in zip(results, sources, strict=True)]
 
 
+def _cells(mask: np.ndarray) -> list[tuple[int, int]]:
+    """(row, column) of each True of a 2-D mask, row by row, as Python ints: np.nonzero's pairs
+    in fewer array operations (most steps have none)."""
+    columns = mask.shape[1]
+    return [divmod(cell, columns) for cell in np.flatnonzero(mask).tolist()]
+
+
 class _Grid:
     """What one step's selection reads that depends only on the batch's shape: n sentences of
     `beams` rows, `width` candidates per row."""
@@ -374,7 +381,7 @@ def _beam_search(
             ending |= at_limit[:, None]
         ending &= valid
         # An ending counts only if it ranks among the K best continuations.
-        for i, j in zip(*np.nonzero(ending[:, :k]), strict=True):
+        for i, j in _cells(ending[:, :k]):
             sent = alive[i]
             row, ended = rows[i, j], bool(token[i, j] == eos)
             toks = hist[row].tolist() + ([] if ended else [int(token[i, j])])
@@ -388,15 +395,13 @@ def _beam_search(
                 worst = min(range(k), key=lambda h: finished[sent][h].score)
                 if hyp.score > finished[sent][worst].score:
                     finished[sent][worst] = hyp
-        going = valid & ~ending
+        going = valid & ~ending  # may go on: the first K of each sentence that do are taken below
         if options.repetition_guard and hist.shape[1]:
             # runaway's own first check, over all candidates at once: only a token among the last
             # LOOP_WINDOW of its row can close a loop
-            suspect = (hist[:, -LOOP_WINDOW:][rows] == token[:, :, None]).any(axis=2)
-            suspect &= going
-            for i, j in zip(*np.nonzero(suspect), strict=True):
+            suspect = (hist[:, -LOOP_WINDOW:][rows] == token[:, :, None]).any(axis=2) & going
+            for i, j in _cells(suspect):
                 going[i, j] = not runaway(hist[rows[i, j]].tolist(), int(token[i, j]))
-        going &= np.cumsum(going, axis=1) <= k  # the K best that go on
         ends = full
         if not options.early_stopping and full.any():
             # Ends only when the best running beam, normalised at this length, cannot beat the worst ending.
