@@ -13,23 +13,20 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.step_inputs import add_shape_options, random_step  # noqa: E402
 from service.manifest import DEFAULT_MODEL_DIR  # noqa: E402
-from service.runtime.sessions import OnnxModel, run_step, step_feeds  # noqa: E402
+from service.runtime.sessions import OnnxModel, run_step  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
-    parser.add_argument("--rows", type=int, default=640, help="decoder rows: sentences x beam")
-    parser.add_argument("--beam", type=int, default=5, help="rows per sentence, which share its cross K/V")
-    parser.add_argument("--past", type=int, default=20, help="tokens already generated")
-    parser.add_argument("--source", type=int, default=20, help="source tokens")
+    add_shape_options(parser, 640)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--top", type=int, default=25)
@@ -41,22 +38,7 @@ def main() -> None:
     options.enable_profiling = True
     options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "step")
     session = ort.InferenceSession(str(args.model / model.manifest.files["decoder"]), options)
-    rng = np.random.default_rng(0)
-    if args.rows % args.beam:
-        parser.error(f"--rows {args.rows} is not a multiple of --beam {args.beam}")
-    sentences = args.rows // args.beam
-    ids = rng.integers(10, model.manifest.vocab_size, (sentences, args.source))
-    mask = np.ones_like(ids)
-    cross = model.encode(ids, mask).cross  # one copy per sentence
-    # A cache as beam search leaves it after --past steps: beams with their own histories.
-    cache = model.new_cache(sentences, args.past + args.steps, args.beam)
-    cache.reorder(np.repeat(np.arange(sentences), args.beam))
-    for buffer in cache.buffers:
-        buffer[:, :, : args.past] = rng.standard_normal(buffer[:, :, : args.past].shape)
-    cache.indirection[:, :, : args.past] = rng.integers(0, args.beam, (sentences, args.beam, args.past))
-    cache.length = args.past
-    m = model.manifest
-    feeds = step_feeds(m.decoder_layers, m.vocab_size, ["top_ids"], np.full((args.rows, 1), 100), mask, cache, cross)
+    feeds = random_step(model, args, ["top_ids"])
     for _ in range(args.steps):  # the same step each time: the cache does not advance
         run_step(session, feeds)
     events = json.loads(Path(session.end_profiling()).read_text())
