@@ -19,12 +19,13 @@ import shutil
 import stat
 import tempfile
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from export.calibrate import CalibrationError
 from export.ctranslate2 import ARGOS_GENERATION, CT2ImportError, import_ctranslate2
 
 METADATA_FILE = "metadata.json"
@@ -170,7 +171,21 @@ def _size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def import_package(package: Package, out_dir: Path, precision: str = "fp32") -> Outcome:
+def import_package(
+    package: Package,
+    out_dir: Path,
+    precision: str = "fp32",
+    calibration_text: Mapping[str, Sequence[str]] | None = None,
+) -> Outcome:
+    """`calibration_text` (language -> sentences): the int8 activations' constant scales are
+    calibrated on the package's source language's sentences, which must be there."""
+    calibration = None
+    if calibration_text is not None:
+        source = package.from_code
+        if source not in calibration_text:
+            hint = f"none given: add --calibrate {source}=FILE"
+            raise ArgosPackageError(package.label, f"calibration text in {source}", hint)
+        calibration = {source: calibration_text[source]}
     out = out_dir / out_name(package)
     work = out_dir / f".{out.name}.partial"
     shutil.rmtree(work, ignore_errors=True)
@@ -185,7 +200,11 @@ def import_package(package: Package, out_dir: Path, precision: str = "fp32") -> 
             precision=precision,
             generation=ARGOS_GENERATION,
             origin="argos",
+            calibration_text=calibration,
         )
+    except CalibrationError as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        raise ArgosPackageError(package.label, f"calibration text in {exc.language}", exc.problem) from None
     except CT2ImportError as exc:
         shutil.rmtree(work, ignore_errors=True)
         raise ArgosPackageError(package.label, f"model/{exc.where}", str(exc).removeprefix(exc.where + ": ")) from None
@@ -214,8 +233,14 @@ def _candidates(paths: Sequence[Path]) -> list[Path]:
     return found
 
 
-def import_packages(paths: Sequence[Path], out_dir: Path, precision: str = "fp32") -> list[Outcome]:
-    """Every package named, each into its own model directory under `out_dir`; one outcome each."""
+def import_packages(
+    paths: Sequence[Path],
+    out_dir: Path,
+    precision: str = "fp32",
+    calibration_text: Mapping[str, Sequence[str]] | None = None,
+) -> list[Outcome]:
+    """Every package named, each into its own model directory under `out_dir`; one outcome each
+    (`calibration_text` as import_package takes it)."""
     outcomes: list[Outcome] = []
     out_dir.mkdir(parents=True, exist_ok=True)
     for path in _candidates(paths):
@@ -225,9 +250,9 @@ def import_packages(paths: Sequence[Path], out_dir: Path, precision: str = "fp32
                 raise ArgosPackageError(str(path), "path", "missing")
             if path.is_file():
                 with _unpacked(path) as folder:
-                    outcomes.append(import_package(read_package(folder, label), out_dir, precision))
+                    outcomes.append(import_package(read_package(folder, label), out_dir, precision, calibration_text))
             else:
-                outcomes.append(import_package(read_package(path, label), out_dir, precision))
+                outcomes.append(import_package(read_package(path, label), out_dir, precision, calibration_text))
         except ArgosPackageError as exc:
             outcomes.append(Outcome(label, None, None, 0, str(exc).removeprefix(f"{exc.package}: ")))
     return outcomes

@@ -61,6 +61,33 @@ def _update(ranges: dict[str, float], names: Sequence[str], maxima: Sequence[np.
             ranges[name] = max(ranges.get(name, 0.0), float(chosen.max()))
 
 
+class CalibrationError(ValueError):
+    """Calibration text the model cannot calibrate on: names the language."""
+
+    def __init__(self, language: str, problem: str) -> None:
+        super().__init__(f"calibration text in {language!r}: {problem}")
+        self.language, self.problem = language, problem
+
+
+def calibration_sources(model_dir: Path, texts: Mapping[str, Sequence[str]]) -> dict[str, list[list[int]]]:
+    """Source ids of `texts` (source language -> sentences) as the service would decode them: each
+    text through the translator's own preparation (normalization, tokenization, pieces of at most
+    the longest source, the model's source suffix), every piece kept. Raises CalibrationError
+    naming a language the model does not translate from, or one whose texts give no piece."""
+    from service.runtime.translator import Translator
+
+    translator = Translator.load(model_dir, 1, packed=False)
+    sources: dict[str, list[list[int]]] = {}
+    for language, sentences in texts.items():
+        if not translator.languages.has(language) or not translator.languages.targets(language):
+            known = sorted({s for s, _ in translator.languages.directions})
+            raise CalibrationError(language, f"the model translates from {', '.join(known)}")
+        sources[language] = [piece for text in sentences for piece in translator.prepare(text).pieces]
+        if not sources[language]:
+            raise CalibrationError(language, "no sentence with letters to calibrate on")
+    return sources
+
+
 def activation_ranges(model_dir: Path, sources: Mapping[str, Sequence[Sequence[int]]]) -> dict[str, dict[str, float]]:
     """Per graph file, the range of every quantizable activation of `model_dir`'s fp32 encoder and
     decoder step, over greedy translations of `sources` (source language -> token ids ending in

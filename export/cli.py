@@ -70,28 +70,33 @@ def _reported(source: Path, work: Callable[[], dict[str, Any]], errors: tuple[ty
 
 def _import_marian(args: argparse.Namespace) -> int:
     require_torch()
+    from export.calibrate import CalibrationError
     from export.marian import MarianImportError, import_marian
 
     targets = [t for part in args.target or [] for t in part.split(",") if t]
     guard = args.repetition_guard == "on"
+    calibration = _calibration_text(args, "import")
     return _reported(
         args.hf_dir,
         lambda: import_marian(args.hf_dir, args.out, args.quantize or "fp32", args.source, targets,
-                              repetition_guard=guard),
-        (MarianImportError,),
+                              repetition_guard=guard, calibration_text=calibration),
+        (MarianImportError, CalibrationError),
     )  # fmt: skip
 
 
 def _import_ctranslate2(args: argparse.Namespace) -> int:
+    from export.calibrate import CalibrationError
     from export.ctranslate2 import ARGOS_GENERATION, CT2ImportError, import_ctranslate2
 
     guard = args.repetition_guard == "on"
     generation = ARGOS_GENERATION.model_copy(update={"repetition_guard": guard, "cut_degenerate": guard})
+    calibration = _calibration_text(args, "import")
     return _reported(
         args.ct2_dir,
         lambda: import_ctranslate2(args.ct2_dir, args.out, args.source, args.target, args.spm, args.target_spm,
-                                   args.target_prefix, args.quantize or "fp32", generation),
-        (CT2ImportError,),
+                                   args.target_prefix, args.quantize or "fp32", generation,
+                                   calibration_text=calibration),
+        (CT2ImportError, CalibrationError),
     )  # fmt: skip
 
 
@@ -101,7 +106,7 @@ def _import_argos(args: argparse.Namespace) -> int:
     paths = args.paths or [default_packages_dir()]
     if not args.paths:
         print(f"packages from {paths[0]} (LibreTranslate's packages directory)", file=sys.stderr)
-    outcomes = import_packages(paths, args.out, args.quantize or "fp32")
+    outcomes = import_packages(paths, args.out, args.quantize or "fp32", _calibration_text(args, "import"))
     for outcome in outcomes:
         print(outcome.line(), flush=True)
     imported = sum(o.problem is None for o in outcomes)
@@ -118,23 +123,60 @@ def _pull(args: argparse.Namespace) -> int:
     from export.writer import ExportValidationError
 
     errors: tuple[type[Exception], ...] = (PullError, CT2ImportError, ArgosPackageError, ExportValidationError)
+    calibration = _calibration_text(args, "pull")
     try:
         if args.kind == "hf":  # a Hugging Face model is read through transformers and torch
             require_torch()
+            from export.calibrate import CalibrationError
             from export.marian import MarianImportError
 
             try:
-                print(pull_hf(args.repo, args.out, args.quantize or "fp32"))
-            except MarianImportError as exc:
+                print(pull_hf(args.repo, args.out, args.quantize or "fp32", calibration))
+            except (MarianImportError, CalibrationError) as exc:
                 sys.exit(f"mtserve pull: {exc}")
             return 0
         index = args.index or os.environ.get("ARGOS_PACKAGE_INDEX") or DEFAULT_ARGOS_INDEX
-        outcomes = pull_argos(args.languages, args.out, index, args.quantize or "fp32")
+        outcomes = pull_argos(args.languages, args.out, index, args.quantize or "fp32", calibration)
     except errors as exc:
         sys.exit(f"mtserve pull: {exc}")
     for outcome in outcomes:
         print(outcome.line(), flush=True)
     return 0 if all(o.problem is None for o in outcomes) else 1
+
+
+def _int8_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quantize", choices=["int8"], help="int8 MatMul weights (as `mtserve export`)")
+    parser.add_argument(
+        "--calibrate",
+        nargs="+",
+        metavar="LANG=FILE",
+        help="with --quantize int8: constant activation scales, calibrated on FILE's sentences (one a line) "
+        "in source language LANG, as `mtserve export --activation-scales calibrated` does on training text: "
+        "a sentence about an eighth faster, a little further from fp32 (docs/BENCHMARKS.md)",
+    )
+
+
+def _calibration_text(args: argparse.Namespace, command: str) -> dict[str, list[str]] | None:
+    """--calibrate LANG=FILE ... as source language -> sentences; None without it. Exits with one
+    line naming the flag, value or file where one cannot be used."""
+    if not args.calibrate:
+        return None
+    if args.quantize != "int8":
+        sys.exit(f"mtserve {command}: --calibrate scales int8 activations: add --quantize int8")
+    texts: dict[str, list[str]] = {}
+    for spec in args.calibrate:
+        language, _, name = spec.partition("=")
+        if not language or not name:
+            sys.exit(f"mtserve {command}: --calibrate {spec!r}: expected LANG=FILE, e.g. en=sample.en.txt")
+        try:
+            lines = Path(name).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            sys.exit(f"mtserve {command}: --calibrate {language}={name}: cannot read it ({exc})")
+        sentences = [line.strip() for line in lines if line.strip()]
+        if not sentences:
+            sys.exit(f"mtserve {command}: --calibrate {language}={name}: no sentence in it")
+        texts.setdefault(language, []).extend(sentences)
+    return texts
 
 
 def _repetition_guard_flag(parser: argparse.ArgumentParser, default: str, why: str) -> None:
@@ -155,7 +197,7 @@ def register(sub: Any) -> None:
         "hf_dir", type=Path, metavar="HF_DIR", help="config.json, weights, source/target.spm, vocab.json"
     )
     marian.add_argument("--out", type=Path, required=True, help="model directory to write")
-    marian.add_argument("--quantize", choices=["int8"], help="int8 MatMul weights (as `mtserve export`)")
+    _int8_flags(marian)
     marian.add_argument("--source", help="source language code (default: tokenizer_config.json or the directory name)")
     marian.add_argument(
         "--target", action="append", help="target language code(s); several for a multi-target model (>>fra<<)"
@@ -173,7 +215,7 @@ def register(sub: Any) -> None:
         "else ~/.local/share/argos-translate/packages)",
     )  # fmt: skip
     argos.add_argument("--out", type=Path, required=True, help="directory for one model directory per package")
-    argos.add_argument("--quantize", choices=["int8"], help="int8 MatMul weights (as `mtserve export`)")
+    _int8_flags(argos)
     argos.set_defaults(handler=_import_argos)
 
     ct2 = kinds.add_parser("ctranslate2", help="a CTranslate2 Transformer directory (model.bin, vocabulary)")
@@ -188,7 +230,7 @@ def register(sub: Any) -> None:
         help="a target token forced first: the decoder's first input where config.json has no decoder_start_token, "
         "else forced after it and left out of the output",
     )
-    ct2.add_argument("--quantize", choices=["int8"], help="int8 MatMul weights (as `mtserve export`)")
+    _int8_flags(ct2)
     _repetition_guard_flag(ct2, "off", "CTranslate2's own output")
     ct2.set_defaults(handler=_import_ctranslate2)
 
@@ -200,12 +242,12 @@ def register(sub: Any) -> None:
     argos_pull.add_argument(
         "--index", help="the package index URL (default: $ARGOS_PACKAGE_INDEX, else argospm's index.json)",
     )  # fmt: skip
-    argos_pull.add_argument("--quantize", choices=["int8"], help="int8 MatMul weights (as `mtserve export`)")
+    _int8_flags(argos_pull)
     argos_pull.set_defaults(handler=_pull)
     hf = sources.add_parser("hf", help="a Hugging Face Marian repository, e.g. Helsinki-NLP/opus-mt-de-en")
     hf.add_argument("repo", metavar="REPO")
     hf.add_argument("--out", type=Path, required=True, help="directory for the model directory")
-    hf.add_argument("--quantize", choices=["int8"], help="int8 MatMul weights (as `mtserve export`)")
+    _int8_flags(hf)
     hf.set_defaults(handler=_pull)
 
     export = sub.add_parser("export", help="export a checkpoint directory to ONNX (needs the train extra)")

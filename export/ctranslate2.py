@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -383,8 +383,10 @@ def import_ctranslate2(
     generation: Generation = ARGOS_GENERATION,
     origin: str = "ctranslate2",
     check_sentences: Sequence[str] = CHECK_SENTENCES,
+    calibration_text: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
-    """Read, check, convert, export and validate. Returns the export report."""
+    """Read, check, convert, export and validate. Returns the export report. At int8,
+    `calibration_text` (source language -> sentences) gives the activations constant scales."""
     import sentencepiece as spm
 
     from service.runtime.text_tokenizer import VocabTokenizer
@@ -432,7 +434,9 @@ def import_ctranslate2(
     probe = [[*prefix, *ids] for ids in unprefixed]
     check = _check(network, state, probe, unprefixed)
     extra["reference"] = "pytorch" if check is not None else None
-    report = write_model(network, conventions, out, precision, check or runtime_check(unprefixed), None, extra)
+    report = write_model(
+        network, conventions, out, precision, check or runtime_check(unprefixed), None, extra, calibration_text
+    )
     log.info("imported %s to %s", ct2_dir, out)
     return report
 

@@ -145,10 +145,7 @@ def export_model(
     write_fill_vocab(out, whole_word_ids(sp, training_text))
     probe = [[*ids, cv.EOS_ID] for ids in sp.encode(list(validate_sentences[:16]) or ["A b c.", "D e f g."])]
     sources = [[*ids, cv.EOS_ID] for ids in sp.encode(list(validate_sentences))]
-    calibration = {
-        lang: [[*ids, cv.EOS_ID] for ids in sp.encode(list(text))] for lang, text in (calibration_text or {}).items()
-    }
-    report = export_network(model, conventions, out, precision, probe, sources, calibration=calibration)
+    report = export_network(model, conventions, out, precision, probe, sources, calibration_text=calibration_text)
     log.info("exported %s to %s", checkpoint, out)
     return report
 
@@ -161,15 +158,15 @@ def export_network(
     probe: Sequence[Sequence[int]],
     sources: Sequence[Sequence[int]],
     extra_report: dict[str, Any] | None = None,
-    calibration: Mapping[str, Sequence[Sequence[int]]] | None = None,
+    calibration_text: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """Graphs, tokenizer files and manifest for `model` in `out`, validated against PyTorch.
 
     `probe` are source ids whose logits must match; `sources` are source ids whose greedy
-    translations (in the first direction) must be identical; `calibration` as write_model takes it.
+    translations (in the first direction) must be identical; `calibration_text` as write_model takes it.
     Returns the report it writes."""
     from export.validate import pytorch_check  # it reads this module's sample inputs
 
     check = pytorch_check(model, probe, sources)
     mlm = (lambda directory: write_mlm_head(model, directory)) if model.cfg.mlm_head else None
-    return write_model(network_of(model), conventions, out, precision, check, mlm, extra_report, calibration)
+    return write_model(network_of(model), conventions, out, precision, check, mlm, extra_report, calibration_text)

@@ -394,8 +394,10 @@ def import_marian(
     targets: Sequence[str] = (),
     check_sentences: Sequence[str] = CHECK_SENTENCES,
     repetition_guard: bool = False,
+    calibration_text: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
-    """Convert, export and validate. Returns the export report (also written beside the graphs)."""
+    """Convert, export and validate. Returns the export report (also written beside the graphs).
+    At int8, `calibration_text` (source language -> sentences) gives the activations constant scales."""
     src = read_marian_dir(hf_dir)
     check_config(src)
     special = check_vocab(src, int(_field(src.config, "vocab_size")))
@@ -428,6 +430,6 @@ def import_marian(
         raise MarianImportError("weights", f"the converted network differs from transformers' by {diff:.3g}")
     extra = {"hf_dir": str(hf_dir.resolve()), "transformers_max_abs_diff": diff}
     unprefixed = [s[len(first_prefix) :] for s in sources]
-    report = export_network(model, conventions, out, precision, sources, unprefixed, extra)
+    report = export_network(model, conventions, out, precision, sources, unprefixed, extra, calibration_text)
     log.info("imported %s to %s", hf_dir, out)
     return report

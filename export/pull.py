@@ -22,7 +22,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +137,13 @@ def _checked(archive: Path, entry: dict[str, Any]) -> Path:
     return archive
 
 
-def pull_argos(codes: Sequence[str], out: Path, index_url: str, precision: str = "fp32") -> list[Outcome]:
+def pull_argos(
+    codes: Sequence[str],
+    out: Path,
+    index_url: str,
+    precision: str = "fp32",
+    calibration_text: Mapping[str, Sequence[str]] | None = None,
+) -> list[Outcome]:
     entries = select(read_index(index_url), codes)
     if not entries:
         raise PullError(f"no package in {index_url} translates between {', '.join(codes)}")
@@ -153,15 +159,18 @@ def pull_argos(codes: Sequence[str], out: Path, index_url: str, precision: str =
         if not archive.exists():
             download(str(links[0]), archive)
         archives.append(_checked(archive, entry))
-    outcomes = import_packages(archives, out, precision)
+    outcomes = import_packages(archives, out, precision, calibration_text)
     for archive, outcome in zip(archives, outcomes, strict=True):
         if outcome.problem is None:
             archive.unlink()  # imported: the model directory holds all of it
     return outcomes
 
 
-def pull_hf(repo: str, out: Path, precision: str = "fp32") -> Path:
-    """Download a Marian repository (huggingface_hub resumes and caches) and import it to out/<name>."""
+def pull_hf(
+    repo: str, out: Path, precision: str = "fp32", calibration_text: Mapping[str, Sequence[str]] | None = None
+) -> Path:
+    """Download a Marian repository (huggingface_hub resumes and caches) and import it to out/<name>
+    (`calibration_text` as import_marian takes it)."""
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
@@ -178,7 +187,7 @@ def pull_hf(repo: str, out: Path, precision: str = "fp32") -> Path:
     work = out / f".{model_dir.name}.partial"
     shutil.rmtree(work, ignore_errors=True)
     try:
-        import_marian(local, work, precision)
+        import_marian(local, work, precision, calibration_text=calibration_text)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from export.calibrate import activation_ranges
+from export.calibrate import activation_ranges, calibration_sources
 from export.decoder_graph import build_decoder_step
 from export.encoder_graph import build_encoder
 from export.network import Network
@@ -126,12 +126,13 @@ def write_model(
     check: Check,
     extra_graphs: Callable[[Path], None] | None = None,
     extra_report: dict[str, Any] | None = None,
-    calibration: Mapping[str, Sequence[Sequence[int]]] | None = None,
+    calibration_text: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """Graphs, tokenizer files and manifest for `net` in `out`, each precision checked by `check`;
-    `extra_graphs` writes graphs beyond the encoder and decoder step. At int8, `calibration`
-    (source language -> token ids ending in EOS) gives the activations constant scales
-    (export/calibrate.py); without it they are scaled per row. Returns the report it writes."""
+    `extra_graphs` writes graphs beyond the encoder and decoder step. At int8, `calibration_text`
+    (source language -> sentences, decoded as the service decodes them) gives the activations
+    constant scales (export/calibrate.py); without it they are scaled per row. Returns the report
+    it writes."""
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     graphs = graph_files(net.cfg)
@@ -150,6 +151,7 @@ def write_model(
     write_manifest(out, net.cfg, conventions, "fp32")
     report["fp32"] = check(out, True)
     if precision == "int8":
+        calibration = calibration_sources(out, calibration_text) if calibration_text else None
         graphs_written()  # afresh: the quantizer and the calibration read plain fp32 initializers
         ranges = activation_ranges(out, calibration) if calibration else None
         report["int8_matmuls"] = quantize_int8(out, graphs, ranges)

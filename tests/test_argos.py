@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from bench.argos_package import package_mtserve_model, write_package, zip_package
@@ -193,6 +194,52 @@ def test_an_int8_import_scores_as_ctranslate2_int8(en_fr: Path, work: Path) -> N
     theirs = sacrebleu.corpus_bleu(_ct2(en_fr, sources, "int8", 4), [references]).score
     print(f"test2016 en→fr beam 4: mtserve int8 {ours:.2f}, CTranslate2 int8 {theirs:.2f}")
     assert abs(ours - theirs) <= 0.3
+
+
+def test_an_int8_import_calibrated_on_given_text_translates_as_the_per_row_one(en_fr: Path, work: Path) -> None:
+    """`--calibrate en=FILE`: the activations get constant scales from the user's sentences (here
+    training text; a test set never), and the translations stay, all but a few, the per-row import's."""
+    training = _lines(SHARED_DATA / "multi30k" / "train.en.gz")[:200]
+    (per_row,) = import_packages([en_fr], work / "int8-rows", precision="int8")
+    (outcome,) = import_packages([en_fr], work / "int8-calibrated", "int8", {"en": training})
+    assert per_row.out is not None and outcome.out is not None, outcome.line()
+    report = json.loads((outcome.out / "export_report.json").read_text())
+    assert report["int8_activations"] == "constant scales from calibration"
+    assert report["calibration_sentences"] == {"en": len(training)}
+    nodes = onnx.load(str(outcome.out / "decoder_step.onnx"), load_external_data=False).graph.node
+    assert not [node for node in nodes if node.name.startswith("int8.row_range")]
+    sources = _lines(TEST2016.with_suffix(".en.gz"))[:100]
+    calibrated, rows = _ours(outcome.out, sources, "fr"), _ours(per_row.out, sources, "fr")
+    same = sum(a == b for a, b in zip(calibrated, rows, strict=True)) / len(sources)
+    print(f"calibrated import: {same:.0%} of 100 test2016 translations as the per-row import's")
+    assert same >= 0.75
+
+
+def test_calibration_text_must_be_given_in_each_packages_source_language(en_fr: Path, work: Path) -> None:
+    (missing,) = import_packages([en_fr], work / "calibrated-fr", "int8", {"fr": ["Un chat dort sur le lit."]})
+    assert missing.out is None and missing.problem == "calibration text in en: none given: add --calibrate en=FILE"
+    (empty,) = import_packages([en_fr], work / "calibrated-digits", "int8", {"en": ["1 2 3", "..."]})
+    assert empty.out is None
+    assert empty.problem == "calibration text in en: no sentence with letters to calibrate on"
+    assert not list((work / "calibrated-fr").iterdir()) and not list((work / "calibrated-digits").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--calibrate", "en=sample.txt"], "--calibrate scales int8 activations: add --quantize int8"),
+        (["--quantize", "int8", "--calibrate", "sample.txt"], "--calibrate 'sample.txt': expected LANG=FILE"),
+        (["--quantize", "int8", "--calibrate", "en=absent.txt"], "--calibrate en=absent.txt: cannot read it"),
+    ],
+)
+def test_the_import_command_refuses_calibration_it_cannot_use(
+    en_fr: Path, tmp_path: Path, flags: list[str], message: str
+) -> None:
+    command = [sys.executable, "-m", "service.cli", "import", "argos", str(en_fr), "--out", str(tmp_path / "out")]
+    done = subprocess.run([*command, *flags], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert f"mtserve import: {message}" in done.stderr
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.fixture(scope="module", params=["swish-shared-tied", "gelu-separate-untied"])

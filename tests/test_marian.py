@@ -230,6 +230,20 @@ def test_the_import_command_writes_a_served_model_and_names_a_bad_directory(good
     assert done.returncode != 0 and "vocab.json: missing" in done.stderr
 
 
+def test_an_int8_import_calibrates_on_text_in_its_source_language(
+    good_dir: Path, corpus: tuple[list[str], list[str]], tmp_path: Path
+) -> None:
+    from export.calibrate import CalibrationError
+
+    english, _ = corpus
+    report = import_marian(good_dir, tmp_path / "calibrated", "int8", calibration_text={"en": english[:50]})
+    assert report["int8_activations"] == "constant scales from calibration"
+    assert report["calibration_sentences"] == {"en": 50}
+    assert report["int8"]["greedy"]["sentences"] > 0
+    with pytest.raises(CalibrationError, match="calibration text in 'de': the model translates from en"):
+        import_marian(good_dir, tmp_path / "wrong", "int8", calibration_text={"de": ["Ein Hund läuft."]})
+
+
 def _mtserve_translate(model_dir: Path, texts: Sequence[str], *flags: str) -> list[str]:
     command = [sys.executable, "-m", "service.cli", "translate", "--model", str(model_dir), "--source", "en"]
     done = subprocess.run([*command, "--target", "fr", *flags], input="\n".join(texts) + "\n",
