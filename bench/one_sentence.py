@@ -1,7 +1,7 @@
 """One sentence alone: this runtime against CTranslate2 on the same weights, and over HTTP.
 
     python bench/one_sentence.py [--model artifacts/default] [--rounds 3] [--work runs/one-sentence]
-                                 [--activation-scales row|calibrated]
+                                 [--activation-scales row|calibrated] [--shortlist 1024]
 
 The checkpoint's graphs are exported afresh at fp32 and int8, and converted to CTranslate2 at
 float32 and int8 (bench/ct2_convert.py). Each engine, precision and thread count runs in a
@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import http.client
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -53,13 +54,17 @@ CONFIGS = [(engine, precision, threads) for engine in ("mtserve", "ctranslate2")
 CONFIGS += [("mtserve-http", "int8", threads) for threads in (1, 2)]
 
 
-def prepare(model: Path, work: Path, data_dir: str | None, calibrated: bool) -> dict[tuple[str, str], Path]:
+def prepare(
+    model: Path, work: Path, data_dir: str | None, calibrated: bool, shortlist: int = 0
+) -> dict[tuple[str, str], Path]:
     """Model directories by (engine, precision); an earlier run's in `work` are reused. With
-    `calibrated`, this runtime's int8 graphs have calibrated activation scales."""
+    `calibrated`, this runtime's int8 graphs have calibrated activation scales; with `shortlist`,
+    this runtime's graphs have an output shortlist of that size (`mtserve shortlist`)."""
     from bench.common import bench_data, test_pairs
     from bench.ct2_convert import convert
     from export.calibrate import CALIBRATION_PAIRS
     from export.exporter import export_model
+    from export.shortlist import config_pairs, shortlist_from_text
     from model import corpus
 
     dirs: dict[tuple[str, str], Path] = {}
@@ -73,6 +78,13 @@ def prepare(model: Path, work: Path, data_dir: str | None, calibrated: bool) -> 
             text = [s for _, s in corpus.monolingual_sentences(data, resolved, held)]
             calibration = corpus.first_pairs_by_language(data, resolved, held, CALIBRATION_PAIRS) if calibrate else None
             export_model(model, ours, text, precision, test_pairs(data_dir)[0][:200], calibration_text=calibration)
+        if shortlist:
+            listed = ours.with_name(f"{ours.name}-shortlist{shortlist}")
+            if not (listed / "manifest.json").is_file():
+                shutil.rmtree(listed, ignore_errors=True)
+                shutil.copytree(ours, listed)
+                shortlist_from_text(listed, config_pairs(data, corpus.resolve_data_dir(data_dir)), shortlist)
+            ours = listed
         if not (theirs / "model.bin").is_file():
             convert(model, theirs, None if precision == "fp32" else "int8")
         dirs[("mtserve", precision)], dirs[("ctranslate2", precision)] = ours, theirs
@@ -178,6 +190,7 @@ def main() -> None:
     parser.add_argument(
         "--activation-scales", choices=["row", "calibrated"], default="row", help="this runtime's int8 graphs"
     )
+    parser.add_argument("--shortlist", type=int, default=0, help="this runtime's graphs with an output shortlist of N")
     parser.add_argument("--worker", nargs=3, metavar=("ENGINE", "DIR", "THREADS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -185,7 +198,7 @@ def main() -> None:
         worker(engine, Path(directory), int(threads), args.model, args.data_dir)
         return
     work = args.work or Path(tempfile.mkdtemp(prefix="mtserve-one-sentence-"))
-    dirs = prepare(args.model, work, args.data_dir, args.activation_scales == "calibrated")
+    dirs = prepare(args.model, work, args.data_dir, args.activation_scales == "calibrated", args.shortlist)
     workers = {config: _Worker(config, dirs[(config[0].removesuffix("-http"), config[1])], args) for config in CONFIGS}
     for w in workers.values():
         w.wait_ready()

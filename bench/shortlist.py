@@ -5,8 +5,8 @@ tokens, the most frequent targets, and each source token's likeliest translation
 output projection, softmax and top-k run over those instead of the whole vocabulary. Two
 questions decide whether it is worth building, and this measures both:
 
-- coverage: with shortlists from sentence-level co-occurrence in the training pairs of
-  configs/default.toml, how many of the model's own beam-5 outputs (the first --sentences of
+- coverage: with shortlists as `mtserve shortlist` builds them (export/shortlist.py) from the
+  training pairs of configs/default.toml, how many of the model's own beam-5 outputs (the first --sentences of
   test2016 and of the Tatoeba test split, re-tokenized) use a token outside their sentence's
   shortlist, so that a shortlisted decoder could not produce them;
 - speed: the output layer of --rows decoder rows (sentences x beam 5) over the full vocabulary
@@ -21,7 +21,6 @@ import argparse
 import statistics
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,43 +32,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import BENCH_CONFIG  # noqa: E402
+from export.shortlist import LexicalTable  # noqa: E402
 from model import corpus  # noqa: E402
 from model.train_config import load_config  # noqa: E402
 from service.graphs import DECODER_TOP_K, OPSET  # noqa: E402
 from service.manifest import DEFAULT_MODEL_DIR, load_manifest  # noqa: E402
 from service.runtime.beam import DecodeOptions  # noqa: E402
+from service.runtime.shortlist import sentence_shortlist  # noqa: E402
 from service.runtime.translator import Translator  # noqa: E402
 
 SPLITS = ("test2016", "tatoeba-test")
-LEXICAL_RANKS = 200  # translations kept per source token
 BEAM = 5
-
-
-class Shortlists:
-    """Sentence-level co-occurrence of source and target tokens over training pairs."""
-
-    def __init__(self, sources: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], vocab: int) -> None:
-        cells = [
-            np.add.outer(np.unique(s) * vocab, np.unique(t)).ravel() for s, t in zip(sources, targets, strict=True)
-        ]
-        together = np.bincount(np.concatenate(cells), minlength=vocab * vocab).reshape(vocab, vocab)
-        source_count = np.bincount(np.concatenate([np.unique(s) for s in sources]), minlength=vocab)
-        target_count = np.bincount(np.concatenate([np.unique(t) for t in targets]), minlength=vocab)
-        # p(target in the pair | source token in it); ranks each source token's translations
-        likely = together / np.maximum(source_count[:, None], 1)
-        self.lexical = np.argsort(-likely, axis=1, kind="stable")[:, :LEXICAL_RANKS]
-        self.frequent = np.argsort(-target_count, kind="stable")
-
-    def of(self, source: Sequence[int], size: int, frequent: int, always: Sequence[int]) -> set[int]:
-        """The sentence's candidates: `always`, its own tokens, the `frequent` most frequent
-        targets, then its tokens' translations rank by rank until `size`."""
-        chosen = {*always, *source, *self.frequent[:frequent].tolist()}
-        for rank in range(LEXICAL_RANKS):
-            for token in source:
-                if len(chosen) >= size:
-                    return chosen
-                chosen.add(int(self.lexical[token, rank]))
-        return chosen
 
 
 def coverage(args: argparse.Namespace) -> None:
@@ -81,7 +54,7 @@ def coverage(args: argparse.Namespace) -> None:
     translator = Translator.load(args.model, args.threads)
     options = DecodeOptions(beam_size=BEAM)
     ids = manifest.special_ids
-    special = [i for i in (ids.pad, ids.unk, ids.bos, ids.eos) if i is not None]
+    always = np.unique([i for i in (*range(ids.eos + 1), ids.unk) if i is not None])
     for direction in data.directions:
         src_lang, tgt_lang = direction
         pairs: list[tuple[str, str]] = []
@@ -92,14 +65,15 @@ def coverage(args: argparse.Namespace) -> None:
                 pairs += [
                     (p.src, p.tgt) if forward else (p.tgt, p.src) for p in corpus.training_pairs(entry, data_dir, held)
                 ]
-        lists = Shortlists(sp.encode([s for s, _ in pairs]), sp.encode([t for _, t in pairs]), sp.get_piece_size())
+        table = LexicalTable.build(zip(sp.encode([s for s, _ in pairs]), sp.encode([t for _, t in pairs]),
+                                       strict=True), sp.get_piece_size())  # fmt: skip
         for split in SPLITS:
             sources = corpus.split_texts(data, data_dir, split, direction)[0][: args.sentences]
             outputs = [t[0].text for t in translator.translate(sources, tgt_lang, options)]
             for size in args.sizes:
                 missed_sentences = missed_tokens = tokens = 0
                 for source, output in zip(sp.encode(sources), sp.encode(outputs), strict=True):
-                    allowed = lists.of(source, size, args.frequent, special)
+                    allowed = set(sentence_shortlist(source, table.translations, table.frequent, always, size).tolist())
                     missed = sum(token not in allowed for token in output)
                     missed_sentences += missed > 0
                     missed_tokens += missed
@@ -184,7 +158,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048])
-    parser.add_argument("--frequent", type=int, default=100, help="most frequent target tokens in every shortlist")
     parser.add_argument("--sentences", type=int, default=500, help="first N of each split")
     parser.add_argument("--rows", type=int, default=640)
     parser.add_argument("--steps", type=int, default=10, help="runs per timing")

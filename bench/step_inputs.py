@@ -37,4 +37,7 @@ def random_step(model: OnnxModel, args: argparse.Namespace, outputs: list[str]) 
     cache.length = args.past
     m = model.manifest
     last = np.full((args.rows, 1), 100)
-    return step_feeds(m.decoder_layers, m.vocab_size, outputs, last, mask, cache, cross)
+    # a model with a shortlist decodes over the union of its sentences' (mtserve shortlist)
+    tag = next(iter(model.languages.tag_ids.values()))
+    vocab = model.output_vocab(ids.tolist(), [tag] * sentences)
+    return step_feeds(m.decoder_layers, m.vocab_size, outputs, last, mask, cache, cross, vocab)

@@ -22,7 +22,7 @@ def _export(args: argparse.Namespace) -> int:
     from export.writer import ExportValidationError
     from model import corpus
     from model.config import ModelConfig
-    from model.evaluate import training_data_config
+    from model.train_config import training_data_config
 
     try:
         data = training_data_config(args, args.checkpoint)
@@ -50,6 +50,34 @@ def _export(args: argparse.Namespace) -> int:
         sys.exit(f"mtserve export: validation failed: {exc}")
     except (ExportConfigError, FileNotFoundError, ValueError) as exc:
         sys.exit(f"mtserve export: {exc}")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _shortlist(args: argparse.Namespace) -> int:
+    from export.shortlist import ShortlistError, config_pairs, shortlist_from_text
+    from model import corpus
+    from service.manifest import ModelFileError
+
+    try:
+        pairs: dict[str, list[tuple[str, str]]] = {}
+        for spec in args.pairs or []:
+            direction, _, files = spec.partition("=")
+            source_lang, _, target_lang = direction.partition("-")
+            names = files.split(",")
+            if not source_lang or not target_lang or len(names) != 2:
+                raise ValueError(f"--pairs {spec!r}: expected SRC-TGT=SOURCE_FILE,TARGET_FILE, e.g. en-fr=a.en,a.fr")
+            sources, targets = (corpus.read_lines(Path(name)) for name in names)
+            if len(sources) != len(targets):
+                raise ValueError(f"--pairs {spec!r}: {len(sources)} source lines but {len(targets)} target lines")
+            pairs.setdefault(target_lang, []).extend(zip(sources, targets, strict=True))
+        if not args.pairs:
+            from model.train_config import training_data_config
+
+            pairs = config_pairs(training_data_config(args, args.model), corpus.resolve_data_dir(args.data_dir))
+        report = shortlist_from_text(args.model, pairs, args.size)
+    except (ShortlistError, ModelFileError, FileNotFoundError, ValueError) as exc:
+        sys.exit(f"mtserve shortlist: {exc}")
     print(json.dumps(report, indent=2))
     return 0
 
@@ -273,3 +301,25 @@ def register(sub: Any) -> None:
     export.add_argument("--data-dir", help="data directory (default: $MTSERVE_DATA_DIR or ../shared/data)")
     _repetition_guard_flag(export, "on", "mtserve's rules")
     export.set_defaults(handler=_export)
+
+    shortlist = sub.add_parser(
+        "shortlist",
+        help="give a model directory a per-sentence output shortlist from training pairs: a faster decoder step",
+    )
+    shortlist.add_argument("model", type=Path, help="model directory (rewritten in place)")
+    shortlist.add_argument(
+        "--size", type=int, default=1024, help="candidate tokens per sentence (default 1024; docs/BENCHMARKS.md)"
+    )
+    shortlist.add_argument(
+        "--pairs",
+        nargs="+",
+        metavar="SRC-TGT=SOURCE_FILE,TARGET_FILE",
+        help="parallel text, one sentence a line, for each direction (default: the training pairs of --config)",
+    )
+    shortlist.add_argument(
+        "--config",
+        type=Path,
+        help="training config whose corpora give the pairs (default: the model directory's train_config.json)",
+    )
+    shortlist.add_argument("--data-dir", help="data directory (default: $MTSERVE_DATA_DIR or ../shared/data)")
+    shortlist.set_defaults(handler=_shortlist)

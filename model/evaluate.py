@@ -20,9 +20,8 @@ from model import corpus
 from model.artifacts import load_model_dir
 from model.batching import mask_tokens, pad
 from model.beam import beam_search
-from model.data_config import DataConfig
 from model.tokenizer import tag_id
-from model.train_config import TrainConfig, load_config
+from model.train_config import training_data_config
 from model.transformer import Transformer
 from service.conventions import EOS_ID, EVAL_FILE, FIRST_LANGUAGE_TAG_ID, PAD_ID
 from service.languages import ModelLanguages
@@ -113,16 +112,6 @@ def evaluate_split(
 def model_languages(model: Transformer, sp: spm.SentencePieceProcessor) -> ModelLanguages:
     cfg = model.cfg
     return ModelLanguages(cfg.languages, {lang: tag_id(sp, lang) for lang in cfg.languages}, cfg.directions)
-
-
-def training_data_config(args: argparse.Namespace, model_dir: Path) -> DataConfig:
-    """The splits a model knows: --config, else the train_config.json it was trained with."""
-    file = args.config or model_dir / "train_config.json"
-    if not file.is_file():
-        raise FileNotFoundError(f"{file} not found: pass --config, the training config that declares the splits")
-    if file.suffix == ".json":
-        return TrainConfig(**json.loads(file.read_text())).data
-    return load_config(file, {}).data
 
 
 def _load_split(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import tomllib
 import typing
 from dataclasses import dataclass, field, fields
@@ -155,3 +156,13 @@ def load_config(file: Path | None, overrides: dict[str, Any]) -> TrainConfig:
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, f"cfg_{name}") for name in _field_types()}
+
+
+def training_data_config(args: argparse.Namespace, model_dir: Path) -> DataConfig:
+    """The splits and corpora a model knows: --config, else the train_config.json it was trained with."""
+    file = args.config or model_dir / "train_config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} not found: pass --config, the training config that declares the splits")
+    if file.suffix == ".json":
+        return TrainConfig(**json.loads(file.read_text())).data
+    return load_config(file, {}).data

@@ -300,3 +300,45 @@ def test_the_guard_by_setting_or_request_changes_a_looping_sentence(
     assert plain == [tokenizer.decode(greedy[texts.index(t)], skip_special_tokens=True) for t in looping[:4]]  # type: ignore[attr-defined]
     assert [t["text"] for t in asked] == guarded and all(g != p for g, p in zip(guarded, plain, strict=True))
     assert [t["text"] for t in overruled] == plain
+
+
+def test_a_shortlisted_import_decodes_within_its_shortlist_and_as_before_with_it_off(
+    imported: tuple[Variant, Path, Path],
+    corpus: tuple[list[str], list[str]],
+    tiny_data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from service.cli import main
+
+    variant, hf_dir, out = imported
+    model_dir = tmp_path / "model"
+    shutil.copytree(out, model_dir)
+    en, fr = tiny_data_dir / "multi30k/train.en.gz", tiny_data_dir / "multi30k/train.fr.gz"
+    size = json.loads((out / "manifest.json").read_text())["vocab_size"] // 3
+    assert main(["shortlist", str(model_dir), "--size", str(size), "--pairs", f"en-fr={en},{fr}"]) == 0
+    plain, shortlisted = OnnxModel(out), OnnxModel(model_dir)
+    prefix = ">>fra<< " if variant.language_tokens else ""
+    sources = _sources(_hf(hf_dir)[1], corpus[0][-12:], prefix)
+    tags = [plain.languages.tag_ids["fr"]] * len(sources)
+    options = DecodeOptions(beam_size=4, n_best=4)
+    vocab = shortlisted.output_vocab(sources, tags)
+    assert vocab is not None
+    for i, hyps in enumerate(beam_search(shortlisted, sources, tags, options)):
+        allowed = set(vocab.vocab[np.isfinite(vocab.sentence_bias[i])].tolist())
+        assert all(set(h.tokens) <= allowed - {plain.pad_id} for h in hyps)
+    monkeypatch.setenv("MTSERVE_SHORTLIST", "off")
+    whole = OnnxModel(model_dir)
+    expected, got = beam_search(plain, sources, tags, options), beam_search(whole, sources, tags, options)
+    assert [[h.tokens for h in hyps] for hyps in got] == [[h.tokens for h in hyps] for hyps in expected]
+    src = np.asarray([sources[0]], np.int64)
+    steps = []
+    for model in (plain, whole):
+        cache = model.new_cache(1, 2)
+        steps.append(
+            model.decode_step(
+                np.asarray([[tags[0]]]), np.ones_like(src), cache, model.encode(src, np.ones_like(src)).cross
+            )
+        )
+    assert np.array_equal(np.isfinite(steps[0]), np.isfinite(steps[1]))
+    assert np.allclose(steps[0][np.isfinite(steps[0])], steps[1][np.isfinite(steps[1])], atol=1e-5)

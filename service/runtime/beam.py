@@ -28,6 +28,7 @@ from service.manifest import Generation
 from service.runtime.degenerate import Quality, mark_degenerate, sane_first
 from service.runtime.kv_cache import SelfAttentionCache, compact_rows, compaction_order
 from service.runtime.sessions import LARGE_BATCH_ROWS, KVList, OnnxModel
+from service.runtime.shortlist import BatchVocab
 
 # Sources are padded to a multiple of this many tokens. Attention sums over the source in
 # vector lanes of 16 floats: with the width a multiple of 16, the padding only ever adds exact
@@ -200,6 +201,7 @@ class _Start(NamedTuple):
     min_length: int  # EOS may not come before this many generated tokens
     cache: SelfAttentionCache
     last: np.ndarray  # [n] the next step's input ids
+    vocab: BatchVocab | None  # the output layer's shortlist, for a model with one
 
 
 def _start(
@@ -218,10 +220,11 @@ def _start(
     limits = np.array([max(1, options.limit(len(s)) - forced) for s in sources])
     cache = model.new_cache(len(sources), int(limits.max()) + forced, max_beams)
     last = np.asarray(tags, dtype=np.int64)
+    vocab = model.output_vocab(sources, tags)
     for position in range(forced):
-        model.decode_top(last[:, None], mask, cache, cross)
+        model.decode_top(last[:, None], mask, cache, cross, vocab=vocab)
         last = np.asarray([p[position] for p in prefixes], dtype=np.int64)
-    return _Start(mask, cross, limits, options.min_length - forced, cache, last)
+    return _Start(mask, cross, limits, options.min_length - forced, cache, last, vocab)
 
 
 def greedy_search(
@@ -233,7 +236,7 @@ def greedy_search(
     spans: Sequence[tuple[int, int]] = (),
 ) -> list[list[Hypothesis]]:
     """The beam-1 fast path: argmax per step, no beam bookkeeping."""
-    mask, cross, limits, min_length, cache, last = _start(model, sources, tags, options, prefixes, 1)
+    mask, cross, limits, min_length, cache, last, vocab = _start(model, sources, tags, options, prefixes, 1)
     aligner = _Aligner(spans, mask.shape[1]) if spans else None
     alive = np.arange(len(sources))
     tokens: list[list[int]] = [[] for _ in sources]
@@ -243,7 +246,7 @@ def greedy_search(
     riding = np.zeros(len(sources), dtype=bool)  # finished, still in the batch (see COMPACT_SHARE)
     eos = model.eos_id
     for step in range(int(limits.max())):
-        top = model.decode_top(last[:, None], mask, cache, cross, aligner is not None)
+        top = model.decode_top(last[:, None], mask, cache, cross, aligner is not None, vocab)
         peaks = aligner.peaks(top.alignment, alive, 1) if aligner is not None else None
         length = step + 1
         keep = []
@@ -278,6 +281,7 @@ def greedy_search(
             rows = compaction_order(np.asarray(keep, dtype=np.int64))
             cache.reorder(rows, rows)  # finished rows leave the cache
             alive, mask, cross, riding = alive[rows], mask[rows], compact_rows(cross, rows), riding[rows]
+            vocab = None if vocab is None else vocab.kept(rows)
         last = np.asarray([tokens[s][-1] if tokens[s] else eos for s in alive], dtype=np.int64)
     return [_ranked(r, source, 1, options, eos) for r, source in zip(results, sources, strict=True)]
 
@@ -337,7 +341,7 @@ def _beam_search(
     # microseconds whatever its size: so the common case (no ending, no guard hit, no sentence done)
     # takes few of them, and what depends only on the batch's shape is made once (_Grid).
     k = options.beam_size
-    mask, cross, limits, min_length, cache, last = _start(model, sources, tags, options, prefixes, k)
+    mask, cross, limits, min_length, cache, last, vocab = _start(model, sources, tags, options, prefixes, k)
     aligner = _Aligner(spans, mask.shape[1]) if spans else None
     # Step 0 runs one row per sentence (all K beams would start identical); the batch
     # becomes K rows per sentence, row s·K + j for beam j of sentence s, from step 1 on.
@@ -354,7 +358,7 @@ def _beam_search(
     grids: dict[tuple[int, int], _Grid] = {}
     eos = model.eos_id
     for step in range(int(limits.max())):
-        step_top = model.decode_top(last[:, None], mask, cache, cross, aligner is not None)
+        step_top = model.decode_top(last[:, None], mask, cache, cross, aligner is not None, vocab)
         peaks = aligner.peaks(step_top.alignment, alive, beams) if aligner is not None else None
         n = len(alive)
         grid = grids.get((n, beams)) or grids.setdefault((n, beams), _Grid(n, beams, width))
@@ -439,6 +443,7 @@ def _beam_search(
         if compact:  # drop finished sentences from the running batch
             cache.reorder(next_rows, keep)
             cross, mask, alive, full = compact_rows(cross, keep), mask[keep], alive[keep], full[keep]
+            vocab = None if vocab is None else vocab.kept(keep)
             alive_limits = limits[alive]
             nearest_limit = int(alive_limits.min())
         else:

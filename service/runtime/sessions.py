@@ -31,6 +31,7 @@ from service.runtime.kv_cache import SelfAttentionCache
 from service.runtime.libc import libc
 from service.runtime.lookups import open_recording_lookups
 from service.runtime.packed import discard, packed_dir, packed_graph, packed_key
+from service.runtime.shortlist import OUTPUT_BIAS, OUTPUT_SCALE, OUTPUT_VOCAB, OUTPUT_WEIGHT, BatchVocab, OutputLayer
 from service.runtime.text_tokenizer import load_text_tokenizer
 
 log = logging.getLogger("mtserve.runtime")
@@ -262,9 +263,11 @@ def step_feeds(
     mask: np.ndarray,
     cache: SelfAttentionCache,
     cross: KVList,
+    vocab: BatchVocab | None = None,
 ) -> StepFeeds:
     """The decoder step's feeds for this cache, mask and cross K/V (checked against each other),
-    and arrays for the outputs asked for."""
+    and arrays for the outputs asked for; `vocab`: the output layer's inputs, for a step that takes a
+    shortlist (service/runtime/shortlist.py)."""
     _check_step(last_ids, mask, cache)
     spec = decoder_spec(layers, alignment=ALIGNMENT in outputs)
     ids, length = np.array(last_ids, dtype=np.int64).reshape(-1, 1), np.array(cache.length, np.int32)
@@ -277,6 +280,15 @@ def step_feeds(
     }
     cross_names = [n for n in spec.inputs if n.startswith("cross_")]
     arrays |= dict(zip(cross_names, (np.ascontiguousarray(c) for c in cross), strict=True))
+    if vocab is not None:
+        if len(vocab.sentence_bias) != cache.sentences:
+            raise ValueError(
+                f"an output layer for {len(vocab.sentence_bias)} sentences; the cache holds {cache.sentences}"
+            )
+        arrays |= {OUTPUT_WEIGHT: vocab.weight, OUTPUT_BIAS: vocab.row_bias(cache.beams), OUTPUT_VOCAB: vocab.vocab}
+        if vocab.scale is not None:
+            arrays[OUTPUT_SCALE] = vocab.scale
+        vocab_size = len(vocab.vocab)
     inputs = {name: ort.OrtValue.ortvalue_from_numpy(a) for name, a in arrays.items()}
     inputs |= dict(
         zip((n for n in spec.inputs if n.startswith(("past_key.", "past_value."))), cache.values, strict=True)
@@ -308,6 +320,7 @@ class _BoundStep:
     names: tuple[str, ...]  # the outputs asked for
     mask: np.ndarray  # the arrays bound, held: the binding is valid while the caller passes these
     cross: KVList
+    vocab: BatchVocab | None
     feeds: StepFeeds
     binding: ort.IOBinding
 
@@ -419,6 +432,19 @@ class OnnxModel:
         self.encoder = graph("encoder")
         self.decoder = graph("decoder")
         self.has_alignment = ALIGNMENT in {output.name for output in self.decoder.wide.get_outputs()}
+        self.output_layer = OutputLayer.load(model_dir, self.manifest)
+        takes_shortlist = OUTPUT_WEIGHT in {i.name for i in self.decoder.wide.get_inputs()}
+        if takes_shortlist != (self.output_layer is not None):
+            raise ModelFileError(
+                model_dir / files["decoder"],
+                "its output projection reads a shortlist, and the manifest names no output_layer file"
+                if takes_shortlist else "the manifest names an output_layer file, and its output projection reads none",
+            )  # fmt: skip
+        # tag -> target language, where one language has the tag (a shortlist's lexical table is per language)
+        tags: dict[int, list[str]] = {}
+        for lang, tag in self.languages.tag_ids.items():
+            tags.setdefault(tag, []).append(lang)
+        self._tag_languages = {tag: langs[0] for tag, langs in tags.items() if len(langs) == 1}
         if self.manifest.generation.replace_unknowns and not self.has_alignment:
             raise ModelFileError(
                 model_dir / files["decoder"], "generation.replace_unknowns needs an alignment output; it has none"
@@ -469,8 +495,16 @@ class OnnxModel:
 
         `mask` [N, S] and `cross` [N, H, S, K] hold N sources, B = N · cache.beams: rows
         r·B/N to (r+1)·B/N - 1 are the beams of source r."""
-        (log_probs,) = self._step(["log_probs"], last_ids, mask, cache, cross)
-        return log_probs
+        vocab = None if self.output_layer is None else self.output_layer.full(cache.sentences)
+        (log_probs,) = self._step(["log_probs"], last_ids, mask, cache, cross, vocab)
+        return log_probs[:, : self.manifest.vocab_size]
+
+    def output_vocab(self, sources: Sequence[Sequence[int]], tags: Sequence[int]) -> BatchVocab | None:
+        """The output layer's inputs for these sources decoded from these start tokens: their
+        shortlists' union (service/runtime/shortlist.py); None for a model without one."""
+        if self.output_layer is None:
+            return None
+        return self.output_layer.batch(sources, [self._tag_languages.get(int(tag), "") for tag in tags])
 
     def decode_top(
         self,
@@ -479,15 +513,26 @@ class OnnxModel:
         cache: SelfAttentionCache,
         cross: KVList,
         alignment: bool = False,
+        vocab: BatchVocab | None = None,
     ) -> TopStep:
         """One step (as decode_step) returning only each row's best DECODER_TOP_K log-probs and ids,
-        and EOS's log-prob; with `alignment`, also each row's attention over its source."""
+        and EOS's log-prob; with `alignment`, also each row's attention over its source. A model
+        with a shortlist decodes over `vocab` (output_vocab, kept as its sentences are), or without
+        it over the whole vocabulary."""
+        if vocab is None and self.output_layer is not None:
+            vocab = self.output_layer.full(cache.sentences)
         names = ["top_log_probs", "top_ids", "eos_log_prob", *([ALIGNMENT] if alignment else [])]
-        top_log_probs, top_ids, eos_log_prob, *attention = self._step(names, last_ids, mask, cache, cross)
+        top_log_probs, top_ids, eos_log_prob, *attention = self._step(names, last_ids, mask, cache, cross, vocab)
         return TopStep(top_log_probs, top_ids, eos_log_prob, attention[0] if attention else None)
 
     def _step(
-        self, names: list[str], last_ids: np.ndarray, mask: np.ndarray, cache: SelfAttentionCache, cross: KVList
+        self,
+        names: list[str],
+        last_ids: np.ndarray,
+        mask: np.ndarray,
+        cache: SelfAttentionCache,
+        cross: KVList,
+        vocab: BatchVocab | None,
     ) -> list[np.ndarray]:
         m = self.manifest
 
@@ -500,14 +545,15 @@ class OnnxModel:
                 and bound.names == tuple(names)
                 and bound.mask is mask
                 and bound.cross is cross
+                and bound.vocab is vocab
             ):
                 _check_step(last_ids, mask, cache)
                 np.copyto(bound.feeds.ids, np.asarray(last_ids).reshape(-1, 1))
                 bound.feeds.length[...] = cache.length
                 return bound.binding, bound.feeds
-            feeds = step_feeds(m.decoder_layers, m.vocab_size, names, last_ids, mask, cache, cross)
+            feeds = step_feeds(m.decoder_layers, m.vocab_size, names, last_ids, mask, cache, cross, vocab)
             binding = feeds.bind(session)
-            cache.bindings[id(session)] = _BoundStep(tuple(names), mask, cross, feeds, binding)
+            cache.bindings[id(session)] = _BoundStep(tuple(names), mask, cross, vocab, feeds, binding)
             return binding, feeds
 
         outputs = self.decoder.run_bound(bind)

@@ -40,6 +40,11 @@ class TextTokenizer(Protocol):
 
     def id_to_piece(self, i: int) -> str: ...
 
+    def encode_target(self, text: str) -> list[int]:
+        """The ids of target-language `text`, as the decoder would write them (a lexical table's
+        training pairs)."""
+        ...
+
 
 class SentencePieceTokenizer:
     def __init__(self, path: Path) -> None:
@@ -63,6 +68,9 @@ class SentencePieceTokenizer:
     def id_to_piece(self, i: int) -> str:
         return str(self.sp.id_to_piece(i))
 
+    def encode_target(self, text: str) -> list[int]:
+        return self.encode(text)
+
 
 class VocabTokenizer:
     def __init__(
@@ -80,6 +88,7 @@ class VocabTokenizer:
         self.ids = _read_vocab(vocab)
         target_ids = self.ids if target_vocab is None else _read_vocab(target_vocab)
         self.pieces = {i: piece for piece, i in target_ids.items()}
+        self.target_ids = target_ids
         self.unk = unk
         self.skip = frozenset(skip)
 
@@ -102,6 +111,9 @@ class VocabTokenizer:
 
     def id_to_piece(self, i: int) -> str:
         return str(self.pieces.get(i, ""))
+
+    def encode_target(self, text: str) -> list[int]:
+        return [self.target_ids.get(piece, self.unk) for piece in self.target.encode(text, out_type=str)]
 
     def word_starts(self) -> list[bool]:
         size = max(self.pieces) + 1

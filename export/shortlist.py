@@ -1,0 +1,363 @@
+"""A per-sentence output shortlist: the decoder's output layer over each sentence's likely tokens.
+
+Most of a small model's decoder step at a few rows is its output layer: the projection onto
+the whole vocabulary, the log-softmax and the top-k. A sentence's translation draws on a few
+hundred of those tokens. With a shortlist, each sentence gets `size` candidate tokens (its
+source's likeliest translations, its own tokens, the target language's most frequent tokens), a
+batch runs its output layer over the union of its sentences' candidates, and each row is masked
+to its own sentence's: so a sentence decodes the same alone or in any batch, as without one.
+
+Two parts, written into a model directory by `add_shortlist`:
+
+- the lexical table (`LexicalTable.build`): per target language, each source token's likeliest
+  target tokens by sentence-level co-occurrence over training pairs, p(target token in the pair |
+  source token in it), and the target tokens by frequency;
+- the decoder step rewritten (`rewrite_output_layer`): its output projection reads its weights
+  (and int8 scales) from inputs, the runtime's columns for the batch's union; an additive
+  `output_bias` [rows, U] before the log-softmax carries each row's mask and the projection's own
+  bias; `top_ids` are mapped back to vocabulary ids through `output_vocab` [U].
+
+The projection's weights move from the weights file into OUTPUT_LAYER_FILE with the table
+(service/runtime/shortlist.py reads it). CTranslate2's vocabulary map does the same for a batch,
+without the per-row mask.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from export.shared_weights import share_weights
+from export.writer import REPORT_FILE
+from model import corpus
+from model.data_config import DataConfig
+from service.graphs import DECODER_TOP_K
+from service.manifest import MANIFEST_FILE, Manifest, load_manifest, sha256_file
+from service.runtime.shortlist import (
+    FREQUENT_PREFIX,
+    LEXICAL_PREFIX,
+    OUTPUT_BIAS,
+    OUTPUT_LAYER_FILE,
+    OUTPUT_SCALE,
+    OUTPUT_VOCAB,
+    OUTPUT_WEIGHT,
+)
+from service.runtime.text_tokenizer import load_text_tokenizer
+
+# Translations kept per source token: a sentence of ten tokens reaches a shortlist of 1,024
+# within this many ranks.
+LEXICAL_RANKS = 96
+LOCAL_TOP_IDS = "top_ids.shortlist"
+
+
+class ShortlistError(ValueError):
+    """A model directory or graph the shortlist cannot be added to; names what and why."""
+
+
+@dataclass(frozen=True)
+class LexicalTable:
+    translations: np.ndarray  # [V, LEXICAL_RANKS] each source token's likeliest target tokens, best first
+    frequent: np.ndarray  # [V] target tokens, most frequent first
+
+    @classmethod
+    def build(cls, pairs: Iterable[tuple[Sequence[int], Sequence[int]]], vocab_size: int) -> LexicalTable:
+        """From (source ids, target ids) pairs: p(t in the target | s in the source), counted once per
+        pair; ties by the more frequent target, then the lower id."""
+        cells: list[np.ndarray] = []
+        source_count = np.zeros(vocab_size, np.int64)
+        target_count = np.zeros(vocab_size, np.int64)
+        for source, target in pairs:
+            s, t = np.unique(np.asarray(source, np.int64)), np.unique(np.asarray(target, np.int64))
+            if not len(s) or not len(t):
+                continue
+            source_count[s] += 1
+            target_count[t] += 1
+            cells.append(np.add.outer(s * vocab_size, t).ravel())
+        if not cells:
+            raise ShortlistError("no training pair to build the lexical table from")
+        codes, together = np.unique(np.concatenate(cells), return_counts=True)
+        src, tgt = np.divmod(codes, vocab_size)
+        likely = together / source_count[src]
+        # by source, then likelier first, then more frequent target, then lower id
+        order = np.lexsort((tgt, -target_count[tgt], -likely, src))
+        src, tgt = src[order], tgt[order]
+        starts = np.searchsorted(src, np.arange(vocab_size))
+        rank = np.arange(len(src)) - starts[src]
+        frequent = np.lexsort((np.arange(vocab_size), -target_count)).astype(np.int32)
+        # a source token seen with fewer targets than the ranks is completed by the frequent ones
+        translations = np.tile(frequent[:LEXICAL_RANKS], (vocab_size, 1))
+        kept = rank < LEXICAL_RANKS
+        translations[src[kept], rank[kept]] = tgt[kept]
+        return cls(translations.astype(np.int32), frequent)
+
+
+@dataclass(frozen=True)
+class OutputLayer:
+    """What the rewritten step no longer holds: its projection as the product read it."""
+
+    weight: np.ndarray  # int8 [D, V] (MatMulIntegerToFloat), fp32 [D, V] (MatMul) or [V, D] (Gemm transB)
+    vocab_axis: int
+    scale: np.ndarray | None  # int8: [V] per column
+    bias: np.ndarray | None  # [V]
+    block: int  # the step's top-k block size: the union is padded to a multiple
+    k_blocks: int  # and holds at least this many blocks
+
+
+def _constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
+    """An initializer's value, or that of a Cast of one (fp32 weights stored as exact fp16)."""
+    for init in graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    for node in graph.node:
+        if node.op_type == "Cast" and node.output[0] == name:
+            value = _constant(graph, node.input[0])
+            to = next(a.i for a in node.attribute if a.name == "to")
+            return None if value is None else value.astype(helper.tensor_dtype_to_np_dtype(to))
+    return None
+
+
+def rewrite_output_layer(model: onnx.ModelProto, vocab_size: int) -> OutputLayer:
+    """Rewrite a decoder step (external data loaded) so that its output layer runs over the
+    shortlist inputs; returns the projection it took out. Refuses a graph it does not recognise."""
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    if any(i.name == OUTPUT_WEIGHT for i in graph.input):
+        raise ShortlistError("the decoder step already takes a shortlist")
+    softmax = producers.get("log_probs")
+    barred: onnx.NodeProto | None = None  # tokens never generated: -inf added after the log-softmax
+    if softmax is not None and softmax.op_type == "Add":
+        side = next((i for i in (0, 1) if _constant(graph, softmax.input[i]) is not None), None)
+        normalised = None if side is None else producers.get(softmax.input[1 - side])
+        if side is not None and normalised is not None and normalised.op_type == "LogSoftmax":
+            never = f"{softmax.input[side]}.shortlist"
+            barred = helper.make_node("Gather", [softmax.input[side], OUTPUT_VOCAB], [never], name=never, axis=0)
+            softmax.input[side] = never
+            softmax = normalised
+    if softmax is None or softmax.op_type != "LogSoftmax":
+        raise ShortlistError("the decoder step's log_probs do not come from a LogSoftmax")
+    logits = softmax.input[0]
+    node = producers[logits]
+    bias: np.ndarray | None = None
+    dropped: list[onnx.NodeProto] = []
+    if node.op_type == "Add":  # the projection's bias
+        for side in (0, 1):
+            value = _constant(graph, node.input[side])
+            if value is not None and value.shape == (vocab_size,):
+                bias, logits = value.astype(np.float32), node.input[1 - side]
+                dropped.append(node)
+                node = producers[logits]
+                break
+    if node.op_type == "Mul":  # int8 per row: the product times each row's range
+        node = next((producers[i] for i in node.input if producers.get(i) is not None
+                     and producers[i].op_type == "MatMulIntegerToFloat"), node)  # fmt: skip
+    scale: np.ndarray | None = None
+    weight = _constant(graph, node.input[1]) if len(node.input) > 1 else None
+    if weight is None or weight.ndim != 2:
+        raise ShortlistError(f"the decoder step's output projection ({node.op_type}) has no constant 2-D weight")
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "MatMulIntegerToFloat":
+        if len(node.input) > 5 and any(node.input[5:]):
+            raise ShortlistError("the int8 output projection has a weight zero point or a bias input")
+        scale = _constant(graph, node.input[3])
+        if scale is None or scale.shape != (vocab_size,):
+            raise ShortlistError("the int8 output projection has no per-column weight scale")
+        node.input[3] = OUTPUT_SCALE
+        axis = 1
+    elif node.op_type == "Gemm":
+        if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 or attrs.get("transA", 0):
+            raise ShortlistError("the output projection's Gemm scales or transposes its input")
+        axis = 0 if attrs.get("transB", 0) else 1
+        if len(node.input) > 2 and node.input[2]:
+            c = _constant(graph, node.input[2])
+            if c is None or c.shape != (vocab_size,):
+                raise ShortlistError("the output projection's Gemm has a bias that is not one per token")
+            bias = c.astype(np.float32) if bias is None else bias + c.astype(np.float32)
+            del node.input[2:]
+    elif node.op_type == "MatMul":
+        axis = 1
+    else:
+        raise ShortlistError(f"the decoder step's output projection is a {node.op_type}, not a product it knows")
+    if weight.shape[axis] != vocab_size:
+        raise ShortlistError(f"the output projection's weight {weight.shape} does not span the vocabulary")
+    node.input[1] = OUTPUT_WEIGHT
+
+    masked = "logits.shortlist"
+    softmax.input[0] = masked
+    add = helper.make_node("Add", [logits, OUTPUT_BIAS], [masked], name="shortlist.bias")
+    block, k_blocks = _retarget_top_k(graph, producers, dropped)
+    remap = helper.make_node("Gather", [OUTPUT_VOCAB, LOCAL_TOP_IDS], ["top_ids"], name="shortlist.top_ids", axis=0)
+    kept = [n for n in graph.node if not any(n is d for d in dropped)]
+    kept.insert(next(i for i, n in enumerate(kept) if n is softmax), add)
+    if barred is not None:
+        kept.insert(0, barred)
+    kept.append(remap)
+    del graph.node[:]
+    graph.node.extend(kept)
+
+    dim = weight.shape[1 - axis]
+    weight_shape: list[int | str] = ["shortlist", dim] if axis == 0 else [dim, "shortlist"]
+    graph.input.extend(
+        [
+            helper.make_tensor_value_info(OUTPUT_WEIGHT, helper.np_dtype_to_tensor_dtype(weight.dtype), weight_shape),
+            *([helper.make_tensor_value_info(OUTPUT_SCALE, TensorProto.FLOAT, ["shortlist"])] if scale is not None
+              else []),
+            helper.make_tensor_value_info(OUTPUT_BIAS, TensorProto.FLOAT, ["batch", "shortlist"]),
+            helper.make_tensor_value_info(OUTPUT_VOCAB, TensorProto.INT64, ["shortlist"]),
+        ]
+    )  # fmt: skip
+    for output in graph.output:
+        if output.name == "log_probs":
+            output.type.tensor_type.shape.dim[1].ClearField("dim_value")
+            output.type.tensor_type.shape.dim[1].dim_param = "shortlist"
+    used = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
+    initializers = {i.name for i in graph.initializer}
+    dead_casts = [
+        n for n in graph.node if n.op_type == "Cast" and n.input[0] in initializers and n.output[0] not in used
+    ]
+    for node in dead_casts:
+        graph.node.remove(node)
+    used = {name for n in graph.node for name in n.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
+    return OutputLayer(weight, axis, None if scale is None else scale.astype(np.float32), bias, block, k_blocks)
+
+
+def _retarget_top_k(
+    graph: onnx.GraphProto, producers: Mapping[str, onnx.NodeProto], dropped: list[onnx.NodeProto]
+) -> tuple[int, int]:
+    """The blockwise top-k (export/decoder_graph.py) over a shortlist of any multiple of its block:
+    the block count comes from the shape, any padding is the runtime's; top_ids come out as
+    positions in the shortlist. Returns the block size and the blocks it needs at least."""
+    consumers = [n for n in graph.node if "log_probs" in n.input and n.op_type in ("Reshape", "Pad")]
+    if len(consumers) != 1:
+        raise ShortlistError("the decoder step's top-k does not read log_probs through one Reshape")
+    reshape = consumers[0]
+    if reshape.op_type == "Pad":  # a vocabulary the block does not divide: the runtime pads the shortlist
+        dropped.append(reshape)
+        reshape = next(n for n in graph.node if reshape.output[0] in n.input)
+        reshape.input[0] = "log_probs"
+    shape = _constant(graph, reshape.input[1])
+    if reshape.op_type != "Reshape" or shape is None or shape.shape != (3,):
+        raise ShortlistError("the decoder step's top-k does not group log_probs into blocks")
+    block = int(shape[2])
+    blocks = f"{reshape.input[1]}.shortlist"
+    graph.initializer.append(numpy_helper.from_array(np.array([0, -1, block], np.int64), blocks))
+    reshape.input[1] = blocks
+    top_ids = producers.get("top_ids")
+    k_blocks = _constant(graph, "k_blocks")
+    if top_ids is None or k_blocks is None:
+        raise ShortlistError("the decoder step has no blockwise top_ids")
+    top_ids.output[0] = LOCAL_TOP_IDS
+    return block, int(k_blocks.reshape(-1)[0])
+
+
+def _checked_tokens(pairs: Iterable[tuple[Sequence[int], Sequence[int]]], vocab_size: int) -> Iterable[
+        tuple[Sequence[int], Sequence[int]]]:  # fmt: skip
+    for source, target in pairs:
+        if any(not 0 <= i < vocab_size for i in (*source, *target)):
+            raise ShortlistError(f"a training pair has token ids outside the vocabulary of {vocab_size}")
+        yield source, target
+
+
+def add_shortlist(
+    model_dir: Path,
+    pairs_by_target: Mapping[str, Iterable[tuple[Sequence[int], Sequence[int]]]],
+    size: int,
+) -> dict[str, object]:
+    """Give `model_dir` a shortlist of `size` tokens per sentence, the lexical table of each target
+    language built from its (source ids, target ids) pairs. Rewrites the decoder step, the weights
+    file and the manifest; returns a report."""
+    manifest = load_manifest(model_dir)
+    vocab = manifest.vocab_size
+    if "output_layer" in manifest.files:
+        raise ShortlistError(f"{model_dir} already has a shortlist ({manifest.files['output_layer']})")
+    if not DECODER_TOP_K <= size < vocab:
+        raise ShortlistError(
+            f"the shortlist size must lie in {DECODER_TOP_K}..{vocab - 1} (top-k to vocabulary), got {size}"
+        )
+    unknown = sorted(set(pairs_by_target) - set(manifest.languages))
+    if unknown:
+        raise ShortlistError(f"pairs into {', '.join(unknown)}: not a language of {model_dir}")
+    tables = {lang: LexicalTable.build(_checked_tokens(p, vocab), vocab) for lang, p in pairs_by_target.items()}
+    decoder = model_dir / manifest.files["decoder"]
+    step = onnx.load(str(decoder), load_external_data=True)
+    layer = rewrite_output_layer(step, vocab)
+    graphs = [manifest.files[role] for role in ("encoder", "decoder", "mlm_head") if role in manifest.files]
+    # every graph inline, then one weights file again without the projection (share_weights)
+    loaded = {name: step if name == decoder.name else onnx.load(str(model_dir / name), load_external_data=True)
+              for name in graphs}  # fmt: skip
+    for name, graph in loaded.items():
+        for init in graph.graph.initializer:
+            init.ClearField("external_data")
+            init.data_location = TensorProto.DEFAULT
+        onnx.save(graph, str(model_dir / name))
+    share_weights(model_dir, graphs, vocab)
+    arrays: dict[str, np.ndarray] = {
+        "weight": layer.weight,
+        "vocab_axis": np.array(layer.vocab_axis),
+        "size": np.array(size),
+        "block": np.array(layer.block),
+        "k_blocks": np.array(layer.k_blocks),
+    }
+    if layer.scale is not None:
+        arrays["scale"] = layer.scale
+    if layer.bias is not None:
+        arrays["bias"] = layer.bias
+    for lang, table in tables.items():
+        index_type = np.int16 if vocab <= np.iinfo(np.int16).max else np.int32
+        arrays[LEXICAL_PREFIX + lang] = table.translations.astype(index_type)
+        arrays[FREQUENT_PREFIX + lang] = table.frequent.astype(index_type)
+    with open(model_dir / OUTPUT_LAYER_FILE, "wb") as handle:
+        np.savez(handle, allow_pickle=False, **arrays)
+    files = {**manifest.files, "output_layer": OUTPUT_LAYER_FILE}
+    hashes = {name: sha256_file(model_dir / name) for name in files.values()}
+    updated = Manifest.model_validate({**manifest.model_dump(), "files": files, "sha256": hashes})
+    (model_dir / MANIFEST_FILE).write_text(updated.model_dump_json(indent=2) + "\n")
+    report: dict[str, object] = {
+        "shortlist_size": size,
+        "languages": sorted(tables),
+        "output_layer_bytes": (model_dir / OUTPUT_LAYER_FILE).stat().st_size,
+    }
+    exported = model_dir / REPORT_FILE
+    if exported.is_file():  # the directory's record of how it was made
+        record = json.loads(exported.read_text())
+        exported.write_text(json.dumps({**record, "shortlist": report}, indent=2) + "\n")
+    return report
+
+
+def config_pairs(data: DataConfig, data_dir: Path) -> dict[str, list[tuple[str, str]]]:
+    """Target language -> (source, target) sentences: the training pairs of a config's corpora,
+    held-out sentences left out, each pair both ways."""
+    held = corpus.held_sentences(data, data_dir)
+    pairs: dict[str, list[tuple[str, str]]] = {}
+    for entry in data.corpora:
+        if entry.weight <= 0:
+            continue
+        source_lang, target_lang = entry.langs
+        for pair in corpus.training_pairs(entry, data_dir, held):
+            pairs.setdefault(target_lang, []).append((pair.src, pair.tgt))
+            pairs.setdefault(source_lang, []).append((pair.tgt, pair.src))
+    if not pairs:
+        raise ShortlistError("the training config has no corpus of pairs")
+    return pairs
+
+
+def shortlist_from_text(
+    model_dir: Path, pairs_by_target: Mapping[str, Sequence[tuple[str, str]]], size: int
+) -> dict[str, object]:
+    """add_shortlist from sentence pairs, tokenized as the model's tokenizer reads a source and
+    writes a target."""
+    tokenizer = load_text_tokenizer(model_dir, load_manifest(model_dir))
+    tokenized = {
+        lang: ((tokenizer.encode(s), tokenizer.encode_target(t)) for s, t in pairs)
+        for lang, pairs in pairs_by_target.items()
+    }
+    report = add_shortlist(model_dir, tokenized, size)
+    report["pairs"] = {lang: len(pairs) for lang, pairs in pairs_by_target.items()}
+    return report

@@ -1,0 +1,191 @@
+"""Each sentence's output shortlist, and a batch's output layer over their union.
+
+A model directory with an output layer file (export/shortlist.py) has a decoder step whose
+output projection reads its weights from inputs. A batch binds the columns of the union of
+its sentences' shortlists, and a bias per row that is 0 on its own sentence's candidates
+(plus the projection's own bias) and -inf elsewhere: the log-softmax of a row spans its
+sentence's shortlist whatever else is in the batch, so a sentence decodes the same alone or in
+any batch. The union is sorted, so that the step's top-k still prefers the lower id on ties.
+
+A sentence's shortlist, `size` tokens: the special tokens up to EOS and the unknown token, the
+target language's FREQUENT_FIRST most frequent tokens, the sentence's own tokens, its tokens'
+translations rank by rank, then more of the frequent tokens. A target language without a
+lexical table, and every sentence with MTSERVE_SHORTLIST=off, spans the whole vocabulary.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+
+from service.manifest import Manifest, ModelFileError
+
+OUTPUT_LAYER_FILE = "output_layer.npz"
+OUTPUT_WEIGHT = "output_weight"
+OUTPUT_SCALE = "output_scale"
+OUTPUT_BIAS = "output_bias"
+OUTPUT_VOCAB = "output_vocab"
+LEXICAL_PREFIX = "lexical."
+FREQUENT_PREFIX = "frequent."
+# The target language's most frequent tokens (punctuation, articles, common verbs) come first in
+# every shortlist, ahead of the translations.
+FREQUENT_FIRST = 100
+
+
+def shortlist_enabled(setting: str | None = None) -> bool:
+    """MTSERVE_SHORTLIST: "off" decodes over the whole vocabulary (exactly as without a shortlist,
+    a little slower); anything else uses a model's shortlist where it has one."""
+    value = os.environ.get("MTSERVE_SHORTLIST", "on") if setting is None else setting
+    return value.strip().lower() != "off"
+
+
+def sentence_shortlist(
+    source: Sequence[int], translations: np.ndarray, frequent: np.ndarray, always: np.ndarray, size: int
+) -> np.ndarray:
+    """`size` candidate tokens, ascending, for a sentence of `source` ids: `always`, the FREQUENT_FIRST
+    most `frequent` targets, the source's own tokens, their `translations` ([V, ranks], best first)
+    rank by rank, then the most frequent of the rest."""
+    vocab_size = len(frequent)
+    own = np.unique(np.asarray(source, np.int64))
+    own = own[(own >= 0) & (own < vocab_size)]
+    chosen = np.zeros(vocab_size, bool)
+    for tokens in (always, frequent[:FREQUENT_FIRST], own):
+        chosen[tokens] = True
+    need = size - int(chosen.sum())
+    if need > 0:  # the first `need` translations not chosen yet, in rank order
+        ranked = translations[own].T.ravel()
+        fresh = ranked[~chosen[ranked]]
+        tokens, first = np.unique(fresh, return_index=True)
+        if len(tokens) > need:
+            tokens = tokens[first <= np.partition(first, need - 1)[need - 1]]
+        chosen[tokens] = True
+        need -= len(tokens)
+    if need > 0:
+        chosen[frequent[~chosen[frequent]][:need]] = True
+    return np.flatnonzero(chosen)
+
+
+@dataclass(frozen=True)
+class BatchVocab:
+    """The output layer's inputs for a batch of sentences: the union, its columns, each sentence's mask."""
+
+    vocab: np.ndarray  # [U] int64, ascending, padded at the end to whole top-k blocks
+    weight: np.ndarray  # the projection's columns for `vocab`, laid out as the step reads them
+    scale: np.ndarray | None  # int8: [U] their scales
+    sentence_bias: np.ndarray  # [n, U] float32: 0 (plus the projection's bias) where allowed, else -inf
+
+    def row_bias(self, beams: int) -> np.ndarray:
+        """[n · beams, U]: each sentence's bias for each of its rows."""
+        if beams == 1:
+            return self.sentence_bias
+        return np.repeat(self.sentence_bias, beams, axis=0)
+
+    def kept(self, sentences: np.ndarray) -> BatchVocab:
+        """The same union for the sentences kept (a compaction): their rows decode as before."""
+        return replace(self, sentence_bias=self.sentence_bias[sentences])
+
+
+class OutputLayer:
+    """A model's output layer file: the projection the decoder step reads through inputs, and the
+    lexical tables of its target languages."""
+
+    def __init__(self, path: Path, manifest: Manifest, enabled: bool = True) -> None:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {name: data[name] for name in data.files}
+        except (OSError, ValueError) as exc:
+            raise ModelFileError(path, f"not a readable output layer file ({exc})") from exc
+        try:
+            self.weight: np.ndarray = arrays["weight"]
+            self.vocab_axis = int(arrays["vocab_axis"])
+            self.size = int(arrays["size"])
+            self.block = int(arrays["block"])
+            self.k_blocks = int(arrays["k_blocks"])
+        except KeyError as exc:
+            raise ModelFileError(path, f"no {exc.args[0]!r} array in it") from exc
+        self.vocab_size = manifest.vocab_size
+        if self.weight.ndim != 2 or self.weight.shape[self.vocab_axis] != self.vocab_size:
+            raise ModelFileError(path, f"its weight {self.weight.shape} does not span the vocabulary")
+        self.scale = arrays.get("scale")
+        self.bias = arrays.get("bias")
+        for name, value in (("scale", self.scale), ("bias", self.bias)):
+            if value is not None and value.shape != (self.vocab_size,):
+                raise ModelFileError(path, f"its {name} {value.shape} does not span the vocabulary")
+        self.enabled = enabled
+        self.translations = {k[len(LEXICAL_PREFIX):]: v for k, v in arrays.items()
+                             if k.startswith(LEXICAL_PREFIX)}  # fmt: skip
+        self.frequent = {k[len(FREQUENT_PREFIX):]: v for k, v in arrays.items()
+                         if k.startswith(FREQUENT_PREFIX)}  # fmt: skip
+        for lang, table in self.translations.items():
+            frequent = self.frequent.get(lang)
+            if (
+                frequent is None
+                or table.ndim != 2
+                or len(table) != self.vocab_size
+                or frequent.shape != (self.vocab_size,)
+            ):
+                raise ModelFileError(path, f"its lexical table into {lang!r} does not span the vocabulary")
+            if table.min() < 0 or table.max() >= self.vocab_size:
+                raise ModelFileError(path, f"its lexical table into {lang!r} names tokens outside the vocabulary")
+        ids = manifest.special_ids
+        # EOS keeps its own id as its position (the step reads EOS's log-prob there): all ids up to it.
+        self.always = np.unique(np.array([*range(ids.eos + 1), *([ids.unk] if ids.unk is not None else [])]))
+        self._full: BatchVocab | None = None
+        self._last_full: BatchVocab | None = None
+
+    @classmethod
+    def load(cls, model_dir: Path, manifest: Manifest) -> OutputLayer | None:
+        name = manifest.files.get("output_layer")
+        return None if name is None else cls(model_dir / name, manifest, shortlist_enabled())
+
+    def candidates(self, source: Sequence[int], language: str) -> np.ndarray | None:
+        """A sentence's shortlist into `language`, ascending; None: the whole vocabulary."""
+        table = self.translations.get(language)
+        if table is None or not self.enabled:
+            return None
+        return sentence_shortlist(source, table, self.frequent[language], self.always, self.size)
+
+    def _padded(self, vocab: np.ndarray) -> np.ndarray:
+        blocks = max(-(-len(vocab) // self.block), self.k_blocks)
+        return np.concatenate((vocab, np.full(blocks * self.block - len(vocab), vocab[-1], np.int64)))
+
+    def _columns(self, vocab: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if len(vocab) == self.vocab_size and vocab[-1] == self.vocab_size - 1:
+            return self.weight, self.scale  # the whole vocabulary in order: no copy
+        weight = np.ascontiguousarray(np.take(self.weight, vocab, axis=self.vocab_axis))
+        return weight, None if self.scale is None else self.scale[vocab]
+
+    def batch(self, sources: Sequence[Sequence[int]], languages: Sequence[str]) -> BatchVocab:
+        """The output layer's inputs for sentences `sources` into `languages`."""
+        chosen = [self.candidates(source, lang) for source, lang in zip(sources, languages, strict=True)]
+        if any(c is None for c in chosen):
+            union = np.arange(self.vocab_size)
+        elif len(chosen) == 1:
+            union = cast(np.ndarray, chosen[0])
+        else:
+            union = np.unique(np.concatenate([c for c in chosen if c is not None]))
+        vocab = self._padded(union)
+        bias = np.full((len(sources), len(vocab)), -np.inf, np.float32)
+        for row, tokens in enumerate(chosen):
+            positions = slice(0, len(union)) if tokens is None else np.searchsorted(union, tokens)
+            bias[row, positions] = 0.0 if self.bias is None else self.bias[union[positions]]
+        weight, scale = self._columns(vocab)
+        return BatchVocab(vocab, weight, scale, bias)
+
+    def full(self, sentences: int) -> BatchVocab:
+        """The whole vocabulary for `sentences` sentences: log-probs over every token, as without a shortlist."""
+        if self._full is None:
+            vocab = self._padded(np.arange(self.vocab_size))
+            bias = np.full((1, len(vocab)), -np.inf, np.float32)
+            bias[0, : self.vocab_size] = 0.0 if self.bias is None else self.bias
+            weight, scale = self._columns(vocab)
+            self._full = BatchVocab(vocab, weight, scale, bias)
+        last = self._last_full  # one object per batch size, so that a step's binding is kept
+        if last is None or len(last.sentence_bias) != sentences:
+            last = self._last_full = self._full.kept(np.zeros(sentences, np.int64))
+        return last

@@ -1,0 +1,128 @@
+"""The output shortlist (`mtserve shortlist`): each sentence decodes over its own candidates, the
+same alone and in any batch, and with MTSERVE_SHORTLIST=off exactly as the model without one."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.cli import main
+from service.conventions import EOS_ID
+from service.manifest import MANIFEST_FILE, ModelFileError
+from service.runtime.beam import DecodeOptions, Hypothesis, beam_search
+from service.runtime.sessions import OnnxModel
+from tests.conftest import TAG
+
+pytestmark = pytest.mark.slow
+
+SIZE = 150  # of the tiny model's 400 tokens
+
+
+def _pairs(data_dir: Path) -> list[str]:
+    en, fr = data_dir / "multi30k/train.en.gz", data_dir / "multi30k/train.fr.gz"
+    return ["--pairs", f"en-fr={en},{fr}", f"fr-en={fr},{en}"]
+
+
+def _shortlisted(model: Path, data_dir: Path, out: Path, size: int = SIZE) -> Path:
+    shutil.copytree(model, out)
+    assert main(["shortlist", str(out), "--size", str(size), *_pairs(data_dir)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module", params=["fp32", "int8"])
+def models(
+    request: pytest.FixtureRequest, tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    """(the exported tiny model, a copy of it with a shortlist), at each precision."""
+    plain: Path = request.getfixturevalue("exported" if request.param == "fp32" else "exported_int8")
+    return plain, _shortlisted(plain, tiny_data_dir, tmp_path_factory.mktemp("shortlisted") / "model")
+
+
+def _search(
+    model: OnnxModel, texts: list[str], beam: int = 5
+) -> tuple[list[list[int]], list[int], list[list[Hypothesis]]]:
+    sources = [[*model.tokenizer.encode(text), EOS_ID] for text in texts]
+    tags = [TAG["fr"] if i % 3 else TAG["en"] for i in range(len(sources))]
+    return sources, tags, beam_search(model, sources, tags, DecodeOptions(beam_size=beam, n_best=beam))
+
+
+def test_each_sentence_decodes_over_its_own_candidates_alone_and_in_any_batch(
+    models: tuple[Path, Path], sentences: list[str]
+) -> None:
+    plain, shortlisted = OnnxModel(models[0], 2), OnnxModel(models[1], 2)
+    assert shortlisted.output_layer is not None
+    sources, tags, batched = _search(shortlisted, sentences)
+    languages = {TAG["en"]: "en", TAG["fr"]: "fr"}
+    for source, tag, hyps in zip(sources, tags, batched, strict=True):
+        candidates = shortlisted.output_layer.candidates(source, languages[tag])
+        assert candidates is not None
+        allowed = set(candidates.tolist())
+        assert len(allowed) == SIZE
+        assert all(set(h.tokens) <= allowed for h in hyps), "a token outside the sentence's shortlist"
+    for i in (0, 4, len(sources) - 1):
+        alone = beam_search(shortlisted, [sources[i]], [tags[i]], DecodeOptions(beam_size=5, n_best=5))[0]
+        assert [h.tokens for h in alone] == [h.tokens for h in batched[i]]
+        assert np.allclose([h.score for h in alone], [h.score for h in batched[i]], atol=1e-5)
+    # The tiny model has memorised its training pairs (the first half of `sentences`), which the
+    # shortlist was built from: their best translations stay those of the whole vocabulary.
+    _, _, full = _search(plain, sentences[:12])
+    into_french = [i for i in range(12) if tags[i] == TAG["fr"]]
+    assert [batched[i][0].tokens for i in into_french] == [full[i][0].tokens for i in into_french]
+
+
+def test_with_the_shortlist_off_a_model_decodes_exactly_as_without_one(
+    models: tuple[Path, Path], sentences: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MTSERVE_SHORTLIST", "off")
+    plain, shortlisted = OnnxModel(models[0], 2), OnnxModel(models[1], 2)
+    for beam in (1, 4):
+        _, _, expected = _search(plain, sentences, beam)
+        _, _, got = _search(shortlisted, sentences, beam)
+        assert [[h.tokens for h in hyps] for hyps in got] == [[h.tokens for h in hyps] for hyps in expected]
+        scores = [[h.score for h in hyps] for hyps in got], [[h.score for h in hyps] for hyps in expected]
+        assert np.allclose(*scores, atol=1e-5)
+    # decode_step's log-probs span the whole vocabulary, shortlist or not
+    ids = np.asarray([[*plain.tokenizer.encode(sentences[0]), EOS_ID]])
+    steps = []
+    for model in (plain, shortlisted):
+        mask = np.ones_like(ids)
+        cache = model.new_cache(1, 2)
+        steps.append(model.decode_step(np.asarray([[TAG["fr"]]]), mask, cache, model.encode(ids, mask).cross))
+    assert steps[0].shape == steps[1].shape == (1, plain.manifest.vocab_size)
+    assert np.allclose(steps[0], steps[1], atol=1e-5)
+
+
+def test_a_shortlist_is_refused_where_it_cannot_work(exported_int8: Path, tiny_data_dir: Path, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(exported_int8, model)
+    for size, problem in ((8, "must lie in 16..399"), (400, "must lie in 16..399")):
+        with pytest.raises(SystemExit, match=problem):
+            main(["shortlist", str(model), "--size", str(size), *_pairs(tiny_data_dir)])
+    with pytest.raises(SystemExit, match="expected SRC-TGT=SOURCE_FILE,TARGET_FILE"):
+        main(["shortlist", str(model), "--pairs", "en-fr=only-one-file"])
+    en = tiny_data_dir / "multi30k/train.en.gz"
+    with pytest.raises(SystemExit, match="pairs into de: not a language of"):
+        main(["shortlist", str(model), "--size", "100", "--pairs", f"en-de={en},{en}"])
+    short = tmp_path / "short.fr"
+    short.write_text("une ligne\n")
+    with pytest.raises(SystemExit, match="source lines but 1 target lines"):
+        main(["shortlist", str(model), "--size", "100", "--pairs", f"en-fr={en},{short}"])
+    assert main(["shortlist", str(model), "--size", "100", *_pairs(tiny_data_dir)]) == 0
+    with pytest.raises(SystemExit, match="already has a shortlist"):
+        main(["shortlist", str(model), "--size", "100", *_pairs(tiny_data_dir)])
+
+
+def test_a_decoder_that_reads_a_shortlist_needs_its_output_layer_file(
+    models: tuple[Path, Path], tmp_path: Path
+) -> None:
+    broken = tmp_path / "model"
+    shutil.copytree(models[1], broken)
+    manifest = json.loads((broken / MANIFEST_FILE).read_text())
+    del manifest["files"]["output_layer"], manifest["sha256"]["output_layer.npz"]
+    (broken / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(ModelFileError, match="reads a shortlist, and the manifest names no output_layer file"):
+        OnnxModel(broken, 1)
