@@ -126,3 +126,23 @@ def test_a_decoder_that_reads_a_shortlist_needs_its_output_layer_file(
     (broken / MANIFEST_FILE).write_text(json.dumps(manifest))
     with pytest.raises(ModelFileError, match="reads a shortlist, and the manifest names no output_layer file"):
         OnnxModel(broken, 1)
+
+
+def test_the_service_serves_a_shortlisted_model_and_names_it_in_its_metrics(
+    models: tuple[Path, Path], sentences: list[str]
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.api.app import create_app
+    from service.api.settings import Settings
+
+    body = {"texts": sentences[:4], "source": "en", "target": "fr"}
+    answers = []
+    for model in models:
+        with TestClient(create_app(Settings(models=[model]))) as client:
+            response = client.post("/v1/translate", json=body)
+            assert response.status_code == 200, response.text
+            answers.append([t["text"] for t in response.json()["translations"]])
+            info = [line for line in client.get("/metrics").text.splitlines() if line.startswith("mtserve_model_info")]
+            assert len(info) == 1 and ('-shortlist"' in info[0]) == (model == models[1]), info
+    assert answers[0][:2] == answers[1][:2]  # memorised training sentences: the same with a shortlist

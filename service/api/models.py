@@ -110,7 +110,8 @@ class Installed:
     @property
     def version(self) -> str:
         m = self.manifest
-        return f"{m.origin}-{m.precision}-opset{m.opset}"
+        shortlisted = "-shortlist" if "output_layer" in m.files else ""  # mtserve shortlist: a different output layer
+        return f"{m.origin}-{m.precision}-opset{m.opset}{shortlisted}"
 
 
 def _unique_names(entries: list[Installed]) -> list[Installed]:
