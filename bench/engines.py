@@ -2,7 +2,8 @@
 
 Rows: PyTorch re-running the decoder over the whole prefix every step (the textbook
 loop), PyTorch with the KV cache, this runtime (fp32, int8; `--activation-scales calibrated`
-for int8 graphs with constant scales), and CTranslate2 (fp32, int8) on the same weights.
+for int8 graphs with constant scales; `--shortlist N` for graphs with an output shortlist), and
+CTranslate2 (fp32, int8) on the same weights.
 Every engine gets the same sentences, threads, batch token budget, beam, length penalty and
 maximum-length rule. `--streams N` (default: the threads) decodes N batches at a time, one
 thread each: the runtime as `Translator.translate` does, and CTranslate2 with N replicas
@@ -117,6 +118,7 @@ def main() -> None:
     parser.add_argument(
         "--activation-scales", choices=["row", "calibrated"], default="row", help="this runtime's int8 graphs"
     )
+    parser.add_argument("--shortlist", type=int, default=0, help="this runtime's graphs with an output shortlist of N")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -145,6 +147,10 @@ def main() -> None:
         calibration = corpus.first_pairs_by_language(data, data_dir, held, CALIBRATION_PAIRS)
     for p in precisions:
         export_model(args.model, work / p, text, p, sources_text[:200], calibration_text=calibration)
+        if args.shortlist:
+            from export.shortlist import config_pairs, shortlist_from_text
+
+            shortlist_from_text(work / p, config_pairs(data, data_dir), args.shortlist)
         runtimes[p] = Translator.load(work / p, args.threads, args.batch_tokens)
     # The batches decoding at once share the token budget, as Translator.translate's do.
     groups = next(iter(runtimes.values())).batches([len(s) for s in sources], streams)
