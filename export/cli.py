@@ -71,7 +71,18 @@ def _shortlist(args: argparse.Namespace) -> int:
             if len(sources) != len(targets):
                 raise ValueError(f"--pairs {spec!r}: {len(sources)} source lines but {len(targets)} target lines")
             pairs.setdefault(target_lang, []).extend(zip(sources, targets, strict=True))
-        if not args.pairs:
+        monolingual: dict[str, list[str]] = {}
+        for spec in args.sources or []:
+            language, _, name = spec.partition("=")
+            if not language or not name:
+                raise ValueError(f"--sources {spec!r}: expected LANG=FILE, e.g. en=sentences.en")
+            monolingual.setdefault(language, []).extend(corpus.read_lines(Path(name)))
+        if monolingual:
+            from export.shortlist import translated_pairs
+
+            for target, found in translated_pairs(args.model, monolingual).items():
+                pairs.setdefault(target, []).extend(found)
+        if not args.pairs and not args.sources:
             from model.train_config import training_data_config
 
             pairs = config_pairs(training_data_config(args, args.model), corpus.resolve_data_dir(args.data_dir))
@@ -315,6 +326,13 @@ def register(sub: Any) -> None:
         nargs="+",
         metavar="SRC-TGT=SOURCE_FILE,TARGET_FILE",
         help="parallel text, one sentence a line, for each direction (default: the training pairs of --config)",
+    )
+    shortlist.add_argument(
+        "--sources",
+        nargs="+",
+        metavar="LANG=FILE",
+        help="sentences in LANG, one a line, that the model first translates itself: its own translations "
+        "are the pairs (a model without parallel text at hand, such as an Argos package)",
     )
     shortlist.add_argument(
         "--config",

@@ -54,6 +54,9 @@ from service.runtime.text_tokenizer import load_text_tokenizer
 # within this many ranks.
 LEXICAL_RANKS = 96
 LOCAL_TOP_IDS = "top_ids.shortlist"
+# On the committed model, a table from 19,000 pairs each way cost about 1 BLEU on val, from
+# 188,000 about 0.1 (docs/BENCHMARKS.md): fewer pairs than this get a warning.
+FEW_PAIRS = 100_000
 
 
 class ShortlistError(ValueError):
@@ -360,4 +363,46 @@ def shortlist_from_text(
     }
     report = add_shortlist(model_dir, tokenized, size)
     report["pairs"] = {lang: len(pairs) for lang, pairs in pairs_by_target.items()}
+    few = sorted(lang for lang, pairs in pairs_by_target.items() if len(pairs) < FEW_PAIRS)
+    if few:
+        report["warning"] = (
+            f"under {FEW_PAIRS:,} pairs into {', '.join(few)}: a table from fewer pairs ranks rare tokens' "
+            "translations less well and costs more BLEU (docs/BENCHMARKS.md)"
+        )
     return report
+
+
+def translated_pairs(
+    model_dir: Path, sources_by_language: Mapping[str, Sequence[str]], threads: int = 0
+) -> dict[str, list[tuple[str, str]]]:
+    """Target language -> (source, translation) pairs: the model's own translations (its whole
+    vocabulary, its own decoding options) of each language's sentences into every language it
+    translates that one into. For a model without parallel text at hand, such as an Argos package."""
+    import sys
+
+    from tqdm import tqdm
+
+    from service.runtime.beam import DecodeOptions
+    from service.runtime.translator import Translator
+
+    translator = Translator.load(model_dir, threads, packed=False)
+    options = DecodeOptions.from_generation(translator.model.manifest.generation)
+    pairs: dict[str, list[tuple[str, str]]] = {}
+    for source_lang, texts in sources_by_language.items():
+        targets = translator.languages.targets(source_lang)
+        if not targets:
+            raise ShortlistError(f"sentences in {source_lang}: {model_dir} translates nothing from {source_lang}")
+        texts = [t for t in texts if t.strip()]
+        for target in targets:
+            tty = sys.stderr.isatty()
+            with tqdm(total=len(texts), unit="sentence", file=sys.stderr, desc=f"{source_lang}->{target}",
+                      mininterval=0.1 if tty else 30.0, ascii=not tty) as bar:  # fmt: skip
+
+                def advance(done: int, total: int, bar: tqdm = bar) -> None:
+                    bar.total = total
+                    bar.update(done - bar.n)
+
+                outputs = translator.translate(texts, target, options, progress=advance)
+            found = [(text, hyps[0].text) for text, hyps in zip(texts, outputs, strict=True) if hyps[0].text]
+            pairs.setdefault(target, []).extend(found)
+    return pairs

@@ -111,6 +111,10 @@ def test_a_shortlist_is_refused_where_it_cannot_work(exported_int8: Path, tiny_d
     short.write_text("une ligne\n")
     with pytest.raises(SystemExit, match="source lines but 1 target lines"):
         main(["shortlist", str(model), "--size", "100", "--pairs", f"en-fr={en},{short}"])
+    with pytest.raises(SystemExit, match="expected LANG=FILE"):
+        main(["shortlist", str(model), "--size", "100", "--sources", "en"])
+    with pytest.raises(SystemExit, match="translates nothing from de"):
+        main(["shortlist", str(model), "--size", "100", "--sources", f"de={en}"])
     assert main(["shortlist", str(model), "--size", "100", *_pairs(tiny_data_dir)]) == 0
     with pytest.raises(SystemExit, match="already has a shortlist"):
         main(["shortlist", str(model), "--size", "100", *_pairs(tiny_data_dir)])
@@ -146,3 +150,28 @@ def test_the_service_serves_a_shortlisted_model_and_names_it_in_its_metrics(
             info = [line for line in client.get("/metrics").text.splitlines() if line.startswith("mtserve_model_info")]
             assert len(info) == 1 and ('-shortlist"' in info[0]) == (model == models[1]), info
     assert answers[0][:2] == answers[1][:2]  # memorised training sentences: the same with a shortlist
+
+
+def test_a_model_without_parallel_text_gets_its_shortlist_from_its_own_translations(
+    exported_int8: Path, tiny_data_dir: Path, sentences: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(exported_int8, model)
+    english = tiny_data_dir / "multi30k/train.en.gz"
+    assert main(["shortlist", str(model), "--size", str(SIZE), "--sources", f"en={english}"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (
+        report["languages"] == ["fr"] and report["pairs"] == {"fr": 200} and "under 100,000 pairs" in report["warning"]
+    )
+    plain, shortlisted = OnnxModel(exported_int8, 2), OnnxModel(model, 2)
+    texts = sentences[:12]  # memorised: the model's own translations of these built the table
+    sources = [[*plain.tokenizer.encode(text), EOS_ID] for text in texts]
+    options = DecodeOptions(beam_size=5)
+    tags = [TAG["fr"]] * len(sources)
+    expected = [h[0].tokens for h in beam_search(plain, sources, tags, options)]
+    assert [h[0].tokens for h in beam_search(shortlisted, sources, tags, options)] == expected
+    # into English the model has no table: the whole vocabulary, as before
+    tags = [TAG["en"]] * len(sources)
+    assert [h[0].tokens for h in beam_search(shortlisted, sources, tags, options)] == [
+        h[0].tokens for h in beam_search(plain, sources, tags, options)
+    ]
