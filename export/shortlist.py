@@ -55,8 +55,11 @@ from service.runtime.text_tokenizer import load_text_tokenizer
 LEXICAL_RANKS = 96
 LOCAL_TOP_IDS = "top_ids.shortlist"
 # On the committed model, a table from 19,000 pairs each way cost about 1 BLEU on val, from
-# 188,000 about 0.1 (docs/BENCHMARKS.md): fewer pairs than this get a warning.
-FEW_PAIRS = 100_000
+# 188,000 about 0.1 (docs/BENCHMARKS.md): fewer source sentences than this get a warning.
+FEW_SENTENCES = 100_000
+# --sources: each sentence's best translations from its beam, each a pair (from 19,000 sentences
+# each way, 4 of them gave 0.47 and 0.05 more val BLEU than the best alone; docs/BENCHMARKS.md).
+TRANSLATIONS_PER_SENTENCE = 4
 
 
 class ShortlistError(ValueError):
@@ -363,11 +366,11 @@ def shortlist_from_text(
     }
     report = add_shortlist(model_dir, tokenized, size)
     report["pairs"] = {lang: len(pairs) for lang, pairs in pairs_by_target.items()}
-    few = sorted(lang for lang, pairs in pairs_by_target.items() if len(pairs) < FEW_PAIRS)
+    few = sorted(lang for lang, pairs in pairs_by_target.items() if len({s for s, _ in pairs}) < FEW_SENTENCES)
     if few:
         report["warning"] = (
-            f"under {FEW_PAIRS:,} pairs into {', '.join(few)}: a table from fewer pairs ranks rare tokens' "
-            "translations less well and costs more BLEU (docs/BENCHMARKS.md)"
+            f"under {FEW_SENTENCES:,} source sentences into {', '.join(few)}: a table from fewer ranks rare "
+            "tokens' translations less well and costs more BLEU (docs/BENCHMARKS.md)"
         )
     return report
 
@@ -386,7 +389,7 @@ def translated_pairs(
     from service.runtime.translator import Translator
 
     translator = Translator.load(model_dir, threads, packed=False)
-    options = DecodeOptions.from_generation(translator.model.manifest.generation)
+    options = DecodeOptions.from_generation(translator.model.manifest.generation, n_best=TRANSLATIONS_PER_SENTENCE)
     pairs: dict[str, list[tuple[str, str]]] = {}
     for source_lang, texts in sources_by_language.items():
         targets = translator.languages.targets(source_lang)
@@ -403,6 +406,6 @@ def translated_pairs(
                     bar.update(done - bar.n)
 
                 outputs = translator.translate(texts, target, options, progress=advance)
-            found = [(text, hyps[0].text) for text, hyps in zip(texts, outputs, strict=True) if hyps[0].text]
+            found = [(text, h.text) for text, hyps in zip(texts, outputs, strict=True) for h in hyps if h.text]
             pairs.setdefault(target, []).extend(found)
     return pairs

@@ -160,9 +160,8 @@ def test_a_model_without_parallel_text_gets_its_shortlist_from_its_own_translati
     english = tiny_data_dir / "multi30k/train.en.gz"
     assert main(["shortlist", str(model), "--size", str(SIZE), "--sources", f"en={english}"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert (
-        report["languages"] == ["fr"] and report["pairs"] == {"fr": 200} and "under 100,000 pairs" in report["warning"]
-    )
+    assert report["languages"] == ["fr"] and "under 100,000 source sentences into fr" in report["warning"]
+    assert 200 <= report["pairs"]["fr"] <= 800  # each sentence's best translations, up to 4
     plain, shortlisted = OnnxModel(exported_int8, 2), OnnxModel(model, 2)
     texts = sentences[:12]  # memorised: the model's own translations of these built the table
     sources = [[*plain.tokenizer.encode(text), EOS_ID] for text in texts]
