@@ -32,13 +32,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import BENCH_CONFIG  # noqa: E402
-from export.shortlist import LexicalTable  # noqa: E402
+from export.shortlist import LexicalTable, config_pairs  # noqa: E402
 from model import corpus  # noqa: E402
 from model.train_config import load_config  # noqa: E402
 from service.graphs import DECODER_TOP_K, OPSET  # noqa: E402
 from service.manifest import DEFAULT_MODEL_DIR, load_manifest  # noqa: E402
 from service.runtime.beam import DecodeOptions  # noqa: E402
-from service.runtime.shortlist import sentence_shortlist  # noqa: E402
+from service.runtime.shortlist import always_candidates, sentence_shortlist  # noqa: E402
 from service.runtime.translator import Translator  # noqa: E402
 
 SPLITS = ("test2016", "tatoeba-test")
@@ -48,23 +48,15 @@ BEAM = 5
 def coverage(args: argparse.Namespace) -> None:
     data = load_config(BENCH_CONFIG, {}).data
     data_dir = corpus.resolve_data_dir(args.data_dir)
-    held = corpus.held_sentences(data, data_dir)
     manifest = load_manifest(args.model, verify=False)
     sp = spm.SentencePieceProcessor(model_file=str(args.model / manifest.files["tokenizer"]))
     translator = Translator.load(args.model, args.threads)
     options = DecodeOptions(beam_size=BEAM)
-    ids = manifest.special_ids
-    always = np.unique([i for i in (*range(ids.eos + 1), ids.unk) if i is not None])
+    always = always_candidates(manifest.special_ids)
+    pairs_by_target = config_pairs(data, data_dir)  # as `mtserve shortlist` takes them
     for direction in data.directions:
         src_lang, tgt_lang = direction
-        pairs: list[tuple[str, str]] = []
-        for entry in data.corpora:
-            langs = tuple(entry.langs)
-            if entry.weight > 0 and set(langs) == set(direction):
-                forward = langs == direction
-                pairs += [
-                    (p.src, p.tgt) if forward else (p.tgt, p.src) for p in corpus.training_pairs(entry, data_dir, held)
-                ]
+        pairs = pairs_by_target[tgt_lang]
         table = LexicalTable.build(zip(sp.encode([s for s, _ in pairs]), sp.encode([t for _, t in pairs]),
                                        strict=True), sp.get_piece_size())  # fmt: skip
         for split in SPLITS:

@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,12 +71,7 @@ def _shortlist(args: argparse.Namespace) -> int:
             if len(sources) != len(targets):
                 raise ValueError(f"--pairs {spec!r}: {len(sources)} source lines but {len(targets)} target lines")
             pairs.setdefault(target_lang, []).extend(zip(sources, targets, strict=True))
-        monolingual: dict[str, list[str]] = {}
-        for spec in args.sources or []:
-            language, _, name = spec.partition("=")
-            if not language or not name:
-                raise ValueError(f"--sources {spec!r}: expected LANG=FILE, e.g. en=sentences.en")
-            monolingual.setdefault(language, []).extend(corpus.read_lines(Path(name)))
+        monolingual = _sentences_by_language(args.sources or [], "--sources", "shortlist", "en=sentences.en")
         if monolingual:
             from export.shortlist import translated_pairs
 
@@ -202,18 +197,26 @@ def _calibration_text(args: argparse.Namespace, command: str) -> dict[str, list[
         return None
     if args.quantize != "int8":
         sys.exit(f"mtserve {command}: --calibrate scales int8 activations: add --quantize int8")
+    return _sentences_by_language(args.calibrate, "--calibrate", command, "en=sample.en.txt")
+
+
+def _sentences_by_language(specs: Sequence[str], flag: str, command: str, example: str) -> dict[str, list[str]]:
+    """`flag`'s LANG=FILE values as language -> the files' non-empty lines (plain or gzip text).
+    Exits with one line naming the flag, value or file where one cannot be used."""
+    from model import corpus
+
     texts: dict[str, list[str]] = {}
-    for spec in args.calibrate:
+    for spec in specs:
         language, _, name = spec.partition("=")
         if not language or not name:
-            sys.exit(f"mtserve {command}: --calibrate {spec!r}: expected LANG=FILE, e.g. en=sample.en.txt")
+            sys.exit(f"mtserve {command}: {flag} {spec!r}: expected LANG=FILE, e.g. {example}")
         try:
-            lines = Path(name).read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            sys.exit(f"mtserve {command}: --calibrate {language}={name}: cannot read it ({exc})")
+            lines = corpus.read_lines(Path(name))
+        except (OSError, EOFError, UnicodeDecodeError) as exc:
+            sys.exit(f"mtserve {command}: {flag} {language}={name}: cannot read it ({exc})")
         sentences = [line.strip() for line in lines if line.strip()]
         if not sentences:
-            sys.exit(f"mtserve {command}: --calibrate {language}={name}: no sentence in it")
+            sys.exit(f"mtserve {command}: {flag} {language}={name}: no sentence in it")
         texts.setdefault(language, []).extend(sentences)
     return texts
 

@@ -381,12 +381,9 @@ def translated_pairs(
     """Target language -> (source, translation) pairs: the model's own translations (its whole
     vocabulary, its own decoding options) of each language's sentences into every language it
     translates that one into. For a model without parallel text at hand, such as an Argos package."""
-    import sys
-
-    from tqdm import tqdm
-
     from service.runtime.beam import DecodeOptions
     from service.runtime.translator import Translator
+    from service.runtime_cli import translation_progress
 
     translator = Translator.load(model_dir, threads, packed=False)
     options = DecodeOptions.from_generation(translator.model.manifest.generation, n_best=TRANSLATIONS_PER_SENTENCE)
@@ -397,14 +394,7 @@ def translated_pairs(
             raise ShortlistError(f"sentences in {source_lang}: {model_dir} translates nothing from {source_lang}")
         texts = [t for t in texts if t.strip()]
         for target in targets:
-            tty = sys.stderr.isatty()
-            with tqdm(total=len(texts), unit="sentence", file=sys.stderr, desc=f"{source_lang}->{target}",
-                      mininterval=0.1 if tty else 30.0, ascii=not tty) as bar:  # fmt: skip
-
-                def advance(done: int, total: int, bar: tqdm = bar) -> None:
-                    bar.total = total
-                    bar.update(done - bar.n)
-
+            with translation_progress(len(texts), "sentence", f"{source_lang}->{target}") as advance:
                 outputs = translator.translate(texts, target, options, progress=advance)
             found = [(text, h.text) for text, hyps in zip(texts, outputs, strict=True) for h in hyps if h.text]
             pairs.setdefault(target, []).extend(found)

@@ -3,15 +3,36 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from service.languages import ModelLanguages, UnsupportedDirection
 from service.manifest import DEFAULT_MODEL_DIR
+
+
+@contextlib.contextmanager
+def translation_progress(
+    total: int, unit: str, description: str | None = None, hidden_up_to: int = 0
+) -> Iterator[Callable[[int, int], None]]:
+    """A `progress(done, total)` for Translator.translate, shown on stderr: live on a terminal, into a
+    log (not a terminal) a line every 30 s, so long jobs show it too; nothing for `hidden_up_to` or fewer."""
+    from tqdm import tqdm
+
+    tty = sys.stderr.isatty()
+    with tqdm(total=total, disable=total <= hidden_up_to, unit=unit, desc=description, file=sys.stderr,
+              mininterval=0.1 if tty else 30.0, ascii=not tty) as bar:  # fmt: skip
+
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        yield advance
 
 
 def _languages(args: argparse.Namespace, languages: ModelLanguages) -> tuple[str | None, str]:
@@ -47,23 +68,13 @@ def _options(args: argparse.Namespace, generation: Any) -> Any:
 
 
 def _translate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from service.runtime.translator import Translator
 
     translator = Translator.load(args.model, args.threads, args.batch_tokens)
     _, target = _languages(args, translator.languages)
     options = _options(args, translator.model.manifest.generation)
     lines = [line.rstrip("\n") for line in sys.stdin]
-    # progress on a terminal; into a log (not a terminal) a line every 30 s, so long jobs show it too
-    tty = sys.stderr.isatty()
-    with tqdm(total=len(lines), disable=len(lines) <= 20, unit="segment", file=sys.stderr,
-              mininterval=0.1 if tty else 30.0, ascii=not tty) as bar:  # fmt: skip
-
-        def advance(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-
+    with translation_progress(len(lines), "segment", hidden_up_to=20) as advance:
         results = translator.translate(lines, target, options, progress=advance)
     for hyps in results:
         if args.n_best > 1:

@@ -23,7 +23,7 @@ from typing import cast
 
 import numpy as np
 
-from service.manifest import Manifest, ModelFileError
+from service.manifest import Manifest, ModelFileError, SpecialIds
 
 OUTPUT_LAYER_FILE = "output_layer.npz"
 OUTPUT_WEIGHT = "output_weight"
@@ -42,6 +42,12 @@ def shortlist_enabled(setting: str | None = None) -> bool:
     a little slower); anything else uses a model's shortlist where it has one."""
     value = os.environ.get("MTSERVE_SHORTLIST", "on") if setting is None else setting
     return value.strip().lower() != "off"
+
+
+def always_candidates(ids: SpecialIds) -> np.ndarray:
+    """The tokens in every shortlist: all ids up to EOS (so that EOS keeps its own id as its
+    position, where the step reads its log-prob) and the unknown token."""
+    return np.unique(np.array([*range(ids.eos + 1), *([ids.unk] if ids.unk is not None else [])]))
 
 
 def sentence_shortlist(
@@ -132,9 +138,7 @@ class OutputLayer:
                 raise ModelFileError(path, f"its lexical table into {lang!r} does not span the vocabulary")
             if table.min() < 0 or table.max() >= self.vocab_size:
                 raise ModelFileError(path, f"its lexical table into {lang!r} names tokens outside the vocabulary")
-        ids = manifest.special_ids
-        # EOS keeps its own id as its position (the step reads EOS's log-prob there): all ids up to it.
-        self.always = np.unique(np.array([*range(ids.eos + 1), *([ids.unk] if ids.unk is not None else [])]))
+        self.always = always_candidates(manifest.special_ids)
         self._full: BatchVocab | None = None
         self._last_full: BatchVocab | None = None
 
@@ -162,7 +166,10 @@ class OutputLayer:
 
     def batch(self, sources: Sequence[Sequence[int]], languages: Sequence[str]) -> BatchVocab:
         """The output layer's inputs for sentences `sources` into `languages`."""
-        chosen = [self.candidates(source, lang) for source, lang in zip(sources, languages, strict=True)]
+        return self._inputs([self.candidates(source, lang) for source, lang in zip(sources, languages, strict=True)])
+
+    def _inputs(self, chosen: Sequence[np.ndarray | None]) -> BatchVocab:
+        """The inputs for sentences of these candidates each (None: the whole vocabulary)."""
         if any(c is None for c in chosen):
             union = np.arange(self.vocab_size)
         elif len(chosen) == 1:
@@ -170,7 +177,7 @@ class OutputLayer:
         else:
             union = np.unique(np.concatenate([c for c in chosen if c is not None]))
         vocab = self._padded(union)
-        bias = np.full((len(sources), len(vocab)), -np.inf, np.float32)
+        bias = np.full((len(chosen), len(vocab)), -np.inf, np.float32)
         for row, tokens in enumerate(chosen):
             positions = slice(0, len(union)) if tokens is None else np.searchsorted(union, tokens)
             bias[row, positions] = 0.0 if self.bias is None else self.bias[union[positions]]
@@ -180,11 +187,7 @@ class OutputLayer:
     def full(self, sentences: int) -> BatchVocab:
         """The whole vocabulary for `sentences` sentences: log-probs over every token, as without a shortlist."""
         if self._full is None:
-            vocab = self._padded(np.arange(self.vocab_size))
-            bias = np.full((1, len(vocab)), -np.inf, np.float32)
-            bias[0, : self.vocab_size] = 0.0 if self.bias is None else self.bias
-            weight, scale = self._columns(vocab)
-            self._full = BatchVocab(vocab, weight, scale, bias)
+            self._full = self._inputs([None])
         last = self._last_full  # one object per batch size, so that a step's binding is kept
         if last is None or len(last.sentence_bias) != sentences:
             last = self._last_full = self._full.kept(np.zeros(sentences, np.int64))
