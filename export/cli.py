@@ -6,10 +6,12 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from export.cli_shortlist import ImportShortlist, shortlist_flags
+from export.cli_text import parallel_text, sentences_by_language
 from model.cli import require_torch
 
 VALIDATION_SENTENCES = 200
@@ -59,19 +61,11 @@ def _shortlist(args: argparse.Namespace) -> int:
     from model import corpus
     from service.manifest import ModelFileError
 
+    pairs: dict[str, list[tuple[str, str]]] = {}
+    for (_, target), found in parallel_text(args.pairs or [], "--pairs", "shortlist").items():
+        pairs.setdefault(target, []).extend(found)
+    monolingual = sentences_by_language(args.sources or [], "--sources", "shortlist", "en=sentences.en")
     try:
-        pairs: dict[str, list[tuple[str, str]]] = {}
-        for spec in args.pairs or []:
-            direction, _, files = spec.partition("=")
-            source_lang, _, target_lang = direction.partition("-")
-            names = files.split(",")
-            if not source_lang or not target_lang or len(names) != 2:
-                raise ValueError(f"--pairs {spec!r}: expected SRC-TGT=SOURCE_FILE,TARGET_FILE, e.g. en-fr=a.en,a.fr")
-            sources, targets = (corpus.read_lines(Path(name)) for name in names)
-            if len(sources) != len(targets):
-                raise ValueError(f"--pairs {spec!r}: {len(sources)} source lines but {len(targets)} target lines")
-            pairs.setdefault(target_lang, []).extend(zip(sources, targets, strict=True))
-        monolingual = _sentences_by_language(args.sources or [], "--sources", "shortlist", "en=sentences.en")
         if monolingual:
             from export.shortlist import translated_pairs
 
@@ -90,13 +84,15 @@ def _shortlist(args: argparse.Namespace) -> int:
 
 def _reported(source: Path, work: Callable[[], dict[str, Any]], errors: tuple[type[Exception], ...]) -> int:
     """Run an import; its report on stdout, or one line naming what failed."""
+    from export.shortlist import ShortlistError
     from export.writer import ExportValidationError
 
+    caught: tuple[type[Exception], ...] = (*errors, ShortlistError)
     try:
         report = work()
     except ExportValidationError as exc:
         sys.exit(f"mtserve import: validation failed: {exc}")
-    except errors as exc:
+    except caught as exc:
         sys.exit(f"mtserve import: {source}: {exc}")
     print(json.dumps(report, indent=2))
     return 0
@@ -110,12 +106,14 @@ def _import_marian(args: argparse.Namespace) -> int:
     targets = [t for part in args.target or [] for t in part.split(",") if t]
     guard = args.repetition_guard == "on"
     calibration = _calibration_text(args, "import")
-    return _reported(
-        args.hf_dir,
-        lambda: import_marian(args.hf_dir, args.out, args.quantize or "fp32", args.source, targets,
-                              repetition_guard=guard, calibration_text=calibration),
-        (MarianImportError, CalibrationError),
-    )  # fmt: skip
+    shortlist = ImportShortlist(args, "import")
+
+    def work() -> dict[str, Any]:
+        report = import_marian(args.hf_dir, args.out, args.quantize or "fp32", args.source, targets,
+                               repetition_guard=guard, calibration_text=calibration)  # fmt: skip
+        return shortlist.added_alone(args.out, report)
+
+    return _reported(args.hf_dir, work, (MarianImportError, CalibrationError))
 
 
 def _import_ctranslate2(args: argparse.Namespace) -> int:
@@ -125,13 +123,15 @@ def _import_ctranslate2(args: argparse.Namespace) -> int:
     guard = args.repetition_guard == "on"
     generation = ARGOS_GENERATION.model_copy(update={"repetition_guard": guard, "cut_degenerate": guard})
     calibration = _calibration_text(args, "import")
-    return _reported(
-        args.ct2_dir,
-        lambda: import_ctranslate2(args.ct2_dir, args.out, args.source, args.target, args.spm, args.target_spm,
-                                   args.target_prefix, args.quantize or "fp32", generation,
-                                   calibration_text=calibration),
-        (CT2ImportError, CalibrationError),
-    )  # fmt: skip
+    shortlist = ImportShortlist(args, "import")
+
+    def work() -> dict[str, Any]:
+        report = import_ctranslate2(args.ct2_dir, args.out, args.source, args.target, args.spm, args.target_spm,
+                                    args.target_prefix, args.quantize or "fp32", generation,
+                                    calibration_text=calibration)  # fmt: skip
+        return shortlist.added_alone(args.out, report)
+
+    return _reported(args.ct2_dir, work, (CT2ImportError, CalibrationError))
 
 
 def _import_argos(args: argparse.Namespace) -> int:
@@ -140,14 +140,15 @@ def _import_argos(args: argparse.Namespace) -> int:
     paths = args.paths or [default_packages_dir()]
     if not args.paths:
         print(f"packages from {paths[0]} (LibreTranslate's packages directory)", file=sys.stderr)
-    outcomes = import_packages(paths, args.out, args.quantize or "fp32", _calibration_text(args, "import"))
-    for outcome in outcomes:
-        print(outcome.line(), flush=True)
+    calibration = _calibration_text(args, "import")
+    shortlist = ImportShortlist(args, "import")
+    outcomes = import_packages(paths, args.out, args.quantize or "fp32", calibration)
+    shortlisted = shortlist.report_outcomes(outcomes)
     imported = sum(o.problem is None for o in outcomes)
     if not outcomes:
         print(f"no package found in {', '.join(map(str, paths))}", file=sys.stderr)
-    # 0: all imported; 1: some skipped (their lines say why); 2: none imported
-    return 0 if outcomes and imported == len(outcomes) else 1 if imported else 2
+    # 0: all imported (and given their shortlists); 1: some skipped (their lines say why); 2: none imported
+    return 0 if outcomes and imported == len(outcomes) and shortlisted else 1 if imported else 2
 
 
 def _pull(args: argparse.Namespace) -> int:
@@ -158,24 +159,27 @@ def _pull(args: argparse.Namespace) -> int:
 
     errors: tuple[type[Exception], ...] = (PullError, CT2ImportError, ArgosPackageError, ExportValidationError)
     calibration = _calibration_text(args, "pull")
+    shortlist = ImportShortlist(args, "pull")
     try:
         if args.kind == "hf":  # a Hugging Face model is read through transformers and torch
             require_torch()
             from export.calibrate import CalibrationError
             from export.marian import MarianImportError
+            from export.shortlist import ShortlistError
 
             try:
-                print(pull_hf(args.repo, args.out, args.quantize or "fp32", calibration))
-            except (MarianImportError, CalibrationError) as exc:
+                pulled = pull_hf(args.repo, args.out, args.quantize or "fp32", calibration)
+                print(pulled, flush=True)
+                shortlist.added_alone(pulled, {})
+            except (MarianImportError, CalibrationError, ShortlistError) as exc:
                 sys.exit(f"mtserve pull: {exc}")
             return 0
         index = args.index or os.environ.get("ARGOS_PACKAGE_INDEX") or DEFAULT_ARGOS_INDEX
         outcomes = pull_argos(args.languages, args.out, index, args.quantize or "fp32", calibration)
     except errors as exc:
         sys.exit(f"mtserve pull: {exc}")
-    for outcome in outcomes:
-        print(outcome.line(), flush=True)
-    return 0 if all(o.problem is None for o in outcomes) else 1
+    shortlisted = shortlist.report_outcomes(outcomes)
+    return 0 if all(o.problem is None for o in outcomes) and shortlisted else 1
 
 
 def _int8_flags(parser: argparse.ArgumentParser) -> None:
@@ -197,28 +201,7 @@ def _calibration_text(args: argparse.Namespace, command: str) -> dict[str, list[
         return None
     if args.quantize != "int8":
         sys.exit(f"mtserve {command}: --calibrate scales int8 activations: add --quantize int8")
-    return _sentences_by_language(args.calibrate, "--calibrate", command, "en=sample.en.txt")
-
-
-def _sentences_by_language(specs: Sequence[str], flag: str, command: str, example: str) -> dict[str, list[str]]:
-    """`flag`'s LANG=FILE values as language -> the files' non-empty lines (plain or gzip text).
-    Exits with one line naming the flag, value or file where one cannot be used."""
-    from model import corpus
-
-    texts: dict[str, list[str]] = {}
-    for spec in specs:
-        language, _, name = spec.partition("=")
-        if not language or not name:
-            sys.exit(f"mtserve {command}: {flag} {spec!r}: expected LANG=FILE, e.g. {example}")
-        try:
-            lines = corpus.read_lines(Path(name))
-        except (OSError, EOFError, UnicodeDecodeError) as exc:
-            sys.exit(f"mtserve {command}: {flag} {language}={name}: cannot read it ({exc})")
-        sentences = [line.strip() for line in lines if line.strip()]
-        if not sentences:
-            sys.exit(f"mtserve {command}: {flag} {language}={name}: no sentence in it")
-        texts.setdefault(language, []).extend(sentences)
-    return texts
+    return sentences_by_language(args.calibrate, "--calibrate", command, "en=sample.en.txt")
 
 
 def _repetition_guard_flag(parser: argparse.ArgumentParser, default: str, why: str) -> None:
@@ -240,6 +223,7 @@ def register(sub: Any) -> None:
     )
     marian.add_argument("--out", type=Path, required=True, help="model directory to write")
     _int8_flags(marian)
+    shortlist_flags(marian)
     marian.add_argument("--source", help="source language code (default: tokenizer_config.json or the directory name)")
     marian.add_argument(
         "--target", action="append", help="target language code(s); several for a multi-target model (>>fra<<)"
@@ -258,6 +242,7 @@ def register(sub: Any) -> None:
     )  # fmt: skip
     argos.add_argument("--out", type=Path, required=True, help="directory for one model directory per package")
     _int8_flags(argos)
+    shortlist_flags(argos)
     argos.set_defaults(handler=_import_argos)
 
     ct2 = kinds.add_parser("ctranslate2", help="a CTranslate2 Transformer directory (model.bin, vocabulary)")
@@ -273,6 +258,7 @@ def register(sub: Any) -> None:
         "else forced after it and left out of the output",
     )
     _int8_flags(ct2)
+    shortlist_flags(ct2)
     _repetition_guard_flag(ct2, "off", "CTranslate2's own output")
     ct2.set_defaults(handler=_import_ctranslate2)
 
@@ -285,11 +271,13 @@ def register(sub: Any) -> None:
         "--index", help="the package index URL (default: $ARGOS_PACKAGE_INDEX, else argospm's index.json)",
     )  # fmt: skip
     _int8_flags(argos_pull)
+    shortlist_flags(argos_pull)
     argos_pull.set_defaults(handler=_pull)
     hf = sources.add_parser("hf", help="a Hugging Face Marian repository, e.g. Helsinki-NLP/opus-mt-de-en")
     hf.add_argument("repo", metavar="REPO")
     hf.add_argument("--out", type=Path, required=True, help="directory for the model directory")
     _int8_flags(hf)
+    shortlist_flags(hf)
     hf.set_defaults(handler=_pull)
 
     export = sub.add_parser("export", help="export a checkpoint directory to ONNX (needs the train extra)")

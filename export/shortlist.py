@@ -399,3 +399,27 @@ def translated_pairs(
             found = [(text, h.text) for text, hyps in zip(texts, outputs, strict=True) for h in hyps if h.text]
             pairs.setdefault(target, []).extend(found)
     return pairs
+
+
+def shortlist_imported(
+    model_dir: Path,
+    size: int,
+    parallel: Mapping[tuple[str, str], Sequence[tuple[str, str]]],
+    monolingual: Mapping[str, Sequence[str]],
+) -> dict[str, object]:
+    """shortlist_from_text for a model just imported, from the text given for a whole import: the
+    pairs of its own directions (`parallel`: (source, target) language -> sentence pairs), and its own
+    translations of the sentences in the languages it translates from (`monolingual`). Text in other
+    languages is another package's. Raises ShortlistError where none of the text is this model's."""
+    directions = load_manifest(model_dir).model_languages().directions
+    pairs: dict[str, list[tuple[str, str]]] = {}
+    for direction, found in parallel.items():
+        if direction in directions:
+            pairs.setdefault(direction[1], []).extend(found)
+    own = {lang: texts for lang, texts in monolingual.items() if any(s == lang for s, _ in directions)}
+    for target, found in translated_pairs(model_dir, own).items() if own else ():
+        pairs.setdefault(target, []).extend(found)
+    if not pairs:
+        offered = ", ".join(f"{s}-{t}" for s, t in directions)
+        raise ShortlistError(f"no shortlist text for its directions ({offered})")
+    return shortlist_from_text(model_dir, pairs, size)

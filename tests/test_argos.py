@@ -242,6 +242,58 @@ def test_the_import_command_refuses_calibration_it_cannot_use(
     assert not (tmp_path / "out").exists()
 
 
+def test_packages_import_with_a_shortlist_from_the_text_of_their_own_directions(
+    en_fr: Path, fr_en: Path, work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--shortlist 1024`: en→fr from parallel training text, fr→en from its own translations of French
+    training sentences; text in a direction no package has is named and left unused."""
+    from service.cli import main
+
+    train = SHARED_DATA / "multi30k"
+    french = work / "shortlist-sources.fr"
+    french.write_text("\n".join(_lines(train / "train.fr.gz")[:300]) + "\n")
+    out = work / "shortlisted"
+    pairs = f"en-fr={train / 'train.en.gz'},{train / 'train.fr.gz'}"
+    command = ["import", "argos", str(en_fr), str(fr_en), "--out", str(out), "--quantize", "int8"]
+    assert main([*command, "--shortlist", "1024", "--shortlist-pairs", pairs, f"de-fr={french},{french}",
+                 "--shortlist-sources", f"fr={french}"]) == 0  # fmt: skip
+    printed = capsys.readouterr()
+    lines = printed.out.splitlines()
+    assert [line.split()[0] for line in lines[::2]] == ["en→fr", "fr→en"]
+    assert lines[1].startswith("  shortlist of 1024 tokens a sentence, from 29,000 pairs into fr;")
+    assert lines[3].startswith("  shortlist of 1024 tokens a sentence, from ") and "pairs into en" in lines[3]
+    assert "--shortlist-pairs de-fr: no model imported translates de to fr; not used" in printed.err
+    (plain,) = import_packages([en_fr], work / "int8-plain", precision="int8")
+    assert plain.out is not None
+    sources = _lines(TEST2016.with_suffix(".en.gz"))[:100]
+    shortlisted = out / "translate-en_fr"
+    assert load_manifest(shortlisted).files["output_layer"] == "output_layer.npz"
+    same = sum(a == b for a, b in zip(_ours(shortlisted, sources, "fr"), _ours(plain.out, sources, "fr"), strict=True))
+    print(f"shortlisted import: {same} of 100 test2016 translations as the plain import's")
+    assert same >= 70
+    assert "output_layer" in load_manifest(out / "translate-fr_en").files
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--shortlist", "1024"], "--shortlist needs text: --shortlist-pairs"),
+        (["--shortlist-sources", "en=sample.txt"], "are text for --shortlist SIZE: add it"),
+        (["--shortlist", "8", "--shortlist-sources", "en=sample.txt"], "--shortlist 8: at least 16 tokens"),
+        (["--shortlist", "1024", "--shortlist-pairs", "en-fr=a.en"], "expected SRC-TGT=SOURCE_FILE,TARGET_FILE"),
+        (["--shortlist", "1024", "--shortlist-sources", "en=absent.txt"], "en=absent.txt: cannot read it"),
+    ],
+)
+def test_the_import_command_refuses_a_shortlist_it_cannot_make_before_importing(
+    en_fr: Path, tmp_path: Path, flags: list[str], message: str
+) -> None:
+    from service.cli import main
+
+    with pytest.raises(SystemExit, match=message):
+        main(["import", "argos", str(en_fr), "--out", str(tmp_path / "out"), *flags])
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.fixture(scope="module", params=["swish-shared-tied", "gelu-separate-untied"])
 def opus_mt(request: pytest.FixtureRequest, tiny_data_dir: Path, work: Path) -> tuple[Path, Path]:
     """A tiny OPUS-MT model converted by CTranslate2's own converter, packaged as Locomotive's

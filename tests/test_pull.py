@@ -199,8 +199,11 @@ def test_pull_hf_downloads_through_huggingface_hub_and_imports(
     env = {**os.environ, "HF_ENDPOINT": url, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(tmp_path / "hf-home")}
     env.pop("HF_HUB_OFFLINE", None)
     out = tmp_path / "models"
-    done = subprocess.run([sys.executable, "-m", "service.cli", "pull", "hf", repo, "--out", str(out)], env=env,
+    pairs = f"en-fr={tiny_data_dir / 'multi30k/train.en.gz'},{tiny_data_dir / 'multi30k/train.fr.gz'}"
+    done = subprocess.run([sys.executable, "-m", "service.cli", "pull", "hf", repo, "--out", str(out),
+                           "--shortlist", "64", "--shortlist-pairs", pairs], env=env,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     manifest = load_manifest(out / "opus-mt-en-fr")
     assert manifest.origin == "marian" and manifest.directions == [("en", "fr")]
+    assert manifest.files["output_layer"] == "output_layer.npz"  # --shortlist, from the pairs given
