@@ -7,12 +7,18 @@ seconds, sent_per_s, p50_ms/p95_ms/p99_ms, mean_batch (sentences per model batch
 /metrics), offline_sent_per_s (the same sentences through the runtime directly, as
 `mtserve bench` runs them, with the server's thread count), the CPU seconds the server and
 this load generator used, and the server's resident memory afterwards.
+
+`--servers N` starts N servers instead of one, each with 1/N of the threads and batch workers,
+and spreads the clients over them, round robin; the CPU, memory and batches are their sums. One
+interpreter serves both cores in a server; this measures what several would give
+(docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -39,16 +45,29 @@ def read_sentences(data_dir: Path | str | None, limit: int) -> list[str]:
     return list(sources[:limit])
 
 
-async def load(url: str, sentences: list[str], clients: int, beam: int) -> dict[str, float]:
+async def _batch_metrics(clients: list[aiohttp.ClientSession]) -> tuple[float, float]:
+    """(batches, sentences batched) so far, summed over the servers."""
+    texts = [await (await client.get("/metrics")).text() for client in clients]
+    return (
+        sum(metric_value(t, "mtserve_batch_sentences_count") for t in texts),
+        sum(metric_value(t, "mtserve_batch_sentences_sum") for t in texts),
+    )
+
+
+async def load(urls: list[str], sentences: list[str], clients: int, beam: int) -> dict[str, float]:
     latencies: list[float] = []
     queue = iter(sentences)
     # aiohttp rather than httpx: the load generator shares the server's two cores, and for 1,000
     # requests at 64 clients httpx spent 3.5 s of CPU where aiohttp spent 0.2 s, enough to leave
     # the server short of requests in flight (docs/BENCHMARKS.md).
-    async with aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=clients)) as client:
-        before = await (await client.get("/metrics")).text()
+    async with contextlib.AsyncExitStack() as stack:
+        sessions = [
+            await stack.enter_async_context(aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=clients)))
+            for url in urls
+        ]
+        before = await _batch_metrics(sessions)
 
-        async def worker() -> None:
+        async def worker(client: aiohttp.ClientSession) -> None:
             for text in queue:
                 t0 = time.perf_counter()
                 body = {"texts": [text], "source": "en", "target": "fr", "beam_size": beam}
@@ -58,13 +77,10 @@ async def load(url: str, sentences: list[str], clients: int, beam: int) -> dict[
                 latencies.append(time.perf_counter() - t0)
 
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(clients)))
+        await asyncio.gather(*(worker(sessions[i % len(sessions)]) for i in range(clients)))
         seconds = time.perf_counter() - t0
-        after = await (await client.get("/metrics")).text()
-    batches = metric_value(after, "mtserve_batch_sentences_count") - metric_value(
-        before, "mtserve_batch_sentences_count"
-    )
-    batched = metric_value(after, "mtserve_batch_sentences_sum") - metric_value(before, "mtserve_batch_sentences_sum")
+        after = await _batch_metrics(sessions)
+    batches, batched = after[0] - before[0], after[1] - before[1]
     ms = np.asarray(latencies) * 1000
     return {
         "clients": clients,
@@ -104,25 +120,33 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="exported model directory")
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--servers", type=int, default=1, help="servers sharing the threads and the clients")
     args = parser.parse_args()
+    if not 1 <= args.servers <= args.threads:
+        parser.error(f"--servers {args.servers}: from 1 to --threads ({args.threads})")
     sentences = read_sentences(args.data_dir, args.sentences)
     offline_rate = offline(args.model, sentences, args.beam_size, args.threads)
     env = {
         "MTSERVE_MODEL_DIR": str(args.model.resolve()),
-        "MTSERVE_THREADS": str(args.threads),
+        "MTSERVE_THREADS": str(args.threads // args.servers),
         "MTSERVE_QUEUE_SIZE": "4096",
         "MTSERVE_LOG_LEVEL": "warning",
     }
-    with live_server(env=env) as server:
-        print(json.dumps({"startup_to_ready_s": round(server.startup_s, 2)}), flush=True)
+    if args.servers > 1:  # else the server's own default: one batch worker per core
+        env["MTSERVE_WORKERS"] = str(args.threads // args.servers)
+    with contextlib.ExitStack() as stack:
+        servers = [stack.enter_context(live_server(env=env)) for _ in range(args.servers)]
+        print(json.dumps({"startup_to_ready_s": round(max(s.startup_s for s in servers), 2)}), flush=True)
+        pids = [server.process.pid for server in servers]
         for clients in args.clients:
-            server_cpu, client_cpu = cpu_seconds(server.process.pid), cpu_seconds()
-            row = asyncio.run(load(server.url, sentences, clients, args.beam_size))
+            server_cpu, client_cpu = sum(map(cpu_seconds, pids)), cpu_seconds()
+            row = asyncio.run(load([s.url for s in servers], sentences, clients, args.beam_size))
+            row["servers"] = args.servers
             row["offline_sent_per_s"] = round(offline_rate, 1)
-            # Who used the two cores: the server process and this load generator.
-            row["server_cpu_s"] = round(cpu_seconds(server.process.pid) - server_cpu, 1)
+            # Who used the two cores: the server processes and this load generator.
+            row["server_cpu_s"] = round(sum(map(cpu_seconds, pids)) - server_cpu, 1)
             row["client_cpu_s"] = round(cpu_seconds() - client_cpu, 1)
-            row["server_rss_mb"] = round(rss_mb(server.process.pid), 1)
+            row["server_rss_mb"] = round(sum(map(rss_mb, pids)), 1)
             print(json.dumps(row), flush=True)
 
 

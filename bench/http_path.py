@@ -72,10 +72,10 @@ def main() -> None:
     env = {"MTSERVE_THREADS": str(args.threads), "MTSERVE_LOG_LEVEL": "warning"}
     rows: list[dict[str, float]] = []
     with live_server(env=env, arguments=[__file__, "--serve", "--gap-ms", str(args.gap_ms)]) as server:
-        asyncio.run(load(server.url, distinct, 1, 5))  # every answer made once, for real
+        asyncio.run(load([server.url], distinct, 1, 5))  # every answer made once, for real
         for round_index in range(args.rounds):
             cpu = cpu_seconds(server.process.pid)
-            result = asyncio.run(load(server.url, sentences, 1, 5))
+            result = asyncio.run(load([server.url], sentences, 1, 5))
             row = {
                 "round": round_index,
                 "path_p50_ms": round(result["p50_ms"] - args.gap_ms, 2),
