@@ -6,7 +6,8 @@ the previous answer arrives. Prints one JSON object per client count: clients, r
 seconds, sent_per_s, p50_ms/p95_ms/p99_ms, mean_batch (sentences per model batch, from
 /metrics), offline_sent_per_s (the same sentences through the runtime directly, as
 `mtserve bench` runs them, with the server's thread count), the CPU seconds the server and
-this load generator used, and the server's resident memory afterwards.
+this load generator used, and the server's resident memory afterwards (RSS, and PSS, which counts
+the pages of shared weight files once between servers).
 
 `--servers N` starts N servers instead of one, each with 1/N of the threads and batch workers,
 and spreads the clients over them, round robin; the CPU, memory and batches are their sums. One
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import test_pairs  # noqa: E402
-from service.api.launcher import live_server, metric_value, rss_mb  # noqa: E402
+from service.api.launcher import live_server, metric_value, pss_mb, rss_mb  # noqa: E402
 from service.manifest import DEFAULT_MODEL_DIR  # noqa: E402
 from service.runtime.beam import DecodeOptions  # noqa: E402
 from service.runtime.translator import Translator  # noqa: E402
@@ -147,6 +148,7 @@ def main() -> None:
             row["server_cpu_s"] = round(sum(map(cpu_seconds, pids)) - server_cpu, 1)
             row["client_cpu_s"] = round(cpu_seconds() - client_cpu, 1)
             row["server_rss_mb"] = round(sum(map(rss_mb, pids)), 1)
+            row["server_pss_mb"] = round(sum(map(pss_mb, pids)), 1)  # shared weight pages counted once
             print(json.dumps(row), flush=True)
 
 

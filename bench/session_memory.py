@@ -28,15 +28,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from service.api.launcher import pss_mb  # noqa: E402
+
 MODES = ("packed", "pair", "low-memory", "single", "no-prepack", "sessions", "sessions-prepacked-file")
 GRAPH_FILES = ("encoder.onnx", "decoder_step.onnx", "weights.bin")
-
-
-def pss_mb() -> float:
-    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def prepacked_copies(model_dir: Path, out: Path) -> Path:

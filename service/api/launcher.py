@@ -30,6 +30,15 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def pss_mb(pid: int | str = "self") -> float:
+    """Proportional set size of a process, from /proc (Linux): its resident memory with each page
+    shared with other processes (a memory-mapped weights file) counted in proportion."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def metric_value(exposition: str, name: str) -> float:
     """A sample (e.g. `mtserve_queue_depth`, `mtserve_batch_sentences_sum`) from /metrics text, summed over
     its labels (the model label of batch metrics)."""
