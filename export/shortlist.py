@@ -25,7 +25,7 @@ without the per-row mask.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +60,10 @@ FEW_SENTENCES = 100_000
 # --sources: each sentence's best translations from its beam, each a pair (from 19,000 sentences
 # each way, 4 of them gave 0.47 and 0.05 more val BLEU than the best alone; docs/BENCHMARKS.md).
 TRANSLATIONS_PER_SENTENCE = 4
+# Pairs read into a table show their progress (188,000 pairs took 6 s a language to tokenize and
+# count, and a user's corpus may hold millions), in steps of this many; a few thousand show none.
+PROGRESS_EVERY = 1000
+PROGRESS_HIDDEN_UP_TO = 10_000
 
 
 class ShortlistError(ValueError):
@@ -359,12 +363,18 @@ def shortlist_from_text(
 ) -> dict[str, object]:
     """add_shortlist from sentence pairs, tokenized as the model's tokenizer reads a source and
     writes a target."""
+    from service.runtime_cli import translation_progress
+
     tokenizer = load_text_tokenizer(model_dir, load_manifest(model_dir))
-    tokenized = {
-        lang: ((tokenizer.encode(s), tokenizer.encode_target(t)) for s, t in pairs)
-        for lang, pairs in pairs_by_target.items()
-    }
-    report = add_shortlist(model_dir, tokenized, size)
+
+    def tokenized(lang: str, pairs: Sequence[tuple[str, str]]) -> Iterator[tuple[list[int], list[int]]]:
+        with translation_progress(len(pairs), "pair", f"table into {lang}", PROGRESS_HIDDEN_UP_TO) as advance:
+            for done, (source, target) in enumerate(pairs, 1):
+                yield tokenizer.encode(source), tokenizer.encode_target(target)
+                if done % PROGRESS_EVERY == 0 or done == len(pairs):
+                    advance(done, len(pairs))
+
+    report = add_shortlist(model_dir, {lang: tokenized(lang, p) for lang, p in pairs_by_target.items()}, size)
     report["pairs"] = {lang: len(pairs) for lang, pairs in pairs_by_target.items()}
     few = sorted(lang for lang, pairs in pairs_by_target.items() if len({s for s, _ in pairs}) < FEW_SENTENCES)
     if few:
