@@ -170,7 +170,9 @@ def _pull(args: argparse.Namespace) -> int:
             try:
                 pulled = pull_hf(args.repo, args.out, args.quantize or "fp32", calibration)
                 print(pulled, flush=True)
-                shortlist.added_alone(pulled, {})
+                report = shortlist.added_alone(pulled, {})
+                if "shortlist" in report:  # its size and pairs, and the warning of too few
+                    print(shortlist.line(report["shortlist"]), flush=True)
             except (MarianImportError, CalibrationError, ShortlistError) as exc:
                 sys.exit(f"mtserve pull: {exc}")
             return 0

@@ -70,14 +70,16 @@ class ImportShortlist:
     def added(self, model_dir: Path, report: dict[str, Any]) -> dict[str, Any]:
         """`report` (an import's) with `model_dir`'s shortlist report added, where --shortlist asks for
         one; raises ShortlistError."""
-        from export.shortlist import shortlist_imported
+        from export.shortlist import own_text, shortlist_imported
         from service.manifest import load_manifest
 
         if self.size is None:
             return report
-        directions = load_manifest(model_dir).model_languages().directions
-        self.unused_pairs -= set(directions)
-        self.unused_sources -= {source for source, _ in directions}
+        own_pairs, own_sources = own_text(
+            load_manifest(model_dir).model_languages().directions, self.parallel, self.monolingual
+        )
+        self.unused_pairs -= set(own_pairs)
+        self.unused_sources -= set(own_sources)
         return {**report, "shortlist": shortlist_imported(model_dir, self.size, self.parallel, self.monolingual)}
 
     def added_alone(self, model_dir: Path, report: dict[str, Any]) -> dict[str, Any]:
@@ -116,9 +118,13 @@ class ImportShortlist:
                 print(f"  no shortlist: {exc}", flush=True)
                 complete = False
                 continue
-            counts: dict[str, int] = report["pairs"]
-            pairs = ", ".join(f"{n:,} pairs into {lang}" for lang, n in counts.items())
-            warning = f"; {report['warning']}" if "warning" in report else ""
-            print(f"  shortlist of {self.size} tokens a sentence, from {pairs}{warning}", flush=True)
+            print(f"  {self.line(report)}", flush=True)
         self.warn_unused()
         return complete
+
+    def line(self, report: dict[str, Any]) -> str:
+        """One line on a model's shortlist report: its size, the pairs of each table, any warning."""
+        counts: dict[str, int] = report["pairs"]
+        pairs = ", ".join(f"{n:,} pairs into {lang}" for lang, n in counts.items())
+        warning = f"; {report['warning']}" if "warning" in report else ""
+        return f"shortlist of {self.size} tokens a sentence, from {pairs}{warning}"

@@ -411,6 +411,20 @@ def translated_pairs(
     return pairs
 
 
+def own_text(
+    directions: Sequence[tuple[str, str]],
+    parallel: Mapping[tuple[str, str], Sequence[tuple[str, str]]],
+    monolingual: Mapping[str, Sequence[str]],
+) -> tuple[dict[tuple[str, str], Sequence[tuple[str, str]]], dict[str, Sequence[str]]]:
+    """The part of an import's text that belongs to a model of these directions: the pairs of its
+    own directions, and the sentences in the languages it translates from."""
+    sources = {source for source, _ in directions}
+    return (
+        {direction: found for direction, found in parallel.items() if direction in directions},
+        {lang: texts for lang, texts in monolingual.items() if lang in sources},
+    )
+
+
 def shortlist_imported(
     model_dir: Path,
     size: int,
@@ -422,13 +436,13 @@ def shortlist_imported(
     translations of the sentences in the languages it translates from (`monolingual`). Text in other
     languages is another package's. Raises ShortlistError where none of the text is this model's."""
     directions = load_manifest(model_dir).model_languages().directions
+    own_pairs, own_sources = own_text(directions, parallel, monolingual)
     pairs: dict[str, list[tuple[str, str]]] = {}
-    for direction, found in parallel.items():
-        if direction in directions:
-            pairs.setdefault(direction[1], []).extend(found)
-    own = {lang: texts for lang, texts in monolingual.items() if any(s == lang for s, _ in directions)}
-    for target, found in translated_pairs(model_dir, own).items() if own else ():
+    for (_, target), found in own_pairs.items():
         pairs.setdefault(target, []).extend(found)
+    if own_sources:
+        for target, found in translated_pairs(model_dir, own_sources).items():
+            pairs.setdefault(target, []).extend(found)
     if not pairs:
         offered = ", ".join(f"{s}-{t}" for s, t in directions)
         raise ShortlistError(f"no shortlist text for its directions ({offered})")

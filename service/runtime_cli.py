@@ -20,8 +20,9 @@ from service.manifest import DEFAULT_MODEL_DIR
 def translation_progress(
     total: int, unit: str, description: str | None = None, hidden_up_to: int = 0
 ) -> Iterator[Callable[[int, int], None]]:
-    """A `progress(done, total)` for Translator.translate, shown on stderr: live on a terminal, into a
-    log (not a terminal) a line every 30 s, so long jobs show it too; nothing for `hidden_up_to` or fewer."""
+    """A `progress(done, total)` callback (Translator.translate's, or any long count of `unit`s), shown
+    on stderr: live on a terminal, into a log (not a terminal) a line every 30 s, so long jobs show it
+    too; nothing for `hidden_up_to` or fewer."""
     from tqdm import tqdm
 
     tty = sys.stderr.isatty()

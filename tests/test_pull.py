@@ -207,3 +207,4 @@ def test_pull_hf_downloads_through_huggingface_hub_and_imports(
     manifest = load_manifest(out / "opus-mt-en-fr")
     assert manifest.origin == "marian" and manifest.directions == [("en", "fr")]
     assert manifest.files["output_layer"] == "output_layer.npz"  # --shortlist, from the pairs given
+    assert "shortlist of 64 tokens a sentence, from " in done.stdout and "pairs into fr" in done.stdout
