@@ -2,11 +2,17 @@
 
 Same weights, same sinusoidal table, same tied embeddings: CTranslate2 then decodes
 the very model the ONNX runtime decodes, so the benchmark compares engines only.
+
+`vmap_from_shortlist` writes CTranslate2's own shortlist, a vocabulary map (its `use_vmap`), from
+the lexical table of an mtserve output layer file (`mtserve shortlist`), so that both engines
+decode over about the same candidates: every sentence gets the special tokens and the target
+language's most frequent tokens, each source token itself and its ranked translations.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -17,6 +23,8 @@ from ctranslate2.specs import transformer_spec
 
 from model.artifacts import load_model_dir
 from model.transformer import DecoderLayer, EncoderLayer, FeedForward, Transformer, sinusoidal_positions
+from service.manifest import load_manifest
+from service.runtime.shortlist import FREQUENT_FIRST, OutputLayer, always_candidates
 
 
 def _linear(spec: Any, layers: list[torch.nn.Linear]) -> None:
@@ -82,12 +90,61 @@ def build_spec(model: Transformer, pieces: list[str], source_eos: bool = False) 
     return spec
 
 
-def convert(model_dir: Path, out: Path, quantization: str | None = None, source_eos: bool = False) -> Path:
+def _vmap_candidates(layer: OutputLayer, language: str, fixed: np.ndarray, source: Sequence[int]) -> int:
+    """How many candidates CTranslate2 takes from such a map for one source (its ids)."""
+    chosen = set(fixed.tolist()) | set(source)
+    for token in source:
+        chosen.update(layer.translations[language][token].tolist())
+    return len(chosen)
+
+
+def vmap_from_shortlist(
+    graphs_dir: Path, language: str, out: Path, size: int = 0, sources: Sequence[Sequence[int]] = ()
+) -> Path:
+    """A CTranslate2 vocabulary map into `language` from the output layer file of the mtserve model
+    directory `graphs_dir`: the special tokens and the language's most frequent tokens on the empty
+    n-gram's line (always candidates), then one line per source token with the token and its
+    translations, in the SentencePiece pieces both share. With `size`, the line of frequent tokens
+    is as long as it takes for the median of `sources` to get `size` candidates, as many as the
+    shortlist of that size gives each sentence (its frequent tokens fill it up); without, it
+    holds FREQUENT_FIRST of them, and a sentence gets a few hundred."""
+    import sentencepiece as spm
+
+    manifest = load_manifest(graphs_dir)
+    layer = OutputLayer.load(graphs_dir, manifest)
+    if layer is None or language not in layer.translations:
+        raise ValueError(f"{graphs_dir} has no shortlist into {language!r}")
+    frequent, always = layer.frequent[language], always_candidates(manifest.special_ids)
+
+    def fixed(count: int) -> np.ndarray:
+        return np.unique(np.concatenate((always, frequent[:count])))
+
+    low, high = FREQUENT_FIRST, len(frequent)
+    while size and sources and low < high:  # the fewest frequent tokens that reach `size` at the median
+        middle = (low + high) // 2
+        median = float(np.median([_vmap_candidates(layer, language, fixed(middle), s) for s in sources]))
+        low, high = (low, middle) if median >= size else (middle + 1, high)
+    sp = spm.SentencePieceProcessor(model_file=str(graphs_dir / "spm.model"))
+    piece = sp.id_to_piece
+    lines = ["\t" + " ".join(piece(int(i)) for i in fixed(low))]
+    for token, translations in enumerate(layer.translations[language]):
+        targets = dict.fromkeys([token, *translations.tolist()])
+        lines.append(piece(token) + "\t" + " ".join(piece(int(i)) for i in targets))
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out
+
+
+def convert(
+    model_dir: Path, out: Path, quantization: str | None = None, source_eos: bool = False, vmap: Path | None = None
+) -> Path:
+    """`vmap`: a vocabulary map saved with the model, for `use_vmap` (vmap_from_shortlist)."""
     model, sp = load_model_dir(model_dir)
     pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
     spec = build_spec(model, pieces, source_eos)
     spec.validate()
     spec.optimize(quantization=quantization)
+    if vmap is not None:
+        spec.register_vocabulary_mapping(str(vmap))
     out.mkdir(parents=True, exist_ok=True)
     spec.save(str(out))
     ctranslate2.Translator(str(out), device="cpu")  # fails here if the saved model does not load

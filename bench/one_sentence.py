@@ -21,6 +21,11 @@ process of its own) and one client that sends each sentence's text to `/v1/trans
 for the answer: the request's whole path, tokenization included, where the in-process ones start
 from ids.
 
+With `--shortlist N`, CTranslate2 runs at int8 a second way, `ctranslate2-vmap`: with its own
+shortlist, a vocabulary map made from the same lexical table (bench/ct2_convert.py), `use_vmap`,
+its always-candidates padded with frequent tokens so that the median sentence gets N candidates,
+as this runtime's does.
+
 Per configuration it prints the median milliseconds and each round's median. The summary gives
 this runtime's best in-process configuration against CTranslate2's best, as the ratio of their
 medians and as the median of the per-sentence ratios (the same sentence, the same round, seconds
@@ -52,6 +57,8 @@ BEAM = 5
 CONFIGS = [(engine, precision, threads) for engine in ("mtserve", "ctranslate2")
            for precision in ("int8", "fp32") for threads in (1, 2)]  # fmt: skip
 CONFIGS += [("mtserve-http", "int8", threads) for threads in (1, 2)]
+VMAP_CONFIGS = [("ctranslate2-vmap", "int8", threads) for threads in (1, 2)]
+REFERENCES = ("ctranslate2", "ctranslate2-vmap")
 
 
 def prepare(
@@ -59,9 +66,10 @@ def prepare(
 ) -> dict[tuple[str, str], Path]:
     """Model directories by (engine, precision); an earlier run's in `work` are reused. With
     `calibrated`, this runtime's int8 graphs have calibrated activation scales; with `shortlist`,
-    this runtime's graphs have an output shortlist of that size (`mtserve shortlist`)."""
+    this runtime's graphs have an output shortlist of that size (`mtserve shortlist`), and
+    CTranslate2's int8 model a vocabulary map from the same table (("ctranslate2-vmap", "int8"))."""
     from bench.common import bench_data, test_pairs
-    from bench.ct2_convert import convert
+    from bench.ct2_convert import convert, vmap_from_shortlist
     from export.calibrate import CALIBRATION_PAIRS
     from export.exporter import export_model
     from export.shortlist import config_pairs, shortlist_from_text
@@ -88,12 +96,31 @@ def prepare(
         if not (theirs / "model.bin").is_file():
             convert(model, theirs, None if precision == "fp32" else "int8")
         dirs[("mtserve", precision)], dirs[("ctranslate2", precision)] = ours, theirs
+        if shortlist and precision == "int8":
+            mapped = work / f"ct2-int8-vmap{shortlist}"
+            if not (mapped / "model.bin").is_file():
+                vmap = vmap_from_shortlist(ours, data.directions[0][1], work / f"vmap{shortlist}.txt", shortlist,
+                                           bench_sources(model, data_dir))  # fmt: skip
+                convert(model, mapped, "int8", vmap=vmap)
+            dirs[("ctranslate2-vmap", precision)] = mapped
     return dirs
+
+
+def bench_sources(model: Path, data_dir: str | None) -> list[list[int]]:
+    """The sentences' SentencePiece ids, EOS ended, as every engine gets them."""
+    import sentencepiece as spm
+
+    from bench.common import test_pairs
+    from service import conventions as cv
+
+    sp = spm.SentencePieceProcessor(model_file=str(model / "spm.model"))
+    return [[*ids, cv.EOS_ID] for ids in sp.encode(test_pairs(data_dir)[0][:SENTENCES])]
 
 
 def worker(engine: str, directory: Path, threads: int, model: Path, data_dir: str | None) -> None:
     """Loads one engine, then for each sentence index read from stdin translates that sentence alone
-    and writes the milliseconds it took."""
+    and writes the milliseconds it took. A line "INDEX LENGTH" forces LENGTH decoder steps: no
+    hypothesis ends before, each is cut there (bench/step_slope.py; in process only)."""
     import sentencepiece as spm
 
     from bench.common import bench_data, test_pairs
@@ -102,7 +129,7 @@ def worker(engine: str, directory: Path, threads: int, model: Path, data_dir: st
     sp = spm.SentencePieceProcessor(model_file=str(model / "spm.model"))
     source, target = bench_data().directions[0]
     texts = test_pairs(data_dir)[0][:SENTENCES]
-    sources = [[*ids, cv.EOS_ID] for ids in sp.encode(texts)]
+    sources = bench_sources(model, data_dir)
     with contextlib.ExitStack() as stack:
         if engine == "mtserve":
             from service.runtime.beam import DecodeOptions, beam_search
@@ -111,8 +138,9 @@ def worker(engine: str, directory: Path, threads: int, model: Path, data_dir: st
             translator = Translator.load(directory, threads)
             tag, options = translator.languages.tag_ids[target], DecodeOptions(beam_size=BEAM)
 
-            def decode(index: int) -> None:
-                beam_search(translator.model, [sources[index]], [tag], options)
+            def decode(index: int, length: int = 0) -> None:
+                forced = DecodeOptions(beam_size=BEAM, min_length=length, max_length=length, proportional_limit=False)
+                beam_search(translator.model, [sources[index]], [tag], forced if length else options)
 
         elif engine == "mtserve-http":
             from service.api.launcher import live_server
@@ -123,7 +151,9 @@ def worker(engine: str, directory: Path, threads: int, model: Path, data_dir: st
             connection = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port)
             stack.callback(connection.close)
 
-            def decode(index: int) -> None:
+            def decode(index: int, length: int = 0) -> None:
+                if length:
+                    raise ValueError("a forced length is for the in-process engines")
                 body = {"texts": [texts[index]], "source": source, "target": target, "beam_size": BEAM}
                 connection.request("POST", "/v1/translate", json.dumps(body), {"Content-Type": "application/json"})
                 response = connection.getresponse()
@@ -135,20 +165,23 @@ def worker(engine: str, directory: Path, threads: int, model: Path, data_dir: st
             import ctranslate2
 
             ct2 = ctranslate2.Translator(str(directory), device="cpu", intra_threads=threads, inter_threads=1)
-            prefix = f"<2{target}>"
+            prefix, use_vmap = f"<2{target}>", engine == "ctranslate2-vmap"
 
-            def decode(index: int) -> None:
+            def decode(index: int, length: int = 0) -> None:
                 ids = sources[index]
-                limit = cv.max_target_length(len(ids))
+                # CTranslate2's lengths count the target prefix (the language tag).
+                limit = length or cv.max_target_length(len(ids))
                 ct2.translate_batch([[sp.id_to_piece(i) for i in ids]], target_prefix=[[prefix]], beam_size=BEAM,
-                                    length_penalty=1.0, max_decoding_length=limit + 1)  # fmt: skip
+                                    length_penalty=1.0, max_decoding_length=limit + 1,
+                                    min_decoding_length=length + 1 if length else 0, use_vmap=use_vmap)  # fmt: skip
 
         for index in range(3):
             decode(index)
         print("ready", flush=True)
         for line in sys.stdin:
+            index, *length = map(int, line.split())
             started = time.perf_counter()
-            decode(int(line))
+            decode(index, *length)
             print(json.dumps({"ms": (time.perf_counter() - started) * 1000}), flush=True)
 
 
@@ -170,8 +203,8 @@ class _Worker:
         if line.strip() != "ready":
             raise RuntimeError(f"a worker failed to start (exit {self.process.wait()})")
 
-    def translate(self, index: int) -> float:
-        self.stdin.write(f"{index}\n")
+    def translate(self, index: int, length: int = 0) -> float:
+        self.stdin.write(f"{index} {length}\n" if length else f"{index}\n")
         self.stdin.flush()
         return float(json.loads(self.stdout.readline())["ms"])
 
@@ -199,21 +232,22 @@ def main() -> None:
         return
     work = args.work or Path(tempfile.mkdtemp(prefix="mtserve-one-sentence-"))
     dirs = prepare(args.model, work, args.data_dir, args.activation_scales == "calibrated", args.shortlist)
-    workers = {config: _Worker(config, dirs[(config[0].removesuffix("-http"), config[1])], args) for config in CONFIGS}
+    configs = CONFIGS + (VMAP_CONFIGS if args.shortlist else [])
+    workers = {config: _Worker(config, dirs[(config[0].removesuffix("-http"), config[1])], args) for config in configs}
     for w in workers.values():
         w.wait_ready()
-    times: dict[tuple[str, str, int], list[list[float]]] = {config: [] for config in CONFIGS}
+    times: dict[tuple[str, str, int], list[list[float]]] = {config: [] for config in configs}
     try:
         for round_index in range(args.rounds):
-            for config in CONFIGS:
+            for config in configs:
                 times[config].append([])
             for block, start in enumerate(range(0, SENTENCES, args.block)):
-                shift = (round_index + block) % len(CONFIGS)
-                for config in CONFIGS[shift:] + CONFIGS[:shift]:
+                shift = (round_index + block) % len(configs)
+                for config in configs[shift:] + configs[:shift]:
                     for index in range(start, min(start + args.block, SENTENCES)):
                         times[config][-1].append(workers[config].translate(index))
                     time.sleep(PAUSE_S)
-            for config in CONFIGS:
+            for config in configs:
                 engine, precision, threads = config
                 print(json.dumps({"engine": engine, "precision": precision, "threads": threads, "round": round_index,
                                   "p50_ms": round(statistics.median(times[config][-1]), 2)}), flush=True)  # fmt: skip
@@ -225,14 +259,17 @@ def main() -> None:
         rounds = [round(statistics.median(r), 2) for r in times[(engine, precision, threads)]]
         print(json.dumps({"summary": engine, "precision": precision, "threads": threads,
                           "median_ms": round(median, 2), "rounds": rounds}))  # fmt: skip
-    best = {engine: min((m, c) for c, m in medians.items() if c[0] == engine) for engine in ("mtserve", "ctranslate2")}
-    ours, theirs = best["mtserve"][1], best["ctranslate2"][1]
-    ratios = paired(times, ours, theirs, float.__truediv__)
-    print(json.dumps({"mtserve_best": [round(best["mtserve"][0], 2), *ours[1:]],
-                      "ctranslate2_best": [round(best["ctranslate2"][0], 2), *theirs[1:]],
-                      "ratio_of_medians": round(best["mtserve"][0] / best["ctranslate2"][0], 3),
-                      "median_paired_ratio": round(statistics.median(ratios), 3)}))  # fmt: skip
-    for config in CONFIGS:
+    engines = {c[0] for c in configs}
+    best = {engine: min((m, c) for c, m in medians.items() if c[0] == engine) for engine in engines}
+    ours = best["mtserve"][1]
+    for reference in (r for r in REFERENCES if r in engines):
+        theirs = best[reference][1]
+        ratios = paired(times, ours, theirs, float.__truediv__)
+        print(json.dumps({"mtserve_best": [round(best["mtserve"][0], 2), *ours[1:]],
+                          f"{reference}_best": [round(best[reference][0], 2), *theirs[1:]],
+                          "ratio_of_medians": round(best["mtserve"][0] / best[reference][0], 3),
+                          "median_paired_ratio": round(statistics.median(ratios), 3)}))  # fmt: skip
+    for config in configs:
         if config[0] == "mtserve-http":
             local = ("mtserve", *config[1:])
             differences = paired(times, config, local, float.__sub__)

@@ -6,7 +6,12 @@ search, detokenization), --rounds times over after a warm-up. The graphs' runs a
 they are called (onnxruntime's `run` for the encoder, `run_with_iobinding` for the decoder
 steps), so no profiler slows the host's work between them. Prints the medians per sentence:
 the total, the encoder, the decoder steps (their number, and the mean time of one), and what is
-left, the host's work (each a median of its own, so they need not add up to the total's).
+left, the host's work (each a median of its own, so they need not add up to the total's). The
+host's work is split three ways: before the first step (splitting, tokenization, the encoder's
+inputs and outputs, the search's start: its cache, its output layer, its first binding), between
+steps (the search proper; also per step: `host_per_step_ms`), and after the last step
+(the hypotheses ranked, detokenization). What a sentence costs besides its steps is the part
+that does not grow with its length (bench/step_slope.py).
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from bench.common import RuntimeBench, bench_target  # noqa: E402
 
 
 class _Clock:
-    """Seconds spent inside the timed calls, and how many there were, since the last reset."""
+    """Seconds spent inside the timed calls, how many there were, and when the first began and the
+    last ended, since the last reset."""
 
     def __init__(self) -> None:
         self.reset()
@@ -37,6 +43,7 @@ class _Clock:
     def reset(self) -> None:
         self.seconds = 0.0
         self.calls = 0
+        self.first_start = self.last_end = 0.0
 
     def wrap(self, call: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -44,7 +51,9 @@ class _Clock:
             try:
                 return call(*args, **kwargs)
             finally:
-                self.seconds += time.perf_counter() - started
+                self.last_end = time.perf_counter()
+                self.seconds += self.last_end - started
+                self.first_start = self.first_start or started
                 self.calls += 1
 
         return timed
@@ -69,7 +78,9 @@ def main() -> None:
     for model_dir, translator in bench.translators():
         for text in sources[:3]:
             translator.translate([text], target, options)
-        rows: dict[str, list[float]] = {"total": [], "encoder": [], "decoder": [], "steps": [], "host": []}
+        rows: dict[str, list[float]] = {name: [] for name in ("total", "encoder", "decoder", "steps", "host",
+                                                              "host_before", "host_between", "host_after")}  # fmt: skip
+        per_step: list[float] = []
         with _timed_runs() as (encoder, decoder):
             for _ in range(args.rounds):
                 for text in sources:
@@ -83,13 +94,21 @@ def main() -> None:
                     rows["decoder"].append(decoder.seconds * 1000)
                     rows["steps"].append(decoder.calls)
                     rows["host"].append((total - encoder.seconds - decoder.seconds) * 1000)
+                    before = decoder.first_start - started - encoder.seconds  # the encoder runs before the steps
+                    after = started + total - decoder.last_end
+                    between = decoder.last_end - decoder.first_start - decoder.seconds
+                    rows["host_before"].append(before * 1000)
+                    rows["host_between"].append(between * 1000)
+                    rows["host_after"].append(after * 1000)
+                    per_step.append(between * 1000 / max(decoder.calls - 1, 1))
         medians = {
             f"{name}_ms" if name != "steps" else name: round(statistics.median(v), 2) for name, v in rows.items()
         }
         step_ms = sum(rows["decoder"]) / max(sum(rows["steps"]), 1)
         print(json.dumps({"model": model_dir.name, "beam": args.beam_size, "threads": args.threads,
                           "sentences": len(sources), "rounds": args.rounds, **medians,
-                          "decoder_step_ms": round(step_ms, 3)}))  # fmt: skip
+                          "decoder_step_ms": round(step_ms, 3),
+                          "host_per_step_ms": round(statistics.median(per_step), 3)}))  # fmt: skip
 
 
 if __name__ == "__main__":
