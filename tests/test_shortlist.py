@@ -174,3 +174,33 @@ def test_a_model_without_parallel_text_gets_its_shortlist_from_its_own_translati
     assert [h[0].tokens for h in beam_search(shortlisted, sources, tags, options)] == [
         h[0].tokens for h in beam_search(plain, sources, tags, options)
     ]
+
+
+def test_ctranslate2s_own_shortlist_from_the_table_holds_its_output_to_as_many_candidates(
+    models: tuple[Path, Path], tiny_model_dir: Path, sentences: list[str], tmp_path: Path
+) -> None:
+    """The benchmarks' CTranslate2 with a vocabulary map (bench/ct2_convert.py): made from the same
+    lexical table, it gives the median sentence as many candidates as the shortlist, and
+    CTranslate2 decodes with it within them."""
+    import ctranslate2
+    import sentencepiece as spm
+
+    from bench.ct2_convert import convert, vmap_from_shortlist
+
+    shortlisted = models[1]
+    sp = spm.SentencePieceProcessor(model_file=str(shortlisted / "spm.model"))
+    sources = [[*sp.encode(text), EOS_ID] for text in sentences]
+    vmap = vmap_from_shortlist(shortlisted, "fr", tmp_path / "vmap.txt", SIZE, sources)
+    fixed_line, *token_lines = vmap.read_text(encoding="utf-8").splitlines()
+    assert fixed_line.startswith("\t") and len(token_lines) == sp.get_piece_size()
+    fixed = set(fixed_line.split())
+    mapped = {key: set(values.split()) for key, values in (line.split("\t") for line in token_lines)}
+    translator = ctranslate2.Translator(str(convert(tiny_model_dir, tmp_path / "ct2", "int8", vmap=vmap)))
+    counts = []
+    for source in sources:
+        pieces = [sp.id_to_piece(i) for i in source]
+        candidates = fixed.union(*(mapped[piece] for piece in pieces))
+        counts.append(len(candidates))
+        result = translator.translate_batch([pieces], target_prefix=[["<2fr>"]], beam_size=5, use_vmap=True)
+        assert set(result[0].hypotheses[0][1:]) <= candidates
+    assert sorted(counts)[len(counts) // 2] >= SIZE > min(counts)
