@@ -1,7 +1,7 @@
 """What a decoder step costs each engine, whole: this runtime against CTranslate2 at forced lengths.
 
     python bench/step_slope.py [--model artifacts/default] [--work runs/one-sentence]
-                               [--lengths 4 12 20 28] [--rounds 2] [--shortlist 1024]
+                               [--lengths 12 20 28 36] [--rounds 2] [--shortlist 1024]
 
 CTranslate2's wheels have no profiler, so its run is taken apart from outside: each of the first 40
 test2016 sentences is translated alone at beam 5 with its output held at exactly L tokens (no
@@ -11,6 +11,9 @@ step's cost per token: the slope of the median time against L is a step whole (k
 search's host work, the cache's bookkeeping), the intercept what a sentence costs besides its
 steps (the encoder, the start of the search, the result). bench/sentence_time.py splits this
 runtime's step into its graph run and its host work; the slope puts CTranslate2's beside it.
+The default lengths span test2016's (17 tokens on average); below about 10 tokens, engines on
+two threads take far longer than their slope says (a pool's start, not its steps), which would
+bend the line.
 
 The engines, graphs and workers are bench/one_sentence.py's (the same `--work` directory is
 reused), in process only: int8 and fp32, one and two threads, and with `--shortlist` CTranslate2
@@ -47,7 +50,7 @@ def fit(points: dict[int, float]) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=ROOT / "artifacts" / "default", help="a checkpoint directory")
-    parser.add_argument("--lengths", type=int, nargs="+", default=[4, 12, 20, 28], help="forced output tokens")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[12, 20, 28, 36], help="forced output tokens")
     parser.add_argument("--rounds", type=int, default=2, help="passes over the sentences at every length")
     parser.add_argument("--block", type=int, default=5, help="sentences a worker translates in a row")
     parser.add_argument("--work", type=Path)
