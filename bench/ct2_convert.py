@@ -90,9 +90,9 @@ def build_spec(model: Transformer, pieces: list[str], source_eos: bool = False) 
     return spec
 
 
-def _vmap_candidates(layer: OutputLayer, language: str, fixed: np.ndarray, source: Sequence[int]) -> int:
+def _vmap_candidates(layer: OutputLayer, language: str, fixed: set[int], source: Sequence[int]) -> int:
     """How many candidates CTranslate2 takes from such a map for one source (its ids)."""
-    chosen = set(fixed.tolist()) | set(source)
+    chosen = fixed | set(source)
     for token in source:
         chosen.update(layer.translations[language][token].tolist())
     return len(chosen)
@@ -122,7 +122,8 @@ def vmap_from_shortlist(
     low, high = FREQUENT_FIRST, len(frequent)
     while size and sources and low < high:  # the fewest frequent tokens that reach `size` at the median
         middle = (low + high) // 2
-        median = float(np.median([_vmap_candidates(layer, language, fixed(middle), s) for s in sources]))
+        candidates = set(fixed(middle).tolist())
+        median = float(np.median([_vmap_candidates(layer, language, candidates, s) for s in sources]))
         low, high = (low, middle) if median >= size else (middle + 1, high)
     sp = spm.SentencePieceProcessor(model_file=str(graphs_dir / "spm.model"))
     piece = sp.id_to_piece

@@ -139,8 +139,11 @@ def worker(engine: str, directory: Path, threads: int, model: Path, data_dir: st
             tag, options = translator.languages.tag_ids[target], DecodeOptions(beam_size=BEAM)
 
             def decode(index: int, length: int = 0) -> None:
-                forced = DecodeOptions(beam_size=BEAM, min_length=length, max_length=length, proportional_limit=False)
-                beam_search(translator.model, [sources[index]], [tag], forced if length else options)
+                chosen = options
+                if length:  # forced: no hypothesis ends before `length`, each is cut there
+                    chosen = DecodeOptions(beam_size=BEAM, min_length=length, max_length=length,
+                                           proportional_limit=False)  # fmt: skip
+                beam_search(translator.model, [sources[index]], [tag], chosen)
 
         elif engine == "mtserve-http":
             from service.api.launcher import live_server

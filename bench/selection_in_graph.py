@@ -42,7 +42,9 @@ from onnx import TensorProto, helper, numpy_helper
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import bench_target  # noqa: E402
 from bench.one_sentence import bench_sources  # noqa: E402
+from bench.step_slope import fit  # noqa: E402
 from service.graphs import CACHE_INDIRECTION, PAST_LENGTH  # noqa: E402
 from service.manifest import DEFAULT_MODEL_DIR  # noqa: E402
 from service.runtime.beam import DecodeOptions, _pad_sources, beam_search  # noqa: E402
@@ -174,7 +176,7 @@ def main() -> None:
     parser.add_argument("--data-dir")
     args = parser.parse_args()
     translator = Translator.load(args.model, args.threads)
-    model, tag = translator.model, translator.languages.tag_ids["fr"]
+    model, tag = translator.model, translator.languages.tag_ids[bench_target()]
     sources = bench_sources(DEFAULT_MODEL_DIR, args.data_dir)
     with tempfile.TemporaryDirectory() as work:
         graph = extend(args.model / model.manifest.files["decoder"], Path(work) / "step.onnx", model.eos_id)
@@ -201,7 +203,7 @@ def main() -> None:
                             times[name][length].append((time.perf_counter() - started) * 1000)
     for name, by_length in times.items():
         medians = {n: statistics.median(t) for n, t in by_length.items()}
-        slope, intercept = statistics.linear_regression(list(medians), list(medians.values()))
+        slope, intercept = fit(medians)
         print(json.dumps({"search": name, "threads": args.threads, "agree_of_10": agree,
                           "median_ms_by_length": {n: round(m, 2) for n, m in medians.items()},
                           "step_ms": round(slope, 3), "rest_ms": round(intercept, 2)}))  # fmt: skip

@@ -34,10 +34,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import one_sentence  # noqa: E402
 from bench.one_sentence import PAUSE_S, REFERENCES, SENTENCES, VMAP_CONFIGS, _Worker, prepare  # noqa: E402
 
-CONFIGS = [(engine, precision, threads) for engine in ("mtserve", "ctranslate2")
-           for precision in ("int8", "fp32") for threads in (1, 2)]  # fmt: skip
+CONFIGS = [config for config in one_sentence.CONFIGS if config[0] != "mtserve-http"]  # in process only
 Config = tuple[str, str, int]
 
 
