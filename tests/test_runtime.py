@@ -71,6 +71,33 @@ def test_a_sentence_translates_the_same_alone_and_in_any_batch(
         assert np.allclose([h.score for h in alone], [h.score for h in batched[i]], atol=1e-4)
 
 
+def test_a_step_bound_at_one_row_a_sentence_decodes_its_beams_as_one_bound_at_the_beams(
+    onnx_model: OnnxModel, sentences: list[str]
+) -> None:
+    """The step's binding follows the cache from one row per sentence to its beams (only the rows'
+    inputs bound again): the next step reads every beam's history and writes every beam's output."""
+    sources = _ids(onnx_model, sentences[:3])
+    width = max(map(len, sources))
+    ids = np.asarray([s + [onnx_model.pad_id] * (width - len(s)) for s in sources], dtype=np.int64)
+    mask = (np.arange(width)[None, :] < np.asarray([len(s) for s in sources])[:, None]).astype(np.int64)
+    cross = onnx_model.encode(ids, mask).cross
+    tags, beams = np.full(len(sources), TAG["fr"]), 4
+    followed = onnx_model.new_cache(len(sources), 3, beams)
+    first = onnx_model.decode_top(tags[:, None], mask, followed, cross)
+    followed.reorder(np.repeat(np.arange(len(sources)), beams))  # each sentence's row becomes its beams
+    bound_at_beams = onnx_model.new_cache(len(sources), 3, beams)
+    bound_at_beams.reorder(np.repeat(np.arange(len(sources)), beams))
+    onnx_model.decode_top(np.repeat(tags, beams)[:, None], mask, bound_at_beams, cross)
+    nxt = first.ids[:, :beams].reshape(-1, 1)  # each beam a different token
+    after_follow = onnx_model.decode_top(nxt, mask, followed, cross)
+    after_fresh = onnx_model.decode_top(nxt, mask, bound_at_beams, cross)
+    assert after_follow.ids.shape == (len(sources) * beams, first.ids.shape[1])
+    assert np.array_equal(after_follow.ids, after_fresh.ids)
+    # step 0 ran at one row, not four, a sentence: its keys may differ in their last bits
+    assert np.allclose(after_follow.log_probs, after_fresh.log_probs, atol=1e-5)
+    assert len({tuple(row) for row in after_follow.ids}) > len(sources)  # the beams' histories differ
+
+
 def test_a_search_alone_takes_every_thread_and_concurrent_searches_one_each(
     onnx_model: OnnxModel, sentences: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

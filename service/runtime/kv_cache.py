@@ -30,8 +30,8 @@ class SelfAttentionCache:
         shape = (sentences * max_beams, heads, capacity, head_dim)
         self._storage = [np.empty(shape, np.float32) for _ in range(2 * layers)]  # k0, v0, k1, v1, ...
         self.indirection = np.zeros((sentences, 1, capacity), np.int32)
-        # The runtime's IO bindings of this cache, per session (sessions.py); dropped whenever the
-        # buffers, the indirection array or the row count change.
+        # The runtime's IO bindings of this cache, per session (sessions.py). A new indirection array
+        # (a new row count: `_bind`) tells them that the rows' inputs must be bound again.
         self.bindings: dict[int, object] = {}
         self._bind(sentences)
 
@@ -89,7 +89,6 @@ class SelfAttentionCache:
         self._bind(len(sentences) * beams)
 
     def _bind(self, rows: int) -> None:
-        self.bindings.clear()
         self._sentences = np.arange(self.sentences)
         self._row_sentences = np.repeat(self._sentences, self.beams)  # the sentence of each row
         self._own_beam = np.arange(self.beams, dtype=np.int32)

@@ -225,25 +225,76 @@ class _Graph:
 
 @dataclass
 class StepFeeds:
-    """A decoder step's inputs as bound values, its present K/V bound to the cache's own buffers
-    (written in place), and the two inputs that change every step, held as arrays of their own
-    so that a binding can be updated in place rather than made again."""
+    """A decoder step's inputs, its present K/V bound to the cache's own buffers (written in
+    place), and the inputs that change every step, held as arrays of their own so that a binding
+    can be updated in place rather than made again.
 
-    inputs: dict[str, ort.OrtValue]
-    presents: dict[str, ort.OrtValue]
+    Arrays are bound from their own memory (`bind_cpu_input` wraps a contiguous array without a
+    copy, as an OrtValue would, in a third of the time): the feeds hold them while bound."""
+
+    arrays: dict[str, np.ndarray]  # inputs bound from these arrays
+    pasts: dict[str, ort.OrtValue]  # the cache's buffers as past K/V
+    presents: dict[str, ort.OrtValue]  # the same buffers as present K/V
     outputs: dict[str, np.ndarray]  # the outputs asked for, written by each run
     ids: np.ndarray  # [B, 1] int64: the last tokens
     length: np.ndarray  # int32 scalar: the cache's length, this token's position
+    beam_width: np.ndarray  # int32 [1]: rows per sentence
+    vocab: BatchVocab | None  # the output layer's inputs, for a step that takes a shortlist
 
     def bind(self, session: ort.InferenceSession) -> ort.IOBinding:
         binding = session.io_binding()
-        for name, value in self.inputs.items():
+        for name, array in self.arrays.items():
+            binding.bind_cpu_input(name, array)
+        for name, value in self.pasts.items():
             binding.bind_ortvalue_input(name, value)
         for name, array in self.outputs.items():
-            binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(array))
+            _bind_output(binding, name, array)
         for name, value in self.presents.items():
             binding.bind_ortvalue_output(name, value)
         return binding
+
+    def follow(self, binding: ort.IOBinding, last_ids: np.ndarray, cache: SelfAttentionCache) -> None:
+        """The same sources at the cache's new row count (step 0's one row per sentence become its
+        beams): only what depends on the rows is made and bound again; the sources' cross K/V, mask
+        and output layer stay bound."""
+        self.ids = np.array(last_ids, dtype=np.int64).reshape(-1, 1)
+        self.beam_width[0] = cache.beams
+        by_row: dict[str, np.ndarray] = {"input_ids": self.ids, CACHE_INDIRECTION: cache.indirection}
+        if self.vocab is not None:
+            by_row[OUTPUT_BIAS] = self.vocab.row_bias(cache.beams)
+        for name, array in by_row.items():
+            self.arrays[name] = array
+            binding.bind_cpu_input(name, array)
+        for name, value in zip(list(self.pasts), cache.values, strict=True):
+            self.pasts[name] = value
+            binding.bind_ortvalue_input(name, value)
+        for name, value in zip(list(self.presents), cache.values, strict=True):
+            self.presents[name] = value
+            binding.bind_ortvalue_output(name, value)
+        self.outputs = {name: np.empty((cache.rows, *a.shape[1:]), a.dtype) for name, a in self.outputs.items()}
+        for name, array in self.outputs.items():
+            _bind_output(binding, name, array)
+
+
+def _bind_output(binding: ort.IOBinding, name: str, array: np.ndarray) -> None:
+    """`name` written into `array` (C-contiguous, held by the caller while bound)."""
+    binding.bind_output(name, "cpu", 0, array.dtype.type, list(array.shape), array.ctypes.data)
+
+
+# The decoder step's per-layer names, per layer count: made once, not for every binding.
+@functools.cache
+def _past_names(layers: int) -> tuple[str, ...]:
+    return tuple(n for n in decoder_spec(layers).inputs if n.startswith(("past_key.", "past_value.")))
+
+
+@functools.cache
+def _cross_names(layers: int) -> tuple[str, ...]:
+    return tuple(n for n in decoder_spec(layers).inputs if n.startswith("cross_"))
+
+
+@functools.cache
+def _present_names(layers: int) -> tuple[str, ...]:
+    return tuple(n for n in decoder_spec(layers).outputs if n.startswith("present_"))
 
 
 def _check_step(last_ids: np.ndarray, mask: np.ndarray, cache: SelfAttentionCache) -> None:
@@ -269,17 +320,16 @@ def step_feeds(
     and arrays for the outputs asked for; `vocab`: the output layer's inputs, for a step that takes a
     shortlist (service/runtime/shortlist.py)."""
     _check_step(last_ids, mask, cache)
-    spec = decoder_spec(layers, alignment=ALIGNMENT in outputs)
     ids, length = np.array(last_ids, dtype=np.int64).reshape(-1, 1), np.array(cache.length, np.int32)
-    arrays = {
+    beam_width = np.array([cache.beams], np.int32)
+    arrays: dict[str, np.ndarray] = {
         "input_ids": ids,
         "attention_mask": np.ascontiguousarray(mask, dtype=np.int64),
         PAST_LENGTH: length,
-        BEAM_WIDTH: np.array([cache.beams], np.int32),
+        BEAM_WIDTH: beam_width,
         CACHE_INDIRECTION: cache.indirection,  # updated in place by the cache
     }
-    cross_names = [n for n in spec.inputs if n.startswith("cross_")]
-    arrays |= dict(zip(cross_names, (np.ascontiguousarray(c) for c in cross), strict=True))
+    arrays |= dict(zip(_cross_names(layers), (np.ascontiguousarray(c) for c in cross), strict=True))
     if vocab is not None:
         if len(vocab.sentence_bias) != cache.sentences:
             raise ValueError(
@@ -289,11 +339,9 @@ def step_feeds(
         if vocab.scale is not None:
             arrays[OUTPUT_SCALE] = vocab.scale
         vocab_size = len(vocab.vocab)
-    inputs = {name: ort.OrtValue.ortvalue_from_numpy(a) for name, a in arrays.items()}
-    inputs |= dict(
-        zip((n for n in spec.inputs if n.startswith(("past_key.", "past_value."))), cache.values, strict=True)
-    )
-    presents = dict(zip((n for n in spec.outputs if n.startswith("present_")), cache.values, strict=True))
+    arrays = {name: np.ascontiguousarray(a) for name, a in arrays.items()}  # bound without a copy
+    pasts = dict(zip(_past_names(layers), cache.values, strict=True))
+    presents = dict(zip(_present_names(layers), cache.values, strict=True))
     rows, top_k = cache.rows, min(DECODER_TOP_K, vocab_size)
     shapes = {
         "log_probs": ((rows, vocab_size), np.float32),
@@ -303,7 +351,7 @@ def step_feeds(
         ALIGNMENT: ((rows, mask.shape[1]), np.float32),
     }
     arrays_out = {name: np.empty(*shapes[name]) for name in outputs}
-    return StepFeeds(inputs, presents, arrays_out, ids, length)
+    return StepFeeds(arrays, pasts, presents, arrays_out, ids, length, beam_width, vocab)
 
 
 def run_step(session: ort.InferenceSession, feeds: StepFeeds) -> list[np.ndarray]:
@@ -314,13 +362,14 @@ def run_step(session: ort.InferenceSession, feeds: StepFeeds) -> list[np.ndarray
 
 @dataclass
 class _BoundStep:
-    """One session's binding of one cache, kept from step to step until the batch changes shape
-    (the cache drops its bindings then)."""
+    """One session's binding of one cache, kept from step to step while the caller passes the same
+    sources (mask, cross K/V, output layer), its rows' inputs bound again when their count changes."""
 
     names: tuple[str, ...]  # the outputs asked for
     mask: np.ndarray  # the arrays bound, held: the binding is valid while the caller passes these
     cross: KVList
     vocab: BatchVocab | None
+    indirection: np.ndarray  # the cache's at the row count bound (a new one comes with a new count)
     feeds: StepFeeds
     binding: ort.IOBinding
 
@@ -538,7 +587,9 @@ class OnnxModel:
 
         def bind(session: ort.InferenceSession) -> tuple[ort.IOBinding, StepFeeds]:
             # Between compactions a step changes only the last tokens and the cache's length
-            # (its indirection is updated in place): the binding is updated, not made again.
+            # (its indirection is updated in place): the binding is updated, not made again. At a
+            # new row count over the same sources (step 0's row per sentence become its beams),
+            # only the rows' inputs are bound again.
             bound = cache.bindings.get(id(session))
             if (
                 isinstance(bound, _BoundStep)
@@ -548,12 +599,17 @@ class OnnxModel:
                 and bound.vocab is vocab
             ):
                 _check_step(last_ids, mask, cache)
-                np.copyto(bound.feeds.ids, np.asarray(last_ids).reshape(-1, 1))
+                if bound.indirection is cache.indirection:
+                    np.copyto(bound.feeds.ids, np.asarray(last_ids).reshape(-1, 1))
+                else:
+                    bound.feeds.follow(bound.binding, last_ids, cache)
+                    bound.indirection = cache.indirection
                 bound.feeds.length[...] = cache.length
                 return bound.binding, bound.feeds
             feeds = step_feeds(m.decoder_layers, m.vocab_size, names, last_ids, mask, cache, cross, vocab)
             binding = feeds.bind(session)
-            cache.bindings[id(session)] = _BoundStep(tuple(names), mask, cross, vocab, feeds, binding)
+            bound_step = _BoundStep(tuple(names), mask, cross, vocab, cache.indirection, feeds, binding)
+            cache.bindings[id(session)] = bound_step
             return binding, feeds
 
         outputs = self.decoder.run_bound(bind)
