@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from service.conventions import EOS_ID
-from service.runtime.beam import DecodeOptions, beam_search, runaway
+from service.runtime.beam import DecodeOptions, _pad_sources, beam_search, runaway
 from service.runtime.fill_mask import FillMask, FillMaskError
 from service.runtime.sessions import OnnxModel
 from service.runtime.translator import MAX_SOURCE_TOKENS, Translator
@@ -77,9 +77,7 @@ def test_a_step_bound_at_one_row_a_sentence_decodes_its_beams_as_one_bound_at_th
     """The step's binding follows the cache from one row per sentence to its beams (only the rows'
     inputs bound again): the next step reads every beam's history and writes every beam's output."""
     sources = _ids(onnx_model, sentences[:3])
-    width = max(map(len, sources))
-    ids = np.asarray([s + [onnx_model.pad_id] * (width - len(s)) for s in sources], dtype=np.int64)
-    mask = (np.arange(width)[None, :] < np.asarray([len(s) for s in sources])[:, None]).astype(np.int64)
+    ids, mask = _pad_sources(sources, onnx_model.pad_id)
     cross = onnx_model.encode(ids, mask).cross
     tags, beams = np.full(len(sources), TAG["fr"]), 4
     followed = onnx_model.new_cache(len(sources), 3, beams)

@@ -135,6 +135,13 @@ def runaway(tokens: Sequence[int], nxt: int) -> bool:
     return False
 
 
+def _recent_repeats(hist: np.ndarray, rows: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """runaway's own first check, over many candidates at once: whether each of `tokens` is among
+    the last LOOP_WINDOW of the row of `hist` it extends (`rows`, same shape); only such a token can
+    close a loop."""
+    return np.asarray((hist[:, -LOOP_WINDOW:][rows] == tokens[..., None]).any(axis=-1))
+
+
 def _ranked(
     hyps: list[Hypothesis], source: Sequence[int], n_best: int, options: DecodeOptions, eos: int
 ) -> list[Hypothesis]:
@@ -389,7 +396,7 @@ def _beam_search(
             and bool((head_scores > -np.inf).all())
         )
         if common and options.repetition_guard and hist.shape[1]:
-            common = not (hist[:, -LOOP_WINDOW:][rows[:, :k]] == head_tokens[:, :, None]).any()
+            common = not _recent_repeats(hist, rows[:, :k], head_tokens).any()
         compact = False
         if common:
             next_rows, last, scores = rows[:, :k].ravel(), head_tokens.ravel(), head_scores
@@ -417,9 +424,7 @@ def _beam_search(
                         finished[sent][worst] = hyp
             going = valid & ~ending  # may go on: the first K of each sentence that do are taken below
             if options.repetition_guard and hist.shape[1]:
-                # runaway's own first check, over all candidates at once: only a token among the last
-                # LOOP_WINDOW of its row can close a loop
-                suspect = (hist[:, -LOOP_WINDOW:][rows] == token[:, :, None]).any(axis=2) & going
+                suspect = _recent_repeats(hist, rows, token) & going
                 for i, j in _cells(suspect):
                     going[i, j] = not runaway(hist[rows[i, j]].tolist(), int(token[i, j]))
             ends = full

@@ -329,7 +329,7 @@ def step_feeds(
         BEAM_WIDTH: beam_width,
         CACHE_INDIRECTION: cache.indirection,  # updated in place by the cache
     }
-    arrays |= dict(zip(_cross_names(layers), (np.ascontiguousarray(c) for c in cross), strict=True))
+    arrays |= dict(zip(_cross_names(layers), cross, strict=True))
     if vocab is not None:
         if len(vocab.sentence_bias) != cache.sentences:
             raise ValueError(
