@@ -49,7 +49,8 @@ test: lint typecheck unit
 
 # The tests that start a server or measure time, with two CPU-bound processes beside them, as on a
 # shared machine or a busy CI runner. Each run must pass.
-BUSY_TESTS := tests/test_live.py tests/test_reliability.py tests/test_hostile.py tests/test_connections.py
+BUSY_TESTS := tests/test_live.py tests/test_reliability.py tests/test_hostile.py tests/test_connections.py \
+	tests/test_processes.py
 busy-test: $(VENV)/.installed browser
 	@$(BIN)/python -c 'while True: pass' & one=$$!; $(BIN)/python -c 'while True: pass' & two=$$!; \
 	trap 'kill $$one $$two 2>/dev/null' EXIT INT TERM; \

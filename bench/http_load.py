@@ -12,7 +12,8 @@ the pages of shared weight files once between servers).
 `--servers N` starts N servers instead of one, each with 1/N of the threads and batch workers,
 and spreads the clients over them, round robin; the CPU, memory and batches are their sums. One
 interpreter serves both cores in a server; this measures what several would give
-(docs/BENCHMARKS.md).
+(docs/BENCHMARKS.md). `--processes N` starts one server of N processes (MTSERVE_PROCESSES), each
+with 1/N of the threads and batch workers; its CPU and memory are the processes' sums.
 """
 
 from __future__ import annotations
@@ -113,6 +114,12 @@ def cpu_seconds(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def server_pids(pid: int) -> list[int]:
+    """A server's process and, in a server of several processes, its children."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid, *map(int, children)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 64])
@@ -122,27 +129,29 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="exported model directory")
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--servers", type=int, default=1, help="servers sharing the threads and the clients")
+    parser.add_argument("--processes", type=int, default=1, help="processes of one server (MTSERVE_PROCESSES)")
     args = parser.parse_args()
-    if not 1 <= args.servers <= args.threads:
-        parser.error(f"--servers {args.servers}: from 1 to --threads ({args.threads})")
+    if not 1 <= args.servers * args.processes <= args.threads:
+        parser.error(f"--servers {args.servers} times --processes {args.processes}: from 1 to --threads")
     sentences = read_sentences(args.data_dir, args.sentences)
     offline_rate = offline(args.model, sentences, args.beam_size, args.threads)
     env = {
         "MTSERVE_MODEL_DIR": str(args.model.resolve()),
-        "MTSERVE_THREADS": str(args.threads // args.servers),
+        "MTSERVE_THREADS": str(args.threads // (args.servers * args.processes)),
+        "MTSERVE_PROCESSES": str(args.processes),
         "MTSERVE_QUEUE_SIZE": "4096",
         "MTSERVE_LOG_LEVEL": "warning",
     }
-    if args.servers > 1:  # else the server's own default: one batch worker per core
-        env["MTSERVE_WORKERS"] = str(args.threads // args.servers)
+    if args.servers * args.processes > 1:  # else the server's own default: one batch worker per core
+        env["MTSERVE_WORKERS"] = str(args.threads // (args.servers * args.processes))
     with contextlib.ExitStack() as stack:
         servers = [stack.enter_context(live_server(env=env)) for _ in range(args.servers)]
         print(json.dumps({"startup_to_ready_s": round(max(s.startup_s for s in servers), 2)}), flush=True)
-        pids = [server.process.pid for server in servers]
+        pids = [pid for server in servers for pid in server_pids(server.process.pid)]
         for clients in args.clients:
             server_cpu, client_cpu = sum(map(cpu_seconds, pids)), cpu_seconds()
             row = asyncio.run(load([s.url for s in servers], sentences, clients, args.beam_size))
-            row["servers"] = args.servers
+            row["servers"], row["processes"] = args.servers, args.processes
             row["offline_sent_per_s"] = round(offline_rate, 1)
             # Who used the two cores: the server processes and this load generator.
             row["server_cpu_s"] = round(sum(map(cpu_seconds, pids)) - server_cpu, 1)

@@ -12,7 +12,8 @@
   the machine has no network, and by default, it is replaced by a no-op that keeps each text one
   sentence (the benchmark sends one sentence per request); the output says so.
 - Configurations: LibreTranslate at its defaults (ARGOS_INTER_THREADS=1, ARGOS_INTRA_THREADS=0,
-  waitress --threads 4) and at other thread settings; mtserve at its defaults and at one thread.
+  waitress --threads 4) and at other thread settings; mtserve at its defaults, at one thread, and
+  as two processes (MTSERVE_PROCESSES=2).
   Every configuration decodes at beam 4 (argostranslate's, mtserve's through
   MTSERVE_DEFAULT_BEAM_SIZE), and every request is LibreTranslate's POST /translate.
 - Every configuration's server runs in its own process, all at once, each warmed up on ten
@@ -82,6 +83,7 @@ CONFIGS = (
     Config("libretranslate-inter2-intra1", "libretranslate", {"ARGOS_INTER_THREADS": "2", "ARGOS_INTRA_THREADS": "1"}),
     Config("mtserve-default", "mtserve", {}),
     Config("mtserve-threads1", "mtserve", {"MTSERVE_THREADS": "1"}),
+    Config("mtserve-processes2", "mtserve", {"MTSERVE_PROCESSES": "2"}),
 )
 
 

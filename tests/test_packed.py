@@ -129,6 +129,31 @@ def test_an_unwritable_directory_keeps_the_graphs(
     assert any(str(tmp_path) in r.getMessage() for r in caplog.records)
 
 
+LOAD_AT_ONCE = """
+import logging, sys
+from pathlib import Path
+from service.manifest import DEFAULT_MODEL_DIR
+from service.runtime.translator import Translator
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+Translator.load(DEFAULT_MODEL_DIR, 1, packed=Path(sys.argv[1]))
+"""
+
+
+def test_processes_loading_one_model_at_once_make_each_copy_once(tmp_path: Path) -> None:
+    """What a server of several processes does at start: every process loads the model at once."""
+    loads = [
+        subprocess.Popen(
+            [sys.executable, "-c", LOAD_AT_ONCE, str(tmp_path)], cwd=ROOT, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    logs = [load.communicate(timeout=120)[1] for load in loads]
+    assert [load.returncode for load in loads] == [0, 0, 0], logs
+    made = "".join(logs).count("for this CPU in")
+    assert made == 3, f"{made} copies made for the model's 3 graphs:\n" + "\n".join(logs)
+    assert "WARNING" not in "".join(logs), logs
+
+
 MEASURE = """
 import gzip, json, sys, time
 from pathlib import Path
@@ -203,7 +228,7 @@ def test_copies_of_a_model_changed_in_place_are_replaced_not_kept(tmp_path: Path
     model, packed = tmp_path / "model", tmp_path / "packed"
     shutil.copytree(DEFAULT_MODEL_DIR, model)
     Translator.load(model, 2, packed=packed)
-    first = sorted(p.name for p in packed.iterdir())
+    first = sorted(p.name for p in packed.iterdir() if p.is_dir())
     weights = model / "weights.bin"  # the model exported again: other weights, the same path
     raw = bytearray(weights.read_bytes())
     raw[0] ^= 1
@@ -212,6 +237,6 @@ def test_copies_of_a_model_changed_in_place_are_replaced_not_kept(tmp_path: Path
     manifest["sha256"]["weights.bin"] = sha256_file(weights)
     (model / "manifest.json").write_text(json.dumps(manifest))
     Translator.load(model, 2, packed=packed)
-    second = sorted(p.name for p in packed.iterdir())
+    second = sorted(p.name for p in packed.iterdir() if p.is_dir())
     assert len(second) == len(first) == 3, (first, second)  # encoder, decoder step, MLM head
     assert not set(first) & set(second)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ByteSize
 
 from service.api.settings import Settings, cpu_quota
 
@@ -47,3 +48,19 @@ def test_no_quota_means_the_cpus_this_process_may_use(tmp_path: Path) -> None:
     (tmp_path / "cpu.max").write_text("max 100000\n")
     assert cpu_quota(tmp_path) >= 1
     assert Settings(threads=3).intra_op_threads == 3
+
+
+def test_a_process_takes_an_even_share_of_the_service_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("service.api.settings.cpu_quota", lambda: 4)
+    budget = ByteSize(3 << 30)
+    whole = Settings(processes=2, queue_size=257, max_connections=1024, memory_budget=budget, batch_tokens=2048)
+    share = whole.process_share()
+    assert (share.intra_op_threads, share.batch_workers) == (2, 2)
+    assert (share.queue_size, share.max_connections, share.batch_tokens) == (129, 512, 1024)
+    assert share.memory_budget == 3 * 2**30 // 2 and share.processes == 2
+    assert share.files_per_process == 64  # of the 128 translated files the service keeps
+    # threads and workers set by hand are each process's own
+    assert Settings(processes=2, threads=1, workers=3).process_share().batch_workers == 3
+    assert Settings(processes=2, threads=1, workers=3).process_share().intra_op_threads == 1
+    one = Settings()
+    assert one.process_share() is one

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -38,7 +38,9 @@ async def warm_up(state: ServiceState) -> None:
     state.detector.warm_up()
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, start_gate: Callable[[], Awaitable[None]] | None = None) -> FastAPI:
+    """`start_gate`: awaited once the models are warm, before the app counts itself ready (a server
+    of several processes waits there for the others)."""
     settings = settings or Settings()
     metrics = Metrics()
     holder: dict[str, ServiceState] = {}
@@ -51,6 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.scheduler.start()
         await state.residency.start()
         await warm_up(state)
+        if start_gate is not None:
+            await start_gate()
         state.ready = True
         log.info(
             "ready in %.2f s: model %s (sha %s), %d batch workers, %d intra-op threads, batch budget %d tokens",

@@ -27,6 +27,7 @@ NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 LOW_SPACE_BYTES = 1 << 20
 PARTIAL_SUFFIX = ".partial"
 _OWN_NAME = re.compile(r"^\.?[0-9a-f]{32}\..+")  # what put() writes: <uuid hex>.<name>, or its partial
+_FINISHED_NAME = re.compile(r"[0-9a-f]{32}\.[^/\\]+")  # a whole file's id, as put() returns it
 FilesDirState = Literal["ok", "full", "unwritable", "missing"]
 
 
@@ -51,17 +52,24 @@ class FilesDirHealth:
 
 
 class FileStore:
-    def __init__(self, directory: Path | None = None, max_files: int = 128, ttl_s: float = 1800.0) -> None:
+    def __init__(
+        self, directory: Path | None = None, max_files: int = 128, ttl_s: float = 1800.0, shared: bool = False
+    ) -> None:
+        """`shared`: the server's other processes keep their files in the same directory, which the
+        parent process emptied before they started; a file another process wrote is found on disk."""
         self.max_files, self.ttl_s = max_files, ttl_s
         self._owned = directory is None  # a temporary directory of our own, removed by close()
         self.directory = Path(tempfile.mkdtemp(prefix="mtserve-files-")) if directory is None else directory
+        self.shared = shared and not self._owned
         self._files: OrderedDict[str, StoredFile] = OrderedDict()
         self._lock = threading.Lock()
         self._last_error: FilesDirState | None = None  # from the last write, until one succeeds
+        self._swept = float("-inf")  # a process's first file sweeps what a dead one left
         if not self._owned:
             with contextlib.suppress(OSError):  # health() and put() report the directory's state
                 self.directory.mkdir(parents=True, exist_ok=True)
-            self._remove_leftovers()
+            if not self.shared:
+                remove_leftovers(self.directory)
 
     def put(self, name: str, content: bytes) -> str:
         """Write under a fresh id; the oldest files leave first when full. Raises FilesDirError."""
@@ -90,6 +98,8 @@ class FileStore:
             while len(self._files) > self.max_files:
                 leaving.append(self._files.popitem(last=False)[1])
         self._remove(leaving)
+        if self.shared:
+            self._sweep_expired()
         return file_id
 
     def get(self, file_id: str) -> StoredFile | None:
@@ -97,6 +107,8 @@ class FileStore:
             leaving = self._expired()
             stored = self._files.get(file_id)
         self._remove(leaving)
+        if stored is None and self.shared:
+            return self._written_elsewhere(file_id)
         return stored
 
     def read(self, stored: StoredFile) -> bytes | None:
@@ -136,9 +148,37 @@ class FileStore:
         for stored in files:
             stored.path.unlink(missing_ok=True)
 
-    def _remove_leftovers(self) -> None:
-        """A given directory may hold files of an earlier run, whose ids no longer resolve."""
-        with contextlib.suppress(OSError):  # health() and put() report the directory's state
+    def _written_elsewhere(self, file_id: str) -> StoredFile | None:
+        """A file another process of the server wrote, while it is younger than the files' time out."""
+        if not _FINISHED_NAME.fullmatch(file_id):
+            return None
+        path = self.directory / file_id
+        try:
+            age = time.time() - path.stat().st_mtime
+        except OSError:
+            return None
+        if age >= self.ttl_s:
+            return None
+        return StoredFile(file_id.split(".", 1)[1], path, time.monotonic() - age)
+
+    def _sweep_expired(self) -> None:
+        """Remove every process's files past their time out, at most ten times a time out: a process
+        that died leaves its files behind, and no other process has them in its index."""
+        now = time.monotonic()
+        if now - self._swept < self.ttl_s / 10:
+            return
+        self._swept = now
+        cutoff = time.time() - self.ttl_s
+        with contextlib.suppress(OSError):
             for path in self.directory.iterdir():
-                if path.is_file() and _OWN_NAME.match(path.name):
-                    path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    if _FINISHED_NAME.fullmatch(path.name) and path.stat().st_mtime < cutoff:
+                        path.unlink(missing_ok=True)
+
+
+def remove_leftovers(directory: Path) -> None:
+    """A given directory may hold files of an earlier run, whose ids no longer resolve."""
+    with contextlib.suppress(OSError):  # health() and put() report the directory's state
+        for path in directory.iterdir():
+            if path.is_file() and _OWN_NAME.match(path.name):
+                path.unlink(missing_ok=True)

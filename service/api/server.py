@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import FrameType
 
@@ -42,16 +44,55 @@ class DrainingServer(uvicorn.Server):
 
 
 def serve(settings: Settings) -> int:
-    from service.api.app import create_app
-
     logs.configure(settings.log_level)
+    if settings.processes > 1 and settings.req_limit > 0:
+        log.error(
+            "cannot start: MTSERVE_REQ_LIMIT counts each client's requests in one process; with "
+            "MTSERVE_PROCESSES=%d a client would get up to %d times the limit. Serve one process, or limit "
+            "rates in front of the server",
+            settings.processes, settings.processes,
+        )  # fmt: skip
+        return 2
     try:  # fail before uvicorn starts, with one line that names the file, the conflict or the model
-        entries = read_installed(settings.model_dirs, settings.prefer, single_name=settings.model_name)
-        check_budget(entries, settings.memory_budget, settings.preload, settings.packed_root is not None)
+        share = settings.process_share()
+        entries = read_installed(share.model_dirs, share.prefer, single_name=share.model_name)
+        check_budget(entries, share.memory_budget, share.preload, share.packed_root is not None)
     except (ModelFileError, ModelSetError, BudgetError) as exc:
         log.error("cannot start: %s", exc)
         return 2
-    app = create_app(settings)
+    if settings.processes == 1:
+        return 0 if run_server(settings) else 1
+    try:
+        reserved = port_socket(settings.host, settings.port)
+    except OSError as exc:
+        log.error("cannot start: cannot listen on %s port %d: %s", settings.host, settings.port, exc.strerror or exc)
+        return 2
+    from service.api.processes import serve_processes
+
+    return serve_processes(settings, reserved)
+
+
+def port_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to the port with SO_REUSEPORT: each server process listens on one of its own,
+    and the kernel spreads new connections evenly over them (one shared listening socket leaves
+    them to whichever process accepts first, often one process taking a whole burst)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def run_server(
+    settings: Settings,
+    sockets: list[socket.socket] | None = None,
+    start_gate: Callable[[], Awaitable[None]] | None = None,
+) -> bool:
+    """The app under uvicorn until a signal ends its drain; whether it started serving. uvicorn
+    listens once the app has started: `start_gate`, awaited last in the app's start-up, holds that."""
+    from service.api.app import create_app
+
+    app = create_app(settings, start_gate)
     # Inference runs in a worker thread that needs the GIL back for a moment after every
     # decoder step; with the default 5 ms switch interval a busy event loop holds it that long
     # each time (measured under load in docs/BENCHMARKS.md).
@@ -69,13 +110,13 @@ def serve(settings: Settings) -> int:
         lifespan="on",
     )
     server = DrainingServer(config)
-    server.run()
-    return 0 if server.started else 1
+    server.run(sockets)
+    return bool(server.started)
 
 
 def run(args: argparse.Namespace) -> int:
     overrides: dict[str, object] = {}
-    for name in ("host", "port", "threads"):
+    for name in ("host", "port", "threads", "processes"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.model:
@@ -93,5 +134,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="append",
         help="model directory; repeat to serve several (MTSERVE_MODELS, default: the committed model)",
     )
-    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (MTSERVE_THREADS; 0: CPU quota)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="intra-op threads of each process (MTSERVE_THREADS; 0: CPU quota)"
+    )
+    parser.add_argument(
+        "--processes", type=int, default=None, help="server processes sharing the port (MTSERVE_PROCESSES, default 1)"
+    )
     parser.set_defaults(handler=run)

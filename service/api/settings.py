@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from functools import cached_property
 from pathlib import Path
@@ -42,6 +43,10 @@ def _model_dirs_in(path: Path) -> list[Path]:
     if inside or not any(path.iterdir()):
         return inside
     return [path]  # files but no model directory: start-up names its missing manifest
+
+
+# Translated files waiting for download, in all processes together.
+MAX_STORED_FILES = 128
 
 
 def _split(value: object) -> object:
@@ -96,6 +101,14 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(default=5.0, ge=0, description="longest a batch waits to fill while the runtime is busy")
     workers: int = Field(
         default=0, ge=0, le=8, description="model batches that may run at once; 0: one per core of the CPU quota"
+    )
+    processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="server processes sharing the port, each with its own interpreter, models, queue and batch "
+        "workers; the queue, connections, batch budget, memory budget and file bound are split evenly between "
+        "them, and so is the CPU quota where threads and workers are unset (docs/DEPLOY.md, Processes)",
     )
     repetition_guard: Literal["model", "on", "off"] = Field(
         default="model",
@@ -169,3 +182,27 @@ class Settings(BaseSettings):
     @cached_property
     def batch_workers(self) -> int:
         return self.workers or cpu_quota()
+
+    def process_share(self) -> Settings:
+        """The settings of one of `processes` server processes: what bounds the whole service divided
+        evenly (rounded up, so that no bound falls to zero), the CPU quota divided where threads and
+        workers are not set. One process: these settings."""
+        n = self.processes
+        if n == 1:
+            return self
+        cores = max(1, cpu_quota() // n)
+        budget = None if self.memory_budget is None else int(self.memory_budget) // n
+        share: dict[str, object] = {
+            "threads": self.threads or cores,
+            "workers": self.workers or cores,
+            "queue_size": math.ceil(self.queue_size / n),
+            "max_connections": math.ceil(self.max_connections / n),
+            "batch_tokens": max(64, self.batch_tokens // n),
+            "memory_budget": budget,
+        }
+        return Settings(**{**self.model_dump(), **share})
+
+    @property
+    def files_per_process(self) -> int:
+        """How many translated files each process keeps for download."""
+        return math.ceil(MAX_STORED_FILES / self.processes)

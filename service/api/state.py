@@ -91,7 +91,9 @@ class ServiceState:
             ),
             keys=KeyRing(settings.api_keys, settings.require_api_key),
             rate_limiter=RateLimiter(settings.req_limit),
-            files=FileStore(settings.files_dir, ttl_s=settings.file_ttl_s),
+            files=FileStore(
+                settings.files_dir, settings.files_per_process, settings.file_ttl_s, shared=settings.processes > 1
+            ),
             glossaries=load_glossary_dir(settings.glossary_dir) if settings.glossary_dir else {},
             model_sha=sha,
             model_version=version,

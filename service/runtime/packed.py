@@ -11,13 +11,15 @@ embedding) stay on disk until a token needs their row.
 
 The packed layout depends on the CPU's instruction set and on onnxruntime's kernels, so the
 files are keyed by both; a key that misses makes new ones. The files are written under a
-temporary name and renamed into place whole, so that concurrent loads of one model (several
-processes) never read half a file. Where the directory cannot be written the sessions open the
-graphs as exported, with the heap copies.
+temporary name and renamed into place whole, one process at a time (a lock file), so that
+concurrent loads of one model (several processes) never read half a file nor make it twice.
+Where the directory cannot be written the sessions open the graphs as exported, with the heap
+copies.
 """
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
 import json
@@ -37,6 +39,7 @@ log = logging.getLogger("mtserve.runtime")
 
 OFF = "off"
 FILES_FILE = "files.json"  # each file's size and sha256, and what the copy was made for
+LOCK_FILE = "packing.lock"  # held by the process making a copy, in the directory of all copies
 # Instruction-set flags that change how onnxruntime's kernels pack and which kernels run.
 _ISA_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
               "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "sve", "i8mm", "bf16")  # fmt: skip
@@ -137,9 +140,24 @@ def packed_graph(source: Path, key: str, root: Path, verify: bool = True) -> Pat
     directory = root / key
     if _intact(directory, source.name, verify):
         return directory / source.name
-    started = time.perf_counter()
     try:
         root.mkdir(parents=True, exist_ok=True)
+        lock = open(root / LOCK_FILE, "a")  # noqa: SIM115 (held until the copy is in place)
+    except OSError as exc:
+        log.warning("cannot write packed weights to %s (%s): each session of %s packs its own", root, exc, source)
+        return None
+    with lock:
+        # Processes that load at once (a server of several) make copies one at a time: the others
+        # wait, then find theirs whole, and none removes a copy another is opening.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _intact(directory, source.name, verify):
+            return directory / source.name
+        return _make(source, key, root, directory)
+
+
+def _make(source: Path, key: str, root: Path, directory: Path) -> Path | None:
+    started = time.perf_counter()
+    try:
         staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
     except OSError as exc:
         log.warning("cannot write packed weights to %s (%s): each session of %s packs its own", root, exc, source)
@@ -149,11 +167,7 @@ def packed_graph(source: Path, key: str, root: Path, verify: bool = True) -> Pat
         files = {p.name: (p.stat().st_size, sha256_file(p)) for p in staging.iterdir()}
         (staging / FILES_FILE).write_text(json.dumps({"files": files, "made_for": _made_for(source)}))
         shutil.rmtree(directory, ignore_errors=True)  # a copy left broken or damaged: replaced
-        try:
-            staging.rename(directory)
-        except OSError:
-            if not _intact(directory, source.name, verify=False):  # not another process's copy, finished first
-                raise
+        staging.rename(directory)
     except Exception as exc:  # onnxruntime's own errors are untyped
         log.warning("cannot make packed weights for %s in %s (%s): each session packs its own", source, root, exc)
         return None

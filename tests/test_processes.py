@@ -1,0 +1,160 @@
+"""A server of several processes (MTSERVE_PROCESSES): one port, every process answering, one
+exposition of the metrics, translated files downloadable from any process, a dead process
+replaced, and SIGTERM draining them all."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.api.launcher import LiveServer, free_port, live_server, metric_value
+
+pytestmark = pytest.mark.slow
+SENTENCE = "A man in a blue shirt is standing on a ladder and cleaning a window."
+PROCESSES = 2
+
+
+def _children(server: LiveServer) -> list[int]:
+    """The server processes: the parent's children that run the app (not multiprocessing's tracker)."""
+    found = subprocess.run(["pgrep", "-P", str(server.process.pid)], capture_output=True, text=True).stdout.split()
+    return [int(pid) for pid in found if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _on_new_connections(server: LiveServer, count: int, body: dict[str, object]) -> list[httpx.Response]:
+    """`count` requests at once, each on a connection of its own, so that the kernel hands them to
+    whichever process accepts first."""
+
+    async def run() -> list[httpx.Response]:
+        async def one() -> httpx.Response:
+            async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+                return await client.post("/translate", json=body)
+
+        return list(await asyncio.gather(*(one() for _ in range(count))))
+
+    return asyncio.run(run())
+
+
+def _wait_for_children(server: LiveServer, count: int, timeout: float = 60) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = _children(server)
+        if len(children) == count:
+            return children
+        time.sleep(0.1)
+    raise AssertionError(f"{count} server processes expected, found {_children(server)}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    env = {"MTSERVE_PROCESSES": str(PROCESSES), "MTSERVE_LOG_LEVEL": "info"}
+    with live_server(env=env, log_dir=tmp_path_factory.mktemp("processes")) as live:
+        _wait_for_children(live, PROCESSES)
+        yield live
+
+
+def test_every_process_answers_and_the_metrics_count_them_all(server: LiveServer) -> None:
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        alone = http.post("/translate", json={"q": SENTENCE, "source": "en", "target": "fr"}).json()["translatedText"]
+        before = metric_value(http.get("/metrics").text, "mtserve_http_requests_total")
+    children = _wait_for_children(server, PROCESSES)
+    cpu_before = {pid: _cpu_s(pid) for pid in children}
+
+    async def kept_alive() -> list[httpx.Response]:
+        """16 connections, opened as soon as the server is ready and kept: every process listens by
+        then, and the kernel spreads them."""
+        body = {"q": [SENTENCE] * 2, "source": "en", "target": "fr"}
+        limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
+        async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as client:
+            return list(await asyncio.gather(*(client.post("/translate", json=body) for _ in range(48))))
+
+    responses = asyncio.run(kept_alive())
+    assert [r.status_code for r in responses] == [200] * 48
+    assert all(r.json()["translatedText"] == [alone, alone] for r in responses)
+    worked = {pid: _cpu_s(pid) - cpu_before[pid] for pid in children}
+    assert all(seconds > 0 for seconds in worked.values()), f"a process served nothing: {worked}"
+    generated = {  # from whichever process accepts each connection: one sum
+        metric_value(httpx.get(server.url + "/metrics").text, "mtserve_generated_tokens_total") for _ in range(6)
+    }
+    assert len(generated) == 1 and generated.pop() > 48 * 2 * 5, generated
+    after = metric_value(httpx.get(server.url + "/metrics").text, "mtserve_http_requests_total")
+    assert after - before == 48 + 6 + 1  # the translations, the six expositions and the first one
+    assert metric_value(httpx.get(server.url + "/metrics").text, "mtserve_models_loaded") == PROCESSES
+
+
+def test_a_file_translated_by_one_process_downloads_from_any(server: LiveServer) -> None:
+    text = "\n".join(f"Line {i}: a dog runs on the beach." for i in range(5))
+    for _ in range(6):  # uploads and downloads on connections of their own
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            r = http.post("/translate_file", data={"source": "en", "target": "fr"}, files={"file": ("a.txt", text)})
+            assert r.status_code == 200, r.text
+            url = r.json()["translatedFileUrl"].replace("http://testserver", server.url)
+        downloads = [httpx.get(url, timeout=60) for _ in range(4)]
+        assert [d.status_code for d in downloads] == [200] * 4
+        assert all(d.text.count("chien") == 5 for d in downloads)
+
+
+def test_a_process_that_dies_is_replaced(server: LiveServer) -> None:
+    victim = _wait_for_children(server, PROCESSES)[0]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        children = _children(server)
+        if len(children) == PROCESSES and victim not in children:
+            break
+        time.sleep(0.1)
+    responses = _on_new_connections(server, 16, {"q": SENTENCE, "source": "en", "target": "fr"})
+    assert [r.status_code for r in responses] == [200] * 16
+    assert victim not in _children(server) and len(_children(server)) == PROCESSES
+    assert "starting another" in server.log()
+    in_flight = metric_value(httpx.get(server.url + "/metrics").text, "mtserve_http_requests_in_flight")
+    assert in_flight == 1, "the dead process's requests in flight still count"  # the /metrics request itself
+
+
+def test_sigterm_drains_every_process_and_exits_0(server: LiveServer) -> None:
+    children = _wait_for_children(server, PROCESSES)
+
+    async def run() -> tuple[list[httpx.Response], float]:
+        body = {"q": [SENTENCE] * 8, "source": "en", "target": "fr"}
+
+        async def one() -> httpx.Response:
+            async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+                return await client.post("/translate", json=body)
+
+        tasks = [asyncio.ensure_future(one()) for _ in range(16)]
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as probe:
+            while metric_value((await probe.get("/metrics")).text, "mtserve_http_requests_in_flight") < 17:
+                await asyncio.sleep(0.02)
+        signalled = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        return list(await asyncio.gather(*tasks)), signalled
+
+    responses, signalled = asyncio.run(run())
+    code = server.process.wait(timeout=60)
+    assert [r.status_code for r in responses] == [200] * 16
+    assert all(len(r.json()["translatedText"]) == 8 for r in responses)
+    assert code == 0 and time.monotonic() - signalled < 25
+    assert all(not Path(f"/proc/{pid}").exists() for pid in children), "a server process outlived the parent"
+    assert server.log().count("draining (up to") == PROCESSES
+
+
+def test_a_rate_limit_with_several_processes_stops_start_up() -> None:
+    env = {**os.environ, "MTSERVE_PROCESSES": "2", "MTSERVE_REQ_LIMIT": "60", "MTSERVE_PORT": str(free_port())}
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "MTSERVE_REQ_LIMIT" in result.stderr and "MTSERVE_PROCESSES=2" in result.stderr
