@@ -5,6 +5,7 @@ replaced, and SIGTERM draining them all."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import httpx
 import pytest
 
 from service.api.launcher import LiveServer, free_port, live_server, metric_value
+from service.api.processes import MAX_RESTARTS
 
 pytestmark = pytest.mark.slow
 SENTENCE = "A man in a blue shirt is standing on a ladder and cleaning a window."
@@ -158,3 +160,19 @@ def test_a_rate_limit_with_several_processes_stops_start_up() -> None:
     )
     assert result.returncode == 2
     assert "MTSERVE_REQ_LIMIT" in result.stderr and "MTSERVE_PROCESSES=2" in result.stderr
+
+
+def test_processes_that_keep_dying_stop_the_server(tmp_path: Path) -> None:
+    """A crash loop (a process killed again as soon as it is back) ends with exit 1, not for ever."""
+    with live_server(env={"MTSERVE_PROCESSES": "2"}, log_dir=tmp_path) as server:
+        killed: set[int] = set()
+        deadline = time.monotonic() + 120
+        while server.process.poll() is None and time.monotonic() < deadline:
+            for pid in set(_children(server)) - killed:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+            time.sleep(0.05)
+        assert server.process.wait(timeout=60) == 1
+        assert "times within 60 s; stopping" in server.log()
+        assert len(killed) >= MAX_RESTARTS + 1, killed

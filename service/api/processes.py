@@ -70,7 +70,7 @@ class StartGate:
             await asyncio.sleep(GATE_POLL_S)
 
 
-def child_main(settings: Settings, port: int, index: int, gate: StartGate) -> None:
+def child_main(settings: Settings, port: int, index: int, gate: StartGate, parent: int) -> None:
     """One server process: its own process group (Ctrl-C goes to the parent only), SIGTERM when the
     parent dies, then the same server as one process runs, on a socket of its own."""
     from service.api.server import port_socket, run_server  # the app loads in the child, after the spawn
@@ -79,6 +79,8 @@ def child_main(settings: Settings, port: int, index: int, gate: StartGate) -> No
     library = libc()
     if library is not None:
         library.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGTERM))
+    if os.getppid() != parent:  # the parent died before the request above could take effect
+        sys.exit(1)
     logs.configure(settings.log_level)
     logging.getLogger("mtserve").info("server process %d (pid %d) starting", index, os.getpid())
     try:
@@ -101,7 +103,7 @@ class Supervisor:
 
     def start(self, index: int) -> BaseProcess:
         child = multiprocessing.get_context("spawn").Process(
-            target=child_main, args=(self.settings, self.port, index, self.gate), name=f"mtserve-{index}"
+            target=child_main, args=(self.settings, self.port, index, self.gate, os.getpid()), name=f"mtserve-{index}"
         )
         child.start()
         return child
@@ -131,7 +133,8 @@ class Supervisor:
                 now = time.monotonic()
                 self.restarts = [t for t in self.restarts if t > now - RESTART_WINDOW_S] + [now]
                 if len(self.restarts) > MAX_RESTARTS:
-                    log.error("server processes died %d times within %.0f s; stopping", MAX_RESTARTS, RESTART_WINDOW_S)
+                    died = len(self.restarts)
+                    log.error("server processes died %d times within %.0f s; stopping", died, RESTART_WINDOW_S)
                     self.failed = True
                     self.stop_waiting()
                     break
