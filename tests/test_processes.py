@@ -28,7 +28,12 @@ PROCESSES = 2
 def _children(server: LiveServer) -> list[int]:
     """The server processes: the parent's children that run the app (not multiprocessing's tracker)."""
     found = subprocess.run(["pgrep", "-P", str(server.process.pid)], capture_output=True, text=True).stdout.split()
-    return [int(pid) for pid in found if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
+    children = []
+    for pid in found:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # one that has just died
+            if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace"):
+                children.append(int(pid))
+    return children
 
 
 def _cpu_s(pid: int) -> float:
