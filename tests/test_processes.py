@@ -181,3 +181,15 @@ def test_processes_that_keep_dying_stop_the_server(tmp_path: Path) -> None:
         assert server.process.wait(timeout=60) == 1
         assert "times within 60 s; stopping" in server.log()
         assert len(killed) >= MAX_RESTARTS + 1, killed
+
+
+def test_sigterm_while_a_replacement_starts_is_a_clean_stop(tmp_path: Path) -> None:
+    """A process that replaces a dead one and is told to stop before it serves has lost nothing."""
+    with live_server(env={"MTSERVE_PROCESSES": "2"}, log_dir=tmp_path) as server:
+        victim = _wait_for_children(server, PROCESSES)[0]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while "starting another" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=60) == 0, server.log()[-3000:]

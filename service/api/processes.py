@@ -73,6 +73,9 @@ class StartGate:
 def child_main(settings: Settings, port: int, index: int, gate: StartGate, parent: int) -> None:
     """One server process: its own process group (Ctrl-C goes to the parent only), SIGTERM when the
     parent dies, then the same server as one process runs, on a socket of its own."""
+    # Told to stop before it serves (the server stopping while this one replaces a dead one): it
+    # has accepted nothing, so that is a clean exit. uvicorn installs its own handler later.
+    signal.signal(signal.SIGTERM, lambda sig, frame: sys.exit(0))
     from service.api.server import port_socket, run_server  # the app loads in the child, after the spawn
 
     os.setpgrp()
@@ -88,7 +91,8 @@ def child_main(settings: Settings, port: int, index: int, gate: StartGate, paren
     except OSError as exc:
         logging.getLogger("mtserve").error("cannot listen on %s port %d: %s", settings.host, port, exc)
         sys.exit(STARTUP_FAILURE)
-    sys.exit(0 if run_server(settings, [sock], gate.wait) else STARTUP_FAILURE)
+    started = run_server(settings, [sock], gate.wait)
+    sys.exit(0 if started or gate.stopping.value else STARTUP_FAILURE)
 
 
 @dataclass
@@ -157,7 +161,8 @@ class Supervisor:
                 log.error("server process pid %s did not stop after its drain; killing it", child.pid)
                 child.kill()
                 child.join()
-            clean = clean and child.exitcode == 0
+            # killed by SIGTERM: it came before the child could handle it, so before it served
+            clean = clean and child.exitcode in (0, -signal.SIGTERM)
             if child.pid is not None:
                 multiprocess.mark_process_dead(child.pid)  # type: ignore[no-untyped-call]
         return clean and not self.failed
