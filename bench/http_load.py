@@ -22,8 +22,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -35,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import test_pairs  # noqa: E402
-from service.api.launcher import live_server, metric_value, pss_mb, rss_mb  # noqa: E402
+from service.api.launcher import cpu_seconds, live_server, metric_value, pss_mb, rss_mb, server_processes  # noqa: E402
 from service.manifest import DEFAULT_MODEL_DIR  # noqa: E402
 from service.runtime.beam import DecodeOptions  # noqa: E402
 from service.runtime.translator import Translator  # noqa: E402
@@ -105,21 +103,6 @@ def offline(model_dir: Path, sentences: list[str], beam: int, threads: int) -> f
     return len(sentences) / (time.perf_counter() - t0)
 
 
-def cpu_seconds(pid: int | None = None) -> float:
-    """CPU time (user + system) of process `pid` from /proc, or of this process."""
-    if pid is None:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def server_pids(pid: int) -> list[int]:
-    """A server's process and, in a server of several processes, its children."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [pid, *map(int, children)]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 64])
@@ -147,7 +130,7 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         servers = [stack.enter_context(live_server(env=env)) for _ in range(args.servers)]
         print(json.dumps({"startup_to_ready_s": round(max(s.startup_s for s in servers), 2)}), flush=True)
-        pids = [pid for server in servers for pid in server_pids(server.process.pid)]
+        pids = [pid for server in servers for pid in (server.process.pid, *server_processes(server.process.pid))]
         for clients in args.clients:
             server_cpu, client_cpu = sum(map(cpu_seconds, pids)), cpu_seconds()
             row = asyncio.run(load([s.url for s in servers], sentences, clients, args.beam_size))

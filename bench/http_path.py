@@ -64,8 +64,8 @@ def main() -> None:
         serve(args.gap_ms / 1000)
         return
 
-    from bench.http_load import cpu_seconds, load, read_sentences
-    from service.api.launcher import live_server
+    from bench.http_load import load, read_sentences
+    from service.api.launcher import cpu_seconds, live_server
 
     distinct = read_sentences(args.data_dir, DISTINCT)
     sentences = [distinct[i % DISTINCT] for i in range(args.requests)]

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.api.launcher import LiveServer, free_port, live_server, metric_value
+from service.api.launcher import LiveServer, cpu_seconds, free_port, live_server, metric_value, server_processes
 from service.api.processes import MAX_RESTARTS
 
 pytestmark = pytest.mark.slow
@@ -26,19 +26,7 @@ PROCESSES = 2
 
 
 def _children(server: LiveServer) -> list[int]:
-    """The server processes: the parent's children that run the app (not multiprocessing's tracker)."""
-    found = subprocess.run(["pgrep", "-P", str(server.process.pid)], capture_output=True, text=True).stdout.split()
-    children = []
-    for pid in found:
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # one that has just died
-            if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace"):
-                children.append(int(pid))
-    return children
-
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return server_processes(server.process.pid)
 
 
 def _on_new_connections(server: LiveServer, count: int, body: dict[str, object]) -> list[httpx.Response]:
@@ -78,7 +66,7 @@ def test_every_process_answers_and_the_metrics_count_them_all(server: LiveServer
         alone = http.post("/translate", json={"q": SENTENCE, "source": "en", "target": "fr"}).json()["translatedText"]
         before = metric_value(http.get("/metrics").text, "mtserve_http_requests_total")
     children = _wait_for_children(server, PROCESSES)
-    cpu_before = {pid: _cpu_s(pid) for pid in children}
+    cpu_before = {pid: cpu_seconds(pid) for pid in children}
 
     async def kept_alive() -> list[httpx.Response]:
         """16 connections, opened as soon as the server is ready and kept: every process listens by
@@ -91,7 +79,7 @@ def test_every_process_answers_and_the_metrics_count_them_all(server: LiveServer
     responses = asyncio.run(kept_alive())
     assert [r.status_code for r in responses] == [200] * 48
     assert all(r.json()["translatedText"] == [alone, alone] for r in responses)
-    worked = {pid: _cpu_s(pid) - cpu_before[pid] for pid in children}
+    worked = {pid: cpu_seconds(pid) - cpu_before[pid] for pid in children}
     assert all(seconds > 0 for seconds in worked.values()), f"a process served nothing: {worked}"
     generated = {  # from whichever process accepts each connection: one sum
         metric_value(httpx.get(server.url + "/metrics").text, "mtserve_generated_tokens_total") for _ in range(6)

@@ -26,6 +26,7 @@ NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 # Below this much free space the directory reports itself full: a translated document may not fit.
 LOW_SPACE_BYTES = 1 << 20
 PARTIAL_SUFFIX = ".partial"
+MAX_STORED_FILES = 128  # translated files kept for download, by the whole service
 _OWN_NAME = re.compile(r"^\.?[0-9a-f]{32}\..+")  # what put() writes: <uuid hex>.<name>, or its partial
 _FINISHED_NAME = re.compile(r"[0-9a-f]{32}\.[^/\\]+")  # a whole file's id, as put() returns it
 FilesDirState = Literal["ok", "full", "unwritable", "missing"]
@@ -53,7 +54,11 @@ class FilesDirHealth:
 
 class FileStore:
     def __init__(
-        self, directory: Path | None = None, max_files: int = 128, ttl_s: float = 1800.0, shared: bool = False
+        self,
+        directory: Path | None = None,
+        max_files: int = MAX_STORED_FILES,
+        ttl_s: float = 1800.0,
+        shared: bool = False,
     ) -> None:
         """`shared`: the server's other processes keep their files in the same directory, which the
         parent process emptied before they started; a file another process wrote is found on disk."""

@@ -5,7 +5,9 @@ Used by the benchmarks and the end-to-end tests, which need a real uvicorn, sign
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -37,6 +39,26 @@ def pss_mb(pid: int | str = "self") -> float:
         if line.startswith("Pss:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system) of process `pid` from /proc, or of this process."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_processes(pid: int) -> list[int]:
+    """The server processes of a server of several (MTSERVE_PROCESSES): the children of `pid` that
+    run the app, not multiprocessing's helper; one that dies meanwhile is left out."""
+    found = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            if "spawn_main" in Path(f"/proc/{child}/cmdline").read_text(errors="replace"):
+                found.append(int(child))
+    return found
 
 
 def metric_value(exposition: str, name: str) -> float:

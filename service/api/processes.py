@@ -50,6 +50,7 @@ MAX_RESTARTS = 5
 RESTART_WINDOW_S = 60.0
 POLL_S = 0.5
 GATE_POLL_S = 0.02
+SPAWN = multiprocessing.get_context("spawn")
 
 
 @dataclass
@@ -106,7 +107,7 @@ class Supervisor:
     failed: bool = False
 
     def start(self, index: int) -> BaseProcess:
-        child = multiprocessing.get_context("spawn").Process(
+        child = SPAWN.Process(
             target=child_main, args=(self.settings, self.port, index, self.gate, os.getpid()), name=f"mtserve-{index}"
         )
         child.start()
@@ -168,9 +169,9 @@ class Supervisor:
         return clean and not self.failed
 
 
-def serve_processes(settings: Settings, reserved: socket.socket) -> int:
-    """Serve on the port `reserved` is bound to with `settings.processes` children; the exit code."""
-    share = settings.process_share()
+def serve_processes(settings: Settings, share: Settings, reserved: socket.socket) -> int:
+    """Serve on the port `reserved` is bound to with `settings.processes` children, each with the
+    settings `share` (`settings.process_share()`); the exit code."""
     metrics_dir = Path(tempfile.mkdtemp(prefix="mtserve-metrics-"))
     owned_files = share.files_dir is None
     files_dir = Path(tempfile.mkdtemp(prefix="mtserve-files-")) if owned_files else share.files_dir
@@ -181,8 +182,7 @@ def serve_processes(settings: Settings, reserved: socket.socket) -> int:
         remove_leftovers(files_dir)
     os.environ[MULTIPROCESS_DIR_VARIABLE] = str(metrics_dir)  # read by prometheus_client in each child
     port = reserved.getsockname()[1]  # the port given, or the one the system chose for port 0
-    context = multiprocessing.get_context("spawn")
-    gate = StartGate(settings.processes, context.Value("i", 0), context.Value("i", 0))
+    gate = StartGate(settings.processes, SPAWN.Value("i", 0), SPAWN.Value("i", 0))
     supervisor = Supervisor(Settings(**{**share.model_dump(), "files_dir": files_dir}), port, gate)
     previous = {sig: signal.signal(sig, supervisor.on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     log.info(

@@ -69,7 +69,7 @@ def serve(settings: Settings) -> int:
         return 2
     from service.api.processes import serve_processes
 
-    return serve_processes(settings, reserved)
+    return serve_processes(settings, share, reserved)
 
 
 def port_socket(host: str, port: int) -> socket.socket:

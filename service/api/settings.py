@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import ByteSize, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.api.files import MAX_STORED_FILES
 from service.manifest import DEFAULT_MODEL_DIR, MANIFEST_FILE
 from service.runtime.packed import packed_dir
 
@@ -43,10 +44,6 @@ def _model_dirs_in(path: Path) -> list[Path]:
     if inside or not any(path.iterdir()):
         return inside
     return [path]  # files but no model directory: start-up names its missing manifest
-
-
-# Translated files waiting for download, in all processes together.
-MAX_STORED_FILES = 128
 
 
 def _split(value: object) -> object:

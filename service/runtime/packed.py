@@ -144,7 +144,7 @@ def packed_graph(source: Path, key: str, root: Path, verify: bool = True) -> Pat
         root.mkdir(parents=True, exist_ok=True)
         lock = open(root / LOCK_FILE, "a")  # noqa: SIM115 (held until the copy is in place)
     except OSError as exc:
-        log.warning("cannot write packed weights to %s (%s): each session of %s packs its own", root, exc, source)
+        _cannot_write(root, exc, source)
         return None
     with lock:
         # Processes that load at once (a server of several) make copies one at a time: the others
@@ -155,12 +155,16 @@ def packed_graph(source: Path, key: str, root: Path, verify: bool = True) -> Pat
         return _make(source, key, root, directory)
 
 
+def _cannot_write(root: Path, exc: OSError, source: Path) -> None:
+    log.warning("cannot write packed weights to %s (%s): each session of %s packs its own", root, exc, source)
+
+
 def _make(source: Path, key: str, root: Path, directory: Path) -> Path | None:
     started = time.perf_counter()
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
     except OSError as exc:
-        log.warning("cannot write packed weights to %s (%s): each session of %s packs its own", root, exc, source)
+        _cannot_write(root, exc, source)
         return None
     try:
         _write(source, staging / source.name)
