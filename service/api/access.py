@@ -6,6 +6,7 @@ import hmac
 import threading
 import time
 from collections import deque
+from typing import Protocol
 
 from fastapi import Request
 from pydantic import SecretStr
@@ -48,10 +49,26 @@ class KeyRing:
             )
 
 
-class RateLimiter:
-    """A sliding one-minute window per client (API key, else address)."""
+class Limiter(Protocol):
+    per_minute: int
 
-    WINDOW_S = 60.0
+    def hit(self, client: str) -> None:
+        """Counts one request of `client`; raises a 429 ApiError where it is over the limit."""
+
+
+WINDOW_S = 60.0
+
+
+def slowdown(per_minute: int, first_hit: float, now: float) -> ApiError:
+    """The 429 for a client whose oldest hit in the window came at `first_hit`: Retry-After says when it leaves."""
+    retry = max(1, int(first_hit + WINDOW_S - now + 1))
+    return ApiError(
+        429, f"Slowdown: {per_minute} per 1 minute (request limit MTSERVE_REQ_LIMIT)", {"Retry-After": str(retry)}
+    )
+
+
+class RateLimiter:
+    """A sliding one-minute window per client (API key, else address), in this process's memory."""
 
     def __init__(self, per_minute: int, max_clients: int = 100_000) -> None:
         self.per_minute = per_minute
@@ -65,17 +82,12 @@ class RateLimiter:
         now = time.monotonic()
         with self._lock:
             if len(self._hits) > self.max_clients:  # bound memory under address churn
-                self._hits = {k: v for k, v in self._hits.items() if v and v[-1] > now - self.WINDOW_S}
+                self._hits = {k: v for k, v in self._hits.items() if v and v[-1] > now - WINDOW_S}
             hits = self._hits.setdefault(client, deque())
-            while hits and hits[0] <= now - self.WINDOW_S:
+            while hits and hits[0] <= now - WINDOW_S:
                 hits.popleft()
             if len(hits) >= self.per_minute:
-                retry = max(1, int(hits[0] + self.WINDOW_S - now + 1))
-                raise ApiError(
-                    429,
-                    f"Slowdown: {self.per_minute} per 1 minute (request limit MTSERVE_REQ_LIMIT)",
-                    {"Retry-After": str(retry)},
-                )
+                raise slowdown(self.per_minute, hits[0], now)
             hits.append(now)
 
 

@@ -3,8 +3,8 @@ port, each the whole app with its share of the service's bounds (`Settings.proce
 that no interpreter's lock is shared between the cores.
 
 The parent reserves the port (bound, not listening: the kernel hands it no connection), prepares
-what the children share (the metrics directory, the files directory), starts them and then only
-watches. Each child listens on a socket of its own on the port (SO_REUSEPORT), among which the
+what the children share (the metrics directory, the files directory, the rate-limit store),
+starts them and then only watches. Each child listens on a socket of its own on the port (SO_REUSEPORT), among which the
 kernel spreads new connections evenly. They are spawned, not forked: onnxruntime's thread
 pools do not survive a fork. SIGTERM or SIGINT reaches the parent alone (each child runs in a
 process group of its own) and is passed on once to every child, which drains as a server of one
@@ -41,6 +41,7 @@ from service.api import logs
 from service.api.files import remove_leftovers
 from service.api.metrics import MULTIPROCESS_DIR_VARIABLE
 from service.api.settings import Settings
+from service.api.shared_limits import SHARED_LIMITS_VARIABLE, create_store
 from service.runtime.libc import libc
 
 log = logging.getLogger("mtserve.processes")
@@ -172,15 +173,19 @@ class Supervisor:
 def serve_processes(settings: Settings, share: Settings, reserved: socket.socket) -> int:
     """Serve on the port `reserved` is bound to with `settings.processes` children, each with the
     settings `share` (`settings.process_share()`); the exit code."""
-    metrics_dir = Path(tempfile.mkdtemp(prefix="mtserve-metrics-"))
-    owned_files = share.files_dir is None
-    files_dir = Path(tempfile.mkdtemp(prefix="mtserve-files-")) if owned_files else share.files_dir
-    assert files_dir is not None
-    if not owned_files:
+    run_dir = Path(tempfile.mkdtemp(prefix="mtserve-run-"))  # what the children share, removed at exit
+    metrics_dir = run_dir / "metrics"
+    metrics_dir.mkdir()
+    files_dir = share.files_dir or run_dir / "files"
+    if share.files_dir is None:
+        files_dir.mkdir()
+    else:
         with contextlib.suppress(OSError):  # each child's /health reports the directory's state
             files_dir.mkdir(parents=True, exist_ok=True)
         remove_leftovers(files_dir)
     os.environ[MULTIPROCESS_DIR_VARIABLE] = str(metrics_dir)  # read by prometheus_client in each child
+    if settings.req_limit > 0:
+        os.environ[SHARED_LIMITS_VARIABLE] = str(create_store(run_dir))
     port = reserved.getsockname()[1]  # the port given, or the one the system chose for port 0
     gate = StartGate(settings.processes, SPAWN.Value("i", 0), SPAWN.Value("i", 0))
     supervisor = Supervisor(Settings(**{**share.model_dump(), "files_dir": files_dir}), port, gate)
@@ -196,8 +201,6 @@ def serve_processes(settings: Settings, share: Settings, reserved: socket.socket
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-        if owned_files:
-            shutil.rmtree(files_dir, ignore_errors=True)
+        shutil.rmtree(run_dir, ignore_errors=True)
         reserved.close()
     return 0 if clean else 1

@@ -45,14 +45,6 @@ class DrainingServer(uvicorn.Server):
 
 def serve(settings: Settings) -> int:
     logs.configure(settings.log_level)
-    if settings.processes > 1 and settings.req_limit > 0:
-        log.error(
-            "cannot start: MTSERVE_REQ_LIMIT counts each client's requests in one process; with "
-            "MTSERVE_PROCESSES=%d a client would get up to %d times the limit. Serve one process, or limit "
-            "rates in front of the server",
-            settings.processes, settings.processes,
-        )  # fmt: skip
-        return 2
     try:  # fail before uvicorn starts, with one line that names the file, the conflict or the model
         share = settings.process_share()
         entries = read_installed(share.model_dirs, share.prefer, single_name=share.model_name)

@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.api.access import KeyRing, RateLimiter
+from service.api.access import KeyRing, Limiter
 from service.api.detect import Detector
 from service.api.files import FileStore
 from service.api.metrics import Metrics
@@ -17,6 +17,7 @@ from service.api.models import ModelSet, Requested, load_model, read_installed
 from service.api.residency import Residency
 from service.api.scheduler import Scheduler
 from service.api.settings import Settings
+from service.api.shared_limits import limiter_for
 from service.api.translation import TranslationService
 from service.languages import ModelLanguages
 from service.runtime.beam import guard_override
@@ -34,7 +35,7 @@ class ServiceState:
     scheduler: Scheduler
     translations: TranslationService
     keys: KeyRing
-    rate_limiter: RateLimiter
+    rate_limiter: Limiter
     files: FileStore
     glossaries: dict[str, Glossary]
     model_sha: str
@@ -90,7 +91,7 @@ class ServiceState:
                 metrics,
             ),
             keys=KeyRing(settings.api_keys, settings.require_api_key),
-            rate_limiter=RateLimiter(settings.req_limit),
+            rate_limiter=limiter_for(settings.req_limit, settings.processes),
             files=FileStore(
                 settings.files_dir, settings.files_per_process, settings.file_ttl_s, shared=settings.processes > 1
             ),
