@@ -13,7 +13,8 @@ the pages of shared weight files once between servers).
 and spreads the clients over them, round robin; the CPU, memory and batches are their sums. One
 interpreter serves both cores in a server; this measures what several would give
 (docs/BENCHMARKS.md). `--processes N` starts one server of N processes (MTSERVE_PROCESSES), each
-with 1/N of the threads and batch workers; its CPU and memory are the processes' sums.
+with 1/N of the threads and batch workers; its CPU and memory are the processes' sums, and
+`connections_by_process` says how many of the clients' connections each process held.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -33,7 +36,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import test_pairs  # noqa: E402
-from service.api.launcher import cpu_seconds, live_server, metric_value, pss_mb, rss_mb, server_processes  # noqa: E402
+from service.api.launcher import (  # noqa: E402
+    LiveServer,
+    cpu_seconds,
+    established_connections,
+    live_server,
+    metric_value,
+    pss_mb,
+    rss_mb,
+    server_processes,
+)
 from service.manifest import DEFAULT_MODEL_DIR  # noqa: E402
 from service.runtime.beam import DecodeOptions  # noqa: E402
 from service.runtime.translator import Translator  # noqa: E402
@@ -54,9 +66,13 @@ async def _batch_metrics(clients: list[aiohttp.ClientSession]) -> tuple[float, f
     )
 
 
-async def load(urls: list[str], sentences: list[str], clients: int, beam: int) -> dict[str, float]:
+async def load(
+    urls: list[str], sentences: list[str], clients: int, beam: int, all_open: Callable[[], None] | None = None
+) -> dict[str, float]:
+    """`all_open` runs once when every client has its answer to a first request: all connections open."""
     latencies: list[float] = []
     queue = iter(sentences)
+    answered: set[int] = set()
     # aiohttp rather than httpx: the load generator shares the server's two cores, and for 1,000
     # requests at 64 clients httpx spent 3.5 s of CPU where aiohttp spent 0.2 s, enough to leave
     # the server short of requests in flight (docs/BENCHMARKS.md).
@@ -67,7 +83,7 @@ async def load(urls: list[str], sentences: list[str], clients: int, beam: int) -
         ]
         before = await _batch_metrics(sessions)
 
-        async def worker(client: aiohttp.ClientSession) -> None:
+        async def worker(index: int, client: aiohttp.ClientSession) -> None:
             for text in queue:
                 t0 = time.perf_counter()
                 body = {"texts": [text], "source": "en", "target": "fr", "beam_size": beam}
@@ -75,9 +91,13 @@ async def load(urls: list[str], sentences: list[str], clients: int, beam: int) -
                     await response.read()
                     response.raise_for_status()
                 latencies.append(time.perf_counter() - t0)
+                if all_open is not None and index not in answered:
+                    answered.add(index)
+                    if len(answered) == clients:
+                        all_open()
 
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker(sessions[i % len(sessions)]) for i in range(clients)))
+        await asyncio.gather(*(worker(i, sessions[i % len(sessions)]) for i in range(clients)))
         seconds = time.perf_counter() - t0
         after = await _batch_metrics(sessions)
     batches, batched = after[0] - before[0], after[1] - before[1]
@@ -93,6 +113,12 @@ async def load(urls: list[str], sentences: list[str], clients: int, beam: int) -
         "mean_ms": round(float(ms.mean()), 1),
         "mean_batch": round(batched / max(batches, 1), 2),
     }
+
+
+def _connections_by_process(server: LiveServer, into: list[int]) -> None:
+    """How the kernel spread the clients' connections over a server's processes, fewest first."""
+    port = int(server.url.rsplit(":", 1)[1])
+    into.extend(sorted(established_connections(pid, port) for pid in server_processes(server.process.pid)))
 
 
 def offline(model_dir: Path, sentences: list[str], beam: int, threads: int) -> float:
@@ -133,8 +159,14 @@ def main() -> None:
         pids = [pid for server in servers for pid in (server.process.pid, *server_processes(server.process.pid))]
         for clients in args.clients:
             server_cpu, client_cpu = sum(map(cpu_seconds, pids)), cpu_seconds()
-            row = asyncio.run(load([s.url for s in servers], sentences, clients, args.beam_size))
+            split: list[int] = []
+            count = functools.partial(_connections_by_process, servers[0], split)
+            row: dict[str, object] = {
+                **asyncio.run(load([s.url for s in servers], sentences, clients, args.beam_size, count))
+            }
             row["servers"], row["processes"] = args.servers, args.processes
+            if args.processes > 1:
+                row["connections_by_process"] = split
             row["offline_sent_per_s"] = round(offline_rate, 1)
             # Who used the two cores: the server processes and this load generator.
             row["server_cpu_s"] = round(sum(map(cpu_seconds, pids)) - server_cpu, 1)

@@ -15,7 +15,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.api.launcher import LiveServer, cpu_seconds, live_server, metric_value, server_processes
+from service.api.launcher import (
+    LiveServer,
+    cpu_seconds,
+    established_connections,
+    live_server,
+    metric_value,
+    server_processes,
+)
 from service.api.processes import MAX_RESTARTS
 
 pytestmark = pytest.mark.slow
@@ -66,15 +73,18 @@ def test_every_process_answers_and_the_metrics_count_them_all(server: LiveServer
     children = _wait_for_children(server, PROCESSES)
     cpu_before = {pid: cpu_seconds(pid) for pid in children}
 
-    async def kept_alive() -> list[httpx.Response]:
+    async def kept_alive() -> tuple[list[httpx.Response], list[int]]:
         """16 connections, opened as soon as the server is ready and kept: every process listens by
-        then, and the kernel spreads them."""
+        then, and the kernel spreads them. Also how many each process holds, before they close."""
         body = {"q": [SENTENCE] * 2, "source": "en", "target": "fr"}
         limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
         async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as client:
-            return list(await asyncio.gather(*(client.post("/translate", json=body) for _ in range(48))))
+            responses = await asyncio.gather(*(client.post("/translate", json=body) for _ in range(48)))
+            port = int(server.url.rsplit(":", 1)[1])
+            return list(responses), [established_connections(pid, port) for pid in children]
 
-    responses = asyncio.run(kept_alive())
+    responses, held = asyncio.run(kept_alive())
+    assert sum(held) == 16 and 0 not in held, held
     assert [r.status_code for r in responses] == [200] * 48
     assert all(r.json()["translatedText"] == [alone, alone] for r in responses)
     worked = {pid: cpu_seconds(pid) - cpu_before[pid] for pid in children}

@@ -64,3 +64,11 @@ def test_a_process_takes_an_even_share_of_the_service_bounds(monkeypatch: pytest
     assert Settings(processes=2, threads=1, workers=3).process_share().intra_op_threads == 1
     one = Settings()
     assert one.process_share() is one
+
+
+def test_processes_zero_means_one_per_core_of_the_quota(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("service.api.settings.cpu_quota", lambda: 4)
+    share = Settings(processes=0).process_share()
+    assert share.processes == 4 and (share.intra_op_threads, share.batch_workers) == (1, 1)
+    monkeypatch.setattr("service.api.settings.cpu_quota", lambda: 1)
+    assert Settings(processes=0).processes == 1  # one core: the server of one process

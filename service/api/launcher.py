@@ -61,6 +61,22 @@ def server_processes(pid: int) -> list[int]:
     return found
 
 
+def established_connections(pid: int, port: int) -> int:
+    """How many established TCP connections process `pid` holds on its local `port` (IPv4 and IPv6)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()  # sl, local address:port, remote, state, ..., inode (the tenth)
+                if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{fields[9]}]")
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # a descriptor closed meanwhile
+            count += os.readlink(fd) in inodes
+    return count
+
+
 def metric_value(exposition: str, name: str) -> float:
     """A sample (e.g. `mtserve_queue_depth`, `mtserve_batch_sentences_sum`) from /metrics text, summed over
     its labels (the model label of batch metrics)."""

@@ -130,6 +130,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--threads", type=int, default=None, help="intra-op threads of each process (MTSERVE_THREADS; 0: CPU quota)"
     )
     parser.add_argument(
-        "--processes", type=int, default=None, help="server processes sharing the port (MTSERVE_PROCESSES, default 1)"
+        "--processes",
+        type=int,
+        default=None,
+        help="server processes sharing the port; 0: one per core (MTSERVE_PROCESSES, default 1)",
     )
     parser.set_defaults(handler=run)

@@ -101,11 +101,12 @@ class Settings(BaseSettings):
     )
     processes: int = Field(
         default=1,
-        ge=1,
+        ge=0,
         le=64,
         description="server processes sharing the port, each with its own interpreter, models, queue and batch "
         "workers; the queue, connections, batch budget, memory budget and file bound are split evenly between "
-        "them, and so is the CPU quota where threads and workers are unset (docs/DEPLOY.md, Processes)",
+        "them, and so is the CPU quota where threads and workers are unset; 0: one per core of the CPU quota "
+        "(docs/DEPLOY.md, Processes)",
     )
     repetition_guard: Literal["model", "on", "off"] = Field(
         default="model",
@@ -155,6 +156,11 @@ class Settings(BaseSettings):
     log_level: str = "info"
     host: str = "0.0.0.0"
     port: int = Field(default=8000, ge=0, le=65535)
+
+    @field_validator("processes")
+    @classmethod
+    def _processes(cls, value: int) -> int:
+        return value or cpu_quota()
 
     @field_validator("api_keys", "cors_origins", "models", "prefer", "preload", mode="before")
     @classmethod
