@@ -4,13 +4,14 @@ that no interpreter's lock is shared between the cores.
 
 The parent reserves the port (bound, not listening: the kernel hands it no connection), prepares
 what the children share (the metrics directory, the files directory, the rate-limit store),
-starts them and then only watches. Each child listens on a socket of its own on the port (SO_REUSEPORT), among which the
-kernel spreads new connections evenly. They are spawned, not forked: onnxruntime's thread
-pools do not survive a fork. SIGTERM or SIGINT reaches the parent alone (each child runs in a
-process group of its own) and is passed on once to every child, which drains as a server of one
-process does. A child that dies while the server runs is replaced; one that fails before it serves
-stops the server, since its replacement would fail the same way. uvicorn's own supervisor would run
-uvicorn's plain server in its children, without the drain, and pass Ctrl-C on twice.
+starts them and then only watches. Each child listens on a socket of its own on the port
+(SO_REUSEPORT), among which the kernel spreads new connections by a hash of their addresses.
+They are spawned, not forked: onnxruntime's thread pools do not survive a fork. SIGTERM or
+SIGINT reaches the parent alone (each child runs in a process group of its own) and is passed on
+once to every child, which drains as a server of one process does. A child that dies while the
+server runs is replaced; one that fails before it serves stops the server, since its replacement
+would fail the same way. uvicorn's own supervisor would run uvicorn's plain server in its
+children, without the drain, and pass Ctrl-C on twice.
 """
 
 from __future__ import annotations
