@@ -117,8 +117,7 @@ async def load(
 
 def _connections_by_process(server: LiveServer, into: list[int]) -> None:
     """How the kernel spread the clients' connections over a server's processes, fewest first."""
-    port = int(server.url.rsplit(":", 1)[1])
-    into.extend(sorted(established_connections(pid, port) for pid in server_processes(server.process.pid)))
+    into.extend(sorted(established_connections(pid, server.port) for pid in server_processes(server.process.pid)))
 
 
 def offline(model_dir: Path, sentences: list[str], beam: int, threads: int) -> float:
@@ -159,8 +158,8 @@ def main() -> None:
         pids = [pid for server in servers for pid in (server.process.pid, *server_processes(server.process.pid))]
         for clients in args.clients:
             server_cpu, client_cpu = sum(map(cpu_seconds, pids)), cpu_seconds()
-            split: list[int] = []
-            count = functools.partial(_connections_by_process, servers[0], split)
+            split: list[int] = []  # counted inside the timed load: only where there is a split to count
+            count = functools.partial(_connections_by_process, servers[0], split) if args.processes > 1 else None
             row: dict[str, object] = {
                 **asyncio.run(load([s.url for s in servers], sentences, clients, args.beam_size, count))
             }

@@ -80,8 +80,7 @@ def test_every_process_answers_and_the_metrics_count_them_all(server: LiveServer
         limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
         async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as client:
             responses = await asyncio.gather(*(client.post("/translate", json=body) for _ in range(48)))
-            port = int(server.url.rsplit(":", 1)[1])
-            return list(responses), [established_connections(pid, port) for pid in children]
+            return list(responses), [established_connections(pid, server.port) for pid in children]
 
     responses, held = asyncio.run(kept_alive())
     assert sum(held) == 16 and 0 not in held, held

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import sqlite3
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from service.api.errors import ApiError
-from service.api.shared_limits import SharedRateLimiter, create_store
+from service.api.shared_limits import PRUNE_EVERY, SharedRateLimiter, create_store
 
 
 class Clock:
@@ -71,10 +72,6 @@ def test_processes_hitting_at_once_admit_exactly_the_limit(tmp_path: Path) -> No
 
 
 def test_expired_hits_of_clients_that_left_are_removed(tmp_path: Path) -> None:
-    import sqlite3
-
-    from service.api.shared_limits import PRUNE_EVERY
-
     store, clock = create_store(tmp_path), Clock()
     limiter = SharedRateLimiter(store, 5, clock)
     for client in range(PRUNE_EVERY - 1):
@@ -88,8 +85,6 @@ def test_expired_hits_of_clients_that_left_are_removed(tmp_path: Path) -> None:
 def test_a_missing_store_fails_at_start_and_a_failing_one_lets_requests_through(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import sqlite3
-
     with pytest.raises(sqlite3.Error):
         SharedRateLimiter(tmp_path / "absent" / "store.sqlite3", 5)
     store = create_store(tmp_path)

@@ -105,6 +105,10 @@ class LiveServer:
     log_path: Path
     startup_s: float
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
