@@ -289,6 +289,24 @@ def test_rate_limit_is_429_with_retry_after() -> None:
         assert int(r.headers["retry-after"]) >= 1 and "Slowdown" in r.json()["error"]
 
 
+def test_made_up_keys_do_not_open_new_rate_windows() -> None:
+    """Without configured keys, a key names nobody: each request counts against the address."""
+    with client_for(req_limit=2) as c:
+        codes = [c.post("/detect", data={"q": "Hello there", "api_key": f"made-up-{i}"}).status_code for i in range(3)]
+        assert codes == [200, 200, 429]
+        native = {"texts": [SENTENCE], "target": "fr"}
+        assert c.post("/v1/translate", json=native, headers={"Authorization": "Bearer other"}).status_code == 429
+
+
+def test_a_configured_key_has_a_window_of_its_own() -> None:
+    secret = "k-" + "9" * 20
+    with client_for(req_limit=2, api_keys=[secret]) as c:
+        anonymous = [c.post("/detect", data={"q": "Hello there"}).status_code for _ in range(3)]
+        keyed = [c.post("/detect", data={"q": "Hello there", "api_key": secret}).status_code for _ in range(3)]
+        assert anonymous == [200, 200, 429] and keyed == [200, 200, 429]
+        assert c.post("/detect", data={"q": "Hello there", "api_key": "made-up"}).status_code == 403
+
+
 def test_a_fault_in_inference_fails_only_its_batch(caplog: pytest.LogCaptureFixture) -> None:
     with client_for(fault_marker="FAULT-NOW") as c:
         bad = c.post("/translate", json={"q": "FAULT-NOW please", "source": "en", "target": "fr"})

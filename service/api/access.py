@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import threading
 import time
@@ -68,7 +69,7 @@ def slowdown(per_minute: int, first_hit: float, now: float) -> ApiError:
 
 
 class RateLimiter:
-    """A sliding one-minute window per client (API key, else address), in this process's memory."""
+    """A sliding one-minute window per client (`client_id`), in this process's memory."""
 
     def __init__(self, per_minute: int, max_clients: int = 100_000) -> None:
         self.per_minute = per_minute
@@ -91,7 +92,17 @@ class RateLimiter:
             hits.append(now)
 
 
-def client_id(request: Request, api_key: str | None) -> str:
-    if api_key:
-        return "key:" + api_key
+def client_id(request: Request, keys: KeyRing, api_key: str | None) -> str:
+    """Whom a request counts against: its key where the server has keys (`KeyRing.check` has
+    refused a wrong one), else its address. A key the server does not know names nobody: counted
+    by it, each made-up key would open a window of its own. The key enters the limiter's store
+    only as a digest."""
+    if api_key and keys.enabled:
+        return "key:" + hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).hexdigest()
     return "addr:" + (request.client.host if request.client else "unknown")
+
+
+def admit(request: Request, keys: KeyRing, limiter: Limiter, api_key: str | None, *, missing_status: int = 400) -> None:
+    """The key checked, then the request counted against its client's window."""
+    keys.check(api_key, missing_status=missing_status)
+    limiter.hit(client_id(request, keys, api_key))

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from service.api.access import client_id
+from service.api.access import admit
 from service.api.detect import Detection
 from service.api.documents import (
     FORMATS,
@@ -59,8 +59,7 @@ def _body_doc(model: type[Any], form: bool = True, multipart: bool = False) -> d
 
 
 def _access(request: Request, state: ServiceState, params: Params) -> None:
-    state.keys.check(params.api_key)
-    state.rate_limiter.hit(client_id(request, params.api_key))
+    admit(request, state.keys, state.rate_limiter, params.api_key)
 
 
 def _required_text(params: Params, name: str) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from service.api.access import bearer_token, client_id
+from service.api.access import admit, bearer_token
 from service.api.errors import ApiError, guarded
 from service.api.glossaries import resolve_glossary
 from service.api.models import Requested
@@ -38,9 +38,7 @@ def _check_direction(languages: ModelLanguages, source: str, target: str) -> Non
 
 
 def _access(request: Request, state: ServiceState) -> None:
-    key = bearer_token(request)
-    state.keys.check(key, missing_status=401)
-    state.rate_limiter.hit(client_id(request, key))
+    admit(request, state.keys, state.rate_limiter, bearer_token(request), missing_status=401)
 
 
 @router.post(
