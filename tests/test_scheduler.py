@@ -72,6 +72,34 @@ def test_requests_arriving_while_busy_share_the_next_batch(translator: Translato
     assert sentences == 17 and batches <= 3
 
 
+def test_requests_arriving_together_while_idle_leave_in_one_batch(translator: Translator) -> None:
+    async def body(scheduler: Scheduler) -> float:
+        await asyncio.gather(*(_request(scheduler, translator, [s]) for s in SENTENCES))
+        return _sample(scheduler, "mtserve_batch_sentences_count")
+
+    assert _run(translator, body) == 1
+
+
+def test_a_deadline_passing_in_the_queue_answers_then_and_costs_no_model_time(translator: Translator) -> None:
+    async def body(scheduler: Scheduler) -> tuple[object, float, bool, float]:
+        busy = asyncio.ensure_future(_request(scheduler, translator, SENTENCES * 16))
+        await asyncio.sleep(0.01)  # its batch has left
+        started = time.monotonic()
+        outcome: object = None
+        try:
+            await _request(scheduler, translator, SENTENCES, deadline_s=0.05)
+        except DeadlineExceeded as exc:
+            outcome = exc
+        waited = time.monotonic() - started
+        still_busy = not busy.done()
+        await busy
+        return outcome, waited, still_busy, _sample(scheduler, "mtserve_batch_sentences_sum")
+
+    late, waited, still_busy, translated = _run(translator, body)
+    assert isinstance(late, DeadlineExceeded) and still_busy and waited < 0.5
+    assert translated == len(SENTENCES) * 16
+
+
 def test_a_full_queue_refuses_with_retry_after(translator: Translator) -> None:
     async def body(scheduler: Scheduler) -> list[object]:
         tasks = [asyncio.ensure_future(_request(scheduler, translator, [s])) for s in SENTENCES * 4]

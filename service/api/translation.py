@@ -87,7 +87,7 @@ class TranslationService:
             for name, indices in groups.items()
         ] + [self._translate_through(route, [texts[i] for i in indices], requested, deadline)
              for route, indices in chains.items()]  # fmt: skip
-        results = await asyncio.gather(*work)
+        results = [await work[0]] if len(work) == 1 else await asyncio.gather(*work)  # one model: no task to make
         for indices, translated in zip([*groups.values(), *chains.values()], results, strict=True):
             for i, result in zip(indices, translated, strict=True):
                 out[i] = result
