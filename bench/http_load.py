@@ -66,6 +66,16 @@ async def _batch_metrics(clients: list[aiohttp.ClientSession]) -> tuple[float, f
     )
 
 
+async def translate_one(client: aiohttp.ClientSession, text: str, beam: int) -> float:
+    """One sentence through `/v1/translate`, en→fr; the seconds until its answer is read."""
+    t0 = time.perf_counter()
+    body = {"texts": [text], "source": "en", "target": "fr", "beam_size": beam}
+    async with client.post("/v1/translate", json=body) as response:
+        await response.read()
+        response.raise_for_status()
+    return time.perf_counter() - t0
+
+
 async def load(
     urls: list[str], sentences: list[str], clients: int, beam: int, all_open: Callable[[], None] | None = None
 ) -> dict[str, float]:
@@ -85,12 +95,7 @@ async def load(
 
         async def worker(index: int, client: aiohttp.ClientSession) -> None:
             for text in queue:
-                t0 = time.perf_counter()
-                body = {"texts": [text], "source": "en", "target": "fr", "beam_size": beam}
-                async with client.post("/v1/translate", json=body) as response:
-                    await response.read()
-                    response.raise_for_status()
-                latencies.append(time.perf_counter() - t0)
+                latencies.append(await translate_one(client, text, beam))
                 if all_open is not None and index not in answered:
                     answered.add(index)
                     if len(answered) == clients:

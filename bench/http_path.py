@@ -107,6 +107,7 @@ async def _alternate(
     urls: list[str], pids: list[int], sentences: list[str], block: int, swap: bool
 ) -> list[tuple[float, float]]:
     """Each server's (p50 ms, CPU ms a request) over `sentences`, sent to each in turn by blocks."""
+    from bench.http_load import translate_one
     from service.api.launcher import cpu_seconds
 
     latencies: list[list[float]] = [[] for _ in urls]
@@ -118,12 +119,7 @@ async def _alternate(
             for k in order:
                 used = cpu_seconds(pids[k])
                 for text in sentences[start : start + block]:
-                    t0 = time.perf_counter()
-                    body = {"texts": [text], "source": "en", "target": "fr", "beam_size": 5}
-                    async with sessions[k].post("/v1/translate", json=body) as response:
-                        await response.read()
-                        response.raise_for_status()
-                    latencies[k].append(time.perf_counter() - t0)
+                    latencies[k].append(await translate_one(sessions[k], text, 5))
                 cpu[k] += cpu_seconds(pids[k]) - used
     return [(statistics.median(lat) * 1000, cpu[k] * 1000 / len(sentences)) for k, lat in enumerate(latencies)]
 
