@@ -72,6 +72,10 @@ def test_a_row_may_not_continue_another_sentence_and_the_cache_cannot_overflow()
         cache.reorder(np.array([1, 1, 0, 0]))
     with pytest.raises(ValueError, match="max_beams"):
         cache.reorder(np.array([0, 0, 0, 1, 1, 1]))
+    wide = SelfAttentionCache(1, HEADS, HEAD_DIM, sentences=2, capacity=2, max_beams=2)
+    wide.reorder(np.array([0, 0, 1, 1]))  # two beams each
+    with pytest.raises(ValueError, match="another sentence"):  # a beams-only reorder is checked too
+        wide.reorder(np.array([0, 2, 2, 3]))
     _write_step(cache, np.random.default_rng(0))
     assert cache.full
 

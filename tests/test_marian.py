@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -300,6 +301,33 @@ def test_the_guard_by_setting_or_request_changes_a_looping_sentence(
     assert plain == [tokenizer.decode(greedy[texts.index(t)], skip_special_tokens=True) for t in looping[:4]]  # type: ignore[attr-defined]
     assert [t["text"] for t in asked] == guarded and all(g != p for g, p in zip(guarded, plain, strict=True))
     assert [t["text"] for t in overruled] == plain
+
+
+def test_the_guard_keeps_every_beam_out_of_a_loop(
+    imported: tuple[Variant, Path, Path], corpus: tuple[list[str], list[str]]
+) -> None:
+    """At beam 5, all five hypotheses of sentences whose every hypothesis loops without the guard:
+    with it, a token that would close a loop never extends a beam. The last token of a hypothesis
+    cut at the length limit is the exception: it is the cut, not an extension."""
+    _, _, out = imported
+    translator = Translator.load(out, 1)
+    texts = corpus[0][:20]
+    sources = [translator.prepare(t).pieces[0] for t in texts]
+
+    def loops_before_the_end(tokens: Sequence[int]) -> bool:
+        return any(runaway(tokens[:i], tokens[i]) for i in range(len(tokens) - 1))
+
+    hypotheses, guarded = {}, DecodeOptions(beam_size=5, n_best=5, cut_degenerate=False)
+    for guard in (False, True):
+        options = dataclasses.replace(guarded, repetition_guard=guard)
+        hypotheses[guard] = [h for hs in translator.search(sources, ["fr"] * len(texts), options) for h in hs]
+    assert sum(loops_before_the_end(h.tokens) for h in hypotheses[False]) >= len(texts), "the fixture should loop"
+    assert len(hypotheses[True]) == 5 * len(texts)
+    assert not [h.tokens for h in hypotheses[True] if loops_before_the_end(h.tokens)]
+    assert not [h.tokens for h in hypotheses[True] if h.ended and _loops(h.tokens)]
+    # A sentence alone (its checks over few candidates) is guarded as in the batch (over many).
+    alone = [h for source in sources[:4] for h in translator.search([source], ["fr"], guarded)[0]]
+    assert alone == hypotheses[True][: len(alone)]
 
 
 def test_a_shortlisted_import_decodes_within_its_shortlist_and_as_before_with_it_off(

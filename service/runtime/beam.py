@@ -300,6 +300,25 @@ def _cells(mask: np.ndarray) -> list[tuple[int, int]]:
     return [divmod(cell, columns) for cell in np.flatnonzero(mask).tolist()]
 
 
+# Up to this many candidates, a search's per-step checks run faster as plain Python over lists
+# than as array operations, each of which costs microseconds whatever its size.
+FEW_CANDIDATES = 40
+
+
+def _runaway_among(hist: np.ndarray, rows: np.ndarray, tokens: np.ndarray) -> bool:
+    """Whether any of `tokens` closes a runaway loop on the row of `hist` it extends (`rows`, same
+    shape). Only a token among its row's last LOOP_WINDOW (a suspect: about one step in ten of
+    natural text) can close one; suspects are checked in full."""
+    if rows.size <= FEW_CANDIDATES:
+        tails = hist[:, -LOOP_WINDOW:].tolist()
+        pairs = zip(rows.ravel().tolist(), tokens.ravel().tolist(), strict=True)
+        return any(token in tails[row] and runaway(hist[row].tolist(), token) for row, token in pairs)
+    suspects = _recent_repeats(hist, rows, tokens)
+    if not suspects.any():
+        return False
+    return any(runaway(hist[rows[i, j]].tolist(), int(tokens[i, j])) for i, j in _cells(suspects))
+
+
 class _Grid:
     """What one step's selection reads that depends only on the batch's shape: n sentences of
     `beams` rows, `width` candidates per row."""
@@ -386,17 +405,17 @@ def _beam_search(
         top_scores, token = cand[grid.by_row, top], beam_ids[grid.by_row, top]
         rows = grid.first_row + top // width  # [n, 2K] row each candidate extends
         # The common step: no hypothesis ends or is cut, no sentence has ended, and no token among a
-        # sentence's K best is a repetition suspect. Its K best then all go on, as the rules below
+        # sentence's K best closes a runaway loop. Its K best then all go on, as the rules below
         # would choose them, in a third of their array operations.
         head_tokens, head_scores = token[:, :k], top_scores[:, :k]
         common = (
             length < nearest_limit
             and (options.early_stopping or not full.any())
-            and not (head_tokens == eos).any()
-            and bool((head_scores > -np.inf).all())
+            and eos not in head_tokens
+            and head_scores.min() > -np.inf
         )
         if common and options.repetition_guard and hist.shape[1]:
-            common = not _recent_repeats(hist, rows[:, :k], head_tokens).any()
+            common = not _runaway_among(hist, rows[:, :k], head_tokens)
         compact = False
         if common:
             next_rows, last, scores = rows[:, :k].ravel(), head_tokens.ravel(), head_scores

@@ -60,19 +60,26 @@ class SelfAttentionCache:
         sentences kept, and may grow after step 0 up to max_beams.
         """
         rows = np.asarray(rows)
-        kept = self._sentences if sentences is None else np.asarray(sentences)
-        beams, remainder = divmod(len(rows), max(len(kept), 1))
-        if remainder or beams < self.beams or len(rows) > len(self._storage[0]):
-            raise ValueError(f"{len(rows)} rows do not make {len(kept)} sentences of {self.beams} to max_beams beams")
-        # Checked on every step of every search, so with as few array operations as it takes.
-        expected = self._row_sentences if sentences is None and beams == self.beams else np.repeat(kept, beams)
+        n = self.length
+        # Checked on every step of every search, so with as few array operations as it takes. The
+        # common step keeps every sentence at its beams: only the rows' histories are reordered.
+        same = sentences is None and len(rows) == len(self._row_sentences)
+        if same:
+            kept, beams, expected = self._sentences, self.beams, self._row_sentences
+        else:
+            kept = self._sentences if sentences is None else np.asarray(sentences)
+            beams, remainder = divmod(len(rows), max(len(kept), 1))
+            if remainder or beams < self.beams or len(rows) > len(self._storage[0]):
+                raise ValueError(
+                    f"{len(rows)} rows do not make {len(kept)} sentences of {self.beams} to max_beams beams"
+                )
+            expected = np.repeat(kept, beams)
         if ((rows if self.beams == 1 else rows // self.beams) != expected).any():
             raise ValueError("a row cannot continue a row of another sentence")
-        n = self.length
-        history = self.indirection.reshape(self.rows, self.capacity)[rows, :n]  # beams within each sentence
-        if sentences is not None or beams != self.beams:
+        history = self._history[rows, :n]  # beams within each sentence
+        if not same:
             self._move(kept, beams)
-        self.indirection.reshape(self.rows, self.capacity)[:, :n] = history
+        self._history[:, :n] = history
 
     def _move(self, sentences: np.ndarray, beams: int) -> None:
         """Sentence sentences[i] becomes sentence i, at `beams` rows; beam b keeps its written
@@ -92,6 +99,7 @@ class SelfAttentionCache:
         self._sentences = np.arange(self.sentences)
         self._row_sentences = np.repeat(self._sentences, self.beams)  # the sentence of each row
         self._own_beam = np.arange(self.beams, dtype=np.int32)
+        self._history = self.indirection.reshape(self.rows, self.capacity)  # a view: row -> its positions' beams
         self.buffers = [storage[:rows] for storage in self._storage]  # contiguous prefixes
         self.values = [ort.OrtValue.ortvalue_from_numpy(b) for b in self.buffers]
 
