@@ -421,13 +421,19 @@ def _beam_search(
             next_rows, last, scores = rows[:, :k].ravel(), head_tokens.ravel(), head_scores
         else:
             valid = top_scores > -np.inf
+            if options.repetition_guard and hist.shape[1]:
+                # A token that would close a runaway loop is no continuation: it neither goes on nor
+                # ends a hypothesis cut at the length limit, and takes no place among the K best.
+                suspect = _recent_repeats(hist, rows, token) & valid & (token != eos)
+                for i, j in _cells(suspect):
+                    valid[i, j] = not runaway(hist[rows[i, j]].tolist(), int(token[i, j]))
             at_limit = alive_limits <= length if length >= nearest_limit else None
             ending = token == eos
             if at_limit is not None:
                 ending |= at_limit[:, None]
             ending &= valid
             # An ending counts only if it ranks among the K best continuations.
-            for i, j in _cells(ending[:, :k]):
+            for i, j in _cells(ending & (np.cumsum(valid, axis=1) <= k)):
                 sent = alive[i]
                 row, ended = rows[i, j], bool(token[i, j] == eos)
                 toks = hist[row].tolist() + ([] if ended else [int(token[i, j])])
@@ -442,10 +448,6 @@ def _beam_search(
                     if hyp.score > finished[sent][worst].score:
                         finished[sent][worst] = hyp
             going = valid & ~ending  # may go on: the first K of each sentence that do are taken below
-            if options.repetition_guard and hist.shape[1]:
-                suspect = _recent_repeats(hist, rows, token) & going
-                for i, j in _cells(suspect):
-                    going[i, j] = not runaway(hist[rows[i, j]].tolist(), int(token[i, j]))
             ends = full
             if not options.early_stopping and full.any():
                 # Ends only when the best running beam, normalised at this length, cannot beat the worst ending.
