@@ -154,6 +154,16 @@ def test_translator_keeps_order_and_answers_empty_text(exported: Path, sentences
     assert [len(o) for o in out] == [1] * 5
 
 
+def test_a_text_whose_search_kept_no_hypothesis_comes_back_empty_and_low(exported: Path, sentences: list[str]) -> None:
+    """Under the repetition guard a search can end a sentence with no hypothesis (every candidate
+    closing a loop): its text is then an empty translation marked low, not a missing one."""
+    translator = Translator.load(exported, intra_op_threads=1)
+    prepared = translator.prepare(sentences[0])
+    (translation,) = translator.combine(prepared, [[] for _ in prepared.pieces], n_best=3)
+    assert (translation.text, translation.quality, translation.target_tokens) == ("", "low", 0)
+    assert translation.source_tokens == sum(len(piece) for piece in prepared.pieces)
+
+
 def test_batches_decode_side_by_side_one_thread_each_and_translate_as_one_after_the_other(
     exported: Path, sentences: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

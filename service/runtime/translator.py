@@ -241,7 +241,9 @@ class Translator:
         """The n best translations of one text from its pieces' hypotheses.
 
         A text split into pieces gets, as its k-th alternative, each piece's k-th hypothesis
-        (or its last, when it has fewer) joined; the score is the pieces' mean.
+        (or its last, when it has fewer) joined; the score is the pieces' mean. A text whose
+        search kept no hypothesis at all (every candidate closing a loop under the repetition
+        guard) comes back empty and marked low, never as no translation.
         """
         if not prepared.pieces:
             return [Translation(prepared.verbatim, 0.0, 0, 0)]
@@ -257,7 +259,7 @@ class Translator:
             score = sum(h.score for h in chosen) / len(prepared.pieces)
             quality: Quality = "low" if any(h.quality == "low" for h in chosen) else "ok"
             out.append(Translation(text, score, source_tokens, sum(h.length for h in chosen), quality))
-        return out
+        return out or [Translation("", 0.0, source_tokens, 0, "low")]
 
     def _text(self, hyp: Hypothesis, surface: Sequence[str]) -> str:
         """A hypothesis's text, each unknown token replaced by the source piece it attended to most
