@@ -314,7 +314,8 @@ def test_the_guard_keeps_every_beam_out_of_a_loop(
     texts = corpus[0][:20]
     sources = [translator.prepare(t).pieces[0] for t in texts]
 
-    hypotheses, guarded = {}, DecodeOptions(beam_size=5, n_best=5, cut_degenerate=False)
+    guarded = DecodeOptions(beam_size=5, n_best=5, cut_degenerate=False)
+    hypotheses = {}
     for guard in (False, True):
         options = dataclasses.replace(guarded, repetition_guard=guard)
         hypotheses[guard] = [h for hs in translator.search(sources, ["fr"] * len(texts), options) for h in hs]

@@ -305,18 +305,24 @@ def _cells(mask: np.ndarray) -> list[tuple[int, int]]:
 FEW_CANDIDATES = 40
 
 
+def _closing_loops(hist: np.ndarray, rows: np.ndarray, tokens: np.ndarray, among: np.ndarray | bool) -> np.ndarray:
+    """Which of `tokens` (those `among` asks about) close a runaway loop on the row of `hist` each
+    extends (`rows`, same shape). Only a token among its row's last LOOP_WINDOW can close one;
+    those are checked in full."""
+    closing = _recent_repeats(hist, rows, tokens) & among
+    for i, j in _cells(closing):
+        closing[i, j] = runaway(hist[rows[i, j]].tolist(), int(tokens[i, j]))
+    return closing
+
+
 def _runaway_among(hist: np.ndarray, rows: np.ndarray, tokens: np.ndarray) -> bool:
-    """Whether any of `tokens` closes a runaway loop on the row of `hist` it extends (`rows`, same
-    shape). Only a token among its row's last LOOP_WINDOW (a suspect: about one step in ten of
-    natural text) can close one; suspects are checked in full."""
+    """Whether any of `tokens` closes a runaway loop on the row it extends (_closing_loops). A token
+    among its row's last LOOP_WINDOW (a suspect) comes about one step in ten of natural text."""
     if rows.size <= FEW_CANDIDATES:
         tails = hist[:, -LOOP_WINDOW:].tolist()
         pairs = zip(rows.ravel().tolist(), tokens.ravel().tolist(), strict=True)
         return any(token in tails[row] and runaway(hist[row].tolist(), token) for row, token in pairs)
-    suspects = _recent_repeats(hist, rows, tokens)
-    if not suspects.any():
-        return False
-    return any(runaway(hist[rows[i, j]].tolist(), int(tokens[i, j])) for i, j in _cells(suspects))
+    return bool(_closing_loops(hist, rows, tokens, True).any())
 
 
 class _Grid:
@@ -424,9 +430,7 @@ def _beam_search(
             if options.repetition_guard and hist.shape[1]:
                 # A token that would close a runaway loop is no continuation: it neither goes on nor
                 # ends a hypothesis cut at the length limit, and takes no place among the K best.
-                suspect = _recent_repeats(hist, rows, token) & valid & (token != eos)
-                for i, j in _cells(suspect):
-                    valid[i, j] = not runaway(hist[rows[i, j]].tolist(), int(token[i, j]))
+                valid &= ~_closing_loops(hist, rows, token, valid & (token != eos))
             at_limit = alive_limits <= length if length >= nearest_limit else None
             ending = token == eos
             if at_limit is not None:
