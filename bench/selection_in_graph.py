@@ -2,7 +2,9 @@
 
     python bench/selection_in_graph.py --model runs/sl/s1024 [--threads 1] [--lengths 12 20 28 36]
 
-A measure for a design not built. Between two graph runs the beam search spends about 0.15 ms of
+A measure for a design. Its selection was built since on a branch, with the host's bookkeeping
+kept, and gained nothing: the nodes cost what the host's selection costs (docs/BENCHMARKS.md, "The
+beam's selection inside the decoder step's run"). Between two graph runs the beam search spends about 0.15 ms of
 Python a step (bench/sentence_time.py); this asks what is left of a step without it. The model
 directory's decoder step (one with an output shortlist, `mtserve shortlist`) is extended with the
 selection of the common case: each row's 2K best continuations plus its beam's score, EOS
