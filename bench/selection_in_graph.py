@@ -4,11 +4,11 @@
 
 A measure for a design. Its selection was built since on a branch, with the host's bookkeeping
 kept, and gained nothing: the nodes cost what the host's selection costs (docs/BENCHMARKS.md, "The
-beam's selection inside the decoder step's run"). Between two graph runs the beam search spends about 0.15 ms of
-Python a step (bench/sentence_time.py); this asks what is left of a step without it. The model
-directory's decoder step (one with an output shortlist, `mtserve shortlist`) is extended with the
-selection of the common case: each row's 2K best continuations plus its beam's score, EOS
-excluded, the sentence's K best of those (`TopK`), the next tokens and scores, the cache
+beam's selection inside the decoder step's run"). Between two graph runs the beam search spends
+about 0.15 ms of Python a step (bench/sentence_time.py); this asks what is left of a step without
+it. The model directory's decoder step (one with an output shortlist, `mtserve shortlist`) is
+extended with the selection of the common case: each row's 2K best continuations plus its beam's
+score, EOS excluded, the sentence's K best of those (`TopK`), the next tokens and scores, the cache
 indirection's update and the next length, all written to buffers that the next run reads. Bound
 twice, each binding reading what the other writes, the step then runs L times in a plain loop.
 
