@@ -29,8 +29,11 @@ as this runtime's does.
 Per configuration it prints the median milliseconds and each round's median. The summary gives
 this runtime's best in-process configuration against CTranslate2's best, as the ratio of their
 medians and as the median of the per-sentence ratios (the same sentence, the same round, seconds
-apart); and what HTTP adds to the same graphs and threads in process, as the difference of the
-medians and as the median of the per-sentence differences.
+apart); the same for this runtime's graph runs alone in those searches (the encoder's and the
+decoder steps' onnxruntime calls, timed where they are called: bench/graph_clock.py), which is
+what its search would take with no host work at all; and what HTTP adds to the same graphs and
+threads in process, as the difference of the medians and as the median of the per-sentence
+differences.
 """
 
 from __future__ import annotations
@@ -132,18 +135,23 @@ def worker(engine: str, directory: Path, threads: int, model: Path, data_dir: st
     sources = bench_sources(model, data_dir)
     with contextlib.ExitStack() as stack:
         if engine == "mtserve":
+            from bench.graph_clock import timed_runs
             from service.runtime.beam import DecodeOptions, beam_search
             from service.runtime.translator import Translator
 
             translator = Translator.load(directory, threads)
             tag, options = translator.languages.tag_ids[target], DecodeOptions(beam_size=BEAM)
+            encoder, decoder = stack.enter_context(timed_runs())
 
-            def decode(index: int, length: int = 0) -> None:
+            def decode(index: int, length: int = 0) -> float | None:
                 chosen = options
                 if length:  # forced: no hypothesis ends before `length`, each is cut there
                     chosen = DecodeOptions(beam_size=BEAM, min_length=length, max_length=length,
                                            proportional_limit=False)  # fmt: skip
+                encoder.reset()
+                decoder.reset()
                 beam_search(translator.model, [sources[index]], [tag], chosen)
+                return (encoder.seconds + decoder.seconds) * 1000
 
         elif engine == "mtserve-http":
             from service.api.launcher import live_server
@@ -154,7 +162,7 @@ def worker(engine: str, directory: Path, threads: int, model: Path, data_dir: st
             connection = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port)
             stack.callback(connection.close)
 
-            def decode(index: int, length: int = 0) -> None:
+            def decode(index: int, length: int = 0) -> float | None:
                 if length:
                     raise ValueError("a forced length is for the in-process engines")
                 body = {"texts": [texts[index]], "source": source, "target": target, "beam_size": BEAM}
@@ -163,6 +171,7 @@ def worker(engine: str, directory: Path, threads: int, model: Path, data_dir: st
                 answer = response.read()
                 if response.status != 200:
                     raise RuntimeError(f"the service answered {response.status}: {answer[:200]!r}")
+                return None
 
         else:
             import ctranslate2
@@ -170,13 +179,14 @@ def worker(engine: str, directory: Path, threads: int, model: Path, data_dir: st
             ct2 = ctranslate2.Translator(str(directory), device="cpu", intra_threads=threads, inter_threads=1)
             prefix, use_vmap = f"<2{target}>", engine == "ctranslate2-vmap"
 
-            def decode(index: int, length: int = 0) -> None:
+            def decode(index: int, length: int = 0) -> float | None:
                 ids = sources[index]
                 # CTranslate2's lengths count the target prefix (the language tag).
                 limit = length or cv.max_target_length(len(ids))
                 ct2.translate_batch([[sp.id_to_piece(i) for i in ids]], target_prefix=[[prefix]], beam_size=BEAM,
                                     length_penalty=1.0, max_decoding_length=limit + 1,
                                     min_decoding_length=length + 1 if length else 0, use_vmap=use_vmap)  # fmt: skip
+                return None
 
         for index in range(3):
             decode(index)
@@ -184,8 +194,9 @@ def worker(engine: str, directory: Path, threads: int, model: Path, data_dir: st
         for line in sys.stdin:
             index, *length = map(int, line.split())
             started = time.perf_counter()
-            decode(index, *length)
-            print(json.dumps({"ms": (time.perf_counter() - started) * 1000}), flush=True)
+            graph_ms = decode(index, *length)
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            print(json.dumps({"ms": elapsed_ms, "graph_ms": graph_ms}), flush=True)
 
 
 # After a block, before the next worker starts: a pool's threads spin for a while after a call.
@@ -200,6 +211,7 @@ class _Worker:
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.process.stdin is not None and self.process.stdout is not None
         self.stdin, self.stdout = self.process.stdin, self.process.stdout
+        self.graph_ms: float | None = None  # the last sentence's graph runs (in-process mtserve only)
 
     def wait_ready(self) -> None:
         line = self.stdout.readline()
@@ -209,7 +221,9 @@ class _Worker:
     def translate(self, index: int, length: int = 0) -> float:
         self.stdin.write(f"{index} {length}\n" if length else f"{index}\n")
         self.stdin.flush()
-        return float(json.loads(self.stdout.readline())["ms"])
+        record = json.loads(self.stdout.readline())
+        self.graph_ms = record["graph_ms"]
+        return float(record["ms"])
 
     def close(self) -> None:
         self.stdin.close()
@@ -240,15 +254,21 @@ def main() -> None:
     for w in workers.values():
         w.wait_ready()
     times: dict[tuple[str, str, int], list[list[float]]] = {config: [] for config in configs}
+    # The same sentences' graph runs alone (in-process mtserve): what a search with no host work would take.
+    graph_times: dict[tuple[str, str, int], list[list[float]]] = {c: [] for c in configs if c[0] == "mtserve"}
     try:
         for round_index in range(args.rounds):
             for config in configs:
                 times[config].append([])
+            for config in graph_times:
+                graph_times[config].append([])
             for block, start in enumerate(range(0, SENTENCES, args.block)):
                 shift = (round_index + block) % len(configs)
                 for config in configs[shift:] + configs[:shift]:
                     for index in range(start, min(start + args.block, SENTENCES)):
                         times[config][-1].append(workers[config].translate(index))
+                        if config in graph_times:
+                            graph_times[config][-1].append(workers[config].graph_ms or 0.0)
                     time.sleep(PAUSE_S)
             for config in configs:
                 engine, precision, threads = config
@@ -272,6 +292,14 @@ def main() -> None:
                           f"{reference}_best": [round(best[reference][0], 2), *theirs[1:]],
                           "ratio_of_medians": round(best["mtserve"][0] / best[reference][0], 3),
                           "median_paired_ratio": round(statistics.median(ratios), 3)}))  # fmt: skip
+        graphs = graph_times[ours]
+        pairs = zip(graphs, times[theirs], strict=True)
+        graph_ratios = [g / t for rg, rt in pairs for g, t in zip(rg, rt, strict=True)]
+        graph_median = statistics.median(t for r in graphs for t in r)
+        print(json.dumps({"mtserve_best_graph_runs_alone": [round(graph_median, 2), *ours[1:]],
+                          f"{reference}_best": [round(best[reference][0], 2), *theirs[1:]],
+                          "ratio_of_medians": round(graph_median / best[reference][0], 3),
+                          "median_paired_ratio": round(statistics.median(graph_ratios), 3)}))  # fmt: skip
     for config in configs:
         if config[0] == "mtserve-http":
             local = ("mtserve", *config[1:])

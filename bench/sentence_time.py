@@ -4,7 +4,7 @@ Each of the first --sentences test2016 sentences (40) is translated alone, as an
 translates a request of one sentence (the translator's whole path: splitting, tokenization,
 search, detokenization), --rounds times over after a warm-up. The graphs' runs are timed where
 they are called (onnxruntime's `run` for the encoder, `run_with_iobinding` for the decoder
-steps), so no profiler slows the host's work between them. Prints the medians per sentence:
+steps; bench/graph_clock.py), so no profiler slows the host's work between them. Prints the medians per sentence:
 the total, the encoder, the decoder steps (their number, and the mean time of one), and what is
 left, the host's work (each a median of its own, so they need not add up to the total's). The
 host's work is split three ways: before the first step (splitting, tokenization, the encoder's
@@ -20,56 +20,13 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import RuntimeBench, bench_target  # noqa: E402
-
-
-class _Clock:
-    """Seconds spent inside the timed calls, how many there were, and when the first began and the
-    last ended, since the last reset."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.seconds = 0.0
-        self.calls = 0
-        self.first_start = self.last_end = 0.0
-
-    def wrap(self, call: Callable[..., Any]) -> Callable[..., Any]:
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return call(*args, **kwargs)
-            finally:
-                self.last_end = time.perf_counter()
-                self.seconds += self.last_end - started
-                self.first_start = self.first_start or started
-                self.calls += 1
-
-        return timed
-
-
-@contextmanager
-def _timed_runs() -> Iterator[tuple[_Clock, _Clock]]:
-    """(encoder clock, decoder clock) over every session's runs while the block lasts."""
-    encoder, decoder = _Clock(), _Clock()
-    run, bound = ort.InferenceSession.run, ort.InferenceSession.run_with_iobinding
-    ort.InferenceSession.run = encoder.wrap(run)
-    ort.InferenceSession.run_with_iobinding = decoder.wrap(bound)
-    try:
-        yield encoder, decoder
-    finally:
-        ort.InferenceSession.run, ort.InferenceSession.run_with_iobinding = run, bound
+from bench.graph_clock import timed_runs  # noqa: E402
 
 
 def main() -> None:
@@ -81,7 +38,7 @@ def main() -> None:
         rows: dict[str, list[float]] = {name: [] for name in ("total", "encoder", "decoder", "steps", "host",
                                                               "host_before", "host_between", "host_after")}  # fmt: skip
         per_step: list[float] = []
-        with _timed_runs() as (encoder, decoder):
+        with timed_runs() as (encoder, decoder):
             for _ in range(args.rounds):
                 for text in sources:
                     encoder.reset()
