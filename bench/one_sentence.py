@@ -29,11 +29,11 @@ as this runtime's does.
 Per configuration it prints the median milliseconds and each round's median. The summary gives
 this runtime's best in-process configuration against CTranslate2's best, as the ratio of their
 medians and as the median of the per-sentence ratios (the same sentence, the same round, seconds
-apart); the same for this runtime's graph runs alone in those searches (the encoder's and the
-decoder steps' onnxruntime calls, timed where they are called: bench/graph_clock.py), which is
-what its search would take with no host work at all; and what HTTP adds to the same graphs and
-threads in process, as the difference of the medians and as the median of the per-sentence
-differences.
+apart); the same for this runtime's graph runs alone in those searches (`mtserve-graphs`: the
+encoder's and the decoder steps' onnxruntime calls, timed where they are called:
+bench/graph_clock.py), which is what its search would take with no host work at all; and what
+HTTP adds to the same graphs and threads in process, as the difference of the medians and as the
+median of the per-sentence differences.
 """
 
 from __future__ import annotations
@@ -62,6 +62,9 @@ CONFIGS = [(engine, precision, threads) for engine in ("mtserve", "ctranslate2")
 CONFIGS += [("mtserve-http", "int8", threads) for threads in (1, 2)]
 VMAP_CONFIGS = [("ctranslate2-vmap", "int8", threads) for threads in (1, 2)]
 REFERENCES = ("ctranslate2", "ctranslate2-vmap")
+# The graph runs alone within an in-process mtserve configuration's searches: what they would take
+# with no host work at all.
+GRAPHS = "mtserve-graphs"
 
 
 def prepare(
@@ -211,19 +214,18 @@ class _Worker:
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.process.stdin is not None and self.process.stdout is not None
         self.stdin, self.stdout = self.process.stdin, self.process.stdout
-        self.graph_ms: float | None = None  # the last sentence's graph runs (in-process mtserve only)
 
     def wait_ready(self) -> None:
         line = self.stdout.readline()
         if line.strip() != "ready":
             raise RuntimeError(f"a worker failed to start (exit {self.process.wait()})")
 
-    def translate(self, index: int, length: int = 0) -> float:
+    def translate(self, index: int, length: int = 0) -> tuple[float, float | None]:
+        """Milliseconds the sentence took, and those of its graph runs alone (in-process mtserve only)."""
         self.stdin.write(f"{index} {length}\n" if length else f"{index}\n")
         self.stdin.flush()
         record = json.loads(self.stdout.readline())
-        self.graph_ms = record["graph_ms"]
-        return float(record["ms"])
+        return float(record["ms"]), record["graph_ms"]
 
     def close(self) -> None:
         self.stdin.close()
@@ -254,21 +256,19 @@ def main() -> None:
     for w in workers.values():
         w.wait_ready()
     times: dict[tuple[str, str, int], list[list[float]]] = {config: [] for config in configs}
-    # The same sentences' graph runs alone (in-process mtserve): what a search with no host work would take.
-    graph_times: dict[tuple[str, str, int], list[list[float]]] = {c: [] for c in configs if c[0] == "mtserve"}
+    times |= {(GRAPHS, *c[1:]): [] for c in configs if c[0] == "mtserve"}
     try:
         for round_index in range(args.rounds):
-            for config in configs:
-                times[config].append([])
-            for config in graph_times:
-                graph_times[config].append([])
+            for per_round in times.values():
+                per_round.append([])
             for block, start in enumerate(range(0, SENTENCES, args.block)):
                 shift = (round_index + block) % len(configs)
                 for config in configs[shift:] + configs[:shift]:
                     for index in range(start, min(start + args.block, SENTENCES)):
-                        times[config][-1].append(workers[config].translate(index))
-                        if config in graph_times:
-                            graph_times[config][-1].append(workers[config].graph_ms or 0.0)
+                        ms, graph_ms = workers[config].translate(index)
+                        times[config][-1].append(ms)
+                        if graph_ms is not None:
+                            times[(GRAPHS, *config[1:])][-1].append(graph_ms)
                     time.sleep(PAUSE_S)
             for config in configs:
                 engine, precision, threads = config
@@ -287,19 +287,12 @@ def main() -> None:
     ours = best["mtserve"][1]
     for reference in (r for r in REFERENCES if r in engines):
         theirs = best[reference][1]
-        ratios = paired(times, ours, theirs, float.__truediv__)
-        print(json.dumps({"mtserve_best": [round(best["mtserve"][0], 2), *ours[1:]],
-                          f"{reference}_best": [round(best[reference][0], 2), *theirs[1:]],
-                          "ratio_of_medians": round(best["mtserve"][0] / best[reference][0], 3),
-                          "median_paired_ratio": round(statistics.median(ratios), 3)}))  # fmt: skip
-        graphs = graph_times[ours]
-        pairs = zip(graphs, times[theirs], strict=True)
-        graph_ratios = [g / t for rg, rt in pairs for g, t in zip(rg, rt, strict=True)]
-        graph_median = statistics.median(t for r in graphs for t in r)
-        print(json.dumps({"mtserve_best_graph_runs_alone": [round(graph_median, 2), *ours[1:]],
-                          f"{reference}_best": [round(best[reference][0], 2), *theirs[1:]],
-                          "ratio_of_medians": round(graph_median / best[reference][0], 3),
-                          "median_paired_ratio": round(statistics.median(graph_ratios), 3)}))  # fmt: skip
+        for label, config in (("mtserve_best", ours), ("mtserve_best_graph_runs_alone", (GRAPHS, *ours[1:]))):
+            ratios = paired(times, config, theirs, float.__truediv__)
+            print(json.dumps({label: [round(medians[config], 2), *ours[1:]],
+                              f"{reference}_best": [round(medians[theirs], 2), *theirs[1:]],
+                              "ratio_of_medians": round(medians[config] / medians[theirs], 3),
+                              "median_paired_ratio": round(statistics.median(ratios), 3)}))  # fmt: skip
     for config in configs:
         if config[0] == "mtserve-http":
             local = ("mtserve", *config[1:])

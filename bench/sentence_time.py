@@ -4,14 +4,14 @@ Each of the first --sentences test2016 sentences (40) is translated alone, as an
 translates a request of one sentence (the translator's whole path: splitting, tokenization,
 search, detokenization), --rounds times over after a warm-up. The graphs' runs are timed where
 they are called (onnxruntime's `run` for the encoder, `run_with_iobinding` for the decoder
-steps; bench/graph_clock.py), so no profiler slows the host's work between them. Prints the medians per sentence:
-the total, the encoder, the decoder steps (their number, and the mean time of one), and what is
-left, the host's work (each a median of its own, so they need not add up to the total's). The
-host's work is split three ways: before the first step (splitting, tokenization, the encoder's
-inputs and outputs, the search's start: its cache, its output layer, its first binding), between
-steps (the search proper; also per step: `host_per_step_ms`), and after the last step
-(the hypotheses ranked, detokenization). What a sentence costs besides its steps is the part
-that does not grow with its length (bench/step_slope.py).
+steps; bench/graph_clock.py), so no profiler slows the host's work between them. Prints the
+medians per sentence: the total, the encoder, the decoder steps (their number, and the mean time
+of one), and what is left, the host's work (each a median of its own, so they need not add up to
+the total's). The host's work is split three ways: before the first step (splitting,
+tokenization, the encoder's inputs and outputs, the search's start: its cache, its output layer,
+its first binding), between steps (the search proper; also per step: `host_per_step_ms`), and
+after the last step (the hypotheses ranked, detokenization). What a sentence costs besides its
+steps is the part that does not grow with its length (bench/step_slope.py).
 """
 
 from __future__ import annotations

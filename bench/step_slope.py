@@ -79,7 +79,7 @@ def main() -> None:
                     turn += 1
                     for config in configs[shift:] + configs[:shift]:
                         for index in range(start, min(start + args.block, SENTENCES)):
-                            times[config][-1][length].append(workers[config].translate(index, length))
+                            times[config][-1][length].append(workers[config].translate(index, length)[0])
                         time.sleep(PAUSE_S)
             for config in configs:
                 slope, intercept = fit({n: statistics.median(t) for n, t in times[config][-1].items()})
