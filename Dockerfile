@@ -4,6 +4,12 @@
 
 FROM python:3.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# A C compiler for the beam search's common step (service/runtime/_common_step.c), in this stage
+# only. Debian's security updates move libc6-dev's version, so the packages are not pinned.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/venv
 COPY requirements/runtime.lock /src/requirements/runtime.lock
 RUN /opt/venv/bin/pip install --no-cache-dir -r /src/requirements/runtime.lock
@@ -11,7 +17,8 @@ COPY pyproject.toml README.md /src/
 COPY service /src/service
 COPY export /src/export
 COPY model /src/model
-RUN /opt/venv/bin/pip install --no-cache-dir --no-deps /src
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps /src \
+    && /opt/venv/bin/python -c "import service.runtime._common_step"
 
 FROM python:3.11-slim-bookworm AS runtime
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin mtserve \

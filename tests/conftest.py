@@ -185,3 +185,16 @@ def exported_int8_calibrated(
 ) -> Path:
     out = tmp_path_factory.mktemp("onnx-int8-calibrated")
     return _export_tiny(tiny_model_dir, tiny_data_dir, sentences, out, "int8", calibrated=True)
+
+
+@pytest.fixture(params=["c", "numpy"])
+def common_step(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each of the search's two forms of its common step and of the cache's reorder: the C module's
+    (it must be built: `make` builds it, with a C compiler), then numpy's."""
+    from service.runtime import native
+
+    if request.param == "numpy":
+        monkeypatch.setattr(native, "common_step", None)
+    else:
+        assert native.common_step is not None, native.NOT_BUILT
+    return str(request.param)

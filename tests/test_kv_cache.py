@@ -1,6 +1,6 @@
 """The decoder cache's bookkeeping: what each row reads through the indirection must be what a
 cache that physically moved every row would hold, through beam choices, widening after step 0,
-and compactions."""
+and compactions; with its reorder in C and in numpy (the `common_step` fixture)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def _read(cache: SelfAttentionCache) -> list[np.ndarray]:
     return [buffer[held_by, :, positions].transpose(0, 2, 1, 3) for buffer in cache.buffers]
 
 
-def test_rows_read_what_a_physically_reordered_cache_holds() -> None:
+def test_rows_read_what_a_physically_reordered_cache_holds(common_step: str) -> None:
     rng = np.random.default_rng(0)
     sentences, beams = 6, 3
     cache = SelfAttentionCache(2, HEADS, HEAD_DIM, sentences, capacity=12, max_beams=beams)
@@ -66,7 +66,7 @@ def test_compaction_moves_only_the_sentences_that_fill_freed_places() -> None:
     np.testing.assert_array_equal(compaction_order(np.arange(4)), np.arange(4))
 
 
-def test_a_row_may_not_continue_another_sentence_and_the_cache_cannot_overflow() -> None:
+def test_a_row_may_not_continue_another_sentence_and_the_cache_cannot_overflow(common_step: str) -> None:
     cache = SelfAttentionCache(1, HEADS, HEAD_DIM, sentences=2, capacity=1, max_beams=2)
     with pytest.raises(ValueError, match="another sentence"):
         cache.reorder(np.array([1, 1, 0, 0]))

@@ -25,6 +25,7 @@ import numpy as np
 from service.conventions import MAX_LENGTH_CAP, max_target_length
 from service.graphs import MAX_BEAM
 from service.manifest import Generation
+from service.runtime import native
 from service.runtime.degenerate import Quality, mark_degenerate, sane_first
 from service.runtime.kv_cache import SelfAttentionCache, compact_rows, compaction_order
 from service.runtime.sessions import LARGE_BATCH_ROWS, KVList, OnnxModel
@@ -325,6 +326,30 @@ def _runaway_among(hist: np.ndarray, rows: np.ndarray, tokens: np.ndarray) -> bo
     return bool(_closing_loops(hist, rows, tokens, True).any())
 
 
+def _native_common(
+    step_ids: np.ndarray,
+    step_log_probs: np.ndarray,
+    scores: np.ndarray,
+    hist: np.ndarray,
+    k: int,
+    eos: int,
+    guard: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """The common step's next rows, tokens, scores and histories, chosen in C; None when the
+    step is not common (the full selection then takes it)."""
+    n, rows = len(scores), len(scores) * k
+    next_rows, last = np.empty(rows, np.int64), np.empty(rows, np.int64)
+    next_scores, next_hist = np.empty((n, k)), np.empty((rows, hist.shape[1] + 1), np.int64)
+    assert native.common_step is not None
+    status = native.common_step.select_common(
+        step_ids, step_log_probs, scores, hist, k, eos, LOOP_WINDOW if guard else 0,
+        next_rows, last, next_scores, next_hist,
+    )  # fmt: skip
+    if status == 0 or (status == 2 and _runaway_among(hist, next_rows.reshape(n, k), last.reshape(n, k))):
+        return None
+    return next_rows, last, next_scores, next_hist
+
+
 class _Grid:
     """What one step's selection reads that depends only on the batch's shape: n sentences of
     `beams` rows, `width` candidates per row."""
@@ -403,85 +428,88 @@ def _beam_search(
             step_log_probs[forced, 0] = 0.0
         if step < min_length:  # too early to end: EOS is no candidate
             step_log_probs = np.where(step_ids == eos, -np.inf, step_log_probs)
-        # A candidate among the sentence's 2K best is among its own beam's 2K best: rank those beams·2K.
-        beam_ids = step_ids.reshape(n, beams * width)
-        cand = (scores[:, :, None] + step_log_probs.reshape(n, beams, width)).reshape(n, beams * width)
-        # The 2K best (so that K survive even if K end here), best first; ties: lower id, then lower beam.
-        top = np.lexsort((grid.beam_index, beam_ids, -cand), axis=1)[:, :width]
-        top_scores, token = cand[grid.by_row, top], beam_ids[grid.by_row, top]
-        rows = grid.first_row + top // width  # [n, 2K] row each candidate extends
-        # The common step: no hypothesis ends or is cut, no sentence has ended, and no token among a
-        # sentence's K best closes a runaway loop. Its K best then all go on, as the rules below
-        # would choose them, in a third of their array operations.
-        head_tokens, head_scores = token[:, :k], top_scores[:, :k]
-        common = (
-            length < nearest_limit
-            and (options.early_stopping or not full.any())
-            and eos not in head_tokens
-            and head_scores.min() > -np.inf
-        )
-        if common and options.repetition_guard and hist.shape[1]:
-            common = not _runaway_among(hist, rows[:, :k], head_tokens)
+        # The common step (below): no hypothesis ends or is cut, no sentence has ended, and no token
+        # among a sentence's K best closes a runaway loop. In C where the module is built.
+        may_be_common = length < nearest_limit and (options.early_stopping or not full.any())
+        chosen = None
+        if may_be_common and native.common_step is not None:
+            chosen = _native_common(step_ids, step_log_probs, scores, hist, k, eos, options.repetition_guard)
         compact = False
-        if common:
-            next_rows, last, scores = rows[:, :k].ravel(), head_tokens.ravel(), head_scores
+        if chosen is not None:
+            next_rows, last, scores, hist = chosen
         else:
-            valid = top_scores > -np.inf
-            if options.repetition_guard and hist.shape[1]:
-                # A token that would close a runaway loop is no continuation: it neither goes on nor
-                # ends a hypothesis cut at the length limit, and takes no place among the K best.
-                valid &= ~_closing_loops(hist, rows, token, valid & (token != eos))
-            at_limit = alive_limits <= length if length >= nearest_limit else None
-            ending = token == eos
-            if at_limit is not None:
-                ending |= at_limit[:, None]
-            ending &= valid
-            # An ending counts only if it ranks among the K best continuations.
-            for i, j in _cells(ending & (np.cumsum(valid, axis=1) <= k)):
-                sent = alive[i]
-                row, ended = rows[i, j], bool(token[i, j] == eos)
-                toks = hist[row].tolist() + ([] if ended else [int(token[i, j])])
-                alignment = () if peaks is None else (*aligned[row].tolist(), *([] if ended else [int(peaks[row])]))
-                score = float(top_scores[i, j])
-                hyp = Hypothesis(toks, score / length**options.length_penalty, score, ended, alignment=alignment)
-                if len(finished[sent]) < k:
-                    finished[sent].append(hyp)
-                    full[i] = len(finished[sent]) == k
-                elif not options.early_stopping:  # keep the K best endings
-                    worst = min(range(k), key=lambda h: finished[sent][h].score)
-                    if hyp.score > finished[sent][worst].score:
-                        finished[sent][worst] = hyp
-            going = valid & ~ending  # may go on: the first K of each sentence that do are taken below
-            ends = full
-            if not options.early_stopping and full.any():
-                # Ends only when the best running beam, normalised at this length, cannot beat the worst ending.
-                best_going = np.where(going, top_scores, -np.inf).max(axis=1) / length**options.length_penalty
-                worst_kept = np.array(
-                    [min(h.score for h in finished[s]) if f else np.inf for s, f in zip(alive, full, strict=True)]
-                )
-                ends = full & (best_going <= worst_kept)
-            done = ~going.any(axis=1)
-            done |= ends
-            if at_limit is not None:
-                done |= at_limit
-            if done.any():
-                keep = np.flatnonzero(~done)
-                if not len(keep):
-                    break
-                compact = _compact(n - len(keep), n)
-                if compact:
-                    keep = compaction_order(keep)
-                    going, rows, token, top_scores = going[keep], rows[keep], token[keep], top_scores[keep]
-                else:  # finished ones ride along, never extended
-                    going[done] = False
-            if going[:, :k].all():  # the K best all go on
-                next_rows, last, scores = rows[:, :k].ravel(), token[:, :k].ravel(), top_scores[:, :k]
+            # A candidate among the sentence's 2K best is among its own beam's 2K best: rank those beams·2K.
+            beam_ids = step_ids.reshape(n, beams * width)
+            cand = (scores[:, :, None] + step_log_probs.reshape(n, beams, width)).reshape(n, beams * width)
+            # The 2K best (so that K survive even if K end here), best first; ties: lower id, then lower beam.
+            top = np.lexsort((grid.beam_index, beam_ids, -cand), axis=1)[:, :width]
+            top_scores, token = cand[grid.by_row, top], beam_ids[grid.by_row, top]
+            rows = grid.first_row + top // width  # [n, 2K] row each candidate extends
+            # The common step in numpy: its K best all go on, as the rules below would choose them, in
+            # a third of their array operations.
+            head_tokens, head_scores = token[:, :k], top_scores[:, :k]
+            common = may_be_common and eos not in head_tokens and head_scores.min() > -np.inf
+            if common and options.repetition_guard and hist.shape[1]:
+                common = not _runaway_among(hist, rows[:, :k], head_tokens)
+            if common:
+                next_rows, last, scores = rows[:, :k].ravel(), head_tokens.ravel(), head_scores
             else:
-                order = np.argsort(~going, axis=1, kind="stable")[:, :k]  # chosen first, in rank order
-                by_row = np.arange(len(order))[:, None]
-                next_rows, last = rows[by_row, order].ravel(), token[by_row, order].ravel()
-                scores = np.where(going[by_row, order], top_scores[by_row, order], -np.inf)
-        hist = np.concatenate((hist[next_rows], last[:, None]), axis=1)
+                valid = top_scores > -np.inf
+                if options.repetition_guard and hist.shape[1]:
+                    # A token that would close a runaway loop is no continuation: it neither goes on nor
+                    # ends a hypothesis cut at the length limit, and takes no place among the K best.
+                    valid &= ~_closing_loops(hist, rows, token, valid & (token != eos))
+                at_limit = alive_limits <= length if length >= nearest_limit else None
+                ending = token == eos
+                if at_limit is not None:
+                    ending |= at_limit[:, None]
+                ending &= valid
+                # An ending counts only if it ranks among the K best continuations.
+                for i, j in _cells(ending & (np.cumsum(valid, axis=1) <= k)):
+                    sent = alive[i]
+                    row, ended = rows[i, j], bool(token[i, j] == eos)
+                    toks = hist[row].tolist() + ([] if ended else [int(token[i, j])])
+                    alignment = () if peaks is None else (*aligned[row].tolist(), *([] if ended else [int(peaks[row])]))
+                    score = float(top_scores[i, j])
+                    hyp = Hypothesis(toks, score / length**options.length_penalty, score, ended, alignment=alignment)
+                    if len(finished[sent]) < k:
+                        finished[sent].append(hyp)
+                        full[i] = len(finished[sent]) == k
+                    elif not options.early_stopping:  # keep the K best endings
+                        worst = min(range(k), key=lambda h: finished[sent][h].score)
+                        if hyp.score > finished[sent][worst].score:
+                            finished[sent][worst] = hyp
+                going = valid & ~ending  # may go on: the first K of each sentence that do are taken below
+                ends = full
+                if not options.early_stopping and full.any():
+                    # Ends only when the best running beam, normalised at this length, cannot beat the worst ending.
+                    best_going = np.where(going, top_scores, -np.inf).max(axis=1) / length**options.length_penalty
+                    worst_kept = np.array(
+                        [min(h.score for h in finished[s]) if f else np.inf for s, f in zip(alive, full, strict=True)]
+                    )
+                    ends = full & (best_going <= worst_kept)
+                done = ~going.any(axis=1)
+                done |= ends
+                if at_limit is not None:
+                    done |= at_limit
+                if done.any():
+                    keep = np.flatnonzero(~done)
+                    if not len(keep):
+                        break
+                    compact = _compact(n - len(keep), n)
+                    if compact:
+                        keep = compaction_order(keep)
+                        going, rows, token, top_scores = going[keep], rows[keep], token[keep], top_scores[keep]
+                    else:  # finished ones ride along, never extended
+                        going[done] = False
+                if going[:, :k].all():  # the K best all go on
+                    next_rows, last, scores = rows[:, :k].ravel(), token[:, :k].ravel(), top_scores[:, :k]
+                else:
+                    order = np.argsort(~going, axis=1, kind="stable")[:, :k]  # chosen first, in rank order
+                    by_row = np.arange(len(order))[:, None]
+                    next_rows, last = rows[by_row, order].ravel(), token[by_row, order].ravel()
+                    scores = np.where(going[by_row, order], top_scores[by_row, order], -np.inf)
+            hist = np.concatenate((hist[next_rows], last[:, None]), axis=1)
         if peaks is not None:
             aligned = np.concatenate((aligned[next_rows], peaks[next_rows][:, None]), axis=1)
         beams = k  # after step 0: K rows per sentence, over the sentence's one copy of cross K/V

@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
+from service.runtime import native
+
 
 class SelfAttentionCache:
     def __init__(
@@ -64,6 +66,9 @@ class SelfAttentionCache:
         # Checked on every step of every search, so with as few array operations as it takes. The
         # common step keeps every sentence at its beams: only the rows' histories are reordered.
         same = sentences is None and len(rows) == len(self._row_sentences)
+        if same and native.common_step is not None and rows.dtype == np.int64:
+            native.common_step.reorder_history(self._history, rows, self.beams, n)
+            return
         if same:
             kept, beams, expected = self._sentences, self.beams, self._row_sentences
         else:

@@ -1,0 +1,217 @@
+/* The beam search's common step in one call (service/runtime/beam.py, `_beam_search`).
+ *
+ * A step of one sentence decodes in well under a millisecond, and each numpy operation of the
+ * host's selection costs microseconds whatever its size: this does the common step's selection
+ * and bookkeeping in one pass over the step's candidates. It decides nothing of its own. The rules
+ * are beam.py's, which keeps the full selection for every other step and the numpy form of this one
+ * where the module is not built; tests/test_common_step.py holds the two to the same hypotheses.
+ *
+ * select_common(ids, log_probs, scores, hist, k, eos, window, next_rows, last, next_scores, next_hist)
+ *   ids [n*beams, >=2k] int64, log_probs [n*beams, >=2k] float32: each row's best continuations
+ *   scores [n, beams] float64: each row's score so far; hist [n*beams, L] int64: its tokens so far
+ *   writes next_rows [n*k] int64, last [n*k] int64, next_scores [n, k] float64, next_hist [n*k, L+1] int64
+ * Each sentence's K best of its beams' first 2k candidates: score descending, then lower token id,
+ * then lower beam (beam.py's lexsort). Returns 0 when the step is not common (an EOS or a score of
+ * -inf or NaN among a sentence's K best; the outputs then mean nothing), 1 when it is, 2 when it is
+ * unless a chosen token closes a repetition loop: one of them is among the last `window` tokens of
+ * the row it extends (the caller asks beam.py's `runaway`; window 0: no guard).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define MAX_CANDIDATES 256 /* beams * 2k at MAX_BEAM = 8: 8 * 16 */
+
+typedef struct {
+    Py_buffer view;
+    int held;
+} Buffer;
+
+static int get_buffer(PyObject *obj, Buffer *buffer, const char *name, const char *format, int ndim, int writable) {
+    int flags = PyBUF_RECORDS_RO | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, &buffer->view, flags) < 0) {
+        return -1;
+    }
+    buffer->held = 1;
+    const char *got = buffer->view.format ? buffer->view.format : "B";
+    if (got[0] == '=' || got[0] == '<' || got[0] == '@') {
+        got++;
+    }
+    int int64_ok = strcmp(format, "q") == 0 && (strcmp(got, "q") == 0 || (strcmp(got, "l") == 0 && sizeof(long) == 8));
+    if (buffer->view.ndim != ndim || !(int64_ok || strcmp(got, format) == 0)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a %d-d array of format %s, got %d-d of %s", name, ndim, format,
+                     buffer->view.ndim, got);
+        return -1;
+    }
+    return 0;
+}
+
+static void release(Buffer *buffers, int count) {
+    for (int i = 0; i < count; i++) {
+        if (buffers[i].held) {
+            PyBuffer_Release(&buffers[i].view);
+        }
+    }
+}
+
+#define AT(buffer, type, i, j) (*(type *)((char *)(buffer).view.buf + (i) * (buffer).view.strides[0] + (j) * (buffer).view.strides[1]))
+#define AT1(buffer, type, i) (*(type *)((char *)(buffer).view.buf + (i) * (buffer).view.strides[0]))
+
+/* Whether candidate a ranks before candidate b: higher score (NaN last), then lower id, then lower beam. */
+static int ranks_before(double score_a, int64_t id_a, Py_ssize_t beam_a, double score_b, int64_t id_b, Py_ssize_t beam_b) {
+    int nan_a = isnan(score_a), nan_b = isnan(score_b);
+    if (nan_a != nan_b) {
+        return nan_b;
+    }
+    if (!nan_a && score_a != score_b) {
+        return score_a > score_b;
+    }
+    if (id_a != id_b) {
+        return id_a < id_b;
+    }
+    return beam_a < beam_b;
+}
+
+static PyObject *select_common(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *objects[8];
+    Py_ssize_t k, window;
+    long long eos;
+    if (!PyArg_ParseTuple(args, "OOOOnLnOOOO", &objects[0], &objects[1], &objects[2], &objects[3], &k, &eos, &window,
+                          &objects[4], &objects[5], &objects[6], &objects[7])) {
+        return NULL;
+    }
+    static const char *names[8] = {"ids", "log_probs", "scores", "hist", "next_rows", "last", "next_scores", "next_hist"};
+    static const char *formats[8] = {"q", "f", "d", "q", "q", "q", "d", "q"};
+    static const int ndims[8] = {2, 2, 2, 2, 1, 1, 2, 2};
+    Buffer b[8];
+    memset(b, 0, sizeof(b));
+    for (int i = 0; i < 8; i++) {
+        if (get_buffer(objects[i], &b[i], names[i], formats[i], ndims[i], i >= 4) < 0) {
+            release(b, 8);
+            return NULL;
+        }
+    }
+    Buffer ids = b[0], log_probs = b[1], scores = b[2], hist = b[3];
+    Buffer next_rows = b[4], last = b[5], next_scores = b[6], next_hist = b[7];
+    Py_ssize_t n = scores.view.shape[0], beams = scores.view.shape[1], width = 2 * k;
+    Py_ssize_t rows = n * beams, length = hist.view.shape[1], candidates = beams * width;
+    if (k < 1 || beams < 1 || candidates > MAX_CANDIDATES || ids.view.shape[0] != rows ||
+        log_probs.view.shape[0] != rows || ids.view.shape[1] < width || log_probs.view.shape[1] < width ||
+        hist.view.shape[0] != rows || next_rows.view.shape[0] != n * k || last.view.shape[0] != n * k ||
+        next_scores.view.shape[0] != n || next_scores.view.shape[1] != k || next_hist.view.shape[0] != n * k ||
+        next_hist.view.shape[1] != length + 1 || window < 0) {
+        release(b, 8);
+        PyErr_SetString(PyExc_ValueError, "select_common: the arrays' shapes do not agree");
+        return NULL;
+    }
+    int status = 1;
+    double cand[MAX_CANDIDATES];
+    int64_t cand_id[MAX_CANDIDATES];
+    char taken[MAX_CANDIDATES];
+    for (Py_ssize_t s = 0; s < n && status; s++) {
+        for (Py_ssize_t c = 0; c < candidates; c++) {
+            Py_ssize_t row = s * beams + c / width, j = c % width;
+            cand[c] = AT(scores, double, s, c / width) + (double)AT(log_probs, float, row, j);
+            cand_id[c] = AT(ids, int64_t, row, j);
+            taken[c] = 0;
+        }
+        for (Py_ssize_t i = 0; i < k; i++) {
+            Py_ssize_t best = -1;
+            for (Py_ssize_t c = 0; c < candidates; c++) {
+                if (!taken[c] && (best < 0 || ranks_before(cand[c], cand_id[c], c / width, cand[best], cand_id[best], best / width))) {
+                    best = c;
+                }
+            }
+            taken[best] = 1;
+            double score = cand[best];
+            int64_t token = cand_id[best];
+            if (token == eos || isnan(score) || score == -INFINITY) {
+                status = 0;
+                break;
+            }
+            Py_ssize_t parent = s * beams + best / width, out = s * k + i;
+            AT1(next_rows, int64_t, out) = parent;
+            AT1(last, int64_t, out) = token;
+            AT(next_scores, double, s, i) = score;
+            for (Py_ssize_t t = 0; t < length; t++) {
+                int64_t previous = AT(hist, int64_t, parent, t);
+                AT(next_hist, int64_t, out, t) = previous;
+                if (t >= length - window && previous == token) {
+                    status = 2;
+                }
+            }
+            AT(next_hist, int64_t, out, length) = token;
+        }
+    }
+    release(b, 8);
+    return PyLong_FromLong(status);
+}
+
+/* reorder_history(history, rows, beams, length): row i of int32 history [R, capacity] takes the first
+ * `length` positions of row rows[i] (int64 [R]), a row of the same sentence (of `beams` rows each);
+ * service/runtime/kv_cache.py, SelfAttentionCache.reorder. */
+static PyObject *reorder_history(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *objects[2];
+    Py_ssize_t beams, length;
+    if (!PyArg_ParseTuple(args, "OOnn", &objects[0], &objects[1], &beams, &length)) {
+        return NULL;
+    }
+    Buffer b[2];
+    memset(b, 0, sizeof(b));
+    if (get_buffer(objects[0], &b[0], "history", "i", 2, 1) < 0 || get_buffer(objects[1], &b[1], "rows", "q", 1, 0) < 0) {
+        release(b, 2);
+        return NULL;
+    }
+    Buffer history = b[0], rows = b[1];
+    Py_ssize_t count = rows.view.shape[0];
+    if (count != history.view.shape[0] || beams < 1 || length < 0 || length > history.view.shape[1] ||
+        history.view.strides[1] != sizeof(int32_t)) {
+        release(b, 2);
+        PyErr_SetString(PyExc_ValueError, "reorder_history: the arrays' shapes do not agree");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        int64_t row = AT1(rows, int64_t, i);
+        if (row < 0 || row >= count || row / beams != i / beams) {
+            release(b, 2);
+            PyErr_SetString(PyExc_ValueError, "a row cannot continue a row of another sentence");
+            return NULL;
+        }
+    }
+    /* Each sentence's rows are gathered through a copy of its own: a row may be read after it is written. */
+    int32_t stack[64 * 64];
+    size_t bytes = (size_t)beams * (size_t)length * sizeof(int32_t);
+    int32_t *copy = bytes <= sizeof(stack) ? stack : PyMem_Malloc(bytes);
+    if (copy == NULL) {
+        release(b, 2);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t first = 0; first < count; first += beams) {
+        for (Py_ssize_t j = 0; j < beams && first + j < count; j++) {
+            memcpy(copy + j * length, &AT(history, int32_t, first + j, 0), (size_t)length * sizeof(int32_t));
+        }
+        for (Py_ssize_t j = 0; j < beams && first + j < count; j++) {
+            Py_ssize_t from = AT1(rows, int64_t, first + j) - first;
+            memcpy(&AT(history, int32_t, first + j, 0), copy + from * length, (size_t)length * sizeof(int32_t));
+        }
+    }
+    if (copy != stack) {
+        PyMem_Free(copy);
+    }
+    release(b, 2);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"select_common", select_common, METH_VARARGS, "The beam search's common step (see the module's source)."},
+    {"reorder_history", reorder_history, METH_VARARGS, "The self-attention cache's rows reordered in place."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_common_step", NULL, -1, methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__common_step(void) { return PyModule_Create(&module); }

@@ -1,0 +1,15 @@
+import numpy as np
+
+def select_common(
+    ids: np.ndarray,
+    log_probs: np.ndarray,
+    scores: np.ndarray,
+    hist: np.ndarray,
+    k: int,
+    eos: int,
+    window: int,
+    next_rows: np.ndarray,
+    last: np.ndarray,
+    next_scores: np.ndarray,
+    next_hist: np.ndarray,
+) -> int: ...

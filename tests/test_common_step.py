@@ -1,0 +1,154 @@
+"""The beam search's common step in C (service/runtime/_common_step.c) chooses as its numpy form:
+the same hypotheses, scores to the last bit, on the committed model and on the tiny one (whose
+loops and early endings take the other steps often), alone and in batches, under each of the
+search's rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.corpus import read_lines
+from service.conventions import EOS_ID
+from service.manifest import DEFAULT_MODEL_DIR
+from service.runtime import native
+from service.runtime.beam import DecodeOptions, Hypothesis, beam_search
+from service.runtime.sessions import OnnxModel
+from tests.conftest import TAG
+
+pytestmark = pytest.mark.slow
+
+RULES = [
+    DecodeOptions(),
+    DecodeOptions(beam_size=4, n_best=3, early_stopping=False),
+    DecodeOptions(min_length=6, forced_eos=True, max_length=14, proportional_limit=False),
+    DecodeOptions(repetition_guard=False, cut_degenerate=False),
+    DecodeOptions(beam_size=8, n_best=2, length_penalty=0.6),
+]
+
+
+def _search(
+    model: OnnxModel, sources: list[list[int]], tag: int, options: DecodeOptions, batch: int
+) -> list[list[Hypothesis]]:
+    out: list[list[Hypothesis]] = []
+    for start in range(0, len(sources), batch):
+        chunk = sources[start : start + batch]
+        out += beam_search(model, chunk, [tag] * len(chunk), options)
+    return out
+
+
+class _Counted:
+    """The C module, its common steps counted: that the C path ran, and took most steps."""
+
+    def __init__(self) -> None:
+        assert native.common_step is not None, native.NOT_BUILT
+        self.module, self.common, self.calls = native.common_step, 0, 0
+
+    def select_common(self, *args: object) -> int:
+        status = self.module.select_common(*args)
+        self.calls += 1
+        self.common += status == 1
+        return int(status)
+
+    def reorder_history(self, *args: object) -> None:
+        self.module.reorder_history(*args)
+
+
+@pytest.mark.parametrize("model_name", ["committed", "tiny"])
+def test_the_common_step_in_c_chooses_as_numpy(
+    model_name: str, exported_int8: Path, shared_data: Path, sentences: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if model_name == "committed":
+        model = OnnxModel(DEFAULT_MODEL_DIR, 1)
+        texts = read_lines(shared_data / "multi30k/val.en.gz")[:24]
+    else:
+        model = OnnxModel(exported_int8, 1)
+        texts = sentences
+    sources = [[*model.tokenizer.encode(text), EOS_ID] for text in texts]
+    counted = _Counted()
+    for options in RULES:
+        for batch in (1, 7):
+            monkeypatch.setattr(native, "common_step", counted)
+            in_c = _search(model, sources, TAG["fr"], options, batch)
+            monkeypatch.setattr(native, "common_step", None)
+            in_numpy = _search(model, sources, TAG["fr"], options, batch)
+            assert in_c == in_numpy, (options, batch)
+    assert counted.common > 0.5 * counted.calls > 0
+
+
+def test_the_c_step_refuses_arrays_that_do_not_agree() -> None:
+    assert native.common_step is not None, native.NOT_BUILT
+    k, n = 2, 1
+    ids, log_probs = np.zeros((k, 2 * k), np.int64), np.zeros((k, 2 * k), np.float32)
+    scores, hist = np.zeros((n, k)), np.zeros((k, 3), np.int64)
+    outputs = np.empty(n * k, np.int64), np.empty(n * k, np.int64), np.empty((n, k)), np.empty((n * k, 4), np.int64)
+    with pytest.raises(TypeError, match="log_probs"):
+        native.common_step.select_common(ids, log_probs.astype(np.float64), scores, hist, k, 0, 4, *outputs)
+    with pytest.raises(ValueError, match="shapes"):
+        native.common_step.select_common(ids, log_probs, scores, hist[:, :2], k, 0, 4, *outputs)
+
+
+def _numpy_common(
+    ids: np.ndarray, log_probs: np.ndarray, scores: np.ndarray, hist: np.ndarray, k: int, eos: int
+) -> tuple[bool, np.ndarray, np.ndarray, np.ndarray]:
+    """beam.py's numpy common step: the K best by score, then lower id, then lower beam."""
+    n, beams = scores.shape
+    width = 2 * k
+    beam_ids = ids[:, :width].reshape(n, beams * width)
+    cand = (scores[:, :, None] + log_probs[:, :width].reshape(n, beams, width)).reshape(n, beams * width)
+    beam_index = np.repeat(np.arange(beams), width)[None, :].repeat(n, axis=0)
+    top = np.lexsort((beam_index, beam_ids, -cand), axis=1)[:, :k]
+    by_row = np.arange(n)[:, None]
+    token, best = beam_ids[by_row, top], cand[by_row, top]
+    common = eos not in token and best.min() > -np.inf
+    return common, (by_row * beams + top // width).ravel(), token.ravel(), best
+
+
+def test_the_c_step_ranks_ties_endings_and_impossible_candidates_as_numpy() -> None:
+    """Scores on a coarse grid tie often; EOS and -inf among the candidates make steps not common."""
+    assert native.common_step is not None, native.NOT_BUILT
+    rng = np.random.default_rng(7)
+    eos, seen = 2, {True: 0, False: 0}
+    for trial in range(400):
+        k, n = int(rng.integers(1, 9)), int(rng.integers(1, 4))
+        beams = 1 if trial % 5 == 0 else k
+        rows, width = n * beams, 2 * k
+        ids = np.stack([rng.choice(np.arange(3, 40), 2 * 8, replace=False) for _ in range(rows)]).astype(np.int64)
+        if trial % 3 == 0:
+            ids[rng.integers(0, rows), rng.integers(0, width)] = eos
+        log_probs = -rng.integers(0, 4, (rows, 2 * 8)).astype(np.float32) / 2
+        if trial % 7 == 0:
+            log_probs[rng.integers(0, rows), rng.integers(0, width)] = -np.inf
+        scores = -rng.integers(0, 3, (n, beams)).astype(np.float64)
+        hist = rng.integers(3, 40, (rows, int(rng.integers(0, 6)))).astype(np.int64)
+        next_rows, last = np.empty(n * k, np.int64), np.empty(n * k, np.int64)
+        next_scores, next_hist = np.empty((n, k)), np.empty((n * k, hist.shape[1] + 1), np.int64)
+        status = native.common_step.select_common(
+            ids, log_probs, scores, hist, k, eos, 0, next_rows, last, next_scores, next_hist
+        )
+        common, want_rows, want_last, want_scores = _numpy_common(ids, log_probs, scores, hist, k, eos)
+        assert status == int(common), trial
+        seen[common] += 1
+        if common:
+            np.testing.assert_array_equal(next_rows, want_rows)
+            np.testing.assert_array_equal(last, want_last)
+            np.testing.assert_array_equal(next_scores, want_scores)
+            np.testing.assert_array_equal(next_hist, np.concatenate((hist[want_rows], want_last[:, None]), axis=1))
+    assert min(seen.values()) > 50
+
+
+def test_the_c_step_flags_a_token_among_its_rows_last_ones() -> None:
+    """Status 2: a chosen token is among the last `window` of the row it extends (the search then
+    asks the guard's own rule whether it closes a loop)."""
+    assert native.common_step is not None, native.NOT_BUILT
+    ids = np.array([[5, 6]], np.int64)
+    log_probs = np.array([[-0.1, -0.2]], np.float32)
+    scores = np.zeros((1, 1))
+    outputs = np.empty(1, np.int64), np.empty(1, np.int64), np.empty((1, 1)), np.empty((1, 4), np.int64)
+    for hist, window, status in (([5, 9, 9], 4, 2), ([5, 9, 9], 2, 1), ([9, 9, 9], 4, 1), ([5, 9, 9], 0, 1)):
+        got = native.common_step.select_common(
+            ids, log_probs, scores, np.array([hist], np.int64), 1, 2, window, *outputs
+        )
+        assert got == status, (hist, window)
