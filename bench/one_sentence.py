@@ -1,7 +1,7 @@
 """One sentence alone: this runtime against CTranslate2 on the same weights, and over HTTP.
 
     python bench/one_sentence.py [--model artifacts/default] [--rounds 3] [--work runs/one-sentence]
-                                 [--activation-scales row|calibrated] [--shortlist 1024]
+                                 [--activation-scales row|calibrated] [--shortlist 1024] [--numpy-step]
 
 The checkpoint's graphs are exported afresh at fp32 and int8, and converted to CTranslate2 at
 float32 and int8 (bench/ct2_convert.py). Each engine, precision and thread count runs in a
@@ -25,6 +25,10 @@ With `--shortlist N`, CTranslate2 runs at int8 a second way, `ctranslate2-vmap`:
 shortlist, a vocabulary map made from the same lexical table (bench/ct2_convert.py), `use_vmap`,
 its always-candidates padded with frequent tokens so that the median sentence gets N candidates,
 as this runtime's does.
+
+With `--numpy-step`, `mtserve-numpy-step` runs the same int8 graphs and search as `mtserve` with
+the search's common step in numpy instead of C (service/runtime/native.py), and the summary sets
+the two against each other at each thread count.
 
 Per configuration it prints the median milliseconds and each round's median. The summary gives
 this runtime's best in-process configuration against CTranslate2's best, as the ratio of their
@@ -61,6 +65,9 @@ CONFIGS = [(engine, precision, threads) for engine in ("mtserve", "ctranslate2")
            for precision in ("int8", "fp32") for threads in (1, 2)]  # fmt: skip
 CONFIGS += [("mtserve-http", "int8", threads) for threads in (1, 2)]
 VMAP_CONFIGS = [("ctranslate2-vmap", "int8", threads) for threads in (1, 2)]
+# The same graphs and search with the common step in numpy, not in C (service/runtime/native.py).
+NUMPY_STEP = "mtserve-numpy-step"
+NUMPY_STEP_CONFIGS = [(NUMPY_STEP, "int8", threads) for threads in (1, 2)]
 REFERENCES = ("ctranslate2", "ctranslate2-vmap")
 # The graph runs alone within an in-process mtserve configuration's searches: what they would take
 # with no host work at all.
@@ -137,11 +144,14 @@ def worker(engine: str, directory: Path, threads: int, model: Path, data_dir: st
     texts = test_pairs(data_dir)[0][:SENTENCES]
     sources = bench_sources(model, data_dir)
     with contextlib.ExitStack() as stack:
-        if engine == "mtserve":
+        if engine in ("mtserve", NUMPY_STEP):
             from bench.graph_clock import timed_runs
+            from service.runtime import native
             from service.runtime.beam import DecodeOptions, beam_search
             from service.runtime.translator import Translator
 
+            if engine == NUMPY_STEP:
+                native.common_step = None
             translator = Translator.load(directory, threads)
             tag, options = translator.languages.tag_ids[target], DecodeOptions(beam_size=BEAM)
             encoder, decoder = stack.enter_context(timed_runs())
@@ -243,6 +253,7 @@ def main() -> None:
         "--activation-scales", choices=["row", "calibrated"], default="row", help="this runtime's int8 graphs"
     )
     parser.add_argument("--shortlist", type=int, default=0, help="this runtime's graphs with an output shortlist of N")
+    parser.add_argument("--numpy-step", action="store_true", help="also the search with its common step in numpy")
     parser.add_argument("--worker", nargs=3, metavar=("ENGINE", "DIR", "THREADS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -251,8 +262,11 @@ def main() -> None:
         return
     work = args.work or Path(tempfile.mkdtemp(prefix="mtserve-one-sentence-"))
     dirs = prepare(args.model, work, args.data_dir, args.activation_scales == "calibrated", args.shortlist)
-    configs = CONFIGS + (VMAP_CONFIGS if args.shortlist else [])
-    workers = {config: _Worker(config, dirs[(config[0].removesuffix("-http"), config[1])], args) for config in configs}
+    configs = CONFIGS + (VMAP_CONFIGS if args.shortlist else []) + (NUMPY_STEP_CONFIGS if args.numpy_step else [])
+    graphs_of = {"mtserve-http": "mtserve", NUMPY_STEP: "mtserve"}
+    workers = {
+        config: _Worker(config, dirs[(graphs_of.get(config[0], config[0]), config[1])], args) for config in configs
+    }
     for w in workers.values():
         w.wait_ready()
     times: dict[tuple[str, str, int], list[list[float]]] = {config: [] for config in configs}
@@ -267,7 +281,7 @@ def main() -> None:
                     for index in range(start, min(start + args.block, SENTENCES)):
                         ms, graph_ms = workers[config].translate(index)
                         times[config][-1].append(ms)
-                        if graph_ms is not None:
+                        if config[0] == "mtserve" and graph_ms is not None:
                             times[(GRAPHS, *config[1:])][-1].append(graph_ms)
                     time.sleep(PAUSE_S)
             for config in configs:
@@ -294,6 +308,13 @@ def main() -> None:
                               "ratio_of_medians": round(medians[config] / medians[theirs], 3),
                               "median_paired_ratio": round(statistics.median(ratios), 3)}))  # fmt: skip
     for config in configs:
+        if config[0] == NUMPY_STEP:
+            in_c = ("mtserve", *config[1:])
+            ratios = paired(times, in_c, config, float.__truediv__)
+            print(json.dumps({"c_step_over_numpy_step": config[1:],
+                              "medians_ms": [round(medians[in_c], 2), round(medians[config], 2)],
+                              "difference_of_medians_ms": round(medians[in_c] - medians[config], 2),
+                              "median_paired_ratio": round(statistics.median(ratios), 3)}))  # fmt: skip
         if config[0] == "mtserve-http":
             local = ("mtserve", *config[1:])
             differences = paired(times, config, local, float.__sub__)
