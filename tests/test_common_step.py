@@ -62,14 +62,14 @@ def test_the_common_step_in_c_chooses_as_numpy(
 ) -> None:
     if model_name == "committed":
         model = OnnxModel(DEFAULT_MODEL_DIR, 1)
-        texts = read_lines(shared_data / "multi30k/val.en.gz")[:24]
+        texts = read_lines(shared_data / "multi30k/val.en.gz")[:16]
     else:
         model = OnnxModel(exported_int8, 1)
         texts = sentences
     sources = [[*model.tokenizer.encode(text), EOS_ID] for text in texts]
     counted = _Counted()
     for options in RULES:
-        for batch in (1, 7):
+        for batch in (1, 5):
             monkeypatch.setattr(native, "common_step", counted)
             in_c = _search(model, sources, TAG["fr"], options, batch)
             monkeypatch.setattr(native, "common_step", None)
