@@ -6,6 +6,7 @@ search's rules."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -14,11 +15,18 @@ from model.corpus import read_lines
 from service.conventions import EOS_ID
 from service.manifest import DEFAULT_MODEL_DIR
 from service.runtime import native
-from service.runtime.beam import DecodeOptions, Hypothesis, beam_search
+from service.runtime.beam import DecodeOptions, Hypothesis, _Grid, _head_goes_on, _ranked_candidates, beam_search
 from service.runtime.sessions import OnnxModel
 from tests.conftest import TAG
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def c_step() -> ModuleType:
+    assert native.common_step is not None, native.NOT_BUILT
+    return native.common_step
+
 
 RULES = [
     DecodeOptions(),
@@ -42,9 +50,8 @@ def _search(
 class _Counted:
     """The C module, its common steps counted: that the C path ran, and took most steps."""
 
-    def __init__(self) -> None:
-        assert native.common_step is not None, native.NOT_BUILT
-        self.module, self.common, self.calls = native.common_step, 0, 0
+    def __init__(self, module: ModuleType) -> None:
+        self.module, self.common, self.calls = module, 0, 0
 
     def select_common(self, *args: object) -> int:
         status = self.module.select_common(*args)
@@ -58,7 +65,12 @@ class _Counted:
 
 @pytest.mark.parametrize("model_name", ["committed", "tiny"])
 def test_the_common_step_in_c_chooses_as_numpy(
-    model_name: str, exported_int8: Path, shared_data: Path, sentences: list[str], monkeypatch: pytest.MonkeyPatch
+    model_name: str,
+    c_step: ModuleType,
+    exported_int8: Path,
+    shared_data: Path,
+    sentences: list[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     if model_name == "committed":
         model = OnnxModel(DEFAULT_MODEL_DIR, 1)
@@ -67,7 +79,7 @@ def test_the_common_step_in_c_chooses_as_numpy(
         model = OnnxModel(exported_int8, 1)
         texts = sentences
     sources = [[*model.tokenizer.encode(text), EOS_ID] for text in texts]
-    counted = _Counted()
+    counted = _Counted(c_step)
     for options in RULES:
         for batch in (1, 5):
             monkeypatch.setattr(native, "common_step", counted)
@@ -78,37 +90,20 @@ def test_the_common_step_in_c_chooses_as_numpy(
     assert counted.common > 0.5 * counted.calls > 0
 
 
-def test_the_c_step_refuses_arrays_that_do_not_agree() -> None:
-    assert native.common_step is not None, native.NOT_BUILT
+def test_the_c_step_refuses_arrays_that_do_not_agree(c_step: ModuleType) -> None:
     k, n = 2, 1
     ids, log_probs = np.zeros((k, 2 * k), np.int64), np.zeros((k, 2 * k), np.float32)
     scores, hist = np.zeros((n, k)), np.zeros((k, 3), np.int64)
     outputs = np.empty(n * k, np.int64), np.empty(n * k, np.int64), np.empty((n, k)), np.empty((n * k, 4), np.int64)
     with pytest.raises(TypeError, match="log_probs"):
-        native.common_step.select_common(ids, log_probs.astype(np.float64), scores, hist, k, 0, 4, *outputs)
+        c_step.select_common(ids, log_probs.astype(np.float64), scores, hist, k, 0, 4, *outputs)
     with pytest.raises(ValueError, match="shapes"):
-        native.common_step.select_common(ids, log_probs, scores, hist[:, :2], k, 0, 4, *outputs)
+        c_step.select_common(ids, log_probs, scores, hist[:, :2], k, 0, 4, *outputs)
 
 
-def _numpy_common(
-    ids: np.ndarray, log_probs: np.ndarray, scores: np.ndarray, hist: np.ndarray, k: int, eos: int
-) -> tuple[bool, np.ndarray, np.ndarray, np.ndarray]:
-    """beam.py's numpy common step: the K best by score, then lower id, then lower beam."""
-    n, beams = scores.shape
-    width = 2 * k
-    beam_ids = ids[:, :width].reshape(n, beams * width)
-    cand = (scores[:, :, None] + log_probs[:, :width].reshape(n, beams, width)).reshape(n, beams * width)
-    beam_index = np.repeat(np.arange(beams), width)[None, :].repeat(n, axis=0)
-    top = np.lexsort((beam_index, beam_ids, -cand), axis=1)[:, :k]
-    by_row = np.arange(n)[:, None]
-    token, best = beam_ids[by_row, top], cand[by_row, top]
-    common = eos not in token and best.min() > -np.inf
-    return common, (by_row * beams + top // width).ravel(), token.ravel(), best
-
-
-def test_the_c_step_ranks_ties_endings_and_impossible_candidates_as_numpy() -> None:
-    """Scores on a coarse grid tie often; EOS and -inf among the candidates make steps not common."""
-    assert native.common_step is not None, native.NOT_BUILT
+def test_the_c_step_ranks_ties_endings_and_impossible_candidates_as_numpy(c_step: ModuleType) -> None:
+    """Against the search's own numpy ranking. Scores on a coarse grid tie often; EOS and -inf among
+    the candidates make steps not common."""
     rng = np.random.default_rng(7)
     eos, seen = 2, {True: 0, False: 0}
     for trial in range(400):
@@ -125,10 +120,12 @@ def test_the_c_step_ranks_ties_endings_and_impossible_candidates_as_numpy() -> N
         hist = rng.integers(3, 40, (rows, int(rng.integers(0, 6)))).astype(np.int64)
         next_rows, last = np.empty(n * k, np.int64), np.empty(n * k, np.int64)
         next_scores, next_hist = np.empty((n, k)), np.empty((n * k, hist.shape[1] + 1), np.int64)
-        status = native.common_step.select_common(
-            ids, log_probs, scores, hist, k, eos, 0, next_rows, last, next_scores, next_hist
+        status = c_step.select_common(ids, log_probs, scores, hist, k, eos, 0, next_rows, last, next_scores, next_hist)
+        top_scores, token, parents = _ranked_candidates(
+            ids[:, :width], log_probs[:, :width], scores, _Grid(n, beams, width), width
         )
-        common, want_rows, want_last, want_scores = _numpy_common(ids, log_probs, scores, hist, k, eos)
+        common = _head_goes_on(token, top_scores, k, eos)
+        want_rows, want_last, want_scores = parents[:, :k].ravel(), token[:, :k].ravel(), top_scores[:, :k]
         assert status == int(common), trial
         seen[common] += 1
         if common:
@@ -139,16 +136,13 @@ def test_the_c_step_ranks_ties_endings_and_impossible_candidates_as_numpy() -> N
     assert min(seen.values()) > 50
 
 
-def test_the_c_step_flags_a_token_among_its_rows_last_ones() -> None:
+def test_the_c_step_flags_a_token_among_its_rows_last_ones(c_step: ModuleType) -> None:
     """Status 2: a chosen token is among the last `window` of the row it extends (the search then
     asks the guard's own rule whether it closes a loop)."""
-    assert native.common_step is not None, native.NOT_BUILT
     ids = np.array([[5, 6]], np.int64)
     log_probs = np.array([[-0.1, -0.2]], np.float32)
     scores = np.zeros((1, 1))
     outputs = np.empty(1, np.int64), np.empty(1, np.int64), np.empty((1, 1)), np.empty((1, 4), np.int64)
     for hist, window, status in (([5, 9, 9], 4, 2), ([5, 9, 9], 2, 1), ([9, 9, 9], 4, 1), ([5, 9, 9], 0, 1)):
-        got = native.common_step.select_common(
-            ids, log_probs, scores, np.array([hist], np.int64), 1, 2, window, *outputs
-        )
+        got = c_step.select_common(ids, log_probs, scores, np.array([hist], np.int64), 1, 2, window, *outputs)
         assert got == status, (hist, window)

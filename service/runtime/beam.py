@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import NamedTuple
 
 import numpy as np
@@ -327,6 +328,7 @@ def _runaway_among(hist: np.ndarray, rows: np.ndarray, tokens: np.ndarray) -> bo
 
 
 def _native_common(
+    module: ModuleType,
     step_ids: np.ndarray,
     step_log_probs: np.ndarray,
     scores: np.ndarray,
@@ -340,8 +342,7 @@ def _native_common(
     n, rows = len(scores), len(scores) * k
     next_rows, last = np.empty(rows, np.int64), np.empty(rows, np.int64)
     next_scores, next_hist = np.empty((n, k)), np.empty((rows, hist.shape[1] + 1), np.int64)
-    assert native.common_step is not None
-    status = native.common_step.select_common(
+    status = module.select_common(
         step_ids, step_log_probs, scores, hist, k, eos, LOOP_WINDOW if guard else 0,
         next_rows, last, next_scores, next_hist,
     )  # fmt: skip
@@ -358,6 +359,25 @@ class _Grid:
         self.by_row = np.arange(n)[:, None]
         self.first_row = self.by_row * beams  # each sentence's first row
         self.beam_index = np.repeat(np.repeat(np.arange(beams), width)[None, :], n, axis=0)  # beam of each candidate
+
+
+def _ranked_candidates(
+    step_ids: np.ndarray, step_log_probs: np.ndarray, scores: np.ndarray, grid: _Grid, width: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each sentence's `width` best continuations of its rows [n·beams, width] (scores [n, beams]),
+    best first: their scores, tokens and the rows they extend, each [n, width]. A candidate among
+    the sentence's best is among its own beam's best, so those beams·width are ranked; ties: lower
+    id, then lower beam."""
+    n, beams = scores.shape
+    beam_ids = step_ids.reshape(n, beams * width)
+    cand = (scores[:, :, None] + step_log_probs.reshape(n, beams, width)).reshape(n, beams * width)
+    top = np.lexsort((grid.beam_index, beam_ids, -cand), axis=1)[:, :width]
+    return cand[grid.by_row, top], beam_ids[grid.by_row, top], grid.first_row + top // width
+
+
+def _head_goes_on(token: np.ndarray, top_scores: np.ndarray, k: int, eos: int) -> bool:
+    """Whether no EOS and no impossible score lies among any sentence's K best (the repetition guard aside)."""
+    return bool(eos not in token[:, :k] and top_scores[:, :k].min() > -np.inf)
 
 
 def beam_search(
@@ -431,28 +451,22 @@ def _beam_search(
         # The common step (below): no hypothesis ends or is cut, no sentence has ended, and no token
         # among a sentence's K best closes a runaway loop. In C where the module is built.
         may_be_common = length < nearest_limit and (options.early_stopping or not full.any())
-        chosen = None
-        if may_be_common and native.common_step is not None:
-            chosen = _native_common(step_ids, step_log_probs, scores, hist, k, eos, options.repetition_guard)
+        chosen, module = None, native.common_step
+        if may_be_common and module is not None:
+            chosen = _native_common(module, step_ids, step_log_probs, scores, hist, k, eos, options.repetition_guard)
         compact = False
         if chosen is not None:
             next_rows, last, scores, hist = chosen
         else:
-            # A candidate among the sentence's 2K best is among its own beam's 2K best: rank those beams·2K.
-            beam_ids = step_ids.reshape(n, beams * width)
-            cand = (scores[:, :, None] + step_log_probs.reshape(n, beams, width)).reshape(n, beams * width)
-            # The 2K best (so that K survive even if K end here), best first; ties: lower id, then lower beam.
-            top = np.lexsort((grid.beam_index, beam_ids, -cand), axis=1)[:, :width]
-            top_scores, token = cand[grid.by_row, top], beam_ids[grid.by_row, top]
-            rows = grid.first_row + top // width  # [n, 2K] row each candidate extends
+            # The 2K best (so that K survive even if K end here).
+            top_scores, token, rows = _ranked_candidates(step_ids, step_log_probs, scores, grid, width)
             # The common step in numpy: its K best all go on, as the rules below would choose them, in
             # a third of their array operations.
-            head_tokens, head_scores = token[:, :k], top_scores[:, :k]
-            common = may_be_common and eos not in head_tokens and head_scores.min() > -np.inf
+            common = may_be_common and _head_goes_on(token, top_scores, k, eos)
             if common and options.repetition_guard and hist.shape[1]:
-                common = not _runaway_among(hist, rows[:, :k], head_tokens)
+                common = not _runaway_among(hist, rows[:, :k], token[:, :k])
             if common:
-                next_rows, last, scores = rows[:, :k].ravel(), head_tokens.ravel(), head_scores
+                next_rows, last, scores = rows[:, :k].ravel(), token[:, :k].ravel(), top_scores[:, :k]
             else:
                 valid = top_scores > -np.inf
                 if options.repetition_guard and hist.shape[1]:
