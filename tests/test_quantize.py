@@ -13,11 +13,13 @@ from export.quantize import INT8_MAX, WEIGHT_MAX, quantize_int8, quantize_weight
 from service.graphs import OPSET
 
 
-def _matmul_graph(path: Path, weight: np.ndarray) -> None:
-    """y = x @ W, with x [rows, 1, K], the shape the decoder step's activations have."""
+def _matmul_graph(path: Path, weight: np.ndarray, relu: bool = False) -> None:
+    """y = x @ W (or ReLU(x) @ W), with x [rows, 1, K], the shape the decoder step's activations have."""
     k, n = weight.shape
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        [helper.make_node("Relu", ["x"], ["h"]), helper.make_node("MatMul", ["h", "w"], ["y"])]
+        if relu
+        else [helper.make_node("MatMul", ["x", "w"], ["y"])],
         "matmul",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", 1, k])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", 1, n])],
@@ -43,8 +45,8 @@ def test_int8_matmul_rows_do_not_depend_on_their_neighbours(tmp_path: Path) -> N
     weight = rng.standard_normal((256, 96)).astype(np.float32) / 16
     _matmul_graph(tmp_path / "matmul.onnx", weight)
     assert quantize_int8(tmp_path, ["matmul.onnx"]) == {"matmul.onnx": {"matmuls": 1, "constant_scales": 0}}
-    ops = {node.op_type for node in onnx.load(str(tmp_path / "matmul.onnx")).graph.node}
-    assert "MatMulIntegerToFloat" in ops and "MatMul" not in ops
+    ops = [node.op_type for node in onnx.load(str(tmp_path / "matmul.onnx")).graph.node]
+    assert ops == ["Abs", "ReduceMax", "Div", "QuantizeLinear", "MatMulIntegerToFloat", "Mul"]
     session = ort.InferenceSession(str(tmp_path / "matmul.onnx"), providers=["CPUExecutionProvider"])
 
     x = rng.standard_normal((33, 1, 256)).astype(np.float32)
@@ -62,6 +64,26 @@ def test_int8_matmul_rows_do_not_depend_on_their_neighbours(tmp_path: Path) -> N
         # (whose 16-bit pair sums would saturate on 8-bit weights).
         assert np.allclose(batched[row], integer[row], rtol=1e-5, atol=1e-6), f"row {row}"
     assert np.all(batched[7] == 0.0)
+
+
+def test_a_relu_output_is_scaled_by_its_largest_value_and_a_row_of_zeros_gives_zeros(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    weight = rng.standard_normal((1024, 64)).astype(np.float32) / 32
+    _matmul_graph(tmp_path / "matmul.onnx", weight, relu=True)
+    quantize_int8(tmp_path, ["matmul.onnx"])
+    ops = [node.op_type for node in onnx.load(str(tmp_path / "matmul.onnx")).graph.node]
+    assert ops == ["Relu", "ReduceMax", "Div", "QuantizeLinear", "MatMulIntegerToFloat", "Mul"]  # no Abs
+    session = ort.InferenceSession(str(tmp_path / "matmul.onnx"), providers=["CPUExecutionProvider"])
+
+    x = rng.standard_normal((9, 1, 1024)).astype(np.float32)
+    x[2] = -np.abs(x[2])  # every unit off: a row of zeros after the ReLU
+    (batched,) = session.run(["y"], {"x": x})
+    integer = _integer_product(np.maximum(x, 0), weight)
+    for row in range(len(x)):
+        (alone,) = session.run(["y"], {"x": x[row : row + 1]})
+        assert np.array_equal(alone[0], batched[row]), f"row {row}"
+        assert np.allclose(batched[row], integer[row], rtol=1e-5, atol=1e-6), f"row {row}"
+    assert np.all(batched[2] == 0.0) and np.isfinite(batched).all()
 
 
 def _integer_product(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
