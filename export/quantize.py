@@ -5,14 +5,16 @@ its range over the whole batch, so a sentence's translation changes with its nei
 Its block-quantized `MatMulNBits` scales per row but gains little over fp32 on large
 batches. Here every MatMul with a constant weight becomes:
 
-    s = max|x| over the row          (one scale per row: no other row takes part)
+    s = max|x| over the row          (one scale per row: no other row takes part)     [.., 1]
     q = QuantizeLinear(x / s, 1/127, 128)                      uint8, [.., K]
-    y = MatMulIntegerToFloat(q, W8, 1/127, w_scale, 128) * s   int32 products, [.., N]
+    y = MatMulIntegerToFloat(q, W8, s, w_scale/127, 128)       int32 products, [.., N]
 
 with W8 the weights in int8 within ±63 (WEIGHT_BITS), one symmetric scale per output column.
-A ReLU's output is never negative, so its s is `max x`, without the Abs. A row of zeros has
-s = 0: x / s is then NaN, which QuantizeLinear clamps to a code like any other value, and the
-product times s is 0, the row's true product. A floor under s would cost a node per activation.
+Given an A scale of shape [.., 1], onnxruntime's kernel multiplies each row of the product by
+it (after the per-column scales), so the row's range needs no node of its own. A ReLU's output
+is never negative, so its s is `max x`, without the Abs. A row of zeros has s = 0: x / s is then
+NaN, which QuantizeLinear clamps to a code like any other value, and the product times s is 0,
+the row's true product. A floor under s would cost a node per activation.
 
 Where calibration gave an activation's range r (export/calibrate.py: the largest |x| of any row
 while the fp32 graphs translate sample sentences), its scale is that constant instead:
@@ -20,8 +22,8 @@ while the fp32 graphs translate sample sentences), its scale is that constant in
     q = QuantizeLinear(x, r/127, 128)                           uint8, [.., K]
     y = MatMulIntegerToFloat(q, W8, r/127, w_scale, 128)        [.., N]
 
-Two nodes instead of six: at one sentence a step is mostly nodes of a few microseconds each,
-and this takes 73 of the decoder step's 229 away. No row depends on another either way; a row
+Two nodes instead of five: at one sentence a step is mostly nodes of a few microseconds each,
+and this takes 54 of the decoder step's 210 away. No row depends on another either way; a row
 beyond the range saturates instead of widening the scale (docs/BENCHMARKS.md measures both).
 The product runs on onnxruntime's u8·s8 integer GEMM, whose int32 sums are exact, so a row's
 result is the same whatever else is in the batch. On CPUs without VNNI that kernel adds pairs of
@@ -120,8 +122,10 @@ class _RowQuantizer:
         self.weights = {i.name: i for i in graph.initializer}
         self.never_negative = {out for n in graph.node if n.op_type == "Relu" for out in n.output}
         self.nodes: list[onnx.NodeProto] = []
-        # activation -> (uint8 rows, the scale of A, the row range to multiply by, or None)
-        self.quantized_inputs: dict[str, tuple[str, str, str | None]] = {}
+        # activation -> (uint8 rows, the scale of A, whether that is each row's range [.., 1])
+        self.quantized_inputs: dict[str, tuple[str, str, bool]] = {}
+        self.column_scales: dict[str, np.ndarray] = {}  # weight -> its per-column scales, once stored
+        self.row_scaled: set[str] = set()  # weights whose scales are stored times 1/127 as well
         self.constant_scales = 0
         self._count = 0
 
@@ -134,48 +138,54 @@ class _RowQuantizer:
         self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, domain=domain, **attrs))
         return out
 
-    def _quantized_rows(self, x: str) -> tuple[str, str, str | None]:
+    def _quantized_rows(self, x: str) -> tuple[str, str, bool]:
         if x in self.quantized_inputs:
             return self.quantized_inputs[x]
         if x in self.ranges:
             scale = self._name("scale")
             value = max(self.ranges[x], SMALLEST_RANGE) / INT8_MAX
             self.graph.initializer.append(numpy_helper.from_array(np.array(value, np.float32), scale))
-            self.quantized_inputs[x] = (self._add("QuantizeLinear", [x, scale, _ZERO_POINT], "q"), scale, None)
+            self.quantized_inputs[x] = (self._add("QuantizeLinear", [x, scale, _ZERO_POINT], "q"), scale, False)
             self.constant_scales += 1
         else:
             magnitudes = x if x in self.never_negative else self._add("Abs", [x], "abs")
             row_range = self._add("ReduceMax", [magnitudes], "row_range", axes=[-1], keepdims=1)  # [.., 1]
             unit = self._add("Div", [x, row_range], "unit_rows")  # in [-1, 1]; NaN for a row of zeros
             q = self._add("QuantizeLinear", [unit, _INV_SCALE, _ZERO_POINT], "q")
-            self.quantized_inputs[x] = (q, _INV_SCALE, row_range)
+            self.quantized_inputs[x] = (q, row_range, True)
         return self.quantized_inputs[x]
+
+    def _weight(self, name: str, per_row: bool) -> tuple[str, str]:
+        """The int8 weight's name and that of its per-column scales. For rows scaled by their range, the
+        scales times 1/127 in float32: the multiplier onnxruntime made of them and a constant A scale of
+        1/127, so that each product is the same to the bit as a Mul by the range after it was."""
+        if name not in self.column_scales:
+            weight, scale = quantize_weight(numpy_helper.to_array(self.weights[name]).astype(np.float32))
+            self.graph.initializer.extend(
+                [numpy_helper.from_array(weight, f"{name}.int8"), numpy_helper.from_array(scale, f"{name}.scale")]
+            )
+            self.column_scales[name] = scale
+        if not per_row:
+            return f"{name}.int8", f"{name}.scale"
+        if name not in self.row_scaled:
+            folded = np.float32(1.0 / INT8_MAX) * self.column_scales[name]  # float32 products, as the kernel's
+            self.graph.initializer.append(numpy_helper.from_array(folded.astype(np.float32), f"{name}.row_scale"))
+            self.row_scaled.add(name)
+        return f"{name}.int8", f"{name}.row_scale"
 
     def rewrite(self) -> int:
         """Replaces the graph's nodes; returns how many MatMuls became int8."""
-        stored: set[str] = set()
         converted = 0
         for node in self.graph.node:
             if not _is_constant_matrix(node, self.weights):
                 self.nodes.append(node)
                 continue
-            name = node.input[1]
-            if name not in stored:
-                weight, scale = quantize_weight(numpy_helper.to_array(self.weights[name]).astype(np.float32))
-                self.graph.initializer.extend(
-                    [numpy_helper.from_array(weight, f"{name}.int8"), numpy_helper.from_array(scale, f"{name}.scale")]
-                )
-                stored.add(name)
-            rows, a_scale, row_range = self._quantized_rows(node.input[0])
-            product_inputs = [rows, f"{name}.int8", a_scale, f"{name}.scale", _ZERO_POINT]
-            if row_range is None:  # the constant scale is the whole of A's
-                self.nodes.append(
-                    helper.make_node("MatMulIntegerToFloat", product_inputs, list(node.output), name=node.name,
-                                     domain=MS_DOMAIN)
-                )  # fmt: skip
-            else:
-                product = self._add("MatMulIntegerToFloat", product_inputs, "matmul", domain=MS_DOMAIN)
-                self.nodes.append(helper.make_node("Mul", [product, row_range], list(node.output), name=node.name))
+            rows, a_scale, per_row = self._quantized_rows(node.input[0])
+            weight, b_scale = self._weight(node.input[1], per_row)
+            self.nodes.append(
+                helper.make_node("MatMulIntegerToFloat", [rows, weight, a_scale, b_scale, _ZERO_POINT],
+                                 list(node.output), name=node.name, domain=MS_DOMAIN)
+            )  # fmt: skip
             converted += 1
         self.graph.initializer.extend(
             [

@@ -46,8 +46,9 @@ def test_int8_matmul_rows_do_not_depend_on_their_neighbours(tmp_path: Path) -> N
     _matmul_graph(tmp_path / "matmul.onnx", weight)
     assert quantize_int8(tmp_path, ["matmul.onnx"]) == {"matmul.onnx": {"matmuls": 1, "constant_scales": 0}}
     ops = [node.op_type for node in onnx.load(str(tmp_path / "matmul.onnx")).graph.node]
-    assert ops == ["Abs", "ReduceMax", "Div", "QuantizeLinear", "MatMulIntegerToFloat", "Mul"]
+    assert ops == ["Abs", "ReduceMax", "Div", "QuantizeLinear", "MatMulIntegerToFloat"]  # the range is its A scale
     session = ort.InferenceSession(str(tmp_path / "matmul.onnx"), providers=["CPUExecutionProvider"])
+    with_mul = _range_multiplied_after(tmp_path / "matmul.onnx", weight)
 
     x = rng.standard_normal((33, 1, 256)).astype(np.float32)
     x[5] *= 1000.0  # one loud row must not coarsen the others' scales
@@ -64,6 +65,27 @@ def test_int8_matmul_rows_do_not_depend_on_their_neighbours(tmp_path: Path) -> N
         # (whose 16-bit pair sums would saturate on 8-bit weights).
         assert np.allclose(batched[row], integer[row], rtol=1e-5, atol=1e-6), f"row {row}"
     assert np.all(batched[7] == 0.0)
+    # The range as the product's A scale gives what a Mul by it after the product gave, to the bit.
+    (multiplied,) = with_mul.run(["y"], {"x": x})
+    assert np.array_equal(batched[np.arange(len(x)) != 7], multiplied[np.arange(len(x)) != 7])
+
+
+def _range_multiplied_after(path: Path, weight: np.ndarray) -> ort.InferenceSession:
+    """The rewritten product's earlier form: a constant A scale of 1/127, the weight's own column
+    scales, and a Mul by the row's range after the product."""
+    graph = onnx.load(str(path))
+    product = next(node for node in graph.graph.node if node.op_type == "MatMulIntegerToFloat")
+    row_range, output = product.input[2], product.output[0]
+    product.input[2:4] = ["earlier.inv_127", "earlier.column_scale"]
+    product.output[0] = output + ".product"
+    graph.graph.node.append(helper.make_node("Mul", [output + ".product", row_range], [output]))
+    graph.graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(1 / INT8_MAX, np.float32), "earlier.inv_127"),
+            numpy_helper.from_array(quantize_weight(weight)[1], "earlier.column_scale"),
+        ]
+    )
+    return ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 def test_a_relu_output_is_scaled_by_its_largest_value_and_a_row_of_zeros_gives_zeros(tmp_path: Path) -> None:
@@ -72,7 +94,7 @@ def test_a_relu_output_is_scaled_by_its_largest_value_and_a_row_of_zeros_gives_z
     _matmul_graph(tmp_path / "matmul.onnx", weight, relu=True)
     quantize_int8(tmp_path, ["matmul.onnx"])
     ops = [node.op_type for node in onnx.load(str(tmp_path / "matmul.onnx")).graph.node]
-    assert ops == ["Relu", "ReduceMax", "Div", "QuantizeLinear", "MatMulIntegerToFloat", "Mul"]  # no Abs
+    assert ops == ["Relu", "ReduceMax", "Div", "QuantizeLinear", "MatMulIntegerToFloat"]  # no Abs
     session = ort.InferenceSession(str(tmp_path / "matmul.onnx"), providers=["CPUExecutionProvider"])
 
     x = rng.standard_normal((9, 1, 1024)).astype(np.float32)
