@@ -55,6 +55,7 @@ ACTIVATION_ZERO_POINT = 128  # uint8 activations centred on 128: the operand ord
 SMALLEST_RANGE = 1e-30
 
 _INV_SCALE = "int8.inv_127"
+_INV_127 = np.float32(1.0 / INT8_MAX)  # the codes' step, as that initializer holds it
 _ZERO_POINT = "int8.zero_point"
 
 
@@ -124,8 +125,8 @@ class _RowQuantizer:
         self.nodes: list[onnx.NodeProto] = []
         # activation -> (uint8 rows, the scale of A, whether that is each row's range [.., 1])
         self.quantized_inputs: dict[str, tuple[str, str, bool]] = {}
-        self.column_scales: dict[str, np.ndarray] = {}  # weight -> its per-column scales, once stored
-        self.row_scaled: set[str] = set()  # weights whose scales are stored times 1/127 as well
+        self.column_scales: dict[str, np.ndarray] = {}  # weight -> its per-column scales
+        self.stored_scales: set[str] = set()  # the scale initializers written so far
         self.constant_scales = 0
         self._count = 0
 
@@ -160,18 +161,17 @@ class _RowQuantizer:
         scales times 1/127 in float32: the multiplier onnxruntime made of them and a constant A scale of
         1/127, so that each product is the same to the bit as a Mul by the range after it was."""
         if name not in self.column_scales:
-            weight, scale = quantize_weight(numpy_helper.to_array(self.weights[name]).astype(np.float32))
-            self.graph.initializer.extend(
-                [numpy_helper.from_array(weight, f"{name}.int8"), numpy_helper.from_array(scale, f"{name}.scale")]
+            weight, self.column_scales[name] = quantize_weight(
+                numpy_helper.to_array(self.weights[name]).astype(np.float32)
             )
-            self.column_scales[name] = scale
-        if not per_row:
-            return f"{name}.int8", f"{name}.scale"
-        if name not in self.row_scaled:
-            folded = np.float32(1.0 / INT8_MAX) * self.column_scales[name]  # float32 products, as the kernel's
-            self.graph.initializer.append(numpy_helper.from_array(folded.astype(np.float32), f"{name}.row_scale"))
-            self.row_scaled.add(name)
-        return f"{name}.int8", f"{name}.row_scale"
+            self.graph.initializer.append(numpy_helper.from_array(weight, f"{name}.int8"))
+        scale_name = f"{name}.row_scale" if per_row else f"{name}.scale"
+        if scale_name not in self.stored_scales:
+            scale = self.column_scales[name]
+            value = _INV_127 * scale if per_row else scale  # float32 products, as the kernel's
+            self.graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), scale_name))
+            self.stored_scales.add(scale_name)
+        return f"{name}.int8", scale_name
 
     def rewrite(self) -> int:
         """Replaces the graph's nodes; returns how many MatMuls became int8."""
@@ -189,7 +189,7 @@ class _RowQuantizer:
             converted += 1
         self.graph.initializer.extend(
             [
-                numpy_helper.from_array(np.array(1.0 / INT8_MAX, np.float32), _INV_SCALE),
+                numpy_helper.from_array(np.array(_INV_127), _INV_SCALE),
                 numpy_helper.from_array(np.array(ACTIVATION_ZERO_POINT, np.uint8), _ZERO_POINT),
             ]
         )

@@ -67,7 +67,7 @@ def test_int8_matmul_rows_do_not_depend_on_their_neighbours(tmp_path: Path) -> N
     assert np.all(batched[7] == 0.0)
     # The range as the product's A scale gives what a Mul by it after the product gave, to the bit.
     (multiplied,) = with_mul.run(["y"], {"x": x})
-    assert np.array_equal(batched[np.arange(len(x)) != 7], multiplied[np.arange(len(x)) != 7])
+    assert np.array_equal(batched, multiplied)
 
 
 def _range_multiplied_after(path: Path, weight: np.ndarray) -> ort.InferenceSession:
