@@ -19,7 +19,8 @@ after each block lets a thread pool's spinning end.
 The `mtserve-http` configurations are the service (`mtserve serve` on the int8 graphs, in a
 process of its own) and one client that sends each sentence's text to `/v1/translate` and waits
 for the answer: the request's whole path, tokenization included, where the in-process ones start
-from ids.
+from ids. `mtserve-http-processes2` is the same with `MTSERVE_PROCESSES=2` at one thread each,
+each process held to a core of its own (MTSERVE_CPU_AFFINITY's default).
 
 With `--shortlist N`, CTranslate2 runs at int8 a second way, `ctranslate2-vmap`: with its own
 shortlist, a vocabulary map made from the same lexical table (bench/ct2_convert.py), `use_vmap`,
@@ -64,6 +65,9 @@ BEAM = 5
 CONFIGS = [(engine, precision, threads) for engine in ("mtserve", "ctranslate2")
            for precision in ("int8", "fp32") for threads in (1, 2)]  # fmt: skip
 CONFIGS += [("mtserve-http", "int8", threads) for threads in (1, 2)]
+# The service as two processes, one thread each, each held to a core of its own (MTSERVE_CPU_AFFINITY).
+HTTP_PROCESSES2 = "mtserve-http-processes2"
+CONFIGS += [(HTTP_PROCESSES2, "int8", 1)]
 VMAP_CONFIGS = [("ctranslate2-vmap", "int8", threads) for threads in (1, 2)]
 # The same graphs and search with the common step in numpy, not in C (service/runtime/native.py).
 NUMPY_STEP = "mtserve-numpy-step"
@@ -166,10 +170,11 @@ def worker(engine: str, directory: Path, threads: int, model: Path, data_dir: st
                 beam_search(translator.model, [sources[index]], [tag], chosen)
                 return (encoder.seconds + decoder.seconds) * 1000
 
-        elif engine == "mtserve-http":
+        elif engine in ("mtserve-http", HTTP_PROCESSES2):
             from service.api.launcher import live_server
 
             env = {"MTSERVE_MODEL_DIR": str(directory.resolve()), "MTSERVE_THREADS": str(threads),
+                   "MTSERVE_PROCESSES": "2" if engine == HTTP_PROCESSES2 else "1",
                    "MTSERVE_LOG_LEVEL": "warning"}  # fmt: skip
             url = urlsplit(stack.enter_context(live_server(env=env)).url)
             connection = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port)
@@ -263,7 +268,7 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="mtserve-one-sentence-"))
     dirs = prepare(args.model, work, args.data_dir, args.activation_scales == "calibrated", args.shortlist)
     configs = CONFIGS + (VMAP_CONFIGS if args.shortlist else []) + (NUMPY_STEP_CONFIGS if args.numpy_step else [])
-    graphs_of = {"mtserve-http": "mtserve", NUMPY_STEP: "mtserve"}
+    graphs_of = {"mtserve-http": "mtserve", HTTP_PROCESSES2: "mtserve", NUMPY_STEP: "mtserve"}
     workers = {
         config: _Worker(config, dirs[(graphs_of.get(config[0], config[0]), config[1])], args) for config in configs
     }
@@ -315,10 +320,10 @@ def main() -> None:
                               "medians_ms": [round(medians[in_c], 2), round(medians[config], 2)],
                               "difference_of_medians_ms": round(medians[in_c] - medians[config], 2),
                               "median_paired_ratio": round(statistics.median(ratios), 3)}))  # fmt: skip
-        if config[0] == "mtserve-http":
+        if config[0] in ("mtserve-http", HTTP_PROCESSES2):
             local = ("mtserve", *config[1:])
             differences = paired(times, config, local, float.__sub__)
-            print(json.dumps({"http_over_in_process": config[1:],
+            print(json.dumps({"http_over_in_process": config,
                               "difference_of_medians_ms": round(medians[config] - medians[local], 2),
                               "median_paired_difference_ms": round(statistics.median(differences), 2)}))  # fmt: skip
 

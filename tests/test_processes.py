@@ -97,6 +97,19 @@ def test_every_process_answers_and_the_metrics_count_them_all(server: LiveServer
     assert metric_value(httpx.get(server.url + "/metrics").text, "mtserve_models_loaded") == PROCESSES
 
 
+def test_each_process_and_all_its_threads_hold_to_cpus_of_their_own(server: LiveServer) -> None:
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) < PROCESSES:
+        pytest.skip(f"{len(allowed)} CPU: fewer than the processes, which are then left to the kernel")
+    held = []
+    for pid in _wait_for_children(server, PROCESSES):
+        threads = {frozenset(os.sched_getaffinity(int(tid))) for tid in os.listdir(f"/proc/{pid}/task")}
+        assert len(threads) == 1, f"the threads of process {pid} hold to different CPUs: {threads}"
+        held.append(threads.pop())
+    assert all(cpus <= allowed and len(cpus) == len(allowed) // PROCESSES for cpus in held), held
+    assert not held[0] & held[1], held
+
+
 def test_a_file_translated_by_one_process_downloads_from_any(server: LiveServer) -> None:
     text = "\n".join(f"Line {i}: a dog runs on the beach." for i in range(5))
     for _ in range(6):  # uploads and downloads on connections of their own

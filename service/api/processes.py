@@ -39,6 +39,7 @@ from prometheus_client import multiprocess
 from uvicorn.config import STARTUP_FAILURE
 
 from service.api import logs
+from service.api.affinity import hold_process
 from service.api.files import remove_leftovers
 from service.api.metrics import MULTIPROCESS_DIR_VARIABLE
 from service.api.settings import Settings
@@ -87,8 +88,11 @@ def child_main(settings: Settings, port: int, index: int, gate: StartGate, paren
         library.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGTERM))
     if os.getppid() != parent:  # the parent died before the request above could take effect
         sys.exit(1)
+    # before the app starts its threads: each takes this process's CPUs
+    cpus = hold_process(index, settings.processes, settings.intra_op_threads, settings.cpu_affinity)
     logs.configure(settings.log_level)
-    logging.getLogger("mtserve").info("server process %d (pid %d) starting", index, os.getpid())
+    held = "any CPU" if cpus is None else f"CPUs {','.join(map(str, sorted(cpus)))}"
+    logging.getLogger("mtserve").info("server process %d (pid %d) starting on %s", index, os.getpid(), held)
     try:
         sock = port_socket(settings.host, port)
     except OSError as exc:

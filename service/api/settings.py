@@ -108,6 +108,12 @@ class Settings(BaseSettings):
         "them, and so is the CPU quota where threads and workers are unset; 0: one per core of the CPU quota "
         "(docs/DEPLOY.md, Processes)",
     )
+    cpu_affinity: Literal["auto", "off"] = Field(
+        default="auto",
+        description="with several processes, auto holds each to its own even share of the CPUs the server may use, "
+        "so that its event loop, search and onnxruntime threads stay on cores it keeps warm; off: the kernel places "
+        "them (docs/DEPLOY.md, Processes)",
+    )
     repetition_guard: Literal["model", "on", "off"] = Field(
         default="model",
         description="the repetition guard and the cut of degenerate output for every model; model: each model's own",
