@@ -96,12 +96,9 @@ def test_a_step_bound_at_one_row_a_sentence_decodes_its_beams_as_one_bound_at_th
     assert len({tuple(row) for row in after_follow.ids}) > len(sources)  # the beams' histories differ
 
 
-def test_a_search_alone_takes_every_thread_and_concurrent_searches_one_each(
-    onnx_model: OnnxModel, sentences: list[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A sentence alone decodes on all the configured threads, however small its batch; two batches
-    decoding at once (the service's workers) run on one thread each, even between their steps."""
-    decoder, used = onnx_model.decoder, []
+def _record_widths(model: OnnxModel, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether each decoder step from now on ran on the wide session (True) or the narrow one."""
+    decoder, used = model.decoder, []
     for session, wide in ((decoder.wide, True), (decoder.narrow, False)):
 
         def record(
@@ -111,6 +108,17 @@ def test_a_search_alone_takes_every_thread_and_concurrent_searches_one_each(
             run(binding, options)
 
         monkeypatch.setattr(session, "run_with_iobinding", record)
+    return used
+
+
+def test_a_search_alone_takes_every_thread_and_concurrent_searches_one_each(
+    onnx_model: OnnxModel, sentences: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sentence alone decodes on all the configured threads, however small its batch, where the
+    model's small searches are not held to one thread; two batches decoding at once (the service's
+    workers) run on one thread each, even between their steps."""
+    used = _record_widths(onnx_model, monkeypatch)
+    assert not onnx_model.small_searches_narrow
     options, source = DecodeOptions(beam_size=5), _ids(onnx_model, sentences[:1])
     beam_search(onnx_model, source, [TAG["fr"]], options)
     assert used and all(used)
@@ -130,6 +138,49 @@ def test_a_search_alone_takes_every_thread_and_concurrent_searches_one_each(
     for thread in threads:
         thread.join()
     assert used and not any(used)
+
+
+def test_small_searches_held_to_one_thread_leave_larger_batches_every_thread(
+    onnx_model: OnnxModel, sentences: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where one thread was measured faster for a small search, a sentence at beam 5 (five rows)
+    decodes on one thread alone, and two sentences at beam 5 (ten rows) still on every thread."""
+    used = _record_widths(onnx_model, monkeypatch)
+    monkeypatch.setattr(onnx_model, "small_searches_narrow", True)
+    options = DecodeOptions(beam_size=5)
+    beam_search(onnx_model, _ids(onnx_model, sentences[:1]), [TAG["fr"]], options)
+    assert used and not any(used)
+    used.clear()
+    beam_search(onnx_model, _ids(onnx_model, sentences[:2]), [TAG["fr"]] * 2, options)
+    assert used and all(used)
+
+
+def test_a_loaded_translator_measures_its_small_searches_alone(exported: Path) -> None:
+    """Translator.load times a small search on one thread and on all; a model of one thread has
+    nothing to choose, and a measurement while another search runs (which would hold both widths
+    to one thread) leaves the choice as it was."""
+    translator = Translator.load(exported, intra_op_threads=2)
+    model = translator.model
+    chosen = model.small_searches_narrow
+    assert translator.measure_small_searches() in (True, False)
+    assert Translator.load(exported, intra_op_threads=1).measure_small_searches() is None
+    model.small_searches_narrow = chosen
+    started, finish = threading.Event(), threading.Event()
+
+    def other_search() -> None:
+        with model.searching():
+            started.set()
+            finish.wait(30)
+
+    other = threading.Thread(target=other_search)
+    other.start()
+    try:
+        assert started.wait(30)
+        assert translator.measure_small_searches() is None
+        assert model.small_searches_narrow is chosen
+    finally:
+        finish.set()
+        other.join()
 
 
 def test_the_length_limit_holds(onnx_model: OnnxModel, sentences: list[str]) -> None:
@@ -178,13 +229,13 @@ def test_batches_decode_side_by_side_one_thread_each_and_translate_as_one_after_
     entered, lock = [0], threading.Lock()
 
     @contextlib.contextmanager
-    def side_by_side() -> Iterator[None]:
+    def side_by_side(rows: int = 0, narrow: bool | None = None) -> Iterator[None]:
         with lock:
             entered[0] += 1
             first_two = entered[0] <= 2
         if first_two:
             together.wait()  # the first two batches are in progress at once, or this times out
-        with searching():
+        with searching(rows, narrow):
             yield
 
     monkeypatch.setattr(two.model, "searching", side_by_side)

@@ -396,7 +396,7 @@ def beam_search(
 
     What a large batch's tensors took goes back to the system once the model idles
     (OnnxModel.large_batch_done)."""
-    with model.searching():
+    with model.searching(len(sources) * options.beam_size):
         if options.beam_size == 1:
             hypotheses = greedy_search(model, sources, tags, options, prefixes, spans)
         else:

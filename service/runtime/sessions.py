@@ -62,6 +62,12 @@ class TopStep:
 # it used to run on one; 16 HTTP clients keep their throughput.
 
 
+# A search of at most this many rows (sentences x beam: one sentence at beam 8) is small. Its steps
+# are mostly nodes of a few microseconds, where a second thread may cost more than it brings: it
+# runs on the threads measured faster for it when the model was loaded (Translator.load).
+SMALL_SEARCH_ROWS = 8
+
+
 # A batch of more rows than this is large: what its tensors took goes back to the system once
 # the model idles (OnnxModel.large_batch_done).
 LARGE_BATCH_ROWS = 32
@@ -128,7 +134,7 @@ class _Runs:
         self._lock = threading.Lock()
         self._active = 0
         self.searches = 0
-        self._own = threading.local()  # .searches: those of the calling thread
+        self._own = threading.local()  # .searches: those of the calling thread; .narrow: those held to one thread
 
     def start(self) -> bool:
         """Counts a run in; returns whether it is alone: no other run, and no search but the
@@ -144,16 +150,23 @@ class _Runs:
             self._active -= 1
 
     @contextlib.contextmanager
-    def search(self) -> Iterator[None]:
+    def search(self, narrow: bool = False) -> Iterator[None]:
+        """Counts a search of the calling thread in; with `narrow`, its runs take one thread."""
         with self._lock:
             self.searches += 1
         self._own.searches = getattr(self._own, "searches", 0) + 1
+        self._own.narrow = getattr(self._own, "narrow", 0) + narrow
         try:
             yield
         finally:
             self._own.searches -= 1
+            self._own.narrow -= narrow
             with self._lock:
                 self.searches -= 1
+
+    def narrowed(self) -> bool:
+        """Whether a search of the calling thread holds its runs to one thread."""
+        return getattr(self._own, "narrow", 0) > 0
 
 
 _ALL_RUNS = _Runs()
@@ -214,9 +227,11 @@ class _Graph:
 
     def _start(self) -> ort.InferenceSession:
         """Counts a run in, in the model and in the process; the session it takes: the wide one
-        while nothing else in the process decodes. Each call is matched by one of `_end`."""
+        while nothing else in the process decodes, unless the calling thread's search is held to
+        one thread. Each call is matched by one of `_end`."""
         self._runs.start()
-        return self.wide if _ALL_RUNS.start() else self.narrow
+        alone = _ALL_RUNS.start()
+        return self.wide if alone and not self._runs.narrowed() else self.narrow
 
     def _end(self) -> None:
         _ALL_RUNS.end()
@@ -501,6 +516,8 @@ class OnnxModel:
         self.mlm_head = graph("mlm_head", wide_only=True).wide if "mlm_head" in files else None
         trim_heap()  # each session packed its matrices on the heap before finding them in the copy
         self._idle_release = _IdleRelease(self.release_arena)
+        # Whether a small search runs faster on one thread than on all: measured by Translator.load.
+        self.small_searches_narrow = False
         self.tokenizer = load_text_tokenizer(model_dir, self.manifest)
         self.eos_id, self.pad_id = self.manifest.special_ids.eos, self.manifest.special_ids.pad
         layers = self.manifest.decoder_layers
@@ -617,11 +634,19 @@ class OnnxModel:
         return outputs
 
     @contextlib.contextmanager
-    def searching(self) -> Iterator[None]:
-        """Counts a search (a batch's encoding and decoding) in progress while it lasts: graphs run
-        on one thread while another search is in progress in the process (_Runs.start)."""
-        with self._runs.search(), _ALL_RUNS.search():
+    def searching(self, rows: int = 0, narrow: bool | None = None) -> Iterator[None]:
+        """Counts a search (a batch's encoding and decoding) of `rows` rows in progress while it lasts:
+        graphs run on one thread while another search is in progress in the process (_Runs.start),
+        and so do those of a small search (SMALL_SEARCH_ROWS) where `small_searches_narrow`; or
+        as `narrow` says, where given."""
+        if narrow is None:
+            narrow = self.small_searches_narrow and 0 < rows <= SMALL_SEARCH_ROWS
+        with self._runs.search(narrow), _ALL_RUNS.search():
             yield
+
+    def others_searching(self) -> bool:
+        """Whether a search of another thread, of any model, is in progress in the process."""
+        return _ALL_RUNS.searches > 0
 
     def large_batch_done(self) -> None:
         """What a large batch took goes back to the system once this model idles (IDLE_RELEASE_S)."""
