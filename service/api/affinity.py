@@ -4,7 +4,7 @@ A process's event loop hands each batch to its search thread and takes the answe
 the kernel puts the two threads on different cores, a request wakes an idle core twice, and an
 idle virtual core comes back slowly and with cold caches. Held to a core of its own, a process
 keeps its threads on the core it keeps warm: on the 2-core machine of docs/BENCHMARKS.md one
-sentence over HTTP took 0.6 ms less (bench/affinity.py), at the same throughput for 16 clients.
+sentence over HTTP took 0.15 to 0.6 ms less (bench/affinity.py), as many a second for 16 clients.
 The processes split the CPUs evenly, so none competes with another for a core.
 """
 
