@@ -155,14 +155,19 @@ def test_small_searches_held_to_one_thread_leave_larger_batches_every_thread(
     assert used and all(used)
 
 
-def test_a_loaded_translator_measures_its_small_searches_alone(exported: Path) -> None:
-    """Translator.load times a small search on one thread and on all; a model of one thread has
-    nothing to choose, and a measurement while another search runs (which would hold both widths
-    to one thread) leaves the choice as it was."""
+def test_a_loaded_translator_measures_its_small_searches_alone(exported: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Translator.load times a small search on one thread and on all, each width as it says even
+    where small searches already take one thread; a model of one thread has nothing to choose, and
+    a measurement while another search runs (which would hold both widths to one thread) leaves
+    the choice as it was."""
     translator = Translator.load(exported, intra_op_threads=2)
     model = translator.model
     chosen = model.small_searches_narrow
+    model.small_searches_narrow = True
+    used = _record_widths(model, monkeypatch)
     assert translator.measure_small_searches() in (True, False)
+    assert True in used and False in used
+    monkeypatch.undo()
     assert Translator.load(exported, intra_op_threads=1).measure_small_searches() is None
     model.small_searches_narrow = chosen
     started, finish = threading.Event(), threading.Event()

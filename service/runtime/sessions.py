@@ -134,14 +134,18 @@ class _Runs:
         self._lock = threading.Lock()
         self._active = 0
         self.searches = 0
-        self._own = threading.local()  # .searches: those of the calling thread; .narrow: those held to one thread
+        # .searches: those of the calling thread; .widths: each one's choice of threads, outermost first
+        self._own = threading.local()
+
+    def others(self) -> bool:
+        """Whether a search of another thread is in progress."""
+        return self.searches > getattr(self._own, "searches", 0)
 
     def start(self) -> bool:
         """Counts a run in; returns whether it is alone: no other run, and no search but the
         calling thread's own."""
-        own = getattr(self._own, "searches", 0)
         with self._lock:
-            alone = not self._active and self.searches == own
+            alone = not self._active and not self.others()
             self._active += 1
         return alone
 
@@ -150,23 +154,27 @@ class _Runs:
             self._active -= 1
 
     @contextlib.contextmanager
-    def search(self, narrow: bool = False) -> Iterator[None]:
-        """Counts a search of the calling thread in; with `narrow`, its runs take one thread."""
+    def search(self, narrow: bool | None = None) -> Iterator[None]:
+        """Counts a search of the calling thread in; with `narrow` True, its runs take one thread,
+        False, as many as _Graph._start allows; None: as an enclosing search of the thread chose.
+        The outermost choice holds."""
         with self._lock:
             self.searches += 1
         self._own.searches = getattr(self._own, "searches", 0) + 1
-        self._own.narrow = getattr(self._own, "narrow", 0) + narrow
+        widths: list[bool | None] = self._own.__dict__.setdefault("widths", [])
+        widths.append(narrow)
         try:
             yield
         finally:
+            widths.pop()
             self._own.searches -= 1
-            self._own.narrow -= narrow
             with self._lock:
                 self.searches -= 1
 
     def narrowed(self) -> bool:
-        """Whether a search of the calling thread holds its runs to one thread."""
-        return getattr(self._own, "narrow", 0) > 0
+        """Whether the calling thread's outermost search holds its runs to one thread."""
+        widths: list[bool | None] = getattr(self._own, "widths", [])
+        return next((narrow for narrow in widths if narrow is not None), False)
 
 
 _ALL_RUNS = _Runs()
@@ -638,15 +646,16 @@ class OnnxModel:
         """Counts a search (a batch's encoding and decoding) of `rows` rows in progress while it lasts:
         graphs run on one thread while another search is in progress in the process (_Runs.start),
         and so do those of a small search (SMALL_SEARCH_ROWS) where `small_searches_narrow`; or
-        as `narrow` says, where given."""
-        if narrow is None:
-            narrow = self.small_searches_narrow and 0 < rows <= SMALL_SEARCH_ROWS
+        as `narrow` says, where given. Within another search of the thread that chose, that choice
+        holds (widths.py measures a search under a width it sets)."""
+        if narrow is None and rows:
+            narrow = self.small_searches_narrow and rows <= SMALL_SEARCH_ROWS
         with self._runs.search(narrow), _ALL_RUNS.search():
             yield
 
     def others_searching(self) -> bool:
         """Whether a search of another thread, of any model, is in progress in the process."""
-        return _ALL_RUNS.searches > 0
+        return _ALL_RUNS.others()
 
     def large_batch_done(self) -> None:
         """What a large batch took goes back to the system once this model idles (IDLE_RELEASE_S)."""
