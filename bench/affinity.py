@@ -24,12 +24,11 @@ import sys
 import threading
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import test_pairs  # noqa: E402
+from bench.common import post_translation, service_connection, test_pairs  # noqa: E402
 from service.api.launcher import live_server  # noqa: E402
 
 SENTENCES = 40
@@ -38,20 +37,10 @@ CLIENTS = 16
 SETTINGS = ("auto", "off")
 
 
-def _connection(url: str) -> http.client.HTTPConnection:
-    parts = urlsplit(url)
-    return http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port)
-
-
 def _translate(connection: http.client.HTTPConnection, text: str) -> float:
     """Milliseconds for one sentence's request and answer."""
-    body = json.dumps({"texts": [text], "source": "en", "target": "fr", "beam_size": 5})
     started = time.perf_counter()
-    connection.request("POST", "/v1/translate", body, {"Content-Type": "application/json"})
-    response = connection.getresponse()
-    answer = response.read()
-    if response.status != 200:
-        raise RuntimeError(f"the service answered {response.status}: {answer[:200]!r}")
+    post_translation(connection, text, "en", "fr", 5)
     return (time.perf_counter() - started) * 1000
 
 
@@ -61,7 +50,7 @@ def _load(url: str, texts: list[str], count: int) -> float:
     lock = threading.Lock()
 
     def client() -> None:
-        connection = _connection(url)
+        connection = service_connection(url)
         with contextlib.closing(connection):
             while True:
                 with lock:
@@ -95,7 +84,7 @@ def main() -> None:
                    "MTSERVE_CPU_AFFINITY": setting, "MTSERVE_LOG_LEVEL": "warning"}  # fmt: skip
             urls[setting] = stack.enter_context(live_server(env=env)).url
         connections = {
-            setting: stack.enter_context(contextlib.closing(_connection(url))) for setting, url in urls.items()
+            setting: stack.enter_context(contextlib.closing(service_connection(url))) for setting, url in urls.items()
         }
         for setting in SETTINGS:  # warm: every process, through its connections
             _load(urls[setting], texts, 4 * CLIENTS)

@@ -4,10 +4,13 @@ translator per model directory given, and batches decoded one after another or s
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from model import corpus
 from model.data_config import DataConfig
@@ -105,3 +108,19 @@ class RuntimeBench:
         """Each --model directory with its translator, loaded in turn."""
         for model_dir in self.args.model:
             yield model_dir, Translator.load(model_dir, self.args.threads)
+
+
+def service_connection(url: str) -> http.client.HTTPConnection:
+    """A kept-alive connection to the service at `url`."""
+    parts = urlsplit(url)
+    return http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port)
+
+
+def post_translation(connection: http.client.HTTPConnection, text: str, source: str, target: str, beam: int) -> None:
+    """One text through the service's /v1/translate; an answer other than 200 raises."""
+    body = {"texts": [text], "source": source, "target": target, "beam_size": beam}
+    connection.request("POST", "/v1/translate", json.dumps(body), {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    answer = response.read()
+    if response.status != 200:
+        raise RuntimeError(f"the service answered {response.status}: {answer[:200]!r}")

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.client
 import json
 import shutil
 import statistics
@@ -55,7 +54,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -140,7 +138,7 @@ def worker(engine: str, directory: Path, threads: int, model: Path, data_dir: st
     hypothesis ends before, each is cut there (bench/step_slope.py; in process only)."""
     import sentencepiece as spm
 
-    from bench.common import bench_data, test_pairs
+    from bench.common import bench_data, post_translation, service_connection, test_pairs
     from service import conventions as cv
 
     sp = spm.SentencePieceProcessor(model_file=str(model / "spm.model"))
@@ -176,19 +174,13 @@ def worker(engine: str, directory: Path, threads: int, model: Path, data_dir: st
             env = {"MTSERVE_MODEL_DIR": str(directory.resolve()), "MTSERVE_THREADS": str(threads),
                    "MTSERVE_PROCESSES": "2" if engine == HTTP_PROCESSES2 else "1",
                    "MTSERVE_LOG_LEVEL": "warning"}  # fmt: skip
-            url = urlsplit(stack.enter_context(live_server(env=env)).url)
-            connection = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port)
+            connection = service_connection(stack.enter_context(live_server(env=env)).url)
             stack.callback(connection.close)
 
             def decode(index: int, length: int = 0) -> float | None:
                 if length:
                     raise ValueError("a forced length is for the in-process engines")
-                body = {"texts": [texts[index]], "source": source, "target": target, "beam_size": BEAM}
-                connection.request("POST", "/v1/translate", json.dumps(body), {"Content-Type": "application/json"})
-                response = connection.getresponse()
-                answer = response.read()
-                if response.status != 200:
-                    raise RuntimeError(f"the service answered {response.status}: {answer[:200]!r}")
+                post_translation(connection, texts[index], source, target, BEAM)
                 return None
 
         else:
