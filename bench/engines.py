@@ -133,6 +133,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="mtserve-bench-"))
 
     # Each precision exported afresh from the checkpoint, whatever graphs the model directory holds.
+    from export.calibrate import CALIBRATION_PAIRS
     from export.exporter import export_model
 
     data_dir = corpus.resolve_data_dir(args.data_dir)
@@ -140,13 +141,13 @@ def main() -> None:
     held = corpus.held_sentences(data, data_dir)
     text = [sentence for _, sentence in corpus.monolingual_sentences(data, data_dir, held)]
     runtimes = {}
-    calibration = None
-    if args.activation_scales == "calibrated":
-        from export.calibrate import CALIBRATION_PAIRS
-
-        calibration = corpus.first_pairs_by_language(data, data_dir, held, CALIBRATION_PAIRS)
+    # As `mtserve export --quantize int8` does: weights rounded against calibration activations,
+    # and with --activation-scales calibrated constant activation scales too.
+    calibration = corpus.first_pairs_by_language(data, data_dir, held, CALIBRATION_PAIRS)
+    constant_scales = args.activation_scales == "calibrated"
     for p in precisions:
-        export_model(args.model, work / p, text, p, sources_text[:200], calibration_text=calibration)
+        export_model(args.model, work / p, text, p, sources_text[:200], calibration_text=calibration,
+                     constant_scales=constant_scales)  # fmt: skip
         if args.shortlist:
             from export.shortlist import config_pairs, shortlist_from_text
 

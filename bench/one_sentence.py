@@ -99,8 +99,10 @@ def prepare(
             resolved = corpus.resolve_data_dir(data_dir)
             held = corpus.held_sentences(data, resolved)
             text = [s for _, s in corpus.monolingual_sentences(data, resolved, held)]
-            calibration = corpus.first_pairs_by_language(data, resolved, held, CALIBRATION_PAIRS) if calibrate else None
-            export_model(model, ours, text, precision, test_pairs(data_dir)[0][:200], calibration_text=calibration)
+            # As `mtserve export --quantize int8`: weights rounded against the calibration's activations.
+            calibration = corpus.first_pairs_by_language(data, resolved, held, CALIBRATION_PAIRS)
+            export_model(model, ours, text, precision, test_pairs(data_dir)[0][:200], calibration_text=calibration,
+                         constant_scales=calibrate)  # fmt: skip
         if shortlist:
             listed = ours.with_name(f"{ours.name}-shortlist{shortlist}")
             if not (listed / "manifest.json").is_file():

@@ -7,7 +7,8 @@ the CPU it is quoted for. Every direction of each model's manifest, on test2016 
 names another held-out split of the benchmark config (`val` for choices that must not be made on
 the test set); prints one JSON object per model and direction with the CPU's name, whether it has
 VNNI, and `same_as_first`: the share of sentences whose best translation is the same text as the
-first model's, which moves far less by chance than BLEU does.
+first model's, which moves far less by chance than BLEU does; and where some differ, the BLEU of
+this model's and of the first model's translations of those sentences alone.
 """
 
 from __future__ import annotations
@@ -53,10 +54,19 @@ def main() -> None:
             scores = score_translations(best, references, time.perf_counter() - started)
             ours = first.setdefault((source, target), best)
             same = sum(a == b for a, b in zip(best, ours, strict=True)) / len(best)
+            differing = [i for i, (a, b) in enumerate(zip(best, ours, strict=True)) if a != b]
+            on_differing = {}
+            if differing:  # which model's translations score higher where the two disagree
+                refs = [references[i] for i in differing]
+                on_differing = {
+                    "bleu_where_different": score_translations([best[i] for i in differing], refs, 0.0).bleu,
+                    "first_bleu_where_different": score_translations([ours[i] for i in differing], refs, 0.0).bleu,
+                }
             row = {"model": str(model_dir), "precision": translator.model.manifest.precision,
                    "split": args.split, "direction": f"{source}-{target}", "sentences": len(sources),
                    "beam": args.beam_size, "bleu": scores.bleu, "chrf": scores.chrf,
-                   "same_as_first": round(same, 3), "cpu": _cpu_name(), "vnni": cpu_has_vnni()}  # fmt: skip
+                   "same_as_first": round(same, 3), **on_differing,
+                   "cpu": _cpu_name(), "vnni": cpu_has_vnni()}  # fmt: skip
             print(json.dumps(row, ensure_ascii=False), flush=True)
 
 

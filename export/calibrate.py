@@ -1,18 +1,19 @@
-"""Activation ranges for int8 graphs with constant scales (export/quantize.py).
+"""What int8 graphs learn from calibration sentences (export/quantize.py): each activation's range,
+for constant scales, and its Gram matrix XᵀX, for weight rounding that compensates its errors.
 
 The fp32 graphs of a model directory translate calibration sentences greedily, in every
-direction, on copies of the graphs that also return, for each activation a quantized MatMul
-reads, its largest magnitude per row. The range of an activation is the largest of these over
-every row of every sentence, source positions and target steps alike; rows of sentences that
-have ended do not count.
+direction, on copies of the graphs that also return each activation a quantized MatMul reads.
+Every row of every sentence counts, source positions and target steps alike; rows of sentences
+that have ended do not. The range of an activation is its largest magnitude over those rows.
 
-Sources of one length encode and decode together, so no padding enters a range.
+Sources of one length encode and decode together, so no padding enters a range or a Gram matrix.
 """
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,38 +28,46 @@ from service.manifest import Manifest, load_manifest
 from service.runtime.kv_cache import SelfAttentionCache
 from service.runtime.sessions import step_feeds
 
-RANGE_OUTPUT = "calibration.row_max."
 # Training pairs from each corpus whose translations give the ranges (model/corpus.py,
 # first_pairs_by_language): each corpus's own kind of sentence reaches them.
 CALIBRATION_PAIRS = 200
 
 
-def _with_row_maxima(path: Path, out: Path) -> list[str]:
-    """`path`'s graph, written to `out` with an output per quantizable activation: its largest
-    magnitude per row ([rows] for the step, [batch, positions] for the encoder). Returns the
-    activations' names, in the order of those outputs."""
+@dataclass
+class Observed:
+    """One graph's quantizable activations over the calibration rows, by activation name."""
+
+    ranges: dict[str, float] = field(default_factory=dict)  # the largest |x|
+    grams: dict[str, np.ndarray] = field(default_factory=dict)  # XᵀX [K, K], float64
+
+    def update(self, names: Sequence[str], values: Sequence[np.ndarray], rows: np.ndarray) -> None:
+        """Adds the rows `rows` (of the batch axis) of each activation in `values`."""
+        for name, value in zip(names, values, strict=True):
+            value = np.asarray(value)
+            chosen = value.reshape(len(value), -1, value.shape[-1])[rows].reshape(-1, value.shape[-1])
+            if not chosen.size:
+                continue
+            self.ranges[name] = max(self.ranges.get(name, 0.0), float(np.abs(chosen).max()))
+            chosen = chosen.astype(np.float64)
+            gram = chosen.T @ chosen
+            if name in self.grams:
+                self.grams[name] += gram
+            else:
+                self.grams[name] = gram
+
+
+def _with_activations(path: Path, out: Path) -> list[str]:
+    """`path`'s graph, written to `out` with each quantizable activation as an output too. Returns
+    the activations' names, in the order of those outputs."""
     model = onnx.load(str(path), load_external_data=True)
     untie_output_projection(model)  # the quantizer reads the output projection as a MatMul
     activations = constant_matrix_inputs(model.graph)
+    outputs = {o.name for o in model.graph.output}
     for x in activations:
-        magnitude, row_max = f"calibration.abs.{x}", RANGE_OUTPUT + x
-        model.graph.node.extend(
-            [
-                helper.make_node("Abs", [x], [magnitude], name=magnitude),
-                helper.make_node("ReduceMax", [magnitude], [row_max], name=row_max, axes=[-1], keepdims=0),
-            ]
-        )
-        model.graph.output.append(helper.make_tensor_value_info(row_max, TensorProto.FLOAT, None))
+        if x not in outputs:
+            model.graph.output.append(helper.make_tensor_value_info(x, TensorProto.FLOAT, None))
     onnx.save(model, str(out))
     return activations
-
-
-def _update(ranges: dict[str, float], names: Sequence[str], maxima: Sequence[np.ndarray], rows: np.ndarray) -> None:
-    for name, row_max in zip(names, maxima, strict=True):
-        row_max = np.asarray(row_max)
-        chosen = row_max.reshape(len(row_max), -1)[rows]  # [batch rows, positions]
-        if chosen.size:
-            ranges[name] = max(ranges.get(name, 0.0), float(chosen.max()))
 
 
 class CalibrationError(ValueError):
@@ -88,18 +97,17 @@ def calibration_sources(model_dir: Path, texts: Mapping[str, Sequence[str]]) -> 
     return sources
 
 
-def activation_ranges(model_dir: Path, sources: Mapping[str, Sequence[Sequence[int]]]) -> dict[str, dict[str, float]]:
-    """Per graph file, the range of every quantizable activation of `model_dir`'s fp32 encoder and
-    decoder step, over greedy translations of `sources` (source language -> token ids ending in
-    EOS) into each target the model translates them to."""
+def observe_activations(model_dir: Path, sources: Mapping[str, Sequence[Sequence[int]]]) -> dict[str, Observed]:
+    """Per graph file, the range and Gram matrix of every quantizable activation of `model_dir`'s
+    fp32 encoder and decoder step, over greedy translations of `sources` (source language -> token
+    ids ending in EOS) into each target the model translates them to."""
     manifest = load_manifest(model_dir, verify=False)
     languages = manifest.model_languages()
-    encoder_ranges: dict[str, float] = {}
-    step_ranges: dict[str, float] = {}
+    encoder_observed, step_observed = Observed(), Observed()
     with tempfile.TemporaryDirectory(prefix="mtserve-calibration-") as work:
         encoder_path, step_path = Path(work) / "encoder.onnx", Path(work) / "decoder_step.onnx"
-        encoder_names = _with_row_maxima(model_dir / manifest.files["encoder"], encoder_path)
-        step_names = _with_row_maxima(model_dir / manifest.files["decoder"], step_path)
+        encoder_names = _with_activations(model_dir / manifest.files["encoder"], encoder_path)
+        step_names = _with_activations(model_dir / manifest.files["decoder"], step_path)
         options = ort.SessionOptions()
         options.log_severity_level = 3  # the copies' unused initializers are no news
         encoder = ort.InferenceSession(str(encoder_path), options, providers=["CPUExecutionProvider"])
@@ -117,27 +125,25 @@ def activation_ranges(model_dir: Path, sources: Mapping[str, Sequence[Sequence[i
                 for group in by_length.values():
                     batch = np.asarray(group, dtype=np.int64)
                     mask = np.ones_like(batch)
-                    outputs = encoder.run(
-                        [*encoder_outputs, *(RANGE_OUTPUT + n for n in encoder_names)],
-                        {"input_ids": batch, "attention_mask": mask},
-                    )
-                    _update(encoder_ranges, encoder_names, outputs[len(encoder_outputs) :], np.arange(len(batch)))
+                    feeds = {"input_ids": batch, "attention_mask": mask}
+                    outputs = encoder.run([*encoder_outputs, *encoder_names], feeds)
+                    encoder_observed.update(encoder_names, outputs[len(encoder_outputs) :], np.arange(len(batch)))
                     cross = outputs[1 : len(encoder_outputs)]
-                    _decode(step, step_names, step_ranges, manifest, mask, cross, tag, forced)
-    return {manifest.files["encoder"]: encoder_ranges, manifest.files["decoder"]: step_ranges}
+                    _decode(step, step_names, step_observed, manifest, mask, cross, tag, forced)
+    return {manifest.files["encoder"]: encoder_observed, manifest.files["decoder"]: step_observed}
 
 
 def _decode(
     session: ort.InferenceSession,
     names: Sequence[str],
-    ranges: dict[str, float],
+    observed: Observed,
     m: Manifest,
     mask: np.ndarray,
     cross: Sequence[np.ndarray],
     tag: int,
     forced: Sequence[int],
 ) -> None:
-    """Greedy decoding of one batch of sources (all of one length), the ranges updated at each step."""
+    """Greedy decoding of one batch of sources (all of one length), `observed` updated at each step."""
     sentences = len(mask)
     steps = len(forced) + cv.max_target_length(mask.shape[1])
     cache = SelfAttentionCache(m.decoder_layers, m.n_heads, m.head_dim, sentences, steps)
@@ -147,11 +153,11 @@ def _decode(
         feeds = step_feeds(m.decoder_layers, m.vocab_size, ["top_ids"], last[:, None], mask, cache, list(cross))
         binding = feeds.bind(session)
         for name in names:
-            binding.bind_output(RANGE_OUTPUT + name)
+            binding.bind_output(name)
         session.run_with_iobinding(binding)
         cache.advance()
-        maxima = [value.numpy() for value in binding.get_outputs()[-len(names) :]]
-        _update(ranges, names, maxima, np.flatnonzero(alive))
+        values = [value.numpy() for value in binding.get_outputs()[-len(names) :]]
+        observed.update(names, values, np.flatnonzero(alive))
         last = (
             feeds.outputs["top_ids"][:, 0].copy()
             if position >= len(forced)

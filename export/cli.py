@@ -33,12 +33,19 @@ def _export(args: argparse.Namespace) -> int:
         held = corpus.held_sentences(data, data_dir)
         text = (sentence for _, sentence in corpus.monolingual_sentences(data, data_dir, held))
         calibration = None
-        if args.activation_scales == "calibrated":
-            if args.quantize != "int8":
-                raise ValueError("--activation-scales calibrated scales int8 activations: add --quantize int8")
+        constant_scales = args.activation_scales == "calibrated"
+        compensated = args.weight_rounding == "compensated"
+        if constant_scales and args.quantize != "int8":
+            raise ValueError("--activation-scales calibrated scales int8 activations: add --quantize int8")
+        if args.quantize == "int8" and (constant_scales or compensated):
             calibration = corpus.first_pairs_by_language(data, data_dir, held, CALIBRATION_PAIRS)
-            if not calibration:
+            if not calibration and constant_scales:
                 raise ValueError("--activation-scales calibrated: the training config has no pairs to calibrate on")
+            if not calibration:
+                raise ValueError(
+                    "--weight-rounding compensated (the default at int8): the training config has no pairs to "
+                    "calibrate on; add --weight-rounding nearest"
+                )
         sentences: list[str] = []
         split = next((name for name in data.split_names if directions and data.split_langs(name) in
                       (directions[0], directions[0][::-1])), None)  # fmt: skip
@@ -46,7 +53,7 @@ def _export(args: argparse.Namespace) -> int:
             sentences = corpus.split_texts(data, data_dir, split, directions[0])[0][:VALIDATION_SENTENCES]
         report = export_model(
             args.checkpoint, args.out, text, args.quantize or "fp32", sentences, args.repetition_guard != "off",
-            calibration,
+            calibration, constant_scales, compensated,
         )  # fmt: skip
     except ExportValidationError as exc:
         sys.exit(f"mtserve export: validation failed: {exc}")
@@ -190,9 +197,10 @@ def _int8_flags(parser: argparse.ArgumentParser) -> None:
         "--calibrate",
         nargs="+",
         metavar="LANG=FILE",
-        help="with --quantize int8: constant activation scales, calibrated on FILE's sentences (one a line) "
-        "in source language LANG, as `mtserve export --activation-scales calibrated` does on training text: "
-        "a sentence about an eighth faster, a little further from fp32 (docs/BENCHMARKS.md)",
+        help="with --quantize int8: constant activation scales and weights rounded to compensate their "
+        "errors, calibrated on FILE's sentences (one a line) in source language LANG, as `mtserve export "
+        "--activation-scales calibrated` does on training text: a sentence about an eighth faster, a little "
+        "further from fp32 (docs/BENCHMARKS.md)",
     )
 
 
@@ -295,6 +303,14 @@ def register(sub: Any) -> None:
         help="int8 activations: each row scaled by its own range (row, the default), or by constant ranges "
         "calibrated on the config's training sentences: a sentence about an eighth faster, about 0.2 BLEU "
         "further from fp32 (docs/BENCHMARKS.md)",
+    )
+    export.add_argument(
+        "--weight-rounding",
+        choices=["compensated", "nearest"],
+        default="compensated",
+        help="int8 weights: rounded so that their errors on the activations of the config's training "
+        "sentences compensate (compensated, the default: about a fifth closer to fp32), or each to its "
+        "nearest code (docs/BENCHMARKS.md)",
     )
     export.add_argument(
         "--config",

@@ -129,13 +129,16 @@ def export_model(
     validate_sentences: Sequence[str] = (),
     repetition_guard: bool = True,
     calibration_text: Mapping[str, Sequence[str]] | None = None,
+    constant_scales: bool = True,
+    compensated_rounding: bool = True,
 ) -> dict[str, Any]:
     """Export, validate against PyTorch, write the manifest and report. Returns the report.
 
     `training_text` lists the words fill-mask may propose; `validate_sentences` are
     sentences in the model's first direction's source language whose greedy translations must
     match PyTorch exactly; `calibration_text` (source language -> sentences, none of them held
-    out) gives int8 activations their constant scales (export/calibrate.py).
+    out) calibrates int8 graphs: their weights' rounding with `compensated_rounding`, their
+    activations' scales with `constant_scales` (write_model).
     """
     model, sp = load_model_dir(checkpoint)
     conventions = mtserve_conventions(model, sp, checkpoint / cv.TOKENIZER_FILE)
@@ -145,7 +148,10 @@ def export_model(
     write_fill_vocab(out, whole_word_ids(sp, training_text))
     probe = [[*ids, cv.EOS_ID] for ids in sp.encode(list(validate_sentences[:16]) or ["A b c.", "D e f g."])]
     sources = [[*ids, cv.EOS_ID] for ids in sp.encode(list(validate_sentences))]
-    report = export_network(model, conventions, out, precision, probe, sources, calibration_text=calibration_text)
+    report = export_network(
+        model, conventions, out, precision, probe, sources, None,
+        calibration_text, constant_scales, compensated_rounding,
+    )  # fmt: skip
     log.info("exported %s to %s", checkpoint, out)
     return report
 
@@ -159,14 +165,19 @@ def export_network(
     sources: Sequence[Sequence[int]],
     extra_report: dict[str, Any] | None = None,
     calibration_text: Mapping[str, Sequence[str]] | None = None,
+    constant_scales: bool = True,
+    compensated_rounding: bool = True,
 ) -> dict[str, Any]:
     """Graphs, tokenizer files and manifest for `model` in `out`, validated against PyTorch.
 
     `probe` are source ids whose logits must match; `sources` are source ids whose greedy
-    translations (in the first direction) must be identical; `calibration_text` as write_model takes it.
-    Returns the report it writes."""
+    translations (in the first direction) must be identical; `calibration_text`, `constant_scales`
+    and `compensated_rounding` as write_model takes them. Returns the report it writes."""
     from export.validate import pytorch_check  # it reads this module's sample inputs
 
     check = pytorch_check(model, probe, sources)
     mlm = (lambda directory: write_mlm_head(model, directory)) if model.cfg.mlm_head else None
-    return write_model(network_of(model), conventions, out, precision, check, mlm, extra_report, calibration_text)
+    return write_model(
+        network_of(model), conventions, out, precision, check, mlm, extra_report,
+        calibration_text, constant_scales, compensated_rounding,
+    )  # fmt: skip

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from export.calibrate import activation_ranges, calibration_sources
+from export.calibrate import calibration_sources, observe_activations
 from export.decoder_graph import build_decoder_step
 from export.encoder_graph import build_encoder
 from export.network import Network
@@ -127,12 +127,16 @@ def write_model(
     extra_graphs: Callable[[Path], None] | None = None,
     extra_report: dict[str, Any] | None = None,
     calibration_text: Mapping[str, Sequence[str]] | None = None,
+    constant_scales: bool = True,
+    compensated_rounding: bool = True,
 ) -> dict[str, Any]:
     """Graphs, tokenizer files and manifest for `net` in `out`, each precision checked by `check`;
     `extra_graphs` writes graphs beyond the encoder and decoder step. At int8, `calibration_text`
-    (source language -> sentences, decoded as the service decodes them) gives the activations
-    constant scales (export/calibrate.py); without it they are scaled per row. Returns the report
-    it writes."""
+    (source language -> sentences, decoded as the service decodes them) calibrates the graphs
+    (export/calibrate.py): with `compensated_rounding` the weights are rounded to compensate their
+    errors on its activations, and with `constant_scales` the activations get constant scales.
+    Otherwise the weights take their nearest codes and the activations are scaled per row. Returns
+    the report it writes."""
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     graphs = graph_files(net.cfg)
@@ -153,9 +157,12 @@ def write_model(
     if precision == "int8":
         calibration = calibration_sources(out, calibration_text) if calibration_text else None
         graphs_written()  # afresh: the quantizer and the calibration read plain fp32 initializers
-        ranges = activation_ranges(out, calibration) if calibration else None
-        report["int8_matmuls"] = quantize_int8(out, graphs, ranges)
+        observed = observe_activations(out, calibration) if calibration else {}
+        ranges = {name: seen.ranges for name, seen in observed.items()} if constant_scales else {}
+        grams = {name: seen.grams for name, seen in observed.items()} if compensated_rounding else {}
+        report["int8_matmuls"] = quantize_int8(out, graphs, ranges, grams)
         report["int8_activations"] = "constant scales from calibration" if ranges else "scaled per row"
+        report["int8_weights"] = "rounding compensated on calibration" if grams else "nearest codes"
         if calibration:
             report["calibration_sentences"] = {lang: len(ids) for lang, ids in calibration.items()}
         report["sharing"] = share_weights(out, graphs, net.cfg.vocab_size)

@@ -160,8 +160,12 @@ def _export_tiny(
     from export.exporter import export_model
 
     english, french = read_lines(data_dir / "multi30k/train.en.gz"), read_lines(data_dir / "multi30k/train.fr.gz")
-    calibration = {"en": english[:40], "fr": french[:40]} if calibrated else None  # training sentences, as the CLI
-    export_model(model_dir, out, english + french, precision, sentences, calibration_text=calibration)
+    # As `mtserve export --quantize int8` does: int8 weights rounded against training sentences'
+    # activations, and with `calibrated` (--activation-scales calibrated) the activations' scales too.
+    calibration = {"en": english[:40], "fr": french[:40]}
+    export_model(
+        model_dir, out, english + french, precision, sentences, calibration_text=calibration, constant_scales=calibrated
+    )
     return out
 
 

@@ -221,6 +221,30 @@ def test_the_written_graphs_match_pytorch_for_both_norm_placements(pre_norm: boo
             cache.reorder(np.asarray([0, 2, 2, 3, 4, 5]))
 
 
+def test_nearest_weight_rounding_keeps_calibrated_scales_and_rounds_each_weight_alone(
+    tiny_model_dir: Path, tiny_data_dir: Path, sentences: list[str], exported_int8_calibrated: Path, tmp_path: Path
+) -> None:
+    """`--weight-rounding nearest` with `--activation-scales calibrated`: the same constant scales,
+    and weights that differ from the compensated export's only in their codes."""
+    from export.exporter import export_model
+    from model.corpus import read_lines
+
+    english = read_lines(tiny_data_dir / "multi30k/train.en.gz")
+    french = read_lines(tiny_data_dir / "multi30k/train.fr.gz")
+    out = tmp_path / "nearest"
+    export_model(tiny_model_dir, out, english + french, "int8", sentences,
+                 calibration_text={"en": english[:40], "fr": french[:40]}, compensated_rounding=False)  # fmt: skip
+    report = json.loads((out / "export_report.json").read_text())
+    compensated = json.loads((exported_int8_calibrated / "export_report.json").read_text())
+    assert report["int8_weights"] == "nearest codes"
+    for graph in ("encoder.onnx", "decoder_step.onnx"):
+        counts = report["int8_matmuls"][graph]
+        assert counts["compensated_weights"] == 0 and counts["constant_scales"] == counts["matmuls"], graph
+    assert (out / "encoder.onnx").read_bytes() == (exported_int8_calibrated / "encoder.onnx").read_bytes()
+    assert report["sharing"]["weights_bytes_stored"] == compensated["sharing"]["weights_bytes_stored"]
+    assert (out / "weights.bin").read_bytes() != (exported_int8_calibrated / "weights.bin").read_bytes()
+
+
 @pytest.mark.parametrize("calibrated", [False, True])
 def test_int8_export_is_smaller_and_keeps_translations_independent_of_the_batch(
     tiny_model_dir: Path, exported: Path, request: pytest.FixtureRequest, sentences: list[str], calibrated: bool
@@ -239,7 +263,9 @@ def test_int8_export_is_smaller_and_keeps_translations_independent_of_the_batch(
             assert counts["constant_scales"] == counts["matmuls"] > 0 and not row_ranges, graph
         else:
             assert counts["constant_scales"] == 0 and row_ranges, graph
+        assert counts["compensated_weights"] == counts["matmuls"], graph  # every weight rounded against calibration
     assert report["int8_activations"] == ("constant scales from calibration" if calibrated else "scaled per row")
+    assert report["int8_weights"] == "rounding compensated on calibration"
     model = OnnxModel(exported_int8, intra_op_threads=2)
     sources = _sources(tiny_model_dir, sentences)
     tags = [TAG["fr"]] * len(sources)

@@ -13,17 +13,17 @@ from export.quantize import INT8_MAX, WEIGHT_MAX, quantize_int8, quantize_weight
 from service.graphs import OPSET
 
 
-def _matmul_graph(path: Path, weight: np.ndarray, relu: bool = False) -> None:
+def _matmul_graph(path: Path, weight: np.ndarray, relu: bool = False, weight_name: str = "w") -> None:
     """y = x @ W (or ReLU(x) @ W), with x [rows, 1, K], the shape the decoder step's activations have."""
     k, n = weight.shape
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["h"]), helper.make_node("MatMul", ["h", "w"], ["y"])]
+        [helper.make_node("Relu", ["x"], ["h"]), helper.make_node("MatMul", ["h", weight_name], ["y"])]
         if relu
-        else [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        else [helper.make_node("MatMul", ["x", weight_name], ["y"])],
         "matmul",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", 1, k])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", 1, n])],
-        [numpy_helper.from_array(weight, "w")],
+        [numpy_helper.from_array(weight, weight_name)],
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), str(path))
 
@@ -44,7 +44,9 @@ def test_int8_matmul_rows_do_not_depend_on_their_neighbours(tmp_path: Path) -> N
     rng = np.random.default_rng(1)
     weight = rng.standard_normal((256, 96)).astype(np.float32) / 16
     _matmul_graph(tmp_path / "matmul.onnx", weight)
-    assert quantize_int8(tmp_path, ["matmul.onnx"]) == {"matmul.onnx": {"matmuls": 1, "constant_scales": 0}}
+    assert quantize_int8(tmp_path, ["matmul.onnx"]) == {
+        "matmul.onnx": {"matmuls": 1, "constant_scales": 0, "compensated_weights": 0}
+    }
     ops = [node.op_type for node in onnx.load(str(tmp_path / "matmul.onnx")).graph.node]
     assert ops == ["Abs", "ReduceMax", "Div", "QuantizeLinear", "MatMulIntegerToFloat"]  # the range is its A scale
     session = ort.InferenceSession(str(tmp_path / "matmul.onnx"), providers=["CPUExecutionProvider"])
@@ -123,7 +125,7 @@ def test_a_calibrated_range_gives_one_constant_scale_and_rows_beyond_it_saturate
     weight = rng.standard_normal((256, 96)).astype(np.float32) / 16
     _matmul_graph(tmp_path / "matmul.onnx", weight)
     result = quantize_int8(tmp_path, ["matmul.onnx"], {"matmul.onnx": {"x": 4.0}, "other.onnx": {"x": 9.0}})
-    assert result == {"matmul.onnx": {"matmuls": 1, "constant_scales": 1}}
+    assert result == {"matmul.onnx": {"matmuls": 1, "constant_scales": 1, "compensated_weights": 0}}
     ops = [node.op_type for node in onnx.load(str(tmp_path / "matmul.onnx")).graph.node]
     assert ops == ["QuantizeLinear", "MatMulIntegerToFloat"]  # no per-row range, no rescaling
     session = ort.InferenceSession(str(tmp_path / "matmul.onnx"), providers=["CPUExecutionProvider"])
@@ -141,3 +143,38 @@ def test_a_calibrated_range_gives_one_constant_scale_and_rows_beyond_it_saturate
         if row != 3:
             exact = x[row] @ weight
             assert np.abs(batched[row] - exact).max() <= 0.03 * np.abs(exact).max() + 1e-6, f"row {row}"
+
+
+def _correlated_activations(rows: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Activations whose K channels mix 32 sources, with channels of unequal scale, as a layer's are."""
+    mixing = rng.standard_normal((32, k)) * rng.uniform(0.2, 2.0, k)
+    return (rng.standard_normal((rows, 32)) @ mixing).astype(np.float32)
+
+
+def test_rounding_compensated_on_calibration_activations_changes_products_less_on_unseen_ones(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    weight = (rng.standard_normal((128, 48)) / 8).astype(np.float32)
+    activations = _correlated_activations(4000, 128, rng)
+    activations[:, 5] = 0.0  # an input calibration never reaches
+    calibration, unseen = activations[:3000].astype(np.float64), activations[3000:].astype(np.float64)
+    gram = calibration.T @ calibration
+    nearest, scale = quantize_weight(weight)
+    compensated, compensated_scale = quantize_weight(weight, gram=gram)
+    assert np.array_equal(scale, compensated_scale)  # the same column scales: the graph's form is unchanged
+    assert compensated.dtype == np.int8 and np.abs(compensated).max() <= WEIGHT_MAX
+    assert np.array_equal(compensated[5], nearest[5])  # an idle input keeps its nearest codes
+
+    def product_error(codes: np.ndarray) -> float:
+        return float(np.linalg.norm(unseen @ (codes * scale) - unseen @ weight))
+
+    assert product_error(compensated) < 0.85 * product_error(nearest)
+
+    # A second graph reading the same weight, uncalibrated (as the MLM head reads the output projection),
+    # takes the same codes: the weight file keeps one copy.
+    _matmul_graph(tmp_path / "matmul.onnx", weight)
+    _matmul_graph(tmp_path / "head.onnx", weight, weight_name="head.w")
+    result = quantize_int8(tmp_path, ["matmul.onnx", "head.onnx"], grams={"matmul.onnx": {"x": gram}})
+    assert result["matmul.onnx"] == {"matmuls": 1, "constant_scales": 0, "compensated_weights": 1}
+    for name, weight_name in (("matmul.onnx", "w"), ("head.onnx", "head.w")):
+        stored = {i.name: i for i in onnx.load(str(tmp_path / name)).graph.initializer}
+        assert np.array_equal(numpy_helper.to_array(stored[f"{weight_name}.int8"]), compensated), name
