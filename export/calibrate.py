@@ -11,7 +11,9 @@ Sources of one length encode and decode together, so no padding enters a range o
 
 from __future__ import annotations
 
+import logging
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,17 +30,27 @@ from service.manifest import Manifest, load_manifest
 from service.runtime.kv_cache import SelfAttentionCache
 from service.runtime.sessions import step_feeds
 
+log = logging.getLogger("mtserve.export")
+
 # Training pairs from each corpus whose translations give the ranges (model/corpus.py,
 # first_pairs_by_language): each corpus's own kind of sentence reaches them.
 CALIBRATION_PAIRS = 200
 
 
+# Rows gathered before they are added to an activation's Gram matrix: one product over many rows
+# instead of a K x K sum at every step of a few rows.
+GRAM_BLOCK_ROWS = 4096
+
+
 @dataclass
 class Observed:
-    """One graph's quantizable activations over the calibration rows, by activation name."""
+    """One graph's quantizable activations over the calibration rows, by activation name. The Gram
+    matrices are complete once `finish` has run."""
 
     ranges: dict[str, float] = field(default_factory=dict)  # the largest |x|
     grams: dict[str, np.ndarray] = field(default_factory=dict)  # XᵀX [K, K], float64
+    _pending: dict[str, list[np.ndarray]] = field(default_factory=dict)  # rows not yet in grams
+    _pending_rows: dict[str, int] = field(default_factory=dict)
 
     def update(self, names: Sequence[str], values: Sequence[np.ndarray], rows: np.ndarray) -> None:
         """Adds the rows `rows` (of the batch axis) of each activation in `values`."""
@@ -48,12 +60,24 @@ class Observed:
             if not chosen.size:
                 continue
             self.ranges[name] = max(self.ranges.get(name, 0.0), float(np.abs(chosen).max()))
-            chosen = chosen.astype(np.float64)
-            gram = chosen.T @ chosen
-            if name in self.grams:
-                self.grams[name] += gram
-            else:
-                self.grams[name] = gram
+            self._pending.setdefault(name, []).append(chosen.copy())
+            self._pending_rows[name] = self._pending_rows.get(name, 0) + len(chosen)
+            if self._pending_rows[name] >= GRAM_BLOCK_ROWS:
+                self._fold(name)
+
+    def finish(self) -> Observed:
+        for name in list(self._pending):
+            self._fold(name)
+        return self
+
+    def _fold(self, name: str) -> None:
+        block = np.concatenate(self._pending.pop(name)).astype(np.float64)  # [rows, K]
+        self._pending_rows[name] = 0
+        gram = block.T @ block
+        if name in self.grams:
+            self.grams[name] += gram
+        else:
+            self.grams[name] = gram
 
 
 def _with_activations(path: Path, out: Path) -> list[str]:
@@ -115,6 +139,7 @@ def observe_activations(model_dir: Path, sources: Mapping[str, Sequence[Sequence
         encoder_outputs = [*encoder_spec(manifest.decoder_layers).outputs]
         for source_language, ids in sources.items():
             for target in languages.targets(source_language):
+                started = time.perf_counter()
                 tag = languages.tag_ids[target]
                 prefix = manifest.source_prefix.get(target, [])
                 forced = manifest.decoder_prefix.get(target, [])
@@ -130,7 +155,10 @@ def observe_activations(model_dir: Path, sources: Mapping[str, Sequence[Sequence
                     encoder_observed.update(encoder_names, outputs[len(encoder_outputs) :], np.arange(len(batch)))
                     cross = outputs[1 : len(encoder_outputs)]
                     _decode(step, step_names, step_observed, manifest, mask, cross, tag, forced)
-    return {manifest.files["encoder"]: encoder_observed, manifest.files["decoder"]: step_observed}
+                seconds = time.perf_counter() - started
+                log.info("calibration: %d %s sentences translated into %s in %.1f s (%.0f sentences/s)",
+                         len(ids), source_language, target, seconds, len(ids) / max(seconds, 1e-9))  # fmt: skip
+    return {manifest.files["encoder"]: encoder_observed.finish(), manifest.files["decoder"]: step_observed.finish()}
 
 
 def _decode(

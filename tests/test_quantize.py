@@ -1,4 +1,5 @@
-"""The int8 rewrite of a MatMul: close to fp32, each row scaled by its own values only."""
+"""The int8 rewrite of a MatMul: close to fp32, each row scaled by its own values only, the weights
+rounded against calibration activations where there are some."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from export.quantize import INT8_MAX, WEIGHT_MAX, quantize_int8, quantize_weight
@@ -178,3 +180,21 @@ def test_rounding_compensated_on_calibration_activations_changes_products_less_o
     for name, weight_name in (("matmul.onnx", "w"), ("head.onnx", "head.w")):
         stored = {i.name: i for i in onnx.load(str(tmp_path / name)).graph.initializer}
         assert np.array_equal(numpy_helper.to_array(stored[f"{weight_name}.int8"]), compensated), name
+
+
+def test_calibration_gram_matrices_sum_the_rows_of_sentences_still_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Observed gathers rows in blocks before adding them to XᵀX: the sum is the same, over the rows
+    asked for only (sentences that ended leave the batch's other rows out), whatever the block."""
+    from export import calibrate
+
+    monkeypatch.setattr(calibrate, "GRAM_BLOCK_ROWS", 7)
+    rng = np.random.default_rng(4)
+    steps = [rng.standard_normal((5, 1, 16)).astype(np.float32) for _ in range(6)]
+    running = [np.arange(5), np.arange(5), np.array([0, 2, 3]), np.array([0, 3]), np.array([3]), np.array([3])]
+    observed = calibrate.Observed()
+    for value, rows in zip(steps, running, strict=True):
+        observed.update(["x"], [value], rows)
+    observed.finish()
+    kept = np.concatenate([value[rows, 0] for value, rows in zip(steps, running, strict=True)]).astype(np.float64)
+    assert np.allclose(observed.grams["x"], kept.T @ kept, rtol=1e-10)
+    assert observed.ranges["x"] == pytest.approx(float(np.abs(kept).max()))
