@@ -197,14 +197,16 @@ def test_an_int8_import_scores_as_ctranslate2_int8(en_fr: Path, work: Path) -> N
 
 
 def test_an_int8_import_calibrated_on_given_text_translates_as_the_per_row_one(en_fr: Path, work: Path) -> None:
-    """`--calibrate en=FILE`: the activations get constant scales from the user's sentences (here
-    training text; a test set never), and the translations stay, all but a few, the per-row import's."""
+    """`--calibrate en=FILE`: the activations get constant scales, and the weights their rounding,
+    from the user's sentences (here training text; a test set never), and the translations stay,
+    all but a few, the per-row import's."""
     training = _lines(SHARED_DATA / "multi30k" / "train.en.gz")[:200]
     (per_row,) = import_packages([en_fr], work / "int8-rows", precision="int8")
     (outcome,) = import_packages([en_fr], work / "int8-calibrated", "int8", {"en": training})
     assert per_row.out is not None and outcome.out is not None, outcome.line()
     report = json.loads((outcome.out / "export_report.json").read_text())
     assert report["int8_activations"] == "constant scales from calibration"
+    assert report["int8_weights"] == "rounding compensated on calibration"
     assert report["calibration_sentences"] == {"en": len(training)}
     nodes = onnx.load(str(outcome.out / "decoder_step.onnx"), load_external_data=False).graph.node
     assert not [node for node in nodes if node.name.startswith("int8.row_range")]

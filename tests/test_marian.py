@@ -239,6 +239,7 @@ def test_an_int8_import_calibrates_on_text_in_its_source_language(
     english, _ = corpus
     report = import_marian(good_dir, tmp_path / "calibrated", "int8", calibration_text={"en": english[:50]})
     assert report["int8_activations"] == "constant scales from calibration"
+    assert report["int8_weights"] == "rounding compensated on calibration"
     assert report["calibration_sentences"] == {"en": 50}
     assert report["int8"]["greedy"]["sentences"] > 0
     with pytest.raises(CalibrationError, match="calibration text in 'de': the model translates from en"):
