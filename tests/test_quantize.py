@@ -198,3 +198,22 @@ def test_calibration_gram_matrices_sum_the_rows_of_sentences_still_running(monke
     kept = np.concatenate([value[rows, 0] for value, rows in zip(steps, running, strict=True)]).astype(np.float64)
     assert np.allclose(observed.grams["x"], kept.T @ kept, rtol=1e-10)
     assert observed.ranges["x"] == pytest.approx(float(np.abs(kept).max()))
+
+
+def test_compensated_rounding_in_blocks_rounds_as_row_by_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Errors reach the rows of later blocks in one product per block: the codes are those of
+    pushing every row's error onward at once."""
+    from export import quantize
+
+    rng = np.random.default_rng(5)
+    weight = (rng.standard_normal((300, 40)) / 8).astype(np.float32)
+    activations = _correlated_activations(3000, 300, rng).astype(np.float64)
+    gram = activations.T @ activations
+    _, scale = quantize_weight(weight)
+    codes = []
+    for block in (16, 128, 300):
+        monkeypatch.setattr(quantize, "ROUNDING_BLOCK", block)
+        rounded = quantize.compensated_codes(weight, scale, WEIGHT_MAX, gram)
+        assert rounded is not None
+        codes.append(rounded)
+    assert np.array_equal(codes[0], codes[2]) and np.array_equal(codes[1], codes[2])
