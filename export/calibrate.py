@@ -38,8 +38,8 @@ CALIBRATION_PAIRS = 200
 
 
 # Rows gathered before they are added to an activation's Gram matrix: one product over many rows
-# instead of a K x K sum at every step of a few rows.
-GRAM_BLOCK_ROWS = 4096
+# instead of a K x K sum at every step of a few rows, and at most this many rows held per activation.
+GRAM_BLOCK_ROWS = 1024
 
 
 @dataclass
