@@ -114,15 +114,19 @@ def quantize_weight(
     """[K, N] float -> int8 [K, N] within ±top (default WEIGHT_MAX) and one scale per output column,
     symmetric. With `gram` [K, K], XᵀX of calibration activations X [rows, K], the rounding
     compensates its errors on X·W (compensated_codes); else each weight takes its nearest code."""
-    top = WEIGHT_MAX if top is None else top
+    codes, scale, _ = _rounded(weight, WEIGHT_MAX if top is None else top, gram)
+    return codes, scale
+
+
+def _rounded(weight: np.ndarray, top: int, gram: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, bool]:
+    """quantize_weight's codes and scales, and whether the rounding compensated (it falls back to
+    the nearest codes where the Gram matrix does not factor)."""
     scale = np.abs(weight).max(axis=0) / top
     scale[scale == 0] = 1.0
-    if gram is not None:
-        codes = compensated_codes(weight, scale, top, gram)
-        if codes is not None:
-            return codes, scale.astype(np.float32)
-    quantized = np.clip(np.rint(weight / scale), -top, top).astype(np.int8)
-    return quantized, scale.astype(np.float32)
+    codes = None if gram is None else compensated_codes(weight, scale, top, gram)
+    if codes is not None:
+        return codes, scale.astype(np.float32), True
+    return np.clip(np.rint(weight / scale), -top, top).astype(np.int8), scale.astype(np.float32), False
 
 
 def compensated_codes(weight: np.ndarray, scale: np.ndarray, top: int, gram: np.ndarray) -> np.ndarray | None:
@@ -237,8 +241,7 @@ class _RowQuantizer:
             digest = hashlib.sha256(np.asarray(weight.shape).tobytes() + weight.tobytes()).hexdigest()
             done = self.earlier.get(digest)
             if done is None:
-                gram = self.grams.get(activation)
-                done = _QuantizedWeight(*quantize_weight(weight, gram=gram), gram is not None)
+                done = _QuantizedWeight(*_rounded(weight, WEIGHT_MAX, self.grams.get(activation)))
                 self.earlier[digest] = done
             self.column_scales[name] = done.scale
             self.compensated += done.compensated

@@ -155,7 +155,8 @@ def write_model(
     write_manifest(out, net.cfg, conventions, "fp32")
     report["fp32"] = check(out, True)
     if precision == "int8":
-        calibration = calibration_sources(out, calibration_text) if calibration_text else None
+        used = constant_scales or compensated_rounding  # calibration text neither uses is not decoded
+        calibration = calibration_sources(out, calibration_text) if calibration_text and used else None
         graphs_written()  # afresh: the quantizer and the calibration read plain fp32 initializers
         observed = observe_activations(out, calibration) if calibration else {}
         ranges = {name: seen.ranges for name, seen in observed.items()} if constant_scales else {}
