@@ -19,6 +19,7 @@ from service.api.launcher import (
     LiveServer,
     cpu_seconds,
     established_connections,
+    listens,
     live_server,
     metric_value,
     server_processes,
@@ -49,13 +50,15 @@ def _on_new_connections(server: LiveServer, count: int, body: dict[str, object])
 
 
 def _wait_for_children(server: LiveServer, count: int, timeout: float = 60) -> list[int]:
+    """The server's `count` processes once every one listens: one that replaces a dead process
+    exists some seconds before it serves."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         children = _children(server)
-        if len(children) == count:
+        if len(children) == count and all(listens(pid, server.port) for pid in children):
             return children
         time.sleep(0.1)
-    raise AssertionError(f"{count} server processes expected, found {_children(server)}")
+    raise AssertionError(f"{count} serving processes expected, found {_children(server)}")
 
 
 @pytest.fixture(scope="module")
@@ -126,14 +129,16 @@ def test_a_process_that_dies_is_replaced(server: LiveServer) -> None:
     victim = _wait_for_children(server, PROCESSES)[0]
     os.kill(victim, signal.SIGKILL)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        children = _children(server)
-        if len(children) == PROCESSES and victim not in children:
-            break
+    while victim in _children(server) and time.monotonic() < deadline:
         time.sleep(0.1)
+    children = _wait_for_children(server, PROCESSES)
+    assert victim not in children
+    cpu_before = {pid: cpu_seconds(pid) for pid in children}
     responses = _on_new_connections(server, 16, {"q": SENTENCE, "source": "en", "target": "fr"})
     assert [r.status_code for r in responses] == [200] * 16
-    assert victim not in _children(server) and len(_children(server)) == PROCESSES
+    assert _children(server) == children
+    worked = {pid: cpu_seconds(pid) - cpu_before[pid] for pid in children}
+    assert all(seconds > 0 for seconds in worked.values()), f"a process served nothing: {worked}"
     assert "starting another" in server.log()
     in_flight = metric_value(httpx.get(server.url + "/metrics").text, "mtserve_http_requests_in_flight")
     assert in_flight == 1, "the dead process's requests in flight still count"  # the /metrics request itself

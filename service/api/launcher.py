@@ -61,20 +61,37 @@ def server_processes(pid: int) -> list[int]:
     return found
 
 
-def established_connections(pid: int, port: int) -> int:
-    """How many established TCP connections process `pid` holds on its local `port` (IPv4 and IPv6)."""
+TCP_ESTABLISHED = "01"
+TCP_LISTEN = "0A"
+
+
+def tcp_sockets(pid: int, port: int, state: str) -> int:
+    """How many TCP sockets in `state` (TCP_ESTABLISHED, TCP_LISTEN) process `pid` holds on its
+    local `port` (IPv4 and IPv6)."""
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(FileNotFoundError):
             for line in Path(table).read_text().splitlines()[1:]:
                 fields = line.split()  # sl, local address:port, remote, state, ..., inode (the tenth)
-                if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                if fields[3] == state and int(fields[1].rsplit(":", 1)[1], 16) == port:
                     inodes.add(f"socket:[{fields[9]}]")
     count = 0
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         with contextlib.suppress(OSError):  # a descriptor closed meanwhile
             count += os.readlink(fd) in inodes
     return count
+
+
+def established_connections(pid: int, port: int) -> int:
+    """How many established TCP connections process `pid` holds on its local `port`."""
+    return tcp_sockets(pid, port, TCP_ESTABLISHED)
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether process `pid` listens on `port`: a server process does from the moment it serves."""
+    with contextlib.suppress(FileNotFoundError):  # a process that has exited
+        return tcp_sockets(pid, port, TCP_LISTEN) > 0
+    return False
 
 
 def metric_value(exposition: str, name: str) -> float:
