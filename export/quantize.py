@@ -12,7 +12,10 @@ batches. Here every MatMul with a constant weight becomes:
 with W8 the weights in int8 within ±63 (WEIGHT_BITS), one symmetric scale per output column.
 Given an A scale of shape [.., 1], onnxruntime's kernel multiplies each row of the product by
 it (after the per-column scales), so the row's range needs no node of its own. A ReLU's output
-is never negative, so its s is `max x`, without the Abs. A row of zeros has s = 0: x / s is then
+is never negative, so its s is `max x`, without the Abs, and its codes are x / s on all 255 steps
+above a zero point of 0 (`NEVER_NEGATIVE`): twice as fine as the signed grid, which would leave
+the codes below 128 unused (the committed model's log-probabilities come 3% closer to fp32's,
+docs/BENCHMARKS.md). A row of zeros has s = 0: x / s is then
 NaN, which QuantizeLinear clamps to a code like any other value, and the product times s is 0,
 the row's true product. A floor under s would cost a node per activation.
 
@@ -63,9 +66,33 @@ ACTIVATION_ZERO_POINT = 128  # uint8 activations centred on 128: the operand ord
 # A calibrated range of zero (an activation that was zero on every sample) must not give a zero scale.
 SMALLEST_RANGE = 1e-30
 
-_INV_SCALE = "int8.inv_127"
-_INV_127 = np.float32(1.0 / INT8_MAX)  # the codes' step, as that initializer holds it
-_ZERO_POINT = "int8.zero_point"
+UINT8_MAX = 255
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """How an activation's values map to uint8 codes: `levels` steps from `zero_point`'s code to the
+    range. Signed values take 127 on each side of 128; a ReLU's output, never negative, takes all
+    255 above 0, twice as fine. A pair of products stays within 2 · 255 · 63 either way."""
+
+    levels: int
+    zero_point: int
+
+    @property
+    def step(self) -> np.float32:  # the codes' step for rows divided by their range, as stored
+        return np.float32(1.0 / self.levels)
+
+    @property
+    def step_name(self) -> str:
+        return f"int8.inv_{self.levels}"
+
+    @property
+    def zero_point_name(self) -> str:
+        return f"int8.zero_point_{self.zero_point}"
+
+
+SIGNED = _Grid(INT8_MAX, ACTIVATION_ZERO_POINT)
+NEVER_NEGATIVE = _Grid(UINT8_MAX, 0)
 
 
 def untie_output_projection(graph: onnx.ModelProto) -> None:
@@ -197,8 +224,9 @@ class _RowQuantizer:
         self.weights = {i.name: i for i in graph.initializer}
         self.never_negative = {out for n in graph.node if n.op_type == "Relu" for out in n.output}
         self.nodes: list[onnx.NodeProto] = []
-        # activation -> (uint8 rows, the scale of A, whether that is each row's range [.., 1])
-        self.quantized_inputs: dict[str, tuple[str, str, bool]] = {}
+        # activation -> (uint8 rows, the scale of A, whether that is each row's range [.., 1], grid)
+        self.quantized_inputs: dict[str, tuple[str, str, bool, _Grid]] = {}
+        self.grids: set[_Grid] = set()
         self.column_scales: dict[str, np.ndarray] = {}  # weight -> its per-column scales
         self.stored_scales: set[str] = set()  # the scale initializers written so far
         self.constant_scales = 0
@@ -214,27 +242,31 @@ class _RowQuantizer:
         self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, domain=domain, **attrs))
         return out
 
-    def _quantized_rows(self, x: str) -> tuple[str, str, bool]:
+    def _quantized_rows(self, x: str) -> tuple[str, str, bool, _Grid]:
         if x in self.quantized_inputs:
             return self.quantized_inputs[x]
+        grid = NEVER_NEGATIVE if x in self.never_negative else SIGNED
+        self.grids.add(grid)
         if x in self.ranges:
             scale = self._name("scale")
-            value = max(self.ranges[x], SMALLEST_RANGE) / INT8_MAX
+            value = max(self.ranges[x], SMALLEST_RANGE) / grid.levels
             self.graph.initializer.append(numpy_helper.from_array(np.array(value, np.float32), scale))
-            self.quantized_inputs[x] = (self._add("QuantizeLinear", [x, scale, _ZERO_POINT], "q"), scale, False)
+            q = self._add("QuantizeLinear", [x, scale, grid.zero_point_name], "q")
+            self.quantized_inputs[x] = (q, scale, False, grid)
             self.constant_scales += 1
         else:
-            magnitudes = x if x in self.never_negative else self._add("Abs", [x], "abs")
+            magnitudes = x if grid is NEVER_NEGATIVE else self._add("Abs", [x], "abs")
             row_range = self._add("ReduceMax", [magnitudes], "row_range", axes=[-1], keepdims=1)  # [.., 1]
             unit = self._add("Div", [x, row_range], "unit_rows")  # in [-1, 1]; NaN for a row of zeros
-            q = self._add("QuantizeLinear", [unit, _INV_SCALE, _ZERO_POINT], "q")
-            self.quantized_inputs[x] = (q, row_range, True)
+            q = self._add("QuantizeLinear", [unit, grid.step_name, grid.zero_point_name], "q")
+            self.quantized_inputs[x] = (q, row_range, True, grid)
         return self.quantized_inputs[x]
 
-    def _weight(self, name: str, per_row: bool, activation: str) -> tuple[str, str]:
+    def _weight(self, name: str, per_row: bool, activation: str, grid: _Grid) -> tuple[str, str]:
         """The int8 weight's name and that of its per-column scales. For rows scaled by their range, the
-        scales times 1/127 in float32: the multiplier onnxruntime made of them and a constant A scale of
-        1/127, so that each product is the same to the bit as a Mul by the range after it was. The
+        scales times the grid's step (1/127, 1/255) in float32: the multiplier onnxruntime made of them
+        and a constant A scale of that step, so that each product is the same to the bit as a Mul by
+        the range after it was. The
         rounding compensates errors on `activation` where calibration gave its Gram matrix."""
         if name not in self.column_scales:
             weight = numpy_helper.to_array(self.weights[name]).astype(np.float32)
@@ -246,10 +278,10 @@ class _RowQuantizer:
             self.column_scales[name] = done.scale
             self.compensated += done.compensated
             self.graph.initializer.append(numpy_helper.from_array(done.codes, f"{name}.int8"))
-        scale_name = f"{name}.row_scale" if per_row else f"{name}.scale"
+        scale_name = f"{name}.row_scale_{grid.levels}" if per_row else f"{name}.scale"
         if scale_name not in self.stored_scales:
             scale = self.column_scales[name]
-            value = _INV_127 * scale if per_row else scale  # float32 products, as the kernel's
+            value = grid.step * scale if per_row else scale  # float32 products, as the kernel's
             self.graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), scale_name))
             self.stored_scales.add(scale_name)
         return f"{name}.int8", scale_name
@@ -261,19 +293,20 @@ class _RowQuantizer:
             if not _is_constant_matrix(node, self.weights):
                 self.nodes.append(node)
                 continue
-            rows, a_scale, per_row = self._quantized_rows(node.input[0])
-            weight, b_scale = self._weight(node.input[1], per_row, node.input[0])
+            rows, a_scale, per_row, grid = self._quantized_rows(node.input[0])
+            weight, b_scale = self._weight(node.input[1], per_row, node.input[0], grid)
             self.nodes.append(
-                helper.make_node("MatMulIntegerToFloat", [rows, weight, a_scale, b_scale, _ZERO_POINT],
+                helper.make_node("MatMulIntegerToFloat", [rows, weight, a_scale, b_scale, grid.zero_point_name],
                                  list(node.output), name=node.name, domain=MS_DOMAIN)
             )  # fmt: skip
             converted += 1
-        self.graph.initializer.extend(
-            [
-                numpy_helper.from_array(np.array(_INV_127), _INV_SCALE),
-                numpy_helper.from_array(np.array(ACTIVATION_ZERO_POINT, np.uint8), _ZERO_POINT),
-            ]
-        )
+        for grid in sorted(self.grids, key=lambda g: g.levels):
+            self.graph.initializer.extend(
+                [
+                    numpy_helper.from_array(np.array(grid.step), grid.step_name),
+                    numpy_helper.from_array(np.array(grid.zero_point, np.uint8), grid.zero_point_name),
+                ]
+            )
         del self.graph.node[:]
         self.graph.node.extend(self.nodes)
         used = {name for node in self.nodes for name in node.input}
