@@ -23,10 +23,12 @@ Where calibration gave an activation's range r (export/calibrate.py: the largest
 while the fp32 graphs translate sample sentences), its scale is that constant instead:
 
     q = QuantizeLinear(x, r/127, 128)                           uint8, [.., K]
-    y = MatMulIntegerToFloat(q, W8, r/127, w_scale, 128)        [.., N]
+    y = MatMulIntegerToFloat(q, W8, r/127, w_scale, 128, -, b)  [.., N]
 
 Two nodes instead of five: at one sentence a step is mostly nodes of a few microseconds each,
-and this takes 54 of the decoder step's 210 away. No row depends on another either way; a row
+and this takes 54 of the decoder step's 210 away. A bias b that only the product reads becomes
+the kernel's own bias input, one node fewer again; with a scale per row it cannot, since
+onnxruntime adds the bias before it multiplies the row by its scale. No row depends on another either way; a row
 beyond the range saturates instead of widening the scale (docs/BENCHMARKS.md measures both).
 The product runs on onnxruntime's u8·s8 integer GEMM, whose int32 sums are exact, so a row's
 result is the same whatever else is in the batch. On CPUs without VNNI that kernel adds pairs of
@@ -286,19 +288,49 @@ class _RowQuantizer:
             self.stored_scales.add(scale_name)
         return f"{name}.int8", scale_name
 
-    def rewrite(self) -> int:
-        """Replaces the graph's nodes; returns how many MatMuls became int8."""
-        converted = 0
+    def _bias_adds(self) -> dict[str, onnx.NodeProto]:
+        """MatMul output -> the Add of a constant bias (one value per column) that alone reads it."""
+        readers: dict[str, list[onnx.NodeProto]] = {}
         for node in self.graph.node:
+            for name in node.input:
+                readers.setdefault(name, []).append(node)
+        outputs = {output.name for output in self.graph.output}
+        adds = {}
+        for node in self.graph.node:
+            if not _is_constant_matrix(node, self.weights) or node.output[0] in outputs:
+                continue
+            (add, *others) = readers.get(node.output[0], [None])
+            if add is None or others or add.op_type != "Add":
+                continue
+            bias = self.weights.get(add.input[1] if add.input[0] == node.output[0] else add.input[0])
+            if bias is not None and list(bias.dims) == [self.weights[node.input[1]].dims[1]]:
+                adds[node.output[0]] = add
+        return adds
+
+    def rewrite(self) -> int:
+        """Replaces the graph's nodes; returns how many MatMuls became int8. A bias added to a product
+        becomes the product's own bias input: a node fewer, the sum made as the kernel scales."""
+        converted = 0
+        bias_adds = self._bias_adds()
+        folded: set[int] = set()
+        for node in self.graph.node:
+            if id(node) in folded:
+                continue
             if not _is_constant_matrix(node, self.weights):
                 self.nodes.append(node)
                 continue
             rows, a_scale, per_row, grid = self._quantized_rows(node.input[0])
             weight, b_scale = self._weight(node.input[1], per_row, node.input[0], grid)
+            inputs, outputs = [rows, weight, a_scale, b_scale, grid.zero_point_name], list(node.output)
+            add = bias_adds.get(node.output[0])
+            # onnxruntime adds the bias before it multiplies by an A scale per row: only a constant one takes it
+            if add is not None and not per_row:
+                bias = add.input[1] if add.input[0] == node.output[0] else add.input[0]
+                inputs, outputs = [*inputs, "", bias], list(add.output)  # no zero point of B: symmetric
+                folded.add(id(add))
             self.nodes.append(
-                helper.make_node("MatMulIntegerToFloat", [rows, weight, a_scale, b_scale, grid.zero_point_name],
-                                 list(node.output), name=node.name, domain=MS_DOMAIN)
-            )  # fmt: skip
+                helper.make_node("MatMulIntegerToFloat", inputs, outputs, name=node.name, domain=MS_DOMAIN)
+            )
             converted += 1
         for grid in sorted(self.grids, key=lambda g: g.levels):
             self.graph.initializer.extend(

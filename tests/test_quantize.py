@@ -15,17 +15,24 @@ from export.quantize import INT8_MAX, WEIGHT_MAX, quantize_int8, quantize_weight
 from service.graphs import OPSET
 
 
-def _matmul_graph(path: Path, weight: np.ndarray, relu: bool = False, weight_name: str = "w") -> None:
-    """y = x @ W (or ReLU(x) @ W), with x [rows, 1, K], the shape the decoder step's activations have."""
+def _matmul_graph(
+    path: Path, weight: np.ndarray, relu: bool = False, weight_name: str = "w", bias: np.ndarray | None = None
+) -> None:
+    """y = x @ W (or ReLU(x) @ W, and + b with a bias), with x [rows, 1, K], the shape the decoder
+    step's activations have."""
     k, n = weight.shape
+    nodes = [helper.make_node("Relu", ["x"], ["h"])] if relu else []
+    nodes.append(helper.make_node("MatMul", ["h" if relu else "x", weight_name], ["y" if bias is None else "p"]))
+    initializers = [numpy_helper.from_array(weight, weight_name)]
+    if bias is not None:
+        nodes.append(helper.make_node("Add", ["p", "b"], ["y"]))
+        initializers.append(numpy_helper.from_array(bias, "b"))
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["h"]), helper.make_node("MatMul", ["h", weight_name], ["y"])]
-        if relu
-        else [helper.make_node("MatMul", ["x", weight_name], ["y"])],
+        nodes,
         "matmul",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", 1, k])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", 1, n])],
-        [numpy_helper.from_array(weight, weight_name)],
+        initializers,
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), str(path))
 
@@ -152,6 +159,32 @@ def test_a_calibrated_range_gives_one_constant_scale_and_rows_beyond_it_saturate
         if row != 3:
             exact = x[row] @ weight
             assert np.abs(batched[row] - exact).max() <= 0.03 * np.abs(exact).max() + 1e-6, f"row {row}"
+
+
+def test_a_bias_joins_a_product_of_constant_scale_and_stays_a_node_after_one_scaled_per_row(tmp_path: Path) -> None:
+    """onnxruntime adds a product's own bias before it multiplies a row by its A scale: the bias
+    goes into the product only where that scale is a constant, and the sum is right either way."""
+    rng = np.random.default_rng(5)
+    weight = rng.standard_normal((256, 96)).astype(np.float32) / 16
+    bias = rng.standard_normal(96).astype(np.float32)
+    x = np.clip(rng.standard_normal((9, 1, 256)), -4, 4).astype(np.float32)
+    x[4] *= 0.01  # a quiet row, whose range is far from the constant one
+    quantized, scale = quantize_weight(weight)
+    for ranges, ops in (
+        ({"matmul.onnx": {"x": 4.0}}, ["QuantizeLinear", "MatMulIntegerToFloat"]),
+        (None, ["Abs", "ReduceMax", "Div", "QuantizeLinear", "MatMulIntegerToFloat", "Add"]),
+    ):
+        _matmul_graph(tmp_path / "matmul.onnx", weight, bias=bias)
+        quantize_int8(tmp_path, ["matmul.onnx"], ranges)
+        assert [node.op_type for node in onnx.load(str(tmp_path / "matmul.onnx")).graph.node] == ops
+        session = ort.InferenceSession(str(tmp_path / "matmul.onnx"), providers=["CPUExecutionProvider"])
+        (y,) = session.run(["y"], {"x": x})
+        if ranges is None:
+            expected = _integer_product(x, weight) + bias
+        else:
+            codes = np.clip(np.rint(x / 4.0 * INT8_MAX) + 128, 0, 255).astype(np.int64)
+            expected = ((codes - 128) @ quantized.astype(np.int64)) * (scale * 4.0 / INT8_MAX) + bias
+        assert np.allclose(y, expected, rtol=1e-5, atol=1e-5), ops
 
 
 def _correlated_activations(rows: int, k: int, rng: np.random.Generator) -> np.ndarray:
