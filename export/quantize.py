@@ -28,8 +28,9 @@ while the fp32 graphs translate sample sentences), its scale is that constant in
 Two nodes instead of five: at one sentence a step is mostly nodes of a few microseconds each,
 and this takes 54 of the decoder step's 210 away. A bias b that only the product reads becomes
 the kernel's own bias input, one node fewer again; with a scale per row it cannot, since
-onnxruntime adds the bias before it multiplies the row by its scale. No row depends on another either way; a row
-beyond the range saturates instead of widening the scale (docs/BENCHMARKS.md measures both).
+onnxruntime adds the bias before it multiplies the row by its scale. No row depends on another
+either way; a row beyond the range saturates instead of widening the scale (docs/BENCHMARKS.md
+measures both).
 The product runs on onnxruntime's u8·s8 integer GEMM, whose int32 sums are exact, so a row's
 result is the same whatever else is in the batch. On CPUs without VNNI that kernel adds pairs of
 products in 16 bits first, which saturate with 8-bit weights (onnxruntime's documented u8·s8
@@ -228,7 +229,6 @@ class _RowQuantizer:
         self.nodes: list[onnx.NodeProto] = []
         # activation -> (uint8 rows, the scale of A, whether that is each row's range [.., 1], grid)
         self.quantized_inputs: dict[str, tuple[str, str, bool, _Grid]] = {}
-        self.grids: set[_Grid] = set()
         self.column_scales: dict[str, np.ndarray] = {}  # weight -> its per-column scales
         self.stored_scales: set[str] = set()  # the scale initializers written so far
         self.constant_scales = 0
@@ -248,7 +248,6 @@ class _RowQuantizer:
         if x in self.quantized_inputs:
             return self.quantized_inputs[x]
         grid = NEVER_NEGATIVE if x in self.never_negative else SIGNED
-        self.grids.add(grid)
         if x in self.ranges:
             scale = self._name("scale")
             value = max(self.ranges[x], SMALLEST_RANGE) / grid.levels
@@ -288,8 +287,9 @@ class _RowQuantizer:
             self.stored_scales.add(scale_name)
         return f"{name}.int8", scale_name
 
-    def _bias_adds(self) -> dict[str, onnx.NodeProto]:
-        """MatMul output -> the Add of a constant bias (one value per column) that alone reads it."""
+    def _bias_adds(self) -> dict[str, tuple[onnx.NodeProto, str]]:
+        """MatMul output -> the Add of a constant bias (one value per column) that alone reads it, and
+        the bias's name."""
         readers: dict[str, list[onnx.NodeProto]] = {}
         for node in self.graph.node:
             for name in node.input:
@@ -302,9 +302,9 @@ class _RowQuantizer:
             (add, *others) = readers.get(node.output[0], [None])
             if add is None or others or add.op_type != "Add":
                 continue
-            bias = self.weights.get(add.input[1] if add.input[0] == node.output[0] else add.input[0])
-            if bias is not None and list(bias.dims) == [self.weights[node.input[1]].dims[1]]:
-                adds[node.output[0]] = add
+            bias = add.input[1] if add.input[0] == node.output[0] else add.input[0]
+            if bias in self.weights and list(self.weights[bias].dims) == [self.weights[node.input[1]].dims[1]]:
+                adds[node.output[0]] = (add, bias)
         return adds
 
     def rewrite(self) -> int:
@@ -322,17 +322,17 @@ class _RowQuantizer:
             rows, a_scale, per_row, grid = self._quantized_rows(node.input[0])
             weight, b_scale = self._weight(node.input[1], per_row, node.input[0], grid)
             inputs, outputs = [rows, weight, a_scale, b_scale, grid.zero_point_name], list(node.output)
-            add = bias_adds.get(node.output[0])
             # onnxruntime adds the bias before it multiplies by an A scale per row: only a constant one takes it
-            if add is not None and not per_row:
-                bias = add.input[1] if add.input[0] == node.output[0] else add.input[0]
+            if node.output[0] in bias_adds and not per_row:
+                add, bias = bias_adds[node.output[0]]
                 inputs, outputs = [*inputs, "", bias], list(add.output)  # no zero point of B: symmetric
                 folded.add(id(add))
             self.nodes.append(
                 helper.make_node("MatMulIntegerToFloat", inputs, outputs, name=node.name, domain=MS_DOMAIN)
             )
             converted += 1
-        for grid in sorted(self.grids, key=lambda g: g.levels):
+        grids = {grid for *_, grid in self.quantized_inputs.values()}
+        for grid in sorted(grids, key=lambda g: g.levels):
             self.graph.initializer.extend(
                 [
                     numpy_helper.from_array(np.array(grid.step), grid.step_name),
