@@ -146,3 +146,29 @@ def test_the_c_step_flags_a_token_among_its_rows_last_ones(c_step: ModuleType) -
     for hist, window, status in (([5, 9, 9], 4, 2), ([5, 9, 9], 2, 1), ([9, 9, 9], 4, 1), ([5, 9, 9], 0, 1)):
         got = c_step.select_common(ids, log_probs, scores, np.array([hist], np.int64), 1, 2, window, *outputs)
         assert got == status, (hist, window)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.float32])
+@pytest.mark.parametrize(("vocab", "width", "taken"), [(8000, 256, 1024), (300, 250, 37), (40, 7, 16), (20, 16, 3)])
+def test_the_output_layers_columns_in_c_are_numpys(
+    c_step: ModuleType, dtype: type, vocab: int, width: int, taken: int
+) -> None:
+    # a batch's union, padded at its end with its last id as the shortlist pads it; every width and
+    # count, whole blocks of 16 and not
+    rng = np.random.default_rng(vocab + width)
+    columns: np.ndarray = rng.integers(-127, 128, (width, vocab)).astype(dtype)
+    ids = np.sort(rng.choice(vocab, taken, replace=False))
+    ids = np.concatenate((ids, np.full(5, ids[-1])))
+    out: np.ndarray = np.empty((width, len(ids)), dtype)
+    c_step.take_columns(np.ascontiguousarray(columns.T), ids, out)
+    assert np.array_equal(out, columns[:, ids])
+
+
+def test_the_c_gather_refuses_ids_outside_the_rows_and_mismatched_arrays(c_step: ModuleType) -> None:
+    rows = np.zeros((10, 4), np.int8)
+    with pytest.raises(IndexError, match="outside the 10 rows"):
+        c_step.take_columns(rows, np.array([0, 10]), np.empty((4, 2), np.int8))
+    with pytest.raises(ValueError, match="must be"):
+        c_step.take_columns(rows, np.array([0, 1]), np.empty((2, 4), np.int8))
+    with pytest.raises(TypeError, match="out"):
+        c_step.take_columns(rows, np.array([0, 1]), np.empty((4, 2), np.float32))

@@ -1,4 +1,6 @@
-/* The beam search's common step in one call (service/runtime/beam.py, `_beam_search`).
+/* The beam search's common step in one call (service/runtime/beam.py, `_beam_search`), and two more
+ * pieces of the host's work between the graphs' runs: the cache's history reordered
+ * (reorder_history) and a batch's output layer gathered (take_columns), each below.
  *
  * A step of one sentence decodes in well under a millisecond, and each numpy operation of the
  * host's selection costs microseconds whatever its size: this does the common step's selection
@@ -206,9 +208,139 @@ static PyObject *reorder_history(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* take_columns(rows, vocab, out): out [D, U] = rows[vocab].T, for rows [V, D] and vocab int64 [U] (each
+ * in [0, V)), rows and out both int8 or both float32, C-contiguous; service/runtime/shortlist.py, a
+ * batch's output layer. The step reads the projection's columns [D, U]; gathered from its rows, a
+ * batch reads U·D values rather than all V·D of the columns' layout, and 16 rows at a time are
+ * written transposed. */
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#define TRANSPOSE_BLOCK 16
+/* Bytes d..d+15 of rows src[0..15], written transposed: byte c of row j to out[c * stride + j]. */
+static void transpose_16x16(const int8_t *const *src, size_t d, int8_t *out, size_t stride) {
+    __m128i rows[16], pairs[8][2], quads[4][4], octets[2][8];
+    for (int j = 0; j < 16; j++) {
+        rows[j] = _mm_loadu_si128((const __m128i *)(src[j] + d));
+    }
+    for (int p = 0; p < 8; p++) { /* rows 2p, 2p+1; columns 0-7, 8-15 */
+        pairs[p][0] = _mm_unpacklo_epi8(rows[2 * p], rows[2 * p + 1]);
+        pairs[p][1] = _mm_unpackhi_epi8(rows[2 * p], rows[2 * p + 1]);
+    }
+    for (int q = 0; q < 4; q++) { /* rows 4q to 4q+3; columns 4k to 4k+3 */
+        for (int h = 0; h < 2; h++) {
+            quads[q][2 * h] = _mm_unpacklo_epi16(pairs[2 * q][h], pairs[2 * q + 1][h]);
+            quads[q][2 * h + 1] = _mm_unpackhi_epi16(pairs[2 * q][h], pairs[2 * q + 1][h]);
+        }
+    }
+    for (int o = 0; o < 2; o++) { /* rows 8o to 8o+7; columns 2m, 2m+1 */
+        for (int k = 0; k < 4; k++) {
+            octets[o][2 * k] = _mm_unpacklo_epi32(quads[2 * o][k], quads[2 * o + 1][k]);
+            octets[o][2 * k + 1] = _mm_unpackhi_epi32(quads[2 * o][k], quads[2 * o + 1][k]);
+        }
+    }
+    for (int m = 0; m < 8; m++) {
+        _mm_storeu_si128((__m128i *)(out + (size_t)(2 * m) * stride), _mm_unpacklo_epi64(octets[0][m], octets[1][m]));
+        _mm_storeu_si128((__m128i *)(out + (size_t)(2 * m + 1) * stride), _mm_unpackhi_epi64(octets[0][m], octets[1][m]));
+    }
+}
+#else
+#define TRANSPOSE_BLOCK 16
+#endif
+
+static void take_columns_int8(const int8_t *rows, size_t width, const int64_t *vocab, size_t count, int8_t *out) {
+    size_t u = 0;
+    for (; u + TRANSPOSE_BLOCK <= count; u += TRANSPOSE_BLOCK) {
+        const int8_t *src[TRANSPOSE_BLOCK];
+        for (int j = 0; j < TRANSPOSE_BLOCK; j++) {
+            src[j] = rows + (size_t)vocab[u + j] * width;
+        }
+        size_t d = 0;
+#if defined(__SSE2__)
+        for (; d + 16 <= width; d += 16) {
+            transpose_16x16(src, d, out + d * count + u, count);
+        }
+#endif
+        for (; d < width; d++) {
+            for (int j = 0; j < TRANSPOSE_BLOCK; j++) {
+                out[d * count + u + (size_t)j] = src[j][d];
+            }
+        }
+    }
+    for (; u < count; u++) {
+        const int8_t *src = rows + (size_t)vocab[u] * width;
+        for (size_t d = 0; d < width; d++) {
+            out[d * count + u] = src[d];
+        }
+    }
+}
+
+static void take_columns_float(const float *rows, size_t width, const int64_t *vocab, size_t count, float *out) {
+    for (size_t u = 0; u < count; u += TRANSPOSE_BLOCK) {
+        size_t block = count - u < TRANSPOSE_BLOCK ? count - u : TRANSPOSE_BLOCK;
+        const float *src[TRANSPOSE_BLOCK];
+        for (size_t j = 0; j < block; j++) {
+            src[j] = rows + (size_t)vocab[u + j] * width;
+        }
+        for (size_t d = 0; d < width; d++) {
+            for (size_t j = 0; j < block; j++) {
+                out[d * count + u + j] = src[j][d];
+            }
+        }
+    }
+}
+
+static PyObject *take_columns(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *objects[3];
+    if (!PyArg_ParseTuple(args, "OOO", &objects[0], &objects[1], &objects[2])) {
+        return NULL;
+    }
+    Buffer b[3];
+    memset(b, 0, sizeof(b));
+    /* int8 or float32 rows, and out of the same */
+    const char *format = get_buffer(objects[0], &b[0], "rows", "b", 2, 0) == 0 ? "b" : "f";
+    if (format[0] == 'f') {
+        PyErr_Clear();
+        release(b, 1);
+        b[0].held = 0;
+    }
+    if ((format[0] == 'f' && get_buffer(objects[0], &b[0], "rows", "f", 2, 0) < 0) ||
+        get_buffer(objects[1], &b[1], "vocab", "q", 1, 0) < 0 || get_buffer(objects[2], &b[2], "out", format, 2, 1) < 0) {
+        release(b, 3);
+        return NULL;
+    }
+    Buffer rows = b[0], vocab = b[1], out = b[2];
+    Py_ssize_t count = vocab.view.shape[0], width = rows.view.shape[1], item = rows.view.itemsize;
+    if (out.view.shape[0] != width || out.view.shape[1] != count || !PyBuffer_IsContiguous(&rows.view, 'C') ||
+        !PyBuffer_IsContiguous(&vocab.view, 'C') || !PyBuffer_IsContiguous(&out.view, 'C')) {
+        release(b, 3);
+        PyErr_SetString(PyExc_ValueError, "take_columns: out must be [rows' width, vocab's length]; all C-contiguous");
+        return NULL;
+    }
+    const int64_t *ids = (const int64_t *)vocab.view.buf;
+    for (Py_ssize_t u = 0; u < count; u++) {
+        if (ids[u] < 0 || ids[u] >= rows.view.shape[0]) {
+            release(b, 3);
+            PyErr_Format(PyExc_IndexError, "take_columns: vocabulary id %lld outside the %zd rows", (long long)ids[u],
+                         rows.view.shape[0]);
+            return NULL;
+        }
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (item == 1) {
+        take_columns_int8(rows.view.buf, (size_t)width, ids, (size_t)count, out.view.buf);
+    } else {
+        take_columns_float(rows.view.buf, (size_t)width, ids, (size_t)count, out.view.buf);
+    }
+    Py_END_ALLOW_THREADS
+    release(b, 3);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"select_common", select_common, METH_VARARGS, "The beam search's common step (see the module's source)."},
     {"reorder_history", reorder_history, METH_VARARGS, "The self-attention cache's rows reordered in place."},
+    {"take_columns", take_columns, METH_VARARGS, "A batch's output layer columns from the projection's rows."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -24,6 +24,7 @@ from typing import cast
 import numpy as np
 
 from service.manifest import Manifest, ModelFileError, SpecialIds
+from service.runtime import native
 
 OUTPUT_LAYER_FILE = "output_layer.npz"
 OUTPUT_WEIGHT = "output_weight"
@@ -62,17 +63,18 @@ def sentence_shortlist(
     chosen = np.zeros(vocab_size, bool)
     for tokens in (always, frequent[:FREQUENT_FIRST], own):
         chosen[tokens] = True
-    need = size - int(chosen.sum())
+    need = size - np.count_nonzero(chosen)
     if need > 0:  # the first `need` translations not chosen yet, in rank order
-        ranked = translations[own].T.ravel()
+        ranked = translations[own].T.ravel().astype(np.intp)
         fresh = ranked[~chosen[ranked]]
         tokens, first = np.unique(fresh, return_index=True)
         if len(tokens) > need:
             tokens = tokens[first <= np.partition(first, need - 1)[need - 1]]
         chosen[tokens] = True
         need -= len(tokens)
-    if need > 0:
-        chosen[frequent[~chosen[frequent]][:need]] = True
+    if need > 0:  # `size - need` are chosen: the first `size` frequent ones hold `need` others
+        head = frequent[:size].astype(np.intp)
+        chosen[head[~chosen[head]][:need]] = True
     return np.flatnonzero(chosen)
 
 
@@ -123,6 +125,15 @@ class OutputLayer:
             if value is not None and value.shape != (self.vocab_size,):
                 raise ModelFileError(path, f"its {name} {value.shape} does not span the vocabulary")
         self.enabled = enabled
+        # A shortlist gathers some thousand of the vocabulary's columns for each batch. Kept as
+        # rows ([V, D]), a batch reads only the rows it takes; in the step's layout ([D, V]) every
+        # column gather reads the whole matrix. Only a model decoding over the whole vocabulary
+        # (MTSERVE_SHORTLIST=off) keeps the step's layout.
+        self.rows: np.ndarray | None = None
+        if enabled and self.vocab_axis == 1:
+            self.rows = np.ascontiguousarray(self.weight.T)
+            self.weight = self.rows.T
+        self._all_columns: np.ndarray | None = None
         self.translations = {k[len(LEXICAL_PREFIX):]: v for k, v in arrays.items()
                              if k.startswith(LEXICAL_PREFIX)}  # fmt: skip
         self.frequent = {k[len(FREQUENT_PREFIX):]: v for k, v in arrays.items()
@@ -159,10 +170,18 @@ class OutputLayer:
         return np.concatenate((vocab, np.full(blocks * self.block - len(vocab), vocab[-1], np.int64)))
 
     def _columns(self, vocab: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        scale = None if self.scale is None else self.scale[vocab]
         if len(vocab) == self.vocab_size and vocab[-1] == self.vocab_size - 1:
-            return self.weight, self.scale  # the whole vocabulary in order: no copy
-        weight = np.ascontiguousarray(np.take(self.weight, vocab, axis=self.vocab_axis))
-        return weight, None if self.scale is None else self.scale[vocab]
+            # the whole vocabulary in order (a target language without a lexical table): the
+            # step's layout, made once and kept
+            if self.rows is None:
+                return self.weight, self.scale
+            if self._all_columns is None:
+                self._all_columns = take_columns(self.rows, vocab)
+            return self._all_columns, self.scale
+        if self.rows is not None:
+            return take_columns(self.rows, vocab), scale
+        return np.ascontiguousarray(np.take(self.weight, vocab, axis=self.vocab_axis)), scale
 
     def batch(self, sources: Sequence[Sequence[int]], languages: Sequence[str]) -> BatchVocab:
         """The output layer's inputs for sentences `sources` into `languages`."""
@@ -192,3 +211,12 @@ class OutputLayer:
         if last is None or len(last.sentence_bias) != sentences:
             last = self._last_full = self._full.kept(np.zeros(sentences, np.int64))
         return last
+
+
+def take_columns(rows: np.ndarray, vocab: np.ndarray) -> np.ndarray:
+    """[D, U]: the columns `vocab` of the matrix whose rows are `rows` [V, D], C-contiguous."""
+    if native.common_step is not None and rows.dtype in (np.int8, np.float32):
+        out = np.empty((rows.shape[1], len(vocab)), rows.dtype)
+        native.common_step.take_columns(rows, np.ascontiguousarray(vocab, np.int64), out)
+        return out
+    return np.ascontiguousarray(rows[vocab].T)
