@@ -15,7 +15,7 @@ from model.corpus import read_lines
 from service.conventions import EOS_ID
 from service.manifest import DEFAULT_MODEL_DIR
 from service.runtime import native
-from service.runtime.beam import DecodeOptions, Hypothesis, _Grid, _head_goes_on, _ranked_candidates, beam_search
+from service.runtime.beam import DecodeOptions, Hypothesis, _Grid, _ranked_candidates, beam_search
 from service.runtime.sessions import OnnxModel
 from tests.conftest import TAG
 
@@ -51,13 +51,14 @@ class _Counted:
     """The C module, its common steps counted: that the C path ran, and took most steps."""
 
     def __init__(self, module: ModuleType) -> None:
-        self.module, self.common, self.calls = module, 0, 0
+        self.module, self.common, self.calls, self.ending = module, 0, 0, 0
 
-    def select_common(self, *args: object) -> int:
-        status = self.module.select_common(*args)
+    def select_common(self, *args: object) -> tuple[int, int]:
+        status, ended = self.module.select_common(*args)
         self.calls += 1
         self.common += status == 1
-        return int(status)
+        self.ending += status == 1 and ended > 0
+        return int(status), int(ended)
 
     def reorder_history(self, *args: object) -> None:
         self.module.reorder_history(*args)
@@ -88,52 +89,79 @@ def test_the_common_step_in_c_chooses_as_numpy(
             in_numpy = _search(model, sources, TAG["fr"], options, batch)
             assert in_c == in_numpy, (options, batch)
     assert counted.common > 0.5 * counted.calls > 0
+    assert counted.ending > 0  # steps where rows end were taken in C too
+
+
+def _outputs(n: int, k: int, length: int) -> tuple[np.ndarray, ...]:
+    """select_common's output arrays for n sentences at beam k over histories of `length`."""
+    rows = n * k
+    return (
+        np.empty(rows, np.int64), np.empty(rows, np.int64), np.empty((n, k)), np.empty((rows, length + 1), np.int64),
+        np.empty(rows, np.int64), np.empty(rows), np.empty(rows, np.int64),
+    )  # fmt: skip
 
 
 def test_the_c_step_refuses_arrays_that_do_not_agree(c_step: ModuleType) -> None:
     k, n = 2, 1
     ids, log_probs = np.zeros((k, 2 * k), np.int64), np.zeros((k, 2 * k), np.float32)
     scores, hist = np.zeros((n, k)), np.zeros((k, 3), np.int64)
-    outputs = np.empty(n * k, np.int64), np.empty(n * k, np.int64), np.empty((n, k)), np.empty((n * k, 4), np.int64)
+    outputs = _outputs(n, k, 3)
     with pytest.raises(TypeError, match="log_probs"):
         c_step.select_common(ids, log_probs.astype(np.float64), scores, hist, k, 0, 4, *outputs)
     with pytest.raises(ValueError, match="shapes"):
         c_step.select_common(ids, log_probs, scores, hist[:, :2], k, 0, 4, *outputs)
+    with pytest.raises(ValueError, match="shapes"):
+        c_step.select_common(ids, log_probs, scores, hist, k, 0, 4, *outputs[:4], *_outputs(n, 1, 3)[4:])
 
 
 def test_the_c_step_ranks_ties_endings_and_impossible_candidates_as_numpy(c_step: ModuleType) -> None:
-    """Against the search's own numpy ranking. Scores on a coarse grid tie often; EOS and -inf among
-    the candidates make steps not common."""
+    """Against the search's own numpy ranking and rules: among each sentence's 2K best, an EOS among
+    the first K possible candidates ends its row and the first K others go on. Scores on a coarse
+    grid tie often; EOS and -inf among the candidates end rows or leave fewer than K to go on."""
     rng = np.random.default_rng(7)
-    eos, seen = 2, {True: 0, False: 0}
-    for trial in range(400):
+    eos, seen = 2, {"common": 0, "ending": 0, "not taken": 0}
+    for trial in range(600):
         k, n = int(rng.integers(1, 9)), int(rng.integers(1, 4))
         beams = 1 if trial % 5 == 0 else k
         rows, width = n * beams, 2 * k
         ids = np.stack([rng.choice(np.arange(3, 40), 2 * 8, replace=False) for _ in range(rows)]).astype(np.int64)
-        if trial % 3 == 0:
+        for _ in range(int(rng.integers(1, 4)) if trial % 2 == 0 else 0):
             ids[rng.integers(0, rows), rng.integers(0, width)] = eos
         log_probs = -rng.integers(0, 4, (rows, 2 * 8)).astype(np.float32) / 2
         if trial % 7 == 0:
             log_probs[rng.integers(0, rows), rng.integers(0, width)] = -np.inf
+        if trial % 4 == 1:  # few possible candidates in each row
+            log_probs[:, rng.integers(0, k) :] = -np.inf
         scores = -rng.integers(0, 3, (n, beams)).astype(np.float64)
         hist = rng.integers(3, 40, (rows, int(rng.integers(0, 6)))).astype(np.int64)
-        next_rows, last = np.empty(n * k, np.int64), np.empty(n * k, np.int64)
-        next_scores, next_hist = np.empty((n, k)), np.empty((n * k, hist.shape[1] + 1), np.int64)
-        status = c_step.select_common(ids, log_probs, scores, hist, k, eos, 0, next_rows, last, next_scores, next_hist)
+        outputs = _outputs(n, k, hist.shape[1])
+        status, ended = c_step.select_common(ids, log_probs, scores, hist, k, eos, 0, *outputs)
+        next_rows, last, next_scores, next_hist, ended_rows, ended_scores, ended_sentences = outputs
         top_scores, token, parents = _ranked_candidates(
             ids[:, :width], log_probs[:, :width], scores, _Grid(n, beams, width), width
         )
-        common = _head_goes_on(token, top_scores, k, eos)
-        want_rows, want_last, want_scores = parents[:, :k].ravel(), token[:, :k].ravel(), top_scores[:, :k]
-        assert status == int(common), trial
-        seen[common] += 1
-        if common:
-            np.testing.assert_array_equal(next_rows, want_rows)
-            np.testing.assert_array_equal(last, want_last)
-            np.testing.assert_array_equal(next_scores, want_scores)
-            np.testing.assert_array_equal(next_hist, np.concatenate((hist[want_rows], want_last[:, None]), axis=1))
-    assert min(seen.values()) > 50
+        valid = top_scores > -np.inf
+        ending = (token == eos) & valid & (np.cumsum(valid, axis=1) <= k)
+        going = valid & (token != eos)
+        takeable = bool((going.sum(axis=1) >= k).all())
+        assert status == int(takeable), trial
+        if not takeable:
+            seen["not taken"] += 1
+            continue
+        seen["ending" if ending.any() else "common"] += 1
+        order = np.argsort(~going, axis=1, kind="stable")[:, :k]  # the first K that go on, in rank order
+        by_row = np.arange(n)[:, None]
+        want_rows, want_last = parents[by_row, order].ravel(), token[by_row, order].ravel()
+        np.testing.assert_array_equal(next_rows, want_rows)
+        np.testing.assert_array_equal(last, want_last)
+        np.testing.assert_array_equal(next_scores, top_scores[by_row, order])
+        np.testing.assert_array_equal(next_hist, np.concatenate((hist[want_rows], want_last[:, None]), axis=1))
+        sentence, rank = np.nonzero(ending)
+        assert ended == len(sentence), trial
+        np.testing.assert_array_equal(ended_sentences[:ended], sentence)
+        np.testing.assert_array_equal(ended_rows[:ended], parents[sentence, rank])
+        np.testing.assert_array_equal(ended_scores[:ended], top_scores[sentence, rank])
+    assert min(seen.values()) > 50, seen
 
 
 def test_the_c_step_flags_a_token_among_its_rows_last_ones(c_step: ModuleType) -> None:
@@ -142,9 +170,9 @@ def test_the_c_step_flags_a_token_among_its_rows_last_ones(c_step: ModuleType) -
     ids = np.array([[5, 6]], np.int64)
     log_probs = np.array([[-0.1, -0.2]], np.float32)
     scores = np.zeros((1, 1))
-    outputs = np.empty(1, np.int64), np.empty(1, np.int64), np.empty((1, 1)), np.empty((1, 4), np.int64)
+    outputs = _outputs(1, 1, 3)
     for hist, window, status in (([5, 9, 9], 4, 2), ([5, 9, 9], 2, 1), ([9, 9, 9], 4, 1), ([5, 9, 9], 0, 1)):
-        got = c_step.select_common(ids, log_probs, scores, np.array([hist], np.int64), 1, 2, window, *outputs)
+        got, _ = c_step.select_common(ids, log_probs, scores, np.array([hist], np.int64), 1, 2, window, *outputs)
         assert got == status, (hist, window)
 
 

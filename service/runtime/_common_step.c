@@ -8,15 +8,20 @@
  * are beam.py's, which keeps the full selection for every other step and the numpy form of this one
  * where the module is not built; tests/test_common_step.py holds the two to the same hypotheses.
  *
- * select_common(ids, log_probs, scores, hist, k, eos, window, next_rows, last, next_scores, next_hist)
+ * select_common(ids, log_probs, scores, hist, k, eos, window, next_rows, last, next_scores, next_hist,
+ *               ended_rows, ended_scores, ended_sentences) -> (status, ended)
  *   ids [n*beams, >=2k] int64, log_probs [n*beams, >=2k] float32: each row's best continuations
  *   scores [n, beams] float64: each row's score so far; hist [n*beams, L] int64: its tokens so far
- *   writes next_rows [n*k] int64, last [n*k] int64, next_scores [n, k] float64, next_hist [n*k, L+1] int64
- * Each sentence's K best of its beams' first 2k candidates: score descending, then lower token id,
- * then lower beam (beam.py's lexsort). Returns 0 when the step is not common (an EOS or a score of
- * -inf or NaN among a sentence's K best; the outputs then mean nothing), 1 when it is, 2 when it is
- * unless a chosen token closes a repetition loop: one of them is among the last `window` tokens of
- * the row it extends (the caller asks beam.py's `runaway`; window 0: no guard).
+ *   writes next_rows [n*k] int64, last [n*k] int64, next_scores [n, k] float64, next_hist [n*k, L+1] int64,
+ *   and the first `ended` of ended_rows, ended_scores, ended_sentences [n*k] (int64, float64, int64)
+ * Each sentence's 2k best of its beams' candidates in rank order: score descending, then lower token
+ * id, then lower beam (beam.py's lexsort). An EOS among the first K ends the row it extends (written
+ * to the ended arrays, sentence by sentence, in rank order); any other candidate goes on, the first
+ * K of them chosen. Status 0 when the step cannot be taken so (a score of -inf or NaN comes before
+ * K candidates go on: beam.py's full selection then takes it; the outputs mean nothing), 1 when it
+ * is, 2 when it is unless a chosen token closes a repetition loop: one of them is among the last
+ * `window` tokens of the row it extends (the caller asks beam.py's `runaway`; window 0: no guard).
+ * Whether a sentence is done once its rows end is the caller's to decide.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -78,38 +83,45 @@ static int ranks_before(double score_a, int64_t id_a, Py_ssize_t beam_a, double 
 
 static PyObject *select_common(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *objects[8];
+    enum { BUFFERS = 11 };
+    PyObject *objects[BUFFERS];
     Py_ssize_t k, window;
     long long eos;
-    if (!PyArg_ParseTuple(args, "OOOOnLnOOOO", &objects[0], &objects[1], &objects[2], &objects[3], &k, &eos, &window,
-                          &objects[4], &objects[5], &objects[6], &objects[7])) {
+    if (!PyArg_ParseTuple(args, "OOOOnLnOOOOOOO", &objects[0], &objects[1], &objects[2], &objects[3], &k, &eos,
+                          &window, &objects[4], &objects[5], &objects[6], &objects[7], &objects[8], &objects[9],
+                          &objects[10])) {
         return NULL;
     }
-    static const char *names[8] = {"ids", "log_probs", "scores", "hist", "next_rows", "last", "next_scores", "next_hist"};
-    static const char *formats[8] = {"q", "f", "d", "q", "q", "q", "d", "q"};
-    static const int ndims[8] = {2, 2, 2, 2, 1, 1, 2, 2};
-    Buffer b[8];
+    static const char *names[BUFFERS] = {"ids",         "log_probs",    "scores",       "hist",
+                                         "next_rows",   "last",         "next_scores",  "next_hist",
+                                         "ended_rows",  "ended_scores", "ended_sentences"};
+    static const char *formats[BUFFERS] = {"q", "f", "d", "q", "q", "q", "d", "q", "q", "d", "q"};
+    static const int ndims[BUFFERS] = {2, 2, 2, 2, 1, 1, 2, 2, 1, 1, 1};
+    Buffer b[BUFFERS];
     memset(b, 0, sizeof(b));
-    for (int i = 0; i < 8; i++) {
+    for (int i = 0; i < BUFFERS; i++) {
         if (get_buffer(objects[i], &b[i], names[i], formats[i], ndims[i], i >= 4) < 0) {
-            release(b, 8);
+            release(b, BUFFERS);
             return NULL;
         }
     }
     Buffer ids = b[0], log_probs = b[1], scores = b[2], hist = b[3];
     Buffer next_rows = b[4], last = b[5], next_scores = b[6], next_hist = b[7];
+    Buffer ended_rows = b[8], ended_scores = b[9], ended_sentences = b[10];
     Py_ssize_t n = scores.view.shape[0], beams = scores.view.shape[1], width = 2 * k;
     Py_ssize_t rows = n * beams, length = hist.view.shape[1], candidates = beams * width;
     if (k < 1 || beams < 1 || candidates > MAX_CANDIDATES || ids.view.shape[0] != rows ||
         log_probs.view.shape[0] != rows || ids.view.shape[1] < width || log_probs.view.shape[1] < width ||
         hist.view.shape[0] != rows || next_rows.view.shape[0] != n * k || last.view.shape[0] != n * k ||
         next_scores.view.shape[0] != n || next_scores.view.shape[1] != k || next_hist.view.shape[0] != n * k ||
-        next_hist.view.shape[1] != length + 1 || window < 0) {
-        release(b, 8);
+        next_hist.view.shape[1] != length + 1 || ended_rows.view.shape[0] != n * k ||
+        ended_scores.view.shape[0] != n * k || ended_sentences.view.shape[0] != n * k || window < 0) {
+        release(b, BUFFERS);
         PyErr_SetString(PyExc_ValueError, "select_common: the arrays' shapes do not agree");
         return NULL;
     }
     int status = 1;
+    Py_ssize_t ended = 0;
     double cand[MAX_CANDIDATES];
     int64_t cand_id[MAX_CANDIDATES];
     char taken[MAX_CANDIDATES];
@@ -120,7 +132,9 @@ static PyObject *select_common(PyObject *self, PyObject *args) {
             cand_id[c] = AT(ids, int64_t, row, j);
             taken[c] = 0;
         }
-        for (Py_ssize_t i = 0; i < k; i++) {
+        /* The sentence's 2K best in rank order, until K go on: an EOS among the first K ends its row. */
+        Py_ssize_t going = 0, seen = 0;
+        for (Py_ssize_t pick = 0; pick < width && going < k; pick++) {
             Py_ssize_t best = -1;
             for (Py_ssize_t c = 0; c < candidates; c++) {
                 if (!taken[c] && (best < 0 || ranks_before(cand[c], cand_id[c], c / width, cand[best], cand_id[best], best / width))) {
@@ -130,14 +144,24 @@ static PyObject *select_common(PyObject *self, PyObject *args) {
             taken[best] = 1;
             double score = cand[best];
             int64_t token = cand_id[best];
-            if (token == eos || isnan(score) || score == -INFINITY) {
-                status = 0;
-                break;
+            if (isnan(score) || score == -INFINITY) {
+                break; /* every candidate after it is impossible too: fewer than K go on */
             }
-            Py_ssize_t parent = s * beams + best / width, out = s * k + i;
+            seen++;
+            Py_ssize_t parent = s * beams + best / width;
+            if (token == eos) {
+                if (seen <= k) {
+                    AT1(ended_rows, int64_t, ended) = parent;
+                    AT1(ended_scores, double, ended) = score;
+                    AT1(ended_sentences, int64_t, ended) = s;
+                    ended++;
+                }
+                continue;
+            }
+            Py_ssize_t out = s * k + going;
             AT1(next_rows, int64_t, out) = parent;
             AT1(last, int64_t, out) = token;
-            AT(next_scores, double, s, i) = score;
+            AT(next_scores, double, s, going) = score;
             for (Py_ssize_t t = 0; t < length; t++) {
                 int64_t previous = AT(hist, int64_t, parent, t);
                 AT(next_hist, int64_t, out, t) = previous;
@@ -146,10 +170,14 @@ static PyObject *select_common(PyObject *self, PyObject *args) {
                 }
             }
             AT(next_hist, int64_t, out, length) = token;
+            going++;
+        }
+        if (going < k) {
+            status = 0;
         }
     }
-    release(b, 8);
-    return PyLong_FromLong(status);
+    release(b, BUFFERS);
+    return Py_BuildValue("(in)", status, status ? ended : (Py_ssize_t)0);
 }
 
 /* reorder_history(history, rows, beams, length): row i of int32 history [R, capacity] takes the first

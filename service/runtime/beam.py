@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -327,6 +328,17 @@ def _runaway_among(hist: np.ndarray, rows: np.ndarray, tokens: np.ndarray) -> bo
     return bool(_closing_loops(hist, rows, tokens, True).any())
 
 
+class _Chosen(NamedTuple):
+    """A step taken in C: the next rows, their last tokens, scores and histories, and the rows that
+    ended (EOS among their sentence's K best): (sentence, row, score) each, in rank order."""
+
+    next_rows: np.ndarray
+    last: np.ndarray
+    scores: np.ndarray
+    hist: np.ndarray
+    ended: list[tuple[int, int, float]]
+
+
 def _native_common(
     module: ModuleType,
     step_ids: np.ndarray,
@@ -336,19 +348,24 @@ def _native_common(
     k: int,
     eos: int,
     guard: bool,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
-    """The common step's next rows, tokens, scores and histories, chosen in C; None when the
-    step is not common (the full selection then takes it)."""
+) -> _Chosen | None:
+    """The step chosen in C where K candidates of every sentence go on; None where not (the full
+    selection then takes it)."""
     n, rows = len(scores), len(scores) * k
     next_rows, last = np.empty(rows, np.int64), np.empty(rows, np.int64)
     next_scores, next_hist = np.empty((n, k)), np.empty((rows, hist.shape[1] + 1), np.int64)
-    status = module.select_common(
+    ended_rows, ended_scores, ended_sentences = np.empty(rows, np.int64), np.empty(rows), np.empty(rows, np.int64)
+    status, ended = module.select_common(
         step_ids, step_log_probs, scores, hist, k, eos, LOOP_WINDOW if guard else 0,
-        next_rows, last, next_scores, next_hist,
+        next_rows, last, next_scores, next_hist, ended_rows, ended_scores, ended_sentences,
     )  # fmt: skip
     if status == 0 or (status == 2 and _runaway_among(hist, next_rows.reshape(n, k), last.reshape(n, k))):
         return None
-    return next_rows, last, next_scores, next_hist
+    endings = []
+    if ended:
+        sentences, ended_at, scored = ended_sentences[:ended], ended_rows[:ended], ended_scores[:ended]
+        endings = list(zip(sentences.tolist(), ended_at.tolist(), scored.tolist(), strict=True))
+    return _Chosen(next_rows, last, next_scores, next_hist, endings)
 
 
 class _Grid:
@@ -455,8 +472,22 @@ def _beam_search(
         if may_be_common and module is not None:
             chosen = _native_common(module, step_ids, step_log_probs, scores, hist, k, eos, options.repetition_guard)
         compact = False
+        if chosen is not None and chosen.ended:
+            # Rows that end here. Where some sentences reach K endings and others go on, or an ending
+            # must keep its alignment, the full selection below takes the step instead.
+            counts = Counter(sentence for sentence, _, _ in chosen.ended)
+            completed = sum(len(finished[alive[i]]) + c >= k for i, c in counts.items())
+            if peaks is not None or (completed and (completed < n or not options.early_stopping)):
+                chosen = None
+            else:
+                for i, row, score in chosen.ended:
+                    if len(finished[alive[i]]) < k:
+                        hyp = Hypothesis(hist[row].tolist(), score / length**options.length_penalty, score, True)
+                        finished[alive[i]].append(hyp)
+                if completed:  # every sentence has its K endings: the search is done
+                    break
         if chosen is not None:
-            next_rows, last, scores, hist = chosen
+            next_rows, last, scores, hist = chosen.next_rows, chosen.last, chosen.scores, chosen.hist
         else:
             # The 2K best (so that K survive even if K end here).
             top_scores, token, rows = _ranked_candidates(step_ids, step_log_probs, scores, grid, width)
