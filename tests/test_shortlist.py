@@ -4,7 +4,9 @@ same alone and in any batch, and with MTSERVE_SHORTLIST=off exactly as the model
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,9 @@ from service.cli import main
 from service.conventions import EOS_ID
 from service.manifest import MANIFEST_FILE, ModelFileError
 from service.runtime.beam import DecodeOptions, Hypothesis, beam_search
+from service.runtime.beside import beside
 from service.runtime.sessions import OnnxModel
+from service.runtime.shortlist import BatchVocab
 from tests.conftest import TAG
 
 pytestmark = pytest.mark.slow
@@ -72,6 +76,36 @@ def test_each_sentence_decodes_over_its_own_candidates_alone_and_in_any_batch(
     _, _, full = _search(plain, sentences[:12])
     into_french = [i for i in range(12) if tags[i] == TAG["fr"]]
     assert [batched[i][0].tokens for i in into_french] == [full[i][0].tokens for i in into_french]
+
+
+def test_a_sentences_output_layer_is_made_beside_its_encoder_where_a_cpu_would_idle(
+    models: tuple[Path, Path], sentences: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = OnnxModel(models[1], 1)  # one thread: with two CPUs, one idles while a graph runs
+    sources, tags, _ = _search(model, sentences[:3])
+    made_on: list[str] = []
+    real = model.output_vocab
+
+    def recorded(sources: list[list[int]], tags: list[int]) -> BatchVocab | None:
+        made_on.append(threading.current_thread().name)
+        return real(sources, tags)
+
+    monkeypatch.setattr(model, "output_vocab", recorded)
+    searches = {}
+    for cpus in ({0, 1}, {0}):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, cpus=cpus: cpus)
+        made = model.output_vocab_beside(sources, tags)()
+        assert made is not None
+        expected = real(sources, tags)
+        assert expected is not None
+        for field in ("vocab", "weight", "scale", "sentence_bias"):
+            assert np.array_equal(getattr(made, field), getattr(expected, field)), field
+        on_helper = made_on[-1].startswith("mtserve-beside")
+        assert on_helper == (len(cpus) > 1), made_on
+        searches[len(cpus)] = beam_search(model, sources[:1], tags[:1], DecodeOptions(beam_size=5, n_best=5))
+    assert searches[2] == searches[1]
+    with pytest.raises(ZeroDivisionError):  # what the helper raised, raised where its result is asked for
+        beside(lambda: 1 // 0)()
 
 
 def test_with_the_shortlist_off_a_model_decodes_exactly_as_without_one(

@@ -225,12 +225,13 @@ def _start(
     """A forced prefix counts towards the length limits, as it does towards CTranslate2's
     max_decoding_length and min_decoding_length, and is not scored."""
     ids, mask = _pad_sources(sources, model.pad_id)
+    made_vocab = model.output_vocab_beside(sources, tags)  # while the encoder runs
     cross = model.encode(ids, mask).cross
     forced = _prefix_length(prefixes)
     limits = np.array([max(1, options.limit(len(s)) - forced) for s in sources])
     cache = model.new_cache(len(sources), int(limits.max()) + forced, max_beams)
     last = np.asarray(tags, dtype=np.int64)
-    vocab = model.output_vocab(sources, tags)
+    vocab = made_vocab()
     for position in range(forced):
         model.decode_top(last[:, None], mask, cache, cross, vocab=vocab)
         last = np.asarray([p[position] for p in prefixes], dtype=np.int64)

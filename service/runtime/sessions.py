@@ -27,6 +27,7 @@ from service.graphs import (
     encoder_spec,
 )
 from service.manifest import Manifest, ModelFileError, load_manifest
+from service.runtime.beside import beside
 from service.runtime.kv_cache import SelfAttentionCache
 from service.runtime.libc import libc
 from service.runtime.lookups import open_recording_lookups
@@ -579,6 +580,19 @@ class OnnxModel:
         if self.output_layer is None:
             return None
         return self.output_layer.batch(sources, [self._tag_languages.get(int(tag), "") for tag in tags])
+
+    def output_vocab_beside(
+        self, sources: Sequence[Sequence[int]], tags: Sequence[int]
+    ) -> Callable[[], BatchVocab | None]:
+        """What output_vocab returns, made on a helper thread (beside.py) while the caller runs the
+        encoder, where a CPU of the process would idle meanwhile: this thread's runs hold to one thread
+        and no other search is in progress; else made when asked for."""
+        if self.output_layer is None:
+            return lambda: None
+        idle_cpu = (self.threads == 1 or self._runs.narrowed()) and not _ALL_RUNS.others()
+        if idle_cpu and len(os.sched_getaffinity(0)) > 1:
+            return beside(lambda: self.output_vocab(sources, tags))
+        return lambda: self.output_vocab(sources, tags)
 
     def decode_top(
         self,
