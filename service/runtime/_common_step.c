@@ -36,16 +36,19 @@ typedef struct {
     int held;
 } Buffer;
 
+/* The struct format of a buffer's items, without its byte-order prefix. */
+static const char *item_format(const Py_buffer *view) {
+    const char *got = view->format ? view->format : "B";
+    return (got[0] == '=' || got[0] == '<' || got[0] == '@') ? got + 1 : got;
+}
+
 static int get_buffer(PyObject *obj, Buffer *buffer, const char *name, const char *format, int ndim, int writable) {
     int flags = PyBUF_RECORDS_RO | (writable ? PyBUF_WRITABLE : 0);
     if (PyObject_GetBuffer(obj, &buffer->view, flags) < 0) {
         return -1;
     }
     buffer->held = 1;
-    const char *got = buffer->view.format ? buffer->view.format : "B";
-    if (got[0] == '=' || got[0] == '<' || got[0] == '@') {
-        got++;
-    }
+    const char *got = item_format(&buffer->view);
     int int64_ok = strcmp(format, "q") == 0 && (strcmp(got, "q") == 0 || (strcmp(got, "l") == 0 && sizeof(long) == 8));
     if (buffer->view.ndim != ndim || !(int64_ok || strcmp(got, format) == 0)) {
         PyErr_Format(PyExc_TypeError, "%s: expected a %d-d array of format %s, got %d-d of %s", name, ndim, format,
@@ -241,9 +244,9 @@ static PyObject *reorder_history(PyObject *self, PyObject *args) {
  * batch's output layer. The step reads the projection's columns [D, U]; gathered from its rows, a
  * batch reads U·D values rather than all V·D of the columns' layout, and 16 rows at a time are
  * written transposed. */
+#define TRANSPOSE_BLOCK 16
 #if defined(__SSE2__)
 #include <emmintrin.h>
-#define TRANSPOSE_BLOCK 16
 /* Bytes d..d+15 of rows src[0..15], written transposed: byte c of row j to out[c * stride + j]. */
 static void transpose_16x16(const int8_t *const *src, size_t d, int8_t *out, size_t stride) {
     __m128i rows[16], pairs[8][2], quads[4][4], octets[2][8];
@@ -271,8 +274,6 @@ static void transpose_16x16(const int8_t *const *src, size_t d, int8_t *out, siz
         _mm_storeu_si128((__m128i *)(out + (size_t)(2 * m + 1) * stride), _mm_unpackhi_epi64(octets[0][m], octets[1][m]));
     }
 }
-#else
-#define TRANSPOSE_BLOCK 16
 #endif
 
 static void take_columns_int8(const int8_t *rows, size_t width, const int64_t *vocab, size_t count, int8_t *out) {
@@ -323,17 +324,17 @@ static PyObject *take_columns(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOO", &objects[0], &objects[1], &objects[2])) {
         return NULL;
     }
+    /* float32 rows, or else int8 ones, and out of the same */
+    Py_buffer peek;
+    if (PyObject_GetBuffer(objects[0], &peek, PyBUF_RECORDS_RO) < 0) {
+        return NULL;
+    }
+    const char *format = strcmp(item_format(&peek), "f") == 0 ? "f" : "b";
+    PyBuffer_Release(&peek);
     Buffer b[3];
     memset(b, 0, sizeof(b));
-    /* int8 or float32 rows, and out of the same */
-    const char *format = get_buffer(objects[0], &b[0], "rows", "b", 2, 0) == 0 ? "b" : "f";
-    if (format[0] == 'f') {
-        PyErr_Clear();
-        release(b, 1);
-        b[0].held = 0;
-    }
-    if ((format[0] == 'f' && get_buffer(objects[0], &b[0], "rows", "f", 2, 0) < 0) ||
-        get_buffer(objects[1], &b[1], "vocab", "q", 1, 0) < 0 || get_buffer(objects[2], &b[2], "out", format, 2, 1) < 0) {
+    if (get_buffer(objects[0], &b[0], "rows", format, 2, 0) < 0 || get_buffer(objects[1], &b[1], "vocab", "q", 1, 0) < 0 ||
+        get_buffer(objects[2], &b[2], "out", format, 2, 1) < 0) {
         release(b, 3);
         return NULL;
     }

@@ -170,7 +170,6 @@ class OutputLayer:
         return np.concatenate((vocab, np.full(blocks * self.block - len(vocab), vocab[-1], np.int64)))
 
     def _columns(self, vocab: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        scale = None if self.scale is None else self.scale[vocab]
         if len(vocab) == self.vocab_size and vocab[-1] == self.vocab_size - 1:
             # the whole vocabulary in order (a target language without a lexical table): the
             # step's layout, made once and kept
@@ -179,6 +178,7 @@ class OutputLayer:
             if self._all_columns is None:
                 self._all_columns = take_columns(self.rows, vocab)
             return self._all_columns, self.scale
+        scale = None if self.scale is None else self.scale[vocab]
         if self.rows is not None:
             return take_columns(self.rows, vocab), scale
         return np.ascontiguousarray(np.take(self.weight, vocab, axis=self.vocab_axis)), scale
