@@ -35,19 +35,21 @@ Runs = list[list[np.ndarray]]
 
 
 @contextmanager
-def _runs_replaced(run: Callable[..., list[np.ndarray]], run_bound: Callable[..., list[np.ndarray]]) -> Iterator[None]:
-    """The graphs' `run` and `run_bound` replaced while the block lasts."""
-    original = sessions._Graph.run, sessions._Graph.run_bound
-    sessions._Graph.run, sessions._Graph.run_bound = run, run_bound  # type: ignore[method-assign]
+def _runs_replaced(
+    run: Callable[..., list[np.ndarray]], run_bound: Callable[..., list[np.ndarray]], run_again: Callable[..., Any]
+) -> Iterator[None]:
+    """The graphs' `run`, `run_bound` and `run_again` replaced while the block lasts."""
+    original = sessions._Graph.run, sessions._Graph.run_bound, sessions._Graph.run_again
+    sessions._Graph.run, sessions._Graph.run_bound, sessions._Graph.run_again = run, run_bound, run_again  # type: ignore[method-assign]
     try:
         yield
     finally:
-        sessions._Graph.run, sessions._Graph.run_bound = original  # type: ignore[method-assign]
+        sessions._Graph.run, sessions._Graph.run_bound, sessions._Graph.run_again = original  # type: ignore[method-assign]
 
 
 def _recorded(record: Runs) -> AbstractContextManager[None]:
     """Every graph run's outputs appended to `record`, in order, while the block lasts."""
-    run, run_bound = sessions._Graph.run, sessions._Graph.run_bound
+    run, run_bound, run_again = sessions._Graph.run, sessions._Graph.run_bound, sessions._Graph.run_again
 
     def recording(real: Callable[..., list[np.ndarray]]) -> Callable[..., list[np.ndarray]]:
         def call(*args: Any) -> list[np.ndarray]:
@@ -57,12 +59,18 @@ def _recorded(record: Runs) -> AbstractContextManager[None]:
 
         return call
 
-    return _runs_replaced(recording(run), recording(run_bound))
+    def recording_again(graph: sessions._Graph, bound: Callable[..., Any]) -> Any:
+        feeds = run_again(graph, bound)
+        if feeds is not None:
+            record.append([o.copy() for o in feeds.outputs.values()])
+        return feeds
+
+    return _runs_replaced(recording(run), recording(run_bound), recording_again)
 
 
 def _replayed(queue: Runs) -> AbstractContextManager[None]:
-    """Each graph run returns the next outputs of `queue` instead of running; a decoder step
-    still makes or updates its binding."""
+    """Each graph run returns the next outputs of `queue` instead of running (a step run again on
+    its binding finds them in its output arrays); a decoder step still makes or updates its binding."""
 
     def replay_run(graph: sessions._Graph, *args: Any) -> list[np.ndarray]:
         return [o.copy() for o in queue.pop(0)]
@@ -71,7 +79,16 @@ def _replayed(queue: Runs) -> AbstractContextManager[None]:
         bind(graph.wide)
         return [o.copy() for o in queue.pop(0)]
 
-    return _runs_replaced(replay_run, replay_bound)
+    def replay_again(graph: sessions._Graph, bound: Callable[..., Any]) -> Any:
+        held = bound(graph.wide)
+        if held is None:
+            return None
+        feeds = held[1]
+        for array, recorded in zip(feeds.outputs.values(), queue.pop(0), strict=True):
+            np.copyto(array, recorded)
+        return feeds
+
+    return _runs_replaced(replay_run, replay_bound, replay_again)
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from model.corpus import read_lines
 from service.conventions import EOS_ID
 from service.manifest import DEFAULT_MODEL_DIR
 from service.runtime import native
-from service.runtime.beam import DecodeOptions, Hypothesis, _Grid, _ranked_candidates, beam_search
+from service.runtime.beam import COMMITTED, DecodeOptions, Hypothesis, _Grid, _ranked_candidates, beam_search
 from service.runtime.sessions import OnnxModel
 from tests.conftest import TAG
 
@@ -51,12 +51,13 @@ class _Counted:
     """The C module, its common steps counted: that the C path ran, and took most steps."""
 
     def __init__(self, module: ModuleType) -> None:
-        self.module, self.common, self.calls, self.ending = module, 0, 0, 0
+        self.module, self.common, self.calls, self.ending, self.committed = module, 0, 0, 0, 0
 
     def select_common(self, *args: object) -> tuple[int, int]:
         status, ended = self.module.select_common(*args)
         self.calls += 1
-        self.common += status == 1
+        self.common += status in (1, COMMITTED)
+        self.committed += status == COMMITTED
         self.ending += status == 1 and ended > 0
         return int(status), int(ended)
 
@@ -90,6 +91,7 @@ def test_the_common_step_in_c_chooses_as_numpy(
             assert in_c == in_numpy, (options, batch)
     assert counted.common > 0.5 * counted.calls > 0
     assert counted.ending > 0  # steps where rows end were taken in C too
+    assert counted.committed > 0.3 * counted.calls  # and most common ones committed there (OnnxModel.step_again)
 
 
 def _outputs(n: int, k: int, length: int) -> tuple[np.ndarray, ...]:
@@ -112,6 +114,18 @@ def test_the_c_step_refuses_arrays_that_do_not_agree(c_step: ModuleType) -> None
         c_step.select_common(ids, log_probs, scores, hist[:, :2], k, 0, 4, *outputs)
     with pytest.raises(ValueError, match="shapes"):
         c_step.select_common(ids, log_probs, scores, hist, k, 0, 4, *outputs[:4], *_outputs(n, 1, 3)[4:])
+    ids[:] = [[5, 6, 9, 10], [7, 8, 11, 12]]  # a step taken whole (EOS 0 nowhere), so that it would be committed
+    history = np.zeros((k, 4), np.int32)
+    step = (ids, log_probs, scores, hist, k, 0, 4, *outputs)
+    next_ids = np.zeros((k, 1), np.int64)
+    with pytest.raises(ValueError, match="next_ids"):
+        c_step.select_common(*step, history, 2, np.zeros((k, 2), np.int64))
+    with pytest.raises(TypeError, match="history"):
+        c_step.select_common(*step, history.astype(np.int64), 2, next_ids)
+    with pytest.raises(ValueError, match="shapes"):
+        c_step.select_common(*step, history, 5, next_ids)
+    with pytest.raises(TypeError, match="together"):
+        c_step.select_common(*step, history)
 
 
 def test_the_c_step_ranks_ties_endings_and_impossible_candidates_as_numpy(c_step: ModuleType) -> None:
@@ -119,7 +133,7 @@ def test_the_c_step_ranks_ties_endings_and_impossible_candidates_as_numpy(c_step
     the first K possible candidates ends its row and the first K others go on. Scores on a coarse
     grid tie often; EOS and -inf among the candidates end rows or leave fewer than K to go on."""
     rng = np.random.default_rng(7)
-    eos, seen = 2, {"common": 0, "ending": 0, "not taken": 0}
+    eos, seen = 2, {"common": 0, "ending": 0, "not taken": 0, "committed": 0}
     for trial in range(600):
         k, n = int(rng.integers(1, 9)), int(rng.integers(1, 4))
         beams = 1 if trial % 5 == 0 else k
@@ -137,6 +151,24 @@ def test_the_c_step_ranks_ties_endings_and_impossible_candidates_as_numpy(c_step
         outputs = _outputs(n, k, hist.shape[1])
         status, ended = c_step.select_common(ids, log_probs, scores, hist, k, eos, 0, *outputs)
         next_rows, last, next_scores, next_hist, ended_rows, ended_scores, ended_sentences = outputs
+        # The same step committed where it is taken whole: the cache's history reordered and the
+        # next ids written; anything else leaves both as they were.
+        history = rng.integers(0, k, (n * k, 12)).astype(np.int32)
+        next_ids, length = np.full((n * k, 1), -1, np.int64), int(rng.integers(0, 13))
+        committed_history, committed_ids = history.copy(), next_ids.copy()
+        step = (ids, log_probs, scores, hist, k, eos, 0, *_outputs(n, k, hist.shape[1]))
+        got = c_step.select_common(*step, committed_history, length, committed_ids)
+        if status == 1 and ended == 0 and beams == k:
+            assert got == (COMMITTED, 0), trial
+            seen["committed"] += 1
+            reordered = history.copy()
+            reordered[:, :length] = history[next_rows, :length]
+            np.testing.assert_array_equal(committed_history, reordered)
+            np.testing.assert_array_equal(committed_ids[:, 0], last)
+        else:
+            assert got == (status, ended), trial
+            np.testing.assert_array_equal(committed_history, history)
+            np.testing.assert_array_equal(committed_ids, next_ids)
         top_scores, token, parents = _ranked_candidates(
             ids[:, :width], log_probs[:, :width], scores, _Grid(n, beams, width), width
         )

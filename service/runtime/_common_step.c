@@ -9,7 +9,7 @@
  * where the module is not built; tests/test_common_step.py holds the two to the same hypotheses.
  *
  * select_common(ids, log_probs, scores, hist, k, eos, window, next_rows, last, next_scores, next_hist,
- *               ended_rows, ended_scores, ended_sentences) -> (status, ended)
+ *               ended_rows, ended_scores, ended_sentences[, history, length, next_ids]) -> (status, ended)
  *   ids [n*beams, >=2k] int64, log_probs [n*beams, >=2k] float32: each row's best continuations
  *   scores [n, beams] float64: each row's score so far; hist [n*beams, L] int64: its tokens so far
  *   writes next_rows [n*k] int64, last [n*k] int64, next_scores [n, k] float64, next_hist [n*k, L+1] int64,
@@ -22,6 +22,10 @@
  * is, 2 when it is unless a chosen token closes a repetition loop: one of them is among the last
  * `window` tokens of the row it extends (the caller asks beam.py's `runaway`; window 0: no guard).
  * Whether a sentence is done once its rows end is the caller's to decide.
+ * With history (the cache's int32 [n*k, capacity]), length and next_ids (int64 [n*k, 1], the bound
+ * input of the next step), a step taken whole (status 1, no row ended, k rows per sentence already)
+ * is also committed: each row's first `length` history positions taken from the row it extends
+ * (reorder_history) and its token written to next_ids; status 3 says so.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -84,15 +88,59 @@ static int ranks_before(double score_a, int64_t id_a, Py_ssize_t beam_a, double 
     return beam_a < beam_b;
 }
 
+/* Row i of int32 history [R, capacity] takes the first `length` positions of row rows[i] (int64 [R]), a
+ * row of the same sentence (of `beams` rows each). 0, or -1 with an exception set. */
+static int reorder_rows(Buffer *history, Buffer *rows, Py_ssize_t beams, Py_ssize_t length) {
+    Py_ssize_t count = rows->view.shape[0];
+    if (count != history->view.shape[0] || beams < 1 || length < 0 || length > history->view.shape[1] ||
+        history->view.strides[1] != sizeof(int32_t)) {
+        PyErr_SetString(PyExc_ValueError, "reorder_history: the arrays' shapes do not agree");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        int64_t row = AT1(*rows, int64_t, i);
+        if (row < 0 || row >= count || row / beams != i / beams) {
+            PyErr_SetString(PyExc_ValueError, "a row cannot continue a row of another sentence");
+            return -1;
+        }
+    }
+    /* Each sentence's rows are gathered through a copy of its own: a row may be read after it is written. */
+    int32_t stack[64 * 64];
+    size_t bytes = (size_t)beams * (size_t)length * sizeof(int32_t);
+    int32_t *copy = bytes <= sizeof(stack) ? stack : PyMem_Malloc(bytes);
+    if (copy == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t first = 0; first < count; first += beams) {
+        for (Py_ssize_t j = 0; j < beams && first + j < count; j++) {
+            memcpy(copy + j * length, &AT(*history, int32_t, first + j, 0), (size_t)length * sizeof(int32_t));
+        }
+        for (Py_ssize_t j = 0; j < beams && first + j < count; j++) {
+            Py_ssize_t from = AT1(*rows, int64_t, first + j) - first;
+            memcpy(&AT(*history, int32_t, first + j, 0), copy + from * length, (size_t)length * sizeof(int32_t));
+        }
+    }
+    if (copy != stack) {
+        PyMem_Free(copy);
+    }
+    return 0;
+}
+
 static PyObject *select_common(PyObject *self, PyObject *args) {
     (void)self;
     enum { BUFFERS = 11 };
     PyObject *objects[BUFFERS];
-    Py_ssize_t k, window;
+    PyObject *history_object = NULL, *next_ids_object = NULL;
+    Py_ssize_t k, window, history_length = 0;
     long long eos;
-    if (!PyArg_ParseTuple(args, "OOOOnLnOOOOOOO", &objects[0], &objects[1], &objects[2], &objects[3], &k, &eos,
+    if (!PyArg_ParseTuple(args, "OOOOnLnOOOOOOO|OnO", &objects[0], &objects[1], &objects[2], &objects[3], &k, &eos,
                           &window, &objects[4], &objects[5], &objects[6], &objects[7], &objects[8], &objects[9],
-                          &objects[10])) {
+                          &objects[10], &history_object, &history_length, &next_ids_object)) {
+        return NULL;
+    }
+    if ((history_object == NULL) != (next_ids_object == NULL)) {
+        PyErr_SetString(PyExc_TypeError, "select_common: history, length and next_ids come together");
         return NULL;
     }
     static const char *names[BUFFERS] = {"ids",         "log_probs",    "scores",       "hist",
@@ -179,6 +227,32 @@ static PyObject *select_common(PyObject *self, PyObject *args) {
             status = 0;
         }
     }
+    if (status == 1 && ended == 0 && beams == k && history_object != NULL) {
+        Buffer commit[2];
+        memset(commit, 0, sizeof(commit));
+        if (get_buffer(history_object, &commit[0], "history", "i", 2, 1) < 0 ||
+            get_buffer(next_ids_object, &commit[1], "next_ids", "q", 2, 1) < 0) {
+            release(commit, 2);
+            release(b, BUFFERS);
+            return NULL;
+        }
+        if (commit[1].view.shape[0] != n * k || commit[1].view.shape[1] != 1) {
+            PyErr_SetString(PyExc_ValueError, "select_common: next_ids is not one column of the rows");
+            release(commit, 2);
+            release(b, BUFFERS);
+            return NULL;
+        }
+        if (reorder_rows(&commit[0], &next_rows, k, history_length) < 0) {
+            release(commit, 2);
+            release(b, BUFFERS);
+            return NULL;
+        }
+        for (Py_ssize_t i = 0; i < n * k; i++) {
+            AT(commit[1], int64_t, i, 0) = AT1(last, int64_t, i);
+        }
+        release(commit, 2);
+        status = 3;
+    }
     release(b, BUFFERS);
     return Py_BuildValue("(in)", status, status ? ended : (Py_ssize_t)0);
 }
@@ -195,45 +269,10 @@ static PyObject *reorder_history(PyObject *self, PyObject *args) {
     }
     Buffer b[2];
     memset(b, 0, sizeof(b));
-    if (get_buffer(objects[0], &b[0], "history", "i", 2, 1) < 0 || get_buffer(objects[1], &b[1], "rows", "q", 1, 0) < 0) {
+    if (get_buffer(objects[0], &b[0], "history", "i", 2, 1) < 0 || get_buffer(objects[1], &b[1], "rows", "q", 1, 0) < 0 ||
+        reorder_rows(&b[0], &b[1], beams, length) < 0) {
         release(b, 2);
         return NULL;
-    }
-    Buffer history = b[0], rows = b[1];
-    Py_ssize_t count = rows.view.shape[0];
-    if (count != history.view.shape[0] || beams < 1 || length < 0 || length > history.view.shape[1] ||
-        history.view.strides[1] != sizeof(int32_t)) {
-        release(b, 2);
-        PyErr_SetString(PyExc_ValueError, "reorder_history: the arrays' shapes do not agree");
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < count; i++) {
-        int64_t row = AT1(rows, int64_t, i);
-        if (row < 0 || row >= count || row / beams != i / beams) {
-            release(b, 2);
-            PyErr_SetString(PyExc_ValueError, "a row cannot continue a row of another sentence");
-            return NULL;
-        }
-    }
-    /* Each sentence's rows are gathered through a copy of its own: a row may be read after it is written. */
-    int32_t stack[64 * 64];
-    size_t bytes = (size_t)beams * (size_t)length * sizeof(int32_t);
-    int32_t *copy = bytes <= sizeof(stack) ? stack : PyMem_Malloc(bytes);
-    if (copy == NULL) {
-        release(b, 2);
-        return PyErr_NoMemory();
-    }
-    for (Py_ssize_t first = 0; first < count; first += beams) {
-        for (Py_ssize_t j = 0; j < beams && first + j < count; j++) {
-            memcpy(copy + j * length, &AT(history, int32_t, first + j, 0), (size_t)length * sizeof(int32_t));
-        }
-        for (Py_ssize_t j = 0; j < beams && first + j < count; j++) {
-            Py_ssize_t from = AT1(rows, int64_t, first + j) - first;
-            memcpy(&AT(history, int32_t, first + j, 0), copy + from * length, (size_t)length * sizeof(int32_t));
-        }
-    }
-    if (copy != stack) {
-        PyMem_Free(copy);
     }
     release(b, 2);
     Py_RETURN_NONE;

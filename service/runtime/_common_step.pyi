@@ -15,6 +15,9 @@ def select_common(
     ended_rows: np.ndarray,
     ended_scores: np.ndarray,
     ended_sentences: np.ndarray,
+    history: np.ndarray = ...,
+    length: int = ...,
+    next_ids: np.ndarray = ...,
 ) -> tuple[int, int]: ...
 def reorder_history(history: np.ndarray, rows: np.ndarray, beams: int, length: int) -> None: ...
 def take_columns(rows: np.ndarray, vocab: np.ndarray, out: np.ndarray) -> None: ...

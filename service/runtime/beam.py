@@ -304,6 +304,9 @@ def _cells(mask: np.ndarray) -> list[tuple[int, int]]:
     return [divmod(cell, columns) for cell in np.flatnonzero(mask).tolist()]
 
 
+# select_common's status for a step taken whole and committed (_common_step.c).
+COMMITTED = 3
+
 # Up to this many candidates, a search's per-step checks run faster as plain Python over lists
 # than as array operations, each of which costs microseconds whatever its size.
 FEW_CANDIDATES = 40
@@ -331,13 +334,15 @@ def _runaway_among(hist: np.ndarray, rows: np.ndarray, tokens: np.ndarray) -> bo
 
 class _Chosen(NamedTuple):
     """A step taken in C: the next rows, their last tokens, scores and histories, and the rows that
-    ended (EOS among their sentence's K best): (sentence, row, score) each, in rank order."""
+    ended (EOS among their sentence's K best): (sentence, row, score) each, in rank order.
+    `committed`: the cache's history is reordered and the next step's ids written already."""
 
     next_rows: np.ndarray
     last: np.ndarray
     scores: np.ndarray
     hist: np.ndarray
     ended: list[tuple[int, int, float]]
+    committed: bool = False
 
 
 def _native_common(
@@ -349,17 +354,23 @@ def _native_common(
     k: int,
     eos: int,
     guard: bool,
+    cache: SelfAttentionCache,
 ) -> _Chosen | None:
     """The step chosen in C where K candidates of every sentence go on; None where not (the full
-    selection then takes it)."""
+    selection then takes it). A step that every row survives, at K rows a sentence already, is
+    committed there too: the cache's history reordered and the next ids written to its binding
+    (OnnxModel.step_again)."""
     n, rows = len(scores), len(scores) * k
     next_rows, last = np.empty(rows, np.int64), np.empty(rows, np.int64)
     next_scores, next_hist = np.empty((n, k)), np.empty((rows, hist.shape[1] + 1), np.int64)
     ended_rows, ended_scores, ended_sentences = np.empty(rows, np.int64), np.empty(rows), np.empty(rows, np.int64)
+    commit = () if cache.step_ids is None else (cache.history, cache.length, cache.step_ids)
     status, ended = module.select_common(
         step_ids, step_log_probs, scores, hist, k, eos, LOOP_WINDOW if guard else 0,
-        next_rows, last, next_scores, next_hist, ended_rows, ended_scores, ended_sentences,
+        next_rows, last, next_scores, next_hist, ended_rows, ended_scores, ended_sentences, *commit,
     )  # fmt: skip
+    if status == COMMITTED:
+        return _Chosen(next_rows, last, next_scores, next_hist, [], committed=True)
     if status == 0 or (status == 2 and _runaway_among(hist, next_rows.reshape(n, k), last.reshape(n, k))):
         return None
     endings = []
@@ -452,8 +463,13 @@ def _beam_search(
     width = 2 * k
     grids: dict[tuple[int, int], _Grid] = {}
     eos = model.eos_id
+    ids_written = False  # the last selection committed its step (_native_common): the next ids are bound
     for step in range(int(limits.max())):
-        step_top = model.decode_top(last[:, None], mask, cache, cross, aligner is not None, vocab)
+        # Over the same sources as the last step, run again on its binding (no alignment to return).
+        step_top = None if aligner is not None else model.step_again(cache, None if ids_written else last)
+        if step_top is None:
+            step_top = model.decode_top(last[:, None], mask, cache, cross, aligner is not None, vocab)
+        ids_written = False
         peaks = aligner.peaks(step_top.alignment, alive, beams) if aligner is not None else None
         n = len(alive)
         grid = grids.get((n, beams)) or grids.setdefault((n, beams), _Grid(n, beams, width))
@@ -471,7 +487,9 @@ def _beam_search(
         may_be_common = length < nearest_limit and (options.early_stopping or not full.any())
         chosen, module = None, native.common_step
         if may_be_common and module is not None:
-            chosen = _native_common(module, step_ids, step_log_probs, scores, hist, k, eos, options.repetition_guard)
+            chosen = _native_common(
+                module, step_ids, step_log_probs, scores, hist, k, eos, options.repetition_guard, cache
+            )  # fmt: skip
         compact = False
         if chosen is not None and chosen.ended:
             # Rows that end here. Where some sentences reach K endings and others go on, or an ending
@@ -489,6 +507,7 @@ def _beam_search(
                     break
         if chosen is not None:
             next_rows, last, scores, hist = chosen.next_rows, chosen.last, chosen.scores, chosen.hist
+            ids_written = chosen.committed
         else:
             # The 2K best (so that K survive even if K end here).
             top_scores, token, rows = _ranked_candidates(step_ids, step_log_probs, scores, grid, width)
@@ -565,7 +584,7 @@ def _beam_search(
             vocab = None if vocab is None else vocab.kept(keep)
             alive_limits = limits[alive]
             nearest_limit = int(alive_limits.min())
-        else:
+        elif not ids_written:
             cache.reorder(next_rows)  # each row reads the history of the beam it continues
 
     return [_ranked(f, source, options.n_best, options, eos) for f, source in zip(finished, sources, strict=True)]

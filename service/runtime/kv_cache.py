@@ -35,6 +35,9 @@ class SelfAttentionCache:
         # The runtime's IO bindings of this cache, per session (sessions.py). A new indirection array
         # (a new row count: `_bind`) tells them that the rows' inputs must be bound again.
         self.bindings: dict[int, object] = {}
+        # The bound input ids of the binding the last step ran on (sessions.py): where a step's
+        # selection may write the next step's ids (OnnxModel.step_again).
+        self.step_ids: np.ndarray | None = None
         self._bind(sentences)
 
     @property
@@ -48,6 +51,12 @@ class SelfAttentionCache:
     @property
     def full(self) -> bool:
         return self.length >= self.capacity
+
+    @property
+    def history(self) -> np.ndarray:
+        """[rows, capacity] int32, a view of the indirection: the beam whose slot holds each position
+        of each row's history (what `reorder` reorders)."""
+        return self._history
 
     def advance(self) -> None:
         """After a step: position `length` of each row holds that row's own key and value."""

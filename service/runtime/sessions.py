@@ -215,6 +215,21 @@ class _Graph:
         finally:
             self._end()
 
+    def run_again(
+        self, bound: Callable[[ort.InferenceSession], tuple[ort.IOBinding, StepFeeds] | None]
+    ) -> StepFeeds | None:
+        """A run through the binding that `bound` holds for the session picked, its outputs left in
+        the feeds' own arrays; None, and no run, where it holds none."""
+        session = self._start()
+        try:
+            held = bound(session)
+            if held is None:
+                return None
+            session.run_with_iobinding(held[0])
+            return held[1]
+        finally:
+            self._end()
+
     def release_arena(self, probe: dict[str, np.ndarray], output: str) -> bool:
         """Return the shared arena's free regions to the system, through a run on `probe` (the
         option acts at the end of a run), and the lookup rows the batches mapped to the data file;
@@ -382,6 +397,9 @@ def run_step(session: ort.InferenceSession, feeds: StepFeeds) -> list[np.ndarray
     """One decoder step on a session of one's own (tests, benchmarks); OnnxModel keeps its bindings."""
     session.run_with_iobinding(feeds.bind(session))
     return [array.copy() for array in feeds.outputs.values()]
+
+
+_TOP_NAMES = ("top_log_probs", "top_ids", "eos_log_prob")  # decode_top's outputs, without alignment
 
 
 @dataclass
@@ -609,7 +627,7 @@ class OnnxModel:
         it over the whole vocabulary."""
         if vocab is None and self.output_layer is not None:
             vocab = self.output_layer.full(cache.sentences)
-        names = ["top_log_probs", "top_ids", "eos_log_prob", *([ALIGNMENT] if alignment else [])]
+        names = [*_TOP_NAMES, *([ALIGNMENT] if alignment else [])]
         top_log_probs, top_ids, eos_log_prob, *attention = self._step(names, last_ids, mask, cache, cross, vocab)
         return TopStep(top_log_probs, top_ids, eos_log_prob, attention[0] if attention else None)
 
@@ -644,16 +662,50 @@ class OnnxModel:
                     bound.feeds.follow(bound.binding, last_ids, cache)
                     bound.indirection = cache.indirection
                 bound.feeds.length[...] = cache.length
+                cache.step_ids = bound.feeds.ids
                 return bound.binding, bound.feeds
             feeds = step_feeds(m.decoder_layers, m.vocab_size, names, last_ids, mask, cache, cross, vocab)
             binding = feeds.bind(session)
             bound_step = _BoundStep(tuple(names), mask, cross, vocab, cache.indirection, feeds, binding)
             cache.bindings[id(session)] = bound_step
+            cache.step_ids = feeds.ids
             return binding, feeds
 
         outputs = self.decoder.run_bound(bind)
         cache.advance()
         return outputs
+
+    def step_again(self, cache: SelfAttentionCache, last: np.ndarray | None) -> TopStep | None:
+        """The next step of a search whose last one (decode_top without alignment, or this) ran on
+        the same sources, mask, cross K/V and output layer: run on the binding that step left, at
+        the cache's length, where the session picked now is that binding's and the cache's rows are
+        as bound; None where not (the caller takes decode_top, which binds). `last` [B]: the step's
+        input ids; None where the last step's selection wrote them to cache.step_ids itself
+        (select_common). The outputs are the binding's own arrays, valid until the cache's next
+        step: a search reads them before it runs the next one."""
+
+        def bound(session: ort.InferenceSession) -> tuple[ort.IOBinding, StepFeeds] | None:
+            step = cache.bindings.get(id(session))
+            if not (
+                isinstance(step, _BoundStep)
+                and step.feeds.ids is cache.step_ids
+                and step.indirection is cache.indirection
+                and step.names == _TOP_NAMES
+            ):
+                return None
+            if cache.full:
+                raise ValueError(f"the decoder cache holds {cache.capacity} steps, all used")
+            if last is not None:
+                step.feeds.ids[:, 0] = last
+            step.feeds.length[...] = cache.length
+            return step.binding, step.feeds
+
+        feeds = self.decoder.run_again(bound)
+        if feeds is None:
+            return None
+        cache.advance()
+        outputs = feeds.outputs
+        return TopStep(outputs["top_log_probs"], outputs["top_ids"], outputs["eos_log_prob"])
 
     @contextlib.contextmanager
     def searching(self, rows: int = 0, narrow: bool | None = None) -> Iterator[None]:
