@@ -1,19 +1,27 @@
-"""The decoder's self-attention over the cache alone, three ways, on random inputs:
+"""The decoder's self-attention over the cache alone, four ways, on random inputs:
 `python bench/self_attention.py [--sentences 1 32 128] [--past 2 10 30] [--runs 30]`.
 
 - `dmmha`: onnxruntime's DecoderMaskedMultiHeadAttention as the decoder step runs it
   (export/graph_builder.py): the cache preallocated for --capacity positions, each row reading
-  its earlier positions through the beam indirection, its present key and value bound to the
-  past buffers (no copy).
+  its earlier positions through the beam indirection (histories in runs, as beam search leaves
+  them: bench/step_inputs.py, --redraw), its present key and value bound to the past buffers (no
+  copy).
 - `products`: matrix products over a cache laid out by sentence and head, all of a sentence's
   beams side by side: one product scores each row against every beam's history, GatherElements
   keeps the positions the row's indirection names, and ScatterElements puts the weights back for
   the product with the values.
 - `plain`: matrix products over each row's own history, contiguous: what the attention costs
   where the cache is kept reordered (copies not counted).
+- `masked`: a cache laid out by sentence, head and beam slot ([S, H, beams, capacity, D], each
+  row writing its own slot, as the runtime's does by row): one product scores each row against
+  every slot of its sentence over the whole capacity, an additive mask made from the
+  indirection keeps the positions the row's history holds, and one product with the values
+  follows; the new token's own key and value are a separate term. No gather, no reordering, no
+  per-token calls: dense products only. Checked against `dmmha` on the same inputs before it is
+  timed (`Bench.masked_difference`, also in tests/test_bench.py).
 
 One layer, beam 5, the default model's 4 heads of 64, one thread; the new token's own key and
-the padding mask are left out of the last two, so they are floors. Prints the median
+the padding mask are left out of `products` and `plain`, so they are floors. Prints the median
 microseconds per layer of each, per sentence count and history length.
 """
 
@@ -22,12 +30,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from onnx import ModelProto, NodeProto, TensorProto, ValueInfoProto, helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.step_inputs import SEARCH_REDRAW, beam_histories
 
 HEADS, HEAD_DIM, BEAM = 4, 64, 5
 MS_DOMAIN = "com.microsoft"
@@ -90,6 +104,57 @@ def plain_model() -> ModelProto:
     return _model(nodes, inputs, ["out"])
 
 
+def masked_model() -> ModelProto:
+    d = HEAD_DIM
+    per_row: list[str | int] = ["S", HEADS, BEAM, d]
+    inputs = [_input(n, F32, per_row) for n in ("q", "k_new", "v_new")]
+    inputs += [_input(n, F32, ["S", HEADS, "BC", d]) for n in ("keys", "values")]
+    inputs += [_input("bias", F32, ["S", 1, BEAM, "BC"]), _input("split", I64, [2])]
+    scale = float(1 / np.sqrt(d))
+    nodes = [
+        # [S, H, beam, beam · C]: each row against every slot of its sentence
+        helper.make_node("FusedMatMul", ["q", "keys"], ["slots"], domain=MS_DOMAIN, transB=1, alpha=scale),
+        helper.make_node("Add", ["slots", "bias"], ["history"]),  # -inf where the row's history does not hold the slot
+        helper.make_node("Mul", ["q", "k_new"], ["own_products"]),
+        helper.make_node("ReduceSum", ["own_products", "last_axis"], ["own_sum"], keepdims=1),
+        helper.make_node("Mul", ["own_sum", "scale"], ["own"]),  # [S, H, beam, 1]
+        helper.make_node("Concat", ["history", "own"], ["scores"], axis=-1),
+        helper.make_node("Softmax", ["scores"], ["weights"], axis=-1),
+        helper.make_node("Split", ["weights", "split"], ["history_weights", "own_weight"], axis=-1),
+        helper.make_node("MatMul", ["history_weights", "values"], ["from_history"]),
+        helper.make_node("Mul", ["own_weight", "v_new"], ["from_own"]),
+        helper.make_node("Add", ["from_history", "from_own"], ["out"]),  # [S, H, beam, D]
+    ]
+    model = _model(nodes, inputs, ["out"])
+    model.graph.initializer.extend([
+        helper.make_tensor("last_axis", I64, [1], [-1]), helper.make_tensor("scale", F32, [], [scale]),
+    ])  # fmt: skip
+    return model
+
+
+def masked_feeds(feeds: dict[str, np.ndarray], sentences: int, past: int, capacity: int) -> dict[str, np.ndarray]:
+    """The masked variant's inputs for the state that `feeds` gives DecoderMaskedMultiHeadAttention
+    (rows [S · beam], caches [rows, H, dmmha capacity, D], indirection [S, beam, capacity]), its own
+    cache holding the first `capacity` positions."""
+
+    def by_slot(rows: np.ndarray) -> np.ndarray:  # [S · beam, 1, H · D] -> [S, H, beam, D]
+        return np.ascontiguousarray(rows.reshape(sentences, BEAM, HEADS, HEAD_DIM).transpose(0, 2, 1, 3))
+
+    def cache(buffer: np.ndarray) -> np.ndarray:  # [S · beam, H, C', D] -> [S, H, beam · C, D]
+        slots = buffer.reshape(sentences, BEAM, HEADS, -1, HEAD_DIM)[:, :, :, :capacity].transpose(0, 2, 1, 3, 4)
+        return np.ascontiguousarray(slots).reshape(sentences, HEADS, BEAM * capacity, HEAD_DIM)
+
+    positions = np.arange(capacity)
+    holds = feeds["indirection"][:, :, None, :capacity] == np.arange(BEAM)[None, None, :, None]  # [S, row, slot, C]
+    holds &= positions < past
+    bias = np.where(holds, 0.0, -np.inf).astype(np.float32).reshape(sentences, 1, BEAM, BEAM * capacity)
+    return {
+        "q": by_slot(feeds["q"]), "k_new": by_slot(feeds["k"]), "v_new": by_slot(feeds["v"]),
+        "keys": cache(feeds["past_key"]), "values": cache(feeds["past_value"]),
+        "bias": bias, "split": np.array([BEAM * capacity, 1], np.int64),
+    }  # fmt: skip
+
+
 def _session(model: ModelProto) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -108,22 +173,25 @@ def _median_us(run: Callable[[], object], runs: int) -> float:
 
 
 class Bench:
-    def __init__(self, capacity: int, runs: int) -> None:
-        self.capacity, self.runs = capacity, runs
+    def __init__(self, capacity: int, runs: int, redraw: float = SEARCH_REDRAW) -> None:
+        self.capacity, self.runs, self.redraw = capacity, runs, redraw
         self.rng = np.random.default_rng(0)
-        self.dmmha, self.products, self.plain = (
-            _session(dmmha_model(capacity)), _session(products_model()), _session(plain_model())
+        self.dmmha, self.products, self.plain, self.masked = (
+            _session(dmmha_model(capacity)), _session(products_model()), _session(plain_model()),
+            _session(masked_model()),
         )  # fmt: skip
 
     def normal(self, *shape: int) -> np.ndarray:
         return self.rng.standard_normal(shape, dtype=np.float32)
 
-    def dmmha_us(self, sentences: int, past: int) -> float:
+    def dmmha_state(self, sentences: int, past: int) -> tuple[dict[str, np.ndarray], ort.IOBinding]:
+        """Random inputs for `sentences` of BEAM rows after `past` tokens, bound as the runtime binds
+        the kernel."""
         rows, width = sentences * BEAM, HEADS * HEAD_DIM
         feeds = {name: self.normal(rows, 1, width) for name in ("q", "k", "v")}
         feeds |= {name: self.normal(rows, HEADS, self.capacity, HEAD_DIM) for name in ("past_key", "past_value")}
         feeds |= {"past_length": np.array([past], np.int32), "beam_width": np.array([BEAM], np.int32)}
-        feeds["indirection"] = self.rng.integers(0, BEAM, (sentences, BEAM, self.capacity)).astype(np.int32)
+        feeds["indirection"] = beam_histories(self.rng, sentences, BEAM, self.capacity, self.redraw)
         binding = self.dmmha.io_binding()
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
@@ -131,7 +199,32 @@ class Bench:
         for past_name, present in (("past_key", "present_key"), ("past_value", "present_value")):
             buffer = feeds[past_name]  # present is past: the runtime binds them to one buffer
             binding.bind_output(present, "cpu", 0, np.float32, list(buffer.shape), buffer.ctypes.data)
+        return feeds, binding
+
+    def dmmha_us(self, sentences: int, past: int) -> float:
+        _, binding = self.dmmha_state(sentences, past)
         return _median_us(lambda: self.dmmha.run_with_iobinding(binding), self.runs)
+
+    def masked_difference(
+        self, sentences: int, past: int, capacity: int, mask: Callable[[np.ndarray], np.ndarray] = lambda b: b
+    ) -> tuple[float, dict[str, np.ndarray]]:
+        """The largest difference between the masked variant's output and the kernel's on the same
+        state, and the masked variant's inputs; `mask` may alter its bias (a check that a wrong
+        mask shows)."""
+        feeds, binding = self.dmmha_state(sentences, past)
+        self.dmmha.run_with_iobinding(binding)
+        expected = binding.copy_outputs_to_cpu()[0]  # [rows, 1, H · D]
+        masked = masked_feeds(feeds, sentences, past, capacity)
+        masked["bias"] = mask(masked["bias"])
+        got = self.masked.run(None, masked)[0].transpose(0, 2, 1, 3).reshape(expected.shape)
+        return float(np.abs(got - expected).max()), masked
+
+    def masked_us(self, sentences: int, past: int) -> float:
+        # The cache's capacity grows in blocks of 16 positions (reallocated, as a runtime would).
+        difference, feeds = self.masked_difference(sentences, past, max(16, -(-past // 16) * 16))
+        if difference > 1e-4:
+            raise SystemExit(f"masked attention differs from the kernel's by {difference}")
+        return _median_us(lambda: self.masked.run(None, feeds), self.runs)
 
     def products_us(self, sentences: int, past: int) -> float:
         beams = self.rng.integers(0, BEAM, (sentences, 1, BEAM, past))  # each row's beam at each position
@@ -160,9 +253,13 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, nargs="+", default=[1, 32, 128])
     parser.add_argument("--past", type=int, nargs="+", default=[2, 10, 30])
     parser.add_argument("--capacity", type=int, default=64, help="positions the dmmha cache holds")
+    parser.add_argument(
+        "--redraw", type=float, default=SEARCH_REDRAW,
+        help="the indirection's histories as bench/step_inputs.py draws them (1: every position's beam drawn)",
+    )  # fmt: skip
     parser.add_argument("--runs", type=int, default=30)
     args = parser.parse_args()
-    bench = Bench(args.capacity, args.runs)
+    bench = Bench(args.capacity, args.runs, args.redraw)
     for sentences in args.sentences:
         for past in args.past:
             print(json.dumps({
@@ -170,6 +267,7 @@ def main() -> None:
                 "dmmha_us": bench.dmmha_us(sentences, past),
                 "products_us": bench.products_us(sentences, past),
                 "plain_us": bench.plain_us(sentences, past),
+                "masked_us": bench.masked_us(sentences, past),
             }), flush=True)  # fmt: skip
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -43,3 +44,23 @@ def test_interleaved_rounds_report_medians_and_per_round_ratios() -> None:
     # the slow round slowed both engines: per-round ratios 1.5, 1.0, 1.5, median 1.5
     assert ours["ratios_per_round"] == [1.5, 1.0, 1.5] and ours["median_ratio_vs_ctranslate2"] == 1.5
     assert "median_ratio_vs_ctranslate2" not in theirs and theirs["rounds"] == 3
+
+
+@pytest.mark.parametrize(("sentences", "past"), [(1, 1), (1, 15), (3, 7), (2, 16)])
+def test_masked_self_attention_is_the_kernels(sentences: int, past: int) -> None:
+    """bench/self_attention.py's masked variant computes what DecoderMaskedMultiHeadAttention does
+    over the beam indirection, and a mask that ignores the indirection does not."""
+    from bench.self_attention import Bench
+
+    bench = Bench(capacity=32, runs=1)
+    capacity = max(16, -(-past // 16) * 16)
+    difference, _ = bench.masked_difference(sentences, past, capacity)
+    assert difference < 1e-5
+
+    def every_slot(bias: np.ndarray) -> np.ndarray:  # each row reading every beam's written positions
+        slots = np.isfinite(bias).reshape(*bias.shape[:3], -1, capacity).any(axis=3, keepdims=True)
+        allowed = np.broadcast_to(slots, (*bias.shape[:3], bias.shape[3] // capacity, capacity))
+        return np.where(allowed, 0.0, -np.inf).astype(np.float32).reshape(bias.shape)
+
+    wrong, _ = bench.masked_difference(sentences, past, capacity, every_slot)
+    assert wrong > 1e-3
