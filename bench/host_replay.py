@@ -35,29 +35,24 @@ Runs = list[list[np.ndarray]]
 
 
 @contextmanager
-def _runs_replaced(
-    run: Callable[..., list[np.ndarray]], run_bound: Callable[..., list[np.ndarray]], run_again: Callable[..., Any]
-) -> Iterator[None]:
-    """The graphs' `run`, `run_bound` and `run_again` replaced while the block lasts."""
-    original = sessions._Graph.run, sessions._Graph.run_bound, sessions._Graph.run_again
-    sessions._Graph.run, sessions._Graph.run_bound, sessions._Graph.run_again = run, run_bound, run_again  # type: ignore[method-assign]
+def _runs_replaced(run: Callable[..., list[np.ndarray]], run_again: Callable[..., Any]) -> Iterator[None]:
+    """The graphs' `run` and `run_again` (which `run_bound` runs through) replaced while the block lasts."""
+    original = sessions._Graph.run, sessions._Graph.run_again
+    sessions._Graph.run, sessions._Graph.run_again = run, run_again  # type: ignore[method-assign]
     try:
         yield
     finally:
-        sessions._Graph.run, sessions._Graph.run_bound, sessions._Graph.run_again = original  # type: ignore[method-assign]
+        sessions._Graph.run, sessions._Graph.run_again = original  # type: ignore[method-assign]
 
 
 def _recorded(record: Runs) -> AbstractContextManager[None]:
     """Every graph run's outputs appended to `record`, in order, while the block lasts."""
-    run, run_bound, run_again = sessions._Graph.run, sessions._Graph.run_bound, sessions._Graph.run_again
+    run, run_again = sessions._Graph.run, sessions._Graph.run_again
 
-    def recording(real: Callable[..., list[np.ndarray]]) -> Callable[..., list[np.ndarray]]:
-        def call(*args: Any) -> list[np.ndarray]:
-            outputs = real(*args)
-            record.append([o.copy() for o in outputs])
-            return outputs
-
-        return call
+    def recording(graph: sessions._Graph, *args: Any) -> list[np.ndarray]:
+        outputs = run(graph, *args)
+        record.append([o.copy() for o in outputs])
+        return outputs
 
     def recording_again(graph: sessions._Graph, bound: Callable[..., Any]) -> Any:
         feeds = run_again(graph, bound)
@@ -65,18 +60,14 @@ def _recorded(record: Runs) -> AbstractContextManager[None]:
             record.append([o.copy() for o in feeds.outputs.values()])
         return feeds
 
-    return _runs_replaced(recording(run), recording(run_bound), recording_again)
+    return _runs_replaced(recording, recording_again)
 
 
 def _replayed(queue: Runs) -> AbstractContextManager[None]:
-    """Each graph run returns the next outputs of `queue` instead of running (a step run again on
-    its binding finds them in its output arrays); a decoder step still makes or updates its binding."""
+    """Each graph run returns the next outputs of `queue` instead of running, a decoder step finding
+    them in its binding's output arrays; the step still makes or updates its binding."""
 
     def replay_run(graph: sessions._Graph, *args: Any) -> list[np.ndarray]:
-        return [o.copy() for o in queue.pop(0)]
-
-    def replay_bound(graph: sessions._Graph, bind: Callable[..., Any]) -> list[np.ndarray]:
-        bind(graph.wide)
         return [o.copy() for o in queue.pop(0)]
 
     def replay_again(graph: sessions._Graph, bound: Callable[..., Any]) -> Any:
@@ -88,7 +79,7 @@ def _replayed(queue: Runs) -> AbstractContextManager[None]:
             np.copyto(array, recorded)
         return feeds
 
-    return _runs_replaced(replay_run, replay_bound, replay_again)
+    return _runs_replaced(replay_run, replay_again)
 
 
 def main() -> None:

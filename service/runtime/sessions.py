@@ -205,15 +205,11 @@ class _Graph:
             self._end()
 
     def run_bound(self, bind: Callable[[ort.InferenceSession], tuple[ort.IOBinding, StepFeeds]]) -> list[np.ndarray]:
-        """A run through the IO binding that `bind` makes or updates for the session picked;
-        its outputs come back as arrays of their own."""
-        session = self._start()
-        try:
-            binding, feeds = bind(session)
-            session.run_with_iobinding(binding)
-            return [array.copy() for array in feeds.outputs.values()]
-        finally:
-            self._end()
+        """A run through the IO binding that `bind` makes or updates for the session picked
+        (run_again); its outputs come back as arrays of their own."""
+        feeds = self.run_again(bind)
+        assert feeds is not None  # `bind` always binds
+        return [array.copy() for array in feeds.outputs.values()]
 
     def run_again(
         self, bound: Callable[[ort.InferenceSession], tuple[ort.IOBinding, StepFeeds] | None]
@@ -336,9 +332,13 @@ def _present_names(layers: int) -> tuple[str, ...]:
     return tuple(n for n in decoder_spec(layers).outputs if n.startswith("present_"))
 
 
-def _check_step(last_ids: np.ndarray, mask: np.ndarray, cache: SelfAttentionCache) -> None:
+def _check_room(cache: SelfAttentionCache) -> None:
     if cache.full:
         raise ValueError(f"the decoder cache holds {cache.capacity} steps, all used")
+
+
+def _check_step(last_ids: np.ndarray, mask: np.ndarray, cache: SelfAttentionCache) -> None:
+    _check_room(cache)
     if len(last_ids) != cache.rows or len(mask) != cache.sentences:
         raise ValueError(
             f"{len(last_ids)} rows over {len(mask)} sources; the cache holds {cache.rows} over {cache.sentences}"
@@ -693,8 +693,7 @@ class OnnxModel:
                 and step.names == _TOP_NAMES
             ):
                 return None
-            if cache.full:
-                raise ValueError(f"the decoder cache holds {cache.capacity} steps, all used")
+            _check_room(cache)
             if last is not None:
                 step.feeds.ids[:, 0] = last
             step.feeds.length[...] = cache.length
