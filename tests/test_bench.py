@@ -64,3 +64,39 @@ def test_masked_self_attention_is_the_kernels(sentences: int, past: int) -> None
 
     wrong, _ = bench.masked_difference(sentences, past, capacity, every_slot)
     assert wrong > 1e-3
+
+
+def test_fused_products_take_one_node_each_and_move_with_the_batch(exported_int8: Path, tmp_path: Path) -> None:
+    """bench/fused_products.py: each per-row int8 product becomes one node that computes nearly what
+    its chain did; and, why the runtime does not serve it, a sentence's states then move with the
+    sentences encoded beside it, where the per-row graphs' do not."""
+    import onnx
+
+    from bench.fused_products import write_fused
+    from service.runtime.sessions import OnnxModel
+
+    out = tmp_path / "fused"
+    counts = write_fused(exported_int8, out)
+    assert min(counts.values()) > 0
+    for name in counts:
+        ops = {node.op_type for node in onnx.load(str(out / name), load_external_data=False).graph.node}
+        assert "DynamicQuantizeMatMul" in ops and not ops & {"MatMulIntegerToFloat", "QuantizeLinear", "Abs"}
+
+    per_row, fused = OnnxModel(exported_int8, 1), OnnxModel(out, 1)
+    rng = np.random.default_rng(0)
+    sentence = rng.integers(10, 200, (1, 9))
+    partners = [rng.integers(10, 200, (1, 9)) for _ in range(4)]
+    mask = np.ones((2, 9), np.int64)
+
+    def states(model: OnnxModel, ids: np.ndarray) -> np.ndarray:
+        return model.encode(ids, mask[: len(ids)]).hidden[0]
+
+    alone = states(per_row, sentence)
+    fused_alone = states(fused, sentence)
+    assert np.abs(fused_alone - alone).max() < 0.1 * np.abs(alone).max()
+    moved = 0
+    for partner in partners:
+        batch = np.concatenate([sentence, partner])
+        assert np.array_equal(states(per_row, batch), alone)
+        moved += not np.array_equal(states(fused, batch), fused_alone)
+    assert moved > 0
