@@ -47,6 +47,7 @@ def fuse_products(graph: onnx.GraphProto, base_dir: Path) -> int:
     """Each per-row int8 product of `graph`, with the bias added after it, as one fused node; the
     nodes that only fed them removed. Returns how many products it fused."""
     initializers = {tensor.name: tensor for tensor in graph.initializer}
+    constants = set(initializers)
     producers = {output: node for node in graph.node for output in node.output}
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
@@ -60,6 +61,8 @@ def fuse_products(graph: onnx.GraphProto, base_dir: Path) -> int:
         unit = producers.get(quantize.input[0]) if quantize is not None else None
         if quantize is None or quantize.op_type != "QuantizeLinear" or unit is None or unit.op_type != "Div":
             continue  # a constant activation scale: already per tensor
+        if quantize.input[2] not in LEVELS:
+            raise SystemExit(f"{node.name}: zero point {quantize.input[2]!r} is none of export/quantize.py's grids")
         levels, scale = LEVELS[quantize.input[2]], node.input[3]
         before: list[onnx.NodeProto] = []
         if scale in initializers:
@@ -72,7 +75,7 @@ def fuse_products(graph: onnx.GraphProto, base_dir: Path) -> int:
         after = readers.get(output, [])
         if len(after) == 1 and after[0].op_type == "Add":
             others = [name for name in after[0].input if name != output]
-            if len(others) == 1 and _constant(others[0], producers, set(initializers)):
+            if len(others) == 1 and _constant(others[0], producers, constants):
                 bias, output = others[0], after[0].output[0]
                 replaced[id(after[0])] = []
         inputs = [unit.input[0], node.input[1], f"{scale}.fused", "", bias]  # no zero point: symmetric weights
@@ -96,17 +99,16 @@ def write_fused(model_dir: Path, out: Path) -> dict[str, int]:
     manifest = load_manifest(model_dir)
     if manifest.precision != "int8":
         raise SystemExit(f"{model_dir} holds {manifest.precision} graphs: only int8 products are fused")
+    names = [manifest.files[role] for role in ("encoder", "decoder")]
+    graphs = {name: onnx.load(str(model_dir / name), load_external_data=False) for name in names}
+    fused = {name: fuse_products(model.graph, model_dir) for name, model in graphs.items()}
+    if not any(fused.values()):
+        raise SystemExit(f"{model_dir} has no int8 product scaled per row")
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(model_dir, out)
-    fused = {}
-    for role in ("encoder", "decoder"):
-        name = manifest.files[role]
-        model = onnx.load(str(out / name), load_external_data=False)
-        fused[name] = fuse_products(model.graph, out)
+    for name, model in graphs.items():
         onnx.save(model, str(out / name))
-    if not any(fused.values()):
-        raise SystemExit(f"{model_dir} has no int8 product scaled per row")
     hashes = {name: sha256_file(out / name) for name in manifest.files.values()}
     updated = Manifest.model_validate({**manifest.model_dump(), "sha256": hashes})
     (out / MANIFEST_FILE).write_text(updated.model_dump_json(indent=2) + "\n")
