@@ -90,3 +90,39 @@ def test_compacted_rows_equal_taking_them_and_stay_in_the_same_memory() -> None:
     for got, want, original in zip(compacted, expected, arrays, strict=True):
         np.testing.assert_array_equal(got, want)
         assert np.shares_memory(got, original) and got.flags.c_contiguous
+
+
+def test_a_reset_cache_serves_another_search_in_the_same_arrays(common_step: str) -> None:
+    """A cache kept for the next search (OnnxModel.keep_search) starts again empty at one row per
+    sentence, and its rows read what a physically reordered cache holds, as in a fresh one, from the
+    very arrays the first search bound."""
+    rng = np.random.default_rng(1)
+    beams = 4
+    cache = SelfAttentionCache(2, HEADS, HEAD_DIM, 1, capacity=8, max_beams=beams)
+    seen: list[tuple[int, list[int]]] = []
+    for search in range(3):
+        if search:
+            cache.reset()
+        assert (cache.length, cache.rows, cache.step_ids) == (0, 1, None)
+        assert not cache.indirection.any()
+        reference = [np.zeros((1, HEADS, 0, HEAD_DIM), np.float32) for _ in cache.buffers]
+        for step in range(5 + search):  # each search as long as it likes, up to the capacity
+            new = _write_step(cache, rng)
+            reference = [np.concatenate([r, v[:, :, None]], axis=2) for r, v in zip(reference, new, strict=True)]
+            for got, want in zip(_read(cache), reference, strict=True):
+                np.testing.assert_array_equal(got, want, err_msg=f"search {search}, step {step}")
+            width = cache.beams
+            rows = rng.integers(0, width, beams)
+            cache.reorder(rows)
+            reference = [r[rows] for r in reference]
+            if step == 0:
+                seen.append((id(cache.indirection), [id(v) for v in cache.values]))
+    assert seen[0] == seen[1] == seen[2]  # the beams' arrays and OrtValues made once
+
+
+def test_a_cache_that_dropped_sentences_cannot_start_again() -> None:
+    cache = SelfAttentionCache(1, HEADS, HEAD_DIM, 3, capacity=4, max_beams=2)
+    cache.advance()
+    cache.reorder(np.array([0, 0, 2, 2]), np.array([0, 2]))  # the middle sentence leaves
+    with pytest.raises(ValueError, match="cannot start again"):
+        cache.reset()

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,73 @@ def test_a_sentences_output_layer_is_made_beside_its_encoder_where_a_cpu_would_i
     assert searches[2] == searches[1]
     with pytest.raises(ZeroDivisionError):  # what the helper raised, raised where its result is asked for
         beside(lambda: 1 // 0)()
+
+
+def test_sentences_alone_take_the_last_search_of_their_shape_and_translate_as_in_a_batch(
+    models: tuple[Path, Path], sentences: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sentence alone takes the mask, encoder outputs, cache, output layer and bindings that the last
+    search of its shape left (OnnxModel.keep_search), refilled with its own: it binds nothing anew, and
+    translates as it does in a batch, whatever came before it, in either direction, on two threads at once."""
+    import service.runtime.sessions as sessions
+
+    model = OnnxModel(models[1], 2)
+    sources, tags, batched = _search(model, sentences)
+    greedy = beam_search(model, sources, tags, DecodeOptions(beam_size=1))
+    bindings_made: list[int] = []
+    real = sessions.step_feeds
+
+    def counted(*args: object, **kwargs: object) -> sessions.StepFeeds:
+        bindings_made.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sessions, "step_feeds", counted)
+
+    def each_alone(order: list[int]) -> None:
+        for i in order:
+            for beam, expected in ((5, batched[i]), (1, greedy[i])):
+                alone = beam_search(model, [sources[i]], [tags[i]], DecodeOptions(beam_size=beam, n_best=beam))[0]
+                assert [h.tokens for h in alone] == [h.tokens for h in expected], (i, beam)
+                assert np.allclose([h.score for h in alone], [h.score for h in expected], atol=1e-5)
+
+    each_alone([*range(len(sources))][::-1])
+    assert 0 < len(bindings_made) < len(sources)  # a binding per shape and row count, not per search
+    made = len(bindings_made)
+    each_alone([3, 3, 0, len(sources) - 1])  # every shape seen: each search finds its bindings kept
+    assert len(bindings_made) == made, "a kept search bound its step again"
+
+    def alone(i: int) -> list[int]:
+        return beam_search(model, [sources[i]], [tags[i]], DecodeOptions(beam_size=5, n_best=5))[0][0].tokens
+
+    with ThreadPoolExecutor(2) as pool:  # two searches at once never share what is kept
+        for _ in range(3):
+            got = list(pool.map(alone, range(len(sources))))
+            assert got == [hyps[0].tokens for hyps in batched]
+
+
+def test_an_owned_output_layer_takes_anothers_values_into_its_own_arrays() -> None:
+    """What a kept search's bindings hold (BatchVocab.owned) is written again, row biases per beam
+    width included, and only by an output layer of the same shape."""
+    rng = np.random.default_rng(0)
+
+    def made(columns: int, scaled: bool = True) -> BatchVocab:
+        vocab = np.sort(rng.choice(400, columns, replace=False)).astype(np.int64)
+        weight = rng.integers(-63, 64, (8, columns)).astype(np.int8)
+        scale = rng.random(columns).astype(np.float32) if scaled else None
+        bias = np.where(rng.random((1, columns)) < 0.5, 0.0, -np.inf).astype(np.float32)
+        return BatchVocab(vocab, weight, scale, bias)
+
+    kept, original = made(32).owned(), made(32)
+    beams = kept.row_bias(4)
+    arrays = [kept.vocab, kept.weight, kept.scale, kept.sentence_bias]
+    assert kept.refill(original)
+    for name in ("vocab", "weight", "scale", "sentence_bias"):
+        assert np.array_equal(getattr(kept, name), getattr(original, name)), name
+    assert kept.row_bias(4) is beams and np.array_equal(beams, original.row_bias(4))
+    assert all(a is b for a, b in zip(arrays, [kept.vocab, kept.weight, kept.scale, kept.sentence_bias], strict=True))
+    weight = kept.weight.copy()
+    assert not kept.refill(made(48)) and not kept.refill(made(32, scaled=False))
+    assert np.array_equal(kept.weight, weight)
 
 
 def test_with_the_shortlist_off_a_model_decodes_exactly_as_without_one(

@@ -16,9 +16,10 @@
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import NamedTuple
 
@@ -30,7 +31,7 @@ from service.manifest import Generation
 from service.runtime import native
 from service.runtime.degenerate import Quality, mark_degenerate, sane_first
 from service.runtime.kv_cache import SelfAttentionCache, compact_rows, compaction_order
-from service.runtime.sessions import LARGE_BATCH_ROWS, KVList, OnnxModel
+from service.runtime.sessions import LARGE_BATCH_ROWS, KeptSearch, KVList, OnnxModel
 from service.runtime.shortlist import BatchVocab
 
 # Sources are padded to a multiple of this many tokens. Attention sums over the source in
@@ -212,6 +213,7 @@ class _Start(NamedTuple):
     cache: SelfAttentionCache
     last: np.ndarray  # [n] the next step's input ids
     vocab: BatchVocab | None  # the output layer's shortlist, for a model with one
+    keep_arrays: Callable[[], None]  # called once the search has ended well: its arrays serve the next
 
 
 def _start(
@@ -221,21 +223,47 @@ def _start(
     options: DecodeOptions,
     prefixes: Sequence[Sequence[int]],
     max_beams: int,
+    alignment: bool,
 ) -> _Start:
     """A forced prefix counts towards the length limits, as it does towards CTranslate2's
-    max_decoding_length and min_decoding_length, and is not scored."""
+    max_decoding_length and min_decoding_length, and is not scored.
+
+    A sentence alone without a prefix or alignment (most requests) takes the arrays, cache and
+    bindings that the last search of its shape left (OnnxModel.keep_search): the same computation
+    in the same arrays, without binding them again."""
     ids, mask = _pad_sources(sources, model.pad_id)
-    made_vocab = model.output_vocab_beside(sources, tags)  # while the encoder runs
-    cross = model.encode(ids, mask).cross
     forced = _prefix_length(prefixes)
     limits = np.array([max(1, options.limit(len(s)) - forced) for s in sources])
-    cache = model.new_cache(len(sources), int(limits.max()) + forced, max_beams)
+    capacity = int(limits.max()) + forced
     last = np.asarray(tags, dtype=np.int64)
+    if len(sources) > 1 or forced or alignment:
+        made_vocab = model.output_vocab_beside(sources, tags)  # while the encoder runs
+        cross = model.encode(ids, mask).cross
+        cache = model.new_cache(len(sources), capacity, max_beams)
+        vocab = made_vocab()
+        for position in range(forced):
+            model.decode_top(last[:, None], mask, cache, cross, vocab=vocab)
+            last = np.asarray([p[position] for p in prefixes], dtype=np.int64)
+        return _Start(mask, cross, limits, options.min_length - forced, cache, last, vocab, lambda: None)
+    # One shape for every source of the width, at any length limit up to the rule's
+    width = ids.shape[1]
+    key = (width, max(capacity, max_target_length(width)), max_beams)
+    kept = model.take_kept_search(key)
+    if kept is None:
+        cache = model.new_cache(1, key[1], max_beams)
+        cache.kept = True
+        kept = KeptSearch(mask, model.encoder_output(1, width), cache, None)
+    made_vocab = model.output_vocab_beside(sources, tags, into=kept.vocab)  # while the encoder runs
+    if kept.mask is not mask:  # taken, not made now: this sentence's mask into its arrays, its cache emptied
+        np.copyto(kept.mask, mask)
+        kept.cache.reset()
+    cross = model.encode(ids, kept.mask, kept.encoded).cross
     vocab = made_vocab()
-    for position in range(forced):
-        model.decode_top(last[:, None], mask, cache, cross, vocab=vocab)
-        last = np.asarray([p[position] for p in prefixes], dtype=np.int64)
-    return _Start(mask, cross, limits, options.min_length - forced, cache, last, vocab)
+    if vocab is not kept.vocab:  # none kept, or of another shape
+        kept.cache.bindings.clear()  # bound to the arrays replaced
+        kept = replace(kept, vocab=None if vocab is None else vocab.owned())
+    keep_arrays = functools.partial(model.keep_search, key, kept)
+    return _Start(kept.mask, cross, limits, options.min_length, kept.cache, last, kept.vocab, keep_arrays)
 
 
 def greedy_search(
@@ -247,7 +275,9 @@ def greedy_search(
     spans: Sequence[tuple[int, int]] = (),
 ) -> list[list[Hypothesis]]:
     """The beam-1 fast path: argmax per step, no beam bookkeeping."""
-    mask, cross, limits, min_length, cache, last, vocab = _start(model, sources, tags, options, prefixes, 1)
+    mask, cross, limits, min_length, cache, last, vocab, keep_arrays = _start(
+        model, sources, tags, options, prefixes, 1, bool(spans)
+    )
     aligner = _Aligner(spans, mask.shape[1]) if spans else None
     alive = np.arange(len(sources))
     tokens: list[list[int]] = [[] for _ in sources]
@@ -294,6 +324,7 @@ def greedy_search(
             alive, mask, cross, riding = alive[rows], mask[rows], compact_rows(cross, rows), riding[rows]
             vocab = None if vocab is None else vocab.kept(rows)
         last = np.asarray([tokens[s][-1] if tokens[s] else eos for s in alive], dtype=np.int64)
+    keep_arrays()
     return [_ranked(r, source, 1, options, eos) for r, source in zip(results, sources, strict=True)]
 
 
@@ -447,7 +478,9 @@ def _beam_search(
     # microseconds whatever its size: so the common case (no ending, no guard hit, no sentence done)
     # takes few of them, and what depends only on the batch's shape is made once (_Grid).
     k = options.beam_size
-    mask, cross, limits, min_length, cache, last, vocab = _start(model, sources, tags, options, prefixes, k)
+    mask, cross, limits, min_length, cache, last, vocab, keep_arrays = _start(
+        model, sources, tags, options, prefixes, k, bool(spans)
+    )
     aligner = _Aligner(spans, mask.shape[1]) if spans else None
     # Step 0 runs one row per sentence (all K beams would start identical); the batch
     # becomes K rows per sentence, row s·K + j for beam j of sentence s, from step 1 on.
@@ -586,5 +619,5 @@ def _beam_search(
             nearest_limit = int(alive_limits.min())
         elif not ids_written:
             cache.reorder(next_rows)  # each row reads the history of the beam it continues
-
+    keep_arrays()
     return [_ranked(f, source, options.n_best, options, eos) for f, source in zip(finished, sources, strict=True)]

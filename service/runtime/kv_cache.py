@@ -7,15 +7,32 @@ beam each row continues, no key moves: `indirection` [sentences, beams, capacity
 each row and each earlier position, the beam of its sentence that holds it. Rows move only
 when finished sentences leave the batch (only those that fill the places freed, see
 `compaction_order`) and when step 0's one row per sentence becomes a beam of rows (its one
-position).
+position). What each shape binds (indirection, views, OrtValues) is made once, so that a cache
+`reset` for another search of a sentence alone (OnnxModel.keep_search) binds the same arrays.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import onnxruntime as ort
 
 from service.runtime import native
+
+
+class _Shape(NamedTuple):
+    """What the cache binds at one shape (sentences, beams): made once per shape and kept, so that a
+    search back at a shape (the next search of a kept cache: OnnxModel.take_kept_search) finds the same
+    arrays, OrtValues and bindings."""
+
+    indirection: np.ndarray  # [sentences, beams, capacity] int32
+    history: np.ndarray  # a view of it: [rows, capacity]
+    buffers: list[np.ndarray]  # each layer's keys and values, the first `rows` rows: views
+    values: list[ort.OrtValue]  # the same as OrtValues
+    own_beam: np.ndarray  # [beams] int32
+    sentences: np.ndarray  # arange(sentences)
+    row_sentences: np.ndarray  # the sentence of each row
 
 
 class SelfAttentionCache:
@@ -31,18 +48,23 @@ class SelfAttentionCache:
         # at the widest beam costs address space rather than memory; unwritten positions are never read.
         shape = (sentences * max_beams, heads, capacity, head_dim)
         self._storage = [np.empty(shape, np.float32) for _ in range(2 * layers)]  # k0, v0, k1, v1, ...
-        self.indirection = np.zeros((sentences, 1, capacity), np.int32)
-        # The runtime's IO bindings of this cache, per session (sessions.py). A new indirection array
-        # (a new row count: `_bind`) tells them that the rows' inputs must be bound again.
-        self.bindings: dict[int, object] = {}
+        self._shapes: dict[tuple[int, int], _Shape] = {}
+        # The runtime's IO bindings of this cache, per session and row count (sessions.py). Another
+        # indirection array than a binding's (another shape) tells it that the rows' inputs must be
+        # bound again.
+        self.bindings: dict[tuple[int, int], object] = {}
+        # Whether the cache serves another search after this one (reset): its bindings are then kept,
+        # one per row count, rather than bound again to the next row count.
+        self.kept = False
         # The bound input ids of the binding the last step ran on (sessions.py): where a step's
         # selection may write the next step's ids (OnnxModel.step_again).
         self.step_ids: np.ndarray | None = None
-        self._bind(sentences)
+        self._first_sentences = sentences
+        self._use(sentences)
 
     @property
     def sentences(self) -> int:
-        return self.indirection.shape[0]
+        return int(self.indirection.shape[0])
 
     @property
     def rows(self) -> int:
@@ -57,6 +79,17 @@ class SelfAttentionCache:
         """[rows, capacity] int32, a view of the indirection: the beam whose slot holds each position
         of each row's history (what `reorder` reorders)."""
         return self._history
+
+    def reset(self) -> None:
+        """Empty again, at one row per sentence, for another search of as many sentences: what was
+        made for its shapes (arrays, OrtValues, the runtime's bindings) serves again. Only before
+        a compaction has dropped sentences."""
+        if self.sentences != self._first_sentences:
+            raise ValueError(f"a cache of {self.sentences} sentences cannot start again at {self._first_sentences}")
+        self.length = 0
+        self.beams = 1
+        self.step_ids = None
+        self._use(self._first_sentences)
 
     def advance(self) -> None:
         """After a step: position `length` of each row holds that row's own key and value."""
@@ -106,16 +139,29 @@ class SelfAttentionCache:
             for storage in self._storage:
                 storage[new, :, :n] = storage[old, :, :n]  # the right side is gathered first
         self.beams = beams
-        self.indirection = np.zeros((len(sentences), beams, self.capacity), np.int32)
-        self._bind(len(sentences) * beams)
+        self._use(len(sentences))
 
-    def _bind(self, rows: int) -> None:
-        self._sentences = np.arange(self.sentences)
-        self._row_sentences = np.repeat(self._sentences, self.beams)  # the sentence of each row
-        self._own_beam = np.arange(self.beams, dtype=np.int32)
-        self._history = self.indirection.reshape(self.rows, self.capacity)  # a view: row -> its positions' beams
-        self.buffers = [storage[:rows] for storage in self._storage]  # contiguous prefixes
-        self.values = [ort.OrtValue.ortvalue_from_numpy(b) for b in self.buffers]
+    def _use(self, sentences: int) -> None:
+        """The cache at `sentences` of `self.beams` rows, its indirection all zeros."""
+        shape = self._shapes.get((sentences, self.beams))
+        if shape is None:
+            indirection = np.zeros((sentences, self.beams, self.capacity), np.int32)
+            rows = sentences * self.beams
+            buffers = [storage[:rows] for storage in self._storage]  # contiguous prefixes
+            shape = self._shapes[(sentences, self.beams)] = _Shape(
+                indirection,
+                indirection.reshape(rows, self.capacity),  # a view: row -> its positions' beams
+                buffers,
+                [ort.OrtValue.ortvalue_from_numpy(b) for b in buffers],
+                np.arange(self.beams, dtype=np.int32),
+                np.arange(sentences),
+                np.repeat(np.arange(sentences), self.beams),
+            )
+        else:
+            shape.indirection.fill(0)
+        self.indirection, self._history = shape.indirection, shape.history
+        self.buffers, self.values = shape.buffers, shape.values
+        self._own_beam, self._sentences, self._row_sentences = shape.own_beam, shape.sentences, shape.row_sentences
 
 
 def compaction_order(kept: np.ndarray) -> np.ndarray:

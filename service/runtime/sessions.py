@@ -9,7 +9,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -46,6 +46,18 @@ class EncoderOutput:
 
 
 @dataclass(frozen=True)
+class KeptSearch:
+    """What a search of one sentence binds, kept for the next search of its shape (OnnxModel.keep_search):
+    its sources' mask and encoder outputs, its cache (reset), and its output layer's inputs (refilled),
+    each the same arrays, so that the cache's bindings serve again as they are."""
+
+    mask: np.ndarray
+    encoded: EncoderOutput
+    cache: SelfAttentionCache
+    vocab: BatchVocab | None
+
+
+@dataclass(frozen=True)
 class TopStep:
     log_probs: np.ndarray  # [B, DECODER_TOP_K], best first, lower id first on ties
     ids: np.ndarray  # [B, DECODER_TOP_K]
@@ -69,6 +81,14 @@ class TopStep:
 SMALL_SEARCH_ROWS = 8
 
 
+# Shapes of single-sentence searches whose arrays and bindings a model keeps for the next search of
+# the same shape (OnnxModel.keep_search): each holds a cache and a binding per row count, about 2 MB
+# for the committed model's sentences of up to 16 tokens (docs/BENCHMARKS.md). A model that has
+# searched no sentence alone for KEPT_IDLE_S lets them go.
+KEPT_SEARCHES = 4
+KEPT_IDLE_S = 10.0
+
+
 # A batch of more rows than this is large: what its tensors took goes back to the system once
 # the model idles (OnnxModel.large_batch_done).
 LARGE_BATCH_ROWS = 32
@@ -81,21 +101,22 @@ IDLE_RELEASE_S = 0.5
 
 
 class _IdleRelease:
-    """Calls `release` once no large batch has ended for IDLE_RELEASE_S, on a timer thread; again
-    later while it finds a run in progress."""
+    """Calls `release` once `used` has not been called for `idle_s`, on a timer thread; again later
+    while `release` finds a run in progress (returns False)."""
 
-    def __init__(self, release: Callable[[], bool]) -> None:
+    def __init__(self, release: Callable[[], bool], idle_s: float = IDLE_RELEASE_S) -> None:
         # Weak: the model holds this, and an unloaded model must go as soon as it is let go.
         self._release = weakref.WeakMethod(release)
+        self._idle_s = idle_s
         self._lock = threading.Lock()
         self._due: float | None = None  # when to release; None: nothing to release
         self._timer: threading.Timer | None = None
 
-    def large_batch_done(self) -> None:
+    def used(self) -> None:
         with self._lock:
-            self._due = time.monotonic() + IDLE_RELEASE_S
+            self._due = time.monotonic() + self._idle_s
             if self._timer is None:
-                self._start(IDLE_RELEASE_S)
+                self._start(self._idle_s)
 
     def _start(self, delay: float) -> None:
         self._timer = threading.Timer(delay, self._fire)
@@ -120,7 +141,7 @@ class _IdleRelease:
                 if self._due is None:
                     self._due = time.monotonic()
                 if self._timer is None:
-                    self._start(IDLE_RELEASE_S)
+                    self._start(self._idle_s)
 
 
 class _Runs:
@@ -416,6 +437,19 @@ class _BoundStep:
     binding: ort.IOBinding
 
 
+def _binds_sources(
+    bound: object, names: Sequence[str], mask: np.ndarray, cross: KVList, vocab: BatchVocab | None
+) -> bool:
+    """Whether `bound` is a binding of these outputs over these sources (the same arrays)."""
+    return (
+        isinstance(bound, _BoundStep)
+        and bound.names == tuple(names)
+        and bound.mask is mask
+        and bound.cross is cross
+        and bound.vocab is vocab
+    )
+
+
 @functools.cache
 def _shared_arena() -> None:
     memory = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
@@ -543,6 +577,9 @@ class OnnxModel:
         self.mlm_head = graph("mlm_head", wide_only=True).wide if "mlm_head" in files else None
         trim_heap()  # each session packed its matrices on the heap before finding them in the copy
         self._idle_release = _IdleRelease(self.release_arena)
+        self._kept: dict[Hashable, KeptSearch] = {}  # keep_search's, oldest first
+        self._kept_lock = threading.Lock()
+        self._kept_release = _IdleRelease(self.drop_kept_searches, KEPT_IDLE_S)
         # Whether a small search runs faster on one thread than on all: measured by Translator.load.
         self.small_searches_narrow = False
         self.tokenizer = load_text_tokenizer(model_dir, self.manifest)
@@ -550,19 +587,24 @@ class OnnxModel:
         layers = self.manifest.decoder_layers
         self._enc_outputs = list(encoder_spec(layers).outputs)
 
-    def encode(self, ids: np.ndarray, mask: np.ndarray) -> EncoderOutput:
-        """ids, mask [B, S] int64 -> hidden states and each layer's cross K/V (zero past each source's end).
+    def encode(self, ids: np.ndarray, mask: np.ndarray, into: EncoderOutput | None = None) -> EncoderOutput:
+        """ids, mask [B, S] int64 -> hidden states and each layer's cross K/V (zero past each source's end),
+        written into `into`'s arrays where given (encoder_output's).
 
         Sources of one length run together, unpadded: so each source's states are the same
         whatever else is in the batch.
         """
         lengths = mask.sum(axis=1)
         outputs: list[np.ndarray] = []
+        if into is not None:
+            outputs = [into.hidden, *into.cross]
+            for out in outputs:
+                out.fill(0)
         for length in np.unique(lengths):
             rows = np.flatnonzero(lengths == length)
             feeds = {"input_ids": ids[rows, :length], "attention_mask": mask[rows, :length]}
             part = self.encoder.run(self._enc_outputs, feeds)
-            if len(rows) == len(ids) and length == ids.shape[1]:
+            if into is None and len(rows) == len(ids) and length == ids.shape[1]:
                 return EncoderOutput(part[0], part[1:])  # one length, no padding: nothing to place
             if not outputs:  # hidden [B, S, D]; cross [B, H, S, K]: the source axis is 1, then 2
                 for i, p in enumerate(part):
@@ -573,7 +615,41 @@ class OnnxModel:
             outputs[0][rows, :length] = part[0]
             for out, p in zip(outputs[1:], part[1:], strict=True):
                 out[rows, :, :length] = p
-        return EncoderOutput(outputs[0], outputs[1:])
+        return into or EncoderOutput(outputs[0], outputs[1:])
+
+    def encoder_output(self, sentences: int, width: int) -> EncoderOutput:
+        """Arrays for encode's outputs over `sentences` sources of `width` tokens."""
+        m = self.manifest
+        layers = len(self._enc_outputs) - 1
+        return EncoderOutput(
+            np.zeros((sentences, width, m.d_model), np.float32),
+            [np.zeros((sentences, m.n_heads, width, m.head_dim), np.float32) for _ in range(layers)],
+        )
+
+    def take_kept_search(self, key: Hashable) -> KeptSearch | None:
+        """The arrays, cache and bindings that the last search of this shape left (keep_search), for
+        a search of the same shape; None where none is kept. Each is taken by one search at a time."""
+        with self._kept_lock:
+            return self._kept.pop(key, None)
+
+    def keep_search(self, key: Hashable, kept: KeptSearch) -> None:
+        """Keeps what a search of one sentence made for the next of its shape: its bindings then
+        need no binding again (a third of a millisecond of a sentence's host work, docs/BENCHMARKS.md).
+        The KEPT_SEARCHES most recent shapes are kept, none once the model has searched no sentence
+        alone for KEPT_IDLE_S, and none once it idles after a large batch."""
+        with self._kept_lock:
+            self._kept.pop(key, None)
+            self._kept[key] = kept
+            while len(self._kept) > KEPT_SEARCHES:
+                self._kept.pop(next(iter(self._kept)))
+        self._kept_release.used()
+
+    def drop_kept_searches(self) -> bool:
+        """What keep_search kept goes (its arrays back to the heap, trimmed)."""
+        with self._kept_lock:
+            self._kept.clear()
+        trim_heap()
+        return True
 
     def new_cache(self, sentences: int, capacity: int, max_beams: int = 1) -> SelfAttentionCache:
         """An empty self-attention cache for `capacity` steps of `sentences` at one row each, then
@@ -600,17 +676,23 @@ class OnnxModel:
         return self.output_layer.batch(sources, [self._tag_languages.get(int(tag), "") for tag in tags])
 
     def output_vocab_beside(
-        self, sources: Sequence[Sequence[int]], tags: Sequence[int]
+        self, sources: Sequence[Sequence[int]], tags: Sequence[int], into: BatchVocab | None = None
     ) -> Callable[[], BatchVocab | None]:
         """What output_vocab returns, made on a helper thread (beside.py) while the caller runs the
         encoder, where a CPU of the process would idle meanwhile: this thread's runs hold to one thread
-        and no other search is in progress; else made when asked for."""
+        and no other search is in progress; else made when asked for. `into`, an owned copy of an
+        earlier one (BatchVocab.owned), takes its values where their shapes agree, and is returned then."""
         if self.output_layer is None:
             return lambda: None
+
+        def made() -> BatchVocab | None:
+            vocab = self.output_vocab(sources, tags)
+            return into if into is not None and vocab is not None and into.refill(vocab) else vocab
+
         idle_cpu = (self.threads == 1 or self._runs.narrowed()) and not _ALL_RUNS.others()
         if idle_cpu and len(os.sched_getaffinity(0)) > 1:
-            return beside(lambda: self.output_vocab(sources, tags))
-        return lambda: self.output_vocab(sources, tags)
+            return beside(made)
+        return made
 
     def decode_top(
         self,
@@ -646,15 +728,17 @@ class OnnxModel:
             # Between compactions a step changes only the last tokens and the cache's length
             # (its indirection is updated in place): the binding is updated, not made again. At a
             # new row count over the same sources (step 0's row per sentence become its beams),
-            # only the rows' inputs are bound again.
-            bound = cache.bindings.get(id(session))
-            if (
-                isinstance(bound, _BoundStep)
-                and bound.names == tuple(names)
-                and bound.mask is mask
-                and bound.cross is cross
-                and bound.vocab is vocab
-            ):
+            # only the rows' inputs are bound again; a kept cache (reset for another search) keeps a
+            # binding per row count instead, so that its next search binds nothing.
+            key = (id(session), cache.rows)
+            bound = cache.bindings.get(key)
+            if not _binds_sources(bound, names, mask, cross, vocab) and not cache.kept:
+                bound = None
+                for other, step in list(cache.bindings.items()):
+                    if other[0] == key[0] and _binds_sources(step, names, mask, cross, vocab):
+                        bound = cache.bindings[key] = cache.bindings.pop(other)
+                        break
+            if isinstance(bound, _BoundStep) and _binds_sources(bound, names, mask, cross, vocab):
                 _check_step(last_ids, mask, cache)
                 if bound.indirection is cache.indirection:
                     np.copyto(bound.feeds.ids, np.asarray(last_ids).reshape(-1, 1))
@@ -666,8 +750,10 @@ class OnnxModel:
                 return bound.binding, bound.feeds
             feeds = step_feeds(m.decoder_layers, m.vocab_size, names, last_ids, mask, cache, cross, vocab)
             binding = feeds.bind(session)
-            bound_step = _BoundStep(tuple(names), mask, cross, vocab, cache.indirection, feeds, binding)
-            cache.bindings[id(session)] = bound_step
+            if not cache.kept:  # the session's bindings over other sources go
+                for other in [other for other in cache.bindings if other[0] == key[0]]:
+                    del cache.bindings[other]
+            cache.bindings[key] = _BoundStep(tuple(names), mask, cross, vocab, cache.indirection, feeds, binding)
             cache.step_ids = feeds.ids
             return binding, feeds
 
@@ -685,7 +771,7 @@ class OnnxModel:
         step: a search reads them before it runs the next one."""
 
         def bound(session: ort.InferenceSession) -> tuple[ort.IOBinding, StepFeeds] | None:
-            step = cache.bindings.get(id(session))
+            step = cache.bindings.get((id(session), cache.rows))
             if not (
                 isinstance(step, _BoundStep)
                 and step.feeds.ids is cache.step_ids
@@ -724,14 +810,16 @@ class OnnxModel:
 
     def large_batch_done(self) -> None:
         """What a large batch took goes back to the system once this model idles (IDLE_RELEASE_S)."""
-        self._idle_release.large_batch_done()
+        self._idle_release.used()
 
     def release_arena(self) -> bool:
         """What the batches' tensors took in the shared arena and the C heap goes back to the system,
-        unless a run of this model is in progress. Whether it ran."""
+        and what keep_search kept, unless a run of this model is in progress. Whether it ran."""
         probe = {"input_ids": np.full((1, 1), self.eos_id, np.int64), "attention_mask": np.ones((1, 1), np.int64)}
         if not self.encoder.release_arena(probe, self._enc_outputs[0]):
             return False
+        with self._kept_lock:
+            self._kept.clear()
         self.decoder.release_lookups()
         return True
 

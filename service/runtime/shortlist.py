@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import cast
 
@@ -86,16 +86,44 @@ class BatchVocab:
     weight: np.ndarray  # the projection's columns for `vocab`, laid out as the step reads them
     scale: np.ndarray | None  # int8: [U] their scales
     sentence_bias: np.ndarray  # [n, U] float32: 0 (plus the projection's bias) where allowed, else -inf
+    # row_bias's arrays, per beam width: a binding holds them, and `refill` writes them again
+    by_beams: dict[int, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     def row_bias(self, beams: int) -> np.ndarray:
         """[n · beams, U]: each sentence's bias for each of its rows."""
         if beams == 1:
             return self.sentence_bias
-        return np.repeat(self.sentence_bias, beams, axis=0)
+        rows = self.by_beams.get(beams)
+        if rows is None:
+            rows = self.by_beams[beams] = np.repeat(self.sentence_bias, beams, axis=0)
+        return rows
 
     def kept(self, sentences: np.ndarray) -> BatchVocab:
         """The same union for the sentences kept (a compaction): their rows decode as before."""
-        return replace(self, sentence_bias=self.sentence_bias[sentences])
+        return replace(self, sentence_bias=self.sentence_bias[sentences], by_beams={})
+
+    def owned(self) -> BatchVocab:
+        """A copy in arrays of its own, which `refill` may write (a batch's weight may be the output
+        layer's whole matrix, shared)."""
+        scale = None if self.scale is None else self.scale.copy()
+        return BatchVocab(self.vocab.copy(), self.weight.copy(), scale, self.sentence_bias.copy())
+
+    def refill(self, other: BatchVocab) -> bool:
+        """Takes `other`'s values into its own arrays (and row_bias's), where their shapes agree;
+        whether they did. An owned copy only."""
+        pairs = [(self.vocab, other.vocab), (self.weight, other.weight), (self.sentence_bias, other.sentence_bias)]
+        if (self.scale is None) != (other.scale is None):
+            return False
+        if self.scale is not None and other.scale is not None:
+            pairs.append((self.scale, other.scale))
+        if any(mine.shape != theirs.shape or mine.dtype != theirs.dtype for mine, theirs in pairs):
+            return False
+        for mine, theirs in pairs:
+            np.copyto(mine, theirs)
+        n, width = self.sentence_bias.shape
+        for beams, rows in self.by_beams.items():
+            rows.reshape(n, beams, width)[:] = self.sentence_bias[:, None, :]
+        return True
 
 
 class OutputLayer:
