@@ -151,6 +151,39 @@ def test_sentences_alone_take_the_last_search_of_their_shape_and_translate_as_in
             assert got == [hyps[0].tokens for hyps in batched]
 
 
+def test_with_the_shortlist_off_sentences_alone_keep_no_copy_of_the_output_layer(
+    models: tuple[Path, Path], sentences: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over the whole vocabulary a sentence alone reads the output layer's own matrix: nothing is
+    copied for it, and its kept bindings serve the next sentence as with a shortlist."""
+    import service.runtime.sessions as sessions
+
+    monkeypatch.setenv("MTSERVE_SHORTLIST", "off")
+    model = OnnxModel(models[1], 2)
+    sources, tags, batched = _search(model, sentences[:6])
+    calls = {"owned": 0, "step_feeds": 0}
+    owned, step_feeds = BatchVocab.owned, sessions.step_feeds
+
+    def counted_owned(vocab: BatchVocab) -> BatchVocab:
+        calls["owned"] += 1
+        return owned(vocab)
+
+    def counted_feeds(*args: object, **kwargs: object) -> sessions.StepFeeds:
+        calls["step_feeds"] += 1
+        return step_feeds(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(BatchVocab, "owned", counted_owned)
+    monkeypatch.setattr(sessions, "step_feeds", counted_feeds)
+    made = []
+    for _ in range(2):
+        for i, expected in enumerate(batched):
+            alone = beam_search(model, [sources[i]], [tags[i]], DecodeOptions(beam_size=5, n_best=5))[0]
+            assert [h.tokens for h in alone] == [h.tokens for h in expected]
+        made.append(calls["step_feeds"])
+    assert calls["owned"] == 0
+    assert 0 < made[0] == made[1]  # bound in the first round only
+
+
 def test_an_owned_output_layer_takes_anothers_values_into_its_own_arrays() -> None:
     """What a kept search's bindings hold (BatchVocab.owned) is written again, row biases per beam
     width included, and only by an output layer of the same shape."""

@@ -259,6 +259,8 @@ def _start(
         kept.cache.reset()
     cross = model.encode(ids, kept.mask, kept.encoded).cross
     vocab = made_vocab()
+    if vocab is not None and vocab.shared:  # the whole vocabulary: decode_top's own (OutputLayer.full)
+        vocab = None
     if vocab is not kept.vocab:  # none kept, or of another shape
         kept.cache.bindings.clear()  # bound to the arrays replaced
         kept = replace(kept, vocab=None if vocab is None else vocab.owned())

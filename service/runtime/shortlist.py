@@ -88,6 +88,8 @@ class BatchVocab:
     sentence_bias: np.ndarray  # [n, U] float32: 0 (plus the projection's bias) where allowed, else -inf
     # row_bias's arrays, per beam width: a binding holds them, and `refill` writes them again
     by_beams: dict[int, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+    # The whole vocabulary (OutputLayer.full): its arrays are the output layer's, shared, never refilled
+    shared: bool = field(default=False, compare=False)
 
     def row_bias(self, beams: int) -> np.ndarray:
         """[n · beams, U]: each sentence's bias for each of its rows."""
@@ -109,8 +111,10 @@ class BatchVocab:
         return BatchVocab(self.vocab.copy(), self.weight.copy(), scale, self.sentence_bias.copy())
 
     def refill(self, other: BatchVocab) -> bool:
-        """Takes `other`'s values into its own arrays (and row_bias's), where their shapes agree;
-        whether they did. An owned copy only."""
+        """Takes `other`'s values into its own arrays (and row_bias's), where their shapes agree and
+        `other` is not the whole vocabulary (`shared`); whether they did. An owned copy only."""
+        if other.shared:
+            return False
         pairs = [(self.vocab, other.vocab), (self.weight, other.weight), (self.sentence_bias, other.sentence_bias)]
         if (self.scale is None) != (other.scale is None):
             return False
@@ -212,8 +216,12 @@ class OutputLayer:
         return np.ascontiguousarray(np.take(self.weight, vocab, axis=self.vocab_axis)), scale
 
     def batch(self, sources: Sequence[Sequence[int]], languages: Sequence[str]) -> BatchVocab:
-        """The output layer's inputs for sentences `sources` into `languages`."""
-        return self._inputs([self.candidates(source, lang) for source, lang in zip(sources, languages, strict=True)])
+        """The output layer's inputs for sentences `sources` into `languages`: `full`'s where none has a
+        shortlist."""
+        chosen = [self.candidates(source, lang) for source, lang in zip(sources, languages, strict=True)]
+        if all(c is None for c in chosen):
+            return self.full(len(chosen))
+        return self._inputs(chosen)
 
     def _inputs(self, chosen: Sequence[np.ndarray | None]) -> BatchVocab:
         """The inputs for sentences of these candidates each (None: the whole vocabulary)."""
@@ -234,7 +242,7 @@ class OutputLayer:
     def full(self, sentences: int) -> BatchVocab:
         """The whole vocabulary for `sentences` sentences: log-probs over every token, as without a shortlist."""
         if self._full is None:
-            self._full = self._inputs([None])
+            self._full = replace(self._inputs([None]), shared=True)
         last = self._last_full  # one object per batch size, so that a step's binding is kept
         if last is None or len(last.sentence_bias) != sentences:
             last = self._last_full = self._full.kept(np.zeros(sentences, np.int64))
