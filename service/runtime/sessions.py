@@ -606,19 +606,17 @@ class OnnxModel:
             part = self.encoder.run(self._enc_outputs, feeds)
             if into is None and len(rows) == len(ids) and length == ids.shape[1]:
                 return EncoderOutput(part[0], part[1:])  # one length, no padding: nothing to place
-            if not outputs:  # hidden [B, S, D]; cross [B, H, S, K]: the source axis is 1, then 2
-                for i, p in enumerate(part):
-                    shape = list(p.shape)
-                    shape[0] = len(ids)
-                    shape[1 if i == 0 else 2] = ids.shape[1]
-                    outputs.append(np.zeros(shape, p.dtype))
+            if not outputs:
+                padded = self.encoder_output(len(ids), ids.shape[1])
+                outputs = [padded.hidden, *padded.cross]
             outputs[0][rows, :length] = part[0]
             for out, p in zip(outputs[1:], part[1:], strict=True):
                 out[rows, :, :length] = p
-        return into or EncoderOutput(outputs[0], outputs[1:])
+        return EncoderOutput(outputs[0], outputs[1:]) if into is None else into
 
     def encoder_output(self, sentences: int, width: int) -> EncoderOutput:
-        """Arrays for encode's outputs over `sentences` sources of `width` tokens."""
+        """Zeroed arrays for encode's outputs over `sentences` sources of `width` tokens: hidden
+        [B, S, D], each layer's cross K/V [B, H, S, K]."""
         m = self.manifest
         layers = len(self._enc_outputs) - 1
         return EncoderOutput(
@@ -646,10 +644,13 @@ class OnnxModel:
 
     def drop_kept_searches(self) -> bool:
         """What keep_search kept goes (its arrays back to the heap, trimmed)."""
-        with self._kept_lock:
-            self._kept.clear()
+        self._forget_kept_searches()
         trim_heap()
         return True
+
+    def _forget_kept_searches(self) -> None:
+        with self._kept_lock:
+            self._kept.clear()
 
     def new_cache(self, sentences: int, capacity: int, max_beams: int = 1) -> SelfAttentionCache:
         """An empty self-attention cache for `capacity` steps of `sentences` at one row each, then
@@ -818,8 +819,7 @@ class OnnxModel:
         probe = {"input_ids": np.full((1, 1), self.eos_id, np.int64), "attention_mask": np.ones((1, 1), np.int64)}
         if not self.encoder.release_arena(probe, self._enc_outputs[0]):
             return False
-        with self._kept_lock:
-            self._kept.clear()
+        self._forget_kept_searches()
         self.decoder.release_lookups()
         return True
 
