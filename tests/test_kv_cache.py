@@ -58,6 +58,23 @@ def test_rows_read_what_a_physically_reordered_cache_holds(common_step: str) -> 
     assert cache.buffers[0].base is not None  # still a view of the storage of the first step
 
 
+@pytest.mark.parametrize("sentences", [1, 3])
+def test_rows_widened_after_steps_at_one_row_read_their_sentences_history(sentences: int) -> None:
+    """A forced prefix decodes at one row per sentence for some steps before the beams branch out."""
+    rng = np.random.default_rng(1)
+    cache = SelfAttentionCache(2, HEADS, HEAD_DIM, sentences, capacity=6, max_beams=4)
+    steps = [_write_step(cache, rng) for _ in range(3)]
+    reference = [np.stack([step[i] for step in steps], axis=2) for i in range(len(cache.buffers))]
+    with pytest.raises(ValueError, match="another sentence"):
+        cache.reorder(np.repeat(np.arange(sentences)[::-1], 4) if sentences > 1 else np.array([0, 0, 1, 0]))
+    assert cache.rows == sentences  # a refused reorder changes nothing
+    rows = np.repeat(np.arange(sentences), 4)
+    cache.reorder(rows)
+    assert cache.rows == 4 * sentences
+    for got, want in zip(_read(cache), reference, strict=True):
+        np.testing.assert_array_equal(got, want[rows])
+
+
 def test_compaction_moves_only_the_sentences_that_fill_freed_places() -> None:
     kept = np.array([0, 2, 3, 6, 7, 9])
     order = compaction_order(kept)

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from service.cli import main
 from service.conventions import EOS_ID
 from service.manifest import MANIFEST_FILE, ModelFileError
 from service.runtime.beam import DecodeOptions, Hypothesis, beam_search
-from service.runtime.beside import beside
+from service.runtime.beside import HELPER_THREAD_NAME, Beside
 from service.runtime.sessions import OnnxModel
 from service.runtime.shortlist import BatchVocab
 from tests.conftest import TAG
@@ -82,6 +83,8 @@ def test_each_sentence_decodes_over_its_own_candidates_alone_and_in_any_batch(
 def test_a_sentences_output_layer_is_made_beside_its_encoder_where_a_cpu_would_idle(
     models: tuple[Path, Path], sentences: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Made on the helper thread once started (as the encoder's run begins), with the same values as
+    on the caller's; with one CPU, or never started, on the caller's thread."""
     model = OnnxModel(models[1], 1)  # one thread: with two CPUs, one idles while a graph runs
     sources, tags, _ = _search(model, sentences[:3])
     made_on: list[str] = []
@@ -92,21 +95,35 @@ def test_a_sentences_output_layer_is_made_beside_its_encoder_where_a_cpu_would_i
         return real(sources, tags)
 
     monkeypatch.setattr(model, "output_vocab", recorded)
+    expected = real(sources, tags)
+    assert expected is not None
     searches = {}
     for cpus in ({0, 1}, {0}):
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid, cpus=cpus: cpus)
-        made = model.output_vocab_beside(sources, tags)()
-        assert made is not None
-        expected = real(sources, tags)
-        assert expected is not None
-        for field in ("vocab", "weight", "scale", "sentence_bias"):
-            assert np.array_equal(getattr(made, field), getattr(expected, field)), field
-        on_helper = made_on[-1].startswith("mtserve-beside")
-        assert on_helper == (len(cpus) > 1), made_on
-        searches[len(cpus)] = beam_search(model, sources[:1], tags[:1], DecodeOptions(beam_size=5, n_best=5))
+        for started in (True, False):
+            pending = model.output_vocab_beside(sources, tags)
+            time.sleep(0.02)
+            assert not made_on, "made before it was started"
+            if started:
+                pending.start()
+            made = pending()
+            assert made is not None
+            for field in ("vocab", "weight", "scale", "sentence_bias"):
+                assert np.array_equal(getattr(made, field), getattr(expected, field)), field
+            assert made_on == [HELPER_THREAD_NAME if started and len(cpus) > 1 else threading.current_thread().name]
+            made_on.clear()
+        # in a search: a sentence alone (its kept arrays from the second search on), then a batch
+        alone = [beam_search(model, sources[:1], tags[:1], DecodeOptions(beam_size=5, n_best=5)) for _ in range(2)]
+        batch = beam_search(model, sources, tags, DecodeOptions(beam_size=5))
+        assert alone[0] == alone[1]
+        assert set(made_on) == {HELPER_THREAD_NAME if len(cpus) > 1 else threading.current_thread().name}
+        made_on.clear()
+        searches[len(cpus)] = (alone[0], batch)
     assert searches[2] == searches[1]
+    failing = Beside(lambda: 1 // 0)
+    failing.start()
     with pytest.raises(ZeroDivisionError):  # what the helper raised, raised where its result is asked for
-        beside(lambda: 1 // 0)()
+        failing()
 
 
 def test_sentences_alone_take_the_last_search_of_their_shape_and_translate_as_in_a_batch(

@@ -237,8 +237,8 @@ def _start(
     capacity = int(limits.max()) + forced
     last = np.asarray(tags, dtype=np.int64)
     if len(sources) > 1 or forced or alignment:
-        made_vocab = model.output_vocab_beside(sources, tags)  # while the encoder runs
-        cross = model.encode(ids, mask).cross
+        made_vocab = model.output_vocab_beside(sources, tags)
+        cross = model.encode(ids, mask, meanwhile=made_vocab.start).cross  # the vocabulary made meanwhile
         cache = model.new_cache(len(sources), capacity, max_beams)
         vocab = made_vocab()
         for position in range(forced):
@@ -253,11 +253,11 @@ def _start(
         cache = model.new_cache(1, key[1], max_beams)
         cache.kept = True
         kept = KeptSearch(mask, model.encoder_output(1, width), cache, None)
-    made_vocab = model.output_vocab_beside(sources, tags, into=kept.vocab)  # while the encoder runs
+    made_vocab = model.output_vocab_beside(sources, tags, into=kept.vocab)
     if kept.mask is not mask:  # taken, not made now: this sentence's mask into its arrays, its cache emptied
         np.copyto(kept.mask, mask)
         kept.cache.reset()
-    cross = model.encode(ids, kept.mask, kept.encoded).cross
+    cross = model.encode(ids, kept.mask, kept.encoded, made_vocab.start).cross  # the vocabulary made meanwhile
     vocab = made_vocab()
     if vocab is not None and vocab.shared:  # the whole vocabulary: decode_top's own (OutputLayer.full)
         vocab = None
@@ -415,12 +415,19 @@ def _native_common(
 
 class _Grid:
     """What one step's selection reads that depends only on the batch's shape: n sentences of
-    `beams` rows, `width` candidates per row."""
+    `beams` rows, `width` candidates per row. Read-only, shared by the searches of that shape (_grid)."""
 
     def __init__(self, n: int, beams: int, width: int) -> None:
         self.by_row = np.arange(n)[:, None]
         self.first_row = self.by_row * beams  # each sentence's first row
         self.beam_index = np.repeat(np.repeat(np.arange(beams), width)[None, :], n, axis=0)  # beam of each candidate
+        for array in (self.by_row, self.first_row, self.beam_index):
+            array.flags.writeable = False
+
+
+@functools.lru_cache(maxsize=256)
+def _grid(n: int, beams: int, width: int) -> _Grid:
+    return _Grid(n, beams, width)
 
 
 def _ranked_candidates(
@@ -496,7 +503,6 @@ def _beam_search(
     finished: list[list[Hypothesis]] = [[] for _ in sources]
     full = np.zeros(len(sources), dtype=bool)  # per alive sentence: k hypotheses have ended
     width = 2 * k
-    grids: dict[tuple[int, int], _Grid] = {}
     eos = model.eos_id
     ids_written = False  # the last selection committed its step (_native_common): the next ids are bound
     for step in range(int(limits.max())):
@@ -507,7 +513,7 @@ def _beam_search(
         ids_written = False
         peaks = aligner.peaks(step_top.alignment, alive, beams) if aligner is not None else None
         n = len(alive)
-        grid = grids.get((n, beams)) or grids.setdefault((n, beams), _Grid(n, beams, width))
+        grid = _grid(n, beams, width)
         length = step + 1
         step_ids, step_log_probs = step_top.ids[:, :width], step_top.log_probs[:, :width]
         if options.forced_eos and length >= nearest_limit:  # rows at their limit may only end, on EOS at log-prob 0

@@ -99,6 +99,8 @@ def sane_first(hyps: Sequence[Hypothesis], source: Sequence[int], n_best: int) -
     bad: list[Hypothesis] = []
     for hyp in sorted(hyps, key=lambda h: -h.score):
         (bad if _degenerate(hyp, len(body), share) else sane).append(hyp)
+        if len(sane) == n_best:  # the rest would rank after these
+            return sane
     if not sane:
         return [_repair(h, len(body), share) for h in bad[:n_best]]
     return (sane + bad)[:n_best]

@@ -27,7 +27,7 @@ from service.graphs import (
     encoder_spec,
 )
 from service.manifest import Manifest, ModelFileError, load_manifest
-from service.runtime.beside import beside
+from service.runtime.beside import Beside
 from service.runtime.kv_cache import SelfAttentionCache
 from service.runtime.libc import libc
 from service.runtime.lookups import open_recording_lookups
@@ -218,9 +218,14 @@ class _Graph:
         (self.wide, self.narrow), self._lookups = open_recording_lookups(path, open_sessions)
         self._runs = runs
 
-    def run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def run(
+        self, outputs: list[str], feeds: dict[str, np.ndarray], meanwhile: Callable[[], None] | None = None
+    ) -> list[np.ndarray]:
+        """The run's outputs; `meanwhile` is called just before it (beside.py)."""
         session = self._start()
         try:
+            if meanwhile is not None:
+                meanwhile()
             return list(session.run(outputs, feeds))
         finally:
             self._end()
@@ -450,6 +455,15 @@ def _binds_sources(
     )
 
 
+def _rows_by_length(mask: np.ndarray) -> list[tuple[slice | np.ndarray, int]]:
+    """The rows of each source length in `mask` [B, S], and that length; a sentence alone as a
+    slice, so that its ids and outputs are views (a sentence's host work is counted in microseconds)."""
+    if len(mask) == 1:
+        return [(slice(0, 1), int(np.count_nonzero(mask)))]
+    lengths = mask.sum(axis=1)
+    return [(np.flatnonzero(lengths == length), int(length)) for length in np.unique(lengths)]
+
+
 @functools.cache
 def _shared_arena() -> None:
     memory = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
@@ -587,24 +601,30 @@ class OnnxModel:
         layers = self.manifest.decoder_layers
         self._enc_outputs = list(encoder_spec(layers).outputs)
 
-    def encode(self, ids: np.ndarray, mask: np.ndarray, into: EncoderOutput | None = None) -> EncoderOutput:
+    def encode(
+        self,
+        ids: np.ndarray,
+        mask: np.ndarray,
+        into: EncoderOutput | None = None,
+        meanwhile: Callable[[], None] | None = None,
+    ) -> EncoderOutput:
         """ids, mask [B, S] int64 -> hidden states and each layer's cross K/V (zero past each source's end),
-        written into `into`'s arrays where given (encoder_output's).
+        written into `into`'s arrays where given (encoder_output's). `meanwhile` is called as the first
+        run starts (Beside.start: host work beside it).
 
         Sources of one length run together, unpadded: so each source's states are the same
         whatever else is in the batch.
         """
-        lengths = mask.sum(axis=1)
         outputs: list[np.ndarray] = []
         if into is not None:
             outputs = [into.hidden, *into.cross]
             for out in outputs:
                 out.fill(0)
-        for length in np.unique(lengths):
-            rows = np.flatnonzero(lengths == length)
+        for rows, length in _rows_by_length(mask):
             feeds = {"input_ids": ids[rows, :length], "attention_mask": mask[rows, :length]}
-            part = self.encoder.run(self._enc_outputs, feeds)
-            if into is None and len(rows) == len(ids) and length == ids.shape[1]:
+            part = self.encoder.run(self._enc_outputs, feeds, meanwhile)
+            meanwhile = None
+            if into is None and len(part[0]) == len(ids) and length == ids.shape[1]:
                 return EncoderOutput(part[0], part[1:])  # one length, no padding: nothing to place
             if not outputs:
                 padded = self.encoder_output(len(ids), ids.shape[1])
@@ -678,22 +698,21 @@ class OnnxModel:
 
     def output_vocab_beside(
         self, sources: Sequence[Sequence[int]], tags: Sequence[int], into: BatchVocab | None = None
-    ) -> Callable[[], BatchVocab | None]:
-        """What output_vocab returns, made on a helper thread (beside.py) while the caller runs the
-        encoder, where a CPU of the process would idle meanwhile: this thread's runs hold to one thread
-        and no other search is in progress; else made when asked for. `into`, an owned copy of an
-        earlier one (BatchVocab.owned), takes its values where their shapes agree, and is returned then."""
+    ) -> Beside[BatchVocab | None]:
+        """What output_vocab returns, made on a helper thread (beside.py) once started (encode's
+        `meanwhile`), where a CPU of the process would idle while the caller runs the encoder: this
+        thread's runs hold to one thread and no other search is in progress; else made when asked
+        for. `into`, an owned copy of an earlier one (BatchVocab.owned), takes its values where
+        their shapes agree, and is returned then."""
         if self.output_layer is None:
-            return lambda: None
+            return Beside(lambda: None, on_helper=False)
 
         def made() -> BatchVocab | None:
             vocab = self.output_vocab(sources, tags)
             return into if into is not None and vocab is not None and into.refill(vocab) else vocab
 
         idle_cpu = (self.threads == 1 or self._runs.narrowed()) and not _ALL_RUNS.others()
-        if idle_cpu and len(os.sched_getaffinity(0)) > 1:
-            return beside(made)
-        return made
+        return Beside(made, on_helper=idle_cpu and len(os.sched_getaffinity(0)) > 1)
 
     def decode_top(
         self,
@@ -770,6 +789,9 @@ class OnnxModel:
         input ids; None where the last step's selection wrote them to cache.step_ids itself
         (select_common). The outputs are the binding's own arrays, valid until the cache's next
         step: a search reads them before it runs the next one."""
+
+        if cache.step_ids is None or len(cache.step_ids) != cache.rows:  # a first step or new rows: none bound
+            return None
 
         def bound(session: ort.InferenceSession) -> tuple[ort.IOBinding, StepFeeds] | None:
             step = cache.bindings.get((id(session), cache.rows))
