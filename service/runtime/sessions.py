@@ -787,17 +787,20 @@ class OnnxModel:
         the cache's length, where the session picked now is that binding's and the cache's rows are
         as bound; None where not (the caller takes decode_top, which binds). `last` [B]: the step's
         input ids; None where the last step's selection wrote them to cache.step_ids itself
-        (select_common). The outputs are the binding's own arrays, valid until the cache's next
-        step: a search reads them before it runs the next one."""
+        (select_common). A kept cache's bindings all bind its search's kept arrays (beam.py's
+        `_start`), so there `last` may start any row count's binding, the first step's too. The
+        outputs are the binding's own arrays, valid until the cache's next step: a search reads
+        them before it runs the next one."""
 
-        if cache.step_ids is None or len(cache.step_ids) != cache.rows:  # a first step or new rows: none bound
-            return None
+        reboundable = cache.kept and last is not None
+        if not reboundable and (cache.step_ids is None or len(cache.step_ids) != cache.rows):
+            return None  # a first step, or new rows: no binding holds them
 
         def bound(session: ort.InferenceSession) -> tuple[ort.IOBinding, StepFeeds] | None:
             step = cache.bindings.get((id(session), cache.rows))
             if not (
                 isinstance(step, _BoundStep)
-                and step.feeds.ids is cache.step_ids
+                and (step.feeds.ids is cache.step_ids or reboundable)
                 and step.indirection is cache.indirection
                 and step.names == _TOP_NAMES
             ):
@@ -806,6 +809,7 @@ class OnnxModel:
             if last is not None:
                 step.feeds.ids[:, 0] = last
             step.feeds.length[...] = cache.length
+            cache.step_ids = step.feeds.ids
             return step.binding, step.feeds
 
         feeds = self.decoder.run_again(bound)
