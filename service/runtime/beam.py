@@ -376,6 +376,7 @@ class _Chosen(NamedTuple):
     hist: np.ndarray
     ended: list[tuple[int, int, float]]
     committed: bool = False
+    suspect: bool = False  # a token that goes on is among the last LOOP_WINDOW of its row: _runaway_among asks
 
 
 def _native_common(
@@ -392,7 +393,8 @@ def _native_common(
     """The step chosen in C where K candidates of every sentence go on; None where not (the full
     selection then takes it). A step that every row survives, at K rows a sentence already, is
     committed there too: the cache's history reordered and the next ids written to its binding
-    (OnnxModel.step_again)."""
+    (OnnxModel.step_again). Whether a suspect token closes a runaway loop is the caller's to ask:
+    not where the step's endings end the search."""
     n, rows = len(scores), len(scores) * k
     next_rows, last = np.empty(rows, np.int64), np.empty(rows, np.int64)
     next_scores, next_hist = np.empty((n, k)), np.empty((rows, hist.shape[1] + 1), np.int64)
@@ -404,13 +406,13 @@ def _native_common(
     )  # fmt: skip
     if status == COMMITTED:
         return _Chosen(next_rows, last, next_scores, next_hist, [], committed=True)
-    if status == 0 or (status == 2 and _runaway_among(hist, next_rows.reshape(n, k), last.reshape(n, k))):
+    if status == 0:
         return None
     endings = []
     if ended:
         sentences, ended_at, scored = ended_sentences[:ended], ended_rows[:ended], ended_scores[:ended]
         endings = list(zip(sentences.tolist(), ended_at.tolist(), scored.tolist(), strict=True))
-    return _Chosen(next_rows, last, next_scores, next_hist, endings)
+    return _Chosen(next_rows, last, next_scores, next_hist, endings, suspect=status == 2)
 
 
 class _Grid:
@@ -531,7 +533,7 @@ def _beam_search(
             chosen = _native_common(
                 module, step_ids, step_log_probs, scores, hist, k, eos, options.repetition_guard, cache
             )  # fmt: skip
-        compact = False
+        compact, completed = False, 0
         if chosen is not None and chosen.ended:
             # Rows that end here. Where some sentences reach K endings and others go on, or an ending
             # must keep its alignment, the full selection below takes the step instead.
@@ -539,14 +541,22 @@ def _beam_search(
             completed = sum(len(finished[alive[i]]) + c >= k for i, c in counts.items())
             if peaks is not None or (completed and (completed < n or not options.early_stopping)):
                 chosen = None
-            else:
-                for i, row, score in chosen.ended:
-                    if len(finished[alive[i]]) < k:
-                        hyp = Hypothesis(hist[row].tolist(), score / length**options.length_penalty, score, True)
-                        finished[alive[i]].append(hyp)
-                if completed:  # every sentence has its K endings: the search is done
-                    break
+        # A token that would go on and closes a runaway loop sends the step to the full selection, unless
+        # the search ends here: excluding it only adds endings ranked after these, beyond the K kept.
+        if (
+            chosen is not None
+            and chosen.suspect
+            and not completed
+            and _runaway_among(hist, chosen.next_rows.reshape(n, k), chosen.last.reshape(n, k))
+        ):
+            chosen = None
         if chosen is not None:
+            for i, row, score in chosen.ended:
+                if len(finished[alive[i]]) < k:
+                    hyp = Hypothesis(hist[row].tolist(), score / length**options.length_penalty, score, True)
+                    finished[alive[i]].append(hyp)
+            if completed:  # every sentence has its K endings: the search is done
+                break
             next_rows, last, scores, hist = chosen.next_rows, chosen.last, chosen.scores, chosen.hist
             ids_written = chosen.committed
         else:
