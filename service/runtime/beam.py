@@ -417,7 +417,7 @@ def _native_common(
 
 class _Grid:
     """What one step's selection reads that depends only on the batch's shape: n sentences of
-    `beams` rows, `width` candidates per row. Read-only, shared by the searches of that shape (_grid)."""
+    `beams` rows, `width` candidates per row. Read-only: a small one serves every search of its shape (_grid)."""
 
     def __init__(self, n: int, beams: int, width: int) -> None:
         self.by_row = np.arange(n)[:, None]
@@ -427,9 +427,19 @@ class _Grid:
             array.flags.writeable = False
 
 
-@functools.lru_cache(maxsize=256)
-def _grid(n: int, beams: int, width: int) -> _Grid:
-    return _Grid(n, beams, width)
+# Grids of searches of up to this many rows (a sentence alone, small batches) are kept for the
+# process, a few kilobytes in all; a larger batch makes its own, once per search.
+KEPT_GRID_ROWS = 64
+_kept_grid = functools.lru_cache(maxsize=128)(_Grid)
+
+
+def _grid(grids: dict[tuple[int, int], _Grid], n: int, beams: int, width: int) -> _Grid:
+    """The grid of n sentences of `beams` rows, from the search's own `grids` or the process's."""
+    grid = grids.get((n, beams))
+    if grid is None:
+        made = _kept_grid(n, beams, width) if n * beams <= KEPT_GRID_ROWS else _Grid(n, beams, width)
+        grid = grids[(n, beams)] = made
+    return grid
 
 
 def _ranked_candidates(
@@ -505,6 +515,7 @@ def _beam_search(
     finished: list[list[Hypothesis]] = [[] for _ in sources]
     full = np.zeros(len(sources), dtype=bool)  # per alive sentence: k hypotheses have ended
     width = 2 * k
+    grids: dict[tuple[int, int], _Grid] = {}
     eos = model.eos_id
     ids_written = False  # the last selection committed its step (_native_common): the next ids are bound
     for step in range(int(limits.max())):
@@ -515,7 +526,7 @@ def _beam_search(
         ids_written = False
         peaks = aligner.peaks(step_top.alignment, alive, beams) if aligner is not None else None
         n = len(alive)
-        grid = _grid(n, beams, width)
+        grid = _grid(grids, n, beams, width)
         length = step + 1
         step_ids, step_log_probs = step_top.ids[:, :width], step_top.log_probs[:, :width]
         if options.forced_eos and length >= nearest_limit:  # rows at their limit may only end, on EOS at log-prob 0
