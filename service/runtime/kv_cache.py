@@ -111,9 +111,6 @@ class SelfAttentionCache:
         if same and native.common_step is not None and rows.dtype == np.int64:
             native.common_step.reorder_history(self._history, rows, self.beams, n)
             return
-        if sentences is None and self.beams == 1 and not same:
-            self._widen(rows)
-            return
         if same:
             kept, beams, expected = self._sentences, self.beams, self._row_sentences
         else:
@@ -123,40 +120,29 @@ class SelfAttentionCache:
                 raise ValueError(
                     f"{len(rows)} rows do not make {len(kept)} sentences of {self.beams} to max_beams beams"
                 )
-            expected = np.repeat(kept, beams)
+            known = self._shapes.get((len(kept), beams)) if sentences is None else None
+            expected = np.repeat(kept, beams) if known is None else known.row_sentences
         if ((rows if self.beams == 1 else rows // self.beams) != expected).any():
             raise ValueError("a row cannot continue a row of another sentence")
+        if self.beams == 1:  # every position written is its sentence's one beam's, as a fresh indirection says
+            if not same:
+                self._move(kept, beams)
+            return
         history = self._history[rows, :n]  # beams within each sentence
         if not same:
             self._move(kept, beams)
         self._history[:, :n] = history
 
-    def _widen(self, rows: np.ndarray) -> None:
-        """Step 0's one row per sentence becomes len(rows) / sentences beams of it. Every position
-        written so far is each sentence's beam 0's, which a fresh indirection names: no history to
-        reorder (once a step, for every sentence alone)."""
-        sentences = len(self._sentences)
-        beams, remainder = divmod(len(rows), sentences)
-        if remainder or len(rows) > len(self._storage[0]):
-            raise ValueError(f"{len(rows)} rows do not make {sentences} sentences of 1 to max_beams beams")
-        shape = self._shapes.get((sentences, beams))
-        expected = np.repeat(self._sentences, beams) if shape is None else shape.row_sentences
-        if (rows != expected).any():
-            raise ValueError("a row cannot continue a row of another sentence")
-        if sentences > 1:
-            self._move(self._sentences, beams)
-        else:  # its one row is already beam 0's
-            self.beams = beams
-            self._use(sentences)
-
     def _move(self, sentences: np.ndarray, beams: int) -> None:
         """Sentence sentences[i] becomes sentence i, at `beams` rows; beam b keeps its written
         positions (beams a sentence did not have stay unwritten: no index names them yet)."""
-        old = (sentences[:, None] * self.beams + np.arange(self.beams)).ravel()
-        new = (np.arange(len(sentences))[:, None] * beams + np.arange(self.beams)).ravel()
-        moving = old != new
+        places = np.arange(len(sentences))
+        moving = sentences * self.beams != places * beams  # a sentence's rows move together, or stay
         if moving.any():
-            old, new, n = old[moving], new[moving], self.length
+            beam = np.arange(self.beams)
+            old = (sentences[moving, None] * self.beams + beam).ravel()
+            new = (places[moving, None] * beams + beam).ravel()
+            n = self.length
             for storage in self._storage:
                 storage[new, :, :n] = storage[old, :, :n]  # the right side is gathered first
         self.beams = beams
