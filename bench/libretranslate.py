@@ -13,8 +13,9 @@
   sentence (the benchmark sends one sentence per request); the output says so.
 - Configurations: LibreTranslate at its defaults (ARGOS_INTER_THREADS=1, ARGOS_INTRA_THREADS=0,
   waitress --threads 4) and at other thread settings; mtserve at its defaults, at one thread, and
-  as two processes (MTSERVE_PROCESSES=2), each held to a core of its own by default, and the same
-  two left to the kernel (MTSERVE_CPU_AFFINITY=off).
+  as two processes (MTSERVE_PROCESSES=2), each held to a core of its own by default, the same
+  two left to the kernel (MTSERVE_CPU_AFFINITY=off), and the same two with no batch waiting to
+  fill (MTSERVE_MAX_WAIT_MS=0).
   Every configuration decodes at beam 4 (argostranslate's, mtserve's through
   MTSERVE_DEFAULT_BEAM_SIZE), and every request is LibreTranslate's POST /translate.
 - Every configuration's server runs in its own process, all at once, each warmed up on ten
@@ -87,6 +88,8 @@ CONFIGS = (
     Config("mtserve-processes2", "mtserve", {"MTSERVE_PROCESSES": "2"}),
     # the same processes left where the kernel puts them: what holding each to a core of its own gives
     Config("mtserve-processes2-unheld", "mtserve", {"MTSERVE_PROCESSES": "2", "MTSERVE_CPU_AFFINITY": "off"}),
+    # the same processes, no batch waiting to fill: what waiting for the clients just answered gives
+    Config("mtserve-processes2-nowait", "mtserve", {"MTSERVE_PROCESSES": "2", "MTSERVE_MAX_WAIT_MS": "0"}),
 )
 
 

@@ -8,8 +8,11 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import pytest
+from starlette.types import Message, Receive, Scope, Send
 
+from service.api import clients
 from service.api.metrics import Metrics
+from service.api.middleware import RequestContextMiddleware
 from service.api.scheduler import DeadlineExceeded, Overloaded, Scheduler, Sentence, ShuttingDown
 from service.manifest import DEFAULT_MODEL_DIR
 from service.runtime.beam import DecodeOptions, Hypothesis
@@ -78,6 +81,80 @@ def test_requests_arriving_together_while_idle_leave_in_one_batch(translator: Tr
         return _sample(scheduler, "mtserve_batch_sentences_count")
 
     assert _run(translator, body) == 1
+
+
+async def _client(
+    scheduler: Scheduler, translator: Translator, index: int, requests: int, same_connection: bool = True
+) -> list[float]:
+    """A client that sends its next request as soon as it has read the last answer (0 to 2 ms
+    later), on one connection or on a new one each time; each request's seconds."""
+    seconds = []
+    for k in range(requests):
+        clients.connection.set(("client", index) if same_connection else ("request", index, k))
+        started = time.monotonic()
+        await _request(scheduler, translator, [SENTENCES[(index + k) % len(SENTENCES)]])
+        seconds.append(time.monotonic() - started)
+        await asyncio.sleep(0.001 * (index % 3))
+    return seconds
+
+
+def test_a_steady_load_keeps_its_clients_in_one_batch(translator: Translator) -> None:
+    # Each batch leaving as soon as the runtime is idle would split six clients into halves that alternate.
+    async def body(scheduler: Scheduler) -> tuple[float, float]:
+        await asyncio.gather(*(_client(scheduler, translator, i, 10) for i in range(6)))
+        return _sample(scheduler, "mtserve_batch_sentences_sum"), _sample(scheduler, "mtserve_batch_sentences_count")
+
+    sentences, batches = _run(translator, body, workers=1, max_wait_s=0.05)
+    assert sentences == 60 and sentences / batches >= 5
+
+
+def test_requests_that_are_no_clients_next_are_not_waited_for(translator: Translator) -> None:
+    # The same arrivals, each request on a connection of its own: nothing tells that they come back.
+    async def body(scheduler: Scheduler) -> list[list[float]]:
+        return list(await asyncio.gather(*(_client(scheduler, translator, i, 6, False) for i in range(6))))
+
+    per_client = _run(translator, body, workers=1, max_wait_s=0.5)
+    assert all(seconds < 0.5 for client in per_client for seconds in client), per_client
+
+
+def test_a_lone_client_is_not_held_for_clients_gone(translator: Translator) -> None:
+    async def body(scheduler: Scheduler) -> tuple[list[float], list[float]]:
+        await asyncio.gather(*(_client(scheduler, translator, i, 4) for i in range(6)))
+        at_once = await _client(scheduler, translator, 0, 6)
+        await asyncio.gather(*(_client(scheduler, translator, i, 4) for i in range(6)))
+        await asyncio.sleep(0.4)  # longer than a batch waits: the six are not coming back
+        return at_once, await _client(scheduler, translator, 0, 6)
+
+    at_once, later = _run(translator, body, workers=1, max_wait_s=0.3)
+    # Right after the six, two batches may still wait for them; later ones leave at once.
+    assert all(seconds < 0.3 for seconds in at_once[2:]), at_once
+    assert all(seconds < 0.3 for seconds in later), later
+
+
+def test_each_request_carries_the_connection_it_came_on() -> None:
+    seen: list[object] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(clients.connection.get())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def main() -> None:
+        wrapped = RequestContextMiddleware(app, Metrics(), lambda: "sha", 1024, 1024)
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Message) -> None:
+            pass
+
+        for peer in (("10.0.0.1", 50001), ("10.0.0.1", 50002), None):
+            scope: Scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "client": peer}
+            await wrapped(scope, receive, send)
+        seen.append(clients.connection.get())  # outside a request
+
+    asyncio.run(main())
+    assert seen == [("10.0.0.1", 50001), ("10.0.0.1", 50002), None, None]
 
 
 def test_a_deadline_passing_in_the_queue_answers_then_and_costs_no_model_time(translator: Translator) -> None:

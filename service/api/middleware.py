@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api import logs
+from service.api import clients, logs
 from service.api.errors import error_response
 from service.api.metrics import Metrics
 
@@ -47,6 +47,8 @@ class RequestContextMiddleware:
         incoming = headers.get("x-request-id", "")
         rid = incoming if _SAFE_ID.fullmatch(incoming) else uuid.uuid4().hex
         token = logs.request_id.set(rid)
+        peer = scope.get("client")
+        connection = clients.connection.set(tuple(peer) if peer else None)
         extra = [(b"x-request-id", rid.encode()), (b"x-model-sha", self.model_sha().encode())]
         status = 500
         started = False
@@ -90,6 +92,7 @@ class RequestContextMiddleware:
             self.metrics.requests.labels(route, f"{status // 100}xx", direction).inc()
             self.metrics.request_seconds.labels(route, direction).observe(time.perf_counter() - t0)
             logs.request_id.reset(token)
+            clients.connection.reset(connection)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send, limit: str) -> None:
         response = error_response(413, f"Request body exceeds the {limit}")

@@ -5,6 +5,13 @@
   models share the queue, the workers and the budget.
 - When the runtime is idle a batch leaves at once. While a batch runs (with more than one
   worker), the next one gathers and leaves when full or after `max_wait_s`.
+- Under a steady load of clients that send their next request as soon as they are answered, the
+  runtime is idle only between batches, and the clients a batch answered come back a round trip
+  later. A batch that left before them would split the clients into two halves that alternate,
+  each batch half as large. So where nearly all the clients batches answer come back on the same
+  connection within twice `max_wait_s` (service/api/clients.py), a batch waits for those the last
+  batch answered, up to that long after it finished (_Returns). Clients that pause between
+  requests, and requests that are no client's next, are not waited for.
 - Inference runs in worker threads, off the event loop; each caller gets its own results.
 - The queue is bounded in sentences; beyond it `Overloaded`. Requests past their deadline or
   cancelled by their caller leave the queue without costing model time.
@@ -16,20 +23,27 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from service.api import clients
 from service.api.metrics import Metrics
 from service.runtime.beam import DecodeOptions, Hypothesis
 from service.runtime.translator import Translator
 
 log = logging.getLogger("mtserve.scheduler")
 T = TypeVar("T")
+# A batch waits for returning clients where this share of the clients batches answer came back
+# within the window, on a moving average of this weight per batch: clients that pause between
+# requests come back that soon only by chance (4 clients pausing 10 ms on average: about 0.6).
+RETURNS_SHARE = 0.9
+RETURNS_WEIGHT = 0.25
 
 
 class Overloaded(Exception):
@@ -69,6 +83,7 @@ class Ticket:
     deadline: float
     remaining: int
     cancelled: bool = False
+    client: Hashable | None = None  # the connection it came on (service/api/clients.py)
 
 
 @dataclass(frozen=True)
@@ -80,6 +95,38 @@ class Sentence:
     direction: str  # metrics label, e.g. en-fr
     text: str  # the source text, for the fault injector
     model: str = ""  # which loaded model translates it ("": the only one)
+
+
+@dataclass
+class _Returns:
+    """Which clients (connections) the last batch answered, which of them came back within
+    `window_s` of its finish, and what share of the clients batches answer come back that soon,
+    over the last batches (a moving average)."""
+
+    window_s: float
+    finished_at: float = -math.inf
+    answered: frozenset[Hashable] = frozenset()
+    came_back: set[Hashable] = field(default_factory=set)
+    share: float = 0.0
+    batches: int = 0  # that answered clients; the first 1 / RETURNS_WEIGHT are averaged evenly
+
+    def entered(self, at: float, client: Hashable | None) -> None:
+        if client in self.answered and at - self.finished_at <= self.window_s:
+            self.came_back.add(client)
+
+    def batch_finished(self, at: float, answered: set[Hashable]) -> None:
+        if self.answered:
+            self.batches += 1
+            back = len(self.came_back) / len(self.answered)
+            self.share += max(RETURNS_WEIGHT, 1 / self.batches) * (back - self.share)
+        self.finished_at, self.answered, self.came_back = at, frozenset(answered), set()
+
+    def wait(self, at: float) -> float:
+        """Seconds a batch leaving at `at` should still wait for the clients the last batch answered:
+        where nearly all clients batches answer come back in time (RETURNS_SHARE)."""
+        if self.share < RETURNS_SHARE or len(self.came_back) >= len(self.answered):
+            return 0.0
+        return max(0.0, self.finished_at + self.window_s - at)
 
 
 @dataclass(eq=False)
@@ -123,6 +170,7 @@ class Scheduler:
         self._started = False
         self._dispatch_due = False  # a dispatch is queued on the event loop
         self._fill_timer: asyncio.TimerHandle | None = None  # a gathering batch's departure
+        self._returns = _Returns(2 * max_wait_s)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mtserve-infer")
         self._batches: set[asyncio.Task[None]] = set()
 
@@ -168,7 +216,9 @@ class Scheduler:
         or InferenceFailed; cancelling the caller takes its sentences out of the queue."""
         if not sentences:
             return []
-        ticket = self._submit(sentences, options, deadline)
+        client = clients.connection.get()
+        ticket = self._submit(sentences, options, deadline, client)
+        self._returns.entered(time.monotonic(), client)
         # a timer rather than wait_for(shield(...)): the same outcome with three fewer futures a request
         timer = asyncio.get_running_loop().call_later(max(0.0, deadline - time.monotonic()), self._expire, ticket)
         try:
@@ -179,7 +229,9 @@ class Scheduler:
         finally:
             timer.cancel()
 
-    def _submit(self, sentences: Sequence[Sentence], options: DecodeOptions, deadline: float) -> Ticket:
+    def _submit(
+        self, sentences: Sequence[Sentence], options: DecodeOptions, deadline: float, client: Hashable | None = None
+    ) -> Ticket:
         if not self._accepting:
             raise ShuttingDown()
         # A request larger than the whole queue is still taken when the queue is empty, or it never would be.
@@ -187,7 +239,7 @@ class Scheduler:
             self.metrics.rejected.inc()
             raise Overloaded(self.retry_after_s)
         future: asyncio.Future[list[list[Hypothesis]]] = asyncio.get_running_loop().create_future()
-        ticket = Ticket(future, [[] for _ in sentences], deadline, len(sentences))
+        ticket = Ticket(future, [[] for _ in sentences], deadline, len(sentences), client=client)
         now = time.monotonic()
         shared = dataclasses.replace(options, n_best=1)
         for i, sentence in enumerate(sentences):
@@ -267,8 +319,12 @@ class Scheduler:
             if not self._queue:
                 return
             batch, rest, full = self._select()
-            wait = self._queue[0].enqueued + self.max_wait_s - time.monotonic()
-            if self._running and not full and wait > 0:
+            now = time.monotonic()
+            if self._running:  # wait to fill while another batch runs
+                wait = self._queue[0].enqueued + self.max_wait_s - now
+            else:  # wait for the clients the last batch answered, as a steady load's come back
+                wait = self._returns.wait(now) if self._accepting else 0.0
+            if not full and wait > 0:
                 self._fill_timer = asyncio.get_running_loop().call_later(wait, self._dispatch)
                 return
             self._take(batch, rest)
@@ -318,6 +374,8 @@ class Scheduler:
                     ticket.future.set_result(ticket.results)
         finally:
             self._running -= 1
+            answered = {job.ticket.client for job in batch if job.ticket.future.done()}
+            self._returns.batch_finished(time.monotonic(), answered - {None})
             self._dispatch_soon()
 
     def _label(self, model: str) -> str:

@@ -95,7 +95,12 @@ class Settings(BaseSettings):
     batch_tokens: int = Field(
         default=2048, ge=64, description="token budget of the model batches running at once, shared between the workers"
     )
-    max_wait_ms: float = Field(default=5.0, ge=0, description="longest a batch waits to fill while the runtime is busy")
+    max_wait_ms: float = Field(
+        default=5.0,
+        ge=0,
+        description="longest a batch waits to fill while the runtime is busy, or under a steady load for the "
+        "clients just answered to come back",
+    )
     workers: int = Field(
         default=0, ge=0, le=8, description="model batches that may run at once; 0: one per core of the CPU quota"
     )
