@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -169,6 +170,27 @@ def test_sigterm_drains_every_process_and_exits_0(server: LiveServer) -> None:
     assert code == 0 and time.monotonic() - signalled < 25
     assert all(not Path(f"/proc/{pid}").exists() for pid in children), "a server process outlived the parent"
     assert server.log().count("draining (up to") == PROCESSES
+
+
+def test_connections_made_at_the_first_ready_answer_spread_over_every_process(tmp_path: Path) -> None:
+    """A load balancer that opens its kept-alive connections the moment /ready first answers 200
+    keeps them for good: each process must listen by then. Before, one process could answer while
+    the other still waited out its poll of the start gate, and all 16 connections went to the first
+    (3 of 15 starts with one thread and one batch worker a process)."""
+    env = {"MTSERVE_PROCESSES": "2", "MTSERVE_THREADS": "1", "MTSERVE_WORKERS": "1", "MTSERVE_LOG_LEVEL": "warning"}
+    with live_server(env=env, log_dir=tmp_path, ready_poll_s=0.002) as server:
+        sockets = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(16)]
+        try:
+            children = _children(server)
+            deadline = time.monotonic() + 10  # until each accepted connection shows as its process's
+            while sum(split := [established_connections(pid, server.port) for pid in children]) < 16:
+                assert time.monotonic() < deadline, f"{sum(split)} of 16 connections accepted"
+                time.sleep(0.05)
+        finally:
+            for sock in sockets:
+                sock.close()
+    assert len(children) == 2
+    assert min(split) > 0, f"16 connections made at the first ready answer went {split} over the processes"
 
 
 def test_a_rate_limit_counts_a_clients_requests_in_every_process(tmp_path: Path) -> None:

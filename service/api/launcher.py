@@ -136,8 +136,10 @@ class LiveServer:
         return self.process.wait(timeout=timeout)
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float, path: str = "/ready") -> None:
-    """Until GET url+path answers 200 (another server's readiness route: `path`)."""
+def wait_ready(
+    url: str, process: subprocess.Popen[bytes], timeout: float, path: str = "/ready", poll_s: float = 0.05
+) -> None:
+    """Until GET url+path answers 200 (another server's readiness route: `path`), asking every `poll_s`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -148,7 +150,7 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float, path:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
-        time.sleep(0.05)
+        time.sleep(poll_s)
     raise TimeoutError(f"server not ready after {timeout} s")
 
 
@@ -159,9 +161,10 @@ def live_server(
     timeout: float = 60.0,
     python: str | None = None,
     arguments: Sequence[str] = ("-m", "service.cli", "serve"),
+    ready_poll_s: float = 0.05,
 ) -> Iterator[LiveServer]:
     """`mtserve serve` (or the interpreter with other `arguments` that serve) on a free port, until
-    ready; SIGTERM when the block ends."""
+    ready (asked every `ready_poll_s`); SIGTERM when the block ends."""
     port = free_port()
     log_dir = log_dir or Path(tempfile.gettempdir())
     log_path = log_dir / f"mtserve-{port}.log"
@@ -176,7 +179,7 @@ def live_server(
         )
     server = LiveServer(process, f"http://127.0.0.1:{port}", log_path, 0.0)
     try:
-        wait_ready(server.url, process, timeout)
+        wait_ready(server.url, process, timeout, poll_s=ready_poll_s)
         server.startup_s = time.monotonic() - started
         yield server
     finally:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import logging
 import multiprocessing
 import os
@@ -53,24 +54,35 @@ MAX_RESTARTS = 5
 RESTART_WINDOW_S = 60.0
 POLL_S = 0.5
 GATE_POLL_S = 0.02
+# uvicorn listens again with its own backlog as it starts serving; this one holds the connections until then.
+LISTEN_BACKLOG = 2048
 SPAWN = multiprocessing.get_context("spawn")
 
 
 @dataclass
 class StartGate:
-    """Every child listens only once all are warm: a client that connects when the first answers
-    /ready would otherwise find one process listening, and its kept-alive connections would stay
-    there. A child counts itself warm, then waits for the count to reach the processes; one that
-    replaces a dead child counts past it and goes on at once."""
+    """Every child listens only once all are warm, and serves only once all listen: a client that
+    connects when the first answers /ready would otherwise find one process listening, and its
+    kept-alive connections would stay there. Each child's wait ends on a poll of its own, so
+    without the second count one child could answer for some milliseconds before the other
+    listened. A child counts itself warm and waits for the count to reach the processes, listens,
+    then does the same with the count of listening ones; a connection that comes meanwhile waits in
+    the socket's queue. One that replaces a dead child counts past both and goes on at once."""
 
     processes: int
     warm: Synchronized[int]
+    listening: Synchronized[int]
     stopping: Synchronized[int]  # set by the parent: stop waiting, a signal or a failed child came
 
-    async def wait(self) -> None:
-        with self.warm.get_lock():
-            self.warm.value += 1
-        while self.warm.value < self.processes and not self.stopping.value:
+    async def open(self, sock: socket.socket) -> None:
+        await self._all_at(self.warm)
+        sock.listen(LISTEN_BACKLOG)
+        await self._all_at(self.listening)
+
+    async def _all_at(self, count: Synchronized[int]) -> None:
+        with count.get_lock():
+            count.value += 1
+        while count.value < self.processes and not self.stopping.value:
             await asyncio.sleep(GATE_POLL_S)
 
 
@@ -98,7 +110,7 @@ def child_main(settings: Settings, port: int, index: int, gate: StartGate, paren
     except OSError as exc:
         logging.getLogger("mtserve").error("cannot listen on %s port %d: %s", settings.host, port, exc)
         sys.exit(STARTUP_FAILURE)
-    started = run_server(settings, [sock], gate.wait)
+    started = run_server(settings, [sock], functools.partial(gate.open, sock))
     sys.exit(0 if started or gate.stopping.value else STARTUP_FAILURE)
 
 
@@ -192,7 +204,7 @@ def serve_processes(settings: Settings, share: Settings, reserved: socket.socket
     if settings.req_limit > 0:
         os.environ[SHARED_LIMITS_VARIABLE] = str(create_store(run_dir))
     port = reserved.getsockname()[1]  # the port given, or the one the system chose for port 0
-    gate = StartGate(settings.processes, SPAWN.Value("i", 0), SPAWN.Value("i", 0))
+    gate = StartGate(settings.processes, SPAWN.Value("i", 0), SPAWN.Value("i", 0), SPAWN.Value("i", 0))
     supervisor = Supervisor(Settings(**{**share.model_dump(), "files_dir": files_dir}), port, gate)
     previous = {sig: signal.signal(sig, supervisor.on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     log.info(

@@ -81,7 +81,8 @@ def run_server(
     start_gate: Callable[[], Awaitable[None]] | None = None,
 ) -> bool:
     """The app under uvicorn until a signal ends its drain; whether it started serving. uvicorn
-    listens once the app has started: `start_gate`, awaited last in the app's start-up, holds that."""
+    serves once the app has started: `start_gate`, awaited last in the app's start-up, holds that
+    (a process of several listens there once all are warm, then waits until all listen)."""
     from service.api.app import create_app
 
     app = create_app(settings, start_gate)
