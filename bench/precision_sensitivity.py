@@ -1,5 +1,6 @@
 """Which int8 products the distance from fp32 comes from: `python bench/precision_sensitivity.py
---work W [--checkpoint artifacts/default] [--groups proj cross_kv ...] [--split val] [--sentences 400]`.
+--work W [--checkpoint artifacts/default] [--groups proj cross_kv ...] [--split val] [--sentences 400]
+[--as fp32|constant] [--together]`.
 
 Exports the checkpoint at fp32 and at int8 as `mtserve export --quantize int8` does, then once
 more per group of MatMuls (one role in every layer: the encoder's fused QKV, the decoder's FFN's
@@ -7,6 +8,11 @@ first product, the output projection, ...) with that group left in fp32 and ever
 int8. bench/forced_distance.py then scores each export against fp32 on the references, and the
 table gives each group's distance and how much of int8's it removes. A group whose share is large
 is where a finer quantization would pay; shares spread evenly leave no cheap lever.
+
+`--as constant` turns the question around: each group in turn takes the constant scale of its
+calibrated range (`--activation-scales calibrated`, a product of four nodes fewer) while every
+other product keeps its rows' own scales, so the table gives what each group's constant scale adds
+to the distance. `--together` adds one more export with every group given at once.
 """
 
 from __future__ import annotations
@@ -45,21 +51,33 @@ GROUPS = {
 }
 
 
-def export(checkpoint: Path, out: Path, int8: bool, keep: str | None = None) -> None:
-    """`mtserve export` of `checkpoint` to `out`; with `keep`, the MatMuls whose weight matches it stay fp32."""
+def export(checkpoint: Path, out: Path, int8: bool, keep: str | None = None, constant: str | None = None) -> None:
+    """`mtserve export` of `checkpoint` to `out`; with `keep`, the MatMuls whose weight matches it stay
+    fp32; with `constant`, the activations of those whose weight matches it take constant scales."""
     original: Callable[..., bool] = quantize._is_constant_matrix
+    original_init = quantize._RowQuantizer.__init__
 
     def quantized_unless_kept(node: Any, weights: Any) -> bool:
         return original(node, weights) and not (keep and re.search(keep, node.input[1]))
 
+    def constant_only_where_asked(self: Any, graph: Any, ranges: Any, *rest: Any) -> None:
+        weights = {i.name for i in graph.initializer}
+        chosen = {n.input[0] for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights
+                  and constant and re.search(constant, n.input[1])}  # fmt: skip
+        original_init(self, graph, {name: value for name, value in ranges.items() if name in chosen}, *rest)
+
     quantize._is_constant_matrix = quantized_unless_kept
+    quantize._RowQuantizer.__init__ = constant_only_where_asked  # type: ignore[method-assign,assignment]
+    scales = ["--activation-scales", "calibrated"] if constant else []
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # the export's report: it is in `out`
             code = mtserve(
-                ["export", "--checkpoint", str(checkpoint), "--out", str(out), *(["--quantize", "int8"] * int8)]
-            )
+                ["export", "--checkpoint", str(checkpoint), "--out", str(out), *(["--quantize", "int8"] * int8),
+                 *scales]
+            )  # fmt: skip
     finally:
         quantize._is_constant_matrix = original
+        quantize._RowQuantizer.__init__ = original_init  # type: ignore[method-assign]
     if code != 0:
         raise SystemExit(f"export to {out} failed ({code})")
 
@@ -71,13 +89,22 @@ def main() -> None:
     parser.add_argument("--groups", nargs="+", choices=sorted(GROUPS), default=list(GROUPS))
     parser.add_argument("--split", default="val")
     parser.add_argument("--sentences", type=int, default=400)
+    parser.add_argument("--as", dest="mode", choices=["fp32", "constant"], default="fp32",
+                        help="each group in turn left in fp32, or at constant activation scales")  # fmt: skip
+    parser.add_argument("--together", action="store_true", help="one more export with all the groups at once")
     args = parser.parse_args()
     models = {"fp32": args.work / "fp32", "int8": args.work / "int8"}
-    models |= {f"{group} fp32": args.work / f"keep-{group}" for group in args.groups}
+    models |= {f"{group} {args.mode}": args.work / f"{args.mode}-{group}" for group in args.groups}
     export(args.checkpoint, models["fp32"], int8=False)
     export(args.checkpoint, models["int8"], int8=True)
     for group in args.groups:
-        export(args.checkpoint, models[f"{group} fp32"], int8=True, keep=GROUPS[group])
+        chosen = {"keep": GROUPS[group]} if args.mode == "fp32" else {"constant": GROUPS[group]}
+        export(args.checkpoint, models[f"{group} {args.mode}"], int8=True, **chosen)
+    if args.together:
+        together = "|".join(GROUPS[group] for group in args.groups)
+        models[f"{' + '.join(args.groups)} {args.mode}"] = args.work / f"{args.mode}-together"
+        chosen = {"keep": together} if args.mode == "fp32" else {"constant": together}
+        export(args.checkpoint, args.work / f"{args.mode}-together", int8=True, **chosen)
     command = [sys.executable, str(ROOT / "bench" / "forced_distance.py"), "--split", args.split]
     command += ["--sentences", str(args.sentences), "--model", *map(str, models.values())]
     rows = [
@@ -87,7 +114,8 @@ def main() -> None:
     names = {str(path): name for name, path in models.items()}
     distance = {(names[row["model"]], row["direction"]): row["mean_abs_log_prob_diff"] for row in rows}
     directions = list(dict.fromkeys(row["direction"] for row in rows))
-    print(f"| left in fp32 ({args.split}, {rows[0]['sentences']} sentences) | " + " | ".join(directions) + " |")
+    what = "left in fp32" if args.mode == "fp32" else "at constant scales"
+    print(f"| {what} ({args.split}, {rows[0]['sentences']} sentences) | " + " | ".join(directions) + " |")
     print("|---" * (len(directions) + 1) + "|")
     for name in list(models)[1:]:
         cells = []
