@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import gzip
 import io
+import itertools
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -41,8 +42,7 @@ DEFAULT_TEXT = "news/newstest2011.{lang}.gz"
 def first_lines(path: Path, count: int) -> list[str]:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as f:
-        lines = (line.strip() for line in f)
-        return [line for _, line in zip(range(count), (line for line in lines if line), strict=False)]
+        return list(itertools.islice((text for text in (line.strip() for line in f) if text), count))
 
 
 def roles(graph_path: Path) -> dict[str, str]:
