@@ -61,9 +61,9 @@ def export(checkpoint: Path, out: Path, int8: bool, keep: str | None = None, con
         return original(node, weights) and not (keep and re.search(keep, node.input[1]))
 
     def constant_only_where_asked(self: Any, graph: Any, ranges: Any, *rest: Any) -> None:
-        weights = {i.name for i in graph.initializer}
-        chosen = {n.input[0] for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights
-                  and constant and re.search(constant, n.input[1])}  # fmt: skip
+        weights = {i.name: i for i in graph.initializer}
+        chosen = {n.input[0] for n in graph.node
+                  if original(n, weights) and constant and re.search(constant, n.input[1])}  # fmt: skip
         original_init(self, graph, {name: value for name, value in ranges.items() if name in chosen}, *rest)
 
     quantize._is_constant_matrix = quantized_unless_kept
@@ -93,18 +93,20 @@ def main() -> None:
                         help="each group in turn left in fp32, or at constant activation scales")  # fmt: skip
     parser.add_argument("--together", action="store_true", help="one more export with all the groups at once")
     args = parser.parse_args()
-    models = {"fp32": args.work / "fp32", "int8": args.work / "int8"}
-    models |= {f"{group} {args.mode}": args.work / f"{args.mode}-{group}" for group in args.groups}
-    export(args.checkpoint, models["fp32"], int8=False)
-    export(args.checkpoint, models["int8"], int8=True)
-    for group in args.groups:
-        chosen = {"keep": GROUPS[group]} if args.mode == "fp32" else {"constant": GROUPS[group]}
-        export(args.checkpoint, models[f"{group} {args.mode}"], int8=True, **chosen)
+    # name in the table -> (export directory, the weights whose products are left in fp32 or at constant scales)
+    variants = {f"{group} {args.mode}": (args.work / f"{args.mode}-{group}", GROUPS[group]) for group in args.groups}
     if args.together:
         together = "|".join(GROUPS[group] for group in args.groups)
-        models[f"{' + '.join(args.groups)} {args.mode}"] = args.work / f"{args.mode}-together"
-        chosen = {"keep": together} if args.mode == "fp32" else {"constant": together}
-        export(args.checkpoint, args.work / f"{args.mode}-together", int8=True, **chosen)
+        variants[f"{' + '.join(args.groups)} {args.mode}"] = (args.work / f"{args.mode}-together", together)
+    models = {"fp32": args.work / "fp32", "int8": args.work / "int8"}
+    models |= {name: out for name, (out, _) in variants.items()}
+    export(args.checkpoint, models["fp32"], int8=False)
+    export(args.checkpoint, models["int8"], int8=True)
+    for out, pattern in variants.values():
+        if args.mode == "fp32":
+            export(args.checkpoint, out, int8=True, keep=pattern)
+        else:
+            export(args.checkpoint, out, int8=True, constant=pattern)
     command = [sys.executable, str(ROOT / "bench" / "forced_distance.py"), "--split", args.split]
     command += ["--sentences", str(args.sentences), "--model", *map(str, models.values())]
     rows = [
