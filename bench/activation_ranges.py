@@ -7,8 +7,9 @@ calibration text (the training config's first pairs, export/calibrate.py) gave e
 a value beyond it saturates at the end of the grid, where a scale per row never does. This
 exports the checkpoint at int8 into W as `mtserve export --quantize int8` does and, beside the
 calibration pass, runs the same pass over the other text (by default the first `--sentences` of
-../shared/data/news/newstest2011 in each language, out of the committed model's domain). Per
-graph and activation: the product role that reads it (bench/precision_sensitivity.py's groups),
+../shared/data/news/newstest2011 in each of the checkpoint's languages, out of the committed
+model's domain). Per graph and activation: the product role that reads it
+(bench/precision_sensitivity.py's groups),
 its calibrated range, the other text's, and their ratio. A ratio above 1 is how far a constant
 scale would saturate on such text.
 """
@@ -34,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from bench.precision_sensitivity import GROUPS  # noqa: E402
 from export import calibrate, writer  # noqa: E402
 from model import corpus  # noqa: E402
+from model.config import ModelConfig  # noqa: E402
 from service.cli import main as mtserve  # noqa: E402
 
 DEFAULT_TEXT = "news/newstest2011.{lang}.gz"
@@ -101,9 +103,13 @@ def main() -> None:
     parser.add_argument("--data-dir")
     args = parser.parse_args()
     files = dict(item.split("=", 1) for item in args.text)
-    if not files:
+    if not files:  # the news text in each of the checkpoint's languages
         data_dir = corpus.resolve_data_dir(args.data_dir)
-        files = {lang: str(data_dir / DEFAULT_TEXT.format(lang=lang)) for lang in ("en", "fr")}
+        languages = ModelConfig.load(args.checkpoint / "config.json").languages
+        files = {lang: str(data_dir / DEFAULT_TEXT.format(lang=lang)) for lang in languages}
+        missing = [path for path in files.values() if not Path(path).is_file()]
+        if missing:
+            raise SystemExit(f"no default text {', '.join(missing)}: give --text LANG=FILE for each language")
     other = {lang: first_lines(Path(path), args.sentences) for lang, path in files.items()}
     rows = compare(args.checkpoint, args.work, other)
     print("| graph | read by | activation | calibrated range | other text | ratio |")
