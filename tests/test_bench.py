@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +101,26 @@ def test_fused_products_take_one_node_each_and_move_with_the_batch(exported_int8
         assert np.array_equal(states(per_row, batch), alone)
         moved += not np.array_equal(states(fused, batch), fused_alone)
     assert moved > 0
+
+
+def test_request_stages_cover_a_request_from_entry_to_exit(tmp_path: Path) -> None:
+    """bench/request_stages.py stamps the server where a request passes; the stages chain without a
+    gap or an overlap, so that they add up to the server's whole time, and the search is the model's."""
+    from bench.request_stages import STAGES, stamped_requests
+    from service.api.launcher import live_server
+
+    stamps = tmp_path / "stamps.jsonl"
+    stamps.touch()
+    script = Path(__file__).resolve().parent.parent / "bench" / "request_stages.py"
+    env = {"MTSERVE_THREADS": "1", "MTSERVE_LOG_LEVEL": "warning"}
+    texts = ["Two dogs are playing in the snow.", "A man is riding a bicycle down the street."]
+    with live_server(env=env, log_dir=tmp_path, arguments=[str(script), "--serve", str(stamps)]) as server:
+        stamped_requests(server.url, texts[:1], stamps, "en", "fr")  # the first request's one-time work
+        requests = stamped_requests(server.url, texts, stamps, "en", "fr")
+    records = [json.loads(line) for line in stamps.read_text().splitlines()][1:]
+    for record, stages in zip(records, requests, strict=True):
+        chain = [first for _, first, _ in STAGES] + [STAGES[-1][2]]
+        assert [record[name] for name in chain] == sorted(record[name] for name in chain)
+        assert sum(stages[name] for name, _, _ in STAGES) == pytest.approx((record["exit"] - record["entry"]) / 1000)
+        assert stages["client"] > 0
+        assert max(STAGES, key=lambda stage: stages[stage[0]])[0] == "search"
