@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gzip
 import io
 import itertools
 import re
@@ -36,15 +35,15 @@ from bench.precision_sensitivity import GROUPS  # noqa: E402
 from export import calibrate, writer  # noqa: E402
 from model import corpus  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
+from model.data_config import open_text  # noqa: E402
 from service.cli import main as mtserve  # noqa: E402
 
 DEFAULT_TEXT = "news/newstest2011.{lang}.gz"
 
 
 def first_lines(path: Path, count: int) -> list[str]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return list(itertools.islice((text for text in (line.strip() for line in f) if text), count))
+    """The first `count` non-blank lines of a plain or gzip text file, stripped."""
+    return list(itertools.islice((text for text in map(str.strip, open_text(path)) if text), count))
 
 
 def roles(graph_path: Path) -> dict[str, str]:
