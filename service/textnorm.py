@@ -21,11 +21,14 @@ def normalize(text: str) -> str:
 
 
 _CONTROLS = dict.fromkeys([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F, *range(0x80, 0xA0)], " ")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def scrub(text: str) -> str:
     """Text safe for every later stage: lone surrogates are dropped, control characters
     (other than tab and line breaks) become spaces. Whitespace layout is kept."""
-    if any("\ud800" <= c <= "\udfff" for c in text):
+    # Runs on the event loop for every text of a request: the search is in C (a character loop
+    # in Python took 3 ms for 100,000 characters).
+    if not text.isascii() and _SURROGATE.search(text):
         text = text.encode("utf-16", "surrogatepass").decode("utf-16", "ignore")
     return text.translate(_CONTROLS)

@@ -10,7 +10,7 @@ import pytest
 from model import corpus
 from model.data_config import ConfigError, DataConfig, check_files, parse_data_config
 from model.train_config import load_config
-from service.textnorm import normalize
+from service.textnorm import normalize, scrub
 from tests.conftest import ROOT
 
 
@@ -76,6 +76,14 @@ def test_training_pairs_are_normalised_and_unique(default_data: DataConfig, shar
 def test_normalize_unifies_spaces_and_apostrophes() -> None:
     assert normalize("  L\u2019homme\u00a0dit\u202f: «\u2009oui\u2009»  ") == "L'homme dit : « oui »"
     assert normalize("e\u0301te\u0301\u200b") == "été"
+
+
+def test_scrub_drops_lone_surrogates_and_blanks_controls() -> None:
+    assert scrub("A \ud800dog\udfff runs.") == "A dog runs."
+    assert scrub("été\ud83d, 🐕") == "été, 🐕"
+    assert scrub("a\x00b\x1fc\x7fd\x85e") == "a b c d e"
+    assert scrub("line\tone\nline two\r\n") == "line\tone\nline two\r\n"
+    assert scrub("Deux chiens jouent à la neige, l'été. " * 3000) == "Deux chiens jouent à la neige, l'été. " * 3000
 
 
 def test_data_dir_errors_name_the_setting(tmp_path: Path) -> None:
