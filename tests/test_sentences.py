@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pysbd
 
 from model.corpus import read_lines
-from service.runtime.sentences import _ONE_SENTENCE, _spans, split_sentences
+from service.runtime.sentences import _ONE_SENTENCE, _WIDEST_WINDOW, _WINDOW, _spans, _windowed_spans, split_sentences
 
 TEXTS = [
     "A man is playing a guitar. A dog runs in the park!\n\nIs it raining?  Yes.",
@@ -65,3 +66,52 @@ def test_a_url_with_a_query_string_stays_in_one_sentence() -> None:
     layout = split_sentences(text, "en")
     assert layout.sentences == ["See https://example.com/a?x=1 now.", "Mail a.b@c.com today.", "Is it?", "Yes."]
     assert layout.join(layout.sentences) == text
+
+
+def test_a_long_line_splits_as_pysbd_does_it_whole(shared_data: Path) -> None:
+    """A line longer than pysbd's window is segmented a window at a time, with the same sentences."""
+    for language in ("en", "fr"):
+        captions = read_lines(shared_data / f"multi30k/test_2016_flickr.{language}.gz")
+        segmenter = pysbd.Segmenter(language=language, clean=False, char_span=True)
+        for first in (0, 100):
+            line = " ".join(captions[first : first + 90])
+            assert len(line) > 2 * _WINDOW
+            whole = [line[s.start : s.end].strip() for s in segmenter.segment(line)]
+            assert [line[a:b].strip() for a, b in _spans(line, language)] == whole
+            assert len(split_sentences(line, language).sentences) == len(whole) > 80
+
+
+class _Recording(pysbd.Segmenter):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__(language="en", clean=False, char_span=True)
+        self.lengths: list[int] = []
+
+    def segment(self, text: str) -> list[pysbd.utils.TextSpan]:
+        self.lengths.append(len(text))
+        return super().segment(text)
+
+
+def test_pysbd_sees_a_long_line_a_window_at_a_time(shared_data: Path) -> None:
+    """pysbd's time grows with the square of what it is given: a 100,000-character line took it 5 s.
+    No call sees more than _WIDEST_WINDOW characters, and the sentences still rejoin exactly."""
+    captions = " ".join(read_lines(shared_data / "multi30k/test_2016_flickr.en.gz"))[:100_000]
+    no_ending = "a (b) c, " * 4000  # no sentence boundary in 36,000 characters
+    for line in (captions, no_ending):
+        segmenter = _Recording()
+        spans = _windowed_spans(line, segmenter)
+        assert max(segmenter.lengths) <= _WIDEST_WINDOW
+        assert sum(segmenter.lengths) < 2 * len(line) + _WIDEST_WINDOW  # linear: each character at most about twice
+        assert spans[0][0] == 0 and spans[-1][1] == len(line)
+        assert all(a < b and b <= c for (a, b), (c, _) in itertools.pairwise(spans))  # in order, none overlapping
+    layout = split_sentences(no_ending, "en")
+    assert layout.join(layout.sentences) == no_ending
+    assert 36_000 / _WIDEST_WINDOW <= len(layout.sentences) <= 2 * 36_000 / _WIDEST_WINDOW
+
+
+def test_a_line_without_letters_is_one_sentence() -> None:
+    """Numbers and symbols come back as they are, split or not: pysbd does not see them."""
+    text = "1. 2. 3. " * 1000 + "\n(12) - 34! 5."
+    layout = split_sentences(text, "en")
+    assert layout.sentences == [("1. 2. 3. " * 1000).strip(), "(12) - 34! 5."]
+    assert layout.join(layout.sentences) == text
+    assert split_sentences("Été. 12. Hiver.", "fr").sentences == ["Été.", "12.", "Hiver."]

@@ -43,8 +43,8 @@ class _Plan:
     piece_texts: list[str]
 
 
-# Up to this many characters in a request, splitting and tokenizing run on the event loop
-# (well under a millisecond); longer requests go to a worker thread so as not to hold it.
+# Up to this many characters in a request, splitting into sentences and tokenizing run on the
+# event loop (well under a millisecond); longer requests go to a worker thread so as not to hold it.
 INLINE_PLAN_CHARS = 1000
 
 
@@ -194,7 +194,10 @@ class TranslationService:
         deadline: float,
     ) -> list[TextTranslation]:
         options = model.options(requested, self.default_beam, self.repetition_guard)
-        layouts = self._layouts(texts, sources, target)
+        if sum(len(text) for text in texts) <= INLINE_PLAN_CHARS:
+            layouts = self._layouts(texts, sources, target)
+        else:  # a long text's sentences take milliseconds to find: not on the event loop
+            layouts = await asyncio.to_thread(self._layouts, texts, sources, target)
         sentences = {
             (i, j): sentence
             for i, layout in enumerate(layouts)
