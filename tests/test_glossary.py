@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +39,16 @@ def test_glossary_terms_and_urls_share_the_placeholders() -> None:
     glossary = build_glossary([("dog", "toutou")])
     protected = protect("See https://example.org/dog for the dog.", glossary)
     assert protected.spans == ["https://example.org/dog", "toutou"]
+
+
+def test_e_mail_addresses_are_found_in_time_linear_in_the_text() -> None:
+    protected = protect("Write to me+tag@mail.example.org, not x@y@z.com or ..a@b.co.")
+    assert protected.spans == ["me+tag@mail.example.org", "y@z.com", "..a@b.co"]
+    run = "a." * 100_000  # one run of an address's characters, 200,000 long, without an @
+    started = time.perf_counter()
+    assert protect(run).spans == [] and protect(f"{run} x@y.fr").spans == ["x@y.fr"]
+    # the search tried an address from every character of the run: minutes for this text
+    assert time.perf_counter() - started < 2.0
 
 
 @pytest.mark.parametrize(

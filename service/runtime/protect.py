@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 
 PROTECTED = re.compile(
     r"(?:https?://|www\.)[^\s<>\"']*[^\s<>\"'.,;:!?)\]}]"  # URLs, without trailing punctuation
-    r"|[\w.+-]+@[\w-]+(?:\.[\w-]+)+"  # e-mail addresses
+    # e-mail addresses, begun only where a run of their characters begins: tried from every
+    # character of a long run, the search took the square of its length (95 ms for 5,000)
+    r"|(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+"
     r"|\[X\d+X\]"  # Weblate's placeholders for format strings and markup it keeps out of machine translation
     rf"|{TITLED_NAME}"  # a title and a name: "Dr. Ehud Ur" (service/runtime/names.py)
 )
