@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import itertools
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pysbd
 
 from model.corpus import read_lines
-from service.runtime.sentences import _ONE_SENTENCE, _WIDEST_WINDOW, _WINDOW, _spans, _windowed_spans, split_sentences
+from service.runtime.sentences import (
+    _ONE_SENTENCE,
+    _WIDEST_WINDOW,
+    _WINDOW,
+    _keep_verbatim_whole,
+    _spans,
+    _windowed_spans,
+    split_sentences,
+)
 
 TEXTS = [
     "A man is playing a guitar. A dog runs in the park!\n\nIs it raining?  Yes.",
@@ -115,3 +124,15 @@ def test_a_line_without_letters_is_one_sentence() -> None:
     assert layout.sentences == [("1. 2. 3. " * 1000).strip(), "(12) - 34! 5."]
     assert layout.join(layout.sentences) == text
     assert split_sentences("Été. 12. Hiver.", "fr").sentences == ["Été.", "12.", "Hiver."]
+
+
+def test_a_line_of_many_addresses_keeps_each_whole_in_time() -> None:
+    """A boundary inside a URL or address joins its two sentences; with thousands of each on a
+    line (a file's line may hold 200,000 characters), the check was a scan per sentence."""
+    line = "Mail a@b.co now. " * 20_000
+    spans = [(i * 17, i * 17 + 16) for i in range(20_000)]
+    started = time.perf_counter()
+    assert _keep_verbatim_whole(line, spans) == spans  # no boundary falls inside an address
+    assert time.perf_counter() - started < 2.0  # the scan took about 34 s
+    cut_inside = [(0, 7), (7, 16), (17, 33)]  # "Mail a@" | "b.co now."
+    assert _keep_verbatim_whole(line[:34], cut_inside) == [(0, 16), (17, 33)]

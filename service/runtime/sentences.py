@@ -6,6 +6,7 @@ pysbd's rules for the source language (English rules where pysbd has none).
 
 from __future__ import annotations
 
+import bisect
 import re
 import threading
 from dataclasses import dataclass
@@ -123,12 +124,20 @@ def _windowed_spans(line: str, segmenter: pysbd.Segmenter) -> list[tuple[int, in
 def _keep_verbatim_whole(line: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """Join sentences that a boundary inside a URL or e-mail address split (pysbd ends one at the
     `?` of a query string): such a span travels whole (service/runtime/protect.py)."""
-    inside = [(m.start(), m.end()) for m in PROTECTED.finditer(line)]
+    inside = [(m.start(), m.end()) for m in PROTECTED.finditer(line)]  # in order, none overlapping
     if not inside:
         return spans
+    starts = [start for start, _ in inside]
+
+    def within(position: int) -> bool:
+        """Whether `position` lies strictly inside a verbatim span: only the last one starting
+        before it can hold it (a line of thousands of addresses is one search each, not a scan)."""
+        last = bisect.bisect_left(starts, position) - 1
+        return last >= 0 and position < inside[last][1]
+
     merged: list[tuple[int, int]] = []
     for start, end in spans:
-        if merged and any(a < start < b or a < merged[-1][1] < b for a, b in inside):
+        if merged and (within(start) or within(merged[-1][1])):
             merged[-1] = (merged[-1][0], end)
         else:
             merged.append((start, end))
