@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import bisect
 import functools
+import heapq
 import html
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -248,12 +250,12 @@ class Segment:
         if translation == source:  # nothing changed (same language, untranslatable): spans stay where they were
             return self.text, list(self.spans)
         placed: dict[int, tuple[int, int]] = {}
-        taken: dict[tuple[int, int], tuple[int, int]] = {}  # each place in the translation -> the source span put there
+        taken = _Places()
         for n in sorted(range(len(self.spans)), key=lambda k: (self.spans[k][0], -self.spans[k][1])):
             start, end = self.spans[n][0] - len(lead), self.spans[n][1] - len(lead)
             span = _locate(source, translation, start, end, inner[n], taken)
             if span[0] < span[1]:  # an empty span nests with any other: none need check against it
-                taken.setdefault(span, (start, end))
+                taken.add(span, (start, end))
             placed[n] = (span[0] + len(lead), span[1] + len(lead))
         return lead + translation + tail, [placed[n] for n in range(len(self.spans))]
 
@@ -262,15 +264,31 @@ def runs_of(text: str, placed: list[tuple[T, int, int]]) -> list[tuple[str, T | 
     """Cut `text` at the placed spans' edges; each piece takes its innermost span (None: outside all).
 
     A zero-width span comes out as a piece of empty text at its position (an image, a tab, a break).
+    One sweep over the edges, the spans covering a piece in a heap (narrowest first): a paragraph
+    of thousands of runs took the square of their number when every piece scanned every span.
     """
     edges = sorted({0, len(text), *(p for _, s, e in placed for p in (s, e))})
-    points = [(start, end, n) for n, (_, start, end) in enumerate(placed)]
+    empty: dict[int, list[int]] = {}  # position -> the zero-width spans there, in order
+    opening: list[tuple[int, int, int, int]] = []  # (start, width, n, end) of the others, by start
+    for n, (_, start, end) in enumerate(placed):
+        if start == end:
+            empty.setdefault(start, []).append(n)
+        elif start < end:
+            opening.append((start, end - start, n, end))
+    opening.sort()
+    covering: list[tuple[int, int, int]] = []  # (width, n, end) of the spans begun, a heap
+    begun = 0
     out: list[tuple[str, T | None]] = []
     for a, b in zip(edges, [*edges[1:], len(text)], strict=True):
-        out += [("", placed[n][0]) for start, end, n in points if start == end == a]
+        out += [("", placed[n][0]) for n in empty.get(a, [])]
         if b > a:
-            covering = [(end - start, n) for start, end, n in points if start <= a and b <= end and start < end]
-            out.append((text[a:b], placed[min(covering)[1]][0] if covering else None))
+            while begun < len(opening) and opening[begun][0] <= a:
+                _, width, n, end = opening[begun]
+                heapq.heappush(covering, (width, n, end))
+                begun += 1
+            while covering and covering[0][2] <= a:  # ended: every span ends at an edge
+                heapq.heappop(covering)
+            out.append((text[a:b], placed[covering[0][1]][0] if covering else None))
     return out
 
 
@@ -310,7 +328,7 @@ def _locate(
     start: int,
     end: int,
     inner_translation: str | None,
-    taken: dict[tuple[int, int], tuple[int, int]],
+    taken: _Places,
 ) -> tuple[int, int]:
     own = (start, end)
     start = max(0, min(len(source), start))
@@ -323,22 +341,47 @@ def _locate(
             continue
         for match in re.finditer(re.escape(candidate), target, flags=re.IGNORECASE if candidate != inner else 0):
             span = match.span()
-            if _fits(span, own, taken):
+            if taken.fits(span, own):
                 return span
     return _proportional(source, target, start, end, own, taken)
 
 
-def _fits(span: tuple[int, int], own: tuple[int, int], taken: dict[tuple[int, int], tuple[int, int]]) -> bool:
-    """Whether an element of source span `own` may go at `span`: it nests with every element placed,
-    and it is not another's place, unless that one held the same source text (`<b><i>dog</i></b>`).
-    Without the second rule, a phrase that recurs ("the dog", a link's "here") put every element
-    on its first occurrence, one inside the other."""
-    return taken.get(span, own) == own and all(_nests(span, other) for other in taken)
+class _Places:
+    """The places of a block's elements in its translation, each non-empty, with the source span of
+    the element put there. They nest or are disjoint: so the markup stays well formed."""
+
+    def __init__(self) -> None:
+        self._source: dict[tuple[int, int], tuple[int, int]] = {}
+        self._by_start: list[tuple[int, int]] = []  # (start, end), sorted
+        self._by_end: list[tuple[int, int]] = []  # (end, start), sorted
+
+    def add(self, span: tuple[int, int], own: tuple[int, int]) -> None:
+        if span not in self._source:
+            self._source[span] = own
+            bisect.insort(self._by_start, span)
+            bisect.insort(self._by_end, (span[1], span[0]))
+
+    def fits(self, span: tuple[int, int], own: tuple[int, int]) -> bool:
+        """Whether an element of source span `own` may go at `span`: it crosses no place taken (nests
+        with each, or is disjoint), and it is not another's place, unless that one held the same
+        source text (`<b><i>dog</i></b>`). Without the second rule, a phrase that recurs ("the dog",
+        a link's "here") put every element on its first occurrence, one inside the other.
+
+        Only the places that begin or end strictly inside `span` can cross it: found by bisection,
+        where checking every place took the square of their number (a paragraph of thousands of runs)."""
+        if self._source.get(span, own) != own:
+            return False
+        x, y = span
+        if x == y:  # an empty span nests with any other
+            return True
+        if any(start < x for _, start in _strictly_between(self._by_end, x, y)):  # begins before, ends inside
+            return False
+        return not any(end > y for _, end in _strictly_between(self._by_start, x, y))  # begins inside, ends after
 
 
-def _nests(a: tuple[int, int], b: tuple[int, int]) -> bool:
-    """Spans that are disjoint or one inside the other keep the markup well formed."""
-    return a[1] <= b[0] or b[1] <= a[0] or (b[0] <= a[0] and a[1] <= b[1]) or (a[0] <= b[0] and b[1] <= a[1])
+def _strictly_between(pairs: list[tuple[int, int]], low: int, high: int) -> list[tuple[int, int]]:
+    """The pairs of sorted `pairs` whose first item lies strictly between `low` and `high`."""
+    return pairs[bisect.bisect_right(pairs, (low, math.inf)) : bisect.bisect_left(pairs, (high, -math.inf))]
 
 
 @functools.lru_cache(maxsize=8)
@@ -363,7 +406,7 @@ def _proportional(
     start: int,
     end: int,
     own: tuple[int, int],
-    taken: dict[tuple[int, int], tuple[int, int]],
+    taken: _Places,
 ) -> tuple[int, int]:
     scale = len(target) / max(1, len(source))
     starts, ends = _word_edges(target)
@@ -374,7 +417,7 @@ def _proportional(
         following = bisect.bisect_left(starts, a)
         first_word_end = ends[following] if following < len(starts) else len(target)
         span = (a, max(first_word_end, _nearest(ends, end * scale)))
-    if _fits(span, own, taken):
+    if taken.fits(span, own):
         return span
     return (len(target), len(target))  # no well-formed place left: empty, at the end
 
