@@ -310,8 +310,8 @@ async def translate_file(request: Request, state: StateDep) -> LtTranslateFileRe
     if document_format(name) not in SUPPORTED_FILE_FORMATS:
         raise ApiError(400, "Invalid request: file format not supported")  # LibreTranslate's words
     raw = await upload.read()
-    try:
-        document = Document(document_format(name), raw)
+    try:  # reading and rebuilding a file take tenths of a second at the size limits: not on the event loop
+        document = await asyncio.to_thread(Document, document_format(name), raw)
     except DocumentError as exc:
         raise ApiError(400, f"Invalid request: {exc}") from None
     texts = document.texts()
@@ -335,7 +335,7 @@ async def translate_file(request: Request, state: StateDep) -> LtTranslateFileRe
             texts, [language] * len(texts), target, options, state.deadline(state.settings.file_timeout_s)
         ),
     )
-    content = document.render([r.text for r in results])
+    content = await asyncio.to_thread(document.render, [r.text for r in results])
     try:
         file_id = await asyncio.to_thread(state.files.put, translated_name(name, target), content)
     except FilesDirError as exc:
