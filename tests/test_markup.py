@@ -55,6 +55,14 @@ def test_an_element_open_across_a_line_break_opens_before_the_others() -> None:
     assert out == '<b><a href="#">Nom</a> :<br>Jean</b>' and _well_formed(out)
 
 
+def test_an_element_open_across_a_line_break_stays_outside_the_others() -> None:
+    """The translation moves the words before the break: the open tag would land inside the
+    italic words and cross them. It opens before them instead."""
+    html = "<i>one two</i> three <b>four<br>five</b>"
+    out = _render(html, {"one two three four": "THREE FOUR ONE TWO", "one two": "ONE TWO", "five": "FIVE"})
+    assert out == "THREE FOUR <b><i>ONE TWO</i><br>FIVE</b>" and _well_formed(out)
+
+
 def test_a_block_of_thousands_of_elements_renders_in_time() -> None:
     """Each element's place was found by scanning the words of the translation, and each tag's offset
     by joining the block's text so far: the square of the block's length (minutes at this size)."""

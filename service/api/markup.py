@@ -318,8 +318,23 @@ class HtmlDocument:
                 out.append(item)
                 continue
             text, spans = self._segment(item).translate(queue)
+            spans = _unclosed_outside(item.inlines, spans)
             out.append(_insert(text, [(i, s, e) for i, (s, e) in zip(item.inlines, spans, strict=True)]))
         return "".join(out)
+
+
+def _unclosed_outside(inlines: list[_Inline], spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """An element left open at the block's end encloses the rest of the block: placed inside another
+    element of the translation, it would cross it. It moves back to the start of the outermost
+    element around it."""
+    moved = list(spans)
+    for k, inline in enumerate(inlines):
+        if inline.unclosed:
+            at = spans[k][0]
+            around = [s for (s, e), other in zip(spans, inlines, strict=True) if not other.unclosed and s < at < e]
+            if around:
+                moved[k] = (min(around), min(around))
+    return moved
 
 
 def _locate(
