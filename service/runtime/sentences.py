@@ -1,7 +1,8 @@
 """Sentence splitting that keeps every character between sentences, so a text can be rejoined exactly.
 
 Lines are split first (paragraph breaks stay as they were), then each line into sentences by
-pysbd's rules for the source language (English rules where pysbd has none).
+pysbd's rules for the source language (English rules where pysbd has none), a window of the line
+at a time, so that the time stays in proportion to the line's length.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ _LINE_BREAKS = re.compile(r"(\r\n|\r|\n)")
 # the same answers on test2016), without pysbd's cost, which it pays in regular expressions
 # compiled again and again (docs/BENCHMARKS.md). Most requests are such a line.
 _ONE_SENTENCE = re.compile(r"(?:[^\W_]|[,'’-]| (?! ))+[.!?]?")
-# pysbd's time grows with the square of a line's length (each abbreviation it finds rewrites the
-# whole line: 40 ms for 6,500 characters, 4.8 s for 104,000 here). A longer line is segmented a
-# window at a time: each window's sentences but its last are kept, and the next window starts where
-# that last one does. A sentence that fills its window is looked for in one twice as wide, up to
-# _WIDEST_WINDOW characters; one longer still is cut at the last space before the window's end.
+# pysbd's time grows with the square of a line's length: each abbreviation it finds rewrites the
+# whole line (40 ms for 6,500 characters, 4.8 s for 104,000; docs/BENCHMARKS.md). A longer line
+# is segmented a window at a time: each window's sentences but its last are kept, and the next
+# window starts where that last one does. A sentence that fills its window is looked for in one
+# twice as wide, up to _WIDEST_WINDOW characters; one longer still is cut at the last space
+# before the window's end.
 _WINDOW = 2000
 _WIDEST_WINDOW = 8000
 _LETTER = re.compile(r"[^\W\d_]")
