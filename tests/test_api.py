@@ -96,6 +96,17 @@ def test_html_keeps_tags_and_attributes(client: TestClient) -> None:
     assert out.index("<b>") < out.index("</b>") and out.index("<a ") < out.index("</a>")
 
 
+def test_html_texts_in_one_request_each_keep_their_markup(client: TestClient) -> None:
+    """A list of HTML texts goes to the model in one call (their sentences share batches); each
+    comes back in its place, a text with nothing to translate as it was."""
+    texts = ["<p>A <b>dog</b> runs.</p>", "<br>", "<i>Two children</i> play in the snow."]
+    r = client.post("/translate", json={"q": texts, "source": "en", "target": "fr", "format": "html"})
+    first, empty, third = r.json()["translatedText"]
+    assert first.startswith("<p>") and "<b>" in first and "chien" in first
+    assert empty == "<br>"
+    assert third.startswith("<i>") and "enfants" in third and "neige" in third
+
+
 def test_languages_and_frontend_settings(client: TestClient) -> None:
     assert client.get("/languages").json() == [
         {"code": "en", "name": "English", "targets": ["en", "fr"]},

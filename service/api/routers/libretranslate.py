@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from pathlib import PurePath
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -40,9 +41,12 @@ from service.api.schemas import (
     error_responses,
 )
 from service.api.state import ServiceState, StateDep
+from service.api.translation import INLINE_PLAN_CHARS
 from service.languages import ModelLanguages, language_name
 from service.runtime.glossary import Glossary
 from service.textnorm import scrub
+
+T = TypeVar("T")
 
 router = APIRouter(tags=["LibreTranslate"])
 SUPPORTED_FILE_FORMATS = list(FORMATS)
@@ -178,9 +182,7 @@ async def translate(request: Request, state: StateDep) -> JSONResponse:
     _check_directions(languages, sources, target)
     request.state.direction = f"{source}-{target}" if source != "auto" else f"auto-{target}"
     if text_format == "html":
-        translated = [
-            await _translate_html(request, state, t, s, target, glossary) for t, s in zip(texts, sources, strict=True)
-        ]
+        translated = await _translate_html(request, state, texts, sources, target, glossary)
         alts: list[list[str]] = [[] for _ in texts]
     else:
         options = state.default_options(n_best=alternatives + 1, glossary=glossary)
@@ -199,17 +201,40 @@ async def translate(request: Request, state: StateDep) -> JSONResponse:
 
 
 async def _translate_html(
-    request: Request, state: ServiceState, text: str, source: str, target: str, glossary: Glossary | None
-) -> str:
-    document = HtmlDocument(text)
-    pieces = document.texts()
-    if not pieces:
-        return text
+    request: Request,
+    state: ServiceState,
+    texts: list[str],
+    sources: list[str],
+    target: str,
+    glossary: Glossary | None,
+) -> list[str]:
+    """Each HTML text with its text translated and its markup kept. Every text's pieces go in one
+    call, so that they share the scheduler's batches: one text at a time, a request of many
+    waited for each in turn. Long texts are read and rebuilt in a worker thread."""
+    inline = sum(len(text) for text in texts) <= INLINE_PLAN_CHARS
+
+    async def off_loop(work: Callable[[], T]) -> T:
+        return work() if inline else await asyncio.to_thread(work)
+
+    documents = await off_loop(lambda: [HtmlDocument(text) for text in texts])
+    pieces = [document.texts() for document in documents]
+    flat = [piece for own in pieces for piece in own]
+    if not flat:
+        return list(texts)
+    flat_sources = [source for own, source in zip(pieces, sources, strict=True) for _ in own]
     options = state.default_options(glossary=glossary)
     results = await guarded(
-        request, state.translations.translate(pieces, [source] * len(pieces), target, options, state.deadline())
+        request, state.translations.translate(flat, flat_sources, target, options, state.deadline())
     )
-    return document.render([r.text for r in results])
+    translations = iter(result.text for result in results)
+
+    def render() -> list[str]:
+        return [
+            document.render([next(translations) for _ in own]) if own else text
+            for text, document, own in zip(texts, documents, pieces, strict=True)
+        ]
+
+    return await off_loop(render)
 
 
 @router.post(
