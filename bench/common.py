@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import statistics
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +36,16 @@ def in_streams(decode: Decode, streams: int) -> DecodeAll:
             return list(pool.map(decode, batches))
 
     return decode_all
+
+
+def median_ms(work: Callable[[], object], repeats: int = 5) -> float:
+    """The median milliseconds of `repeats` calls of `work`, one after another."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times)
 
 
 def runtime_streams(translator: Translator, target: str, options: DecodeOptions, streams: int) -> DecodeAll:

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import argparse
 import io
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import median_ms  # noqa: E402
 from service.api.documents import Document  # noqa: E402
 
 SENTENCE = "A man in a {} shirt is playing a guitar on the street."
@@ -102,15 +101,6 @@ BUILDERS: dict[str, Callable[[int], bytes]] = {
     ".epub": epub_file,
     ".html": html_file,
 }
-
-
-def median_ms(work: Callable[[], object], repeats: int = 5) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
 
 
 def main() -> int:

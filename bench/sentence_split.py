@@ -12,27 +12,15 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pysbd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import test_pairs
+from bench.common import median_ms, test_pairs
 from service.runtime.sentences import split_sentences
-
-
-def _median_ms(run: Callable[[], object], rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - started) * 1000)
-    return round(statistics.median(times), 1)
 
 
 def main() -> None:
@@ -52,8 +40,8 @@ def main() -> None:
         split = split_sentences(line, "en").sentences
         print(json.dumps({
             "characters": len(line),
-            "pysbd_whole_line_ms": _median_ms(functools.partial(segmenter.segment, line), args.rounds),
-            "split_sentences_ms": _median_ms(functools.partial(split_sentences, line, "en"), args.rounds),
+            "pysbd_whole_line_ms": round(median_ms(functools.partial(segmenter.segment, line), args.rounds), 1),
+            "split_sentences_ms": round(median_ms(functools.partial(split_sentences, line, "en"), args.rounds), 1),
             "sentences": [len(whole), len(split)],
             "same_sentences": whole == split,
         }), flush=True)  # fmt: skip
