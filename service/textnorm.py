@@ -1,4 +1,5 @@
-"""Text normalisation applied identically to training data and to service input."""
+"""Text normalisation applied identically to training data and to service input, and the checks
+the service makes of a text before it reaches the model."""
 
 from __future__ import annotations
 
@@ -32,3 +33,9 @@ def scrub(text: str) -> str:
     if not text.isascii() and _SURROGATE.search(text):
         text = text.encode("utf-16", "surrogatepass").decode("utf-16", "ignore")
     return text.translate(_CONTROLS)
+
+
+def has_letters(text: str) -> bool:
+    """Whether any character is a letter, in any script. A segment without one (numbers, emoji,
+    punctuation, symbols) has nothing to translate: it comes back unchanged, never through the model."""
+    return any(ch.isalpha() for ch in text)

@@ -15,7 +15,7 @@ from service.runtime.names import keep_name
 from service.runtime.protect import protect, restore
 from service.runtime.sessions import OnnxModel
 from service.runtime.widths import measure_small_searches
-from service.textnorm import normalize
+from service.textnorm import has_letters, normalize
 
 # Longer inputs are cut at word boundaries into pieces of at most this many tokens,
 # translated separately and rejoined: never truncated.
@@ -44,12 +44,6 @@ class Prepared:
     # Per piece, the source pieces as cut from the text (without EOS), where unknown output tokens
     # are replaced from them (DecodeOptions.replace_unknowns).
     surfaces: list[list[str]] = field(default_factory=list)
-
-
-def has_letters(text: str) -> bool:
-    """Whether any character is a letter, in any script. A segment without one (numbers, emoji,
-    punctuation, symbols) has nothing to translate: it comes back unchanged, never through the model."""
-    return any(ch.isalpha() for ch in text)
 
 
 def _cut_like(surface: list[str], split: Sequence[Sequence[int]]) -> list[list[str]]:
