@@ -4,8 +4,9 @@ the scheduler, rejoining."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from service.api.metrics import Metrics
 from service.api.models import ModelSet, Requested, ServedModel
@@ -17,6 +18,8 @@ from service.runtime.degenerate import Quality
 from service.runtime.glossary import Glossary, verbatim_glossary
 from service.runtime.sentences import Layout, split_sentences
 from service.runtime.translator import Prepared, Translation, Translator
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,12 @@ class _Plan:
 # Up to this many characters in a request, splitting into sentences and tokenizing run on the
 # event loop (well under a millisecond); longer requests go to a worker thread so as not to hold it.
 INLINE_PLAN_CHARS = 1000
+
+
+async def off_loop_if_long(characters: int, work: Callable[[], T]) -> T:
+    """`work`'s result: done on the event loop for a request of up to INLINE_PLAN_CHARS characters
+    (a thread hop would cost more than the work), in a worker thread for a longer one."""
+    return work() if characters <= INLINE_PLAN_CHARS else await asyncio.to_thread(work)
 
 
 class TranslationService:
@@ -154,10 +163,9 @@ class TranslationService:
     ) -> dict[tuple[int, int], list[Translation]]:
         """Each sentence's n-best translations, its pieces through the shared scheduler."""
         translator = model.translator
-        if sum(len(sentence) for sentence in sentences.values()) <= INLINE_PLAN_CHARS:
-            plan = self._plan(translator, sentences, glossary)  # a thread hop would cost more than the work
-        else:
-            plan = await asyncio.to_thread(self._plan, translator, sentences, glossary)
+        plan = await off_loop_if_long(
+            sum(len(sentence) for sentence in sentences.values()), lambda: self._plan(translator, sentences, glossary)
+        )
         queued = [
             Sentence(ids, target, f"{sources[i]}-{target}", text, model.name)
             for ids, (i, _), text in zip(plan.pieces, plan.owners, plan.piece_texts, strict=True)
@@ -194,10 +202,8 @@ class TranslationService:
         deadline: float,
     ) -> list[TextTranslation]:
         options = model.options(requested, self.default_beam, self.repetition_guard)
-        if sum(len(text) for text in texts) <= INLINE_PLAN_CHARS:
-            layouts = self._layouts(texts, sources, target)
-        else:  # a long text's sentences take milliseconds to find: not on the event loop
-            layouts = await asyncio.to_thread(self._layouts, texts, sources, target)
+        characters = sum(len(text) for text in texts)
+        layouts = await off_loop_if_long(characters, lambda: self._layouts(texts, sources, target))
         sentences = {
             (i, j): sentence
             for i, layout in enumerate(layouts)

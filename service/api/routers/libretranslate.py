@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
 from pathlib import PurePath
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -41,12 +40,10 @@ from service.api.schemas import (
     error_responses,
 )
 from service.api.state import ServiceState, StateDep
-from service.api.translation import INLINE_PLAN_CHARS
+from service.api.translation import off_loop_if_long
 from service.languages import ModelLanguages, language_name
 from service.runtime.glossary import Glossary
 from service.textnorm import scrub
-
-T = TypeVar("T")
 
 router = APIRouter(tags=["LibreTranslate"])
 SUPPORTED_FILE_FORMATS = list(FORMATS)
@@ -211,12 +208,8 @@ async def _translate_html(
     """Each HTML text with its text translated and its markup kept. Every text's pieces go in one
     call, so that they share the scheduler's batches: one text at a time, a request of many
     waited for each in turn. Long texts are read and rebuilt in a worker thread."""
-    inline = sum(len(text) for text in texts) <= INLINE_PLAN_CHARS
-
-    async def off_loop(work: Callable[[], T]) -> T:
-        return work() if inline else await asyncio.to_thread(work)
-
-    documents = await off_loop(lambda: [HtmlDocument(text) for text in texts])
+    characters = sum(len(text) for text in texts)
+    documents = await off_loop_if_long(characters, lambda: [HtmlDocument(text) for text in texts])
     pieces = [document.texts() for document in documents]
     flat = [piece for own in pieces for piece in own]
     if not flat:
@@ -234,7 +227,7 @@ async def _translate_html(
             for text, document, own in zip(texts, documents, pieces, strict=True)
         ]
 
-    return await off_loop(render)
+    return await off_loop_if_long(characters, render)
 
 
 @router.post(
