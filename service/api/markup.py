@@ -254,8 +254,7 @@ class Segment:
         for n in sorted(range(len(self.spans)), key=lambda k: (self.spans[k][0], -self.spans[k][1])):
             start, end = self.spans[n][0] - len(lead), self.spans[n][1] - len(lead)
             span = _locate(source, translation, start, end, inner[n], taken)
-            if span[0] < span[1]:  # an empty span nests with any other: none need check against it
-                taken.add(span, (start, end))
+            taken.add(span, (start, end))
             placed[n] = (span[0] + len(lead), span[1] + len(lead))
         return lead + translation + tail, [placed[n] for n in range(len(self.spans))]
 
@@ -371,7 +370,9 @@ class _Places:
         self._by_end: list[tuple[int, int]] = []  # (end, start), sorted
 
     def add(self, span: tuple[int, int], own: tuple[int, int]) -> None:
-        if span not in self._source:
+        """The element of source span `own` put at `span`; an empty span is no place: it nests with
+        any other, and any number of elements may share its offset."""
+        if span[0] < span[1] and span not in self._source:
             self._source[span] = own
             bisect.insort(self._by_start, span)
             bisect.insort(self._by_end, (span[1], span[0]))
