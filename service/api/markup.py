@@ -251,10 +251,13 @@ class Segment:
             return self.text, list(self.spans)
         placed: dict[int, tuple[int, int]] = {}
         taken = _Places()
+        place_of: dict[tuple[int, int], tuple[int, int]] = {}  # source span -> its place in the translation
         for n in sorted(range(len(self.spans)), key=lambda k: (self.spans[k][0], -self.spans[k][1])):
             start, end = self.spans[n][0] - len(lead), self.spans[n][1] - len(lead)
-            span = _locate(source, translation, start, end, inner[n], taken)
-            taken.add(span, (start, end))
+            if (start, end) not in place_of:  # elements on the same text (`<b><i>dog</i></b>`) share one place
+                place_of[(start, end)] = _locate(source, translation, start, end, inner[n], taken)
+                taken.add(place_of[(start, end)], (start, end))
+            span = place_of[(start, end)]
             placed[n] = (span[0] + len(lead), span[1] + len(lead))
         return lead + translation + tail, [placed[n] for n in range(len(self.spans))]
 
@@ -353,10 +356,9 @@ def _locate(
     for candidate in (inner, inner_translation, _LEADING_ARTICLE.sub("", inner_translation or "")):
         if not candidate:
             continue
-        for match in re.finditer(re.escape(candidate), target, flags=re.IGNORECASE if candidate != inner else 0):
-            span = match.span()
-            if taken.fits(span, own):
-                return span
+        span = taken.first_fitting(candidate, target, candidate != inner, own)
+        if span is not None:
+            return span
     return _proportional(source, target, start, end, own, taken)
 
 
@@ -368,6 +370,7 @@ class _Places:
         self._source: dict[tuple[int, int], tuple[int, int]] = {}
         self._by_start: list[tuple[int, int]] = []  # (start, end), sorted
         self._by_end: list[tuple[int, int]] = []  # (end, start), sorted
+        self._searches: dict[tuple[str, bool], Iterator[re.Match[str]]] = {}  # phrase, ignoring case -> its search
 
     def add(self, span: tuple[int, int], own: tuple[int, int]) -> None:
         """The element of source span `own` put at `span`; an empty span is no place: it nests with
@@ -393,6 +396,22 @@ class _Places:
         if any(start < x for _, start in _strictly_between(self._by_end, x, y)):  # begins before, ends inside
             return False
         return not any(end > y for _, end in _strictly_between(self._by_start, x, y))  # begins inside, ends after
+
+    def first_fitting(
+        self, phrase: str, target: str, ignore_case: bool, own: tuple[int, int]
+    ) -> tuple[int, int] | None:
+        """The first occurrence of `phrase` in `target` (the block's translation, the same for every call)
+        where the element of source span `own` fits; None where none is left. Each phrase's search
+        goes on from where its last call stopped: an occurrence passed over stays unfit, since places
+        are only ever added, and the one returned becomes the caller's place. Started afresh each
+        time, a phrase that recurs (a link's "here", thousands of times) took the square of its count."""
+        key = (phrase, ignore_case)
+        if key not in self._searches:
+            self._searches[key] = re.finditer(re.escape(phrase), target, flags=re.IGNORECASE if ignore_case else 0)
+        for match in self._searches[key]:
+            if self.fits(match.span(), own):
+                return match.span()
+        return None
 
 
 def _strictly_between(pairs: list[tuple[int, int]], low: int, high: int) -> list[tuple[int, int]]:
