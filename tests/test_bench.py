@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from bench.engines import TextbookDecoder
+from bench.perturbed_bleu import perturbed_copy
+from export.quantize import WEIGHT_MAX
 from model.artifacts import load_model_dir
 from model.beam import beam_search
 from service.conventions import EOS_ID
@@ -124,3 +126,27 @@ def test_request_stages_cover_a_request_from_entry_to_exit(tmp_path: Path) -> No
         assert sum(stages[name] for name, _, _ in STAGES) == pytest.approx((record["exit"] - record["entry"]) / 1000)
         assert stages["client"] > 0
         assert max(STAGES, key=lambda stage: stages[stage[0]])[0] == "search"
+
+
+def test_perturbed_copies_move_every_product_weight_within_its_share_of_a_step(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """bench/perturbed_bleu.py's claim rests on the noise: at most share/2 of each output's int8 step,
+    on every encoder and decoder product, different per seed, and nothing else moved."""
+    original, _ = load_model_dir(tiny_model_dir)
+    copies = {}
+    for seed in (1, 2):
+        perturbed_copy(tiny_model_dir, tmp_path / str(seed), 0.5, seed)
+        copies[seed] = load_model_dir(tmp_path / str(seed))[0].state_dict()
+    for name, module in original.named_modules():
+        if not isinstance(module, torch.nn.Linear) or name.split(".")[0] not in ("encoder", "decoder"):
+            continue
+        weight = module.weight.detach()
+        step = weight.abs().amax(dim=1, keepdim=True) / WEIGHT_MAX
+        moved = copies[1][f"{name}.weight"] - weight
+        assert (moved.abs() <= 0.25 * step + 1e-3 * weight.abs() + 1e-6).all()  # fp16 storage rounds a little
+        assert moved.abs().mean() > 0.05 * step.mean()
+        assert not torch.equal(copies[1][f"{name}.weight"], copies[2][f"{name}.weight"])
+    for key, value in original.state_dict().items():
+        if not (key.endswith(".weight") and key.split(".")[0] in ("encoder", "decoder") and value.dim() == 2):
+            assert torch.equal(copies[1][key], value.half().float()), key
