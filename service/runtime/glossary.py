@@ -74,19 +74,20 @@ class Glossary:
         return target
 
 
-# Terms in one plain alternation at most; more are split by their next character (_alternation), to a
-# prefix of at most _LONGEST_PREFIX characters (each a nested group, and Python parses groups recursively).
-_PLAIN_ALTERNATION = 32
+# Terms in one plain alternation at most (smaller groups compile slower, larger ones search slower:
+# docs/BENCHMARKS.md); more are split by their next character (_alternation), to a prefix of at most
+# _LONGEST_PREFIX characters (each a nested group, and Python parses groups recursively).
+_PLAIN_ALTERNATION = 64
 _LONGEST_PREFIX = 8
 
 
 def _alternation(terms: list[str], exact: dict[str, str], prefix: str = "") -> str:
     """A pattern that matches the first of `terms` (longest first, all starting with `prefix` in any
     case) that matches, as their plain alternation would. Python's `re` tries an alternation's
-    branches one by one at every word start: 100,000 terms took 88 ms for 440 characters. Here the
+    branches one by one at every word start: 88,508 terms took 245 ms for 5,000 characters. Here the
     terms are split by their first character, then each large group by its second, and so on, each
     group behind a lookahead for its prefix in any case, so a word start tries a few dozen
-    lookaheads at each level and then the terms of its own small group, in the same order. (Only
+    lookaheads at each level and then the terms of its own small group, in the same order (1.2 ms). (Only
     where Python folds cases that `str.lower` keeps apart, as the long s and s, can two groups'
     lookaheads pass at one place.)"""
     if len(terms) <= _PLAIN_ALTERNATION or len(prefix) == _LONGEST_PREFIX:
