@@ -179,7 +179,7 @@ async def translate(request: Request, state: StateDep) -> JSONResponse:
     _check_directions(languages, sources, target)
     request.state.direction = f"{source}-{target}" if source != "auto" else f"auto-{target}"
     if text_format == "html":
-        translated = await _translate_html(request, state, texts, sources, target, glossary)
+        translated = await _translate_html(request, state, texts, batch, sources, target, glossary)
         alts: list[list[str]] = [[] for _ in texts]
     else:
         options = state.default_options(n_best=alternatives + 1, glossary=glossary)
@@ -197,10 +197,33 @@ async def translate(request: Request, state: StateDep) -> JSONResponse:
     return JSONResponse(body)
 
 
+# What a text's HTML may give to translate (each block's text and each element's own text, which
+# places the element in the block's translation), in character limits: an element's text counts
+# again for each element around it, so HTML nested 555 deep in 5,000 characters gave 310,246 to
+# translate. A paragraph inside a link, bold and italic at once gives 4.
+HTML_PIECES_PER_LIMIT = 4
+
+
+def _check_html_pieces(pieces: list[list[str]], batch: bool, char_limit: int) -> None:
+    if char_limit == -1:
+        return
+    for i, own in enumerate(pieces):
+        total, limit = sum(len(piece) for piece in own), HTML_PIECES_PER_LIMIT * char_limit
+        if total > limit:
+            where = f"q[{i}]" if batch else "q"
+            raise ApiError(
+                400,
+                f"Invalid request: request ({total}) exceeds text limit ({limit}): {where} nests its HTML "
+                f"elements so deep that its texts and its elements' own texts come to {total} characters, "
+                f"over {HTML_PIECES_PER_LIMIT} times the character limit",
+            )
+
+
 async def _translate_html(
     request: Request,
     state: ServiceState,
     texts: list[str],
+    batch: bool,
     sources: list[str],
     target: str,
     glossary: Glossary | None,
@@ -211,6 +234,7 @@ async def _translate_html(
     characters = sum(len(text) for text in texts)
     documents = await off_loop_if_long(characters, lambda: [HtmlDocument(text) for text in texts])
     pieces = [document.texts() for document in documents]
+    _check_html_pieces(pieces, batch, state.settings.char_limit)
     flat = [piece for own in pieces for piece in own]
     if not flat:
         return list(texts)
