@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import zipfile
 from collections.abc import Iterator
 
@@ -153,6 +154,16 @@ def test_a_file_over_the_character_limit_is_a_400_naming_it() -> None:
         files = {"file": ("long.txt", b"A man is playing a guitar. " * 10)}
         _error(small.post("/translate_file", data=EN_FR, files=files), 400, "exceeds text limit (100)",
                "MTSERVE_FILE_CHAR_LIMIT")  # fmt: skip
+
+
+def test_an_html_file_nested_so_deep_its_texts_would_fill_memory_is_a_400(client: TestClient) -> None:
+    """Each element's own text is translated too, so nested text counts once per level: these
+    900 KB would give 10¹⁰ characters. They are counted as they are made and stop at the limit."""
+    deep = ("<p>" + "<b>w " * 100_000 + "</b>" * 100_000 + "</p>").encode()
+    started = time.perf_counter()
+    r = client.post("/translate_file", data=EN_FR, files={"file": ("deep.html", deep)})
+    _error(r, 400, "exceeds text limit (200000)", "MTSERVE_FILE_CHAR_LIMIT")
+    assert time.perf_counter() - started < 10.0
 
 
 def _zip(entries: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:

@@ -18,7 +18,7 @@ from service.api.formats.errors import DocumentError
 from service.api.formats.opendocument import OpenDocument
 from service.api.formats.slides import Presentation
 from service.api.formats.word import WordDocument
-from service.api.markup import HtmlDocument
+from service.api.markup import HtmlDocument, TextLimitExceeded
 
 # The formats /translate_file takes, with the media type their translations are served as.
 MEDIA_TYPES = {  # in the order LibreTranslate's /frontend/settings lists them
@@ -78,14 +78,24 @@ class Document:
         else:
             raise DocumentError(f"file format {suffix} is not supported")
 
-    def texts(self) -> list[str]:
-        if self._package is not None:
-            return self._package.texts()
+    def texts(self, limit: int | None = None) -> list[str]:
+        """The texts to translate; with `limit`, TextLimitExceeded where they come to more characters.
+        HTML and EPUB count as they go: their elements' own texts repeat nested text, so that a
+        small file could give more than memory holds (service/api/markup.py)."""
+        if isinstance(self._package, Ebook):
+            return self._package.texts(limit)
         if self._html is not None:
-            return self._html.texts()
-        if self.suffix == ".srt":
-            return [cue.content for cue in self._cues]
-        return [self._plain]
+            return self._html.texts(limit)
+        if self._package is not None:
+            texts = self._package.texts()
+        elif self.suffix == ".srt":
+            texts = [cue.content for cue in self._cues]
+        else:
+            texts = [self._plain]
+        characters = sum(len(text) for text in texts)
+        if limit is not None and characters > limit:
+            raise TextLimitExceeded(characters)
+        return texts
 
     def render(self, translations: list[str]) -> bytes:
         if self._package is not None:

@@ -235,9 +235,18 @@ class Segment:
         return [self.text[start:end].strip() for start, end in self.spans]
 
     def texts(self) -> list[str]:
-        if not self.text.strip():
-            return []
-        return [self.text.strip(), *(inner for inner in self._inner() if inner)]
+        return list(self.iter_texts())
+
+    def iter_texts(self) -> Iterator[str]:
+        """texts(), one at a time: each span's text is made only when it is asked for."""
+        stripped = self.text.strip()
+        if not stripped:
+            return
+        yield stripped
+        for start, end in self.spans:
+            inner = self.text[start:end].strip()
+            if inner:
+                yield inner
 
     def translate(self, queue: Iterator[str]) -> tuple[str, list[tuple[int, int]]]:
         if not self.text.strip():
@@ -295,6 +304,15 @@ def runs_of(text: str, placed: list[tuple[T, int, int]]) -> list[tuple[str, T | 
     return out
 
 
+class TextLimitExceeded(ValueError):
+    """A document's texts come to more characters than the limit asked: `characters` of them when
+    counting stopped (at least that many)."""
+
+    def __init__(self, characters: int) -> None:
+        super().__init__(f"{characters} characters")
+        self.characters = characters
+
+
 class HtmlDocument:
     """Parse once, hand out the texts to translate, render with their translations."""
 
@@ -308,9 +326,21 @@ class HtmlDocument:
     def _segment(block: _Block) -> Segment:
         return Segment(block.text, [(i.start, i.end) for i in block.inlines])
 
-    def texts(self) -> list[str]:
-        """Each block's text (stripped), then each inline element's text, in document order."""
-        return [t for item in self.items if isinstance(item, _Block) for t in self._segment(item).texts()]
+    def texts(self, limit: int | None = None) -> list[str]:
+        """Each block's text (stripped), then each inline element's text, in document order. With
+        `limit`, TextLimitExceeded as soon as they come to more characters than that: an element's
+        text counts again for each element around it, so that 100,000 nested elements, 900 KB of
+        HTML, would give 10¹⁰ characters."""
+        out: list[str] = []
+        total = 0
+        for item in self.items:
+            if isinstance(item, _Block):
+                for text in self._segment(item).iter_texts():
+                    total += len(text)
+                    if limit is not None and total > limit:
+                        raise TextLimitExceeded(total)
+                    out.append(text)
+        return out
 
     def render(self, translations: list[str]) -> str:
         """The document with each text of texts() replaced by its translation."""

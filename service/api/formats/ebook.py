@@ -17,7 +17,7 @@ from lxml import etree
 
 from service.api.formats.archive import inside, open_archive
 from service.api.formats.errors import DocumentError
-from service.api.markup import HtmlDocument
+from service.api.markup import HtmlDocument, TextLimitExceeded
 
 _CONTAINER = "META-INF/container.xml"
 _XHTML = "application/xhtml+xml"
@@ -60,12 +60,25 @@ class Ebook:
             except UnicodeDecodeError:
                 raise DocumentError(f"file is not a valid EPUB: {name!r} is not UTF-8") from None
             self.documents[name] = HtmlDocument(text)
-        self._counts = {name: len(document.texts()) for name, document in self.documents.items()}
+        self._counts: dict[str, int] = {}  # texts per document, once texts() has made them
 
-    def texts(self) -> list[str]:
-        return [text for document in self.documents.values() for text in document.texts()]
+    def texts(self, limit: int | None = None) -> list[str]:
+        """Every document's texts in order; with `limit`, TextLimitExceeded past that many characters."""
+        out: list[str] = []
+        total = 0
+        for name, document in self.documents.items():
+            try:
+                own = document.texts(None if limit is None else limit - total)
+            except TextLimitExceeded as exc:
+                raise TextLimitExceeded(total + exc.characters) from None
+            self._counts[name] = len(own)
+            total += sum(len(text) for text in own)
+            out.extend(own)
+        return out
 
     def render(self, translations: list[str]) -> bytes:
+        if len(self._counts) != len(self.documents):
+            self.texts()
         start = 0
         rendered: dict[str, bytes] = {}
         for name, document in self.documents.items():

@@ -28,7 +28,7 @@ from service.api.errors import ApiError, guarded
 from service.api.files import FilesDirError
 from service.api.glossaries import resolve_glossary
 from service.api.lt_spec import libretranslate_spec
-from service.api.markup import HtmlDocument
+from service.api.markup import HtmlDocument, TextLimitExceeded
 from service.api.params import Params, read_params
 from service.api.schemas import (
     LtDetectRequest,
@@ -204,19 +204,22 @@ async def translate(request: Request, state: StateDep) -> JSONResponse:
 HTML_PIECES_PER_LIMIT = 4
 
 
-def _check_html_pieces(pieces: list[list[str]], batch: bool, char_limit: int) -> None:
-    if char_limit == -1:
-        return
-    for i, own in enumerate(pieces):
-        total, limit = sum(len(piece) for piece in own), HTML_PIECES_PER_LIMIT * char_limit
-        if total > limit:
+def _html_texts(documents: list[HtmlDocument], batch: bool, char_limit: int) -> list[list[str]]:
+    """Each document's texts, at most HTML_PIECES_PER_LIMIT character limits of them (400 past that)."""
+    limit = None if char_limit == -1 else HTML_PIECES_PER_LIMIT * char_limit
+    pieces = []
+    for i, document in enumerate(documents):
+        try:
+            pieces.append(document.texts(limit))
+        except TextLimitExceeded as exc:
             where = f"q[{i}]" if batch else "q"
             raise ApiError(
                 400,
-                f"Invalid request: request ({total}) exceeds text limit ({limit}): {where} nests its HTML "
-                f"elements so deep that its texts and its elements' own texts come to {total} characters, "
-                f"over {HTML_PIECES_PER_LIMIT} times the character limit",
-            )
+                f"Invalid request: request ({exc.characters}) exceeds text limit ({limit}): {where} nests its "
+                "HTML elements so deep that its texts and its elements' own texts come to more than "
+                f"{HTML_PIECES_PER_LIMIT} times the character limit",
+            ) from None
+    return pieces
 
 
 async def _translate_html(
@@ -233,8 +236,7 @@ async def _translate_html(
     waited for each in turn. Long texts are read and rebuilt in a worker thread."""
     characters = sum(len(text) for text in texts)
     documents = await off_loop_if_long(characters, lambda: [HtmlDocument(text) for text in texts])
-    pieces = [document.texts() for document in documents]
-    _check_html_pieces(pieces, batch, state.settings.char_limit)
+    pieces = _html_texts(documents, batch, state.settings.char_limit)
     flat = [piece for own in pieces for piece in own]
     if not flat:
         return list(texts)
@@ -356,14 +358,15 @@ async def translate_file(request: Request, state: StateDep) -> LtTranslateFileRe
         document = await asyncio.to_thread(Document, document_format(name), raw)
     except DocumentError as exc:
         raise ApiError(400, f"Invalid request: {exc}") from None
-    texts = document.texts()
-    characters, limit = sum(len(t) for t in texts), state.settings.file_char_limit
-    if limit != -1 and characters > limit:
+    limit = state.settings.file_char_limit
+    try:
+        texts = await asyncio.to_thread(document.texts, None if limit == -1 else limit)
+    except TextLimitExceeded as exc:
         raise ApiError(
             400,
-            f"Invalid request: request ({characters}) exceeds text limit ({limit}): "
+            f"Invalid request: request ({exc.characters}) exceeds text limit ({limit}): "
             "the file holds more characters than MTSERVE_FILE_CHAR_LIMIT allows",
-        )
+        ) from None
     texts = [scrub(t) for t in texts]
     language = source
     if source == "auto":
