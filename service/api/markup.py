@@ -456,7 +456,9 @@ class _Places:
         lower case where lowering keeps every character's offset (it does unless a character
         lowers to two, as İ does), else by a case-blind regular expression."""
         if ignore_case:
-            lowered = self._lowered.setdefault(target, target.lower())
+            if target not in self._lowered:
+                self._lowered[target] = target.lower()
+            lowered = self._lowered[target]
             if len(lowered) != len(target) or len(phrase.lower()) != len(phrase):
                 yield from (m.span() for m in re.finditer(re.escape(phrase), target, flags=re.IGNORECASE))
                 return
