@@ -236,7 +236,7 @@ async def _translate_html(
     waited for each in turn. Long texts are read and rebuilt in a worker thread."""
     characters = sum(len(text) for text in texts)
     documents = await off_loop_if_long(characters, lambda: [HtmlDocument(text) for text in texts])
-    pieces = _html_texts(documents, batch, state.settings.char_limit)
+    pieces = await off_loop_if_long(characters, lambda: _html_texts(documents, batch, state.settings.char_limit))
     flat = [piece for own in pieces for piece in own]
     if not flat:
         return list(texts)
