@@ -231,8 +231,9 @@ class Segment:
     def __init__(self, text: str, spans: list[tuple[int, int]]) -> None:
         self.text, self.spans = text, spans
 
-    def _inner(self) -> list[str]:
-        return [self.text[start:end].strip() for start, end in self.spans]
+    def _inner(self) -> Iterator[str]:
+        """Each span's own text, stripped (empty where it holds none), made only when asked for."""
+        return (self.text[start:end].strip() for start, end in self.spans)
 
     def texts(self) -> list[str]:
         return list(self.iter_texts())
@@ -243,10 +244,7 @@ class Segment:
         if not stripped:
             return
         yield stripped
-        for start, end in self.spans:
-            inner = self.text[start:end].strip()
-            if inner:
-                yield inner
+        yield from (inner for inner in self._inner() if inner)
 
     def translate(self, queue: Iterator[str]) -> tuple[str, list[tuple[int, int]]]:
         if not self.text.strip():
@@ -260,7 +258,7 @@ class Segment:
         if translation == source:  # nothing changed (same language, untranslatable): spans stay where they were
             return self.text, list(self.spans)
         placed: dict[int, tuple[int, int]] = {}
-        taken = _Places()
+        taken = _Places(translation)
         place_of: dict[tuple[int, int], tuple[int, int]] = {}  # source span -> its place in the translation
         for n in sorted(range(len(self.spans)), key=lambda k: (self.spans[k][0], -self.spans[k][1])):
             start, end = self.spans[n][0] - len(lead), self.spans[n][1] - len(lead)
@@ -391,22 +389,33 @@ def _locate(
     for candidate in (inner, inner_translation, _LEADING_ARTICLE.sub("", inner_translation or "")):
         if not candidate:
             continue
-        span = taken.first_fitting(candidate, target, candidate != inner, own)
+        span = taken.first_fitting(candidate, candidate != inner, own)
         if span is not None:
             return span
     return _proportional(source, target, start, end, own, taken)
 
 
 class _Places:
-    """The places of a block's elements in its translation, each non-empty, with the source span of
-    the element put there. They nest or are disjoint: so the markup stays well formed."""
+    """The places of a block's elements in its translation `target`, each non-empty, with the source
+    span of the element put there. They nest or are disjoint: so the markup stays well formed."""
 
-    def __init__(self) -> None:
+    def __init__(self, target: str) -> None:
+        self.target = target
         self._source: dict[tuple[int, int], tuple[int, int]] = {}
         self._by_start: list[tuple[int, int]] = []  # (start, end), sorted
         self._by_end: list[tuple[int, int]] = []  # (end, start), sorted
         self._searches: dict[tuple[str, bool], Iterator[tuple[int, int]]] = {}  # phrase, ignoring case -> its search
-        self._lowered: dict[str, str] = {}  # a translation in lower case, made once
+
+    @functools.cached_property
+    def _lowered(self) -> str:
+        return self.target.lower()
+
+    @functools.cached_property
+    def word_edges(self) -> tuple[list[int], list[int]]:
+        """The starts and the ends of the words of the translation, each ascending: made once per
+        block, not once per element placed in it."""
+        spans = [m.span() for m in _WORD.finditer(self.target)] or [(0, 0)]
+        return [a for a, _ in spans], [b for _, b in spans]
 
     def add(self, span: tuple[int, int], own: tuple[int, int]) -> None:
         """The element of source span `own` put at `span`; an empty span is no place: it nests with
@@ -433,36 +442,32 @@ class _Places:
             return False
         return not any(end > y for _, end in _strictly_between(self._by_start, x, y))  # begins inside, ends after
 
-    def first_fitting(
-        self, phrase: str, target: str, ignore_case: bool, own: tuple[int, int]
-    ) -> tuple[int, int] | None:
-        """The first occurrence of `phrase` in `target` (the block's translation, the same for every call)
-        where the element of source span `own` fits; None where none is left. Each phrase's search
-        goes on from where its last call stopped: an occurrence passed over stays unfit, since places
-        are only ever added, and the one returned becomes the caller's place. Started afresh each
-        time, a phrase that recurs (a link's "here", thousands of times) took the square of its count."""
+    def first_fitting(self, phrase: str, ignore_case: bool, own: tuple[int, int]) -> tuple[int, int] | None:
+        """The first occurrence of `phrase` in the translation where the element of source span `own`
+        fits; None where none is left. Each phrase's search goes on from where its last call stopped:
+        an occurrence passed over stays unfit, since places are only ever added, and the one returned
+        becomes the caller's place. Started afresh each time, a phrase that recurs (a link's "here",
+        thousands of times) took the square of its count."""
         key = (phrase, ignore_case)
         if key not in self._searches:
-            self._searches[key] = self._occurrences(phrase, target, ignore_case)
+            self._searches[key] = self._occurrences(phrase, ignore_case)
         for span in self._searches[key]:
             if self.fits(span, own):
                 return span
         return None
 
-    def _occurrences(self, phrase: str, target: str, ignore_case: bool) -> Iterator[tuple[int, int]]:
-        """The spans of `phrase` in `target`, left to right and not overlapping, found by `str.find`: a
+    def _occurrences(self, phrase: str, ignore_case: bool) -> Iterator[tuple[int, int]]:
+        """The spans of `phrase` in the translation, left to right and not overlapping, found by `str.find`: a
         regular expression of each phrase compiled in time proportional to its length, and deeply
         nested elements each have a phrase nearly as long as the block (64 s for 4,000 of them). In
         lower case where lowering keeps every character's offset (it does unless a character
         lowers to two, as İ does), else by a case-blind regular expression."""
+        target = self.target
         if ignore_case:
-            if target not in self._lowered:
-                self._lowered[target] = target.lower()
-            lowered = self._lowered[target]
-            if len(lowered) != len(target) or len(phrase.lower()) != len(phrase):
+            if len(self._lowered) != len(target) or len(phrase.lower()) != len(phrase):
                 yield from (m.span() for m in re.finditer(re.escape(phrase), target, flags=re.IGNORECASE))
                 return
-            target, phrase = lowered, phrase.lower()
+            target, phrase = self._lowered, phrase.lower()
         at = target.find(phrase)
         while at != -1:
             yield at, at + len(phrase)
@@ -472,14 +477,6 @@ class _Places:
 def _strictly_between(pairs: list[tuple[int, int]], low: int, high: int) -> list[tuple[int, int]]:
     """The pairs of sorted `pairs` whose first item lies strictly between `low` and `high`."""
     return pairs[bisect.bisect_right(pairs, (low, math.inf)) : bisect.bisect_left(pairs, (high, -math.inf))]
-
-
-@functools.lru_cache(maxsize=8)
-def _word_edges(target: str) -> tuple[list[int], list[int]]:
-    """The starts and the ends of the words of `target`, each ascending: made once per block's
-    translation, not once per element placed in it."""
-    spans = [m.span() for m in _WORD.finditer(target)] or [(0, 0)]
-    return [a for a, _ in spans], [b for _, b in spans]
 
 
 def _nearest(edges: list[int], position: float) -> int:
@@ -499,7 +496,7 @@ def _proportional(
     taken: _Places,
 ) -> tuple[int, int]:
     scale = len(target) / max(1, len(source))
-    starts, ends = _word_edges(target)
+    starts, ends = taken.word_edges
     if start == end:
         span = (_nearest(starts, start * scale),) * 2
     else:  # a paired element keeps at least one word inside it
