@@ -54,6 +54,11 @@ from service.runtime.text_tokenizer import load_text_tokenizer
 # within this many ranks.
 LEXICAL_RANKS = 96
 LOCAL_TOP_IDS = "top_ids.shortlist"
+# The blockwise top-k pays over a whole vocabulary; over a batch's union of shortlists (1,024
+# tokens for one sentence, about 2,900 for 128) one TopK costs about the same or less, and at
+# one sentence 6 µs a step less (docs/BENCHMARKS.md). The rewritten step takes one TopK up to
+# this width and the blocks beyond it (MTSERVE_SHORTLIST=off binds the whole vocabulary).
+PLAIN_TOP_K_WIDTH = 2048
 # On the committed model, a table from 19,000 pairs each way cost about 1 BLEU on val, from
 # 188,000 about 0.1 (docs/BENCHMARKS.md): fewer source sentences than this get a warning.
 FEW_SENTENCES = 100_000
@@ -209,6 +214,7 @@ def rewrite_output_layer(model: onnx.ModelProto, vocab_size: int) -> OutputLayer
     kept.append(remap)
     del graph.node[:]
     graph.node.extend(kept)
+    _top_k_by_width(graph)
 
     dim = weight.shape[1 - axis]
     weight_shape: list[int | str] = ["shortlist", dim] if axis == 0 else [dim, "shortlist"]
@@ -225,14 +231,14 @@ def rewrite_output_layer(model: onnx.ModelProto, vocab_size: int) -> OutputLayer
         if output.name == "log_probs":
             output.type.tensor_type.shape.dim[1].ClearField("dim_value")
             output.type.tensor_type.shape.dim[1].dim_param = "shortlist"
-    used = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
+    used = _read_names(graph) | {o.name for o in graph.output}
     initializers = {i.name for i in graph.initializer}
     dead_casts = [
         n for n in graph.node if n.op_type == "Cast" and n.input[0] in initializers and n.output[0] not in used
     ]
     for node in dead_casts:
         graph.node.remove(node)
-    used = {name for n in graph.node for name in n.input}
+    used = _read_names(graph)
     for init in [i for i in graph.initializer if i.name not in used]:
         graph.initializer.remove(init)
     return OutputLayer(weight, axis, None if scale is None else scale.astype(np.float32), bias, block, k_blocks)
@@ -265,6 +271,68 @@ def _retarget_top_k(
         raise ShortlistError("the decoder step has no blockwise top_ids")
     top_ids.output[0] = LOCAL_TOP_IDS
     return block, int(k_blocks.reshape(-1)[0])
+
+
+def _top_k_by_width(graph: onnx.GraphProto) -> None:
+    """Put the blockwise top-k (log_probs -> top_log_probs, LOCAL_TOP_IDS) in the else branch of an
+    If whose then branch is one TopK over log_probs, taken while the bound shortlist is at most
+    PLAIN_TOP_K_WIDTH wide. Both rank equal scores by the lower position."""
+    producers = {out: node for node in graph.node for out in node.output}
+    outputs = ["top_log_probs", LOCAL_TOP_IDS]
+    chain: dict[int, onnx.NodeProto] = {}
+    pending = list(outputs)
+    while pending:
+        node = producers.get(pending.pop())
+        if node is not None and node.output[0] != "log_probs" and id(node) not in chain:
+            chain[id(node)] = node
+            pending.extend(node.input)
+    made = {out for node in chain.values() for out in node.output} - set(outputs)
+    outside = [n for n in graph.node if id(n) not in chain and made & set(n.input)]
+    final = producers.get("top_log_probs")
+    reads_scores = any("log_probs" in node.input for node in chain.values())
+    if outside or final is None or final.op_type != "TopK" or not reads_scores:
+        raise ShortlistError("the decoder step's top-k is not a chain of its own from log_probs")
+    k = final.input[1]
+    renamed = {name: f"blocks.{name}" for name in outputs}
+    for node in chain.values():
+        node.output[:] = [renamed.get(name, name) for name in node.output]
+        node.input[:] = [renamed.get(name, name) for name in node.input]
+
+    def branch(name: str, nodes: list[onnx.NodeProto], results: list[str]) -> onnx.GraphProto:
+        declared = [helper.make_tensor_value_info(results[0], TensorProto.FLOAT, ["batch", "top_k"]),
+                    helper.make_tensor_value_info(results[1], TensorProto.INT64, ["batch", "top_k"])]  # fmt: skip
+        return helper.make_graph(nodes, name, [], declared)
+
+    in_order = [n for n in graph.node if id(n) in chain]
+    plain = ["plain.top_log_probs", "plain.top_ids"]
+    one_top_k = helper.make_node("TopK", ["log_probs", k], plain, name="shortlist.top_k", axis=-1)
+    width = "shortlist.width"
+    graph.initializer.append(numpy_helper.from_array(np.array([PLAIN_TOP_K_WIDTH], np.int64), "plain_top_k_width"))
+    choose = [
+        helper.make_node("Shape", ["log_probs"], ["shortlist.columns"], name="shortlist.columns", start=1, end=2),
+        helper.make_node("LessOrEqual", ["shortlist.columns", "plain_top_k_width"], [width], name=width),
+        helper.make_node(
+            "If", [width], outputs, name="shortlist.top_k_by_width",
+            then_branch=branch("one_top_k", [one_top_k], plain),
+            else_branch=branch("blockwise_top_k", in_order, [renamed[o] for o in outputs]),
+        ),
+    ]  # fmt: skip
+    first = next(i for i, n in enumerate(graph.node) if id(n) in chain)
+    kept = [n for n in graph.node if id(n) not in chain]
+    kept[first:first] = choose
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
+def _read_names(graph: onnx.GraphProto) -> set[str]:
+    """Every name a node reads, in the graph and in its nodes' branches."""
+    names: set[str] = set()
+    for node in graph.node:
+        names.update(node.input)
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                names |= _read_names(attribute.g)
+    return names
 
 
 def _checked_tokens(pairs: Iterable[tuple[Sequence[int], Sequence[int]]], vocab_size: int) -> Iterable[

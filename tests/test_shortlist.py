@@ -12,10 +12,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 
+from export.shortlist import PLAIN_TOP_K_WIDTH
 from service.cli import main
 from service.conventions import EOS_ID
+from service.graphs import DECODER_TOP_K
 from service.manifest import MANIFEST_FILE, ModelFileError
 from service.runtime.beam import DecodeOptions, Hypothesis, beam_search
 from service.runtime.beside import HELPER_THREAD_NAME, Beside
@@ -248,6 +252,36 @@ def test_with_the_shortlist_off_a_model_decodes_exactly_as_without_one(
         steps.append(model.decode_step(np.asarray([[TAG["fr"]]]), mask, cache, model.encode(ids, mask).cross))
     assert steps[0].shape == steps[1].shape == (1, plain.manifest.vocab_size)
     assert np.allclose(steps[0], steps[1], atol=1e-5)
+
+
+def test_the_steps_top_k_ranks_as_one_stable_sort_on_either_side_of_its_width(models: tuple[Path, Path]) -> None:
+    """The rewritten step takes one TopK up to PLAIN_TOP_K_WIDTH columns and the blockwise one beyond:
+    both give the best DECODER_TOP_K of each row, equal scores by the lower position."""
+    step = onnx.load(str(models[1] / "decoder_step.onnx"))
+    choice = ("shortlist.columns", "shortlist.width", "shortlist.top_k_by_width")
+    nodes = [n for n in step.graph.node if n.name in choice]
+    assert [n.name for n in nodes] == list(choice)
+    reads: set[str] = set()
+    for node in nodes:
+        reads.update(node.input)
+        for attribute in node.attribute:
+            reads.update(name for inner in attribute.g.node for name in inner.input)
+    top_k = onnx.helper.make_graph(
+        nodes, "top_k", [onnx.helper.make_tensor_value_info("log_probs", onnx.TensorProto.FLOAT, ["rows", "width"])],
+        [onnx.helper.make_tensor_value_info("top_log_probs", onnx.TensorProto.FLOAT, ["rows", DECODER_TOP_K]),
+         onnx.helper.make_tensor_value_info("top_ids.shortlist", onnx.TensorProto.INT64, ["rows", DECODER_TOP_K])],
+        [i for i in step.graph.initializer if i.name in reads],
+    )  # fmt: skip
+    session = ort.InferenceSession(onnx.helper.make_model(top_k, opset_imports=step.opset_import).SerializeToString())
+    rng = np.random.default_rng(0)
+    block = int(np.load(models[1] / "output_layer.npz")["block"])
+    for width in (16 * block, -(-(PLAIN_TOP_K_WIDTH + 1) // block) * block):  # the shortest blockwise, the first past
+        scores = rng.integers(-6, 0, (7, width)).astype(np.float32)  # many equal scores in every row
+        scores[3, :] = -1.0  # a row of one score: the first positions
+        values, positions = session.run(None, {"log_probs": scores})
+        expected = np.stack([np.lexsort((np.arange(width), -row))[:DECODER_TOP_K] for row in scores])
+        assert np.array_equal(positions, expected), width
+        assert np.array_equal(values, np.take_along_axis(scores, expected, axis=1))
 
 
 def test_a_shortlist_is_refused_where_it_cannot_work(exported_int8: Path, tiny_data_dir: Path, tmp_path: Path) -> None:
