@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import json
 import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from service.api import glossaries
 from service.api.app import create_app
+from service.api.glossaries import OFF_LOOP_CHARS, OFF_LOOP_ENTRIES
 from service.api.settings import Settings
-from service.runtime.glossary import MAX_FILE_ENTRIES, GlossaryError, build_glossary, load_glossary_dir
+from service.runtime.glossary import MAX_FILE_ENTRIES, Glossary, GlossaryError, build_glossary, load_glossary_dir
 from service.runtime.protect import protect, restore
 
 EN_FR = {"source": "en", "target": "fr"}
@@ -138,6 +143,42 @@ def test_html_and_the_native_api_take_glossaries(client: TestClient) -> None:
     assert r.status_code == 200 and "toutou" in r.json()["translations"][0]["text"]
     r = client.post("/v1/translate", json={"texts": ["A cat runs."], "glossary": "animals", **EN_FR})
     assert "matou" in r.json()["translations"][0]["text"]
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def test_a_long_request_glossary_is_built_off_the_event_loop_and_once(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[bool] = []  # per glossary built: whether on the event loop
+    real = build_glossary
+
+    def recorded(*args: Any, **kwargs: Any) -> Glossary:
+        built.append(_on_event_loop())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(glossaries, "build_glossary", recorded)
+    many = [*TERMS, *({"source": f"word{i}x", "target": f"mot{i}x"} for i in range(2 * OFF_LOOP_ENTRIES))]
+    assert len(json.dumps(many)) > OFF_LOOP_CHARS
+    sent = (
+        ("/translate", {"json": {"q": "A dog runs.", "glossary": many, **EN_FR}}),
+        ("/translate", {"data": {"q": "A dog runs.", "glossary": json.dumps(many), **EN_FR}}),
+        ("/v1/translate", {"json": {"texts": ["A dog runs."], "glossary": many, **EN_FR}}),
+    )
+    for route, body in sent:
+        r = client.post(route, **body)
+        assert r.status_code == 200 and "toutou" in r.text
+    assert built == [False]  # built once, in a worker thread: the same entries again are the same glossary
+    one = [{"source": "cat", "target": "minet"}]
+    r = client.post("/translate", json={"q": "A cat runs.", "glossary": one, **EN_FR})
+    assert r.status_code == 200 and "minet" in r.json()["translatedText"]
+    assert built == [False, True]  # a short one costs less than the hand-off
 
 
 def test_glossary_limits_are_4xx_naming_the_limit(client: TestClient) -> None:

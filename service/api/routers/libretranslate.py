@@ -26,7 +26,7 @@ from service.api.documents import (
 )
 from service.api.errors import ApiError, guarded
 from service.api.files import FilesDirError
-from service.api.glossaries import resolve_glossary
+from service.api.glossaries import resolve_glossary_off_loop
 from service.api.lt_spec import libretranslate_spec
 from service.api.markup import HtmlDocument, TextLimitExceeded
 from service.api.params import Params, read_params
@@ -170,7 +170,7 @@ async def translate(request: Request, state: StateDep) -> JSONResponse:
     if text_format not in ("text", "html"):
         raise ApiError(400, f"{text_format} format is not supported")
     alternatives = _alternatives(params, state)
-    glossary = resolve_glossary(params.get("glossary"), state.glossaries)
+    glossary = await resolve_glossary_off_loop(params.get("glossary"), state.glossaries)
 
     if source != "auto":
         _check_directions(languages, [source], target)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 
 from service.api.access import admit, bearer_token
 from service.api.errors import ApiError, guarded
-from service.api.glossaries import resolve_glossary
+from service.api.glossaries import resolve_glossary_off_loop
 from service.api.models import Requested
 from service.api.residency import ModelUnavailable
 from service.api.schemas import (
@@ -71,7 +71,7 @@ async def translate(body: TranslateRequest, request: Request, state: StateDep) -
         length_penalty=body.length_penalty,
         max_length=body.max_length,
         repetition_guard=body.repetition_guard,
-        glossary=resolve_glossary(
+        glossary=await resolve_glossary_off_loop(
             body.glossary if isinstance(body.glossary, str) or body.glossary is None
             else [e.model_dump() for e in body.glossary],
             state.glossaries, status=422,
