@@ -54,10 +54,11 @@ from service.runtime.text_tokenizer import load_text_tokenizer
 # within this many ranks.
 LEXICAL_RANKS = 96
 LOCAL_TOP_IDS = "top_ids.shortlist"
-# The blockwise top-k pays over a whole vocabulary; over a batch's union of shortlists (1,024
-# tokens for one sentence, about 2,900 for 128) one TopK costs about the same or less, and at
-# one sentence 6 µs a step less (docs/BENCHMARKS.md). The rewritten step takes one TopK up to
-# this width and the blocks beyond it (MTSERVE_SHORTLIST=off binds the whole vocabulary).
+# The blockwise top-k pays over a whole vocabulary. Over a shortlist of up to about 2,000 columns
+# (one sentence's 1,024, the union of 32 sentences' 1,856) one TopK costs less: 6 µs of a step of
+# one sentence; from about 3,000 columns on, at tens of rows, more (docs/BENCHMARKS.md). The
+# rewritten step takes one TopK up to this width and the blocks beyond it (MTSERVE_SHORTLIST=off
+# binds the whole vocabulary).
 PLAIN_TOP_K_WIDTH = 2048
 # On the committed model, a table from 19,000 pairs each way cost about 1 BLEU on val, from
 # 188,000 about 0.1 (docs/BENCHMARKS.md): fewer source sentences than this get a warning.
@@ -303,7 +304,7 @@ def _top_k_by_width(graph: onnx.GraphProto) -> None:
                     helper.make_tensor_value_info(results[1], TensorProto.INT64, ["batch", "top_k"])]  # fmt: skip
         return helper.make_graph(nodes, name, [], declared)
 
-    in_order = [n for n in graph.node if id(n) in chain]
+    blockwise = [n for n in graph.node if id(n) in chain]  # in the order they ran
     plain = ["plain.top_log_probs", "plain.top_ids"]
     one_top_k = helper.make_node("TopK", ["log_probs", k], plain, name="shortlist.top_k", axis=-1)
     width = "shortlist.width"
@@ -314,7 +315,7 @@ def _top_k_by_width(graph: onnx.GraphProto) -> None:
         helper.make_node(
             "If", [width], outputs, name="shortlist.top_k_by_width",
             then_branch=branch("one_top_k", [one_top_k], plain),
-            else_branch=branch("blockwise_top_k", in_order, [renamed[o] for o in outputs]),
+            else_branch=branch("blockwise_top_k", blockwise, [renamed[o] for o in outputs]),
         ),
     ]  # fmt: skip
     first = next(i for i, n in enumerate(graph.node) if id(n) in chain)
