@@ -60,15 +60,25 @@ def protect(text: str, glossary: Glossary | None = None) -> Protected:
     return Protected(pattern.sub(swap, text), spans)
 
 
+# Any placeholder as the model may write it back, its hyphen spaced ("QK - 2834").
+_PLACED = re.compile(rf"({'|'.join(sorted({code.split('-')[0] for code in _CODES}))})\s*-\s*(\d+)(?!\d)")
+
+
 def restore(translation: str, spans: list[str]) -> str:
-    """Put each span back where its placeholder came out; append any the model dropped."""
-    missing = []
-    for i, span in enumerate(spans):
-        code, number = placeholder(i).split("-")
-        pattern = re.compile(rf"{code}\s*-\s*{number}(?!\d)")  # the model may space the hyphen
-        translation, found = pattern.subn(span.replace("\\", "\\\\"), translation, count=1)  # literal, no group refs
-        if not found:
-            missing.append(span)
+    """Put each span back where its placeholder first came out, in one pass over the translation
+    (a span's own text is never read again); append any the model dropped."""
+    index = {tuple(placeholder(i).split("-")): i for i in range(len(spans))}
+    placed: set[int] = set()
+
+    def put_back(match: re.Match[str]) -> str:
+        i = index.get((match.group(1), match.group(2)))
+        if i is None or i in placed:
+            return match.group(0)
+        placed.add(i)
+        return spans[i]
+
+    translation = _PLACED.sub(put_back, translation)
+    missing = [span for i, span in enumerate(spans) if i not in placed]
     if missing:
         translation = f"{translation.rstrip()} {' '.join(missing)}".strip()
     return translation
