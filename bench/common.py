@@ -4,8 +4,11 @@ translator per model directory given, and batches decoded one after another or s
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import http.client
 import json
+import shutil
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +26,39 @@ from service.runtime.translator import Translator
 
 Decode = Callable[[list[list[int]]], list[list[int]]]  # one batch of source ids -> each one's best target ids
 DecodeAll = Callable[[list[list[list[int]]]], list[list[list[int]]]]  # every batch -> each one's outputs
+
+
+# What an exported or converted model in a benchmark's work directory is made by: the checkpoint's
+# files and the code that writes graphs or converts them.
+MAKERS = ("export", "model", "service/graphs.py", "bench/ct2_convert.py")
+MADE_FROM_FILE = "made_from.txt"
+
+
+@functools.cache
+def made_from(checkpoint: Path, *options: object) -> str:
+    """A digest of what a model made from `checkpoint` with `options` depends on (MAKERS)."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256(repr(options).encode())
+    sources = sorted(f for maker in MAKERS for f in ((root / maker).rglob("*.py") if (root / maker).is_dir()
+                                                     else [root / maker]))  # fmt: skip
+    for path in [*sources, *sorted(f for f in checkpoint.iterdir() if f.is_file())]:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def reusable(directory: Path, digest: str, marker: str) -> bool:
+    """Whether `directory` holds a model (its file `marker`) made from `digest` (made_from); one made
+    from anything else is removed, so that code changed since a run is never measured stale."""
+    stamp = directory / MADE_FROM_FILE
+    if (directory / marker).is_file() and stamp.is_file() and stamp.read_text().strip() == digest:
+        return True
+    shutil.rmtree(directory, ignore_errors=True)
+    return False
+
+
+def mark_made(directory: Path, digest: str) -> None:
+    (directory / MADE_FROM_FILE).write_text(digest + "\n")
 
 
 def in_streams(decode: Decode, streams: int) -> DecodeAll:

@@ -79,11 +79,12 @@ GRAPHS = "mtserve-graphs"
 def prepare(
     model: Path, work: Path, data_dir: str | None, calibrated: bool, shortlist: int = 0
 ) -> dict[tuple[str, str], Path]:
-    """Model directories by (engine, precision); an earlier run's in `work` are reused. With
+    """Model directories by (engine, precision); an earlier run's in `work` are reused where made from
+    the same checkpoint and code (bench/common.py's `made_from`), and made again where not. With
     `calibrated`, this runtime's int8 graphs have calibrated activation scales; with `shortlist`,
     this runtime's graphs have an output shortlist of that size (`mtserve shortlist`), and
     CTranslate2's int8 model a vocabulary map from the same table (("ctranslate2-vmap", "int8"))."""
-    from bench.common import bench_data, test_pairs
+    from bench.common import bench_data, made_from, mark_made, reusable, test_pairs
     from bench.ct2_convert import convert, vmap_from_shortlist
     from export.calibrate import CALIBRATION_PAIRS
     from export.exporter import export_model
@@ -95,7 +96,8 @@ def prepare(
     for precision in ("int8", "fp32"):
         calibrate = calibrated and precision == "int8"
         ours, theirs = work / (f"{precision}-calibrated" if calibrate else precision), work / f"ct2-{precision}"
-        if not (ours / "manifest.json").is_file():
+        digest = made_from(model, precision, calibrate)
+        if not reusable(ours, digest, "manifest.json"):
             resolved = corpus.resolve_data_dir(data_dir)
             held = corpus.held_sentences(data, resolved)
             text = [s for _, s in corpus.monolingual_sentences(data, resolved, held)]
@@ -103,22 +105,26 @@ def prepare(
             calibration = corpus.first_pairs_by_language(data, resolved, held, CALIBRATION_PAIRS)
             export_model(model, ours, text, precision, test_pairs(data_dir)[0][:200], calibration_text=calibration,
                          constant_scales=calibrate)  # fmt: skip
+            mark_made(ours, digest)
         if shortlist:
-            listed = ours.with_name(f"{ours.name}-shortlist{shortlist}")
-            if not (listed / "manifest.json").is_file():
-                shutil.rmtree(listed, ignore_errors=True)
+            listed, digest = ours.with_name(f"{ours.name}-shortlist{shortlist}"), made_from(model, digest, shortlist)
+            if not reusable(listed, digest, "manifest.json"):
                 shutil.copytree(ours, listed)
                 shortlist_from_text(listed, config_pairs(data, corpus.resolve_data_dir(data_dir)), shortlist)
+                mark_made(listed, digest)
             ours = listed
-        if not (theirs / "model.bin").is_file():
+        converted = made_from(model, "ctranslate2", precision)
+        if not reusable(theirs, converted, "model.bin"):
             convert(model, theirs, None if precision == "fp32" else "int8")
+            mark_made(theirs, converted)
         dirs[("mtserve", precision)], dirs[("ctranslate2", precision)] = ours, theirs
         if shortlist and precision == "int8":
-            mapped = work / f"ct2-int8-vmap{shortlist}"
-            if not (mapped / "model.bin").is_file():
+            mapped, converted = work / f"ct2-int8-vmap{shortlist}", made_from(model, "ctranslate2-vmap", digest)
+            if not reusable(mapped, converted, "model.bin"):
                 vmap = vmap_from_shortlist(ours, data.directions[0][1], work / f"vmap{shortlist}.txt", shortlist,
                                            bench_sources(model, data_dir))  # fmt: skip
                 convert(model, mapped, "int8", vmap=vmap)
+                mark_made(mapped, converted)
             dirs[("ctranslate2-vmap", precision)] = mapped
     return dirs
 

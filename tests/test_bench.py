@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from bench.common import made_from, mark_made, reusable
 from bench.engines import TextbookDecoder
 from bench.perturbed_bleu import perturbed_copy
 from export.quantize import WEIGHT_MAX
@@ -150,3 +151,21 @@ def test_perturbed_copies_move_every_product_weight_within_its_share_of_a_step(
     for key, value in original.state_dict().items():
         if not (key.endswith(".weight") and key.split(".")[0] in ("encoder", "decoder") and value.dim() == 2):
             assert torch.equal(copies[1][key], value.half().float()), key
+
+
+def test_a_benchmarks_model_in_its_work_directory_is_made_again_once_what_made_it_changes(tmp_path: Path) -> None:
+    checkpoint, made = tmp_path / "checkpoint", tmp_path / "int8"
+    checkpoint.mkdir()
+    (checkpoint / "model.pt").write_bytes(b"weights")
+    made.mkdir()
+    (made / "manifest.json").write_text("{}")
+    digest = made_from(checkpoint, "int8")
+    assert not reusable(made, digest, "manifest.json") and not made.exists()  # an earlier run's, unmarked
+    made.mkdir()
+    (made / "manifest.json").write_text("{}")
+    mark_made(made, digest)
+    assert reusable(made, digest, "manifest.json")
+    assert made_from(checkpoint, "fp32") != digest
+    (checkpoint / "model.pt").write_bytes(b"retrained")
+    made_from.cache_clear()
+    assert not reusable(made, made_from(checkpoint, "int8"), "manifest.json") and not made.exists()
