@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api import errors
+from service.api.heap import freeze_long_lived, thaw
 from service.api.metrics import Metrics
 from service.api.middleware import RequestContextMiddleware
 from service.api.routers import libretranslate, native, ops, web
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None, start_gate: Callable[[], Awaita
         await warm_up(state)
         if start_gate is not None:
             await start_gate()
+        freeze_long_lived()
         state.ready = True
         log.info(
             "ready in %.2f s: model %s (sha %s), %d batch workers, %d intra-op threads, batch budget %d tokens",
@@ -70,6 +72,7 @@ def create_app(settings: Settings | None = None, start_gate: Callable[[], Awaita
                 log.warning("drain period (%.0f s) ended with work still queued", settings.drain_s)
             await state.scheduler.stop()
             state.files.close()
+            thaw()
 
     app = FastAPI(
         title="mtserve",

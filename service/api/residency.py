@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
+from service.api.heap import collect_released
 from service.api.metrics import Metrics
 from service.api.models import Installed, ModelSet, ServedModel
 from service.api.scheduler import Scheduler
@@ -217,7 +217,7 @@ class Residency:
         self.scheduler.translators.pop(name, None)
         slot.model = None
         self._recent.pop(name, None)
-        gc.collect()
+        collect_released()
         trim_heap()
         self.metrics.unloads.labels(name).inc()
         self.metrics.models_loaded.set(len(self.loaded()))
