@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from model import corpus
 from model.data_config import DataConfig
 from model.train_config import load_config
-from service.manifest import DEFAULT_MODEL_DIR
+from service.manifest import DEFAULT_MODEL_DIR, sha256_file
 from service.runtime.beam import DecodeOptions, Hypothesis
 from service.runtime.translator import Translator
 
@@ -35,16 +35,18 @@ MADE_FROM_FILE = "made_from.txt"
 
 
 @functools.cache
-def made_from(checkpoint: Path, *options: object) -> str:
-    """A digest of what a model made from `checkpoint` with `options` depends on (MAKERS)."""
+def makers_digest(checkpoint: Path) -> str:
+    """A digest of the checkpoint's files and of MAKERS' code: read once a process, whatever the options."""
     root = Path(__file__).resolve().parent.parent
-    digest = hashlib.sha256(repr(options).encode())
     sources = sorted(f for maker in MAKERS for f in ((root / maker).rglob("*.py") if (root / maker).is_dir()
                                                      else [root / maker]))  # fmt: skip
-    for path in [*sources, *sorted(f for f in checkpoint.iterdir() if f.is_file())]:
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
+    files = [*sources, *sorted(f for f in checkpoint.iterdir() if f.is_file())]
+    return hashlib.sha256("".join(f"{path.name} {sha256_file(path)}\n" for path in files).encode()).hexdigest()
+
+
+def made_from(checkpoint: Path, *options: object) -> str:
+    """A digest of what a model made from `checkpoint` with `options` depends on (MAKERS)."""
+    return hashlib.sha256(f"{makers_digest(checkpoint)} {options!r}".encode()).hexdigest()
 
 
 def reusable(directory: Path, digest: str, marker: str) -> bool:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.common import made_from, mark_made, reusable
+from bench.common import made_from, makers_digest, mark_made, reusable
 from bench.engines import TextbookDecoder
 from bench.perturbed_bleu import perturbed_copy
 from export.quantize import WEIGHT_MAX
@@ -167,5 +167,5 @@ def test_a_benchmarks_model_in_its_work_directory_is_made_again_once_what_made_i
     assert reusable(made, digest, "manifest.json")
     assert made_from(checkpoint, "fp32") != digest
     (checkpoint / "model.pt").write_bytes(b"retrained")
-    made_from.cache_clear()
+    makers_digest.cache_clear()
     assert not reusable(made, made_from(checkpoint, "int8"), "manifest.json") and not made.exists()
