@@ -15,7 +15,17 @@ from model.corpus import read_lines
 from service.conventions import EOS_ID
 from service.manifest import DEFAULT_MODEL_DIR
 from service.runtime import native
-from service.runtime.beam import COMMITTED, DecodeOptions, Hypothesis, _Grid, _ranked_candidates, beam_search
+from service.runtime.beam import (
+    COMMITTED,
+    LOOP_WINDOW,
+    DecodeOptions,
+    Hypothesis,
+    _Ahead,
+    _Grid,
+    _ranked_candidates,
+    beam_search,
+    runaway,
+)
 from service.runtime.sessions import OnnxModel
 from tests.conftest import TAG
 
@@ -52,6 +62,7 @@ class _Counted:
 
     def __init__(self, module: ModuleType) -> None:
         self.module, self.common, self.calls, self.ending, self.committed = module, 0, 0, 0, 0
+        self.loops, self.looped, self.kept = 0, 0, 0  # common_steps: calls, steps taken, rows ended there
 
     def select_common(self, *args: object) -> tuple[int, int]:
         status, ended = self.module.select_common(*args)
@@ -63,6 +74,13 @@ class _Counted:
 
     def reorder_history(self, *args: object) -> None:
         self.module.reorder_history(*args)
+
+    def common_steps(self, *args: object) -> tuple[int, int, int, int]:
+        committed, ran, length, kept = self.module.common_steps(*args)
+        self.loops += 1
+        self.looped += committed
+        self.kept += kept
+        return int(committed), int(ran), int(length), int(kept)
 
 
 @pytest.mark.parametrize("model_name", ["committed", "tiny"])
@@ -91,7 +109,10 @@ def test_the_common_step_in_c_chooses_as_numpy(
             assert in_c == in_numpy, (options, batch)
     assert counted.common > 0.5 * counted.calls > 0
     assert counted.ending > 0  # steps where rows end were taken in C too
-    assert counted.committed > 0.3 * counted.calls  # and most common ones committed there (OnnxModel.step_again)
+    # Most steps were taken in C's own loop (OnnxModel.common_steps), rows that ended among them.
+    steps = counted.calls + counted.looped
+    assert counted.looped > 0.3 * steps and counted.kept > 0
+    assert counted.committed + counted.looped > 0.5 * steps
 
 
 def _outputs(n: int, k: int, length: int) -> tuple[np.ndarray, ...]:
@@ -232,3 +253,137 @@ def test_the_c_gather_refuses_ids_outside_the_rows_and_mismatched_arrays(c_step:
         c_step.take_columns(rows, np.array([0, 1]), np.empty((2, 4), np.int8))
     with pytest.raises(TypeError, match="out"):
         c_step.take_columns(rows, np.array([0, 1]), np.empty((4, 2), np.float32))
+
+
+class _ScriptedGraph:
+    """A decoder step's run for common_steps: each call writes the next step's candidates into the
+    bound outputs, as the graph would, and may move the process's census after a given call."""
+
+    def __init__(self, steps: list[tuple[np.ndarray, np.ndarray]], ids: np.ndarray, log_probs: np.ndarray) -> None:
+        self.steps, self.ids, self.log_probs, self.calls = steps, ids, log_probs, 0
+        self.census, self.move_census_at = np.zeros(1, np.int64), 0
+
+    def __call__(self, binding: object) -> None:
+        ids, log_probs = self.steps[self.calls]
+        self.ids[:], self.log_probs[:] = ids, log_probs
+        self.calls += 1
+        if self.calls == self.move_census_at:
+            self.census[0] += 1
+
+
+def _candidates(rng: np.random.Generator, rows: int, eos_rows: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """One step's four best candidates per row, best first: distinct ids, EOS first in `eos_rows`."""
+    ids = np.stack([rng.choice(np.arange(10, 60), 4, replace=False) for _ in range(rows)]).astype(np.int64)
+    ids[list(eos_rows), 0] = 2
+    log_probs = np.sort(-rng.random((rows, 4)), axis=1)[:, ::-1].astype(np.float32)
+    return ids, log_probs
+
+
+def test_the_c_loop_takes_steps_as_the_search_would_and_stops_where_it_says(c_step: ModuleType) -> None:
+    """common_steps against select_common called step by step (the search's own loop): the same
+    histories, scores, cache history, next ids and ended rows; it stops before a run once the census
+    moves, after a step whose sentence would reach K endings (run, not taken), and at a full cache."""
+    n, k, eos, capacity = 2, 2, 2, 9
+    rows = n * k
+    rng = np.random.default_rng(3)
+    # Steps 0-2 go on; at step 3 sentence 0's first beam ends (1 of K); at step 5 both of its beams do.
+    script = [_candidates(rng, rows, {3: (0,), 5: (0, 1)}.get(step, ())) for step in range(8)]
+
+    def fresh() -> dict[str, np.ndarray]:
+        history = np.zeros((rows, capacity), np.int32)
+        history[:, :2] = np.arange(k)[None, :].repeat(n, 0).reshape(rows, 1)
+        return {
+            "history": history, "next_ids": np.full((rows, 1), 7, np.int64), "position": np.zeros((), np.int32),
+            "top_ids": np.zeros((rows, 4), np.int64), "top_log_probs": np.zeros((rows, 4), np.float32),
+            "hist": np.array([[11, 12], [11, 13], [21, 22], [21, 23]], np.int64), "scores": -np.ones((n, k)),
+        }  # fmt: skip
+
+    # The search's own loop, one step at a time: run, advance, select_common committing, endings kept.
+    want, finished, kept, taken = fresh(), [0] * n, [], 0
+    hist, scores, length = want["hist"], want["scores"], 2
+    for step in range(len(script)):
+        want["top_ids"][:], want["top_log_probs"][:] = script[step]
+        want["history"][:, length] = np.tile(np.arange(k), n)
+        length += 1
+        outputs = _outputs(n, k, hist.shape[1])
+        status, ended = c_step.select_common(want["top_ids"], want["top_log_probs"], scores, hist, k, eos, 0,
+                                             *outputs, want["history"], length, want["next_ids"])  # fmt: skip
+        next_rows, last, next_scores, next_hist, ended_rows, ended_scores, ended_sentences = outputs
+        sentences = ended_sentences[:ended].tolist()
+        if status == 0 or any(finished[s] + sentences.count(s) >= k for s in set(sentences)):
+            break
+        if status == 1:  # rows ended: the search takes the step and commits it itself
+            c_step.reorder_history(want["history"], next_rows, k, length)
+            want["next_ids"][:, 0] = last
+        for s, row, score in zip(sentences, ended_rows[:ended].tolist(), ended_scores[:ended].tolist(), strict=True):
+            finished[s] += 1
+            kept.append((s, score, hist[row].tolist()))
+        hist, scores, taken = next_hist, next_scores, taken + 1
+    assert taken == 5 and len(kept) == 1  # steps 0-4; sentence 0 would reach K endings at step 5
+
+    ahead = _Ahead(n, k, 10)  # room for 8 steps after 2 tokens
+    for move_census_at, steps, expect_taken, expect_ran in ((0, 8, 5, 1), (2, 8, 2, 0), (0, 3, 3, 0), (0, 6, 5, 1)):
+        got = fresh()
+        graph = _ScriptedGraph(script, got["top_ids"], got["top_log_probs"])
+        graph.move_census_at = move_census_at
+        selection = ahead.selection(eos, 0, got["hist"], got["scores"], [0] * n)
+        committed, ran, got_length, got_kept = c_step.common_steps(
+            graph, None, steps, graph.census, 0, got["position"], got["top_ids"], got["top_log_probs"],
+            got["history"], got["next_ids"], 2, *selection,
+        )  # fmt: skip
+        assert (committed, ran) == (expect_taken, expect_ran), move_census_at
+        assert graph.calls == committed + ran and got_length == 2 + graph.calls
+        if committed == taken:
+            got_hist, got_scores, _, _ = ahead.after(committed, n, 2 + committed)
+            np.testing.assert_array_equal(got_hist, hist)
+            np.testing.assert_array_equal(got_scores, scores)
+            np.testing.assert_array_equal(got["history"], want["history"])  # step 5 advanced it, no more
+            np.testing.assert_array_equal(got["next_ids"], want["next_ids"])
+            assert ahead.ended(got_kept) == kept
+            assert int(got["position"]) == got_length - 1  # the last run's position
+
+    # A full cache stops it before a run: two positions left, two steps.
+    got = fresh()
+    graph = _ScriptedGraph(script, got["top_ids"], got["top_log_probs"])
+    selection = ahead.selection(eos, 0, got["hist"], got["scores"], [0] * n)
+    committed, ran, got_length, _ = c_step.common_steps(
+        graph, None, 8, graph.census, 0, got["position"], got["top_ids"], got["top_log_probs"], got["history"],
+        got["next_ids"], capacity - 2, *selection,
+    )  # fmt: skip
+    assert (committed, ran, got_length, graph.calls) == (2, 0, capacity, 2)
+
+
+def test_the_c_loop_leaves_a_step_whose_token_closes_a_loop(c_step: ModuleType) -> None:
+    """With the guard on, a step whose token repeats a 1-gram a fifth time (beam.py's runaway) is
+    run and left to the search; one that only comes among the last tokens is taken."""
+    k, eos = 1, 2
+    history, next_ids = np.zeros((1, 12), np.int32), np.zeros((1, 1), np.int64)
+    top_ids, top_log_probs, position = np.zeros((1, 2), np.int64), np.zeros((1, 2), np.float32), np.zeros((), np.int32)
+    script = [(np.array([[9, 8]]), np.array([[-0.1, -0.2]], np.float32))] * 6
+    graph = _ScriptedGraph(script, top_ids, top_log_probs)
+    ahead = _Ahead(1, k, 10)
+    hist = np.array([[5, 9, 9]], np.int64)  # 9 twice: the third and fourth 9 go on, the fifth closes a loop
+    assert not runaway([5, 9, 9, 9], 9) and runaway([5, 9, 9, 9, 9], 9)
+    selection = ahead.selection(eos, LOOP_WINDOW, hist, np.zeros((1, 1)), [0])
+    committed, ran, length, kept = c_step.common_steps(
+        graph, None, 6, graph.census, 0, position, top_ids, top_log_probs, history, next_ids, 3, *selection
+    )
+    assert (committed, ran, length, kept) == (2, 1, 6, 0)
+    np.testing.assert_array_equal(ahead.after(committed, 1, 5)[0], [[5, 9, 9, 9, 9]])
+
+
+def test_the_c_loop_refuses_arrays_that_do_not_agree(c_step: ModuleType) -> None:
+    k, n = 2, 1
+    hist, scores = np.zeros((k, 3), np.int64), np.zeros((n, k))
+    ahead = _Ahead(n, k, 8)
+    selection = list(ahead.selection(2, 0, hist, scores, [0]))
+    args = [print, None, 2, np.zeros(1, np.int64), 0, np.zeros((), np.int32), np.zeros((k, 4), np.int64),
+            np.zeros((k, 4), np.float32), np.zeros((k, 8), np.int32), np.zeros((k, 1), np.int64), 0]  # fmt: skip
+    with pytest.raises(ValueError, match="shapes"):  # histories longer than the pair's room for 8 steps
+        c_step.common_steps(*args[:2], 8, *args[3:], *selection)
+    with pytest.raises(TypeError, match="position"):
+        c_step.common_steps(*args[:5], np.zeros((), np.int64), *args[6:], *selection)
+    aliased = selection.copy()
+    aliased[3] = aliased[5]  # the first step would write the history it reads
+    with pytest.raises(ValueError, match="shapes"):
+        c_step.common_steps(*args, *aliased)

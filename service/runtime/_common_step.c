@@ -127,6 +127,92 @@ static int reorder_rows(Buffer *history, Buffer *rows, Py_ssize_t beams, Py_ssiz
     return 0;
 }
 
+/* One sentence-batch step's selection: the rules of select_common above, over the first `length`
+ * tokens of each row of hist (its other columns unread), writing columns 0..length of next_hist.
+ * The status (0, 1 or 2); *ended_out: how many rows ended. The callers check the shapes. */
+static int select_step(const Buffer *ids, const Buffer *log_probs, const Buffer *scores, const Buffer *hist,
+                       Py_ssize_t length, Py_ssize_t k, int64_t eos, Py_ssize_t window, Buffer *next_rows, Buffer *last,
+                       Buffer *next_scores, Buffer *next_hist, Buffer *ended_rows, Buffer *ended_scores,
+                       Buffer *ended_sentences, Py_ssize_t *ended_out) {
+    Py_ssize_t n = scores->view.shape[0], beams = scores->view.shape[1], width = 2 * k;
+    Py_ssize_t candidates = beams * width;
+    int status = 1;
+    Py_ssize_t ended = 0;
+    double cand[MAX_CANDIDATES];
+    int64_t cand_id[MAX_CANDIDATES];
+    char taken[MAX_CANDIDATES];
+    for (Py_ssize_t s = 0; s < n && status; s++) {
+        for (Py_ssize_t c = 0; c < candidates; c++) {
+            Py_ssize_t row = s * beams + c / width, j = c % width;
+            cand[c] = AT(*scores, double, s, c / width) + (double)AT(*log_probs, float, row, j);
+            cand_id[c] = AT(*ids, int64_t, row, j);
+            taken[c] = 0;
+        }
+        /* The sentence's 2K best in rank order, until K go on: an EOS among the first K ends its row. */
+        Py_ssize_t going = 0, seen = 0;
+        for (Py_ssize_t pick = 0; pick < width && going < k; pick++) {
+            Py_ssize_t best = -1;
+            for (Py_ssize_t c = 0; c < candidates; c++) {
+                if (!taken[c] && (best < 0 || ranks_before(cand[c], cand_id[c], c / width, cand[best], cand_id[best], best / width))) {
+                    best = c;
+                }
+            }
+            taken[best] = 1;
+            double score = cand[best];
+            int64_t token = cand_id[best];
+            if (isnan(score) || score == -INFINITY) {
+                break; /* every candidate after it is impossible too: fewer than K go on */
+            }
+            seen++;
+            Py_ssize_t parent = s * beams + best / width;
+            if (token == eos) {
+                if (seen <= k) {
+                    AT1(*ended_rows, int64_t, ended) = parent;
+                    AT1(*ended_scores, double, ended) = score;
+                    AT1(*ended_sentences, int64_t, ended) = s;
+                    ended++;
+                }
+                continue;
+            }
+            Py_ssize_t out = s * k + going;
+            AT1(*next_rows, int64_t, out) = parent;
+            AT1(*last, int64_t, out) = token;
+            AT(*next_scores, double, s, going) = score;
+            for (Py_ssize_t t = 0; t < length; t++) {
+                int64_t previous = AT(*hist, int64_t, parent, t);
+                AT(*next_hist, int64_t, out, t) = previous;
+                if (t >= length - window && previous == token) {
+                    status = 2;
+                }
+            }
+            AT(*next_hist, int64_t, out, length) = token;
+            going++;
+        }
+        if (going < k) {
+            status = 0;
+        }
+    }
+    *ended_out = status ? ended : 0;
+    return status;
+}
+
+/* A step taken whole, committed: each row's first `length` history positions taken from the row it
+ * extends, and its token written to next_ids [n*k, 1]. 0, or -1 with an exception set. */
+static int commit_step(Buffer *history, Buffer *next_rows, Py_ssize_t k, Py_ssize_t length, Buffer *next_ids, Buffer *last) {
+    Py_ssize_t rows = next_rows->view.shape[0];
+    if (next_ids->view.shape[0] != rows || next_ids->view.shape[1] != 1) {
+        PyErr_SetString(PyExc_ValueError, "select_common: next_ids is not one column of the rows");
+        return -1;
+    }
+    if (reorder_rows(history, next_rows, k, length) < 0) {
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < rows; i++) {
+        AT(*next_ids, int64_t, i, 0) = AT1(*last, int64_t, i);
+    }
+    return 0;
+}
+
 static PyObject *select_common(PyObject *self, PyObject *args) {
     (void)self;
     enum { BUFFERS = 11 };
@@ -171,90 +257,204 @@ static PyObject *select_common(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "select_common: the arrays' shapes do not agree");
         return NULL;
     }
-    int status = 1;
     Py_ssize_t ended = 0;
-    double cand[MAX_CANDIDATES];
-    int64_t cand_id[MAX_CANDIDATES];
-    char taken[MAX_CANDIDATES];
-    for (Py_ssize_t s = 0; s < n && status; s++) {
-        for (Py_ssize_t c = 0; c < candidates; c++) {
-            Py_ssize_t row = s * beams + c / width, j = c % width;
-            cand[c] = AT(scores, double, s, c / width) + (double)AT(log_probs, float, row, j);
-            cand_id[c] = AT(ids, int64_t, row, j);
-            taken[c] = 0;
-        }
-        /* The sentence's 2K best in rank order, until K go on: an EOS among the first K ends its row. */
-        Py_ssize_t going = 0, seen = 0;
-        for (Py_ssize_t pick = 0; pick < width && going < k; pick++) {
-            Py_ssize_t best = -1;
-            for (Py_ssize_t c = 0; c < candidates; c++) {
-                if (!taken[c] && (best < 0 || ranks_before(cand[c], cand_id[c], c / width, cand[best], cand_id[best], best / width))) {
-                    best = c;
-                }
-            }
-            taken[best] = 1;
-            double score = cand[best];
-            int64_t token = cand_id[best];
-            if (isnan(score) || score == -INFINITY) {
-                break; /* every candidate after it is impossible too: fewer than K go on */
-            }
-            seen++;
-            Py_ssize_t parent = s * beams + best / width;
-            if (token == eos) {
-                if (seen <= k) {
-                    AT1(ended_rows, int64_t, ended) = parent;
-                    AT1(ended_scores, double, ended) = score;
-                    AT1(ended_sentences, int64_t, ended) = s;
-                    ended++;
-                }
-                continue;
-            }
-            Py_ssize_t out = s * k + going;
-            AT1(next_rows, int64_t, out) = parent;
-            AT1(last, int64_t, out) = token;
-            AT(next_scores, double, s, going) = score;
-            for (Py_ssize_t t = 0; t < length; t++) {
-                int64_t previous = AT(hist, int64_t, parent, t);
-                AT(next_hist, int64_t, out, t) = previous;
-                if (t >= length - window && previous == token) {
-                    status = 2;
-                }
-            }
-            AT(next_hist, int64_t, out, length) = token;
-            going++;
-        }
-        if (going < k) {
-            status = 0;
-        }
-    }
+    int status = select_step(&ids, &log_probs, &scores, &hist, length, k, eos, window, &next_rows, &last, &next_scores,
+                             &next_hist, &ended_rows, &ended_scores, &ended_sentences, &ended);
     if (status == 1 && ended == 0 && beams == k && history_object != NULL) {
         Buffer commit[2];
         memset(commit, 0, sizeof(commit));
         if (get_buffer(history_object, &commit[0], "history", "i", 2, 1) < 0 ||
-            get_buffer(next_ids_object, &commit[1], "next_ids", "q", 2, 1) < 0) {
+            get_buffer(next_ids_object, &commit[1], "next_ids", "q", 2, 1) < 0 ||
+            commit_step(&commit[0], &next_rows, k, history_length, &commit[1], &last) < 0) {
             release(commit, 2);
             release(b, BUFFERS);
             return NULL;
-        }
-        if (commit[1].view.shape[0] != n * k || commit[1].view.shape[1] != 1) {
-            PyErr_SetString(PyExc_ValueError, "select_common: next_ids is not one column of the rows");
-            release(commit, 2);
-            release(b, BUFFERS);
-            return NULL;
-        }
-        if (reorder_rows(&commit[0], &next_rows, k, history_length) < 0) {
-            release(commit, 2);
-            release(b, BUFFERS);
-            return NULL;
-        }
-        for (Py_ssize_t i = 0; i < n * k; i++) {
-            AT(commit[1], int64_t, i, 0) = AT1(last, int64_t, i);
         }
         release(commit, 2);
         status = 3;
     }
     release(b, BUFFERS);
-    return Py_BuildValue("(in)", status, status ? ended : (Py_ssize_t)0);
+    return Py_BuildValue("(in)", status, ended);
+}
+
+/* beam.py's `runaway`: whether `token` after the first `length` tokens of row `row` of hist repeats
+ * some n-gram back to back more than max_repeats[n] times (int64 [N+1]; 0: no rule for that n). */
+static int closes_loop(const Buffer *hist, Py_ssize_t row, Py_ssize_t length, int64_t token, const Buffer *max_repeats) {
+    for (Py_ssize_t n = 1; n < max_repeats->view.shape[0]; n++) {
+        int64_t limit = AT1(*max_repeats, int64_t, n);
+        Py_ssize_t span = n * (Py_ssize_t)(limit + 1);
+        if (limit < 1 || span > length + 1) {
+            continue;
+        }
+        /* the last `span` of the row and the token: each equal to the one n before it */
+        int repeats = 1;
+        for (Py_ssize_t i = n; i < span && repeats; i++) {
+            Py_ssize_t at = length + 1 - span + i, before = at - n;
+            int64_t here = at == length ? token : AT(*hist, int64_t, row, at);
+            repeats = here == AT(*hist, int64_t, row, before);
+        }
+        if (repeats) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* common_steps(run, binding, steps, census, census_at_start, position, top_ids, top_log_probs, history,
+ *              next_ids, length, k, eos, window, hist, scores, hist_a, hist_b, scores_a, scores_b,
+ *              rows_a, rows_b, last_a, last_b, ended_rows, ended_scores, ended_sentences,
+ *              finished, kept_sentences, kept_scores, kept_lengths, kept_tokens, max_repeats)
+ *     -> (committed, ran, length, kept)
+ * Up to `steps` decoder steps of a search at k rows a sentence whose next ids are bound, each run by
+ * `run(binding)` (the session's run_with_iobinding, which gives the interpreter's lock back while the
+ * graph runs), then selected and committed here: what beam.py's loop does one step at a time
+ * (OnnxModel.step_again, select_common and the hypotheses that end), without its Python between the
+ * steps. Before each run the bound position (int32 0-d) is the cache's length; after it, position
+ * `length` of every row holds its own key and value (SelfAttentionCache.advance, here on history
+ * [n*k, capacity] int32) and the length grows by one. The run's outputs top_ids and top_log_probs
+ * [n*k, >=2k] are selected as select_common selects, from hist [n*k, >=L] (its first L columns, L
+ * given by hist's shape) and scores [n, k]. A step is taken here where K candidates of every sentence
+ * go on and no sentence reaches K ended hypotheses: finished [n] int64 counts each sentence's, and
+ * each row that ends is kept (its sentence, score, how many tokens it had, and those tokens in the
+ * first columns of a row of kept_tokens [n*k, >= L + steps] int64, in the order ended), as beam.py
+ * would append it; and where the repetition guard is on (window > 0), no token that goes on closes a
+ * runaway loop (max_repeats [N+1] int64: beam.py's MAX_REPEATS by n, as `runaway` reads it).
+ * Each step taken writes its history, scores, rows and last tokens to the _a arrays, the next to the
+ * _b ones, and so on in turn (a step's input is the other one's output): hist_a and hist_b are
+ * [n*k, >= L + steps + 1] int64, neither of them the memory of `hist` that the first step reads,
+ * except that hist_b may be. It stops before a run where the cache is full, or where the census
+ * ([1] int64: _Runs.census) differs from census_at_start, except before the first (another search
+ * started or ended: the caller picks the session again); and after a run whose step it does not take
+ * (ran: 1), whose outputs the caller selects: nothing of that step is committed but the cache's
+ * advance. committed: the steps taken, whose last wrote the _a arrays if odd; length: the cache's
+ * length after them all; kept: the rows that ended.
+ */
+static PyObject *common_steps(PyObject *self, PyObject *args) {
+    (void)self;
+    enum { BUFFERS = 25 };
+    PyObject *run, *binding, *o[BUFFERS];
+    Py_ssize_t steps, length, k, window;
+    long long census_at_start, eos;
+    if (!PyArg_ParseTuple(args, "OOnOLOOOOOnnLnOOOOOOOOOOOOOOOOOOO", &run, &binding, &steps, &o[0], &census_at_start,
+                          &o[1], &o[2], &o[3], &o[4], &o[5], &length, &k, &eos, &window, &o[6], &o[7], &o[8], &o[9],
+                          &o[10], &o[11], &o[12], &o[13], &o[14], &o[15], &o[16], &o[17], &o[18], &o[19], &o[20],
+                          &o[21], &o[22], &o[23], &o[24])) {
+        return NULL;
+    }
+    static const char *names[BUFFERS] = {
+        "census",   "position", "top_ids",  "top_log_probs", "history",      "next_ids",        "hist",     "scores",
+        "hist_a",   "hist_b",   "scores_a", "scores_b",      "rows_a",       "rows_b",          "last_a",   "last_b",
+        "ended_rows", "ended_scores", "ended_sentences", "finished", "kept_sentences", "kept_scores", "kept_lengths",
+        "kept_tokens", "max_repeats"};
+    static const char *formats[BUFFERS] = {"q", "i", "q", "f", "i", "q", "q", "d", "q", "q", "d", "d",
+                                           "q", "q", "q", "q", "q", "d", "q", "q", "q", "d", "q", "q", "q"};
+    static const int ndims[BUFFERS] = {1, 0, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1};
+    static const int writable[BUFFERS] = {0, 1, 0, 0, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0};
+    Buffer b[BUFFERS];
+    memset(b, 0, sizeof(b));
+    for (int i = 0; i < BUFFERS; i++) {
+        if (get_buffer(o[i], &b[i], names[i], formats[i], ndims[i], writable[i]) < 0) {
+            release(b, BUFFERS);
+            return NULL;
+        }
+    }
+    Buffer *census = &b[0], *position = &b[1], *top_ids = &b[2], *top_log_probs = &b[3], *history = &b[4];
+    Buffer *next_ids = &b[5], *hist = &b[6], *scores = &b[7];
+    Buffer *hists[2] = {&b[8], &b[9]}, *scoring[2] = {&b[10], &b[11]}, *parents[2] = {&b[12], &b[13]};
+    Buffer *lasts[2] = {&b[14], &b[15]}, *ended_rows = &b[16], *ended_scores = &b[17], *ended_sentences = &b[18];
+    Buffer *finished = &b[19], *kept_sentences = &b[20], *kept_scores = &b[21], *kept_lengths = &b[22];
+    Buffer *kept_tokens = &b[23], *max_repeats = &b[24];
+    Py_ssize_t n = scores->view.shape[0], rows = n * k, capacity = history->view.shape[1];
+    Py_ssize_t hist_length = hist->view.shape[1];
+    int shapes_agree = k >= 1 && 2 * k * k <= MAX_CANDIDATES && scores->view.shape[1] == k && census->view.shape[0] >= 1 &&
+                       top_ids->view.shape[0] == rows && top_log_probs->view.shape[0] == rows &&
+                       top_ids->view.shape[1] >= 2 * k && top_log_probs->view.shape[1] >= 2 * k &&
+                       history->view.shape[0] == rows && history->view.strides[1] == sizeof(int32_t) &&
+                       next_ids->view.shape[0] == rows && next_ids->view.shape[1] == 1 && hist->view.shape[0] == rows &&
+                       ended_rows->view.shape[0] == rows && ended_scores->view.shape[0] == rows &&
+                       ended_sentences->view.shape[0] == rows && finished->view.shape[0] == n &&
+                       kept_sentences->view.shape[0] == rows && kept_scores->view.shape[0] == rows &&
+                       kept_lengths->view.shape[0] == rows &&
+                       kept_tokens->view.shape[0] == rows && kept_tokens->view.shape[1] >= hist_length + steps &&
+                       window >= 0 && steps >= 0 && length >= 0;
+    for (int i = 0; i < 2 && shapes_agree; i++) {
+        shapes_agree = hists[i]->view.shape[0] == rows && hists[i]->view.shape[1] >= hist_length + steps + 1 &&
+                       scoring[i]->view.shape[0] == n && scoring[i]->view.shape[1] == k &&
+                       parents[i]->view.shape[0] == rows && lasts[i]->view.shape[0] == rows;
+    }
+    if (!shapes_agree || hists[0]->view.buf == hist->view.buf) {
+        release(b, BUFFERS);
+        PyErr_SetString(PyExc_ValueError, "common_steps: the arrays' shapes do not agree");
+        return NULL;
+    }
+    Py_ssize_t committed = 0, kept = 0;
+    int ran = 0;
+    const Buffer *from_hist = hist, *from_scores = scores;
+    while (committed < steps && length < capacity) {
+        if (committed > 0 && *(const int64_t *)census->view.buf != census_at_start) {
+            break;
+        }
+        *(int32_t *)position->view.buf = (int32_t)length;
+        PyObject *result = PyObject_CallOneArg(run, binding);
+        if (result == NULL) {
+            release(b, BUFFERS);
+            return NULL;
+        }
+        Py_DECREF(result);
+        for (Py_ssize_t r = 0; r < rows; r++) { /* SelfAttentionCache.advance */
+            AT(*history, int32_t, r, length) = (int32_t)(r % k);
+        }
+        length++;
+        int to = (int)(committed % 2);
+        Py_ssize_t tokens = hist_length + committed, ended = 0;
+        int status = select_step(top_ids, top_log_probs, from_scores, from_hist, tokens, k, eos, window, parents[to],
+                                 lasts[to], scoring[to], hists[to], ended_rows, ended_scores, ended_sentences, &ended);
+        /* A token that goes on among its row's last `window` (status 2): the step is taken here unless
+         * one of them closes a runaway loop (beam.py's `_runaway_among`). */
+        for (Py_ssize_t i = 0; status == 2 && i < rows; i++) {
+            int64_t token = AT1(*lasts[to], int64_t, i);
+            if (closes_loop(from_hist, AT1(*parents[to], int64_t, i), tokens, token, max_repeats)) {
+                status = 0;
+            }
+        }
+        if (status == 2) {
+            status = 1;
+        }
+        /* The rows that end, by sentence: taken here only where none reaches K. */
+        for (Py_ssize_t e = 0; status == 1 && e < ended;) {
+            int64_t sentence = AT1(*ended_sentences, int64_t, e);
+            Py_ssize_t count = 0;
+            for (; e < ended && AT1(*ended_sentences, int64_t, e) == sentence; e++) {
+                count++;
+            }
+            if (AT1(*finished, int64_t, sentence) + count >= k) {
+                status = 0;
+            }
+        }
+        if (status != 1) {
+            ran = 1;
+            break;
+        }
+        for (Py_ssize_t e = 0; e < ended; e++, kept++) {
+            int64_t sentence = AT1(*ended_sentences, int64_t, e), row = AT1(*ended_rows, int64_t, e);
+            AT1(*finished, int64_t, sentence) += 1;
+            AT1(*kept_sentences, int64_t, kept) = sentence;
+            AT1(*kept_scores, double, kept) = AT1(*ended_scores, double, e);
+            AT1(*kept_lengths, int64_t, kept) = tokens;
+            for (Py_ssize_t t = 0; t < tokens; t++) {
+                AT(*kept_tokens, int64_t, kept, t) = AT(*from_hist, int64_t, row, t);
+            }
+        }
+        if (commit_step(history, parents[to], k, length, next_ids, lasts[to]) < 0) {
+            release(b, BUFFERS);
+            return NULL;
+        }
+        from_hist = hists[to];
+        from_scores = scoring[to];
+        committed++;
+    }
+    release(b, BUFFERS);
+    return Py_BuildValue("(ninn)", committed, ran, length, kept);
 }
 
 /* reorder_history(history, rows, beams, length): row i of int32 history [R, capacity] takes the first
@@ -407,6 +607,7 @@ static PyObject *take_columns(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"select_common", select_common, METH_VARARGS, "The beam search's common step (see the module's source)."},
+    {"common_steps", common_steps, METH_VARARGS, "Common steps run, selected and committed in turn (see the source)."},
     {"reorder_history", reorder_history, METH_VARARGS, "The self-attention cache's rows reordered in place."},
     {"take_columns", take_columns, METH_VARARGS, "A batch's output layer columns from the projection's rows."},
     {NULL, NULL, 0, NULL},

@@ -21,3 +21,20 @@ def select_common(
 ) -> tuple[int, int]: ...
 def reorder_history(history: np.ndarray, rows: np.ndarray, beams: int, length: int) -> None: ...
 def take_columns(rows: np.ndarray, vocab: np.ndarray, out: np.ndarray) -> None: ...
+def common_steps(
+    run: object,
+    binding: object,
+    steps: int,
+    census: np.ndarray,
+    census_at_start: int,
+    position: np.ndarray,
+    top_ids: np.ndarray,
+    top_log_probs: np.ndarray,
+    history: np.ndarray,
+    next_ids: np.ndarray,
+    length: int,
+    k: int,
+    eos: int,
+    window: int,
+    *arrays: np.ndarray,
+) -> tuple[int, int, int, int]: ...

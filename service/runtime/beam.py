@@ -415,6 +415,66 @@ def _native_common(
     return _Chosen(next_rows, last, next_scores, next_hist, endings, suspect=status == 2)
 
 
+class _Ahead:
+    """Where the C loop of steps (OnnxModel.common_steps) writes what each step it takes leaves:
+    the histories, scores, rows and last tokens, two of each written in turn, and the rows that
+    ended; for a search of up to n sentences at beam k and `limit` tokens. Views of their first
+    rows serve a batch that finished sentences have left."""
+
+    def __init__(self, n: int, k: int, limit: int) -> None:
+        rows = n * k
+        self.k = k
+        self.hist = (np.empty((rows, limit + 1), np.int64), np.empty((rows, limit + 1), np.int64))
+        self.scores = (np.empty((n, k)), np.empty((n, k)))
+        self.rows = (np.empty(rows, np.int64), np.empty(rows, np.int64))
+        self.last = (np.empty(rows, np.int64), np.empty(rows, np.int64))
+        self.step_endings = (np.empty(rows, np.int64), np.empty(rows), np.empty(rows, np.int64))  # one step's
+        self.finished = np.empty(n, np.int64)
+        self.max_repeats = np.zeros(max(MAX_REPEATS) + 1, np.int64)  # by n
+        self.max_repeats[list(MAX_REPEATS)] = list(MAX_REPEATS.values())
+        # the rows that ended: sentence, score, how many tokens, the tokens
+        self.kept = (
+            np.empty(rows, np.int64),
+            np.empty(rows),
+            np.empty(rows, np.int64),
+            np.empty((rows, limit + 1), np.int64),
+        )
+        self._first = 0  # which of each pair the last call wrote first
+
+    def selection(
+        self, eos: int, window: int, hist: np.ndarray, scores: np.ndarray, finished: Sequence[int]
+    ) -> tuple[object, ...]:
+        """common_steps' arguments from `k` on, for the sentences of `scores` [n, k] going on from
+        `hist`, with `finished[i]` hypotheses ended of sentence i; the first of each pair written is
+        never the memory that `hist` is read from."""
+        n = len(scores)
+        rows = n * self.k
+        self._first = 1 if hist.base is self.hist[0] else 0
+        first, second = self._first, 1 - self._first
+        self.finished[:n] = finished
+        return (
+            self.k, eos, window, hist, scores,
+            self.hist[first][:rows], self.hist[second][:rows], self.scores[first][:n], self.scores[second][:n],
+            self.rows[first][:rows], self.rows[second][:rows], self.last[first][:rows], self.last[second][:rows],
+            *(part[:rows] for part in self.step_endings), self.finished[:n],
+            *(part[:rows] for part in self.kept), self.max_repeats,
+        )  # fmt: skip
+
+    def after(self, committed: int, n: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(hist, scores, next_rows, last) of n sentences after the last call's `committed` steps (at
+        least one), their histories now `length` tokens long."""
+        at = self._first if committed % 2 else 1 - self._first  # the first of each pair holds the odd steps
+        rows = n * self.k
+        return self.hist[at][:rows, :length], self.scores[at][:n], self.rows[at][:rows], self.last[at][:rows]
+
+    def ended(self, kept: int) -> list[tuple[int, float, list[int]]]:
+        """The rows that ended in the last call, the first `kept`: (sentence, score, tokens) each, in
+        the order they did."""
+        sentences, scores, lengths, tokens = (part[:kept] for part in self.kept)
+        ends = zip(sentences.tolist(), scores.tolist(), lengths.tolist(), strict=True)
+        return [(sentence, score, tokens[i, :length].tolist()) for i, (sentence, score, length) in enumerate(ends)]
+
+
 class _Grid:
     """What one step's selection reads that depends only on the batch's shape: n sentences of
     `beams` rows, `width` candidates per row. Read-only: a small one serves every search of its shape (_grid)."""
@@ -518,9 +578,38 @@ def _beam_search(
     grids: dict[tuple[int, int], _Grid] = {}
     eos = model.eos_id
     ids_written = False  # the last selection committed its step (_native_common): the next ids are bound
-    for step in range(int(limits.max())):
+    ahead = None if aligner is not None or native.common_step is None else _Ahead(len(sources), k, int(limits.max()))
+    step, steps = 0, int(limits.max())
+    while step < steps:
+        step_top = None
+        # Steps run and taken in C one after another (OnnxModel.common_steps), as the selection below
+        # would take them, up to one it would not (its outputs come back as step_top); at K rows a
+        # sentence, while no rule of a step's length applies.
+        common_steps = nearest_limit - 1 - step
+        if (
+            ahead is not None
+            and beams == k
+            and step >= min_length
+            and common_steps > 0
+            and (options.early_stopping or not full.any())
+        ):
+            window = LOOP_WINDOW if options.repetition_guard else 0
+            selection = ahead.selection(eos, window, hist, scores, [len(finished[i]) for i in alive])
+            taken = model.common_steps(cache, common_steps, selection, None if ids_written else last)
+            if taken is not None:
+                for i, score, tokens in ahead.ended(taken.kept):
+                    normalized = score / (len(tokens) + 1) ** options.length_penalty
+                    finished[alive[i]].append(Hypothesis(tokens, normalized, score, True))
+                if taken.committed:
+                    step += taken.committed
+                    hist, scores, next_rows, last = ahead.after(taken.committed, len(alive), step)
+                    ids_written = True
+                step_top = taken.ran
+                if step_top is None and taken.committed:
+                    continue
         # Over the same sources as the last step, run again on its binding (no alignment to return).
-        step_top = None if aligner is not None else model.step_again(cache, None if ids_written else last)
+        if step_top is None and aligner is None:
+            step_top = model.step_again(cache, None if ids_written else last)
         if step_top is None:
             step_top = model.decode_top(last[:, None], mask, cache, cross, aligner is not None, vocab)
         ids_written = False
@@ -648,5 +737,6 @@ def _beam_search(
             nearest_limit = int(alive_limits.min())
         elif not ids_written:
             cache.reorder(next_rows)  # each row reads the history of the beam it continues
+        step += 1
     keep_arrays()
     return [_ranked(f, source, options.n_best, options, eos) for f, source in zip(finished, sources, strict=True)]

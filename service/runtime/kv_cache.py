@@ -96,6 +96,13 @@ class SelfAttentionCache:
         self.indirection[:, :, self.length] = self._own_beam
         self.length += 1
 
+    def advanced_to(self, length: int) -> None:
+        """After steps whose positions up to `length` were written as `advance` writes them, by the
+        search's C loop (_common_step.c, common_steps)."""
+        if not self.length <= length <= self.capacity:
+            raise ValueError(f"a cache of {self.length} positions cannot advance to {length} of {self.capacity}")
+        self.length = length
+
     def reorder(self, rows: np.ndarray, sentences: np.ndarray | None = None) -> None:
         """Row i of the next step continues row `rows[i]` of the last one, a row of the same sentence.
 

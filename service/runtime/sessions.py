@@ -12,7 +12,7 @@ import weakref
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import NamedTuple, TypeVar, cast
 
 import numpy as np
 import onnxruntime as ort
@@ -27,6 +27,7 @@ from service.graphs import (
     encoder_spec,
 )
 from service.manifest import Manifest, ModelFileError, load_manifest
+from service.runtime import native
 from service.runtime.beside import Beside
 from service.runtime.kv_cache import SelfAttentionCache
 from service.runtime.libc import libc
@@ -156,6 +157,9 @@ class _Runs:
         self._lock = threading.Lock()
         self._active = 0
         self.searches = 0
+        # [1]: counts every run started and every search started or ended. A loop of runs on one
+        # session (common_steps) stops where it moves, to pick the session again.
+        self.census = np.zeros(1, np.int64)
         # .searches: those of the calling thread; .widths: each one's choice of threads, outermost first
         self._own = threading.local()
 
@@ -169,6 +173,7 @@ class _Runs:
         with self._lock:
             alone = not self._active and not self.others()
             self._active += 1
+            self.census[0] += 1
         return alone
 
     def end(self) -> None:
@@ -182,6 +187,7 @@ class _Runs:
         The outermost choice holds."""
         with self._lock:
             self.searches += 1
+            self.census[0] += 1
         self._own.searches = getattr(self._own, "searches", 0) + 1
         widths: list[bool | None] = self._own.__dict__.setdefault("widths", [])
         widths.append(narrow)
@@ -192,6 +198,7 @@ class _Runs:
             self._own.searches -= 1
             with self._lock:
                 self.searches -= 1
+                self.census[0] += 1
 
     def narrowed(self) -> bool:
         """Whether the calling thread's outermost search holds its runs to one thread."""
@@ -200,6 +207,10 @@ class _Runs:
 
 
 _ALL_RUNS = _Runs()
+# The census of a run held to one thread: nothing another thread does moves its choice of session.
+_FIXED_CENSUS = np.zeros(1, np.int64)
+_FIXED_CENSUS.flags.writeable = False
+_T = TypeVar("_T")
 
 
 class _Graph:
@@ -252,6 +263,27 @@ class _Graph:
         finally:
             self._end()
 
+    def runs_through(
+        self,
+        bound: Callable[[ort.InferenceSession], tuple[ort.IOBinding, StepFeeds] | None],
+        runs: Callable[[Callable[[ort.IOBinding], None], ort.IOBinding, StepFeeds, np.ndarray, int], _T],
+    ) -> _T | None:
+        """`runs(run, binding, feeds, census, census_at_start)` for the binding that `bound` holds
+        for the session picked, counted as one run while it lasts: it runs that session through
+        `run` as many times as it likes, while the process's census reads census_at_start, or its
+        first run at least (_Runs.census: the session was picked for it). None, and no call, where
+        `bound` holds no binding."""
+        session = self._start()
+        try:
+            held = bound(session)
+            if held is None:
+                return None
+            fixed = self.wide is self.narrow or self._runs.narrowed()
+            census = _FIXED_CENSUS if fixed else _ALL_RUNS.census
+            return runs(session.run_with_iobinding, held[0], held[1], census, int(census[0]))
+        finally:
+            self._end()
+
     def release_arena(self, probe: dict[str, np.ndarray], output: str) -> bool:
         """Return the shared arena's free regions to the system, through a run on `probe` (the
         option acts at the end of a run), and the lookup rows the batches mapped to the data file;
@@ -282,6 +314,15 @@ class _Graph:
     def _end(self) -> None:
         _ALL_RUNS.end()
         self._runs.end()
+
+
+class CommonSteps(NamedTuple):
+    """What OnnxModel.common_steps took: the steps committed, and the outputs of a step run after
+    them that it did not take (None where it stopped before running one)."""
+
+    committed: int
+    ran: TopStep | None
+    kept: int  # the rows that ended in the steps committed (_common_step.c)
 
 
 @dataclass
@@ -426,6 +467,12 @@ def run_step(session: ort.InferenceSession, feeds: StepFeeds) -> list[np.ndarray
 
 
 _TOP_NAMES = ("top_log_probs", "top_ids", "eos_log_prob")  # decode_top's outputs, without alignment
+
+
+def _top_step(feeds: StepFeeds) -> TopStep:
+    """The last run's outputs of a binding of the _TOP_NAMES: its own arrays."""
+    outputs = feeds.outputs
+    return TopStep(outputs["top_log_probs"], outputs["top_ids"], outputs["eos_log_prob"])
 
 
 @dataclass
@@ -791,7 +838,47 @@ class OnnxModel:
         `_start`), so there `last` may start any row count's binding, the first step's too. The
         outputs are the binding's own arrays, valid until the cache's next step: a search reads
         them before it runs the next one."""
+        bound = self._bound_again(cache, last)
+        if bound is None:
+            return None
+        feeds = self.decoder.run_again(bound)
+        if feeds is None:
+            return None
+        cache.advance()
+        return _top_step(feeds)
 
+    def common_steps(
+        self, cache: SelfAttentionCache, steps: int, selection: Sequence[object], last: np.ndarray | None
+    ) -> CommonSteps | None:
+        """Up to `steps` steps of a search, each run on the binding that its last step left (as
+        step_again runs it; `last` as there), then selected and committed in C while the search's
+        rules take it so (_common_step.c, `common_steps`; `selection`: its arguments from `k` on).
+        None where the C module is not built or no binding holds the cache's rows: the caller takes
+        step_again. The run of a step not taken is the last one; its outputs come back (`ran`)
+        for the caller's own selection."""
+        module = native.common_step
+        bound = self._bound_again(cache, last)
+        if module is None or bound is None:
+            return None
+
+        def runs(
+            run: Callable[[ort.IOBinding], None], binding: ort.IOBinding, feeds: StepFeeds, census: np.ndarray, at: int
+        ) -> CommonSteps:
+            outputs = feeds.outputs
+            committed, ran, length, kept = module.common_steps(
+                run, binding, steps, census, at, feeds.length, outputs["top_ids"], outputs["top_log_probs"],
+                cache.history, feeds.ids, cache.length, *selection,
+            )  # fmt: skip
+            cache.advanced_to(length)
+            return CommonSteps(committed, _top_step(feeds) if ran else None, kept)
+
+        return self.decoder.runs_through(bound, runs)
+
+    def _bound_again(
+        self, cache: SelfAttentionCache, last: np.ndarray | None
+    ) -> Callable[[ort.InferenceSession], tuple[ort.IOBinding, StepFeeds] | None] | None:
+        """What finds and updates, for the session picked, the binding that the cache's last step
+        left (step_again); None where none can hold the cache's rows."""
         reboundable = cache.kept and last is not None
         if not reboundable and (cache.step_ids is None or len(cache.step_ids) != cache.rows):
             return None  # a first step, or new rows: no binding holds them
@@ -812,12 +899,7 @@ class OnnxModel:
             cache.step_ids = step.feeds.ids
             return step.binding, step.feeds
 
-        feeds = self.decoder.run_again(bound)
-        if feeds is None:
-            return None
-        cache.advance()
-        outputs = feeds.outputs
-        return TopStep(outputs["top_log_probs"], outputs["top_ids"], outputs["eos_log_prob"])
+        return bound
 
     @contextlib.contextmanager
     def searching(self, rows: int = 0, narrow: bool | None = None) -> Iterator[None]:
