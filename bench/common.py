@@ -111,6 +111,10 @@ def runtime_parser(doc: str | None, sentences: int) -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sentences", type=int, default=sentences, help="first N test2016 sentences")
     parser.add_argument("--data-dir")
+    parser.add_argument(
+        "--python-steps", action="store_true",
+        help="every step of a search selected from Python, none in the C loop of steps (OnnxModel.common_steps)",
+    )  # fmt: skip
     return parser
 
 
@@ -157,7 +161,9 @@ class RuntimeBench:
     def translators(self) -> Iterator[tuple[Path, Translator]]:
         """Each --model directory with its translator, loaded in turn."""
         for model_dir in self.args.model:
-            yield model_dir, Translator.load(model_dir, self.args.threads)
+            translator = Translator.load(model_dir, self.args.threads)
+            translator.model.steps_in_c = not self.args.python_steps
+            yield model_dir, translator
 
 
 def service_connection(url: str) -> http.client.HTTPConnection:

@@ -75,12 +75,12 @@ class _Counted:
     def reorder_history(self, *args: object) -> None:
         self.module.reorder_history(*args)
 
-    def common_steps(self, *args: object) -> tuple[int, int, int, int]:
-        committed, ran, length, kept = self.module.common_steps(*args)
+    def common_steps(self, *args: object) -> tuple[int, int, int, int, int, int]:
+        committed, ran, length, kept, status, ended = self.module.common_steps(*args)
         self.loops += 1
         self.looped += committed
         self.kept += kept
-        return int(committed), int(ran), int(length), int(kept)
+        return int(committed), int(ran), int(length), int(kept), int(status), int(ended)
 
 
 @pytest.mark.parametrize("model_name", ["committed", "tiny"])
@@ -311,6 +311,7 @@ def test_the_c_loop_takes_steps_as_the_search_would_and_stops_where_it_says(c_st
         next_rows, last, next_scores, next_hist, ended_rows, ended_scores, ended_sentences = outputs
         sentences = ended_sentences[:ended].tolist()
         if status == 0 or any(finished[s] + sentences.count(s) >= k for s in set(sentences)):
+            left = (status, ended, next_rows.copy(), last.copy(), next_scores.copy(), next_hist.copy())
             break
         if status == 1:  # rows ended: the search takes the step and commits it itself
             c_step.reorder_history(want["history"], next_rows, k, length)
@@ -327,7 +328,7 @@ def test_the_c_loop_takes_steps_as_the_search_would_and_stops_where_it_says(c_st
         graph = _ScriptedGraph(script, got["top_ids"], got["top_log_probs"])
         graph.move_census_at = move_census_at
         selection = ahead.selection(eos, 0, got["hist"], got["scores"], [0] * n)
-        committed, ran, got_length, got_kept = c_step.common_steps(
+        committed, ran, got_length, got_kept, status, ended = c_step.common_steps(
             graph, None, steps, graph.census, 0, got["position"], got["top_ids"], got["top_log_probs"],
             got["history"], got["next_ids"], 2, *selection,
         )  # fmt: skip
@@ -341,12 +342,18 @@ def test_the_c_loop_takes_steps_as_the_search_would_and_stops_where_it_says(c_st
             np.testing.assert_array_equal(got["next_ids"], want["next_ids"])
             assert ahead.ended(got_kept) == kept
             assert int(got["position"]) == got_length - 1  # the last run's position
+        if ran:  # the step left to the search, selected as select_common selects it
+            assert (status, ended) == left[:2]
+            chosen = ahead.chosen(committed, status, ended, n, 2 + committed)
+            assert chosen is not None and len(chosen.ended) == ended > 0
+            for got_array, want_array in zip(chosen[:4], left[2:], strict=True):
+                np.testing.assert_array_equal(got_array, want_array)
 
     # A full cache stops it before a run: two positions left, two steps.
     got = fresh()
     graph = _ScriptedGraph(script, got["top_ids"], got["top_log_probs"])
     selection = ahead.selection(eos, 0, got["hist"], got["scores"], [0] * n)
-    committed, ran, got_length, _ = c_step.common_steps(
+    committed, ran, got_length, *_ = c_step.common_steps(
         graph, None, 8, graph.census, 0, got["position"], got["top_ids"], got["top_log_probs"], got["history"],
         got["next_ids"], capacity - 2, *selection,
     )  # fmt: skip
@@ -365,11 +372,11 @@ def test_the_c_loop_leaves_a_step_whose_token_closes_a_loop(c_step: ModuleType) 
     hist = np.array([[5, 9, 9]], np.int64)  # 9 twice: the third and fourth 9 go on, the fifth closes a loop
     assert not runaway([5, 9, 9, 9], 9) and runaway([5, 9, 9, 9, 9], 9)
     selection = ahead.selection(eos, LOOP_WINDOW, hist, np.zeros((1, 1)), [0])
-    committed, ran, length, kept = c_step.common_steps(
+    taken = c_step.common_steps(
         graph, None, 6, graph.census, 0, position, top_ids, top_log_probs, history, next_ids, 3, *selection
     )
-    assert (committed, ran, length, kept) == (2, 1, 6, 0)
-    np.testing.assert_array_equal(ahead.after(committed, 1, 5)[0], [[5, 9, 9, 9, 9]])
+    assert taken == (2, 1, 6, 0, 2, 0)  # the third step: status 2, its token left to the guard's own check
+    np.testing.assert_array_equal(ahead.after(taken[0], 1, 5)[0], [[5, 9, 9, 9, 9]])
 
 
 def test_the_c_loop_refuses_arrays_that_do_not_agree(c_step: ModuleType) -> None:

@@ -304,7 +304,7 @@ static int closes_loop(const Buffer *hist, Py_ssize_t row, Py_ssize_t length, in
  *              next_ids, length, k, eos, window, hist, scores, hist_a, hist_b, scores_a, scores_b,
  *              rows_a, rows_b, last_a, last_b, ended_rows, ended_scores, ended_sentences,
  *              finished, kept_sentences, kept_scores, kept_lengths, kept_tokens, max_repeats)
- *     -> (committed, ran, length, kept)
+ *     -> (committed, ran, length, kept, status, ended)
  * Up to `steps` decoder steps of a search at k rows a sentence whose next ids are bound, each run by
  * `run(binding)` (the session's run_with_iobinding, which gives the interpreter's lock back while the
  * graph runs), then selected and committed here: what beam.py's loop does one step at a time
@@ -325,9 +325,12 @@ static int closes_loop(const Buffer *hist, Py_ssize_t row, Py_ssize_t length, in
  * except that hist_b may be. It stops before a run where the cache is full, or where the census
  * ([1] int64: _Runs.census) differs from census_at_start, except before the first (another search
  * started or ended: the caller picks the session again); and after a run whose step it does not take
- * (ran: 1), whose outputs the caller selects: nothing of that step is committed but the cache's
- * advance. committed: the steps taken, whose last wrote the _a arrays if odd; length: the cache's
- * length after them all; kept: the rows that ended.
+ * (ran: 1): nothing of that step is committed but the cache's advance, and its selection is left
+ * as select_common leaves it, for the caller's rules (status and ended as select_common returns
+ * them; its rows, last tokens, scores and histories in the arrays of the pair the step after the
+ * last committed one writes, its ended rows in ended_rows, ended_scores and ended_sentences).
+ * committed: the steps taken, whose last wrote the _a arrays if odd; length: the cache's length
+ * after them all; kept: the rows that ended in them.
  */
 static PyObject *common_steps(PyObject *self, PyObject *args) {
     (void)self;
@@ -387,8 +390,8 @@ static PyObject *common_steps(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "common_steps: the arrays' shapes do not agree");
         return NULL;
     }
-    Py_ssize_t committed = 0, kept = 0;
-    int ran = 0;
+    Py_ssize_t committed = 0, kept = 0, ran_ended = 0;
+    int ran = 0, ran_status = 0;
     const Buffer *from_hist = hist, *from_scores = scores;
     while (committed < steps && length < capacity) {
         if (committed > 0 && *(const int64_t *)census->view.buf != census_at_start) {
@@ -411,28 +414,24 @@ static PyObject *common_steps(PyObject *self, PyObject *args) {
                                  lasts[to], scoring[to], hists[to], ended_rows, ended_scores, ended_sentences, &ended);
         /* A token that goes on among its row's last `window` (status 2): the step is taken here unless
          * one of them closes a runaway loop (beam.py's `_runaway_among`). */
-        for (Py_ssize_t i = 0; status == 2 && i < rows; i++) {
+        int take = status != 0;
+        for (Py_ssize_t i = 0; status == 2 && take && i < rows; i++) {
             int64_t token = AT1(*lasts[to], int64_t, i);
-            if (closes_loop(from_hist, AT1(*parents[to], int64_t, i), tokens, token, max_repeats)) {
-                status = 0;
-            }
-        }
-        if (status == 2) {
-            status = 1;
+            take = !closes_loop(from_hist, AT1(*parents[to], int64_t, i), tokens, token, max_repeats);
         }
         /* The rows that end, by sentence: taken here only where none reaches K. */
-        for (Py_ssize_t e = 0; status == 1 && e < ended;) {
+        for (Py_ssize_t e = 0; take && e < ended;) {
             int64_t sentence = AT1(*ended_sentences, int64_t, e);
             Py_ssize_t count = 0;
             for (; e < ended && AT1(*ended_sentences, int64_t, e) == sentence; e++) {
                 count++;
             }
-            if (AT1(*finished, int64_t, sentence) + count >= k) {
-                status = 0;
-            }
+            take = AT1(*finished, int64_t, sentence) + count < k;
         }
-        if (status != 1) {
+        if (!take) {
             ran = 1;
+            ran_status = status;
+            ran_ended = ended;
             break;
         }
         for (Py_ssize_t e = 0; e < ended; e++, kept++) {
@@ -454,7 +453,7 @@ static PyObject *common_steps(PyObject *self, PyObject *args) {
         committed++;
     }
     release(b, BUFFERS);
-    return Py_BuildValue("(ninn)", committed, ran, length, kept);
+    return Py_BuildValue("(ninnin)", committed, ran, length, kept, ran_status, ran_ended);
 }
 
 /* reorder_history(history, rows, beams, length): row i of int32 history [R, capacity] takes the first

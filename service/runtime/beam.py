@@ -467,6 +467,18 @@ class _Ahead:
         rows = n * self.k
         return self.hist[at][:rows, :length], self.scores[at][:n], self.rows[at][:rows], self.last[at][:rows]
 
+    def chosen(self, committed: int, status: int, ended: int, n: int, length: int) -> _Chosen | None:
+        """The selection of the step run after the last call's `committed` steps and not taken there,
+        as _native_common would return it (its histories `length` tokens long before the step)."""
+        if status == 0:
+            return None
+        at = self._first if committed % 2 == 0 else 1 - self._first  # the pair's member that step wrote
+        rows = n * self.k
+        ended_rows, scores, sentences = (part[:ended].tolist() for part in self.step_endings)
+        endings = list(zip(sentences, ended_rows, scores, strict=True))
+        hist, last = self.hist[at][:rows, : length + 1], self.last[at][:rows]
+        return _Chosen(self.rows[at][:rows], last, self.scores[at][:n], hist, endings, suspect=status == 2)
+
     def ended(self, kept: int) -> list[tuple[int, float, list[int]]]:
         """The rows that ended in the last call, the first `kept`: (sentence, score, tokens) each, in
         the order they did."""
@@ -581,7 +593,7 @@ def _beam_search(
     ahead = None if aligner is not None or native.common_step is None else _Ahead(len(sources), k, int(limits.max()))
     step, steps = 0, int(limits.max())
     while step < steps:
-        step_top = None
+        step_top, ran_chosen, selected = None, None, False  # selected: the C loop's step, its selection made
         # Steps run and taken in C one after another (OnnxModel.common_steps), as the selection below
         # would take them, up to one it would not (its outputs come back as step_top); at K rows a
         # sentence, while no rule of a step's length applies.
@@ -607,6 +619,9 @@ def _beam_search(
                 step_top = taken.ran
                 if step_top is None and taken.committed:
                     continue
+                if step_top is not None:  # selected there, as the C selection below would select it
+                    ran_chosen = ahead.chosen(taken.committed, taken.status, taken.ended, len(alive), step)
+                    selected = True
         # Over the same sources as the last step, run again on its binding (no alignment to return).
         if step_top is None and aligner is None:
             step_top = model.step_again(cache, None if ids_written else last)
@@ -630,7 +645,7 @@ def _beam_search(
         may_be_common = length < nearest_limit and (options.early_stopping or not full.any())
         chosen, module = None, native.common_step
         if may_be_common and module is not None:
-            chosen = _native_common(
+            chosen = ran_chosen if selected else _native_common(
                 module, step_ids, step_log_probs, scores, hist, k, eos, options.repetition_guard, cache
             )  # fmt: skip
         compact, completed = False, 0

@@ -323,6 +323,8 @@ class CommonSteps(NamedTuple):
     committed: int
     ran: TopStep | None
     kept: int  # the rows that ended in the steps committed (_common_step.c)
+    status: int  # the step run and not taken: its selection's status and rows ended, as select_common's
+    ended: int
 
 
 @dataclass
@@ -582,6 +584,8 @@ class OnnxModel:
         the user's cache directory; False: no copies, each session packs its own."""
         packed_root = packed_dir() if packed is True else (packed or None)
         self.model_dir = model_dir
+        # Whether a search's steps may run in the C loop of steps (common_steps); benchmarks turn it off.
+        self.steps_in_c = True
         # The threads a run takes alone; 0 leaves it to onnxruntime, which takes the CPUs it may use.
         self.threads = intra_op_threads or len(os.sched_getaffinity(0))
         self.manifest: Manifest = load_manifest(model_dir, verify=verify)
@@ -854,10 +858,10 @@ class OnnxModel:
         step_again runs it; `last` as there), then selected and committed in C while the search's
         rules take it so (_common_step.c, `common_steps`; `selection`: its arguments from `k` on).
         None where the C module is not built or no binding holds the cache's rows: the caller takes
-        step_again. The run of a step not taken is the last one; its outputs come back (`ran`)
-        for the caller's own selection."""
+        step_again. The run of a step not taken is the last one; its outputs come back (`ran`),
+        selected as select_common selects (`status`, `ended`) for the caller's own rules."""
         module = native.common_step
-        bound = self._bound_again(cache, last)
+        bound = None if module is None or not self.steps_in_c else self._bound_again(cache, last)
         if module is None or bound is None:
             return None
 
@@ -865,12 +869,12 @@ class OnnxModel:
             run: Callable[[ort.IOBinding], None], binding: ort.IOBinding, feeds: StepFeeds, census: np.ndarray, at: int
         ) -> CommonSteps:
             outputs = feeds.outputs
-            committed, ran, length, kept = module.common_steps(
+            committed, ran, length, kept, status, ended = module.common_steps(
                 run, binding, steps, census, at, feeds.length, outputs["top_ids"], outputs["top_log_probs"],
                 cache.history, feeds.ids, cache.length, *selection,
             )  # fmt: skip
             cache.advanced_to(length)
-            return CommonSteps(committed, _top_step(feeds) if ran else None, kept)
+            return CommonSteps(committed, _top_step(feeds) if ran else None, kept, status, ended)
 
         return self.decoder.runs_through(bound, runs)
 
