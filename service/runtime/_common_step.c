@@ -404,6 +404,10 @@ static PyObject *common_steps(PyObject *self, PyObject *args) {
             return NULL;
         }
         Py_DECREF(result);
+        if (PyErr_CheckSignals() < 0) { /* Ctrl-C in a search on the main thread stops it here */
+            release(b, BUFFERS);
+            return NULL;
+        }
         for (Py_ssize_t r = 0; r < rows; r++) { /* SelfAttentionCache.advance */
             AT(*history, int32_t, r, length) = (int32_t)(r % k);
         }
