@@ -1,6 +1,7 @@
-/* The beam search's common step in one call (service/runtime/beam.py, `_beam_search`), and two more
- * pieces of the host's work between the graphs' runs: the cache's history reordered
- * (reorder_history) and a batch's output layer gathered (take_columns), each below.
+/* The beam search's common step in one call (service/runtime/beam.py, `_beam_search`), such steps
+ * run one after another with the graph's runs between them (common_steps), and two more pieces of
+ * the host's work between the graphs' runs: the cache's history reordered (reorder_history) and a
+ * batch's output layer gathered (take_columns), each below.
  *
  * A step of one sentence decodes in well under a millisecond, and each numpy operation of the
  * host's selection costs microseconds whatever its size: this does the common step's selection
