@@ -415,6 +415,12 @@ def _native_common(
     return _Chosen(next_rows, last, next_scores, next_hist, endings, suspect=status == 2)
 
 
+# MAX_REPEATS as the C loop of steps reads it: the limit of each n at index n (0: no rule).
+_MAX_REPEATS_BY_N = np.zeros(max(MAX_REPEATS) + 1, np.int64)
+_MAX_REPEATS_BY_N[list(MAX_REPEATS)] = list(MAX_REPEATS.values())
+_MAX_REPEATS_BY_N.flags.writeable = False
+
+
 class _Ahead:
     """Where the C loop of steps (OnnxModel.common_steps) writes what each step it takes leaves:
     the histories, scores, rows and last tokens, two of each written in turn, and the rows that
@@ -430,8 +436,6 @@ class _Ahead:
         self.last = (np.empty(rows, np.int64), np.empty(rows, np.int64))
         self.step_endings = (np.empty(rows, np.int64), np.empty(rows), np.empty(rows, np.int64))  # one step's
         self.finished = np.empty(n, np.int64)
-        self.max_repeats = np.zeros(max(MAX_REPEATS) + 1, np.int64)  # by n
-        self.max_repeats[list(MAX_REPEATS)] = list(MAX_REPEATS.values())
         # the rows that ended: sentence, score, how many tokens, the tokens
         self.kept = (
             np.empty(rows, np.int64),
@@ -457,7 +461,7 @@ class _Ahead:
             self.hist[first][:rows], self.hist[second][:rows], self.scores[first][:n], self.scores[second][:n],
             self.rows[first][:rows], self.rows[second][:rows], self.last[first][:rows], self.last[second][:rows],
             *(part[:rows] for part in self.step_endings), self.finished[:n],
-            *(part[:rows] for part in self.kept), self.max_repeats,
+            *(part[:rows] for part in self.kept), _MAX_REPEATS_BY_N,
         )  # fmt: skip
 
     def after(self, committed: int, n: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -861,8 +861,10 @@ class OnnxModel:
         step_again. The run of a step not taken is the last one; its outputs come back (`ran`),
         selected as select_common selects (`status`, `ended`) for the caller's own rules."""
         module = native.common_step
-        bound = None if module is None or not self.steps_in_c else self._bound_again(cache, last)
-        if module is None or bound is None:
+        if module is None or not self.steps_in_c:
+            return None
+        bound = self._bound_again(cache, last)
+        if bound is None:
             return None
 
         def runs(
