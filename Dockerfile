@@ -4,7 +4,7 @@
 
 FROM python:3.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-# A C compiler for the beam search's common step (service/runtime/_common_step.c), in this stage
+# A C compiler for the runtime's C modules (service/runtime/_common_step.c, _denormals.c), in this stage
 # only. Debian's security updates move libc6-dev's version, so the packages are not pinned.
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -18,7 +18,7 @@ COPY service /src/service
 COPY export /src/export
 COPY model /src/model
 RUN /opt/venv/bin/pip install --no-cache-dir --no-deps /src \
-    && /opt/venv/bin/python -c "import service.runtime._common_step"
+    && /opt/venv/bin/python -c "import service.runtime._common_step, service.runtime._denormals"
 
 FROM python:3.11-slim-bookworm AS runtime
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin mtserve \

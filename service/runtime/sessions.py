@@ -27,7 +27,7 @@ from service.graphs import (
     encoder_spec,
 )
 from service.manifest import Manifest, ModelFileError, load_manifest
-from service.runtime import native
+from service.runtime import denormals, native
 from service.runtime.beside import Beside
 from service.runtime.kv_cache import SelfAttentionCache
 from service.runtime.libc import libc
@@ -555,8 +555,12 @@ def _session(path: Path, threads: int, pack: bool = True) -> ort.InferenceSessio
     # arena every step pays for its allocations (docs/BENCHMARKS.md).
     _shared_arena()
     options.add_session_config_entry("session.use_env_allocators", "1")
+    # Denormals flushed on the pool's threads (denormals.py). onnxruntime also flushes them, for
+    # good, on the thread that creates the process's first session: that thread is put back.
+    options.add_session_config_entry("session.set_denormal_as_zero", "1")
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        with denormals.kept():
+            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable graphs
         raise ModelFileError(path, f"onnxruntime cannot load it ({exc})") from exc
 
@@ -916,7 +920,7 @@ class OnnxModel:
         holds (widths.py measures a search under a width it sets)."""
         if narrow is None and rows:
             narrow = self.small_searches_narrow and rows <= SMALL_SEARCH_ROWS
-        with self._runs.search(narrow), _ALL_RUNS.search():
+        with self._runs.search(narrow), _ALL_RUNS.search(), denormals.flushed():
             yield
 
     def others_searching(self) -> bool:
