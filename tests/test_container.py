@@ -123,9 +123,10 @@ def test_the_image_file_set_and_dependency_set_serve_a_translation(tmp_path: Pat
             assert result.returncode == 0, result.stderr[-3000:]
     python = root / "opt/venv/bin/python"
     built = subprocess.run(
-        [python, "-c", "import service.runtime._common_step"], cwd=tmp_path, capture_output=True, text=True
-    )
-    assert built.returncode == 0, "the image's install builds the search's C step: " + built.stderr[-2000:]
+        [python, "-c", "import service.runtime._common_step, service.runtime._denormals"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert built.returncode == 0, "the image's install builds the runtime's C modules: " + built.stderr[-2000:]
     no_torch = subprocess.run([python, "-c", "import torch"], capture_output=True, text=True)
     assert no_torch.returncode != 0, "torch must not be installed in the image"
 
