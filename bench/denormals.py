@@ -19,6 +19,7 @@ Prints a JSON line per measurement: the median milliseconds each way and their r
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -88,8 +89,8 @@ def main() -> None:
     masked[rng.random(masked.shape) < args.masked] = -np.inf
     log_softmax = _log_softmax(args.width)
     for share, x in ((args.masked, masked), (0.0, logits)):
-        _compare("log_softmax", lambda x=x: log_softmax.run(None, {"x": x}), args.rounds,
-                 rows=args.rows, width=args.width, masked=share)  # fmt: skip
+        run = functools.partial(log_softmax.run, None, {"x": x})
+        _compare("log_softmax", run, args.rounds, rows=args.rows, width=args.width, masked=share)
 
     model = OnnxModel(args.model, 1)
     step = _session(str(args.model / model.manifest.files["decoder"]))
