@@ -3,15 +3,16 @@
 A row's columns outside its sentence's shortlist carry -inf into the decoder step's log-softmax
 (service/runtime/shortlist.py), whose exponentials then land below float32's normal range. On an
 Intel Xeon each such denormal result took a microcode assist: a log-softmax over 400 rows of
-8,192 columns, 85% of them masked, took 20 ms instead of 2, and a 400-row step 37 ms instead of
-30 (docs/BENCHMARKS.md). Flushed to zero, a masked column's share of the row's sum is 0 instead of
+8,192 columns, 85% of them masked, took 19 ms instead of 2, and a 400-row step 34 ms instead of
+25 (docs/BENCHMARKS.md). Flushed to zero, a masked column's share of the row's sum is 0 instead of
 4e-39, and every log-probability the search reads is the same.
 
 x86 keeps the two modes (FTZ, DAZ) per thread. onnxruntime sets them on its own pool's threads
 (`session.set_denormal_as_zero`, sessions.py), but a graph run on one thread runs on the caller's,
 so a search sets them on its own thread while it lasts (`flushed`) and puts them back after: the
 thread may be a caller's own, whose other floating-point work is not the search's to change. Where
-the C module is not built (no compiler at hand) the search runs as before, only slower there.
+the C module is not built (no compiler at hand), a search's thread flushes only if onnxruntime made
+it so (the thread that made the process's first session), and large batches are slower there.
 """
 
 from __future__ import annotations
