@@ -13,7 +13,8 @@ without, `--rounds` times, on one thread (onnxruntime then runs on the caller's)
 - `decoder_step`: the model's decoder step at `--rows` rows on random sources (bench/step_inputs.py:
   their shortlists' union is most of the vocabulary, as in a large batch of long sentences).
 
-Prints a JSON line per measurement: the median milliseconds each way and their ratio.
+Prints a JSON line per measurement: the median over rounds of each way's block median, in
+milliseconds, and the median of the rounds' ratios.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import functools
 import json
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from onnx import TensorProto, helper
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import median_ms  # noqa: E402
 from bench.step_inputs import add_shape_options, random_step  # noqa: E402
 from service.manifest import DEFAULT_MODEL_DIR  # noqa: E402
 from service.runtime import denormals  # noqa: E402
@@ -57,18 +58,19 @@ def _log_softmax(width: int) -> ort.InferenceSession:
 
 
 def _compare(name: str, run: Callable[[], object], rounds: int, **shape: object) -> None:
-    times: dict[bool, list[float]] = {True: [], False: []}
+    """Blocks of RUNS_PER_BLOCK runs flushed, then not, `rounds` times: the medians of the blocks'
+    medians, and the median of the rounds' ratios."""
     run()
+    flushed: list[float] = []
+    unflushed: list[float] = []
     for _ in range(rounds):
-        for flush in (True, False):
-            with denormals.flushed() if flush else denormals.kept():
-                for _ in range(RUNS_PER_BLOCK):
-                    begun = time.perf_counter()
-                    run()
-                    times[flush].append((time.perf_counter() - begun) * 1000)
-    flushed, unflushed = statistics.median(times[True]), statistics.median(times[False])
-    row = {"measure": name, **shape, "flushed_ms": round(flushed, 3), "unflushed_ms": round(unflushed, 3),
-           "flushed_over_unflushed": round(flushed / unflushed, 3)}  # fmt: skip
+        with denormals.flushed():
+            flushed.append(median_ms(run, RUNS_PER_BLOCK))
+        unflushed.append(median_ms(run, RUNS_PER_BLOCK))
+    ratios = [a / b for a, b in zip(flushed, unflushed, strict=True)]
+    row = {"measure": name, **shape, "flushed_ms": round(statistics.median(flushed), 3),
+           "unflushed_ms": round(statistics.median(unflushed), 3),
+           "flushed_over_unflushed": round(statistics.median(ratios), 3)}  # fmt: skip
     print(json.dumps(row), flush=True)
 
 
@@ -82,6 +84,8 @@ def main() -> None:
     args = parser.parse_args()
     if denormals._module is None:
         raise SystemExit("service/runtime/_denormals.c is not built: `pip install -e .`")
+    if denormals.flushing():
+        raise SystemExit("this thread already flushes denormals: nothing to compare against")
 
     rng = np.random.default_rng(0)
     logits = (rng.standard_normal((args.rows, args.width)) * 3).astype(np.float32)

@@ -3,8 +3,8 @@
 A row's columns outside its sentence's shortlist carry -inf into the decoder step's log-softmax
 (service/runtime/shortlist.py), whose exponentials then land below float32's normal range. On an
 Intel Xeon each such denormal result took a microcode assist: a log-softmax over 400 rows of
-8,192 columns, 85% of them masked, took 19 ms instead of 2, and a 400-row step 34 ms instead of
-25 (docs/BENCHMARKS.md). Flushed to zero, a masked column's share of the row's sum is 0 instead of
+8,192 columns, 85% of them masked, took 18 ms instead of 2, and a 400-row step 33 ms instead of
+24 (docs/BENCHMARKS.md). Flushed to zero, a masked column's share of the row's sum is 0 instead of
 4e-39, and every log-probability the search reads is the same.
 
 x86 keeps the two modes (FTZ, DAZ) per thread. onnxruntime sets them on its own pool's threads
