@@ -69,7 +69,8 @@ translator = Translator.load(DEFAULT_MODEL_DIR, 1, packed=False)  # no packing s
 after_load = denormals.flushing()
 with translator.model.searching():
     in_search = denormals.flushing()
-out = translator.translate(["Two dogs are playing in the snow."], "fr")
+target = next(t for s, t in translator.languages.directions if s == "en")  # the text's language
+out = translator.translate(["Two dogs are playing in the snow."], target)
 print(after_load, in_search, denormals.flushing(), bool(out[0][0].text))
 """
 
