@@ -7,8 +7,10 @@ Each round runs each checkout in a fresh process of its own, one after the other
 the first `--limit` test2016 sentences in the runtime's own batches at each beam, then one
 sentence at a time (the first 40, beam 5) for latency. The summary gives each checkout's median
 over the rounds and the median of the per-round ratios (this checkout over the baseline). Both
-load the same model directory; each makes or finds its graphs' packed copies under its own
-directory before it is timed (what a server does once per machine).
+load the same model directory, unless `--baseline-model` names the one the baseline loads (the
+same model in the form that code reads, where a change alters the graphs); each makes or finds
+its graphs' packed copies under its own directory before it is timed (what a server does once per
+machine).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", type=Path, help="a checkout of the code to compare with (required)")
     parser.add_argument("--model", type=Path, default=ROOT / "artifacts" / "default")
+    parser.add_argument("--baseline-model", type=Path, help="the model directory the baseline loads (default: --model)")
     parser.add_argument("--beam-size", type=int, nargs="+", default=[5, 1])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--limit", type=int, default=300, help="first N test2016 sentences")
@@ -73,11 +76,12 @@ def main() -> None:
         return
     if args.baseline is None:
         parser.error("--baseline is required")
+    baseline_model = args.baseline_model or args.model
     packed = {label: tempfile.mkdtemp(prefix=f"mtserve-packed-{label}-") for label in ("this", "baseline")}
     rows: list[dict[str, float | str]] = []
     for _ in range(args.rounds):
-        for label, code in (("this", ROOT), ("baseline", args.baseline)):
-            command = [sys.executable, __file__, "--code", str(code), "--label", label, "--model", str(args.model),
+        for label, code, model in (("this", ROOT, args.model), ("baseline", args.baseline, baseline_model)):
+            command = [sys.executable, __file__, "--code", str(code), "--label", label, "--model", str(model),
                        "--threads", str(args.threads), "--limit", str(args.limit),
                        "--beam-size", *map(str, args.beam_size),
                        *(["--data-dir", args.data_dir] if args.data_dir else [])]  # fmt: skip

@@ -15,7 +15,8 @@ Two parts, written into a model directory by `add_shortlist`:
 - the decoder step rewritten (`rewrite_output_layer`): its output projection reads its weights
   (and int8 scales) from inputs, the runtime's columns for the batch's union; an additive
   `output_bias` [rows, U] before the log-softmax carries each row's mask and the projection's own
-  bias; `top_ids` are mapped back to vocabulary ids through `output_vocab` [U].
+  bias; the step's top-k goes, and the runtime takes each row's best from its `log_probs` over the
+  union (service/runtime/top_k.py), mapped back to vocabulary ids through `output_vocab` [U].
 
 The projection's weights move from the weights file into OUTPUT_LAYER_FILE with the table
 (service/runtime/shortlist.py reads it). CTranslate2's vocabulary map does the same for a batch,
@@ -53,13 +54,7 @@ from service.runtime.text_tokenizer import load_text_tokenizer
 # Translations kept per source token: a sentence of ten tokens reaches a shortlist of 1,024
 # within this many ranks.
 LEXICAL_RANKS = 96
-LOCAL_TOP_IDS = "top_ids.shortlist"
-# The blockwise top-k pays over a whole vocabulary. Over a shortlist of up to about 2,000 columns
-# (one sentence's 1,024, the union of 32 sentences' 1,856) one TopK costs less: 6 µs of a step of
-# one sentence; from about 3,000 columns on, at tens of rows, more (docs/BENCHMARKS.md). The
-# rewritten step takes one TopK up to this width and the blocks beyond it (MTSERVE_SHORTLIST=off
-# binds the whole vocabulary).
-PLAIN_TOP_K_WIDTH = 2048
+TOP_K_OUTPUTS = ("top_log_probs", "top_ids")  # the step's own top-k, taken out: the runtime's
 # On the committed model, a table from 19,000 pairs each way cost about 1 BLEU on val, from
 # 188,000 about 0.1 (docs/BENCHMARKS.md): fewer source sentences than this get a warning.
 FEW_SENTENCES = 100_000
@@ -121,7 +116,7 @@ class OutputLayer:
     vocab_axis: int
     scale: np.ndarray | None  # int8: [V] per column
     bias: np.ndarray | None  # [V]
-    block: int  # the step's top-k block size: the union is padded to a multiple
+    block: int  # the union is padded to a multiple of this (1: the step has no blockwise top-k)
     k_blocks: int  # and holds at least this many blocks
 
 
@@ -206,16 +201,16 @@ def rewrite_output_layer(model: onnx.ModelProto, vocab_size: int) -> OutputLayer
     masked = "logits.shortlist"
     softmax.input[0] = masked
     add = helper.make_node("Add", [logits, OUTPUT_BIAS], [masked], name="shortlist.bias")
-    block, k_blocks = _retarget_top_k(graph, producers, dropped)
-    remap = helper.make_node("Gather", [OUTPUT_VOCAB, LOCAL_TOP_IDS], ["top_ids"], name="shortlist.top_ids", axis=0)
+    dropped.extend(_top_k_chain(graph, producers))
     kept = [n for n in graph.node if not any(n is d for d in dropped)]
     kept.insert(next(i for i, n in enumerate(kept) if n is softmax), add)
     if barred is not None:
         kept.insert(0, barred)
-    kept.append(remap)
     del graph.node[:]
     graph.node.extend(kept)
-    _top_k_by_width(graph)
+    top_k = [o for o in graph.output if o.name in TOP_K_OUTPUTS]
+    for output in top_k:
+        graph.output.remove(output)
 
     dim = weight.shape[1 - axis]
     weight_shape: list[int | str] = ["shortlist", dim] if axis == 0 else [dim, "shortlist"]
@@ -242,87 +237,25 @@ def rewrite_output_layer(model: onnx.ModelProto, vocab_size: int) -> OutputLayer
     used = _read_names(graph)
     for init in [i for i in graph.initializer if i.name not in used]:
         graph.initializer.remove(init)
-    return OutputLayer(weight, axis, None if scale is None else scale.astype(np.float32), bias, block, k_blocks)
+    return OutputLayer(weight, axis, None if scale is None else scale.astype(np.float32), bias, 1, DECODER_TOP_K)
 
 
-def _retarget_top_k(
-    graph: onnx.GraphProto, producers: Mapping[str, onnx.NodeProto], dropped: list[onnx.NodeProto]
-) -> tuple[int, int]:
-    """The blockwise top-k (export/decoder_graph.py) over a shortlist of any multiple of its block:
-    the block count comes from the shape, any padding is the runtime's; top_ids come out as
-    positions in the shortlist. Returns the block size and the blocks it needs at least."""
-    consumers = [n for n in graph.node if "log_probs" in n.input and n.op_type in ("Reshape", "Pad")]
-    if len(consumers) != 1:
-        raise ShortlistError("the decoder step's top-k does not read log_probs through one Reshape")
-    reshape = consumers[0]
-    if reshape.op_type == "Pad":  # a vocabulary the block does not divide: the runtime pads the shortlist
-        dropped.append(reshape)
-        reshape = next(n for n in graph.node if reshape.output[0] in n.input)
-        reshape.input[0] = "log_probs"
-    shape = _constant(graph, reshape.input[1])
-    if reshape.op_type != "Reshape" or shape is None or shape.shape != (3,):
-        raise ShortlistError("the decoder step's top-k does not group log_probs into blocks")
-    block = int(shape[2])
-    blocks = f"{reshape.input[1]}.shortlist"
-    graph.initializer.append(numpy_helper.from_array(np.array([0, -1, block], np.int64), blocks))
-    reshape.input[1] = blocks
-    top_ids = producers.get("top_ids")
-    k_blocks = _constant(graph, "k_blocks")
-    if top_ids is None or k_blocks is None:
-        raise ShortlistError("the decoder step has no blockwise top_ids")
-    top_ids.output[0] = LOCAL_TOP_IDS
-    return block, int(k_blocks.reshape(-1)[0])
-
-
-def _top_k_by_width(graph: onnx.GraphProto) -> None:
-    """Put the blockwise top-k (log_probs -> top_log_probs, LOCAL_TOP_IDS) in the else branch of an
-    If whose then branch is one TopK over log_probs, taken while the bound shortlist is at most
-    PLAIN_TOP_K_WIDTH wide. Both rank equal scores by the lower position."""
-    producers = {out: node for node in graph.node for out in node.output}
-    outputs = ["top_log_probs", LOCAL_TOP_IDS]
+def _top_k_chain(graph: onnx.GraphProto, producers: Mapping[str, onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """The nodes that make the step's top_log_probs and top_ids from its log_probs (export/decoder_graph.py's
+    blockwise top-k), which the runtime replaces (service/runtime/top_k.py): a chain that nothing else reads."""
     chain: dict[int, onnx.NodeProto] = {}
-    pending = list(outputs)
+    pending = list(TOP_K_OUTPUTS)
     while pending:
         node = producers.get(pending.pop())
-        if node is not None and node.output[0] != "log_probs" and id(node) not in chain:
+        if node is not None and "log_probs" not in node.output and id(node) not in chain:
             chain[id(node)] = node
             pending.extend(node.input)
-    made = {out for node in chain.values() for out in node.output} - set(outputs)
+    made = {out for node in chain.values() for out in node.output} - set(TOP_K_OUTPUTS)
     outside = [n for n in graph.node if id(n) not in chain and made & set(n.input)]
-    final = producers.get("top_log_probs")
     reads_scores = any("log_probs" in node.input for node in chain.values())
-    if outside or final is None or final.op_type != "TopK" or not reads_scores:
+    if outside or not reads_scores or not all(name in producers for name in TOP_K_OUTPUTS):
         raise ShortlistError("the decoder step's top-k is not a chain of its own from log_probs")
-    k = final.input[1]
-    renamed = {name: f"blocks.{name}" for name in outputs}
-    for node in chain.values():
-        node.output[:] = [renamed.get(name, name) for name in node.output]
-        node.input[:] = [renamed.get(name, name) for name in node.input]
-
-    def branch(name: str, nodes: list[onnx.NodeProto], results: list[str]) -> onnx.GraphProto:
-        declared = [helper.make_tensor_value_info(results[0], TensorProto.FLOAT, ["batch", "top_k"]),
-                    helper.make_tensor_value_info(results[1], TensorProto.INT64, ["batch", "top_k"])]  # fmt: skip
-        return helper.make_graph(nodes, name, [], declared)
-
-    blockwise = [n for n in graph.node if id(n) in chain]  # in the order they ran
-    plain = ["plain.top_log_probs", "plain.top_ids"]
-    one_top_k = helper.make_node("TopK", ["log_probs", k], plain, name="shortlist.top_k", axis=-1)
-    width = "shortlist.width"
-    graph.initializer.append(numpy_helper.from_array(np.array([PLAIN_TOP_K_WIDTH], np.int64), "plain_top_k_width"))
-    choose = [
-        helper.make_node("Shape", ["log_probs"], ["shortlist.columns"], name="shortlist.columns", start=1, end=2),
-        helper.make_node("LessOrEqual", ["shortlist.columns", "plain_top_k_width"], [width], name=width),
-        helper.make_node(
-            "If", [width], outputs, name="shortlist.top_k_by_width",
-            then_branch=branch("one_top_k", [one_top_k], plain),
-            else_branch=branch("blockwise_top_k", blockwise, [renamed[o] for o in outputs]),
-        ),
-    ]  # fmt: skip
-    first = next(i for i, n in enumerate(graph.node) if id(n) in chain)
-    kept = [n for n in graph.node if id(n) not in chain]
-    kept[first:first] = choose
-    del graph.node[:]
-    graph.node.extend(kept)
+    return list(chain.values())
 
 
 def _read_names(graph: onnx.GraphProto) -> set[str]:

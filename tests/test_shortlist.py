@@ -13,18 +13,18 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
-from export.shortlist import PLAIN_TOP_K_WIDTH
 from service.cli import main
 from service.conventions import EOS_ID
 from service.graphs import DECODER_TOP_K
 from service.manifest import MANIFEST_FILE, ModelFileError
+from service.runtime import native
 from service.runtime.beam import DecodeOptions, Hypothesis, beam_search
 from service.runtime.beside import HELPER_THREAD_NAME, Beside
 from service.runtime.sessions import OnnxModel
 from service.runtime.shortlist import BatchVocab
+from service.runtime.top_k import top_k
 from tests.conftest import TAG
 
 pytestmark = pytest.mark.slow
@@ -254,34 +254,34 @@ def test_with_the_shortlist_off_a_model_decodes_exactly_as_without_one(
     assert np.allclose(steps[0], steps[1], atol=1e-5)
 
 
-def test_the_steps_top_k_ranks_as_one_stable_sort_on_either_side_of_its_width(models: tuple[Path, Path]) -> None:
-    """The rewritten step takes one TopK up to PLAIN_TOP_K_WIDTH columns and the blockwise one beyond:
-    both give the best DECODER_TOP_K of each row, equal scores by the lower position."""
+def test_the_step_leaves_its_top_k_to_the_runtime_which_ranks_as_one_stable_sort(
+    models: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rewritten step returns its log-probs over the union and no top-k of its own; the runtime's
+    (in C, and in numpy without the module) gives the best DECODER_TOP_K of each row, equal scores by
+    the lower position, NaN last, whatever the row's width."""
     step = onnx.load(str(models[1] / "decoder_step.onnx"))
-    choice = ("shortlist.columns", "shortlist.width", "shortlist.top_k_by_width")
-    nodes = [n for n in step.graph.node if n.name in choice]
-    assert [n.name for n in nodes] == list(choice)
-    reads: set[str] = set()
-    for node in nodes:
-        reads.update(node.input)
-        for attribute in node.attribute:
-            reads.update(name for inner in attribute.g.node for name in inner.input)
-    top_k = onnx.helper.make_graph(
-        nodes, "top_k", [onnx.helper.make_tensor_value_info("log_probs", onnx.TensorProto.FLOAT, ["rows", "width"])],
-        [onnx.helper.make_tensor_value_info("top_log_probs", onnx.TensorProto.FLOAT, ["rows", DECODER_TOP_K]),
-         onnx.helper.make_tensor_value_info("top_ids.shortlist", onnx.TensorProto.INT64, ["rows", DECODER_TOP_K])],
-        [i for i in step.graph.initializer if i.name in reads],
-    )  # fmt: skip
-    session = ort.InferenceSession(onnx.helper.make_model(top_k, opset_imports=step.opset_import).SerializeToString())
+    outputs = [o.name for o in step.graph.output]
+    assert "log_probs" in outputs and "top_ids" not in outputs and "top_log_probs" not in outputs
+    assert not any(node.op_type == "TopK" for node in step.graph.node)
     rng = np.random.default_rng(0)
-    block = int(np.load(models[1] / "output_layer.npz")["block"])
-    for width in (16 * block, -(-(PLAIN_TOP_K_WIDTH + 1) // block) * block):  # the shortest blockwise, the first past
-        scores = rng.integers(-6, 0, (7, width)).astype(np.float32)  # many equal scores in every row
+    for width in (DECODER_TOP_K, 17, 300, 2_049, 8_000):
+        scores = rng.integers(-6, 0, (9, width)).astype(np.float32)  # many equal scores in every row
         scores[3, :] = -1.0  # a row of one score: the first positions
-        values, positions = session.run(None, {"log_probs": scores})
-        expected = np.stack([np.lexsort((np.arange(width), -row))[:DECODER_TOP_K] for row in scores])
-        assert np.array_equal(positions, expected), width
-        assert np.array_equal(values, np.take_along_axis(scores, expected, axis=1))
+        scores[4, : width // 2] = -np.inf  # half masked, as a union's other sentences are
+        scores[5, rng.random(width) < 0.3] = np.nan
+        scores[6] = rng.standard_normal(width).astype(np.float32)  # no ties: only the threshold works
+        scores[7, ::-1] = np.sort(scores[6])  # best last: each value beats the last
+        vocab = np.sort(rng.choice(100_000, width, replace=False)).astype(np.int64)
+        order = np.stack([np.lexsort((np.arange(width), -np.nan_to_num(row, nan=0.0), np.isnan(row)))
+                          for row in scores])[:, :DECODER_TOP_K]  # fmt: skip
+        for module in (native.common_step, None):
+            monkeypatch.setattr(native, "common_step", module)
+            values = np.empty((len(scores), DECODER_TOP_K), np.float32)
+            ids = np.empty((len(scores), DECODER_TOP_K), np.int64)
+            top_k(scores, vocab, values, ids)
+            assert np.array_equal(ids, vocab[order]), (width, module)
+            assert np.array_equal(values, np.take_along_axis(scores, order, axis=1), equal_nan=True)
 
 
 def test_a_shortlist_is_refused_where_it_cannot_work(exported_int8: Path, tiny_data_dir: Path, tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 /* The beam search's common step in one call (service/runtime/beam.py, `_beam_search`), such steps
- * run one after another with the graph's runs between them (common_steps), and two more pieces of
- * the host's work between the graphs' runs: the cache's history reordered (reorder_history) and a
- * batch's output layer gathered (take_columns), each below.
+ * run one after another with the graph's runs between them (common_steps), and three more pieces of
+ * the host's work between the graphs' runs: the cache's history reordered (reorder_history), a
+ * batch's output layer gathered (take_columns) and a shortlisted step's top-k (top_k), each below.
  *
  * A step of one sentence decodes in well under a millisecond, and each numpy operation of the
  * host's selection costs microseconds whatever its size: this does the common step's selection
@@ -609,11 +609,179 @@ static PyObject *take_columns(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* top_k(log_probs, vocab, values, ids): each row's best k of log_probs [R, U] float32, best first (a
+ * higher value, NaN last, then the lower position), into values [R, k] float32 and ids [R, k] int64,
+ * each the vocabulary id of its position (vocab [U] int64): what a TopK node of the step gave, for a
+ * step whose top-k runs here (export/shortlist.py).
+ * A row's largest value in each block of TOP_K_BLOCK columns, whose k-th largest is a bound that the
+ * top k reach; then the values at or above it in the blocks that reach it, in position order, ranked.
+ * Where that leaves fewer than k (NaN among the best) or too many (ties at the bound), the row is
+ * ranked in one pass that inserts each value above the k-th best so far. */
+#define TOP_K_BLOCK 16
+#define TOP_K_MAX_BLOCKS 8192
+#define TOP_K_MAX_REACHED 512
+
+static int ranks_above(float a, Py_ssize_t position_a, float b, Py_ssize_t position_b) {
+    int nan_a = isnan(a), nan_b = isnan(b);
+    if (nan_a != nan_b) {
+        return nan_b;
+    }
+    if (!nan_a && a != b) {
+        return a > b;
+    }
+    return position_a < position_b;
+}
+
+/* values[0..count) and positions ranked (best first) with one more, dropping the last where full (count == k). */
+static void rank_in(float value, Py_ssize_t position, float *values, Py_ssize_t *positions, Py_ssize_t *count, Py_ssize_t k) {
+    Py_ssize_t at = *count < k ? (*count)++ : k - 1;
+    for (; at > 0 && ranks_above(value, position, values[at - 1], positions[at - 1]); at--) {
+        values[at] = values[at - 1];
+        positions[at] = positions[at - 1];
+    }
+    values[at] = value;
+    positions[at] = position;
+}
+
+/* rank_in for values that are not NaN, given in position order (an equal value stays behind). */
+static inline void rank_in_order(float value, Py_ssize_t position, float *values, Py_ssize_t *positions, Py_ssize_t *count,
+                          Py_ssize_t k) {
+    Py_ssize_t at = *count < k ? (*count)++ : k - 1;
+    for (; at > 0 && value > values[at - 1]; at--) {
+        values[at] = values[at - 1];
+        positions[at] = positions[at - 1];
+    }
+    values[at] = value;
+    positions[at] = position;
+}
+
+static void row_top_k_each(const float *row, Py_ssize_t width, Py_ssize_t k, float *values, Py_ssize_t *positions) {
+    Py_ssize_t filled = 0;
+    for (Py_ssize_t j = 0; j < width; j++) {
+        if (filled < k || ranks_above(row[j], j, values[k - 1], positions[k - 1])) {
+            rank_in(row[j], j, values, positions, &filled, k);
+        }
+    }
+}
+
+/* The largest value of each whole block of the row into maxima, NaN left out (-inf for a block of NaN
+ * alone). */
+static void block_maxima(const float *row, Py_ssize_t blocks, float *maxima) {
+#if defined(__SSE2__) && TOP_K_BLOCK == 16
+    /* MAXPS gives its second operand where either is NaN: the running maximum, never NaN itself */
+    const __m128 lowest = _mm_set1_ps(-INFINITY);
+    for (Py_ssize_t b = 0; b < blocks; b++) {
+        const float *at = row + b * TOP_K_BLOCK;
+        __m128 m = _mm_max_ps(_mm_loadu_ps(at), lowest);
+        m = _mm_max_ps(_mm_loadu_ps(at + 4), m);
+        m = _mm_max_ps(_mm_loadu_ps(at + 8), m);
+        m = _mm_max_ps(_mm_loadu_ps(at + 12), m);
+        m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+        maxima[b] = _mm_cvtss_f32(m);
+    }
+#else
+    for (Py_ssize_t b = 0; b < blocks; b++) {
+        float largest = -INFINITY;
+        for (Py_ssize_t i = b * TOP_K_BLOCK; i < (b + 1) * TOP_K_BLOCK; i++) {
+            largest = row[i] > largest ? row[i] : largest; /* a NaN compares false */
+        }
+        maxima[b] = largest;
+    }
+#endif
+}
+
+/* The two-pass ranking (above); 0 where the row needs the one-pass one. */
+static int row_top_k_bounded(const float *row, Py_ssize_t width, Py_ssize_t k, float *values, Py_ssize_t *positions) {
+    Py_ssize_t blocks = width / TOP_K_BLOCK;
+    if (blocks < k || blocks > TOP_K_MAX_BLOCKS) {
+        return 0;
+    }
+    float maxima[TOP_K_MAX_BLOCKS];
+    block_maxima(row, blocks, maxima);
+    float largest[MAX_CANDIDATES]; /* the k largest maxima so far, largest first */
+    Py_ssize_t which[MAX_CANDIDATES], filled = 0;
+    largest[k - 1] = -INFINITY; /* written over before it is read: blocks >= k */
+    for (Py_ssize_t b = 0; b < blocks; b++) {
+        if (filled < k || maxima[b] > largest[k - 1]) {
+            rank_in_order(maxima[b], b, largest, which, &filled, k);
+        }
+    }
+    float bound = largest[k - 1]; /* at least k values reach it: the top k do */
+    float reached[TOP_K_MAX_REACHED];
+    Py_ssize_t at[TOP_K_MAX_REACHED], count = 0;
+    for (Py_ssize_t b = 0; b <= blocks; b++) { /* the blocks that reach it, then the columns after them */
+        if (b < blocks && !(maxima[b] >= bound)) {
+            continue;
+        }
+        if (count > TOP_K_MAX_REACHED - TOP_K_BLOCK) {
+            return 0;
+        }
+        Py_ssize_t end = b < blocks ? (b + 1) * TOP_K_BLOCK : width;
+        for (Py_ssize_t j = b * TOP_K_BLOCK; j < end; j++) { /* each written, kept where it reaches the bound */
+            reached[count] = row[j];
+            at[count] = j;
+            count += row[j] >= bound;
+        }
+    }
+    if (count < k) { /* NaN among the best k */
+        return 0;
+    }
+    filled = 0;
+    for (Py_ssize_t i = 0; i < count; i++) { /* in position order: an equal value stays behind */
+        if (filled < k || reached[i] > values[k - 1]) {
+            rank_in_order(reached[i], at[i], values, positions, &filled, k);
+        }
+    }
+    return 1;
+}
+
+static PyObject *top_k(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *objects[4];
+    if (!PyArg_ParseTuple(args, "OOOO", &objects[0], &objects[1], &objects[2], &objects[3])) {
+        return NULL;
+    }
+    Buffer b[4];
+    memset(b, 0, sizeof(b));
+    if (get_buffer(objects[0], &b[0], "log_probs", "f", 2, 0) < 0 || get_buffer(objects[1], &b[1], "vocab", "q", 1, 0) < 0 ||
+        get_buffer(objects[2], &b[2], "values", "f", 2, 1) < 0 || get_buffer(objects[3], &b[3], "ids", "q", 2, 1) < 0) {
+        release(b, 4);
+        return NULL;
+    }
+    Buffer scores = b[0], vocab = b[1], values = b[2], ids = b[3];
+    Py_ssize_t rows = scores.view.shape[0], width = scores.view.shape[1], k = values.view.shape[1];
+    if (k < 1 || k > width || k > MAX_CANDIDATES || vocab.view.shape[0] != width || values.view.shape[0] != rows ||
+        ids.view.shape[0] != rows || ids.view.shape[1] != k || scores.view.strides[1] != sizeof(float)) {
+        release(b, 4);
+        PyErr_SetString(PyExc_ValueError, "top_k: log_probs [R, U] with contiguous rows, vocab [U], values and ids "
+                                          "[R, k], 1 <= k <= U");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t r = 0; r < rows; r++) {
+        float best[MAX_CANDIDATES];
+        Py_ssize_t positions[MAX_CANDIDATES];
+        const float *row = &AT(scores, float, r, 0);
+        if (!row_top_k_bounded(row, width, k, best, positions)) {
+            row_top_k_each(row, width, k, best, positions);
+        }
+        for (Py_ssize_t i = 0; i < k; i++) {
+            AT(values, float, r, i) = best[i];
+            AT(ids, int64_t, r, i) = AT1(vocab, int64_t, positions[i]);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    release(b, 4);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"select_common", select_common, METH_VARARGS, "The beam search's common step (see the module's source)."},
     {"common_steps", common_steps, METH_VARARGS, "Common steps run, selected and committed in turn (see the source)."},
     {"reorder_history", reorder_history, METH_VARARGS, "The self-attention cache's rows reordered in place."},
     {"take_columns", take_columns, METH_VARARGS, "A batch's output layer columns from the projection's rows."},
+    {"top_k", top_k, METH_VARARGS, "Each row's best k log-probs and their vocabulary ids (see the source)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,6 +1,6 @@
-"""The beam search's common step, the cache's reorder and the output layer's columns in C
-(_common_step.c), or None where the install built no C extension (no compiler at hand): the numpy
-code beside each call does the same."""
+"""The beam search's common step, the cache's reorder, the output layer's columns and a shortlisted
+step's top-k in C (_common_step.c), or None where the install built no C extension (no compiler at
+hand): the numpy code beside each call does the same."""
 
 from types import ModuleType
 

@@ -10,7 +10,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, TypeVar, cast
 
@@ -35,6 +35,7 @@ from service.runtime.lookups import open_recording_lookups
 from service.runtime.packed import discard, packed_dir, packed_graph, packed_key
 from service.runtime.shortlist import OUTPUT_BIAS, OUTPUT_SCALE, OUTPUT_VOCAB, OUTPUT_WEIGHT, BatchVocab, OutputLayer
 from service.runtime.text_tokenizer import load_text_tokenizer
+from service.runtime.top_k import top_k
 
 log = logging.getLogger("mtserve.runtime")
 KVList = list[np.ndarray]  # flat [k0, v0, k1, v1, ...], each [B, H, L, K]
@@ -246,7 +247,7 @@ class _Graph:
         (run_again); its outputs come back as arrays of their own."""
         feeds = self.run_again(bind)
         assert feeds is not None  # `bind` always binds
-        return [array.copy() for array in feeds.outputs.values()]
+        return [feeds.output(name).copy() for name in feeds.asked]
 
     def run_again(
         self, bound: Callable[[ort.InferenceSession], tuple[ort.IOBinding, StepFeeds] | None]
@@ -259,6 +260,7 @@ class _Graph:
             if held is None:
                 return None
             session.run_with_iobinding(held[0])
+            held[1].select()
             return held[1]
         finally:
             self._end()
@@ -280,7 +282,15 @@ class _Graph:
                 return None
             fixed = self.wide is self.narrow or self._runs.narrowed()
             census = _FIXED_CENSUS if fixed else _ALL_RUNS.census
-            return runs(session.run_with_iobinding, held[0], held[1], census, int(census[0]))
+            binding, feeds = held
+            run = session.run_with_iobinding
+            if feeds.selected:
+
+                def run(binding: ort.IOBinding) -> None:
+                    session.run_with_iobinding(binding)
+                    feeds.select()
+
+            return runs(run, binding, feeds, census, int(census[0]))
         finally:
             self._end()
 
@@ -344,6 +354,21 @@ class StepFeeds:
     length: np.ndarray  # int32 scalar: the cache's length, this token's position
     beam_width: np.ndarray  # int32 [1]: rows per sentence
     vocab: BatchVocab | None  # the output layer's inputs, for a step that takes a shortlist
+    asked: tuple[str, ...] = ()  # the outputs asked for, in order: `outputs`' and `selected`'s
+    # top_log_probs and top_ids where the step's graph has no top-k: made by `select` from log_probs
+    selected: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def select(self) -> None:
+        """The rows' best log-probs and tokens, where the host takes them (top_k.py), from the run's
+        log_probs over the bound union."""
+        if self.selected:
+            assert self.vocab is not None  # only a shortlisted step leaves its top-k to the host
+            top_k(self.outputs["log_probs"], self.vocab.vocab, self.selected["top_log_probs"],
+                  self.selected["top_ids"])  # fmt: skip
+
+    def output(self, name: str) -> np.ndarray:
+        """An output asked for, as the last run (and `select`) left it."""
+        return self.selected[name] if name in self.selected else self.outputs[name]
 
     def bind(self, session: ort.InferenceSession) -> ort.IOBinding:
         binding = session.io_binding()
@@ -376,6 +401,7 @@ class StepFeeds:
             self.presents[name] = value
             binding.bind_ortvalue_output(name, value)
         self.outputs = {name: np.empty((cache.rows, *a.shape[1:]), a.dtype) for name, a in self.outputs.items()}
+        self.selected = {name: np.empty((cache.rows, *a.shape[1:]), a.dtype) for name, a in self.selected.items()}
         for name, array in self.outputs.items():
             _bind_output(binding, name, array)
 
@@ -423,10 +449,12 @@ def step_feeds(
     cache: SelfAttentionCache,
     cross: KVList,
     vocab: BatchVocab | None = None,
+    host_top_k: bool = False,
 ) -> StepFeeds:
     """The decoder step's feeds for this cache, mask and cross K/V (checked against each other),
     and arrays for the outputs asked for; `vocab`: the output layer's inputs, for a step that takes a
-    shortlist (service/runtime/shortlist.py)."""
+    shortlist (service/runtime/shortlist.py); `host_top_k`: its graph returns log_probs and no top-k,
+    and top_log_probs and top_ids come from StepFeeds.select."""
     _check_step(last_ids, mask, cache)
     ids, length = np.array(last_ids, dtype=np.int64).reshape(-1, 1), np.array(cache.length, np.int32)
     beam_width = np.array([cache.beams], np.int32)
@@ -458,23 +486,32 @@ def step_feeds(
         "eos_log_prob": ((rows,), np.float32),
         ALIGNMENT: ((rows, mask.shape[1]), np.float32),
     }
-    arrays_out = {name: np.empty(*shapes[name]) for name in outputs}
-    return StepFeeds(arrays, pasts, presents, arrays_out, ids, length, beam_width, vocab)
+    selected_names = [name for name in outputs if host_top_k and name in _SELECTED_NAMES]
+    if selected_names and vocab is None:
+        raise ValueError("a step without a shortlist has its own top-k")
+    bound = [name for name in outputs if name not in selected_names]
+    if selected_names and "log_probs" not in bound:
+        bound.insert(0, "log_probs")
+    arrays_out = {name: np.empty(*shapes[name]) for name in bound}
+    selected = {name: np.empty(*shapes[name]) for name in selected_names}
+    return StepFeeds(arrays, pasts, presents, arrays_out, ids, length, beam_width, vocab, tuple(outputs), selected)
 
 
 def run_step(session: ort.InferenceSession, feeds: StepFeeds) -> list[np.ndarray]:
-    """One decoder step on a session of one's own (tests, benchmarks); OnnxModel keeps its bindings."""
+    """One decoder step on a session of one's own (tests, benchmarks); OnnxModel keeps its bindings.
+    The outputs asked for, in order."""
     session.run_with_iobinding(feeds.bind(session))
-    return [array.copy() for array in feeds.outputs.values()]
+    feeds.select()
+    return [feeds.output(name).copy() for name in feeds.asked]
 
 
 _TOP_NAMES = ("top_log_probs", "top_ids", "eos_log_prob")  # decode_top's outputs, without alignment
+_SELECTED_NAMES = ("top_log_probs", "top_ids")  # what StepFeeds.select makes where the step has no top-k
 
 
 def _top_step(feeds: StepFeeds) -> TopStep:
     """The last run's outputs of a binding of the _TOP_NAMES: its own arrays."""
-    outputs = feeds.outputs
-    return TopStep(outputs["top_log_probs"], outputs["top_ids"], outputs["eos_log_prob"])
+    return TopStep(feeds.output("top_log_probs"), feeds.output("top_ids"), feeds.output("eos_log_prob"))
 
 
 @dataclass
@@ -634,6 +671,12 @@ class OnnxModel:
                 "its output projection reads a shortlist, and the manifest names no output_layer file"
                 if takes_shortlist else "the manifest names an output_layer file, and its output projection reads none",
             )  # fmt: skip
+        # A step shortlisted by export/shortlist.py returns its log-probs and leaves the top-k to the
+        # host (top_k.py); one shortlisted before that has a TopK of its own, used as it is.
+        step_outputs = {output.name for output in self.decoder.wide.get_outputs()}
+        self.host_top_k = not set(_SELECTED_NAMES) <= step_outputs
+        if self.host_top_k and not (takes_shortlist and "log_probs" in step_outputs):
+            raise ModelFileError(model_dir / files["decoder"], "its decoder step has no top-k and takes no shortlist")
         # tag -> target language, where one language has the tag (a shortlist's lexical table is per language)
         tags: dict[int, list[str]] = {}
         for lang, tag in self.languages.tag_ids.items():
@@ -823,7 +866,8 @@ class OnnxModel:
                 bound.feeds.length[...] = cache.length
                 cache.step_ids = bound.feeds.ids
                 return bound.binding, bound.feeds
-            feeds = step_feeds(m.decoder_layers, m.vocab_size, names, last_ids, mask, cache, cross, vocab)
+            feeds = step_feeds(m.decoder_layers, m.vocab_size, names, last_ids, mask, cache, cross, vocab,
+                               self.host_top_k)  # fmt: skip
             binding = feeds.bind(session)
             if not cache.kept:  # the session's bindings over other sources go
                 for other in [other for other in cache.bindings if other[0] == key[0]]:
@@ -874,9 +918,8 @@ class OnnxModel:
         def runs(
             run: Callable[[ort.IOBinding], None], binding: ort.IOBinding, feeds: StepFeeds, census: np.ndarray, at: int
         ) -> CommonSteps:
-            outputs = feeds.outputs
             committed, ran, length, kept, status, ended = module.common_steps(
-                run, binding, steps, census, at, feeds.length, outputs["top_ids"], outputs["top_log_probs"],
+                run, binding, steps, census, at, feeds.length, feeds.output("top_ids"), feeds.output("top_log_probs"),
                 cache.history, feeds.ids, cache.length, *selection,
             )  # fmt: skip
             cache.advanced_to(length)
