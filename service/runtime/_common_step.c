@@ -301,11 +301,14 @@ static int closes_loop(const Buffer *hist, Py_ssize_t row, Py_ssize_t length, in
     return 0;
 }
 
+static int top_k_shapes_agree(const Buffer *scores, const Buffer *vocab, const Buffer *values, const Buffer *ids);
+static void rows_top_k(const Buffer *scores, const Buffer *vocab, Buffer *values, Buffer *ids);
+
 /* common_steps(run, binding, steps, census, census_at_start, position, top_ids, top_log_probs, history,
  *              next_ids, length, k, eos, window, hist, scores, hist_a, hist_b, scores_a, scores_b,
  *              rows_a, rows_b, last_a, last_b, ended_rows, ended_scores, ended_sentences,
- *              finished, kept_sentences, kept_scores, kept_lengths, kept_tokens, max_repeats)
- *     -> (committed, ran, length, kept, status, ended)
+ *              finished, kept_sentences, kept_scores, kept_lengths, kept_tokens, max_repeats[, log_probs,
+ *              vocab]) -> (committed, ran, length, kept, status, ended)
  * Up to `steps` decoder steps of a search at k rows a sentence whose next ids are bound, each run by
  * `run(binding)` (the session's run_with_iobinding, which gives the interpreter's lock back while the
  * graph runs), then selected and committed here: what beam.py's loop does one step at a time
@@ -332,19 +335,22 @@ static int closes_loop(const Buffer *hist, Py_ssize_t row, Py_ssize_t length, in
  * last committed one writes, its ended rows in ended_rows, ended_scores and ended_sentences).
  * committed: the steps taken, whose last wrote the _a arrays if odd; length: the cache's length
  * after them all; kept: the rows that ended in them.
+ * With log_probs [n*k, U] float32 and vocab [U] int64 (a step that leaves its top-k to the host), each
+ * run's top_ids and top_log_probs are taken from its log_probs here (top_k, below) before the selection.
  */
 static PyObject *common_steps(PyObject *self, PyObject *args) {
     (void)self;
-    enum { BUFFERS = 25 };
-    PyObject *run, *binding, *o[BUFFERS];
+    enum { BUFFERS = 25, SCORED = 2 };
+    PyObject *run, *binding, *o[BUFFERS], *scored[SCORED] = {Py_None, Py_None};
     Py_ssize_t steps, length, k, window;
     long long census_at_start, eos;
-    if (!PyArg_ParseTuple(args, "OOnOLOOOOOnnLnOOOOOOOOOOOOOOOOOOO", &run, &binding, &steps, &o[0], &census_at_start,
+    if (!PyArg_ParseTuple(args, "OOnOLOOOOOnnLnOOOOOOOOOOOOOOOOOOO|OO", &run, &binding, &steps, &o[0], &census_at_start,
                           &o[1], &o[2], &o[3], &o[4], &o[5], &length, &k, &eos, &window, &o[6], &o[7], &o[8], &o[9],
                           &o[10], &o[11], &o[12], &o[13], &o[14], &o[15], &o[16], &o[17], &o[18], &o[19], &o[20],
-                          &o[21], &o[22], &o[23], &o[24])) {
+                          &o[21], &o[22], &o[23], &o[24], &scored[0], &scored[1])) {
         return NULL;
     }
+
     static const char *names[BUFFERS] = {
         "census",   "position", "top_ids",  "top_log_probs", "history",      "next_ids",        "hist",     "scores",
         "hist_a",   "hist_b",   "scores_a", "scores_b",      "rows_a",       "rows_b",          "last_a",   "last_b",
@@ -353,14 +359,21 @@ static PyObject *common_steps(PyObject *self, PyObject *args) {
     static const char *formats[BUFFERS] = {"q", "i", "q", "f", "i", "q", "q", "d", "q", "q", "d", "d",
                                            "q", "q", "q", "q", "q", "d", "q", "q", "q", "d", "q", "q", "q"};
     static const int ndims[BUFFERS] = {1, 0, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1};
-    static const int writable[BUFFERS] = {0, 1, 0, 0, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0};
-    Buffer b[BUFFERS];
+    static const int writable[BUFFERS] = {0, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0};
+    Buffer b[BUFFERS + SCORED];
     memset(b, 0, sizeof(b));
     for (int i = 0; i < BUFFERS; i++) {
         if (get_buffer(o[i], &b[i], names[i], formats[i], ndims[i], writable[i]) < 0) {
-            release(b, BUFFERS);
+            release(b, BUFFERS + SCORED);
             return NULL;
         }
+    }
+    Buffer *log_probs = &b[BUFFERS], *vocab = &b[BUFFERS + 1]; /* where the host takes the top-k */
+    int host_top_k = scored[0] != Py_None;
+    if (host_top_k && (get_buffer(scored[0], log_probs, "log_probs", "f", 2, 0) < 0 ||
+                       get_buffer(scored[1], vocab, "vocab", "q", 1, 0) < 0)) {
+        release(b, BUFFERS + SCORED);
+        return NULL;
     }
     Buffer *census = &b[0], *position = &b[1], *top_ids = &b[2], *top_log_probs = &b[3], *history = &b[4];
     Buffer *next_ids = &b[5], *hist = &b[6], *scores = &b[7];
@@ -386,8 +399,11 @@ static PyObject *common_steps(PyObject *self, PyObject *args) {
                        scoring[i]->view.shape[0] == n && scoring[i]->view.shape[1] == k &&
                        parents[i]->view.shape[0] == rows && lasts[i]->view.shape[0] == rows;
     }
+    if (shapes_agree && host_top_k) {
+        shapes_agree = log_probs->view.shape[0] == rows && top_k_shapes_agree(log_probs, vocab, top_log_probs, top_ids);
+    }
     if (!shapes_agree || hists[0]->view.buf == hist->view.buf) {
-        release(b, BUFFERS);
+        release(b, BUFFERS + SCORED);
         PyErr_SetString(PyExc_ValueError, "common_steps: the arrays' shapes do not agree");
         return NULL;
     }
@@ -401,13 +417,16 @@ static PyObject *common_steps(PyObject *self, PyObject *args) {
         *(int32_t *)position->view.buf = (int32_t)length;
         PyObject *result = PyObject_CallOneArg(run, binding);
         if (result == NULL) {
-            release(b, BUFFERS);
+            release(b, BUFFERS + SCORED);
             return NULL;
         }
         Py_DECREF(result);
         if (PyErr_CheckSignals() < 0) { /* Ctrl-C in a search on the main thread stops it here */
-            release(b, BUFFERS);
+            release(b, BUFFERS + SCORED);
             return NULL;
+        }
+        if (host_top_k) {
+            rows_top_k(log_probs, vocab, top_log_probs, top_ids);
         }
         for (Py_ssize_t r = 0; r < rows; r++) { /* SelfAttentionCache.advance */
             AT(*history, int32_t, r, length) = (int32_t)(r % k);
@@ -450,14 +469,14 @@ static PyObject *common_steps(PyObject *self, PyObject *args) {
             }
         }
         if (commit_step(history, parents[to], k, length, next_ids, lasts[to]) < 0) {
-            release(b, BUFFERS);
+            release(b, BUFFERS + SCORED);
             return NULL;
         }
         from_hist = hists[to];
         from_scores = scoring[to];
         committed++;
     }
-    release(b, BUFFERS);
+    release(b, BUFFERS + SCORED);
     return Py_BuildValue("(ninnin)", committed, ran, length, kept, ran_status, ran_ended);
 }
 
@@ -736,6 +755,30 @@ static int row_top_k_bounded(const float *row, Py_ssize_t width, Py_ssize_t k, f
     return 1;
 }
 
+/* Whether log_probs [R, U] (contiguous rows), vocab [U], values and ids [R, k] agree, 1 <= k <= U. */
+static int top_k_shapes_agree(const Buffer *scores, const Buffer *vocab, const Buffer *values, const Buffer *ids) {
+    Py_ssize_t rows = scores->view.shape[0], width = scores->view.shape[1], k = values->view.shape[1];
+    return k >= 1 && k <= width && k <= MAX_CANDIDATES && vocab->view.shape[0] == width && values->view.shape[0] == rows &&
+           ids->view.shape[0] == rows && ids->view.shape[1] == k && scores->view.strides[1] == sizeof(float);
+}
+
+/* Each row's best k into values and ids (top_k_shapes_agree); runs without the interpreter's lock. */
+static void rows_top_k(const Buffer *scores, const Buffer *vocab, Buffer *values, Buffer *ids) {
+    Py_ssize_t rows = scores->view.shape[0], width = scores->view.shape[1], k = values->view.shape[1];
+    for (Py_ssize_t r = 0; r < rows; r++) {
+        float best[MAX_CANDIDATES];
+        Py_ssize_t positions[MAX_CANDIDATES];
+        const float *row = &AT(*scores, float, r, 0);
+        if (!row_top_k_bounded(row, width, k, best, positions)) {
+            row_top_k_each(row, width, k, best, positions);
+        }
+        for (Py_ssize_t i = 0; i < k; i++) {
+            AT(*values, float, r, i) = best[i];
+            AT(*ids, int64_t, r, i) = AT1(*vocab, int64_t, positions[i]);
+        }
+    }
+}
+
 static PyObject *top_k(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *objects[4];
@@ -749,28 +792,14 @@ static PyObject *top_k(PyObject *self, PyObject *args) {
         release(b, 4);
         return NULL;
     }
-    Buffer scores = b[0], vocab = b[1], values = b[2], ids = b[3];
-    Py_ssize_t rows = scores.view.shape[0], width = scores.view.shape[1], k = values.view.shape[1];
-    if (k < 1 || k > width || k > MAX_CANDIDATES || vocab.view.shape[0] != width || values.view.shape[0] != rows ||
-        ids.view.shape[0] != rows || ids.view.shape[1] != k || scores.view.strides[1] != sizeof(float)) {
+    if (!top_k_shapes_agree(&b[0], &b[1], &b[2], &b[3])) {
         release(b, 4);
         PyErr_SetString(PyExc_ValueError, "top_k: log_probs [R, U] with contiguous rows, vocab [U], values and ids "
                                           "[R, k], 1 <= k <= U");
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t r = 0; r < rows; r++) {
-        float best[MAX_CANDIDATES];
-        Py_ssize_t positions[MAX_CANDIDATES];
-        const float *row = &AT(scores, float, r, 0);
-        if (!row_top_k_bounded(row, width, k, best, positions)) {
-            row_top_k_each(row, width, k, best, positions);
-        }
-        for (Py_ssize_t i = 0; i < k; i++) {
-            AT(values, float, r, i) = best[i];
-            AT(ids, int64_t, r, i) = AT1(vocab, int64_t, positions[i]);
-        }
-    }
+    rows_top_k(&b[0], &b[1], &b[2], &b[3]);
     Py_END_ALLOW_THREADS
     release(b, 4);
     Py_RETURN_NONE;

@@ -274,7 +274,8 @@ class _Graph:
         for the session picked, counted as one run while it lasts: it runs that session through
         `run` as many times as it likes, while the process's census reads census_at_start, or its
         first run at least (_Runs.census: the session was picked for it). None, and no call, where
-        `bound` holds no binding."""
+        `bound` holds no binding. `run` runs the graph alone: where the host takes a step's top-k,
+        `runs` takes it too (StepFeeds.select, or the C loop's own)."""
         session = self._start()
         try:
             held = bound(session)
@@ -282,15 +283,7 @@ class _Graph:
                 return None
             fixed = self.wide is self.narrow or self._runs.narrowed()
             census = _FIXED_CENSUS if fixed else _ALL_RUNS.census
-            binding, feeds = held
-            run = session.run_with_iobinding
-            if feeds.selected:
-
-                def run(binding: ort.IOBinding) -> None:
-                    session.run_with_iobinding(binding)
-                    feeds.select()
-
-            return runs(run, binding, feeds, census, int(census[0]))
+            return runs(session.run_with_iobinding, held[0], held[1], census, int(census[0]))
         finally:
             self._end()
 
@@ -918,9 +911,11 @@ class OnnxModel:
         def runs(
             run: Callable[[ort.IOBinding], None], binding: ort.IOBinding, feeds: StepFeeds, census: np.ndarray, at: int
         ) -> CommonSteps:
+            # a step without a top-k of its own: C takes each run's from its log-probs (StepFeeds.select)
+            scored = (feeds.outputs["log_probs"], feeds.vocab.vocab) if feeds.selected and feeds.vocab else ()
             committed, ran, length, kept, status, ended = module.common_steps(
                 run, binding, steps, census, at, feeds.length, feeds.output("top_ids"), feeds.output("top_log_probs"),
-                cache.history, feeds.ids, cache.length, *selection,
+                cache.history, feeds.ids, cache.length, *selection, *scored,
             )  # fmt: skip
             cache.advanced_to(length)
             return CommonSteps(committed, _top_step(feeds) if ran else None, kept, status, ended)
