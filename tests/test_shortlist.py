@@ -18,7 +18,7 @@ import pytest
 from service.cli import main
 from service.conventions import EOS_ID
 from service.graphs import DECODER_TOP_K
-from service.manifest import MANIFEST_FILE, ModelFileError
+from service.manifest import MANIFEST_FILE, ModelFileError, sha256_file
 from service.runtime import native
 from service.runtime.beam import DecodeOptions, Hypothesis, beam_search
 from service.runtime.beside import HELPER_THREAD_NAME, Beside
@@ -318,6 +318,35 @@ def test_a_decoder_that_reads_a_shortlist_needs_its_output_layer_file(
     (broken / MANIFEST_FILE).write_text(json.dumps(manifest))
     with pytest.raises(ModelFileError, match="reads a shortlist, and the manifest names no output_layer file"):
         OnnxModel(broken, 1)
+
+
+def test_a_step_shortlisted_with_its_own_top_k_decodes_as_one_that_leaves_it_to_the_runtime(
+    models: tuple[Path, Path], sentences: list[str], tmp_path: Path
+) -> None:
+    """A directory shortlisted by an earlier version keeps a TopK in its step (top_log_probs, and
+    top_ids through output_vocab): the runtime uses it as it is, and it decodes as the runtime's own."""
+    earlier = tmp_path / "model"
+    shutil.copytree(models[1], earlier)
+    step = onnx.load(str(earlier / "decoder_step.onnx"), load_external_data=False)
+    step.graph.initializer.append(onnx.numpy_helper.from_array(np.array([DECODER_TOP_K], np.int64), "top_k"))
+    step.graph.node.extend(
+        [onnx.helper.make_node("TopK", ["log_probs", "top_k"], ["top_log_probs", "top_positions"], axis=-1),
+         onnx.helper.make_node("Gather", ["output_vocab", "top_positions"], ["top_ids"], axis=0)]
+    )  # fmt: skip
+    step.graph.output.extend(
+        [onnx.helper.make_tensor_value_info("top_log_probs", onnx.TensorProto.FLOAT, ["batch", DECODER_TOP_K]),
+         onnx.helper.make_tensor_value_info("top_ids", onnx.TensorProto.INT64, ["batch", DECODER_TOP_K])]
+    )  # fmt: skip
+    onnx.save(step, str(earlier / "decoder_step.onnx"))
+    manifest = json.loads((earlier / MANIFEST_FILE).read_text())
+    manifest["sha256"]["decoder_step.onnx"] = sha256_file(earlier / "decoder_step.onnx")
+    (earlier / MANIFEST_FILE).write_text(json.dumps(manifest))
+    own, current = OnnxModel(earlier, 2), OnnxModel(models[1], 2)
+    assert not own.host_top_k and current.host_top_k
+    _, _, expected = _search(current, sentences)
+    _, _, got = _search(own, sentences)
+    assert [[h.tokens for h in hyps] for hyps in got] == [[h.tokens for h in hyps] for hyps in expected]
+    assert [[h.score for h in hyps] for hyps in got] == [[h.score for h in hyps] for hyps in expected]
 
 
 def test_the_service_serves_a_shortlisted_model_and_names_it_in_its_metrics(

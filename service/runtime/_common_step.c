@@ -426,7 +426,9 @@ static PyObject *common_steps(PyObject *self, PyObject *args) {
             return NULL;
         }
         if (host_top_k) {
+            Py_BEGIN_ALLOW_THREADS
             rows_top_k(log_probs, vocab, top_log_probs, top_ids);
+            Py_END_ALLOW_THREADS
         }
         for (Py_ssize_t r = 0; r < rows; r++) { /* SelfAttentionCache.advance */
             AT(*history, int32_t, r, length) = (int32_t)(r % k);
