@@ -21,14 +21,21 @@ import sys
 import time
 from pathlib import Path
 
+import onnxruntime as ort
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.step_inputs import add_shape_options, random_step  # noqa: E402
 from service.runtime import denormals  # noqa: E402
-from service.runtime.sessions import OnnxModel  # noqa: E402
+from service.runtime.sessions import OnnxModel, StepFeeds  # noqa: E402
 
 WARM_STEPS = 10
+
+
+def _step(session: ort.InferenceSession, binding: ort.IOBinding, feeds: StepFeeds) -> None:
+    session.run_with_iobinding(binding)
+    feeds.select()  # the top-k, where the runtime takes it rather than the graph
 
 
 def main() -> None:
@@ -53,12 +60,10 @@ def main() -> None:
             for i in order if round_ % 2 == 0 else order[::-1]:
                 session, binding, feeds = runs[i]
                 for _ in range(WARM_STEPS):
-                    session.run_with_iobinding(binding)
-                    feeds.select()
+                    _step(session, binding, feeds)
                 started = time.perf_counter()
                 for _ in range(args.block):
-                    session.run_with_iobinding(binding)
-                    feeds.select()  # the top-k, where the runtime takes it rather than the graph
+                    _step(session, binding, feeds)
                 micros[i].append((time.perf_counter() - started) / args.block * 1e6)
     for model_dir, times in zip(args.model, micros, strict=True):
         ratios = [t / first for t, first in zip(times, micros[0], strict=True)]

@@ -50,11 +50,11 @@ from service.runtime.shortlist import (
     OUTPUT_WEIGHT,
 )
 from service.runtime.text_tokenizer import load_text_tokenizer
+from service.runtime.top_k import TOP_K_OUTPUTS
 
 # Translations kept per source token: a sentence of ten tokens reaches a shortlist of 1,024
 # within this many ranks.
 LEXICAL_RANKS = 96
-TOP_K_OUTPUTS = ("top_log_probs", "top_ids")  # the step's own top-k, taken out: the runtime's
 # On the committed model, a table from 19,000 pairs each way cost about 1 BLEU on val, from
 # 188,000 about 0.1 (docs/BENCHMARKS.md): fewer source sentences than this get a warning.
 FEW_SENTENCES = 100_000

@@ -350,7 +350,6 @@ static PyObject *common_steps(PyObject *self, PyObject *args) {
                           &o[21], &o[22], &o[23], &o[24], &scored[0], &scored[1])) {
         return NULL;
     }
-
     static const char *names[BUFFERS] = {
         "census",   "position", "top_ids",  "top_log_probs", "history",      "next_ids",        "hist",     "scores",
         "hist_a",   "hist_b",   "scores_a", "scores_b",      "rows_a",       "rows_b",          "last_a",   "last_b",
@@ -642,33 +641,14 @@ static PyObject *take_columns(PyObject *self, PyObject *args) {
 #define TOP_K_MAX_BLOCKS 8192
 #define TOP_K_MAX_REACHED 512
 
-static int ranks_above(float a, Py_ssize_t position_a, float b, Py_ssize_t position_b) {
-    int nan_a = isnan(a), nan_b = isnan(b);
-    if (nan_a != nan_b) {
-        return nan_b;
-    }
-    if (!nan_a && a != b) {
-        return a > b;
-    }
-    return position_a < position_b;
-}
-
-/* values[0..count) and positions ranked (best first) with one more, dropping the last where full (count == k). */
-static void rank_in(float value, Py_ssize_t position, float *values, Py_ssize_t *positions, Py_ssize_t *count, Py_ssize_t k) {
+/* values[0..count) and positions ranked (best first) with one more, dropping the last where full
+ * (count == k). `in_order`: values that are not NaN, given in position order, so that an equal value
+ * stays behind and a plain comparison ranks them; else ranks_before's order (NaN last, then position). */
+static inline void rank_in(float value, Py_ssize_t position, float *values, Py_ssize_t *positions, Py_ssize_t *count,
+                           Py_ssize_t k, int in_order) {
     Py_ssize_t at = *count < k ? (*count)++ : k - 1;
-    for (; at > 0 && ranks_above(value, position, values[at - 1], positions[at - 1]); at--) {
-        values[at] = values[at - 1];
-        positions[at] = positions[at - 1];
-    }
-    values[at] = value;
-    positions[at] = position;
-}
-
-/* rank_in for values that are not NaN, given in position order (an equal value stays behind). */
-static inline void rank_in_order(float value, Py_ssize_t position, float *values, Py_ssize_t *positions, Py_ssize_t *count,
-                          Py_ssize_t k) {
-    Py_ssize_t at = *count < k ? (*count)++ : k - 1;
-    for (; at > 0 && value > values[at - 1]; at--) {
+    for (; at > 0 && (in_order ? value > values[at - 1]
+                               : ranks_before(value, position, 0, values[at - 1], positions[at - 1], 0)); at--) {
         values[at] = values[at - 1];
         positions[at] = positions[at - 1];
     }
@@ -679,8 +659,8 @@ static inline void rank_in_order(float value, Py_ssize_t position, float *values
 static void row_top_k_each(const float *row, Py_ssize_t width, Py_ssize_t k, float *values, Py_ssize_t *positions) {
     Py_ssize_t filled = 0;
     for (Py_ssize_t j = 0; j < width; j++) {
-        if (filled < k || ranks_above(row[j], j, values[k - 1], positions[k - 1])) {
-            rank_in(row[j], j, values, positions, &filled, k);
+        if (filled < k || ranks_before(row[j], j, 0, values[k - 1], positions[k - 1], 0)) {
+            rank_in(row[j], j, values, positions, &filled, k, 0);
         }
     }
 }
@@ -725,7 +705,7 @@ static int row_top_k_bounded(const float *row, Py_ssize_t width, Py_ssize_t k, f
     largest[k - 1] = -INFINITY; /* written over before it is read: blocks >= k */
     for (Py_ssize_t b = 0; b < blocks; b++) {
         if (filled < k || maxima[b] > largest[k - 1]) {
-            rank_in_order(maxima[b], b, largest, which, &filled, k);
+            rank_in(maxima[b], b, largest, which, &filled, k, 1);
         }
     }
     float bound = largest[k - 1]; /* at least k values reach it: the top k do */
@@ -751,7 +731,7 @@ static int row_top_k_bounded(const float *row, Py_ssize_t width, Py_ssize_t k, f
     filled = 0;
     for (Py_ssize_t i = 0; i < count; i++) { /* in position order: an equal value stays behind */
         if (filled < k || reached[i] > values[k - 1]) {
-            rank_in_order(reached[i], at[i], values, positions, &filled, k);
+            rank_in(reached[i], at[i], values, positions, &filled, k, 1);
         }
     }
     return 1;

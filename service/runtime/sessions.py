@@ -35,7 +35,7 @@ from service.runtime.lookups import open_recording_lookups
 from service.runtime.packed import discard, packed_dir, packed_graph, packed_key
 from service.runtime.shortlist import OUTPUT_BIAS, OUTPUT_SCALE, OUTPUT_VOCAB, OUTPUT_WEIGHT, BatchVocab, OutputLayer
 from service.runtime.text_tokenizer import load_text_tokenizer
-from service.runtime.top_k import top_k
+from service.runtime.top_k import TOP_K_OUTPUTS, top_k
 
 log = logging.getLogger("mtserve.runtime")
 KVList = list[np.ndarray]  # flat [k0, v0, k1, v1, ...], each [B, H, L, K]
@@ -479,7 +479,7 @@ def step_feeds(
         "eos_log_prob": ((rows,), np.float32),
         ALIGNMENT: ((rows, mask.shape[1]), np.float32),
     }
-    selected_names = [name for name in outputs if host_top_k and name in _SELECTED_NAMES]
+    selected_names = [name for name in outputs if host_top_k and name in TOP_K_OUTPUTS]
     if selected_names and vocab is None:
         raise ValueError("a step without a shortlist has its own top-k")
     bound = [name for name in outputs if name not in selected_names]
@@ -499,7 +499,6 @@ def run_step(session: ort.InferenceSession, feeds: StepFeeds) -> list[np.ndarray
 
 
 _TOP_NAMES = ("top_log_probs", "top_ids", "eos_log_prob")  # decode_top's outputs, without alignment
-_SELECTED_NAMES = ("top_log_probs", "top_ids")  # what StepFeeds.select makes where the step has no top-k
 
 
 def _top_step(feeds: StepFeeds) -> TopStep:
@@ -667,7 +666,7 @@ class OnnxModel:
         # A step shortlisted by export/shortlist.py returns its log-probs and leaves the top-k to the
         # host (top_k.py); one shortlisted before that has a TopK of its own, used as it is.
         step_outputs = {output.name for output in self.decoder.wide.get_outputs()}
-        self.host_top_k = not set(_SELECTED_NAMES) <= step_outputs
+        self.host_top_k = not set(TOP_K_OUTPUTS) <= step_outputs
         if self.host_top_k and not (takes_shortlist and "log_probs" in step_outputs):
             raise ModelFileError(model_dir / files["decoder"], "its decoder step has no top-k and takes no shortlist")
         # tag -> target language, where one language has the tag (a shortlist's lexical table is per language)

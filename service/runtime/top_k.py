@@ -13,6 +13,9 @@ import numpy as np
 
 from service.runtime import native
 
+# The outputs a decoder step's own top-k gives, which a shortlisted step leaves to the host.
+TOP_K_OUTPUTS = ("top_log_probs", "top_ids")
+
 
 def top_k(log_probs: np.ndarray, vocab: np.ndarray, values: np.ndarray, ids: np.ndarray) -> None:
     """Each row of log_probs [R, U] float32: its best k (values' width) into values [R, k] float32, and
