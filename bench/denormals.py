@@ -98,7 +98,7 @@ def main() -> None:
 
     model = OnnxModel(args.model, 1)
     step = _session(str(args.model / model.manifest.files["decoder"]))
-    feeds = random_step(model, args, ["top_ids"])
+    feeds = random_step(model, args, ["top_log_probs", "top_ids"])
     _compare("decoder_step", lambda: run_step(step, feeds), args.rounds, rows=args.rows, past=args.past,
              source=args.source)  # fmt: skip
 
