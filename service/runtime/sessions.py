@@ -359,6 +359,14 @@ class StepFeeds:
             top_k(self.outputs["log_probs"], self.vocab.vocab, self.selected["top_log_probs"],
                   self.selected["top_ids"])  # fmt: skip
 
+    def host_scores(self) -> tuple[np.ndarray, ...]:
+        """What the C loop of steps ranks each run's top-k from where the host takes it, as `select`
+        does (_common_step.c, `common_steps`): log_probs and the union's vocab; none otherwise."""
+        if not self.selected:
+            return ()
+        assert self.vocab is not None  # only a shortlisted step leaves its top-k to the host
+        return (self.outputs["log_probs"], self.vocab.vocab)
+
     def output(self, name: str) -> np.ndarray:
         """An output asked for, as the last run (and `select`) left it."""
         return self.selected[name] if name in self.selected else self.outputs[name]
@@ -910,11 +918,10 @@ class OnnxModel:
         def runs(
             run: Callable[[ort.IOBinding], None], binding: ort.IOBinding, feeds: StepFeeds, census: np.ndarray, at: int
         ) -> CommonSteps:
-            # a step without a top-k of its own: C takes each run's from its log-probs (StepFeeds.select)
-            scored = (feeds.outputs["log_probs"], feeds.vocab.vocab) if feeds.selected and feeds.vocab else ()
+            # a step without a top-k of its own: C takes each run's, as StepFeeds.select does
             committed, ran, length, kept, status, ended = module.common_steps(
                 run, binding, steps, census, at, feeds.length, feeds.output("top_ids"), feeds.output("top_log_probs"),
-                cache.history, feeds.ids, cache.length, *selection, *scored,
+                cache.history, feeds.ids, cache.length, *selection, *feeds.host_scores(),
             )  # fmt: skip
             cache.advanced_to(length)
             return CommonSteps(committed, _top_step(feeds) if ran else None, kept, status, ended)
