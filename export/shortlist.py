@@ -40,6 +40,7 @@ from model import corpus
 from model.data_config import DataConfig
 from service.graphs import DECODER_TOP_K
 from service.manifest import MANIFEST_FILE, Manifest, load_manifest, sha256_file
+from service.runtime.projection import PROJECTION_CODES, PROJECTION_ROW_SCALE, PROJECTION_ZERO_POINT
 from service.runtime.shortlist import (
     FREQUENT_PREFIX,
     LEXICAL_PREFIX,
@@ -164,6 +165,7 @@ def rewrite_output_layer(model: onnx.ModelProto, vocab_size: int) -> OutputLayer
                 dropped.append(node)
                 node = producers[logits]
                 break
+    scaled_after = node.op_type == "Mul"
     if node.op_type == "Mul":  # int8 per row: the product times each row's range
         node = next((producers[i] for i in node.input if producers.get(i) is not None
                      and producers[i].op_type == "MatMulIntegerToFloat"), node)  # fmt: skip
@@ -180,6 +182,8 @@ def rewrite_output_layer(model: onnx.ModelProto, vocab_size: int) -> OutputLayer
             raise ShortlistError("the int8 output projection has no per-column weight scale")
         node.input[3] = OUTPUT_SCALE
         axis = 1
+        if not scaled_after:
+            _expose_projection_rows(graph, node, producers)
     elif node.op_type == "Gemm":
         if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 or attrs.get("transA", 0):
             raise ShortlistError("the output projection's Gemm scales or transposes its input")
@@ -238,6 +242,40 @@ def rewrite_output_layer(model: onnx.ModelProto, vocab_size: int) -> OutputLayer
     for init in [i for i in graph.initializer if i.name not in used]:
         graph.initializer.remove(init)
     return OutputLayer(weight, axis, None if scale is None else scale.astype(np.float32), bias, 1, DECODER_TOP_K)
+
+
+def _expose_projection_rows(
+    graph: onnx.GraphProto, node: onnx.NodeProto, producers: Mapping[str, onnx.NodeProto]
+) -> None:
+    """Give an int8 projection's input rows as step outputs, under PROJECTION_CODES and
+    PROJECTION_ROW_SCALE, where they are quantized per row as export/quantize.py does (codes of a
+    QuantizeLinear at zero point 128, each row's scale from a ReduceMax): the runtime then makes
+    small batches' projections itself (service/runtime/projection.py). Left as it is otherwise."""
+    codes, row_scale, zero_point = node.input[0], node.input[2], node.input[4] if len(node.input) > 4 else ""
+    point = _constant(graph, zero_point) if zero_point else None
+    quantized, ranged = producers.get(codes), producers.get(row_scale)
+    if (
+        point is None
+        or point.dtype != np.uint8
+        or point.size != 1
+        or int(point.reshape(-1)[0]) != PROJECTION_ZERO_POINT
+        or quantized is None
+        or quantized.op_type != "QuantizeLinear"
+        or ranged is None
+        or ranged.op_type != "ReduceMax"
+    ):
+        return
+    renamed = {codes: PROJECTION_CODES, row_scale: PROJECTION_ROW_SCALE}
+    for other in graph.node:
+        for names in (other.input, other.output):
+            for i, name in enumerate(names):
+                names[i] = renamed.get(name, name)
+    for info in [info for info in graph.value_info if info.name in renamed]:
+        graph.value_info.remove(info)
+    graph.output.extend([
+        helper.make_tensor_value_info(PROJECTION_CODES, TensorProto.UINT8, ["batch", None]),
+        helper.make_tensor_value_info(PROJECTION_ROW_SCALE, TensorProto.FLOAT, ["batch", 1]),
+    ])  # fmt: skip
 
 
 def _top_k_chain(graph: onnx.GraphProto, producers: Mapping[str, onnx.NodeProto]) -> list[onnx.NodeProto]:

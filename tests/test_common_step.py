@@ -9,7 +9,9 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper
 
 from model.corpus import read_lines
 from service.conventions import EOS_ID
@@ -394,3 +396,109 @@ def test_the_c_loop_refuses_arrays_that_do_not_agree(c_step: ModuleType) -> None
     aliased[3] = aliased[5]  # the first step would write the history it reads
     with pytest.raises(ValueError, match="shapes"):
         c_step.common_steps(*args, *aliased)
+
+
+def _projection_graph(depth: int) -> ort.InferenceSession:
+    """The tail of a shortlisted int8 step as export/shortlist.py leaves it: the per-row codes times
+    the union's columns, each row's bias, the log-softmax."""
+    node = helper.make_node
+    graph = helper.make_graph(
+        [
+            node("MatMulIntegerToFloat", ["codes", "weight", "row_scale", "col_scale", "zero"], ["logits"],
+                 domain="com.microsoft"),
+            node("Add", ["logits", "bias"], ["biased"]),
+            node("LogSoftmax", ["biased"], ["log_probs"], axis=-1),
+        ],
+        "projection",
+        [
+            helper.make_tensor_value_info("codes", TensorProto.UINT8, [None, depth]),
+            helper.make_tensor_value_info("weight", TensorProto.INT8, [depth, None]),
+            helper.make_tensor_value_info("row_scale", TensorProto.FLOAT, [None, 1]),
+            helper.make_tensor_value_info("col_scale", TensorProto.FLOAT, [None]),
+            helper.make_tensor_value_info("zero", TensorProto.UINT8, []),
+            helper.make_tensor_value_info("bias", TensorProto.FLOAT, [None, None]),
+        ],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [None, None]) for name in ("logits", "log_probs")],
+    )  # fmt: skip
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(helper.make_model(graph, opset_imports=opsets).SerializeToString(), options)
+
+
+@pytest.mark.parametrize(("sentences", "beams", "width"), [(1, 5, 1024), (1, 1, 40), (3, 5, 200), (8, 5, 16)])
+def test_the_hosts_projection_gives_the_graphs_logits_and_ranks_as_its_log_softmax(
+    c_step: ModuleType, sentences: int, beams: int, width: int
+) -> None:
+    """Every kernel the CPU runs (AVX-512 VNNI, AVX-VNNI, AVX2, plain C) makes the logits of onnxruntime's
+    MatMulIntegerToFloat to the last bit, from 7-bit weights; after each sentence's bias, the top-k
+    and EOS's log-prob are those of its LogSoftmax, a union of any width."""
+    depth, k, eos = 256, 10, 3
+    rng = np.random.default_rng(width + sentences)
+    rows = sentences * beams
+    codes = rng.integers(1, 256, (rows, depth)).astype(np.uint8)
+    weight = rng.integers(-64, 65, (depth, width)).astype(np.int8)
+    row_scale = (rng.random((rows, 1)) * 4 + 1).astype(np.float32)  # a layer norm's row range
+    col_scale = (rng.random(width) * 2e-4 / 127).astype(np.float32)
+    sentence_bias = np.where(rng.random((sentences, width)) < 0.6, 0.0, -np.inf).astype(np.float32)
+    sentence_bias[:, : k + 1] = 0.0  # EOS and at least k candidates each
+    bias = np.repeat(sentence_bias, beams, axis=0)
+    feeds = {"codes": codes, "weight": weight, "row_scale": row_scale, "col_scale": col_scale,
+             "zero": np.array(128, np.uint8), "bias": bias}  # fmt: skip
+    logits, log_probs = _projection_graph(depth).run(None, feeds)
+    padded = -(-width // 16) * 16
+    packed = np.empty(padded * depth, np.int8)
+    c_step.pack_projection(weight, packed)
+    col_sums, scales = np.zeros(padded, np.int32), np.zeros(padded, np.float32)
+    col_sums[:width], scales[:width] = weight.astype(np.int32).sum(axis=0), col_scale
+    vocab = np.arange(width, dtype=np.int64) * 3
+    best = np.argsort(-log_probs, axis=1, kind="stable")[:, :k]
+    widest, _name = c_step.projection_kernel()
+    for kernel in range(widest + 1):
+        scratch = np.empty((rows, padded), np.float32)
+        values, ids, eos_out = (
+            np.empty((rows, k), np.float32),
+            np.empty((rows, k), np.int64),
+            np.empty(rows, np.float32),
+        )
+        projection = (codes, row_scale, packed, col_sums, scales, sentence_bias, eos, eos_out, kernel)
+        c_step.top_k(scratch, vocab, values, ids, projection)
+        allowed = np.isfinite(bias)
+        assert np.array_equal(scratch[:, :width][allowed] - bias[allowed], logits[allowed]), kernel
+        assert np.array_equal(ids, vocab[best]), kernel
+        np.testing.assert_allclose(values, np.take_along_axis(log_probs, best, axis=1), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(eos_out, log_probs[:, eos], rtol=1e-5, atol=1e-5)
+
+
+def test_the_hosts_projection_refuses_arrays_that_do_not_agree(c_step: ModuleType) -> None:
+    weight = np.zeros((256, 40), np.int8)
+    with pytest.raises(ValueError, match="pack_projection"):
+        c_step.pack_projection(weight, np.empty(40 * 256, np.int8))  # not padded to 48 columns
+    packed = np.empty(48 * 256, np.int8)
+    c_step.pack_projection(weight, packed)
+    codes, row_scale = np.zeros((5, 256), np.uint8), np.ones((5, 1), np.float32)
+    sums, scales, bias = np.zeros(48, np.int32), np.ones(48, np.float32), np.zeros((1, 40), np.float32)
+    values, ids, eos_out = np.empty((5, 4), np.float32), np.empty((5, 4), np.int64), np.empty(5, np.float32)
+    vocab = np.arange(40, dtype=np.int64)
+    widest, _name = c_step.projection_kernel()
+    good = (codes, row_scale, packed, sums, scales, bias, 3, eos_out, widest)
+    c_step.top_k(np.empty((5, 48), np.float32), vocab, values, ids, good)
+    for bad in (
+        (codes, row_scale, packed, sums, scales, bias, 3, eos_out, widest + 1),  # a kernel the CPU lacks
+        (
+            codes,
+            row_scale,
+            packed,
+            sums,
+            scales,
+            np.zeros((2, 40), np.float32),
+            3,
+            eos_out,
+            widest,
+        ),  # 5 rows, 2 sentences
+        (codes, row_scale, packed, sums, scales, bias, 40, eos_out, widest),  # EOS outside the union
+    ):
+        with pytest.raises(ValueError, match="top_k"):
+            c_step.top_k(np.empty((5, 48), np.float32), vocab, values, ids, bad)
+    with pytest.raises(ValueError, match="top_k"):  # scratch not padded to whole groups
+        c_step.top_k(np.empty((5, 40), np.float32), vocab, values, ids, good)

@@ -22,6 +22,7 @@ from service.manifest import MANIFEST_FILE, ModelFileError, sha256_file
 from service.runtime import native
 from service.runtime.beam import DecodeOptions, Hypothesis, beam_search
 from service.runtime.beside import HELPER_THREAD_NAME, Beside
+from service.runtime.projection import HOST_SENTENCES, PROJECTION_OUTPUTS
 from service.runtime.sessions import OnnxModel
 from service.runtime.shortlist import BatchVocab
 from service.runtime.top_k import top_k
@@ -82,6 +83,30 @@ def test_each_sentence_decodes_over_its_own_candidates_alone_and_in_any_batch(
     _, _, full = _search(plain, sentences[:12])
     into_french = [i for i in range(12) if tags[i] == TAG["fr"]]
     assert [batched[i][0].tokens for i in into_french] == [full[i][0].tokens for i in into_french]
+
+
+def test_a_few_sentences_take_their_projection_on_the_host_and_decode_as_the_graphs(
+    models: tuple[Path, Path], sentences: list[str]
+) -> None:
+    """An int8 shortlisted step gives its projection's quantized rows; for a few sentences (8 with
+    VNNI, 2 with AVX2 alone) the runtime multiplies them itself (service/runtime/projection.py), and they decode as
+    with the graph's projection (MTSERVE_HOST_PROJECTION=off), alone and in batches of each size."""
+    host, graph = OnnxModel(models[1], 2), OnnxModel(models[1], 2)
+    step_outputs = {o.name for o in host.decoder.wide.get_outputs()}
+    if host.manifest.precision != "int8":
+        assert not set(PROJECTION_OUTPUTS) & step_outputs and host.host_projection is None
+        return
+    assert set(PROJECTION_OUTPUTS) <= step_outputs and host.host_projection is not None
+    most = host.host_projection.max_sentences
+    assert most == HOST_SENTENCES[host.host_projection.kernel]
+    graph.host_projection = None
+    for batch in sorted({1, 2, 3, most, most + 4}):
+        texts = sentences[:batch]
+        _, _, by_host = _search(host, texts)
+        _, _, by_graph = _search(graph, texts)
+        for mine, theirs in zip(by_host, by_graph, strict=True):
+            assert [h.tokens for h in mine] == [h.tokens for h in theirs], batch
+            assert np.allclose([h.score for h in mine], [h.score for h in theirs], atol=1e-5), batch
 
 
 def test_a_sentences_output_layer_is_made_beside_its_encoder_where_a_cpu_would_idle(
@@ -324,7 +349,9 @@ def test_a_step_shortlisted_with_its_own_top_k_decodes_as_one_that_leaves_it_to_
     models: tuple[Path, Path], sentences: list[str], tmp_path: Path
 ) -> None:
     """A directory shortlisted by an earlier version keeps a TopK in its step (top_log_probs, and
-    top_ids through output_vocab): the runtime uses it as it is, and it decodes as the runtime's own."""
+    top_ids through output_vocab): the runtime uses it as it is, and it decodes as the runtime's own
+    top-k of the graph's log-probs, to the last bit (the host's own projection and log-softmax, which
+    the current step allows small batches, are held to the graph's in the test above)."""
     earlier = tmp_path / "model"
     shutil.copytree(models[1], earlier)
     step = onnx.load(str(earlier / "decoder_step.onnx"), load_external_data=False)
@@ -343,6 +370,7 @@ def test_a_step_shortlisted_with_its_own_top_k_decodes_as_one_that_leaves_it_to_
     (earlier / MANIFEST_FILE).write_text(json.dumps(manifest))
     own, current = OnnxModel(earlier, 2), OnnxModel(models[1], 2)
     assert not own.host_top_k and current.host_top_k
+    current.host_projection = None
     _, _, expected = _search(current, sentences)
     _, _, got = _search(own, sentences)
     assert [[h.tokens for h in hyps] for hyps in got] == [[h.tokens for h in hyps] for hyps in expected]

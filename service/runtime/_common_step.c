@@ -34,6 +34,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_projection.h"
+
 #define MAX_CANDIDATES 256 /* beams * 2k at MAX_BEAM = 8: 8 * 16 */
 
 typedef struct {
@@ -301,14 +303,26 @@ static int closes_loop(const Buffer *hist, Py_ssize_t row, Py_ssize_t length, in
     return 0;
 }
 
-static int top_k_shapes_agree(const Buffer *scores, const Buffer *vocab, const Buffer *values, const Buffer *ids);
-static void rows_top_k(const Buffer *scores, const Buffer *vocab, Buffer *values, Buffer *ids);
+/* A step's scores for the host's top-k (top_k, below): its log_probs; or, for a step that leaves its output
+ * projection to the host too, its rows' int8 codes, multiplied here by the union's packed columns into
+ * `scores` (scratch logits), each sentence's bias added, normalised, and EOS's log-prob written. */
+typedef struct {
+    Buffer scores, vocab;
+    int projected;
+    Buffer codes, row_scale, packed, col_sums, col_scale, bias, eos_out;
+    Py_ssize_t eos_position;
+    int kernel;
+} HostScores;
+static int get_host_scores(PyObject *scores, PyObject *vocab, PyObject *projection, HostScores *host);
+static void release_host_scores(HostScores *host);
+static int top_k_shapes_agree(const HostScores *host, const Buffer *values, const Buffer *ids);
+static void rows_top_k(HostScores *host, Buffer *values, Buffer *ids);
 
 /* common_steps(run, binding, steps, census, census_at_start, position, top_ids, top_log_probs, history,
  *              next_ids, length, k, eos, window, hist, scores, hist_a, hist_b, scores_a, scores_b,
  *              rows_a, rows_b, last_a, last_b, ended_rows, ended_scores, ended_sentences,
  *              finished, kept_sentences, kept_scores, kept_lengths, kept_tokens, max_repeats[, log_probs,
- *              vocab]) -> (committed, ran, length, kept, status, ended)
+ *              vocab[, projection]]) -> (committed, ran, length, kept, status, ended)
  * Up to `steps` decoder steps of a search at k rows a sentence whose next ids are bound, each run by
  * `run(binding)` (the session's run_with_iobinding, which gives the interpreter's lock back while the
  * graph runs), then selected and committed here: what beam.py's loop does one step at a time
@@ -336,18 +350,20 @@ static void rows_top_k(const Buffer *scores, const Buffer *vocab, Buffer *values
  * committed: the steps taken, whose last wrote the _a arrays if odd; length: the cache's length
  * after them all; kept: the rows that ended in them.
  * With log_probs [n*k, U] float32 and vocab [U] int64 (a step that leaves its top-k to the host), each
- * run's top_ids and top_log_probs are taken from its log_probs here (top_k, below) before the selection.
+ * run's top_ids and top_log_probs are taken from its log_probs here (top_k, below) before the selection;
+ * with a projection too, from the logits made here from its rows' codes (top_k's projection), where
+ * log_probs is the scratch [n*k, U] they are written to.
  */
 static PyObject *common_steps(PyObject *self, PyObject *args) {
     (void)self;
-    enum { BUFFERS = 25, SCORED = 2 };
-    PyObject *run, *binding, *o[BUFFERS], *scored[SCORED] = {Py_None, Py_None};
+    enum { BUFFERS = 25 };
+    PyObject *run, *binding, *o[BUFFERS], *scored[3] = {Py_None, Py_None, Py_None};
     Py_ssize_t steps, length, k, window;
     long long census_at_start, eos;
-    if (!PyArg_ParseTuple(args, "OOnOLOOOOOnnLnOOOOOOOOOOOOOOOOOOO|OO", &run, &binding, &steps, &o[0], &census_at_start,
+    if (!PyArg_ParseTuple(args, "OOnOLOOOOOnnLnOOOOOOOOOOOOOOOOOOO|OOO", &run, &binding, &steps, &o[0], &census_at_start,
                           &o[1], &o[2], &o[3], &o[4], &o[5], &length, &k, &eos, &window, &o[6], &o[7], &o[8], &o[9],
                           &o[10], &o[11], &o[12], &o[13], &o[14], &o[15], &o[16], &o[17], &o[18], &o[19], &o[20],
-                          &o[21], &o[22], &o[23], &o[24], &scored[0], &scored[1])) {
+                          &o[21], &o[22], &o[23], &o[24], &scored[0], &scored[1], &scored[2])) {
         return NULL;
     }
     static const char *names[BUFFERS] = {
@@ -359,19 +375,20 @@ static PyObject *common_steps(PyObject *self, PyObject *args) {
                                            "q", "q", "q", "q", "q", "d", "q", "q", "q", "d", "q", "q", "q"};
     static const int ndims[BUFFERS] = {1, 0, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1};
     static const int writable[BUFFERS] = {0, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0};
-    Buffer b[BUFFERS + SCORED];
+    Buffer b[BUFFERS];
     memset(b, 0, sizeof(b));
+    HostScores host; /* where the host takes the top-k */
+    memset(&host, 0, sizeof(host));
+    int host_top_k = scored[0] != Py_None;
+#define RELEASE_ALL() (release(b, BUFFERS), release_host_scores(&host))
     for (int i = 0; i < BUFFERS; i++) {
         if (get_buffer(o[i], &b[i], names[i], formats[i], ndims[i], writable[i]) < 0) {
-            release(b, BUFFERS + SCORED);
+            RELEASE_ALL();
             return NULL;
         }
     }
-    Buffer *log_probs = &b[BUFFERS], *vocab = &b[BUFFERS + 1]; /* where the host takes the top-k */
-    int host_top_k = scored[0] != Py_None;
-    if (host_top_k && (get_buffer(scored[0], log_probs, "log_probs", "f", 2, 0) < 0 ||
-                       get_buffer(scored[1], vocab, "vocab", "q", 1, 0) < 0)) {
-        release(b, BUFFERS + SCORED);
+    if (host_top_k && get_host_scores(scored[0], scored[1], scored[2], &host) < 0) {
+        RELEASE_ALL();
         return NULL;
     }
     Buffer *census = &b[0], *position = &b[1], *top_ids = &b[2], *top_log_probs = &b[3], *history = &b[4];
@@ -399,10 +416,10 @@ static PyObject *common_steps(PyObject *self, PyObject *args) {
                        parents[i]->view.shape[0] == rows && lasts[i]->view.shape[0] == rows;
     }
     if (shapes_agree && host_top_k) {
-        shapes_agree = log_probs->view.shape[0] == rows && top_k_shapes_agree(log_probs, vocab, top_log_probs, top_ids);
+        shapes_agree = host.scores.view.shape[0] == rows && top_k_shapes_agree(&host, top_log_probs, top_ids);
     }
     if (!shapes_agree || hists[0]->view.buf == hist->view.buf) {
-        release(b, BUFFERS + SCORED);
+        RELEASE_ALL();
         PyErr_SetString(PyExc_ValueError, "common_steps: the arrays' shapes do not agree");
         return NULL;
     }
@@ -416,17 +433,17 @@ static PyObject *common_steps(PyObject *self, PyObject *args) {
         *(int32_t *)position->view.buf = (int32_t)length;
         PyObject *result = PyObject_CallOneArg(run, binding);
         if (result == NULL) {
-            release(b, BUFFERS + SCORED);
+            RELEASE_ALL();
             return NULL;
         }
         Py_DECREF(result);
         if (PyErr_CheckSignals() < 0) { /* Ctrl-C in a search on the main thread stops it here */
-            release(b, BUFFERS + SCORED);
+            RELEASE_ALL();
             return NULL;
         }
         if (host_top_k) {
             Py_BEGIN_ALLOW_THREADS
-            rows_top_k(log_probs, vocab, top_log_probs, top_ids);
+            rows_top_k(&host, top_log_probs, top_ids);
             Py_END_ALLOW_THREADS
         }
         for (Py_ssize_t r = 0; r < rows; r++) { /* SelfAttentionCache.advance */
@@ -470,15 +487,16 @@ static PyObject *common_steps(PyObject *self, PyObject *args) {
             }
         }
         if (commit_step(history, parents[to], k, length, next_ids, lasts[to]) < 0) {
-            release(b, BUFFERS + SCORED);
+            RELEASE_ALL();
             return NULL;
         }
         from_hist = hists[to];
         from_scores = scoring[to];
         committed++;
     }
-    release(b, BUFFERS + SCORED);
+    RELEASE_ALL();
     return Py_BuildValue("(ninnin)", committed, ran, length, kept, ran_status, ran_ended);
+#undef RELEASE_ALL
 }
 
 /* reorder_history(history, rows, beams, length): row i of int32 history [R, capacity] takes the first
@@ -737,54 +755,268 @@ static int row_top_k_bounded(const float *row, Py_ssize_t width, Py_ssize_t k, f
     return 1;
 }
 
-/* Whether log_probs [R, U] (contiguous rows), vocab [U], values and ids [R, k] agree, 1 <= k <= U. */
-static int top_k_shapes_agree(const Buffer *scores, const Buffer *vocab, const Buffer *values, const Buffer *ids) {
-    Py_ssize_t rows = scores->view.shape[0], width = scores->view.shape[1], k = values->view.shape[1];
-    return k >= 1 && k <= width && k <= MAX_CANDIDATES && vocab->view.shape[0] == width && values->view.shape[0] == rows &&
-           ids->view.shape[0] == rows && ids->view.shape[1] == k && scores->view.strides[1] == sizeof(float);
+/* The sum of exp(row[j] - top) over a row's values above -inf (NaN left out), for a row whose largest
+ * value is `top`: the log-softmax's normaliser. Each exp as Cephes' expf computes it (the argument
+ * reduced by ln 2 in two parts, a degree-5 polynomial, 2^n put into the exponent), summed in 8 float
+ * lanes, with AVX2 and FMA where the CPU has them; else each in double precision. */
+#if defined(__x86_64__) && defined(__SSE2__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define EXP_CONSTANTS(set)                                                                                            \
+    const __typeof__(set(0.0f)) lowest = set(-87.0f), log2e = set(1.44269504088896341f), ln2_hi = set(0.693359375f), \
+                                ln2_lo = set(-2.12194440e-4f), c5 = set(1.9875691500e-4f), c4 = set(1.3981999507e-3f), \
+                                c3 = set(8.3334519073e-3f), c2 = set(4.1665795894e-2f), c1 = set(1.6666665459e-1f),   \
+                                c0 = set(5.0000001201e-1f), one = set(1.0f)
+
+/* The columns from j on, one at a time in double precision: a row's tail after its whole lanes. */
+static double sum_exp_from(const float *row, Py_ssize_t j, Py_ssize_t width, float top) {
+    double sum = 0.0;
+    for (; j < width; j++) {
+        sum += row[j] > -INFINITY ? exp((double)(row[j] - top)) : 0.0;
+    }
+    return sum;
 }
 
-/* Each row's best k into values and ids (top_k_shapes_agree); runs without the interpreter's lock. */
-static void rows_top_k(const Buffer *scores, const Buffer *vocab, Buffer *values, Buffer *ids) {
-    Py_ssize_t rows = scores->view.shape[0], width = scores->view.shape[1], k = values->view.shape[1];
+__attribute__((target("avx2,fma"))) static double sum_exp_avx2(const float *row, Py_ssize_t width, float top) {
+    EXP_CONSTANTS(_mm256_set1_ps);
+    const __m256 shift = _mm256_set1_ps(top), none = _mm256_set1_ps(-INFINITY);
+    __m256 sums = _mm256_setzero_ps();
+    Py_ssize_t j = 0;
+    for (; j + 8 <= width; j += 8) {
+        __m256 v = _mm256_loadu_ps(row + j);
+        __m256 x = _mm256_max_ps(_mm256_sub_ps(v, shift), lowest);
+        __m256 n = _mm256_round_ps(_mm256_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m256 r = _mm256_fnmadd_ps(n, ln2_lo, _mm256_fnmadd_ps(n, ln2_hi, x));
+        __m256 p = _mm256_fmadd_ps(c5, r, c4);
+        p = _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_fmadd_ps(p, r, c3), r, c2), r, c1), r, c0);
+        p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, one));
+        __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+        __m256 y = _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), _mm256_cmp_ps(v, none, _CMP_GT_OQ));
+        sums = _mm256_add_ps(sums, y);
+    }
+    float lanes[8];
+    _mm256_storeu_ps(lanes, sums);
+    double sum = 0.0;
+    for (int i = 0; i < 8; i++) {
+        sum += lanes[i];
+    }
+    return sum + sum_exp_from(row, j, width, top);
+}
+
+static void add_bias(float *row, const float *bias, Py_ssize_t width) {
+    Py_ssize_t j = 0;
+    for (; j + 4 <= width; j += 4) {
+        _mm_storeu_ps(row + j, _mm_add_ps(_mm_loadu_ps(row + j), _mm_loadu_ps(bias + j)));
+    }
+    for (; j < width; j++) {
+        row[j] += bias[j];
+    }
+}
+
+static double sum_exp(const float *row, Py_ssize_t width, float top) {
+    static int wide = -1; /* whether the CPU has AVX2 and FMA, found at first use */
+    if (wide < 0) {
+        __builtin_cpu_init();
+        wide = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    return wide ? sum_exp_avx2(row, width, top) : sum_exp_from(row, 0, width, top);
+}
+#else
+static void add_bias(float *row, const float *bias, Py_ssize_t width) {
+    for (Py_ssize_t j = 0; j < width; j++) {
+        row[j] += bias[j];
+    }
+}
+
+static double sum_exp(const float *row, Py_ssize_t width, float top) {
+    double sum = 0.0;
+    for (Py_ssize_t j = 0; j < width; j++) { /* as sum_exp_from, which only x86 builds use */
+        sum += row[j] > -INFINITY ? exp((double)(row[j] - top)) : 0.0;
+    }
+    return sum;
+}
+#endif
+
+/* get_host_scores: scores [R, U] float32 and vocab [U] int64; with a projection (not None), the tuple
+ * (codes [R, D] uint8, row_scale [R, 1] float32, packed [P * D] int8, col_sums [P] int32, col_scale [P]
+ * float32, bias [S, U] float32, eos_position, eos_out [R] float32, kernel), where scores is [R, P],
+ * written, P being U rounded up to a whole PROJECTION_GROUP (the columns after U are padding). */
+static int get_host_scores(PyObject *scores, PyObject *vocab, PyObject *projection, HostScores *host) {
+    host->projected = projection != Py_None;
+    if (get_buffer(scores, &host->scores, host->projected ? "logits" : "log_probs", "f", 2, host->projected) < 0 ||
+        get_buffer(vocab, &host->vocab, "vocab", "q", 1, 0) < 0) {
+        return -1;
+    }
+    if (!host->projected) {
+        return 0;
+    }
+    PyObject *o[8];
+    if (!PyTuple_Check(projection) ||
+        !PyArg_ParseTuple(projection, "OOOOOOnOi;projection: (codes, row_scale, packed, col_sums, col_scale, bias, "
+                                      "eos_position, eos_out, kernel)",
+                          &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &host->eos_position, &o[6], &host->kernel)) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "projection: a tuple");
+        }
+        return -1;
+    }
+    if (get_buffer(o[0], &host->codes, "codes", "B", 2, 0) < 0 || get_buffer(o[1], &host->row_scale, "row_scale", "f", 2, 0) < 0 ||
+        get_buffer(o[2], &host->packed, "packed", "b", 1, 0) < 0 || get_buffer(o[3], &host->col_sums, "col_sums", "i", 1, 0) < 0 ||
+        get_buffer(o[4], &host->col_scale, "col_scale", "f", 1, 0) < 0 || get_buffer(o[5], &host->bias, "bias", "f", 2, 0) < 0 ||
+        get_buffer(o[6], &host->eos_out, "eos_out", "f", 1, 1) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+static void release_host_scores(HostScores *host) {
+    Buffer *all[] = {&host->scores, &host->vocab, &host->codes, &host->row_scale, &host->packed,
+                     &host->col_sums, &host->col_scale, &host->bias, &host->eos_out};
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
+        release(all[i], 1);
+    }
+}
+
+/* The columns a step's scores rank: vocab's, U (a projection's scores may be padded beyond them). */
+static Py_ssize_t scored_width(const HostScores *host) { return host->vocab.view.shape[0]; }
+
+/* Whether the scores [R, U] (contiguous rows), vocab [U], values and ids [R, k] agree, 1 <= k <= U; and
+ * a projection's arrays, contiguous, where given: scores [R, P], codes [R, D], row_scale [R, 1], packed
+ * [P * D], col_sums and col_scale [P], bias [S, U] (R a multiple of S), eos_out [R], 0 <= eos_position
+ * < U, D a multiple of PROJECTION_DEPTH, P the least multiple of PROJECTION_GROUP >= U, and a kernel the
+ * CPU runs. */
+static int top_k_shapes_agree(const HostScores *host, const Buffer *values, const Buffer *ids) {
+    Py_ssize_t rows = host->scores.view.shape[0], width = scored_width(host), k = values->view.shape[1];
+    Py_ssize_t padded = host->projected ? (width + PROJECTION_GROUP - 1) / PROJECTION_GROUP * PROJECTION_GROUP : width;
+    int agree = k >= 1 && k <= width && k <= MAX_CANDIDATES && host->scores.view.shape[1] == padded &&
+                values->view.shape[0] == rows && ids->view.shape[0] == rows && ids->view.shape[1] == k &&
+                host->scores.view.strides[1] == sizeof(float);
+    if (agree && host->projected) {
+        Py_ssize_t depth = host->codes.view.shape[1], sentences = host->bias.view.shape[0];
+        agree = PyBuffer_IsContiguous(&host->scores.view, 'C') && PyBuffer_IsContiguous(&host->codes.view, 'C') &&
+                PyBuffer_IsContiguous(&host->row_scale.view, 'C') && PyBuffer_IsContiguous(&host->packed.view, 'C') &&
+                PyBuffer_IsContiguous(&host->col_sums.view, 'C') && PyBuffer_IsContiguous(&host->col_scale.view, 'C') &&
+                PyBuffer_IsContiguous(&host->bias.view, 'C') && host->codes.view.shape[0] == rows &&
+                host->row_scale.view.shape[0] == rows && host->row_scale.view.shape[1] == 1 &&
+                depth % PROJECTION_DEPTH == 0 && host->packed.view.shape[0] == padded * depth &&
+                host->col_sums.view.shape[0] == padded && host->col_scale.view.shape[0] == padded && sentences >= 1 &&
+                rows % sentences == 0 && host->bias.view.shape[1] == width && host->eos_out.view.shape[0] == rows &&
+                host->eos_position >= 0 && host->eos_position < width && host->kernel >= 0 &&
+                host->kernel <= projection_kernel();
+    }
+    return agree;
+}
+
+/* Each row's best k into values and ids (top_k_shapes_agree); with a projection, each row's logits made
+ * first, its sentence's bias added (row r, sentence r / (R / S)), and its values normalised by its
+ * log-sum-exp. Runs without the interpreter's lock. */
+static void rows_top_k(HostScores *host, Buffer *values, Buffer *ids) {
+    const Buffer *scores = &host->scores;
+    Py_ssize_t rows = scores->view.shape[0], width = scored_width(host), k = values->view.shape[1];
+    Py_ssize_t beams = 1;
+    if (host->projected) {
+        Py_ssize_t padded = scores->view.shape[1];
+        projection_logits(host->kernel, host->codes.view.buf, host->codes.view.shape[1], host->row_scale.view.buf, rows,
+                          host->codes.view.shape[1], host->packed.view.buf, host->col_sums.view.buf,
+                          host->col_scale.view.buf, padded, scores->view.buf, padded);
+        beams = rows / host->bias.view.shape[0];
+    }
     for (Py_ssize_t r = 0; r < rows; r++) {
         float best[MAX_CANDIDATES];
         Py_ssize_t positions[MAX_CANDIDATES];
-        const float *row = &AT(*scores, float, r, 0);
+        float *row = &AT(*scores, float, r, 0);
+        if (host->projected) {
+            add_bias(row, &AT(host->bias, float, r / beams, 0), width);
+        }
         if (!row_top_k_bounded(row, width, k, best, positions)) {
             row_top_k_each(row, width, k, best, positions);
         }
+        float normaliser = 0.0f;
+        if (host->projected) { /* log-sum-exp, by the largest value (NaN last: the first unless all are NaN) */
+            float top = best[0];
+            normaliser = top > -INFINITY ? (float)((double)top + log(sum_exp(row, width, top))) : top;
+            AT1(host->eos_out, float, r) = row[host->eos_position] - normaliser;
+        }
         for (Py_ssize_t i = 0; i < k; i++) {
-            AT(*values, float, r, i) = best[i];
-            AT(*ids, int64_t, r, i) = AT1(*vocab, int64_t, positions[i]);
+            AT(*values, float, r, i) = best[i] - normaliser;
+            AT(*ids, int64_t, r, i) = AT1(host->vocab, int64_t, positions[i]);
         }
     }
 }
 
+/* top_k(scores, vocab, values, ids[, projection]): each row's best k of a step's log-probs, scores [R, U]
+ * float32 (see above). With a projection (get_host_scores), scores is scratch for the logits made from
+ * the rows' codes: each row takes its sentence's bias, is normalised as LogSoftmax normalises (the
+ * bias's -inf columns left out), and eos_out [R] gets its log-prob at eos_position: a step that leaves
+ * its output projection to the host (service/runtime/projection.py). */
 static PyObject *top_k(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *objects[4];
-    if (!PyArg_ParseTuple(args, "OOOO", &objects[0], &objects[1], &objects[2], &objects[3])) {
+    PyObject *objects[4], *projection = Py_None;
+    if (!PyArg_ParseTuple(args, "OOOO|O", &objects[0], &objects[1], &objects[2], &objects[3], &projection)) {
         return NULL;
     }
-    Buffer b[4];
+    HostScores host;
+    memset(&host, 0, sizeof(host));
+    Buffer b[2];
     memset(b, 0, sizeof(b));
-    if (get_buffer(objects[0], &b[0], "log_probs", "f", 2, 0) < 0 || get_buffer(objects[1], &b[1], "vocab", "q", 1, 0) < 0 ||
-        get_buffer(objects[2], &b[2], "values", "f", 2, 1) < 0 || get_buffer(objects[3], &b[3], "ids", "q", 2, 1) < 0) {
-        release(b, 4);
+    if (get_host_scores(objects[0], objects[1], projection, &host) < 0 ||
+        get_buffer(objects[2], &b[0], "values", "f", 2, 1) < 0 || get_buffer(objects[3], &b[1], "ids", "q", 2, 1) < 0) {
+        release_host_scores(&host);
+        release(b, 2);
         return NULL;
     }
-    if (!top_k_shapes_agree(&b[0], &b[1], &b[2], &b[3])) {
-        release(b, 4);
-        PyErr_SetString(PyExc_ValueError, "top_k: log_probs [R, U] with contiguous rows, vocab [U], values and ids "
-                                          "[R, k], 1 <= k <= U");
+    if (!top_k_shapes_agree(&host, &b[0], &b[1])) {
+        release_host_scores(&host);
+        release(b, 2);
+        PyErr_SetString(PyExc_ValueError, "top_k: scores [R, U] with contiguous rows, vocab [U], values and ids "
+                                          "[R, k], 1 <= k <= U; a projection's arrays as the source says");
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    rows_top_k(&b[0], &b[1], &b[2], &b[3]);
+    rows_top_k(&host, &b[0], &b[1]);
     Py_END_ALLOW_THREADS
-    release(b, 4);
+    release_host_scores(&host);
+    release(b, 2);
     Py_RETURN_NONE;
+}
+
+/* pack_projection(weight, packed): a batch's int8 columns, weight [D, U] C-contiguous (the step's
+ * layout), packed for top_k's projection into packed [P * D] int8 (_projection.h), P being U rounded up
+ * to a whole PROJECTION_GROUP; D a multiple of PROJECTION_DEPTH. */
+static PyObject *pack_projection(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *objects[2];
+    if (!PyArg_ParseTuple(args, "OO", &objects[0], &objects[1])) {
+        return NULL;
+    }
+    Buffer b[2];
+    memset(b, 0, sizeof(b));
+    if (get_buffer(objects[0], &b[0], "weight", "b", 2, 0) < 0 || get_buffer(objects[1], &b[1], "packed", "b", 1, 1) < 0) {
+        release(b, 2);
+        return NULL;
+    }
+    Py_ssize_t depth = b[0].view.shape[0], width = b[0].view.shape[1];
+    Py_ssize_t padded = (width + PROJECTION_GROUP - 1) / PROJECTION_GROUP * PROJECTION_GROUP;
+    if (depth % PROJECTION_DEPTH || b[1].view.shape[0] != depth * padded || !PyBuffer_IsContiguous(&b[0].view, 'C') ||
+        !PyBuffer_IsContiguous(&b[1].view, 'C')) {
+        release(b, 2);
+        PyErr_Format(PyExc_ValueError, "pack_projection: weight [D, U] (D a multiple of %d) and packed [P * D], P being "
+                     "U rounded up to a multiple of %d, both C-contiguous", PROJECTION_DEPTH, PROJECTION_GROUP);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    projection_pack(b[0].view.buf, depth, width, b[1].view.buf);
+    Py_END_ALLOW_THREADS
+    release(b, 2);
+    Py_RETURN_NONE;
+}
+
+/* projection_kernel() -> (index, name): the widest kernel of top_k's projection the CPU runs; a
+ * projection may name it or any narrower one (0: plain C). */
+static PyObject *projection_kernel_info(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+    int kernel = projection_kernel();
+    return Py_BuildValue("(is)", kernel, projection_kernel_name(kernel));
 }
 
 static PyMethodDef methods[] = {
@@ -793,6 +1025,8 @@ static PyMethodDef methods[] = {
     {"reorder_history", reorder_history, METH_VARARGS, "The self-attention cache's rows reordered in place."},
     {"take_columns", take_columns, METH_VARARGS, "A batch's output layer columns from the projection's rows."},
     {"top_k", top_k, METH_VARARGS, "Each row's best k log-probs and their vocabulary ids (see the source)."},
+    {"pack_projection", pack_projection, METH_VARARGS, "A batch's int8 output columns packed for top_k."},
+    {"projection_kernel", projection_kernel_info, METH_NOARGS, "The widest kernel of top_k's projection here."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -33,6 +33,15 @@ from service.runtime.kv_cache import SelfAttentionCache
 from service.runtime.libc import libc
 from service.runtime.lookups import open_recording_lookups
 from service.runtime.packed import discard, packed_dir, packed_graph, packed_key
+from service.runtime.projection import (
+    NARROW_COLUMNS,
+    PROJECTION_CODES,
+    PROJECTION_OUTPUTS,
+    PROJECTION_ROW_SCALE,
+    HostProjection,
+    host_projection,
+    padded_width,
+)
 from service.runtime.shortlist import OUTPUT_BIAS, OUTPUT_SCALE, OUTPUT_VOCAB, OUTPUT_WEIGHT, BatchVocab, OutputLayer
 from service.runtime.text_tokenizer import load_text_tokenizer
 from service.runtime.top_k import TOP_K_OUTPUTS, top_k
@@ -350,22 +359,40 @@ class StepFeeds:
     asked: tuple[str, ...] = ()  # the outputs asked for, in order: `outputs`' and `selected`'s
     # top_log_probs and top_ids where the step's graph has no top-k: made by `select` from log_probs
     selected: dict[str, np.ndarray] = field(default_factory=dict)
+    # where the host takes the step's output projection too (projection.py): how, and [rows, U] for
+    # the logits it makes
+    projection: HostProjection | None = None
+    logits: np.ndarray | None = None
 
     def select(self) -> None:
         """The rows' best log-probs and tokens, where the host takes them (top_k.py), from the run's
-        log_probs over the bound union."""
-        if self.selected:
-            assert self.vocab is not None  # only a shortlisted step leaves its top-k to the host
-            top_k(self.outputs["log_probs"], self.vocab.vocab, self.selected["top_log_probs"],
-                  self.selected["top_ids"])  # fmt: skip
+        log_probs over the bound union, or from its quantized rows where the host projects them."""
+        if not self.selected:
+            return
+        assert self.vocab is not None  # only a shortlisted step leaves its top-k to the host
+        values, ids = self.selected["top_log_probs"], self.selected["top_ids"]
+        if self.projection is None:
+            top_k(self.outputs["log_probs"], self.vocab.vocab, values, ids)
+        else:
+            assert self.logits is not None
+            top_k(self.logits, self.vocab.vocab, values, ids, self._projection_arguments())
 
-    def host_scores(self) -> tuple[np.ndarray, ...]:
+    def host_scores(self) -> tuple[object, ...]:
         """What the C loop of steps ranks each run's top-k from where the host takes it, as `select`
-        does (_common_step.c, `common_steps`): log_probs and the union's vocab; none otherwise."""
+        does (_common_step.c, `common_steps`): log_probs and the union's vocab, or the logits' scratch,
+        the vocab and the projection's arguments; none otherwise."""
         if not self.selected:
             return ()
         assert self.vocab is not None  # only a shortlisted step leaves its top-k to the host
-        return (self.outputs["log_probs"], self.vocab.vocab)
+        if self.projection is None:
+            return (self.outputs["log_probs"], self.vocab.vocab)
+        return (self.logits, self.vocab.vocab, self._projection_arguments())
+
+    def _projection_arguments(self) -> tuple[object, ...]:
+        assert self.projection is not None and self.vocab is not None
+        outputs = self.outputs
+        return self.projection.arguments(self.vocab, outputs[PROJECTION_CODES], outputs[PROJECTION_ROW_SCALE],
+                                         outputs["eos_log_prob"])  # fmt: skip
 
     def output(self, name: str) -> np.ndarray:
         """An output asked for, as the last run (and `select`) left it."""
@@ -390,7 +417,9 @@ class StepFeeds:
         self.ids = np.array(last_ids, dtype=np.int64).reshape(-1, 1)
         self.beam_width[0] = cache.beams
         by_row: dict[str, np.ndarray] = {"input_ids": self.ids, CACHE_INDIRECTION: cache.indirection}
-        if self.vocab is not None:
+        if self.vocab is not None and self.projection is not None:
+            by_row[OUTPUT_BIAS] = self.projection.narrow_inputs(self.vocab, cache.beams)[OUTPUT_BIAS]
+        elif self.vocab is not None:
             by_row[OUTPUT_BIAS] = self.vocab.row_bias(cache.beams)
         for name, array in by_row.items():
             self.arrays[name] = array
@@ -403,6 +432,8 @@ class StepFeeds:
             binding.bind_ortvalue_output(name, value)
         self.outputs = {name: np.empty((cache.rows, *a.shape[1:]), a.dtype) for name, a in self.outputs.items()}
         self.selected = {name: np.empty((cache.rows, *a.shape[1:]), a.dtype) for name, a in self.selected.items()}
+        if self.logits is not None:
+            self.logits = np.empty((cache.rows, self.logits.shape[1]), np.float32)
         for name, array in self.outputs.items():
             _bind_output(binding, name, array)
 
@@ -451,11 +482,13 @@ def step_feeds(
     cross: KVList,
     vocab: BatchVocab | None = None,
     host_top_k: bool = False,
+    projection: HostProjection | None = None,
 ) -> StepFeeds:
     """The decoder step's feeds for this cache, mask and cross K/V (checked against each other),
     and arrays for the outputs asked for; `vocab`: the output layer's inputs, for a step that takes a
     shortlist (service/runtime/shortlist.py); `host_top_k`: its graph returns log_probs and no top-k,
-    and top_log_probs and top_ids come from StepFeeds.select."""
+    and top_log_probs and top_ids come from StepFeeds.select; `projection`: the model's steps give
+    their quantized rows, and a batch it `takes` has its projection made there too (projection.py)."""
     _check_step(last_ids, mask, cache)
     ids, length = np.array(last_ids, dtype=np.int64).reshape(-1, 1), np.array(cache.length, np.int32)
     beam_width = np.array([cache.beams], np.int32)
@@ -472,10 +505,18 @@ def step_feeds(
             raise ValueError(
                 f"an output layer for {len(vocab.sentence_bias)} sentences; the cache holds {cache.sentences}"
             )
-        arrays |= {OUTPUT_WEIGHT: vocab.weight, OUTPUT_BIAS: vocab.row_bias(cache.beams), OUTPUT_VOCAB: vocab.vocab}
-        if vocab.scale is not None:
-            arrays[OUTPUT_SCALE] = vocab.scale
+        # the host projects only where it ranks the top-k itself, and the whole log_probs are not asked for
+        takes = host_top_k and "log_probs" not in outputs and any(name in TOP_K_OUTPUTS for name in outputs)
+        projection = projection if takes and projection is not None and projection.takes(vocab) else None
+        if projection is not None:
+            arrays |= projection.narrow_inputs(vocab, cache.beams)
+        else:
+            arrays |= {OUTPUT_WEIGHT: vocab.weight, OUTPUT_BIAS: vocab.row_bias(cache.beams), OUTPUT_VOCAB: vocab.vocab}
+            if vocab.scale is not None:
+                arrays[OUTPUT_SCALE] = vocab.scale
         vocab_size = len(vocab.vocab)
+    else:
+        projection = None
     arrays = {name: np.ascontiguousarray(a) for name, a in arrays.items()}  # bound without a copy
     pasts = dict(zip(_past_names(layers), cache.values, strict=True))
     presents = dict(zip(_present_names(layers), cache.values, strict=True))
@@ -487,15 +528,26 @@ def step_feeds(
         "eos_log_prob": ((rows,), np.float32),
         ALIGNMENT: ((rows, mask.shape[1]), np.float32),
     }
+    if projection is not None:
+        assert vocab is not None
+        shapes["log_probs"] = ((rows, NARROW_COLUMNS), np.float32)
+        shapes[PROJECTION_CODES] = ((rows, vocab.weight.shape[0]), np.uint8)
+        shapes[PROJECTION_ROW_SCALE] = ((rows, 1), np.float32)
     selected_names = [name for name in outputs if host_top_k and name in TOP_K_OUTPUTS]
     if selected_names and vocab is None:
         raise ValueError("a step without a shortlist has its own top-k")
     bound = [name for name in outputs if name not in selected_names]
     if selected_names and "log_probs" not in bound:
         bound.insert(0, "log_probs")
+    logits = None
+    if projection is not None:
+        assert vocab is not None
+        bound += [name for name in (*PROJECTION_OUTPUTS, "eos_log_prob") if name not in bound]
+        logits = np.empty((rows, padded_width(len(vocab.vocab))), np.float32)
     arrays_out = {name: np.empty(*shapes[name]) for name in bound}
     selected = {name: np.empty(*shapes[name]) for name in selected_names}
-    return StepFeeds(arrays, pasts, presents, arrays_out, ids, length, beam_width, vocab, tuple(outputs), selected)
+    return StepFeeds(arrays, pasts, presents, arrays_out, ids, length, beam_width, vocab, tuple(outputs), selected,
+                     projection, logits)  # fmt: skip
 
 
 def run_step(session: ort.InferenceSession, feeds: StepFeeds) -> list[np.ndarray]:
@@ -677,6 +729,7 @@ class OnnxModel:
         self.host_top_k = not set(TOP_K_OUTPUTS) <= step_outputs
         if self.host_top_k and not (takes_shortlist and "log_probs" in step_outputs):
             raise ModelFileError(model_dir / files["decoder"], "its decoder step has no top-k and takes no shortlist")
+        self.host_projection = host_projection(step_outputs, self.manifest.special_ids.eos) if self.host_top_k else None
         # tag -> target language, where one language has the tag (a shortlist's lexical table is per language)
         tags: dict[int, list[str]] = {}
         for lang, tag in self.languages.tag_ids.items():
@@ -867,7 +920,7 @@ class OnnxModel:
                 cache.step_ids = bound.feeds.ids
                 return bound.binding, bound.feeds
             feeds = step_feeds(m.decoder_layers, m.vocab_size, names, last_ids, mask, cache, cross, vocab,
-                               self.host_top_k)  # fmt: skip
+                               self.host_top_k, self.host_projection)  # fmt: skip
             binding = feeds.bind(session)
             if not cache.kept:  # the session's bindings over other sources go
                 for other in [other for other in cache.bindings if other[0] == key[0]]:

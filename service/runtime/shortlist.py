@@ -90,6 +90,12 @@ class BatchVocab:
     by_beams: dict[int, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
     # The whole vocabulary (OutputLayer.full): its arrays are the output layer's, shared, never refilled
     shared: bool = field(default=False, compare=False)
+    # int8 columns the host may multiply by (projection.py): [U] int32 each column's sum, else None
+    col_sums: np.ndarray | None = field(default=None, compare=False, repr=False)
+    # projection.py's arrays made from these columns, once a batch, and from the sentences' bias (which
+    # `kept` leaves behind); `refill` empties both
+    host: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+    host_rows: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     def row_bias(self, beams: int) -> np.ndarray:
         """[n · beams, U]: each sentence's bias for each of its rows."""
@@ -102,13 +108,14 @@ class BatchVocab:
 
     def kept(self, sentences: np.ndarray) -> BatchVocab:
         """The same union for the sentences kept (a compaction): their rows decode as before."""
-        return replace(self, sentence_bias=self.sentence_bias[sentences], by_beams={})
+        return replace(self, sentence_bias=self.sentence_bias[sentences], by_beams={}, host_rows={})
 
     def owned(self) -> BatchVocab:
         """A copy in arrays of its own, which `refill` may write (a batch's weight may be the output
         layer's whole matrix, shared)."""
         scale = None if self.scale is None else self.scale.copy()
-        return BatchVocab(self.vocab.copy(), self.weight.copy(), scale, self.sentence_bias.copy())
+        sums = None if self.col_sums is None else self.col_sums.copy()
+        return BatchVocab(self.vocab.copy(), self.weight.copy(), scale, self.sentence_bias.copy(), col_sums=sums)
 
     def refill(self, other: BatchVocab) -> bool:
         """Takes `other`'s values into its own arrays (and row_bias's), where their shapes agree and
@@ -120,10 +127,16 @@ class BatchVocab:
             return False
         if self.scale is not None and other.scale is not None:
             pairs.append((self.scale, other.scale))
+        if (self.col_sums is None) != (other.col_sums is None):
+            return False
+        if self.col_sums is not None and other.col_sums is not None:
+            pairs.append((self.col_sums, other.col_sums))
         if any(mine.shape != theirs.shape or mine.dtype != theirs.dtype for mine, theirs in pairs):
             return False
         for mine, theirs in pairs:
             np.copyto(mine, theirs)
+        self.host.clear()
+        self.host_rows.clear()
         n, width = self.sentence_bias.shape
         for beams, rows in self.by_beams.items():
             rows.reshape(n, beams, width)[:] = self.sentence_bias[:, None, :]
@@ -182,6 +195,12 @@ class OutputLayer:
             if table.min() < 0 or table.max() >= self.vocab_size:
                 raise ModelFileError(path, f"its lexical table into {lang!r} names tokens outside the vocabulary")
         self.always = always_candidates(manifest.special_ids)
+        # Each token's int8 column summed, where the host may multiply by them exactly: int8 weights
+        # within 7 bits, which AVX2's byte products cannot saturate (_projection.c).
+        self.token_sums: np.ndarray | None = None
+        seven_bits = self.weight.dtype == np.int8 and self.weight.min() >= -64 and self.weight.max() <= 64
+        if seven_bits and self.scale is not None:
+            self.token_sums = self.weight.astype(np.int32).sum(axis=1 - self.vocab_axis)
         self._full: BatchVocab | None = None
         self._last_full: BatchVocab | None = None
 
@@ -237,7 +256,8 @@ class OutputLayer:
             positions = slice(0, len(union)) if tokens is None else np.searchsorted(union, tokens)
             bias[row, positions] = 0.0 if self.bias is None else self.bias[union[positions]]
         weight, scale = self._columns(vocab)
-        return BatchVocab(vocab, weight, scale, bias)
+        sums = None if self.token_sums is None else self.token_sums[vocab]
+        return BatchVocab(vocab, weight, scale, bias, col_sums=sums)
 
     def full(self, sentences: int) -> BatchVocab:
         """The whole vocabulary for `sentences` sentences: log-probs over every token, as without a shortlist."""

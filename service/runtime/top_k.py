@@ -17,11 +17,14 @@ from service.runtime import native
 TOP_K_OUTPUTS = ("top_log_probs", "top_ids")
 
 
-def top_k(log_probs: np.ndarray, vocab: np.ndarray, values: np.ndarray, ids: np.ndarray) -> None:
+def top_k(
+    log_probs: np.ndarray, vocab: np.ndarray, values: np.ndarray, ids: np.ndarray, *projection: tuple[object, ...]
+) -> None:
     """Each row of log_probs [R, U] float32: its best k (values' width) into values [R, k] float32, and
-    their tokens, vocab [U] int64 at their positions, into ids [R, k] int64."""
+    their tokens, vocab [U] int64 at their positions, into ids [R, k] int64. With a projection's
+    arguments (projection.py, which only the C module takes), log_probs is scratch for its logits."""
     if native.common_step is not None:
-        native.common_step.top_k(log_probs, vocab, values, ids)
+        native.common_step.top_k(log_probs, vocab, values, ids, *projection)
         return
     k = values.shape[1]
     # a stable sort of the negated values keeps equal ones in position order and puts NaN last

@@ -1,0 +1,291 @@
+/* A shortlisted step's int8 output projection on the host (_projection.h).
+ *
+ * The step's MatMulIntegerToFloat reads the batch's union of columns from an input, and onnxruntime
+ * packs an input weight at every run (docs/BENCHMARKS.md): for a sentence alone that packing costs
+ * more than the product. Here the columns are packed once a batch, in blocks of GROUP columns by
+ * DEPTH bytes, the layout VPDPBUSD reads: one 32-bit lane per column, four bytes of the row
+ * broadcast against four bytes of each column. AVX2 without VNNI multiplies byte pairs into 16-bit
+ * sums first (VPMADDUBSW), which cannot saturate with 7-bit weights (|w| <= 64: 2 * 255 * 64 <
+ * 32767); the runtime packs only such weights. The integer sums are exact in every kernel, and the
+ * floats are made from them as onnxruntime makes them (the column's scale, then the row's), so the
+ * logits are the graph's, bit for bit.
+ */
+#include "_projection.h"
+
+#include <string.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define PROJECTION_X86 1
+#include <immintrin.h>
+#endif
+
+#define BLOCK_BYTES (PROJECTION_GROUP * PROJECTION_DEPTH)
+
+static const char *const KERNEL_NAMES[] = {"plain", "avx2", "avx-vnni", "avx512-vnni"};
+
+const char *projection_kernel_name(int kernel) {
+    return kernel >= 0 && kernel <= 3 ? KERNEL_NAMES[kernel] : "unknown";
+}
+
+int projection_kernel(void) {
+#ifdef PROJECTION_X86
+    static int found = -1;
+    if (found < 0) {
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+            __builtin_cpu_supports("avx512vnni")) {
+            found = 3;
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
+        } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("avxvnni")) {
+            found = 2;
+#endif
+        } else if (__builtin_cpu_supports("avx2")) {
+            found = 1;
+        } else {
+            found = 0;
+        }
+    }
+    return found;
+#else
+    return 0;
+#endif
+}
+
+void projection_pack(const int8_t *weight, ptrdiff_t depth, ptrdiff_t width, int8_t *packed) {
+    ptrdiff_t steps = depth / PROJECTION_DEPTH, whole = width / PROJECTION_GROUP;
+    ptrdiff_t groups = (width + PROJECTION_GROUP - 1) / PROJECTION_GROUP;
+    for (ptrdiff_t g = 0; g < groups; g++) {
+        for (ptrdiff_t s = 0; s < steps; s++) {
+            const int8_t *from = weight + s * PROJECTION_DEPTH * width + g * PROJECTION_GROUP;
+            int8_t *to = packed + (g * steps + s) * BLOCK_BYTES;
+#ifdef PROJECTION_X86 /* SSE2: four rows of 16 columns interleaved byte by byte, then pair by pair */
+            if (g < whole) {
+                __m128i a = _mm_loadu_si128((const __m128i *)from);
+                __m128i b = _mm_loadu_si128((const __m128i *)(from + width));
+                __m128i c = _mm_loadu_si128((const __m128i *)(from + 2 * width));
+                __m128i d = _mm_loadu_si128((const __m128i *)(from + 3 * width));
+                __m128i ab_lo = _mm_unpacklo_epi8(a, b), ab_hi = _mm_unpackhi_epi8(a, b);
+                __m128i cd_lo = _mm_unpacklo_epi8(c, d), cd_hi = _mm_unpackhi_epi8(c, d);
+                _mm_storeu_si128((__m128i *)to, _mm_unpacklo_epi16(ab_lo, cd_lo));
+                _mm_storeu_si128((__m128i *)(to + 16), _mm_unpackhi_epi16(ab_lo, cd_lo));
+                _mm_storeu_si128((__m128i *)(to + 32), _mm_unpacklo_epi16(ab_hi, cd_hi));
+                _mm_storeu_si128((__m128i *)(to + 48), _mm_unpackhi_epi16(ab_hi, cd_hi));
+                continue;
+            }
+#endif
+            for (ptrdiff_t t = 0; t < PROJECTION_GROUP; t++) { /* the last group's missing columns are 0 */
+                int present = g * PROJECTION_GROUP + t < width;
+                for (int i = 0; i < PROJECTION_DEPTH; i++) {
+                    to[t * PROJECTION_DEPTH + i] = present ? from[i * width + t] : 0;
+                }
+            }
+        }
+    }
+}
+
+/* The packed block of column group g at depth step s. */
+#define BLOCK(packed, g, s, steps) ((packed) + ((g) * (steps) + (s)) * BLOCK_BYTES)
+
+static void logits_plain(const uint8_t *codes, ptrdiff_t code_stride, const float *row_scale, ptrdiff_t rows,
+                         ptrdiff_t depth, const int8_t *packed, const int32_t *col_sums, const float *col_scale,
+                         ptrdiff_t width, float *logits, ptrdiff_t logits_stride) {
+    ptrdiff_t steps = depth / PROJECTION_DEPTH, groups = width / PROJECTION_GROUP;
+    for (ptrdiff_t g = 0; g < groups; g++) {
+        for (ptrdiff_t r = 0; r < rows; r++) {
+            const uint8_t *a = codes + r * code_stride;
+            int32_t sums[PROJECTION_GROUP] = {0};
+            for (ptrdiff_t s = 0; s < steps; s++) {
+                const int8_t *block = BLOCK(packed, g, s, steps);
+                for (int t = 0; t < PROJECTION_GROUP; t++) {
+                    for (int i = 0; i < PROJECTION_DEPTH; i++) {
+                        sums[t] += (int32_t)a[s * PROJECTION_DEPTH + i] * block[t * PROJECTION_DEPTH + i];
+                    }
+                }
+            }
+            for (int t = 0; t < PROJECTION_GROUP; t++) {
+                ptrdiff_t c = g * PROJECTION_GROUP + t;
+                float value = (float)(sums[t] - PROJECTION_ZERO_POINT * col_sums[c]);
+                value = value * col_scale[c];
+                logits[r * logits_stride + c] = value * row_scale[r];
+            }
+        }
+    }
+}
+
+#ifdef PROJECTION_X86
+/* Four bytes of a row, at depth step s, in every 32-bit lane. */
+static inline int32_t row_word(const uint8_t *row, ptrdiff_t s) {
+    int32_t word;
+    memcpy(&word, row + s * PROJECTION_DEPTH, sizeof(word));
+    return word;
+}
+
+/* Each kernel takes up to ROWS rows over one column group, each row's sums in registers of their own
+ * (named, so that the compiler keeps them there); `n` is a constant at each call. */
+#define AVX512_ROWS 8
+#define ZMM_DOT(j)                                                                                                     \
+    if (n > j) {                                                                                                       \
+        sum##j = _mm512_dpbusd_epi32(sum##j, _mm512_set1_epi32(row_word(codes + (j) * code_stride, s)), w);            \
+    }
+#define ZMM_OUT(j)                                                                                                     \
+    if (n > j) {                                                                                                       \
+        __m512 value = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum##j, zero_sums));                                        \
+        value = _mm512_mul_ps(_mm512_mul_ps(value, scale), _mm512_set1_ps(row_scale[j]));                             \
+        _mm512_storeu_ps(logits + (j) * logits_stride + g * PROJECTION_GROUP, value);                                  \
+    }
+__attribute__((target("avx512f,avx512bw,avx512vnni"), always_inline)) static inline void
+group_avx512vnni(int n, const uint8_t *codes, ptrdiff_t code_stride, const float *row_scale, ptrdiff_t steps,
+                 const int8_t *packed, ptrdiff_t g, __m512i zero_sums, __m512 scale, float *logits,
+                 ptrdiff_t logits_stride) {
+    __m512i sum0 = _mm512_setzero_si512(), sum1 = sum0, sum2 = sum0, sum3 = sum0, sum4 = sum0, sum5 = sum0,
+            sum6 = sum0, sum7 = sum0;
+    for (ptrdiff_t s = 0; s < steps; s++) {
+        __m512i w = _mm512_loadu_si512((const void *)BLOCK(packed, g, s, steps));
+        ZMM_DOT(0) ZMM_DOT(1) ZMM_DOT(2) ZMM_DOT(3) ZMM_DOT(4) ZMM_DOT(5) ZMM_DOT(6) ZMM_DOT(7)
+    }
+    ZMM_OUT(0) ZMM_OUT(1) ZMM_OUT(2) ZMM_OUT(3) ZMM_OUT(4) ZMM_OUT(5) ZMM_OUT(6) ZMM_OUT(7)
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) static void
+logits_avx512vnni(const uint8_t *codes, ptrdiff_t code_stride, const float *row_scale, ptrdiff_t rows, ptrdiff_t depth,
+                  const int8_t *packed, const int32_t *col_sums, const float *col_scale, ptrdiff_t width, float *logits,
+                  ptrdiff_t logits_stride) {
+    ptrdiff_t steps = depth / PROJECTION_DEPTH, groups = width / PROJECTION_GROUP;
+    for (ptrdiff_t g = 0; g < groups; g++) {
+        __m512i zero_sums = _mm512_slli_epi32(_mm512_loadu_si512((const void *)(col_sums + g * PROJECTION_GROUP)), 7);
+        __m512 scale = _mm512_loadu_ps(col_scale + g * PROJECTION_GROUP);
+        for (ptrdiff_t r = 0; r < rows; r += AVX512_ROWS) {
+            const uint8_t *at = codes + r * code_stride;
+            float *out = logits + r * logits_stride;
+            switch (rows - r < AVX512_ROWS ? rows - r : AVX512_ROWS) {
+#define CASE(n)                                                                                                        \
+    case n:                                                                                                            \
+        group_avx512vnni(n, at, code_stride, row_scale + r, steps, packed, g, zero_sums, scale, out, logits_stride);   \
+        break;
+                CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
+#undef CASE
+            }
+        }
+    }
+}
+
+/* 256-bit kernels: a block's two halves (columns 0-7 and 8-15) in two registers; up to 4 rows. */
+#define AVX2_ROWS 4
+#define HALF(packed, g, s, steps, h) _mm256_loadu_si256((const __m256i *)(BLOCK(packed, g, s, steps) + 32 * (h)))
+
+/* The two halves' sums of row j, by `product` (VNNI's or AVX2's). */
+#define YMM_DOT(j, product)                                                                                            \
+    if (n > j) {                                                                                                       \
+        __m256i a = _mm256_set1_epi32(row_word(codes + (j) * code_stride, s));                                         \
+        lo##j = product(lo##j, a, w0);                                                                                 \
+        hi##j = product(hi##j, a, w1);                                                                                 \
+    }
+#define YMM_OUT(j, half, h)                                                                                            \
+    if (n > j) {                                                                                                       \
+        __m256 value = _mm256_cvtepi32_ps(_mm256_sub_epi32(half##j, zero_sums));                                       \
+        value = _mm256_mul_ps(_mm256_mul_ps(value, scale), _mm256_set1_ps(row_scale[j]));                             \
+        _mm256_storeu_ps(logits + (j) * logits_stride + g * PROJECTION_GROUP + 8 * (h), value);                        \
+    }
+#define YMM_GROUP(product)                                                                                             \
+    __m256i lo0 = _mm256_setzero_si256(), lo1 = lo0, lo2 = lo0, lo3 = lo0, hi0 = lo0, hi1 = lo0, hi2 = lo0,          \
+            hi3 = lo0;                                                                                                 \
+    for (ptrdiff_t s = 0; s < steps; s++) {                                                                            \
+        __m256i w0 = HALF(packed, g, s, steps, 0), w1 = HALF(packed, g, s, steps, 1);                                  \
+        YMM_DOT(0, product) YMM_DOT(1, product) YMM_DOT(2, product) YMM_DOT(3, product)                                \
+    }                                                                                                                  \
+    for (int h = 0; h < 2; h++) {                                                                                      \
+        ptrdiff_t c = g * PROJECTION_GROUP + 8 * h;                                                                    \
+        __m256i zero_sums = _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(col_sums + c)), 7);                 \
+        __m256 scale = _mm256_loadu_ps(col_scale + c);                                                                 \
+        if (h == 0) {                                                                                                  \
+            YMM_OUT(0, lo, 0) YMM_OUT(1, lo, 0) YMM_OUT(2, lo, 0) YMM_OUT(3, lo, 0)                                    \
+        } else {                                                                                                       \
+            YMM_OUT(0, hi, 1) YMM_OUT(1, hi, 1) YMM_OUT(2, hi, 1) YMM_OUT(3, hi, 1)                                    \
+        }                                                                                                              \
+    }
+
+/* A 256-bit kernel's loop over the column groups, AVX2_ROWS rows at a time through `group`. */
+#define YMM_LOGITS(group)                                                                                              \
+    ptrdiff_t steps = depth / PROJECTION_DEPTH, groups = width / PROJECTION_GROUP;                                     \
+    for (ptrdiff_t g = 0; g < groups; g++) {                                                                           \
+        for (ptrdiff_t r = 0; r < rows; r += AVX2_ROWS) {                                                              \
+            const uint8_t *at = codes + r * code_stride;                                                               \
+            const float *scales = row_scale + r;                                                                       \
+            float *out = logits + r * logits_stride;                                                                   \
+            switch (rows - r < AVX2_ROWS ? rows - r : AVX2_ROWS) {                                                     \
+            case 1:                                                                                                    \
+                group(1, at, code_stride, scales, steps, packed, g, col_sums, col_scale, out, logits_stride);          \
+                break;                                                                                                 \
+            case 2:                                                                                                    \
+                group(2, at, code_stride, scales, steps, packed, g, col_sums, col_scale, out, logits_stride);          \
+                break;                                                                                                 \
+            case 3:                                                                                                    \
+                group(3, at, code_stride, scales, steps, packed, g, col_sums, col_scale, out, logits_stride);          \
+                break;                                                                                                 \
+            default:                                                                                                   \
+                group(4, at, code_stride, scales, steps, packed, g, col_sums, col_scale, out, logits_stride);          \
+            }                                                                                                          \
+        }                                                                                                              \
+    }
+
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
+#define VNNI_PRODUCT(sum, a, w) _mm256_dpbusd_avx_epi32(sum, a, w)
+__attribute__((target("avx2,avxvnni"), always_inline)) static inline void
+group_avxvnni(int n, const uint8_t *codes, ptrdiff_t code_stride, const float *row_scale, ptrdiff_t steps,
+              const int8_t *packed, ptrdiff_t g, const int32_t *col_sums, const float *col_scale, float *logits,
+              ptrdiff_t logits_stride) {
+    YMM_GROUP(VNNI_PRODUCT)
+}
+
+__attribute__((target("avx2,avxvnni"))) static void
+logits_avxvnni(const uint8_t *codes, ptrdiff_t code_stride, const float *row_scale, ptrdiff_t rows, ptrdiff_t depth,
+               const int8_t *packed, const int32_t *col_sums, const float *col_scale, ptrdiff_t width, float *logits,
+               ptrdiff_t logits_stride) {
+    YMM_LOGITS(group_avxvnni)
+}
+#endif
+
+/* AVX2 without VNNI: byte pairs into 16-bit sums, then pairs of those into the 32-bit lanes. */
+#define AVX2_PRODUCT(sum, a, w) _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_maddubs_epi16(a, w), ones))
+__attribute__((target("avx2"), always_inline)) static inline void
+group_avx2(int n, const uint8_t *codes, ptrdiff_t code_stride, const float *row_scale, ptrdiff_t steps,
+           const int8_t *packed, ptrdiff_t g, const int32_t *col_sums, const float *col_scale, float *logits,
+           ptrdiff_t logits_stride) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    YMM_GROUP(AVX2_PRODUCT)
+}
+
+__attribute__((target("avx2"))) static void logits_avx2(const uint8_t *codes, ptrdiff_t code_stride,
+                                                        const float *row_scale, ptrdiff_t rows, ptrdiff_t depth,
+                                                        const int8_t *packed, const int32_t *col_sums,
+                                                        const float *col_scale, ptrdiff_t width, float *logits,
+                                                        ptrdiff_t logits_stride) {
+    YMM_LOGITS(group_avx2)
+}
+#endif
+
+void projection_logits(int kernel, const uint8_t *codes, ptrdiff_t code_stride, const float *row_scale, ptrdiff_t rows,
+                       ptrdiff_t depth, const int8_t *packed, const int32_t *col_sums, const float *col_scale,
+                       ptrdiff_t width, float *logits, ptrdiff_t logits_stride) {
+    switch (kernel) {
+#ifdef PROJECTION_X86
+    case 3:
+        logits_avx512vnni(codes, code_stride, row_scale, rows, depth, packed, col_sums, col_scale, width, logits,
+                          logits_stride);
+        return;
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
+    case 2:
+        logits_avxvnni(codes, code_stride, row_scale, rows, depth, packed, col_sums, col_scale, width, logits,
+                       logits_stride);
+        return;
+#endif
+    case 1:
+        logits_avx2(codes, code_stride, row_scale, rows, depth, packed, col_sums, col_scale, width, logits,
+                    logits_stride);
+        return;
+#endif
+    default:
+        logits_plain(codes, code_stride, row_scale, rows, depth, packed, col_sums, col_scale, width, logits,
+                     logits_stride);
+    }
+}

@@ -1,0 +1,122 @@
+"""A shortlisted int8 step's output projection on the host, for a few sentences at a time.
+
+A shortlisted step's projection reads its batch's union of columns from an input, and onnxruntime
+packs a weight that comes as an input at every run: for a sentence alone the packing costs more
+than the product (docs/BENCHMARKS.md). For a few sentences (HOST_SENTENCES) the runtime instead binds
+the step a narrow union (its first NARROW_COLUMNS columns, which hold EOS's position, so that the
+graph's own projection costs next to nothing), reads the step's quantized rows (PROJECTION_CODES
+and PROJECTION_ROW_SCALE, what its MatMulIntegerToFloat reads; export/shortlist.py adds them as
+outputs), and multiplies them by the batch's columns, packed once a batch (_common_step.c, `top_k`
+with a projection). The logits are the graph's, bit for bit; each sentence's bias, the
+log-softmax, the top-k and EOS's log-prob follow in the same pass. The log-softmax is the host's
+own, within a few units in the last place of onnxruntime's, so a sentence alone and the same
+sentence in a large batch may differ where two candidates tie to the last bits.
+
+MTSERVE_HOST_PROJECTION=off keeps the graph's projection for every batch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.runtime import native
+from service.runtime.shortlist import OUTPUT_BIAS, OUTPUT_SCALE, OUTPUT_VOCAB, OUTPUT_WEIGHT, BatchVocab
+
+PROJECTION_CODES = "projection_codes"  # [rows, D] uint8: the projection's input, quantized per row
+PROJECTION_ROW_SCALE = "projection_row_scale"  # [rows, 1] float32: each row's scale
+PROJECTION_OUTPUTS = (PROJECTION_CODES, PROJECTION_ROW_SCALE)
+PROJECTION_ZERO_POINT = 128  # the codes' zero point, as _projection.h takes them
+# The most sentences a batch may have for its projection to run here, by the host's kernel: where
+# the host's product still beat the graph's with its packing (docs/BENCHMARKS.md). The plain C
+# kernel never does.
+HOST_SENTENCES = {3: 8, 2: 8, 1: 2}  # AVX-512 VNNI, AVX-VNNI, AVX2
+NARROW_COLUMNS = 16  # the union's columns the graph's own projection spans meanwhile: one top-k block
+GROUP = 16  # columns the host packs together (_projection.h): a union is padded to whole groups
+
+
+def padded_width(columns: int) -> int:
+    """A union of `columns` padded to whole packed groups: the width of the host's logits."""
+    return -(-columns // GROUP) * GROUP
+
+
+def host_projection_enabled(setting: str | None = None) -> bool:
+    """MTSERVE_HOST_PROJECTION: "off" keeps the graph's projection; anything else lets a model whose
+    step gives its quantized rows take the host's for small batches."""
+    value = os.environ.get("MTSERVE_HOST_PROJECTION", "on") if setting is None else setting
+    return value.strip().lower() != "off"
+
+
+@dataclass(frozen=True)
+class HostProjection:
+    """What a model's steps need to take their projection here: EOS's position in every union
+    (service/runtime/shortlist.py keeps it at its id) and the kernel the CPU runs."""
+
+    eos_position: int
+    kernel: int
+    max_sentences: int  # the most a batch may have to take its projection here
+
+    def takes(self, vocab: BatchVocab | None) -> bool:
+        """Whether a batch over `vocab` takes its projection here."""
+        return (
+            vocab is not None
+            and vocab.col_sums is not None
+            and vocab.scale is not None
+            and len(vocab.sentence_bias) <= self.max_sentences
+            and len(vocab.vocab) > NARROW_COLUMNS
+            and vocab.weight.ndim == 2
+            and vocab.weight.shape[1] == len(vocab.vocab)  # the step's [D, U] layout
+            and vocab.weight.shape[0] % 4 == 0
+            and vocab.weight.flags.c_contiguous
+        )
+
+    def narrow_inputs(self, vocab: BatchVocab, beams: int) -> dict[str, np.ndarray]:
+        """The step's output layer inputs while the host takes its projection: the union's first
+        NARROW_COLUMNS columns (made once a batch)."""
+        host = vocab.host
+        if OUTPUT_WEIGHT not in host:
+            assert vocab.scale is not None
+            host[OUTPUT_WEIGHT] = np.ascontiguousarray(vocab.weight[:, :NARROW_COLUMNS])
+            host[OUTPUT_SCALE] = np.ascontiguousarray(vocab.scale[:NARROW_COLUMNS])
+            host[OUTPUT_VOCAB] = np.ascontiguousarray(vocab.vocab[:NARROW_COLUMNS])
+        key, rows = f"{OUTPUT_BIAS}.{beams}", vocab.host_rows
+        if key not in rows:
+            rows[key] = np.ascontiguousarray(vocab.row_bias(beams)[:, :NARROW_COLUMNS])
+        names = (OUTPUT_WEIGHT, OUTPUT_SCALE, OUTPUT_VOCAB)
+        return {**{name: host[name] for name in names}, OUTPUT_BIAS: rows[key]}
+
+    def arguments(
+        self, vocab: BatchVocab, codes: np.ndarray, row_scale: np.ndarray, eos_out: np.ndarray
+    ) -> tuple[object, ...]:
+        """top_k's projection (_common_step.c) for a step's outputs over `vocab`."""
+        packed, col_sums, col_scale = packed_columns(vocab)
+        return (codes, row_scale, packed, col_sums, col_scale, vocab.sentence_bias, self.eos_position, eos_out,
+                self.kernel)  # fmt: skip
+
+
+def packed_columns(vocab: BatchVocab) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The batch's int8 columns packed for the host's product, their sums and their scales, padded to
+    whole groups (0 beyond the union); made once a batch."""
+    host = vocab.host
+    if "packed" not in host:
+        assert native.common_step is not None and vocab.scale is not None and vocab.col_sums is not None
+        depth, columns = vocab.weight.shape
+        width = padded_width(columns)
+        host["packed"] = np.empty(width * depth, np.int8)
+        native.common_step.pack_projection(vocab.weight, host["packed"])
+        for name, values, dtype in (("col_sums", vocab.col_sums, np.int32), ("col_scale", vocab.scale, np.float32)):
+            host[name] = np.zeros(width, dtype)
+            host[name][:columns] = values
+    return host["packed"], host["col_sums"], host["col_scale"]
+
+
+def host_projection(step_outputs: set[str], eos_position: int) -> HostProjection | None:
+    """A model's HostProjection where its step gives its quantized rows, the C module is built and
+    MTSERVE_HOST_PROJECTION is not off; else None."""
+    if native.common_step is None or not host_projection_enabled() or not set(PROJECTION_OUTPUTS) <= step_outputs:
+        return None
+    kernel, _name = native.common_step.projection_kernel()
+    sentences = HOST_SENTENCES.get(kernel)
+    return None if sentences is None else HostProjection(eos_position, kernel, sentences)
