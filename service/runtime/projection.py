@@ -76,11 +76,11 @@ class HostProjection:
         """The step's output layer inputs while the host takes its projection: the union's first
         NARROW_COLUMNS columns (made once a batch)."""
         host = vocab.host
-        if OUTPUT_WEIGHT not in host:
+        if OUTPUT_VOCAB not in host:  # the whole vocabulary's BatchVocab is shared: each key set once made
             assert vocab.scale is not None
             host[OUTPUT_WEIGHT] = np.ascontiguousarray(vocab.weight[:, :NARROW_COLUMNS])
             host[OUTPUT_SCALE] = np.ascontiguousarray(vocab.scale[:NARROW_COLUMNS])
-            host[OUTPUT_VOCAB] = np.ascontiguousarray(vocab.vocab[:NARROW_COLUMNS])
+            host[OUTPUT_VOCAB] = np.ascontiguousarray(vocab.vocab[:NARROW_COLUMNS])  # last: the others are there
         key, rows = f"{OUTPUT_BIAS}.{beams}", vocab.host_rows
         if key not in rows:
             rows[key] = np.ascontiguousarray(vocab.row_bias(beams)[:, :NARROW_COLUMNS])
@@ -100,15 +100,17 @@ def packed_columns(vocab: BatchVocab) -> tuple[np.ndarray, np.ndarray, np.ndarra
     """The batch's int8 columns packed for the host's product, their sums and their scales, padded to
     whole groups (0 beyond the union); made once a batch."""
     host = vocab.host
-    if "packed" not in host:
+    if "packed" not in host:  # made whole before it is set: the whole vocabulary's BatchVocab is shared
         assert native.common_step is not None and vocab.scale is not None and vocab.col_sums is not None
         depth, columns = vocab.weight.shape
         width = padded_width(columns)
-        host["packed"] = np.empty(width * depth, np.int8)
-        native.common_step.pack_projection(vocab.weight, host["packed"])
+        packed = np.empty(width * depth, np.int8)
+        native.common_step.pack_projection(vocab.weight, packed)
         for name, values, dtype in (("col_sums", vocab.col_sums, np.int32), ("col_scale", vocab.scale, np.float32)):
-            host[name] = np.zeros(width, dtype)
-            host[name][:columns] = values
+            padded = np.zeros(width, dtype)
+            padded[:columns] = values
+            host[name] = padded
+        host["packed"] = packed  # last: the others are there
     return host["packed"], host["col_sums"], host["col_scale"]
 
 
