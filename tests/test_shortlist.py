@@ -89,14 +89,21 @@ def test_a_few_sentences_take_their_projection_on_the_host_and_decode_as_the_gra
     models: tuple[Path, Path], sentences: list[str]
 ) -> None:
     """An int8 shortlisted step gives its projection's quantized rows; for a few sentences (8 with
-    VNNI, 2 with AVX2 alone) the runtime multiplies them itself (service/runtime/projection.py), and they decode as
-    with the graph's projection (MTSERVE_HOST_PROJECTION=off), alone and in batches of each size."""
+    VNNI, 2 with AVX2 alone) the runtime multiplies them itself (service/runtime/projection.py), and
+    they decode as with the graph's projection (MTSERVE_HOST_PROJECTION=off), alone and in batches of
+    each size. A CPU without AVX2 keeps the graph's."""
+    assert native.common_step is not None, native.NOT_BUILT
     host, graph = OnnxModel(models[1], 2), OnnxModel(models[1], 2)
     step_outputs = {o.name for o in host.decoder.wide.get_outputs()}
     if host.manifest.precision != "int8":
         assert not set(PROJECTION_OUTPUTS) & step_outputs and host.host_projection is None
         return
-    assert set(PROJECTION_OUTPUTS) <= step_outputs and host.host_projection is not None
+    assert set(PROJECTION_OUTPUTS) <= step_outputs
+    kernel, _name = native.common_step.projection_kernel()
+    if kernel not in HOST_SENTENCES:
+        assert host.host_projection is None
+        return
+    assert host.host_projection is not None and host.host_projection.kernel == kernel
     most = host.host_projection.max_sentences
     assert most == HOST_SENTENCES[host.host_projection.kernel]
     graph.host_projection = None
