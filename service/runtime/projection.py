@@ -60,8 +60,9 @@ class HostProjection:
 
     def takes(self, vocab: BatchVocab | None) -> bool:
         """Whether a batch over `vocab` takes its projection here."""
-        return (
+        return (  # not the whole vocabulary's, shared and kept: its packed copy would stay in memory
             vocab is not None
+            and not vocab.shared
             and vocab.col_sums is not None
             and vocab.scale is not None
             and len(vocab.sentence_bias) <= self.max_sentences
@@ -76,7 +77,7 @@ class HostProjection:
         """The step's output layer inputs while the host takes its projection: the union's first
         NARROW_COLUMNS columns (made once a batch)."""
         host = vocab.host
-        if OUTPUT_VOCAB not in host:  # the whole vocabulary's BatchVocab is shared: each key set once made
+        if OUTPUT_VOCAB not in host:  # set last, so that a reader finds all three or none
             assert vocab.scale is not None
             host[OUTPUT_WEIGHT] = np.ascontiguousarray(vocab.weight[:, :NARROW_COLUMNS])
             host[OUTPUT_SCALE] = np.ascontiguousarray(vocab.scale[:NARROW_COLUMNS])
@@ -100,7 +101,7 @@ def packed_columns(vocab: BatchVocab) -> tuple[np.ndarray, np.ndarray, np.ndarra
     """The batch's int8 columns packed for the host's product, their sums and their scales, padded to
     whole groups (0 beyond the union); made once a batch."""
     host = vocab.host
-    if "packed" not in host:  # made whole before it is set: the whole vocabulary's BatchVocab is shared
+    if "packed" not in host:  # set last, once made whole, so that a reader finds all three or none
         assert native.common_step is not None and vocab.scale is not None and vocab.col_sums is not None
         depth, columns = vocab.weight.shape
         width = padded_width(columns)
