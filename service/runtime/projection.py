@@ -35,6 +35,7 @@ PROJECTION_ZERO_POINT = 128  # the codes' zero point, as _projection.h takes the
 HOST_SENTENCES = {3: 8, 2: 8, 1: 2}  # AVX-512 VNNI, AVX-VNNI, AVX2
 NARROW_COLUMNS = 16  # the union's columns the graph's own projection spans meanwhile: one top-k block
 GROUP = 16  # columns the host packs together (_projection.h): a union is padded to whole groups
+DEPTH = 4  # bytes of a column packed together (_projection.h): the codes' width is a multiple
 
 
 def padded_width(columns: int) -> int:
@@ -69,7 +70,7 @@ class HostProjection:
             and len(vocab.vocab) > NARROW_COLUMNS
             and vocab.weight.ndim == 2
             and vocab.weight.shape[1] == len(vocab.vocab)  # the step's [D, U] layout
-            and vocab.weight.shape[0] % 4 == 0
+            and vocab.weight.shape[0] % DEPTH == 0
             and vocab.weight.flags.c_contiguous
         )
 
@@ -82,11 +83,15 @@ class HostProjection:
             host[OUTPUT_WEIGHT] = np.ascontiguousarray(vocab.weight[:, :NARROW_COLUMNS])
             host[OUTPUT_SCALE] = np.ascontiguousarray(vocab.scale[:NARROW_COLUMNS])
             host[OUTPUT_VOCAB] = np.ascontiguousarray(vocab.vocab[:NARROW_COLUMNS])  # last: the others are there
+        names = (OUTPUT_WEIGHT, OUTPUT_SCALE, OUTPUT_VOCAB)
+        return {**{name: host[name] for name in names}, OUTPUT_BIAS: self.narrow_bias(vocab, beams)}
+
+    def narrow_bias(self, vocab: BatchVocab, beams: int) -> np.ndarray:
+        """The narrow union's bias for each of the batch's rows at `beams` a sentence (made once)."""
         key, rows = f"{OUTPUT_BIAS}.{beams}", vocab.host_rows
         if key not in rows:
             rows[key] = np.ascontiguousarray(vocab.row_bias(beams)[:, :NARROW_COLUMNS])
-        names = (OUTPUT_WEIGHT, OUTPUT_SCALE, OUTPUT_VOCAB)
-        return {**{name: host[name] for name in names}, OUTPUT_BIAS: rows[key]}
+        return rows[key]
 
     def arguments(
         self, vocab: BatchVocab, codes: np.ndarray, row_scale: np.ndarray, eos_out: np.ndarray

@@ -418,7 +418,7 @@ class StepFeeds:
         self.beam_width[0] = cache.beams
         by_row: dict[str, np.ndarray] = {"input_ids": self.ids, CACHE_INDIRECTION: cache.indirection}
         if self.vocab is not None and self.projection is not None:
-            by_row[OUTPUT_BIAS] = self.projection.narrow_inputs(self.vocab, cache.beams)[OUTPUT_BIAS]
+            by_row[OUTPUT_BIAS] = self.projection.narrow_bias(self.vocab, cache.beams)
         elif self.vocab is not None:
             by_row[OUTPUT_BIAS] = self.vocab.row_bias(cache.beams)
         for name, array in by_row.items():
@@ -528,11 +528,6 @@ def step_feeds(
         "eos_log_prob": ((rows,), np.float32),
         ALIGNMENT: ((rows, mask.shape[1]), np.float32),
     }
-    if projection is not None:
-        assert vocab is not None
-        shapes["log_probs"] = ((rows, NARROW_COLUMNS), np.float32)
-        shapes[PROJECTION_CODES] = ((rows, vocab.weight.shape[0]), np.uint8)
-        shapes[PROJECTION_ROW_SCALE] = ((rows, 1), np.float32)
     selected_names = [name for name in outputs if host_top_k and name in TOP_K_OUTPUTS]
     if selected_names and vocab is None:
         raise ValueError("a step without a shortlist has its own top-k")
@@ -540,8 +535,11 @@ def step_feeds(
     if selected_names and "log_probs" not in bound:
         bound.insert(0, "log_probs")
     logits = None
-    if projection is not None:
+    if projection is not None:  # the graph's projection spans the narrow union; its rows come out for the host's
         assert vocab is not None
+        shapes["log_probs"] = ((rows, NARROW_COLUMNS), np.float32)
+        shapes[PROJECTION_CODES] = ((rows, vocab.weight.shape[0]), np.uint8)
+        shapes[PROJECTION_ROW_SCALE] = ((rows, 1), np.float32)
         bound += [name for name in (*PROJECTION_OUTPUTS, "eos_log_prob") if name not in bound]
         logits = np.empty((rows, padded_width(len(vocab.vocab))), np.float32)
     arrays_out = {name: np.empty(*shapes[name]) for name in bound}

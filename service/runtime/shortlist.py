@@ -200,7 +200,7 @@ class OutputLayer:
         self.token_sums: np.ndarray | None = None
         seven_bits = self.weight.dtype == np.int8 and self.weight.min() >= -64 and self.weight.max() <= 64
         if seven_bits and self.scale is not None:
-            self.token_sums = self.weight.astype(np.int32).sum(axis=1 - self.vocab_axis)
+            self.token_sums = self.weight.sum(axis=1 - self.vocab_axis, dtype=np.int32)  # no int32 copy
         self._full: BatchVocab | None = None
         self._last_full: BatchVocab | None = None
 
