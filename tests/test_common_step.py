@@ -426,13 +426,16 @@ def _projection_graph(depth: int) -> ort.InferenceSession:
     return ort.InferenceSession(helper.make_model(graph, opset_imports=opsets).SerializeToString(), options)
 
 
-@pytest.mark.parametrize(("sentences", "beams", "width"), [(1, 5, 1024), (1, 1, 40), (3, 5, 200), (8, 5, 16)])
+@pytest.mark.parametrize(
+    ("sentences", "beams", "width"), [(1, 5, 1024), (1, 1, 40), (3, 5, 200), (8, 5, 16), (13, 5, 1000)]
+)
 def test_the_hosts_projection_gives_the_graphs_logits_and_ranks_as_its_log_softmax(
     c_step: ModuleType, sentences: int, beams: int, width: int
 ) -> None:
     """Every kernel the CPU runs (AVX-512 VNNI, AVX-VNNI, AVX2, plain C) makes the logits of onnxruntime's
     MatMulIntegerToFloat to the last bit, from 7-bit weights; after each sentence's bias, the top-k
-    and EOS's log-prob are those of its LogSoftmax, a union of any width."""
+    and EOS's log-prob are those of its LogSoftmax, a union of any width. A scratch of one tile of
+    rows (what the runtime binds) ranks them as one of every row."""
     depth, k, eos = 256, 10, 3
     rng = np.random.default_rng(width + sentences)
     rows = sentences * beams
@@ -468,6 +471,11 @@ def test_the_hosts_projection_gives_the_graphs_logits_and_ranks_as_its_log_softm
         assert np.array_equal(ids, vocab[best]), kernel
         np.testing.assert_allclose(values, np.take_along_axis(log_probs, best, axis=1), rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(eos_out, log_probs[:, eos], rtol=1e-5, atol=1e-5)
+        tile = np.empty((min(rows, c_step.PROJECTED_TILE), padded), np.float32)
+        again_values, again_ids, again_eos = np.empty_like(values), np.empty_like(ids), np.empty_like(eos_out)
+        c_step.top_k(tile, vocab, again_values, again_ids, (*projection[:7], again_eos, kernel))
+        assert np.array_equal(again_values, values) and np.array_equal(again_ids, ids), kernel
+        assert np.array_equal(again_eos, eos_out), kernel
 
 
 def test_the_hosts_projection_refuses_arrays_that_do_not_agree(c_step: ModuleType) -> None:

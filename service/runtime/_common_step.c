@@ -303,6 +303,11 @@ static int closes_loop(const Buffer *hist, Py_ssize_t row, Py_ssize_t length, in
     return 0;
 }
 
+/* Rows whose logits the host makes at a time: a large batch's logits [R, P] outgrow the caches, which
+ * the tile's stay in until ranked and normalised; its scratch may
+ * hold one tile's rows. */
+#define PROJECTED_TILE 16
+
 /* A step's scores for the host's top-k (top_k, below): its log_probs; or, for a step that leaves its output
  * projection to the host too, its rows' int8 codes, multiplied here by the union's packed columns into
  * `scores` (scratch logits), each sentence's bias added, normalised, and EOS's log-prob written. */
@@ -416,7 +421,8 @@ static PyObject *common_steps(PyObject *self, PyObject *args) {
                        parents[i]->view.shape[0] == rows && lasts[i]->view.shape[0] == rows;
     }
     if (shapes_agree && host_top_k) {
-        shapes_agree = host.scores.view.shape[0] == rows && top_k_shapes_agree(&host, top_log_probs, top_ids);
+        shapes_agree = (host.projected || host.scores.view.shape[0] == rows) &&
+                       top_k_shapes_agree(&host, top_log_probs, top_ids);
     }
     if (!shapes_agree || hists[0]->view.buf == hist->view.buf) {
         RELEASE_ALL();
@@ -838,8 +844,8 @@ static double sum_exp(const float *row, Py_ssize_t width, float top) {
 
 /* get_host_scores: scores [R, U] float32 and vocab [U] int64; with a projection (not None), the tuple
  * (codes [R, D] uint8, row_scale [R, 1] float32, packed [P * D] int8, col_sums [P] int32, col_scale [P]
- * float32, bias [S, U] float32, eos_position, eos_out [R] float32, kernel), where scores is [R, P],
- * written, P being U rounded up to a whole PROJECTION_GROUP (the columns after U are padding). */
+ * float32, bias [S, U] float32, eos_position, eos_out [R] float32, kernel), where scores is [R, P] or one
+ * tile of it (top_k_shapes_agree), written, P being U rounded up to a whole PROJECTION_GROUP (the columns after U are padding). */
 static int get_host_scores(PyObject *scores, PyObject *vocab, PyObject *projection, HostScores *host) {
     host->projected = projection != Py_None;
     if (get_buffer(scores, &host->scores, host->projected ? "logits" : "log_probs", "f", 2, host->projected) < 0 ||
@@ -880,14 +886,19 @@ static void release_host_scores(HostScores *host) {
 static Py_ssize_t scored_width(const HostScores *host) { return host->vocab.view.shape[0]; }
 
 /* Whether the scores [R, U] (contiguous rows), vocab [U], values and ids [R, k] agree, 1 <= k <= U; and
- * a projection's arrays, contiguous, where given: scores [R, P], codes [R, D], row_scale [R, 1], packed
+ * a projection's arrays, contiguous, where given: scores [R, P] or [min(R, PROJECTED_TILE), P], codes [R, D], row_scale [R, 1], packed
  * [P * D], col_sums and col_scale [P], bias [S, U] (R a multiple of S), eos_out [R], 0 <= eos_position
  * < U, D a multiple of PROJECTION_DEPTH, P the least multiple of PROJECTION_GROUP >= U, and a kernel the
  * CPU runs. */
 static int top_k_shapes_agree(const HostScores *host, const Buffer *values, const Buffer *ids) {
     Py_ssize_t rows = host->scores.view.shape[0], width = scored_width(host), k = values->view.shape[1];
     Py_ssize_t padded = host->projected ? (width + PROJECTION_GROUP - 1) / PROJECTION_GROUP * PROJECTION_GROUP : width;
-    int agree = k >= 1 && k <= width && k <= MAX_CANDIDATES && host->scores.view.shape[1] == padded &&
+    Py_ssize_t rows_in = rows; /* a projection's rows, each its own scratch row or one tile's */
+    if (host->projected) {
+        rows = host->codes.view.shape[0];
+        rows_in = rows_in == rows || rows_in == (rows < PROJECTED_TILE ? rows : PROJECTED_TILE) ? rows : -1;
+    }
+    int agree = k >= 1 && k <= width && k <= MAX_CANDIDATES && host->scores.view.shape[1] == padded && rows_in == rows &&
                 values->view.shape[0] == rows && ids->view.shape[0] == rows && ids->view.shape[1] == k &&
                 host->scores.view.strides[1] == sizeof(float);
     if (agree && host->projected) {
@@ -895,8 +906,7 @@ static int top_k_shapes_agree(const HostScores *host, const Buffer *values, cons
         agree = PyBuffer_IsContiguous(&host->scores.view, 'C') && PyBuffer_IsContiguous(&host->codes.view, 'C') &&
                 PyBuffer_IsContiguous(&host->row_scale.view, 'C') && PyBuffer_IsContiguous(&host->packed.view, 'C') &&
                 PyBuffer_IsContiguous(&host->col_sums.view, 'C') && PyBuffer_IsContiguous(&host->col_scale.view, 'C') &&
-                PyBuffer_IsContiguous(&host->bias.view, 'C') && host->codes.view.shape[0] == rows &&
-                host->row_scale.view.shape[0] == rows && host->row_scale.view.shape[1] == 1 &&
+                PyBuffer_IsContiguous(&host->bias.view, 'C') && host->row_scale.view.shape[0] == rows && host->row_scale.view.shape[1] == 1 &&
                 depth % PROJECTION_DEPTH == 0 && host->packed.view.shape[0] == padded * depth &&
                 host->col_sums.view.shape[0] == padded && host->col_scale.view.shape[0] == padded && sentences >= 1 &&
                 rows % sentences == 0 && host->bias.view.shape[1] == width && host->eos_out.view.shape[0] == rows &&
@@ -907,23 +917,25 @@ static int top_k_shapes_agree(const HostScores *host, const Buffer *values, cons
 }
 
 /* Each row's best k into values and ids (top_k_shapes_agree); with a projection, each row's logits made
- * first, its sentence's bias added (row r, sentence r / (R / S)), and its values normalised by its
- * log-sum-exp. Runs without the interpreter's lock. */
+ * first (PROJECTED_TILE rows at a time, into the scratch's rows or its one tile), its sentence's bias
+ * added (row r, sentence r / (R / S)), and its values normalised by its log-sum-exp. Runs without the interpreter's lock. */
 static void rows_top_k(HostScores *host, Buffer *values, Buffer *ids) {
     const Buffer *scores = &host->scores;
-    Py_ssize_t rows = scores->view.shape[0], width = scored_width(host), k = values->view.shape[1];
-    Py_ssize_t beams = 1;
-    if (host->projected) {
-        Py_ssize_t padded = scores->view.shape[1];
-        projection_logits(host->kernel, host->codes.view.buf, host->codes.view.shape[1], host->row_scale.view.buf, rows,
-                          host->codes.view.shape[1], host->packed.view.buf, host->col_sums.view.buf,
-                          host->col_scale.view.buf, padded, scores->view.buf, padded);
-        beams = rows / host->bias.view.shape[0];
-    }
+    Py_ssize_t rows = values->view.shape[0], width = scored_width(host), k = values->view.shape[1];
+    Py_ssize_t beams = host->projected ? rows / host->bias.view.shape[0] : 1;
+    int reused = scores->view.shape[0] < rows; /* a projection's scratch of one tile */
     for (Py_ssize_t r = 0; r < rows; r++) {
+        Py_ssize_t at = reused ? r % PROJECTED_TILE : r;
+        if (host->projected && r % PROJECTED_TILE == 0) { /* the next tile's logits, ranked while in cache */
+            Py_ssize_t padded = scores->view.shape[1], depth = host->codes.view.shape[1];
+            Py_ssize_t tile = rows - r < PROJECTED_TILE ? rows - r : PROJECTED_TILE;
+            projection_logits(host->kernel, &AT(host->codes, uint8_t, r, 0), depth, &AT(host->row_scale, float, r, 0),
+                              tile, depth, host->packed.view.buf, host->col_sums.view.buf, host->col_scale.view.buf,
+                              padded, &AT(*scores, float, at, 0), padded);
+        }
         float best[MAX_CANDIDATES];
         Py_ssize_t positions[MAX_CANDIDATES];
-        float *row = &AT(*scores, float, r, 0);
+        float *row = &AT(*scores, float, at, 0);
         if (host->projected) {
             add_bias(row, &AT(host->bias, float, r / beams, 0), width);
         }
@@ -1032,4 +1044,11 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_common_step", NULL, -1, methods, NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__common_step(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__common_step(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "PROJECTED_TILE", PROJECTED_TILE) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,5 +1,7 @@
 import numpy as np
 
+PROJECTED_TILE: int
+
 def select_common(
     ids: np.ndarray,
     log_probs: np.ndarray,

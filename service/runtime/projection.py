@@ -1,16 +1,18 @@
-"""A shortlisted int8 step's output projection on the host, for a few sentences at a time.
+"""A shortlisted int8 step's output projection on the host.
 
 A shortlisted step's projection reads its batch's union of columns from an input, and onnxruntime
 packs a weight that comes as an input at every run: for a sentence alone the packing costs more
-than the product (docs/BENCHMARKS.md). For a few sentences (HOST_SENTENCES) the runtime instead binds
+than the product (docs/BENCHMARKS.md). For batches within the CPU's bound (HOST_SENTENCES) the
+runtime instead binds
 the step a narrow union (its first NARROW_COLUMNS columns, which hold EOS's position, so that the
 graph's own projection costs next to nothing), reads the step's quantized rows (PROJECTION_CODES
 and PROJECTION_ROW_SCALE, what its MatMulIntegerToFloat reads; export/shortlist.py adds them as
 outputs), and multiplies them by the batch's columns, packed once a batch (_common_step.c, `top_k`
-with a projection). The logits are the graph's, bit for bit; each sentence's bias, the
-log-softmax, the top-k and EOS's log-prob follow in the same pass. The log-softmax is the host's
-own, within a few units in the last place of onnxruntime's, so a sentence alone and the same
-sentence in a large batch may differ where two candidates tie to the last bits.
+with a projection), a tile of rows at a time into a scratch of one tile (logits_scratch). The logits
+are the graph's, bit for bit; each sentence's bias, the log-softmax, the top-k and EOS's log-prob
+follow in the same pass. The log-softmax is the host's own, within a few units in the last place of
+onnxruntime's, so where the bound leaves a large batch the graph's projection, a sentence alone and
+the same sentence in it may differ where two candidates tie to the last bits.
 
 MTSERVE_HOST_PROJECTION=off keeps the graph's projection for every batch.
 """
@@ -29,13 +31,20 @@ PROJECTION_CODES = "projection_codes"  # [rows, D] uint8: the projection's input
 PROJECTION_ROW_SCALE = "projection_row_scale"  # [rows, 1] float32: each row's scale
 PROJECTION_OUTPUTS = (PROJECTION_CODES, PROJECTION_ROW_SCALE)
 PROJECTION_ZERO_POINT = 128  # the codes' zero point, as _projection.h takes them
-# The most sentences a batch may have for its projection to run here, by the host's kernel: where
-# the host's product still beat the graph's with its packing (docs/BENCHMARKS.md). The plain C
-# kernel never does.
-HOST_SENTENCES = {3: 8, 2: 8, 1: 2}  # AVX-512 VNNI, AVX-VNNI, AVX2
+# The most sentences a batch may have for its projection to run here, by the host's kernel (None:
+# any): where the host's product, log-softmax and top-k in one pass still beat the graph's with its
+# packing (docs/BENCHMARKS.md). The plain C kernel never does.
+HOST_SENTENCES: dict[int, int | None] = {3: None, 2: 8, 1: 2}  # AVX-512 VNNI, AVX-VNNI, AVX2
 NARROW_COLUMNS = 16  # the union's columns the graph's own projection spans meanwhile: one top-k block
 GROUP = 16  # columns the host packs together (_projection.h): a union is padded to whole groups
 DEPTH = 4  # bytes of a column packed together (_projection.h): the codes' width is a multiple
+
+
+def logits_scratch(rows: int, columns: int) -> np.ndarray:
+    """The host's scratch for the logits of `rows` rows over a union of `columns`: one tile of rows
+    (_common_step.c makes and ranks PROJECTED_TILE rows at a time, while they are in cache)."""
+    assert native.common_step is not None
+    return np.empty((min(rows, native.common_step.PROJECTED_TILE), padded_width(columns)), np.float32)
 
 
 def padded_width(columns: int) -> int:
@@ -57,7 +66,7 @@ class HostProjection:
 
     eos_position: int
     kernel: int
-    max_sentences: int  # the most a batch may have to take its projection here
+    max_sentences: int | None  # the most a batch may have to take its projection here; None: any
 
     def takes(self, vocab: BatchVocab | None) -> bool:
         """Whether a batch over `vocab` takes its projection here."""
@@ -66,7 +75,7 @@ class HostProjection:
             and not vocab.shared
             and vocab.col_sums is not None
             and vocab.scale is not None
-            and len(vocab.sentence_bias) <= self.max_sentences
+            and (self.max_sentences is None or len(vocab.sentence_bias) <= self.max_sentences)
             and len(vocab.vocab) > NARROW_COLUMNS
             and vocab.weight.ndim == 2
             and vocab.weight.shape[1] == len(vocab.vocab)  # the step's [D, U] layout
@@ -126,5 +135,6 @@ def host_projection(step_outputs: set[str], eos_position: int) -> HostProjection
     if native.common_step is None or not host_projection_enabled() or not set(PROJECTION_OUTPUTS) <= step_outputs:
         return None
     kernel, _name = native.common_step.projection_kernel()
-    sentences = HOST_SENTENCES.get(kernel)
-    return None if sentences is None else HostProjection(eos_position, kernel, sentences)
+    if kernel not in HOST_SENTENCES:
+        return None
+    return HostProjection(eos_position, kernel, HOST_SENTENCES[kernel])

@@ -40,7 +40,7 @@ from service.runtime.projection import (
     PROJECTION_ROW_SCALE,
     HostProjection,
     host_projection,
-    padded_width,
+    logits_scratch,
 )
 from service.runtime.shortlist import OUTPUT_BIAS, OUTPUT_SCALE, OUTPUT_VOCAB, OUTPUT_WEIGHT, BatchVocab, OutputLayer
 from service.runtime.text_tokenizer import load_text_tokenizer
@@ -432,8 +432,8 @@ class StepFeeds:
             binding.bind_ortvalue_output(name, value)
         self.outputs = {name: np.empty((cache.rows, *a.shape[1:]), a.dtype) for name, a in self.outputs.items()}
         self.selected = {name: np.empty((cache.rows, *a.shape[1:]), a.dtype) for name, a in self.selected.items()}
-        if self.logits is not None:
-            self.logits = np.empty((cache.rows, self.logits.shape[1]), np.float32)
+        if self.logits is not None and self.vocab is not None:
+            self.logits = logits_scratch(cache.rows, len(self.vocab.vocab))
         for name, array in self.outputs.items():
             _bind_output(binding, name, array)
 
@@ -541,7 +541,7 @@ def step_feeds(
         shapes[PROJECTION_CODES] = ((rows, vocab.weight.shape[0]), np.uint8)
         shapes[PROJECTION_ROW_SCALE] = ((rows, 1), np.float32)
         bound += [name for name in (*PROJECTION_OUTPUTS, "eos_log_prob") if name not in bound]
-        logits = np.empty((rows, padded_width(len(vocab.vocab))), np.float32)
+        logits = logits_scratch(rows, len(vocab.vocab))
     arrays_out = {name: np.empty(*shapes[name]) for name in bound}
     selected = {name: np.empty(*shapes[name]) for name in selected_names}
     return StepFeeds(arrays, pasts, presents, arrays_out, ids, length, beam_width, vocab, tuple(outputs), selected,
