@@ -1,12 +1,13 @@
 """A shortlisted int8 model's output projection on the host against the graph's, in one process:
 `python bench/host_projection.py --model DIR [--batch 1 8] [--rounds 8] [--threads 1] [--kernel K]
-[--host-sentences N]`.
+[--host-sentences N] [--against-kernel K2]`.
 
 DIR is an int8 model with a shortlist (`mtserve shortlist`). Two translators of it are loaded: one
 as the runtime loads it, which makes the projection of batches of up to --host-sentences sentences
 itself (service/runtime/projection.py; default the runtime's for the kernel), with --kernel (0
-plain C, 1 AVX2, 2 AVX-VNNI, 3 AVX-512 VNNI; default the widest the CPU runs); the other with the
-graph's projection for every batch (MTSERVE_HOST_PROJECTION=off). For each --batch size, the first
+plain C, 1 AVX2, 2 AVX-VNNI, 3 AVX-512 VNNI, 4 AMX; default the widest the CPU runs); the other with
+the graph's projection for every batch (MTSERVE_HOST_PROJECTION=off), or with --against-kernel, the
+host's with that kernel (the "graph" side of the output). For each --batch size, the first
 --sentences test2016 sentences are translated in batches of that size, the two translators
 alternated round by round (the order reversed every round) on a search held to --threads threads.
 Prints per batch size each side's median milliseconds per batch over the rounds, the median of the
@@ -57,6 +58,9 @@ def main() -> None:
     parser.add_argument("--host-sentences", type=int,
                         help="the most sentences a batch may have for its projection on the host (default: the "
                         "runtime's for the kernel)")  # fmt: skip
+    parser.add_argument("--against-kernel", type=int,
+                        help="the other side takes the host's projection too, with this kernel, instead of the "
+                        "graph's")  # fmt: skip
     parser.add_argument("--data-dir")
     args = parser.parse_args()
 
@@ -67,7 +71,11 @@ def main() -> None:
     kernel = made.kernel if args.kernel is None else args.kernel
     sentences = projection.HOST_SENTENCES.get(kernel, 0) if args.host_sentences is None else args.host_sentences
     host.model.host_projection = dataclasses.replace(made, kernel=kernel, max_sentences=sentences)
-    graph.model.host_projection = None
+    graph.model.host_projection = (
+        None
+        if args.against_kernel is None
+        else dataclasses.replace(made, kernel=args.against_kernel, max_sentences=sentences)
+    )
     for translator in (host, graph):
         translator.model.small_searches_narrow = True  # both alike, whatever each measured at load
     sources, target = english_test_sentences(args), bench_target()
@@ -86,6 +94,7 @@ def main() -> None:
             "batch": batch,
             "kernel": kernel,
             "host_sentences": sentences,
+            "against": "graph" if args.against_kernel is None else f"kernel {args.against_kernel}",
             **{f"{name}_ms": round(statistics.median(values), 3) for name, values in ms.items()},
             "ratio": round(statistics.median(a / b for a, b in zip(ms["host"], ms["graph"], strict=True)), 3),
             "rounds": {name: [round(v, 3) for v in values] for name, values in ms.items()},

@@ -427,16 +427,18 @@ def _projection_graph(depth: int) -> ort.InferenceSession:
 
 
 @pytest.mark.parametrize(
-    ("sentences", "beams", "width"), [(1, 5, 1024), (1, 1, 40), (3, 5, 200), (8, 5, 16), (13, 5, 1000)]
+    ("sentences", "beams", "width", "depth"),
+    [(1, 5, 1024, 256), (1, 1, 40, 256), (3, 5, 200, 256), (8, 5, 16, 256), (13, 5, 1000, 256), (2, 5, 300, 132)],
 )
 def test_the_hosts_projection_gives_the_graphs_logits_and_ranks_as_its_log_softmax(
-    c_step: ModuleType, sentences: int, beams: int, width: int
+    c_step: ModuleType, sentences: int, beams: int, width: int, depth: int
 ) -> None:
-    """Every kernel the CPU runs (AVX-512 VNNI, AVX-VNNI, AVX2, plain C) makes the logits of onnxruntime's
-    MatMulIntegerToFloat to the last bit, from 7-bit weights; after each sentence's bias, the top-k
+    """Every kernel the CPU runs (AMX, AVX-512 VNNI, AVX-VNNI, AVX2, plain C) makes the logits of
+    onnxruntime's MatMulIntegerToFloat to the last bit, from 7-bit weights, also at a depth that AMX's
+    blocks of 64 bytes do not divide; after each sentence's bias, the top-k
     and EOS's log-prob are those of its LogSoftmax, a union of any width. A scratch of one tile of
     rows (what the runtime binds) ranks them as one of every row."""
-    depth, k, eos = 256, 10, 3
+    k, eos = 10, 3
     rng = np.random.default_rng(width + sentences)
     rows = sentences * beams
     codes = rng.integers(1, 256, (rows, depth)).astype(np.uint8)

@@ -89,7 +89,7 @@ def test_a_few_sentences_take_their_projection_on_the_host_and_decode_as_the_gra
     models: tuple[Path, Path], sentences: list[str]
 ) -> None:
     """An int8 shortlisted step gives its projection's quantized rows; for batches of any size with
-    AVX-512 VNNI, of up to 8 sentences with AVX-VNNI and 2 with AVX2 alone, the runtime multiplies
+    AMX or AVX-512 VNNI, of up to 8 sentences with AVX-VNNI and 2 with AVX2 alone, the runtime multiplies
     them itself (service/runtime/projection.py), and they decode as with the graph's projection
     (MTSERVE_HOST_PROJECTION=off), alone and in batches of each size, and past the bound. A CPU without
     AVX2 keeps the graph's."""

@@ -18,23 +18,54 @@
 #define PROJECTION_X86 1
 #include <immintrin.h>
 #endif
+#if defined(PROJECTION_X86) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
+#define PROJECTION_AMX 1 /* Linux lends a process AMX's tile state only once asked (arch_prctl) */
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #define BLOCK_BYTES (PROJECTION_GROUP * PROJECTION_DEPTH)
 
-static const char *const KERNEL_NAMES[] = {"plain", "avx2", "avx-vnni", "avx512-vnni"};
+static const char *const KERNEL_NAMES[] = {"plain", "avx2", "avx-vnni", "avx512-vnni", "amx"};
 
 const char *projection_kernel_name(int kernel) {
-    return kernel >= 0 && kernel <= 3 ? KERNEL_NAMES[kernel] : "unknown";
+    return kernel >= 0 && kernel <= 4 ? KERNEL_NAMES[kernel] : "unknown";
 }
+
+#ifdef PROJECTION_AMX
+/* Whether the CPU has AMX's tiles and int8 products, the OS saves their state (XCR0's XTILECFG and
+ * XTILEDATA), and Linux grants this process the tile data (ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA). */
+static int amx_usable(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24)) || !(d & (1u << 25))) {
+        return 0;
+    }
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) { /* OSXSAVE: XGETBV may run */
+        return 0;
+    }
+    unsigned xcr0_low, xcr0_high;
+    __asm__ volatile("xgetbv" : "=a"(xcr0_low), "=d"(xcr0_high) : "c"(0));
+    (void)xcr0_high;
+    if ((xcr0_low & (3u << 17)) != (3u << 17)) {
+        return 0;
+    }
+    return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+}
+#endif
 
 int projection_kernel(void) {
 #ifdef PROJECTION_X86
     static int found = -1;
     if (found < 0) {
         __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-            __builtin_cpu_supports("avx512vnni")) {
+        int avx512_vnni = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vnni");
+        if (avx512_vnni) {
             found = 3;
+#ifdef PROJECTION_AMX
+            found = amx_usable() ? 4 : 3; /* its rows' post-processing is AVX-512's */
+#endif
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
         } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("avxvnni")) {
             found = 2;
@@ -264,11 +295,109 @@ __attribute__((target("avx2"))) static void logits_avx2(const uint8_t *codes, pt
 }
 #endif
 
+#ifdef PROJECTION_AMX
+/* AMX: 16 rows by 16 columns of int32 sums a tile, each TDPBUSD taking 64 bytes of depth: the rows' codes
+ * as tile A (16 rows of 64 bytes), and a packed group's 16 depth steps as tile B, whose rows of 16
+ * columns by 4 bytes are the packed layout as it is. onnxruntime's AMX kernels configure a thread's
+ * tiles once and take that configuration as kept between their calls; this kernel runs between the
+ * step's runs on the same thread, so it puts back the configuration it found (or releases the tiles
+ * where it found none). */
+#define AMX_ROWS 16
+#define AMX_DEPTH 64                 /* bytes of depth a TDPBUSD takes */
+#define AMX_MAX_DEPTH 1024           /* a partial tile's rows are copied, zero-padded, onto the stack */
+typedef struct {
+    uint8_t palette_id, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} TileConfig;
+
+static int projection_amx_fits(ptrdiff_t depth) { return depth % AMX_DEPTH == 0 && depth <= AMX_MAX_DEPTH; }
+
+/* The sums of tile h (n rows of 16 columns, stride 16) made logits of column group g, as ZMM_OUT makes them. */
+__attribute__((target("avx512f,avx512bw"), always_inline)) static inline void
+amx_out(const int32_t *sums, ptrdiff_t n, const float *row_scale, ptrdiff_t g, const int32_t *col_sums,
+        const float *col_scale, float *logits, ptrdiff_t logits_stride) {
+    __m512i zero_sums = _mm512_slli_epi32(_mm512_loadu_si512((const void *)(col_sums + g * PROJECTION_GROUP)), 7);
+    __m512 scale = _mm512_loadu_ps(col_scale + g * PROJECTION_GROUP);
+    for (ptrdiff_t j = 0; j < n; j++) {
+        __m512 value = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_loadu_si512((const void *)(sums + j * 16)), zero_sums));
+        value = _mm512_mul_ps(_mm512_mul_ps(value, scale), _mm512_set1_ps(row_scale[j]));
+        _mm512_storeu_ps(logits + j * logits_stride + g * PROJECTION_GROUP, value);
+    }
+}
+
+__attribute__((target("amx-tile,amx-int8,avx512f,avx512bw"))) static void
+logits_amx(const uint8_t *codes, ptrdiff_t code_stride, const float *row_scale, ptrdiff_t rows, ptrdiff_t depth,
+           const int8_t *packed, const int32_t *col_sums, const float *col_scale, ptrdiff_t width, float *logits,
+           ptrdiff_t logits_stride) {
+    TileConfig found, config;
+    _tile_storeconfig(&found); /* all zero where the tiles are not configured */
+    memset(&config, 0, sizeof(config));
+    config.palette_id = 1;
+    for (int t = 0; t < 8; t++) {
+        config.rows[t] = AMX_ROWS;
+        config.colsb[t] = 64;
+    }
+    _tile_loadconfig(&config);
+    ptrdiff_t steps = depth / PROJECTION_DEPTH, groups = width / PROJECTION_GROUP, blocks = depth / AMX_DEPTH;
+    uint8_t spare[AMX_ROWS * AMX_MAX_DEPTH];
+    int32_t sums[2][AMX_ROWS * PROJECTION_GROUP];
+    for (ptrdiff_t r = 0; r < rows; r += AMX_ROWS) {
+        ptrdiff_t n = rows - r < AMX_ROWS ? rows - r : AMX_ROWS;
+        const uint8_t *a = codes + r * code_stride;
+        ptrdiff_t a_stride = code_stride;
+        if (n < AMX_ROWS) { /* tile A always loads 16 rows */
+            memset(spare, 0, (size_t)(AMX_ROWS * depth));
+            for (ptrdiff_t j = 0; j < n; j++) {
+                memcpy(spare + j * depth, a + j * code_stride, (size_t)depth);
+            }
+            a = spare;
+            a_stride = depth;
+        }
+        for (ptrdiff_t g = 0; g < groups; g += 2) { /* two groups at a time, on one load of the codes */
+            int pair = g + 1 < groups;
+            _tile_zero(0);
+            _tile_zero(1);
+            for (ptrdiff_t b = 0; b < blocks; b++) {
+                _tile_loadd(2, a + b * AMX_DEPTH, a_stride);
+                _tile_loadd(3, BLOCK(packed, g, b * (AMX_DEPTH / PROJECTION_DEPTH), steps), BLOCK_BYTES);
+                _tile_dpbusd(0, 2, 3);
+                if (pair) {
+                    _tile_loadd(4, BLOCK(packed, g + 1, b * (AMX_DEPTH / PROJECTION_DEPTH), steps), BLOCK_BYTES);
+                    _tile_dpbusd(1, 2, 4);
+                }
+            }
+            _tile_stored(0, sums[0], PROJECTION_GROUP * sizeof(int32_t));
+            amx_out(sums[0], n, row_scale + r, g, col_sums, col_scale, logits + r * logits_stride, logits_stride);
+            if (pair) {
+                _tile_stored(1, sums[1], PROJECTION_GROUP * sizeof(int32_t));
+                amx_out(sums[1], n, row_scale + r, g + 1, col_sums, col_scale, logits + r * logits_stride,
+                        logits_stride);
+            }
+        }
+    }
+    if (found.palette_id == 0) {
+        _tile_release();
+    } else {
+        _tile_loadconfig(&found);
+    }
+}
+#endif
+
 void projection_logits(int kernel, const uint8_t *codes, ptrdiff_t code_stride, const float *row_scale, ptrdiff_t rows,
                        ptrdiff_t depth, const int8_t *packed, const int32_t *col_sums, const float *col_scale,
                        ptrdiff_t width, float *logits, ptrdiff_t logits_stride) {
     switch (kernel) {
 #ifdef PROJECTION_X86
+#ifdef PROJECTION_AMX
+    case 4:
+        if (projection_amx_fits(depth)) {
+            logits_amx(codes, code_stride, row_scale, rows, depth, packed, col_sums, col_scale, width, logits,
+                       logits_stride);
+            return;
+        }
+        __attribute__((fallthrough)); /* to AVX-512 VNNI, which every AMX CPU has */
+#endif
     case 3:
         logits_avx512vnni(codes, code_stride, row_scale, rows, depth, packed, col_sums, col_scale, width, logits,
                           logits_stride);

@@ -10,7 +10,8 @@
 #define PROJECTION_DEPTH 4  /* bytes of a column a block holds together: what one VPDPBUSD lane sums */
 #define PROJECTION_ZERO_POINT 128 /* the activation codes' zero point (export/quantize.py, per row) */
 
-/* The widest kernel the CPU runs: 0 plain C, 1 AVX2, 2 AVX-VNNI, 3 AVX-512 VNNI. */
+/* The widest kernel the CPU runs: 0 plain C, 1 AVX2, 2 AVX-VNNI, 3 AVX-512 VNNI, 4 AMX (with AVX-512
+ * VNNI for a depth that is not a multiple of 64 or is above 1,024). */
 int projection_kernel(void);
 const char *projection_kernel_name(int kernel);
 

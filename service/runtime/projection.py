@@ -34,7 +34,7 @@ PROJECTION_ZERO_POINT = 128  # the codes' zero point, as _projection.h takes the
 # The most sentences a batch may have for its projection to run here, by the host's kernel (None:
 # any): where the host's product, log-softmax and top-k in one pass still beat the graph's with its
 # packing (docs/BENCHMARKS.md). The plain C kernel never does.
-HOST_SENTENCES: dict[int, int | None] = {3: None, 2: 8, 1: 2}  # AVX-512 VNNI, AVX-VNNI, AVX2
+HOST_SENTENCES: dict[int, int | None] = {4: None, 3: None, 2: 8, 1: 2}  # AMX, AVX-512 VNNI, AVX-VNNI, AVX2
 NARROW_COLUMNS = 16  # the union's columns the graph's own projection spans meanwhile: one top-k block
 GROUP = 16  # columns the host packs together (_projection.h): a union is padded to whole groups
 DEPTH = 4  # bytes of a column packed together (_projection.h): the codes' width is a multiple
