@@ -716,14 +716,13 @@ static void block_maxima(const float *row, Py_ssize_t blocks, float *maxima) {
 #endif
 }
 
-/* The two-pass ranking (above); 0 where the row needs the one-pass one. */
-static int row_top_k_bounded(const float *row, Py_ssize_t width, Py_ssize_t k, float *values, Py_ssize_t *positions) {
+/* The two-pass ranking (above) from the row's block maxima; 0 where the row needs the one-pass one. */
+static int row_top_k_from_maxima(const float *row, Py_ssize_t width, Py_ssize_t k, const float *maxima, float *values,
+                                 Py_ssize_t *positions) {
     Py_ssize_t blocks = width / TOP_K_BLOCK;
     if (blocks < k || blocks > TOP_K_MAX_BLOCKS) {
         return 0;
     }
-    float maxima[TOP_K_MAX_BLOCKS];
-    block_maxima(row, blocks, maxima);
     float largest[MAX_CANDIDATES]; /* the k largest maxima so far, largest first */
     Py_ssize_t which[MAX_CANDIDATES], filled = 0;
     largest[k - 1] = -INFINITY; /* written over before it is read: blocks >= k */
@@ -761,10 +760,21 @@ static int row_top_k_bounded(const float *row, Py_ssize_t width, Py_ssize_t k, f
     return 1;
 }
 
+/* The two-pass ranking of a row (block maxima made here); 0 where the row needs the one-pass one. */
+static int row_top_k_bounded(const float *row, Py_ssize_t width, Py_ssize_t k, float *values, Py_ssize_t *positions) {
+    Py_ssize_t blocks = width / TOP_K_BLOCK;
+    if (blocks < k || blocks > TOP_K_MAX_BLOCKS) {
+        return 0;
+    }
+    float maxima[TOP_K_MAX_BLOCKS];
+    block_maxima(row, blocks, maxima);
+    return row_top_k_from_maxima(row, width, k, maxima, values, positions);
+}
+
 /* The sum of exp(row[j] - top) over a row's values above -inf (NaN left out), for a row whose largest
  * value is `top`: the log-softmax's normaliser. Each exp as Cephes' expf computes it (the argument
- * reduced by ln 2 in two parts, a degree-5 polynomial, 2^n put into the exponent), summed in 8 float
- * lanes, with AVX2 and FMA where the CPU has them; else each in double precision. */
+ * reduced by ln 2 in two parts, a degree-5 polynomial, 2^n put into the exponent), summed in 16 float
+ * lanes with AVX-512, in 8 with AVX2 and FMA, where the CPU has them; else each in double precision. */
 #if defined(__x86_64__) && defined(__SSE2__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 #define EXP_CONSTANTS(set)                                                                                            \
@@ -808,6 +818,62 @@ __attribute__((target("avx2,fma"))) static double sum_exp_avx2(const float *row,
     return sum + sum_exp_from(row, j, width, top);
 }
 
+__attribute__((target("avx512f"))) static double sum_exp_avx512(const float *row, Py_ssize_t width, float top) {
+    EXP_CONSTANTS(_mm512_set1_ps);
+    const __m512 shift = _mm512_set1_ps(top), none = _mm512_set1_ps(-INFINITY);
+    __m512 sums = _mm512_setzero_ps();
+    Py_ssize_t j = 0;
+    for (; j + 16 <= width; j += 16) {
+        __m512 v = _mm512_loadu_ps(row + j);
+        __m512 x = _mm512_max_ps(_mm512_sub_ps(v, shift), lowest);
+        __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m512 r = _mm512_fnmadd_ps(n, ln2_lo, _mm512_fnmadd_ps(n, ln2_hi, x));
+        __m512 p = _mm512_fmadd_ps(c5, r, c4);
+        p = _mm512_fmadd_ps(_mm512_fmadd_ps(_mm512_fmadd_ps(_mm512_fmadd_ps(p, r, c3), r, c2), r, c1), r, c0);
+        p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, one));
+        __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+        __m512 y = _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+        sums = _mm512_add_ps(sums, _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, none, _CMP_GT_OQ), y));
+    }
+    float lanes[16];
+    _mm512_storeu_ps(lanes, sums);
+    double sum = 0.0;
+    for (int i = 0; i < 16; i++) {
+        sum += lanes[i];
+    }
+    return sum + sum_exp_from(row, j, width, top);
+}
+
+/* A row's bias added, and the largest value of each of its whole blocks (block_maxima's, NaN left out)
+ * taken in the same pass, into maxima where they fit (TOP_K_MAX_BLOCKS). */
+__attribute__((target("avx512f"))) static void add_bias_avx512(float *row, const float *bias, Py_ssize_t width,
+                                                                  float *maxima) {
+    const __m512 lowest = _mm512_set1_ps(-INFINITY);
+    Py_ssize_t blocks = width / TOP_K_BLOCK, b = 0;
+    for (; b < blocks; b++) {
+        __m512 v = _mm512_add_ps(_mm512_loadu_ps(row + b * TOP_K_BLOCK), _mm512_loadu_ps(bias + b * TOP_K_BLOCK));
+        _mm512_storeu_ps(row + b * TOP_K_BLOCK, v);
+        if (b < TOP_K_MAX_BLOCKS) { /* VMAXPS gives its second operand where either is NaN */
+            maxima[b] = _mm512_reduce_max_ps(_mm512_max_ps(v, lowest));
+        }
+    }
+    for (Py_ssize_t j = blocks * TOP_K_BLOCK; j < width; j++) {
+        row[j] += bias[j];
+    }
+}
+
+/* Which exp-sum and bias kernels the CPU runs, found at first use: 2 AVX-512, 1 AVX2 and FMA, 0 neither. */
+static int vector_width(void) {
+    static int found = -1;
+    if (found < 0) {
+        __builtin_cpu_init();
+        found = __builtin_cpu_supports("avx512f")                                     ? 2
+                : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1
+                                                                                  : 0;
+    }
+    return found;
+}
+
 static void add_bias(float *row, const float *bias, Py_ssize_t width) {
     Py_ssize_t j = 0;
     for (; j + 4 <= width; j += 4) {
@@ -819,12 +885,24 @@ static void add_bias(float *row, const float *bias, Py_ssize_t width) {
 }
 
 static double sum_exp(const float *row, Py_ssize_t width, float top) {
-    static int wide = -1; /* whether the CPU has AVX2 and FMA, found at first use */
-    if (wide < 0) {
-        __builtin_cpu_init();
-        wide = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    switch (vector_width()) {
+    case 2:
+        return sum_exp_avx512(row, width, top);
+    case 1:
+        return sum_exp_avx2(row, width, top);
+    default:
+        return sum_exp_from(row, 0, width, top);
     }
-    return wide ? sum_exp_avx2(row, width, top) : sum_exp_from(row, 0, width, top);
+}
+
+/* A row's bias added; 1 where its block maxima were taken in the same pass, into maxima. */
+static int add_bias_with_maxima(float *row, const float *bias, Py_ssize_t width, float *maxima) {
+    if (vector_width() == 2) {
+        add_bias_avx512(row, bias, width, maxima);
+        return 1;
+    }
+    add_bias(row, bias, width);
+    return 0;
 }
 #else
 static void add_bias(float *row, const float *bias, Py_ssize_t width) {
@@ -839,6 +917,12 @@ static double sum_exp(const float *row, Py_ssize_t width, float top) {
         sum += row[j] > -INFINITY ? exp((double)(row[j] - top)) : 0.0;
     }
     return sum;
+}
+
+static int add_bias_with_maxima(float *row, const float *bias, Py_ssize_t width, float *maxima) {
+    (void)maxima;
+    add_bias(row, bias, width);
+    return 0;
 }
 #endif
 
@@ -936,10 +1020,11 @@ static void rows_top_k(HostScores *host, Buffer *values, Buffer *ids) {
         float best[MAX_CANDIDATES];
         Py_ssize_t positions[MAX_CANDIDATES];
         float *row = &AT(*scores, float, at, 0);
-        if (host->projected) {
-            add_bias(row, &AT(host->bias, float, r / beams, 0), width);
-        }
-        if (!row_top_k_bounded(row, width, k, best, positions)) {
+        float maxima[TOP_K_MAX_BLOCKS];
+        int ranked = host->projected && add_bias_with_maxima(row, &AT(host->bias, float, r / beams, 0), width, maxima)
+                         ? row_top_k_from_maxima(row, width, k, maxima, best, positions)
+                         : row_top_k_bounded(row, width, k, best, positions);
+        if (!ranked) {
             row_top_k_each(row, width, k, best, positions);
         }
         float normaliser = 0.0f;
