@@ -792,57 +792,43 @@ static double sum_exp_from(const float *row, Py_ssize_t j, Py_ssize_t width, flo
     return sum;
 }
 
-__attribute__((target("avx2,fma"))) static double sum_exp_avx2(const float *row, Py_ssize_t width, float top) {
-    EXP_CONSTANTS(_mm256_set1_ps);
-    const __m256 shift = _mm256_set1_ps(top), none = _mm256_set1_ps(-INFINITY);
-    __m256 sums = _mm256_setzero_ps();
-    Py_ssize_t j = 0;
-    for (; j + 8 <= width; j += 8) {
-        __m256 v = _mm256_loadu_ps(row + j);
-        __m256 x = _mm256_max_ps(_mm256_sub_ps(v, shift), lowest);
-        __m256 n = _mm256_round_ps(_mm256_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        __m256 r = _mm256_fnmadd_ps(n, ln2_lo, _mm256_fnmadd_ps(n, ln2_hi, x));
-        __m256 p = _mm256_fmadd_ps(c5, r, c4);
-        p = _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_fmadd_ps(p, r, c3), r, c2), r, c1), r, c0);
-        p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, one));
-        __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-        __m256 y = _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), _mm256_cmp_ps(v, none, _CMP_GT_OQ));
-        sums = _mm256_add_ps(sums, y);
-    }
-    float lanes[8];
-    _mm256_storeu_ps(lanes, sums);
-    double sum = 0.0;
-    for (int i = 0; i < 8; i++) {
-        sum += lanes[i];
-    }
-    return sum + sum_exp_from(row, j, width, top);
-}
 
-__attribute__((target("avx512f"))) static double sum_exp_avx512(const float *row, Py_ssize_t width, float top) {
-    EXP_CONSTANTS(_mm512_set1_ps);
-    const __m512 shift = _mm512_set1_ps(top), none = _mm512_set1_ps(-INFINITY);
-    __m512 sums = _mm512_setzero_ps();
-    Py_ssize_t j = 0;
-    for (; j + 16 <= width; j += 16) {
-        __m512 v = _mm512_loadu_ps(row + j);
-        __m512 x = _mm512_max_ps(_mm512_sub_ps(v, shift), lowest);
-        __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        __m512 r = _mm512_fnmadd_ps(n, ln2_lo, _mm512_fnmadd_ps(n, ln2_hi, x));
-        __m512 p = _mm512_fmadd_ps(c5, r, c4);
-        p = _mm512_fmadd_ps(_mm512_fmadd_ps(_mm512_fmadd_ps(_mm512_fmadd_ps(p, r, c3), r, c2), r, c1), r, c0);
-        p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, one));
-        __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-        __m512 y = _mm512_mul_ps(p, _mm512_castsi512_ps(e));
-        sums = _mm512_add_ps(sums, _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, none, _CMP_GT_OQ), y));
+/* A function `name` for the instruction sets `isa`, `lanes` floats a vector (P: the intrinsics' prefix,
+ * V and VI: the float and int vector types), summing exp(v - top) over the row's whole vectors as
+ * above: ROUND rounds to the nearest integer, CAST reinterprets ints as floats, KEEP(y, v) keeps y
+ * where v > -inf, else 0. */
+#define SUM_EXP_LANES(name, isa, lanes, P, V, VI, ROUND, CAST, KEEP)                                              \
+    __attribute__((target(isa))) static double name(const float *row, Py_ssize_t width, float top) {                \
+        EXP_CONSTANTS(P##_set1_ps);                                                                                    \
+        const V shift = P##_set1_ps(top), none = P##_set1_ps(-INFINITY);                                               \
+        V sums = P##_setzero_ps();                                                                                     \
+        Py_ssize_t j = 0;                                                                                              \
+        for (; j + (lanes) <= width; j += (lanes)) {                                                                   \
+            V v = P##_loadu_ps(row + j);                                                                               \
+            V x = P##_max_ps(P##_sub_ps(v, shift), lowest);                                                            \
+            V n = ROUND(P##_mul_ps(x, log2e));                                                                         \
+            V r = P##_fnmadd_ps(n, ln2_lo, P##_fnmadd_ps(n, ln2_hi, x));                                               \
+            V p = P##_fmadd_ps(c5, r, c4);                                                                             \
+            p = P##_fmadd_ps(P##_fmadd_ps(P##_fmadd_ps(P##_fmadd_ps(p, r, c3), r, c2), r, c1), r, c0);                 \
+            p = P##_fmadd_ps(P##_mul_ps(p, r), r, P##_add_ps(r, one));                                                 \
+            VI e = P##_slli_epi32(P##_add_epi32(P##_cvtps_epi32(n), P##_set1_epi32(127)), 23);                         \
+            sums = P##_add_ps(sums, KEEP(P##_mul_ps(p, CAST(e)), v));                                                  \
+        }                                                                                                              \
+        float sum_lanes[lanes];                                                                                        \
+        P##_storeu_ps(sum_lanes, sums);                                                                                \
+        double sum = 0.0;                                                                                              \
+        for (int i = 0; i < (lanes); i++) {                                                                            \
+            sum += sum_lanes[i];                                                                                       \
+        }                                                                                                              \
+        return sum + sum_exp_from(row, j, width, top);                                                                 \
     }
-    float lanes[16];
-    _mm512_storeu_ps(lanes, sums);
-    double sum = 0.0;
-    for (int i = 0; i < 16; i++) {
-        sum += lanes[i];
-    }
-    return sum + sum_exp_from(row, j, width, top);
-}
+#define ROUND_YMM(x) _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define KEEP_YMM(y, v) _mm256_and_ps(y, _mm256_cmp_ps(v, none, _CMP_GT_OQ))
+#define ROUND_ZMM(x) _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define KEEP_ZMM(y, v) _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, none, _CMP_GT_OQ), y)
+SUM_EXP_LANES(sum_exp_avx2, "avx2,fma", 8, _mm256, __m256, __m256i, ROUND_YMM, _mm256_castsi256_ps, KEEP_YMM)
+SUM_EXP_LANES(sum_exp_avx512, "avx512f", 16, _mm512, __m512, __m512i, ROUND_ZMM, _mm512_castsi512_ps, KEEP_ZMM)
+
 
 /* A row's bias added, and the largest value of each of its whole blocks (block_maxima's, NaN left out)
  * taken in the same pass, into maxima where they fit (TOP_K_MAX_BLOCKS). */
