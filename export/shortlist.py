@@ -40,7 +40,7 @@ from model import corpus
 from model.data_config import DataConfig
 from service.graphs import DECODER_TOP_K
 from service.manifest import MANIFEST_FILE, Manifest, load_manifest, sha256_file
-from service.runtime.projection import PROJECTION_CODES, PROJECTION_ROW_SCALE, PROJECTION_ZERO_POINT
+from service.runtime.projection import PROJECTION_CODES, PROJECTION_ROW_SCALE, PROJECTION_ROWS, PROJECTION_ZERO_POINT
 from service.runtime.shortlist import (
     FREQUENT_PREFIX,
     LEXICAL_PREFIX,
@@ -188,6 +188,8 @@ def rewrite_output_layer(model: onnx.ModelProto, vocab_size: int) -> OutputLayer
         if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 or attrs.get("transA", 0):
             raise ShortlistError("the output projection's Gemm scales or transposes its input")
         axis = 0 if attrs.get("transB", 0) else 1
+        if axis == 0 and weight.dtype == np.float32:
+            _rename_as_output(graph, node.input[0], producers, PROJECTION_ROWS, TensorProto.FLOAT)
         if len(node.input) > 2 and node.input[2]:
             c = _constant(graph, node.input[2])
             if c is None or c.shape != (vocab_size,):
@@ -276,6 +278,22 @@ def _expose_projection_rows(
         helper.make_tensor_value_info(PROJECTION_CODES, TensorProto.UINT8, ["batch", None]),
         helper.make_tensor_value_info(PROJECTION_ROW_SCALE, TensorProto.FLOAT, ["batch", 1]),
     ])  # fmt: skip
+
+
+def _rename_as_output(
+    graph: onnx.GraphProto, name: str, producers: Mapping[str, onnx.NodeProto], output: str, dtype: int
+) -> None:
+    """An fp32 projection's input rows given as the step output `output` [batch, D] (the runtime then
+    makes the projection itself: service/runtime/projection.py), where a node of the step makes them."""
+    if producers.get(name) is None:
+        return
+    for other in graph.node:
+        for names in (other.input, other.output):
+            for i, value in enumerate(names):
+                names[i] = output if value == name else value
+    for info in [info for info in graph.value_info if info.name == name]:
+        graph.value_info.remove(info)
+    graph.output.append(helper.make_tensor_value_info(output, dtype, ["batch", None]))
 
 
 def _top_k_chain(graph: onnx.GraphProto, producers: Mapping[str, onnx.NodeProto]) -> list[onnx.NodeProto]:

@@ -480,6 +480,72 @@ def test_the_hosts_projection_gives_the_graphs_logits_and_ranks_as_its_log_softm
         assert np.array_equal(again_eos, eos_out), kernel
 
 
+def _float_projection_graph(depth: int) -> ort.InferenceSession:
+    """The tail of a shortlisted fp32 step as export/shortlist.py leaves it: the rows times the union's
+    rows of the output layer (a Gemm with transB), each row's bias, the log-softmax."""
+    node = helper.make_node
+    graph = helper.make_graph(
+        [
+            node("Gemm", ["rows", "weight"], ["logits"], transB=1),
+            node("Add", ["logits", "bias"], ["biased"]),
+            node("LogSoftmax", ["biased"], ["log_probs"], axis=-1),
+        ],
+        "projection",
+        [
+            helper.make_tensor_value_info("rows", TensorProto.FLOAT, [None, depth]),
+            helper.make_tensor_value_info("weight", TensorProto.FLOAT, [None, depth]),
+            helper.make_tensor_value_info("bias", TensorProto.FLOAT, [None, None]),
+        ],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [None, None]) for name in ("logits", "log_probs")],
+    )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return ort.InferenceSession(model.SerializeToString(), options)
+
+
+@pytest.mark.parametrize(
+    ("sentences", "beams", "width", "depth"), [(1, 5, 1024, 256), (3, 5, 200, 384), (13, 5, 1000, 256), (2, 1, 40, 100)]
+)
+def test_the_hosts_fp32_projection_gives_the_graphs_logits_and_ranks_as_its_log_softmax(
+    c_step: ModuleType, sentences: int, beams: int, width: int, depth: int
+) -> None:
+    """An fp32 step's rows times the union's rows of the output layer, on the host (AVX-512 where the
+    CPU has it, and plain C), equal onnxruntime's Gemm to the last bit (it sums the depth in runs of
+    128, as _projection.c does); the top-k and EOS's log-prob after each sentence's bias are those of
+    its LogSoftmax, in a scratch of every row and in one of a tile."""
+    k, eos = 10, 3
+    rng = np.random.default_rng(width + depth)
+    total = sentences * beams
+    rows = rng.standard_normal((total, depth)).astype(np.float32)
+    weight = (rng.standard_normal((width, depth)) * 0.05).astype(np.float32)
+    sentence_bias = np.where(rng.random((sentences, width)) < 0.6, 0.0, -np.inf).astype(np.float32)
+    sentence_bias[:, : k + 1] = (rng.standard_normal(k + 1) * 0.1).astype(np.float32)  # a bias of its own
+    bias = np.repeat(sentence_bias, beams, axis=0)
+    logits, log_probs = _float_projection_graph(depth).run(None, {"rows": rows, "weight": weight, "bias": bias})
+    padded = -(-width // 16) * 16
+    packed = np.empty(padded * depth, np.float32)
+    c_step.pack_projection(weight, packed)
+    vocab = np.arange(width, dtype=np.int64) * 3
+    best = np.argsort(-log_probs, axis=1, kind="stable")[:, :k]
+    widest, _name = c_step.projection_kernel()
+    for kernel in sorted({0, widest}):
+        for scratch_rows in (total, min(total, c_step.FLOAT_PROJECTED_TILE)):
+            scratch = np.empty((scratch_rows, padded), np.float32)
+            values, ids, eos_out = (
+                np.empty((total, k), np.float32),
+                np.empty((total, k), np.int64),
+                np.empty(total, np.float32),
+            )
+            c_step.top_k(scratch, vocab, values, ids, (rows, packed, sentence_bias, eos, eos_out, kernel))
+            if scratch_rows == total:
+                allowed = np.isfinite(bias)
+                assert np.array_equal(scratch[:, :width][allowed], (logits + bias)[allowed]), kernel
+            assert np.array_equal(ids, vocab[best]), kernel
+            np.testing.assert_allclose(values, np.take_along_axis(log_probs, best, axis=1), rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(eos_out, log_probs[:, eos], rtol=1e-5, atol=1e-5)
+
+
 def test_the_hosts_projection_refuses_arrays_that_do_not_agree(c_step: ModuleType) -> None:
     weight = np.zeros((256, 40), np.int8)
     with pytest.raises(ValueError, match="pack_projection"):
@@ -512,3 +578,15 @@ def test_the_hosts_projection_refuses_arrays_that_do_not_agree(c_step: ModuleTyp
             c_step.top_k(np.empty((5, 48), np.float32), vocab, values, ids, bad)
     with pytest.raises(ValueError, match="top_k"):  # scratch not padded to whole groups
         c_step.top_k(np.empty((5, 40), np.float32), vocab, values, ids, good)
+    rows, float_packed = np.zeros((5, 256), np.float32), np.empty(48 * 256, np.float32)
+    c_step.pack_projection(np.zeros((40, 256), np.float32), float_packed)  # an fp32 step's rows of the union
+    c_step.top_k(np.empty((5, 48), np.float32), vocab, values, ids, (rows, float_packed, bias, 3, eos_out, widest))
+    with pytest.raises(ValueError, match="pack_projection"):
+        c_step.pack_projection(np.zeros((40, 256), np.float32), np.empty(40 * 256, np.float32))
+    for bad_float in (
+        (rows, float_packed[: 40 * 256], bias, 3, eos_out, widest),  # packed for 40 columns, not 48
+        (np.zeros((5, 255), np.float32), float_packed, bias, 3, eos_out, widest),  # rows of another depth
+        (rows, float_packed, bias, 3, eos_out, widest + 1),  # a kernel the CPU lacks
+    ):
+        with pytest.raises(ValueError, match="top_k"):
+            c_step.top_k(np.empty((5, 48), np.float32), vocab, values, ids, bad_float)

@@ -22,7 +22,7 @@ from service.manifest import MANIFEST_FILE, ModelFileError, sha256_file
 from service.runtime import native
 from service.runtime.beam import DecodeOptions, Hypothesis, beam_search
 from service.runtime.beside import HELPER_THREAD_NAME, Beside
-from service.runtime.projection import HOST_SENTENCES, PROJECTION_OUTPUTS
+from service.runtime.projection import FLOAT_HOST_SENTENCES, HOST_SENTENCES, PROJECTION_OUTPUTS, PROJECTION_ROWS
 from service.runtime.sessions import OnnxModel
 from service.runtime.shortlist import BatchVocab
 from service.runtime.top_k import top_k
@@ -85,28 +85,29 @@ def test_each_sentence_decodes_over_its_own_candidates_alone_and_in_any_batch(
     assert [batched[i][0].tokens for i in into_french] == [full[i][0].tokens for i in into_french]
 
 
-def test_a_few_sentences_take_their_projection_on_the_host_and_decode_as_the_graphs(
+def test_batches_take_their_projection_on_the_host_and_decode_as_the_graphs(
     models: tuple[Path, Path], sentences: list[str]
 ) -> None:
-    """An int8 shortlisted step gives its projection's quantized rows; for batches of any size with
-    AMX or AVX-512 VNNI, of up to 8 sentences with AVX-VNNI and 2 with AVX2 alone, the runtime multiplies
-    them itself (service/runtime/projection.py), and they decode as with the graph's projection
-    (MTSERVE_HOST_PROJECTION=off), alone and in batches of each size, and past the bound. A CPU without
-    AVX2 keeps the graph's."""
+    """A shortlisted step gives its projection's input rows (an int8 step its codes and row scales, an
+    fp32 one its rows); for batches of any size with AMX or AVX-512 VNNI, of up to 8 sentences with
+    AVX-VNNI and 2 with AVX2 alone (an fp32 step: up to 8 with AVX-512, else never), the runtime
+    multiplies them itself (service/runtime/projection.py), and they decode as with the graph's
+    projection (MTSERVE_HOST_PROJECTION=off), alone, in batches of each size, and past the bound. A CPU
+    without those kernels keeps the graph's."""
     assert native.common_step is not None, native.NOT_BUILT
     host, graph = OnnxModel(models[1], 2), OnnxModel(models[1], 2)
     step_outputs = {o.name for o in host.decoder.wide.get_outputs()}
-    if host.manifest.precision != "int8":
-        assert not set(PROJECTION_OUTPUTS) & step_outputs and host.host_projection is None
-        return
-    assert set(PROJECTION_OUTPUTS) <= step_outputs
+    floating = host.manifest.precision != "int8"
+    assert set(PROJECTION_OUTPUTS) <= step_outputs if not floating else PROJECTION_ROWS in step_outputs
     kernel, _name = native.common_step.projection_kernel()
-    if kernel not in HOST_SENTENCES:
+    bounds = FLOAT_HOST_SENTENCES if floating else HOST_SENTENCES
+    if kernel not in bounds:
         assert host.host_projection is None
         return
     assert host.host_projection is not None and host.host_projection.kernel == kernel
+    assert host.host_projection.floating == floating
     most = host.host_projection.max_sentences
-    assert most == HOST_SENTENCES[host.host_projection.kernel]
+    assert most == bounds[kernel]
     graph.host_projection = None
     for batch in sorted({1, 2, 3, most or 8, (most or 8) + 4}):  # 12 sentences: rows of several tiles
         texts = sentences[:batch]

@@ -307,13 +307,17 @@ static int closes_loop(const Buffer *hist, Py_ssize_t row, Py_ssize_t length, in
  * the tile's stay in until ranked and normalised; its scratch may
  * hold one tile's rows. */
 #define PROJECTED_TILE 16
+#ifndef FLOAT_PROJECTED_TILE
+#define FLOAT_PROJECTED_TILE 64
+#endif
 
 /* A step's scores for the host's top-k (top_k, below): its log_probs; or, for a step that leaves its output
- * projection to the host too, its rows' int8 codes, multiplied here by the union's packed columns into
- * `scores` (scratch logits), each sentence's bias added, normalised, and EOS's log-prob written. */
+ * projection to the host too, its rows' int8 codes (or an fp32 step's rows: `floating`, in `codes`),
+ * multiplied here by the union's packed columns into `scores` (scratch logits), each sentence's bias
+ * added, normalised, and EOS's log-prob written. */
 typedef struct {
     Buffer scores, vocab;
-    int projected;
+    int projected, floating;
     Buffer codes, row_scale, packed, col_sums, col_scale, bias, eos_out;
     Py_ssize_t eos_position;
     int kernel;
@@ -914,8 +918,10 @@ static int add_bias_with_maxima(float *row, const float *bias, Py_ssize_t width,
 
 /* get_host_scores: scores [R, U] float32 and vocab [U] int64; with a projection (not None), the tuple
  * (codes [R, D] uint8, row_scale [R, 1] float32, packed [P * D] int8, col_sums [P] int32, col_scale [P]
- * float32, bias [S, U] float32, eos_position, eos_out [R] float32, kernel), where scores is [R, P] or one
- * tile of it (top_k_shapes_agree), written, P being U rounded up to a whole PROJECTION_GROUP (the columns after U are padding). */
+ * float32, bias [S, U] float32, eos_position, eos_out [R] float32, kernel), or for an fp32 step (rows
+ * [R, D] float32, packed [P * D] float32, bias, eos_position, eos_out, kernel), where scores is [R, P] or
+ * one tile of it (top_k_shapes_agree), written, P being U rounded up to a whole PROJECTION_GROUP (the
+ * columns after U are padding). */
 static int get_host_scores(PyObject *scores, PyObject *vocab, PyObject *projection, HostScores *host) {
     host->projected = projection != Py_None;
     if (get_buffer(scores, &host->scores, host->projected ? "logits" : "log_probs", "f", 2, host->projected) < 0 ||
@@ -926,6 +932,20 @@ static int get_host_scores(PyObject *scores, PyObject *vocab, PyObject *projecti
         return 0;
     }
     PyObject *o[8];
+    host->floating = PyTuple_Check(projection) && PyTuple_GET_SIZE(projection) == 6;
+    if (host->floating) { /* an fp32 step's: (rows, packed, bias, eos_position, eos_out, kernel) */
+        if (!PyArg_ParseTuple(projection, "OOOnOi;projection: (rows, packed, bias, eos_position, eos_out, kernel)",
+                              &o[0], &o[2], &o[5], &host->eos_position, &o[6], &host->kernel)) {
+            return -1;
+        }
+        if (get_buffer(o[0], &host->codes, "rows", "f", 2, 0) < 0 ||
+            get_buffer(o[2], &host->packed, "packed", "f", 1, 0) < 0 ||
+            get_buffer(o[5], &host->bias, "bias", "f", 2, 0) < 0 ||
+            get_buffer(o[6], &host->eos_out, "eos_out", "f", 1, 1) < 0) {
+            return -1;
+        }
+        return 0;
+    }
     if (!PyTuple_Check(projection) ||
         !PyArg_ParseTuple(projection, "OOOOOOnOi;projection: (codes, row_scale, packed, col_sums, col_scale, bias, "
                                       "eos_position, eos_out, kernel)",
@@ -966,12 +986,21 @@ static int top_k_shapes_agree(const HostScores *host, const Buffer *values, cons
     Py_ssize_t rows_in = rows; /* a projection's rows, each its own scratch row or one tile's */
     if (host->projected) {
         rows = host->codes.view.shape[0];
-        rows_in = rows_in == rows || rows_in == (rows < PROJECTED_TILE ? rows : PROJECTED_TILE) ? rows : -1;
+        Py_ssize_t tile = host->floating ? FLOAT_PROJECTED_TILE : PROJECTED_TILE;
+        rows_in = rows_in == rows || rows_in == (rows < tile ? rows : tile) ? rows : -1;
     }
     int agree = k >= 1 && k <= width && k <= MAX_CANDIDATES && host->scores.view.shape[1] == padded && rows_in == rows &&
                 values->view.shape[0] == rows && ids->view.shape[0] == rows && ids->view.shape[1] == k &&
                 host->scores.view.strides[1] == sizeof(float);
-    if (agree && host->projected) {
+    if (agree && host->floating) {
+        Py_ssize_t depth = host->codes.view.shape[1], sentences = host->bias.view.shape[0];
+        agree = PyBuffer_IsContiguous(&host->scores.view, 'C') && PyBuffer_IsContiguous(&host->codes.view, 'C') &&
+                PyBuffer_IsContiguous(&host->packed.view, 'C') && PyBuffer_IsContiguous(&host->bias.view, 'C') &&
+                depth >= 1 && host->packed.view.shape[0] == padded * depth && sentences >= 1 &&
+                rows % sentences == 0 && host->bias.view.shape[1] == width && host->eos_out.view.shape[0] == rows &&
+                host->eos_position >= 0 && host->eos_position < width && host->kernel >= 0 &&
+                host->kernel <= projection_kernel();
+    } else if (agree && host->projected) {
         Py_ssize_t depth = host->codes.view.shape[1], sentences = host->bias.view.shape[0];
         agree = PyBuffer_IsContiguous(&host->scores.view, 'C') && PyBuffer_IsContiguous(&host->codes.view, 'C') &&
                 PyBuffer_IsContiguous(&host->row_scale.view, 'C') && PyBuffer_IsContiguous(&host->packed.view, 'C') &&
@@ -994,14 +1023,21 @@ static void rows_top_k(HostScores *host, Buffer *values, Buffer *ids) {
     Py_ssize_t rows = values->view.shape[0], width = scored_width(host), k = values->view.shape[1];
     Py_ssize_t beams = host->projected ? rows / host->bias.view.shape[0] : 1;
     int reused = scores->view.shape[0] < rows; /* a projection's scratch of one tile */
+    Py_ssize_t tile_rows = host->floating ? FLOAT_PROJECTED_TILE : PROJECTED_TILE;
     for (Py_ssize_t r = 0; r < rows; r++) {
-        Py_ssize_t at = reused ? r % PROJECTED_TILE : r;
-        if (host->projected && r % PROJECTED_TILE == 0) { /* the next tile's logits, ranked while in cache */
+        Py_ssize_t at = reused ? r % tile_rows : r;
+        if (host->projected && r % tile_rows == 0) { /* the next tile's logits, ranked while in cache */
             Py_ssize_t padded = scores->view.shape[1], depth = host->codes.view.shape[1];
-            Py_ssize_t tile = rows - r < PROJECTED_TILE ? rows - r : PROJECTED_TILE;
-            projection_logits(host->kernel, &AT(host->codes, uint8_t, r, 0), depth, &AT(host->row_scale, float, r, 0),
-                              tile, depth, host->packed.view.buf, host->col_sums.view.buf, host->col_scale.view.buf,
-                              padded, &AT(*scores, float, at, 0), padded);
+            Py_ssize_t tile = rows - r < tile_rows ? rows - r : tile_rows;
+            if (host->floating) {
+                projection_logits_float(host->kernel, &AT(host->codes, float, r, 0), depth, tile, depth,
+                                        host->packed.view.buf, padded, &AT(*scores, float, at, 0), padded);
+            } else {
+                projection_logits(host->kernel, &AT(host->codes, uint8_t, r, 0), depth,
+                                  &AT(host->row_scale, float, r, 0), tile, depth, host->packed.view.buf,
+                                  host->col_sums.view.buf, host->col_scale.view.buf, padded, &AT(*scores, float, at, 0),
+                                  padded);
+            }
         }
         float best[MAX_CANDIDATES];
         Py_ssize_t positions[MAX_CANDIDATES];
@@ -1028,7 +1064,7 @@ static void rows_top_k(HostScores *host, Buffer *values, Buffer *ids) {
 
 /* top_k(scores, vocab, values, ids[, projection]): each row's best k of a step's log-probs, scores [R, U]
  * float32 (see above). With a projection (get_host_scores), scores is scratch for the logits made from
- * the rows' codes: each row takes its sentence's bias, is normalised as LogSoftmax normalises (the
+ * the rows' codes (or an fp32 step's rows): each row takes its sentence's bias, is normalised as LogSoftmax normalises (the
  * bias's -inf columns left out), and eos_out [R] gets its log-prob at eos_position: a step that leaves
  * its output projection to the host (service/runtime/projection.py). */
 static PyObject *top_k(PyObject *self, PyObject *args) {
@@ -1064,7 +1100,8 @@ static PyObject *top_k(PyObject *self, PyObject *args) {
 
 /* pack_projection(weight, packed): a batch's int8 columns, weight [D, U] C-contiguous (the step's
  * layout), packed for top_k's projection into packed [P * D] int8 (_projection.h), P being U rounded up
- * to a whole PROJECTION_GROUP; D a multiple of PROJECTION_DEPTH. */
+ * to a whole PROJECTION_GROUP; D a multiple of PROJECTION_DEPTH. Or an fp32 step's, weight [U, D] float32
+ * (its layout), into packed [P * D] float32. */
 static PyObject *pack_projection(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *objects[2];
@@ -1073,21 +1110,34 @@ static PyObject *pack_projection(PyObject *self, PyObject *args) {
     }
     Buffer b[2];
     memset(b, 0, sizeof(b));
-    if (get_buffer(objects[0], &b[0], "weight", "b", 2, 0) < 0 || get_buffer(objects[1], &b[1], "packed", "b", 1, 1) < 0) {
+    Py_buffer probe;
+    if (PyObject_GetBuffer(objects[0], &probe, PyBUF_RECORDS_RO) < 0) {
+        return NULL;
+    }
+    int floating = strcmp(item_format(&probe), "f") == 0; /* an fp32 step's rows of the union, [U, D] */
+    PyBuffer_Release(&probe);
+    const char *format = floating ? "f" : "b";
+    if (get_buffer(objects[0], &b[0], "weight", format, 2, 0) < 0 ||
+        get_buffer(objects[1], &b[1], "packed", format, 1, 1) < 0) {
         release(b, 2);
         return NULL;
     }
-    Py_ssize_t depth = b[0].view.shape[0], width = b[0].view.shape[1];
+    Py_ssize_t depth = b[0].view.shape[floating ? 1 : 0], width = b[0].view.shape[floating ? 0 : 1];
     Py_ssize_t padded = (width + PROJECTION_GROUP - 1) / PROJECTION_GROUP * PROJECTION_GROUP;
-    if (depth % PROJECTION_DEPTH || b[1].view.shape[0] != depth * padded || !PyBuffer_IsContiguous(&b[0].view, 'C') ||
-        !PyBuffer_IsContiguous(&b[1].view, 'C')) {
+    if ((!floating && depth % PROJECTION_DEPTH) || b[1].view.shape[0] != depth * padded ||
+        !PyBuffer_IsContiguous(&b[0].view, 'C') || !PyBuffer_IsContiguous(&b[1].view, 'C')) {
         release(b, 2);
-        PyErr_Format(PyExc_ValueError, "pack_projection: weight [D, U] (D a multiple of %d) and packed [P * D], P being "
-                     "U rounded up to a multiple of %d, both C-contiguous", PROJECTION_DEPTH, PROJECTION_GROUP);
+        PyErr_Format(PyExc_ValueError, "pack_projection: weight [D, U] int8 (D a multiple of %d) or [U, D] float32, and "
+                     "packed [P * D] of the same type, P being U rounded up to a multiple of %d, both C-contiguous",
+                     PROJECTION_DEPTH, PROJECTION_GROUP);
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    projection_pack(b[0].view.buf, depth, width, b[1].view.buf);
+    if (floating) {
+        projection_pack_float(b[0].view.buf, depth, width, b[1].view.buf);
+    } else {
+        projection_pack(b[0].view.buf, depth, width, b[1].view.buf);
+    }
     Py_END_ALLOW_THREADS
     release(b, 2);
     Py_RETURN_NONE;
@@ -1117,7 +1167,8 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_common_step", NULL,
 
 PyMODINIT_FUNC PyInit__common_step(void) {
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && PyModule_AddIntConstant(m, "PROJECTED_TILE", PROJECTED_TILE) < 0) {
+    if (m != NULL && (PyModule_AddIntConstant(m, "PROJECTED_TILE", PROJECTED_TILE) < 0 ||
+                      PyModule_AddIntConstant(m, "FLOAT_PROJECTED_TILE", FLOAT_PROJECTED_TILE) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

@@ -1,6 +1,7 @@
 import numpy as np
 
 PROJECTED_TILE: int
+FLOAT_PROJECTED_TILE: int
 
 def select_common(
     ids: np.ndarray,

@@ -12,6 +12,7 @@
  */
 #include "_projection.h"
 
+#include <math.h>
 #include <string.h>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -151,6 +152,21 @@ static inline int32_t row_word(const uint8_t *row, ptrdiff_t s) {
     return word;
 }
 
+/* The rows in blocks of up to `most` (8 at most), each block by BLOCK(n), n its rows as a constant. */
+#define FOR_ROW_BLOCKS(most, BLOCK)                                                                                    \
+    for (ptrdiff_t r = 0; r < rows; r += (most)) {                                                                     \
+        switch (rows - r < (most) ? rows - r : (most)) {                                                               \
+        case 1: BLOCK(1); break;                                                                                       \
+        case 2: BLOCK(2); break;                                                                                       \
+        case 3: BLOCK(3); break;                                                                                       \
+        case 4: BLOCK(4); break;                                                                                       \
+        case 5: BLOCK(5); break;                                                                                       \
+        case 6: BLOCK(6); break;                                                                                       \
+        case 7: BLOCK(7); break;                                                                                       \
+        default: BLOCK(8); break;                                                                                      \
+        }                                                                                                              \
+    }
+
 /* Each kernel takes up to ROWS rows over one column group, each row's sums in registers of their own
  * (named, so that the compiler keeps them there); `n` is a constant at each call. */
 #define AVX512_ROWS 8
@@ -185,18 +201,11 @@ logits_avx512vnni(const uint8_t *codes, ptrdiff_t code_stride, const float *row_
     for (ptrdiff_t g = 0; g < groups; g++) {
         __m512i zero_sums = _mm512_slli_epi32(_mm512_loadu_si512((const void *)(col_sums + g * PROJECTION_GROUP)), 7);
         __m512 scale = _mm512_loadu_ps(col_scale + g * PROJECTION_GROUP);
-        for (ptrdiff_t r = 0; r < rows; r += AVX512_ROWS) {
-            const uint8_t *at = codes + r * code_stride;
-            float *out = logits + r * logits_stride;
-            switch (rows - r < AVX512_ROWS ? rows - r : AVX512_ROWS) {
-#define CASE(n)                                                                                                        \
-    case n:                                                                                                            \
-        group_avx512vnni(n, at, code_stride, row_scale + r, steps, packed, g, zero_sums, scale, out, logits_stride);   \
-        break;
-                CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
-#undef CASE
-            }
-        }
+#define VNNI_BLOCK(n)                                                                                                  \
+    group_avx512vnni(n, codes + r * code_stride, code_stride, row_scale + r, steps, packed, g, zero_sums, scale,       \
+                     logits + r * logits_stride, logits_stride)
+        FOR_ROW_BLOCKS(AVX512_ROWS, VNNI_BLOCK)
+#undef VNNI_BLOCK
     }
 }
 
@@ -383,6 +392,119 @@ logits_amx(const uint8_t *codes, ptrdiff_t code_stride, const float *row_scale, 
     }
 }
 #endif
+
+/* Float columns (an fp32 step's projection). onnxruntime's fp32 Gemm sums each output over the depth
+ * in runs of FLOAT_RUN (its SGEMM's stride in K), each run one chain of fused multiply-adds in depth
+ * order, and adds the runs in order; the kernels here do the same, so the logits are the graph's to
+ * the bit (tests/test_common_step.py holds them to onnxruntime's). */
+#define FLOAT_RUN 128
+
+void projection_pack_float(const float *weight, ptrdiff_t depth, ptrdiff_t width, float *packed) {
+    ptrdiff_t groups = (width + PROJECTION_GROUP - 1) / PROJECTION_GROUP;
+    for (ptrdiff_t g = 0; g < groups; g++) {
+        for (ptrdiff_t t = 0; t < PROJECTION_GROUP; t++) { /* the last group's missing columns are 0 */
+            ptrdiff_t c = g * PROJECTION_GROUP + t;
+            for (ptrdiff_t d = 0; d < depth; d++) {
+                packed[(g * depth + d) * PROJECTION_GROUP + t] = c < width ? weight[c * depth + d] : 0.0f;
+            }
+        }
+    }
+}
+
+static void float_logits_plain(const float *rows_in, ptrdiff_t row_stride, ptrdiff_t rows, ptrdiff_t depth,
+                               const float *packed, ptrdiff_t width, float *logits, ptrdiff_t logits_stride) {
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        const float *a = rows_in + r * row_stride;
+        for (ptrdiff_t c = 0; c < width; c++) {
+            const float *w = packed + (c / PROJECTION_GROUP) * depth * PROJECTION_GROUP + c % PROJECTION_GROUP;
+            float total = 0.0f, run = 0.0f;
+            for (ptrdiff_t d = 0; d < depth; d++) {
+                if (d > 0 && d % FLOAT_RUN == 0) {
+                    total = d == FLOAT_RUN ? run : total + run;
+                    run = 0.0f;
+                }
+                run = fmaf(a[d], w[d * PROJECTION_GROUP], run);
+            }
+            logits[r * logits_stride + c] = depth > FLOAT_RUN ? total + run : run;
+        }
+    }
+}
+
+#ifdef PROJECTION_X86
+/* AVX-512: up to FLOAT_ROWS rows by two column groups a pass, each row's two sums in registers of its own. */
+#define FLOAT_ROWS 8
+#define FMA_ROW(j)                                                                                                     \
+    if (n > j) {                                                                                                       \
+        __m512 x = _mm512_set1_ps(a[(j) * row_stride + d]);                                                            \
+        lo##j = _mm512_fmadd_ps(x, w0, lo##j);                                                                         \
+        if (two) {                                                                                                     \
+            hi##j = _mm512_fmadd_ps(x, w1, hi##j);                                                                     \
+        }                                                                                                              \
+    }
+#define RUN_ENDS(j)                                                                                                    \
+    if (n > j) {                                                                                                       \
+        done_lo##j = d == FLOAT_RUN ? lo##j : _mm512_add_ps(done_lo##j, lo##j);                                        \
+        done_hi##j = d == FLOAT_RUN ? hi##j : _mm512_add_ps(done_hi##j, hi##j);                                        \
+        lo##j = hi##j = zero;                                                                                          \
+    }
+#define FLOAT_OUT(j)                                                                                                   \
+    if (n > j) {                                                                                                       \
+        float *out = logits + (j) * logits_stride + g * PROJECTION_GROUP;                                              \
+        _mm512_storeu_ps(out, depth > FLOAT_RUN ? _mm512_add_ps(done_lo##j, lo##j) : lo##j);                          \
+        if (two) {                                                                                                     \
+            _mm512_storeu_ps(out + PROJECTION_GROUP, depth > FLOAT_RUN ? _mm512_add_ps(done_hi##j, hi##j) : hi##j);  \
+        }                                                                                                              \
+    }
+#define FOR_ROWS(step) step(0) step(1) step(2) step(3) step(4) step(5) step(6) step(7)
+__attribute__((target("avx512f"), always_inline)) static inline void
+float_groups_avx512(int n, int two, const float *a, ptrdiff_t row_stride, ptrdiff_t depth, const float *packed,
+                    ptrdiff_t g, float *logits, ptrdiff_t logits_stride) {
+    const __m512 zero = _mm512_setzero_ps();
+    __m512 lo0 = zero, lo1 = zero, lo2 = zero, lo3 = zero, lo4 = zero, lo5 = zero, lo6 = zero, lo7 = zero;
+    __m512 hi0 = zero, hi1 = zero, hi2 = zero, hi3 = zero, hi4 = zero, hi5 = zero, hi6 = zero, hi7 = zero;
+    __m512 done_lo0 = zero, done_lo1 = zero, done_lo2 = zero, done_lo3 = zero, done_lo4 = zero, done_lo5 = zero,
+           done_lo6 = zero, done_lo7 = zero;
+    __m512 done_hi0 = zero, done_hi1 = zero, done_hi2 = zero, done_hi3 = zero, done_hi4 = zero, done_hi5 = zero,
+           done_hi6 = zero, done_hi7 = zero;
+    const float *first = packed + g * depth * PROJECTION_GROUP, *second = first + depth * PROJECTION_GROUP;
+    for (ptrdiff_t d = 0; d < depth; d++) {
+        if (d > 0 && d % FLOAT_RUN == 0) {
+            FOR_ROWS(RUN_ENDS)
+        }
+        __m512 w0 = _mm512_loadu_ps(first + d * PROJECTION_GROUP);
+        __m512 w1 = two ? _mm512_loadu_ps(second + d * PROJECTION_GROUP) : zero;
+        FOR_ROWS(FMA_ROW)
+    }
+    FOR_ROWS(FLOAT_OUT)
+}
+
+__attribute__((target("avx512f"))) static void float_logits_avx512(const float *rows_in, ptrdiff_t row_stride,
+                                                                     ptrdiff_t rows, ptrdiff_t depth,
+                                                                     const float *packed, ptrdiff_t width,
+                                                                     float *logits, ptrdiff_t logits_stride) {
+    ptrdiff_t groups = width / PROJECTION_GROUP;
+    for (ptrdiff_t g = 0; g < groups; g += 2) {
+        int two = g + 1 < groups;
+#define FLOAT_BLOCK(n)                                                                                                 \
+    float_groups_avx512(n, two, rows_in + r * row_stride, row_stride, depth, packed, g, logits + r * logits_stride,    \
+                        logits_stride)
+        FOR_ROW_BLOCKS(FLOAT_ROWS, FLOAT_BLOCK)
+#undef FLOAT_BLOCK
+    }
+}
+#endif
+
+void projection_logits_float(int kernel, const float *rows_in, ptrdiff_t row_stride, ptrdiff_t rows, ptrdiff_t depth,
+                             const float *packed, ptrdiff_t width, float *logits, ptrdiff_t logits_stride) {
+#ifdef PROJECTION_X86
+    if (kernel >= 3) {
+        float_logits_avx512(rows_in, row_stride, rows, depth, packed, width, logits, logits_stride);
+        return;
+    }
+#endif
+    (void)kernel;
+    float_logits_plain(rows_in, row_stride, rows, depth, packed, width, logits, logits_stride);
+}
 
 void projection_logits(int kernel, const uint8_t *codes, ptrdiff_t code_stride, const float *row_scale, ptrdiff_t rows,
                        ptrdiff_t depth, const int8_t *packed, const int32_t *col_sums, const float *col_scale,

@@ -27,4 +27,12 @@ void projection_logits(int kernel, const uint8_t *codes, ptrdiff_t code_stride, 
                        ptrdiff_t depth, const int8_t *packed, const int32_t *col_sums, const float *col_scale,
                        ptrdiff_t width, float *logits, ptrdiff_t logits_stride);
 
+/* An fp32 step's columns: weight [width, depth] float32 (the step's rows of the union) into packed
+ * [groups][depth][GROUP]; and logits [rows, width] (width a multiple of GROUP) = rows_in [rows, depth]
+ * times them, as onnxruntime's fp32 Gemm sums them, bit for bit: AVX-512 for kernel 3 and above, else
+ * plain C. */
+void projection_pack_float(const float *weight, ptrdiff_t depth, ptrdiff_t width, float *packed);
+void projection_logits_float(int kernel, const float *rows_in, ptrdiff_t row_stride, ptrdiff_t rows, ptrdiff_t depth,
+                             const float *packed, ptrdiff_t width, float *logits, ptrdiff_t logits_stride);
+
 #endif

@@ -35,9 +35,6 @@ from service.runtime.lookups import open_recording_lookups
 from service.runtime.packed import discard, packed_dir, packed_graph, packed_key
 from service.runtime.projection import (
     NARROW_COLUMNS,
-    PROJECTION_CODES,
-    PROJECTION_OUTPUTS,
-    PROJECTION_ROW_SCALE,
     HostProjection,
     host_projection,
     logits_scratch,
@@ -390,9 +387,7 @@ class StepFeeds:
 
     def _projection_arguments(self) -> tuple[object, ...]:
         assert self.projection is not None and self.vocab is not None
-        outputs = self.outputs
-        return self.projection.arguments(self.vocab, outputs[PROJECTION_CODES], outputs[PROJECTION_ROW_SCALE],
-                                         outputs["eos_log_prob"])  # fmt: skip
+        return self.projection.arguments(self.vocab, self.outputs)
 
     def output(self, name: str) -> np.ndarray:
         """An output asked for, as the last run (and `select`) left it."""
@@ -432,8 +427,8 @@ class StepFeeds:
             binding.bind_ortvalue_output(name, value)
         self.outputs = {name: np.empty((cache.rows, *a.shape[1:]), a.dtype) for name, a in self.outputs.items()}
         self.selected = {name: np.empty((cache.rows, *a.shape[1:]), a.dtype) for name, a in self.selected.items()}
-        if self.logits is not None and self.vocab is not None:
-            self.logits = logits_scratch(cache.rows, len(self.vocab.vocab))
+        if self.logits is not None and self.vocab is not None and self.projection is not None:
+            self.logits = logits_scratch(cache.rows, len(self.vocab.vocab), self.projection.floating)
         for name, array in self.outputs.items():
             _bind_output(binding, name, array)
 
@@ -521,7 +516,7 @@ def step_feeds(
     pasts = dict(zip(_past_names(layers), cache.values, strict=True))
     presents = dict(zip(_present_names(layers), cache.values, strict=True))
     rows, top_k = cache.rows, min(DECODER_TOP_K, vocab_size)
-    shapes = {
+    shapes: dict[str, tuple[tuple[int, ...], type]] = {
         "log_probs": ((rows, vocab_size), np.float32),
         "top_log_probs": ((rows, top_k), np.float32),
         "top_ids": ((rows, top_k), np.int64),
@@ -538,12 +533,11 @@ def step_feeds(
     if projection is not None:  # the graph's projection spans the narrow union; its rows come out for the host's
         assert vocab is not None
         shapes["log_probs"] = ((rows, NARROW_COLUMNS), np.float32)
-        shapes[PROJECTION_CODES] = ((rows, vocab.weight.shape[0]), np.uint8)
-        shapes[PROJECTION_ROW_SCALE] = ((rows, 1), np.float32)
-        bound += [name for name in (*PROJECTION_OUTPUTS, "eos_log_prob") if name not in bound]
-        logits = logits_scratch(rows, len(vocab.vocab))
-    arrays_out = {name: np.empty(*shapes[name]) for name in bound}
-    selected = {name: np.empty(*shapes[name]) for name in selected_names}
+        shapes |= projection.output_shapes(rows, vocab)
+        bound += [name for name in (*projection.outputs, "eos_log_prob") if name not in bound]
+        logits = logits_scratch(rows, len(vocab.vocab), projection.floating)
+    arrays_out: dict[str, np.ndarray] = {name: np.empty(*shapes[name]) for name in bound}
+    selected: dict[str, np.ndarray] = {name: np.empty(*shapes[name]) for name in selected_names}
     return StepFeeds(arrays, pasts, presents, arrays_out, ids, length, beam_width, vocab, tuple(outputs), selected,
                      projection, logits)  # fmt: skip
 
