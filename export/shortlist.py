@@ -188,8 +188,8 @@ def rewrite_output_layer(model: onnx.ModelProto, vocab_size: int) -> OutputLayer
         if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 or attrs.get("transA", 0):
             raise ShortlistError("the output projection's Gemm scales or transposes its input")
         axis = 0 if attrs.get("transB", 0) else 1
-        if axis == 0 and weight.dtype == np.float32:
-            _rename_as_output(graph, node.input[0], producers, PROJECTION_ROWS, TensorProto.FLOAT)
+        if axis == 0 and weight.dtype == np.float32 and producers.get(node.input[0]) is not None:
+            _rename_as_outputs(graph, {node.input[0]: (PROJECTION_ROWS, TensorProto.FLOAT, ["batch", None])})
         if len(node.input) > 2 and node.input[2]:
             c = _constant(graph, node.input[2])
             if c is None or c.shape != (vocab_size,):
@@ -267,33 +267,24 @@ def _expose_projection_rows(
         or ranged.op_type != "ReduceMax"
     ):
         return
-    renamed = {codes: PROJECTION_CODES, row_scale: PROJECTION_ROW_SCALE}
+    _rename_as_outputs(graph, {codes: (PROJECTION_CODES, TensorProto.UINT8, ["batch", None]),
+                               row_scale: (PROJECTION_ROW_SCALE, TensorProto.FLOAT, ["batch", 1])})  # fmt: skip
+
+
+def _rename_as_outputs(graph: onnx.GraphProto, renamed: Mapping[str, tuple[str, int, list[int | str | None]]]) -> None:
+    """Each tensor of the step that `renamed` names given as a step output of the new name, type and
+    shape: a projection's input rows (an fp32 step's rows, an int8 one's codes and row scales), from
+    which the runtime makes the projection itself (service/runtime/projection.py)."""
+    names_to = {name: output for name, (output, _dtype, _shape) in renamed.items()}
     for other in graph.node:
         for names in (other.input, other.output):
             for i, name in enumerate(names):
-                names[i] = renamed.get(name, name)
-    for info in [info for info in graph.value_info if info.name in renamed]:
+                names[i] = names_to.get(name, name)
+    for info in [info for info in graph.value_info if info.name in names_to]:
         graph.value_info.remove(info)
-    graph.output.extend([
-        helper.make_tensor_value_info(PROJECTION_CODES, TensorProto.UINT8, ["batch", None]),
-        helper.make_tensor_value_info(PROJECTION_ROW_SCALE, TensorProto.FLOAT, ["batch", 1]),
-    ])  # fmt: skip
-
-
-def _rename_as_output(
-    graph: onnx.GraphProto, name: str, producers: Mapping[str, onnx.NodeProto], output: str, dtype: int
-) -> None:
-    """An fp32 projection's input rows given as the step output `output` [batch, D] (the runtime then
-    makes the projection itself: service/runtime/projection.py), where a node of the step makes them."""
-    if producers.get(name) is None:
-        return
-    for other in graph.node:
-        for names in (other.input, other.output):
-            for i, value in enumerate(names):
-                names[i] = output if value == name else value
-    for info in [info for info in graph.value_info if info.name == name]:
-        graph.value_info.remove(info)
-    graph.output.append(helper.make_tensor_value_info(output, dtype, ["batch", None]))
+    graph.output.extend(
+        helper.make_tensor_value_info(output, dtype, shape) for output, dtype, shape in renamed.values()
+    )
 
 
 def _top_k_chain(graph: onnx.GraphProto, producers: Mapping[str, onnx.NodeProto]) -> list[onnx.NodeProto]:

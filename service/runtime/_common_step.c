@@ -304,12 +304,10 @@ static int closes_loop(const Buffer *hist, Py_ssize_t row, Py_ssize_t length, in
 }
 
 /* Rows whose logits the host makes at a time: a large batch's logits [R, P] outgrow the caches, which
- * the tile's stay in until ranked and normalised; its scratch may
- * hold one tile's rows. */
+ * the tile's stay in until ranked and normalised; its scratch may hold one tile's rows. An fp32 step's
+ * tile is larger: its packed rows outgrow the caches themselves and are read again for every tile. */
 #define PROJECTED_TILE 16
-#ifndef FLOAT_PROJECTED_TILE
 #define FLOAT_PROJECTED_TILE 64
-#endif
 
 /* A step's scores for the host's top-k (top_k, below): its log_probs; or, for a step that leaves its output
  * projection to the host too, its rows' int8 codes (or an fp32 step's rows: `floating`, in `codes`),
@@ -931,34 +929,31 @@ static int get_host_scores(PyObject *scores, PyObject *vocab, PyObject *projecti
     if (!host->projected) {
         return 0;
     }
-    PyObject *o[8];
+    PyObject *o[7] = {NULL};
     host->floating = PyTuple_Check(projection) && PyTuple_GET_SIZE(projection) == 6;
     if (host->floating) { /* an fp32 step's: (rows, packed, bias, eos_position, eos_out, kernel) */
         if (!PyArg_ParseTuple(projection, "OOOnOi;projection: (rows, packed, bias, eos_position, eos_out, kernel)",
                               &o[0], &o[2], &o[5], &host->eos_position, &o[6], &host->kernel)) {
             return -1;
         }
-        if (get_buffer(o[0], &host->codes, "rows", "f", 2, 0) < 0 ||
-            get_buffer(o[2], &host->packed, "packed", "f", 1, 0) < 0 ||
-            get_buffer(o[5], &host->bias, "bias", "f", 2, 0) < 0 ||
-            get_buffer(o[6], &host->eos_out, "eos_out", "f", 1, 1) < 0) {
-            return -1;
-        }
-        return 0;
-    }
-    if (!PyTuple_Check(projection) ||
-        !PyArg_ParseTuple(projection, "OOOOOOnOi;projection: (codes, row_scale, packed, col_sums, col_scale, bias, "
-                                      "eos_position, eos_out, kernel)",
-                          &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &host->eos_position, &o[6], &host->kernel)) {
+    } else if (!PyTuple_Check(projection) ||
+               !PyArg_ParseTuple(projection, "OOOOOOnOi;projection: (codes, row_scale, packed, col_sums, col_scale, "
+                                             "bias, eos_position, eos_out, kernel)",
+                                 &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &host->eos_position, &o[6], &host->kernel)) {
         if (!PyErr_Occurred()) {
             PyErr_SetString(PyExc_TypeError, "projection: a tuple");
         }
         return -1;
     }
-    if (get_buffer(o[0], &host->codes, "codes", "B", 2, 0) < 0 || get_buffer(o[1], &host->row_scale, "row_scale", "f", 2, 0) < 0 ||
-        get_buffer(o[2], &host->packed, "packed", "b", 1, 0) < 0 || get_buffer(o[3], &host->col_sums, "col_sums", "i", 1, 0) < 0 ||
-        get_buffer(o[4], &host->col_scale, "col_scale", "f", 1, 0) < 0 || get_buffer(o[5], &host->bias, "bias", "f", 2, 0) < 0 ||
+    const char *value = host->floating ? "f" : "b"; /* the rows' and the packed columns' items */
+    if (get_buffer(o[0], &host->codes, host->floating ? "rows" : "codes", host->floating ? "f" : "B", 2, 0) < 0 ||
+        get_buffer(o[2], &host->packed, "packed", value, 1, 0) < 0 || get_buffer(o[5], &host->bias, "bias", "f", 2, 0) < 0 ||
         get_buffer(o[6], &host->eos_out, "eos_out", "f", 1, 1) < 0) {
+        return -1;
+    }
+    if (!host->floating && (get_buffer(o[1], &host->row_scale, "row_scale", "f", 2, 0) < 0 ||
+                            get_buffer(o[3], &host->col_sums, "col_sums", "i", 1, 0) < 0 ||
+                            get_buffer(o[4], &host->col_scale, "col_scale", "f", 1, 0) < 0)) {
         return -1;
     }
     return 0;
@@ -976,10 +971,10 @@ static void release_host_scores(HostScores *host) {
 static Py_ssize_t scored_width(const HostScores *host) { return host->vocab.view.shape[0]; }
 
 /* Whether the scores [R, U] (contiguous rows), vocab [U], values and ids [R, k] agree, 1 <= k <= U; and
- * a projection's arrays, contiguous, where given: scores [R, P] or [min(R, PROJECTED_TILE), P], codes [R, D], row_scale [R, 1], packed
- * [P * D], col_sums and col_scale [P], bias [S, U] (R a multiple of S), eos_out [R], 0 <= eos_position
- * < U, D a multiple of PROJECTION_DEPTH, P the least multiple of PROJECTION_GROUP >= U, and a kernel the
- * CPU runs. */
+ * a projection's arrays, contiguous, where given: scores [R, P] or one tile of its rows, codes (or an fp32
+ * step's rows) [R, D], packed [P * D], bias [S, U] (R a multiple of S), eos_out [R], 0 <= eos_position
+ * < U, P the least multiple of PROJECTION_GROUP >= U, and a kernel the CPU runs; for an int8 step also
+ * row_scale [R, 1], col_sums and col_scale [P], D a multiple of PROJECTION_DEPTH. */
 static int top_k_shapes_agree(const HostScores *host, const Buffer *values, const Buffer *ids) {
     Py_ssize_t rows = host->scores.view.shape[0], width = scored_width(host), k = values->view.shape[1];
     Py_ssize_t padded = host->projected ? (width + PROJECTION_GROUP - 1) / PROJECTION_GROUP * PROJECTION_GROUP : width;
@@ -992,7 +987,7 @@ static int top_k_shapes_agree(const HostScores *host, const Buffer *values, cons
     int agree = k >= 1 && k <= width && k <= MAX_CANDIDATES && host->scores.view.shape[1] == padded && rows_in == rows &&
                 values->view.shape[0] == rows && ids->view.shape[0] == rows && ids->view.shape[1] == k &&
                 host->scores.view.strides[1] == sizeof(float);
-    if (agree && host->floating) {
+    if (agree && host->projected) {
         Py_ssize_t depth = host->codes.view.shape[1], sentences = host->bias.view.shape[0];
         agree = PyBuffer_IsContiguous(&host->scores.view, 'C') && PyBuffer_IsContiguous(&host->codes.view, 'C') &&
                 PyBuffer_IsContiguous(&host->packed.view, 'C') && PyBuffer_IsContiguous(&host->bias.view, 'C') &&
@@ -1000,17 +995,12 @@ static int top_k_shapes_agree(const HostScores *host, const Buffer *values, cons
                 rows % sentences == 0 && host->bias.view.shape[1] == width && host->eos_out.view.shape[0] == rows &&
                 host->eos_position >= 0 && host->eos_position < width && host->kernel >= 0 &&
                 host->kernel <= projection_kernel();
-    } else if (agree && host->projected) {
-        Py_ssize_t depth = host->codes.view.shape[1], sentences = host->bias.view.shape[0];
-        agree = PyBuffer_IsContiguous(&host->scores.view, 'C') && PyBuffer_IsContiguous(&host->codes.view, 'C') &&
-                PyBuffer_IsContiguous(&host->row_scale.view, 'C') && PyBuffer_IsContiguous(&host->packed.view, 'C') &&
-                PyBuffer_IsContiguous(&host->col_sums.view, 'C') && PyBuffer_IsContiguous(&host->col_scale.view, 'C') &&
-                PyBuffer_IsContiguous(&host->bias.view, 'C') && host->row_scale.view.shape[0] == rows && host->row_scale.view.shape[1] == 1 &&
-                depth % PROJECTION_DEPTH == 0 && host->packed.view.shape[0] == padded * depth &&
-                host->col_sums.view.shape[0] == padded && host->col_scale.view.shape[0] == padded && sentences >= 1 &&
-                rows % sentences == 0 && host->bias.view.shape[1] == width && host->eos_out.view.shape[0] == rows &&
-                host->eos_position >= 0 && host->eos_position < width && host->kernel >= 0 &&
-                host->kernel <= projection_kernel();
+    }
+    if (agree && host->projected && !host->floating) { /* an int8 step's scales and column sums */
+        agree = PyBuffer_IsContiguous(&host->row_scale.view, 'C') && PyBuffer_IsContiguous(&host->col_sums.view, 'C') &&
+                PyBuffer_IsContiguous(&host->col_scale.view, 'C') && host->row_scale.view.shape[0] == rows &&
+                host->row_scale.view.shape[1] == 1 && host->codes.view.shape[1] % PROJECTION_DEPTH == 0 &&
+                host->col_sums.view.shape[0] == padded && host->col_scale.view.shape[0] == padded;
     }
     return agree;
 }

@@ -174,11 +174,16 @@ static inline int32_t row_word(const uint8_t *row, ptrdiff_t s) {
     if (n > j) {                                                                                                       \
         sum##j = _mm512_dpbusd_epi32(sum##j, _mm512_set1_epi32(row_word(codes + (j) * code_stride, s)), w);            \
     }
+/* 16 columns' logits from their int32 sums: (float(sums - 128 * column sum) * column scale) * row
+ * scale, in the order onnxruntime's MatMulIntegerToFloat multiplies them (AVX-512 and AMX kernels). */
+__attribute__((target("avx512f"), always_inline)) static inline void
+store_logits_zmm(__m512i sums, __m512i zero_sums, __m512 scale, float row_scale, float *out) {
+    __m512 value = _mm512_cvtepi32_ps(_mm512_sub_epi32(sums, zero_sums));
+    _mm512_storeu_ps(out, _mm512_mul_ps(_mm512_mul_ps(value, scale), _mm512_set1_ps(row_scale)));
+}
 #define ZMM_OUT(j)                                                                                                     \
     if (n > j) {                                                                                                       \
-        __m512 value = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum##j, zero_sums));                                        \
-        value = _mm512_mul_ps(_mm512_mul_ps(value, scale), _mm512_set1_ps(row_scale[j]));                             \
-        _mm512_storeu_ps(logits + (j) * logits_stride + g * PROJECTION_GROUP, value);                                  \
+        store_logits_zmm(sum##j, zero_sums, scale, row_scale[j], logits + (j) * logits_stride + g * PROJECTION_GROUP); \
     }
 __attribute__((target("avx512f,avx512bw,avx512vnni"), always_inline)) static inline void
 group_avx512vnni(int n, const uint8_t *codes, ptrdiff_t code_stride, const float *row_scale, ptrdiff_t steps,
@@ -322,16 +327,15 @@ typedef struct {
 
 static int projection_amx_fits(ptrdiff_t depth) { return depth % AMX_DEPTH == 0 && depth <= AMX_MAX_DEPTH; }
 
-/* The sums of tile h (n rows of 16 columns, stride 16) made logits of column group g, as ZMM_OUT makes them. */
+/* The sums of a tile (n rows of 16 columns, stride 16) made logits of column group g. */
 __attribute__((target("avx512f,avx512bw"), always_inline)) static inline void
 amx_out(const int32_t *sums, ptrdiff_t n, const float *row_scale, ptrdiff_t g, const int32_t *col_sums,
         const float *col_scale, float *logits, ptrdiff_t logits_stride) {
     __m512i zero_sums = _mm512_slli_epi32(_mm512_loadu_si512((const void *)(col_sums + g * PROJECTION_GROUP)), 7);
     __m512 scale = _mm512_loadu_ps(col_scale + g * PROJECTION_GROUP);
     for (ptrdiff_t j = 0; j < n; j++) {
-        __m512 value = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_loadu_si512((const void *)(sums + j * 16)), zero_sums));
-        value = _mm512_mul_ps(_mm512_mul_ps(value, scale), _mm512_set1_ps(row_scale[j]));
-        _mm512_storeu_ps(logits + j * logits_stride + g * PROJECTION_GROUP, value);
+        store_logits_zmm(_mm512_loadu_si512((const void *)(sums + j * PROJECTION_GROUP)), zero_sums, scale, row_scale[j],
+                         logits + j * logits_stride + g * PROJECTION_GROUP);
     }
 }
 

@@ -66,7 +66,7 @@ def padded_width(columns: int) -> int:
 
 def host_projection_enabled(setting: str | None = None) -> bool:
     """MTSERVE_HOST_PROJECTION: "off" keeps the graph's projection; anything else lets a model whose
-    step gives its quantized rows take the host's for small batches."""
+    step gives its projection's input rows take the host's within the CPU's bound."""
     value = os.environ.get("MTSERVE_HOST_PROJECTION", "on") if setting is None else setting
     return value.strip().lower() != "off"
 
