@@ -4,14 +4,14 @@
 `python bench/sentence_time.py --model OUT --threads 1`.
 
 export/quantize.py scales each activation row by its own range before an int8 product: `Abs`,
-`ReduceMax`, `Div` and `QuantizeLinear` (no `Abs` after a ReLU), then the product, then the
-bias's `Add`, since onnxruntime's kernel cannot add a bias before a per-row scale. onnxruntime's
-`DynamicQuantizeMatMul` does all of it in one node, bias included, but with one scale and zero
-point for the whole tensor: every row of a run takes the range of the widest, so a sentence's
-scores depend on the batch it runs in, which the runtime does not allow (docs/DESIGN.md). This
-writes a copy of a model directory whose encoder and decoder step take that node for every
-per-row product, to measure what a per-row fused product would be worth; it is not a graph to
-serve.
+`ReduceMax`, the step's `Mul`, the zero points' and the rows' `QuantizeLinear` (no `Abs` after a
+ReLU, which the last one takes in), then the product, then the bias's `Add`, since onnxruntime's
+kernel cannot add a bias before a per-row scale. onnxruntime's `DynamicQuantizeMatMul` does all of
+it in one node, bias included, but with one scale and zero point for the whole tensor: every row of
+a run takes the range of the widest, so a sentence's scores depend on the batch it runs in, which
+the runtime does not allow (docs/DESIGN.md). This writes a copy of a model directory whose encoder
+and decoder step take that node for every per-row product, to measure what a per-row fused product
+would be worth; it is not a graph to serve.
 """
 
 from __future__ import annotations
@@ -58,13 +58,18 @@ def fuse_products(graph: onnx.GraphProto, base_dir: Path) -> int:
         if node.op_type != "MatMulIntegerToFloat":
             continue
         quantize = producers.get(node.input[0])
-        unit = producers.get(quantize.input[0]) if quantize is not None else None
-        if quantize is None or quantize.op_type != "QuantizeLinear" or unit is None or unit.op_type != "Div":
+        if quantize is None or quantize.op_type != "QuantizeLinear" or quantize.input[1] in constants:
             continue  # a constant activation scale: already per tensor
-        if quantize.input[2] not in LEVELS:
-            raise SystemExit(f"{node.name}: zero point {quantize.input[2]!r} is none of export/quantize.py's grids")
-        levels, scale = LEVELS[quantize.input[2]], node.input[3]
+        zero_points = producers.get(quantize.input[2])
+        point = zero_points.input[2] if zero_points is not None else quantize.input[2]
+        if point not in LEVELS:
+            raise SystemExit(f"{node.name}: zero point {point!r} is none of export/quantize.py's grids")
+        levels, scale, values = LEVELS[point], node.input[3], quantize.input[0]
         before: list[onnx.NodeProto] = []
+        row_range = producers.get(node.input[2])
+        if row_range is not None and row_range.op_type == "Max":  # a ReLU the quantization took in
+            before.append(helper.make_node("Relu", [values], [f"{values}.relu"]))
+            values = f"{values}.relu"
         if scale in initializers:
             value = numpy_helper.to_array(initializers[scale], base_dir=str(base_dir)) * np.float32(levels)
             graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), f"{scale}.fused"))
@@ -78,7 +83,7 @@ def fuse_products(graph: onnx.GraphProto, base_dir: Path) -> int:
             if len(others) == 1 and _constant(others[0], producers, constants):
                 bias, output = others[0], after[0].output[0]
                 replaced[id(after[0])] = []
-        inputs = [unit.input[0], node.input[1], f"{scale}.fused", "", bias]  # no zero point: symmetric weights
+        inputs = [values, node.input[1], f"{scale}.fused", "", bias]  # no zero point: symmetric weights
         fused = helper.make_node(FUSED, inputs, [output], node.name, domain="com.microsoft")
         replaced[id(node)] = [*before, fused]
     nodes = [new for node in graph.node for new in replaced.get(id(node), [node])]

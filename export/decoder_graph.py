@@ -4,7 +4,9 @@ Traced from PyTorch, one step is about 200 small nodes; at the batch sizes of a 
 request that bookkeeping costs as much as the matrix products. Written out, it is about
 80: the fused self-attention writes the new key and value into the preallocated cache in
 place and reads each beam's history through the cache indirection, so no step copies or
-reorders the cache; the activations stay [B, 1, D]. Inputs and outputs are
+reorders the cache. The activations are rows [B, D], so that onnxruntime joins each fp32 product
+with its bias (and a ReLU) into one Gemm, which it does for two-dimensional products only; the
+attention nodes take and give [B, 1, D] by reshapes that copy nothing. Inputs and outputs are
 service/graphs.py's decoder_spec.
 """
 
@@ -19,11 +21,13 @@ from export.network import DecoderLayer, Network
 from model.config import ModelConfig
 from service.graphs import ALIGNMENT, BEAM_WIDTH, CACHE_INDIRECTION, DECODER_TOP_K, PAST_LENGTH, decoder_spec
 
+ROW_SHAPE = "row_shape"  # [-1, D]: a step's activations, one row per hypothesis
+
 
 def _decoder_layer(
     b: Builder, x: str, layer: DecoderLayer, i: int, key_mask: str, by_sentence: str, cfg: ModelConfig
 ) -> str:
-    """x [B, 1, D] -> x; the layer's cache gets this step's key and value (present_key.i, present_value.i)."""
+    """x [B, D] -> x; the layer's cache gets this step's key and value (present_key.i, present_value.i)."""
     p, heads = f"decoder.{i}", cfg.n_heads
     h = pre(b, x, layer.self_res, f"{p}.self_res")
     out = cached_self_attention(b, h, layer.self_attn, f"{p}.self_attn", heads, i)
@@ -35,7 +39,7 @@ def _decoder_layer(
     if cfg.alignment_heads and i == cfg.alignment_layer % cfg.decoder_layers:
         _alignment(b, q, f"cross_key.{i}", key_mask, cfg)
     mha = [q, f"cross_key.{i}", f"cross_value.{i}", "", key_mask]  # keys and values precomputed, [N, H, S, K]
-    out = b.one("Reshape", [b.one("MultiHeadAttention", mha, domain=MS_DOMAIN, num_heads=heads), "row_shape"])
+    out = b.one("Reshape", [b.one("MultiHeadAttention", mha, domain=MS_DOMAIN, num_heads=heads), ROW_SHAPE])
     x = residual(b, x, attention_out(b, out, ca, f"{p}.cross_attn"), layer.cross_res, f"{p}.cross_res")
 
     h = pre(b, x, layer.ffn_res, f"{p}.ffn_res")
@@ -72,20 +76,19 @@ def build_decoder_step(net: Network) -> onnx.ModelProto:
     # The token [B, 1] and its position (the scalar past length, int32) index their tables
     # as they come: four reshaping and casting nodes fewer a step.
     position = b.one("Gather", [b.positions(net), PAST_LENGTH])  # [D]
-    x = b.embed("input_ids", net, False, position)  # [B, 1, D]
+    b.weight(ROW_SHAPE, np.array([-1, cfg.d_model], np.int64))
+    x = b.one("Reshape", [b.embed("input_ids", net, False, position), ROW_SHAPE])  # [B, 1, D] -> [B, D]
     key_mask = b.one("Cast", ["attention_mask"], to=TensorProto.INT32)  # [N, S], 1 on real tokens
     # Cross-attention runs per sentence: the B/N rows (beams) of a sentence are its queries
     # over one copy of its source's keys and values, which are not repeated per beam.
     sentences = b.one("Shape", ["cross_key.0"], start=0, end=1)  # [1]: N
     d_model = b.weight("d_model", np.array([cfg.d_model], np.int64))
     by_sentence = b.one("Concat", [sentences, b.weight("minus_1", np.array([-1], np.int64)), d_model], axis=0)
-    b.weight("row_shape", np.array([-1, 1, cfg.d_model], np.int64))
     for i, layer in enumerate(net.decoder):
         x = _decoder_layer(b, x, layer, i, key_mask, by_sentence, cfg)
     if net.decoder_norm is not None:
         x = b.layer_norm(x, net.decoder_norm, "decoder_norm")
-    hidden = b.one("Squeeze", [x, b.weight("axis_1", np.array([1], np.int64))])  # [B, D]
-    logits = b.output_logits(hidden, net)  # [B, V]
+    logits = b.output_logits(x, net)  # [B, V]
     if cfg.never_generate:
         # -inf after the softmax, not renormalised: as transformers' bad-words processor scores them
         barred = np.zeros(cfg.vocab_size, np.float32)

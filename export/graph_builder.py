@@ -112,12 +112,15 @@ def pre(b: Builder, x: str, res: Residual, prefix: str) -> str:
     return b.layer_norm(x, res.norm, f"{prefix}.norm") if res.pre_norm else x
 
 
-def _qkv(b: Builder, h: str, attn: Attention, prefix: str) -> tuple[str, str, str, str]:
-    """Q, K and V [B, L, D] from one MatMul, and their bias [3D], which the attention node adds."""
+def _qkv(b: Builder, h: str, attn: Attention, prefix: str, step: bool = False) -> tuple[str, str, str, str]:
+    """Q, K and V [B, L, D] from one MatMul, and their bias [3D], which the attention node adds; from
+    a decoder step's rows h [B, D] (`step`), [B, 1, D] as the attention node takes them."""
     projections = (attn.q_proj, attn.k_proj, attn.v_proj)
     w_qkv = np.concatenate([m.weight.T for m in projections], axis=1)
     b_qkv = np.concatenate([m.bias for m in projections])
     qkv = b.one("MatMul", [h, b.weight(f"{prefix}.qkv.weight_t", w_qkv)])  # [B, L, 3D]
+    if step:
+        qkv = b.one("Reshape", [qkv, b.weight("one_position", np.array([0, 1, -1], np.int64))])
     q, k, v = b.op("Split", [qkv], outputs=3, axis=2)
     return q, k, v, b.weight(f"{prefix}.qkv.bias", b_qkv)
 
@@ -130,7 +133,7 @@ def self_attention(b: Builder, h: str, attn: Attention, prefix: str, heads: int,
 
 
 def cached_self_attention(b: Builder, h: str, attn: Attention, prefix: str, heads: int, layer: int) -> str:
-    """One decoder step's self-attention [B, 1, D] -> [B, 1, D] over a cache preallocated for the
+    """One decoder step's self-attention [B, D] -> [B, D] over a cache preallocated for the
     longest output: this step's key and value are written in place at position
     `past_sequence_length`, and each row reads its earlier positions from the beam that
     `cache_indirection` names, so that no step copies the cache (service/runtime/kv_cache.py).
@@ -139,7 +142,7 @@ def cached_self_attention(b: Builder, h: str, attn: Attention, prefix: str, head
     outputs present_key.i and present_value.i are its outputs, which the runtime binds to the
     very buffers it feeds as past_key.i and past_value.i.
     """
-    q, k, v, bias = _qkv(b, h, attn, prefix)
+    q, k, v, bias = _qkv(b, h, attn, prefix, step=True)
     past = [f"past_key.{layer}", f"past_value.{layer}"]
     inputs = [q, k, v, "", "", *past, PAST_LENGTH, BEAM_WIDTH, CACHE_INDIRECTION, bias]
     outputs = [b.name("attention"), f"present_key.{layer}", f"present_value.{layer}"]
@@ -154,7 +157,7 @@ def cached_self_attention(b: Builder, h: str, attn: Attention, prefix: str, head
             past_present_share_buffer=1,
         )
     )
-    return outputs[0]
+    return b.one("Reshape", [outputs[0], b.weight("step_rows", np.array([0, -1], np.int64))])  # [B, D]
 
 
 def make_model(

@@ -6,18 +6,24 @@ Its block-quantized `MatMulNBits` scales per row but gains little over fp32 on l
 batches. Here every MatMul with a constant weight becomes:
 
     s = max|x| over the row          (one scale per row: no other row takes part)     [.., 1]
-    q = QuantizeLinear(x / s, 1/127, 128)                      uint8, [.., K]
+    q = QuantizeLinear(x, s/127, z, block_size=K)               uint8, [.., K]
     y = MatMulIntegerToFloat(q, W8, s, w_scale/127, 128)       int32 products, [.., N]
 
 with W8 the weights in int8 within ±63 (WEIGHT_BITS), one symmetric scale per output column.
+The rows' scales go into one blocked QuantizeLinear (opset 21: one block a row), which divides
+each value by its row's s/127 as it rounds, instead of a Div over the whole activation before
+it; the zero points z, 128 per row, are a QuantizeLinear of s itself at the largest float
+scale (s / FLT_MAX rounds to 0), since a blocked zero point must have the scales' shape.
 Given an A scale of shape [.., 1], onnxruntime's kernel multiplies each row of the product by
 it (after the per-column scales), so the row's range needs no node of its own. A ReLU's output
 is never negative, so its s is `max x`, without the Abs, and its codes are x / s on all 255 steps
 above a zero point of 0 (`NEVER_NEGATIVE`): twice as fine as the signed grid, which would leave
 the codes below 128 unused (the committed model's log-probabilities come 3% closer to fp32's,
-docs/BENCHMARKS.md). A row of zeros has s = 0: x / s is then
-NaN, which QuantizeLinear clamps to a code like any other value, and the product times s is 0,
-the row's true product. A floor under s would cost a node per activation.
+docs/BENCHMARKS.md). Where only products read it, the ReLU itself goes: QuantizeLinear at zero
+point 0 saturates a negative value to code 0, which is the ReLU's, and s is max(max x, 0).
+A row of zeros (or one the ReLU zeroes) has s = 0: x / 0 is NaN or -inf, which QuantizeLinear
+clamps to a code like any other value, and the product times s is 0, the row's true product. A
+floor under s would cost a node per activation.
 
 Where calibration gave an activation's range r (export/calibrate.py: the largest |x| of any row
 while the fp32 graphs translate sample sentences), its scale is that constant instead:
@@ -25,12 +31,11 @@ while the fp32 graphs translate sample sentences), its scale is that constant in
     q = QuantizeLinear(x, r/127, 128)                           uint8, [.., K]
     y = MatMulIntegerToFloat(q, W8, r/127, w_scale, 128, -, b)  [.., N]
 
-Two nodes instead of five: at one sentence a step is mostly nodes of a few microseconds each,
-and this takes 54 of the decoder step's 210 away. A bias b that only the product reads becomes
-the kernel's own bias input, one node fewer again; with a scale per row it cannot, since
-onnxruntime adds the bias before it multiplies the row by its scale. No row depends on another
-either way; a row beyond the range saturates instead of widening the scale (docs/BENCHMARKS.md
-measures both).
+Two nodes instead of six: at one sentence a step is mostly nodes of a few microseconds each.
+A bias b that only the product reads becomes the kernel's own bias input, one node fewer again;
+with a scale per row it cannot, since onnxruntime adds the bias before it multiplies the row by
+its scale. No row depends on another either way; a row beyond the range saturates instead of
+widening the scale (docs/BENCHMARKS.md measures both).
 The product runs on onnxruntime's u8·s8 integer GEMM, whose int32 sums are exact, so a row's
 result is the same whatever else is in the batch. On CPUs without VNNI that kernel adds pairs of
 products in 16 bits first, which saturate with 8-bit weights (onnxruntime's documented u8·s8
@@ -54,7 +59,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper, numpy_helper, version_converter
 
 from export.graph_builder import MS_DOMAIN
 from export.shared_weights import EMBEDDING, OUTPUT_PROJECTION
@@ -70,6 +75,11 @@ ACTIVATION_ZERO_POINT = 128  # uint8 activations centred on 128: the operand ord
 SMALLEST_RANGE = 1e-30
 
 UINT8_MAX = 255
+# QuantizeLinear's block_size, which scales each row of an activation by its own range in one node.
+ROW_QUANTIZE_OPSET = 21
+LAST_AXIS = "int8.last_axis"
+LARGEST_SCALE = "int8.largest_scale"  # s / FLT_MAX rounds to 0: the zero point's own code, per row
+ZERO = "int8.zero"
 
 
 @dataclass(frozen=True)
@@ -226,6 +236,8 @@ class _RowQuantizer:
         self.earlier = earlier  # weights the model's earlier graphs quantized, by their float values' digest
         self.weights = {i.name: i for i in graph.initializer}
         self.never_negative = {out for n in graph.node if n.op_type == "Relu" for out in n.output}
+        self.relu_inputs = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Relu"}
+        self.folded_relus = self._relus_only_products_read()
         self.nodes: list[onnx.NodeProto] = []
         # activation -> (uint8 rows, the scale of A, whether that is each row's range [.., 1], grid)
         self.quantized_inputs: dict[str, tuple[str, str, bool, _Grid]] = {}
@@ -244,7 +256,23 @@ class _RowQuantizer:
         self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, domain=domain, **attrs))
         return out
 
-    def _quantized_rows(self, x: str) -> tuple[str, str, bool, _Grid]:
+    def _relus_only_products_read(self) -> set[str]:
+        """The ReLU outputs that only MatMuls of a constant weight read (not a graph output): their
+        products take the ReLU's input instead, which QuantizeLinear at zero point 0 clamps the same."""
+        outputs = {output.name for output in self.graph.output}
+        readers: dict[str, list[onnx.NodeProto]] = {}
+        for node in self.graph.node:
+            for name in node.input:
+                readers.setdefault(name, []).append(node)
+        return {
+            out
+            for out in self.relu_inputs
+            if out not in outputs
+            and out not in self.ranges
+            and all(_is_constant_matrix(n, self.weights) and n.input[0] == out for n in readers.get(out, []))
+        }
+
+    def _quantized_rows(self, x: str, depth: int) -> tuple[str, str, bool, _Grid]:
         if x in self.quantized_inputs:
             return self.quantized_inputs[x]
         grid = NEVER_NEGATIVE if x in self.never_negative else SIGNED
@@ -256,10 +284,14 @@ class _RowQuantizer:
             self.quantized_inputs[x] = (q, scale, False, grid)
             self.constant_scales += 1
         else:
-            magnitudes = x if grid is NEVER_NEGATIVE else self._add("Abs", [x], "abs")
-            row_range = self._add("ReduceMax", [magnitudes], "row_range", axes=[-1], keepdims=1)  # [.., 1]
-            unit = self._add("Div", [x, row_range], "unit_rows")  # in [-1, 1]; NaN for a row of zeros
-            q = self._add("QuantizeLinear", [unit, grid.step_name, grid.zero_point_name], "q")
+            values = self.relu_inputs[x] if x in self.folded_relus else x
+            magnitudes = values if grid is NEVER_NEGATIVE else self._add("Abs", [x], "abs")
+            row_range = self._add("ReduceMax", [magnitudes, LAST_AXIS], "row_range", keepdims=1)  # [.., 1]
+            if values != x:  # the ReLU's input: a row with no positive value has the ReLU's range, 0
+                row_range = self._add("Max", [row_range, ZERO], "row_range")
+            scale = self._add("Mul", [row_range, grid.step_name], "row_scale")
+            zero_points = self._add("QuantizeLinear", [row_range, LARGEST_SCALE, grid.zero_point_name], "zero_points")
+            q = self._add("QuantizeLinear", [values, scale, zero_points], "q", axis=-1, block_size=depth)
             self.quantized_inputs[x] = (q, row_range, True, grid)
         return self.quantized_inputs[x]
 
@@ -317,9 +349,11 @@ class _RowQuantizer:
             if id(node) in folded:
                 continue
             if not _is_constant_matrix(node, self.weights):
-                self.nodes.append(node)
+                if not (node.op_type == "Relu" and node.output[0] in self.folded_relus):
+                    self.nodes.append(node)
                 continue
-            rows, a_scale, per_row, grid = self._quantized_rows(node.input[0])
+            depth = self.weights[node.input[1]].dims[0]
+            rows, a_scale, per_row, grid = self._quantized_rows(node.input[0], depth)
             weight, b_scale = self._weight(node.input[1], per_row, node.input[0], grid)
             inputs, outputs = [rows, weight, a_scale, b_scale, grid.zero_point_name], list(node.output)
             # onnxruntime adds the bias before it multiplies by an A scale per row: only a constant one takes it
@@ -339,6 +373,13 @@ class _RowQuantizer:
                     numpy_helper.from_array(np.array(grid.zero_point, np.uint8), grid.zero_point_name),
                 ]
             )
+        self.graph.initializer.extend(
+            [
+                numpy_helper.from_array(np.array([-1], np.int64), LAST_AXIS),
+                numpy_helper.from_array(np.array(np.finfo(np.float32).max, np.float32), LARGEST_SCALE),
+                numpy_helper.from_array(np.array(0.0, np.float32), ZERO),
+            ]
+        )
         del self.graph.node[:]
         self.graph.node.extend(self.nodes)
         used = {name for node in self.nodes for name in node.input}
@@ -346,6 +387,21 @@ class _RowQuantizer:
         for init in unused:
             self.graph.initializer.remove(init)
         return converted
+
+
+def _converted(graph: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """`graph` at `opset` (ReduceMax's axes and Split's parts become inputs), with only its own
+    declared shapes: the converter's inferred ones would pin axes that a later rewrite widens (the
+    output layer's, which `mtserve shortlist` makes the batch's union)."""
+    declared = list(graph.graph.value_info)
+    converted = version_converter.convert_version(graph, opset)
+    del converted.graph.value_info[:]
+    converted.graph.value_info.extend(declared)
+    return converted
+
+
+def _default_opset(graph: onnx.ModelProto) -> int:
+    return next(opset.version for opset in graph.opset_import if opset.domain in ("", "ai.onnx"))
 
 
 def quantize_int8(
@@ -367,6 +423,8 @@ def quantize_int8(
     earlier: dict[str, _QuantizedWeight] = {}
     for name in graph_files:
         graph = onnx.load(str(out / name), load_external_data=True)
+        if _default_opset(graph) < ROW_QUANTIZE_OPSET:
+            graph = _converted(graph, ROW_QUANTIZE_OPSET)
         untie_output_projection(graph)
         grams_here = (grams or {}).get(name, {})
         quantizer = _RowQuantizer(graph.graph, (ranges or {}).get(name, {}), grams_here, earlier)

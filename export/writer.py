@@ -21,7 +21,7 @@ from export.calibrate import calibration_sources, observe_activations
 from export.decoder_graph import build_decoder_step
 from export.encoder_graph import build_encoder
 from export.network import Network
-from export.quantize import WEIGHT_BITS, quantize_int8
+from export.quantize import ROW_QUANTIZE_OPSET, WEIGHT_BITS, quantize_int8
 from export.shared_weights import WEIGHTS_FILE, share_weights
 from model.config import ModelConfig
 from service.graphs import OPSET
@@ -93,7 +93,7 @@ def write_manifest(out: Path, cfg: ModelConfig, conventions: Conventions, precis
     files |= {role: path.name for role, path in conventions.tokenizer_files.items()}
     languages = conventions.languages
     manifest = Manifest(
-        opset=OPSET,
+        opset=ROW_QUANTIZE_OPSET if precision == "int8" else OPSET,  # export/quantize.py raises it
         precision=precision,
         int8_weight_bits=WEIGHT_BITS if precision == "int8" else Manifest.model_fields["int8_weight_bits"].default,
         files=files,

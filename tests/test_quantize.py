@@ -57,7 +57,8 @@ def test_int8_matmul_rows_do_not_depend_on_their_neighbours(tmp_path: Path) -> N
         "matmul.onnx": {"matmuls": 1, "constant_scales": 0, "compensated_weights": 0}
     }
     ops = [node.op_type for node in onnx.load(str(tmp_path / "matmul.onnx")).graph.node]
-    assert ops == ["Abs", "ReduceMax", "Div", "QuantizeLinear", "MatMulIntegerToFloat"]  # the range is its A scale
+    # The range is the product's A scale; its step, the rows' scales of one blocked QuantizeLinear.
+    assert ops == ["Abs", "ReduceMax", "Mul", "QuantizeLinear", "QuantizeLinear", "MatMulIntegerToFloat"]
     session = ort.InferenceSession(str(tmp_path / "matmul.onnx"), providers=["CPUExecutionProvider"])
     with_mul = _range_multiplied_after(tmp_path / "matmul.onnx", weight)
 
@@ -105,7 +106,8 @@ def test_a_relu_output_is_scaled_by_its_largest_value_and_a_row_of_zeros_gives_z
     _matmul_graph(tmp_path / "matmul.onnx", weight, relu=True)
     quantize_int8(tmp_path, ["matmul.onnx"])
     ops = [node.op_type for node in onnx.load(str(tmp_path / "matmul.onnx")).graph.node]
-    assert ops == ["Relu", "ReduceMax", "Div", "QuantizeLinear", "MatMulIntegerToFloat"]  # no Abs
+    # No Abs, and no ReLU: QuantizeLinear at zero point 0 clamps what the ReLU would zero.
+    assert ops == ["ReduceMax", "Max", "Mul", "QuantizeLinear", "QuantizeLinear", "MatMulIntegerToFloat"]
     session = ort.InferenceSession(str(tmp_path / "matmul.onnx"), providers=["CPUExecutionProvider"])
 
     x = rng.standard_normal((9, 1, 1024)).astype(np.float32)
@@ -123,6 +125,31 @@ def test_a_relu_output_is_scaled_by_its_largest_value_and_a_row_of_zeros_gives_z
     rows_exact = np.maximum(x, 0) @ (quantized * scale)
     signed = _integer_product(np.maximum(x, 0), weight)
     assert np.abs(batched - rows_exact).mean() < 0.6 * np.abs(signed - rows_exact).mean()
+
+
+def test_a_relu_that_another_node_reads_stays_and_its_product_is_the_same(tmp_path: Path) -> None:
+    """The ReLU goes only where products alone read it: where its output is also the graph's, it
+    stays, and the product over its input (a folded ReLU) and over its output agree to the bit."""
+    rng = np.random.default_rng(4)
+    weight = rng.standard_normal((512, 48)).astype(np.float32) / 32
+    x = rng.standard_normal((7, 1, 512)).astype(np.float32)
+    x[3] = -np.abs(x[3])
+    _matmul_graph(tmp_path / "matmul.onnx", weight, relu=True)
+    quantize_int8(tmp_path, ["matmul.onnx"])
+    folded = ort.InferenceSession(str(tmp_path / "matmul.onnx"), providers=["CPUExecutionProvider"])
+    _matmul_graph(tmp_path / "matmul.onnx", weight, relu=True)
+    graph = onnx.load(str(tmp_path / "matmul.onnx"))
+    graph.graph.output.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, ["rows", 1, 512]))
+    onnx.save(graph, str(tmp_path / "matmul.onnx"))
+    quantize_int8(tmp_path, ["matmul.onnx"])
+    ops = [node.op_type for node in onnx.load(str(tmp_path / "matmul.onnx")).graph.node]
+    assert ops == ["Relu", "ReduceMax", "Mul", "QuantizeLinear", "QuantizeLinear", "MatMulIntegerToFloat"]
+    kept = ort.InferenceSession(str(tmp_path / "matmul.onnx"), providers=["CPUExecutionProvider"])
+    (y_folded,) = folded.run(["y"], {"x": x})
+    y_kept, h = kept.run(["y", "h"], {"x": x})
+    assert np.array_equal(h, np.maximum(x, 0))
+    assert np.array_equal(y_folded, y_kept)
+    assert np.all(y_folded[3] == 0.0)
 
 
 def _integer_product(x: np.ndarray, weight: np.ndarray, never_negative: bool = False) -> np.ndarray:
@@ -172,7 +199,7 @@ def test_a_bias_joins_a_product_of_constant_scale_and_stays_a_node_after_one_sca
     quantized, scale = quantize_weight(weight)
     for ranges, ops in (
         ({"matmul.onnx": {"x": 4.0}}, ["QuantizeLinear", "MatMulIntegerToFloat"]),
-        (None, ["Abs", "ReduceMax", "Div", "QuantizeLinear", "MatMulIntegerToFloat", "Add"]),
+        (None, ["Abs", "ReduceMax", "Mul", "QuantizeLinear", "QuantizeLinear", "MatMulIntegerToFloat", "Add"]),
     ):
         _matmul_graph(tmp_path / "matmul.onnx", weight, bias=bias)
         quantize_int8(tmp_path, ["matmul.onnx"], ranges)
