@@ -119,6 +119,50 @@ def test_manifest_lists_every_file_with_its_hash(exported: Path) -> None:
     assert (exported / MANIFEST_FILE).is_file()
 
 
+def _optimized_step_ops(model_dir: Path, tmp_path: Path) -> list[str]:
+    """The decoder step's node types once onnxruntime has optimized it, as the runtime loads it."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.log_severity_level = 3
+    ort.InferenceSession(str(model_dir / load_manifest(model_dir).files["decoder"]), options,
+                         providers=["CPUExecutionProvider"])  # fmt: skip
+    return [node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx"), load_external_data=False).graph.node]
+
+
+def test_each_fp32_step_product_takes_its_bias_and_relu_in_one_node(exported: Path, tmp_path: Path) -> None:
+    """The step's activations are rows [B, D], for which onnxruntime joins a product, its bias and a
+    ReLU into one Gemm: no product of a layer leaves an Add or a Relu of its own (docs/BENCHMARKS.md)."""
+    layers = load_manifest(exported).decoder_layers
+    ops = _optimized_step_ops(exported, tmp_path)
+    # per layer: self-attention out, cross-attention query and out, the two feed-forward products
+    assert ops.count("Gemm") + ops.count("FusedGemm") == 5 * layers + 1  # and the output projection
+    assert ops.count("FusedGemm") == layers and "Relu" not in ops
+    assert ops.count("MatMul") == layers  # Q, K and V, whose bias the attention node adds
+
+
+def test_int8_rows_are_scaled_in_their_quantization_and_the_relu_goes(exported_int8: Path, tmp_path: Path) -> None:
+    """Each activation's rows are scaled by one blocked QuantizeLinear (opset 21), with no Div over the
+    activation, and the feed-forward ReLU is taken into its QuantizeLinear (export/quantize.py)."""
+    manifest = load_manifest(exported_int8)
+    assert manifest.opset == 21
+    graph = onnx.load(str(exported_int8 / manifest.files["decoder"]), load_external_data=False)
+    assert next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) == 21
+    producers = {output: node for node in graph.graph.node for output in node.output}
+    products = [node for node in graph.graph.node if node.op_type == "MatMulIntegerToFloat"]
+    assert products
+    for product in products:
+        codes = producers[product.input[0]]
+        assert codes.op_type == "QuantizeLinear", product.name
+        assert {a.name for a in codes.attribute} == {"axis", "block_size"}, product.name  # one block a row
+        assert producers[codes.input[0]].op_type != "Div", product.name  # the activation itself
+        assert producers[codes.input[2]].op_type == "QuantizeLinear", product.name  # the rows' zero points
+    assert "Relu" not in [node.op_type for node in graph.graph.node]
+    assert "Relu" not in _optimized_step_ops(exported_int8, tmp_path)
+
+
 def test_the_runtime_imports_no_torch(exported: Path) -> None:
     script = (
         "import sys\n"
