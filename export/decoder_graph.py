@@ -16,12 +16,19 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from export.graph_builder import MS_DOMAIN, Builder, attention_out, cached_self_attention, make_model, pre, residual
+from export.graph_builder import (
+    MS_DOMAIN,
+    ROW_SHAPE,
+    Builder,
+    attention_out,
+    cached_self_attention,
+    make_model,
+    pre,
+    residual,
+)
 from export.network import DecoderLayer, Network
 from model.config import ModelConfig
 from service.graphs import ALIGNMENT, BEAM_WIDTH, CACHE_INDIRECTION, DECODER_TOP_K, PAST_LENGTH, decoder_spec
-
-ROW_SHAPE = "row_shape"  # [-1, D]: a step's activations, one row per hypothesis
 
 
 def _decoder_layer(

@@ -19,6 +19,7 @@ from export.network import Attention, FeedForward, LayerNorm, Linear, Network, R
 from service.graphs import BEAM_WIDTH, CACHE_INDIRECTION, OPSET, PAST_LENGTH
 
 MS_DOMAIN = "com.microsoft"
+ROW_SHAPE = "row_shape"  # [-1, D]: a decoder step's activations, one row per hypothesis
 
 
 class Builder:
@@ -157,7 +158,8 @@ def cached_self_attention(b: Builder, h: str, attn: Attention, prefix: str, head
             past_present_share_buffer=1,
         )
     )
-    return b.one("Reshape", [outputs[0], b.weight("step_rows", np.array([0, -1], np.int64))])  # [B, D]
+    rows = b.weight(ROW_SHAPE, np.array([-1, attn.out_proj.weight.shape[1]], np.int64))
+    return b.one("Reshape", [outputs[0], rows])  # [B, D]
 
 
 def make_model(

@@ -235,8 +235,11 @@ class _RowQuantizer:
         self.grams = grams
         self.earlier = earlier  # weights the model's earlier graphs quantized, by their float values' digest
         self.weights = {i.name: i for i in graph.initializer}
-        self.never_negative = {out for n in graph.node if n.op_type == "Relu" for out in n.output}
-        self.relu_inputs = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Relu"}
+        self.relu_inputs = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Relu"}  # never negative
+        self.readers: dict[str, list[onnx.NodeProto]] = {}  # the graph's, as given (rewrite replaces its nodes)
+        for node in graph.node:
+            for name in node.input:
+                self.readers.setdefault(name, []).append(node)
         self.folded_relus = self._relus_only_products_read()
         self.nodes: list[onnx.NodeProto] = []
         # activation -> (uint8 rows, the scale of A, whether that is each row's range [.., 1], grid)
@@ -260,22 +263,18 @@ class _RowQuantizer:
         """The ReLU outputs that only MatMuls of a constant weight read (not a graph output): their
         products take the ReLU's input instead, which QuantizeLinear at zero point 0 clamps the same."""
         outputs = {output.name for output in self.graph.output}
-        readers: dict[str, list[onnx.NodeProto]] = {}
-        for node in self.graph.node:
-            for name in node.input:
-                readers.setdefault(name, []).append(node)
         return {
             out
             for out in self.relu_inputs
             if out not in outputs
             and out not in self.ranges
-            and all(_is_constant_matrix(n, self.weights) and n.input[0] == out for n in readers.get(out, []))
+            and all(_is_constant_matrix(n, self.weights) and n.input[0] == out for n in self.readers.get(out, []))
         }
 
     def _quantized_rows(self, x: str, depth: int) -> tuple[str, str, bool, _Grid]:
         if x in self.quantized_inputs:
             return self.quantized_inputs[x]
-        grid = NEVER_NEGATIVE if x in self.never_negative else SIGNED
+        grid = NEVER_NEGATIVE if x in self.relu_inputs else SIGNED
         if x in self.ranges:
             scale = self._name("scale")
             value = max(self.ranges[x], SMALLEST_RANGE) / grid.levels
@@ -322,16 +321,12 @@ class _RowQuantizer:
     def _bias_adds(self) -> dict[str, tuple[onnx.NodeProto, str]]:
         """MatMul output -> the Add of a constant bias (one value per column) that alone reads it, and
         the bias's name."""
-        readers: dict[str, list[onnx.NodeProto]] = {}
-        for node in self.graph.node:
-            for name in node.input:
-                readers.setdefault(name, []).append(node)
         outputs = {output.name for output in self.graph.output}
         adds = {}
         for node in self.graph.node:
             if not _is_constant_matrix(node, self.weights) or node.output[0] in outputs:
                 continue
-            (add, *others) = readers.get(node.output[0], [None])
+            (add, *others) = self.readers.get(node.output[0], [None])
             if add is None or others or add.op_type != "Add":
                 continue
             bias = add.input[1] if add.input[0] == node.output[0] else add.input[0]

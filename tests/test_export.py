@@ -21,6 +21,7 @@ from model.beam import beam_search as torch_beam_search
 from service.conventions import EOS_ID
 from service.manifest import MANIFEST_FILE, ModelFileError, load_manifest
 from service.runtime.beam import DecodeOptions, beam_search
+from service.runtime.packed import packed_graph
 from service.runtime.sessions import OnnxModel
 from tests.conftest import ROOT, TAG
 
@@ -120,16 +121,11 @@ def test_manifest_lists_every_file_with_its_hash(exported: Path) -> None:
 
 
 def _optimized_step_ops(model_dir: Path, tmp_path: Path) -> list[str]:
-    """The decoder step's node types once onnxruntime has optimized it, as the runtime loads it."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    options.log_severity_level = 3
-    ort.InferenceSession(str(model_dir / load_manifest(model_dir).files["decoder"]), options,
-                         providers=["CPUExecutionProvider"])  # fmt: skip
-    return [node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx"), load_external_data=False).graph.node]
+    """The decoder step's node types once onnxruntime has optimized it: its packed copy, which the
+    runtime serves (service/runtime/packed.py)."""
+    optimized = packed_graph(model_dir / load_manifest(model_dir).files["decoder"], "step", tmp_path, verify=False)
+    assert optimized is not None
+    return [node.op_type for node in onnx.load(str(optimized), load_external_data=False).graph.node]
 
 
 def test_each_fp32_step_product_takes_its_bias_and_relu_in_one_node(exported: Path, tmp_path: Path) -> None:
