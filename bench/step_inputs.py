@@ -64,4 +64,5 @@ def random_step(model: OnnxModel, args: argparse.Namespace, outputs: list[str]) 
     # a model with a shortlist decodes over the union of its sentences' (mtserve shortlist)
     tag = next(iter(model.languages.tag_ids.values()))
     vocab = model.output_vocab(ids.tolist(), [tag] * sentences)
-    return step_feeds(m.decoder_layers, m.vocab_size, outputs, last, mask, cache, cross, vocab, model.host_top_k)
+    return step_feeds(m.decoder_layers, m.vocab_size, outputs, last, mask, cache, cross, vocab, model.host_top_k,
+                      logits_eos=model.logits_eos)  # fmt: skip

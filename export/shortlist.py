@@ -13,10 +13,13 @@ Two parts, written into a model directory by `add_shortlist`:
   target tokens by sentence-level co-occurrence over training pairs, p(target token in the pair |
   source token in it), and the target tokens by frequency;
 - the decoder step rewritten (`rewrite_output_layer`): its output projection reads its weights
-  (and int8 scales) from inputs, the runtime's columns for the batch's union; an additive
-  `output_bias` [rows, U] before the log-softmax carries each row's mask and the projection's own
-  bias; the step's top-k goes, and the runtime takes each row's best from its `log_probs` over the
-  union (service/runtime/top_k.py), mapped back to vocabulary ids through `output_vocab` [U].
+  (and int8 scales) from inputs, the runtime's columns for the batch's union, and the step gives
+  the product as its `logits` [rows, U]; its log-softmax, top-k and EOS's Gather go, and the
+  runtime adds each row's bias (its sentence's mask and the projection's own bias), normalises and
+  takes each row's best in one pass (service/runtime/top_k.py), mapped back to vocabulary ids
+  through the union. A step whose tokens never generated are barred after its log-softmax keeps
+  it: an additive `output_bias` [rows, U] input carries the bias before it, and the host ranks its
+  `log_probs` (the barred tokens' -inf Gathered through `output_vocab` [U]).
 
 The projection's weights move from the weights file into OUTPUT_LAYER_FILE with the table
 (service/runtime/shortlist.py reads it). CTranslate2's vocabulary map does the same for a batch,
@@ -51,7 +54,7 @@ from service.runtime.shortlist import (
     OUTPUT_WEIGHT,
 )
 from service.runtime.text_tokenizer import load_text_tokenizer
-from service.runtime.top_k import TOP_K_OUTPUTS
+from service.runtime.top_k import STEP_LOGITS, TOP_K_OUTPUTS
 
 # Translations kept per source token: a sentence of ten tokens reaches a shortlist of 1,024
 # within this many ranks.
@@ -204,13 +207,15 @@ def rewrite_output_layer(model: onnx.ModelProto, vocab_size: int) -> OutputLayer
         raise ShortlistError(f"the output projection's weight {weight.shape} does not span the vocabulary")
     node.input[1] = OUTPUT_WEIGHT
 
-    masked = "logits.shortlist"
-    softmax.input[0] = masked
-    add = helper.make_node("Add", [logits, OUTPUT_BIAS], [masked], name="shortlist.bias")
     dropped.extend(_top_k_chain(graph, producers))
     kept = [n for n in graph.node if not any(n is d for d in dropped)]
-    kept.insert(next(i for i, n in enumerate(kept) if n is softmax), add)
-    if barred is not None:
+    if barred is None:  # the logits come out; the host adds the bias and normalises (top_k.py)
+        kept = _logits_as_output(graph, kept, softmax, logits)
+    else:  # its tokens never generated are barred after the log-softmax, which stays in the graph
+        masked = "logits.shortlist"
+        softmax.input[0] = masked
+        add = helper.make_node("Add", [logits, OUTPUT_BIAS], [masked], name="shortlist.bias")
+        kept.insert(next(i for i, n in enumerate(kept) if n is softmax), add)
         kept.insert(0, barred)
     del graph.node[:]
     graph.node.extend(kept)
@@ -225,10 +230,15 @@ def rewrite_output_layer(model: onnx.ModelProto, vocab_size: int) -> OutputLayer
             helper.make_tensor_value_info(OUTPUT_WEIGHT, helper.np_dtype_to_tensor_dtype(weight.dtype), weight_shape),
             *([helper.make_tensor_value_info(OUTPUT_SCALE, TensorProto.FLOAT, ["shortlist"])] if scale is not None
               else []),
-            helper.make_tensor_value_info(OUTPUT_BIAS, TensorProto.FLOAT, ["batch", "shortlist"]),
-            helper.make_tensor_value_info(OUTPUT_VOCAB, TensorProto.INT64, ["shortlist"]),
         ]
     )  # fmt: skip
+    if barred is not None:
+        graph.input.extend(
+            [
+                helper.make_tensor_value_info(OUTPUT_BIAS, TensorProto.FLOAT, ["batch", "shortlist"]),
+                helper.make_tensor_value_info(OUTPUT_VOCAB, TensorProto.INT64, ["shortlist"]),
+            ]
+        )
     for output in graph.output:
         if output.name == "log_probs":
             output.type.tensor_type.shape.dim[1].ClearField("dim_value")
@@ -244,6 +254,34 @@ def rewrite_output_layer(model: onnx.ModelProto, vocab_size: int) -> OutputLayer
     for init in [i for i in graph.initializer if i.name not in used]:
         graph.initializer.remove(init)
     return OutputLayer(weight, axis, None if scale is None else scale.astype(np.float32), bias, 1, DECODER_TOP_K)
+
+
+def _logits_as_output(
+    graph: onnx.GraphProto, nodes: list[onnx.NodeProto], softmax: onnx.NodeProto, logits: str
+) -> list[onnx.NodeProto]:
+    """The step's nodes without its log-softmax and EOS's Gather of log_probs, and its projection's
+    product (`logits`) given as the output STEP_LOGITS in their stead: the host adds each row's bias
+    (its shortlist's mask and the projection's bias), normalises the rows and takes EOS's log-prob
+    (top_k.py), as those nodes did, in the pass that ranks them."""
+    eos = [n for n in nodes if n.op_type == "Gather" and list(n.input[:1]) == ["log_probs"]
+           and list(n.output) == ["eos_log_prob"]]  # fmt: skip
+    kept = [n for n in nodes if n is not softmax and not any(n is e for e in eos)]
+    readers = [n.name or n.op_type for n in kept if {"log_probs", "eos_log_prob"} & set(n.input)]
+    if readers or len(eos) != 1:
+        raise ShortlistError(
+            f"the decoder step's log_probs are read by {', '.join(readers)}" if readers
+            else "the decoder step's eos_log_prob is not a Gather of its log_probs"
+        )  # fmt: skip
+    if logits != STEP_LOGITS:
+        if any(STEP_LOGITS in n.output for n in kept) or any(i.name == STEP_LOGITS for i in graph.input):
+            raise ShortlistError(f"the decoder step already has a tensor named {STEP_LOGITS}")
+        _rename_as_outputs(graph, {logits: (STEP_LOGITS, TensorProto.FLOAT, ["batch", "shortlist"])})
+    else:
+        graph.output.append(helper.make_tensor_value_info(STEP_LOGITS, TensorProto.FLOAT, ["batch", "shortlist"]))
+    for listed in (graph.output, graph.value_info):
+        for info in [i for i in listed if i.name in ("log_probs", "eos_log_prob")]:
+            listed.remove(info)
+    return kept
 
 
 def _expose_projection_rows(

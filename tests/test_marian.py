@@ -344,6 +344,8 @@ def test_a_shortlisted_import_decodes_within_its_shortlist_and_as_before_with_it
     size = json.loads((out / "manifest.json").read_text())["vocab_size"] // 3
     assert main(["shortlist", str(model_dir), "--size", str(size), "--pairs", f"en-fr={en},{fr}"]) == 0
     plain, shortlisted = OnnxModel(out), OnnxModel(model_dir)
+    # its never-generated tokens are barred after the step's log-softmax, which stays in the graph
+    assert shortlisted.host_top_k and shortlisted.logits_eos is None
     prefix = ">>fra<< " if variant.language_tokens else ""
     sources = _sources(_hf(hf_dir)[1], corpus[0][-12:], prefix)
     tags = [plain.languages.tag_ids["fr"]] * len(sources)

@@ -24,8 +24,8 @@ from service.runtime.beam import DecodeOptions, Hypothesis, beam_search
 from service.runtime.beside import HELPER_THREAD_NAME, Beside
 from service.runtime.projection import FLOAT_HOST_SENTENCES, HOST_SENTENCES, PROJECTION_OUTPUTS, PROJECTION_ROWS
 from service.runtime.sessions import OnnxModel
-from service.runtime.shortlist import BatchVocab
-from service.runtime.top_k import top_k
+from service.runtime.shortlist import OUTPUT_BIAS, OUTPUT_VOCAB, BatchVocab
+from service.runtime.top_k import STEP_LOGITS, normalised_logits, top_k
 from tests.conftest import TAG
 
 pytestmark = pytest.mark.slow
@@ -291,13 +291,14 @@ def test_with_the_shortlist_off_a_model_decodes_exactly_as_without_one(
 def test_the_step_leaves_its_top_k_to_the_runtime_which_ranks_as_one_stable_sort(
     models: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The rewritten step returns its log-probs over the union and no top-k of its own; the runtime's
-    (in C, and in numpy without the module) gives the best DECODER_TOP_K of each row, equal scores by
-    the lower position, NaN last, whatever the row's width."""
+    """The rewritten step returns its logits over the union and no log-softmax or top-k of its own; the
+    runtime's (in C, and in numpy without the module) gives the best DECODER_TOP_K of each row, equal
+    scores by the lower position, NaN last, whatever the row's width."""
     step = onnx.load(str(models[1] / "decoder_step.onnx"))
     outputs = [o.name for o in step.graph.output]
-    assert "log_probs" in outputs and "top_ids" not in outputs and "top_log_probs" not in outputs
-    assert not any(node.op_type == "TopK" for node in step.graph.node)
+    assert STEP_LOGITS in outputs
+    assert not {"log_probs", "eos_log_prob", "top_ids", "top_log_probs"} & set(outputs)
+    assert not {"TopK", "LogSoftmax"} & {node.op_type for node in step.graph.node}
     rng = np.random.default_rng(0)
     for width in (DECODER_TOP_K, 17, 300, 2_049, 8_000):
         scores = rng.integers(-6, 0, (9, width)).astype(np.float32)  # many equal scores in every row
@@ -307,15 +308,86 @@ def test_the_step_leaves_its_top_k_to_the_runtime_which_ranks_as_one_stable_sort
         scores[6] = rng.standard_normal(width).astype(np.float32)  # no ties: only the threshold works
         scores[7, ::-1] = np.sort(scores[6])  # best last: each value beats the last
         vocab = np.sort(rng.choice(100_000, width, replace=False)).astype(np.int64)
-        order = np.stack([np.lexsort((np.arange(width), -np.nan_to_num(row, nan=0.0), np.isnan(row)))
-                          for row in scores])[:, :DECODER_TOP_K]  # fmt: skip
+        ranked = np.stack([np.lexsort((np.arange(width), -np.nan_to_num(row, nan=0.0), np.isnan(row)))
+                           for row in scores])  # fmt: skip
+        for module, k in ((native.common_step, DECODER_TOP_K), (native.common_step, 10), (native.common_step, 1),
+                          (None, DECODER_TOP_K)):  # fmt: skip
+            monkeypatch.setattr(native, "common_step", module)
+            order = ranked[:, :k]  # as many as a search of k / 2 beams reads, or all DECODER_TOP_K
+            values = np.empty((len(scores), k), np.float32)
+            ids = np.empty((len(scores), k), np.int64)
+            top_k(scores, vocab, values, ids)
+            assert np.array_equal(ids, vocab[order]), (width, module, k)
+            assert np.array_equal(values, np.take_along_axis(scores, order, axis=1), equal_nan=True)
+
+
+def test_the_runtime_normalises_a_steps_logits_with_each_sentences_bias_as_a_log_softmax(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A step's logits [R, U] take their sentence's bias (row r: sentence r // (R / S)), -inf columns
+    left out of the normaliser, and come out as the best log-probs and EOS's, in C and in numpy: as
+    the graph's Add, LogSoftmax and Gather gave them, in float64 here."""
+    rng = np.random.default_rng(1)
+    for sentences, beams, width in ((1, 1, 20), (3, 5, 300), (8, 4, 2_055)):
+        rows = sentences * beams
+        logits = (rng.standard_normal((rows, width)) * 4).astype(np.float32)
+        bias = rng.standard_normal((sentences, width)).astype(np.float32) * 0.1
+        bias[rng.random((sentences, width)) < 0.6] = -np.inf  # outside each sentence's shortlist
+        bias[:, [0, 2]] = 0.0  # EOS's position, and one more, in every shortlist
+        vocab = np.sort(rng.choice(100_000, width, replace=False)).astype(np.int64)
+        biased = logits.astype(np.float64) + np.repeat(bias, beams, axis=0)
+        top = biased.max(axis=1, keepdims=True)
+        expected = biased - top - np.log(np.exp(biased - top).sum(axis=1, keepdims=True))
+        order = np.argsort(-expected, axis=1, kind="stable")[:, :DECODER_TOP_K]
         for module in (native.common_step, None):
             monkeypatch.setattr(native, "common_step", module)
-            values = np.empty((len(scores), DECODER_TOP_K), np.float32)
-            ids = np.empty((len(scores), DECODER_TOP_K), np.int64)
-            top_k(scores, vocab, values, ids)
+            values = np.empty((rows, DECODER_TOP_K), np.float32)
+            ids = np.empty((rows, DECODER_TOP_K), np.int64)
+            eos = np.empty(rows, np.float32)
+            top_k(logits.copy(), vocab, values, ids, (bias, 2, eos))
             assert np.array_equal(ids, vocab[order]), (width, module)
-            assert np.array_equal(values, np.take_along_axis(scores, order, axis=1), equal_nan=True)
+            assert np.allclose(values, np.take_along_axis(expected, order, axis=1), atol=2e-5), (width, module)
+            assert np.allclose(eos, expected[:, 2], atol=2e-5), (width, module)
+    with pytest.raises(ValueError, match="do not agree"):
+        normalised_logits(np.zeros((6, 4), np.float32), np.zeros((4, 4), np.float32), 0, np.zeros(6, np.float32))
+
+
+def _earlier_step(model_dir: Path, own_top_k: bool) -> None:
+    """A shortlisted step as earlier versions wrote it, made from the current one: an `output_bias`
+    input added before a LogSoftmax of its own, log_probs and EOS's among its outputs, and with
+    `own_top_k`, a TopK over them too (its ids through `output_vocab`)."""
+    path = model_dir / "decoder_step.onnx"
+    step = onnx.load(str(path), load_external_data=False)
+    graph, helper = step.graph, onnx.helper
+    graph.output.remove(next(o for o in graph.output if o.name == STEP_LOGITS))
+    graph.initializer.append(onnx.numpy_helper.from_array(np.array(EOS_ID, np.int64), "earlier.eos"))
+    graph.node.extend(
+        [helper.make_node("Add", [STEP_LOGITS, OUTPUT_BIAS], ["earlier.biased"]),
+         helper.make_node("LogSoftmax", ["earlier.biased"], ["log_probs"], axis=-1),
+         helper.make_node("Gather", ["log_probs", "earlier.eos"], ["eos_log_prob"], axis=1)]
+    )  # fmt: skip
+    graph.input.extend(
+        [helper.make_tensor_value_info(OUTPUT_BIAS, onnx.TensorProto.FLOAT, ["batch", "shortlist"]),
+         helper.make_tensor_value_info(OUTPUT_VOCAB, onnx.TensorProto.INT64, ["shortlist"])]
+    )  # fmt: skip
+    graph.output.extend(
+        [helper.make_tensor_value_info("log_probs", onnx.TensorProto.FLOAT, ["batch", "shortlist"]),
+         helper.make_tensor_value_info("eos_log_prob", onnx.TensorProto.FLOAT, ["batch"])]
+    )  # fmt: skip
+    if own_top_k:
+        graph.initializer.append(onnx.numpy_helper.from_array(np.array([DECODER_TOP_K], np.int64), "top_k"))
+        graph.node.extend(
+            [helper.make_node("TopK", ["log_probs", "top_k"], ["top_log_probs", "top_positions"], axis=-1),
+             helper.make_node("Gather", [OUTPUT_VOCAB, "top_positions"], ["top_ids"], axis=0)]
+        )  # fmt: skip
+        graph.output.extend(
+            [helper.make_tensor_value_info("top_log_probs", onnx.TensorProto.FLOAT, ["batch", DECODER_TOP_K]),
+             helper.make_tensor_value_info("top_ids", onnx.TensorProto.INT64, ["batch", DECODER_TOP_K])]
+        )  # fmt: skip
+    onnx.save(step, str(path))
+    manifest = json.loads((model_dir / MANIFEST_FILE).read_text())
+    manifest["sha256"]["decoder_step.onnx"] = sha256_file(path)
+    (model_dir / MANIFEST_FILE).write_text(json.dumps(manifest))
 
 
 def test_a_shortlist_is_refused_where_it_cannot_work(exported_int8: Path, tiny_data_dir: Path, tmp_path: Path) -> None:
@@ -354,36 +426,31 @@ def test_a_decoder_that_reads_a_shortlist_needs_its_output_layer_file(
         OnnxModel(broken, 1)
 
 
-def test_a_step_shortlisted_with_its_own_top_k_decodes_as_one_that_leaves_it_to_the_runtime(
+def test_steps_shortlisted_by_earlier_versions_decode_as_the_current_one(
     models: tuple[Path, Path], sentences: list[str], tmp_path: Path
 ) -> None:
-    """A directory shortlisted by an earlier version keeps a TopK in its step (top_log_probs, and
-    top_ids through output_vocab): the runtime uses it as it is, and it decodes as the runtime's own
-    top-k of the graph's log-probs, to the last bit (the host's own projection and log-softmax, which
-    the current step allows small batches, are held to the graph's in the test above)."""
-    earlier = tmp_path / "model"
-    shutil.copytree(models[1], earlier)
-    step = onnx.load(str(earlier / "decoder_step.onnx"), load_external_data=False)
-    step.graph.initializer.append(onnx.numpy_helper.from_array(np.array([DECODER_TOP_K], np.int64), "top_k"))
-    step.graph.node.extend(
-        [onnx.helper.make_node("TopK", ["log_probs", "top_k"], ["top_log_probs", "top_positions"], axis=-1),
-         onnx.helper.make_node("Gather", ["output_vocab", "top_positions"], ["top_ids"], axis=0)]
-    )  # fmt: skip
-    step.graph.output.extend(
-        [onnx.helper.make_tensor_value_info("top_log_probs", onnx.TensorProto.FLOAT, ["batch", DECODER_TOP_K]),
-         onnx.helper.make_tensor_value_info("top_ids", onnx.TensorProto.INT64, ["batch", DECODER_TOP_K])]
-    )  # fmt: skip
-    onnx.save(step, str(earlier / "decoder_step.onnx"))
-    manifest = json.loads((earlier / MANIFEST_FILE).read_text())
-    manifest["sha256"]["decoder_step.onnx"] = sha256_file(earlier / "decoder_step.onnx")
-    (earlier / MANIFEST_FILE).write_text(json.dumps(manifest))
-    own, current = OnnxModel(earlier, 2), OnnxModel(models[1], 2)
-    assert not own.host_top_k and current.host_top_k
-    current.host_projection = None
+    """A directory shortlisted by an earlier version normalises its logits in its step (log_probs), or
+    keeps a TopK there too (top_log_probs, and top_ids through output_vocab): the runtime uses each as
+    it is, and they decode as the current step whose host normalises its logits; the one with its own
+    top-k as the runtime's top-k of its log-probs to the last bit, the current one within a few units
+    in the last place of onnxruntime's log-softmax."""
+    plain, own = tmp_path / "plain", tmp_path / "own"
+    for model_dir, own_top_k in ((plain, False), (own, True)):
+        shutil.copytree(models[1], model_dir)
+        _earlier_step(model_dir, own_top_k)
+    current, by_graph, by_own = OnnxModel(models[1], 2), OnnxModel(plain, 2), OnnxModel(own, 2)
+    assert current.host_top_k and current.logits_eos == EOS_ID
+    assert by_graph.host_top_k and by_graph.logits_eos is None and not by_own.host_top_k
+    for model in (current, by_graph):
+        model.host_projection = None
     _, _, expected = _search(current, sentences)
-    _, _, got = _search(own, sentences)
-    assert [[h.tokens for h in hyps] for hyps in got] == [[h.tokens for h in hyps] for hyps in expected]
-    assert [[h.score for h in hyps] for hyps in got] == [[h.score for h in hyps] for hyps in expected]
+    _, _, normalised = _search(by_graph, sentences)
+    _, _, got = _search(by_own, sentences)
+    assert [[h.tokens for h in hyps] for hyps in got] == [[h.tokens for h in hyps] for hyps in normalised]
+    assert [[h.score for h in hyps] for hyps in got] == [[h.score for h in hyps] for hyps in normalised]
+    assert [[h.tokens for h in hyps] for hyps in normalised] == [[h.tokens for h in hyps] for hyps in expected]
+    scores = [[h.score for h in hyps] for hyps in normalised], [[h.score for h in hyps] for hyps in expected]
+    assert np.allclose(*scores, atol=1e-5)
 
 
 def test_the_service_serves_a_shortlisted_model_and_names_it_in_its_metrics(

@@ -309,13 +309,14 @@ static int closes_loop(const Buffer *hist, Py_ssize_t row, Py_ssize_t length, in
 #define PROJECTED_TILE 16
 #define FLOAT_PROJECTED_TILE 64
 
-/* A step's scores for the host's top-k (top_k, below): its log_probs; or, for a step that leaves its output
- * projection to the host too, its rows' int8 codes (or an fp32 step's rows: `floating`, in `codes`),
- * multiplied here by the union's packed columns into `scores` (scratch logits), each sentence's bias
- * added, normalised, and EOS's log-prob written. */
+/* A step's scores for the host's top-k (top_k, below): its log_probs; or its logits (`normalised`), each
+ * sentence's bias added here, normalised, and EOS's log-prob written; or, for a step that leaves its output
+ * projection to the host too (`projected`, and normalised), its rows' int8 codes (or an fp32 step's rows:
+ * `floating`, in `codes`), multiplied here by the union's packed columns into `scores` (scratch logits)
+ * first. */
 typedef struct {
     Buffer scores, vocab;
-    int projected, floating;
+    int normalised, projected, floating;
     Buffer codes, row_scale, packed, col_sums, col_scale, bias, eos_out;
     Py_ssize_t eos_position;
     int kernel;
@@ -719,8 +720,8 @@ static void block_maxima(const float *row, Py_ssize_t blocks, float *maxima) {
 }
 
 /* The two-pass ranking (above) from the row's block maxima; 0 where the row needs the one-pass one. */
-static int row_top_k_from_maxima(const float *row, Py_ssize_t width, Py_ssize_t k, const float *maxima, float *values,
-                                 Py_ssize_t *positions) {
+static int row_top_k_from_maxima_each(const float *row, Py_ssize_t width, Py_ssize_t k, const float *maxima,
+                                      float *values, Py_ssize_t *positions) {
     Py_ssize_t blocks = width / TOP_K_BLOCK;
     if (blocks < k || blocks > TOP_K_MAX_BLOCKS) {
         return 0;
@@ -761,6 +762,10 @@ static int row_top_k_from_maxima(const float *row, Py_ssize_t width, Py_ssize_t 
     }
     return 1;
 }
+
+/* The same, by vector instructions where the CPU has them (below). */
+static int row_top_k_from_maxima(const float *row, Py_ssize_t width, Py_ssize_t k, const float *maxima, float *values,
+                                 Py_ssize_t *positions);
 
 /* The two-pass ranking of a row (block maxima made here); 0 where the row needs the one-pass one. */
 static int row_top_k_bounded(const float *row, Py_ssize_t width, Py_ssize_t k, float *values, Py_ssize_t *positions) {
@@ -850,6 +855,105 @@ __attribute__((target("avx512f"))) static void add_bias_avx512(float *row, const
     }
 }
 
+/* The two-pass ranking of row_top_k_from_maxima_each with the best k (at most 16) held in one vector,
+ * largest first, ties in position order: a value that beats the k-th goes in after the lanes at or above
+ * it (a prefix of the `filled` lanes: they are in order), those below it moving down a lane; and the
+ * values that reach the bound are gathered a block at a time by a compressing store. The same bound,
+ * values and positions, without a branch per lane; 0 where the row needs the one-pass ranking. */
+#define RANK_LANES 16
+__attribute__((target("avx512f"))) static inline __m512 rank_in_lanes(__m512 best, Py_ssize_t filled, float value,
+                                                                       __m512i *at, int32_t position) {
+    const __m512i down = _mm512_set_epi32(14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 0); /* lane i: i - 1 */
+    __m512 v = _mm512_set1_ps(value);
+    __mmask16 ahead = _mm512_cmp_ps_mask(best, v, _CMP_GE_OQ) & (__mmask16)((1u << filled) - 1u);
+    __mmask16 here = (__mmask16)((unsigned)ahead + 1u); /* the lane after the prefix */
+    best = _mm512_mask_mov_ps(_mm512_permutexvar_ps(down, best), ahead, best);
+    *at = _mm512_mask_mov_epi32(_mm512_permutexvar_epi32(down, *at), ahead, *at);
+    *at = _mm512_mask_mov_epi32(*at, here, _mm512_set1_epi32(position));
+    return _mm512_mask_mov_ps(best, here, v);
+}
+
+__attribute__((target("avx512f"))) static int row_top_k_from_maxima_avx512(const float *row, Py_ssize_t width,
+                                                                             Py_ssize_t k, const float *maxima,
+                                                                             float *values, Py_ssize_t *positions) {
+    Py_ssize_t blocks = width / TOP_K_BLOCK;
+    if (blocks < k || blocks > TOP_K_MAX_BLOCKS || k > RANK_LANES || width > INT32_MAX) {
+        return 0;
+    }
+    float lanes[RANK_LANES];
+    int32_t lane_at[RANK_LANES];
+    /* the k largest maxima: the first k as they come, then each that beats the k-th */
+    __m512 best = _mm512_set1_ps(-INFINITY);
+    __m512i at = _mm512_setzero_si512();
+    Py_ssize_t b = 0;
+    for (; b < k; b++) {
+        best = rank_in_lanes(best, b, maxima[b], &at, 0);
+    }
+    _mm512_storeu_ps(lanes, best);
+    float kth = lanes[k - 1];
+    for (; b < blocks; b++) {
+        if (maxima[b] > kth) {
+            best = rank_in_lanes(best, k, maxima[b], &at, 0);
+            _mm512_storeu_ps(lanes, best);
+            kth = lanes[k - 1];
+        }
+    }
+    const float bound = kth; /* at least k values reach it: the top k do */
+    const __m512 bounds = _mm512_set1_ps(bound);
+    const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    float reached[TOP_K_MAX_REACHED];
+    int32_t reached_at[TOP_K_MAX_REACHED];
+    Py_ssize_t count = 0;
+    for (b = 0; b < blocks; b++) { /* the blocks that reach it: their values at or above it, in order */
+        if (!(maxima[b] >= bound)) {
+            continue;
+        }
+        if (count > TOP_K_MAX_REACHED - TOP_K_BLOCK) {
+            return 0;
+        }
+        __m512 v = _mm512_loadu_ps(row + b * TOP_K_BLOCK);
+        __mmask16 keep = _mm512_cmp_ps_mask(v, bounds, _CMP_GE_OQ);
+        _mm512_mask_compressstoreu_ps(reached + count, keep, v);
+        _mm512_mask_compressstoreu_epi32(reached_at + count, keep,
+                                         _mm512_add_epi32(iota, _mm512_set1_epi32((int32_t)(b * TOP_K_BLOCK))));
+        count += __builtin_popcount(keep);
+    }
+    for (Py_ssize_t j = blocks * TOP_K_BLOCK; j < width; j++) { /* the columns after the whole blocks */
+        if (row[j] >= bound) {
+            if (count >= TOP_K_MAX_REACHED) {
+                return 0;
+            }
+            reached[count] = row[j];
+            reached_at[count++] = (int32_t)j;
+        }
+    }
+    if (count < k) { /* NaN among the best k */
+        return 0;
+    }
+    best = _mm512_set1_ps(-INFINITY);
+    at = _mm512_setzero_si512();
+    Py_ssize_t i = 0;
+    for (; i < k; i++) {
+        best = rank_in_lanes(best, i, reached[i], &at, reached_at[i]);
+    }
+    _mm512_storeu_ps(lanes, best);
+    kth = lanes[k - 1];
+    for (; i < count; i++) { /* in position order: an equal value stays behind */
+        if (reached[i] > kth) {
+            best = rank_in_lanes(best, k, reached[i], &at, reached_at[i]);
+            _mm512_storeu_ps(lanes, best);
+            kth = lanes[k - 1];
+        }
+    }
+    _mm512_storeu_ps(lanes, best);
+    _mm512_storeu_si512(lane_at, at);
+    for (i = 0; i < k; i++) {
+        values[i] = lanes[i];
+        positions[i] = lane_at[i];
+    }
+    return 1;
+}
+
 /* Which exp-sum and bias kernels the CPU runs, found at first use: 2 AVX-512, 1 AVX2 and FMA, 0 neither. */
 static int vector_width(void) {
     static int found = -1;
@@ -892,7 +996,19 @@ static int add_bias_with_maxima(float *row, const float *bias, Py_ssize_t width,
     add_bias(row, bias, width);
     return 0;
 }
+
+static int row_top_k_from_maxima(const float *row, Py_ssize_t width, Py_ssize_t k, const float *maxima, float *values,
+                                 Py_ssize_t *positions) {
+    return vector_width() == 2 && k <= RANK_LANES
+               ? row_top_k_from_maxima_avx512(row, width, k, maxima, values, positions)
+               : row_top_k_from_maxima_each(row, width, k, maxima, values, positions);
+}
 #else
+static int row_top_k_from_maxima(const float *row, Py_ssize_t width, Py_ssize_t k, const float *maxima, float *values,
+                                 Py_ssize_t *positions) {
+    return row_top_k_from_maxima_each(row, width, k, maxima, values, positions);
+}
+
 static void add_bias(float *row, const float *bias, Py_ssize_t width) {
     for (Py_ssize_t j = 0; j < width; j++) {
         row[j] += bias[j];
@@ -921,16 +1037,26 @@ static int add_bias_with_maxima(float *row, const float *bias, Py_ssize_t width,
  * one tile of it (top_k_shapes_agree), written, P being U rounded up to a whole PROJECTION_GROUP (the
  * columns after U are padding). */
 static int get_host_scores(PyObject *scores, PyObject *vocab, PyObject *projection, HostScores *host) {
-    host->projected = projection != Py_None;
-    if (get_buffer(scores, &host->scores, host->projected ? "logits" : "log_probs", "f", 2, host->projected) < 0 ||
+    host->normalised = projection != Py_None;
+    if (get_buffer(scores, &host->scores, host->normalised ? "logits" : "log_probs", "f", 2, host->normalised) < 0 ||
         get_buffer(vocab, &host->vocab, "vocab", "q", 1, 0) < 0) {
         return -1;
     }
-    if (!host->projected) {
+    if (!host->normalised) {
         return 0;
     }
     PyObject *o[7] = {NULL};
+    host->projected = !(PyTuple_Check(projection) && PyTuple_GET_SIZE(projection) == 3);
     host->floating = PyTuple_Check(projection) && PyTuple_GET_SIZE(projection) == 6;
+    if (!host->projected) { /* a step's own logits: (bias, eos_position, eos_out) */
+        if (!PyArg_ParseTuple(projection, "OnO;logits: (bias, eos_position, eos_out)", &o[5], &host->eos_position,
+                              &o[6])) {
+            return -1;
+        }
+        return get_buffer(o[5], &host->bias, "bias", "f", 2, 0) < 0 || get_buffer(o[6], &host->eos_out, "eos_out", "f", 1, 1) < 0
+                   ? -1
+                   : 0;
+    }
     if (host->floating) { /* an fp32 step's: (rows, packed, bias, eos_position, eos_out, kernel) */
         if (!PyArg_ParseTuple(projection, "OOOnOi;projection: (rows, packed, bias, eos_position, eos_out, kernel)",
                               &o[0], &o[2], &o[5], &host->eos_position, &o[6], &host->kernel)) {
@@ -970,11 +1096,12 @@ static void release_host_scores(HostScores *host) {
 /* The columns a step's scores rank: vocab's, U (a projection's scores may be padded beyond them). */
 static Py_ssize_t scored_width(const HostScores *host) { return host->vocab.view.shape[0]; }
 
-/* Whether the scores [R, U] (contiguous rows), vocab [U], values and ids [R, k] agree, 1 <= k <= U; and
- * a projection's arrays, contiguous, where given: scores [R, P] or one tile of its rows, codes (or an fp32
- * step's rows) [R, D], packed [P * D], bias [S, U] (R a multiple of S), eos_out [R], 0 <= eos_position
- * < U, P the least multiple of PROJECTION_GROUP >= U, and a kernel the CPU runs; for an int8 step also
- * row_scale [R, 1], col_sums and col_scale [P], D a multiple of PROJECTION_DEPTH. */
+/* Whether the scores [R, U] (contiguous rows), vocab [U], values and ids [R, k] agree, 1 <= k <= U; where
+ * normalised, bias [S, U] (R a multiple of S), eos_out [R], 0 <= eos_position < U, all contiguous; and a
+ * projection's arrays, contiguous, where given: scores [R, P] or one tile of its rows, codes (or an fp32
+ * step's rows) [R, D], packed [P * D], P the least multiple of PROJECTION_GROUP >= U, and a kernel the CPU
+ * runs; for an int8 step also row_scale [R, 1], col_sums and col_scale [P], D a multiple of
+ * PROJECTION_DEPTH. */
 static int top_k_shapes_agree(const HostScores *host, const Buffer *values, const Buffer *ids) {
     Py_ssize_t rows = host->scores.view.shape[0], width = scored_width(host), k = values->view.shape[1];
     Py_ssize_t padded = host->projected ? (width + PROJECTION_GROUP - 1) / PROJECTION_GROUP * PROJECTION_GROUP : width;
@@ -987,13 +1114,17 @@ static int top_k_shapes_agree(const HostScores *host, const Buffer *values, cons
     int agree = k >= 1 && k <= width && k <= MAX_CANDIDATES && host->scores.view.shape[1] == padded && rows_in == rows &&
                 values->view.shape[0] == rows && ids->view.shape[0] == rows && ids->view.shape[1] == k &&
                 host->scores.view.strides[1] == sizeof(float);
+    if (agree && host->normalised) {
+        Py_ssize_t sentences = host->bias.view.shape[0];
+        agree = PyBuffer_IsContiguous(&host->scores.view, 'C') && PyBuffer_IsContiguous(&host->bias.view, 'C') &&
+                PyBuffer_IsContiguous(&host->eos_out.view, 'C') && sentences >= 1 && rows % sentences == 0 &&
+                host->bias.view.shape[1] == width && host->eos_out.view.shape[0] == rows && host->eos_position >= 0 &&
+                host->eos_position < width;
+    }
     if (agree && host->projected) {
-        Py_ssize_t depth = host->codes.view.shape[1], sentences = host->bias.view.shape[0];
-        agree = PyBuffer_IsContiguous(&host->scores.view, 'C') && PyBuffer_IsContiguous(&host->codes.view, 'C') &&
-                PyBuffer_IsContiguous(&host->packed.view, 'C') && PyBuffer_IsContiguous(&host->bias.view, 'C') &&
-                depth >= 1 && host->packed.view.shape[0] == padded * depth && sentences >= 1 &&
-                rows % sentences == 0 && host->bias.view.shape[1] == width && host->eos_out.view.shape[0] == rows &&
-                host->eos_position >= 0 && host->eos_position < width && host->kernel >= 0 &&
+        Py_ssize_t depth = host->codes.view.shape[1];
+        agree = PyBuffer_IsContiguous(&host->codes.view, 'C') && PyBuffer_IsContiguous(&host->packed.view, 'C') &&
+                depth >= 1 && host->packed.view.shape[0] == padded * depth && host->kernel >= 0 &&
                 host->kernel <= projection_kernel();
     }
     if (agree && host->projected && !host->floating) { /* an int8 step's scales and column sums */
@@ -1005,13 +1136,14 @@ static int top_k_shapes_agree(const HostScores *host, const Buffer *values, cons
     return agree;
 }
 
-/* Each row's best k into values and ids (top_k_shapes_agree); with a projection, each row's logits made
- * first (PROJECTED_TILE rows at a time, into the scratch's rows or its one tile), its sentence's bias
- * added (row r, sentence r / (R / S)), and its values normalised by its log-sum-exp. Runs without the interpreter's lock. */
+/* Each row's best k into values and ids (top_k_shapes_agree); where normalised, each row's sentence's bias
+ * added (row r, sentence r / (R / S)) and its values normalised by its log-sum-exp; with a projection, each
+ * row's logits made first (PROJECTED_TILE rows at a time, into the scratch's rows or its one tile). Runs
+ * without the interpreter's lock. */
 static void rows_top_k(HostScores *host, Buffer *values, Buffer *ids) {
     const Buffer *scores = &host->scores;
     Py_ssize_t rows = values->view.shape[0], width = scored_width(host), k = values->view.shape[1];
-    Py_ssize_t beams = host->projected ? rows / host->bias.view.shape[0] : 1;
+    Py_ssize_t beams = host->normalised ? rows / host->bias.view.shape[0] : 1;
     int reused = scores->view.shape[0] < rows; /* a projection's scratch of one tile */
     Py_ssize_t tile_rows = host->floating ? FLOAT_PROJECTED_TILE : PROJECTED_TILE;
     for (Py_ssize_t r = 0; r < rows; r++) {
@@ -1033,14 +1165,14 @@ static void rows_top_k(HostScores *host, Buffer *values, Buffer *ids) {
         Py_ssize_t positions[MAX_CANDIDATES];
         float *row = &AT(*scores, float, at, 0);
         float maxima[TOP_K_MAX_BLOCKS];
-        int ranked = host->projected && add_bias_with_maxima(row, &AT(host->bias, float, r / beams, 0), width, maxima)
+        int ranked = host->normalised && add_bias_with_maxima(row, &AT(host->bias, float, r / beams, 0), width, maxima)
                          ? row_top_k_from_maxima(row, width, k, maxima, best, positions)
                          : row_top_k_bounded(row, width, k, best, positions);
         if (!ranked) {
             row_top_k_each(row, width, k, best, positions);
         }
         float normaliser = 0.0f;
-        if (host->projected) { /* log-sum-exp, by the largest value (NaN last: the first unless all are NaN) */
+        if (host->normalised) { /* log-sum-exp, by the largest value (NaN last: the first unless all are NaN) */
             float top = best[0];
             normaliser = top > -INFINITY ? (float)((double)top + log(sum_exp(row, width, top))) : top;
             AT1(host->eos_out, float, r) = row[host->eos_position] - normaliser;
@@ -1053,10 +1185,12 @@ static void rows_top_k(HostScores *host, Buffer *values, Buffer *ids) {
 }
 
 /* top_k(scores, vocab, values, ids[, projection]): each row's best k of a step's log-probs, scores [R, U]
- * float32 (see above). With a projection (get_host_scores), scores is scratch for the logits made from
- * the rows' codes (or an fp32 step's rows): each row takes its sentence's bias, is normalised as LogSoftmax normalises (the
- * bias's -inf columns left out), and eos_out [R] gets its log-prob at eos_position: a step that leaves
- * its output projection to the host (service/runtime/projection.py). */
+ * float32 (see above). With (bias, eos_position, eos_out), scores are the step's logits, written over: each
+ * row takes its sentence's bias, is normalised as LogSoftmax normalises (the bias's -inf columns left out),
+ * and eos_out [R] gets its log-prob at eos_position (a step that leaves its log-softmax to the host,
+ * export/shortlist.py). With a projection (get_host_scores), scores is scratch for the logits made from the
+ * rows' codes (or an fp32 step's rows), then the same: a step that leaves its output projection to the host
+ * (service/runtime/projection.py). */
 static PyObject *top_k(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *objects[4], *projection = Py_None;

@@ -42,6 +42,7 @@ class SelfAttentionCache:
         if capacity < 1 or max_beams < 1:
             raise ValueError(f"capacity and max_beams must be at least 1, got {capacity} and {max_beams}")
         self.capacity = capacity
+        self.max_beams = max_beams
         self.length = 0  # positions written
         self.beams = 1  # rows per sentence
         # np.empty: pages are committed as positions are written, so room for the longest output

@@ -121,9 +121,10 @@ class HostProjection:
             and vocab.weight.shape[0] % DEPTH == 0
         )
 
-    def narrow_inputs(self, vocab: BatchVocab, beams: int) -> dict[str, np.ndarray]:
+    def narrow_inputs(self, vocab: BatchVocab, beams: int, gives_logits: bool) -> dict[str, np.ndarray]:
         """The step's output layer inputs while the host takes its projection: the union's first
-        NARROW_COLUMNS columns (made once a batch)."""
+        NARROW_COLUMNS columns (made once a batch); their bias and vocabulary ids too where the step
+        normalises its logits itself (not `gives_logits`)."""
         host = vocab.host
         names = (OUTPUT_WEIGHT, OUTPUT_VOCAB) if self.floating else (OUTPUT_WEIGHT, OUTPUT_SCALE, OUTPUT_VOCAB)
         if OUTPUT_VOCAB not in host:  # set last, so that a reader finds them all or none
@@ -134,6 +135,8 @@ class HostProjection:
                 host[OUTPUT_WEIGHT] = np.ascontiguousarray(vocab.weight[:, :NARROW_COLUMNS])
                 host[OUTPUT_SCALE] = np.ascontiguousarray(vocab.scale[:NARROW_COLUMNS])
             host[OUTPUT_VOCAB] = np.ascontiguousarray(vocab.vocab[:NARROW_COLUMNS])  # last: the others are there
+        if gives_logits:
+            return {name: host[name] for name in names if name != OUTPUT_VOCAB}
         return {**{name: host[name] for name in names}, OUTPUT_BIAS: self.narrow_bias(vocab, beams)}
 
     def narrow_bias(self, vocab: BatchVocab, beams: int) -> np.ndarray:
@@ -143,9 +146,11 @@ class HostProjection:
             rows[key] = np.ascontiguousarray(vocab.row_bias(beams)[:, :NARROW_COLUMNS])
         return rows[key]
 
-    def arguments(self, vocab: BatchVocab, outputs: Mapping[str, np.ndarray]) -> tuple[object, ...]:
-        """top_k's projection (_common_step.c) for a step's outputs over `vocab`."""
-        eos_out = outputs["eos_log_prob"]
+    def arguments(
+        self, vocab: BatchVocab, outputs: Mapping[str, np.ndarray], eos_out: np.ndarray
+    ) -> tuple[object, ...]:
+        """top_k's projection (_common_step.c) for a step's outputs over `vocab`, EOS's log-probs into
+        eos_out."""
         if self.floating:
             packed = packed_rows(vocab)
             return (outputs[PROJECTION_ROWS], packed, vocab.sentence_bias, self.eos_position, eos_out, self.kernel)

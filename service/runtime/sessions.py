@@ -41,7 +41,7 @@ from service.runtime.projection import (
 )
 from service.runtime.shortlist import OUTPUT_BIAS, OUTPUT_SCALE, OUTPUT_VOCAB, OUTPUT_WEIGHT, BatchVocab, OutputLayer
 from service.runtime.text_tokenizer import load_text_tokenizer
-from service.runtime.top_k import TOP_K_OUTPUTS, top_k
+from service.runtime.top_k import STEP_LOGITS, TOP_K_OUTPUTS, normalised_logits, top_k
 
 log = logging.getLogger("mtserve.runtime")
 KVList = list[np.ndarray]  # flat [k0, v0, k1, v1, ...], each [B, H, L, K]
@@ -67,8 +67,10 @@ class KeptSearch:
 
 @dataclass(frozen=True)
 class TopStep:
-    log_probs: np.ndarray  # [B, DECODER_TOP_K], best first, lower id first on ties
-    ids: np.ndarray  # [B, DECODER_TOP_K]
+    # [B, DECODER_TOP_K], best first, lower id first on ties; where the host ranks them (a shortlisted
+    # step), [B, 2 · the cache's max_beams] where fewer: as many as the search reads
+    log_probs: np.ndarray
+    ids: np.ndarray  # the same shape
     eos_log_prob: np.ndarray  # [B]
     alignment: np.ndarray | None = None  # [B, S] attention over the source, where asked for
 
@@ -360,34 +362,43 @@ class StepFeeds:
     # the logits it makes
     projection: HostProjection | None = None
     logits: np.ndarray | None = None
+    # where the step gives its logits (STEP_LOGITS) and the host normalises them: EOS's position in the union
+    logits_eos: int | None = None
 
     def select(self) -> None:
         """The rows' best log-probs and tokens, where the host takes them (top_k.py), from the run's
-        log_probs over the bound union, or from its quantized rows where the host projects them."""
+        log_probs over the bound union, from its logits, normalised here (and its whole log-probs made
+        of them where asked for), or from its quantized rows where the host projects them."""
         if not self.selected:
             return
         assert self.vocab is not None  # only a shortlisted step leaves its top-k to the host
-        values, ids = self.selected["top_log_probs"], self.selected["top_ids"]
-        if self.projection is None:
-            top_k(self.outputs["log_probs"], self.vocab.vocab, values, ids)
-        else:
-            assert self.logits is not None
-            top_k(self.logits, self.vocab.vocab, values, ids, self._projection_arguments())
+        if "log_probs" in self.selected:  # the whole log-probs of a step that gives its logits
+            assert self.logits_eos is not None
+            log_probs = self.selected["log_probs"]
+            np.copyto(log_probs, self.outputs[STEP_LOGITS])
+            eos_out = self.selected.get("eos_log_prob", np.empty(len(log_probs), np.float32))
+            normalised_logits(log_probs, self.vocab.sentence_bias, self.logits_eos, eos_out)
+        if "top_ids" in self.selected:
+            scores, vocab, *arguments = self.host_scores()
+            assert isinstance(scores, np.ndarray) and isinstance(vocab, np.ndarray)
+            top_k(scores, vocab, self.selected["top_log_probs"], self.selected["top_ids"], *arguments)  # type: ignore[arg-type]
 
     def host_scores(self) -> tuple[object, ...]:
         """What the C loop of steps ranks each run's top-k from where the host takes it, as `select`
-        does (_common_step.c, `common_steps`): log_probs and the union's vocab, or the logits' scratch,
-        the vocab and the projection's arguments; none otherwise."""
-        if not self.selected:
+        does (_common_step.c, `common_steps`): log_probs and the union's vocab; or the step's logits, the
+        vocab and what normalises them; or the logits' scratch, the vocab and the projection's arguments;
+        none otherwise."""
+        if "top_ids" not in self.selected:
             return ()
         assert self.vocab is not None  # only a shortlisted step leaves its top-k to the host
-        if self.projection is None:
-            return (self.outputs["log_probs"], self.vocab.vocab)
-        return (self.logits, self.vocab.vocab, self._projection_arguments())
-
-    def _projection_arguments(self) -> tuple[object, ...]:
-        assert self.projection is not None and self.vocab is not None
-        return self.projection.arguments(self.vocab, self.outputs)
+        if self.projection is not None:
+            eos_out = self.selected.get("eos_log_prob", self.outputs.get("eos_log_prob"))
+            assert self.logits is not None and eos_out is not None
+            return (self.logits, self.vocab.vocab, self.projection.arguments(self.vocab, self.outputs, eos_out))
+        if self.logits_eos is not None:
+            normalising = (self.vocab.sentence_bias, self.logits_eos, self.selected["eos_log_prob"])
+            return (self.outputs[STEP_LOGITS], self.vocab.vocab, normalising)
+        return (self.outputs["log_probs"], self.vocab.vocab)
 
     def output(self, name: str) -> np.ndarray:
         """An output asked for, as the last run (and `select`) left it."""
@@ -412,10 +423,12 @@ class StepFeeds:
         self.ids = np.array(last_ids, dtype=np.int64).reshape(-1, 1)
         self.beam_width[0] = cache.beams
         by_row: dict[str, np.ndarray] = {"input_ids": self.ids, CACHE_INDIRECTION: cache.indirection}
-        if self.vocab is not None and self.projection is not None:
-            by_row[OUTPUT_BIAS] = self.projection.narrow_bias(self.vocab, cache.beams)
-        elif self.vocab is not None:
-            by_row[OUTPUT_BIAS] = self.vocab.row_bias(cache.beams)
+        if self.vocab is not None and self.logits_eos is None:  # the bias the graph adds (rows')
+            by_row[OUTPUT_BIAS] = (
+                self.vocab.row_bias(cache.beams)
+                if self.projection is None
+                else self.projection.narrow_bias(self.vocab, cache.beams)
+            )
         for name, array in by_row.items():
             self.arrays[name] = array
             binding.bind_cpu_input(name, array)
@@ -478,12 +491,15 @@ def step_feeds(
     vocab: BatchVocab | None = None,
     host_top_k: bool = False,
     projection: HostProjection | None = None,
+    logits_eos: int | None = None,
 ) -> StepFeeds:
     """The decoder step's feeds for this cache, mask and cross K/V (checked against each other),
     and arrays for the outputs asked for; `vocab`: the output layer's inputs, for a step that takes a
     shortlist (service/runtime/shortlist.py); `host_top_k`: its graph returns log_probs and no top-k,
-    and top_log_probs and top_ids come from StepFeeds.select; `projection`: the model's steps give
-    their quantized rows, and a batch it `takes` has its projection made there too (projection.py)."""
+    and top_log_probs and top_ids come from StepFeeds.select; `logits_eos`: its graph returns its
+    logits (STEP_LOGITS) and no log-probs, which StepFeeds.select makes with EOS's at this position of
+    the union; `projection`: the model's steps give their quantized rows, and a batch it `takes` has
+    its projection made there too (projection.py)."""
     _check_step(last_ids, mask, cache)
     ids, length = np.array(last_ids, dtype=np.int64).reshape(-1, 1), np.array(cache.length, np.int32)
     beam_width = np.array([cache.beams], np.int32)
@@ -504,14 +520,16 @@ def step_feeds(
         takes = host_top_k and "log_probs" not in outputs and any(name in TOP_K_OUTPUTS for name in outputs)
         projection = projection if takes and projection is not None and projection.takes(vocab) else None
         if projection is not None:
-            arrays |= projection.narrow_inputs(vocab, cache.beams)
+            arrays |= projection.narrow_inputs(vocab, cache.beams, logits_eos is not None)
         else:
-            arrays |= {OUTPUT_WEIGHT: vocab.weight, OUTPUT_BIAS: vocab.row_bias(cache.beams), OUTPUT_VOCAB: vocab.vocab}
+            arrays[OUTPUT_WEIGHT] = vocab.weight
+            if logits_eos is None:
+                arrays |= {OUTPUT_BIAS: vocab.row_bias(cache.beams), OUTPUT_VOCAB: vocab.vocab}
             if vocab.scale is not None:
                 arrays[OUTPUT_SCALE] = vocab.scale
         vocab_size = len(vocab.vocab)
     else:
-        projection = None
+        projection, logits_eos = None, None
     arrays = {name: np.ascontiguousarray(a) for name, a in arrays.items()}  # bound without a copy
     pasts = dict(zip(_past_names(layers), cache.values, strict=True))
     presents = dict(zip(_present_names(layers), cache.values, strict=True))
@@ -521,25 +539,34 @@ def step_feeds(
         "top_log_probs": ((rows, top_k), np.float32),
         "top_ids": ((rows, top_k), np.int64),
         "eos_log_prob": ((rows,), np.float32),
+        STEP_LOGITS: ((rows, vocab_size), np.float32),
         ALIGNMENT: ((rows, mask.shape[1]), np.float32),
     }
-    selected_names = [name for name in outputs if host_top_k and name in TOP_K_OUTPUTS]
+    made_here = {*TOP_K_OUTPUTS, *(("log_probs", "eos_log_prob") if logits_eos is not None else ())}
+    selected_names = [name for name in outputs if host_top_k and name in made_here]
     if selected_names and vocab is None:
         raise ValueError("a step without a shortlist has its own top-k")
+    if logits_eos is not None and "top_ids" in selected_names and "eos_log_prob" not in selected_names:
+        selected_names.append("eos_log_prob")  # the normalisation writes it
     bound = [name for name in outputs if name not in selected_names]
-    if selected_names and "log_probs" not in bound:
-        bound.insert(0, "log_probs")
+    scores = "log_probs" if logits_eos is None else STEP_LOGITS
+    if selected_names and scores not in bound:
+        bound.insert(0, scores)
     logits = None
     if projection is not None:  # the graph's projection spans the narrow union; its rows come out for the host's
         assert vocab is not None
-        shapes["log_probs"] = ((rows, NARROW_COLUMNS), np.float32)
+        shapes[scores] = ((rows, NARROW_COLUMNS), np.float32)
         shapes |= projection.output_shapes(rows, vocab)
-        bound += [name for name in (*projection.outputs, "eos_log_prob") if name not in bound]
+        made = projection.outputs if logits_eos is not None else (*projection.outputs, "eos_log_prob")
+        bound += [name for name in made if name not in bound]
         logits = logits_scratch(rows, len(vocab.vocab), projection.floating)
     arrays_out: dict[str, np.ndarray] = {name: np.empty(*shapes[name]) for name in bound}
+    # the host ranks as many as a search of the cache's beams reads (beam.py: 2 a beam), not all DECODER_TOP_K
+    ranked = min(top_k, 2 * cache.max_beams)
+    shapes |= {"top_log_probs": ((rows, ranked), np.float32), "top_ids": ((rows, ranked), np.int64)}
     selected: dict[str, np.ndarray] = {name: np.empty(*shapes[name]) for name in selected_names}
     return StepFeeds(arrays, pasts, presents, arrays_out, ids, length, beam_width, vocab, tuple(outputs), selected,
-                     projection, logits)  # fmt: skip
+                     projection, logits, logits_eos)  # fmt: skip
 
 
 def run_step(session: ort.InferenceSession, feeds: StepFeeds) -> list[np.ndarray]:
@@ -717,11 +744,15 @@ class OnnxModel:
             )  # fmt: skip
         # A step shortlisted by export/shortlist.py returns its log-probs and leaves the top-k to the
         # host (top_k.py); one shortlisted before that has a TopK of its own, used as it is.
+        # One shortlisted since gives its logits, and the host normalises them too.
         step_outputs = {output.name for output in self.decoder.wide.get_outputs()}
         self.host_top_k = not set(TOP_K_OUTPUTS) <= step_outputs
-        if self.host_top_k and not (takes_shortlist and "log_probs" in step_outputs):
+        gives_logits = STEP_LOGITS in step_outputs and "log_probs" not in step_outputs
+        if self.host_top_k and not (takes_shortlist and ("log_probs" in step_outputs or gives_logits)):
             raise ModelFileError(model_dir / files["decoder"], "its decoder step has no top-k and takes no shortlist")
-        self.host_projection = host_projection(step_outputs, self.manifest.special_ids.eos) if self.host_top_k else None
+        eos = self.manifest.special_ids.eos
+        self.logits_eos = eos if self.host_top_k and gives_logits else None
+        self.host_projection = host_projection(step_outputs, eos) if self.host_top_k else None
         # tag -> target language, where one language has the tag (a shortlist's lexical table is per language)
         tags: dict[int, list[str]] = {}
         for lang, tag in self.languages.tag_ids.items():
@@ -912,7 +943,7 @@ class OnnxModel:
                 cache.step_ids = bound.feeds.ids
                 return bound.binding, bound.feeds
             feeds = step_feeds(m.decoder_layers, m.vocab_size, names, last_ids, mask, cache, cross, vocab,
-                               self.host_top_k, self.host_projection)  # fmt: skip
+                               self.host_top_k, self.host_projection, self.logits_eos)  # fmt: skip
             binding = feeds.bind(session)
             if not cache.kept:  # the session's bindings over other sources go
                 for other in [other for other in cache.bindings if other[0] == key[0]]:
