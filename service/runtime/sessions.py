@@ -379,26 +379,29 @@ class StepFeeds:
             eos_out = self.selected.get("eos_log_prob", np.empty(len(log_probs), np.float32))
             normalised_logits(log_probs, self.vocab.sentence_bias, self.logits_eos, eos_out)
         if "top_ids" in self.selected:
-            scores, vocab, *arguments = self.host_scores()
-            assert isinstance(scores, np.ndarray) and isinstance(vocab, np.ndarray)
-            top_k(scores, vocab, self.selected["top_log_probs"], self.selected["top_ids"], *arguments)  # type: ignore[arg-type]
+            scores, vocab, extra = self._ranked()
+            top_k(scores, vocab, self.selected["top_log_probs"], self.selected["top_ids"], *extra)
 
     def host_scores(self) -> tuple[object, ...]:
         """What the C loop of steps ranks each run's top-k from where the host takes it, as `select`
-        does (_common_step.c, `common_steps`): log_probs and the union's vocab; or the step's logits, the
-        vocab and what normalises them; or the logits' scratch, the vocab and the projection's arguments;
-        none otherwise."""
+        does (_common_step.c, `common_steps`); none where the graph ranks them."""
         if "top_ids" not in self.selected:
             return ()
+        scores, vocab, extra = self._ranked()
+        return (scores, vocab, *extra)
+
+    def _ranked(self) -> tuple[np.ndarray, np.ndarray, tuple[tuple[object, ...], ...]]:
+        """top_k's arguments for this step: log_probs and the union's vocab; or the step's logits, the
+        vocab and what normalises them; or the logits' scratch, the vocab and the projection's."""
         assert self.vocab is not None  # only a shortlisted step leaves its top-k to the host
         if self.projection is not None:
             eos_out = self.selected.get("eos_log_prob", self.outputs.get("eos_log_prob"))
             assert self.logits is not None and eos_out is not None
-            return (self.logits, self.vocab.vocab, self.projection.arguments(self.vocab, self.outputs, eos_out))
+            return self.logits, self.vocab.vocab, (self.projection.arguments(self.vocab, self.outputs, eos_out),)
         if self.logits_eos is not None:
             normalising = (self.vocab.sentence_bias, self.logits_eos, self.selected["eos_log_prob"])
-            return (self.outputs[STEP_LOGITS], self.vocab.vocab, normalising)
-        return (self.outputs["log_probs"], self.vocab.vocab)
+            return self.outputs[STEP_LOGITS], self.vocab.vocab, (normalising,)
+        return self.outputs["log_probs"], self.vocab.vocab, ()
 
     def output(self, name: str) -> np.ndarray:
         """An output asked for, as the last run (and `select`) left it."""
