@@ -873,6 +873,28 @@ __attribute__((target("avx512f"))) static inline __m512 rank_in_lanes(__m512 bes
     return _mm512_mask_mov_ps(best, here, v);
 }
 
+/* The best k (at most RANK_LANES) of values[0..count) (count >= k), in position order, into one vector, with
+ * their positions (`positions`; all 0 where NULL) into *at: the first k as they come, then each that beats
+ * the k-th. */
+__attribute__((target("avx512f"))) static __m512 best_in_lanes(const float *values, const int32_t *positions,
+                                                                 Py_ssize_t count, Py_ssize_t k, __m512i *at) {
+    float lanes[RANK_LANES];
+    __m512 best = _mm512_set1_ps(-INFINITY);
+    *at = _mm512_setzero_si512();
+    Py_ssize_t i = 0;
+    for (; i < k; i++) {
+        best = rank_in_lanes(best, i, values[i], at, positions ? positions[i] : 0);
+    }
+    _mm512_storeu_ps(lanes, best);
+    for (; i < count; i++) { /* an equal value stays behind */
+        if (values[i] > lanes[k - 1]) {
+            best = rank_in_lanes(best, k, values[i], at, positions ? positions[i] : 0);
+            _mm512_storeu_ps(lanes, best);
+        }
+    }
+    return best;
+}
+
 __attribute__((target("avx512f"))) static int row_top_k_from_maxima_avx512(const float *row, Py_ssize_t width,
                                                                              Py_ssize_t k, const float *maxima,
                                                                              float *values, Py_ssize_t *positions) {
@@ -882,29 +904,15 @@ __attribute__((target("avx512f"))) static int row_top_k_from_maxima_avx512(const
     }
     float lanes[RANK_LANES];
     int32_t lane_at[RANK_LANES];
-    /* the k largest maxima: the first k as they come, then each that beats the k-th */
-    __m512 best = _mm512_set1_ps(-INFINITY);
-    __m512i at = _mm512_setzero_si512();
-    Py_ssize_t b = 0;
-    for (; b < k; b++) {
-        best = rank_in_lanes(best, b, maxima[b], &at, 0);
-    }
-    _mm512_storeu_ps(lanes, best);
-    float kth = lanes[k - 1];
-    for (; b < blocks; b++) {
-        if (maxima[b] > kth) {
-            best = rank_in_lanes(best, k, maxima[b], &at, 0);
-            _mm512_storeu_ps(lanes, best);
-            kth = lanes[k - 1];
-        }
-    }
-    const float bound = kth; /* at least k values reach it: the top k do */
+    __m512i at;
+    _mm512_storeu_ps(lanes, best_in_lanes(maxima, NULL, blocks, k, &at)); /* the k largest maxima */
+    const float bound = lanes[k - 1]; /* at least k values reach it: the top k do */
     const __m512 bounds = _mm512_set1_ps(bound);
     const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     float reached[TOP_K_MAX_REACHED];
     int32_t reached_at[TOP_K_MAX_REACHED];
     Py_ssize_t count = 0;
-    for (b = 0; b < blocks; b++) { /* the blocks that reach it: their values at or above it, in order */
+    for (Py_ssize_t b = 0; b < blocks; b++) { /* the blocks that reach it: their values at or above it, in order */
         if (!(maxima[b] >= bound)) {
             continue;
         }
@@ -930,24 +938,9 @@ __attribute__((target("avx512f"))) static int row_top_k_from_maxima_avx512(const
     if (count < k) { /* NaN among the best k */
         return 0;
     }
-    best = _mm512_set1_ps(-INFINITY);
-    at = _mm512_setzero_si512();
-    Py_ssize_t i = 0;
-    for (; i < k; i++) {
-        best = rank_in_lanes(best, i, reached[i], &at, reached_at[i]);
-    }
-    _mm512_storeu_ps(lanes, best);
-    kth = lanes[k - 1];
-    for (; i < count; i++) { /* in position order: an equal value stays behind */
-        if (reached[i] > kth) {
-            best = rank_in_lanes(best, k, reached[i], &at, reached_at[i]);
-            _mm512_storeu_ps(lanes, best);
-            kth = lanes[k - 1];
-        }
-    }
-    _mm512_storeu_ps(lanes, best);
+    _mm512_storeu_ps(lanes, best_in_lanes(reached, reached_at, count, k, &at));
     _mm512_storeu_si512(lane_at, at);
-    for (i = 0; i < k; i++) {
+    for (Py_ssize_t i = 0; i < k; i++) {
         values[i] = lanes[i];
         positions[i] = lane_at[i];
     }
@@ -1053,9 +1046,11 @@ static int get_host_scores(PyObject *scores, PyObject *vocab, PyObject *projecti
                               &o[6])) {
             return -1;
         }
-        return get_buffer(o[5], &host->bias, "bias", "f", 2, 0) < 0 || get_buffer(o[6], &host->eos_out, "eos_out", "f", 1, 1) < 0
-                   ? -1
-                   : 0;
+        if (get_buffer(o[5], &host->bias, "bias", "f", 2, 0) < 0 ||
+            get_buffer(o[6], &host->eos_out, "eos_out", "f", 1, 1) < 0) {
+            return -1;
+        }
+        return 0;
     }
     if (host->floating) { /* an fp32 step's: (rows, packed, bias, eos_position, eos_out, kernel) */
         if (!PyArg_ParseTuple(projection, "OOOnOi;projection: (rows, packed, bias, eos_position, eos_out, kernel)",

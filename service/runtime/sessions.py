@@ -566,8 +566,8 @@ def step_feeds(
     arrays_out: dict[str, np.ndarray] = {name: np.empty(*shapes[name]) for name in bound}
     # the host ranks as many as a search of the cache's beams reads (beam.py: 2 a beam), not all DECODER_TOP_K
     ranked = min(top_k, 2 * cache.max_beams)
-    shapes |= {"top_log_probs": ((rows, ranked), np.float32), "top_ids": ((rows, ranked), np.int64)}
-    selected: dict[str, np.ndarray] = {name: np.empty(*shapes[name]) for name in selected_names}
+    made_shapes = shapes | {"top_log_probs": ((rows, ranked), np.float32), "top_ids": ((rows, ranked), np.int64)}
+    selected: dict[str, np.ndarray] = {name: np.empty(*made_shapes[name]) for name in selected_names}
     return StepFeeds(arrays, pasts, presents, arrays_out, ids, length, beam_width, vocab, tuple(outputs), selected,
                      projection, logits, logits_eos)  # fmt: skip
 
