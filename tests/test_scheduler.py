@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
@@ -11,9 +12,17 @@ import pytest
 from starlette.types import Message, Receive, Scope, Send
 
 from service.api import clients
+from service.api import scheduler as scheduler_module
 from service.api.metrics import Metrics
 from service.api.middleware import RequestContextMiddleware
-from service.api.scheduler import DeadlineExceeded, Overloaded, Scheduler, Sentence, ShuttingDown
+from service.api.scheduler import (
+    DeadlineExceeded,
+    InferenceFailed,
+    Overloaded,
+    Scheduler,
+    Sentence,
+    ShuttingDown,
+)
 from service.manifest import DEFAULT_MODEL_DIR
 from service.runtime.beam import DecodeOptions, Hypothesis
 from service.runtime.translator import Translator
@@ -225,3 +234,72 @@ def test_drain_finishes_accepted_work_and_refuses_new(translator: Translator) ->
     result, finished, late = _run(translator, body)
     assert isinstance(result, list) and len(result) == len(SENTENCES) and finished
     assert isinstance(late, ShuttingDown)
+
+
+def _searching_threads(scheduler: Scheduler) -> list[int]:
+    """The thread of each search the scheduler runs from now on."""
+    threads: list[int] = []
+    infer = scheduler._infer
+
+    def recorded(*args: Any) -> list[list[Hypothesis]]:
+        threads.append(threading.get_ident())
+        return infer(*args)
+
+    scheduler._infer = recorded  # type: ignore[method-assign,assignment]
+    return threads
+
+
+def _texts(results: list[list[Hypothesis]], translator: Translator) -> list[str]:
+    return [translator.tokenizer.decode(r[0].tokens) for r in results]
+
+
+def test_a_lone_connections_sentence_runs_on_the_loop_with_the_same_translation(translator: Translator) -> None:
+    expected = [e[0].text for e in translator.translate(SENTENCES, "fr")]
+
+    async def body(scheduler: Scheduler) -> tuple[list[str], list[int], int]:
+        threads = _searching_threads(scheduler)
+        clients.connection.set(("client", 0))
+        texts = [_texts(await _request(scheduler, translator, [s]), translator)[0] for s in SENTENCES]
+        return texts, threads, threading.get_ident()
+
+    texts, threads, loop_thread = _run(translator, body)
+    assert texts == expected
+    assert threads == [loop_thread] * len(SENTENCES)
+
+
+def test_other_connections_long_sentences_and_several_keep_the_worker_threads(
+    translator: Translator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scheduler_module, "ALONE_WINDOW_S", 0.2)
+    long_text = " ".join(["A man in a blue shirt is playing a guitar on the street"] * 6)
+    assert len(translator.prepare(long_text).pieces[0]) > scheduler_module.LOOP_SEARCH_TOKENS
+
+    async def body(scheduler: Scheduler) -> tuple[list[int], int]:
+        threads = _searching_threads(scheduler)
+        for connection in (("client", 0), ("client", 1), ("client", 0)):  # two connections within the window
+            clients.connection.set(connection)
+            await _request(scheduler, translator, SENTENCES[:1])
+        await asyncio.sleep(0.3)  # the other connection no longer counts
+        await _request(scheduler, translator, SENTENCES[:1])  # on the loop
+        await _request(scheduler, translator, [long_text])
+        await _request(scheduler, translator, SENTENCES[:2])
+        clients.connection.set(None)  # no peer named: not known to be alone
+        await _request(scheduler, translator, SENTENCES[:1])
+        return threads, threading.get_ident()
+
+    threads, loop_thread = _run(translator, body)
+    assert [thread == loop_thread for thread in threads] == [True, False, False, True, False, False, False]
+
+
+def test_a_failure_on_the_loop_fails_only_its_request(translator: Translator) -> None:
+    async def body(scheduler: Scheduler) -> tuple[list[object], list[int], int]:
+        threads = _searching_threads(scheduler)
+        clients.connection.set(("client", 0))
+        outcomes: list[object] = []
+        for text in ("A man is FAULTY here.", SENTENCES[0]):
+            outcomes.extend(await asyncio.gather(_request(scheduler, translator, [text]), return_exceptions=True))
+        return outcomes, threads, threading.get_ident()
+
+    (failed, served), threads, loop_thread = _run(translator, body, fault_marker="FAULTY")
+    assert isinstance(failed, InferenceFailed) and isinstance(served, list) and len(served) == 1
+    assert threads == [loop_thread, loop_thread]

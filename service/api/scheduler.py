@@ -12,7 +12,11 @@
   connection within twice `max_wait_s` (service/api/clients.py), a batch waits for those the last
   batch answered, up to that long after it finished (_Returns). Clients that pause between
   requests, and requests that are no client's next, are not waited for.
-- Inference runs in worker threads, off the event loop; each caller gets its own results.
+- Inference runs in worker threads, off the event loop; each caller gets its own results. One
+  exception: a small search (one sentence, a few rows and tokens) for the only connection that
+  sent work lately runs on the event loop itself while nothing else runs (_Callers). Its hand-off
+  to a worker thread and back wakes idle cores, about 0.3 ms of a 7 ms sentence
+  (docs/BENCHMARKS.md), and no other client is there to be served sooner by a free loop.
 - The queue is bounded in sentences; beyond it `Overloaded`. Requests past their deadline or
   cancelled by their caller leave the queue without costing model time.
 - An exception inside a batch fails only that batch's requests, with an id that is logged.
@@ -35,6 +39,7 @@ from typing import Any, TypeVar
 from service.api import clients
 from service.api.metrics import Metrics
 from service.runtime.beam import DecodeOptions, Hypothesis
+from service.runtime.sessions import SMALL_SEARCH_ROWS
 from service.runtime.translator import Translator
 
 log = logging.getLogger("mtserve.scheduler")
@@ -44,6 +49,11 @@ T = TypeVar("T")
 # requests come back that soon only by chance (4 clients pausing 10 ms on average: about 0.6).
 RETURNS_SHARE = 0.9
 RETURNS_WEIGHT = 0.25
+# A batch runs on the event loop only where its connection is the only one that sent work for this
+# long, and its one sentence has at most this many tokens: the loop serves nothing else while it
+# runs, up to about 15 ms for a sentence this long (docs/RELIABILITY.md).
+ALONE_WINDOW_S = 1.0
+LOOP_SEARCH_TOKENS = 32
 
 
 class Overloaded(Exception):
@@ -129,6 +139,27 @@ class _Returns:
         return max(0.0, self.finished_at + self.window_s - at)
 
 
+@dataclass
+class _Callers:
+    """Whether one connection alone has sent work lately: the one that sent the latest, and since when
+    no other has (a connection counts as sending for `window_s` after its latest request)."""
+
+    window_s: float
+    latest: Hashable | None = None
+    latest_at: float = -math.inf
+    others_until: float = -math.inf
+
+    def entered(self, at: float, client: Hashable | None) -> None:
+        if client != self.latest:
+            self.others_until = max(self.others_until, self.latest_at + self.window_s)
+            self.latest = client
+        self.latest_at = at
+
+    def alone(self, at: float, client: Hashable | None) -> bool:
+        """Whether `client` is a known connection and has been the only one for `window_s`."""
+        return client is not None and client == self.latest and at >= self.others_until
+
+
 @dataclass(eq=False)
 class _Job:
     ticket: Ticket
@@ -141,6 +172,17 @@ class _Job:
     @property
     def ids(self) -> list[int]:
         return self.sentence.ids
+
+
+@dataclass(frozen=True)
+class _Run:
+    """A batch's search in progress: when it started, its model and metrics label, and _infer's
+    arguments after the translator (sources, targets, options, texts)."""
+
+    started: float
+    model: str
+    label: str
+    work: tuple[list[list[int]], list[str], DecodeOptions, list[str]]
 
 
 class Scheduler:
@@ -171,6 +213,7 @@ class Scheduler:
         self._dispatch_due = False  # a dispatch is queued on the event loop
         self._fill_timer: asyncio.TimerHandle | None = None  # a gathering batch's departure
         self._returns = _Returns(2 * max_wait_s)
+        self._callers = _Callers(ALONE_WINDOW_S)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mtserve-infer")
         self._batches: set[asyncio.Task[None]] = set()
 
@@ -218,7 +261,9 @@ class Scheduler:
             return []
         client = clients.connection.get()
         ticket = self._submit(sentences, options, deadline, client)
-        self._returns.entered(time.monotonic(), client)
+        now = time.monotonic()
+        self._returns.entered(now, client)
+        self._callers.entered(now, client)
         # a timer rather than wait_for(shield(...)): the same outcome with three fewer futures a request
         timer = asyncio.get_running_loop().call_later(max(0.0, deadline - time.monotonic()), self._expire, ticket)
         try:
@@ -328,12 +373,54 @@ class Scheduler:
                 self._fill_timer = asyncio.get_running_loop().call_later(wait, self._dispatch)
                 return
             self._take(batch, rest)
+            if not self._running and self._on_loop(batch):
+                self._execute_on_loop(batch)
+                continue
             self._running += 1
             task = asyncio.create_task(self._execute(batch))
             self._batches.add(task)
             task.add_done_callback(self._batches.discard)
 
+    def _on_loop(self, batch: list[_Job]) -> bool:
+        """Whether a batch leaving an idle runtime runs on the event loop: the whole queue, one sentence
+        of a small search and at most LOOP_SEARCH_TOKENS tokens, for the only connection lately."""
+        if self._queue or len(batch) != 1:
+            return False
+        job = batch[0]
+        return (
+            job.options.beam_size <= SMALL_SEARCH_ROWS
+            and len(job.ids) <= LOOP_SEARCH_TOKENS
+            and self._callers.alone(time.monotonic(), job.ticket.client)
+        )
+
     async def _execute(self, batch: list[_Job]) -> None:
+        run = self._started_batch(batch)
+        try:
+            # looked up here, on the loop, while the batch's requests hold the model (service/api/residency.py)
+            translator = self._translator(run.model)
+            hyps = await asyncio.get_running_loop().run_in_executor(self._executor, self._infer, translator, *run.work)
+        except Exception:
+            self._failed(batch)
+        else:
+            self._answer(batch, run, hyps)
+        finally:
+            self._running -= 1
+            self._finished(batch)
+
+    def _execute_on_loop(self, batch: list[_Job]) -> None:
+        """The batch's search on the event loop's own thread (_on_loop), answered before it returns."""
+        run = self._started_batch(batch)
+        try:
+            hyps = self._infer(self._translator(run.model), *run.work)
+        except Exception:
+            self._failed(batch)
+        else:
+            self._answer(batch, run, hyps)
+        finally:
+            self._finished(batch)
+
+    def _started_batch(self, batch: list[_Job]) -> _Run:
+        """The batch's search arguments, its queue waits and size counted."""
         started = time.monotonic()
         for job in batch:
             self.metrics.queue_wait.observe(started - job.enqueued)
@@ -343,40 +430,32 @@ class Scheduler:
         label = self._label(model)
         self.metrics.batch_sentences.labels(label).observe(len(batch))
         self.metrics.batch_tokens.labels(label).observe(sum(len(s) for s in sources))
-        try:
-            # looked up here, on the loop, while the batch's requests hold the model (service/api/residency.py)
-            translator = self._translator(model)
-            hyps = await asyncio.get_running_loop().run_in_executor(
-                self._executor,
-                self._infer,
-                translator,
-                sources,
-                [job.sentence.target for job in batch],
-                options,
-                [job.sentence.text for job in batch],
-            )
-        except Exception:
-            error_id = uuid.uuid4().hex[:16]
-            log.exception("inference failed error_id=%s batch_sentences=%d", error_id, len(batch))
-            for ticket in {job.ticket for job in batch}:
-                if not ticket.future.done():
-                    ticket.future.set_exception(InferenceFailed(error_id))
-        else:
-            self.metrics.inference_seconds.labels(label).observe(time.monotonic() - started)
-            for job, job_hyps in zip(batch, hyps, strict=True):
-                self.metrics.input_tokens.labels(job.sentence.direction, label).inc(len(job.ids))
-                if job_hyps:
-                    self.metrics.output_tokens.labels(job.sentence.direction, label).inc(job_hyps[0].length)
-                ticket = job.ticket
-                ticket.results[job.index] = job_hyps
-                ticket.remaining -= 1
-                if ticket.remaining == 0 and not ticket.future.done():
-                    ticket.future.set_result(ticket.results)
-        finally:
-            self._running -= 1
-            answered = {job.ticket.client for job in batch if job.ticket.future.done()}
-            self._returns.batch_finished(time.monotonic(), answered - {None})
-            self._dispatch_soon()
+        targets = [job.sentence.target for job in batch]
+        return _Run(started, model, label, (sources, targets, options, [job.sentence.text for job in batch]))
+
+    def _failed(self, batch: list[_Job]) -> None:
+        error_id = uuid.uuid4().hex[:16]
+        log.exception("inference failed error_id=%s batch_sentences=%d", error_id, len(batch))
+        for ticket in {job.ticket for job in batch}:
+            if not ticket.future.done():
+                ticket.future.set_exception(InferenceFailed(error_id))
+
+    def _answer(self, batch: list[_Job], run: _Run, hyps: list[list[Hypothesis]]) -> None:
+        self.metrics.inference_seconds.labels(run.label).observe(time.monotonic() - run.started)
+        for job, job_hyps in zip(batch, hyps, strict=True):
+            self.metrics.input_tokens.labels(job.sentence.direction, run.label).inc(len(job.ids))
+            if job_hyps:
+                self.metrics.output_tokens.labels(job.sentence.direction, run.label).inc(job_hyps[0].length)
+            ticket = job.ticket
+            ticket.results[job.index] = job_hyps
+            ticket.remaining -= 1
+            if ticket.remaining == 0 and not ticket.future.done():
+                ticket.future.set_result(ticket.results)
+
+    def _finished(self, batch: list[_Job]) -> None:
+        answered = {job.ticket.client for job in batch if job.ticket.future.done()}
+        self._returns.batch_finished(time.monotonic(), answered - {None})
+        self._dispatch_soon()
 
     def _label(self, model: str) -> str:
         """The metrics label: the model's name (with one model, the only one's)."""
