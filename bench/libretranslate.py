@@ -24,7 +24,8 @@
   saw a different one): one client sends a block of `--block` (5) of the first `--sentences`
   test2016 sentences one after the other, each configuration in turn, then the next block; then
   `--clients` clients share a block of `--load-block` (160) of `--load-sentences` sentences,
-  each configuration in turn. `--rounds` times over.
+  each configuration in turn. `--rounds` times over. The one client keeps one connection to each
+  server; the clients have connections of their own.
 
 Prints a JSON line per configuration and round (the one client's p50, the clients' sentences per
 second over the round's blocks), then per configuration the medians over rounds, then the
@@ -217,14 +218,16 @@ async def measure_all(
     names = list(servers)
     measured = {name: Measured([], [], [""] * len(one)) for name in names}
     async with contextlib.AsyncExitStack() as stack:
-        clients = {
-            name: await stack.enter_async_context(
-                aiohttp.ClientSession(server.url, connector=aiohttp.TCPConnector(limit=args.clients))
-            )
-            for name, server in servers.items()
-        }
-        for client in clients.values():  # warm-up: CTranslate2 loads its model at the first request
-            await _send(client, one[:10], 1, target)
+        # One client is one connection, kept alive. Its requests on the pool the 16 clients left open
+        # would each take the connection idle longest (aiohttp's pool is first in, first out),
+        # a client no program of one user is.
+        sessions: dict[tuple[str, str], aiohttp.ClientSession] = {}
+        for name, server in servers.items():
+            for clients, kind in ((1, "one"), (args.clients, "many")):
+                session = aiohttp.ClientSession(server.url, connector=aiohttp.TCPConnector(limit=clients))
+                sessions[name, kind] = await stack.enter_async_context(session)
+        for name in names:  # warm-up: CTranslate2 loads its model at the first request
+            await _send(sessions[name, "one"], one[:10], 1, target)
         turn = 0
         for _ in range(args.rounds):
             for m in measured.values():
@@ -232,13 +235,13 @@ async def measure_all(
                 m.load.append((0, 0.0))
             for start, block in _blocks(one, args.block):
                 for name in names[turn % len(names) :] + names[: turn % len(names)]:
-                    latencies, _, outputs = await _send(clients[name], block, 1, target)
+                    latencies, _, outputs = await _send(sessions[name, "one"], block, 1, target)
                     measured[name].latencies[-1][start : start + len(block)] = latencies
                     measured[name].outputs[start : start + len(block)] = outputs
                 turn += 1
             for _, block in _blocks(many, args.load_block):
                 for name in names[turn % len(names) :] + names[: turn % len(names)]:
-                    _, seconds, _ = await _send(clients[name], block, args.clients, target)
+                    _, seconds, _ = await _send(sessions[name, "many"], block, args.clients, target)
                     sentences, total = measured[name].load[-1]
                     measured[name].load[-1] = (sentences + len(block), total + seconds)
                 turn += 1
