@@ -16,7 +16,9 @@ stage; the summary gives the medians over rounds:
 - `preparation`: the service's normalisation, splitting, tokenization and queueing;
 - `to_queue_exit`: the scheduler's dispatch, until the batch's task runs;
 - `to_search_thread`, `from_search_thread`: the hand-off to the search thread and back to the
-  event loop (with the batch's metrics and answers);
+  event loop (with the batch's metrics and answers); where the scheduler runs a lone client's
+  sentence on the event loop itself (service/api/scheduler.py), the batch's metrics and answers
+  alone;
 - `search`: `Translator.search`, the model's whole work;
 - `to_request`: from the batch's end to the request's own task;
 - `after_queue`: from the answer back in the request's task to the response's start (the text,
@@ -35,6 +37,7 @@ core as it wakes, and the server's stages then hold the client's own work.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import statistics
@@ -126,6 +129,14 @@ def serve(stamps_path: Path, cpu: int | None) -> None:
     translation.TranslationService.translate = translating  # type: ignore[method-assign]
     scheduler.Scheduler.translate = stamped_async(scheduler.Scheduler.translate, "enqueue", "dequeue")  # type: ignore[method-assign]
     scheduler.Scheduler._execute = stamped_async(scheduler.Scheduler._execute, "execute", "execute_end")  # type: ignore[method-assign]
+    on_loop = scheduler.Scheduler._execute_on_loop
+
+    def executed_on_loop(self: Any, *args: Any) -> None:
+        current["execute"] = now()
+        on_loop(self, *args)
+        current["execute_end"] = now()
+
+    scheduler.Scheduler._execute_on_loop = executed_on_loop  # type: ignore[method-assign,assignment]
     search = Translator.search
 
     def searched(self: Translator, *args: Any, **kwargs: Any) -> Any:
@@ -139,20 +150,18 @@ def serve(stamps_path: Path, cpu: int | None) -> None:
     main()
 
 
-def stamped_requests(url: str, texts: list[str], stamps_path: Path, source: str, target: str) -> list[dict[str, float]]:
-    """Each text sent alone, in turn, to the stamping server at `url`: its stages (stage_durations)."""
-    from bench.common import post_translation, service_connection
+def stamped_requests(
+    connection: http.client.HTTPConnection, texts: list[str], stamps_path: Path, source: str, target: str
+) -> list[dict[str, float]]:
+    """Each text sent alone, in turn, on `connection` to the stamping server: its stages (stage_durations)."""
+    from bench.common import post_translation
 
-    connection = service_connection(url)
-    try:
-        seen = len(stamps_path.read_text().splitlines())
-        latencies = []
-        for text in texts:
-            started = time.perf_counter_ns()
-            post_translation(connection, text, source, target, BEAM)
-            latencies.append(time.perf_counter_ns() - started)
-    finally:
-        connection.close()
+    seen = len(stamps_path.read_text().splitlines())
+    latencies = []
+    for text in texts:
+        started = time.perf_counter_ns()
+        post_translation(connection, text, source, target, BEAM)
+        latencies.append(time.perf_counter_ns() - started)
     # the server writes a request's stamps after its answer has left: the last may still be on its way
     deadline = time.monotonic() + STAMPS_WAIT_S
     while len(lines := stamps_path.read_text().splitlines()[seen:]) < len(texts) and time.monotonic() < deadline:
@@ -163,9 +172,11 @@ def stamped_requests(url: str, texts: list[str], stamps_path: Path, source: str,
     return [{"client_total": ns / 1000, **stage_durations(r, ns)} for r, ns in zip(records, latencies, strict=True)]
 
 
-def _round(url: str, texts: list[str], stamps_path: Path, source: str, target: str) -> dict[str, float]:
+def _round(
+    connection: http.client.HTTPConnection, texts: list[str], stamps_path: Path, source: str, target: str
+) -> dict[str, float]:
     """The client's p50 ms over `texts`, and each stage's median µs."""
-    stages = stamped_requests(url, texts, stamps_path, source, target)
+    stages = stamped_requests(connection, texts, stamps_path, source, target)
     medians = {
         name: round(statistics.median(s[name] for s in stages), 1) for name in stages[0] if name != "client_total"
     }
@@ -189,7 +200,7 @@ def main() -> None:
     import contextlib
     import tempfile
 
-    from bench.common import bench_data, test_pairs
+    from bench.common import bench_data, service_connection, test_pairs
     from service.api.launcher import live_server
 
     source, target = bench_data().directions[0]
@@ -207,11 +218,14 @@ def main() -> None:
             stamps.touch()
             arguments = [__file__, "--serve", str(stamps), *(["--cpu", str(cpu)] if cpu is not None else [])]
             server = stack.enter_context(live_server(env=env, arguments=arguments))
-            _round(server.url, texts[:10], stamps, source, target)  # warm-up
-            running.append((name, server.url, stamps))
+            # one client, one connection kept alive throughout, as a program of one user keeps it
+            connection = service_connection(server.url)
+            stack.callback(connection.close)
+            _round(connection, texts[:10], stamps, source, target)  # warm-up
+            running.append((name, connection, stamps))
         for round_index in range(args.rounds):
-            for name, url, stamps in running[:: -1 if round_index % 2 else 1]:
-                row = _round(url, texts, stamps, source, target)
+            for name, connection, stamps in running[:: -1 if round_index % 2 else 1]:
+                row = _round(connection, texts, stamps, source, target)
                 rows[name].append(row)
                 print(json.dumps({"server": name, "round": round_index, **row}), flush=True)
     for name, server_rows in rows.items():

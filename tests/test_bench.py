@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +110,7 @@ def test_fused_products_take_one_node_each_and_move_with_the_batch(exported_int8
 def test_request_stages_cover_a_request_from_entry_to_exit(tmp_path: Path) -> None:
     """bench/request_stages.py stamps the server where a request passes; the stages chain without a
     gap or an overlap, so that they add up to the server's whole time, and the search is the model's."""
+    from bench.common import service_connection
     from bench.request_stages import STAGES, stamped_requests
     from service.api.launcher import live_server
 
@@ -118,8 +120,15 @@ def test_request_stages_cover_a_request_from_entry_to_exit(tmp_path: Path) -> No
     env = {"MTSERVE_THREADS": "1", "MTSERVE_LOG_LEVEL": "warning"}
     texts = ["Two dogs are playing in the snow.", "A man is riding a bicycle down the street."]
     with live_server(env=env, log_dir=tmp_path, arguments=[str(script), "--serve", str(stamps)]) as server:
-        stamped_requests(server.url, texts[:1], stamps, "en", "fr")  # the first request's one-time work
-        requests = stamped_requests(server.url, texts, stamps, "en", "fr")
+        first, second = service_connection(server.url), service_connection(server.url)
+        try:
+            stamped_requests(first, texts[:1], stamps, "en", "fr")  # the first request's one-time work
+            requests = stamped_requests(first, texts, stamps, "en", "fr")  # the only client: searched on the loop
+            time.sleep(0.05)  # past the wait for the first client's return (service/api/scheduler.py)
+            requests += stamped_requests(second, texts, stamps, "en", "fr")  # two clients: in the worker thread
+        finally:
+            first.close()
+            second.close()
     records = [json.loads(line) for line in stamps.read_text().splitlines()][1:]
     for record, stages in zip(records, requests, strict=True):
         chain = [first for _, first, _ in STAGES] + [STAGES[-1][2]]

@@ -283,12 +283,14 @@ def test_other_connections_long_sentences_and_several_keep_the_worker_threads(
         await _request(scheduler, translator, SENTENCES[:1])  # on the loop
         await _request(scheduler, translator, [long_text])
         await _request(scheduler, translator, SENTENCES[:2])
-        clients.connection.set(None)  # no peer named: not known to be alone
+        clients.connection.set(None)  # no peer named (the service's own warm-up): not alone, and no other client
+        await _request(scheduler, translator, SENTENCES[:1])
+        clients.connection.set(("client", 0))
         await _request(scheduler, translator, SENTENCES[:1])
         return threads, threading.get_ident()
 
     threads, loop_thread = _run(translator, body)
-    assert [thread == loop_thread for thread in threads] == [True, False, False, True, False, False, False]
+    assert [thread == loop_thread for thread in threads] == [True, False, False, True, False, False, False, True]
 
 
 def test_a_failure_on_the_loop_fails_only_its_request(translator: Translator) -> None:

@@ -150,6 +150,10 @@ class _Callers:
     others_until: float = -math.inf
 
     def entered(self, at: float, client: Hashable | None) -> None:
+        """A request of `client` at `at`; one with no peer named (the service's own warm-up, or a Unix
+        socket's, which is never alone) does not count."""
+        if client is None:
+            return
         if client != self.latest:
             self.others_until = max(self.others_until, self.latest_at + self.window_s)
             self.latest = client
