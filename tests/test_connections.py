@@ -180,3 +180,39 @@ def test_slow_and_silent_clients_neither_starve_others_nor_stay_and_the_limit_an
         assert got["beside"] == 200
         closed = list(got["closed"])  # type: ignore[call-overload]
         assert all(closed), f"{closed.count(False)} of {hanging} slow connections still open after the header timeout"
+
+
+def _loop_batches(url: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("mtserve_loop_batches_total"))
+
+
+def test_a_lone_client_is_searched_on_the_loop_on_one_connection_or_a_new_one_each_time(tmp_path: Path) -> None:
+    """One client alone, kept alive or reconnecting for each request, gets its sentences searched on
+    the event loop (service/api/scheduler.py); two clients at once keep the worker threads."""
+    with live_server(env={"MTSERVE_LOG_LEVEL": "warning"}, log_dir=tmp_path) as server:
+        host, port = server.url.removeprefix("http://").split(":")
+
+        def send_on(sock: socket.socket) -> None:
+            sock.sendall(REQUEST % (len(BODY), BODY))
+            assert _read_response(sock)[0] == 200
+
+        time.sleep(1.1)  # past the window of the start-up's own connections
+        before = _loop_batches(server.url)
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            for _ in range(4):
+                send_on(sock)
+        for _ in range(4):  # a new connection each time, each closed before the next opens
+            with socket.create_connection((host, int(port)), timeout=30) as sock:
+                send_on(sock)
+        kept_and_new = _loop_batches(server.url) - before
+        with (
+            socket.create_connection((host, int(port)), timeout=30) as first,
+            socket.create_connection((host, int(port)), timeout=30) as second,
+        ):
+            for _ in range(3):  # two clients taking turns: neither is alone
+                send_on(first)
+                send_on(second)
+        two = _loop_batches(server.url) - before - kept_and_new
+    assert kept_and_new == 8
+    assert two <= 1  # the first of the second client's requests may come while the first one was alone

@@ -305,3 +305,19 @@ def test_a_failure_on_the_loop_fails_only_its_request(translator: Translator) ->
     (failed, served), threads, loop_thread = _run(translator, body, fault_marker="FAULTY")
     assert isinstance(failed, InferenceFailed) and isinstance(served, list) and len(served) == 1
     assert threads == [loop_thread, loop_thread]
+
+
+def test_a_closed_connection_no_longer_counts_as_another_client(translator: Translator) -> None:
+    async def body(scheduler: Scheduler) -> tuple[list[int], int]:
+        threads = _searching_threads(scheduler)
+        for k in range(3):  # a client that opens a connection for each request, closed before the next
+            clients.connection.set(("request", k))
+            await _request(scheduler, translator, SENTENCES[:1])
+            clients.closed(("request", k))
+        for k in (3, 4):  # the next two both open
+            clients.connection.set(("request", k))
+            await _request(scheduler, translator, SENTENCES[:1])
+        return threads, threading.get_ident()
+
+    threads, loop_thread = _run(translator, body)
+    assert [thread == loop_thread for thread in threads] == [True, True, True, True, False]

@@ -16,6 +16,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from service.api import clients
+
 REQUEST_TIMEOUT_408 = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
@@ -54,6 +56,8 @@ def guarded_protocol(header_timeout_s: float, max_connections: int, retry_after_
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_header_deadline()
             super().connection_lost(exc)
+            if self.client:
+                clients.closed(tuple(self.client))
 
         def data_received(self, data: bytes) -> None:
             if self._header_deadline is None and (self.cycle is None or self.cycle.response_complete):

@@ -49,6 +49,11 @@ class Metrics:
         self.batch_tokens = Histogram(
             "mtserve_batch_tokens", "source tokens per model batch", ["model"], buckets=TOKEN_BUCKETS, registry=r
         )
+        self.loop_batches = Counter(
+            "mtserve_loop_batches",
+            "batches searched on the event loop rather than a worker thread: a lone client's sentence",
+            registry=r,
+        )
         self.inference_seconds = Histogram(
             "mtserve_inference_duration_seconds", "model time per batch", ["model"], buckets=LATENCY_BUCKETS,
             registry=r,

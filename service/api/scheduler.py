@@ -13,10 +13,10 @@
   batch answered, up to that long after it finished (_Returns). Clients that pause between
   requests, and requests that are no client's next, are not waited for.
 - Inference runs in worker threads, off the event loop; each caller gets its own results. One
-  exception: a small search (one sentence, a few rows and tokens) for the only connection that
-  sent work lately runs on the event loop itself while nothing else runs (_Callers). Its hand-off
-  to a worker thread and back wakes idle cores, about 0.3 ms of a 7 ms sentence
-  (docs/BENCHMARKS.md), and no other client is there to be served sooner by a free loop.
+  exception: a small search (one sentence, a few rows and tokens) for a lone client (no other
+  open connection sent work lately) runs on the event loop itself while nothing else runs
+  (_Callers). Its hand-off to a worker thread and back wakes idle cores, about 0.3 ms of a 7 ms
+  sentence (docs/BENCHMARKS.md), and no other client is there to be served sooner by a free loop.
 - The queue is bounded in sentences; beyond it `Overloaded`. Requests past their deadline or
   cancelled by their caller leave the queue without costing model time.
 - An exception inside a batch fails only that batch's requests, with an id that is logged.
@@ -49,8 +49,8 @@ T = TypeVar("T")
 # requests come back that soon only by chance (4 clients pausing 10 ms on average: about 0.6).
 RETURNS_SHARE = 0.9
 RETURNS_WEIGHT = 0.25
-# A batch runs on the event loop only where its connection is the only one that sent work for this
-# long, and its one sentence has at most this many tokens: the loop serves nothing else while it
+# A batch runs on the event loop only where no other open connection sent work for this long,
+# and its one sentence has at most this many tokens: the loop serves nothing else while it
 # runs, up to about 15 ms for a sentence this long (docs/RELIABILITY.md).
 ALONE_WINDOW_S = 1.0
 LOOP_SEARCH_TOKENS = 32
@@ -141,13 +141,13 @@ class _Returns:
 
 @dataclass
 class _Callers:
-    """Whether one connection alone has sent work lately: the one that sent the latest, and since when
-    no other has (a connection counts as sending for `window_s` after its latest request)."""
+    """Whether one connection alone has sent work lately: the one that sent the latest, and the others
+    that sent work within `window_s` and have not closed since."""
 
     window_s: float
     latest: Hashable | None = None
     latest_at: float = -math.inf
-    others_until: float = -math.inf
+    others: dict[Hashable, float] = field(default_factory=dict)  # each one's latest request
 
     def entered(self, at: float, client: Hashable | None) -> None:
         """A request of `client` at `at`; one with no peer named (the service's own warm-up, or a Unix
@@ -155,13 +155,27 @@ class _Callers:
         if client is None:
             return
         if client != self.latest:
-            self.others_until = max(self.others_until, self.latest_at + self.window_s)
+            if self.latest is not None:
+                self.others[self.latest] = self.latest_at
+            self.others.pop(client, None)
             self.latest = client
         self.latest_at = at
 
+    def closed(self, client: Hashable) -> None:
+        """`client`'s connection closed: it sends nothing more (a new connection is a new peer)."""
+        self.others.pop(client, None)
+        if client == self.latest:
+            self.latest = None
+
     def alone(self, at: float, client: Hashable | None) -> bool:
-        """Whether `client` is a known connection and has been the only one for `window_s`."""
-        return client is not None and client == self.latest and at >= self.others_until
+        """Whether `client` is a known connection, no other open one sent work within `window_s`."""
+        if client is None or client != self.latest:
+            return False
+        for other, seen in list(self.others.items()):
+            if at - seen < self.window_s:
+                return False
+            del self.others[other]
+        return True
 
 
 @dataclass(eq=False)
@@ -218,6 +232,7 @@ class Scheduler:
         self._fill_timer: asyncio.TimerHandle | None = None  # a gathering batch's departure
         self._returns = _Returns(2 * max_wait_s)
         self._callers = _Callers(ALONE_WINDOW_S)
+        self._stop_listening: Callable[[], None] = lambda: None
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mtserve-infer")
         self._batches: set[asyncio.Task[None]] = set()
 
@@ -225,6 +240,7 @@ class Scheduler:
 
     def start(self) -> None:
         self._started = True
+        self._stop_listening = clients.when_closed(self._callers.closed)
         self._dispatch_soon()
 
     @property
@@ -242,6 +258,7 @@ class Scheduler:
     async def stop(self) -> None:
         self._accepting = False
         self._started = False
+        self._stop_listening()
         if self._fill_timer is not None:
             self._fill_timer.cancel()
         for job in self._queue:
@@ -387,7 +404,7 @@ class Scheduler:
 
     def _on_loop(self, batch: list[_Job]) -> bool:
         """Whether a batch leaving an idle runtime runs on the event loop: the whole queue, one sentence
-        of a small search and at most LOOP_SEARCH_TOKENS tokens, for the only connection lately."""
+        of a small search and at most LOOP_SEARCH_TOKENS tokens, for a lone client (_Callers.alone)."""
         if self._queue or len(batch) != 1:
             return False
         job = batch[0]
@@ -413,6 +430,7 @@ class Scheduler:
 
     def _execute_on_loop(self, batch: list[_Job]) -> None:
         """The batch's search on the event loop's own thread (_on_loop), answered before it returns."""
+        self.metrics.loop_batches.inc()
         run = self._started_batch(batch)
         try:
             hyps = self._infer(self._translator(run.model), *run.work)
