@@ -51,7 +51,7 @@ RETURNS_SHARE = 0.9
 RETURNS_WEIGHT = 0.25
 # A batch runs on the event loop only where no other open connection sent work for this long,
 # and its one sentence has at most this many tokens: the loop serves nothing else while it
-# runs, up to about 15 ms for a sentence this long (docs/RELIABILITY.md).
+# runs: about 15 ms for a sentence this long on the benchmark machine (docs/DESIGN.md).
 ALONE_WINDOW_S = 1.0
 LOOP_SEARCH_TOKENS = 32
 
