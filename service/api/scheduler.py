@@ -168,7 +168,8 @@ class _Callers:
             self.latest = None
 
     def alone(self, at: float, client: Hashable | None) -> bool:
-        """Whether `client` is a known connection, no other open one sent work within `window_s`."""
+        """Whether `client` is a known connection and no other open one sent work within `window_s`
+        (those that sent earlier are forgotten)."""
         if client is None or client != self.latest:
             return False
         for other, seen in list(self.others.items()):
