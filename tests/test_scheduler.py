@@ -270,7 +270,7 @@ def test_a_lone_connections_sentence_runs_on_the_loop_with_the_same_translation(
 def test_other_connections_long_sentences_and_several_keep_the_worker_threads(
     translator: Translator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(scheduler_module, "ALONE_WINDOW_S", 0.2)
+    monkeypatch.setattr(scheduler_module, "ALONE_WINDOW_S", 0.5)
     long_text = " ".join(["A man in a blue shirt is playing a guitar on the street"] * 6)
     assert len(translator.prepare(long_text).pieces[0]) > scheduler_module.LOOP_SEARCH_TOKENS
 
@@ -279,7 +279,7 @@ def test_other_connections_long_sentences_and_several_keep_the_worker_threads(
         for connection in (("client", 0), ("client", 1), ("client", 0)):  # two connections within the window
             clients.connection.set(connection)
             await _request(scheduler, translator, SENTENCES[:1])
-        await asyncio.sleep(0.3)  # the other connection no longer counts
+        await asyncio.sleep(0.6)  # the other connection no longer counts
         await _request(scheduler, translator, SENTENCES[:1])  # on the loop
         await _request(scheduler, translator, [long_text])
         await _request(scheduler, translator, SENTENCES[:2])
