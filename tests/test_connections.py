@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from service.api.launcher import live_server
+from service.api.launcher import live_server, metric_value
 
 REQUEST = b"POST /translate HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
 BODY = json.dumps({"q": "A dog runs in the snow.", "source": "en", "target": "fr"}).encode()
@@ -183,8 +183,7 @@ def test_slow_and_silent_clients_neither_starve_others_nor_stay_and_the_limit_an
 
 
 def _loop_batches(url: str) -> float:
-    text = httpx.get(f"{url}/metrics").text
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("mtserve_loop_batches_total"))
+    return metric_value(httpx.get(f"{url}/metrics").text, "mtserve_loop_batches_total")
 
 
 def test_a_lone_client_is_searched_on_the_loop_on_one_connection_or_a_new_one_each_time(tmp_path: Path) -> None:
