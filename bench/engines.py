@@ -8,16 +8,19 @@ Every engine gets the same sentences, threads, batch token budget, beam, length 
 maximum-length rule. `--streams N` (default: the threads) decodes N batches at a time, one
 thread each: the runtime as `Translator.translate` does, and CTranslate2 with N replicas
 (`inter_threads`) called from N threads; `--streams 1` decodes the batches in turn on every
-thread (PyTorch always does). The engines run interleaved, `--repeat` rounds
-(bench/interleaved.py): one JSON object per engine and round, then one summary per engine with
-its median tokens/s, min and max, and the median of its per-round
-ratios against CTranslate2.
+thread (PyTorch always does). Each engine and precision runs in a worker process of its own,
+which times its own decoding; all are loaded at once, and each decodes the first batch once
+before the rounds. The engines run interleaved, `--repeat` rounds (bench/interleaved.py), one
+worker at a time while the others wait on their input: one JSON object per engine and round,
+then one summary per engine with its median tokens/s, min and max, and the median of its
+per-round ratios against CTranslate2.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +43,7 @@ from model.tokenizer import tag_id  # noqa: E402
 from model.transformer import KV, Transformer  # noqa: E402
 from service import conventions as cv  # noqa: E402
 from service.runtime.beam import DecodeOptions  # noqa: E402
-from service.runtime.translator import DEFAULT_BATCH_TOKENS, Translator  # noqa: E402
+from service.runtime.translator import DEFAULT_BATCH_TOKENS, Translator, batches_by_length  # noqa: E402
 
 
 class TextbookDecoder(torch.nn.Module):
@@ -68,24 +71,18 @@ class TextbookDecoder(torch.nn.Module):
         return logits[:, -1:], [(prefix, prefix)]
 
 
-def run_engine(
-    name: str, precision: str, beam: int, decode: DecodeAll, sources: list[list[int]], groups: list[list[int]],
+def scored_row(
+    name: str, precision: str, beam: int, seconds: float, outputs: list[list[int]],
     detok: Callable[[list[int]], str], references: list[str],
 ) -> dict[str, object]:  # fmt: skip
-    outputs: list[list[int]] = [[] for _ in sources]
-    start = time.perf_counter()
-    decoded = decode([[sources[i] for i in group] for group in groups])
-    for group, batch_out in zip(groups, decoded, strict=True):
-        for i, tokens in zip(group, batch_out, strict=True):
-            outputs[i] = tokens
-    seconds = time.perf_counter() - start
+    """One engine's round: its speed over the target tokens it wrote, and its BLEU."""
     hyps = [detok(t) for t in outputs]
     target_tokens = sum(len(t) + 1 for t in outputs)
     bleu = score_translations(hyps, references, seconds).bleu
     return {
-        "engine": name, "precision": precision, "beam": beam, "sentences": len(sources),
+        "engine": name, "precision": precision, "beam": beam, "sentences": len(outputs),
         "seconds": round(seconds, 2), "tok_per_s": round(target_tokens / seconds, 1),
-        "sent_per_s": round(len(sources) / seconds, 2), "bleu": bleu,
+        "sent_per_s": round(len(outputs) / seconds, 2), "bleu": bleu,
     }  # fmt: skip
 
 
@@ -96,6 +93,14 @@ def _imported(argv: list[str]) -> bool:
     model = pre.parse_known_args(argv)[0].model
     manifest = model / "manifest.json" if model else None
     return bool(manifest and manifest.is_file() and json.loads(manifest.read_text()).get("origin") == "marian")
+
+
+# The engines' names in the output, by their names in --engines.
+ROW_NAMES = {"textbook": "pytorch-textbook", "torch": "pytorch-kv-cache", "runtime": "mtserve-onnx",
+             "ctranslate2": "ctranslate2"}  # fmt: skip
+JOB_FILE = "job.json"  # the work directory's sources and batches, which every worker reads
+# After a worker's round, before the next one's: a thread pool's threads spin for a while after a call.
+PAUSE_S = 0.05
 
 
 def main() -> None:
@@ -112,27 +117,69 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=0, help="batches decoded at once (default: the threads)")
     parser.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS)
     parser.add_argument("--limit", type=int, default=0, help="first N test2016 sentences (default: all 1000)")
-    parser.add_argument("--engines", nargs="+", default=["textbook", "torch", "runtime", "ctranslate2"])
+    parser.add_argument("--engines", nargs="+", choices=list(ROW_NAMES), default=list(ROW_NAMES))
     parser.add_argument("--repeat", type=int, default=5, help="interleaved rounds of all engines")
     parser.add_argument("--data-dir")
     parser.add_argument(
         "--activation-scales", choices=["row", "calibrated"], default="row", help="this runtime's int8 graphs"
     )
     parser.add_argument("--shortlist", type=int, default=0, help="this runtime's graphs with an output shortlist of N")
+    parser.add_argument("--work", type=Path, help="where the graphs and conversions go (default: a new directory)")
+    parser.add_argument("--worker", nargs=3, metavar=("ENGINE", "PRECISION", "BEAM"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.streams = args.streams or args.threads
+    if args.worker:
+        engine, precision, beam = args.worker
+        worker(args, engine, precision, int(beam))
+        return
 
-    torch.set_num_threads(args.threads)
-    streams = args.streams or args.threads
     precisions = ["fp32", "int8"] if args.precision == "all" else [args.precision]
     sources_text, references = test_pairs(args.data_dir)
     if args.limit:
         sources_text, references = sources_text[: args.limit], references[: args.limit]
-    model, sp = load_model_dir(args.model)
+    _, sp = load_model_dir(args.model)
     sources = [[*ids, cv.EOS_ID] for ids in sp.encode(sources_text)]
-    tag = tag_id(sp, bench_target())
-    work = Path(tempfile.mkdtemp(prefix="mtserve-bench-"))
+    args.work = args.work or Path(tempfile.mkdtemp(prefix="mtserve-bench-"))
+    args.work.mkdir(parents=True, exist_ok=True)
+    if "runtime" in args.engines:
+        for p in precisions:
+            _export(args, p)
+    if "ctranslate2" in args.engines:
+        from bench.ct2_convert import convert
 
-    # Each precision exported afresh from the checkpoint, whatever graphs the model directory holds.
+        for p in precisions:
+            convert(args.model, args.work / f"ct2-{p}", None if p == "fp32" else "int8")
+    # The batches decoding at once share the token budget, as Translator.translate's do; every
+    # engine decodes the same ones.
+    groups = batches_by_length([len(s) for s in sources], args.batch_tokens, args.streams)
+    (args.work / JOB_FILE).write_text(json.dumps({"sources": sources, "groups": groups}))
+
+    for beam in args.beam_size:
+        configs = [(engine, p) for engine in args.engines for p in (precisions if engine in ("runtime", "ctranslate2")
+                                                                     else ["fp32"])]  # fmt: skip
+        workers = {config: _Worker(args, *config, beam) for config in configs}
+        try:
+            for w in workers.values():
+                w.wait_ready()
+            results = []
+            for round_index in range(args.repeat):
+                for (engine, precision), w in workers.items():
+                    seconds, outputs = w.decode_all()
+                    row = scored_row(ROW_NAMES[engine], precision, beam, seconds, outputs, sp.decode, references)
+                    results.append({**row, "round": round_index})
+                    print(json.dumps(results[-1]), flush=True)
+                    time.sleep(PAUSE_S)
+        finally:
+            for w in workers.values():
+                w.close()
+        for summary in summarize(results):
+            print(json.dumps(summary), flush=True)
+
+
+def _export(args: argparse.Namespace, precision: str) -> None:
+    """The checkpoint's graphs at `precision` in the work directory, exported afresh whatever graphs
+    the model directory holds: as `mtserve export --quantize int8` does, weights rounded against
+    calibration activations, and with --activation-scales calibrated constant activation scales too."""
     from export.calibrate import CALIBRATION_PAIRS
     from export.exporter import export_model
 
@@ -140,47 +187,83 @@ def main() -> None:
     data = bench_data()
     held = corpus.held_sentences(data, data_dir)
     text = [sentence for _, sentence in corpus.monolingual_sentences(data, data_dir, held)]
-    runtimes = {}
-    # As `mtserve export --quantize int8` does: weights rounded against calibration activations,
-    # and with --activation-scales calibrated constant activation scales too.
     calibration = corpus.first_pairs_by_language(data, data_dir, held, CALIBRATION_PAIRS)
-    constant_scales = args.activation_scales == "calibrated"
-    for p in precisions:
-        export_model(args.model, work / p, text, p, sources_text[:200], calibration_text=calibration,
-                     constant_scales=constant_scales)  # fmt: skip
-        if args.shortlist:
-            from export.shortlist import config_pairs, shortlist_from_text
+    sources_text, _ = test_pairs(args.data_dir)
+    export_model(args.model, args.work / precision, text, precision, sources_text[:200],
+                 calibration_text=calibration, constant_scales=args.activation_scales == "calibrated")  # fmt: skip
+    if args.shortlist:
+        from export.shortlist import config_pairs, shortlist_from_text
 
-            shortlist_from_text(work / p, config_pairs(data, data_dir), args.shortlist)
-        runtimes[p] = Translator.load(work / p, args.threads, args.batch_tokens)
-    # The batches decoding at once share the token budget, as Translator.translate's do.
-    groups = next(iter(runtimes.values())).batches([len(s) for s in sources], streams)
+        shortlist_from_text(args.work / precision, config_pairs(data, data_dir), args.shortlist)
 
-    for beam in args.beam_size:
-        options = DecodeOptions(beam_size=beam)
-        rows: list[tuple[str, str, DecodeAll]] = []
-        if "textbook" in args.engines:
-            textbook = TextbookDecoder(model)
-            rows.append(("pytorch-textbook", "fp32", in_streams(lambda b, m=textbook, k=beam: _torch(m, b, tag, k), 1)))  # type: ignore[misc]
-        if "torch" in args.engines:
-            rows.append(("pytorch-kv-cache", "fp32", in_streams(lambda b, k=beam: _torch(model, b, tag, k), 1)))  # type: ignore[misc]
-        if "runtime" in args.engines:
-            for p in precisions:
-                rows.append(("mtserve-onnx", p, runtime_streams(runtimes[p], bench_target(), options, streams)))
-        if "ctranslate2" in args.engines:
-            from bench.ct2_convert import convert
 
-            for p in precisions:
-                ct2_dir = convert(args.model, work / f"ct2-{p}", None if p == "fp32" else "int8")
-                rows.append(("ctranslate2", p, in_streams(_ct2(ct2_dir, sp, args.threads, beam, streams), streams)))
-        results = []
-        for round_index in range(args.repeat):
-            for name, precision, decode in rows:
-                row = run_engine(name, precision, beam, decode, sources, groups, sp.decode, references)
-                results.append({**row, "round": round_index})
-                print(json.dumps(results[-1]), flush=True)
-        for summary in summarize(results):
-            print(json.dumps(summary), flush=True)
+class _Worker:
+    """One engine at one precision and beam in a process of its own (bench/engines.py --worker)."""
+
+    def __init__(self, args: argparse.Namespace, engine: str, precision: str, beam: int) -> None:
+        command = [sys.executable, __file__, "--model", str(args.model), "--work", str(args.work),
+                   "--threads", str(args.threads), "--streams", str(args.streams),
+                   "--batch-tokens", str(args.batch_tokens), "--worker", engine, precision, str(beam)]  # fmt: skip
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.stdin, self.stdout = self.process.stdin, self.process.stdout
+        self.name = f"{engine} {precision}"
+
+    def wait_ready(self) -> None:
+        if self.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the {self.name} worker failed to start (exit {self.process.wait()})")
+
+    def decode_all(self) -> tuple[float, list[list[int]]]:
+        """Seconds the worker took to decode every batch, and each sentence's best target ids."""
+        self.stdin.write("run\n")
+        self.stdin.flush()
+        line = self.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the {self.name} worker stopped (exit {self.process.wait()})")
+        record = json.loads(line)
+        return float(record["seconds"]), record["outputs"]
+
+    def close(self) -> None:
+        self.stdin.close()
+        self.process.wait()
+
+
+def worker(args: argparse.Namespace, engine: str, precision: str, beam: int) -> None:
+    """Loads one engine, decodes the job's first batch once, then for each line "run" on stdin decodes
+    every batch and writes the seconds that took (timed here, not the pipe) and the outputs."""
+    job = json.loads((args.work / JOB_FILE).read_text())
+    sources: list[list[int]] = job["sources"]
+    groups: list[list[int]] = job["groups"]
+    torch.set_num_threads(args.threads)
+    decode_all = _engine(args, engine, precision, beam)
+    batches = [[sources[i] for i in group] for group in groups]
+    decode_all(batches[:1])
+    print("ready", flush=True)
+    for _ in sys.stdin:
+        started = time.perf_counter()
+        decoded = decode_all(batches)
+        seconds = time.perf_counter() - started
+        outputs: list[list[int]] = [[] for _ in sources]
+        for group, batch_out in zip(groups, decoded, strict=True):
+            for i, tokens in zip(group, batch_out, strict=True):
+                outputs[i] = tokens
+        print(json.dumps({"seconds": seconds, "outputs": outputs}), flush=True)
+
+
+def _engine(args: argparse.Namespace, engine: str, precision: str, beam: int) -> DecodeAll:
+    """What decodes every batch for one engine: PyTorch in turn on every thread; the runtime and
+    CTranslate2 `--streams` batches at a time."""
+    model, sp = load_model_dir(args.model)
+    tag = tag_id(sp, bench_target())
+    if engine == "textbook":
+        textbook = TextbookDecoder(model)
+        return in_streams(lambda b: _torch(textbook, b, tag, beam), 1)
+    if engine == "torch":
+        return in_streams(lambda b: _torch(model, b, tag, beam), 1)
+    if engine == "runtime":
+        translator = Translator.load(args.work / precision, args.threads, args.batch_tokens)
+        return runtime_streams(translator, bench_target(), DecodeOptions(beam_size=beam), args.streams)
+    return in_streams(_ct2(args.work / f"ct2-{precision}", sp, args.threads, beam, args.streams), args.streams)
 
 
 def _torch(model: torch.nn.Module, batch: list[list[int]], tag: int, beam: int) -> list[list[int]]:

@@ -120,20 +120,8 @@ class Translator:
         return self.model.threads
 
     def batches(self, lengths: Sequence[int], streams: int = 1) -> list[list[int]]:
-        """Indices grouped by length so that rows x longest source fits the token budget, which the
-        `streams` batches decoding at once share (a longer one rides alone)."""
-        budget = max(1, self.batch_tokens // streams)
-        order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-        batches: list[list[int]] = []
-        current: list[int] = []
-        for i in order:
-            if current and lengths[i] * (len(current) + 1) > budget:
-                batches.append(current)
-                current = []
-            current.append(i)
-        if current:
-            batches.append(current)
-        return batches
+        """Indices grouped by length within this translator's token budget (batches_by_length)."""
+        return batches_by_length(lengths, self.batch_tokens, streams)
 
     def prepare(self, text: str, glossary: Glossary | None = None) -> Prepared:
         """Source pieces of one text, each ending with EOS (none for empty text), URLs, e-mail
@@ -280,3 +268,20 @@ class Translator:
             if token == self._unk and 0 <= position < len(surface)
         }
         return self.tokenizer.decode(hyp.tokens, replaced)
+
+
+def batches_by_length(lengths: Sequence[int], batch_tokens: int, streams: int = 1) -> list[list[int]]:
+    """Indices grouped by length so that rows x longest source fits the token budget, which the
+    `streams` batches decoding at once share (a longer one rides alone)."""
+    budget = max(1, batch_tokens // streams)
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        if current and lengths[i] * (len(current) + 1) > budget:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
