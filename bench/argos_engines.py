@@ -7,7 +7,8 @@ OpenNMT-py models (bench/ct2_convert.py), at float32 and at int8 as argos-train 
 mtserve imports each with `mtserve import ctranslate2` (the int8 package with its own int8
 quantizer, `--quantize int8`). Both engines get the same test2016 sources as the same pieces
 (the committed model's SentencePiece ids), the same threads, beam, length penalty 0.2 and one
-fixed length limit (random weights rarely end a sentence), in interleaved rounds; `--streams N`
+fixed length limit (random weights rarely end a sentence), in interleaved rounds, each engine
+and precision in a worker process of its own (bench/engine_workers.py); `--streams N`
 (default: the threads) decodes N batches at a time, one thread each, mtserve as
 `Translator.translate` does and CTranslate2 on N replicas, and `--streams 1` one batch after the
 other on every thread, as argostranslate's single call runs. Rows report the
@@ -33,6 +34,7 @@ import torch  # noqa: E402
 
 from bench.common import Decode, DecodeAll, in_streams, runtime_streams, test_pairs  # noqa: E402
 from bench.ct2_convert import build_spec  # noqa: E402
+from bench.engine_workers import interleaved_rounds, serve, started, write_job  # noqa: E402
 from bench.interleaved import summarize  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
 from model.transformer import Transformer  # noqa: E402
@@ -40,7 +42,7 @@ from service import conventions as cv  # noqa: E402
 from service.manifest import DEFAULT_MODEL_DIR  # noqa: E402
 from service.runtime.beam import DecodeOptions  # noqa: E402
 from service.runtime.sessions import IDLE_RELEASE_S  # noqa: E402
-from service.runtime.translator import DEFAULT_BATCH_TOKENS, Translator  # noqa: E402
+from service.runtime.translator import DEFAULT_BATCH_TOKENS, Translator, batches_by_length  # noqa: E402
 
 VOCAB = 50_000
 TAG = "<2xx>"
@@ -180,44 +182,45 @@ def run(args: argparse.Namespace) -> None:
             subprocess.run(command, check=True)
         return
     sources = _sources(args.data_dir, args.limit)
-    translator = Translator.load(dirs[("mtserve-onnx", "fp32")], args.threads, args.batch_tokens)
     # The batches decoding at once share the token budget, as Translator.translate's do.
-    streams = args.streams or args.threads
-    groups = translator.batches([len(s) for s in sources], streams)
+    write_job(work, sources, batches_by_length([len(s) for s in sources], args.batch_tokens, args.streams))
     rows = []
     for beam in args.beam_size:
-        options = _options(beam, args.max_length)
-        decoders: dict[tuple[str, str], DecodeAll] = {}
-        for (engine, precision), directory in dirs.items():
-            if engine == "ctranslate2":
-                decoders[(engine, precision)] = in_streams(_ct2(directory, args.threads, options, streams), streams)
-            else:
-                loaded = Translator.load(directory, args.threads, args.batch_tokens)
-                target = loaded.languages.directions[0][1]
-                decoders[(engine, precision)] = runtime_streams(loaded, target, options, streams)
-        for round_index in range(args.repeat):
-            outputs: dict[tuple[str, str], list[list[int]]] = {}
-            for key, decode in decoders.items():
-                out: list[list[int]] = [[] for _ in sources]
-                started = time.perf_counter()
-                decoded = decode([[sources[i] for i in group] for group in groups])
-                for group, batch_out in zip(groups, decoded, strict=True):
-                    for i, tokens in zip(group, batch_out, strict=True):
-                        out[i] = tokens
-                seconds = time.perf_counter() - started
+        commands = {key: _worker_command(args, work, key[0], directory, beam) for key, directory in dirs.items()}
+        outputs: dict[tuple[str, str], list[list[int]]] = {}
+        with started(commands) as workers:
+            for round_index, key, seconds, out in interleaved_rounds(workers, args.repeat):
                 outputs[key] = out
                 row = {"engine": key[0], "precision": key[1], "beam": beam, "round": round_index,
                        "sentences": len(sources), "seconds": round(seconds, 2),
                        "tok_per_s": round(sum(len(t) + 1 for t in out) / seconds, 1)}  # fmt: skip
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-            for precision in ("fp32", "int8"):
-                ours, theirs = outputs[("mtserve-onnx", precision)], outputs[("ctranslate2", precision)]
-                same = sum(a == b for a, b in zip(ours, theirs, strict=True))
-                print(json.dumps({"compare": precision, "beam": beam, "round": round_index, "same_tokens": same,
-                                  "sentences": len(sources)}), flush=True)  # fmt: skip
+                if len(outputs) == len(workers):  # the round's last: each precision's two engines compared
+                    for precision in ("fp32", "int8"):
+                        ours, theirs = outputs[("mtserve-onnx", precision)], outputs[("ctranslate2", precision)]
+                        same = sum(a == b for a, b in zip(ours, theirs, strict=True))
+                        print(json.dumps({"compare": precision, "beam": beam, "round": round_index,
+                                          "same_tokens": same, "sentences": len(sources)}), flush=True)  # fmt: skip
+                    outputs.clear()
     for summary in summarize(rows):
         print(json.dumps(summary), flush=True)
+
+
+def _worker_command(args: argparse.Namespace, work: Path, engine: str, directory: Path, beam: int) -> list[str]:
+    """This script as the worker of one engine on one model directory at one beam (bench/engine_workers.py)."""
+    return [sys.executable, __file__, "--worker", engine, str(directory), str(beam), "--work", str(work),
+            "--threads", str(args.threads), "--streams", str(args.streams), "--batch-tokens", str(args.batch_tokens),
+            "--max-length", str(args.max_length)]  # fmt: skip
+
+
+def _engine(args: argparse.Namespace, engine: str, directory: Path, beam: int) -> DecodeAll:
+    """What decodes every batch for one engine, `--streams` batches at a time."""
+    options = _options(beam, args.max_length)
+    if engine == "ctranslate2":
+        return in_streams(_ct2(directory, args.threads, options, args.streams), args.streams)
+    loaded = Translator.load(directory, args.threads, args.batch_tokens)
+    return runtime_streams(loaded, loaded.languages.directions[0][1], options, args.streams)
 
 
 def main() -> None:
@@ -233,8 +236,13 @@ def main() -> None:
     parser.add_argument("--data-dir")
     parser.add_argument("--memory", action="store_true", help="each engine's PSS, each in its own process")
     parser.add_argument("--measure", nargs=2, metavar=("ENGINE", "DIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=3, metavar=("ENGINE", "DIR", "BEAM"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.measure:
+    args.streams = args.streams or args.threads
+    if args.worker:
+        engine, directory, beam = args.worker
+        serve(args.work, _engine(args, engine, Path(directory), int(beam)))
+    elif args.measure:
         measure(args.measure[0], Path(args.measure[1]), args)
     else:
         run(args)

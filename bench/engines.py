@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import Decode, DecodeAll, bench_data, bench_target, in_streams, runtime_streams, test_pairs  # noqa: E402
+from bench.engine_workers import interleaved_rounds, serve, started, write_job  # noqa: E402
 from bench.interleaved import summarize  # noqa: E402
 from model import corpus  # noqa: E402
 from model.artifacts import load_model_dir  # noqa: E402
@@ -98,9 +97,6 @@ def _imported(argv: list[str]) -> bool:
 # The engines' names in the output, by their names in --engines.
 ROW_NAMES = {"textbook": "pytorch-textbook", "torch": "pytorch-kv-cache", "runtime": "mtserve-onnx",
              "ctranslate2": "ctranslate2"}  # fmt: skip
-JOB_FILE = "job.json"  # the work directory's sources and batches, which every worker reads
-# After a worker's round, before the next one's: a thread pool's threads spin for a while after a call.
-PAUSE_S = 0.05
 
 
 def main() -> None:
@@ -130,7 +126,8 @@ def main() -> None:
     args.streams = args.streams or args.threads
     if args.worker:
         engine, precision, beam = args.worker
-        worker(args, engine, precision, int(beam))
+        torch.set_num_threads(args.threads)
+        serve(args.work, _engine(args, engine, precision, int(beam)))
         return
 
     precisions = ["fp32", "int8"] if args.precision == "all" else [args.precision]
@@ -152,26 +149,17 @@ def main() -> None:
     # The batches decoding at once share the token budget, as Translator.translate's do; every
     # engine decodes the same ones.
     groups = batches_by_length([len(s) for s in sources], args.batch_tokens, args.streams)
-    (args.work / JOB_FILE).write_text(json.dumps({"sources": sources, "groups": groups}))
+    write_job(args.work, sources, groups)
 
     for beam in args.beam_size:
         configs = [(engine, p) for engine in args.engines for p in (precisions if engine in ("runtime", "ctranslate2")
                                                                      else ["fp32"])]  # fmt: skip
-        workers = {config: _Worker(args, *config, beam) for config in configs}
-        try:
-            for w in workers.values():
-                w.wait_ready()
-            results = []
-            for round_index in range(args.repeat):
-                for (engine, precision), w in workers.items():
-                    seconds, outputs = w.decode_all()
-                    row = scored_row(ROW_NAMES[engine], precision, beam, seconds, outputs, sp.decode, references)
-                    results.append({**row, "round": round_index})
-                    print(json.dumps(results[-1]), flush=True)
-                    time.sleep(PAUSE_S)
-        finally:
-            for w in workers.values():
-                w.close()
+        results = []
+        with started({config: _worker_command(args, *config, beam) for config in configs}) as workers:
+            for round_index, (engine, precision), seconds, outputs in interleaved_rounds(workers, args.repeat):
+                row = scored_row(ROW_NAMES[engine], precision, beam, seconds, outputs, sp.decode, references)
+                results.append({**row, "round": round_index})
+                print(json.dumps(results[-1]), flush=True)
         for summary in summarize(results):
             print(json.dumps(summary), flush=True)
 
@@ -197,57 +185,11 @@ def _export(args: argparse.Namespace, precision: str) -> None:
         shortlist_from_text(args.work / precision, config_pairs(data, data_dir), args.shortlist)
 
 
-class _Worker:
-    """One engine at one precision and beam in a process of its own (bench/engines.py --worker)."""
-
-    def __init__(self, args: argparse.Namespace, engine: str, precision: str, beam: int) -> None:
-        command = [sys.executable, __file__, "--model", str(args.model), "--work", str(args.work),
-                   "--threads", str(args.threads), "--streams", str(args.streams),
-                   "--batch-tokens", str(args.batch_tokens), "--worker", engine, precision, str(beam)]  # fmt: skip
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.stdin, self.stdout = self.process.stdin, self.process.stdout
-        self.name = f"{engine} {precision}"
-
-    def wait_ready(self) -> None:
-        if self.stdout.readline().strip() != "ready":
-            raise RuntimeError(f"the {self.name} worker failed to start (exit {self.process.wait()})")
-
-    def decode_all(self) -> tuple[float, list[list[int]]]:
-        """Seconds the worker took to decode every batch, and each sentence's best target ids."""
-        self.stdin.write("run\n")
-        self.stdin.flush()
-        line = self.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the {self.name} worker stopped (exit {self.process.wait()})")
-        record = json.loads(line)
-        return float(record["seconds"]), record["outputs"]
-
-    def close(self) -> None:
-        self.stdin.close()
-        self.process.wait()
-
-
-def worker(args: argparse.Namespace, engine: str, precision: str, beam: int) -> None:
-    """Loads one engine, decodes the job's first batch once, then for each line "run" on stdin decodes
-    every batch and writes the seconds that took (timed here, not the pipe) and the outputs."""
-    job = json.loads((args.work / JOB_FILE).read_text())
-    sources: list[list[int]] = job["sources"]
-    groups: list[list[int]] = job["groups"]
-    torch.set_num_threads(args.threads)
-    decode_all = _engine(args, engine, precision, beam)
-    batches = [[sources[i] for i in group] for group in groups]
-    decode_all(batches[:1])
-    print("ready", flush=True)
-    for _ in sys.stdin:
-        started = time.perf_counter()
-        decoded = decode_all(batches)
-        seconds = time.perf_counter() - started
-        outputs: list[list[int]] = [[] for _ in sources]
-        for group, batch_out in zip(groups, decoded, strict=True):
-            for i, tokens in zip(group, batch_out, strict=True):
-                outputs[i] = tokens
-        print(json.dumps({"seconds": seconds, "outputs": outputs}), flush=True)
+def _worker_command(args: argparse.Namespace, engine: str, precision: str, beam: int) -> list[str]:
+    """This script as the worker of one engine at one precision and beam (bench/engine_workers.py)."""
+    return [sys.executable, __file__, "--model", str(args.model), "--work", str(args.work),
+            "--threads", str(args.threads), "--streams", str(args.streams),
+            "--batch-tokens", str(args.batch_tokens), "--worker", engine, precision, str(beam)]  # fmt: skip
 
 
 def _engine(args: argparse.Namespace, engine: str, precision: str, beam: int) -> DecodeAll:

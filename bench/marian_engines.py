@@ -5,9 +5,10 @@ The Hugging Face directory the model was imported from (its export report record
 `ct2-transformers-converter`. Both engines get the same test2016 sources as the same pieces,
 the same threads, beam, length penalty and maximum length (a fixed limit: random weights rarely
 end a sentence, and CTranslate2 takes one limit per batch), no repetition guard, and CTranslate2's
-rules (a sentence ends once K hypotheses have; at the limit hypotheses are cut). The rows report
-how many sentences both engines decode to the same tokens, and what loading each engine added to
-the process's resident memory.
+rules (a sentence ends once K hypotheses have; at the limit hypotheses are cut). Each engine and
+precision runs in a worker process of its own (bench/engine_workers.py), one at a time, round after
+round. The rows report how many sentences both engines decode to the same tokens; `--memory` gives
+what loading each engine, then decoding 100 sentences, added to a fresh process's resident memory.
 """
 
 from __future__ import annotations
@@ -17,20 +18,18 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import Decode, test_pairs  # noqa: E402
+from bench.common import Decode, in_streams, test_pairs  # noqa: E402
+from bench.engine_workers import interleaved_rounds, serve, started, write_job  # noqa: E402
 from bench.interleaved import summarize  # noqa: E402
 from export.marian import hf_tokenizer  # noqa: E402
-from service.api.models import resident_bytes  # noqa: E402
 from service.runtime.beam import DecodeOptions, beam_search  # noqa: E402
 from service.runtime.text_tokenizer import VocabTokenizer  # noqa: E402
-from service.runtime.translator import DEFAULT_BATCH_TOKENS, Translator  # noqa: E402
+from service.runtime.translator import DEFAULT_BATCH_TOKENS, Translator, batches_by_length  # noqa: E402
 
 
 def hf_dir_of(model_dir: Path) -> Path:
@@ -89,8 +88,12 @@ def main() -> None:
     parser.add_argument("--low-memory", action="store_true", help="mtserve's MTSERVE_LOW_MEMORY sessions")
     parser.add_argument("--memory", action="store_true", help="resident memory of each engine, each in its own process")
     parser.add_argument("--measure", nargs=3, metavar=("ENGINE", "DIR", "PRECISION"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=3, metavar=("ENGINE", "DIR", "BEAM"), help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.measure:
+    if args.worker:
+        worker(args)
+    elif args.measure:
         measure(args)
     else:
         run(args)
@@ -110,9 +113,7 @@ def measure(args: argparse.Namespace) -> None:
     tok = hf_tokenizer(hf_dir)
     sources = [[*tok.encode(s), tok.ids["</s>"]] for s in test_pairs(args.data_dir)[0][:100]]
     baseline = _status_mb("VmRSS")
-    options = DecodeOptions(
-        beam_size=5, max_length=args.max_length, proportional_limit=False, repetition_guard=False, cut_degenerate=False
-    )
+    options = _options(5, args.max_length)
     if engine == "ctranslate2":
         decode = _ct2(model_dir, tok, args.threads, options)
     else:
@@ -139,70 +140,77 @@ def run(args: argparse.Namespace) -> None:
     tok = hf_tokenizer(hf_dir)
     eos = tok.ids["</s>"]
     sources = [[*tok.encode(s), eos] for s in sources_text]
-    engines: dict[tuple[str, str], tuple[Callable[[DecodeOptions], Decode], float]] = {}
-    runtime = None
+    dirs: dict[tuple[str, str], Path] = {}
     for p in precisions:
         if "runtime" in args.engines:
             import_marian(hf_dir, work / p, p)
-            before = resident_bytes()
-            runtime = Translator.load(work / p, args.threads, args.batch_tokens, args.low_memory)
-            loaded = (resident_bytes() - before) / 1e6
-            engines[("mtserve-onnx", p)] = (lambda o, t=runtime: _runtime(t, o), loaded)  # type: ignore[misc]
+            dirs[("mtserve-onnx", p)] = work / p
         if "ctranslate2" in args.engines:
-            ct2_dir = _ct2_convert(hf_dir, work / f"ct2-{p}", None if p == "fp32" else "int8")
-            before = resident_bytes()
-            probe = _ct2(ct2_dir, tok, args.threads, DecodeOptions())
-            loaded = (resident_bytes() - before) / 1e6
-            del probe
-            engines[("ctranslate2", p)] = (lambda o, d=ct2_dir: _ct2(d, tok, args.threads, o), loaded)  # type: ignore[misc]
+            dirs[("ctranslate2", p)] = _ct2_convert(hf_dir, work / f"ct2-{p}", None if p == "fp32" else "int8")
     if args.memory:
-        for key in engines:
-            directory = work / key[1] if key[0] == "mtserve-onnx" else work / f"ct2-{key[1]}"
-            engine = "runtime" if key[0] == "mtserve-onnx" else "ctranslate2"
+        for (engine, p), directory in dirs.items():
+            name = "runtime" if engine == "mtserve-onnx" else engine
             command = [sys.executable, __file__, "--model", str(args.model), "--hf-dir", str(hf_dir),
-                       "--measure", engine, str(directory), key[1], "--threads", str(args.threads),
+                       "--measure", name, str(directory), p, "--threads", str(args.threads),
                        *(["--low-memory"] if args.low_memory else [])]  # fmt: skip
             subprocess.run(command, check=True)
         return
-    lengths = [len(s) for s in sources]
-    groups = (runtime or Translator.load(work / precisions[0], args.threads, args.batch_tokens)).batches(lengths)
+    write_job(work, sources, batches_by_length([len(s) for s in sources], args.batch_tokens))
     for beam in args.beam_size:
-        options = DecodeOptions(
-            beam_size=beam,
-            max_length=args.max_length,
-            proportional_limit=False,
-            repetition_guard=False,
-            cut_degenerate=False,
-        )
-        decoders = {key: make(options) for key, (make, _) in engines.items()}
+        commands = {
+            key: _worker_command(args, hf_dir, work, key[0], directory, beam) for key, directory in dirs.items()
+        }
         results = []
-        for round_index in range(args.repeat):
-            outputs: dict[tuple[str, str], list[list[int]]] = {}
-            for key, decode in decoders.items():
-                out: list[list[int]] = [[] for _ in sources]
-                start = time.perf_counter()
-                for group in groups:
-                    for i, tokens in zip(group, decode([sources[i] for i in group]), strict=True):
-                        out[i] = tokens
-                seconds = time.perf_counter() - start
+        outputs: dict[tuple[str, str], list[list[int]]] = {}
+        with started(commands) as workers:
+            for round_index, key, seconds, out in interleaved_rounds(workers, args.repeat):
                 outputs[key] = out
                 target_tokens = sum(len(t) + 1 for t in out)
                 row = {
                     "engine": key[0], "precision": key[1], "beam": beam, "round": round_index,
                     "sentences": len(sources), "seconds": round(seconds, 2),
                     "tok_per_s": round(target_tokens / seconds, 1), "sent_per_s": round(len(sources) / seconds, 2),
-                    "loaded_rss_mb": round(engines[key][1], 1),
                 }  # fmt: skip
                 results.append(row)
                 print(json.dumps(row), flush=True)
-            for p in precisions:
-                ours, theirs = outputs.get(("mtserve-onnx", p)), outputs.get(("ctranslate2", p))
-                if ours is not None and theirs is not None:
-                    same = sum(a == b for a, b in zip(ours, theirs, strict=True))
-                    print(json.dumps({"compare": p, "beam": beam, "round": round_index, "same_tokens": same,
-                                      "sentences": len(sources)}), flush=True)  # fmt: skip
+                if len(outputs) < len(workers):
+                    continue
+                for p in precisions:  # the round's last: each precision's two engines compared
+                    ours, theirs = outputs.get(("mtserve-onnx", p)), outputs.get(("ctranslate2", p))
+                    if ours is not None and theirs is not None:
+                        same = sum(a == b for a, b in zip(ours, theirs, strict=True))
+                        print(json.dumps({"compare": p, "beam": beam, "round": round_index, "same_tokens": same,
+                                          "sentences": len(sources)}), flush=True)  # fmt: skip
+                outputs.clear()
         for summary in summarize(results):
             print(json.dumps(summary), flush=True)
+
+
+def _options(beam: int, max_length: int) -> DecodeOptions:
+    """Both engines' rules: a fixed limit, no repetition guard, hypotheses cut at the limit."""
+    return DecodeOptions(beam_size=beam, max_length=max_length, proportional_limit=False, repetition_guard=False,
+                         cut_degenerate=False)  # fmt: skip
+
+
+def _worker_command(
+    args: argparse.Namespace, hf_dir: Path, work: Path, engine: str, directory: Path, beam: int
+) -> list[str]:
+    """This script as the worker of one engine on one model directory at one beam (bench/engine_workers.py)."""
+    return [sys.executable, __file__, "--model", str(args.model), "--hf-dir", str(hf_dir), "--work", str(work),
+            "--worker", engine, str(directory), str(beam), "--threads", str(args.threads),
+            "--batch-tokens", str(args.batch_tokens), "--max-length", str(args.max_length),
+            *(["--low-memory"] if args.low_memory else [])]  # fmt: skip
+
+
+def worker(args: argparse.Namespace) -> None:
+    """A worker: one engine, its batches one after another (bench/engine_workers.py)."""
+    engine, directory, beam = args.worker[0], Path(args.worker[1]), int(args.worker[2])
+    options = _options(beam, args.max_length)
+    if engine == "ctranslate2":
+        decode = _ct2(directory, hf_tokenizer(args.hf_dir), args.threads, options)
+    else:
+        decode = _runtime(Translator.load(directory, args.threads, args.batch_tokens, args.low_memory), options)
+    serve(args.work, in_streams(decode, 1))
 
 
 if __name__ == "__main__":

@@ -200,13 +200,14 @@ def test_the_packing_benchmark_times_one_product_both_ways(precision: str) -> No
 def test_each_engine_decodes_in_a_process_of_its_own_what_it_decodes_here(
     tiny_model_dir: Path, exported_int8: Path, sentences: list[str], tmp_path: Path
 ) -> None:
-    """bench/engines.py runs every engine in a worker process of its own (the latency issue's method):
-    a worker decodes the job's batches as the engine does in this process, round after round, and
-    times itself."""
+    """bench/engines.py runs every engine in a worker process of its own (the latency issue's method,
+    bench/engine_workers.py): a worker decodes the job's batches as the engine does in this process,
+    round after round, one worker at a time, and times itself."""
     import argparse
 
     from bench.common import runtime_streams
-    from bench.engines import JOB_FILE, _Worker
+    from bench.engine_workers import interleaved_rounds, started, write_job
+    from bench.engines import _worker_command
     from service.runtime.beam import DecodeOptions
     from service.runtime.translator import Translator, batches_by_length
 
@@ -214,7 +215,7 @@ def test_each_engine_decodes_in_a_process_of_its_own_what_it_decodes_here(
     sources = [[*ids, EOS_ID] for ids in sp.encode(sentences[:10])]
     groups = batches_by_length([len(s) for s in sources], 60, 2)
     assert len(groups) > 2
-    (tmp_path / JOB_FILE).write_text(json.dumps({"sources": sources, "groups": groups}))
+    write_job(tmp_path, sources, groups)
     (tmp_path / "int8").symlink_to(exported_int8)
     batches = [[sources[i] for i in group] for group in groups]
     translator = Translator.load(exported_int8, 2)
@@ -222,17 +223,15 @@ def test_each_engine_decodes_in_a_process_of_its_own_what_it_decodes_here(
     model, _ = load_model_dir(tiny_model_dir)
     with torch.no_grad():
         by_torch = [[h[0].tokens for h in beam_search(model, batch, TAG["fr"], beam_size=3)] for batch in batches]
+    expected = {"runtime": by_runtime, "torch": by_torch}
     args = argparse.Namespace(model=tiny_model_dir, work=tmp_path, threads=2, streams=2, batch_tokens=60)
-    workers = {"runtime": _Worker(args, "runtime", "int8", 3), "torch": _Worker(args, "torch", "fp32", 3)}
-    try:
-        for w in workers.values():
-            w.wait_ready()
-        for _ in range(2):
-            for engine, expected in (("runtime", by_runtime), ("torch", by_torch)):
-                seconds, outputs = workers[engine].decode_all()
-                assert seconds > 0
-                for group, batch_out in zip(groups, expected, strict=True):
-                    assert [outputs[i] for i in group] == batch_out, engine
-    finally:
-        for w in workers.values():
-            w.close()
+    configs = {"runtime": "int8", "torch": "fp32"}
+    commands = {engine: _worker_command(args, engine, precision, 3) for engine, precision in configs.items()}
+    with started(commands) as workers:
+        order = []
+        for round_index, engine, seconds, outputs in interleaved_rounds(workers, 2):
+            order.append((round_index, engine))
+            assert seconds > 0
+            for group, batch_out in zip(groups, expected[engine], strict=True):
+                assert [outputs[i] for i in group] == batch_out, engine
+    assert order == [(0, "runtime"), (0, "torch"), (1, "runtime"), (1, "torch")]

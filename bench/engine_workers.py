@@ -1,0 +1,109 @@
+"""Engines timed side by side, each in a worker process of its own (the latency issue's method).
+
+The parent writes the job, every sentence's source ids and the batches, into a work directory
+(`write_job`) and starts one worker per engine configuration (`started`), whose process calls
+`serve` with that engine's decoder. A worker decodes the job's first batch once, says it is ready,
+then for every line on its stdin decodes every batch and writes back the seconds that took (timed
+in the worker, not the pipe) and each sentence's output ids. The parent runs one worker at a time,
+round after round (`interleaved_rounds`): each engine has the machine to itself while it decodes,
+and no other engine's threads or memory share its process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from bench.common import DecodeAll
+
+K = TypeVar("K")
+Outputs = list[list[int]]  # each sentence's output ids, in the job's order
+
+JOB_FILE = "job.json"
+# After a worker's round, before the next one's: a thread pool's threads spin for a while after a call.
+PAUSE_S = 0.05
+
+
+def write_job(work: Path, sources: Sequence[Sequence[int]], groups: Sequence[Sequence[int]]) -> None:
+    """The sentences' source ids and the batches (indices into them) that every worker decodes."""
+    (work / JOB_FILE).write_text(json.dumps({"sources": sources, "groups": groups}))
+
+
+def serve(work: Path, decode_all: DecodeAll) -> None:
+    """A worker's side: the job's batches through `decode_all`, once to warm up, then once for each
+    line on stdin, each time the seconds and every sentence's output ids (in job order) on stdout."""
+    job = json.loads((work / JOB_FILE).read_text())
+    sources: list[list[int]] = job["sources"]
+    groups: list[list[int]] = job["groups"]
+    batches = [[sources[i] for i in group] for group in groups]
+    decode_all(batches[:1])
+    print("ready", flush=True)
+    for _ in sys.stdin:
+        started = time.perf_counter()
+        decoded = decode_all(batches)
+        seconds = time.perf_counter() - started
+        outputs: Outputs = [[] for _ in sources]
+        for group, batch_out in zip(groups, decoded, strict=True):
+            for i, tokens in zip(group, batch_out, strict=True):
+                outputs[i] = tokens
+        print(json.dumps({"seconds": seconds, "outputs": outputs}), flush=True)
+
+
+class EngineWorker:
+    """One engine configuration in a process of its own: `command` runs `serve` for it."""
+
+    def __init__(self, command: list[str], name: str) -> None:
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.stdin, self.stdout = self.process.stdin, self.process.stdout
+        self.name = name
+
+    def wait_ready(self) -> None:
+        if self.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the {self.name} worker failed to start (exit {self.process.wait()})")
+
+    def decode_all(self) -> tuple[float, Outputs]:
+        """Seconds the worker took to decode every batch, and each sentence's output ids."""
+        self.stdin.write("run\n")
+        self.stdin.flush()
+        line = self.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the {self.name} worker stopped (exit {self.process.wait()})")
+        record = json.loads(line)
+        return float(record["seconds"]), record["outputs"]
+
+    def close(self) -> None:
+        self.stdin.close()
+        self.process.wait()
+
+
+@contextlib.contextmanager
+def started(commands: Mapping[K, list[str]]) -> Iterator[dict[K, EngineWorker]]:
+    """A worker per command, all loaded before the first round; closed on the way out."""
+    workers: dict[K, EngineWorker] = {}
+    try:
+        for key, command in commands.items():
+            workers[key] = EngineWorker(command, str(key))
+        for worker in workers.values():
+            worker.wait_ready()
+        yield workers
+    finally:
+        for worker in workers.values():
+            worker.close()
+
+
+def interleaved_rounds(
+    workers: Mapping[K, EngineWorker], rounds: int
+) -> Iterator[tuple[int, K, float, list[list[int]]]]:
+    """(round, key, seconds, outputs) of every worker in turn, `rounds` times over."""
+    for round_index in range(rounds):
+        for key, worker in workers.items():
+            seconds, outputs = worker.decode_all()
+            yield round_index, key, seconds, outputs
+            time.sleep(PAUSE_S)
