@@ -62,6 +62,7 @@ DEFAULT_RUN := runs/default/model
 default-model: $(VENV)/.installed
 	$(BIN)/mtserve train --config configs/default.toml
 	$(BIN)/mtserve export --checkpoint $(DEFAULT_RUN) --out $(DEFAULT_RUN) --quantize int8
+	$(BIN)/mtserve shortlist $(DEFAULT_RUN) --size 1024
 	for d in en-fr fr-en; do \
 		$(BIN)/mtserve eval --model $(DEFAULT_RUN) --split test2016 --direction $$d --beam-size 5 && \
 		$(BIN)/mtserve eval --model $(DEFAULT_RUN) --split test2016 --limit 200 --direction $$d --beam-size 5 --no-mlm && \
