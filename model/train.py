@@ -405,7 +405,12 @@ class Trainer:
 def train(cfg: TrainConfig, data_dir: Path, resume: bool = False) -> Path | None:
     trainer = Trainer(cfg, data_dir, resume)
     try:
-        return trainer.run()
+        written = trainer.run()
+        if trainer.ctx.world_size > 1:
+            # Rank 0 writes the model alone: the others wait for it rather than tear their side of
+            # the group down while it still runs (a rank that did so once aborted at exit in CI).
+            dist.barrier()
+        return written
     finally:
         if trainer.ctx.world_size > 1:
             dist.destroy_process_group()
