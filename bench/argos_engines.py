@@ -34,7 +34,7 @@ import torch  # noqa: E402
 
 from bench.common import Decode, DecodeAll, in_streams, runtime_streams, test_pairs  # noqa: E402
 from bench.ct2_convert import build_spec  # noqa: E402
-from bench.engine_workers import interleaved_rounds, serve, started, write_job  # noqa: E402
+from bench.engine_workers import agreements, interleaved_rounds, serve, started, write_job  # noqa: E402
 from bench.interleaved import summarize  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
 from model.transformer import Transformer  # noqa: E402
@@ -187,22 +187,17 @@ def run(args: argparse.Namespace) -> None:
     rows = []
     for beam in args.beam_size:
         commands = {key: _worker_command(args, work, key[0], directory, beam) for key, directory in dirs.items()}
-        outputs: dict[tuple[str, str], list[list[int]]] = {}
         with started(commands) as workers:
-            for round_index, key, seconds, out in interleaved_rounds(workers, args.repeat):
-                outputs[key] = out
-                row = {"engine": key[0], "precision": key[1], "beam": beam, "round": round_index,
-                       "sentences": len(sources), "seconds": round(seconds, 2),
-                       "tok_per_s": round(sum(len(t) + 1 for t in out) / seconds, 1)}  # fmt: skip
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-                if len(outputs) == len(workers):  # the round's last: each precision's two engines compared
-                    for precision in ("fp32", "int8"):
-                        ours, theirs = outputs[("mtserve-onnx", precision)], outputs[("ctranslate2", precision)]
-                        same = sum(a == b for a, b in zip(ours, theirs, strict=True))
-                        print(json.dumps({"compare": precision, "beam": beam, "round": round_index,
-                                          "same_tokens": same, "sentences": len(sources)}), flush=True)  # fmt: skip
-                    outputs.clear()
+            for round_index, ran in interleaved_rounds(workers, args.repeat):
+                for key, (seconds, out) in ran.items():
+                    row = {"engine": key[0], "precision": key[1], "beam": beam, "round": round_index,
+                           "sentences": len(sources), "seconds": round(seconds, 2),
+                           "tok_per_s": round(sum(len(t) + 1 for t in out) / seconds, 1)}  # fmt: skip
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+                for precision, same in agreements(ran, ("fp32", "int8")):
+                    print(json.dumps({"compare": precision, "beam": beam, "round": round_index,
+                                      "same_tokens": same, "sentences": len(sources)}), flush=True)  # fmt: skip
     for summary in summarize(rows):
         print(json.dumps(summary), flush=True)
 

@@ -24,6 +24,7 @@ from bench.common import DecodeAll
 
 K = TypeVar("K")
 Outputs = list[list[int]]  # each sentence's output ids, in the job's order
+Ran = tuple[float, Outputs]  # a worker's seconds and outputs in one round
 
 JOB_FILE = "job.json"
 # After a worker's round, before the next one's: a thread pool's threads spin for a while after a call.
@@ -98,12 +99,21 @@ def started(commands: Mapping[K, list[str]]) -> Iterator[dict[K, EngineWorker]]:
             worker.close()
 
 
-def interleaved_rounds(
-    workers: Mapping[K, EngineWorker], rounds: int
-) -> Iterator[tuple[int, K, float, list[list[int]]]]:
-    """(round, key, seconds, outputs) of every worker in turn, `rounds` times over."""
+def interleaved_rounds(workers: Mapping[K, EngineWorker], rounds: int) -> Iterator[tuple[int, dict[K, Ran]]]:
+    """Each round's index and every worker's seconds and outputs, in the order they ran, `rounds`
+    times over."""
     for round_index in range(rounds):
+        ran: dict[K, Ran] = {}
         for key, worker in workers.items():
-            seconds, outputs = worker.decode_all()
-            yield round_index, key, seconds, outputs
+            ran[key] = worker.decode_all()
             time.sleep(PAUSE_S)
+        yield round_index, ran
+
+
+def agreements(ran: Mapping[tuple[str, str], Ran], precisions: Sequence[str]) -> Iterator[tuple[str, int]]:
+    """(precision, sentences both decoded to the same tokens) for each precision at which this runtime
+    ("mtserve-onnx") and CTranslate2 both ran in a round."""
+    for precision in precisions:
+        ours, theirs = ran.get(("mtserve-onnx", precision)), ran.get(("ctranslate2", precision))
+        if ours is not None and theirs is not None:
+            yield precision, sum(a == b for a, b in zip(ours[1], theirs[1], strict=True))

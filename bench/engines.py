@@ -156,10 +156,11 @@ def main() -> None:
                                                                      else ["fp32"])]  # fmt: skip
         results = []
         with started({config: _worker_command(args, *config, beam) for config in configs}) as workers:
-            for round_index, (engine, precision), seconds, outputs in interleaved_rounds(workers, args.repeat):
-                row = scored_row(ROW_NAMES[engine], precision, beam, seconds, outputs, sp.decode, references)
-                results.append({**row, "round": round_index})
-                print(json.dumps(results[-1]), flush=True)
+            for round_index, ran in interleaved_rounds(workers, args.repeat):
+                for (engine, precision), (seconds, outputs) in ran.items():
+                    row = scored_row(ROW_NAMES[engine], precision, beam, seconds, outputs, sp.decode, references)
+                    results.append({**row, "round": round_index})
+                    print(json.dumps(results[-1]), flush=True)
         for summary in summarize(results):
             print(json.dumps(summary), flush=True)
 

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import Decode, in_streams, test_pairs  # noqa: E402
-from bench.engine_workers import interleaved_rounds, serve, started, write_job  # noqa: E402
+from bench.engine_workers import agreements, interleaved_rounds, serve, started, write_job  # noqa: E402
 from bench.interleaved import summarize  # noqa: E402
 from export.marian import hf_tokenizer  # noqa: E402
 from service.runtime.beam import DecodeOptions, beam_search  # noqa: E402
@@ -161,27 +161,20 @@ def run(args: argparse.Namespace) -> None:
             key: _worker_command(args, hf_dir, work, key[0], directory, beam) for key, directory in dirs.items()
         }
         results = []
-        outputs: dict[tuple[str, str], list[list[int]]] = {}
         with started(commands) as workers:
-            for round_index, key, seconds, out in interleaved_rounds(workers, args.repeat):
-                outputs[key] = out
-                target_tokens = sum(len(t) + 1 for t in out)
-                row = {
-                    "engine": key[0], "precision": key[1], "beam": beam, "round": round_index,
-                    "sentences": len(sources), "seconds": round(seconds, 2),
-                    "tok_per_s": round(target_tokens / seconds, 1), "sent_per_s": round(len(sources) / seconds, 2),
-                }  # fmt: skip
-                results.append(row)
-                print(json.dumps(row), flush=True)
-                if len(outputs) < len(workers):
-                    continue
-                for p in precisions:  # the round's last: each precision's two engines compared
-                    ours, theirs = outputs.get(("mtserve-onnx", p)), outputs.get(("ctranslate2", p))
-                    if ours is not None and theirs is not None:
-                        same = sum(a == b for a, b in zip(ours, theirs, strict=True))
-                        print(json.dumps({"compare": p, "beam": beam, "round": round_index, "same_tokens": same,
-                                          "sentences": len(sources)}), flush=True)  # fmt: skip
-                outputs.clear()
+            for round_index, ran in interleaved_rounds(workers, args.repeat):
+                for key, (seconds, out) in ran.items():
+                    target_tokens = sum(len(t) + 1 for t in out)
+                    row = {
+                        "engine": key[0], "precision": key[1], "beam": beam, "round": round_index,
+                        "sentences": len(sources), "seconds": round(seconds, 2),
+                        "tok_per_s": round(target_tokens / seconds, 1), "sent_per_s": round(len(sources) / seconds, 2),
+                    }  # fmt: skip
+                    results.append(row)
+                    print(json.dumps(row), flush=True)
+                for p, same in agreements(ran, precisions):
+                    print(json.dumps({"compare": p, "beam": beam, "round": round_index, "same_tokens": same,
+                                      "sentences": len(sources)}), flush=True)  # fmt: skip
         for summary in summarize(results):
             print(json.dumps(summary), flush=True)
 

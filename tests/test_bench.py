@@ -229,9 +229,10 @@ def test_each_engine_decodes_in_a_process_of_its_own_what_it_decodes_here(
     commands = {engine: _worker_command(args, engine, precision, 3) for engine, precision in configs.items()}
     with started(commands) as workers:
         order = []
-        for round_index, engine, seconds, outputs in interleaved_rounds(workers, 2):
-            order.append((round_index, engine))
-            assert seconds > 0
-            for group, batch_out in zip(groups, expected[engine], strict=True):
-                assert [outputs[i] for i in group] == batch_out, engine
+        for round_index, ran in interleaved_rounds(workers, 2):
+            for engine, (seconds, outputs) in ran.items():
+                order.append((round_index, engine))
+                assert seconds > 0
+                for group, batch_out in zip(groups, expected[engine], strict=True):
+                    assert [outputs[i] for i in group] == batch_out, engine
     assert order == [(0, "runtime"), (0, "torch"), (1, "runtime"), (1, "torch")]
