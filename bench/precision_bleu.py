@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import BENCH_SPLIT, bench_data, runtime_parser  # noqa: E402
 from model import corpus  # noqa: E402
 from model.evaluate import score_translations  # noqa: E402
+from service.runtime import native  # noqa: E402
 from service.runtime.beam import DecodeOptions  # noqa: E402
 from service.runtime.sessions import cpu_has_vnni  # noqa: E402
 from service.runtime.translator import Translator  # noqa: E402
@@ -35,6 +36,13 @@ def _cpu_name() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor()
+
+
+def _int8_kernel() -> str | None:
+    """The widest integer kernel this process's CPU runs, as its CPUID says (the C module's choice for
+    the host's projection, and onnxruntime's for its own products). Under an emulator that presents an
+    older CPU (`qemu-x86_64 -cpu Haswell`), /proc/cpuinfo still names the host's, and `vnni` with it."""
+    return native.common_step.projection_kernel()[1] if native.common_step is not None else None
 
 
 def main() -> None:
@@ -66,7 +74,7 @@ def main() -> None:
                    "split": args.split, "direction": f"{source}-{target}", "sentences": len(sources),
                    "beam": args.beam_size, "bleu": scores.bleu, "chrf": scores.chrf,
                    "same_as_first": round(same, 3), **on_differing,
-                   "cpu": _cpu_name(), "vnni": cpu_has_vnni()}  # fmt: skip
+                   "cpu": _cpu_name(), "vnni": cpu_has_vnni(), "int8_kernel": _int8_kernel()}  # fmt: skip
             print(json.dumps(row, ensure_ascii=False), flush=True)
 
 

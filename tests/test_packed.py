@@ -17,6 +17,7 @@ import onnx
 import pytest
 
 from service.manifest import DEFAULT_MODEL_DIR, sha256_file
+from service.runtime import native, packed
 from service.runtime.beam import DecodeOptions
 from service.runtime.packed import FILES_FILE
 from service.runtime.translator import Translator
@@ -52,6 +53,35 @@ def test_packed_copies_are_made_once_and_translate_as_the_graphs(tmp_path: Path,
     assert _copies(tmp_path) == made, "a second load made its copies again"
     assert _outputs(second) == unpacked_outputs
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "a staging directory was left behind"
+
+
+def _copy_dirs(root: Path) -> set[Path]:
+    return {p for p in root.iterdir() if p.is_dir()}
+
+
+def test_a_cpu_whose_cpuid_answers_for_another_kernel_gets_copies_of_its_own(
+    tmp_path: Path, unpacked_outputs: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An emulator presenting an older CPU leaves /proc/cpuinfo naming the host's flags: the copies'
+    key also holds the kernel this process's CPUID answers for, so copies packed for the host are not
+    read there."""
+    module = native.common_step
+    assert module is not None, native.NOT_BUILT
+    Translator.load(DEFAULT_MODEL_DIR, 2, packed=tmp_path)
+    host_copies = _copy_dirs(tmp_path)
+    index, name = module.projection_kernel()
+    monkeypatch.setattr(module, "projection_kernel", lambda: (index - 1, f"not {name}"))
+    packed.cpu_signature.cache_clear()
+    try:
+        translator = Translator.load(DEFAULT_MODEL_DIR, 2, packed=tmp_path)
+        emulated_copies = _copy_dirs(tmp_path) - host_copies
+    finally:
+        monkeypatch.undo()
+        packed.cpu_signature.cache_clear()
+    assert len(emulated_copies) == len(host_copies), "the other CPU's load read the host's copies"
+    assert _outputs(translator) == unpacked_outputs
+    Translator.load(DEFAULT_MODEL_DIR, 2, packed=tmp_path)
+    assert _copy_dirs(tmp_path) == host_copies | emulated_copies, "the host made its copies again"
 
 
 def _data_files(root: Path) -> list[Path]:
