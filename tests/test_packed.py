@@ -270,3 +270,17 @@ def test_copies_of_a_model_changed_in_place_are_replaced_not_kept(tmp_path: Path
     second = sorted(p.name for p in packed.iterdir() if p.is_dir())
     assert len(second) == len(first) == 3, (first, second)  # encoder, decoder step, MLM head
     assert not set(first) & set(second)
+
+
+def test_copies_made_under_the_key_of_before_the_cpuid_kernel_are_replaced_not_kept(tmp_path: Path) -> None:
+    Translator.load(DEFAULT_MODEL_DIR, 2, packed=tmp_path)
+    current = _copy_dirs(tmp_path)
+    for directory in current:  # as the version before wrote them: the CPU without its CPUID's kernel
+        files = json.loads((directory / FILES_FILE).read_text())
+        files["made_for"]["cpu"] = files["made_for"]["cpu"].partition(packed.CPUID_KERNEL)[0]
+        (directory / FILES_FILE).write_text(json.dumps(files))
+        directory.rename(directory.with_name(directory.name[::-1]))
+    earlier = _copy_dirs(tmp_path)
+    Translator.load(DEFAULT_MODEL_DIR, 2, packed=tmp_path)
+    assert _copy_dirs(tmp_path) == current, "the earlier key's copies were kept beside the new ones"
+    assert not earlier & _copy_dirs(tmp_path)

@@ -40,6 +40,7 @@ log = logging.getLogger("mtserve.runtime")
 
 OFF = "off"
 FILES_FILE = "files.json"  # each file's size and sha256, and what the copy was made for
+CPUID_KERNEL = " cpuid:"  # in the CPU's signature, before the kernel its CPUID answers for
 LOCK_FILE = "packing.lock"  # held by the process making a copy, in the directory of all copies
 # Instruction-set flags that change how onnxruntime's kernels pack and which kernels run.
 _ISA_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
@@ -74,7 +75,7 @@ def cpu_signature() -> str:
                 flags |= set(value.split())
     except OSError:
         pass
-    kernel = f" cpuid:{native.common_step.projection_kernel()[1]}" if native.common_step is not None else ""
+    kernel = f"{CPUID_KERNEL}{native.common_step.projection_kernel()[1]}" if native.common_step is not None else ""
     return name + " " + " ".join(f for f in _ISA_FLAGS if f in flags) + kernel
 
 
@@ -110,15 +111,22 @@ def _made_for(source: Path) -> dict[str, str]:
     return {"graph": str(source.resolve()), "cpu": cpu_signature(), "onnxruntime": ort.__version__}
 
 
+def _stale(recorded: object, made_for: dict[str, str]) -> bool:
+    """Whether a copy made for `recorded` is one this process replaces: made for the same graph file,
+    CPU and onnxruntime, or so under the key of before the CPUID's kernel was part of it."""
+    cpu, separator, _ = made_for["cpu"].partition(CPUID_KERNEL)
+    return recorded == made_for or (bool(separator) and recorded == {**made_for, "cpu": cpu})
+
+
 def _prune(root: Path, keep: str, made_for: dict[str, str]) -> None:
     """Remove copies made for the same graph file on this CPU and onnxruntime, under another key:
-    the model's files changed since (copies for other CPUs or versions, in a shared directory,
-    stay)."""
+    the model's files changed since, or the key's form (copies for other CPUs or versions, in a
+    shared directory, stay)."""
     for directory in root.iterdir():
         if directory.name == keep or directory.name.startswith("."):
             continue
         try:
-            if json.loads((directory / FILES_FILE).read_text()).get("made_for") == made_for:
+            if _stale(json.loads((directory / FILES_FILE).read_text()).get("made_for"), made_for):
                 shutil.rmtree(directory, ignore_errors=True)
                 log.info("removed the packed copy %s: %s changed since", directory, made_for["graph"])
         except (OSError, ValueError, AttributeError):
