@@ -30,6 +30,13 @@ from service.api.processes import MAX_RESTARTS
 pytestmark = pytest.mark.slow
 SENTENCE = "A man in a blue shirt is standing on a ladder and cleaning a window."
 PROCESSES = 2
+# What each of the 16 requests sent at once before a SIGTERM carries: sentences long enough to be in
+# flight still, and few enough that all 16 fit the two processes' queues (256 sentences in all).
+DRAINED_SENTENCES = 8
+LONG_SENTENCE = (
+    "A man in a blue shirt is standing on a ladder and cleaning a window while two children in red coats "
+    "play with a brown dog on the wet grass beside an old wooden fence"
+)
 
 
 def _children(server: LiveServer) -> list[int]:
@@ -149,15 +156,24 @@ def test_sigterm_drains_every_process_and_exits_0(server: LiveServer) -> None:
     children = _wait_for_children(server, PROCESSES)
 
     async def run() -> tuple[list[httpx.Response], float]:
-        body = {"q": [SENTENCE] * 8, "source": "en", "target": "fr"}
+        body = {"q": [LONG_SENTENCE] * DRAINED_SENTENCES, "source": "en", "target": "fr"}
 
         async def one() -> httpx.Response:
             async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
                 return await client.post("/translate", json=body)
 
         tasks = [asyncio.ensure_future(one()) for _ in range(16)]
+        deadline = time.monotonic() + 30
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as probe:
-            while metric_value((await probe.get("/metrics")).text, "mtserve_http_requests_in_flight") < 17:
+            # every request in flight (besides the probe's own) or answered: on a fast CPU the first can
+            # be answered before the last arrives, and 17 in flight would never be seen
+            while (
+                metric_value((await probe.get("/metrics")).text, "mtserve_http_requests_in_flight")
+                - 1
+                + sum(task.done() for task in tasks)
+                < 16
+            ):
+                assert time.monotonic() < deadline, "the 16 requests were not all taken in 30 s"
                 await asyncio.sleep(0.02)
         signalled = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
@@ -166,7 +182,7 @@ def test_sigterm_drains_every_process_and_exits_0(server: LiveServer) -> None:
     responses, signalled = asyncio.run(run())
     code = server.process.wait(timeout=60)
     assert [r.status_code for r in responses] == [200] * 16
-    assert all(len(r.json()["translatedText"]) == 8 for r in responses)
+    assert all(len(r.json()["translatedText"]) == DRAINED_SENTENCES for r in responses)
     assert code == 0 and time.monotonic() - signalled < 25
     assert all(not Path(f"/proc/{pid}").exists() for pid in children), "a server process outlived the parent"
     assert server.log().count("draining (up to") == PROCESSES
