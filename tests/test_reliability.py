@@ -82,12 +82,14 @@ def test_sigterm_during_load_finishes_accepted_work_and_exits_0(tmp_path: Path) 
             async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as client:
                 body = {"q": [SENTENCE] * 8, "source": "en", "target": "fr"}
                 tasks = [asyncio.ensure_future(client.post("/translate", json=body)) for _ in range(24)]
+                deadline = time.monotonic() + 30
                 async with httpx.AsyncClient(base_url=server.url, timeout=10) as probe:
-                    while True:  # until all 24 are inside the server
+                    while True:  # until all 24 are inside the server (besides the probe), or answered already
                         text = (await probe.get("/metrics")).text
-                        in_flight = metric_value(text, "mtserve_http_requests_in_flight")
-                        if in_flight >= 25:
+                        in_flight = metric_value(text, "mtserve_http_requests_in_flight") - 1
+                        if in_flight + sum(task.done() for task in tasks) >= 24:
                             break
+                        assert time.monotonic() < deadline, "the 24 requests were not all taken in 30 s"
                         await asyncio.sleep(0.02)
                 signalled = time.monotonic()
                 server.process.send_signal(signal.SIGTERM)
