@@ -38,13 +38,6 @@ def _cpu_name() -> str:
     return platform.processor()
 
 
-def _int8_kernel() -> str | None:
-    """The widest integer kernel this process's CPU runs, as its CPUID says (the C module's choice for
-    the host's projection, and onnxruntime's for its own products). Under an emulator that presents an
-    older CPU (`qemu-x86_64 -cpu Haswell`), /proc/cpuinfo still names the host's, and `vnni` with it."""
-    return native.common_step.projection_kernel()[1] if native.common_step is not None else None
-
-
 def main() -> None:
     parser = runtime_parser(__doc__, 1000)
     parser.add_argument("--split", default=BENCH_SPLIT, help="held-out split of the benchmark config")
@@ -74,7 +67,7 @@ def main() -> None:
                    "split": args.split, "direction": f"{source}-{target}", "sentences": len(sources),
                    "beam": args.beam_size, "bleu": scores.bleu, "chrf": scores.chrf,
                    "same_as_first": round(same, 3), **on_differing,
-                   "cpu": _cpu_name(), "vnni": cpu_has_vnni(), "int8_kernel": _int8_kernel()}  # fmt: skip
+                   "cpu": _cpu_name(), "vnni": cpu_has_vnni(), "int8_kernel": native.cpuid_kernel()}  # fmt: skip
             print(json.dumps(row, ensure_ascii=False), flush=True)
 
 

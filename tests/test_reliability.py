@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.api.launcher import free_port, live_server, metric_value, rss_mb
+from service.api.launcher import free_port, live_server, metric_value, rss_mb, until_each_taken
 from service.manifest import DEFAULT_MODEL_DIR
 
 SENTENCE = "A man in a blue shirt is standing on a ladder and cleaning a window."
@@ -82,15 +82,12 @@ def test_sigterm_during_load_finishes_accepted_work_and_exits_0(tmp_path: Path) 
             async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as client:
                 body = {"q": [SENTENCE] * 8, "source": "en", "target": "fr"}
                 tasks = [asyncio.ensure_future(client.post("/translate", json=body)) for _ in range(24)]
-                deadline = time.monotonic() + 30
                 async with httpx.AsyncClient(base_url=server.url, timeout=10) as probe:
-                    while True:  # until all 24 are inside the server (besides the probe), or answered already
-                        text = (await probe.get("/metrics")).text
-                        in_flight = metric_value(text, "mtserve_http_requests_in_flight") - 1
-                        if in_flight + sum(task.done() for task in tasks) >= 24:
-                            break
-                        assert time.monotonic() < deadline, "the 24 requests were not all taken in 30 s"
-                        await asyncio.sleep(0.02)
+
+                    async def metrics() -> str:
+                        return (await probe.get("/metrics")).text
+
+                    await until_each_taken(metrics, tasks)
                 signalled = time.monotonic()
                 server.process.send_signal(signal.SIGTERM)
                 responses = await asyncio.gather(*tasks)

@@ -5,6 +5,7 @@ Used by the benchmarks and the end-to-end tests, which need a real uvicorn, sign
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import resource
@@ -16,10 +17,11 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -106,6 +108,21 @@ def metric_value(exposition: str, name: str) -> float:
     if not values:
         raise KeyError(f"{name} is not in the exposition")
     return sum(values)
+
+
+async def until_each_taken(
+    metrics: Callable[[], Awaitable[str]], requests: Sequence[asyncio.Future[Any]], within_s: float = 30.0
+) -> None:
+    """Until each of `requests` is in the server (in flight by its /metrics, which `metrics` reads in a
+    request of its own) or answered: a CPU fast enough answers the first before the last arrives, so
+    all are never in flight at once. TimeoutError after `within_s`."""
+    deadline = time.monotonic() + within_s
+    while metric_value(await metrics(), "mtserve_http_requests_in_flight") - 1 + sum(
+        request.done() for request in requests
+    ) < len(requests):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the {len(requests)} requests were not all taken in {within_s:.0f} s")
+        await asyncio.sleep(0.02)
 
 
 def free_port() -> int:

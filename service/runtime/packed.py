@@ -61,10 +61,9 @@ def packed_dir(setting: str | None = None) -> Path | None:
 
 @functools.cache
 def cpu_signature() -> str:
-    """The CPU's model name and the instruction-set flags that decide the packed layout, and the widest
-    integer kernel that the CPU's own CPUID answers for (the C module's), which onnxruntime's kernels
-    follow too: an emulator that presents an older CPU (`qemu-x86_64 -cpu Haswell`) leaves
-    /proc/cpuinfo naming the host's flags, and a copy packed for those would be read as this one's."""
+    """The CPU's model name and the instruction-set flags that decide the packed layout, and the kernel
+    its own CPUID answers for (native.cpuid_kernel): under an emulator that presents an older CPU the
+    flags are the host's, and a copy packed for those would be read as this one's."""
     name, flags = platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -75,8 +74,8 @@ def cpu_signature() -> str:
                 flags |= set(value.split())
     except OSError:
         pass
-    kernel = f"{CPUID_KERNEL}{native.common_step.projection_kernel()[1]}" if native.common_step is not None else ""
-    return name + " " + " ".join(f for f in _ISA_FLAGS if f in flags) + kernel
+    kernel = native.cpuid_kernel()
+    return name + " " + " ".join(f for f in _ISA_FLAGS if f in flags) + (f"{CPUID_KERNEL}{kernel}" if kernel else "")
 
 
 def packed_key(graph_sha256: str, weights_sha256: str) -> str:
