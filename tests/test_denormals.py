@@ -7,6 +7,7 @@ import platform
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,3 +80,40 @@ def test_a_search_flushes_its_thread_and_leaves_it_as_it_was() -> None:
     result = subprocess.run([sys.executable, "-c", FIRST_SESSIONS], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "True", "False", "True"]
+
+
+# A graph whose one constant is folded when its session is made: a denormal times 1e30.
+FOLDED_CONSTANT = """
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from service.runtime.sessions import _session
+
+session = _session(Path(sys.argv[1]), 1)  # the process's first model session
+print(repr(float(session.run(None, {"x": np.zeros(1, np.float32)})[0][0])))
+"""
+
+
+def test_a_graph_folds_its_constants_alike_whether_or_not_its_session_is_the_processs_first(tmp_path: Path) -> None:
+    """onnxruntime sets FTZ and DAZ on the thread that makes a process's first session, before that
+    session folds its constants; the runtime's sessions are never that first one
+    (denormals.first_session), so a model's graph folds the same whichever loads first."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    tiny, big = np.float32(1e-39), np.float32(1e30)  # 1e-39: below float32's normal range
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["tiny", "big"], ["product"]), helper.make_node("Add", ["x", "product"], ["y"])],
+        "folded",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        [numpy_helper.from_array(np.array([tiny]), "tiny"), numpy_helper.from_array(np.array([big]), "big")],
+    )
+    path = tmp_path / "folded.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]).SerializeToString())
+    result = subprocess.run(
+        [sys.executable, "-c", FOLDED_CONSTANT, str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout) == float(tiny * big) != 0.0, "the constant was folded with denormals read as zero"

@@ -10,7 +10,10 @@ Intel Xeon each such denormal result took a microcode assist: a log-softmax over
 x86 keeps the two modes (FTZ, DAZ) per thread. onnxruntime sets them on its own pool's threads
 (`session.set_denormal_as_zero`, sessions.py), but a graph run on one thread runs on the caller's,
 so a search sets them on its own thread while it lasts (`flushed`) and puts them back after: the
-thread may be a caller's own, whose other floating-point work is not the search's to change. Where
+thread may be a caller's own, whose other floating-point work is not the search's to change.
+onnxruntime also sets them, once a process, on the thread that makes its first session, before
+that session folds its graph's constants: so that no model's graph is folded in another mode for
+having been loaded first, the process's first session is one of its own (`first_session`). Where
 the C module is not built (no compiler at hand), a search's thread flushes only if onnxruntime made
 it so (the thread that made the process's first session), and large batches are slower there.
 """
@@ -18,6 +21,7 @@ it so (the thread that made the process's first session), and large batches are 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from types import ModuleType
 
@@ -60,3 +64,24 @@ def flushing() -> bool:
     if _module is None:
         return False
     return bool(_module.FLUSH) and _module.current() == _module.FLUSH
+
+
+@functools.cache
+def first_session() -> None:
+    """Makes the process's first onnxruntime session, of a graph of one Identity node, and puts the
+    thread's modes back after it. onnxruntime sets FTZ and DAZ (with the session's
+    `set_denormal_as_zero`, else clears them) on the thread that makes a process's first session,
+    before that session folds its graph's constants (the fp16 initializers cast to fp32, products of
+    constants): a model's graph made first was folded with denormal inputs read as zero, the others
+    were not. A CPU whose fp16 conversion honours DAZ (an emulated one did, docs/BENCHMARKS.md) then
+    translated with a model differently when it was the first loaded. Called before every session the
+    runtime makes: each then folds its graph in the thread's own mode, whichever model comes first."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "first",
+                              [value("x", TensorProto.FLOAT, [1])], [value("y", TensorProto.FLOAT, [1])])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    with kept():
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])

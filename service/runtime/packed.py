@@ -34,7 +34,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from service.manifest import checked_sha256, sha256_file
-from service.runtime import native
+from service.runtime import denormals, native
 
 log = logging.getLogger("mtserve.runtime")
 
@@ -142,6 +142,7 @@ def _write(source: Path, target: Path) -> None:
     options.add_session_config_entry("session.save_external_prepacked_constant_initializers", "1")
     options.intra_op_num_threads = 1
     options.log_severity_level = 3  # its warning that the copy suits this CPU only is why the key names the CPU
+    denormals.first_session()  # the copy's constants folded in this thread's own mode, as a session's
     ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
 
 

@@ -666,9 +666,10 @@ def _session(path: Path, threads: int, pack: bool = True) -> ort.InferenceSessio
     # arena every step pays for its allocations (docs/BENCHMARKS.md).
     _shared_arena()
     options.add_session_config_entry("session.use_env_allocators", "1")
-    # Denormals flushed on the pool's threads (denormals.py). onnxruntime also flushes them, for
-    # good, on the thread that creates the process's first session: that thread is put back.
+    # Denormals flushed on the pool's threads (denormals.py). onnxruntime also sets the modes of the
+    # thread that makes the process's first session: that session is not a model's.
     options.add_session_config_entry("session.set_denormal_as_zero", "1")
+    denormals.first_session()
     try:
         with denormals.kept():
             return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
