@@ -15,6 +15,7 @@ import sacrebleu
 import sentencepiece as spm
 import torch
 from sacrebleu.metrics.bleu import BLEU
+from sacrebleu.significance import PairedTest, Result
 
 from model import corpus
 from model.artifacts import load_model_dir
@@ -72,6 +73,20 @@ def score_translations(hypotheses: list[str], references: list[str], seconds: fl
     return TranslationScores(
         round(result.score, 2), round(chrf.score, 2), len(hypotheses), round(seconds, 1), str(bleu.get_signature())
     )
+
+
+def paired_bootstrap_p(
+    hypotheses: list[str], baseline: list[str], references: list[str], resamples: int = 1000
+) -> float:
+    """sacreBLEU's paired bootstrap resampling (Koehn, 2004) of the BLEU difference between two systems'
+    translations of the same sentences: the chance that a difference as large arises from the choice
+    of sentences alone. sacreBLEU seeds the resampling (SACREBLEU_SEED), so a pair gets the same p each time."""
+    test = PairedTest([("baseline", baseline), ("system", hypotheses)], {"BLEU": BLEU(tokenize="13a")},
+                      [references], test_type="bs", n_samples=resamples)  # fmt: skip
+    _, results = test()
+    system = results["BLEU"][1]
+    assert isinstance(system, Result) and system.p_value is not None  # every system after the baseline has one
+    return float(system.p_value)
 
 
 @torch.no_grad()

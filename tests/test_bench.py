@@ -236,3 +236,69 @@ def test_each_engine_decodes_in_a_process_of_its_own_what_it_decodes_here(
                 for group, batch_out in zip(groups, expected[engine], strict=True):
                     assert [outputs[i] for i in group] == batch_out, engine
     assert order == [(0, "runtime"), (0, "torch"), (1, "runtime"), (1, "torch")]
+
+
+def test_a_bleu_difference_is_significant_where_most_sentences_move_one_way() -> None:
+    from model.evaluate import paired_bootstrap_p
+
+    words = [
+        "a",
+        "man",
+        "woman",
+        "dog",
+        "cat",
+        "runs",
+        "sits",
+        "red",
+        "blue",
+        "big",
+        "small",
+        "on",
+        "in",
+        "the",
+        "park",
+        "street",
+        "water",
+        "ball",
+    ]
+    rng = np.random.default_rng(0)
+    references = [" ".join(rng.choice(words, 9)) for _ in range(200)]
+    baseline = [" ".join(r.split()[:7]) for r in references]  # each loses its last two words
+    better = references[:150] + baseline[150:]  # whole where three in four sentences are
+    # whole in 10 sentences and two words shorter in 10 others: the difference is which 20 were drawn
+    mixed = references[:10] + [" ".join(r.split()[:5]) for r in references[10:20]] + baseline[20:]
+    assert paired_bootstrap_p(better, baseline, references) < 0.01
+    assert paired_bootstrap_p(mixed, baseline, references) > 0.3
+
+
+def test_precision_bleu_compares_with_the_first_models_translations_saved_by_another_run(
+    exported: Path, exported_int8: Path, tiny_data_dir: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """--save there and --baseline here (an emulated CPU's run against the native one's, the first
+    model's translations read rather than made) report what one run of both models reports; a saved
+    file that does not fit the run is refused by name."""
+    from bench import precision_bleu
+
+    def rows(*extra: str) -> list[dict[str, object]]:
+        argv = ["precision_bleu.py", "--model", str(exported), str(exported_int8), "--threads", "1",
+                "--data-dir", str(tiny_data_dir), "--directions", "en-fr", *extra]  # fmt: skip
+        monkeypatch.setattr("sys.argv", argv)
+        precision_bleu.main()
+        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    saved = tmp_path / "saved"
+    together = rows("--save", str(saved))
+    assert [r["direction"] for r in together] == ["en-fr", "en-fr"] and together[1]["sentences"] == 20
+    read, again = rows("--baseline", str(saved))
+    assert again == together[1]
+    made_here = {"cpu", "vnni", "int8_kernel"}
+    assert read == {**{k: v for k, v in together[0].items() if k not in made_here}, "read_from": str(saved)}
+    first = saved / f"{exported.name}.test2016.en-fr.jsonl"
+    first.write_text("".join(first.read_text().splitlines(keepends=True)[:-1]))
+    with pytest.raises(SystemExit):
+        rows("--baseline", str(saved))
+    assert f"{first} holds 19 lines, where this run translates 20 sentences" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        rows("--directions", "de-en")
+    assert "has no de-en; it has en-fr, fr-en" in capsys.readouterr().err
