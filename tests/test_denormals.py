@@ -117,3 +117,13 @@ def test_a_graph_folds_its_constants_alike_whether_or_not_its_session_is_the_pro
     )
     assert result.returncode == 0, result.stderr
     assert float(result.stdout) == float(tiny * big) != 0.0, "the constant was folded with denormals read as zero"
+
+
+def test_the_first_session_is_a_graph_of_one_identity_node() -> None:
+    from onnx import TensorProto, helper
+
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "first",
+                              [value("x", TensorProto.FLOAT, [1])], [value("y", TensorProto.FLOAT, [1])])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    assert model.SerializeToString() == denormals.IDENTITY_GRAPH

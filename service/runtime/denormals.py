@@ -66,22 +66,26 @@ def flushing() -> bool:
     return bool(_module.FLUSH) and _module.current() == _module.FLUSH
 
 
+# A graph of one Identity node over a float [1] (opset 21, IR 10), serialized: what
+# tests/test_denormals.py makes with onnx.helper. Written out here so that the service need not
+# import onnx (about 11 MiB a process) for it.
+IDENTITY_GRAPH = (
+    b'\x08\n:;\n\x10\n\x01x\x12\x01y"\x08Identity\x12\x05firstZ\x0f\n\x01x\x12\n\n\x08\x08\x01\x12\x04\n\x02\x08\x01'
+    b"b\x0f\n\x01y\x12\n\n\x08\x08\x01\x12\x04\n\x02\x08\x01B\x04\n\x00\x10\x15"
+)
+
+
 @functools.cache
 def first_session() -> None:
-    """Makes the process's first onnxruntime session, of a graph of one Identity node, and puts the
-    thread's modes back after it. onnxruntime sets FTZ and DAZ (with the session's
-    `set_denormal_as_zero`, else clears them) on the thread that makes a process's first session,
-    before that session folds its graph's constants (the fp16 initializers cast to fp32, products of
-    constants): a model's graph made first was folded with denormal inputs read as zero, the others
-    were not. A CPU whose fp16 conversion honours DAZ (an emulated one did, docs/BENCHMARKS.md) then
-    translated with a model differently when it was the first loaded. Called before every session the
-    runtime makes: each then folds its graph in the thread's own mode, whichever model comes first."""
+    """Makes the process's first onnxruntime session, of IDENTITY_GRAPH, and puts the thread's modes
+    back after it. onnxruntime sets FTZ and DAZ (with the session's `set_denormal_as_zero`, else
+    clears them) on the thread that makes a process's first session, before that session folds its
+    graph's constants (the fp16 initializers cast to fp32, products of constants): a model's graph
+    made first was folded with denormal inputs read as zero, the others were not. A CPU whose fp16
+    conversion honours DAZ (an emulated one did, docs/BENCHMARKS.md) then translated with a model
+    differently when it was the first loaded. Called before every session the runtime makes: each
+    then folds its graph in the thread's own mode, whichever model comes first."""
     import onnxruntime as ort
-    from onnx import TensorProto, helper
 
-    value = helper.make_tensor_value_info
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "first",
-                              [value("x", TensorProto.FLOAT, [1])], [value("y", TensorProto.FLOAT, [1])])  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
     with kept():
-        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        ort.InferenceSession(IDENTITY_GRAPH, providers=["CPUExecutionProvider"])
