@@ -91,7 +91,7 @@ def main() -> None:
         help="the first model's translations are read from DIR, where a --save run wrote them (on "
         "another CPU, or natively where this run is emulated), rather than made here",
     )
-    args = parser.parse_args()  # fmt: skip
+    args = parser.parse_args()
     data, data_dir = bench_data(), corpus.resolve_data_dir(args.data_dir)
     options = DecodeOptions(beam_size=args.beam_size)
     first: dict[tuple[str, str], list[str]] = {}  # the first model's best translations, by direction

@@ -78,14 +78,18 @@ IDENTITY_GRAPH = (
 @functools.cache
 def first_session() -> None:
     """Makes the process's first onnxruntime session, of IDENTITY_GRAPH, and puts the thread's modes
-    back after it. onnxruntime sets FTZ and DAZ (with the session's `set_denormal_as_zero`, else
-    clears them) on the thread that makes a process's first session, before that session folds its
-    graph's constants (the fp16 initializers cast to fp32, products of constants): a model's graph
-    made first was folded with denormal inputs read as zero, the others were not. A CPU whose fp16
-    conversion honours DAZ (an emulated one did, docs/BENCHMARKS.md) then translated with a model
-    differently when it was the first loaded. Called before every session the runtime makes: each
-    then folds its graph in the thread's own mode, whichever model comes first."""
+    back after it. onnxruntime sets FTZ and DAZ (as the session's `set_denormal_as_zero` says) on the
+    thread that makes a process's first session, before that session folds its graph's constants
+    (the fp16 initializers cast to fp32, products of constants): a model's graph made first was
+    folded with denormal inputs read as zero, the others were not. A CPU whose fp16 conversion
+    honours DAZ (an emulated one did, docs/BENCHMARKS.md) then translated with a model differently
+    when it was the first loaded. Called before every session the runtime makes: each then folds
+    its graph in the thread's own mode, whichever model comes first. The session asks for the modes
+    as the runtime's do: where the C module is not built, `kept` cannot put them back, so they stay
+    set on the thread, as a model's first session left them, and every graph folds with them set."""
     import onnxruntime as ort
 
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.set_denormal_as_zero", "1")
     with kept():
-        ort.InferenceSession(IDENTITY_GRAPH, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(IDENTITY_GRAPH, options, providers=["CPUExecutionProvider"])
