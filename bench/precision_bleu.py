@@ -61,8 +61,10 @@ def _saved(path: Path, sentences: int, parser: argparse.ArgumentParser) -> list[
         parser.error(f"--baseline: cannot read {path}: {exc.strerror}")
     except json.JSONDecodeError as exc:
         parser.error(f"--baseline: {path} line {exc.lineno}: not a JSON string, as --save writes")
-    if len(lines) != sentences or not all(isinstance(line, str) for line in lines):
+    if len(lines) != sentences:
         parser.error(f"--baseline: {path} holds {len(lines)} lines, where this run translates {sentences} sentences")
+    if not all(isinstance(line, str) for line in lines):
+        parser.error(f"--baseline: {path} holds JSON other than strings, where --save writes one string a line")
     return lines
 
 
