@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> None:
         return
     sources = _sources(args.data_dir, args.limit)
     # The batches decoding at once share the token budget, as Translator.translate's do.
-    write_job(work, sources, batches_by_length([len(s) for s in sources], args.batch_tokens, args.streams))
+    write_job(work, sources, batches_by_length([len(s) for s in sources], args.batch_tokens, args.streams), args.warmup)
     rows = []
     for beam in args.beam_size:
         commands = {key: _worker_command(args, work, key[0], directory, beam) for key, directory in dirs.items()}
@@ -227,6 +227,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=32, help="target tokens per sentence, EOS included")
     parser.add_argument("--limit", type=int, default=200, help="first N test2016 sentences (0: all 1000)")
     parser.add_argument("--repeat", "--rounds", type=int, default=3, help="interleaved rounds of all engines")
+    parser.add_argument("--warmup", type=int, default=2, help="passes over every batch before the rounds")
     parser.add_argument("--work", type=Path, help="where the models are written (default: a temporary directory)")
     parser.add_argument("--data-dir")
     parser.add_argument("--memory", action="store_true", help="each engine's PSS, each in its own process")

@@ -9,11 +9,12 @@ maximum-length rule. `--streams N` (default: the threads) decodes N batches at a
 thread each: the runtime as `Translator.translate` does, and CTranslate2 with N replicas
 (`inter_threads`) called from N threads; `--streams 1` decodes the batches in turn on every
 thread (PyTorch always does). Each engine and precision runs in a worker process of its own,
-which times its own decoding; all are loaded at once, and each decodes the first batch once
-before the rounds. The engines run interleaved, `--repeat` rounds (bench/interleaved.py), one
-worker at a time while the others wait on their input: one JSON object per engine and round,
-then one summary per engine with its median tokens/s, min and max, and the median of its
-per-round ratios against CTranslate2.
+which times its own decoding; all are loaded at once, and each decodes the first batch once and
+then every batch `--warmup` times (2) before the rounds, as a server that has run a while would.
+The engines run interleaved, `--repeat` rounds (bench/interleaved.py), one worker at a time while
+the others wait on their input: one JSON object per engine and round, then one summary per
+engine with its median tokens/s, min and max, and the median of its per-round ratios against
+CTranslate2.
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="first N test2016 sentences (default: all 1000)")
     parser.add_argument("--engines", nargs="+", choices=list(ROW_NAMES), default=list(ROW_NAMES))
     parser.add_argument("--repeat", type=int, default=5, help="interleaved rounds of all engines")
+    parser.add_argument("--warmup", type=int, default=2, help="passes over every batch before the rounds")
     parser.add_argument("--data-dir")
     parser.add_argument(
         "--activation-scales", choices=["row", "calibrated"], default="row", help="this runtime's int8 graphs"
@@ -149,7 +151,7 @@ def main() -> None:
     # The batches decoding at once share the token budget, as Translator.translate's do; every
     # engine decodes the same ones.
     groups = batches_by_length([len(s) for s in sources], args.batch_tokens, args.streams)
-    write_job(args.work, sources, groups)
+    write_job(args.work, sources, groups, args.warmup)
 
     for beam in args.beam_size:
         configs = [(engine, p) for engine in args.engines for p in (precisions if engine in ("runtime", "ctranslate2")

@@ -238,6 +238,34 @@ def test_each_engine_decodes_in_a_process_of_its_own_what_it_decodes_here(
     assert order == [(0, "runtime"), (0, "torch"), (1, "runtime"), (1, "torch")]
 
 
+def test_a_worker_decodes_the_whole_job_as_often_as_its_warm_up_asks_before_it_is_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """CTranslate2 runs its first pass over the 1,000 sentences slower than its later ones: each
+    engine decodes every batch `warmup_passes` times before its timed rounds."""
+    import io
+
+    from bench.engine_workers import serve, write_job
+
+    sources = [[5, 6, 2], [7, 2], [8, 9, 10, 2]]
+    groups = [[1], [0, 2]]
+    with pytest.raises(ValueError, match="warmup_passes"):
+        write_job(tmp_path, sources, groups, -1)
+    write_job(tmp_path, sources, groups, 2)
+    calls: list[int] = []
+
+    def decode_all(batches: list[list[list[int]]]) -> list[list[list[int]]]:
+        calls.append(len(batches))
+        return [[s[:1] for s in batch] for batch in batches]
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("run\n"))
+    serve(tmp_path, decode_all)
+    lines = capsys.readouterr().out.splitlines()
+    assert calls == [1, 2, 2, 2]  # the first batch, two warm-up passes, one timed round
+    assert lines[0] == "ready" and len(lines) == 2
+    assert json.loads(lines[1])["outputs"] == [[5], [7], [8]]
+
+
 def test_a_bleu_difference_is_significant_where_most_sentences_move_one_way() -> None:
     from model.evaluate import paired_bootstrap_p
 
