@@ -107,6 +107,52 @@ def test_fused_products_take_one_node_each_and_move_with_the_batch(exported_int8
     assert moved > 0
 
 
+def test_per_sentence_products_give_a_sentence_in_a_batch_what_the_fused_step_gives_it_alone(
+    exported_int8: Path, tmp_path: Path
+) -> None:
+    """bench/fused_products.py --per-sentence: a decoder step that scales each sentence's rows as the
+    fused node scales a run gives every sentence of a batch, to the bit, what the fused step gives
+    that sentence alone, padding and beams' histories included; the fused step itself moves with
+    the batch, which is why a batch could not run it."""
+    from bench.fused_products import write_per_sentence
+    from service.runtime.sessions import OnnxModel
+
+    alone_dir, batch_dir = tmp_path / "alone", tmp_path / "batch"
+    assert write_per_sentence(exported_int8, alone_dir, batch_dir) > 0
+    fused, per_sentence = OnnxModel(alone_dir, 1), OnnxModel(batch_dir, 1)
+    m = fused.manifest
+    rng = np.random.default_rng(1)
+    sentences, beams, past, width = 3, 4, 3, 8
+    ids = rng.integers(10, 200, (sentences, width))
+    mask = np.ones_like(ids)
+    mask[1, 6:] = 0
+    shape = (2 * m.decoder_layers, sentences * beams, m.n_heads, past, m.head_dim)
+    history = rng.standard_normal(shape).astype(np.float32)
+    slots = rng.integers(0, beams, (sentences, beams, past)).astype(np.int32)
+    last = rng.integers(10, 200, (sentences * beams, 1))
+
+    def step(model: OnnxModel, chosen: list[int]) -> tuple[np.ndarray, list[np.ndarray]]:
+        rows = np.concatenate([np.arange(s * beams, (s + 1) * beams) for s in chosen])
+        cache = model.new_cache(len(chosen), past + 1, beams)
+        cache.reorder(np.repeat(np.arange(len(chosen)), beams))
+        for buffer, values in zip(cache.buffers, history, strict=True):
+            buffer[:, :, :past] = values[rows]
+        cache.indirection[:, :, :past] = slots[chosen]
+        cache.length = past
+        cross = model.encode(ids[chosen], mask[chosen]).cross
+        log_probs = model.decode_step(last[rows], mask[chosen], cache, cross)
+        return log_probs, [buffer[:, :, past].copy() for buffer in cache.buffers]
+
+    together, written = step(per_sentence, list(range(sentences)))
+    for s in range(sentences):
+        rows = slice(s * beams, (s + 1) * beams)
+        alone, written_alone = step(fused, [s])
+        assert np.array_equal(together[rows], alone)
+        assert all(np.array_equal(a[rows], b) for a, b in zip(written, written_alone, strict=True))
+    fused_together, _ = step(fused, list(range(sentences)))
+    assert not np.array_equal(fused_together, together)
+
+
 def test_request_stages_cover_a_request_from_entry_to_exit(tmp_path: Path) -> None:
     """bench/request_stages.py stamps the server where a request passes; the stages chain without a
     gap or an overlap, so that they add up to the server's whole time, and the search is the model's."""
