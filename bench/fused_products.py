@@ -223,9 +223,11 @@ class _PerSentence:
             self.started = True
         weight = rewrite.array(product.weight)
         depth, width = weight.shape
+        if depth * CODES * WEIGHT_MAX >= 2**24:
+            raise SystemExit(f"{product.node.name}: its integer sums could leave float32's exact integers")
         codes, scale, float_zero = self.quantized_sentences(product.values, product.relu, depth)
         columns = rewrite.column_scales(product, self.nodes)
-        # the integer sums as floats: exact, since 255 * 63 * depth stays under 2^24 (checked below)
+        # the integer sums as floats: exact, since 255 * 63 * depth stays under 2^24 (checked above)
         sums = add("MatMulIntegerToFloat", [codes, product.weight, self.one, self.one], f"{p}.sums", domain=MS_DOMAIN)
         width_name = rewrite.constant(np.array([width], np.int64), f"per_sentence.width_{width}")
         shape = add("Concat", [self.flat, self.beams, width_name], f"{p}.shape", axis=0)
@@ -251,8 +253,6 @@ def emulate_per_sentence(graph: onnx.GraphProto, base_dir: Path) -> int:
     rewrite = _Graph(graph, base_dir, constant_weights_only=True)
     nodes = _PerSentence(rewrite)
     for product in rewrite.products:
-        if rewrite.array(product.weight).shape[0] * CODES * WEIGHT_MAX >= 2**24:
-            raise SystemExit(f"{product.node.name}: its integer sums could leave float32's exact integers")
         rewrite.replace(product, nodes.product(product))
     rewrite.finish()
     return len(rewrite.products)
