@@ -39,6 +39,23 @@ def test_translate_a_string(client: TestClient) -> None:
     assert french(body["translatedText"])
 
 
+def test_translate_served_ahead_of_fastapi_keeps_its_schema_methods_errors_and_metrics(client: TestClient) -> None:
+    """POST /translate runs on a plain route ahead of FastAPI's (service/api/direct_routes.py): what a
+    client and an operator see of it is FastAPI's declaration."""
+    schema = client.get("/openapi.json").json()["paths"]["/translate"]
+    assert set(schema) == {"post"} and "application/x-www-form-urlencoded" in schema["post"]["requestBody"]["content"]
+    wrong_method = client.get("/translate")
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    missing = client.post("/translate", json={"source": "en", "target": "fr"})
+    assert missing.status_code == 400 and missing.json() == {"error": "Invalid request: missing q parameter"}
+    form = client.post("/translate", data={"q": SENTENCE, "source": "en", "target": "fr"})
+    assert form.status_code == 200 and french(form.json()["translatedText"])
+    assert form.headers["x-request-id"] and form.headers["x-model-sha"]
+    metrics = client.get("/metrics").text
+    assert 'mtserve_http_requests_total{direction="none",route="/translate",status_class="4xx"}' in metrics
+    assert 'mtserve_http_requests_total{direction="en-fr",route="/translate",status_class="2xx"}' in metrics
+
+
 def test_translate_a_list_keeps_order_and_empty_entries(client: TestClient) -> None:
     q = [SENTENCE, "", "Two dogs are running on the beach."]
     r = client.post("/translate", json={"q": q, "source": "en", "target": "fr"})

@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api import errors
+from service.api.direct_routes import serve_first
 from service.api.heap import freeze_long_lived, thaw
 from service.api.metrics import Metrics
 from service.api.middleware import RequestContextMiddleware
@@ -84,8 +85,9 @@ def create_app(settings: Settings | None = None, start_gate: Callable[[], Awaita
     app.add_exception_handler(RequestValidationError, errors.validation_handler)
     app.add_exception_handler(StarletteHTTPException, errors.http_error_handler)
     app.add_exception_handler(Exception, errors.unexpected_handler)
-    for module in (ops, libretranslate, native, web):
+    for module in (native, libretranslate, ops, web):  # matched in this order: the busiest first
         app.include_router(module.router)
+    serve_first(app, libretranslate.router, libretranslate.translate)  # LibreTranslate clients' one request
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
