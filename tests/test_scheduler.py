@@ -9,10 +9,12 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import pytest
+from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
 
 from service.api import clients
 from service.api import scheduler as scheduler_module
+from service.api.errors import ApiError, guarded
 from service.api.metrics import Metrics
 from service.api.middleware import RequestContextMiddleware
 from service.api.scheduler import (
@@ -324,3 +326,62 @@ def test_a_closed_connection_no_longer_counts_as_another_client(translator: Tran
 
     threads, loop_thread = _run(translator, body)
     assert [thread == loop_thread for thread in threads] == [True, True, True, True, False]
+
+
+def _request_whose_client(leaves: asyncio.Event) -> Request:
+    """A request whose body has been read: the server reports the client gone once `leaves` is set."""
+
+    async def receive() -> Message:
+        await leaves.wait()
+        return {"type": "http.disconnect"}
+
+    return Request({"type": "http", "method": "POST", "path": "/translate", "headers": []}, receive)
+
+
+def test_a_client_that_leaves_gets_499_and_its_sentences_leave_the_queue(translator: Translator) -> None:
+    async def body(scheduler: Scheduler) -> tuple[int, float]:
+        busy = asyncio.ensure_future(_request(scheduler, translator, SENTENCES))
+        await asyncio.sleep(0)
+        leaves = asyncio.Event()
+        waiting = asyncio.ensure_future(
+            guarded(_request_whose_client(leaves), _request(scheduler, translator, SENTENCES * 8))
+        )
+        await asyncio.sleep(0)
+        leaves.set()
+        with pytest.raises(ApiError) as left:
+            await waiting
+        await busy
+        await asyncio.sleep(0.05)
+        return left.value.status, _sample(scheduler, "mtserve_batch_sentences_sum")
+
+    assert _run(translator, body) == (499, len(SENTENCES))
+
+
+def test_a_client_leaving_after_its_answer_cancels_nothing_later(translator: Translator) -> None:
+    async def body(scheduler: Scheduler) -> tuple[int, str]:
+        leaves = asyncio.Event()
+        hyps = await guarded(_request_whose_client(leaves), _request(scheduler, translator, SENTENCES[:1]))
+        leaves.set()
+        await asyncio.sleep(0.01)  # the request's task goes on (its answer is sent) uncancelled
+        return len(hyps), translator.tokenizer.decode(hyps[0][0].tokens)
+
+    count, text = _run(translator, body)
+    assert count == 1 and "guitare" in text
+
+
+def test_a_request_cancelled_from_outside_stays_cancelled(translator: Translator) -> None:
+    async def body(scheduler: Scheduler) -> float:
+        busy = asyncio.ensure_future(_request(scheduler, translator, SENTENCES))
+        await asyncio.sleep(0)
+        waiting = asyncio.ensure_future(
+            guarded(_request_whose_client(asyncio.Event()), _request(scheduler, translator, SENTENCES * 8))
+        )
+        await asyncio.sleep(0)
+        waiting.cancel()  # as the server does at shutdown: no 499, the cancellation goes on
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await busy
+        await asyncio.sleep(0.05)
+        return _sample(scheduler, "mtserve_batch_sentences_sum")
+
+    assert _run(translator, body) == len(SENTENCES)

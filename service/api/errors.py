@@ -80,20 +80,44 @@ async def _client_leaves(request: Request) -> None:
         pass
 
 
+class _Departure:
+    """Cancels the request's task when the watch on its client ends first (the client left, or the
+    server could no longer tell), unless the work is over by then."""
+
+    def __init__(self, request_task: asyncio.Task[object]) -> None:
+        self.request_task = request_task
+        self.gone = False
+        self.over = False
+
+    def watch_ended(self, leaves: asyncio.Future[None]) -> None:
+        if self.over or leaves.cancelled():
+            return
+        leaves.exception()  # taken either way: the client cannot be answered
+        self.gone = True
+        self.request_task.cancel()
+
+
 async def guarded(request: Request, work: Awaitable[T]) -> T:
     """Await model work; map scheduler outcomes to HTTP errors; abandon it if the client leaves.
 
     The client's departure is awaited as an event rather than polled: under load, polling
-    every waiting request costs the event loop more than the requests themselves.
+    every waiting request costs the event loop more than the requests themselves. The work runs
+    in the request's own task, which the watch cancels if the client leaves first: one task a
+    request, where a task of its own for the work and `asyncio.wait` over both cost a sixth of a
+    one-sentence request's Python (docs/BENCHMARKS.md).
     """
-    task = asyncio.ensure_future(work)
+    request_task = asyncio.current_task()
+    assert request_task is not None  # a route runs in its request's task
+    departure = _Departure(request_task)
     leaves = asyncio.ensure_future(_client_leaves(request))
+    leaves.add_done_callback(departure.watch_ended)
     try:
-        done, _ = await asyncio.wait({task, leaves}, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            return task.result()
-        task.cancel()
-        raise ApiError(CLIENT_CLOSED_REQUEST, "Client closed the request")
+        return await work
+    except asyncio.CancelledError:
+        if not departure.gone:
+            raise
+        request_task.uncancel()
+        raise ApiError(CLIENT_CLOSED_REQUEST, "Client closed the request") from None
     except Overloaded as exc:
         raise ApiError(503, "Service overloaded: the translation queue is full; retry later",
                        {"Retry-After": str(exc.retry_after)}) from None  # fmt: skip
@@ -106,6 +130,5 @@ async def guarded(request: Request, work: Awaitable[T]) -> T:
     except InferenceFailed as exc:
         raise ApiError(500, f"Translation failed (error id {exc.error_id})") from None
     finally:
-        for pending in (task, leaves):
-            if not pending.done():
-                pending.cancel()
+        departure.over = True
+        leaves.cancel()
