@@ -11,10 +11,14 @@ largest.
 from __future__ import annotations
 
 import os
+from typing import TypeVar, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client.metrics import MetricWrapperBase
 
 MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
+LabelledMetric = TypeVar("LabelledMetric", bound=MetricWrapperBase)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -26,6 +30,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], MetricWrapperBase] = {}
         self.requests = Counter(
             "mtserve_http_requests", "HTTP requests answered", ["route", "status_class", "direction"], registry=r
         )
@@ -101,6 +106,16 @@ class Metrics:
             "mtserve_model_info", "the model being served", ["name", "version", "sha"], registry=r,
             multiprocess_mode="livemax",
         )  # fmt: skip
+
+    def child(self, metric: LabelledMetric, *values: str) -> LabelledMetric:
+        """`metric.labels(*values)`, kept: prometheus_client's `labels()` converts each value and takes a
+        lock on every call, and a request asks for the same few children each time (seven of them for
+        a sentence). The labels are bounded (above), so are the children kept."""
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return cast(LabelledMetric, found)
 
     def exposition(self) -> bytes:
         """The text /metrics answers: this process's registry, or every live process's values in a server

@@ -89,8 +89,8 @@ class RequestContextMiddleware:
             self.metrics.in_flight.dec()
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             direction = str(scope.get("state", {}).get("direction", "none"))
-            self.metrics.requests.labels(route, f"{status // 100}xx", direction).inc()
-            self.metrics.request_seconds.labels(route, direction).observe(time.perf_counter() - t0)
+            self.metrics.child(self.metrics.requests, route, f"{status // 100}xx", direction).inc()
+            self.metrics.child(self.metrics.request_seconds, route, direction).observe(time.perf_counter() - t0)
             logs.request_id.reset(token)
             clients.connection.reset(connection)
 

@@ -226,6 +226,7 @@ class Scheduler:
         self.workers = workers
         self.fault_marker = fault_marker
         self._queue: deque[_Job] = deque()
+        self._published_depth = -1  # the queue depth the metrics hold
         self._running = 0
         self._accepting = True
         self._started = False
@@ -308,12 +309,19 @@ class Scheduler:
         future: asyncio.Future[list[list[Hypothesis]]] = asyncio.get_running_loop().create_future()
         ticket = Ticket(future, [[] for _ in sentences], deadline, len(sentences), client=client)
         now = time.monotonic()
-        shared = dataclasses.replace(options, n_best=1)
+        shared = options if options.n_best == 1 else dataclasses.replace(options, n_best=1)
         for i, sentence in enumerate(sentences):
             self._queue.append(_Job(ticket, i, sentence, options, now, (sentence.model, shared)))
-        self.metrics.queue_depth.set(len(self._queue))
+        self._publish_depth()
         self._dispatch_soon()
         return ticket
+
+    def _publish_depth(self) -> None:
+        """The queue's depth to the metrics where it changed: a lone request's dispatch sets it three
+        times, each a write to a shared file in a server of several processes."""
+        if len(self._queue) != self._published_depth:
+            self._published_depth = len(self._queue)
+            self.metrics.queue_depth.set(self._published_depth)
 
     def _cancel(self, ticket: Ticket) -> None:
         ticket.cancelled = True
@@ -339,7 +347,7 @@ class Scheduler:
                 continue
             live.append(job)
         self._queue = live
-        self.metrics.queue_depth.set(len(self._queue))
+        self._publish_depth()
 
     def _fits(self, rows: int, longest: int) -> bool:
         return rows * longest <= self.batch_tokens
@@ -363,7 +371,7 @@ class Scheduler:
 
     def _take(self, batch: list[_Job], rest: deque[_Job]) -> list[_Job]:
         self._queue = rest
-        self.metrics.queue_depth.set(len(self._queue))
+        self._publish_depth()
         return batch
 
     def _dispatch_soon(self) -> None:
@@ -448,11 +456,12 @@ class Scheduler:
         for job in batch:
             self.metrics.queue_wait.observe(started - job.enqueued)
         model, options = batch[0].key
-        options = dataclasses.replace(options, n_best=max(job.options.n_best for job in batch))
+        n_best = max(job.options.n_best for job in batch)
+        options = options if options.n_best == n_best else dataclasses.replace(options, n_best=n_best)
         sources = [job.ids for job in batch]
         label = self._label(model)
-        self.metrics.batch_sentences.labels(label).observe(len(batch))
-        self.metrics.batch_tokens.labels(label).observe(sum(len(s) for s in sources))
+        self.metrics.child(self.metrics.batch_sentences, label).observe(len(batch))
+        self.metrics.child(self.metrics.batch_tokens, label).observe(sum(len(s) for s in sources))
         targets = [job.sentence.target for job in batch]
         return _Run(started, model, label, (sources, targets, options, [job.sentence.text for job in batch]))
 
@@ -464,11 +473,12 @@ class Scheduler:
                 ticket.future.set_exception(InferenceFailed(error_id))
 
     def _answer(self, batch: list[_Job], run: _Run, hyps: list[list[Hypothesis]]) -> None:
-        self.metrics.inference_seconds.labels(run.label).observe(time.monotonic() - run.started)
+        metrics = self.metrics
+        metrics.child(metrics.inference_seconds, run.label).observe(time.monotonic() - run.started)
         for job, job_hyps in zip(batch, hyps, strict=True):
-            self.metrics.input_tokens.labels(job.sentence.direction, run.label).inc(len(job.ids))
+            metrics.child(metrics.input_tokens, job.sentence.direction, run.label).inc(len(job.ids))
             if job_hyps:
-                self.metrics.output_tokens.labels(job.sentence.direction, run.label).inc(job_hyps[0].length)
+                metrics.child(metrics.output_tokens, job.sentence.direction, run.label).inc(job_hyps[0].length)
             ticket = job.ticket
             ticket.results[job.index] = job_hyps
             ticket.remaining -= 1
