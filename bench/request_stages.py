@@ -1,13 +1,15 @@
 """One client's request, stage by stage inside the server, in wall-clock time.
 
     python bench/request_stages.py [--model DIR] [--threads 1] [--rounds 4] [--hold-server CPU]
+                                   [--route native|libretranslate]
 
 Starts the service (`mtserve serve` on DIR) in a process that stamps the clock where a request
 passes each stage: the middleware's entry, the scheduler's queue, the hand-off to the search
 thread and back, the search itself, the response's start, its body sent, the middleware's exit.
 One client then sends the first 40 test2016 sentences one after the other to `/v1/translate`
-(the path of bench/one_sentence.py's `mtserve-http`), `--rounds` times. The searches are real;
-the stamps cost a microsecond each.
+(the path of bench/one_sentence.py's `mtserve-http`), or with `--route libretranslate` to
+LibreTranslate's `/translate` at the server's default beam (bench/libretranslate.py's requests),
+`--rounds` times. The searches are real; the stamps cost a microsecond each.
 
 Per server and round it prints the client's p50 milliseconds and the median microseconds of each
 stage; the summary gives the medians over rounds:
@@ -52,6 +54,8 @@ sys.path.insert(0, str(ROOT))
 
 SENTENCES = 40
 BEAM = 5
+ROUTES = {"native": "/v1/translate", "libretranslate": "/translate"}
+LIBRETRANSLATE_BEAM = 4
 STAMPS_WAIT_S = 5.0
 # (stage, first stamp, last stamp): the stamps serve() writes, in a request's order
 STAGES = (
@@ -76,7 +80,7 @@ def stage_durations(stamps: dict[str, int], client_ns: int) -> dict[str, float]:
     return durations
 
 
-def serve(stamps_path: Path, cpu: int | None) -> None:
+def serve(stamps_path: Path, cpu: int | None, route: str = "native") -> None:
     """The service, stamping each request's stages into `stamps_path` (one JSON line a request).
     One request at a time: the stamps of one request are one dict."""
     from service.api import middleware, scheduler, translation
@@ -102,7 +106,7 @@ def serve(stamps_path: Path, cpu: int | None) -> None:
     call = middleware.RequestContextMiddleware.__call__
 
     async def entered(self: Any, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] != "/v1/translate":
+        if scope["type"] != "http" or scope["path"] != ROUTES[route]:
             await call(self, scope, receive, send)
             return
         current.clear()
@@ -151,7 +155,12 @@ def serve(stamps_path: Path, cpu: int | None) -> None:
 
 
 def stamped_requests(
-    connection: http.client.HTTPConnection, texts: list[str], stamps_path: Path, source: str, target: str
+    connection: http.client.HTTPConnection,
+    texts: list[str],
+    stamps_path: Path,
+    source: str,
+    target: str,
+    route: str = "native",
 ) -> list[dict[str, float]]:
     """Each text sent alone, in turn, on `connection` to the stamping server: its stages (stage_durations)."""
     from bench.common import post_translation
@@ -160,7 +169,10 @@ def stamped_requests(
     latencies = []
     for text in texts:
         started = time.perf_counter_ns()
-        post_translation(connection, text, source, target, BEAM)
+        if route == "native":
+            post_translation(connection, text, source, target, BEAM)
+        else:
+            _post_libretranslate(connection, text, source, target)
         latencies.append(time.perf_counter_ns() - started)
     # the server writes a request's stamps after its answer has left: the last may still be on its way
     deadline = time.monotonic() + STAMPS_WAIT_S
@@ -172,11 +184,20 @@ def stamped_requests(
     return [{"client_total": ns / 1000, **stage_durations(r, ns)} for r, ns in zip(records, latencies, strict=True)]
 
 
+def _post_libretranslate(connection: http.client.HTTPConnection, text: str, source: str, target: str) -> None:
+    body = {"q": text, "source": source, "target": target}
+    connection.request("POST", ROUTES["libretranslate"], json.dumps(body), {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    answer = response.read()
+    if response.status != 200:
+        raise RuntimeError(f"the service answered {response.status}: {answer[:200]!r}")
+
+
 def _round(
-    connection: http.client.HTTPConnection, texts: list[str], stamps_path: Path, source: str, target: str
+    connection: http.client.HTTPConnection, texts: list[str], stamps_path: Path, source: str, target: str, route: str
 ) -> dict[str, float]:
     """The client's p50 ms over `texts`, and each stage's median µs."""
-    stages = stamped_requests(connection, texts, stamps_path, source, target)
+    stages = stamped_requests(connection, texts, stamps_path, source, target, route)
     medians = {
         name: round(statistics.median(s[name] for s in stages), 1) for name in stages[0] if name != "client_total"
     }
@@ -190,11 +211,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--hold-server", type=int, default=None, metavar="CPU", help="a second server held to CPU")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--route", choices=list(ROUTES), default="native", help="the route the client calls")
     parser.add_argument("--serve", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--cpu", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve is not None:
-        serve(args.serve, args.cpu)
+        serve(args.serve, args.cpu, args.route)
         return
 
     import contextlib
@@ -207,6 +229,8 @@ def main() -> None:
     texts = test_pairs(args.data_dir)[0][:SENTENCES]
     env = {"MTSERVE_MODEL_DIR": str(args.model.resolve()), "MTSERVE_THREADS": str(args.threads),
            "MTSERVE_LOG_LEVEL": "warning"}  # fmt: skip
+    if args.route == "libretranslate":  # argostranslate's beam, which bench/libretranslate.py gives every server
+        env["MTSERVE_DEFAULT_BEAM_SIZE"] = str(LIBRETRANSLATE_BEAM)
     servers: list[tuple[str, int | None]] = [("kernel-placed", None)]
     if args.hold_server is not None:
         servers.append((f"held to CPU {args.hold_server}", args.hold_server))
@@ -216,21 +240,22 @@ def main() -> None:
         for index, (name, cpu) in enumerate(servers):
             stamps = Path(scratch) / f"stamps-{index}.jsonl"
             stamps.touch()
-            arguments = [__file__, "--serve", str(stamps), *(["--cpu", str(cpu)] if cpu is not None else [])]
+            arguments = [__file__, "--serve", str(stamps), "--route", args.route,
+                         *(["--cpu", str(cpu)] if cpu is not None else [])]  # fmt: skip
             server = stack.enter_context(live_server(env=env, arguments=arguments))
             # one client, one connection kept alive throughout, as a program of one user keeps it
             connection = service_connection(server.url)
             stack.callback(connection.close)
-            _round(connection, texts[:10], stamps, source, target)  # warm-up
+            _round(connection, texts[:10], stamps, source, target, args.route)  # warm-up
             running.append((name, connection, stamps))
         for round_index in range(args.rounds):
             for name, connection, stamps in running[:: -1 if round_index % 2 else 1]:
-                row = _round(connection, texts, stamps, source, target)
+                row = _round(connection, texts, stamps, source, target, args.route)
                 rows[name].append(row)
                 print(json.dumps({"server": name, "round": round_index, **row}), flush=True)
     for name, server_rows in rows.items():
         medians = {k: round(statistics.median(r[k] for r in server_rows), 3) for k in server_rows[0]}
-        print(json.dumps({"summary": name, "threads": args.threads, **medians}))
+        print(json.dumps({"summary": name, "route": ROUTES[args.route], "threads": args.threads, **medians}))
 
 
 if __name__ == "__main__":

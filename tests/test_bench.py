@@ -153,9 +153,11 @@ def test_per_sentence_products_give_a_sentence_in_a_batch_what_the_fused_step_gi
     assert not np.array_equal(fused_together, together)
 
 
-def test_request_stages_cover_a_request_from_entry_to_exit(tmp_path: Path) -> None:
-    """bench/request_stages.py stamps the server where a request passes; the stages chain without a
-    gap or an overlap, so that they add up to the server's whole time, and the search is the model's."""
+@pytest.mark.parametrize("route", ["native", "libretranslate"])
+def test_request_stages_cover_a_request_from_entry_to_exit(tmp_path: Path, route: str) -> None:
+    """bench/request_stages.py stamps the server where a request passes, on either API's route; the
+    stages chain without a gap or an overlap, so that they add up to the server's whole time, and
+    the search is the model's."""
     from bench.common import service_connection
     from bench.request_stages import STAGES, stamped_requests
     from service.api.launcher import live_server
@@ -165,13 +167,14 @@ def test_request_stages_cover_a_request_from_entry_to_exit(tmp_path: Path) -> No
     script = Path(__file__).resolve().parent.parent / "bench" / "request_stages.py"
     env = {"MTSERVE_THREADS": "1", "MTSERVE_LOG_LEVEL": "warning"}
     texts = ["Two dogs are playing in the snow.", "A man is riding a bicycle down the street."]
-    with live_server(env=env, log_dir=tmp_path, arguments=[str(script), "--serve", str(stamps)]) as server:
+    arguments = [str(script), "--serve", str(stamps), "--route", route]
+    with live_server(env=env, log_dir=tmp_path, arguments=arguments) as server:
         first, second = service_connection(server.url), service_connection(server.url)
         try:
-            stamped_requests(first, texts[:1], stamps, "en", "fr")  # the first request's one-time work
-            requests = stamped_requests(first, texts, stamps, "en", "fr")  # the only client: searched on the loop
+            stamped_requests(first, texts[:1], stamps, "en", "fr", route)  # the first request's one-time work
+            requests = stamped_requests(first, texts, stamps, "en", "fr", route)  # the only client: on the loop
             time.sleep(0.05)  # past the wait for the first client's return (service/api/scheduler.py)
-            requests += stamped_requests(second, texts, stamps, "en", "fr")  # two clients: in the worker thread
+            requests += stamped_requests(second, texts, stamps, "en", "fr", route)  # two clients: a worker thread
         finally:
             first.close()
             second.close()

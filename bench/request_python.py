@@ -1,0 +1,126 @@
+"""One request's Python in process: what the service's code costs a request besides its search.
+
+    python bench/request_python.py [--route libretranslate|native] [--requests 500] [--rounds 5]
+                                   [--profile N]
+
+Drives the app's ASGI callable directly (no socket, no server), with the committed model loaded
+and started as `mtserve serve` starts it. The translator answers every batch it has seen from its
+first answer, so after the warm-up only the service's own Python runs: the middleware, routing,
+the body, the checks, splitting and tokenization, the scheduler, the answer's text, the response.
+One sentence a request, LibreTranslate's `POST /translate` or the native `POST /v1/translate`.
+Prints the microseconds a request of each round and their median; `--profile N` then profiles N
+more requests and prints the functions by own time.
+
+Every cache is warm here, which in a server a search in between undoes: bench/request_stages.py
+measures the same stages there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import pstats
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TEXT = "A man in an orange hat starring at something."
+WARM_UP = 200
+BODIES = {
+    "libretranslate": ("/translate", {"q": TEXT, "source": "en", "target": "fr"}),
+    "native": ("/v1/translate", {"texts": [TEXT], "source": "en", "target": "fr"}),
+}
+
+
+def answer_from_cache() -> None:
+    """Translator.search answers a batch it has seen from its first answer."""
+    from service.runtime.translator import Translator
+
+    search = Translator.search
+    answers: dict[object, Any] = {}
+
+    def cached(self: Translator, sources: Any, targets: Any, options: Any) -> Any:
+        key = (tuple(map(tuple, sources)), tuple(targets))
+        if key not in answers:
+            answers[key] = search(self, sources, targets, options)
+        return answers[key]
+
+    Translator.search = cached  # type: ignore[method-assign]
+
+
+async def _request(app: Any, state: dict[str, Any], path: str, body: bytes) -> None:
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+        "headers": [(b"host", b"localhost"), (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000), "state": dict(state),
+    }  # fmt: skip
+    received = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal received
+        if not received:
+            received = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()  # the client stays: no disconnect
+        raise AssertionError("unreachable")
+
+    status: list[int] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            status.append(message["status"])
+
+    await app(scope, receive, send)
+    if status != [200]:
+        raise RuntimeError(f"{path} answered {status}")
+
+
+async def measure(args: argparse.Namespace) -> None:
+    from service.api.app import create_app
+
+    app = create_app()
+    path, payload = BODIES[args.route]
+    body = json.dumps(payload).encode()
+    async with app.router.lifespan_context(app) as lifespan_state:
+        state = dict(lifespan_state or {})
+        for _ in range(WARM_UP):
+            await _request(app, state, path, body)
+        rounds = []
+        for _ in range(args.rounds):
+            started = time.perf_counter()
+            for _ in range(args.requests):
+                await _request(app, state, path, body)
+            rounds.append((time.perf_counter() - started) / args.requests * 1e6)
+        row = {"route": path, "median_us": round(statistics.median(rounds), 1), "rounds_us": [round(r) for r in rounds]}
+        print(json.dumps(row), flush=True)
+        if args.profile:
+            profile = cProfile.Profile()
+            profile.enable()
+            for _ in range(args.profile):
+                await _request(app, state, path, body)
+            profile.disable()
+            pstats.Stats(profile).sort_stats("tottime").print_stats(40)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--route", choices=list(BODIES), default="libretranslate")
+    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--profile", type=int, default=0, metavar="N", help="profile N more requests")
+    args = parser.parse_args()
+    answer_from_cache()
+    asyncio.run(measure(args))
+
+
+if __name__ == "__main__":
+    main()
