@@ -44,8 +44,16 @@ def test_translate_served_ahead_of_fastapi_keeps_its_schema_methods_errors_and_m
     client and an operator see of it is FastAPI's declaration."""
     schema = client.get("/openapi.json").json()["paths"]["/translate"]
     assert set(schema) == {"post"} and "application/x-www-form-urlencoded" in schema["post"]["requestBody"]["content"]
+    refused = 'mtserve_http_requests_total{direction="none",route="/translate",status_class="4xx"}'
+
+    def refusals() -> float:
+        line = next((x for x in client.get("/metrics").text.splitlines() if x.startswith(refused)), f"{refused} 0")
+        return float(line.split()[-1])
+
+    before = refusals()
     wrong_method = client.get("/translate")
     assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert refusals() == before + 1
     missing = client.post("/translate", json={"source": "en", "target": "fr"})
     assert missing.status_code == 400 and missing.json() == {"error": "Invalid request: missing q parameter"}
     form = client.post("/translate", data={"q": SENTENCE, "source": "en", "target": "fr"})

@@ -17,11 +17,21 @@ from collections.abc import Awaitable, Callable
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.routing import APIRoute
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
+from starlette.types import Scope
 
 from service.api.state import ServiceState
 
 StateEndpoint = Callable[[Request, ServiceState], Awaitable[Response]]
+
+
+class _OwnMethodsRoute(Route):
+    """A route that takes only its own methods and passes over every other request: the declared
+    route behind it answers those (405 with its Allow header, counted under its path)."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child_scope = super().matches(scope)
+        return (Match.NONE, {}) if match is Match.PARTIAL else (match, child_scope)
 
 
 def serve_first(app: FastAPI, router: APIRouter, endpoint: StateEndpoint) -> None:
@@ -37,4 +47,6 @@ def serve_first(app: FastAPI, router: APIRouter, endpoint: StateEndpoint) -> Non
         state: ServiceState = request.app.state.mt
         return await endpoint(request, state)
 
-    app.router.routes.insert(0, Route(route.path, direct, methods=sorted(route.methods or ()), include_in_schema=False))
+    app.router.routes.insert(
+        0, _OwnMethodsRoute(route.path, direct, methods=sorted(route.methods or ()), include_in_schema=False)
+    )
