@@ -2,7 +2,7 @@
 
 An endpoint that reads its request itself (no parameter FastAPI parses, the state its only
 dependency) does the same work under a plain Starlette `Route`. FastAPI's route for it costs about
-0.1 ms more a request in the server: its router matches the path against the included routes in
+0.07 ms more a request in the server: its router matches the path against the included routes in
 turn, then solves the dependencies; that is a tenth of what a one-sentence request spends outside
 its search (docs/BENCHMARKS.md). The plain route goes first in the app's routes with the declared
 route's path and methods. The declaration stays behind it for the OpenAPI schema, and any other
