@@ -110,7 +110,7 @@ class TranslationService:
         is the sum of the legs' scores. A glossary's terms are placed by the first leg (its targets are
         in the final language) and kept verbatim by the others."""
         if self.metrics is not None:
-            self.metrics.pivoted.labels("-".join(route)).inc(len(texts))
+            self.metrics.child(self.metrics.pivoted, "-".join(route)).inc(len(texts))
         current: Sequence[str] = texts
         carried = [0.0] * len(texts)
         glossary = requested.glossary
