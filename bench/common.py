@@ -174,9 +174,37 @@ def service_connection(url: str) -> http.client.HTTPConnection:
 
 def post_translation(connection: http.client.HTTPConnection, text: str, source: str, target: str, beam: int) -> None:
     """One text through the service's /v1/translate; an answer other than 200 raises."""
-    body = {"texts": [text], "source": source, "target": target, "beam_size": beam}
-    connection.request("POST", "/v1/translate", json.dumps(body), {"Content-Type": "application/json"})
+    _post_json(connection, "/v1/translate", {"texts": [text], "source": source, "target": target, "beam_size": beam})
+
+
+def post_libretranslate(connection: http.client.HTTPConnection, text: str, source: str, target: str) -> None:
+    """One text through LibreTranslate's /translate, at the server's default beam; an answer other
+    than 200 raises."""
+    _post_json(connection, "/translate", {"q": text, "source": source, "target": target})
+
+
+def _post_json(connection: http.client.HTTPConnection, path: str, body: dict[str, object]) -> None:
+    connection.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
     response = connection.getresponse()
     answer = response.read()
     if response.status != 200:
         raise RuntimeError(f"the service answered {response.status}: {answer[:200]!r}")
+
+
+def answer_searches_from_cache(gap_s: float = 0.0) -> None:
+    """From now on in this process, Translator.search answers a batch it has seen from its first
+    answer, after holding the caller for `gap_s`: what a request costs besides its search."""
+    search = Translator.search
+    answers: dict[object, list[list[Hypothesis]]] = {}
+
+    def answer(
+        self: Translator, sources: list[list[int]], targets: list[str], options: DecodeOptions
+    ) -> list[list[Hypothesis]]:
+        key = (tuple(map(tuple, sources)), tuple(targets), options)
+        if key not in answers:
+            answers[key] = search(self, sources, targets, options)
+        if gap_s:
+            time.sleep(gap_s)
+        return answers[key]
+
+    Translator.search = answer  # type: ignore[assignment,method-assign]

@@ -294,7 +294,8 @@ def write_per_sentence(model_dir: Path, alone: Path, batch: Path) -> int:
     at `batch` the same arithmetic per sentence for a batch (emulate_per_sentence). Returns how many
     products each rewrote."""
     ((name, fused),) = _int8_graphs(model_dir, ("decoder",)).items()
-    ((_, emulated),) = _int8_graphs(model_dir, ("decoder",)).items()
+    emulated = onnx.ModelProto()
+    emulated.CopyFrom(fused)
     count = fuse_products(fused.graph, model_dir, constant_weights_only=True)
     if not count:
         raise SystemExit(f"{model_dir} has no int8 product scaled per row")

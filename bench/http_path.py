@@ -30,7 +30,6 @@ import contextlib
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
@@ -43,20 +42,10 @@ DISTINCT = 50
 
 def serve(gap_s: float) -> None:
     """The service, its translator answering batches it has seen from the first answer's copy."""
+    from bench.common import answer_searches_from_cache
     from service.cli import main
-    from service.runtime.translator import Translator
 
-    search = Translator.search
-    answers: dict[object, object] = {}
-
-    def answer(self: Translator, sources: list[list[int]], targets: list[str], options: object) -> object:
-        key = (tuple(map(tuple, sources)), tuple(targets), options)
-        if key not in answers:
-            answers[key] = search(self, sources, targets, options)  # type: ignore[arg-type]
-        time.sleep(gap_s)
-        return answers[key]
-
-    Translator.search = answer  # type: ignore[assignment,method-assign]
+    answer_searches_from_cache(gap_s)
     sys.argv = ["mtserve", "serve"]
     main()
 

@@ -1,13 +1,14 @@
 """One request's Python in process: what the service's code costs a request besides its search.
 
     python bench/request_python.py [--route libretranslate|native] [--requests 500] [--rounds 5]
-                                   [--profile N]
+                                   [--profile N] [--data-dir DIR]
 
 Drives the app's ASGI callable directly (no socket, no server), with the committed model loaded
 and started as `mtserve serve` starts it. The translator answers every batch it has seen from its
 first answer, so after the warm-up only the service's own Python runs: the middleware, routing,
 the body, the checks, splitting and tokenization, the scheduler, the answer's text, the response.
-One sentence a request, LibreTranslate's `POST /translate` or the native `POST /v1/translate`.
+One sentence a request, the first of test2016 in the benchmark's first direction, to
+LibreTranslate's `POST /translate` or the native `POST /v1/translate`.
 Prints the microseconds a request of each round and their median; `--profile N` then profiles N
 more requests and prints the functions by own time.
 
@@ -31,28 +32,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-TEXT = "A man in an orange hat starring at something."
+from bench.request_stages import ROUTES  # noqa: E402
+
 WARM_UP = 200
-BODIES = {
-    "libretranslate": ("/translate", {"q": TEXT, "source": "en", "target": "fr"}),
-    "native": ("/v1/translate", {"texts": [TEXT], "source": "en", "target": "fr"}),
-}
 
 
-def answer_from_cache() -> None:
-    """Translator.search answers a batch it has seen from its first answer."""
-    from service.runtime.translator import Translator
-
-    search = Translator.search
-    answers: dict[object, Any] = {}
-
-    def cached(self: Translator, sources: Any, targets: Any, options: Any) -> Any:
-        key = (tuple(map(tuple, sources)), tuple(targets))
-        if key not in answers:
-            answers[key] = search(self, sources, targets, options)
-        return answers[key]
-
-    Translator.search = cached  # type: ignore[method-assign]
+def _body(route: str, text: str, source: str, target: str) -> dict[str, object]:
+    if route == "libretranslate":
+        return {"q": text, "source": source, "target": target}
+    return {"texts": [text], "source": source, "target": target}
 
 
 async def _request(app: Any, state: dict[str, Any], path: str, body: bytes) -> None:
@@ -85,11 +73,14 @@ async def _request(app: Any, state: dict[str, Any], path: str, body: bytes) -> N
 
 
 async def measure(args: argparse.Namespace) -> None:
+    from bench.common import bench_data, test_pairs
     from service.api.app import create_app
 
+    source, target = bench_data().directions[0]
+    text = test_pairs(args.data_dir)[0][0]
     app = create_app()
-    path, payload = BODIES[args.route]
-    body = json.dumps(payload).encode()
+    path = ROUTES[args.route]
+    body = json.dumps(_body(args.route, text, source, target)).encode()
     async with app.router.lifespan_context(app) as lifespan_state:
         state = dict(lifespan_state or {})
         for _ in range(WARM_UP):
@@ -113,12 +104,15 @@ async def measure(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--route", choices=list(BODIES), default="libretranslate")
+    parser.add_argument("--route", choices=list(ROUTES), default="libretranslate")
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="profile N more requests")
+    parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
-    answer_from_cache()
+    from bench.common import answer_searches_from_cache
+
+    answer_searches_from_cache()
     asyncio.run(measure(args))
 
 

@@ -163,7 +163,7 @@ def stamped_requests(
     route: str = "native",
 ) -> list[dict[str, float]]:
     """Each text sent alone, in turn, on `connection` to the stamping server: its stages (stage_durations)."""
-    from bench.common import post_translation
+    from bench.common import post_libretranslate, post_translation
 
     seen = len(stamps_path.read_text().splitlines())
     latencies = []
@@ -172,7 +172,7 @@ def stamped_requests(
         if route == "native":
             post_translation(connection, text, source, target, BEAM)
         else:
-            _post_libretranslate(connection, text, source, target)
+            post_libretranslate(connection, text, source, target)
         latencies.append(time.perf_counter_ns() - started)
     # the server writes a request's stamps after its answer has left: the last may still be on its way
     deadline = time.monotonic() + STAMPS_WAIT_S
@@ -182,15 +182,6 @@ def stamped_requests(
     if len(records) != len(texts):
         raise RuntimeError(f"{len(records)} stamped requests for {len(texts)} sent")
     return [{"client_total": ns / 1000, **stage_durations(r, ns)} for r, ns in zip(records, latencies, strict=True)]
-
-
-def _post_libretranslate(connection: http.client.HTTPConnection, text: str, source: str, target: str) -> None:
-    body = {"q": text, "source": source, "target": target}
-    connection.request("POST", ROUTES["libretranslate"], json.dumps(body), {"Content-Type": "application/json"})
-    response = connection.getresponse()
-    answer = response.read()
-    if response.status != 200:
-        raise RuntimeError(f"the service answered {response.status}: {answer[:200]!r}")
 
 
 def _round(
