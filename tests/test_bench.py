@@ -166,7 +166,12 @@ def test_request_stages_cover_a_request_from_entry_to_exit(tmp_path: Path, route
     stamps.touch()
     script = Path(__file__).resolve().parent.parent / "bench" / "request_stages.py"
     env = {"MTSERVE_THREADS": "1", "MTSERVE_LOG_LEVEL": "warning"}
-    texts = ["Two dogs are playing in the snow.", "A man is riding a bicycle down the street."]
+    # Long enough (19 and 23 pieces, within a search on the loop's 32) that the search outlasts
+    # whatever a busy machine's scheduler holds any other stage for.
+    texts = [
+        "Three children in colorful jackets are building a large snowman in front of a small wooden house.",
+        "A man in a blue shirt and a woman in a red dress walk their two dogs along the beach at sunset.",
+    ]
     arguments = [str(script), "--serve", str(stamps), "--route", route]
     with live_server(env=env, log_dir=tmp_path, arguments=arguments) as server:
         first, second = service_connection(server.url), service_connection(server.url)
