@@ -1,5 +1,5 @@
-"""The decoder's self-attention over the cache alone, four ways, on random inputs:
-`python bench/self_attention.py [--sentences 1 32 128] [--past 2 10 30] [--runs 30]`.
+"""The decoder's self-attention over the cache alone, six ways, on random inputs:
+`python bench/self_attention.py [--sentences 1 32 128] [--past 2 10 30] [--runs 30] [--cold MB]`.
 
 - `dmmha`: onnxruntime's DecoderMaskedMultiHeadAttention as the decoder step runs it
   (export/graph_builder.py): the cache preallocated for --capacity positions, each row reading
@@ -19,6 +19,16 @@
   follows; the new token's own key and value are a separate term. No gather, no reordering, no
   per-token calls: dense products only. Checked against `dmmha` on the same inputs before it is
   timed (`Bench.masked_difference`, also in tests/test_bench.py).
+- `gqa`: onnxruntime's GroupQueryAttention (as many key heads as query heads) over each row's own
+  history, in a cache of --capacity positions bound as past and present (no copy): what a step
+  would run where the runtime moved the rows' histories as beam search reorders them (the moves not
+  counted). Checked against `dmmha` on the same inputs with every row's indirection naming its own
+  beam (`Bench.gqa_difference`, also in tests/test_bench.py).
+- `gqa_tight`: the same in a cache of past + --room positions (1: the new token's, no gap between one
+  row's history and the next).
+
+`--cold MB` writes that much other memory before each timed run, as a step's other nodes leave
+the CPU's caches; without it the cache stays in them from run to run.
 
 One layer, beam 5, the default model's 4 heads of 64, one thread; the new token's own key and
 the padding mask are left out of `products` and `plain`, so they are floors. Prints the median
@@ -68,6 +78,18 @@ def dmmha_model(capacity: int) -> ModelProto:
         "DecoderMaskedMultiHeadAttention",
         ["q", "k", "v", "", "", "past_key", "past_value", "past_length", "beam_width", "indirection"],
         ["out", "present_key", "present_value"], domain=MS_DOMAIN, num_heads=HEADS, past_present_share_buffer=1,
+    )  # fmt: skip
+    return _model([node], inputs, ["out", "present_key", "present_value"])
+
+
+def gqa_model(capacity: int | str) -> ModelProto:
+    width = HEADS * HEAD_DIM
+    inputs = [_input(n, F32, ["B", 1, width]) for n in ("q", "k", "v")]
+    inputs += [_input(n, F32, ["B", HEADS, capacity, HEAD_DIM]) for n in ("past_key", "past_value")]
+    inputs += [_input("seqlens_k", TensorProto.INT32, ["B"]), _input("total_length", TensorProto.INT32, [1])]
+    node = helper.make_node(
+        "GroupQueryAttention", ["q", "k", "v", "past_key", "past_value", "seqlens_k", "total_length"],
+        ["out", "present_key", "present_value"], domain=MS_DOMAIN, num_heads=HEADS, kv_num_heads=HEADS,
     )  # fmt: skip
     return _model([node], inputs, ["out", "present_key", "present_value"])
 
@@ -161,11 +183,15 @@ def _session(model: ModelProto) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def _median_us(run: Callable[[], object], runs: int) -> float:
+def _median_us(run: Callable[[], object], runs: int, other: np.ndarray | None = None) -> float:
+    """The median of `runs` timed runs after five untimed ones; `other` (memory of the CPU's caches'
+    size or more) is written before each, so that each run starts with its inputs out of them."""
     for _ in range(5):
         run()
     times = []
     for _ in range(runs):
+        if other is not None:
+            other += 1.0
         started = time.perf_counter()
         run()
         times.append((time.perf_counter() - started) * 1e6)
@@ -173,12 +199,13 @@ def _median_us(run: Callable[[], object], runs: int) -> float:
 
 
 class Bench:
-    def __init__(self, capacity: int, runs: int, redraw: float = SEARCH_REDRAW) -> None:
+    def __init__(self, capacity: int, runs: int, redraw: float = SEARCH_REDRAW, cold_mb: int = 0) -> None:
         self.capacity, self.runs, self.redraw = capacity, runs, redraw
         self.rng = np.random.default_rng(0)
-        self.dmmha, self.products, self.plain, self.masked = (
+        self.other = np.zeros(cold_mb << 18, np.float32) if cold_mb else None
+        self.dmmha, self.products, self.plain, self.masked, self.gqa = (
             _session(dmmha_model(capacity)), _session(products_model()), _session(plain_model()),
-            _session(masked_model()),
+            _session(masked_model()), _session(gqa_model("C")),
         )  # fmt: skip
 
     def normal(self, *shape: int) -> np.ndarray:
@@ -203,7 +230,41 @@ class Bench:
 
     def dmmha_us(self, sentences: int, past: int) -> float:
         _, binding = self.dmmha_state(sentences, past)
-        return _median_us(lambda: self.dmmha.run_with_iobinding(binding), self.runs)
+        return _median_us(lambda: self.dmmha.run_with_iobinding(binding), self.runs, self.other)
+
+    def gqa_binding(self, feeds: dict[str, np.ndarray], past: int) -> ort.IOBinding:
+        """GroupQueryAttention bound to `feeds`' q, k, v and caches (dmmha_state's, or a capacity of
+        their own), present on past, at `past` positions written."""
+        rows = len(feeds["q"])
+        binding = self.gqa.io_binding()
+        for name in ("q", "k", "v", "past_key", "past_value"):
+            binding.bind_cpu_input(name, feeds[name])
+        binding.bind_cpu_input("seqlens_k", np.full(rows, past, np.int32))
+        binding.bind_cpu_input("total_length", np.array([past + 1], np.int32))
+        binding.bind_output("out", "cpu")
+        for past_name, present in (("past_key", "present_key"), ("past_value", "present_value")):
+            buffer = feeds[past_name]
+            binding.bind_output(present, "cpu", 0, np.float32, list(buffer.shape), buffer.ctypes.data)
+        return binding
+
+    def gqa_difference(self, sentences: int, past: int) -> float:
+        """The largest difference between GroupQueryAttention's output and the kernel's on the same
+        state, every row's indirection naming its own beam (its history in its own row)."""
+        feeds, binding = self.dmmha_state(sentences, past)
+        feeds["indirection"][...] = np.arange(BEAM, dtype=np.int32)[None, :, None]
+        caches = {name: feeds[name].copy() for name in ("past_key", "past_value")}
+        self.dmmha.run_with_iobinding(binding)
+        expected = binding.copy_outputs_to_cpu()[0]
+        gqa = self.gqa_binding(feeds | caches, past)
+        self.gqa.run_with_iobinding(gqa)
+        return float(np.abs(gqa.copy_outputs_to_cpu()[0] - expected).max())
+
+    def gqa_us(self, sentences: int, past: int, capacity: int) -> float:
+        rows, width = sentences * BEAM, HEADS * HEAD_DIM
+        feeds = {name: self.normal(rows, 1, width) for name in ("q", "k", "v")}
+        feeds |= {name: self.normal(rows, HEADS, capacity, HEAD_DIM) for name in ("past_key", "past_value")}
+        binding = self.gqa_binding(feeds, past)
+        return _median_us(lambda: self.gqa.run_with_iobinding(binding), self.runs, self.other)
 
     def masked_difference(
         self, sentences: int, past: int, capacity: int, mask: Callable[[np.ndarray], np.ndarray] = lambda b: b
@@ -224,7 +285,7 @@ class Bench:
         difference, feeds = self.masked_difference(sentences, past, max(16, -(-past // 16) * 16))
         if difference > 1e-4:
             raise SystemExit(f"masked attention differs from the kernel's by {difference}")
-        return _median_us(lambda: self.masked.run(None, feeds), self.runs)
+        return _median_us(lambda: self.masked.run(None, feeds), self.runs, self.other)
 
     def products_us(self, sentences: int, past: int) -> float:
         beams = self.rng.integers(0, BEAM, (sentences, 1, BEAM, past))  # each row's beam at each position
@@ -236,7 +297,7 @@ class Bench:
             "index": index,
             "zeros": np.zeros((sentences, HEADS, BEAM, BEAM * past), np.float32),
         }
-        return _median_us(lambda: self.products.run(None, feeds), self.runs)
+        return _median_us(lambda: self.products.run(None, feeds), self.runs, self.other)
 
     def plain_us(self, sentences: int, past: int) -> float:
         rows = sentences * BEAM
@@ -245,7 +306,7 @@ class Bench:
             "keys_t": self.normal(rows, HEADS, HEAD_DIM, past),
             "values": self.normal(rows, HEADS, past, HEAD_DIM),
         }
-        return _median_us(lambda: self.plain.run(None, feeds), self.runs)
+        return _median_us(lambda: self.plain.run(None, feeds), self.runs, self.other)
 
 
 def main() -> None:
@@ -258,8 +319,10 @@ def main() -> None:
         help="the indirection's histories as bench/step_inputs.py draws them (1: every position's beam drawn)",
     )  # fmt: skip
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--cold", type=int, default=0, metavar="MB", help="other memory written before each run")
+    parser.add_argument("--room", type=int, default=1, help="gqa_tight's cache: past + ROOM positions")
     args = parser.parse_args()
-    bench = Bench(args.capacity, args.runs, args.redraw)
+    bench = Bench(args.capacity, args.runs, args.redraw, args.cold)
     for sentences in args.sentences:
         for past in args.past:
             print(json.dumps({
@@ -268,6 +331,8 @@ def main() -> None:
                 "products_us": bench.products_us(sentences, past),
                 "plain_us": bench.plain_us(sentences, past),
                 "masked_us": bench.masked_us(sentences, past),
+                "gqa_us": bench.gqa_us(sentences, past, args.capacity),
+                "gqa_tight_us": bench.gqa_us(sentences, past, past + args.room),
             }), flush=True)  # fmt: skip
 
 

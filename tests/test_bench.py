@@ -71,6 +71,15 @@ def test_masked_self_attention_is_the_kernels(sentences: int, past: int) -> None
     assert wrong > 1e-3
 
 
+@pytest.mark.parametrize(("sentences", "past"), [(1, 0), (1, 9), (3, 20)])
+def test_group_query_attention_over_rows_own_histories_is_the_kernels(sentences: int, past: int) -> None:
+    """bench/self_attention.py's gqa variant computes what DecoderMaskedMultiHeadAttention does where
+    every row's history lies in its own row."""
+    from bench.self_attention import Bench
+
+    assert Bench(capacity=24, runs=1).gqa_difference(sentences, past) < 1e-5
+
+
 def test_fused_products_take_one_node_each_and_move_with_the_batch(exported_int8: Path, tmp_path: Path) -> None:
     """bench/fused_products.py: each per-row int8 product becomes one node that computes nearly what
     its chain did; and, why the runtime does not serve it, a sentence's states then move with the
