@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -198,7 +199,10 @@ def test_request_stages_cover_a_request_from_entry_to_exit(tmp_path: Path, route
         assert [record[name] for name in chain] == sorted(record[name] for name in chain)
         assert sum(stages[name] for name, _, _ in STAGES) == pytest.approx((record["exit"] - record["entry"]) / 1000)
         assert stages["client"] > 0
-        assert max(STAGES, key=lambda stage: stages[stage[0]])[0] == "search"
+    # The search is the longest stage of a typical request: by the median over the four, which one
+    # request whose other stage a busy machine's scheduler held cannot move.
+    medians = {name: statistics.median(stages[name] for stages in requests) for name, _, _ in STAGES}
+    assert max(medians, key=medians.__getitem__) == "search", medians
 
 
 def test_perturbed_copies_move_every_product_weight_within_its_share_of_a_step(
