@@ -82,10 +82,11 @@ def dmmha_model(capacity: int) -> ModelProto:
     return _model([node], inputs, ["out", "present_key", "present_value"])
 
 
-def gqa_model(capacity: int | str) -> ModelProto:
+def gqa_model() -> ModelProto:
+    """GroupQueryAttention over caches of any capacity ("C"), each row's history in its own row."""
     width = HEADS * HEAD_DIM
     inputs = [_input(n, F32, ["B", 1, width]) for n in ("q", "k", "v")]
-    inputs += [_input(n, F32, ["B", HEADS, capacity, HEAD_DIM]) for n in ("past_key", "past_value")]
+    inputs += [_input(n, F32, ["B", HEADS, "C", HEAD_DIM]) for n in ("past_key", "past_value")]
     inputs += [_input("seqlens_k", TensorProto.INT32, ["B"]), _input("total_length", TensorProto.INT32, [1])]
     node = helper.make_node(
         "GroupQueryAttention", ["q", "k", "v", "past_key", "past_value", "seqlens_k", "total_length"],
@@ -205,7 +206,7 @@ class Bench:
         self.other = np.zeros(cold_mb << 18, np.float32) if cold_mb else None
         self.dmmha, self.products, self.plain, self.masked, self.gqa = (
             _session(dmmha_model(capacity)), _session(products_model()), _session(plain_model()),
-            _session(masked_model()), _session(gqa_model("C")),
+            _session(masked_model()), _session(gqa_model()),
         )  # fmt: skip
 
     def normal(self, *shape: int) -> np.ndarray:
