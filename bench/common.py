@@ -172,15 +172,28 @@ def service_connection(url: str) -> http.client.HTTPConnection:
     return http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port)
 
 
+# The service's translation routes that a benchmark's client calls, by name.
+ROUTES = {"native": "/v1/translate", "libretranslate": "/translate"}
+
+
+def request_body(route: str, text: str, source: str, target: str, beam: int | None = None) -> dict[str, object]:
+    """One text's request body on `route` (ROUTES): the native API's at `beam` (None: the server's
+    default); LibreTranslate's, whose API takes no beam, at the server's default."""
+    if route == "libretranslate":
+        return {"q": text, "source": source, "target": target}
+    return {"texts": [text], "source": source, "target": target, **({} if beam is None else {"beam_size": beam})}
+
+
+def post_text(
+    connection: http.client.HTTPConnection, route: str, text: str, source: str, target: str, beam: int | None = None
+) -> None:
+    """One text through `route` (request_body); an answer other than 200 raises."""
+    _post_json(connection, ROUTES[route], request_body(route, text, source, target, beam))
+
+
 def post_translation(connection: http.client.HTTPConnection, text: str, source: str, target: str, beam: int) -> None:
     """One text through the service's /v1/translate; an answer other than 200 raises."""
-    _post_json(connection, "/v1/translate", {"texts": [text], "source": source, "target": target, "beam_size": beam})
-
-
-def post_libretranslate(connection: http.client.HTTPConnection, text: str, source: str, target: str) -> None:
-    """One text through LibreTranslate's /translate, at the server's default beam; an answer other
-    than 200 raises."""
-    _post_json(connection, "/translate", {"q": text, "source": source, "target": target})
+    post_text(connection, "native", text, source, target, beam)
 
 
 def _post_json(connection: http.client.HTTPConnection, path: str, body: dict[str, object]) -> None:

@@ -32,15 +32,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.request_stages import ROUTES  # noqa: E402
+from bench.common import ROUTES, request_body  # noqa: E402
 
 WARM_UP = 200
-
-
-def _body(route: str, text: str, source: str, target: str) -> dict[str, object]:
-    if route == "libretranslate":
-        return {"q": text, "source": source, "target": target}
-    return {"texts": [text], "source": source, "target": target}
 
 
 async def _request(app: Any, state: dict[str, Any], path: str, body: bytes) -> None:
@@ -80,7 +74,7 @@ async def measure(args: argparse.Namespace) -> None:
     text = test_pairs(args.data_dir)[0][0]
     app = create_app()
     path = ROUTES[args.route]
-    body = json.dumps(_body(args.route, text, source, target)).encode()
+    body = json.dumps(request_body(args.route, text, source, target)).encode()
     async with app.router.lifespan_context(app) as lifespan_state:
         state = dict(lifespan_state or {})
         for _ in range(WARM_UP):

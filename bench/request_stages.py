@@ -52,9 +52,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import ROUTES, post_text  # noqa: E402
+
 SENTENCES = 40
 BEAM = 5
-ROUTES = {"native": "/v1/translate", "libretranslate": "/translate"}
 LIBRETRANSLATE_BEAM = 4
 STAMPS_WAIT_S = 5.0
 # (stage, first stamp, last stamp): the stamps serve() writes, in a request's order
@@ -163,16 +164,11 @@ def stamped_requests(
     route: str = "native",
 ) -> list[dict[str, float]]:
     """Each text sent alone, in turn, on `connection` to the stamping server: its stages (stage_durations)."""
-    from bench.common import post_libretranslate, post_translation
-
     seen = len(stamps_path.read_text().splitlines())
     latencies = []
     for text in texts:
         started = time.perf_counter_ns()
-        if route == "native":
-            post_translation(connection, text, source, target, BEAM)
-        else:
-            post_libretranslate(connection, text, source, target)
+        post_text(connection, route, text, source, target, BEAM)  # LibreTranslate's at the server's beam
         latencies.append(time.perf_counter_ns() - started)
     # the server writes a request's stamps after its answer has left: the last may still be on its way
     deadline = time.monotonic() + STAMPS_WAIT_S
