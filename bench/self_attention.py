@@ -1,4 +1,4 @@
-"""The decoder's self-attention over the cache alone, six ways, on random inputs:
+"""The decoder's self-attention over the cache alone, nine ways, on random inputs:
 `python bench/self_attention.py [--sentences 1 32 128] [--past 2 10 30] [--runs 30] [--cold MB]`.
 
 - `dmmha`: onnxruntime's DecoderMaskedMultiHeadAttention as the decoder step runs it
@@ -23,9 +23,20 @@
   history, in a cache of --capacity positions bound as past and present (no copy): what a step
   would run where the runtime moved the rows' histories as beam search reorders them (the moves not
   counted). Checked against `dmmha` on the same inputs with every row's indirection naming its own
-  beam (`Bench.gqa_difference`, also in tests/test_bench.py).
+  beam (`Bench.own_history_difference`, also in tests/test_bench.py).
 - `gqa_tight`: the same in a cache of past + --room positions (1: the new token's, no gap between one
   row's history and the next).
+- `dmmha_own`: `dmmha` with every row's indirection naming its own beam: the kernel's beam path
+  over histories that lie in their own rows, read in order.
+- `rows`: the same kernel without the beam inputs (no beam width, no indirection) over each row's
+  own history in the same cache: its path for a search that keeps the rows' histories in their
+  rows, which would move a row's keys and values where beam search continues another row.
+  Checked as `gqa` is.
+- `gather_mha`: onnxruntime's MultiHeadAttention over a cache reordered by copying, as
+  CTranslate2 keeps its cache: a Gather of the past's rows by the rows they continue, then the
+  node's past and present (the present a new cache of past + 1 positions). Checked against
+  `dmmha` where each row's whole history lies in the row it continues
+  (`Bench.gather_mha_difference`, also in tests/test_bench.py).
 
 `--cold MB` writes that much other memory before each timed run, as a step's other nodes leave
 the CPU's caches; without it the cache stays in them from run to run.
@@ -68,18 +79,43 @@ def _model(nodes: Sequence[NodeProto], inputs: Sequence[ValueInfoProto], outputs
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(MS_DOMAIN, 1)])
 
 
-def dmmha_model(capacity: int) -> ModelProto:
+def dmmha_model(capacity: int, beams: bool = True) -> ModelProto:
+    """DecoderMaskedMultiHeadAttention on a cache of `capacity` positions, present on past; without
+    `beams`, no beam width and no indirection: each row reads its own history."""
     width = HEADS * HEAD_DIM
     inputs = [_input(n, F32, ["B", 1, width]) for n in ("q", "k", "v")]
     inputs += [_input(n, F32, ["B", HEADS, capacity, HEAD_DIM]) for n in ("past_key", "past_value")]
-    inputs += [_input("past_length", TensorProto.INT32, [1]), _input("beam_width", TensorProto.INT32, [1])]
-    inputs += [_input("indirection", TensorProto.INT32, ["S", BEAM, capacity])]
+    inputs += [_input("past_length", TensorProto.INT32, [1])]
+    names = ["q", "k", "v", "", "", "past_key", "past_value", "past_length"]
+    if beams:
+        inputs += [
+            _input("beam_width", TensorProto.INT32, [1]),
+            _input("indirection", TensorProto.INT32, ["S", BEAM, capacity]),
+        ]
+        names += ["beam_width", "indirection"]
     node = helper.make_node(
-        "DecoderMaskedMultiHeadAttention",
-        ["q", "k", "v", "", "", "past_key", "past_value", "past_length", "beam_width", "indirection"],
-        ["out", "present_key", "present_value"], domain=MS_DOMAIN, num_heads=HEADS, past_present_share_buffer=1,
+        "DecoderMaskedMultiHeadAttention", names, ["out", "present_key", "present_value"],
+        domain=MS_DOMAIN, num_heads=HEADS, past_present_share_buffer=1,
     )  # fmt: skip
     return _model([node], inputs, ["out", "present_key", "present_value"])
+
+
+def gather_mha_model() -> ModelProto:
+    """The past's rows gathered by the rows they continue ("parent"), then MultiHeadAttention with
+    that past, its present the past and the new token's key and value (past + 1 positions)."""
+    width = HEADS * HEAD_DIM
+    inputs = [_input(n, F32, ["B", 1, width]) for n in ("q", "k", "v")]
+    inputs += [_input(n, F32, ["B", HEADS, "P", HEAD_DIM]) for n in ("past_key", "past_value")]
+    inputs += [_input("parent", I64, ["B"])]
+    nodes = [
+        helper.make_node("Gather", ["past_key", "parent"], ["continued_key"], axis=0),
+        helper.make_node("Gather", ["past_value", "parent"], ["continued_value"], axis=0),
+        helper.make_node(
+            "MultiHeadAttention", ["q", "k", "v", "", "", "", "continued_key", "continued_value"],
+            ["out", "present_key", "present_value"], domain=MS_DOMAIN, num_heads=HEADS,
+        ),
+    ]  # fmt: skip
+    return _model(nodes, inputs, ["out", "present_key", "present_value"])
 
 
 def gqa_model() -> ModelProto:
@@ -208,6 +244,7 @@ class Bench:
             _session(dmmha_model(capacity)), _session(products_model()), _session(plain_model()),
             _session(masked_model()), _session(gqa_model()),
         )  # fmt: skip
+        self.rows, self.gather_mha = _session(dmmha_model(capacity, beams=False)), _session(gather_mha_model())
 
     def normal(self, *shape: int) -> np.ndarray:
         return self.rng.standard_normal(shape, dtype=np.float32)
@@ -229,9 +266,79 @@ class Bench:
             binding.bind_output(present, "cpu", 0, np.float32, list(buffer.shape), buffer.ctypes.data)
         return feeds, binding
 
-    def dmmha_us(self, sentences: int, past: int) -> float:
-        _, binding = self.dmmha_state(sentences, past)
+    def dmmha_us(self, sentences: int, past: int, own: bool = False) -> float:
+        """The kernel's microseconds; `own`: every row's indirection names its own beam."""
+        feeds, binding = self.dmmha_state(sentences, past)
+        if own:
+            feeds["indirection"][...] = np.arange(BEAM, dtype=np.int32)[None, :, None]
         return _median_us(lambda: self.dmmha.run_with_iobinding(binding), self.runs, self.other)
+
+    def rows_binding(self, feeds: dict[str, np.ndarray]) -> ort.IOBinding:
+        """The beam-free kernel bound to `feeds`' q, k, v, caches and past length (dmmha_state's),
+        present on past."""
+        binding = self.rows.io_binding()
+        for name in ("q", "k", "v", "past_key", "past_value", "past_length"):
+            binding.bind_cpu_input(name, feeds[name])
+        binding.bind_output("out", "cpu")
+        for past_name, present in (("past_key", "present_key"), ("past_value", "present_value")):
+            buffer = feeds[past_name]
+            binding.bind_output(present, "cpu", 0, np.float32, list(buffer.shape), buffer.ctypes.data)
+        return binding
+
+    def rows_us(self, sentences: int, past: int) -> float:
+        feeds, _ = self.dmmha_state(sentences, past)
+        binding = self.rows_binding(feeds)
+        return _median_us(lambda: self.rows.run_with_iobinding(binding), self.runs, self.other)
+
+    def own_history_difference(self, sentences: int, past: int, variant: str) -> float:
+        """The largest difference between `variant`'s output ("gqa" or "rows") and the kernel's on
+        the same state, every row's indirection naming its own beam (its history in its own row)."""
+        feeds, binding = self.dmmha_state(sentences, past)
+        feeds["indirection"][...] = np.arange(BEAM, dtype=np.int32)[None, :, None]
+        caches = {name: feeds[name].copy() for name in ("past_key", "past_value")}
+        self.dmmha.run_with_iobinding(binding)
+        expected = binding.copy_outputs_to_cpu()[0]
+        session, other = (self.gqa, self.gqa_binding(feeds | caches, past)) if variant == "gqa" else (
+            self.rows, self.rows_binding(feeds | caches)
+        )  # fmt: skip
+        session.run_with_iobinding(other)
+        return float(np.abs(other.copy_outputs_to_cpu()[0] - expected).max())
+
+    def gather_mha_state(self, sentences: int, past: int) -> tuple[dict[str, np.ndarray], ort.IOBinding]:
+        """Random inputs for the gathered variant (each row continuing a random row of its sentence),
+        bound with a present of past + 1 positions."""
+        rows, width = sentences * BEAM, HEADS * HEAD_DIM
+        feeds = {name: self.normal(rows, 1, width) for name in ("q", "k", "v")}
+        feeds |= {name: self.normal(rows, HEADS, past, HEAD_DIM) for name in ("past_key", "past_value")}
+        parent_beam = self.rng.integers(0, BEAM, rows)
+        feeds["parent"] = (np.repeat(np.arange(sentences), BEAM) * BEAM + parent_beam).astype(np.int64)
+        binding = self.gather_mha.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        binding.bind_output("out", "cpu")
+        for present in ("present_key", "present_value"):
+            binding.bind_output(present, "cpu", 0, np.float32, [rows, HEADS, past + 1, HEAD_DIM])
+        return feeds, binding
+
+    def gather_mha_difference(self, sentences: int, past: int) -> float:
+        """The largest difference between the gathered variant's output and the kernel's where each
+        row's whole history lies in the row it continues (its indirection names that beam at every
+        position)."""
+        feeds, binding = self.gather_mha_state(sentences, past)
+        state, kernel = self.dmmha_state(sentences, past)
+        for name in ("q", "k", "v"):
+            state[name][...] = feeds[name]
+        for name in ("past_key", "past_value"):
+            state[name][:, :, :past] = feeds[name]
+        state["indirection"][...] = (feeds["parent"] % BEAM).reshape(sentences, BEAM, 1).astype(np.int32)
+        self.dmmha.run_with_iobinding(kernel)
+        self.gather_mha.run_with_iobinding(binding)
+        got, expected = binding.copy_outputs_to_cpu()[0], kernel.copy_outputs_to_cpu()[0]
+        return float(np.abs(got - expected).max())
+
+    def gather_mha_us(self, sentences: int, past: int) -> float:
+        _, binding = self.gather_mha_state(sentences, past)
+        return _median_us(lambda: self.gather_mha.run_with_iobinding(binding), self.runs, self.other)
 
     def gqa_binding(self, feeds: dict[str, np.ndarray], past: int) -> ort.IOBinding:
         """GroupQueryAttention bound to `feeds`' q, k, v and caches (dmmha_state's, or a capacity of
@@ -247,18 +354,6 @@ class Bench:
             buffer = feeds[past_name]
             binding.bind_output(present, "cpu", 0, np.float32, list(buffer.shape), buffer.ctypes.data)
         return binding
-
-    def gqa_difference(self, sentences: int, past: int) -> float:
-        """The largest difference between GroupQueryAttention's output and the kernel's on the same
-        state, every row's indirection naming its own beam (its history in its own row)."""
-        feeds, binding = self.dmmha_state(sentences, past)
-        feeds["indirection"][...] = np.arange(BEAM, dtype=np.int32)[None, :, None]
-        caches = {name: feeds[name].copy() for name in ("past_key", "past_value")}
-        self.dmmha.run_with_iobinding(binding)
-        expected = binding.copy_outputs_to_cpu()[0]
-        gqa = self.gqa_binding(feeds | caches, past)
-        self.gqa.run_with_iobinding(gqa)
-        return float(np.abs(gqa.copy_outputs_to_cpu()[0] - expected).max())
 
     def gqa_us(self, sentences: int, past: int, capacity: int) -> float:
         rows, width = sentences * BEAM, HEADS * HEAD_DIM
@@ -334,6 +429,9 @@ def main() -> None:
                 "masked_us": bench.masked_us(sentences, past),
                 "gqa_us": bench.gqa_us(sentences, past, args.capacity),
                 "gqa_tight_us": bench.gqa_us(sentences, past, past + args.room),
+                "dmmha_own_us": bench.dmmha_us(sentences, past, own=True),
+                "rows_us": bench.rows_us(sentences, past),
+                "gather_mha_us": bench.gather_mha_us(sentences, past),
             }), flush=True)  # fmt: skip
 
 

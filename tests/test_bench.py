@@ -78,7 +78,25 @@ def test_group_query_attention_over_rows_own_histories_is_the_kernels(sentences:
     every row's history lies in its own row."""
     from bench.self_attention import Bench
 
-    assert Bench(capacity=24, runs=1).gqa_difference(sentences, past) < 1e-5
+    assert Bench(capacity=24, runs=1).own_history_difference(sentences, past, "gqa") < 1e-5
+
+
+@pytest.mark.parametrize(("sentences", "past"), [(1, 0), (1, 9), (3, 20)])
+def test_beam_free_kernel_over_rows_own_histories_is_the_beam_kernels(sentences: int, past: int) -> None:
+    """bench/self_attention.py's rows variant (the kernel without its beam inputs) computes what the
+    kernel does with them where every row's history lies in its own row."""
+    from bench.self_attention import Bench
+
+    assert Bench(capacity=24, runs=1).own_history_difference(sentences, past, "rows") < 1e-5
+
+
+@pytest.mark.parametrize(("sentences", "past"), [(1, 1), (1, 9), (3, 20)])
+def test_attention_over_a_gathered_cache_is_the_kernels(sentences: int, past: int) -> None:
+    """bench/self_attention.py's gather_mha variant (the past's rows copied to the rows that continue
+    them, then MultiHeadAttention) computes what the kernel does through the indirection."""
+    from bench.self_attention import Bench
+
+    assert Bench(capacity=24, runs=1).gather_mha_difference(sentences, past) < 1e-5
 
 
 def test_fused_products_take_one_node_each_and_move_with_the_batch(exported_int8: Path, tmp_path: Path) -> None:
