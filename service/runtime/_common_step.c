@@ -34,6 +34,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_attention.h"
 #include "_projection.h"
 
 #define MAX_CANDIDATES 256 /* beams * 2k at MAX_BEAM = 8: 8 * 16 */
@@ -1262,6 +1263,103 @@ static PyObject *pack_projection(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* self_attention(q, k, v, bias, key_cache, value_cache, indirection, length, beam_width, out[, kernel])
+ * One decoder layer's self-attention for a step (_attention.h): q, k, v, out float32 [rows, 1, width];
+ * bias float32 [3 * width]; key_cache, value_cache float32 [rows, heads, capacity, depth], width =
+ * heads * depth, written at position `length`; indirection int32 [rows / beams, beams, capacity];
+ * length int32 (0-d or [1], the positions written), beam_width int32 [1] (beams). All C-contiguous.
+ * kernel: attention_kernel's or a narrower one (tests); by default the widest for the heads' depth. */
+static PyObject *self_attention(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *objects[10];
+    int kernel = -1;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOO|i", &objects[0], &objects[1], &objects[2], &objects[3], &objects[4],
+                          &objects[5], &objects[6], &objects[7], &objects[8], &objects[9], &kernel)) {
+        return NULL;
+    }
+    static const char *names[10] = {"q", "k", "v", "bias", "key_cache", "value_cache", "indirection", "length",
+                                    "beam_width", "out"};
+    static const char *formats[10] = {"f", "f", "f", "f", "f", "f", "i", "i", "i", "f"};
+    static const int dims[10] = {3, 3, 3, 1, 4, 4, 3, 0, 1, 3};
+    static const int writable[10] = {0, 0, 0, 0, 1, 1, 0, 0, 0, 1};
+    Buffer b[10];
+    memset(b, 0, sizeof(b));
+    for (int i = 0; i < 10; i++) {
+        int ndim = dims[i];
+        if (i == 7 && PyObject_CheckBuffer(objects[i])) { /* length: 0-d or [1] */
+            Py_buffer peek;
+            if (PyObject_GetBuffer(objects[i], &peek, PyBUF_RECORDS_RO) < 0) {
+                release(b, 10);
+                return NULL;
+            }
+            ndim = peek.ndim == 1 && peek.shape[0] == 1 ? 1 : 0;
+            PyBuffer_Release(&peek);
+        }
+        if (get_buffer(objects[i], &b[i], names[i], formats[i], ndim, writable[i]) < 0) {
+            release(b, 10);
+            return NULL;
+        }
+        if (!PyBuffer_IsContiguous(&b[i].view, 'C')) {
+            release(b, 10);
+            PyErr_Format(PyExc_ValueError, "self_attention: %s is not C-contiguous", names[i]);
+            return NULL;
+        }
+    }
+    const Py_ssize_t rows = b[0].view.shape[0], width = b[0].view.shape[2];
+    const Py_ssize_t heads = b[4].view.shape[1], capacity = b[4].view.shape[2], depth = b[4].view.shape[3];
+    const Py_ssize_t length = *(const int32_t *)b[7].view.buf, beams = *(const int32_t *)b[8].view.buf;
+    int agree = beams >= 1 && rows % beams == 0 && heads * depth == width && b[3].view.shape[0] == 3 * width &&
+                b[6].view.shape[0] * beams == rows && b[6].view.shape[1] == beams && b[6].view.shape[2] == capacity &&
+                b[8].view.shape[0] == 1;
+    for (int i = 1; i < 10 && agree; i++) {
+        if (i == 1 || i == 2 || i == 9) {
+            agree = b[i].view.shape[0] == rows && b[i].view.shape[1] == 1 && b[i].view.shape[2] == width;
+        } else if (i == 4 || i == 5) {
+            agree = b[i].view.shape[0] == rows && b[i].view.shape[1] == heads && b[i].view.shape[2] == capacity &&
+                    b[i].view.shape[3] == depth;
+        }
+    }
+    if (!agree || b[0].view.shape[1] != 1) {
+        release(b, 10);
+        PyErr_SetString(PyExc_ValueError, "self_attention: the arrays' shapes do not agree");
+        return NULL;
+    }
+    if (length < 0 || length >= capacity) {
+        release(b, 10);
+        PyErr_Format(PyExc_ValueError, "self_attention: the cache holds %zd positions, %zd written", capacity, length);
+        return NULL;
+    }
+    float *scratch = PyMem_RawMalloc((size_t)(length + 1 + depth) * sizeof(float));
+    if (scratch == NULL) {
+        release(b, 10);
+        return PyErr_NoMemory();
+    }
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    const int widest = attention_kernel(depth);
+    status = attention_step(kernel < 0 || kernel > widest ? widest : kernel, b[0].view.buf, b[1].view.buf, b[2].view.buf, b[3].view.buf,
+                            b[4].view.buf, b[5].view.buf, b[6].view.buf, rows, heads, depth, capacity, length, beams,
+                            b[9].view.buf, scratch);
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(scratch);
+    release(b, 10);
+    if (status < 0) {
+        PyErr_SetString(PyExc_ValueError, "self_attention: the indirection names a beam outside the sentence's");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* attention_kernel(depth) -> 0 plain C, 1 AVX2 with FMA, 2 AVX-512: the kernel self_attention takes. */
+static PyObject *attention_kernel_info(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_ssize_t depth;
+    if (!PyArg_ParseTuple(args, "n", &depth)) {
+        return NULL;
+    }
+    return PyLong_FromLong(attention_kernel(depth));
+}
+
 /* projection_kernel() -> (index, name): the widest kernel of top_k's projection the CPU runs; a
  * projection may name it or any narrower one (0: plain C). */
 static PyObject *projection_kernel_info(PyObject *self, PyObject *args) {
@@ -1279,6 +1377,8 @@ static PyMethodDef methods[] = {
     {"top_k", top_k, METH_VARARGS, "Each row's best k log-probs and their vocabulary ids (see the source)."},
     {"pack_projection", pack_projection, METH_VARARGS, "A batch's int8 output columns packed for top_k."},
     {"projection_kernel", projection_kernel_info, METH_NOARGS, "The widest kernel of top_k's projection here."},
+    {"self_attention", self_attention, METH_VARARGS, "A decoder layer's self-attention for a step (see the source)."},
+    {"attention_kernel", attention_kernel_info, METH_VARARGS, "The kernel self_attention takes for heads of a depth."},
     {NULL, NULL, 0, NULL},
 };
 

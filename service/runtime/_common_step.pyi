@@ -46,3 +46,17 @@ def top_k(
 ) -> None: ...
 def pack_projection(weight: np.ndarray, packed: np.ndarray) -> None: ...
 def projection_kernel() -> tuple[int, str]: ...
+def self_attention(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    bias: np.ndarray,
+    key_cache: np.ndarray,
+    value_cache: np.ndarray,
+    indirection: np.ndarray,
+    length: np.ndarray,
+    beam_width: np.ndarray,
+    out: np.ndarray,
+    kernel: int = ...,
+) -> None: ...
+def attention_kernel(depth: int) -> int: ...

@@ -1,0 +1,127 @@
+"""The decoder step's self-attention on the host (service/runtime/_attention.c) against
+onnxruntime's DecoderMaskedMultiHeadAttention, the node it stands in for."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from service.runtime import native
+
+pytestmark = pytest.mark.skipif(native.common_step is None, reason=native.NOT_BUILT)
+
+MS_DOMAIN = "com.microsoft"
+
+
+def _kernel_session(heads: int, depth: int) -> ort.InferenceSession:
+    """The node as the exporter writes it (export/graph_builder.py, cached_self_attention)."""
+    width, f32, i32 = heads * depth, TensorProto.FLOAT, TensorProto.INT32
+    inputs = [helper.make_tensor_value_info(n, f32, ["B", 1, width]) for n in ("q", "k", "v")]
+    inputs += [helper.make_tensor_value_info(n, f32, ["B", heads, "C", depth]) for n in ("past_key", "past_value")]
+    inputs += [
+        helper.make_tensor_value_info("past_length", i32, []),
+        helper.make_tensor_value_info("beam_width", i32, [1]),
+        helper.make_tensor_value_info("indirection", i32, ["S", "W", "C"]),
+        helper.make_tensor_value_info("bias", f32, [3 * width]),
+    ]
+    names = ["q", "k", "v", "", "", "past_key", "past_value", "past_length", "beam_width", "indirection", "bias"]
+    node = helper.make_node(
+        "DecoderMaskedMultiHeadAttention", names, ["out", "present_key", "present_value"], domain=MS_DOMAIN,
+        num_heads=heads, past_present_share_buffer=1,
+    )  # fmt: skip
+    outputs = [helper.make_tensor_value_info(n, f32, None) for n in ("out", "present_key", "present_value")]
+    graph = helper.make_graph([node], "attention", inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(MS_DOMAIN, 1)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _state(
+    rng: np.random.Generator, sentences: int, beams: int, heads: int, depth: int, capacity: int, length: int
+) -> dict[str, np.ndarray]:
+    rows, width = sentences * beams, heads * depth
+    state = {n: rng.standard_normal((rows, 1, width), dtype=np.float32) for n in ("q", "k", "v")}
+    state["bias"] = rng.standard_normal(3 * width, dtype=np.float32)
+    for name in ("key_cache", "value_cache"):
+        state[name] = rng.standard_normal((rows, heads, capacity, depth), dtype=np.float32)
+    state["indirection"] = rng.integers(0, beams, (sentences, beams, capacity)).astype(np.int32)
+    state["length"] = np.array(length, np.int32)
+    state["beam_width"] = np.array([beams], np.int32)
+    return state
+
+
+def _kernels(state: dict[str, np.ndarray], heads: int) -> np.ndarray:
+    """The node's output on `state`, its caches written in place as the runtime binds them."""
+    session = _kernel_session(heads, state["key_cache"].shape[3])
+    binding = session.io_binding()
+    feeds = {n: state[n] for n in ("q", "k", "v", "bias", "indirection", "beam_width")}
+    feeds |= {"past_key": state["key_cache"], "past_value": state["value_cache"], "past_length": state["length"]}
+    for name, array in feeds.items():
+        binding.bind_cpu_input(name, array)
+    out = np.empty_like(state["q"])
+    binding.bind_output("out", "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
+    for present, cache in (("present_key", state["key_cache"]), ("present_value", state["value_cache"])):
+        binding.bind_output(present, "cpu", 0, np.float32, list(cache.shape), cache.ctypes.data)
+    session.run_with_iobinding(binding)
+    return out
+
+
+def _hosts(state: dict[str, np.ndarray], kernel: int = -1) -> np.ndarray:
+    assert native.common_step is not None
+    out = np.empty_like(state["q"])
+    names = ("q", "k", "v", "bias", "key_cache", "value_cache", "indirection", "length", "beam_width")
+    native.common_step.self_attention(*(state[n] for n in names), out, kernel)
+    return out
+
+
+def _copy(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {name: array.copy() for name, array in state.items()}
+
+
+@pytest.mark.parametrize("depth", [64, 128, 8, 48, 12])  # a head held in registers, or not; one no vector fits
+@pytest.mark.parametrize("kernel", [2, 1, 0])  # AVX-512, AVX2, plain C: each the CPU and the depth allow
+@pytest.mark.parametrize(("sentences", "beams", "length"), [(1, 1, 0), (3, 1, 5), (2, 4, 1), (3, 5, 9)])
+def test_the_hosts_self_attention_computes_the_kernels(
+    depth: int, kernel: int, sentences: int, beams: int, length: int
+) -> None:
+    """The same output as the node through the beam indirection, and the step's own key and value
+    (with their biases) written at position `length` of each row, as the node writes them."""
+    assert native.common_step is not None
+    if kernel > native.common_step.attention_kernel(depth):
+        pytest.skip(f"this CPU, or heads of {depth} floats, take no kernel {kernel}")
+    heads, capacity = 4, 12
+    state = _state(np.random.default_rng(depth + length), sentences, beams, heads, depth, capacity, length)
+    theirs, ours = _copy(state), _copy(state)
+    expected, got = _kernels(theirs, heads), _hosts(ours, kernel)
+    assert np.abs(got - expected).max() < 1e-5
+    for cache in ("key_cache", "value_cache"):
+        assert np.array_equal(ours[cache], theirs[cache])
+        assert not np.array_equal(ours[cache][:, :, length], state[cache][:, :, length])
+
+
+def test_a_rows_attention_does_not_depend_on_the_rows_beside_it() -> None:
+    """A sentence's rows get the same output to the bit alone and in a batch of others."""
+    rng, heads, depth, beams, capacity, length = np.random.default_rng(1), 4, 64, 5, 16, 11
+    batch = _state(rng, 7, beams, heads, depth, capacity, length)
+    alone = _copy(batch)
+    for name in ("q", "k", "v", "key_cache", "value_cache"):
+        alone[name] = alone[name][3 * beams : 4 * beams].copy()
+    alone["indirection"] = alone["indirection"][3:4].copy()
+    assert np.array_equal(_hosts(alone), _hosts(batch)[3 * beams : 4 * beams])
+
+
+def test_bad_indirection_and_a_full_cache_are_refused() -> None:
+    """A beam outside the sentence's, or a step past the cache's last position, raises and writes nothing."""
+    state = _state(np.random.default_rng(2), 2, 3, 2, 8, 6, 4)
+    bad = _copy(state)
+    bad["indirection"][1, 2, 3] = 3
+    with pytest.raises(ValueError, match="outside the sentence"):
+        _hosts(bad)
+    assert np.array_equal(bad["key_cache"], state["key_cache"])
+    full = _copy(state)
+    full["length"] = np.array(6, np.int32)
+    with pytest.raises(ValueError, match="6 positions, 6 written"):
+        _hosts(full)
