@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -79,7 +80,11 @@ def measure(mode: str, model_dir: Path, sentences: int, data_dir: Path) -> dict[
 
     if mode == "no-prepack":
         plain = sessions._session
-        sessions._session = lambda path, threads, pack=True: plain(path, threads, pack=False)
+
+        def unpacked(path: Path, threads: int, pack: bool = True, graph: bytes | None = None) -> Any:
+            return plain(path, threads, False, graph)
+
+        sessions._session = unpacked
     from service.runtime.beam import DecodeOptions
     from service.runtime.translator import Translator
 

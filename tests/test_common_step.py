@@ -99,6 +99,8 @@ def test_the_common_step_in_c_chooses_as_numpy(
 ) -> None:
     directory = DEFAULT_MODEL_DIR if model_name == "committed" else exported_int8
     texts = read_lines(shared_data / "multi30k/val.en.gz")[:16] if model_name == "committed" else sentences
+    # Both with onnxruntime's self-attention: the host's (tests/test_segmented.py) needs the C module.
+    monkeypatch.setenv("MTSERVE_HOST_ATTENTION", "off")
     model = OnnxModel(directory, 1)
     # The numpy side is the model as loaded without the C module, whose shortlisted projection the
     # graph makes rather than the host (projection.py): its logits are the host's to the bit, its

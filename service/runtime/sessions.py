@@ -12,7 +12,7 @@ import weakref
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import numpy as np
 import onnxruntime as ort
@@ -39,7 +39,9 @@ from service.runtime.projection import (
     host_projection,
     logits_scratch,
 )
+from service.runtime.segmented import SegmentedSession
 from service.runtime.shortlist import OUTPUT_BIAS, OUTPUT_SCALE, OUTPUT_VOCAB, OUTPUT_WEIGHT, BatchVocab, OutputLayer
+from service.runtime.step_segments import host_attention_enabled, split_step
 from service.runtime.text_tokenizer import load_text_tokenizer
 from service.runtime.top_k import STEP_LOGITS, TOP_K_OUTPUTS, normalised_logits, top_k
 
@@ -227,13 +229,32 @@ class _Graph:
     the wide one only while nothing else in the process is decoding (_Runs.start)."""
 
     def __init__(
-        self, path: Path, threads: int, runs: _Runs, low_memory: bool = False, wide_only: bool = False
+        self,
+        path: Path,
+        threads: int,
+        runs: _Runs,
+        low_memory: bool = False,
+        wide_only: bool = False,
+        step: bool = False,
     ) -> None:
         # low_memory: the wide session reads the weights from the memory-mapped file rather than
         # keeping a packed copy (for graphs without a packed copy of their own; packed.py).
-        def open_sessions() -> tuple[ort.InferenceSession, ort.InferenceSession]:
-            wide = _session(path, threads, pack=not (low_memory and threads > 1))
-            return wide, wide if threads == 1 or wide_only else _session(path, 1)
+        # step: a decoder step, cut at its self-attention nodes for the host's (step_segments.py).
+        segments = None
+        if step and native.common_step is not None and host_attention_enabled():
+            try:
+                segments = split_step(path)
+            except (OSError, ValueError) as exc:  # protobuf's DecodeError is a ValueError
+                raise ModelFileError(path, f"cannot read it ({exc})") from exc
+
+        def open_session(threads: int, pack: bool = True) -> ort.InferenceSession | SegmentedSession:
+            if segments is None:
+                return _session(path, threads, pack)
+            return SegmentedSession(segments, lambda graph: _session(path, threads, pack, graph))
+
+        def open_sessions() -> tuple[Any, Any]:
+            wide = open_session(threads, pack=not (low_memory and threads > 1))
+            return wide, wide if threads == 1 or wide_only else open_session(1)
 
         (self.wide, self.narrow), self._lookups = open_recording_lookups(path, open_sessions)
         self._runs = runs
@@ -649,8 +670,12 @@ _SHRINK = ort.RunOptions()
 _SHRINK.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
 
-def _session(path: Path, threads: int, pack: bool = True) -> ort.InferenceSession:
+def _session(path: Path, threads: int, pack: bool = True, graph: bytes | None = None) -> ort.InferenceSession:
+    """A session of the graph at `path`, or of `graph` (a segment of it: step_segments.py) over the
+    external data beside it."""
     options = ort.SessionOptions()
+    if graph is not None:
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(path.parent))
     if not pack:
         options.add_session_config_entry("session.disable_prepacking", "1")
     options.intra_op_num_threads = threads
@@ -672,7 +697,7 @@ def _session(path: Path, threads: int, pack: bool = True) -> ort.InferenceSessio
     denormals.first_session()
     try:
         with denormals.kept():
-            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(graph or str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable graphs
         raise ModelFileError(path, f"onnxruntime cannot load it ({exc})") from exc
 
@@ -719,7 +744,7 @@ class OnnxModel:
         # matrices, about twice the memory (reported in /metrics).
         self.unpacked_graphs: list[str] = []
 
-        def graph(role: str, wide_only: bool = False) -> _Graph:
+        def graph(role: str, wide_only: bool = False, step: bool = False) -> _Graph:
             """The graph over its packed copy (packed.py) where one can be made, else as exported."""
             path, packed_path = model_dir / files[role], None
             if packed_root is not None:
@@ -727,16 +752,16 @@ class OnnxModel:
                 packed_path = packed_graph(path, key, packed_root, verify)
             if packed_path is not None:
                 try:
-                    return _Graph(packed_path, intra_op_threads, runs, wide_only=wide_only)
+                    return _Graph(packed_path, intra_op_threads, runs, wide_only=wide_only, step=step)
                 except ModelFileError as exc:  # a copy damaged on disk, or packed by other kernels
                     log.warning("%s; opening %s as exported, its packed copy made again at its next load", exc, path)
                     discard(packed_path)
             if packed_root is not None:
                 self.unpacked_graphs.append(role)
-            return _Graph(path, intra_op_threads, runs, low_memory, wide_only)
+            return _Graph(path, intra_op_threads, runs, low_memory, wide_only, step)
 
         self.encoder = graph("encoder")
-        self.decoder = graph("decoder")
+        self.decoder = graph("decoder", step=True)
         self.has_alignment = ALIGNMENT in {output.name for output in self.decoder.wide.get_outputs()}
         self.output_layer = OutputLayer.load(model_dir, self.manifest)
         takes_shortlist = OUTPUT_WEIGHT in {i.name for i in self.decoder.wide.get_inputs()}
