@@ -1,4 +1,4 @@
-"""The decoder's self-attention over the cache alone, nine ways, on random inputs:
+"""The decoder's self-attention over the cache alone, ten ways, on random inputs:
 `python bench/self_attention.py [--sentences 1 32 128] [--past 2 10 30] [--runs 30] [--cold MB]`.
 
 - `dmmha`: onnxruntime's DecoderMaskedMultiHeadAttention as the decoder step runs it
@@ -32,6 +32,9 @@
   own history in the same cache: its path for a search that keeps the rows' histories in their
   rows, which would move a row's keys and values where beam search continues another row.
   Checked as `gqa` is.
+- `host`: the runtime's own kernel (service/runtime/_attention.c, through the C module's
+  `self_attention`) on `dmmha`'s state and the exporter's biases, as the runtime runs it between
+  a cut step's segments (service/runtime/segmented.py); checked against the node with tests/test_attention.py.
 - `gather_mha`: onnxruntime's MultiHeadAttention over a cache reordered by copying, as
   CTranslate2 keeps its cache: a Gather of the past's rows by the rows they continue, then the
   node's past and present (the present a new cache of past + 1 positions). Checked against
@@ -273,6 +276,20 @@ class Bench:
             feeds["indirection"][...] = np.arange(BEAM, dtype=np.int32)[None, :, None]
         return _median_us(lambda: self.dmmha.run_with_iobinding(binding), self.runs, self.other)
 
+    def host_us(self, sentences: int, past: int) -> float:
+        """The runtime's kernel on dmmha_state's state (its biases zero, as the node's here)."""
+        from service.runtime import native
+
+        if native.common_step is None:
+            raise SystemExit(native.NOT_BUILT)
+        feeds, _ = self.dmmha_state(sentences, past)
+        out, bias = np.empty_like(feeds["q"]), np.zeros(3 * HEADS * HEAD_DIM, np.float32)
+        length = np.array(past, np.int32)
+        arguments = [feeds[n] for n in ("q", "k", "v")] + [bias, feeds["past_key"], feeds["past_value"]]
+        arguments += [feeds["indirection"], length, feeds["beam_width"], out]
+        attend = native.common_step.self_attention
+        return _median_us(lambda: attend(*arguments), self.runs, self.other)
+
     def rows_binding(self, feeds: dict[str, np.ndarray]) -> ort.IOBinding:
         """The beam-free kernel bound to `feeds`' q, k, v, caches and past length (dmmha_state's),
         present on past."""
@@ -432,6 +449,7 @@ def main() -> None:
                 "dmmha_own_us": bench.dmmha_us(sentences, past, own=True),
                 "rows_us": bench.rows_us(sentences, past),
                 "gather_mha_us": bench.gather_mha_us(sentences, past),
+                "host_us": bench.host_us(sentences, past),
             }), flush=True)  # fmt: skip
 
 
