@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 
 from service.manifest import DEFAULT_MODEL_DIR
@@ -109,3 +110,19 @@ def test_an_attention_node_the_host_does_not_compute_keeps_the_step_whole(export
 def test_the_setting_turns_the_host_attention_off() -> None:
     assert host_attention_enabled("on") and host_attention_enabled("")
     assert not host_attention_enabled("off") and not host_attention_enabled(" OFF ")
+
+
+def test_a_binding_refuses_what_the_step_does_not_have(exported: Path) -> None:
+    """An input the step does not declare, and a present cache bound to other memory than its past,
+    are refused when bound, as onnxruntime's own binding refuses a name it does not know."""
+    session = OnnxModel(exported, 1, packed=False).decoder.wide
+    assert isinstance(session, SegmentedSession)
+    binding = session.io_binding()
+    with pytest.raises(ValueError, match="no input 'nonsense'"):
+        binding.bind_cpu_input("nonsense", np.zeros(1, np.float32))
+    past = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, 2, 4, 8), np.float32))
+    other = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, 2, 4, 8), np.float32))
+    binding.bind_ortvalue_input("past_key.0", past)
+    binding.bind_ortvalue_output("present_key.0", past)
+    with pytest.raises(ValueError, match=r"present_key\.0 must be bound to the buffer bound as its past"):
+        binding.bind_ortvalue_output("present_key.0", other)

@@ -65,6 +65,7 @@ class SegmentedSession:
             for i, session in enumerate(self.sessions)
         ]  # fmt: skip
         self.layout: dict[str, _Crossing] | None = None  # learnt at the first run (SegmentedBinding)
+        self.declared_inputs = frozenset(segments.inputs)
 
     def get_inputs(self) -> list[_Arg]:
         return [_Arg(name) for name in self.segments.inputs]
@@ -93,6 +94,7 @@ class SegmentedBinding:
         self._runs: list[Callable[[], object]] = []  # each segment's run and its cut's, in order; made by `_prepare`
 
     def bind_cpu_input(self, name: str, array: np.ndarray) -> None:
+        self._check_input(name)
         if name in _KERNEL_INPUTS:
             if self._kernel_inputs.get(name) is not array:
                 self._runs = []  # the kernel's runs hold the arrays they read
@@ -102,6 +104,7 @@ class SegmentedBinding:
             self._bindings[index].bind_cpu_input(name, array)
 
     def bind_ortvalue_input(self, name: str, value: ort.OrtValue) -> None:
+        self._check_input(name)
         self._changed(name, tuple(value.shape()))
         if name in self._session.pasts:
             cut, kind = self._session.pasts[name]
@@ -128,6 +131,10 @@ class SegmentedBinding:
             return
         self._outputs[name] = (True, (value,))
         self._bindings[self._session.makers[name]].bind_ortvalue_output(name, value)
+
+    def _check_input(self, name: str) -> None:
+        if name not in self._session.declared_inputs:
+            raise ValueError(f"the decoder step has no input {name!r}")
 
     def run(self, run_options: ort.RunOptions | None = None) -> None:
         if not self._runs:
