@@ -173,24 +173,28 @@ class SegmentedBinding:
             )
             for reader in session.readers.get(name, ()):
                 self._bindings[reader].bind_cpu_input(name, array)
-        attend = session.attend
         runs: list[Callable[[], object]] = []
         for index, (segment, binding) in enumerate(zip(session.sessions, self._bindings, strict=True)):
             runs.append(functools.partial(segment.run_with_iobinding, binding, run_options))
             if index < len(cuts):
-                cut = cuts[index]
-                out = self._crossing[cut.output] = np.empty_like(self._crossing[cut.query])
-                for reader in session.readers.get(cut.output, ()):
-                    self._bindings[reader].bind_cpu_input(cut.output, out)
-                key_cache, value_cache = self._caches[index]
-                if key_cache is None or value_cache is None:
-                    raise ValueError(f"the cache of {cut.past[0]} is not bound")
-                kernel = self._kernel_inputs
-                runs.append(functools.partial(
-                    attend, self._crossing[cut.query], self._crossing[cut.key], self._crossing[cut.value], cut.bias,
-                    key_cache, value_cache, kernel[CACHE_INDIRECTION], kernel[PAST_LENGTH], kernel[BEAM_WIDTH], out,
-                ))  # fmt: skip
+                runs.append(functools.partial(session.attend, *self._cut_arguments(index, self._crossing)))
         self._runs = runs
+
+    def _cut_arguments(self, index: int, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+        """Cut `index`'s arguments to the host's kernel over the crossing `arrays` (its query, key and
+        value there): its output is made there too and bound as the next segments' input."""
+        session, cut = self._session, self._session.segments.cuts[index]
+        out = arrays[cut.output] = np.empty_like(arrays[cut.query])
+        for reader in session.readers.get(cut.output, ()):
+            self._bindings[reader].bind_cpu_input(cut.output, out)
+        key_cache, value_cache = self._caches[index]
+        if key_cache is None or value_cache is None:
+            raise ValueError(f"the cache of {cut.past[0]} is not bound")
+        kernel = self._kernel_inputs
+        return (
+            arrays[cut.query], arrays[cut.key], arrays[cut.value], cut.bias, key_cache, value_cache,
+            kernel[CACHE_INDIRECTION], kernel[PAST_LENGTH], kernel[BEAM_WIDTH], out,
+        )  # fmt: skip
 
     def _learn(self, run_options: ort.RunOptions | None) -> dict[str, _Crossing]:
         """The crossing tensors' types and shapes, from a run of each segment that makes them itself
@@ -219,16 +223,5 @@ class SegmentedBinding:
                 if session.makers.get(name) == index:
                     (binding.bind_ortvalue_output if as_value else binding.bind_output)(name, *how)
             if index < len(cuts):
-                cut = cuts[index]
-                out = arrays[cut.output] = np.empty_like(arrays[cut.query])
-                key_cache, value_cache = self._caches[index]
-                if key_cache is None or value_cache is None:
-                    raise ValueError(f"the cache of {cut.past[0]} is not bound")
-                kernel = self._kernel_inputs
-                session.attend(
-                    arrays[cut.query], arrays[cut.key], arrays[cut.value], cut.bias, key_cache, value_cache,
-                    kernel[CACHE_INDIRECTION], kernel[PAST_LENGTH], kernel[BEAM_WIDTH], out,
-                )  # fmt: skip
-                for reader in session.readers.get(cut.output, ()):
-                    self._bindings[reader].bind_cpu_input(cut.output, out)
+                session.attend(*self._cut_arguments(index, arrays))
         return layout
