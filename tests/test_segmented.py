@@ -12,16 +12,15 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from service.manifest import DEFAULT_MODEL_DIR
+from service.manifest import DEFAULT_MODEL_DIR, load_manifest
 from service.runtime import native
 from service.runtime.beam import DecodeOptions, beam_search
 from service.runtime.segmented import SegmentedSession
 from service.runtime.sessions import OnnxModel
 from service.runtime.step_segments import ATTENTION_OP, host_attention_enabled, split_step
+from tests.conftest import TAG
 
 pytestmark = pytest.mark.skipif(native.common_step is None, reason=native.NOT_BUILT)
-
-TAG_FR = 8
 
 
 def _step(model: OnnxModel, sentences: int, beams: int, past: int) -> np.ndarray:
@@ -75,8 +74,8 @@ def test_a_cut_search_translates_as_the_whole_step(exported: Path, monkeypatch: 
     sources = [cut.tokenizer.encode(text) for text in ("A man rides a bike.", "Two dogs play in the snow.", "A girl.")]
     options = DecodeOptions(beam_size=4)
     for batch in (sources[:1], sources):
-        ours = beam_search(cut, batch, [TAG_FR] * len(batch), options)
-        theirs = beam_search(whole, batch, [TAG_FR] * len(batch), options)
+        ours = beam_search(cut, batch, [TAG["fr"]] * len(batch), options)
+        theirs = beam_search(whole, batch, [TAG["fr"]] * len(batch), options)
         assert [[h.tokens for h in hyps] for hyps in ours] == [[h.tokens for h in hyps] for hyps in theirs]
 
 
@@ -86,9 +85,11 @@ def test_the_committed_step_is_cut_once_a_layer() -> None:
     assert segments is not None
     model = onnx.load(str(DEFAULT_MODEL_DIR / "decoder_step.onnx"), load_external_data=False)
     nodes = [n for n in model.graph.node if n.op_type == ATTENTION_OP]
-    assert len(segments.cuts) == len(nodes) == 3 and len(segments.graphs) == 4
+    manifest = load_manifest(DEFAULT_MODEL_DIR)
+    assert len(segments.cuts) == len(nodes) == manifest.decoder_layers
+    assert len(segments.graphs) == manifest.decoder_layers + 1
     assert [c.output for c in segments.cuts] == [n.output[0] for n in nodes]
-    assert all(c.bias.shape == (3 * 256,) and np.abs(c.bias).max() > 0 for c in segments.cuts)
+    assert all(c.bias.shape == (3 * manifest.d_model,) and np.abs(c.bias).max() > 0 for c in segments.cuts)
     for graph in segments.graphs:
         assert not [n for n in onnx.load_from_string(graph).graph.node if n.op_type == ATTENTION_OP]
 
