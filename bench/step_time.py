@@ -1,5 +1,5 @@
 """One decoder step's time, several graphs side by side: `python bench/step_time.py --model DIR [DIR ...]
-[--rows 5] [--threads 2] [--rounds 10]`.
+[--rows 5] [--threads 2] [--rounds 10] [--host-attention off self on]`.
 
 Each model directory's decoder step runs on the same random inputs of the given shape
 (bench/step_inputs.py), in the runtime's own session on --threads threads, bound as the runtime
@@ -7,15 +7,17 @@ binds a step, without the profiler (whose own cost per node is the size of a sma
 thread that flushes denormals as a search's does, the runtime's top-k included where the graph has
 none (service/runtime/top_k.py). The
 graphs alternate: each runs --block steps in turn after a few unmeasured ones, the order reversed
-every round, so that all see the same load of a shared machine. Prints per directory the median
-microseconds per step over the rounds, each round's, and the median of the per-round ratios to
-the first directory.
+every round, so that all see the same load of a shared machine. With --host-attention each
+directory is loaded once per MTSERVE_HOST_ATTENTION setting given (README), in that order. Prints
+per directory (and setting) the median microseconds per step over the rounds, each round's, and the
+median of the per-round ratios to the first.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -45,10 +47,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--block", type=int, default=100, help="steps per graph per round")
+    parser.add_argument("--host-attention", nargs="+", default=[None], help="MTSERVE_HOST_ATTENTION settings to load")
     args = parser.parse_args()
 
     runs = []
-    for model_dir in args.model:
+    loads = [(model_dir, setting) for model_dir in args.model for setting in args.host_attention]
+    for model_dir, setting in loads:
+        if setting is not None:
+            os.environ["MTSERVE_HOST_ATTENTION"] = setting  # read when the model loads its step
         model = OnnxModel(model_dir, args.threads)
         session = model.decoder.wide  # the runtime's own session, on all the threads
         feeds = random_step(model, args, ["top_log_probs", "top_ids", "eos_log_prob"])
@@ -65,9 +71,9 @@ def main() -> None:
                 for _ in range(args.block):
                     _step(session, binding, feeds)
                 micros[i].append((time.perf_counter() - started) / args.block * 1e6)
-    for model_dir, times in zip(args.model, micros, strict=True):
+    for (model_dir, setting), times in zip(loads, micros, strict=True):
         ratios = [t / first for t, first in zip(times, micros[0], strict=True)]
-        row = {"model": str(model_dir), "rows": args.rows, "threads": args.threads,
+        row = {"model": str(model_dir), "host_attention": setting, "rows": args.rows, "threads": args.threads,
                "median_us": round(statistics.median(times), 1), "rounds_us": [round(t) for t in times],
                "ratio_to_first": round(statistics.median(ratios), 3)}  # fmt: skip
         print(json.dumps(row), flush=True)

@@ -1,5 +1,6 @@
-"""The decoder step's self-attention on the host (service/runtime/_attention.c) against
-onnxruntime's DecoderMaskedMultiHeadAttention, the node it stands in for."""
+"""The decoder step's attention on the host (service/runtime/_attention.c) against the nodes it
+stands in for: onnxruntime's DecoderMaskedMultiHeadAttention over the cache, and its
+MultiHeadAttention over the encoder's keys and values."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
+from bench.cross_attention import inputs as cross_inputs
+from bench.cross_attention import node_session as cross_node_session
 from service.runtime import native
 
 pytestmark = pytest.mark.skipif(native.common_step is None, reason=native.NOT_BUILT)
@@ -125,3 +128,55 @@ def test_bad_indirection_and_a_full_cache_are_refused() -> None:
     full["length"] = np.array(6, np.int32)
     with pytest.raises(ValueError, match="6 positions, 6 written"):
         _hosts(full)
+
+
+def _cross_hosts(state: dict[str, np.ndarray], kernel: int = -1, masked: bool = True) -> np.ndarray:
+    assert native.common_step is not None
+    out = np.empty_like(state["rows"])
+    mask = state["mask"] if masked else None
+    native.common_step.cross_attention(state["rows"], state["keys"], state["values"], mask, out, kernel)
+    return out
+
+
+@pytest.mark.parametrize("depth", [64, 128, 8, 48, 12])
+@pytest.mark.parametrize("kernel", [2, 1, 0])
+@pytest.mark.parametrize(("sentences", "beams", "length"), [(1, 1, 1), (3, 1, 7), (2, 4, 16), (3, 5, 17), (2, 5, 40)])
+def test_the_hosts_cross_attention_computes_the_kernels(
+    depth: int, kernel: int, sentences: int, beams: int, length: int
+) -> None:
+    """The same output as the node, its padded positions left out by the mask as the node leaves them."""
+    assert native.common_step is not None
+    if kernel > native.common_step.attention_kernel(depth):
+        pytest.skip(f"this CPU, or heads of {depth} floats, take no kernel {kernel}")
+    heads = 4
+    state = cross_inputs(np.random.default_rng(depth + length), sentences, beams, length, heads, depth)
+    (expected,) = cross_node_session(heads, depth).run(None, state)
+    got = _cross_hosts(state, kernel)
+    assert np.abs(got - expected.reshape(got.shape)).max() < 1e-5
+
+
+def test_a_rows_cross_attention_does_not_depend_on_the_rows_beside_it() -> None:
+    """A sentence's rows get the same output to the bit alone and in a batch of others, with a mask
+    and without one where nothing is padded."""
+    heads, depth, beams = 4, 64, 5
+    batch = cross_inputs(np.random.default_rng(4), 6, beams, 23, heads, depth)
+    alone = {"rows": batch["rows"][2 * beams : 3 * beams].copy()}
+    alone |= {name: batch[name][2:3].copy() for name in ("keys", "values", "mask")}
+    assert np.array_equal(_cross_hosts(alone), _cross_hosts(batch)[2 * beams : 3 * beams])
+    whole = cross_inputs(np.random.default_rng(5), 1, beams, 23, heads, depth)
+    assert np.array_equal(_cross_hosts(whole), _cross_hosts(whole, masked=False))
+
+
+def test_cross_attention_refuses_arrays_that_do_not_agree() -> None:
+    """Rows that are not a whole number a sentence, values of another shape than the keys, and a mask
+    of another type raise."""
+    assert native.common_step is not None
+    state = cross_inputs(np.random.default_rng(6), 2, 3, 5, 2, 8)
+    rows, keys, values, mask = state["rows"], state["keys"], state["values"], state["mask"]
+    out = np.empty_like(rows)
+    with pytest.raises(ValueError, match="shapes do not agree"):
+        native.common_step.cross_attention(rows[:5], keys, values, mask, out[:5])
+    with pytest.raises(ValueError, match="shapes do not agree"):
+        native.common_step.cross_attention(rows, keys, np.ascontiguousarray(values[:, :, :4]), mask, out)
+    with pytest.raises(TypeError, match="mask"):
+        native.common_step.cross_attention(rows, keys, values, mask.astype(np.int32), out)

@@ -1,9 +1,10 @@
-"""The decoder step cut at its self-attention nodes, the host attending between the segments
+"""The decoder step cut at its attention nodes, the host attending between the segments
 (service/runtime/step_segments.py, segmented.py): what the whole step computes, and a search's
 translations."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -12,12 +13,19 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from service.manifest import DEFAULT_MODEL_DIR, load_manifest
+from service.manifest import DEFAULT_MODEL_DIR, load_manifest, sha256_file
 from service.runtime import native
 from service.runtime.beam import DecodeOptions, beam_search
 from service.runtime.segmented import SegmentedSession
 from service.runtime.sessions import OnnxModel
-from service.runtime.step_segments import ATTENTION_OP, host_attention_enabled, split_step
+from service.runtime.step_segments import (
+    ATTENTION_OP,
+    CROSS_ATTENTION_OP,
+    AttentionCut,
+    CrossAttentionCut,
+    host_attention,
+    split_step,
+)
 from tests.conftest import TAG
 
 pytestmark = pytest.mark.skipif(native.common_step is None, reason=native.NOT_BUILT)
@@ -79,19 +87,80 @@ def test_a_cut_search_translates_as_the_whole_step(exported: Path, monkeypatch: 
         assert [[h.tokens for h in hyps] for hyps in ours] == [[h.tokens for h in hyps] for hyps in theirs]
 
 
-def test_the_committed_step_is_cut_once_a_layer() -> None:
-    """Each self-attention node of the committed step is a cut, its biases the graph's own."""
+def test_the_committed_step_is_cut_twice_a_layer() -> None:
+    """Each self-attention and cross-attention node of the committed step is a cut, in the graph's
+    order: the self-attention's biases the graph's own, the cross-attention reading the layer's
+    encoder keys and values and the source mask; no segment keeps an attention node."""
     segments = split_step(DEFAULT_MODEL_DIR / "decoder_step.onnx")
     assert segments is not None
     model = onnx.load(str(DEFAULT_MODEL_DIR / "decoder_step.onnx"), load_external_data=False)
-    nodes = [n for n in model.graph.node if n.op_type == ATTENTION_OP]
+    nodes = [n for n in model.graph.node if n.op_type in (ATTENTION_OP, CROSS_ATTENTION_OP)]
     manifest = load_manifest(DEFAULT_MODEL_DIR)
-    assert len(segments.cuts) == len(nodes) == manifest.decoder_layers
-    assert len(segments.graphs) == manifest.decoder_layers + 1
+    assert len(segments.cuts) == len(nodes) == 2 * manifest.decoder_layers
+    assert len(segments.graphs) == 2 * manifest.decoder_layers + 1
     assert [c.output for c in segments.cuts] == [n.output[0] for n in nodes]
-    assert all(c.bias.shape == (3 * manifest.d_model,) and np.abs(c.bias).max() > 0 for c in segments.cuts)
+    selves, crosses = segments.cuts[::2], segments.cuts[1::2]
+    assert all(isinstance(c, AttentionCut) for c in selves) and all(isinstance(c, CrossAttentionCut) for c in crosses)
+    assert all(c.bias.shape == (3 * manifest.d_model,) and np.abs(c.bias).max() > 0 for c in selves)  # type: ignore[union-attr]
+    inputs = {i.name for i in model.graph.input}
+    for layer, cut in enumerate(crosses):
+        assert isinstance(cut, CrossAttentionCut)
+        assert (cut.key, cut.value, cut.mask) == (f"cross_key.{layer}", f"cross_value.{layer}", "attention_mask")
+        assert {cut.key, cut.value, cut.mask} <= inputs
     for graph in segments.graphs:
-        assert not [n for n in onnx.load_from_string(graph).graph.node if n.op_type == ATTENTION_OP]
+        kinds = {n.op_type for n in onnx.load_from_string(graph).graph.node}
+        assert not kinds & {ATTENTION_OP, CROSS_ATTENTION_OP}
+
+
+def test_a_cross_attention_the_host_does_not_compute_stays_in_its_segment(exported_int8: Path, tmp_path: Path) -> None:
+    """A cross-attention node with an attribute the host's kernel does not know stays in its
+    segment, onnxruntime computing it, and the cut step still gives the whole step's log-probs."""
+    copy = tmp_path / "filtered"
+    shutil.copytree(exported_int8, copy)
+    path = copy / "decoder_step.onnx"
+    model = onnx.load(str(path), load_external_data=False)
+    node = next(n for n in model.graph.node if n.op_type == CROSS_ATTENTION_OP)
+    node.attribute.append(onnx.helper.make_attribute("mask_filter_value", -10000.0))
+    onnx.save(model, str(path))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["sha256"][path.name] = sha256_file(path)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    segments = split_step(path)
+    assert segments is not None
+    layers = load_manifest(copy).decoder_layers
+    assert sum(isinstance(c, CrossAttentionCut) for c in segments.cuts) == layers - 1
+    kept = [n for g in segments.graphs for n in onnx.load_from_string(g).graph.node if n.op_type == CROSS_ATTENTION_OP]
+    assert len(kept) == 1
+    cut = OnnxModel(copy, 1, packed=False)
+    assert isinstance(cut.decoder.wide, SegmentedSession)
+    whole = OnnxModel(exported_int8, 1, packed=False)
+    ours, theirs = _step(cut, 3, 5, 6), _step(whole, 3, 5, 6)
+    assert np.array_equal(np.argmax(ours, axis=1), np.argmax(theirs, axis=1))
+
+
+def test_searches_on_the_same_arrays_read_each_searchs_encoder_keys(
+    exported: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Searches one after another of sources of the same shape, which run on the arrays and bindings
+    of the last search of that shape, each attend over their own encoder keys and values: the whole
+    step's hypotheses and scores every time."""
+    cut = OnnxModel(exported, 1, packed=False)
+    monkeypatch.setenv("MTSERVE_HOST_ATTENTION", "off")
+    whole = OnnxModel(exported, 1, packed=False)
+    texts = ("A man rides a bike.", "Two dogs play here.", "A girl eats a cake.", "The sun is hot.", "A dog runs.",
+             "A man sits.", "A boy swims.", "A cat sleeps.", "Two men talk.", "A girl sings.")  # fmt: skip
+    by_length: dict[int, list[list[int]]] = {}
+    for text in texts:
+        source = cut.tokenizer.encode(text)
+        by_length.setdefault(len(source), []).append(source)
+    sources = max(by_length.values(), key=len)
+    assert len(sources) >= 2
+    options = DecodeOptions(beam_size=4)
+    for source in sources:
+        (ours,) = beam_search(cut, [source], [TAG["fr"]], options)
+        (theirs,) = beam_search(whole, [source], [TAG["fr"]], options)
+        assert [h.tokens for h in ours] == [h.tokens for h in theirs]
+        assert np.allclose([h.score for h in ours], [h.score for h in theirs], atol=1e-4)
 
 
 def test_an_attention_node_the_host_does_not_compute_keeps_the_step_whole(exported: Path, tmp_path: Path) -> None:
@@ -108,9 +177,14 @@ def test_an_attention_node_the_host_does_not_compute_keeps_the_step_whole(export
     assert split_step(exported / "decoder_step.onnx") is not None
 
 
-def test_the_setting_turns_the_host_attention_off() -> None:
-    assert host_attention_enabled("on") and host_attention_enabled("")
-    assert not host_attention_enabled("off") and not host_attention_enabled(" OFF ")
+def test_the_setting_turns_the_host_attention_off_or_to_the_self_attention() -> None:
+    """`off` keeps the step whole, `self` cuts it at its self-attention only, and the default at both."""
+    assert host_attention("on") == host_attention("") == "on"
+    assert host_attention("off") == host_attention(" OFF ") == "off"
+    assert host_attention("self") == "self"
+    cuts = split_step(DEFAULT_MODEL_DIR / "decoder_step.onnx", cross=False)
+    assert cuts is not None and all(isinstance(c, AttentionCut) for c in cuts.cuts)
+    assert len(cuts.graphs) == load_manifest(DEFAULT_MODEL_DIR).decoder_layers + 1
 
 
 def test_a_binding_refuses_what_the_step_does_not_have(exported: Path) -> None:

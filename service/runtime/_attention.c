@@ -1,15 +1,21 @@
-/* A decoder step's self-attention on the host: see _attention.h. onnxruntime's kernel takes each
- * earlier position of a row with three calls (a dot product, a scale, an add); here a row's head
- * takes its positions in one pass of vector loops, and the score, softmax and weighted sum follow
- * the kernel's order (the new position's value first, then the earlier ones in turn). */
+/* A decoder step's attention on the host: see _attention.h. onnxruntime's self-attention kernel takes
+ * each earlier position of a row with three calls (a dot product, a scale, an add), and its
+ * cross-attention a product call per sentence and head for a few rows; here a row's head takes its
+ * positions in one pass of vector loops. The self-attention follows the node's order (the new
+ * position's value first, then the earlier ones in turn). */
 #include "_attention.h"
 
 #include <math.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
+#include "_vector_exp.h"
+
+#ifdef VECTOR_EXP_X86
 #define ATTENTION_X86 1
 #endif
+
+/* The value onnxruntime's MultiHeadAttention adds to the score of a position its mask leaves out
+ * (its mask_filter_value's default). */
+#define MASKED_SCORE (-10000.0f)
 
 int attention_kernel(ptrdiff_t depth) {
 #ifdef ATTENTION_X86
@@ -34,69 +40,131 @@ int attention_kernel(ptrdiff_t depth) {
     return 0;
 }
 
-/* Where each row and head reads and writes. */
+/* One row and head's attention over `length` positions and, where own_key is set, its own new
+ * position after them: out = softmax(query · keys / sqrt(depth) + added) · values. Position t's key is
+ * at keys + history[t] * slot_stride + t * depth, its value likewise (a cross-attention's history all
+ * 0). */
 typedef struct {
-    const float *q, *k, *v;          /* the row's head, before its biases */
-    const float *bq, *bk, *bv;       /* the head's biases */
-    float *own_key, *own_value;      /* the row's slot at position `length` */
-    const float *keys, *values;      /* the sentence's first row, this head, position 0 */
-    const int32_t *history;          /* the row's indirection: [capacity] */
-    ptrdiff_t slot_stride;           /* floats from one beam's row to the next, same head */
+    const float *query;                /* with its bias */
+    const float *keys, *values;        /* position 0 of the head's first slot */
+    const int32_t *history;            /* each position's slot */
+    ptrdiff_t slot_stride;             /* floats from one slot to the next, same head */
+    const float *own_key, *own_value;  /* the row's new position, or NULL */
+    const float *added;                /* each position's addend to its score (a mask's), or NULL */
     ptrdiff_t depth, length;
     float scale;
-    float *out, *scores, *query;     /* query: scratch of `depth` floats */
-} Head;
+    float *out, *scores;               /* scores: scratch of length + 1 floats */
+} Attend;
 
-static void head_plain(const Head *h) {
-    const ptrdiff_t n = h->depth;
-    for (ptrdiff_t d = 0; d < n; d++) {
-        h->query[d] = h->q[d] + h->bq[d];
-        h->own_key[d] = h->k[d] + h->bk[d];
-        h->own_value[d] = h->v[d] + h->bv[d];
-    }
+static inline const float *position(const float *base, const Attend *a, ptrdiff_t t) {
+    return base + a->history[t] * a->slot_stride + t * a->depth;
+}
+
+static void attend_plain(const Attend *a) {
+    const ptrdiff_t n = a->depth, positions = a->length + (a->own_key != NULL);
     float best = -INFINITY;
-    for (ptrdiff_t t = 0; t <= h->length; t++) {
-        const float *key = t < h->length ? h->keys + h->history[t] * h->slot_stride + t * n : h->own_key;
+    for (ptrdiff_t t = 0; t < positions; t++) {
+        const float *key = t < a->length ? position(a->keys, a, t) : a->own_key;
         float sum = 0.0f;
         for (ptrdiff_t d = 0; d < n; d++) {
-            sum += h->query[d] * key[d];
+            sum += a->query[d] * key[d];
         }
-        h->scores[t] = sum * h->scale;
-        best = h->scores[t] > best ? h->scores[t] : best;
+        a->scores[t] = sum * a->scale + (a->added ? a->added[t] : 0.0f);
+        best = a->scores[t] > best ? a->scores[t] : best;
     }
     float total = 0.0f;
-    for (ptrdiff_t t = 0; t <= h->length; t++) {
-        h->scores[t] = expf(h->scores[t] - best);
-        total += h->scores[t];
+    for (ptrdiff_t t = 0; t < positions; t++) {
+        a->scores[t] = expf(a->scores[t] - best);
+        total += a->scores[t];
     }
     const float inverse = 1.0f / total;
-    const float own = h->scores[h->length] * inverse;
     for (ptrdiff_t d = 0; d < n; d++) {
-        h->out[d] = own * h->own_value[d];
+        a->out[d] = a->own_value ? a->scores[a->length] * inverse * a->own_value[d] : 0.0f;
     }
-    for (ptrdiff_t t = 0; t < h->length; t++) {
-        const float *value = h->values + h->history[t] * h->slot_stride + t * n;
-        const float weight = h->scores[t] * inverse;
+    for (ptrdiff_t t = 0; t < a->length; t++) {
+        const float *value = position(a->values, a, t);
+        const float weight = a->scores[t] * inverse;
         for (ptrdiff_t d = 0; d < n; d++) {
-            h->out[d] += weight * value[d];
+            a->out[d] += weight * value[d];
         }
     }
 }
 
 #ifdef ATTENTION_X86
-/* The same with vectors of W floats: LOAD, STORE, ADD, MUL, FMA, SET1 and HSUM name W's
- * intrinsics; `depth` a multiple of W. */
-#define HEAD_VECTORS(NAME, TARGET, VEC, W, LOAD, STORE, ADD, MUL, FMA, SET1, HSUM)                                     \
-    __attribute__((target(TARGET))) static void NAME(const Head *h) {                                                  \
-        const ptrdiff_t n = h->depth, length = h->length, slot_stride = h->slot_stride;                                \
-        const float *keys = h->keys, *values = h->values, scale = h->scale;                                            \
-        const int32_t *history = h->history;                                                                           \
-        float *query = h->query, *scores = h->scores;                                                                  \
-        for (ptrdiff_t d = 0; d < n; d += W) {                                                                         \
-            STORE(query + d, ADD(LOAD(h->q + d), LOAD(h->bq + d)));                                                    \
-            STORE(h->own_key + d, ADD(LOAD(h->k + d), LOAD(h->bk + d)));                                               \
-            STORE(h->own_value + d, ADD(LOAD(h->v + d), LOAD(h->bv + d)));                                             \
+/* exp(scores[t] - best) in place for t < n, in vectors (the last one masked); their sum. */
+__attribute__((target("avx512f"))) static float exp_scores_avx512(float *scores, ptrdiff_t n, float best) {
+    const __m512 shift = _mm512_set1_ps(best);
+    __m512 sum = _mm512_setzero_ps();
+    for (ptrdiff_t t = 0; t < n; t += 16) {
+        const __mmask16 keep = n - t >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - t)) - 1u);
+        const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(keep, scores + t), shift));
+        _mm512_mask_storeu_ps(scores + t, keep, e);
+        sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(keep, e));
+    }
+    return _mm512_reduce_add_ps(sum);
+}
+
+__attribute__((target("avx2,fma"))) static float exp_scores_avx2(float *scores, ptrdiff_t n, float best) {
+    const __m256 shift = _mm256_set1_ps(best);
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256 sum = _mm256_setzero_ps();
+    for (ptrdiff_t t = 0; t < n; t += 8) {
+        const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - t)), lanes);
+        const __m256 e = exp_avx2(_mm256_sub_ps(_mm256_maskload_ps(scores + t, keep), shift));
+        _mm256_maskstore_ps(scores + t, keep, e);
+        sum = _mm256_add_ps(sum, _mm256_and_ps(e, _mm256_castsi256_ps(keep)));
+    }
+    __m128 half = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
+    half = _mm_add_ps(half, _mm_movehl_ps(half, half));
+    half = _mm_add_ss(half, _mm_movehdup_ps(half));
+    return _mm_cvtss_f32(half);
+}
+
+/* out = own_value · own weight + the values weighed by scores[t] · inverse (attend_plain's last
+ * loops) with vectors of W floats; `depth` a multiple of W. */
+#define WEIGH_VECTORS(NAME, TARGET, VEC, W, LOAD, STORE, MUL, FMA, SET1)                                               \
+    __attribute__((target(TARGET))) static inline void NAME(const Attend *a, float inverse) {                          \
+        const ptrdiff_t n = a->depth, length = a->length, slot_stride = a->slot_stride;                                \
+        const float *values = a->values, *scores = a->scores;                                                          \
+        const int32_t *history = a->history;                                                                           \
+        const VEC own = SET1(a->own_value ? scores[length] * inverse : 0.0f);                                          \
+        const float *own_value = a->own_value ? a->own_value : a->query; /* weighed by 0 where there is none */        \
+        ptrdiff_t d = 0;                                                                                               \
+        for (; d + 4 * W <= n; d += 4 * W) { /* four vectors of the sum held in registers over the positions */        \
+            VEC a0 = MUL(own, LOAD(own_value + d)), a1 = MUL(own, LOAD(own_value + d + W));                            \
+            VEC a2 = MUL(own, LOAD(own_value + d + 2 * W)), a3 = MUL(own, LOAD(own_value + d + 3 * W));                \
+            for (ptrdiff_t t = 0; t < length; t++) {                                                                   \
+                const float *value = values + history[t] * slot_stride + t * n + d;                                    \
+                const VEC weight = SET1(scores[t] * inverse);                                                          \
+                a0 = FMA(weight, LOAD(value), a0);                                                                     \
+                a1 = FMA(weight, LOAD(value + W), a1);                                                                 \
+                a2 = FMA(weight, LOAD(value + 2 * W), a2);                                                             \
+                a3 = FMA(weight, LOAD(value + 3 * W), a3);                                                             \
+            }                                                                                                          \
+            STORE(a->out + d, a0);                                                                                     \
+            STORE(a->out + d + W, a1);                                                                                 \
+            STORE(a->out + d + 2 * W, a2);                                                                             \
+            STORE(a->out + d + 3 * W, a3);                                                                             \
         }                                                                                                              \
+        for (; d < n; d += W) {                                                                                        \
+            VEC acc = MUL(own, LOAD(own_value + d));                                                                   \
+            for (ptrdiff_t t = 0; t < length; t++) {                                                                   \
+                acc = FMA(SET1(scores[t] * inverse), LOAD(values + history[t] * slot_stride + t * n + d), acc);        \
+            }                                                                                                          \
+            STORE(a->out + d, acc);                                                                                    \
+        }                                                                                                              \
+    }
+
+/* The scores of attend_plain with vectors of W floats: LOAD, ADD, MUL, FMA, SET1 and HSUM name W's
+ * intrinsics, EXPS the exp of the scores and WEIGH the weighted sum of the values; `depth` a
+ * multiple of W. */
+#define ATTEND_VECTORS(NAME, TARGET, VEC, W, LOAD, ADD, MUL, FMA, SET1, HSUM, EXPS, WEIGH)                             \
+    __attribute__((target(TARGET))) static void NAME(const Attend *a) {                                                \
+        const ptrdiff_t n = a->depth, length = a->length, positions = length + (a->own_key != NULL);                   \
+        const float *query = a->query, *keys = a->keys, *added = a->added, scale = a->scale;                           \
+        const int32_t *history = a->history;                                                                           \
+        const ptrdiff_t slot_stride = a->slot_stride;                                                                  \
+        float *scores = a->scores;                                                                                     \
         float best = -INFINITY;                                                                                        \
         const int blocked = n % (4 * W) == 0; /* four sums side by side, added at the end */                           \
         const int held = n == 4 * W || n == 8 * W;                                                                     \
@@ -104,8 +172,8 @@ static void head_plain(const Head *h) {
         const VEC q2 = held ? LOAD(query + 2 * W) : q0, q3 = held ? LOAD(query + 3 * W) : q0;                          \
         const VEC q4 = n == 8 * W ? LOAD(query + 4 * W) : q0, q5 = n == 8 * W ? LOAD(query + 5 * W) : q0;              \
         const VEC q6 = n == 8 * W ? LOAD(query + 6 * W) : q0, q7 = n == 8 * W ? LOAD(query + 7 * W) : q0;              \
-        for (ptrdiff_t t = 0; t <= length; t++) {                                                                      \
-            const float *key = t < length ? keys + history[t] * slot_stride + t * n : h->own_key;                      \
+        for (ptrdiff_t t = 0; t < positions; t++) {                                                                    \
+            const float *key = t < length ? keys + history[t] * slot_stride + t * n : a->own_key;                      \
             VEC sum;                                                                                                   \
             if (n == 4 * W) { /* the usual heads (64 floats with AVX-512): the query held in registers */              \
                 sum = ADD(ADD(MUL(q0, LOAD(key)), MUL(q1, LOAD(key + W))),                                             \
@@ -133,42 +201,11 @@ static void head_plain(const Head *h) {
                     sum = FMA(LOAD(query + d), LOAD(key + d), sum);                                                    \
                 }                                                                                                      \
             }                                                                                                          \
-            const float score = HSUM(sum) * scale;                                                                     \
+            const float score = HSUM(sum) * scale + (added ? added[t] : 0.0f);                                         \
             scores[t] = score;                                                                                         \
             best = score > best ? score : best;                                                                        \
         }                                                                                                              \
-        float total = 0.0f;                                                                                            \
-        for (ptrdiff_t t = 0; t <= length; t++) {                                                                      \
-            scores[t] = expf(scores[t] - best);                                                                        \
-            total += scores[t];                                                                                        \
-        }                                                                                                              \
-        const float inverse = 1.0f / total;                                                                            \
-        const VEC own = SET1(scores[length] * inverse);                                                                \
-        ptrdiff_t d = 0;                                                                                               \
-        for (; d + 4 * W <= n; d += 4 * W) { /* four vectors of the sum held in registers over the positions */        \
-            VEC a0 = MUL(own, LOAD(h->own_value + d)), a1 = MUL(own, LOAD(h->own_value + d + W));                      \
-            VEC a2 = MUL(own, LOAD(h->own_value + d + 2 * W)), a3 = MUL(own, LOAD(h->own_value + d + 3 * W));          \
-            for (ptrdiff_t t = 0; t < length; t++) {                                                                   \
-                const float *value = values + history[t] * slot_stride + t * n + d;                                    \
-                const VEC weight = SET1(scores[t] * inverse);                                                          \
-                a0 = FMA(weight, LOAD(value), a0);                                                                     \
-                a1 = FMA(weight, LOAD(value + W), a1);                                                                 \
-                a2 = FMA(weight, LOAD(value + 2 * W), a2);                                                             \
-                a3 = FMA(weight, LOAD(value + 3 * W), a3);                                                             \
-            }                                                                                                          \
-            STORE(h->out + d, a0);                                                                                     \
-            STORE(h->out + d + W, a1);                                                                                 \
-            STORE(h->out + d + 2 * W, a2);                                                                             \
-            STORE(h->out + d + 3 * W, a3);                                                                             \
-        }                                                                                                              \
-        for (; d < n; d += W) {                                                                                        \
-            VEC acc = MUL(own, LOAD(h->own_value + d));                                                                \
-            for (ptrdiff_t t = 0; t < length; t++) {                                                                   \
-                const float *value = values + history[t] * slot_stride + t * n + d;                                    \
-                acc = FMA(SET1(scores[t] * inverse), LOAD(value), acc);                                                \
-            }                                                                                                          \
-            STORE(h->out + d, acc);                                                                                    \
-        }                                                                                                              \
+        WEIGH(a, 1.0f / EXPS(scores, positions, best));                                                                \
     }
 
 __attribute__((target("avx2,fma"))) static inline float hsum_avx2(__m256 v) {
@@ -182,11 +219,63 @@ __attribute__((target("avx512f"))) static inline float hsum_avx512(__m512 v) {
     return _mm512_reduce_add_ps(v);
 }
 
-HEAD_VECTORS(head_avx2, "avx2,fma", __m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_add_ps, _mm256_mul_ps,
-             _mm256_fmadd_ps, _mm256_set1_ps, hsum_avx2)
-HEAD_VECTORS(head_avx512, "avx512f", __m512, 16, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_add_ps, _mm512_mul_ps,
-             _mm512_fmadd_ps, _mm512_set1_ps, hsum_avx512)
+/* A self-attention row's head given its biases: the query, and the key and value it writes. */
+#define BIASED_VECTORS(NAME, TARGET, W, LOAD, STORE, ADD)                                                              \
+    __attribute__((target(TARGET))) static void NAME(const float *q, const float *k, const float *v, const float *bq,  \
+                                                     const float *bk, const float *bv, float *query, float *own_key,   \
+                                                     float *own_value, ptrdiff_t depth) {                              \
+        for (ptrdiff_t d = 0; d < depth; d += W) {                                                                     \
+            STORE(query + d, ADD(LOAD(q + d), LOAD(bq + d)));                                                          \
+            STORE(own_key + d, ADD(LOAD(k + d), LOAD(bk + d)));                                                        \
+            STORE(own_value + d, ADD(LOAD(v + d), LOAD(bv + d)));                                                      \
+        }                                                                                                              \
+    }
+BIASED_VECTORS(biased_avx2, "avx2,fma", 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_add_ps)
+BIASED_VECTORS(biased_avx512, "avx512f", 16, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_add_ps)
+
+WEIGH_VECTORS(weigh_avx2, "avx2,fma", __m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_mul_ps, _mm256_fmadd_ps,
+              _mm256_set1_ps)
+WEIGH_VECTORS(weigh_avx512, "avx512f", __m512, 16, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_mul_ps, _mm512_fmadd_ps,
+              _mm512_set1_ps)
+ATTEND_VECTORS(attend_avx2, "avx2,fma", __m256, 8, _mm256_loadu_ps, _mm256_add_ps, _mm256_mul_ps, _mm256_fmadd_ps,
+               _mm256_set1_ps, hsum_avx2, exp_scores_avx2, weigh_avx2)
+ATTEND_VECTORS(attend_avx512, "avx512f", __m512, 16, _mm512_loadu_ps, _mm512_add_ps, _mm512_mul_ps, _mm512_fmadd_ps,
+               _mm512_set1_ps, hsum_avx512, exp_scores_avx512, weigh_avx512)
 #endif
+
+static void biased(int kernel, const float *q, const float *k, const float *v, const float *bq, const float *bk,
+                   const float *bv, float *query, float *own_key, float *own_value, ptrdiff_t depth) {
+#ifdef ATTENTION_X86
+    if (kernel == 2) {
+        biased_avx512(q, k, v, bq, bk, bv, query, own_key, own_value, depth);
+        return;
+    }
+    if (kernel == 1) {
+        biased_avx2(q, k, v, bq, bk, bv, query, own_key, own_value, depth);
+        return;
+    }
+#endif
+    for (ptrdiff_t d = 0; d < depth; d++) {
+        query[d] = q[d] + bq[d];
+        own_key[d] = k[d] + bk[d];
+        own_value[d] = v[d] + bv[d];
+    }
+}
+
+static void attend(int kernel, const Attend *a) {
+#ifdef ATTENTION_X86
+    if (kernel == 2) {
+        attend_avx512(a);
+        return;
+    }
+    if (kernel == 1) {
+        attend_avx2(a);
+        return;
+    }
+#endif
+    (void)kernel;
+    attend_plain(a);
+}
 
 int attention_step(int kernel, const float *q, const float *k, const float *v, const float *bias, float *key_cache,
                    float *value_cache, const int32_t *indirection, ptrdiff_t rows, ptrdiff_t heads, ptrdiff_t depth,
@@ -200,37 +289,66 @@ int attention_step(int kernel, const float *q, const float *k, const float *v, c
         }
     }
     const ptrdiff_t width = heads * depth, head_stride = capacity * depth;
-    Head h;
-    h.depth = depth;
-    h.length = length;
-    h.scale = 1.0f / sqrtf((float)depth);
-    h.slot_stride = heads * head_stride;
-    h.scores = scratch;
-    h.query = scratch + length + 1;
+    float *query = scratch + length + 1;
+    Attend a = {0};
+    a.query = query;
+    a.depth = depth;
+    a.length = length;
+    a.scale = 1.0f / sqrtf((float)depth);
+    a.slot_stride = heads * head_stride;
+    a.scores = scratch;
     for (ptrdiff_t row = 0; row < rows; row++) {
         const ptrdiff_t first = row - row % beams; /* the sentence's first row */
-        h.history = indirection + row * capacity;
+        a.history = indirection + row * capacity;
         for (ptrdiff_t head = 0; head < heads; head++) {
             const ptrdiff_t at = row * width + head * depth;
-            h.q = q + at, h.k = k + at, h.v = v + at;
-            h.bq = bias + head * depth, h.bk = bias + width + head * depth, h.bv = bias + 2 * width + head * depth;
-            h.own_key = key_cache + (row * heads + head) * head_stride + length * depth;
-            h.own_value = value_cache + (row * heads + head) * head_stride + length * depth;
-            h.keys = key_cache + (first * heads + head) * head_stride;
-            h.values = value_cache + (first * heads + head) * head_stride;
-            h.out = out + at;
-#ifdef ATTENTION_X86
-            if (kernel == 2) {
-                head_avx512(&h);
-                continue;
-            }
-            if (kernel == 1) {
-                head_avx2(&h);
-                continue;
-            }
-#endif
-            head_plain(&h);
+            const float *bq = bias + head * depth, *bk = bias + width + head * depth;
+            const float *bv = bias + 2 * width + head * depth;
+            float *own_key = key_cache + (row * heads + head) * head_stride + length * depth;
+            float *own_value = value_cache + (row * heads + head) * head_stride + length * depth;
+            biased(kernel, q + at, k + at, v + at, bq, bk, bv, query, own_key, own_value, depth);
+            a.own_key = own_key;
+            a.own_value = own_value;
+            a.keys = key_cache + (first * heads + head) * head_stride;
+            a.values = value_cache + (first * heads + head) * head_stride;
+            a.out = out + at;
+            attend(kernel, &a);
         }
     }
     return 0;
+}
+
+void cross_attention_step(int kernel, const float *q, const float *keys, const float *values, const int64_t *mask,
+                          ptrdiff_t sentences, ptrdiff_t beams, ptrdiff_t heads, ptrdiff_t depth, ptrdiff_t length,
+                          float *out, float *scratch, int32_t *history) {
+    const ptrdiff_t width = heads * depth;
+    float *added = scratch + length;
+    for (ptrdiff_t t = 0; t < length; t++) {
+        history[t] = 0;
+    }
+    Attend a = {0};
+    a.history = history;
+    a.depth = depth;
+    a.length = length;
+    a.scale = 1.0f / sqrtf((float)depth);
+    a.scores = scratch;
+    for (ptrdiff_t sentence = 0; sentence < sentences; sentence++) {
+        a.added = NULL;
+        if (mask) {
+            for (ptrdiff_t t = 0; t < length; t++) {
+                added[t] = mask[sentence * length + t] == 0 ? MASKED_SCORE : 0.0f;
+            }
+            a.added = added;
+        }
+        for (ptrdiff_t head = 0; head < heads; head++) { /* a head's keys and values read by each beam in turn */
+            a.keys = keys + (sentence * heads + head) * length * depth;
+            a.values = values + (sentence * heads + head) * length * depth;
+            for (ptrdiff_t beam = 0; beam < beams; beam++) {
+                const ptrdiff_t at = (sentence * beams + beam) * width + head * depth;
+                a.query = q + at;
+                a.out = out + at;
+                attend(kernel, &a);
+            }
+        }
+    }
 }

@@ -1,7 +1,8 @@
-/* A decoder step's self-attention on the host (_attention.c): what onnxruntime's
+/* A decoder step's attention on the host (_attention.c): what onnxruntime's
  * DecoderMaskedMultiHeadAttention computes over a shared past/present cache read through the beam
- * indirection, with vector loops over each row's positions where the kernel makes a call per
- * position (docs/BENCHMARKS.md). */
+ * indirection, and its MultiHeadAttention over each sentence's encoder keys and values, with vector
+ * loops over each row's positions where its kernels make a call per position or per sentence and
+ * head (docs/BENCHMARKS.md). */
 #ifndef MTSERVE_ATTENTION_H
 #define MTSERVE_ATTENTION_H
 
@@ -26,5 +27,17 @@ int attention_kernel(ptrdiff_t depth);
 int attention_step(int kernel, const float *q, const float *k, const float *v, const float *bias, float *key_cache,
                    float *value_cache, const int32_t *indirection, ptrdiff_t rows, ptrdiff_t heads, ptrdiff_t depth,
                    ptrdiff_t capacity, ptrdiff_t length, ptrdiff_t beams, float *out, float *scratch);
+
+/* One layer's cross-attention for one step of `sentences` * `beams` rows:
+ *   q [sentences * beams, heads * depth]: the step's query, with its bias;
+ *   keys, values [sentences, heads, length, depth]: each sentence's encoder keys and values;
+ *   mask [sentences, length] or NULL: a position whose mask is 0 is left out, as onnxruntime's
+ *     MultiHeadAttention leaves it (its score lowered by 10,000);
+ *   out [sentences * beams, heads * depth]: softmax(q · keys / sqrt(depth) + mask) · values, per head;
+ *   scratch: 2 * length floats; history: length int32s of scratch.
+ * Each row and head is computed alone, in the same order whatever the rows beside it. */
+void cross_attention_step(int kernel, const float *q, const float *keys, const float *values, const int64_t *mask,
+                          ptrdiff_t sentences, ptrdiff_t beams, ptrdiff_t heads, ptrdiff_t depth, ptrdiff_t length,
+                          float *out, float *scratch, int32_t *history);
 
 #endif

@@ -36,6 +36,7 @@
 
 #include "_attention.h"
 #include "_projection.h"
+#include "_vector_exp.h"
 
 #define MAX_CANDIDATES 256 /* beams * 2k at MAX_BEAM = 8: 8 * 16 */
 
@@ -780,16 +781,11 @@ static int row_top_k_bounded(const float *row, Py_ssize_t width, Py_ssize_t k, f
 }
 
 /* The sum of exp(row[j] - top) over a row's values above -inf (NaN left out), for a row whose largest
- * value is `top`: the log-softmax's normaliser. Each exp as Cephes' expf computes it (the argument
- * reduced by ln 2 in two parts, a degree-5 polynomial, 2^n put into the exponent), summed in 16 float
- * lanes with AVX-512, in 8 with AVX2 and FMA, where the CPU has them; else each in double precision. */
+ * value is `top`: the log-softmax's normaliser. Each exp as Cephes' expf computes it (_vector_exp.h),
+ * summed in 16 float lanes with AVX-512, in 8 with AVX2 and FMA, where the CPU has them; else each in
+ * double precision. */
 #if defined(__x86_64__) && defined(__SSE2__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
-#define EXP_CONSTANTS(set)                                                                                            \
-    const __typeof__(set(0.0f)) lowest = set(-87.0f), log2e = set(1.44269504088896341f), ln2_hi = set(0.693359375f), \
-                                ln2_lo = set(-2.12194440e-4f), c5 = set(1.9875691500e-4f), c4 = set(1.3981999507e-3f), \
-                                c3 = set(8.3334519073e-3f), c2 = set(4.1665795894e-2f), c1 = set(1.6666665459e-1f),   \
-                                c0 = set(5.0000001201e-1f), one = set(1.0f)
 
 /* The columns from j on, one at a time in double precision: a row's tail after its whole lanes. */
 static double sum_exp_from(const float *row, Py_ssize_t j, Py_ssize_t width, float top) {
@@ -800,27 +796,17 @@ static double sum_exp_from(const float *row, Py_ssize_t j, Py_ssize_t width, flo
     return sum;
 }
 
-
 /* A function `name` for the instruction sets `isa`, `lanes` floats a vector (P: the intrinsics' prefix,
- * V and VI: the float and int vector types), summing exp(v - top) over the row's whole vectors as
- * above: ROUND rounds to the nearest integer, CAST reinterprets ints as floats, KEEP(y, v) keeps y
- * where v > -inf, else 0. */
-#define SUM_EXP_LANES(name, isa, lanes, P, V, VI, ROUND, CAST, KEEP)                                              \
+ * V: the float vector type, EXP: _vector_exp.h's function), summing exp(v - top) over the row's whole
+ * vectors as above: KEEP(y, v) keeps y where v > -inf, else 0. */
+#define SUM_EXP_LANES(name, isa, lanes, P, V, EXP, KEEP)                                                              \
     __attribute__((target(isa))) static double name(const float *row, Py_ssize_t width, float top) {                \
-        EXP_CONSTANTS(P##_set1_ps);                                                                                    \
         const V shift = P##_set1_ps(top), none = P##_set1_ps(-INFINITY);                                               \
         V sums = P##_setzero_ps();                                                                                     \
         Py_ssize_t j = 0;                                                                                              \
         for (; j + (lanes) <= width; j += (lanes)) {                                                                   \
             V v = P##_loadu_ps(row + j);                                                                               \
-            V x = P##_max_ps(P##_sub_ps(v, shift), lowest);                                                            \
-            V n = ROUND(P##_mul_ps(x, log2e));                                                                         \
-            V r = P##_fnmadd_ps(n, ln2_lo, P##_fnmadd_ps(n, ln2_hi, x));                                               \
-            V p = P##_fmadd_ps(c5, r, c4);                                                                             \
-            p = P##_fmadd_ps(P##_fmadd_ps(P##_fmadd_ps(P##_fmadd_ps(p, r, c3), r, c2), r, c1), r, c0);                 \
-            p = P##_fmadd_ps(P##_mul_ps(p, r), r, P##_add_ps(r, one));                                                 \
-            VI e = P##_slli_epi32(P##_add_epi32(P##_cvtps_epi32(n), P##_set1_epi32(127)), 23);                         \
-            sums = P##_add_ps(sums, KEEP(P##_mul_ps(p, CAST(e)), v));                                                  \
+            sums = P##_add_ps(sums, KEEP(EXP(P##_sub_ps(v, shift)), v));                                               \
         }                                                                                                              \
         float sum_lanes[lanes];                                                                                        \
         P##_storeu_ps(sum_lanes, sums);                                                                                \
@@ -830,12 +816,10 @@ static double sum_exp_from(const float *row, Py_ssize_t j, Py_ssize_t width, flo
         }                                                                                                              \
         return sum + sum_exp_from(row, j, width, top);                                                                 \
     }
-#define ROUND_YMM(x) _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 #define KEEP_YMM(y, v) _mm256_and_ps(y, _mm256_cmp_ps(v, none, _CMP_GT_OQ))
-#define ROUND_ZMM(x) _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 #define KEEP_ZMM(y, v) _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, none, _CMP_GT_OQ), y)
-SUM_EXP_LANES(sum_exp_avx2, "avx2,fma", 8, _mm256, __m256, __m256i, ROUND_YMM, _mm256_castsi256_ps, KEEP_YMM)
-SUM_EXP_LANES(sum_exp_avx512, "avx512f", 16, _mm512, __m512, __m512i, ROUND_ZMM, _mm512_castsi512_ps, KEEP_ZMM)
+SUM_EXP_LANES(sum_exp_avx2, "avx2,fma", 8, _mm256, __m256, exp_avx2, KEEP_YMM)
+SUM_EXP_LANES(sum_exp_avx512, "avx512f", 16, _mm512, __m512, exp_avx512, KEEP_ZMM)
 
 
 /* A row's bias added, and the largest value of each of its whole blocks (block_maxima's, NaN left out)
@@ -1350,6 +1334,82 @@ static PyObject *self_attention(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* A float32 array of any shape, C-contiguous (writable where asked): the query and output of
+ * cross_attention, whose rows may be laid out by row or by sentence and beam. */
+static int get_floats(PyObject *obj, Buffer *buffer, const char *name, int writable) {
+    if (PyObject_GetBuffer(obj, &buffer->view, PyBUF_RECORDS_RO | (writable ? PyBUF_WRITABLE : 0)) < 0) {
+        return -1;
+    }
+    buffer->held = 1;
+    if (strcmp(item_format(&buffer->view), "f") != 0 || !PyBuffer_IsContiguous(&buffer->view, 'C')) {
+        PyErr_Format(PyExc_TypeError, "cross_attention: %s is not a C-contiguous float32 array", name);
+        return -1;
+    }
+    return 0;
+}
+
+/* cross_attention(q, keys, values, mask, out[, kernel])
+ * One decoder layer's cross-attention for a step (_attention.h): keys, values float32 [sentences,
+ * heads, length, depth]; mask int64 [sentences, length] or None; q and out float32 of sentences *
+ * beams * heads * depth values each (rows by sentence, then beam), of any shape. All C-contiguous.
+ * kernel: attention_kernel's or a narrower one (tests); by default the widest for the heads' depth. */
+static PyObject *cross_attention(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *objects[5];
+    int kernel = -1;
+    if (!PyArg_ParseTuple(args, "OOOOO|i", &objects[0], &objects[1], &objects[2], &objects[3], &objects[4], &kernel)) {
+        return NULL;
+    }
+    Buffer b[5];
+    memset(b, 0, sizeof(b));
+    static const char *names[4] = {"q", "keys", "values", "mask"};
+    const int masked = objects[3] != Py_None;
+    int got = get_floats(objects[0], &b[0], "q", 0) == 0 && get_buffer(objects[1], &b[1], "keys", "f", 4, 0) == 0 &&
+              get_buffer(objects[2], &b[2], "values", "f", 4, 0) == 0 &&
+              (!masked || get_buffer(objects[3], &b[3], "mask", "q", 2, 0) == 0) &&
+              get_floats(objects[4], &b[4], "out", 1) == 0;
+    for (int i = 1; i < 4 && got; i++) {
+        if ((i < 3 || masked) && !PyBuffer_IsContiguous(&b[i].view, 'C')) {
+            PyErr_Format(PyExc_ValueError, "cross_attention: %s is not C-contiguous", names[i]);
+            got = 0;
+        }
+    }
+    if (!got) {
+        release(b, 5);
+        return NULL;
+    }
+    const Py_ssize_t sentences = b[1].view.shape[0], heads = b[1].view.shape[1], length = b[1].view.shape[2];
+    const Py_ssize_t depth = b[1].view.shape[3], width = heads * depth;
+    const Py_ssize_t floats = b[0].view.len / (Py_ssize_t)sizeof(float);
+    int agree = sentences > 0 && width > 0 && length > 0 && floats % (sentences * width) == 0 &&
+                b[4].view.len == b[0].view.len;
+    for (int d = 0; d < 4 && agree; d++) {
+        agree = b[2].view.shape[d] == b[1].view.shape[d];
+    }
+    if (agree && masked) {
+        agree = b[3].view.shape[0] == sentences && b[3].view.shape[1] == length;
+    }
+    if (!agree) {
+        release(b, 5);
+        PyErr_SetString(PyExc_ValueError, "cross_attention: the arrays' shapes do not agree");
+        return NULL;
+    }
+    float *scratch = PyMem_RawMalloc((size_t)length * (2 * sizeof(float) + sizeof(int32_t)));
+    if (scratch == NULL) {
+        release(b, 5);
+        return PyErr_NoMemory();
+    }
+    Py_BEGIN_ALLOW_THREADS
+    const int widest = attention_kernel(depth);
+    cross_attention_step(kernel < 0 || kernel > widest ? widest : kernel, b[0].view.buf, b[1].view.buf, b[2].view.buf,
+                         masked ? b[3].view.buf : NULL, sentences, floats / (sentences * width), heads, depth, length,
+                         b[4].view.buf, scratch, (int32_t *)(scratch + 2 * length));
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(scratch);
+    release(b, 5);
+    Py_RETURN_NONE;
+}
+
 /* attention_kernel(depth) -> 0 plain C, 1 AVX2 with FMA, 2 AVX-512: the kernel self_attention takes. */
 static PyObject *attention_kernel_info(PyObject *self, PyObject *args) {
     (void)self;
@@ -1378,6 +1438,7 @@ static PyMethodDef methods[] = {
     {"pack_projection", pack_projection, METH_VARARGS, "A batch's int8 output columns packed for top_k."},
     {"projection_kernel", projection_kernel_info, METH_NOARGS, "The widest kernel of top_k's projection here."},
     {"self_attention", self_attention, METH_VARARGS, "A decoder layer's self-attention for a step (see the source)."},
+    {"cross_attention", cross_attention, METH_VARARGS, "A decoder layer's cross-attention for a step (see the source)."},
     {"attention_kernel", attention_kernel_info, METH_VARARGS, "The kernel self_attention takes for heads of a depth."},
     {NULL, NULL, 0, NULL},
 };

@@ -59,4 +59,12 @@ def self_attention(
     out: np.ndarray,
     kernel: int = ...,
 ) -> None: ...
+def cross_attention(
+    q: np.ndarray,
+    keys: np.ndarray,
+    values: np.ndarray,
+    mask: np.ndarray | None,
+    out: np.ndarray,
+    kernel: int = ...,
+) -> None: ...
 def attention_kernel(depth: int) -> int: ...

@@ -1,12 +1,13 @@
-"""The decoder step as its segments' sessions with the host's self-attention between them
+"""The decoder step as its segments' sessions with the host's attention between them
 (step_segments.py), behind the few methods of an InferenceSession and its IOBinding that the
 runtime calls: a step is bound once and run again as a whole graph is (sessions.py).
 
 A binding routes each input to the segments that read it and each output to the segment that makes
-it. The cache's buffers, its length, the rows' beams and the indirection go to the host's kernel:
-the step's present key and value are its past ones, written in place. The tensors that cross a
-cut live in arrays of the binding's own, made at the first run of each shape, when the first
-segment's outputs give their shapes."""
+it. The cache's buffers, its length, the rows' beams and the indirection go to the host's
+self-attention kernel: the step's present key and value are its past ones, written in place. The
+encoder's keys and values and the source mask go to its cross-attention kernel, read where the
+runtime bound them. The tensors that cross a cut live in arrays of the binding's own, made at the
+first run of each shape, when the first segment's outputs give their shapes."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import onnxruntime as ort
 
 from service.graphs import BEAM_WIDTH, CACHE_INDIRECTION, PAST_LENGTH
 from service.runtime import native
-from service.runtime.step_segments import StepSegments
+from service.runtime.step_segments import AttentionCut, CrossAttentionCut, StepSegments
 
 _KERNEL_INPUTS = (PAST_LENGTH, BEAM_WIDTH, CACHE_INDIRECTION)
 
@@ -46,6 +47,7 @@ class SegmentedSession:
         if native.common_step is None:
             raise RuntimeError(native.NOT_BUILT)
         self.attend = native.common_step.self_attention  # the module's, whatever tests make of `native` later
+        self.cross_attend = native.common_step.cross_attention
         self.segments = segments
         self.sessions = [open_segment(graph) for graph in segments.graphs]
         self.readers: dict[str, list[int]] = {}  # each input's segments
@@ -56,12 +58,18 @@ class SegmentedSession:
             for arg in session.get_outputs():
                 self.makers[arg.name] = index
         cuts = segments.cuts
-        self.pasts = {name: (i, kind) for i, cut in enumerate(cuts) for kind, name in enumerate(cut.past)}
-        self.presents = {name: (i, kind) for i, cut in enumerate(cuts) for kind, name in enumerate(cut.present)}
+        selves = [(i, cut) for i, cut in enumerate(cuts) if isinstance(cut, AttentionCut)]
+        self.pasts = {name: (i, kind) for i, cut in selves for kind, name in enumerate(cut.past)}
+        self.presents = {name: (i, kind) for i, cut in selves for kind, name in enumerate(cut.present)}
+        # the inputs the kernels read: the self-attention's beams and length, the cross-attention's
+        crosses = [cut for cut in cuts if isinstance(cut, CrossAttentionCut)]
+        self.kernel_inputs = frozenset(_KERNEL_INPUTS).union(
+            name for cut in crosses for name in (cut.key, cut.value, cut.mask) if name
+        )
         # each segment's outputs that a later segment or the cut after it reads
         self.crossing = [
             [arg.name for arg in session.get_outputs()
-             if arg.name in self.readers or (i < len(cuts) and arg.name in (cuts[i].query, cuts[i].key, cuts[i].value))]
+             if arg.name in self.readers or (i < len(cuts) and arg.name in cuts[i].made)]
             for i, session in enumerate(self.sessions)
         ]  # fmt: skip
         self.layout: dict[str, _Crossing] | None = None  # learnt at the first run (SegmentedBinding)
@@ -95,7 +103,7 @@ class SegmentedBinding:
 
     def bind_cpu_input(self, name: str, array: np.ndarray) -> None:
         self._check_input(name)
-        if name in _KERNEL_INPUTS:
+        if name in self._session.kernel_inputs:
             if self._kernel_inputs.get(name) is not array:
                 self._runs = []  # the kernel's runs hold the arrays they read
             self._kernel_inputs[name] = array
@@ -177,24 +185,45 @@ class SegmentedBinding:
         for index, (segment, binding) in enumerate(zip(session.sessions, self._bindings, strict=True)):
             runs.append(functools.partial(segment.run_with_iobinding, binding, run_options))
             if index < len(cuts):
-                runs.append(functools.partial(session.attend, *self._cut_arguments(index, self._crossing)))
+                runs.append(self._cut_run(index, self._crossing))
         self._runs = runs
 
-    def _cut_arguments(self, index: int, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
-        """Cut `index`'s arguments to the host's kernel over the crossing `arrays` (its query, key and
-        value there): its output is made there too and bound as the next segments' input."""
+    def _cut_run(self, index: int, arrays: dict[str, np.ndarray]) -> Callable[[], object]:
+        """Cut `index`'s call to the host's kernel over the crossing `arrays` (its inputs there): its
+        output is made there too and bound as the next segments' input."""
         session, cut = self._session, self._session.segments.cuts[index]
+        kernel = self._kernel_inputs
+        if isinstance(cut, CrossAttentionCut):
+            return self._cross_run(cut, arrays)
         out = arrays[cut.output] = np.empty_like(arrays[cut.query])
-        for reader in session.readers.get(cut.output, ()):
-            self._bindings[reader].bind_cpu_input(cut.output, out)
+        self._bind_made(cut.output, out)
         key_cache, value_cache = self._caches[index]
         if key_cache is None or value_cache is None:
             raise ValueError(f"the cache of {cut.past[0]} is not bound")
-        kernel = self._kernel_inputs
-        return (
-            arrays[cut.query], arrays[cut.key], arrays[cut.value], cut.bias, key_cache, value_cache,
+        return functools.partial(
+            session.attend, arrays[cut.query], arrays[cut.key], arrays[cut.value], cut.bias, key_cache, value_cache,
             kernel[CACHE_INDIRECTION], kernel[PAST_LENGTH], kernel[BEAM_WIDTH], out,
         )  # fmt: skip
+
+    def _cross_run(self, cut: CrossAttentionCut, arrays: dict[str, np.ndarray]) -> Callable[[], object]:
+        """A cross-attention cut's call: its rows' queries, the bound keys, values and mask."""
+        kernel = self._kernel_inputs
+        if cut.key not in kernel or cut.value not in kernel or (cut.mask and cut.mask not in kernel):
+            raise ValueError(f"{cut.key}, {cut.value} and the source mask must be bound")
+        keys = kernel[cut.key]
+        query, (sentences, heads, _, depth) = arrays[cut.query], keys.shape
+        width = heads * depth
+        if query.size % (sentences * width):
+            raise ValueError(f"{cut.query} holds {query.size} values, not a whole number of rows for each source")
+        out = arrays[cut.output] = np.empty((sentences, query.size // (sentences * width), width), np.float32)
+        self._bind_made(cut.output, out)
+        mask = kernel[cut.mask] if cut.mask else None
+        return functools.partial(self._session.cross_attend, query, keys, kernel[cut.value], mask, out)
+
+    def _bind_made(self, name: str, array: np.ndarray) -> None:
+        """A kernel's output bound as the input of the segments that read it."""
+        for reader in self._session.readers.get(name, ()):
+            self._bindings[reader].bind_cpu_input(name, array)
 
     def _learn(self, run_options: ort.RunOptions | None) -> dict[str, _Crossing]:
         """The crossing tensors' types and shapes, from a run of each segment that makes them itself
@@ -223,5 +252,5 @@ class SegmentedBinding:
                 if session.makers.get(name) == index:
                     (binding.bind_ortvalue_output if as_value else binding.bind_output)(name, *how)
             if index < len(cuts):
-                session.attend(*self._cut_arguments(index, arrays))
+                self._cut_run(index, arrays)()
         return layout

@@ -41,7 +41,7 @@ from service.runtime.projection import (
 )
 from service.runtime.segmented import SegmentedSession
 from service.runtime.shortlist import OUTPUT_BIAS, OUTPUT_SCALE, OUTPUT_VOCAB, OUTPUT_WEIGHT, BatchVocab, OutputLayer
-from service.runtime.step_segments import host_attention_enabled, split_step
+from service.runtime.step_segments import host_attention, split_step
 from service.runtime.text_tokenizer import load_text_tokenizer
 from service.runtime.top_k import STEP_LOGITS, TOP_K_OUTPUTS, normalised_logits, top_k
 
@@ -239,11 +239,11 @@ class _Graph:
     ) -> None:
         # low_memory: the wide session reads the weights from the memory-mapped file rather than
         # keeping a packed copy (for graphs without a packed copy of their own; packed.py).
-        # step: a decoder step, cut at its self-attention nodes for the host's (step_segments.py).
+        # step: a decoder step, cut at its attention nodes for the host's (step_segments.py).
         segments = None
-        if step and native.common_step is not None and host_attention_enabled():
+        if step and native.common_step is not None and (attending := host_attention()) != "off":
             try:
-                segments = split_step(path)
+                segments = split_step(path, cross=attending == "on")
             except (OSError, ValueError) as exc:  # protobuf's DecodeError is a ValueError
                 raise ModelFileError(path, f"cannot read it ({exc})") from exc
 

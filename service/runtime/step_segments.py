@@ -1,17 +1,22 @@
-"""The decoder step cut at its self-attention nodes, which the host then takes.
+"""The decoder step cut at its attention nodes, which the host then takes.
 
 onnxruntime's DecoderMaskedMultiHeadAttention reads a row's earlier positions through the beam
-indirection with three calls a position, and at a large batch that is a third of a step; the host's
-kernel (_attention.c) reads them in vector loops, in about half the time (docs/BENCHMARKS.md). So
-the step's graph is cut at each such node: segment i runs up to layer i's query, key and value,
-the host attends over the cache (native.common_step.self_attention), and segment i + 1 goes on
-from its output. Nodes that read no per-step input (constants cast to fp32, the source mask's
-forms) are copied into each segment that needs them; any other tensor that a later segment reads
-becomes an output of the segment that makes it and an input of the later one.
+indirection with three calls a position, and at a large batch that is a third of a step; its
+MultiHeadAttention makes product calls for each sentence and head. The host's kernels
+(_attention.c) take a row's positions in vector loops, in about half the time (docs/BENCHMARKS.md).
+So the step's graph is cut at each such node: segment i runs up to cut i's inputs, the host attends
+(native.common_step.self_attention over the cache, cross_attention over the encoder's keys and
+values), and segment i + 1 goes on from its output. Nodes that read no per-step input (constants
+cast to fp32, the source mask's forms) are copied into each segment that needs them; any other
+tensor that a later segment reads becomes an output of the segment that makes it and an input of
+the later one.
 
 A graph is cut only where every self-attention node is one this kernel computes: the exporter's
 (export/graph_builder.py, cached_self_attention), with no mask, no attention bias and no
-attribute but its heads and the shared buffer. Any other step runs whole.
+attribute but its heads and the shared buffer. Any other step runs whole. A cross-attention node
+is cut where it is the exporter's (cross_attention there): its query a Reshape of the rows into
+sentences, its keys and values the step's inputs, its mask the source mask cast to int32, no bias
+and no attribute but its heads; else it stays in its segment.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnx
@@ -27,18 +33,21 @@ from onnx import TensorProto, helper, numpy_helper
 from service.graphs import BEAM_WIDTH, CACHE_INDIRECTION, PAST_LENGTH
 
 ATTENTION_OP = "DecoderMaskedMultiHeadAttention"
+CROSS_ATTENTION_OP = "MultiHeadAttention"
 MS_DOMAIN = "com.microsoft"
 # The step's inputs that change from one step to the next: a node that reads none of them is a
 # constant of the search (or of the model), cheap to copy into each segment that reads it.
 _PER_STEP_INPUTS = ("input_ids", PAST_LENGTH, BEAM_WIDTH, CACHE_INDIRECTION)
 _KNOWN_ATTRIBUTES = {"num_heads", "past_present_share_buffer"}
+_KNOWN_CROSS_ATTRIBUTES = {"num_heads"}
 
 
-def host_attention_enabled(setting: str | None = None) -> bool:
-    """MTSERVE_HOST_ATTENTION: "off" runs each step whole, its self-attention onnxruntime's; anything
-    else cuts it where the C module is built (native.common_step)."""
-    value = os.environ.get("MTSERVE_HOST_ATTENTION", "on") if setting is None else setting
-    return value.strip().lower() != "off"
+def host_attention(setting: str | None = None) -> Literal["off", "self", "on"]:
+    """MTSERVE_HOST_ATTENTION: "off" runs each step whole, its attention onnxruntime's; "self" cuts it
+    at its self-attention nodes only; anything else at its cross-attention nodes too, where the C
+    module is built (native.common_step)."""
+    value = (os.environ.get("MTSERVE_HOST_ATTENTION", "on") if setting is None else setting).strip().lower()
+    return "off" if value == "off" else "self" if value == "self" else "on"
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,33 @@ class AttentionCut:
     present: tuple[str, str]  # the same buffers, as its outputs name them
     bias: np.ndarray  # [3 * width] float32: the query's, key's and value's
 
+    @property
+    def made(self) -> tuple[str, ...]:
+        """The tensors the segment before the cut makes for it."""
+        return (self.query, self.key, self.value)
+
+
+@dataclass(frozen=True)
+class CrossAttentionCut:
+    """One cross-attention node the host computes: its query's rows (made by the segment before it,
+    [rows, width], before the node's Reshape into sentences), the step's inputs it reads (the
+    encoder's keys and values, [sentences, heads, length, depth], and the source mask, int64
+    [sentences, length], or None) and its output ([sentences, beams, width], read by the segment
+    after)."""
+
+    query: str
+    key: str
+    value: str
+    mask: str | None
+    output: str
+
+    @property
+    def made(self) -> tuple[str, ...]:
+        return (self.query,)
+
+
+Cut = AttentionCut | CrossAttentionCut
+
 
 @dataclass(frozen=True)
 class StepSegments:
@@ -61,52 +97,67 @@ class StepSegments:
     is), the cut after each segment but the last, and the step's own inputs and outputs."""
 
     graphs: list[bytes]
-    cuts: list[AttentionCut]
+    cuts: list[Cut]
     inputs: list[str]
     outputs: list[str]
 
 
-def split_step(path: Path) -> StepSegments | None:
-    """The step at `path` cut at its self-attention nodes; None where it has none, or one the host's
-    kernel does not compute, or a tensor crossing a cut whose type is unknown."""
+def split_step(path: Path, cross: bool = True) -> StepSegments | None:
+    """The step at `path` cut at its attention nodes (its self-attention nodes only unless `cross`);
+    None where it has no self-attention node, or one the host's kernel does not compute, or a tensor
+    crossing a cut whose type is unknown."""
     model = onnx.load(str(path), load_external_data=False)
     graph = model.graph
     nodes = list(graph.node)
-    attention = [n for n in nodes if n.op_type == ATTENTION_OP]
-    if not attention:
-        return None
     initializers = {t.name: t for t in graph.initializer}
-    producers = {out: n for n in nodes for out in n.output}
-    cuts = [_cut(n, initializers, producers, path.parent) for n in attention]
-    if any(cut is None for cut in cuts):
-        return None
     inputs = {i.name: i for i in graph.input}
-    per_step = set(_PER_STEP_INPUTS) | {name for cut in cuts if cut for name in cut.past}
+    producers = {out: n for n in nodes for out in n.output}
+    readers: dict[str, int] = {}
+    for node in nodes:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    if not any(n.op_type == ATTENTION_OP for n in nodes):
+        return None
+    cut_of: dict[int, Cut] = {}
+    for node in nodes:
+        if node.op_type == ATTENTION_OP:
+            found: Cut | None = _cut(node, initializers, producers, path.parent)
+            if found is None:
+                return None
+            cut_of[id(node)] = found
+        elif cross and node.op_type == CROSS_ATTENTION_OP and (found := _cross_cut(node, inputs, producers, readers)):
+            cut_of[id(node)] = found
+    attention = [n for n in nodes if id(n) in cut_of]
+    cuts = [cut_of[id(n)] for n in attention]
+    dropped = {producers[n.input[0]].output[0] for n in attention if isinstance(cut_of[id(n)], CrossAttentionCut)}
+    per_step = set(_PER_STEP_INPUTS) | {name for cut in cuts if isinstance(cut, AttentionCut) for name in cut.past}
     constant = _constant_tensors(nodes, set(initializers) | (set(inputs) - per_step))
     segment_of: dict[str, int] = {}  # each tensor made by a placed node: its segment
     placed: list[list[onnx.NodeProto]] = [[] for _ in range(len(attention) + 1)]
     for node in nodes:
         reads = [segment_of[name] for name in node.input if name in segment_of]
         at = max(reads, default=0)
-        if node.op_type == ATTENTION_OP:
+        if id(node) in cut_of:
             segment_of[node.output[0]] = at + 1  # its output is the next segment's input
+        elif node.output[0] in dropped:  # a cross-attention's Reshape of its query: the host reads the rows
+            segment_of[node.output[0]] = at
         elif not all(out in constant for out in node.output):
             placed[at].append(node)
             segment_of.update((out, at) for out in node.output)
-    if [segment_of[n.input[0]] for n in attention] != list(range(len(attention))):
+    if [segment_of[cut.made[0]] for cut in cuts] != list(range(len(cuts))):
         return None  # not one cut after each segment in turn
     types = _tensor_types(model)
-    if any(inputs[name].type.tensor_type.elem_type != TensorProto.FLOAT for cut in cuts if cut for name in cut.past):
-        return None  # the host's kernel reads and writes fp32 caches
-    for node in attention:  # a contributed node's operands, which ONNX's inference may not reach: the cache's type
-        types |= {name: TensorProto.FLOAT for name in (*node.input[:3], node.output[0])}
+    if any(inputs[name].type.tensor_type.elem_type != TensorProto.FLOAT for cut in cuts for name in _read(cut)):
+        return None  # the host's kernels read and write fp32 caches, keys and values
+    for cut in cuts:  # a contributed node's operands, which ONNX's inference may not reach
+        types |= {name: TensorProto.FLOAT for name in (*cut.made, cut.output)}
     order = {id(n): i for i, n in enumerate(nodes)}
     needs: list[set[str]] = []
     bodies: list[list[onnx.NodeProto]] = []
     for index, own in enumerate(placed):
         wanted = {name for n in own for name in n.input if name}
-        if index < len(attention):
-            wanted |= set(attention[index].input[:3])
+        if index < len(cuts):
+            wanted |= set(cuts[index].made)
         copied = _constant_ancestors(wanted, constant, producers)
         bodies.append(sorted([*copied, *own], key=lambda n: order[id(n)]))
         needs.append(wanted | {name for n in copied for name in n.input if name})
@@ -116,7 +167,7 @@ def split_step(path: Path) -> StepSegments | None:
     for index, body in enumerate(bodies):
         outside = made[index] | set(inputs) | set(initializers)
         crossing_in = sorted(t for t in needs[index] if t not in outside)
-        crossing_out = list(attention[index].input[:3]) if index < len(attention) else []
+        crossing_out = list(cuts[index].made) if index < len(cuts) else []
         crossing_out += sorted(
             t for later in needs[index + 1 :] for t in later if t in made[index] and t not in constant
         )
@@ -135,7 +186,48 @@ def split_step(path: Path) -> StepSegments | None:
         proto = helper.make_model(segment, opset_imports=model.opset_import, producer_name=model.producer_name)
         proto.ir_version = model.ir_version
         graphs.append(proto.SerializeToString())
-    return StepSegments(graphs, [c for c in cuts if c is not None], list(inputs), outputs)
+    return StepSegments(graphs, cuts, list(inputs), outputs)
+
+
+def _read(cut: Cut) -> tuple[str, ...]:
+    """The step's float inputs a cut reads itself: a self-attention's caches, a cross-attention's keys
+    and values."""
+    return cut.past if isinstance(cut, AttentionCut) else (cut.key, cut.value)
+
+
+def _cross_cut(
+    node: onnx.NodeProto,
+    inputs: dict[str, onnx.ValueInfoProto],
+    producers: dict[str, onnx.NodeProto],
+    readers: dict[str, int],
+) -> CrossAttentionCut | None:
+    """The node as a cut, where it is the exporter's cross-attention; else None (it stays in its
+    segment)."""
+    names = list(node.input) + [""] * (5 - len(node.input))
+    attributes = {a.name for a in node.attribute}
+    reshape = producers.get(names[0])
+    if (
+        node.domain != MS_DOMAIN
+        or len(node.input) > 5
+        or len(node.output) != 1
+        or attributes - _KNOWN_CROSS_ATTRIBUTES
+        or names[1] not in inputs or names[2] not in inputs
+        or names[3]
+        or reshape is None or reshape.op_type != "Reshape" or readers.get(names[0]) != 1
+    ):  # fmt: skip
+        return None
+    if not all(len(inputs[n].type.tensor_type.shape.dim) == 4 for n in names[1:3]):
+        return None
+    mask: str | None = None
+    if names[4]:
+        cast = producers.get(names[4])
+        to = {a.name: helper.get_attribute_value(a) for a in cast.attribute}.get("to") if cast else None
+        if cast is None or cast.op_type != "Cast" or to != TensorProto.INT32 or cast.input[0] not in inputs:
+            return None
+        if inputs[cast.input[0]].type.tensor_type.elem_type != TensorProto.INT64:
+            return None
+        mask = cast.input[0]
+    return CrossAttentionCut(reshape.input[0], names[1], names[2], mask, node.output[0])
 
 
 def _cut(
