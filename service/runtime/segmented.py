@@ -20,6 +20,7 @@ import onnxruntime as ort
 
 from service.graphs import BEAM_WIDTH, CACHE_INDIRECTION, PAST_LENGTH
 from service.runtime import native
+from service.runtime.direct_run import direct_run
 from service.runtime.step_segments import AttentionCut, CrossAttentionCut, StepSegments
 
 _KERNEL_INPUTS = (PAST_LENGTH, BEAM_WIDTH, CACHE_INDIRECTION)
@@ -183,7 +184,7 @@ class SegmentedBinding:
                 self._bindings[reader].bind_cpu_input(name, array)
         runs: list[Callable[[], object]] = []
         for index, (segment, binding) in enumerate(zip(session.sessions, self._bindings, strict=True)):
-            runs.append(functools.partial(segment.run_with_iobinding, binding, run_options))
+            runs.append(direct_run(segment, binding, run_options))
             if index < len(cuts):
                 runs.append(self._cut_run(index, self._crossing))
         self._runs = runs

@@ -29,6 +29,7 @@ from service.graphs import (
 from service.manifest import Manifest, ModelFileError, load_manifest
 from service.runtime import denormals, native
 from service.runtime.beside import Beside
+from service.runtime.direct_run import binding_runner
 from service.runtime.kv_cache import SelfAttentionCache
 from service.runtime.libc import libc
 from service.runtime.lookups import open_recording_lookups
@@ -288,7 +289,7 @@ class _Graph:
             held = bound(session)
             if held is None:
                 return None
-            session.run_with_iobinding(held[0])
+            binding_runner(session)(held[0])
             held[1].select()
             return held[1]
         finally:
@@ -312,7 +313,7 @@ class _Graph:
                 return None
             fixed = self.wide is self.narrow or self._runs.narrowed()
             census = _FIXED_CENSUS if fixed else _ALL_RUNS.census
-            return runs(session.run_with_iobinding, held[0], held[1], census, int(census[0]))
+            return runs(binding_runner(session), held[0], held[1], census, int(census[0]))
         finally:
             self._end()
 
