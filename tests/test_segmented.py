@@ -138,6 +138,22 @@ def test_a_cross_attention_the_host_does_not_compute_stays_in_its_segment(export
     assert np.array_equal(np.argmax(ours, axis=1), np.argmax(theirs, axis=1))
 
 
+def test_cross_attention_keys_of_another_type_stay_with_onnxruntime(exported_int8: Path, tmp_path: Path) -> None:
+    """A cross-attention whose keys the step takes in another type than fp32 stays in its segment;
+    the self-attention is still cut."""
+    path = tmp_path / "decoder_step.onnx"
+    model = onnx.load(str(exported_int8 / "decoder_step.onnx"), load_external_data=False)
+    next(i for i in model.graph.input if i.name == "cross_key.0").type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+    onnx.save(model, str(path))
+    segments = split_step(path)
+    assert segments is not None
+    layers = load_manifest(exported_int8).decoder_layers
+    assert sum(isinstance(c, AttentionCut) for c in segments.cuts) == layers
+    assert [c.key for c in segments.cuts if isinstance(c, CrossAttentionCut)] == [
+        f"cross_key.{layer}" for layer in range(1, layers)
+    ]
+
+
 def test_searches_on_the_same_arrays_read_each_searchs_encoder_keys(
     exported: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -216,8 +216,11 @@ def _cross_cut(
         or reshape is None or reshape.op_type != "Reshape" or readers.get(names[0]) != 1
     ):  # fmt: skip
         return None
-    if not all(len(inputs[n].type.tensor_type.shape.dim) == 4 for n in names[1:3]):
-        return None
+    if not all(
+        len(inputs[n].type.tensor_type.shape.dim) == 4 and inputs[n].type.tensor_type.elem_type == TensorProto.FLOAT
+        for n in names[1:3]
+    ):
+        return None  # the host's kernel reads fp32 keys and values of [sentences, heads, length, depth]
     mask: str | None = None
     if names[4]:
         cast = producers.get(names[4])
