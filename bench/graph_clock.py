@@ -1,8 +1,8 @@
 """The graph runs of a translation, timed where they are called: onnxruntime's `run` (the encoder)
-and `run_with_iobinding` (the decoder steps; a step cut at its self-attention nodes as one, its
-segments' runs and the host's attention between them: service/runtime/segmented.py), so that no
-profiler slows the host's work between them. What is left of a translation's time is the host's:
-the search, the bindings, the text."""
+and each decoder step's run on its binding (service/runtime/direct_run.py's `binding_runner`,
+through which sessions.py runs every step: a step cut at its attention nodes as one, its segments'
+runs and the host's attention between them), so that no profiler slows the host's work between
+them. What is left of a translation's time is the host's: the search, the bindings, the text."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import onnxruntime as ort
 
-from service.runtime.segmented import SegmentedSession
+from service.runtime import direct_run
 
 
 class RunClock:
@@ -44,31 +44,16 @@ class RunClock:
 
 @contextmanager
 def timed_runs() -> Iterator[tuple[RunClock, RunClock]]:
-    """(encoder clock, decoder clock) over every session's runs while the block lasts."""
+    """(encoder clock, decoder clock) over every model's runs while the block lasts."""
     encoder, decoder = RunClock(), RunClock()
-    run, bound, segmented = (
-        ort.InferenceSession.run,
-        ort.InferenceSession.run_with_iobinding,
-        SegmentedSession.run_with_iobinding,
-    )
-    timed_bound = decoder.wrap(bound)
-    in_step = [False]  # a segmented step's own runs are part of its time, not steps of their own
+    run, runner = ort.InferenceSession.run, direct_run.binding_runner
 
-    def step(self: SegmentedSession, *args: Any, **kwargs: Any) -> Any:
-        in_step[0] = True
-        try:
-            return segmented(self, *args, **kwargs)
-        finally:
-            in_step[0] = False
-
-    def segment_or_step(self: ort.InferenceSession, *args: Any, **kwargs: Any) -> Any:
-        return bound(self, *args, **kwargs) if in_step[0] else timed_bound(self, *args, **kwargs)
+    def timed_runner(session: Any) -> Callable[[Any], None]:
+        return decoder.wrap(runner(session))
 
     ort.InferenceSession.run = encoder.wrap(run)
-    ort.InferenceSession.run_with_iobinding = segment_or_step
-    SegmentedSession.run_with_iobinding = decoder.wrap(step)  # type: ignore[method-assign]
+    direct_run.binding_runner = timed_runner
     try:
         yield encoder, decoder
     finally:
-        ort.InferenceSession.run, ort.InferenceSession.run_with_iobinding = run, bound
-        SegmentedSession.run_with_iobinding = segmented  # type: ignore[method-assign]
+        ort.InferenceSession.run, direct_run.binding_runner = run, runner

@@ -415,3 +415,25 @@ def test_precision_bleu_compares_with_the_first_models_translations_saved_by_ano
     with pytest.raises(SystemExit):
         rows("--directions", "de-en")
     assert "has no de-en; it has en-fr, fr-en" in capsys.readouterr().err
+
+
+def test_the_graph_clock_times_every_step_of_a_translation_once_cut_or_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench/graph_clock.py counts one encoder run and one decoder call a step, as many whether the
+    step runs cut into segments (their runs not counted apart) or whole, and stops timing after."""
+    from bench.graph_clock import timed_runs
+    from service.manifest import DEFAULT_MODEL_DIR
+    from service.runtime import direct_run
+    from service.runtime.beam import DecodeOptions
+    from service.runtime.translator import Translator
+
+    runner, steps = direct_run.binding_runner, {}
+    for attending in ("on", "off"):
+        monkeypatch.setenv("MTSERVE_HOST_ATTENTION", attending)
+        translator = Translator.load(DEFAULT_MODEL_DIR, 1)
+        source = translator.model.tokenizer.encode("Two dogs play in the snow.")
+        with timed_runs() as (encoder, decoder):
+            translator.search([source], ["fr"], DecodeOptions(beam_size=5))
+        assert direct_run.binding_runner is runner
+        assert encoder.calls == 1 and decoder.seconds > 0
+        steps[attending] = decoder.calls
+    assert steps["on"] == steps["off"] > 3

@@ -27,9 +27,8 @@ from service.graphs import (
     encoder_spec,
 )
 from service.manifest import Manifest, ModelFileError, load_manifest
-from service.runtime import denormals, native
+from service.runtime import denormals, direct_run, native
 from service.runtime.beside import Beside
-from service.runtime.direct_run import binding_runner
 from service.runtime.kv_cache import SelfAttentionCache
 from service.runtime.libc import libc
 from service.runtime.lookups import open_recording_lookups
@@ -289,7 +288,7 @@ class _Graph:
             held = bound(session)
             if held is None:
                 return None
-            binding_runner(session)(held[0])
+            direct_run.binding_runner(session)(held[0])
             held[1].select()
             return held[1]
         finally:
@@ -313,7 +312,7 @@ class _Graph:
                 return None
             fixed = self.wide is self.narrow or self._runs.narrowed()
             census = _FIXED_CENSUS if fixed else _ALL_RUNS.census
-            return runs(binding_runner(session), held[0], held[1], census, int(census[0]))
+            return runs(direct_run.binding_runner(session), held[0], held[1], census, int(census[0]))
         finally:
             self._end()
 
