@@ -17,9 +17,9 @@
  * (its mask_filter_value's default). */
 #define MASKED_SCORE (-10000.0f)
 
-int attention_kernel(ptrdiff_t depth) {
+int float_vectors(void) {
 #ifdef ATTENTION_X86
-    static int widest = -1; /* the CPU's, found at first use (each step calls this) */
+    static int widest = -1; /* the CPU's, found at first use (each step asks) */
     if (widest < 0) {
         __builtin_cpu_init();
         widest = 0;
@@ -29,6 +29,15 @@ int attention_kernel(ptrdiff_t depth) {
             widest = 1;
         }
     }
+    return widest;
+#else
+    return 0;
+#endif
+}
+
+int attention_kernel(ptrdiff_t depth) {
+#ifdef ATTENTION_X86
+    const int widest = float_vectors();
     if (widest >= 2 && depth % 16 == 0) {
         return 2;
     }

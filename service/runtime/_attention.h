@@ -9,6 +9,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The widest float vectors the CPU runs, found once: 2 AVX-512, 1 AVX2 with FMA, 0 neither (also the
+ * log-softmax's, _common_step.c). */
+int float_vectors(void);
+
 /* The widest kernel for heads of `depth` floats: 0 plain C, 1 AVX2 with FMA (depth a multiple of 8),
  * 2 AVX-512 (a multiple of 16). */
 int attention_kernel(ptrdiff_t depth);

@@ -932,17 +932,6 @@ __attribute__((target("avx512f"))) static int row_top_k_from_maxima_avx512(const
     return 1;
 }
 
-/* Which exp-sum and bias kernels the CPU runs, found at first use: 2 AVX-512, 1 AVX2 and FMA, 0 neither. */
-static int vector_width(void) {
-    static int found = -1;
-    if (found < 0) {
-        __builtin_cpu_init();
-        found = __builtin_cpu_supports("avx512f")                                     ? 2
-                : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1
-                                                                                  : 0;
-    }
-    return found;
-}
 
 static void add_bias(float *row, const float *bias, Py_ssize_t width) {
     Py_ssize_t j = 0;
@@ -955,7 +944,7 @@ static void add_bias(float *row, const float *bias, Py_ssize_t width) {
 }
 
 static double sum_exp(const float *row, Py_ssize_t width, float top) {
-    switch (vector_width()) {
+    switch (float_vectors()) {
     case 2:
         return sum_exp_avx512(row, width, top);
     case 1:
@@ -967,7 +956,7 @@ static double sum_exp(const float *row, Py_ssize_t width, float top) {
 
 /* A row's bias added; 1 where its block maxima were taken in the same pass, into maxima. */
 static int add_bias_with_maxima(float *row, const float *bias, Py_ssize_t width, float *maxima) {
-    if (vector_width() == 2) {
+    if (float_vectors() == 2) {
         add_bias_avx512(row, bias, width, maxima);
         return 1;
     }
@@ -977,7 +966,7 @@ static int add_bias_with_maxima(float *row, const float *bias, Py_ssize_t width,
 
 static int row_top_k_from_maxima(const float *row, Py_ssize_t width, Py_ssize_t k, const float *maxima, float *values,
                                  Py_ssize_t *positions) {
-    return vector_width() == 2 && k <= RANK_LANES
+    return float_vectors() == 2 && k <= RANK_LANES
                ? row_top_k_from_maxima_avx512(row, width, k, maxima, values, positions)
                : row_top_k_from_maxima_each(row, width, k, maxima, values, positions);
 }
