@@ -130,7 +130,8 @@ def split_step(path: Path, cross: bool = True) -> StepSegments | None:
     attention = [n for n in nodes if id(n) in cut_of]
     cuts = [cut_of[id(n)] for n in attention]
     dropped = {producers[n.input[0]].output[0] for n in attention if isinstance(cut_of[id(n)], CrossAttentionCut)}
-    per_step = set(_PER_STEP_INPUTS) | {name for cut in cuts if isinstance(cut, AttentionCut) for name in cut.past}
+    caches = {name for cut in cuts if isinstance(cut, AttentionCut) for name in cut.past}
+    per_step = set(_PER_STEP_INPUTS) | caches
     constant = _constant_tensors(nodes, set(initializers) | (set(inputs) - per_step))
     segment_of: dict[str, int] = {}  # each tensor made by a placed node: its segment
     placed: list[list[onnx.NodeProto]] = [[] for _ in range(len(attention) + 1)]
@@ -147,8 +148,8 @@ def split_step(path: Path, cross: bool = True) -> StepSegments | None:
     if [segment_of[cut.made[0]] for cut in cuts] != list(range(len(cuts))):
         return None  # not one cut after each segment in turn
     types = _tensor_types(model)
-    if any(inputs[name].type.tensor_type.elem_type != TensorProto.FLOAT for cut in cuts for name in _read(cut)):
-        return None  # the host's kernels read and write fp32 caches, keys and values
+    if any(inputs[name].type.tensor_type.elem_type != TensorProto.FLOAT for name in caches):
+        return None  # the host's kernel reads and writes fp32 caches (a cross-attention's keys: _cross_cut)
     for cut in cuts:  # a contributed node's operands, which ONNX's inference may not reach
         types |= {name: TensorProto.FLOAT for name in (*cut.made, cut.output)}
     order = {id(n): i for i, n in enumerate(nodes)}
@@ -187,12 +188,6 @@ def split_step(path: Path, cross: bool = True) -> StepSegments | None:
         proto.ir_version = model.ir_version
         graphs.append(proto.SerializeToString())
     return StepSegments(graphs, cuts, list(inputs), outputs)
-
-
-def _read(cut: Cut) -> tuple[str, ...]:
-    """The step's float inputs a cut reads itself: a self-attention's caches, a cross-attention's keys
-    and values."""
-    return cut.past if isinstance(cut, AttentionCut) else (cut.key, cut.value)
 
 
 def _cross_cut(
