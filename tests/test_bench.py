@@ -427,7 +427,7 @@ def test_the_graph_clock_times_every_step_of_a_translation_once_cut_or_whole(mon
     from service.runtime.translator import Translator
 
     runner, steps = direct_run.binding_runner, {}
-    for attending in ("on", "off"):
+    for attending in ("self", "on", "off"):
         monkeypatch.setenv("MTSERVE_HOST_ATTENTION", attending)
         translator = Translator.load(DEFAULT_MODEL_DIR, 1)
         source = translator.model.tokenizer.encode("Two dogs play in the snow.")
@@ -436,4 +436,4 @@ def test_the_graph_clock_times_every_step_of_a_translation_once_cut_or_whole(mon
         assert direct_run.binding_runner is runner
         assert encoder.calls == 1 and decoder.seconds > 0
         steps[attending] = decoder.calls
-    assert steps["on"] == steps["off"] > 3
+    assert steps["self"] == steps["on"] == steps["off"] > 3

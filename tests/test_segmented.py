@@ -49,14 +49,16 @@ def _step(model: OnnxModel, sentences: int, beams: int, past: int) -> np.ndarray
     return model.decode_step(last, mask, cache, cross)
 
 
+@pytest.mark.parametrize("setting", ["self", "on"])
 @pytest.mark.parametrize("model_dir", ["exported", "exported_int8"])
 def test_the_cut_step_computes_the_whole_steps_log_probs(
-    model_dir: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+    model_dir: str, setting: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A step through the segments and the host's attention gives what the whole graph gives, with
-    onnxruntime's own attention node (fp32 to rounding; int8, whose activations are rounded to codes,
-    nearly)."""
+    """A step through the segments and the host's attention (the self-attention's, or both kinds)
+    gives what the whole graph gives, with onnxruntime's own attention nodes (fp32 to rounding; int8,
+    whose activations are rounded to codes, nearly)."""
     directory: Path = request.getfixturevalue(model_dir)
+    monkeypatch.setenv("MTSERVE_HOST_ATTENTION", setting)
     cut = OnnxModel(directory, 1, packed=False)
     assert isinstance(cut.decoder.wide, SegmentedSession)
     monkeypatch.setenv("MTSERVE_HOST_ATTENTION", "off")
@@ -74,8 +76,12 @@ def test_the_cut_step_computes_the_whole_steps_log_probs(
         assert np.array_equal(np.argmax(ours, axis=1), np.argmax(theirs, axis=1))
 
 
-def test_a_cut_search_translates_as_the_whole_step(exported: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("setting", ["self", "on"])
+def test_a_cut_search_translates_as_the_whole_step(
+    exported: Path, setting: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Beam search over the cut fp32 step finds the whole step's hypotheses, at every batch size."""
+    monkeypatch.setenv("MTSERVE_HOST_ATTENTION", setting)
     cut = OnnxModel(exported, 1, packed=False)
     monkeypatch.setenv("MTSERVE_HOST_ATTENTION", "off")
     whole = OnnxModel(exported, 1, packed=False)
@@ -112,15 +118,52 @@ def test_the_committed_step_is_cut_twice_a_layer() -> None:
         assert not kinds & {ATTENTION_OP, CROSS_ATTENTION_OP}
 
 
-def test_a_cross_attention_the_host_does_not_compute_stays_in_its_segment(exported_int8: Path, tmp_path: Path) -> None:
-    """A cross-attention node with an attribute the host's kernel does not know stays in its
-    segment, onnxruntime computing it, and the cut step still gives the whole step's log-probs."""
+def test_the_committed_steps_packed_copy_is_cut_twice_a_layer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the cross-attention on the host, the graph a model is served from, onnxruntime's
+    optimized copy with its packed weights (packed.py), is cut at each attention node as the
+    exported graph is: the optimizer writes each cross-attention's `unidirectional` out at its
+    default, which the host computes."""
+    monkeypatch.setenv("MTSERVE_HOST_ATTENTION", "on")
+    model = OnnxModel(DEFAULT_MODEL_DIR, 1, packed=tmp_path)
+    (path,) = tmp_path.glob("*/decoder_step.onnx")
+    copy = onnx.load(str(path), load_external_data=False)
+    crosses = [n for n in copy.graph.node if n.op_type == CROSS_ATTENTION_OP]
+    assert crosses and all(any(a.name == "unidirectional" for a in n.attribute) for n in crosses)
+    step = model.decoder.wide
+    assert isinstance(step, SegmentedSession)
+    layers = load_manifest(DEFAULT_MODEL_DIR).decoder_layers
+    assert [type(c) for c in step.segments.cuts] == [AttentionCut, CrossAttentionCut] * layers
+
+
+def test_a_cross_attention_with_another_mask_value_or_direction_stays_with_onnxruntime(
+    exported_int8: Path, tmp_path: Path
+) -> None:
+    """A cross-attention attending one way only, or lowering a masked position's score by another
+    value, is no cut."""
+    path = tmp_path / "decoder_step.onnx"
+    for name, value in (("unidirectional", 1), ("mask_filter_value", -1e4 - 1)):
+        model = onnx.load(str(exported_int8 / "decoder_step.onnx"), load_external_data=False)
+        for node in model.graph.node:
+            if node.op_type == CROSS_ATTENTION_OP:
+                node.attribute.append(onnx.helper.make_attribute(name, value))
+        onnx.save(model, str(path))
+        shutil.copy(exported_int8 / "weights.bin", tmp_path / "weights.bin")
+        segments = split_step(path)
+        assert segments is not None and not any(isinstance(c, CrossAttentionCut) for c in segments.cuts)
+
+
+def test_a_cross_attention_the_host_does_not_compute_stays_in_its_segment(
+    exported_int8: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cross-attention node with an attribute at a value the host's kernel does not compute (a
+    masked position lowered by 1e9, not 10,000) stays in its segment, onnxruntime computing it, and
+    the cut step still gives the whole step's log-probs."""
     copy = tmp_path / "filtered"
     shutil.copytree(exported_int8, copy)
     path = copy / "decoder_step.onnx"
     model = onnx.load(str(path), load_external_data=False)
     node = next(n for n in model.graph.node if n.op_type == CROSS_ATTENTION_OP)
-    node.attribute.append(onnx.helper.make_attribute("mask_filter_value", -10000.0))
+    node.attribute.append(onnx.helper.make_attribute("mask_filter_value", -1e9))
     onnx.save(model, str(path))
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["sha256"][path.name] = sha256_file(path)
@@ -131,6 +174,7 @@ def test_a_cross_attention_the_host_does_not_compute_stays_in_its_segment(export
     assert sum(isinstance(c, CrossAttentionCut) for c in segments.cuts) == layers - 1
     kept = [n for g in segments.graphs for n in onnx.load_from_string(g).graph.node if n.op_type == CROSS_ATTENTION_OP]
     assert len(kept) == 1
+    monkeypatch.setenv("MTSERVE_HOST_ATTENTION", "on")
     cut = OnnxModel(copy, 1, packed=False)
     assert isinstance(cut.decoder.wide, SegmentedSession)
     whole = OnnxModel(exported_int8, 1, packed=False)
@@ -160,6 +204,7 @@ def test_searches_on_the_same_arrays_read_each_searchs_encoder_keys(
     """Searches one after another of sources of the same shape, which run on the arrays and bindings
     of the last search of that shape, each attend over their own encoder keys and values: the whole
     step's hypotheses and scores every time."""
+    monkeypatch.setenv("MTSERVE_HOST_ATTENTION", "on")  # the cross-attention's kernel reads the keys
     cut = OnnxModel(exported, 1, packed=False)
     monkeypatch.setenv("MTSERVE_HOST_ATTENTION", "off")
     whole = OnnxModel(exported, 1, packed=False)
@@ -193,11 +238,19 @@ def test_an_attention_node_the_host_does_not_compute_keeps_the_step_whole(export
     assert split_step(exported / "decoder_step.onnx") is not None
 
 
-def test_the_setting_turns_the_host_attention_off_or_to_the_self_attention() -> None:
-    """`off` keeps the step whole, `self` cuts it at its self-attention only, and the default at both."""
-    assert host_attention("on") == host_attention("") == "on"
+def test_the_setting_turns_the_host_attention_off_or_to_the_cross_attention_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`off` keeps the step whole, `on` cuts it at both kinds of attention, and the default, `self`,
+    at its self-attention only: the kind of cut whose translations the int8 BLEU figures hold."""
+    assert host_attention("on") == host_attention(" ON ") == "on"
     assert host_attention("off") == host_attention(" OFF ") == "off"
-    assert host_attention("self") == "self"
+    assert host_attention("self") == host_attention("") == host_attention("both") == "self"
+    monkeypatch.delenv("MTSERVE_HOST_ATTENTION", raising=False)
+    assert host_attention() == "self"
+    model = OnnxModel(DEFAULT_MODEL_DIR, 1, packed=False)
+    assert isinstance(model.decoder.wide, SegmentedSession)
+    assert all(isinstance(c, AttentionCut) for c in model.decoder.wide.segments.cuts)
     cuts = split_step(DEFAULT_MODEL_DIR / "decoder_step.onnx", cross=False)
     assert cuts is not None and all(isinstance(c, AttentionCut) for c in cuts.cuts)
     assert len(cuts.graphs) == load_manifest(DEFAULT_MODEL_DIR).decoder_layers + 1
