@@ -15,8 +15,9 @@ A graph is cut only where every self-attention node is one this kernel computes:
 (export/graph_builder.py, cached_self_attention), with no mask, no attention bias and no
 attribute but its heads and the shared buffer. Any other step runs whole. A cross-attention node
 is cut where it is the exporter's (cross_attention there): its query a Reshape of the rows into
-sentences, its keys and values the step's inputs, its mask the source mask cast to int32, no bias
-and no attribute but its heads; else it stays in its segment.
+sentences, its keys and values the step's inputs, its mask the source mask cast to int32, no bias,
+and no attribute but its heads unless at the value the kernel computes (_CROSS_ATTRIBUTE_VALUES);
+else it stays in its segment.
 """
 
 from __future__ import annotations
