@@ -239,21 +239,31 @@ def test_an_attention_node_the_host_does_not_compute_keeps_the_step_whole(export
 
 
 def test_the_setting_turns_the_host_attention_off_or_to_the_cross_attention_too(
-    monkeypatch: pytest.MonkeyPatch,
+    exported: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`off` keeps the step whole, `on` cuts it at both kinds of attention, and the default, `self`,
-    at its self-attention only: the kind of cut whose translations the int8 BLEU figures hold."""
+    """`off` keeps the step whole, `self` cuts it at its self-attention only, `on` at both kinds of
+    attention, and the default, `auto`, an fp32 step at both and an int8 one at its self-attention
+    only: the kind of cut whose translations each precision's BLEU figures hold."""
     assert host_attention("on") == host_attention(" ON ") == "on"
     assert host_attention("off") == host_attention(" OFF ") == "off"
-    assert host_attention("self") == host_attention("") == host_attention("both") == "self"
+    assert host_attention("self") == host_attention(" Self ") == "self"
+    assert host_attention("auto") == host_attention("") == host_attention("both") == "auto"
     monkeypatch.delenv("MTSERVE_HOST_ATTENTION", raising=False)
-    assert host_attention() == "self"
-    model = OnnxModel(DEFAULT_MODEL_DIR, 1, packed=False)
-    assert isinstance(model.decoder.wide, SegmentedSession)
-    assert all(isinstance(c, AttentionCut) for c in model.decoder.wide.segments.cuts)
-    cuts = split_step(DEFAULT_MODEL_DIR / "decoder_step.onnx", cross=False)
-    assert cuts is not None and all(isinstance(c, AttentionCut) for c in cuts.cuts)
-    assert len(cuts.graphs) == load_manifest(DEFAULT_MODEL_DIR).decoder_layers + 1
+    assert host_attention() == "auto"
+    layers = load_manifest(DEFAULT_MODEL_DIR).decoder_layers
+    int8 = OnnxModel(DEFAULT_MODEL_DIR, 1, packed=False)
+    assert isinstance(int8.decoder.wide, SegmentedSession)
+    assert [type(c) for c in int8.decoder.wide.segments.cuts] == [AttentionCut] * layers
+    fp32 = OnnxModel(exported, 1, packed=False)
+    assert isinstance(fp32.decoder.wide, SegmentedSession)
+    tiny_layers = fp32.manifest.decoder_layers
+    assert [type(c) for c in fp32.decoder.wide.segments.cuts] == [AttentionCut, CrossAttentionCut] * tiny_layers
+    for cross in ("self", "auto"):
+        cuts = split_step(DEFAULT_MODEL_DIR / "decoder_step.onnx", cross=cross)
+        assert cuts is not None and [type(c) for c in cuts.cuts] == [AttentionCut] * layers
+        assert len(cuts.graphs) == layers + 1
+    cuts = split_step(exported / "decoder_step.onnx", cross="self")
+    assert cuts is not None and [type(c) for c in cuts.cuts] == [AttentionCut] * tiny_layers
 
 
 def test_a_binding_refuses_what_the_step_does_not_have(exported: Path) -> None:

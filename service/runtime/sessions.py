@@ -243,7 +243,7 @@ class _Graph:
         segments = None
         if step and native.common_step is not None and (attending := host_attention()) != "off":
             try:
-                segments = split_step(path, cross=attending == "on")
+                segments = split_step(path, cross=attending)
             except (OSError, ValueError) as exc:  # protobuf's DecodeError is a ValueError
                 raise ModelFileError(path, f"cannot read it ({exc})") from exc
 

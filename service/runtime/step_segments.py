@@ -17,7 +17,8 @@ attribute but its heads and the shared buffer. Any other step runs whole. A cros
 is cut where it is the exporter's (cross_attention there): its query a Reshape of the rows into
 sentences, its keys and values the step's inputs, its mask the source mask cast to int32, no bias,
 and no attribute but its heads unless at the value the kernel computes (_CROSS_ATTRIBUTE_VALUES);
-else it stays in its segment.
+else it stays in its segment. By default an int8 step keeps its cross-attention nodes in their
+segments (host_attention).
 """
 
 from __future__ import annotations
@@ -44,16 +45,24 @@ _KNOWN_ATTRIBUTES = {"num_heads", "past_present_share_buffer"}
 # computes: onnxruntime's optimizer writes `unidirectional` out at its default into the graphs it
 # saves (the packed copies, packed.py), and the kernel lowers a masked position's score by 10,000.
 _CROSS_ATTRIBUTE_VALUES: dict[str, object] = {"unidirectional": 0, "mask_filter_value": -10000.0}
+# Products of int8 operands: a step with any is int8, cut at its cross-attention only on request.
+_INTEGER_PRODUCTS = {"MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearMatMul"}
 
 
-def host_attention(setting: str | None = None) -> Literal["off", "self", "on"]:
-    """MTSERVE_HOST_ATTENTION: "off" runs each step whole, its attention onnxruntime's; "on" cuts it at
-    its cross-attention nodes too; anything else ("self", the default) at its self-attention nodes
-    only, where the C module is built (native.common_step). The cross-attention on the host takes a
-    few percent off a step but sums in another order than onnxruntime's node, which moves a few
-    translations and test2016's int8 BLEU en→fr from 57.56 to 57.50 (docs/BENCHMARKS.md)."""
-    value = (os.environ.get("MTSERVE_HOST_ATTENTION", "self") if setting is None else setting).strip().lower()
-    return "off" if value == "off" else "on" if value == "on" else "self"
+def host_attention(setting: str | None = None) -> Literal["off", "self", "on", "auto"]:
+    """MTSERVE_HOST_ATTENTION: "off" runs each step whole, its attention onnxruntime's; "self" cuts it
+    at its self-attention nodes, "on" at its cross-attention nodes too, where the C module is built
+    (native.common_step); anything else ("auto", the default) as "on" for a step whose products are
+    fp32 and as "self" for an int8 one. The cross-attention on the host takes a few percent off a step
+    but sums in another order than onnxruntime's node: an fp32 step translates test2016 as before,
+    while an int8 step's rounding of the next products turns a few translations, and its BLEU en→fr
+    from 57.56 to 57.50 (docs/BENCHMARKS.md)."""
+    value = (os.environ.get("MTSERVE_HOST_ATTENTION", "auto") if setting is None else setting).strip().lower()
+    if value == "off":
+        return "off"
+    if value == "self":
+        return "self"
+    return "on" if value == "on" else "auto"
 
 
 @dataclass(frozen=True)
@@ -108,13 +117,15 @@ class StepSegments:
     outputs: list[str]
 
 
-def split_step(path: Path, cross: bool = True) -> StepSegments | None:
-    """The step at `path` cut at its attention nodes (its self-attention nodes only unless `cross`);
+def split_step(path: Path, cross: Literal["self", "on", "auto"] = "on") -> StepSegments | None:
+    """The step at `path` cut at its attention nodes: its self-attention nodes, and its cross-attention
+    nodes too where `cross` is "on", or "auto" and no product of the step is int8 (host_attention);
     None where it has no self-attention node, or one the host's kernel does not compute, or a tensor
     crossing a cut whose type is unknown."""
     model = onnx.load(str(path), load_external_data=False)
     graph = model.graph
     nodes = list(graph.node)
+    both = cross == "on" or (cross == "auto" and not any(n.op_type in _INTEGER_PRODUCTS for n in nodes))
     initializers = {t.name: t for t in graph.initializer}
     inputs = {i.name: i for i in graph.input}
     producers = {out: n for n in nodes for out in n.output}
@@ -131,7 +142,7 @@ def split_step(path: Path, cross: bool = True) -> StepSegments | None:
             if found is None:
                 return None
             cut_of[id(node)] = found
-        elif cross and node.op_type == CROSS_ATTENTION_OP and (found := _cross_cut(node, inputs, producers, readers)):
+        elif both and node.op_type == CROSS_ATTENTION_OP and (found := _cross_cut(node, inputs, producers, readers)):
             cut_of[id(node)] = found
     attention = [n for n in nodes if id(n) in cut_of]
     cuts = [cut_of[id(n)] for n in attention]
