@@ -155,6 +155,42 @@ def test_the_hosts_cross_attention_computes_the_kernels(
     assert np.abs(got - expected.reshape(got.shape)).max() < 1e-5
 
 
+_EXACT_SHAPES = [
+    (1, 1, 1), (3, 1, 7), (1, 1, 130), (2, 4, 16), (3, 5, 17), (2, 5, 40), (1, 5, 300), (2, 20, 9), (93, 5, 16)
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("depth", [64, 128, 8, 48, 12, 256])
+@pytest.mark.parametrize(("sentences", "beams", "length"), _EXACT_SHAPES)
+def test_the_exact_cross_attention_gives_the_nodes_bits(depth: int, sentences: int, beams: int, length: int) -> None:
+    """The exact kernel gives onnxruntime's node's output bit for bit, sentences of one row (MLAS's
+    M = 1 kernel) and of many, heads of a vector's width or not, a depth or positions in slices."""
+    assert native.common_step is not None
+    if not native.common_step.exact_cross_attention():
+        pytest.skip("this CPU has no exact cross-attention kernel (AVX-512)")
+    heads = 4
+    state = cross_inputs(np.random.default_rng(depth * 1000 + length + beams), sentences, beams, length, heads, depth)
+    (expected,) = cross_node_session(heads, depth).run(None, state)
+    got = _cross_hosts(state, native.common_step.EXACT_CROSS_KERNEL)
+    assert np.array_equal(got.view(np.int32), np.asarray(expected, np.float32).reshape(got.shape).view(np.int32))
+    alone = {"rows": state["rows"][:beams].copy()} | {name: state[name][:1].copy() for name in ("keys", "values")}
+    alone["mask"] = np.ones_like(state["mask"][:1])
+    alone["shape"] = np.array([1, -1, heads * depth], np.int64)
+    (unmasked,) = cross_node_session(heads, depth).run(None, alone)
+    got = _cross_hosts(alone, native.common_step.EXACT_CROSS_KERNEL, masked=False)
+    assert np.array_equal(got.view(np.int32), np.asarray(unmasked, np.float32).reshape(got.shape).view(np.int32))
+
+
+def test_the_exact_cross_attention_is_refused_where_the_cpu_has_none() -> None:
+    """Asked for where the CPU has no AVX-512, the exact kernel raises rather than computing otherwise."""
+    assert native.common_step is not None
+    if native.common_step.exact_cross_attention():
+        pytest.skip("this CPU has the exact kernel")
+    state = cross_inputs(np.random.default_rng(7), 1, 2, 5, 2, 16)
+    with pytest.raises(ValueError, match="no exact kernel"):
+        _cross_hosts(state, native.common_step.EXACT_CROSS_KERNEL)
+
+
 def test_a_rows_cross_attention_does_not_depend_on_the_rows_beside_it() -> None:
     """A sentence's rows get the same output to the bit alone and in a batch of others, with a mask
     and without one where nothing is padded."""

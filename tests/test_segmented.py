@@ -49,7 +49,7 @@ def _step(model: OnnxModel, sentences: int, beams: int, past: int) -> np.ndarray
     return model.decode_step(last, mask, cache, cross)
 
 
-@pytest.mark.parametrize("setting", ["self", "on"])
+@pytest.mark.parametrize("setting", ["self", "on", "auto"])
 @pytest.mark.parametrize("model_dir", ["exported", "exported_int8"])
 def test_the_cut_step_computes_the_whole_steps_log_probs(
     model_dir: str, setting: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
@@ -242,8 +242,9 @@ def test_the_setting_turns_the_host_attention_off_or_to_the_cross_attention_too(
     exported: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`off` keeps the step whole, `self` cuts it at its self-attention only, `on` at both kinds of
-    attention, and the default, `auto`, an fp32 step at both and an int8 one at its self-attention
-    only: the kind of cut whose translations each precision's BLEU figures hold."""
+    attention, and the default, `auto`, an fp32 step at both and an int8 one at its cross-attention
+    only where the host computes it as the node does (an AVX-512 CPU): the kinds of cut whose
+    translations each precision's BLEU figures hold."""
     assert host_attention("on") == host_attention(" ON ") == "on"
     assert host_attention("off") == host_attention(" OFF ") == "off"
     assert host_attention("self") == host_attention(" Self ") == "self"
@@ -253,17 +254,39 @@ def test_the_setting_turns_the_host_attention_off_or_to_the_cross_attention_too(
     layers = load_manifest(DEFAULT_MODEL_DIR).decoder_layers
     int8 = OnnxModel(DEFAULT_MODEL_DIR, 1, packed=False)
     assert isinstance(int8.decoder.wide, SegmentedSession)
-    assert [type(c) for c in int8.decoder.wide.segments.cuts] == [AttentionCut] * layers
+    exact = native.common_step is not None and native.common_step.exact_cross_attention()
+    int8_cuts = [AttentionCut, CrossAttentionCut] * layers if exact else [AttentionCut] * layers
+    assert [type(c) for c in int8.decoder.wide.segments.cuts] == int8_cuts
     fp32 = OnnxModel(exported, 1, packed=False)
     assert isinstance(fp32.decoder.wide, SegmentedSession)
     tiny_layers = fp32.manifest.decoder_layers
     assert [type(c) for c in fp32.decoder.wide.segments.cuts] == [AttentionCut, CrossAttentionCut] * tiny_layers
-    for cross in ("self", "auto"):
-        cuts = split_step(DEFAULT_MODEL_DIR / "decoder_step.onnx", cross=cross)
-        assert cuts is not None and [type(c) for c in cuts.cuts] == [AttentionCut] * layers
-        assert len(cuts.graphs) == layers + 1
+    cuts = split_step(DEFAULT_MODEL_DIR / "decoder_step.onnx", cross="self")
+    assert cuts is not None and [type(c) for c in cuts.cuts] == [AttentionCut] * layers
+    assert len(cuts.graphs) == layers + 1
     cuts = split_step(exported / "decoder_step.onnx", cross="self")
     assert cuts is not None and [type(c) for c in cuts.cuts] == [AttentionCut] * tiny_layers
+
+
+def test_an_int8_step_cut_at_its_cross_attention_by_default_gives_the_same_bits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where the host's exact kernel gives the node's bits, the committed int8 step is cut at its
+    cross-attention too by default, and each step gives the log-probs of the step cut at its
+    self-attention only, to the bit: the translations and BLEU of that cut stay."""
+    assert native.common_step is not None
+    if not native.common_step.exact_cross_attention():
+        pytest.skip("this CPU has no exact cross-attention kernel (AVX-512)")
+    monkeypatch.delenv("MTSERVE_HOST_ATTENTION", raising=False)
+    both = OnnxModel(DEFAULT_MODEL_DIR, 1, packed=False)
+    assert isinstance(both.decoder.wide, SegmentedSession)
+    cuts = both.decoder.wide.segments.cuts
+    assert any(isinstance(c, CrossAttentionCut) and c.exact for c in cuts)
+    monkeypatch.setenv("MTSERVE_HOST_ATTENTION", "self")
+    selves = OnnxModel(DEFAULT_MODEL_DIR, 1, packed=False)
+    for sentences, beams, past in ((1, 1, 0), (1, 5, 4), (3, 5, 9)):
+        ours, theirs = _step(both, sentences, beams, past), _step(selves, sentences, beams, past)
+        assert np.array_equal(ours.view(np.int32), theirs.view(np.int32))
 
 
 def test_a_binding_refuses_what_the_step_does_not_have(exported: Path) -> None:

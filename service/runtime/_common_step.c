@@ -35,6 +35,7 @@
 #include <string.h>
 
 #include "_attention.h"
+#include "_cross_attention_exact.h"
 #include "_projection.h"
 #include "_vector_exp.h"
 
@@ -1341,7 +1342,9 @@ static int get_floats(PyObject *obj, Buffer *buffer, const char *name, int writa
  * One decoder layer's cross-attention for a step (_attention.h): keys, values float32 [sentences,
  * heads, length, depth]; mask int64 [sentences, length] or None; q and out float32 of sentences *
  * beams * heads * depth values each (rows by sentence, then beam), of any shape. All C-contiguous.
- * kernel: attention_kernel's or a narrower one (tests); by default the widest for the heads' depth. */
+ * kernel: attention_kernel's or a narrower one (tests); by default the widest for the heads' depth;
+ * EXACT_CROSS_KERNEL: onnxruntime's own order of operations (_cross_attention_exact.h), where
+ * exact_cross_attention() says the CPU has it. */
 static PyObject *cross_attention(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *objects[5];
@@ -1383,16 +1386,30 @@ static PyObject *cross_attention(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "cross_attention: the arrays' shapes do not agree");
         return NULL;
     }
-    float *scratch = PyMem_RawMalloc((size_t)length * (2 * sizeof(float) + sizeof(int32_t)));
+    const int exact = kernel == EXACT_CROSS_KERNEL;
+    if (exact && !cross_attention_exact_available()) {
+        release(b, 5);
+        PyErr_SetString(PyExc_ValueError, "cross_attention: this CPU has no exact kernel");
+        return NULL;
+    }
+    const size_t scratch_bytes = exact ? sizeof(float) * (size_t)cross_attention_exact_scratch(depth, length)
+                                       : (size_t)length * (2 * sizeof(float) + sizeof(int32_t));
+    float *scratch = PyMem_RawMalloc(scratch_bytes);
     if (scratch == NULL) {
         release(b, 5);
         return PyErr_NoMemory();
     }
     Py_BEGIN_ALLOW_THREADS
-    const int widest = attention_kernel(depth);
-    cross_attention_step(kernel < 0 || kernel > widest ? widest : kernel, b[0].view.buf, b[1].view.buf, b[2].view.buf,
-                         masked ? b[3].view.buf : NULL, sentences, floats / (sentences * width), heads, depth, length,
-                         b[4].view.buf, scratch, (int32_t *)(scratch + 2 * length));
+    const Py_ssize_t beams = floats / (sentences * width);
+    if (exact) {
+        cross_attention_exact(b[0].view.buf, b[1].view.buf, b[2].view.buf, masked ? b[3].view.buf : NULL, sentences,
+                              beams, heads, depth, length, b[4].view.buf, scratch);
+    } else {
+        const int widest = attention_kernel(depth);
+        cross_attention_step(kernel < 0 || kernel > widest ? widest : kernel, b[0].view.buf, b[1].view.buf,
+                             b[2].view.buf, masked ? b[3].view.buf : NULL, sentences, beams, heads, depth, length,
+                             b[4].view.buf, scratch, (int32_t *)(scratch + 2 * length));
+    }
     Py_END_ALLOW_THREADS
     PyMem_RawFree(scratch);
     release(b, 5);
@@ -1407,6 +1424,13 @@ static PyObject *attention_kernel_info(PyObject *self, PyObject *args) {
         return NULL;
     }
     return PyLong_FromLong(attention_kernel(depth));
+}
+
+/* exact_cross_attention() -> whether cross_attention's EXACT_CROSS_KERNEL runs on this CPU. */
+static PyObject *exact_cross_attention(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+    return PyBool_FromLong(cross_attention_exact_available());
 }
 
 /* projection_kernel() -> (index, name): the widest kernel of top_k's projection the CPU runs; a
@@ -1429,6 +1453,7 @@ static PyMethodDef methods[] = {
     {"self_attention", self_attention, METH_VARARGS, "A decoder layer's self-attention for a step (see the source)."},
     {"cross_attention", cross_attention, METH_VARARGS, "A decoder layer's cross-attention for a step (see the source)."},
     {"attention_kernel", attention_kernel_info, METH_VARARGS, "The kernel self_attention takes for heads of a depth."},
+    {"exact_cross_attention", exact_cross_attention, METH_NOARGS, "Whether cross_attention has its exact kernel here."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1437,7 +1462,8 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_common_step", NULL,
 PyMODINIT_FUNC PyInit__common_step(void) {
     PyObject *m = PyModule_Create(&module);
     if (m != NULL && (PyModule_AddIntConstant(m, "PROJECTED_TILE", PROJECTED_TILE) < 0 ||
-                      PyModule_AddIntConstant(m, "FLOAT_PROJECTED_TILE", FLOAT_PROJECTED_TILE) < 0)) {
+                      PyModule_AddIntConstant(m, "FLOAT_PROJECTED_TILE", FLOAT_PROJECTED_TILE) < 0 ||
+                      PyModule_AddIntConstant(m, "EXACT_CROSS_KERNEL", EXACT_CROSS_KERNEL) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

@@ -2,6 +2,7 @@ import numpy as np
 
 PROJECTED_TILE: int
 FLOAT_PROJECTED_TILE: int
+EXACT_CROSS_KERNEL: int
 
 def select_common(
     ids: np.ndarray,
@@ -68,3 +69,4 @@ def cross_attention(
     kernel: int = ...,
 ) -> None: ...
 def attention_kernel(depth: int) -> int: ...
+def exact_cross_attention() -> bool: ...

@@ -5,9 +5,10 @@ runtime calls: a step is bound once and run again as a whole graph is (sessions.
 A binding routes each input to the segments that read it and each output to the segment that makes
 it. The cache's buffers, its length, the rows' beams and the indirection go to the host's
 self-attention kernel: the step's present key and value are its past ones, written in place. The
-encoder's keys and values and the source mask go to its cross-attention kernel, read where the
-runtime bound them. The tensors that cross a cut live in arrays of the binding's own, made at the
-first run of each shape, when the first segment's outputs give their shapes."""
+encoder's keys and values and the source mask go to its cross-attention kernel (the exact one where
+the cut found that it gives the node's bits), read where the runtime bound them. The tensors that
+cross a cut live in arrays of the binding's own, made at the first run of each shape, when the first
+segment's outputs give their shapes."""
 
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ class SegmentedSession:
             raise RuntimeError(native.NOT_BUILT)
         self.attend = native.common_step.self_attention  # the module's, whatever tests make of `native` later
         self.cross_attend = native.common_step.cross_attention
+        self.exact_kernel = native.common_step.EXACT_CROSS_KERNEL
         self.segments = segments
         self.sessions = [open_segment(graph) for graph in segments.graphs]
         self.readers: dict[str, list[int]] = {}  # each input's segments
@@ -219,7 +221,8 @@ class SegmentedBinding:
         out = arrays[cut.output] = np.empty((sentences, query.size // (sentences * width), width), np.float32)
         self._bind_made(cut.output, out)
         mask = kernel[cut.mask] if cut.mask else None
-        return functools.partial(self._session.cross_attend, query, keys, kernel[cut.value], mask, out)
+        host = self._session.exact_kernel if cut.exact else -1  # -1: the host's widest own kernel
+        return functools.partial(self._session.cross_attend, query, keys, kernel[cut.value], mask, out, host)
 
     def _bind_made(self, name: str, array: np.ndarray) -> None:
         """A kernel's output bound as the input of the segments that read it."""

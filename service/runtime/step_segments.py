@@ -18,7 +18,7 @@ is cut where it is the exporter's (cross_attention there): its query a Reshape o
 sentences, its keys and values the step's inputs, its mask the source mask cast to int32, no bias,
 and no attribute but its heads unless at the value the kernel computes (_CROSS_ATTRIBUTE_VALUES);
 else it stays in its segment. By default an int8 step keeps its cross-attention nodes in their
-segments (host_attention).
+segments unless the host computes them as the node does, to the bit (host_attention).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from service.graphs import BEAM_WIDTH, CACHE_INDIRECTION, PAST_LENGTH
+from service.runtime.cross_exact import gives_the_nodes_bits
 
 ATTENTION_OP = "DecoderMaskedMultiHeadAttention"
 CROSS_ATTENTION_OP = "MultiHeadAttention"
@@ -52,11 +53,11 @@ _INTEGER_PRODUCTS = {"MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMa
 def host_attention(setting: str | None = None) -> Literal["off", "self", "on", "auto"]:
     """MTSERVE_HOST_ATTENTION: "off" runs each step whole, its attention onnxruntime's; "self" cuts it
     at its self-attention nodes, "on" at its cross-attention nodes too, where the C module is built
-    (native.common_step); anything else ("auto", the default) as "on" for a step whose products are
-    fp32 and as "self" for an int8 one. The cross-attention on the host takes a few percent off a step
-    but sums in another order than onnxruntime's node: an fp32 step translates test2016 as before,
-    while an int8 step's rounding of the next products turns a few translations, and its BLEU en→fr
-    from 57.56 to 57.50 (docs/BENCHMARKS.md)."""
+    (native.common_step); anything else ("auto", the default) at its cross-attention nodes where the
+    host computes them as the node does to the bit (an AVX-512 CPU, cross_exact.py) or the step's
+    products are fp32. The host's own cross-attention kernel sums in another order than the node:
+    an fp32 step translates test2016 as before, while an int8 step's rounding of the next products
+    to codes turns a few translations, and its BLEU en→fr from 57.56 to 57.50 (docs/BENCHMARKS.md)."""
     value = (os.environ.get("MTSERVE_HOST_ATTENTION", "auto") if setting is None else setting).strip().lower()
     if value == "off":
         return "off"
@@ -97,6 +98,7 @@ class CrossAttentionCut:
     value: str
     mask: str | None
     output: str
+    exact: bool  # the host's exact kernel gives the node's bits here (cross_exact.py)
 
     @property
     def made(self) -> tuple[str, ...]:
@@ -119,13 +121,14 @@ class StepSegments:
 
 def split_step(path: Path, cross: Literal["self", "on", "auto"] = "on") -> StepSegments | None:
     """The step at `path` cut at its attention nodes: its self-attention nodes, and its cross-attention
-    nodes too where `cross` is "on", or "auto" and no product of the step is int8 (host_attention);
+    nodes too where `cross` is "on", or "auto" and the host's exact kernel gives the node's bits or no
+    product of the step is int8 (host_attention);
     None where it has no self-attention node, or one the host's kernel does not compute, or a tensor
     crossing a cut whose type is unknown."""
     model = onnx.load(str(path), load_external_data=False)
     graph = model.graph
     nodes = list(graph.node)
-    both = cross == "on" or (cross == "auto" and not any(n.op_type in _INTEGER_PRODUCTS for n in nodes))
+    fp32 = not any(n.op_type in _INTEGER_PRODUCTS for n in nodes)
     initializers = {t.name: t for t in graph.initializer}
     inputs = {i.name: i for i in graph.input}
     producers = {out: n for n in nodes for out in n.output}
@@ -142,8 +145,10 @@ def split_step(path: Path, cross: Literal["self", "on", "auto"] = "on") -> StepS
             if found is None:
                 return None
             cut_of[id(node)] = found
-        elif both and node.op_type == CROSS_ATTENTION_OP and (found := _cross_cut(node, inputs, producers, readers)):
-            cut_of[id(node)] = found
+        elif cross != "self" and node.op_type == CROSS_ATTENTION_OP:
+            crossing = _cross_cut(node, inputs, producers, readers)
+            if crossing is not None and (cross == "on" or fp32 or crossing.exact):
+                cut_of[id(node)] = crossing
     attention = [n for n in nodes if id(n) in cut_of]
     cuts = [cut_of[id(n)] for n in attention]
     dropped = {producers[n.input[0]].output[0] for n in attention if isinstance(cut_of[id(n)], CrossAttentionCut)}
@@ -235,6 +240,8 @@ def _cross_cut(
         for n in names[1:3]
     ):
         return None  # the host's kernel reads fp32 keys and values of [sentences, heads, length, depth]
+    depth = inputs[names[1]].type.tensor_type.shape.dim[3].dim_value  # 0 where not fixed
+    exact = depth > 0 and gives_the_nodes_bits(int(attributes["num_heads"]), depth)
     mask: str | None = None
     if names[4]:
         cast = producers.get(names[4])
@@ -244,7 +251,7 @@ def _cross_cut(
         if inputs[cast.input[0]].type.tensor_type.elem_type != TensorProto.INT64:
             return None
         mask = cast.input[0]
-    return CrossAttentionCut(reshape.input[0], names[1], names[2], mask, node.output[0])
+    return CrossAttentionCut(reshape.input[0], names[1], names[2], mask, node.output[0], exact)
 
 
 def _cut(
