@@ -8,11 +8,14 @@ inputs: `python bench/cross_attention.py [--sentences 1 93] [--source 16 40] [--
   `cross_attention`) on the same inputs, as the runtime runs it between a cut step's segments
   (service/runtime/segmented.py). Checked against the node before it is timed (and in
   tests/test_attention.py).
+- `exact`: the kernel in the node's own order of operations (service/runtime/_cross_attention_exact.c,
+  `cross_attention` with EXACT_CROSS_KERNEL), where the CPU has it (AVX-512); checked to give the
+  node's bits before it is timed. The runtime takes it where it gives them (service/runtime/cross_exact.py).
 
 Each sentence's source is padded past a random length, as a batch's shorter sources are. `--cold
 MB` writes that much other memory before each run, as a step's other work leaves the CPU's caches.
 One layer, the default model's 4 heads of 64, one thread. Prints the median microseconds per layer
-of each, per sentence count and source length.
+of each, per sentence count and source length (`exact_us` null where the CPU has no exact kernel).
 """
 
 from __future__ import annotations
@@ -99,11 +102,20 @@ def main() -> None:
             difference = float(np.abs(out - expected).max())
             if difference > 1e-5:
                 raise SystemExit(f"the host's cross-attention differs from the node's by {difference}")
+            exact = native.common_step.EXACT_CROSS_KERNEL if native.common_step.exact_cross_attention() else None
+            if exact is not None:
+                attend(feeds["rows"], feeds["keys"], feeds["values"], feeds["mask"], out, exact)
+                if not np.array_equal(out.view(np.int32), expected.view(np.int32)):
+                    raise SystemExit("the exact cross-attention does not give the node's bits here")
             print(json.dumps({
                 "rows": sentences * args.beam, "source": source,
                 "node_us": _median_us(lambda: session.run_with_iobinding(binding), args.runs, other),  # noqa: B023
                 "host_us": _median_us(
                     lambda: attend(feeds["rows"], feeds["keys"], feeds["values"], feeds["mask"], out),  # noqa: B023
+                    args.runs, other,
+                ),
+                "exact_us": None if exact is None else _median_us(
+                    lambda: attend(feeds["rows"], feeds["keys"], feeds["values"], feeds["mask"], out, exact),  # noqa: B023
                     args.runs, other,
                 ),
             }), flush=True)  # fmt: skip

@@ -52,6 +52,23 @@ def test_interleaved_rounds_report_medians_and_per_round_ratios() -> None:
     assert "median_ratio_vs_ctranslate2" not in theirs and theirs["rounds"] == 3
 
 
+def test_the_cross_attention_bench_times_each_kernel_it_checked(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """bench/cross_attention.py checks the host's kernels against the node and times each, the exact
+    one where the CPU has it."""
+    from bench import cross_attention
+    from service.runtime import native
+
+    if native.common_step is None:
+        pytest.skip(native.NOT_BUILT)
+    monkeypatch.setattr("sys.argv", ["cross_attention.py", "--sentences", "2", "--source", "9", "--runs", "2"])
+    cross_attention.main()
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert row["rows"] == 10 and row["source"] == 9 and row["node_us"] > 0 and row["host_us"] > 0
+    assert (row["exact_us"] is not None) == native.common_step.exact_cross_attention()
+
+
 @pytest.mark.parametrize(("sentences", "past"), [(1, 1), (1, 15), (3, 7), (2, 16)])
 def test_masked_self_attention_is_the_kernels(sentences: int, past: int) -> None:
     """bench/self_attention.py's masked variant computes what DecoderMaskedMultiHeadAttention does

@@ -14,9 +14,10 @@
  *    kernel takes.
  * Here the head's keys are transposed once, so that a vector holds 16 positions' chains and a
  * sentence's rows run theirs side by side; the values' chains hold 16 depths each, four rows side by
- * side; the next head's keys and values are fetched while one is computed. The runtime checks the kernel against onnxruntime's node bit for bit before it cuts a step
- * there (segmented.py), and tests/test_attention.py holds it to the node. Compiled without
- * contraction of multiplies and adds into FMAs: each rounding is MLAS's. */
+ * side; the next head's keys and values are fetched while one is computed. The runtime checks the
+ * kernel against onnxruntime's node bit for bit before it cuts a step there (cross_exact.py), and
+ * tests/test_attention.py holds it to the node. Compiled without contraction of multiplies and adds
+ * into FMAs: each rounding is MLAS's. */
 #include "_cross_attention_exact.h"
 
 #if defined(__GNUC__) && !defined(__clang__)
