@@ -143,3 +143,43 @@ def test_a_cache_that_dropped_sentences_cannot_start_again() -> None:
     cache.reorder(np.array([0, 0, 2, 2]), np.array([0, 2]))  # the middle sentence leaves
     with pytest.raises(ValueError, match="cannot start again"):
         cache.reset()
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ([7, 8, 9, 14], [1, 2, 3, 5]),  # a compaction: rows from beyond the prefix fill freed places
+        ([1, 2, 3], [5, 10, 15]),  # step 0's row per sentence moved to its first beam's
+        ([4, 5], [4, 6]),  # one row stays
+    ],
+)
+def test_rows_moved_in_c_are_numpys_fancy_assignment(old: list[int], new: list[int]) -> None:
+    """The C module's move of cache rows writes what numpy's gathering assignment writes, up to the
+    length given, and leaves every other value as it was."""
+    from service.runtime import native
+
+    if native.common_step is None:
+        pytest.skip(native.NOT_BUILT)
+    storage = np.random.default_rng(3).standard_normal((16, HEADS, 9, HEAD_DIM)).astype(np.float32)
+    want = storage.copy()
+    want[new, :, :5] = want[old, :, :5]
+    assert native.common_step.move_rows(storage, np.array(old), np.array(new), 5)
+    np.testing.assert_array_equal(storage, want)
+
+
+def test_rows_that_move_both_ways_are_left_to_numpy() -> None:
+    """Rows moving up and down at once, or new rows out of order, are not moved (False: the cache then
+    copies them as numpy does); a row beyond the storage or a length beyond its capacity raise."""
+    from service.runtime import native
+
+    if native.common_step is None:
+        pytest.skip(native.NOT_BUILT)
+    storage = np.random.default_rng(4).standard_normal((8, HEADS, 4, HEAD_DIM)).astype(np.float32)
+    before = storage.copy()
+    assert not native.common_step.move_rows(storage, np.array([1, 6]), np.array([3, 4]), 2)
+    assert not native.common_step.move_rows(storage, np.array([5, 6]), np.array([2, 1]), 2)
+    np.testing.assert_array_equal(storage, before)
+    with pytest.raises(ValueError, match="out of the storage"):
+        native.common_step.move_rows(storage, np.array([8]), np.array([0]), 2)
+    with pytest.raises(ValueError, match="length"):
+        native.common_step.move_rows(storage, np.array([1]), np.array([0]), 5)

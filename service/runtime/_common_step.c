@@ -532,6 +532,67 @@ static PyObject *reorder_history(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* move_rows(storage, old, new, length): storage[new[i], :, :length] = storage[old[i], :, :length] for
+ * each i, storage float32 [rows, heads, capacity, depth] C-contiguous, old and new int64 [n] in [0,
+ * rows), new strictly ascending and every new[i] on the same side of old[i] (all at or before, or all
+ * at or after): then no row is written before it is read, taken in order of new (ascending where
+ * rows move up, descending where they move down). A sentence's rows moved in the cache
+ * (service/runtime/kv_cache.py, _move): each head's positions one copy, where numpy's fancy
+ * assignment gathers the rows into a new array first. Returns False, moving nothing, where the rows
+ * do not meet that order (the caller then copies them as numpy does). */
+static PyObject *move_rows(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *objects[3];
+    Py_ssize_t length;
+    if (!PyArg_ParseTuple(args, "OOOn", &objects[0], &objects[1], &objects[2], &length)) {
+        return NULL;
+    }
+    Buffer b[3];
+    memset(b, 0, sizeof(b));
+    if (get_buffer(objects[0], &b[0], "storage", "f", 4, 1) < 0 || get_buffer(objects[1], &b[1], "old", "q", 1, 0) < 0 ||
+        get_buffer(objects[2], &b[2], "new", "q", 1, 0) < 0) {
+        release(b, 3);
+        return NULL;
+    }
+    const Py_ssize_t rows = b[0].view.shape[0], heads = b[0].view.shape[1], capacity = b[0].view.shape[2];
+    const Py_ssize_t depth = b[0].view.shape[3], n = b[1].view.shape[0];
+    if (!PyBuffer_IsContiguous(&b[0].view, 'C') || b[2].view.shape[0] != n || length < 0 || length > capacity) {
+        release(b, 3);
+        PyErr_SetString(PyExc_ValueError, "move_rows: a C-contiguous storage, as many new rows as old, a length within it");
+        return NULL;
+    }
+    int down = 0, up = 0, ordered = 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const int64_t from = AT1(b[1], int64_t, i), to = AT1(b[2], int64_t, i);
+        if (from < 0 || from >= rows || to < 0 || to >= rows) {
+            release(b, 3);
+            PyErr_SetString(PyExc_ValueError, "move_rows: a row out of the storage's range");
+            return NULL;
+        }
+        down |= to < from;
+        up |= to > from;
+        ordered &= i == 0 || to > AT1(b[2], int64_t, i - 1);
+    }
+    if (!ordered || (down && up)) {
+        release(b, 3);
+        Py_RETURN_FALSE;
+    }
+    float *storage = b[0].view.buf;
+    const size_t head_floats = (size_t)(capacity * depth), bytes = sizeof(float) * (size_t)(length * depth);
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t k = 0; k < n; k++) {
+        const Py_ssize_t i = down ? k : n - 1 - k;
+        const int64_t from = AT1(b[1], int64_t, i), to = AT1(b[2], int64_t, i);
+        for (Py_ssize_t h = 0; h < heads && from != to; h++) {
+            memcpy(storage + ((size_t)to * (size_t)heads + (size_t)h) * head_floats,
+                   storage + ((size_t)from * (size_t)heads + (size_t)h) * head_floats, bytes);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    release(b, 3);
+    Py_RETURN_TRUE;
+}
+
 /* take_columns(rows, vocab, out): out [D, U] = rows[vocab].T, for rows [V, D] and vocab int64 [U] (each
  * in [0, V)), rows and out both int8 or both float32, C-contiguous; service/runtime/shortlist.py, a
  * batch's output layer. The step reads the projection's columns [D, U]; gathered from its rows, a
@@ -1446,6 +1507,7 @@ static PyMethodDef methods[] = {
     {"select_common", select_common, METH_VARARGS, "The beam search's common step (see the module's source)."},
     {"common_steps", common_steps, METH_VARARGS, "Common steps run, selected and committed in turn (see the source)."},
     {"reorder_history", reorder_history, METH_VARARGS, "The self-attention cache's rows reordered in place."},
+    {"move_rows", move_rows, METH_VARARGS, "Rows of a cache buffer moved to others (see the source)."},
     {"take_columns", take_columns, METH_VARARGS, "A batch's output layer columns from the projection's rows."},
     {"top_k", top_k, METH_VARARGS, "Each row's best k log-probs and their vocabulary ids (see the source)."},
     {"pack_projection", pack_projection, METH_VARARGS, "A batch's int8 output columns packed for top_k."},

@@ -148,11 +148,13 @@ class SelfAttentionCache:
         moving = sentences * self.beams != places * beams  # a sentence's rows move together, or stay
         if moving.any():
             beam = np.arange(self.beams)
-            old = (sentences[moving, None] * self.beams + beam).ravel()
-            new = (places[moving, None] * beams + beam).ravel()
+            old = (sentences[moving, None] * self.beams + beam).ravel().astype(np.int64, copy=False)
+            new = (places[moving, None] * beams + beam).ravel()  # ascending
             n = self.length
+            kernels = native.common_step
             for storage in self._storage:
-                storage[new, :, :n] = storage[old, :, :n]  # the right side is gathered first
+                if kernels is None or not kernels.move_rows(storage, old, new, n):
+                    storage[new, :, :n] = storage[old, :, :n]  # the right side is gathered first
         self.beams = beams
         self._use(len(sentences))
 
