@@ -536,7 +536,7 @@ static PyObject *reorder_history(PyObject *self, PyObject *args) {
  * each i, storage float32 [rows, heads, capacity, depth] C-contiguous, old and new int64 [n] in [0,
  * rows), new strictly ascending and every new[i] on the same side of old[i] (all at or before, or all
  * at or after): then no row is written before it is read, taken in order of new (ascending where
- * rows move up, descending where they move down). A sentence's rows moved in the cache
+ * rows move to lower rows, descending where they move to higher ones). A sentence's rows moved in the cache
  * (service/runtime/kv_cache.py, _move): each head's positions one copy, where numpy's fancy
  * assignment gathers the rows into a new array first. Returns False, moving nothing, where the rows
  * do not meet that order (the caller then copies them as numpy does). */

@@ -149,7 +149,7 @@ class SelfAttentionCache:
         if moving.any():
             beam = np.arange(self.beams)
             old = (sentences[moving, None] * self.beams + beam).ravel().astype(np.int64, copy=False)
-            new = (places[moving, None] * beams + beam).ravel()  # ascending
+            new = (places[moving, None] * beams + beam).ravel().astype(np.int64, copy=False)  # ascending
             n = self.length
             kernels = native.common_step
             for storage in self._storage:
