@@ -289,6 +289,23 @@ def test_an_int8_step_cut_at_its_cross_attention_by_default_gives_the_same_bits(
         assert np.array_equal(ours.view(np.int32), theirs.view(np.int32))
 
 
+def test_an_int8_step_keeps_its_cross_attention_where_the_exact_kernel_differs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where the exact kernel does not give the node's bits (another onnxruntime build or CPU), the
+    default cuts an int8 step at its self-attention only; `on` still cuts it at both, with the host's
+    own kernel."""
+    import service.runtime.step_segments as step_segments
+
+    monkeypatch.setattr(step_segments, "gives_the_nodes_bits", lambda heads, depth: False)
+    layers = load_manifest(DEFAULT_MODEL_DIR).decoder_layers
+    auto = split_step(DEFAULT_MODEL_DIR / "decoder_step.onnx", cross="auto")
+    assert auto is not None and [type(c) for c in auto.cuts] == [AttentionCut] * layers
+    on = split_step(DEFAULT_MODEL_DIR / "decoder_step.onnx", cross="on")
+    assert on is not None and [type(c) for c in on.cuts] == [AttentionCut, CrossAttentionCut] * layers
+    assert not any(isinstance(c, CrossAttentionCut) and c.exact for c in on.cuts)
+
+
 def test_a_binding_refuses_what_the_step_does_not_have(exported: Path) -> None:
     """An input the step does not declare, and a present cache bound to other memory than its past,
     are refused when bound, as onnxruntime's own binding refuses a name it does not know."""
