@@ -240,8 +240,6 @@ def _cross_cut(
         for n in names[1:3]
     ):
         return None  # the host's kernel reads fp32 keys and values of [sentences, heads, length, depth]
-    depth = inputs[names[1]].type.tensor_type.shape.dim[3].dim_value  # 0 where not fixed
-    exact = depth > 0 and gives_the_nodes_bits(int(attributes["num_heads"]), depth)
     mask: str | None = None
     if names[4]:
         cast = producers.get(names[4])
@@ -251,6 +249,8 @@ def _cross_cut(
         if inputs[cast.input[0]].type.tensor_type.elem_type != TensorProto.INT64:
             return None
         mask = cast.input[0]
+    depth = inputs[names[1]].type.tensor_type.shape.dim[3].dim_value  # 0 where not fixed
+    exact = depth > 0 and gives_the_nodes_bits(int(attributes["num_heads"]), depth)
     return CrossAttentionCut(reshape.input[0], names[1], names[2], mask, node.output[0], exact)
 
 
