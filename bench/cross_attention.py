@@ -86,6 +86,7 @@ def main() -> None:
     if native.common_step is None:
         raise SystemExit(native.NOT_BUILT)
     attend = native.common_step.cross_attention
+    exact = native.common_step.EXACT_CROSS_KERNEL if native.common_step.exact_cross_attention() else None
     session, rng = node_session(), np.random.default_rng(0)
     other = np.zeros(args.cold << 18, np.float32) if args.cold else None
     for sentences in args.sentences:
@@ -102,7 +103,6 @@ def main() -> None:
             difference = float(np.abs(out - expected).max())
             if difference > 1e-5:
                 raise SystemExit(f"the host's cross-attention differs from the node's by {difference}")
-            exact = native.common_step.EXACT_CROSS_KERNEL if native.common_step.exact_cross_attention() else None
             if exact is not None:
                 attend(feeds["rows"], feeds["keys"], feeds["values"], feeds["mask"], out, exact)
                 if not np.array_equal(out.view(np.int32), expected.view(np.int32)):
