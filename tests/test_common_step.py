@@ -471,8 +471,7 @@ def test_the_hosts_projection_gives_the_graphs_logits_and_ranks_as_its_log_softm
     col_sums[:width], scales[:width] = weight.astype(np.int32).sum(axis=0), col_scale
     vocab = np.arange(width, dtype=np.int64) * 3
     best = np.argsort(-log_probs, axis=1, kind="stable")[:, :k]
-    widest, _name = c_step.projection_kernel()
-    for kernel in range(widest + 1):
+    for kernel in c_step.projection_kernels():
         scratch = np.empty((rows, padded), np.float32)
         values, ids, eos_out = (
             np.empty((rows, k), np.float32),
@@ -542,7 +541,7 @@ def test_the_hosts_fp32_projection_gives_the_graphs_logits_and_ranks_as_its_log_
     vocab = np.arange(width, dtype=np.int64) * 3
     best = np.argsort(-log_probs, axis=1, kind="stable")[:, :k]
     widest, _name = c_step.projection_kernel()
-    for kernel in sorted({0, widest}):
+    for kernel in sorted({0, widest}):  # the fp32 kernels: plain C, and AVX-512's from kernel 3
         for scratch_rows in (total, min(total, c_step.FLOAT_PROJECTED_TILE)):
             scratch = np.empty((scratch_rows, padded), np.float32)
             values, ids, eos_out = (
@@ -603,3 +602,24 @@ def test_the_hosts_projection_refuses_arrays_that_do_not_agree(c_step: ModuleTyp
     ):
         with pytest.raises(ValueError, match="top_k"):
             c_step.top_k(np.empty((5, 48), np.float32), vocab, values, ids, bad_float)
+
+
+def test_the_hosts_projection_refuses_each_kernel_the_cpu_lacks_and_runs_the_others(c_step: ModuleType) -> None:
+    """A CPU with AVX-512 VNNI may lack AVX-VNNI (AMD's Zen 4): the kernels that run are not simply
+    those up to the widest, and a kernel named that does not run is refused, not executed."""
+    kernels = c_step.projection_kernels()
+    widest, _name = c_step.projection_kernel()
+    assert kernels[0] == 0 and kernels[-1] == widest and list(kernels) == sorted(set(kernels))
+    packed = np.empty(48 * 256, np.int8)
+    c_step.pack_projection(np.zeros((256, 40), np.int8), packed)
+    codes, row_scale = np.zeros((5, 256), np.uint8), np.ones((5, 1), np.float32)
+    sums, scales, bias = np.zeros(48, np.int32), np.ones(48, np.float32), np.zeros((1, 40), np.float32)
+    values, ids, eos_out = np.empty((5, 4), np.float32), np.empty((5, 4), np.int64), np.empty(5, np.float32)
+    for kernel in range(-1, 6):
+        projection = (codes, row_scale, packed, sums, scales, bias, 3, eos_out, kernel)
+        if kernel in kernels:
+            c_step.top_k(np.empty((5, 48), np.float32), np.arange(40, dtype=np.int64), values, ids, projection)
+            assert np.array_equal(values, np.full((5, 4), -np.log(40), np.float32)), kernel  # 40 equal logits
+        else:
+            with pytest.raises(ValueError, match="top_k"):
+                c_step.top_k(np.empty((5, 48), np.float32), np.arange(40, dtype=np.int64), values, ids, projection)

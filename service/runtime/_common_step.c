@@ -1155,8 +1155,7 @@ static int top_k_shapes_agree(const HostScores *host, const Buffer *values, cons
     if (agree && host->projected) {
         Py_ssize_t depth = host->codes.view.shape[1];
         agree = PyBuffer_IsContiguous(&host->codes.view, 'C') && PyBuffer_IsContiguous(&host->packed.view, 'C') &&
-                depth >= 1 && host->packed.view.shape[0] == padded * depth && host->kernel >= 0 &&
-                host->kernel <= projection_kernel();
+                depth >= 1 && host->packed.view.shape[0] == padded * depth && projection_kernel_runs(host->kernel);
     }
     if (agree && host->projected && !host->floating) { /* an int8 step's scales and column sums */
         agree = PyBuffer_IsContiguous(&host->row_scale.view, 'C') && PyBuffer_IsContiguous(&host->col_sums.view, 'C') &&
@@ -1495,12 +1494,37 @@ static PyObject *exact_cross_attention(PyObject *self, PyObject *args) {
 }
 
 /* projection_kernel() -> (index, name): the widest kernel of top_k's projection the CPU runs; a
- * projection may name it or any narrower one (0: plain C). */
+ * projection may name it or any other that runs here (projection_kernels; 0: plain C). */
 static PyObject *projection_kernel_info(PyObject *self, PyObject *args) {
     (void)self;
     (void)args;
     int kernel = projection_kernel();
     return Py_BuildValue("(is)", kernel, projection_kernel_name(kernel));
+}
+
+/* projection_kernels() -> the indices of top_k's projection kernels that run on this CPU, narrowest
+ * first: not every one below the widest (an AVX-512 VNNI CPU may lack AVX-VNNI). */
+static PyObject *projection_kernels(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+    PyObject *found = PyList_New(0);
+    for (int kernel = 0; found != NULL && kernel <= 4; kernel++) {
+        if (projection_kernel_runs(kernel)) {
+            PyObject *index = PyLong_FromLong(kernel);
+            if (index == NULL || PyList_Append(found, index) < 0) {
+                Py_XDECREF(index);
+                Py_DECREF(found);
+                return NULL;
+            }
+            Py_DECREF(index);
+        }
+    }
+    if (found == NULL) {
+        return NULL;
+    }
+    PyObject *kernels = PyList_AsTuple(found);
+    Py_DECREF(found);
+    return kernels;
 }
 
 static PyMethodDef methods[] = {
@@ -1512,6 +1536,7 @@ static PyMethodDef methods[] = {
     {"top_k", top_k, METH_VARARGS, "Each row's best k log-probs and their vocabulary ids (see the source)."},
     {"pack_projection", pack_projection, METH_VARARGS, "A batch's int8 output columns packed for top_k."},
     {"projection_kernel", projection_kernel_info, METH_NOARGS, "The widest kernel of top_k's projection here."},
+    {"projection_kernels", projection_kernels, METH_NOARGS, "The kernels of top_k's projection that run here."},
     {"self_attention", self_attention, METH_VARARGS, "A decoder layer's self-attention for a step (see the source)."},
     {"cross_attention", cross_attention, METH_VARARGS, "A decoder layer's cross-attention for a step (see the source)."},
     {"attention_kernel", attention_kernel_info, METH_VARARGS, "The kernel self_attention takes for heads of a depth."},

@@ -55,32 +55,56 @@ static int amx_usable(void) {
 }
 #endif
 
-int projection_kernel(void) {
+int projection_kernel_runs(int kernel) {
 #ifdef PROJECTION_X86
+    static int runs[5] = {-1, -1, -1, -1, -1};
+    if (kernel < 0 || kernel > 4) {
+        return 0;
+    }
+    if (runs[kernel] < 0) {
+        __builtin_cpu_init();
+        const int avx512_vnni = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                                __builtin_cpu_supports("avx512vnni");
+        switch (kernel) {
+        case 0:
+            runs[kernel] = 1;
+            break;
+        case 1:
+            runs[kernel] = __builtin_cpu_supports("avx2") != 0;
+            break;
+        case 2: /* AVX-VNNI is its own feature: an AVX-512 VNNI CPU may lack it (AMD's Zen 4) */
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
+            runs[kernel] = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avxvnni");
+#else
+            runs[kernel] = 0;
+#endif
+            break;
+        case 3:
+            runs[kernel] = avx512_vnni;
+            break;
+        default:
+#ifdef PROJECTION_AMX
+            runs[kernel] = avx512_vnni && amx_usable(); /* its rows' post-processing is AVX-512's */
+#else
+            runs[kernel] = 0;
+#endif
+        }
+    }
+    return runs[kernel];
+#else
+    return kernel == 0;
+#endif
+}
+
+int projection_kernel(void) {
     static int found = -1;
     if (found < 0) {
-        __builtin_cpu_init();
-        int avx512_vnni = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vnni");
-        if (avx512_vnni) {
-            found = 3;
-#ifdef PROJECTION_AMX
-            found = amx_usable() ? 4 : 3; /* its rows' post-processing is AVX-512's */
-#endif
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
-        } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("avxvnni")) {
-            found = 2;
-#endif
-        } else if (__builtin_cpu_supports("avx2")) {
-            found = 1;
-        } else {
-            found = 0;
+        found = 4;
+        while (found > 0 && !projection_kernel_runs(found)) {
+            found--;
         }
     }
     return found;
-#else
-    return 0;
-#endif
 }
 
 void projection_pack(const int8_t *weight, ptrdiff_t depth, ptrdiff_t width, int8_t *packed) {

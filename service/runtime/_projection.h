@@ -13,6 +13,9 @@
 /* The widest kernel the CPU runs: 0 plain C, 1 AVX2, 2 AVX-VNNI, 3 AVX-512 VNNI, 4 AMX (with AVX-512
  * VNNI for a depth that is not a multiple of 64 or is above 1,024). */
 int projection_kernel(void);
+/* Whether `kernel` runs on this CPU: a narrower kernel than the widest need not (AVX-VNNI beside AVX-512
+ * VNNI). */
+int projection_kernel_runs(int kernel);
 const char *projection_kernel_name(int kernel);
 
 /* weight [depth, width] int8, row-major (the step's layout), into packed [groups][depth / DEPTH][GROUP]
@@ -22,7 +25,7 @@ void projection_pack(const int8_t *weight, ptrdiff_t depth, ptrdiff_t width, int
 
 /* logits [rows, width] (row stride logits_stride floats; width a multiple of GROUP, packed's) = (float(sum_d (codes[r, d] - ZERO_POINT) *
  * weight[d, c]) * col_scale[c]) * row_scale[r]: MatMulIntegerToFloat's result, bit for bit, over the
- * packed columns, col_sums [width] their sums over d; with `kernel` (projection_kernel's, or narrower). */
+ * packed columns, col_sums [width] their sums over d; with `kernel`, one that runs here (projection_kernel_runs). */
 void projection_logits(int kernel, const uint8_t *codes, ptrdiff_t code_stride, const float *row_scale, ptrdiff_t rows,
                        ptrdiff_t depth, const int8_t *packed, const int32_t *col_sums, const float *col_scale,
                        ptrdiff_t width, float *logits, ptrdiff_t logits_stride);
