@@ -9,8 +9,8 @@ MODEL ?= artifacts/default
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Reinstalled whenever a lock file, pyproject.toml or a C module of the runtime changes (it builds them).
-$(VENV)/.installed: $(BIN)/python requirements/dev.lock requirements/runtime.lock pyproject.toml service/runtime/_common_step.c service/runtime/_denormals.c
+# Reinstalled whenever a lock file, pyproject.toml or a C source of the runtime changes (it builds them).
+$(VENV)/.installed: $(BIN)/python requirements/dev.lock requirements/runtime.lock pyproject.toml $(wildcard service/runtime/*.c service/runtime/*.h)
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements/dev.lock
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps -e .
 	touch $@

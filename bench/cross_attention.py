@@ -9,13 +9,16 @@ inputs: `python bench/cross_attention.py [--sentences 1 93] [--source 16 40] [--
   (service/runtime/segmented.py). Checked against the node before it is timed (and in
   tests/test_attention.py).
 - `exact`: the kernel in the node's own order of operations (service/runtime/_cross_attention_exact.c,
-  `cross_attention` with EXACT_CROSS_KERNEL), where the CPU has it (AVX-512); checked to give the
-  node's bits before it is timed. The runtime takes it where it gives them (service/runtime/cross_exact.py).
+  `cross_attention` with EXACT_CROSS_KERNEL), where the node computes in its order (an AVX-512 CPU);
+  checked to give the node's bits before it is timed. The runtime takes it where it gives them
+  (service/runtime/cross_exact.py). `exact_avx2`: the same kernel in AVX2's vectors
+  (EXACT_CROSS_KERNEL_AVX2), as a CPU without AVX-512 runs it, checked likewise.
 
 Each sentence's source is padded past a random length, as a batch's shorter sources are. `--cold
 MB` writes that much other memory before each run, as a step's other work leaves the CPU's caches.
 One layer, the default model's 4 heads of 64, one thread. Prints the median microseconds per layer
-of each, per sentence count and source length (`exact_us` null where the CPU has no exact kernel).
+of each, per sentence count and source length (`exact_us` and `exact_avx2_us` null on a CPU without
+AVX-512).
 """
 
 from __future__ import annotations
@@ -86,7 +89,11 @@ def main() -> None:
     if native.common_step is None:
         raise SystemExit(native.NOT_BUILT)
     attend = native.common_step.cross_attention
-    exact = native.common_step.EXACT_CROSS_KERNEL if native.common_step.exact_cross_attention() else None
+    # the exact kernel in AVX-512's vectors and in AVX2's, each checked against the node where it computes
+    # in AVX-512's order (an AVX-512 CPU)
+    avx512 = native.common_step.exact_cross_attention() == native.common_step.EXACT_AVX512
+    exact = native.common_step.EXACT_CROSS_KERNEL if avx512 else None
+    exact_avx2 = native.common_step.EXACT_CROSS_KERNEL_AVX2 if avx512 else None
     session, rng = node_session(), np.random.default_rng(0)
     other = np.zeros(args.cold << 18, np.float32) if args.cold else None
     for sentences in args.sentences:
@@ -103,10 +110,11 @@ def main() -> None:
             difference = float(np.abs(out - expected).max())
             if difference > 1e-5:
                 raise SystemExit(f"the host's cross-attention differs from the node's by {difference}")
-            if exact is not None:
-                attend(feeds["rows"], feeds["keys"], feeds["values"], feeds["mask"], out, exact)
-                if not np.array_equal(out.view(np.int32), expected.view(np.int32)):
-                    raise SystemExit("the exact cross-attention does not give the node's bits here")
+            for kernel in (exact, exact_avx2):
+                if kernel is not None:
+                    attend(feeds["rows"], feeds["keys"], feeds["values"], feeds["mask"], out, kernel)
+                    if not np.array_equal(out.view(np.int32), expected.view(np.int32)):
+                        raise SystemExit(f"the exact cross-attention (kernel {kernel}) does not give the node's bits")
             print(json.dumps({
                 "rows": sentences * args.beam, "source": source,
                 "node_us": _median_us(lambda: session.run_with_iobinding(binding), args.runs, other),  # noqa: B023
@@ -116,6 +124,10 @@ def main() -> None:
                 ),
                 "exact_us": None if exact is None else _median_us(
                     lambda: attend(feeds["rows"], feeds["keys"], feeds["values"], feeds["mask"], out, exact),  # noqa: B023
+                    args.runs, other,
+                ),
+                "exact_avx2_us": None if exact_avx2 is None else _median_us(
+                    lambda: attend(feeds["rows"], feeds["keys"], feeds["values"], feeds["mask"], out, exact_avx2),  # noqa: B023
                     args.runs, other,
                 ),
             }), flush=True)  # fmt: skip

@@ -162,27 +162,35 @@ _EXACT_SHAPES = [
 
 @pytest.mark.parametrize("depth", [64, 128, 8, 48, 12, 256])
 @pytest.mark.parametrize(("sentences", "beams", "length"), _EXACT_SHAPES)
-def test_the_exact_cross_attention_gives_the_nodes_bits(depth: int, sentences: int, beams: int, length: int) -> None:
+@pytest.mark.parametrize("vectors", ["widest", "avx2"])
+def test_the_exact_cross_attention_gives_the_nodes_bits(
+    depth: int, sentences: int, beams: int, length: int, vectors: str
+) -> None:
     """The exact kernel gives onnxruntime's node's output bit for bit, sentences of one row (MLAS's
-    M = 1 kernel) and of many, heads of a vector's width or not, a depth or positions in slices."""
+    M = 1 kernel) and of many, heads of a vector's width or not, a depth or positions in slices; in
+    AVX-512's vectors and in AVX2's, which a CPU without AVX-512 takes to compute what onnxruntime
+    computes on one with it."""
     assert native.common_step is not None
-    if not native.common_step.exact_cross_attention():
-        pytest.skip("this CPU has no exact cross-attention kernel (AVX-512)")
+    if native.common_step.exact_cross_attention() != native.common_step.EXACT_AVX512:
+        pytest.skip("onnxruntime's node computes in AVX-512's order only on an AVX-512 CPU")
+    kernels = native.common_step
+    kernel = kernels.EXACT_CROSS_KERNEL if vectors == "widest" else kernels.EXACT_CROSS_KERNEL_AVX2
     heads = 4
     state = cross_inputs(np.random.default_rng(depth * 1000 + length + beams), sentences, beams, length, heads, depth)
     (expected,) = cross_node_session(heads, depth).run(None, state)
-    got = _cross_hosts(state, native.common_step.EXACT_CROSS_KERNEL)
+    got = _cross_hosts(state, kernel)
     assert np.array_equal(got.view(np.int32), np.asarray(expected, np.float32).reshape(got.shape).view(np.int32))
     alone = {"rows": state["rows"][:beams].copy()} | {name: state[name][:1].copy() for name in ("keys", "values")}
     alone["mask"] = np.ones_like(state["mask"][:1])
     alone["shape"] = np.array([1, -1, heads * depth], np.int64)
     (unmasked,) = cross_node_session(heads, depth).run(None, alone)
-    got = _cross_hosts(alone, native.common_step.EXACT_CROSS_KERNEL, masked=False)
+    got = _cross_hosts(alone, kernel, masked=False)
     assert np.array_equal(got.view(np.int32), np.asarray(unmasked, np.float32).reshape(got.shape).view(np.int32))
 
 
 def test_the_exact_cross_attention_is_refused_where_the_cpu_has_none() -> None:
-    """Asked for where the CPU has no AVX-512, the exact kernel raises rather than computing otherwise."""
+    """Asked for where the CPU has neither AVX-512 nor AVX2 with FMA, the exact kernel raises rather
+    than computing otherwise."""
     assert native.common_step is not None
     if native.common_step.exact_cross_attention():
         pytest.skip("this CPU has the exact kernel")

@@ -1403,8 +1403,9 @@ static int get_floats(PyObject *obj, Buffer *buffer, const char *name, int writa
  * heads, length, depth]; mask int64 [sentences, length] or None; q and out float32 of sentences *
  * beams * heads * depth values each (rows by sentence, then beam), of any shape. All C-contiguous.
  * kernel: attention_kernel's or a narrower one (tests); by default the widest for the heads' depth;
- * EXACT_CROSS_KERNEL: onnxruntime's own order of operations (_cross_attention_exact.h), where
- * exact_cross_attention() says the CPU has it. */
+ * EXACT_CROSS_KERNEL: onnxruntime's own order of operations on an AVX-512 CPU (_cross_attention_exact.h),
+ * where exact_cross_attention() says the CPU has it (AVX-512, or AVX2 with FMA); EXACT_CROSS_KERNEL_AVX2:
+ * the same in AVX2's vectors (tests). */
 static PyObject *cross_attention(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *objects[5];
@@ -1446,10 +1447,11 @@ static PyObject *cross_attention(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "cross_attention: the arrays' shapes do not agree");
         return NULL;
     }
-    const int exact = kernel == EXACT_CROSS_KERNEL;
-    if (exact && !cross_attention_exact_available()) {
+    const int exact = kernel == EXACT_CROSS_KERNEL || kernel == EXACT_CROSS_KERNEL_AVX2;
+    const int vectors = kernel == EXACT_CROSS_KERNEL_AVX2 ? EXACT_AVX2 : cross_attention_exact_available();
+    if (exact && (vectors == 0 || vectors > cross_attention_exact_available())) {
         release(b, 5);
-        PyErr_SetString(PyExc_ValueError, "cross_attention: this CPU has no exact kernel");
+        PyErr_SetString(PyExc_ValueError, "cross_attention: this CPU has no exact kernel in those vectors");
         return NULL;
     }
     const size_t scratch_bytes = exact ? sizeof(float) * (size_t)cross_attention_exact_scratch(depth, length)
@@ -1462,7 +1464,7 @@ static PyObject *cross_attention(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     const Py_ssize_t beams = floats / (sentences * width);
     if (exact) {
-        cross_attention_exact(b[0].view.buf, b[1].view.buf, b[2].view.buf, masked ? b[3].view.buf : NULL, sentences,
+        cross_attention_exact(vectors, b[0].view.buf, b[1].view.buf, b[2].view.buf, masked ? b[3].view.buf : NULL, sentences,
                               beams, heads, depth, length, b[4].view.buf, scratch);
     } else {
         const int widest = attention_kernel(depth);
@@ -1486,11 +1488,12 @@ static PyObject *attention_kernel_info(PyObject *self, PyObject *args) {
     return PyLong_FromLong(attention_kernel(depth));
 }
 
-/* exact_cross_attention() -> whether cross_attention's EXACT_CROSS_KERNEL runs on this CPU. */
+/* exact_cross_attention() -> the vectors cross_attention's EXACT_CROSS_KERNEL runs in on this CPU:
+ * EXACT_AVX512, EXACT_AVX2 (onnxruntime's AVX-512 order in AVX2's vectors), or 0 where it has neither. */
 static PyObject *exact_cross_attention(PyObject *self, PyObject *args) {
     (void)self;
     (void)args;
-    return PyBool_FromLong(cross_attention_exact_available());
+    return PyLong_FromLong(cross_attention_exact_available());
 }
 
 /* projection_kernel() -> (index, name): the widest kernel of top_k's projection the CPU runs; a
@@ -1540,7 +1543,7 @@ static PyMethodDef methods[] = {
     {"self_attention", self_attention, METH_VARARGS, "A decoder layer's self-attention for a step (see the source)."},
     {"cross_attention", cross_attention, METH_VARARGS, "A decoder layer's cross-attention for a step (see the source)."},
     {"attention_kernel", attention_kernel_info, METH_VARARGS, "The kernel self_attention takes for heads of a depth."},
-    {"exact_cross_attention", exact_cross_attention, METH_NOARGS, "Whether cross_attention has its exact kernel here."},
+    {"exact_cross_attention", exact_cross_attention, METH_NOARGS, "The vectors of cross_attention's exact kernel here."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1550,7 +1553,10 @@ PyMODINIT_FUNC PyInit__common_step(void) {
     PyObject *m = PyModule_Create(&module);
     if (m != NULL && (PyModule_AddIntConstant(m, "PROJECTED_TILE", PROJECTED_TILE) < 0 ||
                       PyModule_AddIntConstant(m, "FLOAT_PROJECTED_TILE", FLOAT_PROJECTED_TILE) < 0 ||
-                      PyModule_AddIntConstant(m, "EXACT_CROSS_KERNEL", EXACT_CROSS_KERNEL) < 0)) {
+                      PyModule_AddIntConstant(m, "EXACT_CROSS_KERNEL", EXACT_CROSS_KERNEL) < 0 ||
+                      PyModule_AddIntConstant(m, "EXACT_CROSS_KERNEL_AVX2", EXACT_CROSS_KERNEL_AVX2) < 0 ||
+                      PyModule_AddIntConstant(m, "EXACT_AVX2", EXACT_AVX2) < 0 ||
+                      PyModule_AddIntConstant(m, "EXACT_AVX512", EXACT_AVX512) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

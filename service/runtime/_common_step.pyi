@@ -3,6 +3,9 @@ import numpy as np
 PROJECTED_TILE: int
 FLOAT_PROJECTED_TILE: int
 EXACT_CROSS_KERNEL: int
+EXACT_CROSS_KERNEL_AVX2: int
+EXACT_AVX2: int
+EXACT_AVX512: int
 
 def select_common(
     ids: np.ndarray,
@@ -71,4 +74,4 @@ def cross_attention(
     kernel: int = ...,
 ) -> None: ...
 def attention_kernel(depth: int) -> int: ...
-def exact_cross_attention() -> bool: ...
+def exact_cross_attention() -> int: ...

@@ -35,12 +35,17 @@
 
 int cross_attention_exact_available(void) {
 #ifdef EXACT_X86
-    static int available = -1;
-    if (available < 0) {
+    static int widest = -1;
+    if (widest < 0) {
         __builtin_cpu_init();
-        available = __builtin_cpu_supports("avx512f") ? 1 : 0;
+        widest = 0;
+        if (__builtin_cpu_supports("avx512f")) {
+            widest = EXACT_AVX512;
+        } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+            widest = EXACT_AVX2;
+        }
     }
-    return available;
+    return widest;
 #else
     return 0;
 #endif
@@ -72,63 +77,94 @@ static ptrdiff_t stride_k(ptrdiff_t n, ptrdiff_t k) {
 }
 
 #ifdef EXACT_X86
-/* exp(x) as MlasComputeSumExpF32KernelAvx512F computes it (MlasExpConstants). */
-__attribute__((target("avx512f"))) static inline __m512 mlas_exp(__m512 x) {
-    const __m512 bias = _mm512_set1_ps(12582912.0f); /* MLAS_ROUNDING_BIAS_MAGIC */
-    x = _mm512_max_ps(_mm512_set1_ps(-103.9720840454f), x);
-    __m512 m = _mm512_fmadd_ps(_mm512_set1_ps(1.44269504088896341f), x, bias);
+/* The vectors' functions that _cross_attention_exact_body.h names, each defined for both ways of
+ * holding 16 floats; NAMED picks the set. */
+#define v_zero NAMED(v_zero)
+#define v_set1 NAMED(v_set1)
+#define v_load NAMED(v_load)
+#define v_load_first NAMED(v_load_first)
+#define v_store NAMED(v_store)
+#define v_store_first NAMED(v_store_first)
+#define v_add NAMED(v_add)
+#define v_sub NAMED(v_sub)
+#define v_mul NAMED(v_mul)
+#define v_fma NAMED(v_fma)
+#define v_max_first NAMED(v_max_first)
+#define v_add_first NAMED(v_add_first)
+#define v_max_lane NAMED(v_max_lane)
+#define v_mlas_sum NAMED(v_mlas_sum)
+#define v_mlas_exp NAMED(v_mlas_exp)
+#define INLINE(isa) __attribute__((target(isa), always_inline)) static inline
+
+/* MlasExpConstants: the argument's floor, the magic bias that rounds to an integer, log2(e), ln 2 in
+ * two parts, the polynomial's coefficients. */
+#define EXP_LOWEST (-1.039720840454e2f)
+#define EXP_BIAS 12582912.0f
+#define EXP_LOG2E 1.44269504088896341f
+#define EXP_LN2_HIGH (-6.93145752e-1f)
+#define EXP_LN2_LOW (-1.42860677e-6f)
+#define EXP_P0 0x1.694000p-10f
+#define EXP_P1 0x1.125edcp-7f
+#define EXP_P2 0x1.555b5ap-5f
+#define EXP_P3 0x1.555450p-3f
+#define EXP_P4 0x1.fffff6p-2f
+
+/* ---- 16 floats as one AVX-512 vector: MLAS's own instructions ---- */
+#define NAMED(name) name##_avx512
+typedef __m512 V16_avx512;
+
+static inline __mmask16 first(ptrdiff_t n) {
+    return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);
+}
+INLINE("avx512f") __m512 v_zero(void) { return _mm512_setzero_ps(); }
+INLINE("avx512f") __m512 v_set1(float x) { return _mm512_set1_ps(x); }
+INLINE("avx512f") __m512 v_load(const float *p) { return _mm512_loadu_ps(p); }
+INLINE("avx512f") __m512 v_load_first(const float *p, ptrdiff_t n) { return _mm512_maskz_loadu_ps(first(n), p); }
+INLINE("avx512f") void v_store(float *p, __m512 x) { _mm512_storeu_ps(p, x); }
+INLINE("avx512f") void v_store_first(float *p, ptrdiff_t n, __m512 x) { _mm512_mask_storeu_ps(p, first(n), x); }
+INLINE("avx512f") __m512 v_add(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
+INLINE("avx512f") __m512 v_sub(__m512 a, __m512 b) { return _mm512_sub_ps(a, b); }
+INLINE("avx512f") __m512 v_mul(__m512 a, __m512 b) { return _mm512_mul_ps(a, b); }
+INLINE("avx512f") __m512 v_fma(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
+INLINE("avx512f") __m512 v_max_first(__m512 best, ptrdiff_t n, __m512 x) {
+    return _mm512_mask_max_ps(best, first(n), best, x);
+}
+INLINE("avx512f") __m512 v_add_first(__m512 sum, ptrdiff_t n, __m512 x) {
+    return _mm512_mask_add_ps(sum, first(n), sum, x);
+}
+INLINE("avx512f") float v_max_lane(__m512 x) { return _mm512_reduce_max_ps(x); }
+
+/* MLAS's reduction of its 16 accumulator lanes: lane i + 8 plus lane i, then pairs, then halves. */
+INLINE("avx512f") float v_mlas_sum(__m512 sum) {
+    const __m256 upper = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sum), 1));
+    const __m256 h = _mm256_add_ps(upper, _mm512_castps512_ps256(sum));
+    const __m128 p = _mm_hadd_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)); /* h0+h1 .. h6+h7 */
+    return (p[0] + p[1]) + (p[2] + p[3]);
+}
+
+/* exp(x) as MlasComputeSumExpF32KernelAvx512F computes it, 2^m put in by VSCALEFPS. */
+INLINE("avx512f") __m512 v_mlas_exp(__m512 x) {
+    const __m512 bias = _mm512_set1_ps(EXP_BIAS);
+    x = _mm512_max_ps(_mm512_set1_ps(EXP_LOWEST), x);
+    __m512 m = _mm512_fmadd_ps(_mm512_set1_ps(EXP_LOG2E), x, bias);
     m = _mm512_sub_ps(m, bias);
-    x = _mm512_fmadd_ps(m, _mm512_set1_ps(-6.93145752e-1f), x);
-    x = _mm512_fmadd_ps(m, _mm512_set1_ps(-1.42860677e-6f), x);
-    __m512 p = _mm512_set1_ps(0x1.694000p-10f);
-    p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(0x1.125edcp-7f));
-    p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(0x1.555b5ap-5f));
-    p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(0x1.555450p-3f));
-    p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(0x1.fffff6p-2f));
+    x = _mm512_fmadd_ps(m, _mm512_set1_ps(EXP_LN2_HIGH), x);
+    x = _mm512_fmadd_ps(m, _mm512_set1_ps(EXP_LN2_LOW), x);
+    __m512 p = _mm512_set1_ps(EXP_P0);
+    p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(EXP_P1));
+    p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(EXP_P2));
+    p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(EXP_P3));
+    p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(EXP_P4));
     p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(1.0f));
     p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(p, m);
 }
 
-static inline __mmask16 first(ptrdiff_t n) {
-    return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u);
-}
-
-/* out[0..depth) = weights · values over `length` positions for a sentence of one row, as MLAS's M = 1
- * kernel (MlasSgemmKernelM1Avx): products rounded, added four positions at a time, each group then
- * added to the running sum. */
-__attribute__((target("avx512f"))) static void weigh_one(const float *weights, const float *values, ptrdiff_t depth,
-                                                         ptrdiff_t length, float *out) {
-    for (ptrdiff_t d = 0; d < depth; d += 16) {
-        const __mmask16 keep = first(depth - d);
-        const float *v = values + d;
-        __m512 c = _mm512_setzero_ps();
-        ptrdiff_t t = 0;
-        for (; t + 4 <= length; t += 4) {
-            __m512 x = _mm512_mul_ps(_mm512_set1_ps(weights[t]), _mm512_maskz_loadu_ps(keep, v + t * depth));
-            for (ptrdiff_t i = 1; i < 4; i++) {
-                x = _mm512_add_ps(x, _mm512_mul_ps(_mm512_set1_ps(weights[(t + i)]),
-                                                   _mm512_maskz_loadu_ps(keep, v + (t + i) * depth)));
-            }
-            c = _mm512_add_ps(x, c);
-        }
-        if (length - t >= 2) {
-            __m512 x = _mm512_mul_ps(_mm512_set1_ps(weights[t]), _mm512_maskz_loadu_ps(keep, v + t * depth));
-            x = _mm512_add_ps(x, _mm512_mul_ps(_mm512_set1_ps(weights[(t + 1)]),
-                                               _mm512_maskz_loadu_ps(keep, v + (t + 1) * depth)));
-            c = _mm512_add_ps(x, c);
-            t += 2;
-        }
-        if (length - t == 1) {
-            c = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(weights[t]), _mm512_maskz_loadu_ps(keep, v + t * depth)),
-                              c);
-        }
-        _mm512_mask_storeu_ps(out + d, keep, c);
-    }
-}/* keys [length][depth] -> keys_t [depth][padded], 16 positions by 16 depths at a time in registers;
+/* keys [length][depth] -> keys_t [depth][padded], 16 positions by 16 depths at a time in registers;
  * positions past `length` are 0. */
-__attribute__((target("avx512f"))) static void transpose_keys(const float *keys, ptrdiff_t length, ptrdiff_t depth,
-                                                              ptrdiff_t padded, float *keys_t) {
+__attribute__((target("avx512f"))) static void NAMED(transpose_keys)(const float *keys, ptrdiff_t length,
+                                                                     ptrdiff_t depth, ptrdiff_t padded,
+                                                                     float *keys_t) {
     for (ptrdiff_t t0 = 0; t0 < padded; t0 += 16) {
         for (ptrdiff_t d0 = 0; d0 < depth; d0 += 16) {
             const __mmask16 keep = first(depth - d0);
@@ -173,208 +209,169 @@ __attribute__((target("avx512f"))) static void transpose_keys(const float *keys,
     }
 }
 
-/* The scores of `rows` rows (at most GROUP) over `length` positions, the positions as a vector's
- * lanes over the head's transposed keys (keys [depth][padded]): each a chain of FMAs over the depth
- * in slices, as MLAS's SGEMM makes it; then fma(sum, alpha, addend) (or sum * alpha). scores:
- * [rows][padded]. */
-__attribute__((target("avx512f"))) static void group_scores(const float *const *query, ptrdiff_t rows,
-                                                            const float *keys, const float *added, ptrdiff_t depth,
-                                                            ptrdiff_t length, ptrdiff_t padded, ptrdiff_t slice,
-                                                            float alpha, float *scores) {
-    const __m512 a = _mm512_set1_ps(alpha);
-    for (ptrdiff_t t = 0; t < length; t += 16) {
-        const __mmask16 keep = first(length - t);
-        const __m512 addend = added ? _mm512_maskz_loadu_ps(keep, added + t) : _mm512_setzero_ps();
-        __m512 c[GROUP];
+
+#define V V16_avx512
+#define ISA "avx512f"
+#include "_cross_attention_exact_body.h"
+#undef ISA
+#undef V
+#undef NAMED
+
+/* ---- 16 floats as two AVX2 vectors (lanes 0 to 7, 8 to 15): each lane's arithmetic as above, so
+ * that a CPU without AVX-512 computes what onnxruntime computes on one with it ---- */
+#define NAMED(name) name##_avx2
+typedef struct {
+    __m256 lo, hi;
+} V16_avx2;
+
+/* Lanes i < n of 8 set (all ones), others 0. */
+INLINE("avx2,fma") __m256i keep8(ptrdiff_t n) {
+    const ptrdiff_t k = n < 0 ? 0 : (n > 8 ? 8 : n);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+INLINE("avx2,fma") V16_avx2 pair(__m256 lo, __m256 hi) {
+    V16_avx2 v = {lo, hi};
+    return v;
+}
+INLINE("avx2,fma") V16_avx2 v_zero(void) { return pair(_mm256_setzero_ps(), _mm256_setzero_ps()); }
+INLINE("avx2,fma") V16_avx2 v_set1(float x) { return pair(_mm256_set1_ps(x), _mm256_set1_ps(x)); }
+INLINE("avx2,fma") V16_avx2 v_load(const float *p) { return pair(_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)); }
+INLINE("avx2,fma") V16_avx2 v_load_first(const float *p, ptrdiff_t n) {
+    if (n >= 16) {
+        return v_load(p);
+    }
+    return pair(_mm256_maskload_ps(p, keep8(n)), _mm256_maskload_ps(p + 8, keep8(n - 8)));
+}
+INLINE("avx2,fma") void v_store(float *p, V16_avx2 x) {
+    _mm256_storeu_ps(p, x.lo);
+    _mm256_storeu_ps(p + 8, x.hi);
+}
+INLINE("avx2,fma") void v_store_first(float *p, ptrdiff_t n, V16_avx2 x) {
+    if (n >= 16) {
+        v_store(p, x);
+        return;
+    }
+    _mm256_maskstore_ps(p, keep8(n), x.lo);
+    _mm256_maskstore_ps(p + 8, keep8(n - 8), x.hi);
+}
+INLINE("avx2,fma") V16_avx2 v_add(V16_avx2 a, V16_avx2 b) {
+    return pair(_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi));
+}
+INLINE("avx2,fma") V16_avx2 v_sub(V16_avx2 a, V16_avx2 b) {
+    return pair(_mm256_sub_ps(a.lo, b.lo), _mm256_sub_ps(a.hi, b.hi));
+}
+INLINE("avx2,fma") V16_avx2 v_mul(V16_avx2 a, V16_avx2 b) {
+    return pair(_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi));
+}
+INLINE("avx2,fma") V16_avx2 v_fma(V16_avx2 a, V16_avx2 b, V16_avx2 c) {
+    return pair(_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi));
+}
+/* VMAXPS's and VADDPS's lanes, kept where the mask leaves them out (as AVX-512's masked forms). */
+INLINE("avx2,fma") V16_avx2 v_max_first(V16_avx2 best, ptrdiff_t n, V16_avx2 x) {
+    const __m256 lo = _mm256_max_ps(best.lo, x.lo), hi = _mm256_max_ps(best.hi, x.hi);
+    return pair(_mm256_blendv_ps(best.lo, lo, _mm256_castsi256_ps(keep8(n))),
+                _mm256_blendv_ps(best.hi, hi, _mm256_castsi256_ps(keep8(n - 8))));
+}
+INLINE("avx2,fma") V16_avx2 v_add_first(V16_avx2 sum, ptrdiff_t n, V16_avx2 x) {
+    const __m256 lo = _mm256_add_ps(sum.lo, x.lo), hi = _mm256_add_ps(sum.hi, x.hi);
+    return pair(_mm256_blendv_ps(sum.lo, lo, _mm256_castsi256_ps(keep8(n))),
+                _mm256_blendv_ps(sum.hi, hi, _mm256_castsi256_ps(keep8(n - 8))));
+}
+INLINE("avx2,fma") float v_max_lane(V16_avx2 x) {
+    __m256 m = _mm256_max_ps(x.lo, x.hi);
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+INLINE("avx2,fma") float v_mlas_sum(V16_avx2 sum) {
+    const __m256 h = _mm256_add_ps(sum.hi, sum.lo); /* lane i + 8 plus lane i */
+    const __m128 p = _mm_hadd_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    return (p[0] + p[1]) + (p[2] + p[3]);
+}
+/* VSCALEFPS's p * 2^m for the m here (-150 <= m <= 0: the argument is at most 0): p * 2^(m + 64),
+ * exact, then * 2^-64, which rounds once as VSCALEFPS does. */
+INLINE("avx2,fma") __m256 exp8(__m256 x) {
+    const __m256 bias = _mm256_set1_ps(EXP_BIAS);
+    x = _mm256_max_ps(_mm256_set1_ps(EXP_LOWEST), x);
+    __m256 m = _mm256_fmadd_ps(_mm256_set1_ps(EXP_LOG2E), x, bias);
+    m = _mm256_sub_ps(m, bias);
+    x = _mm256_fmadd_ps(m, _mm256_set1_ps(EXP_LN2_HIGH), x);
+    x = _mm256_fmadd_ps(m, _mm256_set1_ps(EXP_LN2_LOW), x);
+    __m256 p = _mm256_set1_ps(EXP_P0);
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(EXP_P1));
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(EXP_P2));
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(EXP_P3));
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(EXP_P4));
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(1.0f));
+    const __m256i exponent = _mm256_add_epi32(_mm256_cvtps_epi32(m), _mm256_set1_epi32(127 + 64));
+    const __m256 scaled = _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(exponent, 23)));
+    return _mm256_mul_ps(scaled, _mm256_set1_ps(0x1p-64f));
+}
+INLINE("avx2,fma") V16_avx2 v_mlas_exp(V16_avx2 x) { return pair(exp8(x.lo), exp8(x.hi)); }
+
+/* keys [length][depth] -> keys_t [depth][padded], 8 positions by 8 depths at a time in registers;
+ * positions past `length` are 0. */
+__attribute__((target("avx2,fma"))) static void NAMED(transpose_keys)(const float *keys, ptrdiff_t length,
+                                                                      ptrdiff_t depth, ptrdiff_t padded,
+                                                                      float *keys_t) {
+    for (ptrdiff_t t0 = 0; t0 < padded; t0 += 8) {
+        for (ptrdiff_t d0 = 0; d0 < depth; d0 += 8) {
+            const __m256i keep = keep8(depth - d0);
+            __m256 r[8], u[8];
 #pragma GCC unroll 8
-        for (int r = 0; r < GROUP; r++) {
-            c[r] = addend;
-        }
-        for (ptrdiff_t d0 = 0; d0 < depth; d0 += slice) {
-            const ptrdiff_t d1 = d0 + slice < depth ? d0 + slice : depth;
-            __m512 s[GROUP];
-#pragma GCC unroll 8
-            for (int r = 0; r < GROUP; r++) {
-                s[r] = _mm512_setzero_ps();
+            for (int i = 0; i < 8; i++) {
+                r[i] = t0 + i < length ? _mm256_maskload_ps(keys + (t0 + i) * depth + d0, keep) : _mm256_setzero_ps();
             }
-            for (ptrdiff_t d = d0; d < d1; d++) {
-                const __m512 kt = _mm512_loadu_ps(keys + d * padded + t);
+#pragma GCC unroll 4
+            for (int i = 0; i < 8; i += 2) {
+                u[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+                u[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+            }
+#pragma GCC unroll 2
+            for (int i = 0; i < 8; i += 4) {
+                r[i] = _mm256_shuffle_ps(u[i], u[i + 2], 0x44);
+                r[i + 1] = _mm256_shuffle_ps(u[i], u[i + 2], 0xEE);
+                r[i + 2] = _mm256_shuffle_ps(u[i + 1], u[i + 3], 0x44);
+                r[i + 3] = _mm256_shuffle_ps(u[i + 1], u[i + 3], 0xEE);
+            }
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++) {
+                u[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
+                u[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
+            }
 #pragma GCC unroll 8
-                for (int r = 0; r < GROUP; r++) {
-                    if (r < rows) {
-                        s[r] = _mm512_fmadd_ps(_mm512_set1_ps(query[r][d]), kt, s[r]);
-                    }
+            for (int i = 0; i < 8; i++) {
+                if (d0 + i < depth) {
+                    _mm256_storeu_ps(keys_t + (d0 + i) * padded + t0, u[i]);
                 }
-            }
-#pragma GCC unroll 8
-            for (int r = 0; r < GROUP; r++) {
-                if (r < rows) {
-                    c[r] = added || d0 > 0 ? _mm512_fmadd_ps(s[r], a, c[r]) : _mm512_mul_ps(s[r], a);
-                }
-            }
-        }
-#pragma GCC unroll 8
-        for (int r = 0; r < GROUP; r++) {
-            if (r < rows) {
-                _mm512_storeu_ps(scores + r * padded + t, c[r]);
             }
         }
     }
 }
 
-/* scores[0..n) -> their softmax in place, as MlasComputeSoftmax takes a row: the maximum; each exp by
- * MLAS's kernel, position t summed in accumulator lane t % 16, the lanes reduced in its order; each
- * exp times 1 / sum. */
-__attribute__((target("avx512f"))) static void row_softmax(float *scores, ptrdiff_t n) {
-    __m512 best = _mm512_set1_ps(-3.402823466e+38f);
-    for (ptrdiff_t t = 0; t < n; t += 16) {
-        best = _mm512_mask_max_ps(best, first(n - t), best, _mm512_loadu_ps(scores + t));
-    }
-    const __m512 shift = _mm512_set1_ps(-_mm512_reduce_max_ps(best));
-    __m512 sum = _mm512_setzero_ps();
-    for (ptrdiff_t t = 0; t < n; t += 16) {
-        const __m512 e = mlas_exp(_mm512_add_ps(shift, _mm512_loadu_ps(scores + t)));
-        _mm512_storeu_ps(scores + t, e);
-        sum = _mm512_mask_add_ps(sum, first(n - t), sum, e);
-    }
-    const __m256 upper = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sum), 1));
-    const __m256 h = _mm256_add_ps(upper, _mm512_castps512_ps256(sum)); /* lane i + 8 plus lane i */
-    const __m128 p = _mm_hadd_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)); /* h0+h1 .. h6+h7 */
-    const float total = (p[0] + p[1]) + (p[2] + p[3]);
-    const __m512 scale = _mm512_set1_ps(1.0f / total);
-    for (ptrdiff_t t = 0; t < n; t += 16) {
-        _mm512_storeu_ps(scores + t, _mm512_mul_ps(scale, _mm512_loadu_ps(scores + t)));
-    }
-}
-
-/* out[r][0..depth) = weights[r] · values over `length` positions for `rows` rows (at most 4) of a
- * sentence of more than one, as MLAS's SGEMM: each output a chain of FMAs over the positions in
- * slices, each slice's sum added to the last. The rows' chains run side by side. */
-__attribute__((target("avx512f"))) static void group_weigh(const float *weights, ptrdiff_t padded, ptrdiff_t rows,
-                                                           const float *values, ptrdiff_t depth, ptrdiff_t length,
-                                                           ptrdiff_t slice, float *const *out) {
-    for (ptrdiff_t d = 0; d < depth; d += 64) {
-        __mmask16 keep[4];
-#pragma GCC unroll 4
-        for (int j = 0; j < 4; j++) {
-            keep[j] = d + 16 * j < depth ? first(depth - d - 16 * j) : (__mmask16)0;
-        }
-        __m512 c[WROWS][4];
-#pragma GCC unroll 4
-        for (int r = 0; r < WROWS; r++) {
-#pragma GCC unroll 4
-            for (int j = 0; j < 4; j++) {
-                c[r][j] = _mm512_setzero_ps(); /* the first slice's sums replace it */
-            }
-        }
-        for (ptrdiff_t t0 = 0; t0 < length; t0 += slice) {
-            const ptrdiff_t t1 = t0 + slice < length ? t0 + slice : length;
-            __m512 s[WROWS][4];
-#pragma GCC unroll 4
-            for (int r = 0; r < WROWS; r++) {
-#pragma GCC unroll 4
-                for (int j = 0; j < 4; j++) {
-                    s[r][j] = _mm512_setzero_ps();
-                }
-            }
-            for (ptrdiff_t t = t0; t < t1; t++) {
-                const float *v = values + t * depth + d;
-                __m512 x[4];
-#pragma GCC unroll 4
-                for (int j = 0; j < 4; j++) {
-                    x[j] = _mm512_maskz_loadu_ps(keep[j], v + 16 * j);
-                }
-#pragma GCC unroll 4
-                for (int r = 0; r < WROWS; r++) {
-                    if (r < rows) {
-                        const __m512 w = _mm512_set1_ps(weights[r * padded + t]);
-#pragma GCC unroll 4
-                        for (int j = 0; j < 4; j++) {
-                            s[r][j] = _mm512_fmadd_ps(w, x[j], s[r][j]);
-                        }
-                    }
-                }
-            }
-#pragma GCC unroll 4
-            for (int r = 0; r < WROWS; r++) {
-#pragma GCC unroll 4
-                for (int j = 0; j < 4; j++) {
-                    c[r][j] = t0 == 0 ? s[r][j] : _mm512_add_ps(s[r][j], c[r][j]);
-                }
-            }
-        }
-#pragma GCC unroll 4
-        for (int r = 0; r < WROWS; r++) {
-            if (r < rows) {
-#pragma GCC unroll 4
-                for (int j = 0; j < 4; j++) {
-                    _mm512_mask_storeu_ps(out[r] + d + 16 * j, keep[j], c[r][j]);
-                }
-            }
-        }
-    }
-}
-
-/* cross_attention_exact's work: each sentence and head in turn, its keys transposed, its rows in
- * groups. */
-__attribute__((target("avx512f"))) static void attend_exact(const float *q, const float *keys, const float *values,
-                                                            const int64_t *mask, ptrdiff_t sentences, ptrdiff_t beams,
-                                                            ptrdiff_t heads, ptrdiff_t depth, ptrdiff_t length,
-                                                            float *out, float *scratch) {
-    const ptrdiff_t width = heads * depth, padded = (length + 15) / 16 * 16;
-    const float alpha = 1.0f / __builtin_sqrtf((float)depth);
-    const ptrdiff_t score_slice = stride_k(length, depth), value_slice = stride_k(depth, length);
-    float *keys_t = scratch, *scores = keys_t + depth * padded, *added = mask ? scores + GROUP * padded : NULL;
-    for (ptrdiff_t sentence = 0; sentence < sentences; sentence++) {
-        for (ptrdiff_t t = 0; added && t < length; t++) {
-            added[t] = mask[sentence * length + t] == 0 ? MASKED_SCORE : 0.0f;
-        }
-        for (ptrdiff_t head = 0; head < heads; head++) {
-            const float *k = keys + (sentence * heads + head) * length * depth;
-            const float *v = values + (sentence * heads + head) * length * depth;
-            if (sentence * heads + head + 1 < sentences * heads) { /* the next head's, while this one is computed */
-                const char *next_keys = (const char *)(k + length * depth);
-                const char *next_values = (const char *)(v + length * depth);
-                for (ptrdiff_t byte = 0; byte < length * depth * (ptrdiff_t)sizeof(float); byte += 64) {
-                    __builtin_prefetch(next_keys + byte);
-                    __builtin_prefetch(next_values + byte);
-                }
-            }
-            transpose_keys(k, length, depth, padded, keys_t);
-            for (ptrdiff_t beam = 0; beam < beams; beam += GROUP) {
-                const ptrdiff_t rows = beams - beam < GROUP ? beams - beam : GROUP;
-                const float *query[GROUP];
-                float *outs[GROUP];
-                for (ptrdiff_t r = 0; r < rows; r++) {
-                    const ptrdiff_t at = (sentence * beams + beam + r) * width + head * depth;
-                    query[r] = q + at;
-                    outs[r] = out + at;
-                }
-                group_scores(query, rows, keys_t, added, depth, length, padded, score_slice, alpha, scores);
-                for (ptrdiff_t r = 0; r < rows; r++) {
-                    row_softmax(scores + r * padded, length);
-                }
-                if (beams == 1) {
-                    weigh_one(scores, v, depth, length, outs[0]);
-                } else {
-                    for (ptrdiff_t r = 0; r < rows; r += WROWS) {
-                        group_weigh(scores + r * padded, padded, rows - r < WROWS ? rows - r : WROWS, v, depth, length,
-                                    value_slice, outs + r);
-                    }
-                }
-            }
-        }
-    }
-}
+#define V V16_avx2
+#define ISA "avx2,fma"
+#include "_cross_attention_exact_body.h"
+#undef ISA
+#undef V
+#undef NAMED
 #endif
 
-void cross_attention_exact(const float *q, const float *keys, const float *values, const int64_t *mask,
+void cross_attention_exact(int vectors, const float *q, const float *keys, const float *values, const int64_t *mask,
                            ptrdiff_t sentences, ptrdiff_t beams, ptrdiff_t heads, ptrdiff_t depth, ptrdiff_t length,
                            float *out, float *scratch) {
 #ifdef EXACT_X86
-    attend_exact(q, keys, values, mask, sentences, beams, heads, depth, length, out, scratch);
-#else
-    (void)q, (void)keys, (void)values, (void)mask, (void)sentences, (void)beams, (void)heads, (void)depth;
-    (void)length, (void)out, (void)scratch;
+    if (vectors == EXACT_AVX512) {
+        attend_exact_avx512(q, keys, values, mask, sentences, beams, heads, depth, length, out, scratch);
+        return;
+    }
+    if (vectors == EXACT_AVX2) {
+        attend_exact_avx2(q, keys, values, mask, sentences, beams, heads, depth, length, out, scratch);
+        return;
+    }
 #endif
+    (void)vectors, (void)q, (void)keys, (void)values, (void)mask, (void)sentences, (void)beams, (void)heads;
+    (void)depth, (void)length, (void)out, (void)scratch;
 }

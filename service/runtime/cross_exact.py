@@ -2,8 +2,9 @@
 MultiHeadAttention's output here bit for bit.
 
 The kernel follows the order of operations of onnxruntime's CPU node on an AVX-512 CPU (MLAS's
-products, exp and sums), so a step cut at its cross-attention translates as the whole graph does,
-int8 graphs whose next products round their inputs to codes too. onnxruntime's kernels differ by
+products, exp and sums), in AVX-512's vectors or in AVX2's halves of them, so a step cut at its
+cross-attention translates as the whole graph does, int8 graphs whose next products round their
+inputs to codes too. onnxruntime's kernels differ by
 build and CPU, so before a step is cut there for that reason (step_segments.py) the kernel is run
 against the node itself on random arrays of the step's heads and depth, once a process; where the
 two differ anywhere, the node keeps the cross-attention.
@@ -51,8 +52,8 @@ def gives_the_nodes_bits(heads: int, depth: int) -> bool:
     """Whether the exact kernel runs on this CPU and gives the node's output bit for bit for heads of
     `depth` floats, `heads` of them."""
     kernels = native.common_step
-    if kernels is None or not kernels.exact_cross_attention():
-        return False
+    if kernels is None or kernels.exact_cross_attention() != kernels.EXACT_AVX512:
+        return False  # the node sums in AVX2's order on a CPU without AVX-512: it cannot give its bits
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     node = ort.InferenceSession(_node_graph(heads), options, providers=["CPUExecutionProvider"])
