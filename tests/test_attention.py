@@ -224,3 +224,22 @@ def test_cross_attention_refuses_arrays_that_do_not_agree() -> None:
         native.common_step.cross_attention(rows, keys, np.ascontiguousarray(values[:, :, :4]), mask, out)
     with pytest.raises(TypeError, match="mask"):
         native.common_step.cross_attention(rows, keys, values, mask.astype(np.int32), out)
+
+
+@pytest.mark.parametrize("depth", [64, 128, 16, 48])
+@pytest.mark.parametrize(("sentences", "beams", "capacity", "length"), [(1, 1, 8, 0), (2, 5, 20, 7), (3, 4, 40, 33)])
+def test_a_cpu_without_avx512_attends_as_one_with_it(
+    depth: int, sentences: int, beams: int, capacity: int, length: int
+) -> None:
+    """For heads of a multiple of 16 floats the self-attention and the host's own cross-attention in
+    AVX2's vectors (kernel 1, as a CPU without AVX-512 takes them) give the AVX-512 kernel's output bit
+    for bit: 16 lanes held as two halves, summed in AVX-512's order."""
+    assert native.common_step is not None
+    if native.common_step.attention_kernel(depth) < 2:
+        pytest.skip("this CPU has no AVX-512")
+    heads = 4
+    state = _state(np.random.default_rng(depth + length), sentences, beams, heads, depth, capacity, length)
+    wide, halves = _hosts(_copy(state), 2), _hosts(_copy(state), 1)
+    assert np.array_equal(wide.view(np.int32), halves.view(np.int32))
+    cross = cross_inputs(np.random.default_rng(depth * length + 1), sentences, beams, length + 3, heads, depth)
+    assert np.array_equal(_cross_hosts(cross, 2).view(np.int32), _cross_hosts(cross, 1).view(np.int32))

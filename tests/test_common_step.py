@@ -623,3 +623,23 @@ def test_the_hosts_projection_refuses_each_kernel_the_cpu_lacks_and_runs_the_oth
         else:
             with pytest.raises(ValueError, match="top_k"):
                 c_step.top_k(np.empty((5, 48), np.float32), np.arange(40, dtype=np.int64), values, ids, projection)
+
+
+@pytest.mark.parametrize("width", [1, 15, 16, 17, 100, 1024, 1029])
+def test_the_log_softmax_sums_a_row_alike_in_avx2_and_avx512(c_step: ModuleType, width: int) -> None:
+    """The log-softmax's normaliser in AVX2's vectors gives the AVX-512 one's sum bit for bit (16
+    lanes as two halves), so that a CPU without AVX-512 ranks and scores as one with it; plain C's
+    within rounding; a CPU's missing vectors are refused."""
+    rng = np.random.default_rng(width)
+    row = (rng.standard_normal(width) * 4).astype(np.float32)
+    row[rng.random(width) < 0.2] = -np.inf
+    row[0] = 1.5
+    top = float(row[np.isfinite(row)].max())
+    widest = c_step.float_vectors()
+    sums = [c_step.exp_sum(row, top, vectors) for vectors in range(widest + 1)]
+    expected = float(np.exp(row[np.isfinite(row)].astype(np.float64) - top).sum())
+    assert all(abs(total - expected) <= 1e-5 * expected for total in sums)
+    if widest == 2:
+        assert sums[1] == sums[2]
+    with pytest.raises(ValueError, match="no vectors"):
+        c_step.exp_sum(row, top, widest + 1)

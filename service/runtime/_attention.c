@@ -250,6 +250,68 @@ ATTEND_VECTORS(attend_avx2, "avx2,fma", __m256, 8, _mm256_loadu_ps, _mm256_add_p
                _mm256_set1_ps, hsum_avx2, exp_scores_avx2, weigh_avx2)
 ATTEND_VECTORS(attend_avx512, "avx512f", __m512, 16, _mm512_loadu_ps, _mm512_add_ps, _mm512_mul_ps, _mm512_fmadd_ps,
                _mm512_set1_ps, hsum_avx512, exp_scores_avx512, weigh_avx512)
+
+/* AVX-512's kernel in AVX2's vectors: 16 floats as two halves, each lane's arithmetic and the sums'
+ * order as attend_avx512's, so that a CPU without AVX-512 attends as one with it does, to the bit
+ * (heads of a multiple of 16 floats). */
+typedef struct {
+    __m256 lo, hi;
+} Halves;
+
+__attribute__((target("avx2,fma"), always_inline)) static inline Halves halves(__m256 lo, __m256 hi) {
+    Halves h = {lo, hi};
+    return h;
+}
+#define HALVES_OP(NAME, OP)                                                                                            \
+    __attribute__((target("avx2,fma"), always_inline)) static inline Halves NAME(Halves a, Halves b) {                 \
+        return halves(OP(a.lo, b.lo), OP(a.hi, b.hi));                                                                 \
+    }
+HALVES_OP(halves_add, _mm256_add_ps)
+HALVES_OP(halves_mul, _mm256_mul_ps)
+__attribute__((target("avx2,fma"), always_inline)) static inline Halves halves_load(const float *p) {
+    return halves(_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8));
+}
+__attribute__((target("avx2,fma"), always_inline)) static inline void halves_store(float *p, Halves x) {
+    _mm256_storeu_ps(p, x.lo);
+    _mm256_storeu_ps(p + 8, x.hi);
+}
+__attribute__((target("avx2,fma"), always_inline)) static inline Halves halves_fma(Halves a, Halves b, Halves c) {
+    return halves(_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi));
+}
+__attribute__((target("avx2,fma"), always_inline)) static inline Halves halves_set1(float x) {
+    return halves(_mm256_set1_ps(x), _mm256_set1_ps(x));
+}
+
+/* _mm512_reduce_add_ps's order: the upper eight lanes plus the lower, then the upper four plus the
+ * lower, then lanes 0 + 2 and 1 + 3, then those two. */
+__attribute__((target("avx2,fma"))) static inline float hsum_halves(Halves v) {
+    const __m256 eight = _mm256_add_ps(v.hi, v.lo);
+    const __m128 four = _mm_add_ps(_mm256_extractf128_ps(eight, 1), _mm256_castps256_ps128(eight));
+    const __m128 two = _mm_add_ps(four, _mm_shuffle_ps(four, four, _MM_SHUFFLE(1, 0, 3, 2)));
+    return _mm_cvtss_f32(two) + _mm_cvtss_f32(_mm_shuffle_ps(two, two, _MM_SHUFFLE(1, 1, 1, 1)));
+}
+
+/* exp_scores_avx512's: position t's exp summed in lane t % 16. */
+__attribute__((target("avx2,fma"))) static float exp_scores_halves(float *scores, ptrdiff_t n, float best) {
+    const __m256 shift = _mm256_set1_ps(best);
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    Halves sum = halves(_mm256_setzero_ps(), _mm256_setzero_ps());
+    for (ptrdiff_t t = 0; t < n; t += 16) {
+        const __m256i keep_lo = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - t)), lanes);
+        const __m256i keep_hi = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - t - 8)), lanes);
+        const __m256 lo = exp_avx2(_mm256_sub_ps(_mm256_maskload_ps(scores + t, keep_lo), shift));
+        const __m256 hi = exp_avx2(_mm256_sub_ps(_mm256_maskload_ps(scores + t + 8, keep_hi), shift));
+        _mm256_maskstore_ps(scores + t, keep_lo, lo);
+        _mm256_maskstore_ps(scores + t + 8, keep_hi, hi);
+        sum = halves(_mm256_add_ps(sum.lo, _mm256_and_ps(lo, _mm256_castsi256_ps(keep_lo))),
+                     _mm256_add_ps(sum.hi, _mm256_and_ps(hi, _mm256_castsi256_ps(keep_hi))));
+    }
+    return hsum_halves(sum);
+}
+
+WEIGH_VECTORS(weigh_halves, "avx2,fma", Halves, 16, halves_load, halves_store, halves_mul, halves_fma, halves_set1)
+ATTEND_VECTORS(attend_halves, "avx2,fma", Halves, 16, halves_load, halves_add, halves_mul, halves_fma, halves_set1,
+               hsum_halves, exp_scores_halves, weigh_halves)
 #endif
 
 static void biased(int kernel, const float *q, const float *k, const float *v, const float *bq, const float *bk,
@@ -278,7 +340,11 @@ static void attend(int kernel, const Attend *a) {
         return;
     }
     if (kernel == 1) {
-        attend_avx2(a);
+        if (a->depth % 16 == 0) {
+            attend_halves(a); /* as attend_avx512, which an AVX-512 CPU takes for these heads */
+        } else {
+            attend_avx2(a);
+        }
         return;
     }
 #endif

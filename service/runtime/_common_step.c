@@ -880,8 +880,28 @@ static double sum_exp_from(const float *row, Py_ssize_t j, Py_ssize_t width, flo
     }
 #define KEEP_YMM(y, v) _mm256_and_ps(y, _mm256_cmp_ps(v, none, _CMP_GT_OQ))
 #define KEEP_ZMM(y, v) _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, none, _CMP_GT_OQ), y)
-SUM_EXP_LANES(sum_exp_avx2, "avx2,fma", 8, _mm256, __m256, exp_avx2, KEEP_YMM)
 SUM_EXP_LANES(sum_exp_avx512, "avx512f", 16, _mm512, __m512, exp_avx512, KEEP_ZMM)
+
+/* sum_exp_avx512's sum in AVX2's vectors: 16 lanes as two halves, each lane's sum and the lanes' order
+ * as there, so that a CPU without AVX-512 normalises a row as one with it does, to the bit. */
+__attribute__((target("avx2,fma"))) static double sum_exp_avx2(const float *row, Py_ssize_t width, float top) {
+    const __m256 shift = _mm256_set1_ps(top), none = _mm256_set1_ps(-INFINITY);
+    __m256 low = _mm256_setzero_ps(), high = _mm256_setzero_ps();
+    Py_ssize_t j = 0;
+    for (; j + 16 <= width; j += 16) {
+        const __m256 v = _mm256_loadu_ps(row + j), w = _mm256_loadu_ps(row + j + 8);
+        low = _mm256_add_ps(low, KEEP_YMM(exp_avx2(_mm256_sub_ps(v, shift)), v));
+        high = _mm256_add_ps(high, KEEP_YMM(exp_avx2(_mm256_sub_ps(w, shift)), w));
+    }
+    float sum_lanes[16];
+    _mm256_storeu_ps(sum_lanes, low);
+    _mm256_storeu_ps(sum_lanes + 8, high);
+    double sum = 0.0;
+    for (int i = 0; i < 16; i++) {
+        sum += sum_lanes[i];
+    }
+    return sum + sum_exp_from(row, j, width, top);
+}
 
 
 /* A row's bias added, and the largest value of each of its whole blocks (block_maxima's, NaN left out)
@@ -1005,8 +1025,10 @@ static void add_bias(float *row, const float *bias, Py_ssize_t width) {
     }
 }
 
-static double sum_exp(const float *row, Py_ssize_t width, float top) {
-    switch (float_vectors()) {
+/* A row's sum of exp(row[j] - top) over its finite values, in the vectors `vectors` names (2 AVX-512,
+ * 1 AVX2 with FMA, 0 plain C): the log-softmax's normaliser. */
+static double sum_exp_in(int vectors, const float *row, Py_ssize_t width, float top) {
+    switch (vectors) {
     case 2:
         return sum_exp_avx512(row, width, top);
     case 1:
@@ -1014,6 +1036,10 @@ static double sum_exp(const float *row, Py_ssize_t width, float top) {
     default:
         return sum_exp_from(row, 0, width, top);
     }
+}
+
+static double sum_exp(const float *row, Py_ssize_t width, float top) {
+    return sum_exp_in(float_vectors(), row, width, top);
 }
 
 /* A row's bias added; 1 where its block maxima were taken in the same pass, into maxima. */
@@ -1478,6 +1504,44 @@ static PyObject *cross_attention(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* exp_sum(row, top, vectors) -> the log-softmax's sum of exp(row - top) over a float32 row's finite
+ * values, in `vectors` (at most float_vectors()'s; tests: each gives the same bits). */
+static PyObject *exp_sum(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *object;
+    float top;
+    int vectors;
+    if (!PyArg_ParseTuple(args, "Ofi", &object, &top, &vectors)) {
+        return NULL;
+    }
+    if (vectors < 0 || vectors > float_vectors()) {
+        PyErr_Format(PyExc_ValueError, "exp_sum: this CPU has no vectors %d", vectors);
+        return NULL;
+    }
+    Buffer row;
+    memset(&row, 0, sizeof(row));
+    if (get_buffer(object, &row, "row", "f", 1, 0) < 0) {
+        release(&row, 1);
+        return NULL;
+    }
+    if (!PyBuffer_IsContiguous(&row.view, 'C')) {
+        release(&row, 1);
+        PyErr_SetString(PyExc_ValueError, "exp_sum: row is not contiguous");
+        return NULL;
+    }
+    const double sum = sum_exp_in(vectors, row.view.buf, row.view.shape[0], top);
+    release(&row, 1);
+    return PyFloat_FromDouble(sum);
+}
+
+/* float_vectors() -> the widest float vectors the host's kernels take here: 2 AVX-512, 1 AVX2 with
+ * FMA, 0 none. */
+static PyObject *float_vectors_info(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+    return PyLong_FromLong(float_vectors());
+}
+
 /* attention_kernel(depth) -> 0 plain C, 1 AVX2 with FMA, 2 AVX-512: the kernel self_attention takes. */
 static PyObject *attention_kernel_info(PyObject *self, PyObject *args) {
     (void)self;
@@ -1542,6 +1606,8 @@ static PyMethodDef methods[] = {
     {"projection_kernels", projection_kernels, METH_NOARGS, "The kernels of top_k's projection that run here."},
     {"self_attention", self_attention, METH_VARARGS, "A decoder layer's self-attention for a step (see the source)."},
     {"cross_attention", cross_attention, METH_VARARGS, "A decoder layer's cross-attention for a step (see the source)."},
+    {"exp_sum", exp_sum, METH_VARARGS, "The log-softmax's sum of exps over a row, in given vectors (tests)."},
+    {"float_vectors", float_vectors_info, METH_NOARGS, "The widest float vectors of the host's kernels here."},
     {"attention_kernel", attention_kernel_info, METH_VARARGS, "The kernel self_attention takes for heads of a depth."},
     {"exact_cross_attention", exact_cross_attention, METH_NOARGS, "The vectors of cross_attention's exact kernel here."},
     {NULL, NULL, 0, NULL},
