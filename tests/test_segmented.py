@@ -16,6 +16,7 @@ import pytest
 from service.manifest import DEFAULT_MODEL_DIR, load_manifest, sha256_file
 from service.runtime import native
 from service.runtime.beam import DecodeOptions, beam_search
+from service.runtime.cross_exact import takes_the_exact_kernel
 from service.runtime.segmented import SegmentedSession
 from service.runtime.sessions import OnnxModel
 from service.runtime.step_segments import (
@@ -254,8 +255,8 @@ def test_the_setting_turns_the_host_attention_off_or_to_the_cross_attention_too(
     layers = load_manifest(DEFAULT_MODEL_DIR).decoder_layers
     int8 = OnnxModel(DEFAULT_MODEL_DIR, 1, packed=False)
     assert isinstance(int8.decoder.wide, SegmentedSession)
-    kernels = native.common_step
-    exact = kernels is not None and kernels.exact_cross_attention() == kernels.EXACT_AVX512
+    manifest = load_manifest(DEFAULT_MODEL_DIR)
+    exact = native.common_step is not None and takes_the_exact_kernel(manifest.n_heads, manifest.head_dim)
     int8_cuts = [AttentionCut, CrossAttentionCut] * layers if exact else [AttentionCut] * layers
     assert [type(c) for c in int8.decoder.wide.segments.cuts] == int8_cuts
     fp32 = OnnxModel(exported, 1, packed=False)
@@ -298,7 +299,7 @@ def test_an_int8_step_keeps_its_cross_attention_where_the_exact_kernel_differs(
     own kernel."""
     import service.runtime.step_segments as step_segments
 
-    monkeypatch.setattr(step_segments, "gives_the_nodes_bits", lambda heads, depth: False)
+    monkeypatch.setattr(step_segments, "takes_the_exact_kernel", lambda heads, depth: False)
     layers = load_manifest(DEFAULT_MODEL_DIR).decoder_layers
     auto = split_step(DEFAULT_MODEL_DIR / "decoder_step.onnx", cross="auto")
     assert auto is not None and [type(c) for c in auto.cuts] == [AttentionCut] * layers

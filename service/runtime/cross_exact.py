@@ -76,3 +76,15 @@ def gives_the_nodes_bits(heads: int, depth: int) -> bool:
             )
             return False
     return True
+
+
+def takes_the_exact_kernel(heads: int, depth: int) -> bool:
+    """Whether a cross-attention of `heads` heads of `depth` floats is computed by the exact kernel: on
+    an AVX-512 CPU where it gives the node's bits (gives_the_nodes_bits); on a CPU without AVX-512,
+    wherever it runs in AVX2's vectors. There the node sums in AVX2's order, and the kernel gives
+    what the node gives on an AVX-512 CPU, so that a step translates as it does there (with the
+    encoder cut likewise, encoder_segments.py)."""
+    kernels = native.common_step
+    if kernels is not None and kernels.exact_cross_attention() == kernels.EXACT_AVX2:
+        return True
+    return gives_the_nodes_bits(heads, depth)

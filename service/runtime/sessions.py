@@ -29,6 +29,7 @@ from service.graphs import (
 from service.manifest import Manifest, ModelFileError, load_manifest
 from service.runtime import denormals, direct_run, native
 from service.runtime.beside import Beside
+from service.runtime.encoder_segments import SegmentedEncoder, cuts_encoder, split_encoder
 from service.runtime.kv_cache import SelfAttentionCache
 from service.runtime.libc import libc
 from service.runtime.lookups import open_recording_lookups
@@ -236,18 +237,25 @@ class _Graph:
         low_memory: bool = False,
         wide_only: bool = False,
         step: bool = False,
+        encoder: bool = False,
     ) -> None:
         # low_memory: the wide session reads the weights from the memory-mapped file rather than
         # keeping a packed copy (for graphs without a packed copy of their own; packed.py).
         # step: a decoder step, cut at its attention nodes for the host's (step_segments.py).
+        # encoder: an encoder, cut at its attention nodes where the host computes them (encoder_segments.py).
         segments = None
-        if step and native.common_step is not None and (attending := host_attention()) != "off":
-            try:
+        encoder_segments = None
+        try:
+            if step and native.common_step is not None and (attending := host_attention()) != "off":
                 segments = split_step(path, cross=attending)
-            except (OSError, ValueError) as exc:  # protobuf's DecodeError is a ValueError
-                raise ModelFileError(path, f"cannot read it ({exc})") from exc
+            if encoder and cuts_encoder(path):
+                encoder_segments = split_encoder(path)
+        except (OSError, ValueError) as exc:  # protobuf's DecodeError is a ValueError
+            raise ModelFileError(path, f"cannot read it ({exc})") from exc
 
-        def open_session(threads: int, pack: bool = True) -> ort.InferenceSession | SegmentedSession:
+        def open_session(threads: int, pack: bool = True) -> ort.InferenceSession | SegmentedSession | SegmentedEncoder:
+            if encoder_segments is not None:
+                return SegmentedEncoder(encoder_segments, lambda graph: _session(path, threads, pack, graph))
             if segments is None:
                 return _session(path, threads, pack)
             return SegmentedSession(segments, lambda graph: _session(path, threads, pack, graph))
@@ -744,7 +752,7 @@ class OnnxModel:
         # matrices, about twice the memory (reported in /metrics).
         self.unpacked_graphs: list[str] = []
 
-        def graph(role: str, wide_only: bool = False, step: bool = False) -> _Graph:
+        def graph(role: str, wide_only: bool = False, step: bool = False, encoder: bool = False) -> _Graph:
             """The graph over its packed copy (packed.py) where one can be made, else as exported."""
             path, packed_path = model_dir / files[role], None
             if packed_root is not None:
@@ -752,15 +760,15 @@ class OnnxModel:
                 packed_path = packed_graph(path, key, packed_root, verify)
             if packed_path is not None:
                 try:
-                    return _Graph(packed_path, intra_op_threads, runs, wide_only=wide_only, step=step)
+                    return _Graph(packed_path, intra_op_threads, runs, wide_only=wide_only, step=step, encoder=encoder)
                 except ModelFileError as exc:  # a copy damaged on disk, or packed by other kernels
                     log.warning("%s; opening %s as exported, its packed copy made again at its next load", exc, path)
                     discard(packed_path)
             if packed_root is not None:
                 self.unpacked_graphs.append(role)
-            return _Graph(path, intra_op_threads, runs, low_memory, wide_only, step)
+            return _Graph(path, intra_op_threads, runs, low_memory, wide_only, step, encoder)
 
-        self.encoder = graph("encoder")
+        self.encoder = graph("encoder", encoder=True)
         self.decoder = graph("decoder", step=True)
         self.has_alignment = ALIGNMENT in {output.name for output in self.decoder.wide.get_outputs()}
         self.output_layer = OutputLayer.load(model_dir, self.manifest)

@@ -16,7 +16,7 @@ A graph is cut only where every self-attention node is one this kernel computes:
 attribute but its heads and the shared buffer. Any other step runs whole. A cross-attention node
 is cut where it is the exporter's (cross_attention there): its query a Reshape of the rows into
 sentences, its keys and values the step's inputs, its mask the source mask cast to int32, no bias,
-and no attribute but its heads unless at the value the kernel computes (_CROSS_ATTRIBUTE_VALUES);
+and no attribute but its heads unless at the value the kernel computes (CROSS_ATTRIBUTE_VALUES);
 else it stays in its segment. By default an int8 step keeps its cross-attention nodes in their
 segments unless the host computes them as the node does, to the bit (host_attention).
 """
@@ -24,16 +24,17 @@ segments unless the host computes them as the node does, to the bit (host_attent
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from service.graphs import BEAM_WIDTH, CACHE_INDIRECTION, PAST_LENGTH
-from service.runtime.cross_exact import gives_the_nodes_bits
+from service.runtime.cross_exact import takes_the_exact_kernel
 
 ATTENTION_OP = "DecoderMaskedMultiHeadAttention"
 CROSS_ATTENTION_OP = "MultiHeadAttention"
@@ -45,19 +46,21 @@ _KNOWN_ATTRIBUTES = {"num_heads", "past_present_share_buffer"}
 # A cross-attention node's attributes besides num_heads, each at the one value the host's kernel
 # computes: onnxruntime's optimizer writes `unidirectional` out at its default into the graphs it
 # saves (the packed copies, packed.py), and the kernel lowers a masked position's score by 10,000.
-_CROSS_ATTRIBUTE_VALUES: dict[str, object] = {"unidirectional": 0, "mask_filter_value": -10000.0}
+CROSS_ATTRIBUTE_VALUES: dict[str, object] = {"unidirectional": 0, "mask_filter_value": -10000.0}
 # Products of int8 operands: a step with any is int8, cut at its cross-attention only on request.
-_INTEGER_PRODUCTS = {"MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearMatMul"}
+INTEGER_PRODUCTS = {"MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearMatMul"}
 
 
 def host_attention(setting: str | None = None) -> Literal["off", "self", "on", "auto"]:
     """MTSERVE_HOST_ATTENTION: "off" runs each step whole, its attention onnxruntime's; "self" cuts it
     at its self-attention nodes, "on" at its cross-attention nodes too, where the C module is built
     (native.common_step); anything else ("auto", the default) at its cross-attention nodes where the
-    host computes them as the node does to the bit (an AVX-512 CPU, cross_exact.py) or the step's
-    products are fp32. The host's own cross-attention kernel sums in another order than the node:
-    an fp32 step translates test2016 as before, while an int8 step's rounding of the next products
-    to codes turns a few translations, and its BLEU en→fr from 57.56 to 57.50 (docs/BENCHMARKS.md)."""
+    host's exact kernel computes them (onnxruntime's AVX-512 order: the node's own bits on an AVX-512
+    CPU, checked, and what an AVX-512 CPU's node gives on one without it; cross_exact.py) or the
+    step's products are fp32. "auto" and "on" cut an encoder too where encoder_segments.py says. The
+    host's own cross-attention kernel sums in another order than the node: an fp32 step translates
+    test2016 as before, while an int8 step's rounding of the next products to codes turns a few
+    translations, and its BLEU en→fr from 57.56 to 57.50 (docs/BENCHMARKS.md)."""
     value = (os.environ.get("MTSERVE_HOST_ATTENTION", "auto") if setting is None else setting).strip().lower()
     if value == "off":
         return "off"
@@ -98,7 +101,7 @@ class CrossAttentionCut:
     value: str
     mask: str | None
     output: str
-    exact: bool  # the host's exact kernel gives the node's bits here (cross_exact.py)
+    exact: bool  # the host's exact kernel computes it: the node's bits on an AVX-512 CPU (cross_exact.py)
 
     @property
     def made(self) -> tuple[str, ...]:
@@ -128,7 +131,7 @@ def split_step(path: Path, cross: Literal["self", "on", "auto"] = "on") -> StepS
     model = onnx.load(str(path), load_external_data=False)
     graph = model.graph
     nodes = list(graph.node)
-    fp32 = not any(n.op_type in _INTEGER_PRODUCTS for n in nodes)
+    fp32 = not any(n.op_type in INTEGER_PRODUCTS for n in nodes)
     initializers = {t.name: t for t in graph.initializer}
     inputs = {i.name: i for i in graph.input}
     producers = {out: n for n in nodes for out in n.output}
@@ -153,16 +156,50 @@ def split_step(path: Path, cross: Literal["self", "on", "auto"] = "on") -> StepS
     cuts = [cut_of[id(n)] for n in attention]
     dropped = {producers[n.input[0]].output[0] for n in attention if isinstance(cut_of[id(n)], CrossAttentionCut)}
     caches = {name for cut in cuts if isinstance(cut, AttentionCut) for name in cut.past}
-    per_step = set(_PER_STEP_INPUTS) | caches
-    constant = _constant_tensors(nodes, set(initializers) | (set(inputs) - per_step))
+    if any(inputs[name].type.tensor_type.elem_type != TensorProto.FLOAT for name in caches):
+        return None  # the host's kernel reads and writes fp32 caches (a cross-attention's keys: _cross_cut)
+    graphs = segment_graphs(model, cut_of, dropped, set(_PER_STEP_INPUTS) | caches)
+    if graphs is None:
+        return None
+    return StepSegments(graphs, cuts, list(inputs), [o.name for o in model.graph.output])
+
+
+class HostCut(Protocol):
+    """What segment_graphs needs of a node the host computes: the tensors the segment before it makes
+    for it, and its output, which the segment after it reads."""
+
+    @property
+    def made(self) -> tuple[str, ...]: ...
+
+    @property
+    def output(self) -> str: ...
+
+
+def segment_graphs(
+    model: onnx.ModelProto, cut_of: Mapping[int, HostCut], dropped: set[str], varying: set[str]
+) -> list[bytes] | None:
+    """`model`'s graph cut at the nodes of `cut_of` (by id): segment i runs up to cut i's inputs, and
+    segment i + 1 goes on from its output. `dropped` are tensors the host reads in another form than
+    they are made (a cross-attention's reshaped query), so no node makes them; `varying` the graph's
+    inputs that change from one run to the next (the rest, with the initializers, make constants,
+    copied into each segment that needs them). The segments' serialized graphs, their external data
+    where the model's is; None where the cuts do not come one after each segment in turn, or a tensor
+    crossing a cut has a type unknown."""
+    graph = model.graph
+    nodes = list(graph.node)
+    initializers = {t.name: t for t in graph.initializer}
+    inputs = {i.name: i for i in graph.input}
+    producers = {out: n for n in nodes for out in n.output}
+    cuts = [cut_of[id(n)] for n in nodes if id(n) in cut_of]
+    constant = _constant_tensors([n for n in nodes if id(n) not in cut_of], set(initializers) | (set(inputs) - varying))
     segment_of: dict[str, int] = {}  # each tensor made by a placed node: its segment
-    placed: list[list[onnx.NodeProto]] = [[] for _ in range(len(attention) + 1)]
+    placed: list[list[onnx.NodeProto]] = [[] for _ in range(len(cuts) + 1)]
     for node in nodes:
         reads = [segment_of[name] for name in node.input if name in segment_of]
         at = max(reads, default=0)
         if id(node) in cut_of:
             segment_of[node.output[0]] = at + 1  # its output is the next segment's input
-        elif node.output[0] in dropped:  # a cross-attention's Reshape of its query: the host reads the rows
+        elif node.output[0] in dropped:
             segment_of[node.output[0]] = at
         elif not all(out in constant for out in node.output):
             placed[at].append(node)
@@ -170,8 +207,6 @@ def split_step(path: Path, cross: Literal["self", "on", "auto"] = "on") -> StepS
     if [segment_of[cut.made[0]] for cut in cuts] != list(range(len(cuts))):
         return None  # not one cut after each segment in turn
     types = _tensor_types(model)
-    if any(inputs[name].type.tensor_type.elem_type != TensorProto.FLOAT for name in caches):
-        return None  # the host's kernel reads and writes fp32 caches (a cross-attention's keys: _cross_cut)
     for cut in cuts:  # a contributed node's operands, which ONNX's inference may not reach
         types |= {name: TensorProto.FLOAT for name in (*cut.made, cut.output)}
     order = {id(n): i for i, n in enumerate(nodes)}
@@ -185,7 +220,6 @@ def split_step(path: Path, cross: Literal["self", "on", "auto"] = "on") -> StepS
         bodies.append(sorted([*copied, *own], key=lambda n: order[id(n)]))
         needs.append(wanted | {name for n in copied for name in n.input if name})
     made = [{out for n in body for out in n.output} for body in bodies]
-    outputs = [o.name for o in graph.output]
     graphs = []
     for index, body in enumerate(bodies):
         outside = made[index] | set(inputs) | set(initializers)
@@ -209,7 +243,7 @@ def split_step(path: Path, cross: Literal["self", "on", "auto"] = "on") -> StepS
         proto = helper.make_model(segment, opset_imports=model.opset_import, producer_name=model.producer_name)
         proto.ir_version = model.ir_version
         graphs.append(proto.SerializeToString())
-    return StepSegments(graphs, cuts, list(inputs), outputs)
+    return graphs
 
 
 def _cross_cut(
@@ -228,7 +262,7 @@ def _cross_cut(
         or len(node.input) > 5
         or len(node.output) != 1
         or "num_heads" not in attributes
-        or any(name not in _CROSS_ATTRIBUTE_VALUES or value != _CROSS_ATTRIBUTE_VALUES[name]
+        or any(name not in CROSS_ATTRIBUTE_VALUES or value != CROSS_ATTRIBUTE_VALUES[name]
                for name, value in attributes.items() if name != "num_heads")
         or names[1] not in inputs or names[2] not in inputs
         or names[3]
@@ -240,17 +274,11 @@ def _cross_cut(
         for n in names[1:3]
     ):
         return None  # the host's kernel reads fp32 keys and values of [sentences, heads, length, depth]
-    mask: str | None = None
-    if names[4]:
-        cast = producers.get(names[4])
-        to = {a.name: helper.get_attribute_value(a) for a in cast.attribute}.get("to") if cast else None
-        if cast is None or cast.op_type != "Cast" or to != TensorProto.INT32 or cast.input[0] not in inputs:
-            return None
-        if inputs[cast.input[0]].type.tensor_type.elem_type != TensorProto.INT64:
-            return None
-        mask = cast.input[0]
+    mask = source_mask(names[4], inputs, producers) if names[4] else None
+    if names[4] and mask is None:
+        return None
     depth = inputs[names[1]].type.tensor_type.shape.dim[3].dim_value  # 0 where not fixed
-    exact = depth > 0 and gives_the_nodes_bits(int(attributes["num_heads"]), depth)
+    exact = depth > 0 and takes_the_exact_kernel(int(attributes["num_heads"]), depth)
     return CrossAttentionCut(reshape.input[0], names[1], names[2], mask, node.output[0], exact)
 
 
@@ -275,7 +303,7 @@ def _cut(
         or attributes.get("past_present_share_buffer") != 1
     ):  # fmt: skip
         return None
-    bias = _constant_value(names[10], initializers, producers, base)
+    bias = constant_value(names[10], initializers, producers, base)
     if bias is None or bias.ndim != 1 or len(bias) % 3:
         return None
     return AttentionCut(
@@ -284,7 +312,19 @@ def _cut(
     )  # fmt: skip
 
 
-def _constant_value(
+def source_mask(name: str, inputs: dict[str, onnx.ValueInfoProto], producers: dict[str, onnx.NodeProto]) -> str | None:
+    """The graph's int64 input that `name` casts to int32 (the exporter's source mask as an attention
+    node reads it); None where `name` is made otherwise."""
+    cast = producers.get(name)
+    to = {a.name: helper.get_attribute_value(a) for a in cast.attribute}.get("to") if cast else None
+    if cast is None or cast.op_type != "Cast" or to != TensorProto.INT32 or cast.input[0] not in inputs:
+        return None
+    if inputs[cast.input[0]].type.tensor_type.elem_type != TensorProto.INT64:
+        return None
+    return str(cast.input[0])
+
+
+def constant_value(
     name: str, initializers: dict[str, TensorProto], producers: dict[str, onnx.NodeProto], base: Path
 ) -> np.ndarray | None:
     """An initializer's values, or those of a Cast of one (the exporter's fp16 weights); None else."""
@@ -301,7 +341,7 @@ def _constant_tensors(nodes: list[onnx.NodeProto], known: set[str]) -> set[str]:
     directly or through other such nodes."""
     constant = set(known)
     for node in nodes:
-        if node.op_type != ATTENTION_OP and all(not name or name in constant for name in node.input):
+        if all(not name or name in constant for name in node.input):
             constant.update(node.output)
     return constant - known
 
