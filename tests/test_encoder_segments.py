@@ -35,9 +35,12 @@ def _batches(seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     return found
 
 
-def test_an_encoder_cut_at_its_attention_encodes_as_the_whole_graph(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The committed encoder cut at its three attention nodes gives the whole graph's states and cross
-    keys and values: to the bit where the node computes in the kernel's order (an AVX-512 CPU)."""
+def test_an_encoder_cut_at_its_attention_encodes_as_the_whole_graph(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The committed encoder cut at its three attention nodes, as exported and as its packed copy,
+    gives the whole graph's states and cross keys and values: to the bit where the node computes in
+    the kernel's order (an AVX-512 CPU)."""
     kernels = native.common_step
     assert kernels is not None
     if not kernels.exact_cross_attention():
@@ -46,11 +49,12 @@ def test_an_encoder_cut_at_its_attention_encodes_as_the_whole_graph(monkeypatch:
     whole = OnnxModel(DEFAULT_MODEL_DIR, 1, packed=False)
     monkeypatch.setenv("MTSERVE_HOST_ATTENTION", "on")
     cut = OnnxModel(DEFAULT_MODEL_DIR, 1, packed=False)
+    packed = OnnxModel(DEFAULT_MODEL_DIR, 1, packed=tmp_path)
     assert not isinstance(whole.encoder.wide, SegmentedEncoder)
-    assert isinstance(cut.encoder.wide, SegmentedEncoder)
+    assert isinstance(cut.encoder.wide, SegmentedEncoder) and isinstance(packed.encoder.wide, SegmentedEncoder)
     assert len(cut.encoder.wide.segments.cuts) == cut.manifest.decoder_layers  # one a layer (3 and 3 here)
-    for ids, mask in _batches(3):
-        ours, theirs = cut.encode(ids, mask), whole.encode(ids, mask)
+    for (ids, mask), model in zip(_batches(3) * 2, [cut] * 4 + [packed] * 4, strict=True):
+        ours, theirs = model.encode(ids, mask), whole.encode(ids, mask)
         for got, expected in zip([ours.hidden, *ours.cross], [theirs.hidden, *theirs.cross], strict=True):
             if _exact_is_avx512():
                 assert np.array_equal(got.view(np.int32), expected.view(np.int32))
