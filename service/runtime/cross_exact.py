@@ -4,10 +4,11 @@ MultiHeadAttention's output here bit for bit.
 The kernel follows the order of operations of onnxruntime's CPU node on an AVX-512 CPU (MLAS's
 products, exp and sums), in AVX-512's vectors or in AVX2's halves of them, so a step cut at its
 cross-attention translates as the whole graph does, int8 graphs whose next products round their
-inputs to codes too. onnxruntime's kernels differ by
-build and CPU, so before a step is cut there for that reason (step_segments.py) the kernel is run
-against the node itself on random arrays of the step's heads and depth, once a process; where the
-two differ anywhere, the node keeps the cross-attention.
+inputs to codes too. onnxruntime's kernels differ by build and CPU, so before a step is cut there
+for that reason (step_segments.py) the kernel is run against the node itself on random arrays of
+the step's heads and depth, once a process; where the two differ anywhere, the node keeps the
+cross-attention. On a CPU without AVX-512 the node sums in AVX2's order, and the kernel stands for
+the node as an AVX-512 CPU runs it (takes_the_exact_kernel).
 """
 
 from __future__ import annotations
