@@ -903,7 +903,6 @@ __attribute__((target("avx2,fma"))) static double sum_exp_avx2(const float *row,
     return sum + sum_exp_from(row, j, width, top);
 }
 
-
 /* A row's bias added, and the largest value of each of its whole blocks (block_maxima's, NaN left out)
  * taken in the same pass, into maxima where they fit (TOP_K_MAX_BLOCKS). */
 __attribute__((target("avx512f"))) static void add_bias_avx512(float *row, const float *bias, Py_ssize_t width,
@@ -1490,8 +1489,8 @@ static PyObject *cross_attention(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     const Py_ssize_t beams = floats / (sentences * width);
     if (exact) {
-        cross_attention_exact(vectors, b[0].view.buf, b[1].view.buf, b[2].view.buf, masked ? b[3].view.buf : NULL, sentences,
-                              beams, heads, depth, length, b[4].view.buf, scratch);
+        cross_attention_exact(vectors, b[0].view.buf, b[1].view.buf, b[2].view.buf, masked ? b[3].view.buf : NULL,
+                              sentences, beams, heads, depth, length, b[4].view.buf, scratch);
     } else {
         const int widest = attention_kernel(depth);
         cross_attention_step(kernel < 0 || kernel > widest ? widest : kernel, b[0].view.buf, b[1].view.buf,
