@@ -187,7 +187,7 @@ __attribute__((target("avx2,fma"))) static float exp_scores_avx2(float *scores, 
             if (n == 4 * W) { /* the usual heads (64 floats with AVX-512): the query held in registers */              \
                 sum = ADD(ADD(MUL(q0, LOAD(key)), MUL(q1, LOAD(key + W))),                                             \
                           ADD(MUL(q2, LOAD(key + 2 * W)), MUL(q3, LOAD(key + 3 * W))));                                \
-            } else if (n == 8 * W) { /* 64 floats with AVX2 */                                                         \
+            } else if (n == 8 * W) { /* 128 floats: AVX-512's, or its AVX2 halves' */                                  \
                 VEC s0 = FMA(q4, LOAD(key + 4 * W), MUL(q0, LOAD(key)));                                               \
                 VEC s1 = FMA(q5, LOAD(key + 5 * W), MUL(q1, LOAD(key + W)));                                           \
                 VEC s2 = FMA(q6, LOAD(key + 6 * W), MUL(q2, LOAD(key + 2 * W)));                                       \

@@ -858,29 +858,25 @@ static double sum_exp_from(const float *row, Py_ssize_t j, Py_ssize_t width, flo
     return sum;
 }
 
-/* A function `name` for the instruction sets `isa`, `lanes` floats a vector (P: the intrinsics' prefix,
- * V: the float vector type, EXP: _vector_exp.h's function), summing exp(v - top) over the row's whole
- * vectors as above: KEEP(y, v) keeps y where v > -inf, else 0. */
-#define SUM_EXP_LANES(name, isa, lanes, P, V, EXP, KEEP)                                                              \
-    __attribute__((target(isa))) static double name(const float *row, Py_ssize_t width, float top) {                \
-        const V shift = P##_set1_ps(top), none = P##_set1_ps(-INFINITY);                                               \
-        V sums = P##_setzero_ps();                                                                                     \
-        Py_ssize_t j = 0;                                                                                              \
-        for (; j + (lanes) <= width; j += (lanes)) {                                                                   \
-            V v = P##_loadu_ps(row + j);                                                                               \
-            sums = P##_add_ps(sums, KEEP(EXP(P##_sub_ps(v, shift)), v));                                               \
-        }                                                                                                              \
-        float sum_lanes[lanes];                                                                                        \
-        P##_storeu_ps(sum_lanes, sums);                                                                                \
-        double sum = 0.0;                                                                                              \
-        for (int i = 0; i < (lanes); i++) {                                                                            \
-            sum += sum_lanes[i];                                                                                       \
-        }                                                                                                              \
-        return sum + sum_exp_from(row, j, width, top);                                                                 \
+/* Each lane's 16 floats summed over the row's whole 16-float blocks, then the lanes in order, in double
+ * (with the tail's exps, as above): exp(v - top) where v > -inf, else 0. */
+__attribute__((target("avx512f"))) static double sum_exp_avx512(const float *row, Py_ssize_t width, float top) {
+    const __m512 shift = _mm512_set1_ps(top), none = _mm512_set1_ps(-INFINITY);
+    __m512 sums = _mm512_setzero_ps();
+    Py_ssize_t j = 0;
+    for (; j + 16 <= width; j += 16) {
+        const __m512 v = _mm512_loadu_ps(row + j);
+        sums = _mm512_add_ps(sums, _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, none, _CMP_GT_OQ),
+                                                       exp_avx512(_mm512_sub_ps(v, shift))));
     }
-#define KEEP_YMM(y, v) _mm256_and_ps(y, _mm256_cmp_ps(v, none, _CMP_GT_OQ))
-#define KEEP_ZMM(y, v) _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, none, _CMP_GT_OQ), y)
-SUM_EXP_LANES(sum_exp_avx512, "avx512f", 16, _mm512, __m512, exp_avx512, KEEP_ZMM)
+    float sum_lanes[16];
+    _mm512_storeu_ps(sum_lanes, sums);
+    double sum = 0.0;
+    for (int i = 0; i < 16; i++) {
+        sum += sum_lanes[i];
+    }
+    return sum + sum_exp_from(row, j, width, top);
+}
 
 /* sum_exp_avx512's sum in AVX2's vectors: 16 lanes as two halves, each lane's sum and the lanes' order
  * as there, so that a CPU without AVX-512 normalises a row as one with it does, to the bit. */
@@ -890,8 +886,9 @@ __attribute__((target("avx2,fma"))) static double sum_exp_avx2(const float *row,
     Py_ssize_t j = 0;
     for (; j + 16 <= width; j += 16) {
         const __m256 v = _mm256_loadu_ps(row + j), w = _mm256_loadu_ps(row + j + 8);
-        low = _mm256_add_ps(low, KEEP_YMM(exp_avx2(_mm256_sub_ps(v, shift)), v));
-        high = _mm256_add_ps(high, KEEP_YMM(exp_avx2(_mm256_sub_ps(w, shift)), w));
+        const __m256 e = exp_avx2(_mm256_sub_ps(v, shift)), f = exp_avx2(_mm256_sub_ps(w, shift));
+        low = _mm256_add_ps(low, _mm256_and_ps(e, _mm256_cmp_ps(v, none, _CMP_GT_OQ)));
+        high = _mm256_add_ps(high, _mm256_and_ps(f, _mm256_cmp_ps(w, none, _CMP_GT_OQ)));
     }
     float sum_lanes[16];
     _mm256_storeu_ps(sum_lanes, low);

@@ -213,9 +213,6 @@ __attribute__((target("avx512f"))) static void NAMED(transpose_keys)(const float
 #define V V16_avx512
 #define ISA "avx512f"
 #include "_cross_attention_exact_body.h"
-#undef ISA
-#undef V
-#undef NAMED
 
 /* ---- 16 floats as two AVX2 vectors (lanes 0 to 7, 8 to 15): each lane's arithmetic as above, so
  * that a CPU without AVX-512 computes what onnxruntime computes on one with it ---- */
@@ -354,9 +351,6 @@ __attribute__((target("avx2,fma"))) static void NAMED(transpose_keys)(const floa
 #define V V16_avx2
 #define ISA "avx2,fma"
 #include "_cross_attention_exact_body.h"
-#undef ISA
-#undef V
-#undef NAMED
 #endif
 
 void cross_attention_exact(int vectors, const float *q, const float *keys, const float *values, const int64_t *mask,

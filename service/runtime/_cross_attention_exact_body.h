@@ -5,7 +5,8 @@
  * v_mul, v_fma(a, b, c) (a * b + c, one rounding), v_max_first(best, n, x) (the maximum in the first
  * n lanes, best's in the others), v_add_first(sum, n, x), v_max_lane (the largest lane),
  * v_mlas_sum (MLAS's reduction of 16 lanes), v_mlas_exp and NAMED(transpose_keys). Each lane's
- * arithmetic is the same whichever holds the vector, so each gives the same bits. */
+ * arithmetic is the same whichever holds the vector, so each gives the same bits. Its parameters are
+ * undefined at its end. */
 
 /* out[0..depth) = weights · values over `length` positions for a sentence of one row, as MLAS's M = 1
  * kernel (MlasSgemmKernelM1Avx): products rounded, added four positions at a time, each group then
@@ -225,3 +226,7 @@ __attribute__((target(ISA))) static void NAMED(attend_exact)(const float *q, con
         }
     }
 }
+
+#undef ISA
+#undef V
+#undef NAMED
