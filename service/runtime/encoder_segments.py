@@ -36,6 +36,7 @@ from service.runtime.step_segments import (
     CROSS_ATTRIBUTE_VALUES,
     INTEGER_PRODUCTS,
     MS_DOMAIN,
+    GraphArg,
     constant_value,
     host_attention,
     segment_graphs,
@@ -140,13 +141,6 @@ def _attention_cut(
     return EncoderAttentionCut(names[0], names[1], names[2], bias, heads, mask, node.output[0])
 
 
-class _Arg:
-    """An input or output of the encoder, by name (what the runtime reads of an InferenceSession's)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-
 class SegmentedEncoder:
     """The encoder's segments, each a session that `open_segment` makes of its serialized graph, with
     the host's exact attention between them, behind an InferenceSession's `run`."""
@@ -161,11 +155,11 @@ class SegmentedEncoder:
         self._inputs = [[a.name for a in s.get_inputs()] for s in self.sessions]
         self._outputs = [[a.name for a in s.get_outputs()] for s in self.sessions]
 
-    def get_inputs(self) -> list[_Arg]:
-        return [_Arg(name) for name in self.segments.inputs]
+    def get_inputs(self) -> list[GraphArg]:
+        return [GraphArg(name) for name in self.segments.inputs]
 
-    def get_outputs(self) -> list[_Arg]:
-        return [_Arg(name) for name in self.segments.outputs]
+    def get_outputs(self) -> list[GraphArg]:
+        return [GraphArg(name) for name in self.segments.outputs]
 
     def run(
         self, outputs: Sequence[str], feeds: dict[str, np.ndarray], run_options: ort.RunOptions | None = None

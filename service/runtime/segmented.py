@@ -22,15 +22,9 @@ import onnxruntime as ort
 from service.graphs import BEAM_WIDTH, CACHE_INDIRECTION, PAST_LENGTH
 from service.runtime import native
 from service.runtime.direct_run import direct_run
-from service.runtime.step_segments import AttentionCut, CrossAttentionCut, StepSegments
+from service.runtime.step_segments import AttentionCut, CrossAttentionCut, GraphArg, StepSegments
 
 _KERNEL_INPUTS = (PAST_LENGTH, BEAM_WIDTH, CACHE_INDIRECTION)
-
-
-class _Arg(NamedTuple):
-    """An input or output of the step, by name (what the runtime reads of an InferenceSession's)."""
-
-    name: str
 
 
 class _Crossing(NamedTuple):
@@ -78,11 +72,11 @@ class SegmentedSession:
         self.layout: dict[str, _Crossing] | None = None  # learnt at the first run (SegmentedBinding)
         self.declared_inputs = frozenset(segments.inputs)
 
-    def get_inputs(self) -> list[_Arg]:
-        return [_Arg(name) for name in self.segments.inputs]
+    def get_inputs(self) -> list[GraphArg]:
+        return [GraphArg(name) for name in self.segments.inputs]
 
-    def get_outputs(self) -> list[_Arg]:
-        return [_Arg(name) for name in self.segments.outputs]
+    def get_outputs(self) -> list[GraphArg]:
+        return [GraphArg(name) for name in self.segments.outputs]
 
     def io_binding(self) -> SegmentedBinding:
         return SegmentedBinding(self)

@@ -27,7 +27,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 import numpy as np
 import onnx
@@ -67,6 +67,13 @@ def host_attention(setting: str | None = None) -> Literal["off", "self", "on", "
     if value == "self":
         return "self"
     return "on" if value == "on" else "auto"
+
+
+class GraphArg(NamedTuple):
+    """An input or output of a cut graph, by name: what the runtime reads of an InferenceSession's
+    (SegmentedSession, SegmentedEncoder)."""
+
+    name: str
 
 
 @dataclass(frozen=True)
