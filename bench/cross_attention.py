@@ -122,14 +122,10 @@ def main() -> None:
                     lambda: attend(feeds["rows"], feeds["keys"], feeds["values"], feeds["mask"], out),  # noqa: B023
                     args.runs, other,
                 ),
-                "exact_us": None if exact is None else _median_us(
-                    lambda: attend(feeds["rows"], feeds["keys"], feeds["values"], feeds["mask"], out, exact),  # noqa: B023
+                **{name: None if kernel is None else _median_us(
+                    lambda: attend(feeds["rows"], feeds["keys"], feeds["values"], feeds["mask"], out, kernel),  # noqa: B023
                     args.runs, other,
-                ),
-                "exact_avx2_us": None if exact_avx2 is None else _median_us(
-                    lambda: attend(feeds["rows"], feeds["keys"], feeds["values"], feeds["mask"], out, exact_avx2),  # noqa: B023
-                    args.runs, other,
-                ),
+                ) for name, kernel in (("exact_us", exact), ("exact_avx2_us", exact_avx2))},
             }), flush=True)  # fmt: skip
 
 
