@@ -455,3 +455,32 @@ def test_the_graph_clock_times_every_step_of_a_translation_once_cut_or_whole(mon
         assert encoder.calls == 1 and decoder.seconds > 0
         steps[attending] = decoder.calls
     assert steps["self"] == steps["on"] == steps["off"] > 3
+
+
+@pytest.mark.parametrize("attending", ["on", "off"])
+def test_the_step_parts_bench_times_each_segment_and_kernel_of_a_step(
+    monkeypatch: pytest.MonkeyPatch, attending: str
+) -> None:
+    """bench/step_parts.py times every segment of a step cut at both kinds of attention and the host's
+    kernels once a layer, a whole step's run alone, and leaves the runtime's runs untimed after."""
+    from bench import step_parts
+    from service.runtime import direct_run, native
+
+    if native.common_step is None:
+        pytest.skip(native.NOT_BUILT)
+    monkeypatch.setenv("MTSERVE_HOST_ATTENTION", attending)
+    run = direct_run.direct_run
+    args = step_parts.parser().parse_args(["--rows", "10", "--past", "4", "--source", "16", "--steps", "3"])
+    row = step_parts.step_parts(args)
+    assert direct_run.direct_run is run
+    parts = row["parts_ms"]
+    assert isinstance(parts, dict) and parts["select"] > 0
+    assert isinstance(row["step_ms"], float) and row["step_ms"] >= parts["select"]
+    if attending == "off":
+        assert set(parts) == {"select"} and "self_attention_ms" not in row
+        return
+    segments = sorted(name for name in parts if name.startswith("segment"))
+    assert segments == [f"segment {i}" for i in range(7)]  # the committed model's 3 layers, cut twice each
+    assert all(parts[name] > 0 for name in segments)
+    self_ms, cross_ms = row["self_attention_ms"], row["cross_attention_ms"]
+    assert isinstance(self_ms, float) and isinstance(cross_ms, float) and self_ms > 0 and cross_ms > 0

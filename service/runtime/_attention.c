@@ -7,6 +7,7 @@
 
 #include <math.h>
 
+#include "_prefetch.h"
 #include "_vector_exp.h"
 
 #ifdef VECTOR_EXP_X86
@@ -353,18 +354,13 @@ static void attend(int kernel, const Attend *a) {
 }
 
 /* Asks the cache for a row and head's earlier positions (keys and values), `length` slots named by
- * `history`. Always inlined: GCC takes a function that does nothing but prefetch for one without
- * effects and drops its calls. */
+ * `history` (_prefetch.h). */
 __attribute__((always_inline)) static inline void fetch_positions(const float *keys, const float *values,
                                                                   const int32_t *history, ptrdiff_t slot_stride,
                                                                   ptrdiff_t depth, ptrdiff_t length) {
     for (ptrdiff_t t = 0; t < length; t++) {
-        const char *key = (const char *)(keys + history[t] * slot_stride + t * depth);
-        const char *value = (const char *)(values + history[t] * slot_stride + t * depth);
-        for (ptrdiff_t byte = 0; byte < depth * (ptrdiff_t)sizeof(float); byte += 64) {
-            __builtin_prefetch(key + byte);
-            __builtin_prefetch(value + byte);
-        }
+        fetch_into_l2(keys + history[t] * slot_stride + t * depth, depth * (ptrdiff_t)sizeof(float));
+        fetch_into_l2(values + history[t] * slot_stride + t * depth, depth * (ptrdiff_t)sizeof(float));
     }
 }
 
@@ -403,9 +399,8 @@ int attention_step(int kernel, const float *q, const float *k, const float *v, c
             a.keys = key_cache + (first * heads + head) * head_stride;
             a.values = value_cache + (first * heads + head) * head_stride;
             a.out = out + at;
-            /* The next row and head's positions are fetched while this one is computed: a large batch's
-             * cache does not fit the CPU's caches, and its slots, chosen by the beams, jump where the
-             * hardware's prefetcher cannot follow (a third off the node's time at 465 rows). */
+            /* The next row and head's positions are fetched while this one is computed (a third off the
+             * node's time at 465 rows, docs/BENCHMARKS.md). */
             const ptrdiff_t next = row * heads + head + 1, next_row = next / heads;
             if (next < rows * heads) {
                 const ptrdiff_t next_first = (next_row - next_row % beams) * heads + next % heads;
@@ -443,6 +438,10 @@ void cross_attention_step(int kernel, const float *q, const float *keys, const f
         for (ptrdiff_t head = 0; head < heads; head++) { /* a head's keys and values read by each beam in turn */
             a.keys = keys + (sentence * heads + head) * length * depth;
             a.values = values + (sentence * heads + head) * length * depth;
+            if (sentence * heads + head + 1 < sentences * heads) { /* the next head's, which follow */
+                fetch_into_l2(a.keys + length * depth, length * depth * (ptrdiff_t)sizeof(float));
+                fetch_into_l2(a.values + length * depth, length * depth * (ptrdiff_t)sizeof(float));
+            }
             for (ptrdiff_t beam = 0; beam < beams; beam++) {
                 const ptrdiff_t at = (sentence * beams + beam) * width + head * depth;
                 a.query = q + at;

@@ -19,6 +19,7 @@
  * tests/test_attention.py holds it to the node. Compiled without contraction of multiplies and adds
  * into FMAs: each rounding is MLAS's. */
 #include "_cross_attention_exact.h"
+#include "_prefetch.h"
 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("fp-contract=off")

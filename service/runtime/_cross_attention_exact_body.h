@@ -193,12 +193,8 @@ __attribute__((target(ISA))) static void NAMED(attend_exact)(const float *q, con
             const float *k = keys + (sentence * heads + head) * length * depth;
             const float *v = values + (sentence * heads + head) * length * depth;
             if (sentence * heads + head + 1 < sentences * heads) { /* the next head's, while this one is computed */
-                const char *next_keys = (const char *)(k + length * depth);
-                const char *next_values = (const char *)(v + length * depth);
-                for (ptrdiff_t byte = 0; byte < length * depth * (ptrdiff_t)sizeof(float); byte += 64) {
-                    __builtin_prefetch(next_keys + byte);
-                    __builtin_prefetch(next_values + byte);
-                }
+                fetch_into_l2(k + length * depth, length * depth * (ptrdiff_t)sizeof(float));
+                fetch_into_l2(v + length * depth, length * depth * (ptrdiff_t)sizeof(float));
             }
             NAMED(transpose_keys)(k, length, depth, padded, keys_t);
             for (ptrdiff_t beam = 0; beam < beams; beam += GROUP) {

@@ -20,8 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.graphs import BEAM_WIDTH, CACHE_INDIRECTION, PAST_LENGTH
-from service.runtime import native
-from service.runtime.direct_run import direct_run
+from service.runtime import direct_run, native
 from service.runtime.step_segments import AttentionCut, CrossAttentionCut, GraphArg, StepSegments
 
 _KERNEL_INPUTS = (PAST_LENGTH, BEAM_WIDTH, CACHE_INDIRECTION)
@@ -180,7 +179,7 @@ class SegmentedBinding:
                 self._bindings[reader].bind_cpu_input(name, array)
         runs: list[Callable[[], object]] = []
         for index, (segment, binding) in enumerate(zip(session.sessions, self._bindings, strict=True)):
-            runs.append(direct_run(segment, binding, run_options))
+            runs.append(direct_run.direct_run(segment, binding, run_options))
             if index < len(cuts):
                 runs.append(self._cut_run(index, self._crossing))
         self._runs = runs
