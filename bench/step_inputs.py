@@ -1,5 +1,5 @@
 """A decoder step's inputs as a beam search leaves them, from random ids: for the benchmarks that
-run the step graph alone (bench/profile_step.py, bench/step_time.py)."""
+run the step graph alone (bench/profile_step.py, bench/step_time.py, bench/step_parts.py)."""
 
 from __future__ import annotations
 
