@@ -1,5 +1,5 @@
 """A served decoder step's parts, each timed where it is called: `python bench/step_parts.py [--model DIR]
-[--rows 465] [--past 12] [--source 16] [--threads 1] [--steps 30]`.
+[--rows 465] [--past 20] [--source 20] [--threads 1] [--steps 30]`.
 
 The step runs as the runtime runs it (service/runtime/segmented.py where MTSERVE_HOST_ATTENTION cuts
 it): onnxruntime's segments, the host's self-attention and cross-attention kernels between them,
@@ -33,6 +33,7 @@ from service.runtime import denormals, direct_run, segmented  # noqa: E402
 from service.runtime.sessions import OnnxModel  # noqa: E402
 
 Seconds = dict[str, list[float]]
+KERNELS = ("self_attention", "cross_attention")  # the host's, between a cut step's segments
 
 
 def timed(name: str, call: Callable[..., Any], seconds: Seconds) -> Callable[..., Any]:
@@ -61,8 +62,8 @@ def step_parts(args: argparse.Namespace) -> dict[str, object]:
     model = OnnxModel(args.model, args.threads)
     session = model.decoder.wide
     if isinstance(session, segmented.SegmentedSession):  # its kernels are read when a binding first runs
-        session.attend = timed("self_attention", session.attend, seconds)
-        session.cross_attend = timed("cross_attention", session.cross_attend, seconds)
+        session.attend = timed(KERNELS[0], session.attend, seconds)
+        session.cross_attend = timed(KERNELS[1], session.cross_attend, seconds)
     made, run_segment = 0, direct_run.direct_run
 
     def timed_segment(session: Any, binding: Any, run_options: Any = None) -> Callable[[], object]:
@@ -79,26 +80,28 @@ def step_parts(args: argparse.Namespace) -> dict[str, object]:
                 session.run_with_iobinding(binding)
                 feeds.select()
             seconds.clear()
+            per_step: Seconds = defaultdict(list)  # each kernel's calls in a step (one a layer it cuts), summed
             for _ in range(args.steps):
+                called = {name: len(seconds[name]) for name in KERNELS}
                 started = time.perf_counter()
                 session.run_with_iobinding(binding)
                 ran = time.perf_counter()
                 feeds.select()
                 seconds["select"].append(time.perf_counter() - ran)
                 seconds["step"].append(time.perf_counter() - started)
+                for name in KERNELS:
+                    if calls := seconds[name][called[name] :]:
+                        per_step[name].append(sum(calls))
     finally:
         direct_run.direct_run = run_segment
 
     def ms(values: list[float]) -> float:
         return round(statistics.median(values) * 1e3, 3)
 
-    layers = model.manifest.decoder_layers
     row: dict[str, object] = {"model": str(args.model), "rows": args.rows, "past": args.past, "source": args.source}
     row["step_ms"] = ms(seconds.pop("step"))
-    for name in ("self_attention", "cross_attention"):
-        if calls := seconds.pop(name, []):  # one a layer: each step's summed
-            row[f"{name}_ms"] = ms([sum(calls[i : i + layers]) for i in range(0, len(calls), layers)])
-    row["parts_ms"] = {name: ms(values) for name, values in seconds.items()}
+    row |= {f"{name}_ms": ms(values) for name, values in per_step.items()}
+    row["parts_ms"] = {name: ms(values) for name, values in seconds.items() if name not in KERNELS and values}
     return row
 
 
