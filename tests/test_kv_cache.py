@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.runtime.kv_cache import SelfAttentionCache, compact_rows, compaction_order
+from service.runtime.kv_cache import SelfAttentionCache, StoragePool, compact_rows, compaction_order, storage_floats
 
 HEADS, HEAD_DIM = 2, 3
 
@@ -183,3 +183,34 @@ def test_rows_that_move_both_ways_are_left_to_numpy() -> None:
         native.common_step.move_rows(storage, np.array([8]), np.array([0]), 2)
     with pytest.raises(ValueError, match="length"):
         native.common_step.move_rows(storage, np.array([1]), np.array([0]), 5)
+
+
+def test_a_pool_hands_out_the_smallest_buffer_that_fits_and_keeps_the_largest() -> None:
+    pool = StoragePool(size=2)
+    small, middle, large = (np.empty(n, np.float32) for n in (10, 20, 30))
+    for buffer in (small, middle, large):
+        pool.give(buffer)
+    assert len(pool) == 2  # the smallest went
+    assert pool.take(15) is middle
+    assert pool.take(15) is large
+    fresh = pool.take(15)  # none left that fits: a new one
+    assert fresh is not small and len(fresh) == 15 and fresh.dtype == np.float32
+    pool.give(large)
+    assert pool.take(40) is not large and len(pool) == 1
+    pool.clear()
+    assert len(pool) == 0
+
+
+def test_a_cache_lays_its_arrays_in_the_storage_it_is_given() -> None:
+    floats = storage_floats(2, HEADS, HEAD_DIM, 3, 5, 2)
+    storage = np.zeros(floats + 7, np.float32)
+    cache = SelfAttentionCache(2, HEADS, HEAD_DIM, 3, capacity=5, max_beams=2, storage=storage)
+    assert cache.storage is storage and cache.max_rows == 6
+    block = floats // 4  # k0, v0, k1, v1 side by side, each [6 rows, H, 5, K]
+    for index, buffer in enumerate(cache.buffers):
+        assert buffer.ctypes.data == storage.ctypes.data + index * block * storage.itemsize
+        buffer.fill(index + 1)
+    assert (storage[:floats].reshape(4, 2, -1)[:, 0] == np.arange(1, 5)[:, None]).all()  # the first 3 rows of 6
+    assert not storage[:floats].reshape(4, 2, -1)[:, 1].any() and not storage[floats:].any()
+    with pytest.raises(ValueError, match="needs"):
+        SelfAttentionCache(2, HEADS, HEAD_DIM, 3, capacity=5, max_beams=2, storage=storage[: floats - 1])

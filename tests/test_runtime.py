@@ -71,6 +71,36 @@ def test_a_sentence_translates_the_same_alone_and_in_any_batch(
         assert np.allclose([h.score for h in alone], [h.score for h in batched[i]], atol=1e-4)
 
 
+def test_a_large_batch_in_the_memory_an_earlier_one_left_translates_as_in_fresh_memory(
+    exported: Path, sentences: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large search hands its cache and encoder outputs on to the next (kv_cache.StoragePool): what the
+    earlier batch wrote there never reaches the next one's translations, and it all goes once the model
+    idles (release_arena)."""
+    model = OnnxModel(exported, intra_op_threads=1)
+    made: list[Any] = []
+    new_cache = model.new_cache
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        made.append(new_cache(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(model, "new_cache", recorded)
+    options = DecodeOptions(beam_size=5, n_best=5)
+    longest = sorted(sentences, key=len)
+    earlier, later = _ids(model, longest[-16:] * 2), _ids(model, longest[:12])  # 160 and 60 rows: both large
+    in_fresh_memory = beam_search(model, later, [TAG["fr"]] * len(later), options)
+    assert model.release_arena()  # what the search left goes
+    beam_search(model, earlier, [TAG["en"]] * len(earlier), options)
+    in_its_memory = beam_search(model, later, [TAG["fr"]] * len(later), options)
+    assert made[2].storage is made[1].storage  # the earlier batch's cache storage, taken again
+    for fresh, reused in zip(in_fresh_memory, in_its_memory, strict=True):
+        assert [(h.tokens, h.log_prob) for h in reused] == [(h.tokens, h.log_prob) for h in fresh]
+    assert model.release_arena()
+    beam_search(model, later, [TAG["fr"]] * len(later), options)
+    assert made[3].storage is not made[1].storage  # let go when idle
+
+
 def test_a_step_bound_at_one_row_a_sentence_decodes_its_beams_as_one_bound_at_the_beams(
     onnx_model: OnnxModel, sentences: list[str]
 ) -> None:

@@ -238,13 +238,16 @@ def _start(
     last = np.asarray(tags, dtype=np.int64)
     if len(sources) > 1 or forced or alignment:
         made_vocab = model.output_vocab_beside(sources, tags)
-        cross = model.encode(ids, mask, meanwhile=made_vocab.start).cross  # the vocabulary made meanwhile
+        large = len(sources) * max_beams > LARGE_BATCH_ROWS
+        encoded = model.encode(ids, mask, meanwhile=made_vocab.start, pooled=large)  # the vocabulary made meanwhile
+        cross = encoded.cross
         cache = model.new_cache(len(sources), capacity, max_beams)
         vocab = made_vocab()
         for position in range(forced):
             model.decode_top(last[:, None], mask, cache, cross, vocab=vocab)
             last = np.asarray([p[position] for p in prefixes], dtype=np.int64)
-        return _Start(mask, cross, limits, options.min_length - forced, cache, last, vocab, lambda: None)
+        search_done = functools.partial(model.search_done, cache, encoded)
+        return _Start(mask, cross, limits, options.min_length - forced, cache, last, vocab, search_done)
     # One shape for every source of the width, at any length limit up to the rule's
     width = ids.shape[1]
     key = (width, max(capacity, max_target_length(width)), max_beams)

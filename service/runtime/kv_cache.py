@@ -13,6 +13,7 @@ position). What each shape binds (indirection, views, OrtValues) is made once, s
 
 from __future__ import annotations
 
+import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -35,9 +36,57 @@ class _Shape(NamedTuple):
     row_sentences: np.ndarray  # the sentence of each row
 
 
+def storage_floats(layers: int, heads: int, head_dim: int, sentences: int, capacity: int, max_beams: int) -> int:
+    """The floats that a cache of these dimensions stores (SelfAttentionCache's `storage`)."""
+    return 2 * layers * sentences * max_beams * heads * capacity * head_dim
+
+
+class StoragePool:
+    """Flat buffers that finished searches' caches leave for the next ones (OnnxModel.new_cache).
+
+    A fresh buffer's pages are faulted in and zeroed by the system as a search first writes each
+    position, and given back when it ends: a large batch of the 1,000 sentences spent about a
+    twentieth of its time there (docs/BENCHMARKS.md). A buffer taken again is memory already
+    mapped. The `size` largest buffers given are kept; `clear` lets them all go."""
+
+    def __init__(self, size: int = 2) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._buffers: list[np.ndarray] = []  # largest first
+
+    def take(self, floats: int) -> np.ndarray:
+        """The smallest kept buffer of at least `floats` floats, no longer kept; else a new one."""
+        with self._lock:
+            fitting = [i for i, buffer in enumerate(self._buffers) if len(buffer) >= floats]
+            if fitting:
+                return self._buffers.pop(fitting[-1])
+        return np.empty(floats, np.float32)
+
+    def give(self, buffer: np.ndarray) -> None:
+        """`buffer`, which no cache uses any longer, is kept for a next search if among the largest."""
+        with self._lock:
+            self._buffers.append(buffer)
+            self._buffers.sort(key=len, reverse=True)
+            del self._buffers[self._size :]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._buffers.clear()
+
+    def __len__(self) -> int:
+        return len(self._buffers)
+
+
 class SelfAttentionCache:
     def __init__(
-        self, layers: int, heads: int, head_dim: int, sentences: int, capacity: int, max_beams: int = 1
+        self,
+        layers: int,
+        heads: int,
+        head_dim: int,
+        sentences: int,
+        capacity: int,
+        max_beams: int = 1,
+        storage: np.ndarray | None = None,
     ) -> None:
         if capacity < 1 or max_beams < 1:
             raise ValueError(f"capacity and max_beams must be at least 1, got {capacity} and {max_beams}")
@@ -48,7 +97,14 @@ class SelfAttentionCache:
         # np.empty: pages are committed as positions are written, so room for the longest output
         # at the widest beam costs address space rather than memory; unwritten positions are never read.
         shape = (sentences * max_beams, heads, capacity, head_dim)
-        self._storage = [np.empty(shape, np.float32) for _ in range(2 * layers)]  # k0, v0, k1, v1, ...
+        floats = storage_floats(layers, heads, head_dim, sentences, capacity, max_beams)
+        if storage is None:
+            storage = np.empty(floats, np.float32)
+        elif storage.dtype != np.float32 or storage.ndim != 1 or len(storage) < floats:
+            raise ValueError(f"a cache of shape {shape} in {2 * layers} arrays needs {floats} floats of storage")
+        self.storage = storage  # one flat buffer, which the layers' arrays view (StoragePool)
+        size = floats // (2 * layers)
+        self._storage = [storage[i * size : (i + 1) * size].reshape(shape) for i in range(2 * layers)]  # k0, v0, ...
         self._shapes: dict[tuple[int, int], _Shape] = {}
         # The runtime's IO bindings of this cache, per session and row count (sessions.py). Another
         # indirection array than a binding's (another shape) tells it that the rows' inputs must be
@@ -62,6 +118,11 @@ class SelfAttentionCache:
         self.step_ids: np.ndarray | None = None
         self._first_sentences = sentences
         self._use(sentences)
+
+    @property
+    def max_rows(self) -> int:
+        """The rows its storage holds: its first sentences at max_beams."""
+        return len(self._storage[0])
 
     @property
     def sentences(self) -> int:

@@ -30,7 +30,7 @@ from service.manifest import Manifest, ModelFileError, load_manifest
 from service.runtime import denormals, direct_run, native
 from service.runtime.beside import Beside
 from service.runtime.encoder_segments import SegmentedEncoder, cuts_encoder, split_encoder
-from service.runtime.kv_cache import SelfAttentionCache
+from service.runtime.kv_cache import SelfAttentionCache, StoragePool, storage_floats
 from service.runtime.libc import libc
 from service.runtime.lookups import open_recording_lookups
 from service.runtime.packed import discard, packed_dir, packed_graph, packed_key
@@ -54,6 +54,7 @@ KVList = list[np.ndarray]  # flat [k0, v0, k1, v1, ...], each [B, H, L, K]
 class EncoderOutput:
     hidden: np.ndarray  # [B, S, D]
     cross: KVList  # per decoder layer, [B, H, S, K]
+    storage: np.ndarray | None = None  # the flat buffer they view, where taken from a pool (encoder_output)
 
 
 @dataclass(frozen=True)
@@ -802,6 +803,8 @@ class OnnxModel:
         self.mlm_head = graph("mlm_head", wide_only=True).wide if "mlm_head" in files else None
         trim_heap()  # each session packed its matrices on the heap before finding them in the copy
         self._idle_release = _IdleRelease(self.release_arena)
+        # large searches' cache storage and encoder outputs, for the next (new_cache, encode)
+        self._spare_caches, self._spare_encoded = StoragePool(), StoragePool()
         self._kept: dict[Hashable, KeptSearch] = {}  # keep_search's, oldest first
         self._kept_lock = threading.Lock()
         self._kept_release = _IdleRelease(self.drop_kept_searches, KEPT_IDLE_S)
@@ -818,18 +821,19 @@ class OnnxModel:
         mask: np.ndarray,
         into: EncoderOutput | None = None,
         meanwhile: Callable[[], None] | None = None,
+        pooled: bool = False,
     ) -> EncoderOutput:
         """ids, mask [B, S] int64 -> hidden states and each layer's cross K/V (zero past each source's end),
         written into `into`'s arrays where given (encoder_output's). `meanwhile` is called as the first
-        run starts (Beside.start: host work beside it).
+        run starts (Beside.start: host work beside it). `pooled`: sources of several lengths are placed
+        in a buffer that an earlier large search gave back, if one fits (search_done).
 
         Sources of one length run together, unpadded: so each source's states are the same
         whatever else is in the batch.
         """
-        outputs: list[np.ndarray] = []
+        padded = into
         if into is not None:
-            outputs = [into.hidden, *into.cross]
-            for out in outputs:
+            for out in (into.hidden, *into.cross):
                 out.fill(0)
         for rows, length in _rows_by_length(mask):
             feeds = {"input_ids": ids[rows, :length], "attention_mask": mask[rows, :length]}
@@ -837,23 +841,30 @@ class OnnxModel:
             meanwhile = None
             if into is None and len(part[0]) == len(ids) and length == ids.shape[1]:
                 return EncoderOutput(part[0], part[1:])  # one length, no padding: nothing to place
-            if not outputs:
-                padded = self.encoder_output(len(ids), ids.shape[1])
-                outputs = [padded.hidden, *padded.cross]
-            outputs[0][rows, :length] = part[0]
-            for out, p in zip(outputs[1:], part[1:], strict=True):
+            if padded is None:
+                padded = self.encoder_output(len(ids), ids.shape[1], self._spare_encoded if pooled else None)
+            padded.hidden[rows, :length] = part[0]
+            for out, p in zip(padded.cross, part[1:], strict=True):
                 out[rows, :, :length] = p
-        return EncoderOutput(outputs[0], outputs[1:]) if into is None else into
+        if padded is None:
+            raise ValueError("no sources to encode")
+        return padded
 
-    def encoder_output(self, sentences: int, width: int) -> EncoderOutput:
+    def encoder_output(self, sentences: int, width: int, pool: StoragePool | None = None) -> EncoderOutput:
         """Zeroed arrays for encode's outputs over `sentences` sources of `width` tokens: hidden
-        [B, S, D], each layer's cross K/V [B, H, S, K]."""
+        [B, S, D], each layer's cross K/V [B, H, S, K]; views of one buffer, taken from `pool` where given."""
         m = self.manifest
         layers = len(self._enc_outputs) - 1
-        return EncoderOutput(
-            np.zeros((sentences, width, m.d_model), np.float32),
-            [np.zeros((sentences, m.n_heads, width, m.head_dim), np.float32) for _ in range(layers)],
-        )
+        hidden_shape, kv_shape = (sentences, width, m.d_model), (sentences, m.n_heads, width, m.head_dim)
+        hidden_floats, kv_floats = sentences * width * m.d_model, sentences * m.n_heads * width * m.head_dim
+        floats = hidden_floats + layers * kv_floats
+        if pool is None:
+            storage = np.zeros(floats, np.float32)
+        else:
+            storage = pool.take(floats)
+            storage[:floats].fill(0)
+        cross = [storage[hidden_floats + i * kv_floats :][:kv_floats].reshape(kv_shape) for i in range(layers)]
+        return EncoderOutput(storage[:hidden_floats].reshape(hidden_shape), cross, None if pool is None else storage)
 
     def take_kept_search(self, key: Hashable) -> KeptSearch | None:
         """The arrays, cache and bindings that the last search of this shape left (keep_search), for
@@ -885,9 +896,23 @@ class OnnxModel:
 
     def new_cache(self, sentences: int, capacity: int, max_beams: int = 1) -> SelfAttentionCache:
         """An empty self-attention cache for `capacity` steps of `sentences` at one row each, then
-        up to `max_beams` (kv_cache.py)."""
+        up to `max_beams` (kv_cache.py); a large batch's in the storage of one that an earlier
+        search gave back (cache_done)."""
         m = self.manifest
-        return SelfAttentionCache(m.decoder_layers, m.n_heads, m.head_dim, sentences, capacity, max_beams)
+        dimensions = (m.decoder_layers, m.n_heads, m.head_dim, sentences, capacity, max_beams)
+        large = sentences * max_beams > LARGE_BATCH_ROWS
+        storage = self._spare_caches.take(storage_floats(*dimensions)) if large else None
+        return SelfAttentionCache(*dimensions, storage=storage)
+
+    def search_done(self, cache: SelfAttentionCache, encoded: EncoderOutput) -> None:
+        """A search has ended with `cache` and `encoded`: a large batch's storage (new_cache's, and
+        encode's where pooled) serves the next large search, until the model idles (release_arena)."""
+        if cache.max_rows > LARGE_BATCH_ROWS:
+            self._spare_caches.give(cache.storage)
+            self._idle_release.used()
+        if encoded.storage is not None:
+            self._spare_encoded.give(encoded.storage)
+            self._idle_release.used()
 
     def decode_step(
         self, last_ids: np.ndarray, mask: np.ndarray, cache: SelfAttentionCache, cross: KVList
@@ -1095,6 +1120,8 @@ class OnnxModel:
         if not self.encoder.release_arena(probe, self._enc_outputs[0]):
             return False
         self._forget_kept_searches()
+        self._spare_caches.clear()
+        self._spare_encoded.clear()
         self.decoder.release_lookups()
         return True
 
