@@ -359,8 +359,8 @@ __attribute__((always_inline)) static inline void fetch_positions(const float *k
                                                                   const int32_t *history, ptrdiff_t slot_stride,
                                                                   ptrdiff_t depth, ptrdiff_t length) {
     for (ptrdiff_t t = 0; t < length; t++) {
-        fetch_into_l2(keys + history[t] * slot_stride + t * depth, depth * (ptrdiff_t)sizeof(float));
-        fetch_into_l2(values + history[t] * slot_stride + t * depth, depth * (ptrdiff_t)sizeof(float));
+        ptrdiff_t slot = history[t] * slot_stride + t * depth;
+        fetch_keys_values_into_l2(keys + slot, values + slot, depth);
     }
 }
 
@@ -439,8 +439,7 @@ void cross_attention_step(int kernel, const float *q, const float *keys, const f
             a.keys = keys + (sentence * heads + head) * length * depth;
             a.values = values + (sentence * heads + head) * length * depth;
             if (sentence * heads + head + 1 < sentences * heads) { /* the next head's, which follow */
-                fetch_into_l2(a.keys + length * depth, length * depth * (ptrdiff_t)sizeof(float));
-                fetch_into_l2(a.values + length * depth, length * depth * (ptrdiff_t)sizeof(float));
+                fetch_keys_values_into_l2(a.keys + length * depth, a.values + length * depth, length * depth);
             }
             for (ptrdiff_t beam = 0; beam < beams; beam++) {
                 const ptrdiff_t at = (sentence * beams + beam) * width + head * depth;

@@ -193,8 +193,7 @@ __attribute__((target(ISA))) static void NAMED(attend_exact)(const float *q, con
             const float *k = keys + (sentence * heads + head) * length * depth;
             const float *v = values + (sentence * heads + head) * length * depth;
             if (sentence * heads + head + 1 < sentences * heads) { /* the next head's, while this one is computed */
-                fetch_into_l2(k + length * depth, length * depth * (ptrdiff_t)sizeof(float));
-                fetch_into_l2(v + length * depth, length * depth * (ptrdiff_t)sizeof(float));
+                fetch_keys_values_into_l2(k + length * depth, v + length * depth, length * depth);
             }
             NAMED(transpose_keys)(k, length, depth, padded, keys_t);
             for (ptrdiff_t beam = 0; beam < beams; beam += GROUP) {

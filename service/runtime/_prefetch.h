@@ -20,4 +20,11 @@ __attribute__((always_inline)) static inline void fetch_into_l2(const void *star
     }
 }
 
+/* A head's keys and its values, the same `floats` of each from `keys` and `values` on. */
+__attribute__((always_inline)) static inline void fetch_keys_values_into_l2(const float *keys, const float *values,
+                                                                            ptrdiff_t floats) {
+    fetch_into_l2(keys, floats * (ptrdiff_t)sizeof(float));
+    fetch_into_l2(values, floats * (ptrdiff_t)sizeof(float));
+}
+
 #endif
