@@ -42,12 +42,13 @@ def storage_floats(layers: int, heads: int, head_dim: int, sentences: int, capac
 
 
 class StoragePool:
-    """Flat buffers that finished searches' caches leave for the next ones (OnnxModel.new_cache).
+    """Flat buffers that finished searches leave for the next ones: their caches' storage, their
+    encoder outputs (OnnxModel.new_cache, OnnxModel.encode).
 
-    A fresh buffer's pages are faulted in and zeroed by the system as a search first writes each
-    position, and given back when it ends: a large batch of the 1,000 sentences spent about a
-    twentieth of its time there (docs/BENCHMARKS.md). A buffer taken again is memory already
-    mapped. The `size` largest buffers given are kept; `clear` lets them all go."""
+    A fresh buffer's pages are faulted in and zeroed by the system as a search first writes them,
+    and given back when it ends: the 1,000 test2016 sentences' int8 pass spent about a twentieth of
+    its time there (docs/BENCHMARKS.md). A buffer taken again is memory already mapped. The `size`
+    largest buffers given are kept; `clear` lets them all go."""
 
     def __init__(self, size: int = 2) -> None:
         self._size = size

@@ -897,7 +897,7 @@ class OnnxModel:
     def new_cache(self, sentences: int, capacity: int, max_beams: int = 1) -> SelfAttentionCache:
         """An empty self-attention cache for `capacity` steps of `sentences` at one row each, then
         up to `max_beams` (kv_cache.py); a large batch's in the storage of one that an earlier
-        search gave back (cache_done)."""
+        search gave back (search_done)."""
         m = self.manifest
         dimensions = (m.decoder_layers, m.n_heads, m.head_dim, sentences, capacity, max_beams)
         large = sentences * max_beams > LARGE_BATCH_ROWS
