@@ -238,15 +238,15 @@ def _start(
     last = np.asarray(tags, dtype=np.int64)
     if len(sources) > 1 or forced or alignment:
         made_vocab = model.output_vocab_beside(sources, tags)
-        large = len(sources) * max_beams > LARGE_BATCH_ROWS
+        large = len(sources) * max_beams > LARGE_BATCH_ROWS  # its memory serves the next large search
         encoded = model.encode(ids, mask, meanwhile=made_vocab.start, pooled=large)  # the vocabulary made meanwhile
         cross = encoded.cross
-        cache = model.new_cache(len(sources), capacity, max_beams)
+        cache = model.new_cache(len(sources), capacity, max_beams, pooled=large)
         vocab = made_vocab()
         for position in range(forced):
             model.decode_top(last[:, None], mask, cache, cross, vocab=vocab)
             last = np.asarray([p[position] for p in prefixes], dtype=np.int64)
-        search_done = functools.partial(model.search_done, cache, encoded)
+        search_done = functools.partial(model.search_done, cache, encoded) if large else lambda: None
         return _Start(mask, cross, limits, options.min_length - forced, cache, last, vocab, search_done)
     # One shape for every source of the width, at any length limit up to the rule's
     width = ids.shape[1]

@@ -186,7 +186,7 @@ class SelfAttentionCache:
         else:
             kept = self._sentences if sentences is None else np.asarray(sentences)
             beams, remainder = divmod(len(rows), max(len(kept), 1))
-            if remainder or beams < self.beams or len(rows) > len(self._storage[0]):
+            if remainder or beams < self.beams or len(rows) > self.max_rows:
                 raise ValueError(
                     f"{len(rows)} rows do not make {len(kept)} sentences of {self.beams} to max_beams beams"
                 )

@@ -894,25 +894,22 @@ class OnnxModel:
         with self._kept_lock:
             self._kept.clear()
 
-    def new_cache(self, sentences: int, capacity: int, max_beams: int = 1) -> SelfAttentionCache:
+    def new_cache(self, sentences: int, capacity: int, max_beams: int = 1, pooled: bool = False) -> SelfAttentionCache:
         """An empty self-attention cache for `capacity` steps of `sentences` at one row each, then
-        up to `max_beams` (kv_cache.py); a large batch's in the storage of one that an earlier
-        search gave back (search_done)."""
+        up to `max_beams` (kv_cache.py). `pooled`: in the storage that an earlier large search gave
+        back, if one fits (search_done)."""
         m = self.manifest
         dimensions = (m.decoder_layers, m.n_heads, m.head_dim, sentences, capacity, max_beams)
-        large = sentences * max_beams > LARGE_BATCH_ROWS
-        storage = self._spare_caches.take(storage_floats(*dimensions)) if large else None
+        storage = self._spare_caches.take(storage_floats(*dimensions)) if pooled else None
         return SelfAttentionCache(*dimensions, storage=storage)
 
     def search_done(self, cache: SelfAttentionCache, encoded: EncoderOutput) -> None:
-        """A search has ended with `cache` and `encoded`: a large batch's storage (new_cache's, and
-        encode's where pooled) serves the next large search, until the model idles (release_arena)."""
-        if cache.max_rows > LARGE_BATCH_ROWS:
-            self._spare_caches.give(cache.storage)
-            self._idle_release.used()
-        if encoded.storage is not None:
+        """A large search has ended with `cache` and `encoded` (new_cache's and encode's, pooled): their
+        storage serves the next large search, until the model idles (release_arena)."""
+        self._spare_caches.give(cache.storage)
+        if encoded.storage is not None:  # sources of one length: onnxruntime's own outputs, not pooled
             self._spare_encoded.give(encoded.storage)
-            self._idle_release.used()
+        self._idle_release.used()
 
     def decode_step(
         self, last_ids: np.ndarray, mask: np.ndarray, cache: SelfAttentionCache, cross: KVList
